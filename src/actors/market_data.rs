@@ -1,0 +1,317 @@
+//! MarketData: one shared candle feed per (symbol, timeframe), whoever trades it.
+//!
+//! It polls the exchange's clock; when a candle of a subscribed feed has closed it makes one
+//! klines request for that feed and fans the window out to every subscribed trader. So N users on
+//! one symbol cost one request per candle close, not N. Fan-out uses `try_send`: a trader whose
+//! mailbox is full misses that candle (counted and logged), and a closed mailbox (a crashed
+//! trader) drops the subscription until the restarted trader subscribes again.
+//!
+//! A failed or stale fetch is delivered once per candle as an error, so every affected trader
+//! records why it did not decide (seed §1), and the fetch is retried on the next poll.
+//!
+//! Owns failure points DATA-MISSING (stale or missing candles) and, with the order router,
+//! SYS-EXCHANGE-API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::join_all;
+
+use crate::domain::{Candle, Symbol, Timeframe, UserId};
+use crate::exchange::Exchange;
+use crate::limits::CANDLE_WINDOW_LEN;
+
+/// Polls after a due candle before a still-missing candle is reported as stale.
+const STALE_POLLS_MAX: u32 = 3;
+
+/// The newest closed candles of a feed (or why they could not be had), sent to each subscriber.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct CandleClosed {
+    pub symbol: Symbol,
+    pub timeframe: Timeframe,
+    /// Oldest first; at most [`CANDLE_WINDOW_LEN`].
+    pub candles: Result<Arc<[Candle]>, String>,
+}
+
+/// Replaces a user's subscriptions.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub user: UserId,
+    pub feeds: Vec<(Symbol, Timeframe)>,
+    pub recipient: Recipient<CandleClosed>,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub user: UserId,
+}
+
+/// Checks every feed now (the timer sends this; tests send it to step the market).
+#[derive(Debug, Message)]
+#[rtype(result = "PollReport")]
+pub struct Poll;
+
+/// Stops delivering candles (the first step of an orderly shutdown: no new decisions).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopFeeds;
+
+#[derive(Debug, Message)]
+#[rtype(result = "MarketDataStats")]
+pub struct GetStats;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollReport {
+    /// Market time the poll saw, if the exchange answered.
+    pub server_time_ms: Option<i64>,
+    /// Feeds fetched by this poll.
+    pub fetched: u32,
+    /// Candle windows handed to traders.
+    pub delivered: u32,
+    /// Deliveries refused because a trader's mailbox was full.
+    pub dropped_full: u32,
+    /// Another poll was still running, so this one did nothing.
+    pub skipped_busy: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarketDataStats {
+    pub feeds: usize,
+    pub subscribers: usize,
+    pub klines_requests: u64,
+    pub klines_failures: u64,
+    pub deliveries: u64,
+    pub dropped_full: u64,
+}
+
+#[derive(Debug, Default)]
+struct Feed {
+    subscribers: BTreeMap<UserId, Recipient<CandleClosed>>,
+    /// Open time of the newest closed candle delivered.
+    delivered_open_ms: Option<i64>,
+    /// Open time of the candle whose failure was last reported (one report per candle).
+    reported_failure_open_ms: Option<i64>,
+    /// Polls since the newest due candle should have been available.
+    stale_polls: u32,
+}
+
+pub struct MarketData {
+    exchange: Arc<dyn Exchange>,
+    /// `None`: poll only when sent [`Poll`].
+    poll_interval: Option<Duration>,
+    /// Written by Subscribe/Unsubscribe and the fan-out (closed mailboxes are dropped).
+    feeds: BTreeMap<(Symbol, Timeframe), Feed>,
+    /// A poll's requests are in flight; the next tick waits for it.
+    polling: bool,
+    /// Set by [`StopFeeds`]; never cleared in this incarnation.
+    stopped: bool,
+    stats: MarketDataStats,
+}
+
+impl std::fmt::Debug for MarketData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MarketData").field("feeds", &self.feeds.len()).field("stats", &self.stats).finish()
+    }
+}
+
+impl MarketData {
+    pub fn new(exchange: Arc<dyn Exchange>, poll_interval: Option<Duration>) -> Self {
+        Self { exchange, poll_interval, feeds: BTreeMap::new(), polling: false, stopped: false, stats: MarketDataStats::default() }
+    }
+
+    fn poll(&mut self) -> ResponseActFuture<Self, PollReport> {
+        if self.polling || self.stopped {
+            return Box::pin(fut::ready(PollReport { skipped_busy: self.polling, ..PollReport::default() }));
+        }
+        self.polling = true;
+        let exchange = self.exchange.clone();
+        let work = async move { exchange.server_time_ms().await }
+            .into_actor(self)
+            .then(|server_time, actor, _| {
+                let requests = match server_time {
+                    Ok(now_ms) => actor.due_feeds(now_ms),
+                    Err(ref error) => {
+                        tracing::warn!(%error, "market data: exchange time unavailable");
+                        Vec::new()
+                    }
+                };
+                let server_time_ms = server_time.ok();
+                actor.stats.klines_requests += requests.len() as u64;
+                let exchange = actor.exchange.clone();
+                let fetches = requests.into_iter().map(move |(symbol, timeframe, expected_open_ms)| {
+                    let exchange = exchange.clone();
+                    async move {
+                        let limit = (CANDLE_WINDOW_LEN + 1) as u16;
+                        let result = exchange.klines(&symbol, timeframe, limit).await;
+                        (symbol, timeframe, expected_open_ms, result)
+                    }
+                });
+                join_all(fetches).into_actor(actor).map(move |results, actor, _| {
+                    let mut report = PollReport { server_time_ms, fetched: results.len() as u32, ..PollReport::default() };
+                    if let Some(now_ms) = server_time_ms {
+                        for (symbol, timeframe, expected_open_ms, result) in results {
+                            actor.deliver(&symbol, timeframe, expected_open_ms, now_ms, result, &mut report);
+                        }
+                    }
+                    report
+                })
+            })
+            .map(|report, actor, _| {
+                actor.polling = false;
+                report
+            });
+        Box::pin(work)
+    }
+
+    /// Feeds with a closed candle not yet delivered (or reported), with that candle's open time.
+    fn due_feeds(&mut self, now_ms: i64) -> Vec<(Symbol, Timeframe, i64)> {
+        self.feeds
+            .iter()
+            .filter(|(_, feed)| !feed.subscribers.is_empty())
+            .filter_map(|((symbol, timeframe), feed)| {
+                let expected_open_ms = timeframe.last_closed_open_ms(now_ms);
+                let due = feed.delivered_open_ms.is_none_or(|delivered| delivered < expected_open_ms);
+                due.then(|| (symbol.clone(), *timeframe, expected_open_ms))
+            })
+            .collect()
+    }
+
+    fn deliver(
+        &mut self,
+        symbol: &Symbol,
+        timeframe: Timeframe,
+        expected_open_ms: i64,
+        now_ms: i64,
+        result: Result<Vec<Candle>, crate::exchange::ExchangeError>,
+        report: &mut PollReport,
+    ) {
+        if result.is_err() {
+            self.stats.klines_failures += 1;
+        }
+        let Some(feed) = self.feeds.get_mut(&(symbol.clone(), timeframe)) else { return };
+        let candles = match result {
+            Ok(mut candles) => {
+                candles.retain(|c| c.close_time_ms < now_ms);
+                let excess = candles.len().saturating_sub(CANDLE_WINDOW_LEN);
+                candles.drain(..excess);
+                let newest_open_ms = candles.last().map(|c| c.open_time_ms);
+                if newest_open_ms.is_some_and(|open| open >= expected_open_ms) {
+                    feed.delivered_open_ms = newest_open_ms;
+                    feed.stale_polls = 0;
+                    Ok(Arc::<[Candle]>::from(candles))
+                } else {
+                    feed.stale_polls += 1;
+                    if feed.stale_polls < STALE_POLLS_MAX || feed.reported_failure_open_ms == Some(expected_open_ms) {
+                        return;
+                    }
+                    Err(format!(
+                        "stale candles: newest closed {symbol} {timeframe} candle opened at {}, expected {expected_open_ms}",
+                        newest_open_ms.map_or("none".to_owned(), |o| o.to_string())
+                    ))
+                }
+            }
+            Err(error) => {
+                if feed.reported_failure_open_ms == Some(expected_open_ms) {
+                    return;
+                }
+                Err(format!("klines {symbol} {timeframe}: {error}"))
+            }
+        };
+        if candles.is_err() {
+            feed.reported_failure_open_ms = Some(expected_open_ms);
+            tracing::warn!(%symbol, %timeframe, error = candles.as_ref().err().map(String::as_str), "market data: candles unavailable");
+        }
+        let message = CandleClosed { symbol: symbol.clone(), timeframe, candles };
+        let (mut delivered, mut dropped_full) = (0_u32, 0_u32);
+        let mut closed = Vec::new();
+        for (user, recipient) in &feed.subscribers {
+            match recipient.try_send(message.clone()) {
+                Ok(()) => delivered += 1,
+                Err(SendError::Full(_)) => {
+                    dropped_full += 1;
+                    tracing::warn!(user = %user, %symbol, %timeframe, "market data: trader mailbox full, candle dropped for this trader");
+                }
+                Err(SendError::Closed(_)) => closed.push(user.clone()),
+            }
+        }
+        for user in closed {
+            feed.subscribers.remove(&user);
+        }
+        report.delivered += delivered;
+        report.dropped_full += dropped_full;
+        self.stats.deliveries += u64::from(delivered);
+        self.stats.dropped_full += u64::from(dropped_full);
+    }
+
+    fn unsubscribe(&mut self, user: &UserId) {
+        for feed in self.feeds.values_mut() {
+            feed.subscribers.remove(user);
+        }
+        self.feeds.retain(|_, feed| !feed.subscribers.is_empty());
+    }
+}
+
+impl Actor for MarketData {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(interval) = self.poll_interval {
+            ctx.run_interval(interval, |actor, ctx| {
+                let poll = actor.poll().map(|_, _, _| ());
+                ctx.spawn(poll);
+            });
+        }
+    }
+}
+
+impl Handler<Subscribe> for MarketData {
+    type Result = ();
+
+    fn handle(&mut self, message: Subscribe, _: &mut Context<Self>) {
+        self.unsubscribe(&message.user);
+        for feed in message.feeds {
+            let entry = self.feeds.entry(feed).or_default();
+            entry.subscribers.insert(message.user.clone(), message.recipient.clone());
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for MarketData {
+    type Result = ();
+
+    fn handle(&mut self, message: Unsubscribe, _: &mut Context<Self>) {
+        self.unsubscribe(&message.user);
+    }
+}
+
+impl Handler<Poll> for MarketData {
+    type Result = ResponseActFuture<Self, PollReport>;
+
+    fn handle(&mut self, _: Poll, _: &mut Context<Self>) -> Self::Result {
+        self.poll()
+    }
+}
+
+impl Handler<StopFeeds> for MarketData {
+    type Result = ();
+
+    fn handle(&mut self, _: StopFeeds, _: &mut Context<Self>) {
+        self.stopped = true;
+    }
+}
+
+impl Handler<GetStats> for MarketData {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        let mut stats = self.stats.clone();
+        stats.feeds = self.feeds.len();
+        stats.subscribers = self.feeds.values().map(|f| f.subscribers.len()).sum();
+        MessageResult(stats)
+    }
+}

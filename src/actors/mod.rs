@@ -1,0 +1,93 @@
+//! The actor shells. Each actor translates messages and does I/O; the decisions live in plain
+//! structs elsewhere (`trader::core`, `supervision::policy`, `persistence::Store`,
+//! `exchange::paper::venue`). See `actors.md` for the tree, every message, and which failure
+//! points each actor owns.
+
+pub mod market_data;
+pub mod order_router;
+pub mod persistence;
+pub mod trader;
+
+use std::fmt;
+
+use actix::Addr;
+use parking_lot::RwLock;
+
+use crate::actors::market_data::MarketData;
+use crate::actors::order_router::OrderRouter;
+use crate::actors::persistence::PersistenceActor;
+
+/// Where the current incarnation of each shared actor can be reached.
+///
+/// A restarted actor has a new address (see `supervision::watch`), so nobody keeps a shared
+/// actor's address for long: they ask the directory each time. The root supervisor writes an
+/// entry when it starts an incarnation and clears it when that incarnation exits; everyone else
+/// only reads. An empty entry means "restarting": callers record that as their reason to skip.
+#[derive(Default)]
+pub struct Directory {
+    persistence: RwLock<Option<Addr<PersistenceActor>>>,
+    market_data: RwLock<Option<Addr<MarketData>>>,
+    order_router: RwLock<Option<Addr<OrderRouter>>>,
+}
+
+impl fmt::Debug for Directory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Directory")
+            .field("persistence", &self.persistence.read().is_some())
+            .field("market_data", &self.market_data.read().is_some())
+            .field("order_router", &self.order_router.read().is_some())
+            .finish()
+    }
+}
+
+/// A shared actor is between incarnations (or stopped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not running (restarting or stopped)")]
+pub struct NotRunning(pub &'static str);
+
+impl Directory {
+    pub fn persistence(&self) -> Result<Addr<PersistenceActor>, NotRunning> {
+        self.persistence.read().clone().ok_or(NotRunning("persistence"))
+    }
+
+    pub fn market_data(&self) -> Result<Addr<MarketData>, NotRunning> {
+        self.market_data.read().clone().ok_or(NotRunning("market_data"))
+    }
+
+    pub fn order_router(&self) -> Result<Addr<OrderRouter>, NotRunning> {
+        self.order_router.read().clone().ok_or(NotRunning("order_router"))
+    }
+
+    pub(crate) fn set_persistence(&self, addr: Option<Addr<PersistenceActor>>) {
+        *self.persistence.write() = addr;
+    }
+
+    pub(crate) fn set_market_data(&self, addr: Option<Addr<MarketData>>) {
+        *self.market_data.write() = addr;
+    }
+
+    pub(crate) fn set_order_router(&self, addr: Option<Addr<OrderRouter>>) {
+        *self.order_router.write() = addr;
+    }
+}
+
+/// Stop after the messages already queued (orderly shutdown of a shared actor: its supervisor
+/// knows not to restart it).
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+macro_rules! stop_handler {
+    ($actor:ty) => {
+        impl actix::Handler<Stop> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: Stop, ctx: &mut actix::Context<Self>) {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}
+
+stop_handler!(PersistenceActor);
+stop_handler!(MarketData);
+stop_handler!(OrderRouter);

@@ -1,0 +1,446 @@
+//! OrderRouter: the only path from bulwark to the exchange for orders and account state.
+//!
+//! Exactly-once placement rests on three rules (BRIEF invariant 1):
+//! 1. An intent is committed (state `pending`, deterministic client order id) before it reaches
+//!    the router; the router moves it to `sending` with a compare-and-set before the request
+//!    leaves, so an intent that reconciliation already declared `not_placed` is never sent.
+//! 2. A request that may have executed (timeout, lost response, -1006/-1007, duplicate id) is never
+//!    resent: the order becomes `unknown` and is resolved by querying its client order id.
+//!    Only a failure that provably executed nothing (connection refused, 503 "Service
+//!    Unavailable") is retried, with the same client order id.
+//! 3. An order not found by its id is declared `not_placed` only after its last request's
+//!    timestamp plus the receive window plus a clock-skew margin has passed: after that the
+//!    exchange can no longer accept it.
+//!
+//! The router keeps no trading state of its own beyond the set of intents it is placing right now;
+//! everything else is in the database, so a restarted router resumes from there.
+//!
+//! Owns failure points SYS-EXCHANGE-API (order and account calls) and STATE-ORPHAN-ORDERS.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::actors::Directory;
+use crate::actors::persistence;
+use crate::clock::Clock;
+use crate::domain::{ClientOrderId, ExchangeOrder, OrderIntent, OrderState, Symbol, UserId};
+use crate::exchange::{Exchange, ExchangeError};
+use crate::limits::ORDER_RESOLVE_QUERIES_PER_SYNC_MAX;
+use crate::persistence::{OrderTransition, StoredOrder};
+use crate::trader::core::{AccountSnapshot, PlacementOutcome, UnresolvedOrder};
+use crate::trader::risk::RiskApproved;
+
+/// Order-path timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterSettings {
+    /// The receive window orders are signed with.
+    pub recv_window_ms: i64,
+    /// Extra time, beyond the receive window, before "not found" means "never placed".
+    pub clock_skew_margin_ms: i64,
+    /// Longest wait for any one exchange call.
+    pub exchange_timeout: Duration,
+    /// Attempts to send an order when earlier attempts provably executed nothing.
+    pub send_attempts_max: u32,
+    pub send_backoff_ms_initial: u64,
+    /// A committed intent the router is not placing, older than this, was never sent.
+    pub pending_grace_ms: i64,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            recv_window_ms: 5_000,
+            clock_skew_margin_ms: 1_000,
+            exchange_timeout: Duration::from_secs(10),
+            send_attempts_max: 3,
+            send_backoff_ms_initial: 200,
+            pending_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Resolve unresolved orders on one symbol, then read the position: what a trader needs before
+/// every decision.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AccountSnapshot, String>")]
+pub struct SyncAccount {
+    pub user: UserId,
+    pub symbol: Symbol,
+}
+
+/// Place a committed, risk-approved intent.
+#[derive(Debug, Message)]
+#[rtype(result = "PlacementOutcome")]
+pub struct SubmitIntent {
+    pub intent: RiskApproved<OrderIntent>,
+}
+
+/// Start-up reconciliation of one user (seed §6): resolve every unresolved order, cancel open
+/// exchange orders with bulwark's prefix that the database does not know.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ReconcileReport, String>")]
+pub struct ReconcileUser {
+    pub user: UserId,
+}
+
+/// Wait until no order is being placed, or the deadline passes. Returns how many are still in
+/// flight (they stay in the database as `sending`/`unknown` for the next start to resolve).
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct Drain {
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// Unresolved orders looked up, with the state each ended in.
+    pub resolved: Vec<(ClientOrderId, OrderState)>,
+    pub orphans_cancelled: Vec<ClientOrderId>,
+    pub cancel_failures: Vec<(ClientOrderId, String)>,
+    /// Open orders without bulwark's prefix (left alone).
+    pub external_orders: usize,
+}
+
+/// What every router operation needs; cloned into each request's future so that no future
+/// borrows the actor.
+#[derive(Clone)]
+struct RouterContext {
+    exchange: Arc<dyn Exchange>,
+    directory: Arc<Directory>,
+    clock: Arc<dyn Clock>,
+    settings: RouterSettings,
+}
+
+pub struct OrderRouter {
+    context: RouterContext,
+    /// Intents whose placement is running in this incarnation. Inserted when a SubmitIntent is
+    /// accepted, removed when its future ends; read by syncs and reconciliation so that they never
+    /// judge an order that is mid-flight.
+    in_flight: HashSet<ClientOrderId>,
+    /// Drain requests waiting for `in_flight` to empty (at most a few: one per shutdown).
+    drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for OrderRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderRouter").field("in_flight", &self.in_flight.len()).finish()
+    }
+}
+
+impl OrderRouter {
+    pub fn new(exchange: Arc<dyn Exchange>, directory: Arc<Directory>, clock: Arc<dyn Clock>, settings: RouterSettings) -> Self {
+        Self { context: RouterContext { exchange, directory, clock, settings }, in_flight: HashSet::new(), drain_waiters: Vec::new() }
+    }
+
+    fn finish(&mut self, client_order_id: &ClientOrderId) {
+        self.in_flight.remove(client_order_id);
+        if self.in_flight.is_empty() {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+}
+
+impl Actor for OrderRouter {
+    type Context = Context<Self>;
+}
+
+impl Handler<SyncAccount> for OrderRouter {
+    type Result = ResponseFuture<Result<AccountSnapshot, String>>;
+
+    fn handle(&mut self, message: SyncAccount, _: &mut Context<Self>) -> Self::Result {
+        let context = self.context.clone();
+        let placing = self.in_flight.clone();
+        Box::pin(async move { sync_account(&context, &message.user, &message.symbol, &placing).await })
+    }
+}
+
+impl Handler<SubmitIntent> for OrderRouter {
+    type Result = ResponseActFuture<Self, PlacementOutcome>;
+
+    fn handle(&mut self, message: SubmitIntent, _: &mut Context<Self>) -> Self::Result {
+        let intent = message.intent.into_inner();
+        let client_order_id = intent.client_order_id.clone();
+        if !self.in_flight.insert(client_order_id.clone()) {
+            let reason = format!("order {client_order_id} is already being placed");
+            return Box::pin(fut::ready(PlacementOutcome::Unconfirmed { reason }));
+        }
+        let context = self.context.clone();
+        Box::pin(async move { place(&context, intent).await }.into_actor(self).map(move |outcome, router, _| {
+            router.finish(&client_order_id);
+            outcome
+        }))
+    }
+}
+
+impl Handler<ReconcileUser> for OrderRouter {
+    type Result = ResponseFuture<Result<ReconcileReport, String>>;
+
+    fn handle(&mut self, message: ReconcileUser, _: &mut Context<Self>) -> Self::Result {
+        let context = self.context.clone();
+        let placing = self.in_flight.clone();
+        Box::pin(async move { reconcile_user(&context, &message.user, &placing).await })
+    }
+}
+
+impl Handler<Drain> for OrderRouter {
+    type Result = ResponseActFuture<Self, usize>;
+
+    fn handle(&mut self, message: Drain, _: &mut Context<Self>) -> Self::Result {
+        if self.in_flight.is_empty() {
+            return Box::pin(fut::ready(0));
+        }
+        let (done, drained) = oneshot::channel();
+        self.drain_waiters.push(done);
+        Box::pin(async move { tokio::time::timeout(message.deadline, drained).await }.into_actor(self).map(|_, router, _| router.in_flight.len()))
+    }
+}
+
+/// An exchange call with the router's timeout; a timeout is an unknown outcome.
+async fn call<T>(context: &RouterContext, what: &str, request: impl Future<Output = Result<T, ExchangeError>>) -> Result<T, ExchangeError> {
+    match tokio::time::timeout(context.settings.exchange_timeout, request).await {
+        Ok(result) => result,
+        Err(_) => Err(ExchangeError::UnknownOutcome {
+            detail: format!("{what}: no answer within {} ms", context.settings.exchange_timeout.as_millis()),
+        }),
+    }
+}
+
+async fn transition(context: &RouterContext, transition: OrderTransition) -> Result<bool, String> {
+    persistence::run(&context.directory, move |store| store.transition_order(&transition)).await.map_err(|e| e.to_string())
+}
+
+async fn load_order(context: &RouterContext, client_order_id: &ClientOrderId) -> Result<Option<StoredOrder>, String> {
+    let client_order_id = client_order_id.clone();
+    persistence::run(&context.directory, move |store| store.order(&client_order_id)).await.map_err(|e| e.to_string())
+}
+
+/// The state the database holds now (after a lost compare-and-set).
+async fn current_state(context: &RouterContext, client_order_id: &ClientOrderId) -> OrderState {
+    match load_order(context, client_order_id).await {
+        Ok(Some(order)) => order.state,
+        _ => OrderState::Unknown,
+    }
+}
+
+async fn place(context: &RouterContext, intent: OrderIntent) -> PlacementOutcome {
+    let client_order_id = intent.client_order_id.clone();
+    let mut from = OrderState::Pending;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let now_ms = context.clock.now_ms();
+        let mut to_sending = OrderTransition::new(client_order_id.clone(), from, OrderState::Sending, now_ms);
+        to_sending.sent_at_ms = Some(now_ms);
+        match transition(context, to_sending).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let state = current_state(context, &client_order_id).await;
+                return PlacementOutcome::Recorded { state, detail: format!("intent was no longer {from} (now {state}); not sent") };
+            }
+            Err(error) => {
+                return PlacementOutcome::NotCommitted { reason: format!("could not mark the order as sending ({error}); nothing was sent") };
+            }
+        }
+        let request = intent.request(now_ms);
+        let result = call(context, "create order", context.exchange.create_order(&intent.user, &request)).await;
+        let error = match result {
+            Ok(order) => return adopt(context, &intent, OrderState::Sending, Decimal::ZERO, order).await,
+            Err(error) => error,
+        };
+        tracing::warn!(user = %intent.user, client_order_id = %client_order_id, attempt, %error, "order router: create order failed");
+        match &error {
+            ExchangeError::Duplicate { .. } => {
+                // An order with this id exists: adopt it rather than place another.
+                return match call(context, "query order", context.exchange.order_by_client_id(&intent.user, &intent.symbol, &client_order_id)).await {
+                    Ok(Some(order)) => adopt(context, &intent, OrderState::Sending, Decimal::ZERO, order).await,
+                    _ => mark(context, &client_order_id, OrderState::Sending, OrderState::Unknown, error.to_string()).await,
+                };
+            }
+            error if error.order_may_exist() => {
+                return mark(context, &client_order_id, OrderState::Sending, OrderState::Unknown, error.to_string()).await;
+            }
+            ExchangeError::Retryable { .. } if attempt < context.settings.send_attempts_max => {
+                from = OrderState::Sending;
+                let backoff_ms = context.settings.send_backoff_ms_initial << (attempt - 1);
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+            }
+            ExchangeError::Retryable { .. } | ExchangeError::RateLimited { .. } | ExchangeError::Banned { .. } => {
+                return mark(context, &client_order_id, OrderState::Sending, OrderState::NotPlaced, error.to_string()).await;
+            }
+            ExchangeError::Rejected { .. } | ExchangeError::Auth { .. } | ExchangeError::UnknownOutcome { .. } | ExchangeError::Malformed { .. } => {
+                return mark(context, &client_order_id, OrderState::Sending, OrderState::Rejected, error.to_string()).await;
+            }
+        }
+    }
+}
+
+/// Records a state reached without an exchange order to adopt.
+async fn mark(context: &RouterContext, client_order_id: &ClientOrderId, from: OrderState, to: OrderState, detail: String) -> PlacementOutcome {
+    let mut change = OrderTransition::new(client_order_id.clone(), from, to, context.clock.now_ms());
+    change.last_error = Some(detail.clone());
+    match transition(context, change).await {
+        Ok(true) => PlacementOutcome::Recorded { state: to, detail },
+        Ok(false) => {
+            let state = current_state(context, client_order_id).await;
+            PlacementOutcome::Recorded { state, detail: format!("{detail} (already {state})") }
+        }
+        Err(error) => PlacementOutcome::Unconfirmed { reason: format!("{detail}; and recording it failed: {error}") },
+    }
+}
+
+/// Takes the exchange's view of an order into the database (with its fills, atomically).
+async fn adopt(context: &RouterContext, intent: &OrderIntent, from: OrderState, known_filled: Decimal, order: ExchangeOrder) -> PlacementOutcome {
+    let to = order.status.order_state();
+    let mut change = OrderTransition::new(intent.client_order_id.clone(), from, to, context.clock.now_ms());
+    change.exchange_order_id = Some(order.exchange_order_id.clone());
+    change.filled_quantity = Some(order.filled_quantity);
+    change.average_price = order.average_price;
+    if !order.filled_quantity.is_zero() {
+        let since_ms = intent.created_at_ms - 60_000;
+        match call(context, "fills", context.exchange.fills(&intent.user, &intent.symbol, since_ms)).await {
+            Ok(fills) => change.fills = fills.into_iter().filter(|f| f.exchange_order_id == order.exchange_order_id).collect(),
+            Err(error) => {
+                // Without its fills a filled order must not be marked done: leave it for the next sync.
+                return PlacementOutcome::Recorded { state: from, detail: format!("order {} but its fills could not be read: {error}", order.status.as_str()) };
+            }
+        }
+    }
+    let detail = format!("exchange order {} {}", order.exchange_order_id, order.status.as_str());
+    if from == to && order.filled_quantity == known_filled {
+        return PlacementOutcome::Recorded { state: to, detail };
+    }
+    match transition(context, change).await {
+        Ok(true) => PlacementOutcome::Recorded { state: to, detail },
+        Ok(false) => {
+            let state = current_state(context, &intent.client_order_id).await;
+            PlacementOutcome::Recorded { state, detail: format!("{detail} (database already had {state})") }
+        }
+        Err(error) => PlacementOutcome::Unconfirmed { reason: format!("{detail}; recording it failed: {error}") },
+    }
+}
+
+/// Brings one unresolved order up to date with the exchange. Returns the state it is in after.
+async fn resolve_order(context: &RouterContext, order: &StoredOrder, placing: &HashSet<ClientOrderId>) -> Result<OrderState, String> {
+    let intent = &order.intent;
+    if placing.contains(&intent.client_order_id) {
+        return Ok(order.state);
+    }
+    let now_ms = context.clock.now_ms();
+    if order.state == OrderState::Pending {
+        if now_ms - intent.created_at_ms < context.settings.pending_grace_ms {
+            return Ok(order.state);
+        }
+        let detail = "committed but never sent (its trader stopped before sending it)".to_owned();
+        return Ok(match mark(context, &intent.client_order_id, OrderState::Pending, OrderState::NotPlaced, detail).await {
+            PlacementOutcome::Recorded { state, .. } => state,
+            _ => order.state,
+        });
+    }
+    let found = call(context, "query order", context.exchange.order_by_client_id(&intent.user, &intent.symbol, &intent.client_order_id))
+        .await
+        .map_err(|e| e.to_string())?;
+    match found {
+        Some(exchange_order) => Ok(match adopt(context, intent, order.state, order.filled_quantity, exchange_order).await {
+            PlacementOutcome::Recorded { state, .. } => state,
+            _ => order.state,
+        }),
+        None => {
+            let window_closed_at_ms = order.sent_at_ms.unwrap_or(intent.created_at_ms)
+                + context.settings.recv_window_ms
+                + context.settings.clock_skew_margin_ms;
+            if order.state == OrderState::Open {
+                tracing::warn!(client_order_id = %intent.client_order_id, "order router: an open order is no longer known to the exchange");
+                return Ok(order.state);
+            }
+            if now_ms <= window_closed_at_ms {
+                return Ok(order.state);
+            }
+            let detail = "not found by client order id after its receive window closed".to_owned();
+            Ok(match mark(context, &intent.client_order_id, order.state, OrderState::NotPlaced, detail).await {
+                PlacementOutcome::Recorded { state, .. } => state,
+                _ => order.state,
+            })
+        }
+    }
+}
+
+async fn sync_account(context: &RouterContext, user: &UserId, symbol: &Symbol, placing: &HashSet<ClientOrderId>) -> Result<AccountSnapshot, String> {
+    let unresolved_orders = {
+        let (user, symbol) = (user.clone(), symbol.clone());
+        persistence::run(&context.directory, move |store| store.unresolved_orders(&user, Some(&symbol)))
+            .await
+            .map_err(|e| format!("database: {e}"))?
+    };
+    for order in unresolved_orders.iter().take(ORDER_RESOLVE_QUERIES_PER_SYNC_MAX) {
+        if let Err(error) = resolve_order(context, order, placing).await {
+            tracing::warn!(%user, client_order_id = %order.intent.client_order_id, %error, "order router: could not resolve order");
+        }
+    }
+    let position = call(context, "position", context.exchange.position(user, symbol)).await.map_err(|e| e.to_string())?;
+    let fetched_at_ms = context.clock.now_ms();
+    let rules = call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(|e| e.to_string())?;
+    let unresolved = if unresolved_orders.is_empty() {
+        Vec::new()
+    } else {
+        let (user, symbol) = (user.clone(), symbol.clone());
+        persistence::run(&context.directory, move |store| store.unresolved_orders(&user, Some(&symbol)))
+            .await
+            .map_err(|e| format!("database: {e}"))?
+            .into_iter()
+            .map(|o| UnresolvedOrder { client_order_id: o.intent.client_order_id, state: o.state })
+            .collect()
+    };
+    Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms })
+}
+
+async fn reconcile_user(context: &RouterContext, user: &UserId, placing: &HashSet<ClientOrderId>) -> Result<ReconcileReport, String> {
+    let mut report = ReconcileReport::default();
+    let unresolved = {
+        let user = user.clone();
+        persistence::run(&context.directory, move |store| store.unresolved_orders(&user, None)).await.map_err(|e| format!("database: {e}"))?
+    };
+    for order in &unresolved {
+        let state = resolve_order(context, order, placing).await.map_err(|e| format!("resolving {}: {e}", order.intent.client_order_id))?;
+        report.resolved.push((order.intent.client_order_id.clone(), state));
+    }
+    let open_orders = call(context, "open orders", context.exchange.open_orders(user, None)).await.map_err(|e| e.to_string())?;
+    for open in open_orders {
+        if !open.client_order_id.is_bulwark() {
+            report.external_orders += 1;
+            continue;
+        }
+        if placing.contains(&open.client_order_id) {
+            continue;
+        }
+        let known = load_order(context, &open.client_order_id).await?;
+        let why = match &known {
+            None => "orphan: open on the exchange, unknown to the database".to_owned(),
+            Some(stored) if stored.state.is_final() => format!("open on the exchange but the database has it {}", stored.state),
+            Some(_) => continue,
+        };
+        let result = call(context, "cancel order", context.exchange.cancel_order(user, &open.symbol, &open.client_order_id)).await;
+        let (action, detail) = match &result {
+            Ok(_) => ("orphan_cancelled", why.clone()),
+            Err(error) => ("orphan_cancel_failed", format!("{why}; cancel failed: {error}")),
+        };
+        tracing::warn!(%user, client_order_id = %open.client_order_id, action, %detail, "reconciliation");
+        let (record_user, record_id, record_detail, now_ms) = (user.clone(), open.client_order_id.clone(), detail.clone(), context.clock.now_ms());
+        persistence::run(&context.directory, move |store| store.record_reconcile_action(&record_user, action, Some(&record_id), &record_detail, now_ms))
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        match result {
+            Ok(_) => report.orphans_cancelled.push(open.client_order_id),
+            Err(error) => report.cancel_failures.push((open.client_order_id, error.to_string())),
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,266 @@
+//! The trader actor: the shell around one user's [`TraderCore`].
+//!
+//! It starts by reloading the user's state from the database and reconciling with the exchange
+//! (resolve unresolved orders, cancel orphans) before it subscribes to candles, so a restarted
+//! trader never trades on a stale picture. After that it only moves messages: a closed candle goes
+//! into the core, the core's commands come out as I/O (account syncs and order placement through
+//! the order router, records through persistence), and the answers go back into the core.
+//!
+//! Every incarnation is new: a panic anywhere in it ends the incarnation, the user's supervisor
+//! restarts it with backoff, and the new one rebuilds itself from the database.
+//!
+//! Owns failure point STATE-STRATEGY-ERROR (it records every skipped iteration) and, with the
+//! core, the per-user loop's failure paths of the first seed (§1–4, §7).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::broadcast;
+
+use crate::actors::Directory;
+use crate::actors::market_data::{CandleClosed, Subscribe};
+use crate::actors::order_router::{ReconcileUser, SubmitIntent, SyncAccount};
+use crate::actors::persistence;
+use crate::clock::Clock;
+use crate::domain::UserId;
+use crate::persistence::DecisionRecord;
+use crate::trader::core::{PlacementOutcome, SlotSpec, TraderCommand, TraderCore, TraderEvent};
+use crate::trader::risk::RiskLimits;
+
+/// Counters shared by every incarnation of one user's trader (read by the tree snapshot and
+/// tests; written only by the trader).
+#[derive(Debug, Default)]
+pub struct UserCounters {
+    /// Iterations where the strategy ran and its result was acted on.
+    pub decisions: AtomicU64,
+    /// Iterations skipped, each with a recorded reason.
+    pub skipped: AtomicU64,
+    /// Intents handed to the order router.
+    pub orders: AtomicU64,
+}
+
+/// Deliberate faults for demos and tests (`[chaos]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChaosPlan {
+    /// Panic on every Nth decision of each incarnation.
+    pub panic_every_decisions: u64,
+}
+
+/// Everything needed to build one incarnation; cloned into each.
+#[derive(Clone)]
+pub struct TraderSeed {
+    pub user: UserId,
+    pub slots: Vec<SlotSpec>,
+    pub limits: RiskLimits,
+    pub directory: Arc<Directory>,
+    pub clock: Arc<dyn Clock>,
+    pub counters: Arc<UserCounters>,
+    pub chaos: Option<ChaosPlan>,
+    /// Every decision record, for live status surfaces and tests (bounded; never blocks).
+    pub decisions_tap: broadcast::Sender<DecisionRecord>,
+    /// Safety net on calls to shared actors (they always answer; this bounds a hang).
+    pub call_timeout: Duration,
+}
+
+impl std::fmt::Debug for TraderSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraderSeed").field("user", &self.user).field("slots", &self.slots.len()).field("chaos", &self.chaos).finish()
+    }
+}
+
+/// What a trader tells its supervisor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum TraderReport {
+    /// State reloaded, reconciled, subscribed: trading.
+    Ready { incarnation: u32, detail: String },
+    /// Start-up failed; the trader stops itself right after this.
+    Failed { incarnation: u32, reason: String },
+}
+
+/// Stop after the current message (orderly shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopTrader;
+
+pub struct Trader {
+    seed: TraderSeed,
+    incarnation: u32,
+    supervisor: Recipient<TraderReport>,
+    core: TraderCore,
+    /// Decisions made by this incarnation (the chaos plan counts these).
+    decisions_this_incarnation: u64,
+}
+
+impl std::fmt::Debug for Trader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trader").field("user", &self.seed.user).field("incarnation", &self.incarnation).finish()
+    }
+}
+
+impl Trader {
+    pub fn new(seed: TraderSeed, incarnation: u32, supervisor: Recipient<TraderReport>) -> Self {
+        let core = TraderCore::new(seed.user.clone(), seed.slots.clone(), seed.limits);
+        Self { seed, incarnation, supervisor, core, decisions_this_incarnation: 0 }
+    }
+
+    fn fail(&mut self, ctx: &mut Context<Self>, reason: String) {
+        tracing::error!(user = %self.seed.user, incarnation = self.incarnation, %reason, "trader: start-up failed");
+        let _ = self.supervisor.try_send(TraderReport::Failed { incarnation: self.incarnation, reason });
+        ctx.stop();
+    }
+
+    /// Carries out the core's commands. A decision that the chaos plan targets panics here, before
+    /// any of the batch's effects, so nothing half-done is left behind.
+    fn execute(&mut self, commands: Vec<TraderCommand>, ctx: &mut Context<Self>) {
+        let decided = commands.iter().any(|c| matches!(c, TraderCommand::Record(record) if record.counts_as_decision));
+        if decided {
+            self.decisions_this_incarnation += 1;
+            if let Some(chaos) = self.seed.chaos
+                && self.decisions_this_incarnation.is_multiple_of(chaos.panic_every_decisions)
+            {
+                panic!(
+                    "chaos: injected panic at decision {} of incarnation {} of user {}",
+                    self.decisions_this_incarnation, self.incarnation, self.seed.user
+                );
+            }
+        }
+        for command in commands {
+            match command {
+                TraderCommand::Record(record) => self.record(record),
+                TraderCommand::SavePosition(position) => {
+                    persistence::submit(&self.seed.directory, "position", move |store| store.save_position(&position));
+                }
+                TraderCommand::SyncAccount { slot, iteration, symbol } => self.sync_account(slot, iteration, symbol, ctx),
+                TraderCommand::PlaceIntent { slot, intent } => self.place_intent(slot, intent, ctx),
+            }
+        }
+    }
+
+    fn record(&mut self, record: DecisionRecord) {
+        let counter = if record.counts_as_decision { &self.seed.counters.decisions } else { &self.seed.counters.skipped };
+        if record.outcome == "skipped" || record.counts_as_decision {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(user = %record.user, symbol = %record.symbol, outcome = %record.outcome, reason = %record.reason, "decision");
+        let _ = self.seed.decisions_tap.send(record.clone());
+        persistence::submit(&self.seed.directory, "decision", move |store| store.record_decision(&record));
+    }
+
+    fn sync_account(&mut self, slot: usize, iteration: u64, symbol: crate::domain::Symbol, ctx: &mut Context<Self>) {
+        let request = SyncAccount { user: self.seed.user.clone(), symbol };
+        let (directory, timeout) = (self.seed.directory.clone(), self.seed.call_timeout);
+        let answer = async move {
+            let router = directory.order_router().map_err(|e| e.to_string())?;
+            router.send(request).timeout(timeout).await.map_err(|e| format!("order router did not answer: {e}"))?
+        };
+        ctx.spawn(answer.into_actor(self).map(move |result, trader, ctx| {
+            let now_ms = trader.seed.clock.now_ms();
+            let commands = trader.core.process(TraderEvent::AccountSynced { slot, iteration, result }, now_ms);
+            trader.execute(commands, ctx);
+        }));
+    }
+
+    fn place_intent(&mut self, slot: usize, approved: crate::trader::risk::RiskApproved<crate::domain::OrderIntent>, ctx: &mut Context<Self>) {
+        self.seed.counters.orders.fetch_add(1, Ordering::Relaxed);
+        let client_order_id = approved.get().client_order_id.clone();
+        let (directory, timeout) = (self.seed.directory.clone(), self.seed.call_timeout);
+        let placement = async move {
+            // Invariant 1: the intent is durable before anything can be sent.
+            let intent = approved.get().clone();
+            if let Err(error) = persistence::run(&directory, move |store| store.commit_intent(&intent)).await {
+                return PlacementOutcome::NotCommitted { reason: error.to_string() };
+            }
+            let router = match directory.order_router() {
+                Ok(router) => router,
+                Err(error) => return PlacementOutcome::Unconfirmed { reason: error.to_string() },
+            };
+            match router.send(SubmitIntent { intent: approved }).timeout(timeout).await {
+                Ok(outcome) => outcome,
+                Err(error) => PlacementOutcome::Unconfirmed { reason: format!("order router did not answer: {error}") },
+            }
+        };
+        ctx.spawn(placement.into_actor(self).map(move |outcome, trader, ctx| {
+            let now_ms = trader.seed.clock.now_ms();
+            let commands = trader.core.process(TraderEvent::PlacementFinished { slot, client_order_id, outcome }, now_ms);
+            trader.execute(commands, ctx);
+        }));
+    }
+}
+
+impl Actor for Trader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let user = self.seed.user.clone();
+        let directory = self.seed.directory.clone();
+        let timeout = self.seed.call_timeout;
+        let load = {
+            let user = user.clone();
+            let directory = directory.clone();
+            async move { persistence::run(&directory, move |store| store.load_trader_state(&user)).await }
+        };
+        let start_up = load.into_actor(self).then(move |loaded, trader, _| {
+            let reconcile = async move {
+                let state = loaded.map_err(|e| format!("loading state: {e}"))?;
+                let router = directory.order_router().map_err(|e| e.to_string())?;
+                let report = router
+                    .send(ReconcileUser { user })
+                    .timeout(timeout)
+                    .await
+                    .map_err(|e| format!("reconciliation: order router did not answer: {e}"))?
+                    .map_err(|e| format!("reconciliation: {e}"))?;
+                Ok::<_, String>((state, report))
+            };
+            reconcile.into_actor(trader)
+        });
+        ctx.wait(start_up.map(|result, trader, ctx| {
+            let (state, report) = match result {
+                Ok(done) => done,
+                Err(reason) => return trader.fail(ctx, reason),
+            };
+            trader.core.restore(&state);
+            let subscribe = Subscribe { user: trader.seed.user.clone(), feeds: trader.core.feeds(), recipient: ctx.address().recipient() };
+            match trader.seed.directory.market_data() {
+                Ok(market_data) => {
+                    if let Err(error) = market_data.try_send(subscribe) {
+                        return trader.fail(ctx, format!("subscribing to market data: {error}"));
+                    }
+                }
+                Err(error) => return trader.fail(ctx, format!("subscribing to market data: {error}")),
+            }
+            let detail = format!(
+                "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s)",
+                state.positions.len(),
+                state.last_intent_seq,
+                state.unresolved_orders.len(),
+                report.resolved.len(),
+                report.orphans_cancelled.len(),
+                report.external_orders
+            );
+            tracing::info!(user = %trader.seed.user, incarnation = trader.incarnation, positions = ?trader.core.describe_positions(), "trader ready: {detail}");
+            let _ = trader.supervisor.try_send(TraderReport::Ready { incarnation: trader.incarnation, detail });
+        }));
+    }
+}
+
+impl Handler<CandleClosed> for Trader {
+    type Result = ();
+
+    fn handle(&mut self, message: CandleClosed, ctx: &mut Context<Self>) {
+        let now_ms = self.seed.clock.now_ms();
+        let event = TraderEvent::CandleClosed { symbol: message.symbol, timeframe: message.timeframe, candles: message.candles };
+        let commands = self.core.process(event, now_ms);
+        self.execute(commands, ctx);
+    }
+}
+
+impl Handler<StopTrader> for Trader {
+    type Result = ();
+
+    fn handle(&mut self, _: StopTrader, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

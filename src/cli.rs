@@ -1,0 +1,106 @@
+//! The command line: `bulwark run | status | check-config`. Thin: parse, load the config, call the
+//! library, map the outcome to an exit code.
+//!
+//! Exit codes: 0 success; 1 a runtime error (including "another server holds this database");
+//! 2 a config that does not validate; 70 an escalation (a shared actor kept failing).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+pub const EXIT_RUNTIME_ERROR: u8 = 1;
+pub const EXIT_CONFIG_INVALID: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "bulwark", version, about = "A supervised, multi-user crypto-futures trading server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server until SIGTERM/SIGINT (or --duration), then shut down in order.
+    Run {
+        /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+    },
+    /// Print each user's state from the database and logs (works while the server runs).
+    Status {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config: prints `config ok`, or every problem and exits 2.
+    CheckConfig {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, duration } => {
+            let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
+            if let Err(error) = std::fs::create_dir_all(&config.server.log_dir) {
+                eprintln!("bulwark: cannot create the log directory {}: {error}", config.server.log_dir.display());
+                return ExitCode::from(EXIT_RUNTIME_ERROR);
+            }
+            let _log = crate::logging::init(Some(&config.server.log_dir));
+            match crate::server::run(config, duration.map(Duration::from_secs)) {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("bulwark: {error:#}");
+                    ExitCode::from(EXIT_RUNTIME_ERROR)
+                }
+            }
+        }
+        Command::Status { config, json } => {
+            let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
+            match crate::status::collect(&config) {
+                Ok(report) if json => {
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    print!("{}", crate::status::render_text(&report));
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("bulwark: {error:#}");
+                    ExitCode::from(EXIT_RUNTIME_ERROR)
+                }
+            }
+        }
+        Command::CheckConfig { config } => match load_or_report(config) {
+            Some(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::from(EXIT_CONFIG_INVALID),
+        },
+    }
+}
+
+/// Loads the config, printing every problem to stderr when it does not validate.
+fn load_or_report(path: Option<PathBuf>) -> Option<Config> {
+    match config::load(path.as_deref()) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            eprintln!("{errors}");
+            None
+        }
+    }
+}

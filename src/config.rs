@@ -1,0 +1,931 @@
+//! Configuration: TOML in, a validated [`Config`] out.
+//!
+//! Parsing is two-phase (as ripgrep's low/high args): serde reads the raw file into plain structs
+//! with defaults, recording every unknown key instead of stopping at the first; validation then
+//! turns raw values into typed ones and collects every problem, each named by its path and value
+//! (`users[1].strategies[0].symbol: unknown symbol "XRPUSD"`). A config either validates whole or
+//! is refused whole: nothing runs on half a config.
+//!
+//! `config/bulwark.toml` is also compiled in as the embedded default: with no `--config` and no
+//! file at the default path, bulwark runs on it (paper exchange, SQLite, no keys, no network).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::FromPrimitive;
+use serde::Deserialize;
+
+use crate::domain::{Symbol, SymbolRules, Timeframe, UserId};
+use crate::exchange::paper::market::{BASE_TIMEFRAME, RandomWalkParams, SeriesSource, parse_replay};
+use crate::exchange::paper::venue::VenueSettings;
+use crate::exchange::paper::{PaperSettings, PaperSymbol, embedded_dataset};
+use crate::limits::{CANDLE_WINDOW_LEN, STRATEGIES_PER_USER_MAX, USERS_MAX};
+use crate::strategy::{self, Strategy};
+use crate::supervision::policy::RestartPolicy;
+use crate::trader::risk::RiskLimits;
+
+/// The default config path, relative to the current directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/bulwark.toml";
+
+/// The shipped default config, compiled in.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/bulwark.toml");
+
+/// One problem in a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Where: `users[1].strategies[0].symbol`, or `(file)` for the file as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem of a config that did not validate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    pub source_name: String,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        write!(f, "{}: {count} problem{}", self.source_name, if count == 1 { "" } else { "s" })?;
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+/// `[supervisor]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupervisorConfig {
+    pub user_policy: RestartPolicy,
+    pub shared_policy: RestartPolicy,
+    pub status_interval: Duration,
+    /// Arbiter threads the traders share.
+    pub trader_threads: usize,
+    /// Deadline of each shutdown step.
+    pub shutdown_deadline: Duration,
+}
+
+/// `[exchange]`
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    pub recv_window_ms: i64,
+    pub timeout: Duration,
+    pub venue: VenueConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum VenueConfig {
+    Paper(PaperSettings),
+}
+
+/// `[chaos]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChaosConfig {
+    pub enabled: bool,
+    pub panic_users: BTreeSet<UserId>,
+    pub panic_every_decisions: u64,
+}
+
+/// `[[users.strategies]]`
+#[derive(Debug, Clone)]
+pub struct StrategyConfig {
+    pub symbol: Symbol,
+    pub timeframe: Timeframe,
+    pub strategy: Arc<dyn Strategy>,
+    pub position_size_usdt: Decimal,
+}
+
+/// `[[users]]`
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub id: UserId,
+    pub strategies: Vec<StrategyConfig>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (a path, or "embedded default").
+    pub source_name: String,
+    pub server: ServerConfig,
+    pub supervisor: SupervisorConfig,
+    pub exchange: ExchangeConfig,
+    pub risk: RiskLimits,
+    pub chaos: ChaosConfig,
+    pub users: Vec<UserConfig>,
+}
+
+impl Config {
+    pub fn database_path(&self) -> PathBuf {
+        self.server.data_dir.join("bulwark.db")
+    }
+
+    pub fn paper_journal_path(&self) -> PathBuf {
+        self.server.data_dir.join("paper_exchange.db")
+    }
+
+    /// How often market data checks for closed candles: four times per replayed candle on paper.
+    pub fn market_poll_interval(&self) -> Duration {
+        match &self.exchange.venue {
+            VenueConfig::Paper(paper) => Duration::from_millis((paper.candle_interval_ms / 4).clamp(10, 1_000) as u64),
+        }
+    }
+}
+
+/// Loads the config at `path`; with `None`, the default path, or the embedded default when no
+/// file is there.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let (path, explicit) = match path {
+        Some(path) => (path.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text, &path.display().to_string()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            tracing::info!("{} not found: running on the embedded default config", path.display());
+            parse(EMBEDDED_DEFAULT, "embedded default")
+        }
+        Err(error) => Err(ConfigErrors {
+            source_name: path.display().to_string(),
+            problems: vec![ConfigProblem { path: "(file)".to_owned(), message: format!("cannot read: {error}") }],
+        }),
+    }
+}
+
+/// Parses and validates config text. `source_name` names it in errors.
+pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
+    let fail = |problems| ConfigErrors { source_name: source_name.to_owned(), problems };
+    let deserializer = toml::Deserializer::parse(text).map_err(|error| fail(vec![toml_problem(&error)]))?;
+    let mut problems = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(deserializer, |path| {
+        problems.push(ConfigProblem { path: format_path(&path), message: "unknown key".to_owned() });
+    })
+    .map_err(|error| {
+        let mut all = problems.clone();
+        all.push(toml_problem(&error));
+        fail(all)
+    })?;
+    let mut validator = Validator { problems };
+    let config = validator.config(raw, source_name);
+    if validator.problems.is_empty() { Ok(config.expect("Invariant: no problems means a config")) } else { Err(fail(validator.problems)) }
+}
+
+fn toml_problem(error: &toml::de::Error) -> ConfigProblem {
+    ConfigProblem { path: "(file)".to_owned(), message: error.to_string().trim().replace('\n', "\n    ") }
+}
+
+/// `users[1].strategies[0].foo` from serde_ignored's path.
+fn format_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", format_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = format_path(parent);
+            if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => format_path(parent),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw structure: what the file may contain, with defaults. Numbers are read wide (i64, f64) so
+// that a negative value is reported by validation with its path, not as a type error.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    server: RawServer,
+    supervisor: RawSupervisor,
+    exchange: RawExchange,
+    risk: RawRisk,
+    chaos: RawChaos,
+    users: Vec<RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawServer {
+    data_dir: String,
+    log_dir: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self { data_dir: "data".to_owned(), log_dir: "logs".to_owned() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawSupervisor {
+    max_restarts: i64,
+    within_secs: i64,
+    backoff_ms_initial: i64,
+    backoff_ms_max: i64,
+    status_interval_secs: i64,
+    shared_max_restarts: i64,
+    shared_within_secs: i64,
+    trader_threads: i64,
+    shutdown_deadline_secs: i64,
+}
+
+impl Default for RawSupervisor {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            within_secs: 60,
+            backoff_ms_initial: 500,
+            backoff_ms_max: 30_000,
+            status_interval_secs: 10,
+            shared_max_restarts: 2,
+            shared_within_secs: 60,
+            trader_threads: 0,
+            shutdown_deadline_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawExchange {
+    kind: String,
+    recv_window_ms: i64,
+    timeout_ms: i64,
+    paper: Option<RawPaper>,
+}
+
+impl Default for RawExchange {
+    fn default() -> Self {
+        Self { kind: "paper".to_owned(), recv_window_ms: 5_000, timeout_ms: 10_000, paper: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawPaper {
+    candle_interval_ms: i64,
+    starting_balance_usdt: f64,
+    taker_fee_bps: f64,
+    slippage_bps: f64,
+    leverage: f64,
+    seed: i64,
+    replay: Option<Vec<RawReplay>>,
+    random_walk: Option<Vec<RawRandomWalk>>,
+}
+
+impl Default for RawPaper {
+    fn default() -> Self {
+        Self {
+            candle_interval_ms: 1_000,
+            starting_balance_usdt: 10_000.0,
+            taker_fee_bps: 4.0,
+            slippage_bps: 1.0,
+            leverage: 5.0,
+            seed: 42,
+            replay: None,
+            random_walk: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawRules {
+    tick_size: Option<f64>,
+    step_size: Option<f64>,
+    min_quantity: Option<f64>,
+    min_notional: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawReplay {
+    symbol: String,
+    /// A recording compiled into the binary (see `data/replay/PROVENANCE.md`).
+    dataset: Option<String>,
+    /// A recording on disk, relative to the current directory.
+    file: Option<String>,
+    #[serde(flatten)]
+    rules: RawRules,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawRandomWalk {
+    symbol: String,
+    start_price: f64,
+    volatility_pct: f64,
+    mean_reversion: f64,
+    base_volume: f64,
+    #[serde(flatten)]
+    rules: RawRules,
+}
+
+impl Default for RawRandomWalk {
+    fn default() -> Self {
+        Self { symbol: String::new(), start_price: 0.0, volatility_pct: 0.3, mean_reversion: 0.001, base_volume: 100.0, rules: RawRules::default() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawRisk {
+    max_open_positions: i64,
+    max_position_notional_usdt: f64,
+}
+
+impl Default for RawRisk {
+    fn default() -> Self {
+        Self { max_open_positions: 3, max_position_notional_usdt: 5_000.0 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawChaos {
+    enabled: bool,
+    panic_users: Vec<String>,
+    panic_every_decisions: i64,
+}
+
+impl Default for RawChaos {
+    fn default() -> Self {
+        Self { enabled: false, panic_users: Vec::new(), panic_every_decisions: 3 }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawUser {
+    id: String,
+    paper_balance_usdt: Option<f64>,
+    strategies: Vec<RawStrategy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawStrategy {
+    symbol: String,
+    timeframe: String,
+    strategy: String,
+    params: BTreeMap<String, toml::Value>,
+    position_size_usdt: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+struct Validator {
+    problems: Vec<ConfigProblem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(ConfigProblem { path: path.into(), message: message.into() });
+    }
+
+    fn int_in(&mut self, path: &str, value: i64, min: i64, max: i64) -> i64 {
+        if value < min || value > max {
+            self.problem(path, format!("must be from {min} to {max}, got {value}"));
+            return min.max(0);
+        }
+        value
+    }
+
+    fn positive(&mut self, path: &str, value: f64) -> Decimal {
+        if !(value.is_finite() && value > 0.0) {
+            self.problem(path, format!("must be greater than 0, got {value}"));
+            return Decimal::ONE;
+        }
+        Decimal::from_f64(value).unwrap_or(Decimal::ONE)
+    }
+
+    fn real_in(&mut self, path: &str, value: f64, min: f64, max: f64) -> f64 {
+        if !(value.is_finite() && value >= min && value <= max) {
+            self.problem(path, format!("must be from {min} to {max}, got {value}"));
+            return min;
+        }
+        value
+    }
+
+    fn config(&mut self, raw: RawConfig, source_name: &str) -> Option<Config> {
+        let server = self.server(raw.server);
+        let supervisor = self.supervisor(raw.supervisor);
+        let risk = self.risk(raw.risk);
+        let balances = self.user_balances(&raw.users);
+        let exchange = self.exchange(raw.exchange, balances);
+        let symbols: BTreeSet<Symbol> = match &exchange.venue {
+            VenueConfig::Paper(paper) => paper.symbols.iter().map(|s| s.symbol.clone()).collect(),
+        };
+        let users = self.users(raw.users, &symbols, risk);
+        let chaos = self.chaos(raw.chaos, &users);
+        Some(Config { source_name: source_name.to_owned(), server, supervisor, exchange, risk, chaos, users })
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerConfig {
+        for (path, value) in [("server.data_dir", &raw.data_dir), ("server.log_dir", &raw.log_dir)] {
+            if value.trim().is_empty() {
+                self.problem(path, "must not be empty");
+            }
+        }
+        ServerConfig { data_dir: PathBuf::from(raw.data_dir), log_dir: PathBuf::from(raw.log_dir) }
+    }
+
+    fn supervisor(&mut self, raw: RawSupervisor) -> SupervisorConfig {
+        let max_restarts = self.int_in("supervisor.max_restarts", raw.max_restarts, 0, 1_000) as u32;
+        let within_secs = self.int_in("supervisor.within_secs", raw.within_secs, 1, 86_400);
+        let backoff_ms_initial = self.int_in("supervisor.backoff_ms_initial", raw.backoff_ms_initial, 1, 3_600_000) as u64;
+        let backoff_ms_max = self.int_in("supervisor.backoff_ms_max", raw.backoff_ms_max, 1, 3_600_000) as u64;
+        if backoff_ms_max < backoff_ms_initial {
+            self.problem("supervisor.backoff_ms_max", format!("must be at least backoff_ms_initial ({backoff_ms_initial}), got {backoff_ms_max}"));
+        }
+        let status_interval_secs = self.int_in("supervisor.status_interval_secs", raw.status_interval_secs, 1, 3_600);
+        let shared_max_restarts = self.int_in("supervisor.shared_max_restarts", raw.shared_max_restarts, 0, 100) as u32;
+        let shared_within_secs = self.int_in("supervisor.shared_within_secs", raw.shared_within_secs, 1, 86_400);
+        let trader_threads = self.int_in("supervisor.trader_threads", raw.trader_threads, 0, 64) as usize;
+        let shutdown_deadline_secs = self.int_in("supervisor.shutdown_deadline_secs", raw.shutdown_deadline_secs, 1, 300);
+        let trader_threads = if trader_threads == 0 {
+            std::thread::available_parallelism().map(usize::from).unwrap_or(2)
+        } else {
+            trader_threads
+        };
+        SupervisorConfig {
+            user_policy: RestartPolicy { max_restarts, within_ms: within_secs * 1_000, backoff_ms_initial, backoff_ms_max },
+            shared_policy: RestartPolicy {
+                max_restarts: shared_max_restarts,
+                within_ms: shared_within_secs * 1_000,
+                backoff_ms_initial,
+                backoff_ms_max,
+            },
+            status_interval: Duration::from_secs(status_interval_secs as u64),
+            trader_threads,
+            shutdown_deadline: Duration::from_secs(shutdown_deadline_secs as u64),
+        }
+    }
+
+    fn risk(&mut self, raw: RawRisk) -> RiskLimits {
+        RiskLimits {
+            max_open_positions: self.int_in("risk.max_open_positions", raw.max_open_positions, 1, 1_000) as u32,
+            max_position_notional_usdt: self.positive("risk.max_position_notional_usdt", raw.max_position_notional_usdt),
+        }
+    }
+
+    /// Per-user paper balances, read before the users themselves (the venue needs them).
+    fn user_balances(&mut self, users: &[RawUser]) -> BTreeMap<UserId, Decimal> {
+        let mut balances = BTreeMap::new();
+        for (index, user) in users.iter().enumerate() {
+            if let (Ok(id), Some(balance)) = (UserId::new(&user.id), user.paper_balance_usdt) {
+                let balance = self.positive(&format!("users[{index}].paper_balance_usdt"), balance);
+                balances.insert(id, balance);
+            }
+        }
+        balances
+    }
+
+    fn exchange(&mut self, raw: RawExchange, balances: BTreeMap<UserId, Decimal>) -> ExchangeConfig {
+        let recv_window_ms = self.int_in("exchange.recv_window_ms", raw.recv_window_ms, 1, 60_000);
+        let timeout_ms = self.int_in("exchange.timeout_ms", raw.timeout_ms, 100, 120_000);
+        match raw.kind.as_str() {
+            "paper" => {}
+            "binance" => self.problem("exchange.kind", "\"binance\" is not available in this version yet (use \"paper\")"),
+            other => self.problem("exchange.kind", format!("unknown exchange kind {other:?} (expected \"paper\")")),
+        }
+        let paper = self.paper(raw.paper.unwrap_or_default(), recv_window_ms, balances);
+        ExchangeConfig { recv_window_ms, timeout: Duration::from_millis(timeout_ms as u64), venue: VenueConfig::Paper(paper) }
+    }
+
+    fn paper(&mut self, raw: RawPaper, recv_window_ms: i64, account_balances: BTreeMap<UserId, Decimal>) -> PaperSettings {
+        let prefix = "exchange.paper";
+        let candle_interval_ms = self.int_in(&format!("{prefix}.candle_interval_ms"), raw.candle_interval_ms, 10, 3_600_000);
+        let default_balance = self.positive(&format!("{prefix}.starting_balance_usdt"), raw.starting_balance_usdt);
+        let taker_fee_bps = self.real_in(&format!("{prefix}.taker_fee_bps"), raw.taker_fee_bps, 0.0, 100.0);
+        let slippage_bps = self.real_in(&format!("{prefix}.slippage_bps"), raw.slippage_bps, 0.0, 500.0);
+        let leverage = self.real_in(&format!("{prefix}.leverage"), raw.leverage, 1.0, 125.0);
+        if raw.seed < 0 {
+            self.problem(format!("{prefix}.seed"), format!("must not be negative, got {}", raw.seed));
+        }
+        let bps = |value: f64| Decimal::from_f64(value).unwrap_or_default() / Decimal::from(10_000);
+        let (replay, random_walk) = match (raw.replay, raw.random_walk) {
+            (None, None) => default_paper_symbols(),
+            (replay, random_walk) => (replay.unwrap_or_default(), random_walk.unwrap_or_default()),
+        };
+        let mut symbols: Vec<PaperSymbol> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (index, replay) in replay.into_iter().enumerate() {
+            let path = format!("{prefix}.replay[{index}]");
+            if let Some(symbol) = self.replay_symbol(&path, replay)
+                && self.unique_symbol(&path, &symbol.symbol, &mut seen)
+            {
+                symbols.push(symbol);
+            }
+        }
+        for (index, walk) in random_walk.into_iter().enumerate() {
+            let path = format!("{prefix}.random_walk[{index}]");
+            if let Some(symbol) = self.walk_symbol(&path, walk)
+                && self.unique_symbol(&path, &symbol.symbol, &mut seen)
+            {
+                symbols.push(symbol);
+            }
+        }
+        if symbols.is_empty() {
+            self.problem(prefix, "no tradable symbols (add [[exchange.paper.replay]] or [[exchange.paper.random_walk]])");
+        }
+        PaperSettings {
+            candle_interval_ms,
+            seed: raw.seed.max(0) as u64,
+            venue: VenueSettings {
+                taker_fee_rate: bps(taker_fee_bps),
+                slippage_rate: bps(slippage_bps),
+                leverage: Decimal::from_f64(leverage).unwrap_or(Decimal::ONE),
+                recv_window_ms,
+                default_balance,
+                account_balances,
+            },
+            symbols,
+        }
+    }
+
+    fn unique_symbol(&mut self, path: &str, symbol: &Symbol, seen: &mut BTreeSet<Symbol>) -> bool {
+        if seen.insert(symbol.clone()) {
+            return true;
+        }
+        self.problem(format!("{path}.symbol"), format!("{symbol} is configured twice"));
+        false
+    }
+
+    fn symbol(&mut self, path: &str, value: &str) -> Option<Symbol> {
+        match Symbol::new(value) {
+            Ok(symbol) => Some(symbol),
+            Err(error) => {
+                self.problem(path, error.to_string());
+                None
+            }
+        }
+    }
+
+    fn rules(&mut self, path: &str, raw: &RawRules, reference_price: f64) -> SymbolRules {
+        // Defaults follow Binance's habits for a price of this size: ticks of 1e-5 of the price,
+        // steps of about a hundredth of a unit of notional, 5 USDT minimum notional.
+        let magnitude = reference_price.max(f64::MIN_POSITIVE).log10().floor();
+        let default_tick = 10_f64.powf(magnitude - 4.0);
+        let default_step = 10_f64.powf(-1.0 - (magnitude / 2.0).floor().max(0.0));
+        let mut value = |name: &str, given: Option<f64>, default: f64| -> Decimal {
+            match given {
+                Some(given) => self.positive(&format!("{path}.{name}"), given),
+                None => Decimal::from_f64(default).unwrap_or(Decimal::ONE).normalize(),
+            }
+        };
+        let tick_size = value("tick_size", raw.tick_size, default_tick);
+        let step_size = value("step_size", raw.step_size, default_step);
+        let min_quantity = value("min_quantity", raw.min_quantity, crate::domain::decimal_to_f64(step_size));
+        let min_notional = value("min_notional", raw.min_notional, 5.0);
+        SymbolRules { tick_size, step_size, min_quantity, min_notional }
+    }
+
+    fn replay_symbol(&mut self, path: &str, raw: RawReplay) -> Option<PaperSymbol> {
+        let symbol = self.symbol(&format!("{path}.symbol"), &raw.symbol);
+        let loaded = match (&raw.dataset, &raw.file) {
+            (Some(dataset), None) => match embedded_dataset(dataset) {
+                Some(bytes) => parse_replay(dataset, bytes).map_err(|e| (format!("{path}.dataset"), e.to_string())),
+                None => {
+                    let known: Vec<&str> = crate::exchange::paper::EMBEDDED_DATASETS.iter().map(|(name, _)| *name).collect();
+                    Err((format!("{path}.dataset"), format!("unknown dataset {dataset:?} (built in: {})", known.join(", "))))
+                }
+            },
+            (None, Some(file)) => match std::fs::read(file) {
+                Ok(bytes) => parse_replay(file, &bytes).map_err(|e| (format!("{path}.file"), e.to_string())),
+                Err(error) => Err((format!("{path}.file"), format!("cannot read {file:?}: {error}"))),
+            },
+            _ => Err((path.to_owned(), "give exactly one of dataset (built in) or file".to_owned())),
+        };
+        let candles = match loaded {
+            Ok(candles) => candles,
+            Err((where_, message)) => {
+                self.problem(where_, message);
+                return None;
+            }
+        };
+        let reference_price = candles[0].close;
+        let rules = self.rules(path, &raw.rules, reference_price);
+        let source_name = raw.dataset.or(raw.file).unwrap_or_default();
+        Some(PaperSymbol { symbol: symbol?, rules, source: SeriesSource::Replay { source_name, candles } })
+    }
+
+    fn walk_symbol(&mut self, path: &str, raw: RawRandomWalk) -> Option<PaperSymbol> {
+        let symbol = self.symbol(&format!("{path}.symbol"), &raw.symbol);
+        let start_price = self.positive(&format!("{path}.start_price"), raw.start_price);
+        let volatility_pct = self.real_in(&format!("{path}.volatility_pct"), raw.volatility_pct, 0.0001, 10.0);
+        let mean_reversion = self.real_in(&format!("{path}.mean_reversion"), raw.mean_reversion, 0.0, 0.5);
+        let base_volume = self.positive(&format!("{path}.base_volume"), raw.base_volume);
+        let start_price = crate::domain::decimal_to_f64(start_price);
+        let rules = self.rules(path, &raw.rules, start_price);
+        let params = RandomWalkParams {
+            start_price,
+            volatility: volatility_pct / 100.0,
+            mean_reversion,
+            base_volume: crate::domain::decimal_to_f64(base_volume),
+        };
+        Some(PaperSymbol { symbol: symbol?, rules, source: SeriesSource::RandomWalk(params) })
+    }
+
+    fn users(&mut self, raw: Vec<RawUser>, symbols: &BTreeSet<Symbol>, risk: RiskLimits) -> Vec<UserConfig> {
+        if raw.is_empty() {
+            self.problem("users", "at least one user is required ([[users]])");
+        }
+        if raw.len() > USERS_MAX {
+            self.problem("users", format!("at most {USERS_MAX} users, got {}", raw.len()));
+        }
+        let mut ids = BTreeSet::new();
+        let mut users = Vec::new();
+        for (index, user) in raw.into_iter().enumerate() {
+            let path = format!("users[{index}]");
+            let id = match UserId::new(&user.id) {
+                Ok(id) => Some(id),
+                Err(error) => {
+                    self.problem(format!("{path}.id"), error.to_string());
+                    None
+                }
+            };
+            if let Some(id) = &id
+                && !ids.insert(id.clone())
+            {
+                self.problem(format!("{path}.id"), format!("user {id:?} is configured twice"));
+            }
+            if user.strategies.is_empty() {
+                self.problem(format!("{path}.strategies"), "at least one strategy is required (a user with none would sit idle)");
+            }
+            if user.strategies.len() > STRATEGIES_PER_USER_MAX {
+                self.problem(format!("{path}.strategies"), format!("at most {STRATEGIES_PER_USER_MAX} strategies, got {}", user.strategies.len()));
+            }
+            let mut traded = BTreeMap::new();
+            let mut strategies = Vec::new();
+            for (strategy_index, raw_strategy) in user.strategies.into_iter().enumerate() {
+                let strategy_path = format!("{path}.strategies[{strategy_index}]");
+                if let Some(strategy) = self.strategy(&strategy_path, raw_strategy, symbols, risk) {
+                    if let Some(first) = traded.insert(strategy.symbol.clone(), strategy_index) {
+                        self.problem(
+                            format!("{strategy_path}.symbol"),
+                            format!("{} is already traded by strategies[{first}] (one position per symbol per user)", strategy.symbol),
+                        );
+                    }
+                    strategies.push(strategy);
+                }
+            }
+            if let Some(id) = id {
+                users.push(UserConfig { id, strategies });
+            }
+        }
+        users
+    }
+
+    fn strategy(&mut self, path: &str, raw: RawStrategy, symbols: &BTreeSet<Symbol>, risk: RiskLimits) -> Option<StrategyConfig> {
+        let symbol = match Symbol::new(&raw.symbol) {
+            Ok(symbol) if symbols.contains(&symbol) => Some(symbol),
+            _ => {
+                let known: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
+                self.problem(format!("{path}.symbol"), format!("unknown symbol {:?} (the exchange has {})", raw.symbol, known.join(", ")));
+                None
+            }
+        };
+        let timeframe = match raw.timeframe.parse::<Timeframe>() {
+            Ok(timeframe) if timeframe.duration_ms() % BASE_TIMEFRAME.duration_ms() == 0 => Some(timeframe),
+            Ok(timeframe) => {
+                self.problem(format!("{path}.timeframe"), format!("{timeframe} is finer than the paper exchange's 5m candles"));
+                None
+            }
+            Err(error) => {
+                self.problem(format!("{path}.timeframe"), error);
+                None
+            }
+        };
+        let size_path = format!("{path}.position_size_usdt");
+        let position_size_usdt = if raw.position_size_usdt.is_finite() && raw.position_size_usdt > 0.0 {
+            let size = Decimal::from_f64(raw.position_size_usdt).unwrap_or_default();
+            if size > risk.max_position_notional_usdt {
+                self.problem(&size_path, format!("{size} exceeds risk.max_position_notional_usdt ({})", risk.max_position_notional_usdt));
+            }
+            Some(size)
+        } else {
+            self.problem(&size_path, format!("must be greater than 0, got {}", raw.position_size_usdt));
+            None
+        };
+        let mut params = BTreeMap::new();
+        for (key, value) in &raw.params {
+            match value {
+                toml::Value::Integer(n) => {
+                    params.insert(key.clone(), *n as f64);
+                }
+                toml::Value::Float(x) => {
+                    params.insert(key.clone(), *x);
+                }
+                other => self.problem(format!("{path}.params.{key}"), format!("must be a number, got {other}")),
+            }
+        }
+        let strategy = match strategy::build(&raw.strategy, &params) {
+            Ok(strategy) => {
+                if strategy.lookback_candles() > CANDLE_WINDOW_LEN {
+                    self.problem(
+                        format!("{path}.params"),
+                        format!("needs {} candles of history; at most {CANDLE_WINDOW_LEN} are kept", strategy.lookback_candles()),
+                    );
+                }
+                Some(Arc::from(strategy))
+            }
+            Err(problems) => {
+                for problem in problems {
+                    match problem.param {
+                        Some(param) => self.problem(format!("{path}.params.{param}"), problem.message),
+                        None => self.problem(format!("{path}.strategy"), problem.message),
+                    }
+                }
+                None
+            }
+        };
+        Some(StrategyConfig { symbol: symbol?, timeframe: timeframe?, strategy: strategy?, position_size_usdt: position_size_usdt? })
+    }
+
+    fn chaos(&mut self, raw: RawChaos, users: &[UserConfig]) -> ChaosConfig {
+        let panic_every_decisions = self.int_in("chaos.panic_every_decisions", raw.panic_every_decisions, 1, 1_000_000) as u64;
+        let known: BTreeSet<&UserId> = users.iter().map(|u| &u.id).collect();
+        let mut panic_users = BTreeSet::new();
+        for (index, user) in raw.panic_users.iter().enumerate() {
+            match UserId::new(user) {
+                Ok(id) if known.contains(&id) => {
+                    panic_users.insert(id);
+                }
+                _ => self.problem(format!("chaos.panic_users[{index}]"), format!("unknown user {user:?}")),
+            }
+        }
+        ChaosConfig { enabled: raw.enabled, panic_users, panic_every_decisions }
+    }
+}
+
+/// The symbols a paper exchange has when the config names none: the recorded XRP market and
+/// random walks shaped like BTC, ETH and SOL.
+fn default_paper_symbols() -> (Vec<RawReplay>, Vec<RawRandomWalk>) {
+    let replay = vec![RawReplay {
+        symbol: "XRPUSDT".to_owned(),
+        dataset: Some("XRP_USDT_USDT-5m-futures".to_owned()),
+        file: None,
+        rules: RawRules { tick_size: Some(0.0001), step_size: Some(0.1), min_quantity: Some(0.1), min_notional: Some(5.0) },
+    }];
+    let walk = |symbol: &str, start_price: f64, volatility_pct: f64, tick: f64, step: f64, min_notional: f64| RawRandomWalk {
+        symbol: symbol.to_owned(),
+        start_price,
+        volatility_pct,
+        mean_reversion: 0.001,
+        base_volume: 100.0,
+        rules: RawRules { tick_size: Some(tick), step_size: Some(step), min_quantity: Some(step), min_notional: Some(min_notional) },
+    };
+    let random_walk = vec![
+        walk("BTCUSDT", 60_000.0, 0.25, 0.1, 0.001, 100.0),
+        walk("ETHUSDT", 3_000.0, 0.35, 0.01, 0.001, 20.0),
+        walk("SOLUSDT", 150.0, 0.5, 0.01, 0.01, 5.0),
+    ];
+    (replay, random_walk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_validates() {
+        let config = parse(EMBEDDED_DEFAULT, "embedded default").unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.users.len() >= 2);
+        assert!(!config.chaos.enabled);
+        assert_eq!(config.database_path(), PathBuf::from("data/bulwark.db"));
+        let VenueConfig::Paper(paper) = &config.exchange.venue;
+        assert_eq!(paper.candle_interval_ms, 1_000);
+    }
+
+    #[test]
+    fn the_shipped_configs_validate() {
+        for file in ["config/bulwark.toml", "config/chaos.toml"] {
+            let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+            parse(&text, file).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_a_bad_symbol_and_a_negative_size_are_all_named() {
+        let text = r#"
+            [server]
+            data_dir = "data"
+            colour = "blue"
+
+            [[users]]
+            id = "u1"
+            [[users.strategies]]
+            symbol = "XRPUSDT"
+            timeframe = "5m"
+            strategy = "ema_crossover"
+            position_size_usdt = 100
+
+            [[users]]
+            id = "u2"
+            [[users.strategies]]
+            symbol = "XRPUSD"
+            timeframe = "5m"
+            strategy = "ema_crossover"
+            position_size_usdt = -5
+        "#;
+        let errors = parse(text, "bad.toml").unwrap_err();
+        let lines: Vec<String> = errors.problems.iter().map(ToString::to_string).collect();
+        assert!(lines.contains(&"server.colour: unknown key".to_owned()), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.starts_with("users[1].strategies[0].symbol: unknown symbol \"XRPUSD\"")), "{lines:#?}");
+        assert!(lines.contains(&"users[1].strategies[0].position_size_usdt: must be greater than 0, got -5".to_owned()), "{lines:#?}");
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        let rendered = errors.to_string();
+        assert!(rendered.starts_with("bad.toml: 3 problems"), "{rendered}");
+    }
+
+    #[test]
+    fn unknown_keys_deep_in_arrays_have_indexed_paths() {
+        let text = r#"
+            [[users]]
+            id = "u1"
+            [[users.strategies]]
+            symbol = "XRPUSDT"
+            timeframe = "5m"
+            strategy = "ema_crossover"
+            position_size_usdt = 100
+            positon_size = 3
+        "#;
+        let errors = parse(text, "x").unwrap_err();
+        assert_eq!(errors.problems[0].to_string(), "users[0].strategies[0].positon_size: unknown key");
+    }
+
+    #[test]
+    fn type_errors_and_syntax_errors_point_into_the_file() {
+        let errors = parse("[supervisor]\nmax_restarts = \"three\"\n", "x").unwrap_err();
+        assert!(errors.problems[0].message.contains("line 2"), "{}", errors);
+        let errors = parse("[server\n", "x").unwrap_err();
+        assert!(errors.problems[0].message.contains("line 1"), "{}", errors);
+    }
+
+    #[test]
+    fn strategy_parameters_and_limits_are_checked() {
+        let text = r#"
+            [risk]
+            max_position_notional_usdt = 1000
+            [chaos]
+            panic_users = ["nobody"]
+            [[users]]
+            id = "u1"
+            [[users.strategies]]
+            symbol = "XRPUSDT"
+            timeframe = "1m"
+            strategy = "ema_crossover"
+            params = { fast = 30, slow = 10, colour = "red" }
+            position_size_usdt = 2000
+            [[users.strategies]]
+            symbol = "XRPUSDT"
+            timeframe = "5m"
+            strategy = "martingale"
+            position_size_usdt = 10
+        "#;
+        let errors = parse(text, "x").unwrap_err();
+        let lines: Vec<String> = errors.problems.iter().map(ToString::to_string).collect();
+        let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+        assert!(has("users[0].strategies[0].timeframe: 1m is finer"), "{lines:#?}");
+        assert!(has("users[0].strategies[0].params.colour: must be a number"), "{lines:#?}");
+        assert!(has("users[0].strategies[0].params.slow: must be greater than fast"), "{lines:#?}");
+        assert!(has("users[0].strategies[0].position_size_usdt: 2000 exceeds"), "{lines:#?}");
+        assert!(has("users[0].strategies[1].strategy: unknown strategy \"martingale\""), "{lines:#?}");
+        assert!(has("chaos.panic_users[0]: unknown user \"nobody\""), "{lines:#?}");
+    }
+
+    #[test]
+    fn a_config_without_users_is_refused() {
+        let errors = parse("", "empty").unwrap_err();
+        assert_eq!(errors.problems[0].to_string(), "users: at least one user is required ([[users]])");
+    }
+
+    #[test]
+    fn binance_is_not_yet_available() {
+        let errors = parse("[exchange]\nkind = \"binance\"\n", "x").unwrap_err();
+        assert!(errors.problems.iter().any(|p| p.path == "exchange.kind"), "{errors}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The boundary to an exchange. [`Exchange`] is the one trait the built-in paper exchange and the
+//! real Binance USDⓈ-M client implement, so everything above it (market data, the order router,
+//! reconciliation) is the same code in paper and live trading.
+//!
+//! Every failure is an [`ExchangeError`], classified by what the caller may safely do next: the
+//! distinction that matters most is between "nothing was executed" (safe to retry) and "the
+//! request may have been executed" (resolve by querying the client order id, never resend blindly).
+
+pub mod paper;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol,
+    SymbolRules, Timeframe, UserId,
+};
+
+/// What a caller may do after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient; retrying (with backoff) is safe for reads, and for writes only when nothing was
+    /// executed.
+    Retryable,
+    /// Retrying the same request will fail the same way.
+    NotRetryable,
+    /// The account cannot be used until an operator acts (bad key, revoked permissions).
+    Fatal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// The request was not executed (connection refused, "Service Unavailable", -1001, -1008).
+    #[error("exchange unavailable, nothing was executed: {detail}")]
+    Retryable { detail: String },
+    /// The request may or may not have been executed (timeout after sending, -1006, -1007, 503
+    /// "Unknown error"). For an order: query its client order id, never resend blindly.
+    #[error("outcome unknown, the request may have been executed: {detail}")]
+    UnknownOutcome { detail: String },
+    /// 429: slow down.
+    #[error("rate limited, retry after {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
+    /// 418: every request to this host is refused until the ban ends.
+    #[error("banned by the exchange until {until_ms}")]
+    Banned { until_ms: i64 },
+    /// Bad or revoked credentials (-2014, -2015, 401): fatal for the account.
+    #[error("authentication refused: {detail}")]
+    Auth { detail: String },
+    /// The exchange refused the request (-2010, -2019, -4164, ...). Unknown codes land here too,
+    /// with the raw code and message kept.
+    #[error("rejected by the exchange (code {code}): {msg}")]
+    Rejected { code: i64, msg: String },
+    /// -4116: an open order already has this client order id. The order exists: query it.
+    #[error("client order id already in use (code {code}): {msg}")]
+    Duplicate { code: i64, msg: String },
+    /// The response could not be understood. For a read this is retryable; for an order it means
+    /// the outcome is unknown.
+    #[error("malformed response from the exchange: {detail}")]
+    Malformed { detail: String },
+}
+
+impl ExchangeError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ExchangeError::Retryable { .. }
+            | ExchangeError::UnknownOutcome { .. }
+            | ExchangeError::RateLimited { .. }
+            | ExchangeError::Banned { .. }
+            | ExchangeError::Malformed { .. } => ErrorClass::Retryable,
+            ExchangeError::Rejected { .. } | ExchangeError::Duplicate { .. } => ErrorClass::NotRetryable,
+            ExchangeError::Auth { .. } => ErrorClass::Fatal,
+        }
+    }
+
+    /// Whether an order request that failed this way may have created an order.
+    pub fn order_may_exist(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::UnknownOutcome { .. } | ExchangeError::Duplicate { .. } | ExchangeError::Malformed { .. }
+        )
+    }
+}
+
+/// One exchange, seen by one process, serving many accounts. `account` selects the user's
+/// account (and, for a real exchange, the user's credentials).
+#[async_trait]
+pub trait Exchange: Send + Sync + fmt::Debug {
+    /// A short name for logs: `paper`, `binance`.
+    fn venue(&self) -> &'static str;
+
+    /// The exchange's current time in the time base of its candles.
+    async fn server_time_ms(&self) -> Result<i64, ExchangeError>;
+
+    async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError>;
+
+    /// The most recent candles, oldest first. The last one may still be forming: callers keep
+    /// only candles whose close time has passed.
+    async fn klines(&self, symbol: &Symbol, timeframe: Timeframe, limit: u16) -> Result<Vec<Candle>, ExchangeError>;
+
+    async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError>;
+
+    async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError>;
+
+    async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError>;
+
+    /// `Ok(None)` when the exchange does not know the id.
+    async fn order_by_client_id(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        client_order_id: &ClientOrderId,
+    ) -> Result<Option<ExchangeOrder>, ExchangeError>;
+
+    async fn cancel_order(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        client_order_id: &ClientOrderId,
+    ) -> Result<ExchangeOrder, ExchangeError>;
+
+    /// Open orders of the account, for one symbol or all.
+    async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>) -> Result<Vec<ExchangeOrder>, ExchangeError>;
+
+    /// The account's fills on a symbol at or after `since_ms`, oldest first.
+    async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ambiguous_failures_may_have_created_an_order() {
+        assert!(ExchangeError::UnknownOutcome { detail: "timeout".into() }.order_may_exist());
+        assert!(ExchangeError::Duplicate { code: -4116, msg: "dup".into() }.order_may_exist());
+        assert!(!ExchangeError::Retryable { detail: "refused".into() }.order_may_exist());
+        assert!(!ExchangeError::Rejected { code: -2019, msg: "margin".into() }.order_may_exist());
+    }
+
+    #[test]
+    fn auth_is_fatal_and_rejections_are_final() {
+        assert_eq!(ExchangeError::Auth { detail: "-2015".into() }.class(), ErrorClass::Fatal);
+        assert_eq!(ExchangeError::Rejected { code: -2010, msg: "x".into() }.class(), ErrorClass::NotRetryable);
+        assert_eq!(ExchangeError::RateLimited { retry_after_ms: 100 }.class(), ErrorClass::Retryable);
+    }
+}

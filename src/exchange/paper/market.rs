@@ -1,0 +1,534 @@
+//! The paper exchange's market: price series per symbol on an accelerated clock.
+//!
+//! Every symbol has a series of 5-minute *base* candles addressed by a global index. A replayed
+//! symbol plays recorded candles forwards, then backwards (with open and close swapped), then
+//! forwards again: the path stays continuous and bounded however long the server runs. Any other
+//! symbol is an Ornstein-Uhlenbeck random walk on the log price, seeded from the configured seed
+//! and the symbol name, so it is the same series on every run. Longer timeframes aggregate base
+//! candles on their own boundaries.
+//!
+//! [`MarketClock`] maps wall time to market time: one base candle per `candle_interval_ms` of wall
+//! time, with the newest closed candle ending "now" when the market is first created.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Candle, Symbol, Timeframe};
+use crate::limits::PAPER_RANDOM_WALK_HISTORY_MAX;
+
+/// The granularity of every paper price series.
+pub const BASE_TIMEFRAME: Timeframe = Timeframe::M5;
+
+/// Market index of the first candle that forms after a fresh start. Everything before it is
+/// history that strategies can look back on from their very first decision. For a replayed
+/// symbol it is a multiple of nothing in particular; for a random walk it is how many candles are
+/// generated at start-up.
+pub const START_INDEX: u64 = 12_000;
+
+/// Recorded OHLCV values of one candle, without its time (the market clock assigns times).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ohlcv {
+    pub open: f64,
+    pub high: f64,
+    pub low: f64,
+    pub close: f64,
+    pub volume: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{source_name}: not a JSON array of [open_time_ms, open, high, low, close, volume] rows: {detail}")]
+    Shape { source_name: String, detail: String },
+    #[error("{source_name}: row {row}: {what}")]
+    Row { source_name: String, row: usize, what: String },
+    #[error("{source_name}: needs at least {need} rows, has {have}")]
+    TooShort { source_name: String, have: usize, need: usize },
+}
+
+/// Parses and checks a recorded candle file (rows `[open_time_ms, open, high, low, close,
+/// volume]`, 5-minute spacing). Any bad row is an error naming the row; nothing is half-loaded.
+pub fn parse_replay(source_name: &str, bytes: &[u8]) -> Result<Arc<[Ohlcv]>, ReplayError> {
+    let rows: Vec<Vec<serde_json::Value>> = serde_json::from_slice(bytes)
+        .map_err(|error| ReplayError::Shape { source_name: source_name.to_owned(), detail: error.to_string() })?;
+    const ROWS_MIN: usize = 2;
+    if rows.len() < ROWS_MIN {
+        return Err(ReplayError::TooShort { source_name: source_name.to_owned(), have: rows.len(), need: ROWS_MIN });
+    }
+    let row_error = |row: usize, what: String| ReplayError::Row { source_name: source_name.to_owned(), row, what };
+    let mut candles = Vec::with_capacity(rows.len());
+    let mut previous_open_time_ms: Option<i64> = None;
+    for (row, values) in rows.iter().enumerate() {
+        if values.len() != 6 {
+            return Err(row_error(row, format!("has {} values, expected 6", values.len())));
+        }
+        let open_time_ms = values[0].as_i64().ok_or_else(|| row_error(row, "open time is not an integer".into()))?;
+        let mut numbers = [0.0_f64; 5];
+        for (slot, value) in numbers.iter_mut().zip(&values[1..]) {
+            *slot = value
+                .as_f64()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| row_error(row, format!("{value} is not a finite number")))?;
+        }
+        let [open, high, low, close, volume] = numbers;
+        if open <= 0.0 || high <= 0.0 || low <= 0.0 || close <= 0.0 || volume < 0.0 {
+            return Err(row_error(row, "a price is not positive or the volume is negative".into()));
+        }
+        if high < open.max(close) || low > open.min(close) {
+            return Err(row_error(row, format!("high {high} / low {low} do not contain open {open} and close {close}")));
+        }
+        if let Some(previous) = previous_open_time_ms
+            && open_time_ms - previous != BASE_TIMEFRAME.duration_ms()
+        {
+            return Err(row_error(row, format!("open time {open_time_ms} is not 5 minutes after {previous}")));
+        }
+        previous_open_time_ms = Some(open_time_ms);
+        candles.push(Ohlcv { open, high, low, close, volume });
+    }
+    Ok(candles.into())
+}
+
+/// Parameters of a random-walk symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RandomWalkParams {
+    pub start_price: f64,
+    /// Standard deviation of the log return per base candle (0.003 = 0.3 % per 5 minutes, about
+    /// what BTC does on a normal day).
+    pub volatility: f64,
+    /// Pull back towards the start price per candle (0.001 = the gap halves in about 700 candles).
+    pub mean_reversion: f64,
+    /// Typical volume per candle, in base units.
+    pub base_volume: f64,
+}
+
+/// Where a symbol's candles come from.
+#[derive(Debug, Clone)]
+pub enum SeriesSource {
+    Replay { source_name: String, candles: Arc<[Ohlcv]> },
+    RandomWalk(RandomWalkParams),
+}
+
+/// Sub-steps simulated inside one random-walk candle to give it a high and a low.
+const WALK_SUBSTEPS: usize = 6;
+
+/// A random-walk series, generated forwards on demand; keeps a bounded history.
+#[derive(Debug)]
+struct RandomWalk {
+    params: RandomWalkParams,
+    tick_size: f64,
+    rng: ChaCha8Rng,
+    log_price: f64,
+    /// Candles `[first_index, first_index + history.len())`.
+    history: VecDeque<Ohlcv>,
+    first_index: u64,
+}
+
+impl RandomWalk {
+    fn new(params: RandomWalkParams, tick_size: f64, seed: u64, symbol: &Symbol) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(seed ^ fnv1a(symbol.as_str().as_bytes()));
+        Self { params, tick_size, rng, log_price: params.start_price.ln(), history: VecDeque::new(), first_index: 0 }
+    }
+
+    fn next_index(&self) -> u64 {
+        self.first_index + self.history.len() as u64
+    }
+
+    fn generate_next(&mut self) {
+        let params = self.params;
+        let anchor = params.start_price.ln();
+        let step_volatility = params.volatility / (WALK_SUBSTEPS as f64).sqrt();
+        let step_reversion = params.mean_reversion / WALK_SUBSTEPS as f64;
+        let open = self.log_price;
+        let (mut high, mut low) = (open, open);
+        for _ in 0..WALK_SUBSTEPS {
+            let z: f64 = StandardNormal.sample(&mut self.rng);
+            self.log_price += step_reversion * (anchor - self.log_price) + step_volatility * z;
+            high = high.max(self.log_price);
+            low = low.min(self.log_price);
+        }
+        let volume_noise: f64 = StandardNormal.sample(&mut self.rng);
+        let move_size = (self.log_price - open).abs() / params.volatility.max(f64::EPSILON);
+        let volume = params.base_volume * (0.5 * volume_noise).exp() * (0.5 + 0.5 * move_size);
+        let tick = |log_price: f64| round_to_tick(log_price.exp(), self.tick_size);
+        let candle = Ohlcv { open: tick(open), high: tick(high), low: tick(low), close: tick(self.log_price), volume };
+        self.history.push_back(candle);
+        if self.history.len() > PAPER_RANDOM_WALK_HISTORY_MAX {
+            self.history.pop_front();
+            self.first_index += 1;
+        }
+    }
+
+    fn candle(&mut self, index: u64) -> Option<Ohlcv> {
+        while self.next_index() <= index {
+            self.generate_next();
+        }
+        let offset = index.checked_sub(self.first_index)?;
+        self.history.get(offset as usize).copied()
+    }
+}
+
+fn round_to_tick(price: f64, tick_size: f64) -> f64 {
+    if tick_size <= 0.0 {
+        return price;
+    }
+    let ticks = (price / tick_size).round().max(1.0);
+    // Printing through a decimal string keeps values like 1.1893 from becoming 1.1893000000000002.
+    let decimals = (-tick_size.log10()).ceil().max(0.0) as usize;
+    format!("{:.*}", decimals, ticks * tick_size).parse().unwrap_or(ticks * tick_size)
+}
+
+/// FNV-1a: a stable hash of the symbol name for per-symbol seeds (std's hasher is not stable
+/// across releases, and determinism across builds matters here).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[derive(Debug)]
+enum Series {
+    Replay(Arc<[Ohlcv]>),
+    Walk(RandomWalk),
+}
+
+impl Series {
+    fn candle(&mut self, index: u64) -> Option<Ohlcv> {
+        match self {
+            Series::Replay(candles) => Some(ping_pong(candles, index)),
+            Series::Walk(walk) => walk.candle(index),
+        }
+    }
+}
+
+/// Candle `index` of a recording played forwards, backwards, forwards, ...
+fn ping_pong(candles: &[Ohlcv], index: u64) -> Ohlcv {
+    let len = candles.len() as u64;
+    let position = index % (2 * len);
+    if position < len {
+        candles[position as usize]
+    } else {
+        let recorded = candles[(2 * len - 1 - position) as usize];
+        Ohlcv { open: recorded.close, close: recorded.open, ..recorded }
+    }
+}
+
+/// Maps wall time to market time. Persisted by the paper exchange so that the market continues
+/// where it was across restarts (it keeps moving while bulwark is down, like a real market).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarketClock {
+    pub anchor_wall_ms: i64,
+    pub anchor_market_ms: i64,
+    /// Open time of base candle 0.
+    pub origin_market_ms: i64,
+    /// Wall-clock time per base candle.
+    pub candle_interval_ms: i64,
+}
+
+impl MarketClock {
+    /// A new market whose candle [`START_INDEX`] starts forming at `wall_ms`.
+    pub fn fresh(wall_ms: i64, candle_interval_ms: i64) -> Self {
+        let base_ms = BASE_TIMEFRAME.duration_ms();
+        let forming_open_ms = wall_ms.div_euclid(base_ms) * base_ms;
+        Self {
+            anchor_wall_ms: wall_ms,
+            anchor_market_ms: forming_open_ms,
+            origin_market_ms: forming_open_ms - START_INDEX as i64 * base_ms,
+            candle_interval_ms: candle_interval_ms.max(1),
+        }
+    }
+
+    /// The same market, continuing from `wall_ms` at a new speed.
+    pub fn with_candle_interval(self, wall_ms: i64, candle_interval_ms: i64) -> Self {
+        if candle_interval_ms == self.candle_interval_ms {
+            return self;
+        }
+        Self {
+            anchor_wall_ms: wall_ms,
+            anchor_market_ms: self.market_now_ms(wall_ms),
+            origin_market_ms: self.origin_market_ms,
+            candle_interval_ms: candle_interval_ms.max(1),
+        }
+    }
+
+    pub fn market_now_ms(&self, wall_ms: i64) -> i64 {
+        let elapsed_wall_ms = (wall_ms - self.anchor_wall_ms).max(0);
+        self.anchor_market_ms + elapsed_wall_ms * BASE_TIMEFRAME.duration_ms() / self.candle_interval_ms
+    }
+
+    /// Index of the base candle forming at `wall_ms`; every lower index is closed.
+    pub fn forming_index(&self, wall_ms: i64) -> u64 {
+        let elapsed_market_ms = (self.market_now_ms(wall_ms) - self.origin_market_ms).max(0);
+        (elapsed_market_ms / BASE_TIMEFRAME.duration_ms()) as u64
+    }
+
+    pub fn open_time_ms(&self, index: u64) -> i64 {
+        self.origin_market_ms + index as i64 * BASE_TIMEFRAME.duration_ms()
+    }
+}
+
+/// Why the market cannot answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarketError {
+    #[error("unknown symbol {0}")]
+    UnknownSymbol(Symbol),
+    #[error("timeframe {0} is not a multiple of the paper exchange's 5m candles")]
+    UnsupportedTimeframe(Timeframe),
+    #[error("candle {index} of {symbol} is older than the history the paper exchange keeps")]
+    HistoryExhausted { symbol: Symbol, index: u64 },
+}
+
+/// All paper symbols on one clock.
+#[derive(Debug)]
+pub struct PaperMarket {
+    clock: MarketClock,
+    series: std::collections::BTreeMap<Symbol, Series>,
+}
+
+impl PaperMarket {
+    /// `symbols`: each symbol with its source and tick size (random walks round to it).
+    pub fn new(clock: MarketClock, seed: u64, symbols: &[(Symbol, SeriesSource, f64)]) -> Self {
+        let series = symbols
+            .iter()
+            .map(|(symbol, source, tick_size)| {
+                let series = match source {
+                    SeriesSource::Replay { candles, .. } => Series::Replay(candles.clone()),
+                    SeriesSource::RandomWalk(params) => Series::Walk(RandomWalk::new(*params, *tick_size, seed, symbol)),
+                };
+                (symbol.clone(), series)
+            })
+            .collect();
+        Self { clock, series }
+    }
+
+    pub fn clock(&self) -> MarketClock {
+        self.clock
+    }
+
+    pub fn set_clock(&mut self, clock: MarketClock) {
+        self.clock = clock;
+    }
+
+    pub fn knows(&self, symbol: &Symbol) -> bool {
+        self.series.contains_key(symbol)
+    }
+
+    /// Base candle `index` of `symbol` with its market times.
+    pub fn base_candle(&mut self, symbol: &Symbol, index: u64) -> Result<Candle, MarketError> {
+        let clock = self.clock;
+        let series = self.series.get_mut(symbol).ok_or_else(|| MarketError::UnknownSymbol(symbol.clone()))?;
+        let ohlcv = series
+            .candle(index)
+            .ok_or_else(|| MarketError::HistoryExhausted { symbol: symbol.clone(), index })?;
+        let open_time_ms = clock.open_time_ms(index);
+        Ok(Candle {
+            open_time_ms,
+            close_time_ms: open_time_ms + BASE_TIMEFRAME.duration_ms() - 1,
+            open: ohlcv.open,
+            high: ohlcv.high,
+            low: ohlcv.low,
+            close: ohlcv.close,
+            volume: ohlcv.volume,
+        })
+    }
+
+    /// The last `limit` closed candles of `timeframe` at `wall_ms`, oldest first.
+    pub fn closed_candles(
+        &mut self,
+        symbol: &Symbol,
+        timeframe: Timeframe,
+        limit: u16,
+        wall_ms: i64,
+    ) -> Result<Vec<Candle>, MarketError> {
+        let base_ms = BASE_TIMEFRAME.duration_ms();
+        let timeframe_ms = timeframe.duration_ms();
+        if timeframe_ms % base_ms != 0 {
+            return Err(MarketError::UnsupportedTimeframe(timeframe));
+        }
+        if !self.knows(symbol) {
+            return Err(MarketError::UnknownSymbol(symbol.clone()));
+        }
+        let per_candle = (timeframe_ms / base_ms) as u64;
+        let market_now_ms = self.clock.market_now_ms(wall_ms);
+        let newest_end_ms = market_now_ms.div_euclid(timeframe_ms) * timeframe_ms;
+        let mut candles = Vec::with_capacity(usize::from(limit));
+        for back in (1..=i64::from(limit)).rev() {
+            let open_time_ms = newest_end_ms - back * timeframe_ms;
+            if open_time_ms < self.clock.origin_market_ms {
+                continue;
+            }
+            let first_index = ((open_time_ms - self.clock.origin_market_ms) / base_ms) as u64;
+            let mut aggregate: Option<Candle> = None;
+            for index in first_index..first_index + per_candle {
+                let base = self.base_candle(symbol, index)?;
+                aggregate = Some(match aggregate {
+                    None => base,
+                    Some(sum) => Candle {
+                        high: sum.high.max(base.high),
+                        low: sum.low.min(base.low),
+                        close: base.close,
+                        volume: sum.volume + base.volume,
+                        ..sum
+                    },
+                });
+            }
+            if let Some(mut candle) = aggregate {
+                candle.close_time_ms = open_time_ms + timeframe_ms - 1;
+                candles.push(candle);
+            }
+        }
+        Ok(candles)
+    }
+
+    /// The last traded price at `wall_ms`: the close of the newest closed base candle.
+    pub fn last_price(&mut self, symbol: &Symbol, wall_ms: i64) -> Result<f64, MarketError> {
+        let forming = self.clock.forming_index(wall_ms);
+        Ok(self.base_candle(symbol, forming.saturating_sub(1))?.close)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::validate_candles;
+
+    const XRP: &[u8] = include_bytes!("../../../data/replay/XRP_USDT_USDT-5m-futures.json");
+
+    fn symbol(s: &str) -> Symbol {
+        Symbol::new(s).unwrap()
+    }
+
+    fn walk_params() -> RandomWalkParams {
+        RandomWalkParams { start_price: 60_000.0, volatility: 0.003, mean_reversion: 0.001, base_volume: 50.0 }
+    }
+
+    fn market(seed: u64, wall_ms: i64) -> PaperMarket {
+        let xrp = parse_replay("xrp", XRP).unwrap();
+        PaperMarket::new(
+            MarketClock::fresh(wall_ms, 1_000),
+            seed,
+            &[
+                (symbol("XRPUSDT"), SeriesSource::Replay { source_name: "xrp".into(), candles: xrp }, 0.0001),
+                (symbol("BTCUSDT"), SeriesSource::RandomWalk(walk_params()), 0.1),
+            ],
+        )
+    }
+
+    #[test]
+    fn the_recording_parses_whole() {
+        let candles = parse_replay("xrp", XRP).unwrap();
+        assert_eq!(candles.len(), 1_999);
+        assert_eq!(candles[0].open, 1.1893);
+    }
+
+    #[test]
+    fn bad_rows_are_named() {
+        let bad = br#"[[0,1,2,0.5,1.5,10],[300000,1,0.5,0.9,1,10]]"#;
+        let error = parse_replay("file.json", bad).unwrap_err();
+        assert!(matches!(error, ReplayError::Row { row: 1, .. }), "{error}");
+        assert!(error.to_string().contains("file.json: row 1"), "{error}");
+        let gap = br#"[[0,1,2,0.5,1.5,10],[900000,1,2,0.5,1.5,10]]"#;
+        assert!(parse_replay("gap", gap).unwrap_err().to_string().contains("not 5 minutes after"));
+        assert!(matches!(parse_replay("x", b"{}"), Err(ReplayError::Shape { .. })));
+    }
+
+    #[test]
+    fn ping_pong_is_continuous_at_both_seams() {
+        let candles = parse_replay("xrp", XRP).unwrap();
+        let len = candles.len() as u64;
+        let last_forward = ping_pong(&candles, len - 1);
+        let first_backward = ping_pong(&candles, len);
+        assert_eq!(last_forward.close, first_backward.open);
+        let last_backward = ping_pong(&candles, 2 * len - 1);
+        let next_forward = ping_pong(&candles, 2 * len);
+        assert_eq!(last_backward.close, next_forward.open);
+    }
+
+    #[test]
+    fn the_market_clock_accelerates_and_continues() {
+        let start_ms = 1_700_000_123_456;
+        let clock = MarketClock::fresh(start_ms, 1_000);
+        assert_eq!(clock.forming_index(start_ms), START_INDEX);
+        assert_eq!(clock.forming_index(start_ms + 999), START_INDEX);
+        assert_eq!(clock.forming_index(start_ms + 1_000), START_INDEX + 1);
+        assert_eq!(clock.forming_index(start_ms + 10_500), START_INDEX + 10);
+        // The newest closed candle ends at the 5-minute boundary before the start.
+        let newest_closed_open = clock.open_time_ms(START_INDEX - 1);
+        assert!(newest_closed_open + 300_000 <= start_ms && start_ms - newest_closed_open < 600_000);
+        // Changing speed keeps the market where it is.
+        let later_ms = start_ms + 5_000;
+        let slower = clock.with_candle_interval(later_ms, 2_000);
+        assert_eq!(slower.forming_index(later_ms), clock.forming_index(later_ms));
+        assert_eq!(slower.forming_index(later_ms + 2_000), clock.forming_index(later_ms) + 1);
+    }
+
+    #[test]
+    fn closed_candles_are_valid_windows_for_every_supported_timeframe() {
+        let start_ms = 1_700_000_000_000;
+        for tf in [Timeframe::M5, Timeframe::M15, Timeframe::H1, Timeframe::H4] {
+            let mut market = market(7, start_ms);
+            for name in ["XRPUSDT", "BTCUSDT"] {
+                let candles = market.closed_candles(&symbol(name), tf, 200, start_ms + 3_456).unwrap();
+                assert_eq!(candles.len(), 200, "{name} {tf}");
+                validate_candles(&candles, tf).unwrap_or_else(|p| panic!("{name} {tf}: {p}"));
+                let newest = candles.last().unwrap();
+                let market_now = market.clock().market_now_ms(start_ms + 3_456);
+                assert!(newest.close_time_ms < market_now, "only closed candles");
+                assert!(market_now - newest.close_time_ms <= tf.duration_ms(), "and the newest of them");
+            }
+        }
+    }
+
+    #[test]
+    fn aggregation_matches_the_base_candles() {
+        let start_ms = 1_700_000_000_000;
+        let mut market = market(7, start_ms);
+        let fifteen = market.closed_candles(&symbol("XRPUSDT"), Timeframe::M15, 3, start_ms).unwrap();
+        let five = market.closed_candles(&symbol("XRPUSDT"), Timeframe::M5, 12, start_ms).unwrap();
+        let newest = fifteen.last().unwrap();
+        let parts: Vec<&Candle> = five.iter().filter(|c| c.open_time_ms >= newest.open_time_ms && c.close_time_ms <= newest.close_time_ms).collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(newest.open, parts[0].open);
+        assert_eq!(newest.close, parts[2].close);
+        assert_eq!(newest.high, parts.iter().map(|c| c.high).fold(f64::MIN, f64::max));
+        assert_eq!(newest.low, parts.iter().map(|c| c.low).fold(f64::MAX, f64::min));
+    }
+
+    #[test]
+    fn random_walks_are_deterministic_per_seed_and_differ_across_seeds() {
+        let start_ms = 1_700_000_000_000;
+        let take = |seed| market(seed, start_ms).closed_candles(&symbol("BTCUSDT"), Timeframe::M5, 50, start_ms).unwrap();
+        assert_eq!(take(1), take(1));
+        assert_ne!(take(1), take(2));
+    }
+
+    #[test]
+    fn random_walk_volatility_is_realistic() {
+        let start_ms = 1_700_000_000_000;
+        let mut market = market(11, start_ms);
+        let candles = market.closed_candles(&symbol("BTCUSDT"), Timeframe::M5, 1_000, start_ms).unwrap();
+        let returns: Vec<f64> = candles.windows(2).map(|w| (w[1].close / w[0].close).ln()).collect();
+        let mean = returns.iter().sum::<f64>() / returns.len() as f64;
+        let deviation = (returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / returns.len() as f64).sqrt();
+        assert!((0.002..0.004).contains(&deviation), "5m log-return deviation {deviation}");
+        let prices_ok = candles.iter().all(|c| (30_000.0..120_000.0).contains(&c.close));
+        assert!(prices_ok, "mean reversion keeps the walk near its start price");
+    }
+
+    #[test]
+    fn unsupported_requests_are_errors() {
+        let mut market = market(1, 1_700_000_000_000);
+        assert_eq!(
+            market.closed_candles(&symbol("XRPUSDT"), Timeframe::M1, 10, 0),
+            Err(MarketError::UnsupportedTimeframe(Timeframe::M1))
+        );
+        assert!(matches!(market.closed_candles(&symbol("DOGEUSDT"), Timeframe::M5, 10, 0), Err(MarketError::UnknownSymbol(_))));
+    }
+
+    #[test]
+    fn ticks_round_cleanly() {
+        assert_eq!(round_to_tick(1.18934, 0.0001), 1.1893);
+        assert_eq!(round_to_tick(60_000.04, 0.1), 60_000.0);
+    }
+}

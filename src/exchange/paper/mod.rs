@@ -1,0 +1,209 @@
+//! The built-in paper exchange: an in-process venue that behaves like a remote one.
+//!
+//! The matching engine ([`venue::PaperVenue`]) and its journal live on one dedicated OS thread,
+//! the *venue thread*; [`PaperExchange`] is a cheap handle that sends it requests over a bounded
+//! channel and awaits the answers, exactly as a network client would. So the paper exchange is
+//! asynchronous, serialised like a real matching engine, durable across restarts (its state is in
+//! its own SQLite file), and never blocks an actor's thread.
+//!
+//! It replays real recorded candles (see `data/replay/PROVENANCE.md`) and, for any other
+//! configured symbol, a seeded random walk ([`market`]). Given the same seed and the same requests
+//! at the same times, every answer is the same.
+
+pub mod market;
+pub mod venue;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::domain::{
+    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol,
+    SymbolRules, Timeframe, UserId,
+};
+use crate::exchange::paper::market::{MarketClock, PaperMarket, SeriesSource};
+use crate::exchange::paper::venue::{PaperVenue, VenueChange, VenueSettings};
+use crate::exchange::{Exchange, ExchangeError};
+use crate::limits::PAPER_VENUE_QUEUE_MAX;
+use crate::persistence::StoreError;
+use crate::persistence::paper_journal::PaperJournal;
+
+/// Recorded candle files compiled into the binary, by name (see `data/replay/PROVENANCE.md`).
+pub const EMBEDDED_DATASETS: &[(&str, &[u8])] = &[(
+    "XRP_USDT_USDT-5m-futures",
+    include_bytes!("../../../data/replay/XRP_USDT_USDT-5m-futures.json"),
+)];
+
+pub fn embedded_dataset(name: &str) -> Option<&'static [u8]> {
+    EMBEDDED_DATASETS.iter().find(|(known, _)| *known == name).map(|(_, bytes)| *bytes)
+}
+
+/// One tradable paper symbol.
+#[derive(Debug, Clone)]
+pub struct PaperSymbol {
+    pub symbol: Symbol,
+    pub rules: SymbolRules,
+    pub source: SeriesSource,
+}
+
+/// Everything the paper exchange needs, already validated (built by `config`).
+#[derive(Debug, Clone)]
+pub struct PaperSettings {
+    /// Wall-clock time per replayed 5-minute candle.
+    pub candle_interval_ms: i64,
+    pub seed: u64,
+    pub venue: VenueSettings,
+    pub symbols: Vec<PaperSymbol>,
+}
+
+/// What the venue thread owns.
+struct VenueHost {
+    venue: PaperVenue,
+    journal: PaperJournal,
+    clock: Arc<dyn Clock>,
+}
+
+impl VenueHost {
+    /// Runs one operation at the current wall time and journals what it changed.
+    fn run<R>(&mut self, operation: impl FnOnce(&mut PaperVenue, i64, &mut Vec<VenueChange>) -> Result<R, ExchangeError>) -> Result<R, ExchangeError> {
+        let wall_ms = self.clock.now_ms();
+        let mut changes = Vec::new();
+        let result = operation(&mut self.venue, wall_ms, &mut changes);
+        if let Err(error) = self.journal.apply(&changes) {
+            // The venue's books live on in memory; a later upsert of the same rows heals the file.
+            tracing::error!(%error, changes = changes.len(), "paper exchange: journal write failed");
+        }
+        result
+    }
+}
+
+type VenueJob = Box<dyn FnOnce(&mut VenueHost) + Send>;
+
+/// A handle to the paper exchange (cheap to clone; the venue thread stops when the last handle
+/// is dropped).
+#[derive(Clone)]
+pub struct PaperExchange {
+    /// Bounded: when the venue is busy, callers wait here.
+    jobs: mpsc::Sender<VenueJob>,
+}
+
+impl fmt::Debug for PaperExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaperExchange").field("queue_free", &self.jobs.capacity()).finish()
+    }
+}
+
+impl PaperExchange {
+    /// Restores the venue from its journal (or starts a fresh market) and starts the venue thread.
+    pub fn start(settings: PaperSettings, clock: Arc<dyn Clock>, mut journal: PaperJournal) -> Result<Self, StoreError> {
+        let snapshot = journal.load()?;
+        let wall_ms = clock.now_ms();
+        let market_clock = match snapshot.clock {
+            Some(stored) => stored.with_candle_interval(wall_ms, settings.candle_interval_ms),
+            None => MarketClock::fresh(wall_ms, settings.candle_interval_ms),
+        };
+        journal.apply(&[VenueChange::Clock(market_clock)])?;
+        let series: Vec<(Symbol, SeriesSource, f64)> = settings
+            .symbols
+            .iter()
+            .map(|s| (s.symbol.clone(), s.source.clone(), crate::domain::decimal_to_f64(s.rules.tick_size)))
+            .collect();
+        let market = PaperMarket::new(market_clock, settings.seed, &series);
+        let rules: BTreeMap<Symbol, SymbolRules> = settings.symbols.iter().map(|s| (s.symbol.clone(), s.rules)).collect();
+        let venue = PaperVenue::restore(settings.venue, rules, market, snapshot);
+        let mut host = VenueHost { venue, journal, clock };
+        let (jobs, mut receiver) = mpsc::channel::<VenueJob>(PAPER_VENUE_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("paper-venue".to_owned())
+            .spawn(move || {
+                while let Some(job) = receiver.blocking_recv() {
+                    job(&mut host);
+                }
+                tracing::debug!("paper exchange: venue thread stopped");
+            })
+            .map_err(|error| StoreError::Io(format!("cannot start the paper venue thread: {error}")))?;
+        Ok(Self { jobs })
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&mut PaperVenue, i64, &mut Vec<VenueChange>) -> Result<R, ExchangeError> + Send + 'static,
+    ) -> Result<R, ExchangeError> {
+        let (reply, answer) = oneshot::channel();
+        let job: VenueJob = Box::new(move |host: &mut VenueHost| {
+            let _ = reply.send(host.run(operation));
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| ExchangeError::Retryable { detail: "paper exchange is stopped".to_owned() })?;
+        answer
+            .await
+            .map_err(|_| ExchangeError::UnknownOutcome { detail: "paper exchange stopped while handling the request".to_owned() })?
+    }
+}
+
+#[async_trait]
+impl Exchange for PaperExchange {
+    fn venue(&self) -> &'static str {
+        "paper"
+    }
+
+    async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
+        self.call(|venue, wall_ms, _| Ok(venue.server_time_ms(wall_ms))).await
+    }
+
+    async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
+        let symbol = symbol.clone();
+        self.call(move |venue, _, _| venue.symbol_rules(&symbol)).await
+    }
+
+    async fn klines(&self, symbol: &Symbol, timeframe: Timeframe, limit: u16) -> Result<Vec<Candle>, ExchangeError> {
+        let symbol = symbol.clone();
+        self.call(move |venue, wall_ms, _| venue.klines(&symbol, timeframe, limit, wall_ms)).await
+    }
+
+    async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
+        let (account, symbol) = (account.clone(), symbol.clone());
+        self.call(move |venue, wall_ms, changes| venue.position(&account, &symbol, wall_ms, changes)).await
+    }
+
+    async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
+        let account = account.clone();
+        self.call(move |venue, wall_ms, changes| venue.balance(&account, wall_ms, changes)).await
+    }
+
+    async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
+        let (account, request) = (account.clone(), request.clone());
+        self.call(move |venue, wall_ms, changes| venue.create_order(&account, &request, wall_ms, changes)).await
+    }
+
+    async fn order_by_client_id(
+        &self,
+        account: &UserId,
+        _symbol: &Symbol,
+        client_order_id: &ClientOrderId,
+    ) -> Result<Option<ExchangeOrder>, ExchangeError> {
+        let (account, client_order_id) = (account.clone(), client_order_id.clone());
+        self.call(move |venue, wall_ms, changes| venue.order_by_client_id(&account, &client_order_id, wall_ms, changes)).await
+    }
+
+    async fn cancel_order(&self, account: &UserId, _symbol: &Symbol, client_order_id: &ClientOrderId) -> Result<ExchangeOrder, ExchangeError> {
+        let (account, client_order_id) = (account.clone(), client_order_id.clone());
+        self.call(move |venue, wall_ms, changes| venue.cancel_order(&account, &client_order_id, wall_ms, changes)).await
+    }
+
+    async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+        let (account, symbol) = (account.clone(), symbol.cloned());
+        self.call(move |venue, wall_ms, changes| venue.open_orders(&account, symbol.as_ref(), wall_ms, changes)).await
+    }
+
+    async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
+        let (account, symbol) = (account.clone(), symbol.clone());
+        self.call(move |venue, wall_ms, changes| venue.fills(&account, &symbol, since_ms, wall_ms, changes)).await
+    }
+}

@@ -1,0 +1,769 @@
+//! The paper exchange's matching engine: accounts, orders, fills, positions, margin and PnL,
+//! as a plain struct with no I/O. Every operation takes the wall time, settles whatever the
+//! market has filled since the last call, and appends the [`VenueChange`]s it made so that the
+//! venue thread can journal them (the engine itself never touches a disk).
+//!
+//! Rules, chosen to behave like Binance USDⓈ-M in one-way mode:
+//! - A market order placed while base candle `i` is forming fills at the open of candle `i + 1`,
+//!   moved against the taker by the slippage rate; a limit order fills on the first closed candle
+//!   after it that trades through its price (at the open if the candle gaps through it).
+//! - Fees are the taker fee on the fill's notional. Realized PnL and fees move the wallet.
+//! - Orders are refused with Binance's error codes: unknown symbol (-1121), quantity or price off
+//!   the step or tick (-4023, -4014), duplicate client order id (-4116), notional below the minimum
+//!   unless reduce-only (-4164), a reduce-only order that would not reduce (-2022), insufficient
+//!   margin (-2019), and a timestamp outside the receive window (-1021).
+//! - A reduce-only order that finds nothing to reduce when it fills expires without a fill.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Balance, Candle, ClientOrderId, ExchangeOrder, ExchangeOrderStatus, Fill, MoneyError,
+    OrderRequest, OrderType, Position, Price, Side, Symbol, SymbolRules, Timeframe, UserId,
+    decimal_from_f64,
+};
+use crate::exchange::ExchangeError;
+use crate::exchange::paper::market::{MarketClock, MarketError, PaperMarket};
+use crate::limits::{PAPER_FILLS_PER_ACCOUNT_MAX, PAPER_ORDERS_PER_ACCOUNT_MAX};
+
+/// Fees, slippage, leverage and balances of the paper venue.
+#[derive(Debug, Clone)]
+pub struct VenueSettings {
+    /// Fraction of notional charged per fill (0.0004 = 4 basis points).
+    pub taker_fee_rate: Decimal,
+    /// Fraction by which a market fill is moved against the taker.
+    pub slippage_rate: Decimal,
+    pub leverage: Decimal,
+    pub recv_window_ms: i64,
+    /// Starting balance (USDT) of an account not listed in `account_balances`.
+    pub default_balance: Decimal,
+    pub account_balances: BTreeMap<UserId, Decimal>,
+}
+
+/// A working or finished paper order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaperOrder {
+    pub order: ExchangeOrder,
+    /// Base candle forming when the order arrived.
+    pub placed_index: u64,
+    /// Highest closed candle a limit order has been checked against.
+    pub checked_index: u64,
+    /// Global arrival sequence (the exchange order id as a number): settlement order.
+    pub sequence: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PaperPosition {
+    /// Signed: positive long, negative short.
+    pub quantity: Decimal,
+    pub entry_price: Decimal,
+}
+
+/// One change to durable venue state, for the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VenueChange {
+    Account { user: UserId, wallet_balance: Decimal },
+    Position { user: UserId, symbol: Symbol, position: PaperPosition },
+    Order { user: UserId, order: PaperOrder },
+    OrderPruned { user: UserId, client_order_id: ClientOrderId },
+    Fill { user: UserId, fill: Fill },
+    FillPruned { user: UserId, trade_id: String },
+    Counters { next_sequence: u64, next_trade_id: u64 },
+    Clock(MarketClock),
+}
+
+/// Durable venue state, as the journal stores it and the venue restores it.
+#[derive(Debug, Clone, Default)]
+pub struct VenueSnapshot {
+    pub clock: Option<MarketClock>,
+    pub next_sequence: u64,
+    pub next_trade_id: u64,
+    pub wallets: BTreeMap<UserId, Decimal>,
+    pub positions: Vec<(UserId, Symbol, PaperPosition)>,
+    /// In arrival order.
+    pub orders: Vec<(UserId, PaperOrder)>,
+    /// Oldest first.
+    pub fills: Vec<(UserId, Fill)>,
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    wallet_balance: Decimal,
+    positions: BTreeMap<Symbol, PaperPosition>,
+    orders: HashMap<ClientOrderId, PaperOrder>,
+    /// Finished orders, oldest first: pruned beyond [`PAPER_ORDERS_PER_ACCOUNT_MAX`].
+    finished: VecDeque<ClientOrderId>,
+    fills: VecDeque<Fill>,
+}
+
+/// The matching engine.
+#[derive(Debug)]
+pub struct PaperVenue {
+    settings: VenueSettings,
+    rules: BTreeMap<Symbol, SymbolRules>,
+    market: PaperMarket,
+    accounts: BTreeMap<UserId, Account>,
+    /// Working orders across accounts, by arrival sequence.
+    working: BTreeMap<u64, (UserId, ClientOrderId)>,
+    next_sequence: u64,
+    next_trade_id: u64,
+}
+
+fn rejected(code: i64, msg: impl Into<String>) -> ExchangeError {
+    ExchangeError::Rejected { code, msg: msg.into() }
+}
+
+fn market_error(error: MarketError) -> ExchangeError {
+    match error {
+        MarketError::UnknownSymbol(_) => rejected(-1121, "Invalid symbol."),
+        MarketError::UnsupportedTimeframe(_) => rejected(-1120, format!("Invalid interval: {error}")),
+        MarketError::HistoryExhausted { .. } => rejected(-1130, format!("Invalid data sent for a parameter: {error}")),
+    }
+}
+
+fn price_from_market(value: f64) -> Result<Decimal, ExchangeError> {
+    decimal_from_f64(value).map_err(|error: MoneyError| ExchangeError::Malformed { detail: format!("paper market price: {error}") })
+}
+
+impl PaperVenue {
+    pub fn new(settings: VenueSettings, rules: BTreeMap<Symbol, SymbolRules>, market: PaperMarket) -> Self {
+        Self { settings, rules, market, accounts: BTreeMap::new(), working: BTreeMap::new(), next_sequence: 1, next_trade_id: 1 }
+    }
+
+    /// Rebuilds the venue from its journal.
+    pub fn restore(settings: VenueSettings, rules: BTreeMap<Symbol, SymbolRules>, market: PaperMarket, snapshot: VenueSnapshot) -> Self {
+        let mut venue = Self::new(settings, rules, market);
+        venue.next_sequence = snapshot.next_sequence.max(1);
+        venue.next_trade_id = snapshot.next_trade_id.max(1);
+        for (user, wallet_balance) in snapshot.wallets {
+            venue.accounts.entry(user).or_default().wallet_balance = wallet_balance;
+        }
+        for (user, symbol, position) in snapshot.positions {
+            venue.accounts.entry(user).or_default().positions.insert(symbol, position);
+        }
+        for (user, order) in snapshot.orders {
+            let account = venue.accounts.entry(user.clone()).or_default();
+            if order.order.status.is_open() {
+                venue.working.insert(order.sequence, (user, order.order.client_order_id.clone()));
+            } else {
+                account.finished.push_back(order.order.client_order_id.clone());
+            }
+            account.orders.insert(order.order.client_order_id.clone(), order);
+        }
+        for (user, fill) in snapshot.fills {
+            venue.accounts.entry(user).or_default().fills.push_back(fill);
+        }
+        venue
+    }
+
+    pub fn market_clock(&self) -> MarketClock {
+        self.market.clock()
+    }
+
+    /// Changes the market speed, keeping the market where it is.
+    pub fn set_candle_interval(&mut self, wall_ms: i64, candle_interval_ms: i64, changes: &mut Vec<VenueChange>) {
+        let clock = self.market.clock().with_candle_interval(wall_ms, candle_interval_ms);
+        if clock != self.market.clock() {
+            self.market.set_clock(clock);
+            changes.push(VenueChange::Clock(clock));
+        }
+    }
+
+    pub fn server_time_ms(&self, wall_ms: i64) -> i64 {
+        self.market.clock().market_now_ms(wall_ms)
+    }
+
+    pub fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
+        self.rules.get(symbol).copied().ok_or_else(|| rejected(-1121, "Invalid symbol."))
+    }
+
+    pub fn klines(&mut self, symbol: &Symbol, timeframe: Timeframe, limit: u16, wall_ms: i64) -> Result<Vec<Candle>, ExchangeError> {
+        self.market.closed_candles(symbol, timeframe, limit, wall_ms).map_err(market_error)
+    }
+
+    fn account<'a>(
+        accounts: &'a mut BTreeMap<UserId, Account>,
+        settings: &VenueSettings,
+        user: &UserId,
+        changes: &mut Vec<VenueChange>,
+    ) -> &'a mut Account {
+        accounts.entry(user.clone()).or_insert_with(|| {
+            let wallet_balance = settings.account_balances.get(user).copied().unwrap_or(settings.default_balance);
+            changes.push(VenueChange::Account { user: user.clone(), wallet_balance });
+            Account { wallet_balance, ..Account::default() }
+        })
+    }
+
+    fn mark_price(&mut self, symbol: &Symbol, wall_ms: i64) -> Result<Decimal, ExchangeError> {
+        price_from_market(self.market.last_price(symbol, wall_ms).map_err(market_error)?)
+    }
+
+    pub fn position(&mut self, user: &UserId, symbol: &Symbol, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Position, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        let mark_price = self.mark_price(symbol, wall_ms)?;
+        let account = Self::account(&mut self.accounts, &self.settings, user, changes);
+        let held = account.positions.get(symbol).copied().unwrap_or_default();
+        Ok(Position {
+            symbol: symbol.clone(),
+            quantity: held.quantity,
+            entry_price: held.entry_price,
+            mark_price,
+            unrealized_pnl: held.quantity * (mark_price - held.entry_price),
+        })
+    }
+
+    pub fn balance(&mut self, user: &UserId, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Balance, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        let (unrealized_pnl, margin_used) = self.exposure(user, wall_ms, changes)?;
+        let account = Self::account(&mut self.accounts, &self.settings, user, changes);
+        Ok(Balance {
+            asset: "USDT".to_owned(),
+            wallet_balance: account.wallet_balance,
+            unrealized_pnl,
+            available_balance: account.wallet_balance + unrealized_pnl - margin_used,
+        })
+    }
+
+    /// Unrealized PnL and margin in use (positions plus working orders that add exposure).
+    fn exposure(&mut self, user: &UserId, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<(Decimal, Decimal), ExchangeError> {
+        let account = Self::account(&mut self.accounts, &self.settings, user, changes);
+        let positions: Vec<(Symbol, PaperPosition)> = account.positions.iter().map(|(s, p)| (s.clone(), *p)).collect();
+        let working: Vec<(Symbol, Decimal, Option<Price>, bool)> = account
+            .orders
+            .values()
+            .filter(|o| o.order.status.is_open())
+            .map(|o| (o.order.symbol.clone(), o.order.quantity.get() - o.order.filled_quantity, o.order.order_type.limit_price(), o.order.reduce_only))
+            .collect();
+        let leverage = self.settings.leverage;
+        let (mut unrealized_pnl, mut margin_used) = (Decimal::ZERO, Decimal::ZERO);
+        for (symbol, position) in positions {
+            if position.quantity.is_zero() {
+                continue;
+            }
+            let mark = self.mark_price(&symbol, wall_ms)?;
+            unrealized_pnl += position.quantity * (mark - position.entry_price);
+            margin_used += (position.quantity * mark).abs() / leverage;
+        }
+        for (symbol, remaining, limit_price, reduce_only) in working {
+            if reduce_only {
+                continue;
+            }
+            let price = match limit_price {
+                Some(price) => price.get(),
+                None => self.mark_price(&symbol, wall_ms)?,
+            };
+            margin_used += remaining * price / leverage;
+        }
+        Ok((unrealized_pnl, margin_used))
+    }
+
+    pub fn create_order(
+        &mut self,
+        user: &UserId,
+        request: &OrderRequest,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<ExchangeOrder, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        if request.timestamp_ms < wall_ms - self.settings.recv_window_ms || request.timestamp_ms > wall_ms + 1_000 {
+            return Err(rejected(-1021, "Timestamp for this request is outside of the recvWindow."));
+        }
+        let rules = self.symbol_rules(&request.symbol)?;
+        let mark_price = self.mark_price(&request.symbol, wall_ms)?;
+        let reference_price = match request.order_type {
+            OrderType::Limit { price } => price,
+            OrderType::Market => Price::new(mark_price).map_err(|e| ExchangeError::Malformed { detail: e.to_string() })?,
+        };
+        if let Err(problem) = rules.check_order(request.quantity, request.order_type.limit_price(), reference_price, request.reduce_only) {
+            return Err(match problem {
+                MoneyError::OffStep { .. } | MoneyError::BelowMinQuantity { .. } => rejected(-4023, format!("Quantity not increased by step size: {problem}")),
+                MoneyError::OffTick { .. } => rejected(-4014, format!("Price not increased by tick size: {problem}")),
+                MoneyError::BelowMinNotional { min_notional, .. } => rejected(
+                    -4164,
+                    format!("Order's notional must be no smaller than {min_notional} (unless you choose reduce only)."),
+                ),
+                other => rejected(-1111, other.to_string()),
+            });
+        }
+        let account = Self::account(&mut self.accounts, &self.settings, user, changes);
+        if account.orders.contains_key(&request.client_order_id) {
+            return Err(ExchangeError::Duplicate { code: -4116, msg: "ClientOrderId is duplicated.".to_owned() });
+        }
+        let held = account.positions.get(&request.symbol).copied().unwrap_or_default();
+        let signed_quantity = request.side.sign() * request.quantity.get();
+        let reduces = !held.quantity.is_zero() && held.quantity.is_sign_positive() != signed_quantity.is_sign_positive();
+        if request.reduce_only && !reduces {
+            return Err(rejected(-2022, "ReduceOnly Order is rejected."));
+        }
+        let adds_exposure = !request.reduce_only && (!reduces || request.quantity.get() > held.quantity.abs());
+        if adds_exposure {
+            let (unrealized_pnl, margin_used) = self.exposure(user, wall_ms, changes)?;
+            let wallet_balance = self.accounts.get(user).map(|a| a.wallet_balance).unwrap_or_default();
+            let available = wallet_balance + unrealized_pnl - margin_used;
+            let required = request.quantity.get() * reference_price.get() / self.settings.leverage
+                + request.quantity.get() * reference_price.get() * self.settings.taker_fee_rate;
+            if required > available {
+                return Err(rejected(-2019, "Margin is insufficient."));
+            }
+        }
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let placed_index = self.market.clock().forming_index(wall_ms);
+        let order = PaperOrder {
+            order: ExchangeOrder {
+                exchange_order_id: sequence.to_string(),
+                client_order_id: request.client_order_id.clone(),
+                symbol: request.symbol.clone(),
+                side: request.side,
+                order_type: request.order_type,
+                quantity: request.quantity,
+                filled_quantity: Decimal::ZERO,
+                average_price: None,
+                status: ExchangeOrderStatus::New,
+                reduce_only: request.reduce_only,
+                updated_at_ms: wall_ms,
+            },
+            placed_index,
+            checked_index: placed_index,
+            sequence,
+        };
+        let account = self.accounts.get_mut(user).expect("Invariant: account created above");
+        account.orders.insert(request.client_order_id.clone(), order.clone());
+        self.working.insert(sequence, (user.clone(), request.client_order_id.clone()));
+        changes.push(VenueChange::Order { user: user.clone(), order: order.clone() });
+        changes.push(VenueChange::Counters { next_sequence: self.next_sequence, next_trade_id: self.next_trade_id });
+        Ok(order.order)
+    }
+
+    pub fn order_by_client_id(
+        &mut self,
+        user: &UserId,
+        client_order_id: &ClientOrderId,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Option<ExchangeOrder>, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        Ok(self.accounts.get(user).and_then(|a| a.orders.get(client_order_id)).map(|o| o.order.clone()))
+    }
+
+    pub fn cancel_order(
+        &mut self,
+        user: &UserId,
+        client_order_id: &ClientOrderId,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<ExchangeOrder, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        let Some(order) = self.accounts.get(user).and_then(|a| a.orders.get(client_order_id)).cloned() else {
+            return Err(rejected(-2011, "Unknown order sent."));
+        };
+        if !order.order.status.is_open() {
+            return Err(rejected(-2011, "Unknown order sent."));
+        }
+        let mut order = order;
+        order.order.status = ExchangeOrderStatus::Canceled;
+        order.order.updated_at_ms = wall_ms;
+        self.finish(user, order.clone(), changes);
+        Ok(order.order)
+    }
+
+    pub fn open_orders(&mut self, user: &UserId, symbol: Option<&Symbol>, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        let Some(account) = self.accounts.get(user) else { return Ok(Vec::new()) };
+        let mut open: Vec<&PaperOrder> = account
+            .orders
+            .values()
+            .filter(|o| o.order.status.is_open() && symbol.is_none_or(|s| &o.order.symbol == s))
+            .collect();
+        open.sort_by_key(|o| o.sequence);
+        Ok(open.into_iter().map(|o| o.order.clone()).collect())
+    }
+
+    pub fn fills(&mut self, user: &UserId, symbol: &Symbol, since_ms: i64, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Vec<Fill>, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        let Some(account) = self.accounts.get(user) else { return Ok(Vec::new()) };
+        Ok(account.fills.iter().filter(|f| &f.symbol == symbol && f.time_ms >= since_ms).cloned().collect())
+    }
+
+    /// Fills every working order the market has reached by `wall_ms`.
+    fn settle(&mut self, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<(), ExchangeError> {
+        let forming = self.market.clock().forming_index(wall_ms);
+        let working: Vec<(u64, UserId, ClientOrderId)> =
+            self.working.iter().map(|(seq, (user, id))| (*seq, user.clone(), id.clone())).collect();
+        for (_, user, client_order_id) in working {
+            let Some(order) = self.accounts.get(&user).and_then(|a| a.orders.get(&client_order_id)).cloned() else {
+                continue;
+            };
+            if forming <= order.placed_index {
+                continue;
+            }
+            match order.order.order_type {
+                OrderType::Market => {
+                    let candle = self.market.base_candle(&order.order.symbol, order.placed_index + 1).map_err(market_error)?;
+                    let open = price_from_market(candle.open)?;
+                    let slipped = match order.order.side {
+                        Side::Buy => open * (Decimal::ONE + self.settings.slippage_rate),
+                        Side::Sell => open * (Decimal::ONE - self.settings.slippage_rate),
+                    };
+                    self.execute(&user, order, slipped, candle.open_time_ms, changes)?;
+                }
+                OrderType::Limit { price: limit } => {
+                    let mut order = order;
+                    let checked_before = order.checked_index;
+                    let mut executed = false;
+                    // Candles after the one the order arrived in, up to the newest closed one.
+                    for index in order.checked_index.max(order.placed_index) + 1..forming {
+                        let candle = self.market.base_candle(&order.order.symbol, index).map_err(market_error)?;
+                        let (open, high, low) = (price_from_market(candle.open)?, price_from_market(candle.high)?, price_from_market(candle.low)?);
+                        let limit = limit.get();
+                        let fill_price = match order.order.side {
+                            Side::Buy if open <= limit => Some(open),
+                            Side::Buy if low <= limit => Some(limit),
+                            Side::Sell if open >= limit => Some(open),
+                            Side::Sell if high >= limit => Some(limit),
+                            _ => None,
+                        };
+                        order.checked_index = index;
+                        if let Some(fill_price) = fill_price {
+                            self.execute(&user, order.clone(), fill_price, candle.open_time_ms, changes)?;
+                            executed = true;
+                            break;
+                        }
+                    }
+                    if !executed && order.checked_index != checked_before {
+                        self.accounts.get_mut(&user).expect("Invariant: order's account exists").orders.insert(client_order_id.clone(), order.clone());
+                        changes.push(VenueChange::Order { user: user.clone(), order });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Executes a working order in full at `price` (rounded to the tick), or expires a reduce-only
+    /// order that has nothing left to reduce.
+    fn execute(&mut self, user: &UserId, mut order: PaperOrder, price: Decimal, time_ms: i64, changes: &mut Vec<VenueChange>) -> Result<(), ExchangeError> {
+        let symbol = order.order.symbol.clone();
+        let rules = self.symbol_rules(&symbol)?;
+        let price = rules.price_round(price).map_err(|e| ExchangeError::Malformed { detail: e.to_string() })?.get();
+        let account = self.accounts.get_mut(user).expect("Invariant: order's account exists");
+        let held = account.positions.get(&symbol).copied().unwrap_or_default();
+        let mut quantity = order.order.quantity.get() - order.order.filled_quantity;
+        if order.order.reduce_only {
+            let reduces = !held.quantity.is_zero() && held.quantity.is_sign_positive() != (order.order.side == Side::Buy);
+            quantity = if reduces { quantity.min(held.quantity.abs()) } else { Decimal::ZERO };
+        }
+        order.order.updated_at_ms = time_ms;
+        if quantity.is_zero() {
+            order.order.status = ExchangeOrderStatus::Expired;
+            self.finish(user, order, changes);
+            return Ok(());
+        }
+        let fee = (quantity * price * self.settings.taker_fee_rate).round_dp(8);
+        let (position, realized_pnl) = apply_fill(held, order.order.side.sign() * quantity, price);
+        let trade_id = self.next_trade_id;
+        self.next_trade_id += 1;
+        let fill = Fill {
+            trade_id: trade_id.to_string(),
+            exchange_order_id: order.order.exchange_order_id.clone(),
+            symbol: symbol.clone(),
+            side: order.order.side,
+            price,
+            quantity,
+            fee,
+            fee_asset: "USDT".to_owned(),
+            realized_pnl,
+            time_ms,
+        };
+        let account = self.accounts.get_mut(user).expect("Invariant: order's account exists");
+        account.wallet_balance += realized_pnl - fee;
+        account.positions.insert(symbol.clone(), position);
+        account.fills.push_back(fill.clone());
+        changes.push(VenueChange::Account { user: user.clone(), wallet_balance: account.wallet_balance });
+        changes.push(VenueChange::Position { user: user.clone(), symbol, position });
+        changes.push(VenueChange::Fill { user: user.clone(), fill });
+        while account.fills.len() > PAPER_FILLS_PER_ACCOUNT_MAX {
+            if let Some(old) = account.fills.pop_front() {
+                changes.push(VenueChange::FillPruned { user: user.clone(), trade_id: old.trade_id });
+            }
+        }
+        let filled_before = order.order.filled_quantity;
+        let filled_after = filled_before + quantity;
+        let average_before = order.order.average_price.unwrap_or_default();
+        order.order.average_price = Some(((average_before * filled_before + price * quantity) / filled_after).round_dp(8));
+        order.order.filled_quantity = filled_after;
+        order.order.status = ExchangeOrderStatus::Filled;
+        changes.push(VenueChange::Counters { next_sequence: self.next_sequence, next_trade_id: self.next_trade_id });
+        self.finish(user, order, changes);
+        Ok(())
+    }
+
+    /// Moves an order out of the working set and prunes the account's oldest finished orders.
+    fn finish(&mut self, user: &UserId, order: PaperOrder, changes: &mut Vec<VenueChange>) {
+        self.working.remove(&order.sequence);
+        let account = self.accounts.get_mut(user).expect("Invariant: order's account exists");
+        account.finished.push_back(order.order.client_order_id.clone());
+        account.orders.insert(order.order.client_order_id.clone(), order.clone());
+        changes.push(VenueChange::Order { user: user.clone(), order });
+        while account.finished.len() > PAPER_ORDERS_PER_ACCOUNT_MAX {
+            if let Some(old) = account.finished.pop_front() {
+                account.orders.remove(&old);
+                changes.push(VenueChange::OrderPruned { user: user.clone(), client_order_id: old });
+            }
+        }
+    }
+}
+
+/// The position after a signed fill, and the PnL the fill realized.
+fn apply_fill(held: PaperPosition, signed_quantity: Decimal, price: Decimal) -> (PaperPosition, Decimal) {
+    if held.quantity.is_zero() || held.quantity.is_sign_positive() == signed_quantity.is_sign_positive() {
+        let quantity = held.quantity + signed_quantity;
+        let entry_price = (held.quantity.abs() * held.entry_price + signed_quantity.abs() * price) / quantity.abs();
+        return (PaperPosition { quantity, entry_price: entry_price.round_dp(8) }, Decimal::ZERO);
+    }
+    let closing = signed_quantity.abs().min(held.quantity.abs());
+    let direction = if held.quantity.is_sign_positive() { Decimal::ONE } else { Decimal::NEGATIVE_ONE };
+    let realized_pnl = (closing * (price - held.entry_price) * direction).round_dp(8);
+    let quantity = held.quantity + signed_quantity;
+    let position = if quantity.is_zero() {
+        PaperPosition::default()
+    } else if quantity.is_sign_positive() == held.quantity.is_sign_positive() {
+        PaperPosition { quantity, entry_price: held.entry_price }
+    } else {
+        PaperPosition { quantity, entry_price: price }
+    };
+    (position, realized_pnl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::paper::market::{SeriesSource, parse_replay};
+    use std::str::FromStr;
+
+    const XRP: &[u8] = include_bytes!("../../../data/replay/XRP_USDT_USDT-5m-futures.json");
+    const START_MS: i64 = 1_700_000_000_000;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn xrp() -> Symbol {
+        Symbol::new("XRPUSDT").unwrap()
+    }
+
+    fn user() -> UserId {
+        UserId::new("u1").unwrap()
+    }
+
+    fn venue() -> PaperVenue {
+        let candles = parse_replay("xrp", XRP).unwrap();
+        let market = PaperMarket::new(
+            MarketClock::fresh(START_MS, 1_000),
+            1,
+            &[(xrp(), SeriesSource::Replay { source_name: "xrp".into(), candles }, 0.0001)],
+        );
+        let rules = BTreeMap::from([(xrp(), SymbolRules { tick_size: dec("0.0001"), step_size: dec("0.1"), min_quantity: dec("0.1"), min_notional: dec("5") })]);
+        let settings = VenueSettings {
+            taker_fee_rate: dec("0.0004"),
+            slippage_rate: dec("0.0002"),
+            leverage: dec("5"),
+            recv_window_ms: 5_000,
+            default_balance: dec("1000"),
+            account_balances: BTreeMap::new(),
+        };
+        PaperVenue::new(settings, rules, market)
+    }
+
+    fn market_order(id: &str, side: Side, quantity: &str, reduce_only: bool, wall_ms: i64) -> OrderRequest {
+        OrderRequest {
+            client_order_id: ClientOrderId::parse(id).unwrap(),
+            symbol: xrp(),
+            side,
+            order_type: OrderType::Market,
+            quantity: crate::domain::Quantity::new(dec(quantity)).unwrap(),
+            reduce_only,
+            timestamp_ms: wall_ms,
+        }
+    }
+
+    #[test]
+    fn a_market_order_fills_at_the_next_candle_open_with_slippage_and_fee() {
+        let mut venue = venue();
+        let mut changes = Vec::new();
+        let order = venue.create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes).unwrap();
+        assert_eq!(order.status, ExchangeOrderStatus::New);
+        // Still within the candle it arrived in: not filled yet.
+        let same = venue.order_by_client_id(&user(), &order.client_order_id, START_MS + 999, &mut changes).unwrap().unwrap();
+        assert_eq!(same.status, ExchangeOrderStatus::New);
+        // The next candle opens: filled at its open, moved up by the slippage.
+        let next_open = price_from_market(venue.market.base_candle(&xrp(), venue.market_clock().forming_index(START_MS) + 1).unwrap().open).unwrap();
+        let filled = venue.order_by_client_id(&user(), &order.client_order_id, START_MS + 1_000, &mut changes).unwrap().unwrap();
+        assert_eq!(filled.status, ExchangeOrderStatus::Filled);
+        let expected_price = (next_open * dec("1.0002") / dec("0.0001")).round() * dec("0.0001");
+        assert_eq!(filled.average_price, Some(expected_price));
+        let fills = venue.fills(&user(), &xrp(), 0, START_MS + 1_000, &mut changes).unwrap();
+        assert_eq!(fills.len(), 1);
+        assert_eq!(fills[0].fee, (dec("100") * expected_price * dec("0.0004")).round_dp(8));
+        let position = venue.position(&user(), &xrp(), START_MS + 1_000, &mut changes).unwrap();
+        assert_eq!(position.quantity, dec("100"));
+        assert_eq!(position.entry_price, expected_price);
+        let balance = venue.balance(&user(), START_MS + 1_000, &mut changes).unwrap();
+        assert_eq!(balance.wallet_balance, dec("1000") - fills[0].fee);
+    }
+
+    #[test]
+    fn closing_a_position_realizes_pnl() {
+        let mut venue = venue();
+        let mut changes = Vec::new();
+        venue.create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes).unwrap();
+        let t1 = START_MS + 1_000;
+        venue.create_order(&user(), &market_order("bw-u1-2", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
+        let t2 = START_MS + 2_000;
+        let fills = venue.fills(&user(), &xrp(), 0, t2, &mut changes).unwrap();
+        assert_eq!(fills.len(), 2);
+        let expected_pnl = ((fills[1].price - fills[0].price) * dec("100")).round_dp(8);
+        assert_eq!(fills[1].realized_pnl, expected_pnl);
+        let position = venue.position(&user(), &xrp(), t2, &mut changes).unwrap();
+        assert!(position.quantity.is_zero());
+        let balance = venue.balance(&user(), t2, &mut changes).unwrap();
+        assert_eq!(balance.wallet_balance, dec("1000") + expected_pnl - fills[0].fee - fills[1].fee);
+    }
+
+    #[test]
+    fn orders_are_refused_with_binance_codes() {
+        let mut venue = venue();
+        let mut changes = Vec::new();
+        let code = |result: Result<ExchangeOrder, ExchangeError>| match result {
+            Err(ExchangeError::Rejected { code, .. }) | Err(ExchangeError::Duplicate { code, .. }) => code,
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+        let mut off_step = market_order("bw-u1-1", Side::Buy, "10.05", false, START_MS);
+        assert_eq!(code(venue.create_order(&user(), &off_step, START_MS, &mut changes)), -4023);
+        off_step.quantity = crate::domain::Quantity::new(dec("1")).unwrap();
+        assert_eq!(code(venue.create_order(&user(), &off_step, START_MS, &mut changes)), -4164, "notional ~1.2 USDT");
+        let reduce_nothing = market_order("bw-u1-2", Side::Sell, "10", true, START_MS);
+        assert_eq!(code(venue.create_order(&user(), &reduce_nothing, START_MS, &mut changes)), -2022);
+        let too_big = market_order("bw-u1-3", Side::Buy, "100000", false, START_MS);
+        assert_eq!(code(venue.create_order(&user(), &too_big, START_MS, &mut changes)), -2019);
+        let stale = market_order("bw-u1-4", Side::Buy, "10", false, START_MS - 10_000);
+        assert_eq!(code(venue.create_order(&user(), &stale, START_MS, &mut changes)), -1021);
+        let mut unknown = market_order("bw-u1-5", Side::Buy, "10", false, START_MS);
+        unknown.symbol = Symbol::new("DOGEUSDT").unwrap();
+        assert_eq!(code(venue.create_order(&user(), &unknown, START_MS, &mut changes)), -1121);
+        let ok = market_order("bw-u1-6", Side::Buy, "10", false, START_MS);
+        venue.create_order(&user(), &ok, START_MS, &mut changes).unwrap();
+        assert_eq!(code(venue.create_order(&user(), &ok, START_MS, &mut changes)), -4116);
+    }
+
+    #[test]
+    fn a_limit_order_waits_for_the_price_and_can_be_cancelled() {
+        let mut venue = venue();
+        let mut changes = Vec::new();
+        let mut far = market_order("bw-u1-1", Side::Buy, "10", false, START_MS);
+        far.order_type = OrderType::Limit { price: Price::new(dec("0.5")).unwrap() };
+        venue.create_order(&user(), &far, START_MS, &mut changes).unwrap();
+        let later = START_MS + 5_000;
+        let open = venue.open_orders(&user(), Some(&xrp()), later, &mut changes).unwrap();
+        assert_eq!(open.len(), 1, "0.5 is far below the market");
+        let cancelled = venue.cancel_order(&user(), &far.client_order_id, later, &mut changes).unwrap();
+        assert_eq!(cancelled.status, ExchangeOrderStatus::Canceled);
+        assert!(venue.open_orders(&user(), None, later, &mut changes).unwrap().is_empty());
+        let again = venue.cancel_order(&user(), &far.client_order_id, later, &mut changes);
+        assert!(matches!(again, Err(ExchangeError::Rejected { code: -2011, .. })));
+
+        let mut near = market_order("bw-u1-2", Side::Buy, "10", false, later);
+        near.order_type = OrderType::Limit { price: Price::new(dec("5")).unwrap() };
+        venue.create_order(&user(), &near, later, &mut changes).unwrap();
+        let filled = venue.order_by_client_id(&user(), &near.client_order_id, later + 2_000, &mut changes).unwrap().unwrap();
+        assert_eq!(filled.status, ExchangeOrderStatus::Filled);
+        assert!(filled.average_price.unwrap() < dec("5"), "gapped through: filled at the open");
+    }
+
+    #[test]
+    fn a_reduce_only_order_with_nothing_left_expires() {
+        let mut venue = venue();
+        let mut changes = Vec::new();
+        venue.create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes).unwrap();
+        let t1 = START_MS + 1_000;
+        venue.create_order(&user(), &market_order("bw-u1-2", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
+        venue.create_order(&user(), &market_order("bw-u1-3", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
+        let t2 = START_MS + 2_000;
+        let second = venue.order_by_client_id(&user(), &ClientOrderId::parse("bw-u1-3").unwrap(), t2, &mut changes).unwrap().unwrap();
+        assert_eq!(second.status, ExchangeOrderStatus::Expired);
+        assert!(venue.position(&user(), &xrp(), t2, &mut changes).unwrap().quantity.is_zero());
+    }
+
+    #[test]
+    fn fills_flip_and_average_positions() {
+        let long = PaperPosition { quantity: dec("10"), entry_price: dec("1") };
+        let (added, pnl) = apply_fill(long, dec("10"), dec("2"));
+        assert_eq!((added.quantity, added.entry_price, pnl), (dec("20"), dec("1.5"), dec("0")));
+        let (flipped, pnl) = apply_fill(long, dec("-15"), dec("2"));
+        assert_eq!((flipped.quantity, flipped.entry_price, pnl), (dec("-5"), dec("2"), dec("10")));
+        let short = PaperPosition { quantity: dec("-10"), entry_price: dec("2") };
+        let (reduced, pnl) = apply_fill(short, dec("4"), dec("1"));
+        assert_eq!((reduced.quantity, reduced.entry_price, pnl), (dec("-6"), dec("2"), dec("4")));
+    }
+
+    #[test]
+    fn the_journal_changes_rebuild_the_same_venue() {
+        let mut venue = venue();
+        let mut changes = Vec::new();
+        venue.create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes).unwrap();
+        venue.position(&user(), &xrp(), START_MS + 1_000, &mut changes).unwrap();
+        let mut far = market_order("bw-u1-2", Side::Buy, "10", false, START_MS + 1_000);
+        far.order_type = OrderType::Limit { price: Price::new(dec("0.5")).unwrap() };
+        venue.create_order(&user(), &far, START_MS + 1_000, &mut changes).unwrap();
+
+        let snapshot = snapshot_from_changes(venue.market_clock(), &changes);
+        let mut restored = PaperVenue::restore(venue.settings.clone(), venue.rules.clone(), {
+            let candles = parse_replay("xrp", XRP).unwrap();
+            PaperMarket::new(venue.market_clock(), 1, &[(xrp(), SeriesSource::Replay { source_name: "xrp".into(), candles }, 0.0001)])
+        }, snapshot);
+        let t = START_MS + 1_500;
+        let mut scratch = Vec::new();
+        assert_eq!(restored.position(&user(), &xrp(), t, &mut scratch).unwrap(), venue.position(&user(), &xrp(), t, &mut scratch).unwrap());
+        assert_eq!(restored.balance(&user(), t, &mut scratch).unwrap(), venue.balance(&user(), t, &mut scratch).unwrap());
+        assert_eq!(restored.open_orders(&user(), None, t, &mut scratch).unwrap(), venue.open_orders(&user(), None, t, &mut scratch).unwrap());
+        assert_eq!(restored.fills(&user(), &xrp(), 0, t, &mut scratch).unwrap(), venue.fills(&user(), &xrp(), 0, t, &mut scratch).unwrap());
+        assert_eq!((restored.next_sequence, restored.next_trade_id), (venue.next_sequence, venue.next_trade_id));
+    }
+
+    /// Folds a change log into a snapshot the way the journal does.
+    fn snapshot_from_changes(clock: MarketClock, changes: &[VenueChange]) -> VenueSnapshot {
+        let mut snapshot = VenueSnapshot { clock: Some(clock), ..VenueSnapshot::default() };
+        let mut orders: BTreeMap<(UserId, ClientOrderId), PaperOrder> = BTreeMap::new();
+        let mut positions: BTreeMap<(UserId, Symbol), PaperPosition> = BTreeMap::new();
+        for change in changes {
+            match change {
+                VenueChange::Account { user, wallet_balance } => {
+                    snapshot.wallets.insert(user.clone(), *wallet_balance);
+                }
+                VenueChange::Position { user, symbol, position } => {
+                    positions.insert((user.clone(), symbol.clone()), *position);
+                }
+                VenueChange::Order { user, order } => {
+                    orders.insert((user.clone(), order.order.client_order_id.clone()), order.clone());
+                }
+                VenueChange::OrderPruned { user, client_order_id } => {
+                    orders.remove(&(user.clone(), client_order_id.clone()));
+                }
+                VenueChange::Fill { user, fill } => snapshot.fills.push((user.clone(), fill.clone())),
+                VenueChange::FillPruned { trade_id, .. } => snapshot.fills.retain(|(_, f)| &f.trade_id != trade_id),
+                VenueChange::Counters { next_sequence, next_trade_id } => {
+                    snapshot.next_sequence = *next_sequence;
+                    snapshot.next_trade_id = *next_trade_id;
+                }
+                VenueChange::Clock(clock) => snapshot.clock = Some(*clock),
+            }
+        }
+        snapshot.positions = positions.into_iter().map(|((u, s), p)| (u, s, p)).collect();
+        let mut orders: Vec<(UserId, PaperOrder)> = orders.into_iter().map(|((u, _), o)| (u, o)).collect();
+        orders.sort_by_key(|(_, o)| o.sequence);
+        snapshot.orders = orders;
+        snapshot
+    }
+}

@@ -1,0 +1,57 @@
+//! Every bound in one place: each queue, cache, retry loop and table that grows has a named limit
+//! here, with what happens at the limit (BRIEF invariant 6, "bounded everything").
+
+/// Closed candles handed to a strategy on every decision. Strategies must declare a look-back that
+/// fits (config validation rejects parameters that need more).
+pub const CANDLE_WINDOW_LEN: usize = 200;
+
+/// Mailbox capacity of each trader actor. MarketData fans candles out with `try_send`; when a
+/// trader's mailbox is full the candle is dropped for that trader and counted, never queued
+/// without bound.
+pub const TRADER_MAILBOX_CAPACITY: usize = 64;
+
+/// Mailbox capacity of the persistence actor. Callers use `send().await`, so a full mailbox
+/// applies back-pressure instead of growing.
+pub const PERSISTENCE_MAILBOX_CAPACITY: usize = 4096;
+
+/// Mailbox capacity of the order router and market data actors.
+pub const SHARED_MAILBOX_CAPACITY: usize = 4096;
+
+/// Decision rows kept per user in the database; older rows are pruned periodically.
+pub const DECISIONS_PER_USER_MAX: i64 = 2_000;
+
+/// Supervisor event rows kept in the database; older rows are pruned periodically.
+pub const SUPERVISOR_EVENTS_MAX: i64 = 100_000;
+
+/// Requests queued for the paper exchange's venue thread; senders wait when it is full.
+pub const PAPER_VENUE_QUEUE_MAX: usize = 1024;
+
+/// Orders the paper exchange keeps per account (open orders are never pruned; the oldest closed
+/// ones go first), like a real venue's limited order history.
+pub const PAPER_ORDERS_PER_ACCOUNT_MAX: usize = 2_000;
+
+/// Fills the paper exchange keeps per account (oldest first out).
+pub const PAPER_FILLS_PER_ACCOUNT_MAX: usize = 5_000;
+
+/// Base candles of history a random-walk symbol keeps in memory.
+pub const PAPER_RANDOM_WALK_HISTORY_MAX: usize = 20_000;
+
+/// Most candles one klines request may return (Binance's own maximum).
+pub const KLINES_LIMIT_MAX: u16 = 1_500;
+
+/// Users one process runs.
+pub const USERS_MAX: usize = 100_000;
+
+/// Strategies one user runs.
+pub const STRATEGIES_PER_USER_MAX: usize = 32;
+
+/// Attempts to resolve an order whose outcome is unknown within one account sync; the rest waits
+/// for the next sync (no unbounded retry loop).
+pub const ORDER_RESOLVE_QUERIES_PER_SYNC_MAX: usize = 8;
+
+/// Broadcast buffer for decision and supervision event taps (status surfaces, tests). A lagging
+/// receiver loses the oldest events; senders never block.
+pub const EVENT_TAP_CAPACITY: usize = 4096;
+
+const _: () = assert!(CANDLE_WINDOW_LEN <= KLINES_LIMIT_MAX as usize);
+const _: () = assert!(PAPER_RANDOM_WALK_HISTORY_MAX >= CANDLE_WINDOW_LEN * 48);

@@ -1,0 +1,56 @@
+//! Logging set-up: the human-readable tracing log to stderr (for the journal under systemd) and to
+//! `<log_dir>/bulwark.log`, and a panic hook that logs every panic with its thread (which names the
+//! arbiter) before the supervisor turns it into a restart.
+
+use std::path::Path;
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
+
+/// Keeps the file writer's background thread alive; dropping it flushes the log.
+#[derive(Debug)]
+pub struct LogGuard {
+    _file: Option<WorkerGuard>,
+}
+
+/// Installs the subscriber. `RUST_LOG` overrides the default level (`info`). With a `log_dir`, the
+/// log also goes to `<log_dir>/bulwark.log`.
+pub fn init(log_dir: Option<&Path>) -> LogGuard {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut guard = None;
+    let result = match log_dir.map(|dir| tracing_appender::rolling::never(dir, "bulwark.log")) {
+        Some(file) => {
+            // Lossy: a full buffer drops log lines rather than stall an actor (the buffer is bounded).
+            let (file, file_guard) = tracing_appender::non_blocking(file);
+            guard = Some(file_guard);
+            tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_writer(std::io::stderr.and(file))
+                .with_ansi(false)
+                .try_init()
+        }
+        None => tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).try_init(),
+    };
+    if result.is_err() {
+        // Already installed (tests); keep the existing subscriber.
+    }
+    install_panic_hook();
+    LogGuard { _file: guard }
+}
+
+/// Logs panics through tracing with the thread name; the supervisor records the restart.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-text panic payload".to_owned());
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(target: "panic", thread, location, "panic: {message}");
+    }));
+}

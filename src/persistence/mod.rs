@@ -1,0 +1,989 @@
+//! The only module that knows SQL. [`Store`] is a plain synchronous struct over one SQLite
+//! connection (WAL mode, busy timeout, migrations); the persistence actor
+//! ([`crate::actors::persistence`]) runs it on its own thread so blocking calls never stall another
+//! actor, and the status command opens it read-only from another process.
+//!
+//! Two rules carry the trading invariants:
+//! - An order intent is committed (with its deterministic client order id and its order row in
+//!   state `pending`) before anything is sent; the client order id is the primary key, so one id
+//!   can never stand for two intents.
+//! - Every order state change is a compare-and-set from the state the caller saw, checked against
+//!   [`OrderState::may_become`], and commits together with the fills it records. Two writers can
+//!   never both move an order, and a fill is recorded at most once (keyed by the exchange's trade
+//!   id) and never lost behind a state that says "done".
+
+pub mod paper_journal;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite_migration::{M, Migrations};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::domain::{
+    ClientOrderId, Fill, IntentPurpose, OrderIntent, OrderState, OrderType, Price, Quantity, Side,
+    Symbol, UserId,
+};
+use crate::limits::{DECISIONS_PER_USER_MAX, SUPERVISOR_EVENTS_MAX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database schema migration failed: {0}")]
+    Migration(String),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("corrupt data in table {table}: {detail}")]
+    Corrupt { table: String, detail: String },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("persistence is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Busy, locked or temporarily unreachable: the same write may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            StoreError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// WAL journal, a busy timeout, foreign keys: the settings every connection gets.
+pub(crate) fn configure_connection(connection: &Connection) -> Result<(), StoreError> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    connection.busy_timeout(std::time::Duration::from_millis(5_000))?;
+    Ok(())
+}
+
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    "CREATE TABLE users (
+         user_id TEXT PRIMARY KEY,
+         created_at_ms INTEGER NOT NULL,
+         supervisor_state TEXT NOT NULL,
+         state_reason TEXT,
+         state_since_ms INTEGER NOT NULL,
+         incarnation INTEGER NOT NULL DEFAULT 0,
+         restart_count INTEGER NOT NULL DEFAULT 0,
+         decision_count INTEGER NOT NULL DEFAULT 0,
+         last_decision TEXT,
+         last_decision_at_ms INTEGER);
+     CREATE TABLE intents (
+         client_order_id TEXT PRIMARY KEY,
+         user_id TEXT NOT NULL REFERENCES users (user_id),
+         intent_seq INTEGER NOT NULL,
+         symbol TEXT NOT NULL,
+         side TEXT NOT NULL,
+         order_type TEXT NOT NULL,
+         limit_price TEXT,
+         quantity TEXT NOT NULL,
+         reduce_only INTEGER NOT NULL,
+         purpose TEXT NOT NULL,
+         strategy TEXT NOT NULL,
+         decision_candle_close_ms INTEGER NOT NULL,
+         created_at_ms INTEGER NOT NULL,
+         UNIQUE (user_id, intent_seq));
+     CREATE TABLE orders (
+         client_order_id TEXT PRIMARY KEY REFERENCES intents (client_order_id),
+         user_id TEXT NOT NULL,
+         symbol TEXT NOT NULL,
+         state TEXT NOT NULL,
+         exchange_order_id TEXT,
+         filled_quantity TEXT NOT NULL DEFAULT '0',
+         average_price TEXT,
+         sent_at_ms INTEGER,
+         updated_at_ms INTEGER NOT NULL,
+         last_error TEXT);
+     CREATE INDEX orders_unresolved ON orders (user_id, symbol)
+         WHERE state IN ('pending', 'sending', 'unknown', 'open');
+     CREATE TABLE order_events (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         client_order_id TEXT NOT NULL,
+         ts_ms INTEGER NOT NULL,
+         from_state TEXT,
+         to_state TEXT NOT NULL,
+         detail TEXT);
+     CREATE TABLE fills (
+         user_id TEXT NOT NULL,
+         trade_id TEXT NOT NULL,
+         client_order_id TEXT,
+         exchange_order_id TEXT NOT NULL,
+         symbol TEXT NOT NULL,
+         side TEXT NOT NULL,
+         price TEXT NOT NULL,
+         quantity TEXT NOT NULL,
+         fee TEXT NOT NULL,
+         fee_asset TEXT NOT NULL,
+         realized_pnl TEXT NOT NULL,
+         filled_at_ms INTEGER NOT NULL,
+         recorded_at_ms INTEGER NOT NULL,
+         PRIMARY KEY (user_id, trade_id));
+     CREATE TABLE positions (
+         user_id TEXT NOT NULL,
+         symbol TEXT NOT NULL,
+         quantity TEXT NOT NULL,
+         entry_price TEXT NOT NULL,
+         position_start_time_ms INTEGER,
+         active_order_id TEXT,
+         verified_at_ms INTEGER NOT NULL,
+         PRIMARY KEY (user_id, symbol));
+     CREATE TABLE decisions (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         user_id TEXT NOT NULL,
+         symbol TEXT NOT NULL,
+         timeframe TEXT NOT NULL,
+         strategy TEXT NOT NULL,
+         candle_close_ms INTEGER,
+         decided_at_ms INTEGER NOT NULL,
+         outcome TEXT NOT NULL,
+         reason TEXT NOT NULL,
+         signal TEXT,
+         score REAL,
+         client_order_id TEXT);
+     CREATE INDEX decisions_by_user ON decisions (user_id, id);
+     CREATE TABLE supervisor_events (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         ts_ms INTEGER NOT NULL,
+         event TEXT NOT NULL,
+         actor TEXT NOT NULL,
+         user_id TEXT,
+         incarnation INTEGER,
+         reason TEXT,
+         backoff_ms INTEGER);
+     CREATE TABLE reconcile_actions (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         ts_ms INTEGER NOT NULL,
+         user_id TEXT NOT NULL,
+         action TEXT NOT NULL,
+         client_order_id TEXT,
+         detail TEXT NOT NULL);",
+)];
+
+/// An order intent together with its order's current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredOrder {
+    pub intent: OrderIntent,
+    pub state: OrderState,
+    pub exchange_order_id: Option<String>,
+    pub filled_quantity: Decimal,
+    pub average_price: Option<Decimal>,
+    pub sent_at_ms: Option<i64>,
+    pub updated_at_ms: i64,
+    pub last_error: Option<String>,
+}
+
+/// A compare-and-set move of one order from the state the caller saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderTransition {
+    pub client_order_id: ClientOrderId,
+    pub from: OrderState,
+    pub to: OrderState,
+    pub exchange_order_id: Option<String>,
+    pub filled_quantity: Option<Decimal>,
+    pub average_price: Option<Decimal>,
+    pub sent_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub at_ms: i64,
+    /// Recorded in the same transaction (idempotently).
+    pub fills: Vec<Fill>,
+}
+
+impl OrderTransition {
+    pub fn new(client_order_id: ClientOrderId, from: OrderState, to: OrderState, at_ms: i64) -> Self {
+        Self {
+            client_order_id,
+            from,
+            to,
+            exchange_order_id: None,
+            filled_quantity: None,
+            average_price: None,
+            sent_at_ms: None,
+            last_error: None,
+            at_ms,
+            fills: Vec::new(),
+        }
+    }
+}
+
+/// What a trader knows about one symbol, saved after every account sync and reloaded on restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PositionRecord {
+    pub user: UserId,
+    pub symbol: Symbol,
+    pub quantity: Decimal,
+    pub entry_price: Decimal,
+    pub position_start_time_ms: Option<i64>,
+    pub active_order_id: Option<ClientOrderId>,
+    pub verified_at_ms: i64,
+}
+
+/// One iteration's outcome for one strategy of one user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionRecord {
+    pub user: UserId,
+    pub symbol: Symbol,
+    pub timeframe: String,
+    pub strategy: String,
+    pub candle_close_ms: Option<i64>,
+    pub decided_at_ms: i64,
+    /// `hold`, `enter`, `exit`, `blocked`, `skipped`, `order_failed`, ...
+    pub outcome: String,
+    pub reason: String,
+    pub signal: Option<String>,
+    pub score: Option<f64>,
+    pub client_order_id: Option<ClientOrderId>,
+    /// Whether it counts as a decision (the strategy ran and its result was acted on), as opposed
+    /// to a skipped iteration.
+    pub counts_as_decision: bool,
+}
+
+/// A supervision event as stored (mirrors a line of `supervisor.jsonl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SupervisorEventRecord {
+    pub ts_ms: i64,
+    pub event: String,
+    pub actor: String,
+    pub user: Option<UserId>,
+    pub incarnation: Option<u32>,
+    pub reason: Option<String>,
+    pub backoff_ms: Option<u64>,
+}
+
+/// A user's supervision state as the supervisors last recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserSupervisionRecord {
+    pub user: UserId,
+    pub state: String,
+    pub reason: Option<String>,
+    pub since_ms: i64,
+    pub incarnation: u32,
+    pub restart_count: u32,
+}
+
+/// Everything a restarted trader reloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraderState {
+    pub positions: Vec<PositionRecord>,
+    pub last_intent_seq: u64,
+    /// Orders that are not final, oldest first.
+    pub unresolved_orders: Vec<StoredOrder>,
+    pub decision_count: u64,
+}
+
+/// One row of `bulwark status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserStatus {
+    pub user: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub since_ms: i64,
+    pub incarnation: u32,
+    pub restart_count: u32,
+    pub decision_count: u64,
+    pub last_decision: Option<String>,
+    pub last_decision_at_ms: Option<i64>,
+    pub positions: Vec<PositionRecord>,
+    pub orders_total: u64,
+    pub fills_total: u64,
+}
+
+/// The bot's database.
+#[derive(Debug)]
+pub struct Store {
+    connection: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        Self::with_connection(connection)
+    }
+
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::with_connection(Connection::open_in_memory()?)
+    }
+
+    /// For readers in another process (`bulwark status`): never writes, never migrates.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        connection.busy_timeout(std::time::Duration::from_millis(5_000))?;
+        Ok(Self { connection })
+    }
+
+    fn with_connection(mut connection: Connection) -> Result<Self, StoreError> {
+        configure_connection(&connection)?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut connection)
+            .map_err(|error| StoreError::Migration(error.to_string()))?;
+        Ok(Self { connection })
+    }
+
+    /// Creates a row for every configured user that does not have one yet.
+    pub fn ensure_users(&mut self, users: &[UserId], now_ms: i64) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction()?;
+        for user in users {
+            transaction.execute(
+                "INSERT OR IGNORE INTO users (user_id, created_at_ms, supervisor_state, state_since_ms) VALUES (?1, ?2, 'stopped', ?2)",
+                params![user.as_str(), now_ms],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    pub fn set_user_supervision(&mut self, record: &UserSupervisionRecord) -> Result<(), StoreError> {
+        self.connection.execute(
+            "UPDATE users SET supervisor_state = ?2, state_reason = ?3, state_since_ms = ?4, incarnation = ?5, restart_count = ?6
+             WHERE user_id = ?1",
+            params![record.user.as_str(), record.state, record.reason, record.since_ms, record.incarnation, record.restart_count],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_supervisor_event(&mut self, event: &SupervisorEventRecord) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO supervisor_events (ts_ms, event, actor, user_id, incarnation, reason, backoff_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                event.ts_ms,
+                event.event,
+                event.actor,
+                event.user.as_ref().map(UserId::as_str),
+                event.incarnation,
+                event.reason,
+                event.backoff_ms.map(|b| b as i64)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn load_trader_state(&mut self, user: &UserId) -> Result<TraderState, StoreError> {
+        let mut state = TraderState { positions: self.load_positions(user)?, ..TraderState::default() };
+        state.last_intent_seq = self
+            .connection
+            .query_row("SELECT COALESCE(MAX(intent_seq), 0) FROM intents WHERE user_id = ?1", params![user.as_str()], |row| row.get::<_, i64>(0))?
+            as u64;
+        state.decision_count = self
+            .connection
+            .query_row("SELECT decision_count FROM users WHERE user_id = ?1", params![user.as_str()], |row| row.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0) as u64;
+        state.unresolved_orders = self.unresolved_orders(user, None)?;
+        Ok(state)
+    }
+
+    /// Commits an intent and its order row (state `pending`) in one transaction. Fails with
+    /// [`StoreError::Conflict`] if the client order id or the user's sequence number is taken.
+    pub fn commit_intent(&mut self, intent: &OrderIntent) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction()?;
+        let inserted = transaction.execute(
+            "INSERT OR IGNORE INTO intents (client_order_id, user_id, intent_seq, symbol, side, order_type, limit_price, quantity,
+                 reduce_only, purpose, strategy, decision_candle_close_ms, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                intent.client_order_id.as_str(),
+                intent.user.as_str(),
+                intent.intent_seq as i64,
+                intent.symbol.as_str(),
+                intent.side.as_str(),
+                intent.order_type.as_str(),
+                intent.order_type.limit_price().map(|p| p.to_string()),
+                intent.quantity.to_string(),
+                intent.reduce_only,
+                intent.purpose.as_str(),
+                intent.strategy,
+                intent.decision_candle_close_ms,
+                intent.created_at_ms
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "intent {} (sequence {} of user {}) is already recorded",
+                intent.client_order_id, intent.intent_seq, intent.user
+            )));
+        }
+        transaction.execute(
+            "INSERT INTO orders (client_order_id, user_id, symbol, state, updated_at_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
+            params![intent.client_order_id.as_str(), intent.user.as_str(), intent.symbol.as_str(), intent.created_at_ms],
+        )?;
+        transaction.execute(
+            "INSERT INTO order_events (client_order_id, ts_ms, from_state, to_state, detail) VALUES (?1, ?2, NULL, 'pending', 'committed')",
+            params![intent.client_order_id.as_str(), intent.created_at_ms],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Applies a compare-and-set transition and records its fills, atomically. `Ok(false)` when
+    /// the order is no longer in `from` (another writer moved it first); nothing is written then.
+    pub fn transition_order(&mut self, transition: &OrderTransition) -> Result<bool, StoreError> {
+        if !transition.from.may_become(transition.to) {
+            return Err(StoreError::Conflict(format!(
+                "order {}: {} may not become {}",
+                transition.client_order_id, transition.from, transition.to
+            )));
+        }
+        let transaction = self.connection.transaction()?;
+        let user: Option<String> = transaction
+            .query_row("SELECT user_id FROM orders WHERE client_order_id = ?1", params![transition.client_order_id.as_str()], |row| row.get(0))
+            .optional()?;
+        let Some(user) = user else {
+            return Err(StoreError::Conflict(format!("order {} is not recorded", transition.client_order_id)));
+        };
+        let updated = transaction.execute(
+            "UPDATE orders SET state = ?3,
+                 exchange_order_id = COALESCE(?4, exchange_order_id),
+                 filled_quantity = COALESCE(?5, filled_quantity),
+                 average_price = COALESCE(?6, average_price),
+                 sent_at_ms = COALESCE(?7, sent_at_ms),
+                 last_error = COALESCE(?8, last_error),
+                 updated_at_ms = ?9
+             WHERE client_order_id = ?1 AND state = ?2",
+            params![
+                transition.client_order_id.as_str(),
+                transition.from.as_str(),
+                transition.to.as_str(),
+                transition.exchange_order_id,
+                transition.filled_quantity.map(|q| q.to_string()),
+                transition.average_price.map(|p| p.to_string()),
+                transition.sent_at_ms,
+                transition.last_error,
+                transition.at_ms
+            ],
+        )?;
+        if updated == 0 {
+            return Ok(false);
+        }
+        transaction.execute(
+            "INSERT INTO order_events (client_order_id, ts_ms, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                transition.client_order_id.as_str(),
+                transition.at_ms,
+                transition.from.as_str(),
+                transition.to.as_str(),
+                transition.last_error
+            ],
+        )?;
+        for fill in &transition.fills {
+            insert_fill(&transaction, &user, Some(&transition.client_order_id), fill, transition.at_ms)?;
+        }
+        transaction.commit()?;
+        Ok(true)
+    }
+
+    /// Records fills idempotently; returns how many were new.
+    pub fn record_fills(&mut self, user: &UserId, fills: &[(Fill, Option<ClientOrderId>)], now_ms: i64) -> Result<usize, StoreError> {
+        let transaction = self.connection.transaction()?;
+        let mut inserted = 0;
+        for (fill, client_order_id) in fills {
+            inserted += insert_fill(&transaction, user.as_str(), client_order_id.as_ref(), fill, now_ms)?;
+        }
+        transaction.commit()?;
+        Ok(inserted)
+    }
+
+    /// Orders that are not final, oldest first; for one symbol or all.
+    pub fn unresolved_orders(&mut self, user: &UserId, symbol: Option<&Symbol>) -> Result<Vec<StoredOrder>, StoreError> {
+        let mut statement = self.connection.prepare_cached(&format!(
+            "{ORDER_SELECT} WHERE o.user_id = ?1 AND (?2 IS NULL OR o.symbol = ?2)
+               AND o.state IN ('pending', 'sending', 'unknown', 'open')
+             ORDER BY i.intent_seq"
+        ))?;
+        let rows = statement.query_map(params![user.as_str(), symbol.map(Symbol::as_str)], |row| Ok(order_from_row(row)))?;
+        rows.map(|row| row?).collect()
+    }
+
+    pub fn order(&mut self, client_order_id: &ClientOrderId) -> Result<Option<StoredOrder>, StoreError> {
+        let mut statement = self.connection.prepare_cached(&format!("{ORDER_SELECT} WHERE o.client_order_id = ?1"))?;
+        let row = statement.query_row(params![client_order_id.as_str()], |row| Ok(order_from_row(row))).optional()?;
+        row.transpose()
+    }
+
+    /// Every order of a user, oldest first (for audits and tests).
+    pub fn orders_of(&mut self, user: &UserId) -> Result<Vec<StoredOrder>, StoreError> {
+        let mut statement = self.connection.prepare_cached(&format!("{ORDER_SELECT} WHERE o.user_id = ?1 ORDER BY i.intent_seq"))?;
+        let rows = statement.query_map(params![user.as_str()], |row| Ok(order_from_row(row)))?;
+        rows.map(|row| row?).collect()
+    }
+
+    pub fn fill_count(&mut self, user: &UserId) -> Result<u64, StoreError> {
+        Ok(self.connection.query_row("SELECT COUNT(*) FROM fills WHERE user_id = ?1", params![user.as_str()], |row| row.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn record_decision(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction()?;
+        transaction.execute(
+            "INSERT INTO decisions (user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                decision.user.as_str(),
+                decision.symbol.as_str(),
+                decision.timeframe,
+                decision.strategy,
+                decision.candle_close_ms,
+                decision.decided_at_ms,
+                decision.outcome,
+                decision.reason,
+                decision.signal,
+                decision.score,
+                decision.client_order_id.as_ref().map(ClientOrderId::as_str)
+            ],
+        )?;
+        let summary = format!("{} {}: {}", decision.symbol, decision.outcome, decision.reason);
+        transaction.execute(
+            "UPDATE users SET decision_count = decision_count + ?2, last_decision = ?3, last_decision_at_ms = ?4 WHERE user_id = ?1",
+            params![decision.user.as_str(), i64::from(decision.counts_as_decision), summary, decision.decided_at_ms],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    pub fn save_position(&mut self, record: &PositionRecord) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO positions (user_id, symbol, quantity, entry_price, position_start_time_ms, active_order_id, verified_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (user_id, symbol) DO UPDATE SET quantity = excluded.quantity, entry_price = excluded.entry_price,
+                 position_start_time_ms = excluded.position_start_time_ms, active_order_id = excluded.active_order_id,
+                 verified_at_ms = excluded.verified_at_ms",
+            params![
+                record.user.as_str(),
+                record.symbol.as_str(),
+                record.quantity.to_string(),
+                record.entry_price.to_string(),
+                record.position_start_time_ms,
+                record.active_order_id.as_ref().map(ClientOrderId::as_str),
+                record.verified_at_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_reconcile_action(
+        &mut self,
+        user: &UserId,
+        action: &str,
+        client_order_id: Option<&ClientOrderId>,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO reconcile_actions (ts_ms, user_id, action, client_order_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms, user.as_str(), action, client_order_id.map(ClientOrderId::as_str), detail],
+        )?;
+        Ok(())
+    }
+
+    /// Reconciliation actions of a user, oldest first: `(action, client order id, detail)`.
+    pub fn reconcile_actions(&mut self, user: &UserId) -> Result<Vec<(String, Option<String>, String)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT action, client_order_id, detail FROM reconcile_actions WHERE user_id = ?1 ORDER BY id")?;
+        let rows = statement.query_map(params![user.as_str()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps the bounded tables bounded.
+    pub fn prune(&mut self) -> Result<usize, StoreError> {
+        let mut removed = self.connection.execute(
+            "DELETE FROM decisions WHERE id IN (
+                 SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id DESC) AS newer FROM decisions)
+                 WHERE newer > ?1)",
+            params![DECISIONS_PER_USER_MAX],
+        )?;
+        removed += self.connection.execute(
+            "DELETE FROM supervisor_events WHERE id <= (SELECT MAX(id) FROM supervisor_events) - ?1",
+            params![SUPERVISOR_EVENTS_MAX],
+        )?;
+        Ok(removed)
+    }
+
+    /// Moves the write-ahead log into the main file (called at shutdown).
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// The newest decisions of a user, newest first.
+    pub fn recent_decisions(&mut self, user: &UserId, limit: u32) -> Result<Vec<DecisionRecord>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id
+             FROM decisions WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![user.as_str(), limit], |row| {
+            Ok((|| -> Result<DecisionRecord, StoreError> {
+                let outcome: String = row.get(6)?;
+                Ok(DecisionRecord {
+                    user: UserId::new(&row.get::<_, String>(0)?).map_err(|e| corrupt("decisions", e))?,
+                    symbol: Symbol::new(&row.get::<_, String>(1)?).map_err(|e| corrupt("decisions", e))?,
+                    timeframe: row.get(2)?,
+                    strategy: row.get(3)?,
+                    candle_close_ms: row.get(4)?,
+                    decided_at_ms: row.get(5)?,
+                    counts_as_decision: outcome != "skipped",
+                    outcome,
+                    reason: row.get(7)?,
+                    signal: row.get(8)?,
+                    score: row.get(9)?,
+                    client_order_id: row.get::<_, Option<String>>(10)?.map(|id| ClientOrderId::parse(&id)).transpose().map_err(|e| corrupt("decisions", e))?,
+                })
+            })())
+        })?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Supervisor events of one user (or of shared actors when `user` is `None`), oldest first.
+    pub fn supervisor_events(&mut self, user: Option<&UserId>) -> Result<Vec<SupervisorEventRecord>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT ts_ms, event, actor, user_id, incarnation, reason, backoff_ms FROM supervisor_events
+             WHERE (?1 IS NULL AND user_id IS NULL) OR user_id = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![user.map(UserId::as_str)], |row| {
+            Ok((|| -> Result<SupervisorEventRecord, StoreError> {
+                Ok(SupervisorEventRecord {
+                    ts_ms: row.get(0)?,
+                    event: row.get(1)?,
+                    actor: row.get(2)?,
+                    user: row.get::<_, Option<String>>(3)?.map(|u| UserId::new(&u)).transpose().map_err(|e| corrupt("supervisor_events", e))?,
+                    incarnation: row.get(4)?,
+                    reason: row.get(5)?,
+                    backoff_ms: row.get::<_, Option<i64>>(6)?.map(|b| b as u64),
+                })
+            })())
+        })?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Every user's status for `bulwark status`.
+    pub fn user_statuses(&mut self) -> Result<Vec<UserStatus>, StoreError> {
+        let mut statuses: Vec<UserStatus> = {
+            let mut statement = self.connection.prepare(
+            "SELECT u.user_id, u.supervisor_state, u.state_reason, u.state_since_ms, u.incarnation, u.restart_count,
+                    u.decision_count, u.last_decision, u.last_decision_at_ms,
+                    (SELECT COUNT(*) FROM orders o WHERE o.user_id = u.user_id),
+                    (SELECT COUNT(*) FROM fills f WHERE f.user_id = u.user_id)
+             FROM users u ORDER BY u.user_id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(UserStatus {
+                user: row.get(0)?,
+                state: row.get(1)?,
+                reason: row.get(2)?,
+                since_ms: row.get(3)?,
+                incarnation: row.get(4)?,
+                restart_count: row.get(5)?,
+                decision_count: row.get::<_, i64>(6)? as u64,
+                last_decision: row.get(7)?,
+                last_decision_at_ms: row.get(8)?,
+                positions: Vec::new(),
+                orders_total: row.get::<_, i64>(9)? as u64,
+                fills_total: row.get::<_, i64>(10)? as u64,
+            })
+        })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for status in &mut statuses {
+            let user = UserId::new(&status.user).map_err(|e| corrupt("users", e))?;
+            status.positions = self.load_positions(&user)?;
+        }
+        Ok(statuses)
+    }
+
+    fn load_positions(&mut self, user: &UserId) -> Result<Vec<PositionRecord>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT user_id, symbol, quantity, entry_price, position_start_time_ms, active_order_id, verified_at_ms
+             FROM positions WHERE user_id = ?1 ORDER BY symbol",
+        )?;
+        let rows = statement.query_map(params![user.as_str()], |row| Ok(position_from_row(row)))?;
+        rows.map(|row| row?).collect()
+    }
+}
+
+const ORDER_SELECT: &str = "SELECT i.client_order_id, i.user_id, i.intent_seq, i.symbol, i.side, i.order_type, i.limit_price, i.quantity,
+        i.reduce_only, i.purpose, i.strategy, i.decision_candle_close_ms, i.created_at_ms,
+        o.state, o.exchange_order_id, o.filled_quantity, o.average_price, o.sent_at_ms, o.updated_at_ms, o.last_error
+     FROM orders o JOIN intents i ON i.client_order_id = o.client_order_id";
+
+fn insert_fill(
+    transaction: &rusqlite::Transaction<'_>,
+    user: &str,
+    client_order_id: Option<&ClientOrderId>,
+    fill: &Fill,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    Ok(transaction.execute(
+        "INSERT OR IGNORE INTO fills (user_id, trade_id, client_order_id, exchange_order_id, symbol, side, price, quantity, fee,
+             fee_asset, realized_pnl, filled_at_ms, recorded_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            user,
+            fill.trade_id,
+            client_order_id.map(ClientOrderId::as_str),
+            fill.exchange_order_id,
+            fill.symbol.as_str(),
+            fill.side.as_str(),
+            fill.price.to_string(),
+            fill.quantity.to_string(),
+            fill.fee.to_string(),
+            fill.fee_asset,
+            fill.realized_pnl.to_string(),
+            fill.time_ms,
+            now_ms
+        ],
+    )?)
+}
+
+fn corrupt(table: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { table: table.to_owned(), detail: error.to_string() }
+}
+
+fn decimal_column(row: &Row<'_>, index: usize, table: &str) -> Result<Decimal, StoreError> {
+    let text: String = row.get(index)?;
+    Decimal::from_str(&text).map_err(|e| corrupt(table, format!("column {index} {text:?}: {e}")))
+}
+
+fn position_from_row(row: &Row<'_>) -> Result<PositionRecord, StoreError> {
+    Ok(PositionRecord {
+        user: UserId::new(&row.get::<_, String>(0)?).map_err(|e| corrupt("positions", e))?,
+        symbol: Symbol::new(&row.get::<_, String>(1)?).map_err(|e| corrupt("positions", e))?,
+        quantity: decimal_column(row, 2, "positions")?,
+        entry_price: decimal_column(row, 3, "positions")?,
+        position_start_time_ms: row.get(4)?,
+        active_order_id: row
+            .get::<_, Option<String>>(5)?
+            .map(|id| ClientOrderId::parse(&id))
+            .transpose()
+            .map_err(|e| corrupt("positions", e))?,
+        verified_at_ms: row.get(6)?,
+    })
+}
+
+fn order_from_row(row: &Row<'_>) -> Result<StoredOrder, StoreError> {
+    let table = "intents/orders";
+    let bad = |e: String| corrupt(table, e);
+    let limit_price = row
+        .get::<_, Option<String>>(6)?
+        .map(|text| Decimal::from_str(&text).map_err(|e| bad(e.to_string())).and_then(|d| Price::new(d).map_err(|e| bad(e.to_string()))))
+        .transpose()?;
+    let order_type = match (row.get::<_, String>(5)?.as_str(), limit_price) {
+        ("MARKET", _) => OrderType::Market,
+        ("LIMIT", Some(price)) => OrderType::Limit { price },
+        (other, _) => return Err(bad(format!("order type {other:?} without a usable price"))),
+    };
+    let intent = OrderIntent {
+        client_order_id: ClientOrderId::parse(&row.get::<_, String>(0)?).map_err(|e| bad(e.to_string()))?,
+        user: UserId::new(&row.get::<_, String>(1)?).map_err(|e| bad(e.to_string()))?,
+        intent_seq: row.get::<_, i64>(2)? as u64,
+        symbol: Symbol::new(&row.get::<_, String>(3)?).map_err(|e| bad(e.to_string()))?,
+        side: Side::from_str(&row.get::<_, String>(4)?).map_err(bad)?,
+        order_type,
+        quantity: Quantity::new(decimal_column(row, 7, table)?).map_err(|e| bad(e.to_string()))?,
+        reduce_only: row.get(8)?,
+        purpose: IntentPurpose::from_str(&row.get::<_, String>(9)?).map_err(bad)?,
+        strategy: row.get(10)?,
+        decision_candle_close_ms: row.get(11)?,
+        created_at_ms: row.get(12)?,
+    };
+    Ok(StoredOrder {
+        intent,
+        state: OrderState::from_str(&row.get::<_, String>(13)?).map_err(bad)?,
+        exchange_order_id: row.get(14)?,
+        filled_quantity: decimal_column(row, 15, table)?,
+        average_price: row.get::<_, Option<String>>(16)?.map(|t| Decimal::from_str(&t).map_err(|e| bad(e.to_string()))).transpose()?,
+        sent_at_ms: row.get(17)?,
+        updated_at_ms: row.get(18)?,
+        last_error: row.get(19)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> UserId {
+        UserId::new("u1").unwrap()
+    }
+
+    fn symbol() -> Symbol {
+        Symbol::new("XRPUSDT").unwrap()
+    }
+
+    fn intent(seq: u64) -> OrderIntent {
+        OrderIntent {
+            user: user(),
+            intent_seq: seq,
+            client_order_id: ClientOrderId::for_intent(&user(), seq),
+            symbol: symbol(),
+            side: Side::Buy,
+            order_type: OrderType::Market,
+            quantity: Quantity::new(Decimal::from(100)).unwrap(),
+            reduce_only: false,
+            purpose: IntentPurpose::Entry,
+            strategy: "ema_crossover".into(),
+            decision_candle_close_ms: 1_000,
+            created_at_ms: 2_000,
+        }
+    }
+
+    fn store() -> Store {
+        let mut store = Store::open_in_memory().unwrap();
+        store.ensure_users(&[user()], 0).unwrap();
+        store
+    }
+
+    fn fill(trade_id: &str) -> Fill {
+        Fill {
+            trade_id: trade_id.into(),
+            exchange_order_id: "7".into(),
+            symbol: symbol(),
+            side: Side::Buy,
+            price: Decimal::from(1),
+            quantity: Decimal::from(100),
+            fee: Decimal::new(4, 2),
+            fee_asset: "USDT".into(),
+            realized_pnl: Decimal::ZERO,
+            time_ms: 3_000,
+        }
+    }
+
+    #[test]
+    fn an_intent_is_committed_once_and_reads_back_whole() {
+        let mut store = store();
+        store.commit_intent(&intent(1)).unwrap();
+        let again = store.commit_intent(&intent(1));
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        let stored = store.order(&intent(1).client_order_id).unwrap().unwrap();
+        assert_eq!(stored.intent, intent(1));
+        assert_eq!(stored.state, OrderState::Pending);
+    }
+
+    #[test]
+    fn the_same_sequence_cannot_get_a_second_id() {
+        let mut store = store();
+        store.commit_intent(&intent(1)).unwrap();
+        let mut other = intent(1);
+        other.client_order_id = ClientOrderId::parse("bw-u1-1b").unwrap();
+        assert!(matches!(store.commit_intent(&other), Err(StoreError::Conflict(_)) | Err(StoreError::Sqlite(_))));
+    }
+
+    #[test]
+    fn transitions_are_compare_and_set() {
+        let mut store = store();
+        store.commit_intent(&intent(1)).unwrap();
+        let id = intent(1).client_order_id;
+        let mut to_sending = OrderTransition::new(id.clone(), OrderState::Pending, OrderState::Sending, 2_100);
+        to_sending.sent_at_ms = Some(2_100);
+        assert!(store.transition_order(&to_sending).unwrap());
+        // A second writer who also saw `pending` loses.
+        let not_placed = OrderTransition::new(id.clone(), OrderState::Pending, OrderState::NotPlaced, 2_200);
+        assert!(!store.transition_order(&not_placed).unwrap());
+        // Illegal transitions are refused outright.
+        let illegal = OrderTransition::new(id.clone(), OrderState::Sending, OrderState::Pending, 2_300);
+        assert!(matches!(store.transition_order(&illegal), Err(StoreError::Conflict(_))));
+        let stored = store.order(&id).unwrap().unwrap();
+        assert_eq!((stored.state, stored.sent_at_ms), (OrderState::Sending, Some(2_100)));
+    }
+
+    #[test]
+    fn fills_commit_with_the_transition_and_only_once() {
+        let mut store = store();
+        store.commit_intent(&intent(1)).unwrap();
+        let id = intent(1).client_order_id;
+        store.transition_order(&OrderTransition::new(id.clone(), OrderState::Pending, OrderState::Sending, 2_100)).unwrap();
+        let mut open = OrderTransition::new(id.clone(), OrderState::Sending, OrderState::Open, 2_200);
+        open.exchange_order_id = Some("7".into());
+        store.transition_order(&open).unwrap();
+        let mut filled = OrderTransition::new(id.clone(), OrderState::Open, OrderState::Filled, 3_100);
+        filled.fills = vec![fill("1")];
+        filled.filled_quantity = Some(Decimal::from(100));
+        assert!(store.transition_order(&filled).unwrap());
+        assert_eq!(store.fill_count(&user()).unwrap(), 1);
+        // Replaying the same fills (e.g. after a crash) changes nothing.
+        assert_eq!(store.record_fills(&user(), &[(fill("1"), Some(id.clone())), (fill("2"), None)], 4_000).unwrap(), 1);
+        assert_eq!(store.fill_count(&user()).unwrap(), 2);
+        let stored = store.order(&id).unwrap().unwrap();
+        assert_eq!((stored.state, stored.exchange_order_id.as_deref()), (OrderState::Filled, Some("7")));
+        assert!(store.unresolved_orders(&user(), None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn trader_state_reloads_positions_sequence_and_unresolved_orders() {
+        let mut store = store();
+        store.commit_intent(&intent(1)).unwrap();
+        store.commit_intent(&intent(2)).unwrap();
+        store
+            .transition_order(&OrderTransition::new(intent(1).client_order_id, OrderState::Pending, OrderState::NotPlaced, 2_500))
+            .unwrap();
+        let position = PositionRecord {
+            user: user(),
+            symbol: symbol(),
+            quantity: Decimal::from(-50),
+            entry_price: Decimal::new(12, 1),
+            position_start_time_ms: Some(1_234),
+            active_order_id: Some(intent(2).client_order_id),
+            verified_at_ms: 5_000,
+        };
+        store.save_position(&position).unwrap();
+        let state = store.load_trader_state(&user()).unwrap();
+        assert_eq!(state.last_intent_seq, 2);
+        assert_eq!(state.positions, vec![position]);
+        assert_eq!(state.unresolved_orders.len(), 1);
+        assert_eq!(state.unresolved_orders[0].intent, intent(2));
+    }
+
+    #[test]
+    fn decisions_count_and_prune() {
+        let mut store = store();
+        let decision = |outcome: &str, counts| DecisionRecord {
+            user: user(),
+            symbol: symbol(),
+            timeframe: "5m".into(),
+            strategy: "ema_crossover".into(),
+            candle_close_ms: Some(1),
+            decided_at_ms: 2,
+            outcome: outcome.into(),
+            reason: "because".into(),
+            signal: None,
+            score: None,
+            client_order_id: None,
+            counts_as_decision: counts,
+        };
+        for _ in 0..3 {
+            store.record_decision(&decision("hold", true)).unwrap();
+        }
+        store.record_decision(&decision("skipped", false)).unwrap();
+        let status = store.user_statuses().unwrap();
+        assert_eq!(status[0].decision_count, 3);
+        assert_eq!(status[0].last_decision.as_deref(), Some("XRPUSDT skipped: because"));
+        assert_eq!(store.recent_decisions(&user(), 10).unwrap().len(), 4);
+        assert_eq!(store.prune().unwrap(), 0);
+    }
+
+    #[test]
+    fn busy_errors_are_retryable() {
+        let busy = StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        ));
+        assert!(busy.is_retryable());
+        assert!(!StoreError::Conflict("x".into()).is_retryable());
+    }
+}

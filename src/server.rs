@@ -1,0 +1,288 @@
+//! The composition root: builds the supervision tree from a validated [`Config`], runs it until a
+//! signal, a duration or an escalation, and shuts it down in order.
+//!
+//! # Shutdown protocol
+//!
+//! On SIGTERM, SIGINT or the end of `--duration`, the root supervisor runs these steps, each with
+//! the `shutdown_deadline_secs` deadline:
+//! 1. market data stops delivering candles, so no new decision starts;
+//! 2. the order router finishes the orders it is placing (those still unfinished at the deadline
+//!    stay `sending`/`unknown` in the database and the next start resolves them by client id);
+//! 3. every user's trader stops (`stopped` events);
+//! 4. market data and the order router stop;
+//! 5. persistence runs every queued write, checkpoints the WAL into the database file, and stops;
+//! 6. the final tree snapshot goes to `supervisor.jsonl`;
+//!
+//! then the process exits 0. An escalation (a shared actor past its restart limits) instead
+//! flushes persistence and exits with [`EXIT_ESCALATED`], so that systemd restarts the process.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::actors::Directory;
+use crate::actors::trader::{ChaosPlan, TraderSeed, UserCounters};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, VenueConfig};
+use crate::domain::UserId;
+use crate::exchange::Exchange;
+use crate::exchange::paper::PaperExchange;
+use crate::instance_lock::InstanceLock;
+use crate::limits::EVENT_TAP_CAPACITY;
+use crate::persistence::paper_journal::PaperJournal;
+use crate::persistence::{DecisionRecord, Store};
+use crate::supervision::journal::{SupervisionEvent, SupervisionJournal};
+use crate::supervision::root::{RootSupervisor, SharedArbiters, ShutdownReport, ShutdownTree, TreeSettings};
+use crate::trader::core::SlotSpec;
+use crate::actors::order_router::RouterSettings;
+
+/// Exit code after an escalation (EX_SOFTWARE).
+pub const EXIT_ESCALATED: i32 = 70;
+
+/// What the tree runs against: injected so that tests can use a manual clock, their own exchange
+/// and a market they step themselves.
+#[derive(Debug, Clone)]
+pub struct ServerDeps {
+    pub clock: Arc<dyn Clock>,
+    pub exchange: Arc<dyn Exchange>,
+    /// `None`: market data polls only when sent `Poll`.
+    pub market_poll_interval: Option<Duration>,
+}
+
+/// A running tree.
+pub struct RunningServer {
+    pub root: Addr<RootSupervisor>,
+    pub directory: Arc<Directory>,
+    /// Every decision record, live (bounded; a slow receiver loses the oldest).
+    pub decisions: broadcast::Sender<DecisionRecord>,
+    /// Every supervision event, live (bounded; a slow receiver loses the oldest).
+    pub supervision: broadcast::Sender<SupervisionEvent>,
+    pub counters: BTreeMap<UserId, Arc<UserCounters>>,
+    /// Fires once if a shared actor escalates.
+    pub escalation: oneshot::Receiver<String>,
+    shutdown_deadline: Duration,
+    /// Owned so they can be stopped and joined after the system stops.
+    arbiters: Vec<Arbiter>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer").field("users", &self.counters.len()).finish()
+    }
+}
+
+impl RunningServer {
+    /// The ordered shutdown (see the module documentation).
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let deadline = self.shutdown_deadline;
+        self.root.send(ShutdownTree { deadline }).timeout(deadline * 8).await.unwrap_or_default()
+    }
+
+    /// Stops the actor threads; call after the actix system has stopped.
+    pub fn join_arbiters(arbiters: Vec<Arbiter>) {
+        for arbiter in &arbiters {
+            arbiter.stop();
+        }
+        for arbiter in arbiters {
+            let _ = arbiter.join();
+        }
+    }
+
+    /// Hands over the arbiters (to join them once the system is down).
+    pub fn take_arbiters(&mut self) -> Vec<Arbiter> {
+        std::mem::take(&mut self.arbiters)
+    }
+}
+
+/// Builds and starts the tree. Must run inside an actix `System`.
+pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer> {
+    for dir in [&config.server.data_dir, &config.server.log_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    }
+    let database_path = config.database_path();
+    let user_ids: Vec<UserId> = config.users.iter().map(|u| u.id.clone()).collect();
+    // Opening here first migrates the schema and registers users, and turns an unusable database
+    // into a clear start-up error rather than a crash loop.
+    Store::open(&database_path)
+        .and_then(|mut store| store.ensure_users(&user_ids, deps.clock.now_ms()))
+        .with_context(|| format!("preparing the database {}", database_path.display()))?;
+
+    let directory = Arc::new(Directory::default());
+    let (supervision, _) = broadcast::channel(EVENT_TAP_CAPACITY);
+    let (decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
+    let journal = SupervisionJournal::open(&config.server.log_dir, deps.clock.clone(), directory.clone(), supervision.clone())
+        .with_context(|| format!("opening {}", config.server.log_dir.join("supervisor.jsonl").display()))?
+        .shared();
+
+    let (persistence_arbiter, market_data_arbiter, order_router_arbiter) = (Arbiter::new(), Arbiter::new(), Arbiter::new());
+    let shared_arbiters = SharedArbiters {
+        persistence: persistence_arbiter.handle(),
+        market_data: market_data_arbiter.handle(),
+        order_router: order_router_arbiter.handle(),
+    };
+    let trader_arbiters: Vec<Arbiter> = (0..config.supervisor.trader_threads.max(1)).map(|_| Arbiter::new()).collect();
+
+    if config.chaos.enabled {
+        let users: Vec<&str> = config.chaos.panic_users.iter().map(UserId::as_str).collect();
+        tracing::warn!(
+            "CHAOS ENABLED: the traders of [{}] will panic on every decision number {} of each incarnation. \
+             This is for demonstrations and tests; never run it against real money.",
+            users.join(", "),
+            config.chaos.panic_every_decisions
+        );
+    }
+
+    let mut counters = BTreeMap::new();
+    let call_timeout = config.exchange.timeout * 6;
+    let users: Vec<(TraderSeed, ArbiterHandle)> = config
+        .users
+        .iter()
+        .enumerate()
+        .map(|(index, user)| {
+            let user_counters = Arc::new(UserCounters::default());
+            counters.insert(user.id.clone(), user_counters.clone());
+            let chaos = (config.chaos.enabled && config.chaos.panic_users.contains(&user.id))
+                .then_some(ChaosPlan { panic_every_decisions: config.chaos.panic_every_decisions });
+            let slots = user
+                .strategies
+                .iter()
+                .map(|s| SlotSpec { symbol: s.symbol.clone(), timeframe: s.timeframe, strategy: s.strategy.clone(), position_size_usdt: s.position_size_usdt })
+                .collect();
+            let seed = TraderSeed {
+                user: user.id.clone(),
+                slots,
+                limits: config.risk,
+                directory: directory.clone(),
+                clock: deps.clock.clone(),
+                counters: user_counters,
+                chaos,
+                decisions_tap: decisions.clone(),
+                call_timeout,
+            };
+            (seed, trader_arbiters[index % trader_arbiters.len()].handle())
+        })
+        .collect();
+
+    let settings = TreeSettings {
+        user_policy: config.supervisor.user_policy,
+        shared_policy: config.supervisor.shared_policy,
+        status_interval: config.supervisor.status_interval,
+        market_poll_interval: deps.market_poll_interval,
+        router: RouterSettings { recv_window_ms: config.exchange.recv_window_ms, exchange_timeout: config.exchange.timeout, ..RouterSettings::default() },
+        database_path,
+    };
+    let (escalate, escalation) = oneshot::channel();
+    let root = RootSupervisor::new(settings, deps.exchange, directory.clone(), deps.clock, journal, shared_arbiters, users, escalate).start();
+
+    let mut arbiters = trader_arbiters;
+    arbiters.extend([persistence_arbiter, market_data_arbiter, order_router_arbiter]);
+    Ok(RunningServer {
+        root,
+        directory,
+        decisions,
+        supervision,
+        counters,
+        escalation,
+        shutdown_deadline: config.supervisor.shutdown_deadline,
+        arbiters,
+    })
+}
+
+/// Starts the configured exchange.
+pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Exchange>> {
+    match &config.exchange.venue {
+        VenueConfig::Paper(settings) => {
+            let path = config.paper_journal_path();
+            std::fs::create_dir_all(&config.server.data_dir).with_context(|| format!("creating directory {}", config.server.data_dir.display()))?;
+            let journal = PaperJournal::open(&path).with_context(|| format!("opening the paper exchange's books {}", path.display()))?;
+            let exchange = PaperExchange::start(settings.clone(), clock, journal).context("starting the paper exchange")?;
+            Ok(Arc::new(exchange))
+        }
+    }
+}
+
+/// Why the server is stopping.
+enum StopReason {
+    Signal(&'static str),
+    Duration,
+    Escalated(String),
+}
+
+/// `bulwark run`: the whole life of the server process. Returns the exit code.
+pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
+    let database_path = config.database_path();
+    std::fs::create_dir_all(&config.server.data_dir).with_context(|| format!("creating directory {}", config.server.data_dir.display()))?;
+    let _lock = InstanceLock::acquire(&database_path)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let exchange = start_exchange(&config, clock.clone())?;
+    tracing::info!(
+        config = %config.source_name,
+        users = config.users.len(),
+        database = %database_path.display(),
+        logs = %config.server.log_dir.display(),
+        exchange = exchange.venue(),
+        "bulwark starting"
+    );
+    let deps = ServerDeps { clock, exchange, market_poll_interval: Some(config.market_poll_interval()) };
+    let system = System::new();
+    let (exit_code, arbiters) = system.block_on(async move {
+        let mut server = start(&config, deps)?;
+        let reason = wait_for_stop(&mut server.escalation, duration).await;
+        let exit_code = match reason {
+            StopReason::Escalated(reason) => {
+                tracing::error!(%reason, "escalation: exiting with code {EXIT_ESCALATED}");
+                EXIT_ESCALATED
+            }
+            StopReason::Signal(signal) => {
+                tracing::info!("received {signal}: shutting down in order");
+                log_shutdown(server.shutdown().await)
+            }
+            StopReason::Duration => {
+                tracing::info!("--duration reached: shutting down in order");
+                log_shutdown(server.shutdown().await)
+            }
+        };
+        System::current().stop();
+        Ok::<_, anyhow::Error>((exit_code, server.take_arbiters()))
+    })?;
+    RunningServer::join_arbiters(arbiters);
+    Ok(exit_code)
+}
+
+fn log_shutdown(report: ShutdownReport) -> i32 {
+    tracing::info!(orders_in_flight = report.orders_in_flight, flushed = report.flushed, "bulwark stopped");
+    0
+}
+
+async fn wait_for_stop(escalation: &mut oneshot::Receiver<String>, duration: Option<Duration>) -> StopReason {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => Some(terminate),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM");
+            None
+        }
+    };
+    let sigterm = async {
+        match terminate.as_mut() {
+            Some(terminate) => terminate.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    let elapsed = async {
+        match duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => StopReason::Signal("SIGINT"),
+        _ = sigterm => StopReason::Signal("SIGTERM"),
+        _ = elapsed => StopReason::Duration,
+        reason = escalation => StopReason::Escalated(reason.unwrap_or_else(|_| "escalation channel closed".to_owned())),
+    }
+}

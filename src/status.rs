@@ -1,0 +1,118 @@
+//! `bulwark status`: each user's state read from the database (opened read-only, so it works
+//! while the server runs) and the newest tree snapshot from `supervisor.jsonl`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::clock::rfc3339_ms;
+use crate::config::Config;
+use crate::instance_lock::InstanceLock;
+use crate::persistence::{Store, UserStatus};
+
+/// How much of the end of `supervisor.jsonl` is searched for the newest tree snapshot.
+const JOURNAL_TAIL_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub database: String,
+    pub server_running: bool,
+    pub users: Vec<UserStatusView>,
+    /// The newest `tree` line of `supervisor.jsonl`, if any.
+    pub tree: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserStatusView {
+    /// What is true now: a user recorded as running while no server runs is `stopped`.
+    pub state: String,
+    #[serde(flatten)]
+    pub recorded: UserStatus,
+}
+
+pub fn collect(config: &Config) -> anyhow::Result<StatusReport> {
+    let database = config.database_path();
+    if !database.exists() {
+        anyhow::bail!("no database at {}: the server has not run with this config yet (start it with `bulwark run`)", database.display());
+    }
+    let server_running = InstanceLock::is_held(&database);
+    let mut store = Store::open_read_only(&database).with_context(|| format!("opening {}", database.display()))?;
+    let users = store
+        .user_statuses()
+        .with_context(|| format!("reading {}", database.display()))?
+        .into_iter()
+        .map(|recorded| {
+            let live = matches!(recorded.state.as_str(), "starting" | "running" | "restarting");
+            let state = if !server_running && live { "stopped".to_owned() } else { recorded.state.clone() };
+            UserStatusView { state, recorded }
+        })
+        .collect();
+    let tree = newest_tree_snapshot(&config.server.log_dir.join("supervisor.jsonl"));
+    Ok(StatusReport { database: database.display().to_string(), server_running, users, tree })
+}
+
+/// The newest `{"event": "tree"}` line in the journal's tail.
+pub fn newest_tree_snapshot(path: &Path) -> Option<Value> {
+    let mut file = File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(JOURNAL_TAIL_BYTES))).ok()?;
+    let mut tail = String::new();
+    file.read_to_string(&mut tail).ok()?;
+    tail.lines().rev().filter_map(|line| serde_json::from_str::<Value>(line).ok()).find(|line| line["event"] == "tree")
+}
+
+pub fn render_text(report: &StatusReport) -> String {
+    let mut out = format!(
+        "bulwark status: {} (server {})\n",
+        report.database,
+        if report.server_running { "running" } else { "not running" }
+    );
+    out.push_str(&format!(
+        "{:<12} {:<12} {:>6} {:>8} {:>9} {:>7} {:>6}  {:<24} {}\n",
+        "USER", "STATE", "INCARN", "RESTARTS", "DECISIONS", "ORDERS", "FILLS", "LAST DECISION AT", "LAST DECISION"
+    ));
+    for user in &report.users {
+        let recorded = &user.recorded;
+        let at = recorded.last_decision_at_ms.map(rfc3339_ms).unwrap_or_else(|| "-".to_owned());
+        out.push_str(&format!(
+            "{:<12} {:<12} {:>6} {:>8} {:>9} {:>7} {:>6}  {:<24} {}\n",
+            recorded.user,
+            user.state,
+            recorded.incarnation,
+            recorded.restart_count,
+            recorded.decision_count,
+            recorded.orders_total,
+            recorded.fills_total,
+            at,
+            recorded.last_decision.as_deref().unwrap_or("-")
+        ));
+        let positions: Vec<String> = recorded
+            .positions
+            .iter()
+            .map(|p| {
+                if p.quantity.is_zero() {
+                    format!("{} flat", p.symbol)
+                } else {
+                    let side = if p.quantity.is_sign_positive() { "long" } else { "short" };
+                    format!("{} {side} {} @ {}", p.symbol, p.quantity.abs(), p.entry_price.round_dp(6))
+                }
+            })
+            .collect();
+        if !positions.is_empty() {
+            out.push_str(&format!("{:<12} position: {}\n", "", positions.join(", ")));
+        }
+        if user.state != "running" && user.state != "stopped" || recorded.state == "quarantined" {
+            if let Some(reason) = &recorded.reason {
+                out.push_str(&format!("{:<12} {} since {}: {reason}\n", "", recorded.state, rfc3339_ms(recorded.since_ms)));
+            }
+        }
+    }
+    if let Some(tree) = &report.tree {
+        out.push_str(&format!("tree snapshot at {}: {}\n", tree["ts"].as_str().unwrap_or("?"), tree["counts"]));
+    }
+    out
+}

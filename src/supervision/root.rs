@@ -1,0 +1,361 @@
+//! The root supervisor: starts the shared actors (persistence, market data, order router) and one
+//! [`UserSupervisor`] per user, restarts a crashed shared actor with backoff, and escalates when a
+//! shared actor keeps failing: it records `escalated`, flushes persistence if it can, and tells the
+//! process to exit non-zero so that systemd restarts it (in-process supervision has done what it
+//! can). It also writes the periodic tree snapshot and runs the ordered shutdown.
+//!
+//! Shared actors get the stricter `[supervisor] shared_*` limits: a user's trader may crash many
+//! times before its user is quarantined, but a shared actor that keeps failing means the process
+//! itself is unwell.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::join_all;
+use tokio::sync::oneshot;
+
+use crate::actors::market_data::{MarketData, StopFeeds};
+use crate::actors::order_router::{Drain, OrderRouter, RouterSettings};
+use crate::actors::persistence::{self, PersistenceActor};
+use crate::actors::trader::TraderSeed;
+use crate::actors::{Directory, Stop};
+use crate::clock::Clock;
+use crate::domain::UserId;
+use crate::exchange::Exchange;
+use crate::limits::{PERSISTENCE_MAILBOX_CAPACITY, SHARED_MAILBOX_CAPACITY};
+use crate::supervision::journal::{ActorKind, ChildState, EventKind, SharedJournal, SupervisionEvent};
+use crate::supervision::policy::{RestartDecision, RestartPolicy, RestartTracker, seed_from_name};
+use crate::supervision::user::{Shutdown as UserShutdown, UserSupervisor};
+use crate::supervision::watch::{ChildExit, spawn_watched};
+
+/// How the tree is run (from `[supervisor]` and `[exchange]`).
+#[derive(Debug, Clone)]
+pub struct TreeSettings {
+    pub user_policy: RestartPolicy,
+    pub shared_policy: RestartPolicy,
+    pub status_interval: Duration,
+    /// `None`: market data polls only when told to (tests step the market themselves).
+    pub market_poll_interval: Option<Duration>,
+    pub router: RouterSettings,
+    pub database_path: PathBuf,
+}
+
+/// The arbiters (threads) of the shared actors.
+#[derive(Debug, Clone)]
+pub struct SharedArbiters {
+    pub persistence: ArbiterHandle,
+    pub market_data: ArbiterHandle,
+    pub order_router: ArbiterHandle,
+}
+
+/// A shared actor's incarnation ended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SharedExited {
+    pub actor: ActorKind,
+    pub incarnation: u32,
+    pub exit: ChildExit,
+}
+
+/// The ordered shutdown. Answers when everything has stopped (or its deadline passed).
+#[derive(Debug, Message)]
+#[rtype(result = "ShutdownReport")]
+pub struct ShutdownTree {
+    /// Deadline for each step (in-flight orders, traders, shared actors).
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Orders still being placed when the deadline passed (left as `sending`/`unknown` in the
+    /// database; the next start resolves them by client order id).
+    pub orders_in_flight: usize,
+    /// Whether persistence confirmed the final flush.
+    pub flushed: bool,
+}
+
+/// A user supervisor's address, for tests and admin paths.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Addr<UserSupervisor>>")]
+pub struct UserSupervisorOf(pub UserId);
+
+#[derive(Debug)]
+struct SharedChild {
+    tracker: RestartTracker,
+    incarnation: u32,
+}
+
+pub struct RootSupervisor {
+    settings: TreeSettings,
+    exchange: Arc<dyn Exchange>,
+    directory: Arc<Directory>,
+    clock: Arc<dyn Clock>,
+    journal: SharedJournal,
+    arbiters: SharedArbiters,
+    shared: BTreeMap<ActorKind, SharedChild>,
+    /// Users to start once the shared actors are up, each with its trader arbiter.
+    pending_users: Vec<(TraderSeed, ArbiterHandle)>,
+    users: BTreeMap<UserId, Addr<UserSupervisor>>,
+    shutting_down: bool,
+    /// Fired once, with the reason, when a shared actor exceeds its restart limits.
+    escalation: Option<oneshot::Sender<String>>,
+    /// Shutdown steps waiting for a shared actor to stop.
+    stop_waiters: BTreeMap<ActorKind, Vec<oneshot::Sender<()>>>,
+}
+
+impl std::fmt::Debug for RootSupervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootSupervisor").field("users", &self.users.len()).field("shutting_down", &self.shutting_down).finish()
+    }
+}
+
+impl RootSupervisor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: TreeSettings,
+        exchange: Arc<dyn Exchange>,
+        directory: Arc<Directory>,
+        clock: Arc<dyn Clock>,
+        journal: SharedJournal,
+        arbiters: SharedArbiters,
+        users: Vec<(TraderSeed, ArbiterHandle)>,
+        escalation: oneshot::Sender<String>,
+    ) -> Self {
+        let shared = [ActorKind::Persistence, ActorKind::MarketData, ActorKind::OrderRouter]
+            .into_iter()
+            .map(|kind| {
+                journal.borrow_mut().register(kind, None, None);
+                let tracker = RestartTracker::new(settings.shared_policy, seed_from_name(kind.as_str()));
+                (kind, SharedChild { tracker, incarnation: 0 })
+            })
+            .collect();
+        Self {
+            settings,
+            exchange,
+            directory,
+            clock,
+            journal,
+            arbiters,
+            shared,
+            pending_users: users,
+            users: BTreeMap::new(),
+            shutting_down: false,
+            escalation: Some(escalation),
+            stop_waiters: BTreeMap::new(),
+        }
+    }
+
+    fn event(&self, actor: ActorKind, event: EventKind, incarnation: u32, reason: Option<String>, backoff_ms: Option<u64>) {
+        let mut journal = self.journal.borrow_mut();
+        let ts_ms = journal.now_ms();
+        journal.record(SupervisionEvent { ts_ms, event, actor, user: None, incarnation, reason, backoff_ms });
+    }
+
+    fn spawn_shared(&mut self, kind: ActorKind, ctx: &mut Context<Self>) {
+        let child = self.shared.get_mut(&kind).expect("Invariant: every shared kind is registered");
+        child.incarnation += 1;
+        let incarnation = child.incarnation;
+        let root = ctx.address();
+        // One exit message per incarnation, so `do_send` cannot grow the mailbox without bound.
+        let on_exit = move |exit| root.do_send(SharedExited { actor: kind, incarnation, exit });
+        match kind {
+            ActorKind::Persistence => {
+                let path = self.settings.database_path.clone();
+                let addr = spawn_watched(&self.arbiters.persistence, PERSISTENCE_MAILBOX_CAPACITY, move || PersistenceActor::new(path), on_exit);
+                self.directory.set_persistence(Some(addr));
+            }
+            ActorKind::MarketData => {
+                let (exchange, interval) = (self.exchange.clone(), self.settings.market_poll_interval);
+                let addr = spawn_watched(&self.arbiters.market_data, SHARED_MAILBOX_CAPACITY, move || MarketData::new(exchange, interval), on_exit);
+                self.directory.set_market_data(Some(addr));
+            }
+            ActorKind::OrderRouter => {
+                let (exchange, directory, clock, settings) = (self.exchange.clone(), self.directory.clone(), self.clock.clone(), self.settings.router);
+                let addr = spawn_watched(
+                    &self.arbiters.order_router,
+                    SHARED_MAILBOX_CAPACITY,
+                    move || OrderRouter::new(exchange, directory, clock, settings),
+                    on_exit,
+                );
+                self.directory.set_order_router(Some(addr));
+            }
+            ActorKind::Trader => unreachable!("traders are supervised by their user supervisors"),
+        }
+        let event = if incarnation == 1 { EventKind::Started } else { EventKind::Restarted };
+        self.event(kind, event, incarnation, None, None);
+        self.journal.borrow_mut().set_state(kind, None, ChildState::Running, None);
+    }
+
+    fn clear_directory(&self, kind: ActorKind) {
+        match kind {
+            ActorKind::Persistence => self.directory.set_persistence(None),
+            ActorKind::MarketData => self.directory.set_market_data(None),
+            ActorKind::OrderRouter => self.directory.set_order_router(None),
+            ActorKind::Trader => {}
+        }
+    }
+
+    fn escalate(&mut self, kind: ActorKind, reason: String, ctx: &mut Context<Self>) {
+        let incarnation = self.shared[&kind].incarnation;
+        self.event(kind, EventKind::Escalated, incarnation, Some(reason.clone()), None);
+        self.journal.borrow_mut().snapshot();
+        let directory = self.directory.clone();
+        let flush = async move {
+            let flushed = tokio::time::timeout(Duration::from_secs(5), persistence::run(&directory, |store| store.checkpoint())).await;
+            matches!(flushed, Ok(Ok(())))
+        };
+        ctx.spawn(flush.into_actor(self).map(move |flushed, root, _| {
+            tracing::error!(actor = kind.as_str(), flushed, "escalating: the process will exit non-zero so that its service manager restarts it");
+            if let Some(escalation) = root.escalation.take() {
+                let _ = escalation.send(format!("{} escalated: {reason}", kind.as_str()));
+            }
+        }));
+    }
+
+    /// Asks a shared actor to stop; the receiver fires when it has.
+    fn stop_shared(&mut self, kind: ActorKind) -> Option<oneshot::Receiver<()>> {
+        let sent = match kind {
+            ActorKind::Persistence => self.directory.persistence().ok().map(|a| a.try_send(Stop).is_ok()),
+            ActorKind::MarketData => self.directory.market_data().ok().map(|a| a.try_send(Stop).is_ok()),
+            ActorKind::OrderRouter => self.directory.order_router().ok().map(|a| a.try_send(Stop).is_ok()),
+            ActorKind::Trader => None,
+        };
+        if sent != Some(true) {
+            return None;
+        }
+        let (done, stopped) = oneshot::channel();
+        self.stop_waiters.entry(kind).or_default().push(done);
+        Some(stopped)
+    }
+}
+
+impl Actor for RootSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        for kind in [ActorKind::Persistence, ActorKind::MarketData, ActorKind::OrderRouter] {
+            self.spawn_shared(kind, ctx);
+        }
+        for (seed, arbiter) in std::mem::take(&mut self.pending_users) {
+            let user = seed.user.clone();
+            let supervisor = UserSupervisor::new(seed, arbiter, self.settings.user_policy, self.journal.clone()).start();
+            self.users.insert(user, supervisor);
+        }
+        ctx.run_interval(self.settings.status_interval, |root, _| root.journal.borrow_mut().snapshot());
+    }
+}
+
+impl Handler<SharedExited> for RootSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, message: SharedExited, ctx: &mut Context<Self>) {
+        let kind = message.actor;
+        if self.shared.get(&kind).is_none_or(|child| child.incarnation != message.incarnation) {
+            return;
+        }
+        self.clear_directory(kind);
+        if self.shutting_down {
+            self.event(kind, EventKind::Stopped, message.incarnation, Some("shutdown".to_owned()), None);
+            for waiter in self.stop_waiters.remove(&kind).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
+            return;
+        }
+        let reason = match message.exit.panic {
+            Some(panic) => format!("panic: {panic}"),
+            None => "stopped unexpectedly".to_owned(),
+        };
+        self.event(kind, EventKind::Crashed, message.incarnation, Some(reason.clone()), None);
+        let now_ms = self.clock.now_ms();
+        let child = self.shared.get_mut(&kind).expect("Invariant: checked above");
+        match child.tracker.on_failure(now_ms) {
+            RestartDecision::Restart { backoff_ms, .. } => {
+                self.event(kind, EventKind::Restarting, message.incarnation, Some(reason), Some(backoff_ms));
+                ctx.run_later(Duration::from_millis(backoff_ms), move |root, ctx| {
+                    if !root.shutting_down {
+                        root.spawn_shared(kind, ctx);
+                    }
+                });
+            }
+            RestartDecision::GiveUp { failures_in_window } => {
+                let policy = child.tracker.policy();
+                let why = format!(
+                    "{failures_in_window} failures within {} s (shared_max_restarts {}); last: {reason}",
+                    policy.within_ms / 1_000,
+                    policy.max_restarts
+                );
+                self.escalate(kind, why, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<ShutdownTree> for RootSupervisor {
+    type Result = ResponseActFuture<Self, ShutdownReport>;
+
+    fn handle(&mut self, message: ShutdownTree, _: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
+        let deadline = message.deadline;
+        let (market_data, router) = (self.directory.market_data().ok(), self.directory.order_router().ok());
+        let users: Vec<Addr<UserSupervisor>> = self.users.values().cloned().collect();
+        // 1. No new decisions. 2. In-flight orders get the deadline. 3. Traders stop.
+        let first = async move {
+            if let Some(market_data) = market_data {
+                let _ = market_data.send(StopFeeds).timeout(deadline).await;
+            }
+            let orders_in_flight = match router {
+                Some(router) => router.send(Drain { deadline }).timeout(deadline * 2).await.unwrap_or(usize::MAX),
+                None => 0,
+            };
+            join_all(users.iter().map(|user| user.send(UserShutdown { deadline }).timeout(deadline * 2))).await;
+            orders_in_flight
+        };
+        let work = first
+            .into_actor(self)
+            .then(move |orders_in_flight, root, _| {
+                // 4. The shared actors that depend on persistence stop.
+                let waits: Vec<_> = [ActorKind::MarketData, ActorKind::OrderRouter].into_iter().filter_map(|kind| root.stop_shared(kind)).collect();
+                async move {
+                    join_all(waits.into_iter().map(|wait| tokio::time::timeout(deadline, wait))).await;
+                    orders_in_flight
+                }
+                .into_actor(root)
+            })
+            .then(move |orders_in_flight, root, _| {
+                // 5. Persistence flushes (after every queued write) and stops.
+                let directory = root.directory.clone();
+                async move {
+                    let flushed = tokio::time::timeout(deadline, persistence::run(&directory, |store| store.checkpoint())).await;
+                    (orders_in_flight, matches!(flushed, Ok(Ok(()))))
+                }
+                .into_actor(root)
+            })
+            .then(move |(orders_in_flight, flushed), root, _| {
+                let wait = root.stop_shared(ActorKind::Persistence);
+                async move {
+                    if let Some(wait) = wait {
+                        let _ = tokio::time::timeout(deadline, wait).await;
+                    }
+                    ShutdownReport { orders_in_flight, flushed }
+                }
+                .into_actor(root)
+            })
+            .map(|report, root, _| {
+                // 6. The final tree snapshot.
+                root.journal.borrow_mut().snapshot();
+                report
+            });
+        Box::pin(work)
+    }
+}
+
+impl Handler<UserSupervisorOf> for RootSupervisor {
+    type Result = Option<Addr<UserSupervisor>>;
+
+    fn handle(&mut self, message: UserSupervisorOf, _: &mut Context<Self>) -> Self::Result {
+        self.users.get(&message.0).cloned()
+    }
+}

@@ -1,0 +1,500 @@
+//! The per-user trading loop as a plain state machine: no actix, no I/O, time passed in.
+//!
+//! One [`TraderCore`] per user holds one slot per configured strategy. Each closed candle walks a
+//! slot through the seed's loop: candles → position → signal → risk → order → persist. The core
+//! never does the I/O itself; it returns [`TraderCommand`]s (sync the account, place an intent,
+//! record a decision, save the position) and the trader actor feeds the answers back as
+//! [`TraderEvent`]s. Every way an iteration can fail (seed §1–4, §7) ends in a recorded reason and
+//! a skipped iteration:
+//!
+//! | failure | what the core does |
+//! |---|---|
+//! | candles unavailable or invalid (§1) | record `skipped`, wait for the next candle |
+//! | position fetch failed (§2) | record `skipped`; never decide without a freshly verified position |
+//! | strategy error (§3) | record `skipped` with the error |
+//! | order rejected or failed (§4) | record it; no automatic resubmission, no duplicate |
+//! | unexpected error (§7) | recorded as `skipped` by the actor; a panic goes to the supervisor |
+//!
+//! An order whose outcome is not final blocks new intents on its symbol until a later sync
+//! resolves it, so one decision never becomes two orders.
+
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
+use crate::domain::{
+    Candle, ClientOrderId, IntentPurpose, OrderIntent, OrderState, OrderType, Position,
+    PositionSide, Side, Symbol, SymbolRules, Timeframe, UserId, decimal_from_f64,
+    validate_candles,
+};
+use crate::persistence::{DecisionRecord, PositionRecord, TraderState};
+use crate::strategy::{SignalAction, Strategy};
+use crate::trader::risk::{self, EntryContext, RiskApproved, RiskLimits};
+
+/// How old a verified position may be when a decision is made on it.
+pub const POSITION_VERIFIED_AGE_MS_MAX: i64 = 30_000;
+
+/// One configured strategy of a user.
+#[derive(Debug, Clone)]
+pub struct SlotSpec {
+    pub symbol: Symbol,
+    pub timeframe: Timeframe,
+    pub strategy: Arc<dyn Strategy>,
+    pub position_size_usdt: Decimal,
+}
+
+/// An order the exchange side still has to finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnresolvedOrder {
+    pub client_order_id: ClientOrderId,
+    pub state: OrderState,
+}
+
+/// The account as the order router saw it just now, for one symbol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSnapshot {
+    pub position: Position,
+    pub rules: SymbolRules,
+    /// Orders on this symbol that are not final after the sync.
+    pub unresolved: Vec<UnresolvedOrder>,
+    pub fetched_at_ms: i64,
+}
+
+/// How placing an intent ended, from the trader's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementOutcome {
+    /// The router recorded this state for the order (open, filled, rejected, unknown, ...).
+    Recorded { state: OrderState, detail: String },
+    /// The intent could not be committed; nothing was sent.
+    NotCommitted { reason: String },
+    /// The intent was committed but the router could not be reached or did not answer; the order
+    /// may exist and will be resolved by its client order id.
+    Unconfirmed { reason: String },
+}
+
+/// Inputs to the core.
+#[derive(Debug, Clone)]
+pub enum TraderEvent {
+    CandleClosed { symbol: Symbol, timeframe: Timeframe, candles: Result<Arc<[Candle]>, String> },
+    AccountSynced { slot: usize, iteration: u64, result: Result<AccountSnapshot, String> },
+    PlacementFinished { slot: usize, client_order_id: ClientOrderId, outcome: PlacementOutcome },
+}
+
+/// Outputs of the core, for the actor to carry out.
+#[derive(Debug, Clone)]
+pub enum TraderCommand {
+    SyncAccount { slot: usize, iteration: u64, symbol: Symbol },
+    /// Commit the intent, then send it to the order router.
+    PlaceIntent { slot: usize, intent: RiskApproved<OrderIntent> },
+    Record(DecisionRecord),
+    SavePosition(PositionRecord),
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Idle,
+    Syncing { iteration: u64, candles: Arc<[Candle]>, candle_close_ms: i64 },
+    Placing { client_order_id: ClientOrderId },
+}
+
+impl Phase {
+    fn describe(&self) -> String {
+        match self {
+            Phase::Idle => "idle".to_owned(),
+            Phase::Syncing { .. } => "waiting for the account sync".to_owned(),
+            Phase::Placing { client_order_id } => format!("placing order {client_order_id}"),
+        }
+    }
+}
+
+/// What the core believes about a position (the exchange is the source of truth; this is the
+/// last verified copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KnownPosition {
+    quantity: Decimal,
+    entry_price: Decimal,
+    mark_price: Decimal,
+    verified_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    spec: SlotSpec,
+    phase: Phase,
+    known_position: Option<KnownPosition>,
+    position_start_time_ms: Option<i64>,
+    /// The newest intent's order while it is not final.
+    active_order: Option<ClientOrderId>,
+    /// Close time of the newest candle this slot acted on (repeated deliveries are ignored).
+    last_candle_close_ms: Option<i64>,
+}
+
+/// The state machine of one user's trading.
+#[derive(Debug)]
+pub struct TraderCore {
+    user: UserId,
+    slots: Vec<Slot>,
+    limits: RiskLimits,
+    /// Sequence of the newest intent; the next intent gets `last_intent_seq + 1`.
+    last_intent_seq: u64,
+    /// Sync requests issued (stale answers carry an older number and are ignored).
+    iteration: u64,
+}
+
+impl TraderCore {
+    pub fn new(user: UserId, specs: Vec<SlotSpec>, limits: RiskLimits) -> Self {
+        let slots = specs
+            .into_iter()
+            .map(|spec| Slot {
+                spec,
+                phase: Phase::Idle,
+                known_position: None,
+                position_start_time_ms: None,
+                active_order: None,
+                last_candle_close_ms: None,
+            })
+            .collect();
+        Self { user, slots, limits, last_intent_seq: 0, iteration: 0 }
+    }
+
+    /// Reloads what a previous incarnation left in the database.
+    pub fn restore(&mut self, state: &TraderState) {
+        self.last_intent_seq = self.last_intent_seq.max(state.last_intent_seq);
+        for slot in &mut self.slots {
+            if let Some(record) = state.positions.iter().find(|p| p.symbol == slot.spec.symbol) {
+                slot.known_position = Some(KnownPosition {
+                    quantity: record.quantity,
+                    entry_price: record.entry_price,
+                    mark_price: Decimal::ZERO,
+                    verified_at_ms: record.verified_at_ms,
+                });
+                slot.position_start_time_ms = record.position_start_time_ms;
+                slot.active_order = record.active_order_id.clone();
+            }
+            if let Some(order) = state.unresolved_orders.iter().find(|o| o.intent.symbol == slot.spec.symbol) {
+                slot.active_order = Some(order.intent.client_order_id.clone());
+            }
+        }
+    }
+
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    pub fn last_intent_seq(&self) -> u64 {
+        self.last_intent_seq
+    }
+
+    /// The (symbol, timeframe) feeds this user needs.
+    pub fn feeds(&self) -> Vec<(Symbol, Timeframe)> {
+        self.slots.iter().map(|s| (s.spec.symbol.clone(), s.spec.timeframe)).collect()
+    }
+
+    pub fn process(&mut self, event: TraderEvent, now_ms: i64) -> Vec<TraderCommand> {
+        match event {
+            TraderEvent::CandleClosed { symbol, timeframe, candles } => {
+                let matching: Vec<usize> = (0..self.slots.len())
+                    .filter(|&i| self.slots[i].spec.symbol == symbol && self.slots[i].spec.timeframe == timeframe)
+                    .collect();
+                matching.into_iter().flat_map(|slot| self.on_candle(slot, candles.clone(), now_ms)).collect()
+            }
+            TraderEvent::AccountSynced { slot, iteration, result } => self.on_account(slot, iteration, result, now_ms),
+            TraderEvent::PlacementFinished { slot, client_order_id, outcome } => self.on_placement(slot, client_order_id, outcome, now_ms),
+        }
+    }
+
+    fn on_candle(&mut self, slot_index: usize, candles: Result<Arc<[Candle]>, String>, now_ms: i64) -> Vec<TraderCommand> {
+        let candles = match candles {
+            Ok(candles) => candles,
+            Err(error) => return vec![self.skipped(slot_index, None, now_ms, format!("candles unavailable: {error}"))],
+        };
+        let slot = &self.slots[slot_index];
+        let Some(newest) = candles.last() else {
+            return vec![self.skipped(slot_index, None, now_ms, "candles unavailable: empty window".to_owned())];
+        };
+        let candle_close_ms = newest.close_time_ms;
+        if slot.last_candle_close_ms.is_some_and(|last| candle_close_ms <= last) {
+            return Vec::new();
+        }
+        if !matches!(slot.phase, Phase::Idle) {
+            let reason = format!("previous iteration still running ({})", slot.phase.describe());
+            return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
+        }
+        if let Err(problem) = validate_candles(&candles, slot.spec.timeframe) {
+            return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, format!("bad candles: {problem}"))];
+        }
+        let need = slot.spec.strategy.lookback_candles();
+        if candles.len() < need {
+            let reason = format!("not enough candles: have {}, {} needs {need}", candles.len(), slot.spec.strategy.name());
+            return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
+        }
+        self.iteration += 1;
+        let iteration = self.iteration;
+        let slot = &mut self.slots[slot_index];
+        slot.last_candle_close_ms = Some(candle_close_ms);
+        slot.phase = Phase::Syncing { iteration, candles, candle_close_ms };
+        vec![TraderCommand::SyncAccount { slot: slot_index, iteration, symbol: slot.spec.symbol.clone() }]
+    }
+
+    fn on_account(&mut self, slot_index: usize, iteration: u64, result: Result<AccountSnapshot, String>, now_ms: i64) -> Vec<TraderCommand> {
+        let Some(slot) = self.slots.get_mut(slot_index) else { return Vec::new() };
+        let (candles, candle_close_ms) = match &slot.phase {
+            Phase::Syncing { iteration: expected, candles, candle_close_ms } if *expected == iteration => (candles.clone(), *candle_close_ms),
+            _ => return Vec::new(),
+        };
+        slot.phase = Phase::Idle;
+        let snapshot = match result {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, format!("position unavailable: {error}"))];
+            }
+        };
+        let mut commands = Vec::new();
+        let slot = &mut self.slots[slot_index];
+        let quantity = snapshot.position.quantity;
+        if quantity.is_zero() {
+            slot.position_start_time_ms = None;
+        } else if slot.position_start_time_ms.is_none() || slot.known_position.as_ref().is_some_and(|k| k.quantity.is_sign_positive() != quantity.is_sign_positive() || k.quantity.is_zero()) {
+            slot.position_start_time_ms = Some(now_ms);
+        }
+        slot.known_position = Some(KnownPosition {
+            quantity,
+            entry_price: snapshot.position.entry_price,
+            mark_price: snapshot.position.mark_price,
+            verified_at_ms: snapshot.fetched_at_ms,
+        });
+        slot.active_order = snapshot.unresolved.first().map(|o| o.client_order_id.clone());
+        commands.push(TraderCommand::SavePosition(self.position_record(slot_index)));
+
+        if let Some(order) = snapshot.unresolved.first() {
+            let reason = format!("order {} is {}; no new order until it resolves", order.client_order_id, order.state);
+            commands.push(self.skipped(slot_index, Some(candle_close_ms), now_ms, reason));
+            return commands;
+        }
+        if now_ms - snapshot.fetched_at_ms > POSITION_VERIFIED_AGE_MS_MAX {
+            let reason = format!("position verified {} ms ago, older than {POSITION_VERIFIED_AGE_MS_MAX} ms", now_ms - snapshot.fetched_at_ms);
+            commands.push(self.skipped(slot_index, Some(candle_close_ms), now_ms, reason));
+            return commands;
+        }
+        let spec = self.slots[slot_index].spec.clone();
+        let signal = match spec.strategy.evaluate(&candles) {
+            Ok(signal) => signal,
+            Err(error) => {
+                commands.push(self.skipped(slot_index, Some(candle_close_ms), now_ms, format!("strategy error: {error}")));
+                return commands;
+            }
+        };
+        let position_side = snapshot.position.side();
+        let template = DecisionRecord {
+            user: self.user.clone(),
+            symbol: spec.symbol.clone(),
+            timeframe: spec.timeframe.as_str().to_owned(),
+            strategy: spec.strategy.name().to_owned(),
+            candle_close_ms: Some(candle_close_ms),
+            decided_at_ms: now_ms,
+            outcome: String::new(),
+            reason: String::new(),
+            signal: Some(signal.action.as_str().to_owned()),
+            score: Some(signal.score),
+            client_order_id: None,
+            counts_as_decision: true,
+        };
+        let decision = |outcome: &str, reason: String, client_order_id: Option<ClientOrderId>| {
+            TraderCommand::Record(DecisionRecord { outcome: outcome.to_owned(), reason, client_order_id, ..template.clone() })
+        };
+        let wanted = match (signal.action, position_side) {
+            (SignalAction::Long | SignalAction::Short, PositionSide::Flat) => Some(IntentPurpose::Entry),
+            (SignalAction::Long, PositionSide::Short) | (SignalAction::Short, PositionSide::Long) => Some(IntentPurpose::Exit),
+            (SignalAction::Exit, PositionSide::Long | PositionSide::Short) => Some(IntentPurpose::Exit),
+            _ => None,
+        };
+        match wanted {
+            None => {
+                let held = match position_side {
+                    PositionSide::Flat => "flat".to_owned(),
+                    side => format!("{} {}", side.as_str(), quantity.abs()),
+                };
+                commands.push(decision("hold", format!("{held}; {}", signal.reason), None));
+            }
+            Some(IntentPurpose::Exit) => {
+                let side = if quantity.is_sign_positive() { Side::Sell } else { Side::Buy };
+                let exit_quantity = crate::domain::Quantity::new(quantity.abs()).expect("Invariant: an exit has a position to close");
+                let intent = self.new_intent(slot_index, side, exit_quantity, true, IntentPurpose::Exit, candle_close_ms, now_ms);
+                let client_order_id = intent.client_order_id.clone();
+                let reason = format!("close {} {} ({})", position_side.as_str(), quantity.abs(), signal.reason);
+                commands.push(decision("exit", reason, Some(client_order_id.clone())));
+                self.slots[slot_index].phase = Phase::Placing { client_order_id };
+                commands.push(TraderCommand::PlaceIntent { slot: slot_index, intent: risk::approve_exit(intent) });
+            }
+            Some(IntentPurpose::Entry) => {
+                let side = if signal.action == SignalAction::Long { Side::Buy } else { Side::Sell };
+                let price = if snapshot.position.mark_price > Decimal::ZERO {
+                    Some(snapshot.position.mark_price)
+                } else {
+                    candles.last().and_then(|c| decimal_from_f64(c.close).ok())
+                };
+                let size = spec.position_size_usdt;
+                let Some((price, quantity)) = price.and_then(|p| snapshot.rules.quantity_floor(size / p).map(|q| (p, q))) else {
+                    let reason = format!("size {size} USDT is less than one tradable step of {} (step {})", spec.symbol, snapshot.rules.step_size);
+                    commands.push(decision("blocked", reason, None));
+                    return commands;
+                };
+                let context = EntryContext {
+                    open_positions_elsewhere: self.open_positions_elsewhere(slot_index),
+                    held_notional_usdt: Decimal::ZERO,
+                    added_notional_usdt: quantity.get() * price,
+                };
+                let intent = self.new_intent(slot_index, side, quantity, false, IntentPurpose::Entry, candle_close_ms, now_ms);
+                match risk::check_entry(intent, context, self.limits) {
+                    Ok(approved) => {
+                        let client_order_id = approved.get().client_order_id.clone();
+                        let verb = if side == Side::Buy { "buy" } else { "sell" };
+                        let reason = format!("{verb} {quantity} {} ({})", spec.symbol, signal.reason);
+                        commands.push(decision("enter", reason, Some(client_order_id.clone())));
+                        self.slots[slot_index].phase = Phase::Placing { client_order_id };
+                        commands.push(TraderCommand::PlaceIntent { slot: slot_index, intent: approved });
+                    }
+                    Err(block) => {
+                        // The sequence number was not used: give it back so ids stay dense.
+                        self.last_intent_seq -= 1;
+                        commands.push(decision("blocked", format!("{}: {}", block.failure_point, block.reason), None));
+                    }
+                }
+            }
+        }
+        commands
+    }
+
+    fn on_placement(&mut self, slot_index: usize, client_order_id: ClientOrderId, outcome: PlacementOutcome, now_ms: i64) -> Vec<TraderCommand> {
+        let Some(slot) = self.slots.get_mut(slot_index) else { return Vec::new() };
+        if matches!(&slot.phase, Phase::Placing { client_order_id: placing } if *placing == client_order_id) {
+            slot.phase = Phase::Idle;
+        }
+        let (outcome_name, reason) = match &outcome {
+            PlacementOutcome::Recorded { state, detail } => {
+                slot.active_order = (!state.is_final()).then(|| client_order_id.clone());
+                match state {
+                    OrderState::Rejected => ("order_rejected", format!("order {client_order_id} rejected: {detail}")),
+                    OrderState::NotPlaced => ("order_failed", format!("order {client_order_id} not placed: {detail}")),
+                    OrderState::Unknown => ("order_unknown", format!("order {client_order_id} outcome unknown, resolving by client id: {detail}")),
+                    _ => ("order_placed", format!("order {client_order_id} {state}: {detail}")),
+                }
+            }
+            PlacementOutcome::NotCommitted { reason } => {
+                slot.active_order = None;
+                ("order_failed", format!("order {client_order_id} not committed, nothing sent: {reason}"))
+            }
+            PlacementOutcome::Unconfirmed { reason } => {
+                slot.active_order = Some(client_order_id.clone());
+                ("order_unknown", format!("order {client_order_id} unconfirmed, resolving by client id: {reason}"))
+            }
+        };
+        let record = DecisionRecord {
+            user: self.user.clone(),
+            symbol: slot.spec.symbol.clone(),
+            timeframe: slot.spec.timeframe.as_str().to_owned(),
+            strategy: slot.spec.strategy.name().to_owned(),
+            candle_close_ms: slot.last_candle_close_ms,
+            decided_at_ms: now_ms,
+            outcome: outcome_name.to_owned(),
+            reason,
+            signal: None,
+            score: None,
+            client_order_id: Some(client_order_id),
+            counts_as_decision: false,
+        };
+        vec![TraderCommand::Record(record), TraderCommand::SavePosition(self.position_record(slot_index))]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_intent(
+        &mut self,
+        slot_index: usize,
+        side: Side,
+        quantity: crate::domain::Quantity,
+        reduce_only: bool,
+        purpose: IntentPurpose,
+        candle_close_ms: i64,
+        now_ms: i64,
+    ) -> OrderIntent {
+        self.last_intent_seq += 1;
+        let spec = &self.slots[slot_index].spec;
+        OrderIntent {
+            user: self.user.clone(),
+            intent_seq: self.last_intent_seq,
+            client_order_id: ClientOrderId::for_intent(&self.user, self.last_intent_seq),
+            symbol: spec.symbol.clone(),
+            side,
+            order_type: OrderType::Market,
+            quantity,
+            reduce_only,
+            purpose,
+            strategy: spec.strategy.name().to_owned(),
+            decision_candle_close_ms: candle_close_ms,
+            created_at_ms: now_ms,
+        }
+    }
+
+    fn open_positions_elsewhere(&self, slot_index: usize) -> u32 {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != slot_index && s.known_position.as_ref().is_some_and(|p| !p.quantity.is_zero()))
+            .count() as u32
+    }
+
+    fn position_record(&self, slot_index: usize) -> PositionRecord {
+        let slot = &self.slots[slot_index];
+        let known = slot.known_position.clone();
+        PositionRecord {
+            user: self.user.clone(),
+            symbol: slot.spec.symbol.clone(),
+            quantity: known.as_ref().map_or(Decimal::ZERO, |k| k.quantity),
+            entry_price: known.as_ref().map_or(Decimal::ZERO, |k| k.entry_price),
+            position_start_time_ms: slot.position_start_time_ms,
+            active_order_id: slot.active_order.clone(),
+            verified_at_ms: known.as_ref().map_or(0, |k| k.verified_at_ms),
+        }
+    }
+
+    fn skipped(&self, slot_index: usize, candle_close_ms: Option<i64>, now_ms: i64, reason: String) -> TraderCommand {
+        let spec = &self.slots[slot_index].spec;
+        TraderCommand::Record(DecisionRecord {
+            user: self.user.clone(),
+            symbol: spec.symbol.clone(),
+            timeframe: spec.timeframe.as_str().to_owned(),
+            strategy: spec.strategy.name().to_owned(),
+            candle_close_ms,
+            decided_at_ms: now_ms,
+            outcome: "skipped".to_owned(),
+            reason,
+            signal: None,
+            score: None,
+            client_order_id: None,
+            counts_as_decision: false,
+        })
+    }
+
+    /// A one-line summary per slot, for logs and the tree snapshot.
+    pub fn describe_positions(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .map(|slot| match &slot.known_position {
+                Some(p) if !p.quantity.is_zero() => {
+                    format!("{} {} @ {}", slot.spec.symbol, p.quantity, p.entry_price.round_dp(6))
+                }
+                _ => format!("{} flat", slot.spec.symbol),
+            })
+            .collect()
+    }
+
+    /// Position notional per slot for reporting (mark price as last verified).
+    pub fn exposure_usdt(&self) -> f64 {
+        self.slots
+            .iter()
+            .filter_map(|s| s.known_position.as_ref())
+            .map(|p| (p.quantity * p.mark_price).abs().to_f64().unwrap_or(0.0))
+            .sum()
+    }
+}
