@@ -320,6 +320,10 @@ impl SupervisionJournal {
     }
 
     fn mirror_to_database(&self, event: &SupervisionEvent) {
+        if event.actor == ActorKind::Persistence && matches!(event.event, EventKind::Stopped | EventKind::Crashed | EventKind::Escalated) {
+            // Persistence is down by definition; the line in supervisor.jsonl is the record.
+            return;
+        }
         let record = SupervisorEventRecord {
             ts_ms: event.ts_ms,
             event: event.event.as_str().to_owned(),

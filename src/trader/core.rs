@@ -498,3 +498,7 @@ impl TraderCore {
             .sum()
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

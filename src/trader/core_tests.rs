@@ -1,0 +1,429 @@
+//! The trader state machine, one test per path of the seed's loop (§1–4, §7) and per invariant the
+//! core enforces. No actors, no I/O, no clock but the numbers passed in.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use rust_decimal::Decimal;
+
+use super::*;
+use crate::domain::{Candle, OrderState, Position, Symbol, SymbolRules, Timeframe, UserId};
+use crate::persistence::{PositionRecord, TraderState};
+use crate::strategy::{Signal, SignalAction, Strategy, StrategyError};
+use crate::trader::risk::RiskLimits;
+
+const NOW_MS: i64 = 1_700_000_000_000;
+
+fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn xrp() -> Symbol {
+    Symbol::new("XRPUSDT").unwrap()
+}
+
+fn user() -> UserId {
+    UserId::new("u1").unwrap()
+}
+
+/// A strategy that answers whatever the test scripts next.
+#[derive(Debug, Default)]
+struct Scripted {
+    next: Mutex<Option<Result<Signal, StrategyError>>>,
+}
+
+impl Scripted {
+    fn answer(&self, answer: Result<Signal, StrategyError>) {
+        *self.next.lock().unwrap() = Some(answer);
+    }
+
+    fn signal(&self, action: SignalAction) {
+        self.answer(Ok(Signal { action, score: 0.7, reason: format!("scripted {}", action.as_str()) }));
+    }
+}
+
+impl Strategy for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn lookback_candles(&self) -> usize {
+        5
+    }
+
+    fn evaluate(&self, _: &[Candle]) -> Result<Signal, StrategyError> {
+        self.next.lock().unwrap().take().expect("the test scripts every evaluation")
+    }
+}
+
+struct Harness {
+    core: TraderCore,
+    strategy: Arc<Scripted>,
+    /// Close time of the newest candle fed.
+    candle_open_ms: i64,
+}
+
+fn harness_with(limits: RiskLimits, other_slots: usize) -> Harness {
+    let strategy = Arc::new(Scripted::default());
+    let mut specs = vec![SlotSpec { symbol: xrp(), timeframe: Timeframe::M5, strategy: strategy.clone(), position_size_usdt: dec("200") }];
+    for i in 0..other_slots {
+        specs.push(SlotSpec {
+            symbol: Symbol::new(&format!("OTHER{i}USDT")).unwrap(),
+            timeframe: Timeframe::M5,
+            strategy: strategy.clone(),
+            position_size_usdt: dec("200"),
+        });
+    }
+    Harness { core: TraderCore::new(user(), specs, limits), strategy, candle_open_ms: 0 }
+}
+
+fn harness() -> Harness {
+    harness_with(RiskLimits { max_open_positions: 3, max_position_notional_usdt: dec("1000") }, 0)
+}
+
+fn rules() -> SymbolRules {
+    SymbolRules { tick_size: dec("0.0001"), step_size: dec("0.1"), min_quantity: dec("0.1"), min_notional: dec("5") }
+}
+
+fn window(last_open_ms: i64, n: usize) -> Arc<[Candle]> {
+    (0..n)
+        .map(|i| {
+            let open_time_ms = last_open_ms - (n - 1 - i) as i64 * 300_000;
+            Candle { open_time_ms, close_time_ms: open_time_ms + 299_999, open: 1.2, high: 1.21, low: 1.19, close: 1.2, volume: 10.0 }
+        })
+        .collect()
+}
+
+fn snapshot(quantity: &str, unresolved: Vec<UnresolvedOrder>) -> AccountSnapshot {
+    AccountSnapshot {
+        position: Position { symbol: xrp(), quantity: dec(quantity), entry_price: dec("1.2"), mark_price: dec("1.2"), unrealized_pnl: Decimal::ZERO },
+        rules: rules(),
+        unresolved,
+        fetched_at_ms: NOW_MS,
+    }
+}
+
+impl Harness {
+    /// Delivers the next closed candle; returns the commands.
+    fn candle(&mut self) -> Vec<TraderCommand> {
+        self.candle_open_ms += 300_000;
+        let candles = Ok(window(self.candle_open_ms, 20));
+        self.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles }, NOW_MS)
+    }
+
+    /// Delivers a candle and expects a sync request; returns its iteration.
+    fn candle_expecting_sync(&mut self) -> u64 {
+        let commands = self.candle();
+        match commands.as_slice() {
+            [TraderCommand::SyncAccount { slot: 0, iteration, symbol }] if *symbol == xrp() => *iteration,
+            other => panic!("expected one SyncAccount, got {other:?}"),
+        }
+    }
+
+    fn synced(&mut self, iteration: u64, result: Result<AccountSnapshot, String>) -> Vec<TraderCommand> {
+        self.core.process(TraderEvent::AccountSynced { slot: 0, iteration, result }, NOW_MS)
+    }
+
+    /// One full iteration up to the decision, with the scripted signal.
+    fn decide(&mut self, action: SignalAction, snapshot: AccountSnapshot) -> Vec<TraderCommand> {
+        let iteration = self.candle_expecting_sync();
+        self.strategy.signal(action);
+        self.synced(iteration, Ok(snapshot))
+    }
+}
+
+fn records(commands: &[TraderCommand]) -> Vec<&DecisionRecord> {
+    commands.iter().filter_map(|c| if let TraderCommand::Record(r) = c { Some(r) } else { None }).collect()
+}
+
+fn only_record(commands: &[TraderCommand]) -> &DecisionRecord {
+    let records = records(commands);
+    assert_eq!(records.len(), 1, "{commands:?}");
+    records[0]
+}
+
+fn placed(commands: &[TraderCommand]) -> Vec<&OrderIntent> {
+    commands.iter().filter_map(|c| if let TraderCommand::PlaceIntent { intent, .. } = c { Some(intent.get()) } else { None }).collect()
+}
+
+// Seed §1: OHLCV fetch failure.
+
+#[test]
+fn unavailable_candles_skip_the_iteration_with_the_reason() {
+    let mut h = harness();
+    let commands = h.core.process(
+        TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Err("klines XRPUSDT 5m: timeout".into()) },
+        NOW_MS,
+    );
+    let record = only_record(&commands);
+    assert_eq!(record.outcome, "skipped");
+    assert!(record.reason.contains("candles unavailable: klines XRPUSDT 5m: timeout"), "{}", record.reason);
+    assert!(!record.counts_as_decision);
+    assert_eq!(commands.len(), 1, "no sync, no order");
+}
+
+#[test]
+fn corrupt_candles_skip_the_iteration() {
+    let mut h = harness();
+    let mut candles: Vec<Candle> = window(300_000, 20).to_vec();
+    candles[10].low = f64::NAN;
+    let commands = h.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Ok(candles.into()) }, NOW_MS);
+    assert!(only_record(&commands).reason.starts_with("bad candles: candle 10"), "{commands:?}");
+}
+
+#[test]
+fn too_little_history_skips_the_iteration() {
+    let mut h = harness();
+    let commands = h.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Ok(window(300_000, 3)) }, NOW_MS);
+    assert!(only_record(&commands).reason.contains("not enough candles: have 3, scripted needs 5"), "{commands:?}");
+}
+
+#[test]
+fn a_candle_delivered_twice_is_acted_on_once() {
+    let mut h = harness();
+    let iteration = h.candle_expecting_sync();
+    h.strategy.signal(SignalAction::Flat);
+    h.synced(iteration, Ok(snapshot("0", vec![])));
+    let again = h.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Ok(window(h.candle_open_ms, 20)) }, NOW_MS);
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn candles_for_other_feeds_are_ignored() {
+    let mut h = harness();
+    let commands = h.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M15, candles: Ok(window(900_000, 20)) }, NOW_MS);
+    assert!(commands.is_empty());
+}
+
+// Seed §2: position fetch failure. Never an order without a freshly verified position.
+
+#[test]
+fn an_unavailable_position_skips_without_deciding() {
+    let mut h = harness();
+    let iteration = h.candle_expecting_sync();
+    let commands = h.synced(iteration, Err("position: exchange unavailable".into()));
+    let record = only_record(&commands);
+    assert_eq!(record.outcome, "skipped");
+    assert!(record.reason.contains("position unavailable: position: exchange unavailable"));
+    assert!(placed(&commands).is_empty());
+}
+
+#[test]
+fn a_stale_sync_answer_is_ignored() {
+    let mut h = harness();
+    let iteration = h.candle_expecting_sync();
+    h.strategy.signal(SignalAction::Long);
+    let late = h.synced(iteration + 7, Ok(snapshot("0", vec![])));
+    assert!(late.is_empty(), "an answer to another request must not drive a decision: {late:?}");
+    let current = h.synced(iteration, Ok(snapshot("0", vec![])));
+    assert_eq!(placed(&current).len(), 1);
+}
+
+#[test]
+fn a_position_verified_too_long_ago_is_not_traded_on() {
+    let mut h = harness();
+    let iteration = h.candle_expecting_sync();
+    let mut old = snapshot("0", vec![]);
+    old.fetched_at_ms = NOW_MS - POSITION_VERIFIED_AGE_MS_MAX - 1;
+    let commands = h.synced(iteration, Ok(old));
+    assert!(placed(&commands).is_empty());
+    assert!(records(&commands).iter().any(|r| r.outcome == "skipped" && r.reason.contains("position verified")));
+}
+
+// Seed §3: signal generation failure.
+
+#[test]
+fn a_strategy_error_skips_the_iteration_with_the_error() {
+    let mut h = harness();
+    let iteration = h.candle_expecting_sync();
+    h.strategy.answer(Err(StrategyError::NotFinite { strategy: "scripted", indicator: "ema", value: f64::NAN }));
+    let commands = h.synced(iteration, Ok(snapshot("0", vec![])));
+    let skipped: Vec<_> = records(&commands).into_iter().filter(|r| r.outcome == "skipped").collect();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].reason.starts_with("strategy error: scripted: indicator ema produced NaN"), "{}", skipped[0].reason);
+    assert!(placed(&commands).is_empty());
+}
+
+// The decision itself.
+
+#[test]
+fn a_long_signal_when_flat_places_one_rounded_entry_with_a_deterministic_id() {
+    let mut h = harness();
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    let intents = placed(&commands);
+    assert_eq!(intents.len(), 1);
+    let intent = intents[0];
+    assert_eq!(intent.client_order_id.as_str(), "bw-u1-1");
+    assert_eq!(intent.side, crate::domain::Side::Buy);
+    assert_eq!(intent.quantity.get(), dec("166.6"), "200 USDT / 1.2, rounded down to the 0.1 step");
+    assert!(!intent.reduce_only);
+    let decision = records(&commands).into_iter().find(|r| r.counts_as_decision).unwrap();
+    assert_eq!(decision.outcome, "enter");
+    assert_eq!(decision.client_order_id.as_ref(), Some(&intent.client_order_id));
+    assert!(commands.iter().any(|c| matches!(c, TraderCommand::SavePosition(_))));
+}
+
+#[test]
+fn flat_signals_hold() {
+    let mut h = harness();
+    let commands = h.decide(SignalAction::Flat, snapshot("0", vec![]));
+    assert!(placed(&commands).is_empty());
+    assert!(records(&commands).iter().any(|r| r.outcome == "hold" && r.counts_as_decision));
+    let commands = h.decide(SignalAction::Long, snapshot("50", vec![]));
+    assert!(placed(&commands).is_empty(), "already long");
+}
+
+#[test]
+fn an_opposite_signal_exits_with_a_reduce_only_order_for_the_whole_position() {
+    let mut h = harness();
+    let commands = h.decide(SignalAction::Short, snapshot("120.5", vec![]));
+    let intent = placed(&commands)[0];
+    assert!(intent.reduce_only);
+    assert_eq!(intent.purpose, crate::domain::IntentPurpose::Exit);
+    assert_eq!(intent.side, crate::domain::Side::Sell);
+    assert_eq!(intent.quantity.get(), dec("120.5"));
+    let commands = {
+        h.core.process(
+            TraderEvent::PlacementFinished {
+                slot: 0,
+                client_order_id: intent.client_order_id.clone(),
+                outcome: PlacementOutcome::Recorded { state: OrderState::Filled, detail: "filled".into() },
+            },
+            NOW_MS,
+        )
+    };
+    assert!(records(&commands).iter().any(|r| r.outcome == "order_placed"));
+    let exit = h.decide(SignalAction::Exit, snapshot("-30", vec![]));
+    let intent = placed(&exit)[0];
+    assert_eq!((intent.side, intent.reduce_only), (crate::domain::Side::Buy, true));
+}
+
+// Seed §4: order creation failure. No automatic retry, no duplicate.
+
+#[test]
+fn a_rejected_order_is_recorded_and_not_retried() {
+    let mut h = harness();
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    let id = placed(&commands)[0].client_order_id.clone();
+    // While it is being placed, the next candle does not decide again.
+    let busy = h.candle();
+    assert!(only_record(&busy).reason.contains("previous iteration still running (placing order bw-u1-1)"), "{busy:?}");
+    let rejected = h.core.process(
+        TraderEvent::PlacementFinished {
+            slot: 0,
+            client_order_id: id,
+            outcome: PlacementOutcome::Recorded { state: OrderState::Rejected, detail: "rejected by the exchange (code -2019): Margin is insufficient.".into() },
+        },
+        NOW_MS,
+    );
+    let record = records(&rejected).into_iter().find(|r| r.outcome == "order_rejected").unwrap();
+    assert!(record.reason.contains("Margin is insufficient"));
+    assert!(placed(&rejected).is_empty(), "never resubmitted automatically");
+    // The next decision is a new intent with the next id.
+    let next = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    assert_eq!(placed(&next)[0].client_order_id.as_str(), "bw-u1-2");
+}
+
+#[test]
+fn an_unresolved_order_blocks_new_intents_on_its_symbol() {
+    let mut h = harness();
+    let unresolved = UnresolvedOrder { client_order_id: ClientOrderId::parse("bw-u1-9").unwrap(), state: OrderState::Unknown };
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![unresolved]));
+    assert!(placed(&commands).is_empty());
+    let record = records(&commands).into_iter().find(|r| r.outcome == "skipped").unwrap();
+    assert_eq!(record.reason, "order bw-u1-9 is unknown; no new order until it resolves");
+    let saved = commands.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
+    assert_eq!(saved.active_order_id.as_ref().map(ClientOrderId::as_str), Some("bw-u1-9"));
+}
+
+#[test]
+fn an_unconfirmed_placement_keeps_the_order_active_until_a_sync_resolves_it() {
+    let mut h = harness();
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    let id = placed(&commands)[0].client_order_id.clone();
+    let unconfirmed = h.core.process(
+        TraderEvent::PlacementFinished { slot: 0, client_order_id: id.clone(), outcome: PlacementOutcome::Unconfirmed { reason: "router did not answer".into() } },
+        NOW_MS,
+    );
+    assert!(records(&unconfirmed).iter().any(|r| r.outcome == "order_unknown"));
+    let saved = unconfirmed.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
+    assert_eq!(saved.active_order_id.as_ref(), Some(&id));
+}
+
+#[test]
+fn an_intent_that_could_not_be_committed_frees_the_slot() {
+    let mut h = harness();
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    let id = placed(&commands)[0].client_order_id.clone();
+    let failed = h.core.process(
+        TraderEvent::PlacementFinished { slot: 0, client_order_id: id, outcome: PlacementOutcome::NotCommitted { reason: "database is locked".into() } },
+        NOW_MS,
+    );
+    assert!(records(&failed).iter().any(|r| r.outcome == "order_failed" && r.reason.contains("nothing sent")));
+    let next = h.candle();
+    assert!(matches!(next.as_slice(), [TraderCommand::SyncAccount { .. }]), "{next:?}");
+}
+
+// Risk.
+
+#[test]
+fn entries_beyond_the_position_limit_are_blocked_and_use_no_sequence_number() {
+    let mut h = harness_with(RiskLimits { max_open_positions: 1, max_position_notional_usdt: dec("1000") }, 1);
+    // Another slot holds a position (restored from the database).
+    h.core.restore(&TraderState {
+        positions: vec![PositionRecord {
+            user: user(),
+            symbol: Symbol::new("OTHER0USDT").unwrap(),
+            quantity: dec("3"),
+            entry_price: dec("10"),
+            position_start_time_ms: Some(1),
+            active_order_id: None,
+            verified_at_ms: 1,
+        }],
+        ..TraderState::default()
+    });
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    assert!(placed(&commands).is_empty());
+    let record = records(&commands).into_iter().find(|r| r.outcome == "blocked").unwrap();
+    assert!(record.reason.starts_with("RES-POSITION-LIMIT: 1 positions already open"), "{}", record.reason);
+    assert_eq!(h.core.last_intent_seq(), 0);
+}
+
+#[test]
+fn entries_smaller_than_one_step_are_blocked() {
+    let mut h = harness();
+    let mut tiny_rules = snapshot("0", vec![]);
+    tiny_rules.rules.step_size = dec("1000");
+    tiny_rules.rules.min_quantity = dec("1000");
+    let commands = h.decide(SignalAction::Long, tiny_rules);
+    assert!(placed(&commands).is_empty());
+    assert!(records(&commands).iter().any(|r| r.outcome == "blocked" && r.reason.contains("less than one tradable step")));
+}
+
+// Restarts.
+
+#[test]
+fn a_restored_core_continues_the_sequence_and_keeps_position_start_time() {
+    let mut h = harness();
+    h.core.restore(&TraderState {
+        positions: vec![PositionRecord {
+            user: user(),
+            symbol: xrp(),
+            quantity: dec("10"),
+            entry_price: dec("1.1"),
+            position_start_time_ms: Some(123),
+            active_order_id: None,
+            verified_at_ms: 1,
+        }],
+        last_intent_seq: 42,
+        unresolved_orders: vec![],
+        decision_count: 7,
+    });
+    // The exchange still shows the same long: its start time survives the restart.
+    let commands = h.decide(SignalAction::Flat, snapshot("10", vec![]));
+    let saved = commands.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
+    assert_eq!(saved.position_start_time_ms, Some(123));
+    // The next intent continues after the restored sequence.
+    let exit = h.decide(SignalAction::Exit, snapshot("10", vec![]));
+    assert_eq!(placed(&exit)[0].client_order_id.as_str(), "bw-u1-43");
+}
