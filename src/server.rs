@@ -35,7 +35,7 @@ use crate::instance_lock::InstanceLock;
 use crate::limits::EVENT_TAP_CAPACITY;
 use crate::persistence::paper_journal::PaperJournal;
 use crate::persistence::{DecisionRecord, Store};
-use crate::supervision::journal::{SupervisionEvent, SupervisionJournal};
+use crate::supervision::journal::{SupervisionJournal, TreeEvent};
 use crate::supervision::root::{RootSupervisor, SharedArbiters, ShutdownReport, ShutdownTree, TreeSettings};
 use crate::trader::core::SlotSpec;
 use crate::actors::order_router::RouterSettings;
@@ -59,8 +59,8 @@ pub struct RunningServer {
     pub directory: Arc<Directory>,
     /// Every decision record, live (bounded; a slow receiver loses the oldest).
     pub decisions: broadcast::Sender<DecisionRecord>,
-    /// Every supervision event, live (bounded; a slow receiver loses the oldest).
-    pub supervision: broadcast::Sender<SupervisionEvent>,
+    /// Every supervision event and state change, live (bounded; a slow receiver loses the oldest).
+    pub supervision: broadcast::Sender<TreeEvent>,
     pub counters: BTreeMap<UserId, Arc<UserCounters>>,
     /// Fires once if a shared actor escalates.
     pub escalation: oneshot::Receiver<String>,

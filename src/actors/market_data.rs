@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures::future::join_all;
+use parking_lot::Mutex;
 
 use crate::domain::{Candle, Symbol, Timeframe, UserId};
 use crate::exchange::Exchange;
@@ -89,6 +90,11 @@ pub struct MarketDataStats {
     pub dropped_full: u64,
 }
 
+/// Every user's current subscription, kept outside the actor so that a restarted market data
+/// incarnation serves the same traders at once (they subscribed to the previous one). Written only
+/// by the running market data incarnation; created by the root supervisor.
+pub type SubscriptionBook = Arc<Mutex<BTreeMap<UserId, (Vec<(Symbol, Timeframe)>, Recipient<CandleClosed>)>>>;
+
 #[derive(Debug, Default)]
 struct Feed {
     subscribers: BTreeMap<UserId, Recipient<CandleClosed>>,
@@ -102,6 +108,7 @@ struct Feed {
 
 pub struct MarketData {
     exchange: Arc<dyn Exchange>,
+    book: SubscriptionBook,
     /// `None`: poll only when sent [`Poll`].
     poll_interval: Option<Duration>,
     /// Written by Subscribe/Unsubscribe and the fan-out (closed mailboxes are dropped).
@@ -120,8 +127,14 @@ impl std::fmt::Debug for MarketData {
 }
 
 impl MarketData {
-    pub fn new(exchange: Arc<dyn Exchange>, poll_interval: Option<Duration>) -> Self {
-        Self { exchange, poll_interval, feeds: BTreeMap::new(), polling: false, stopped: false, stats: MarketDataStats::default() }
+    pub fn new(exchange: Arc<dyn Exchange>, book: SubscriptionBook, poll_interval: Option<Duration>) -> Self {
+        Self { exchange, book, poll_interval, feeds: BTreeMap::new(), polling: false, stopped: false, stats: MarketDataStats::default() }
+    }
+
+    fn add_subscriber(&mut self, user: &UserId, feeds: &[(Symbol, Timeframe)], recipient: &Recipient<CandleClosed>) {
+        for feed in feeds {
+            self.feeds.entry(feed.clone()).or_default().subscribers.insert(user.clone(), recipient.clone());
+        }
     }
 
     fn poll(&mut self) -> ResponseActFuture<Self, PollReport> {
@@ -239,8 +252,15 @@ impl MarketData {
                 Err(SendError::Closed(_)) => closed.push(user.clone()),
             }
         }
-        for user in closed {
-            feed.subscribers.remove(&user);
+        if !closed.is_empty() {
+            let mut book = self.book.lock();
+            for user in closed {
+                feed.subscribers.remove(&user);
+                // Only if the book still holds the dead mailbox (a restarted trader replaced it).
+                if book.get(&user).is_some_and(|(_, recipient)| !recipient.connected()) {
+                    book.remove(&user);
+                }
+            }
         }
         report.delivered += delivered;
         report.dropped_full += dropped_full;
@@ -260,6 +280,10 @@ impl Actor for MarketData {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let book: Vec<_> = self.book.lock().iter().map(|(user, (feeds, recipient))| (user.clone(), feeds.clone(), recipient.clone())).collect();
+        for (user, feeds, recipient) in book {
+            self.add_subscriber(&user, &feeds, &recipient);
+        }
         if let Some(interval) = self.poll_interval {
             ctx.run_interval(interval, |actor, ctx| {
                 let poll = actor.poll().map(|_, _, _| ());
@@ -274,10 +298,8 @@ impl Handler<Subscribe> for MarketData {
 
     fn handle(&mut self, message: Subscribe, _: &mut Context<Self>) {
         self.unsubscribe(&message.user);
-        for feed in message.feeds {
-            let entry = self.feeds.entry(feed).or_default();
-            entry.subscribers.insert(message.user.clone(), message.recipient.clone());
-        }
+        self.add_subscriber(&message.user, &message.feeds, &message.recipient);
+        self.book.lock().insert(message.user, (message.feeds, message.recipient));
     }
 }
 
@@ -286,6 +308,7 @@ impl Handler<Unsubscribe> for MarketData {
 
     fn handle(&mut self, message: Unsubscribe, _: &mut Context<Self>) {
         self.unsubscribe(&message.user);
+        self.book.lock().remove(&message.user);
     }
 }
 

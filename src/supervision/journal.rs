@@ -137,6 +137,14 @@ impl SupervisionEvent {
     }
 }
 
+/// What the journal's live tap carries: every supervision event, and every state change that is
+/// not itself an event (a trader finishing its start-up is `starting` → `running`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeEvent {
+    Supervision(SupervisionEvent),
+    StateChanged { actor: ActorKind, user: Option<UserId>, state: ChildState, reason: Option<String> },
+}
+
 /// A row of the tree.
 #[derive(Debug, Clone)]
 pub struct ChildStatus {
@@ -163,7 +171,7 @@ pub struct SupervisionJournal {
     /// `supervisor.jsonl`, opened for append at start-up.
     writer: LineWriter<File>,
     /// Live events for status surfaces and tests; bounded, never blocks.
-    tap: broadcast::Sender<SupervisionEvent>,
+    tap: broadcast::Sender<TreeEvent>,
     /// Lines that could not be written (disk full, ...); reported in the next snapshot.
     write_failures: u64,
 }
@@ -177,7 +185,7 @@ impl std::fmt::Debug for SupervisionJournal {
 }
 
 impl SupervisionJournal {
-    pub fn open(log_dir: &Path, clock: Arc<dyn Clock>, directory: Arc<Directory>, tap: broadcast::Sender<SupervisionEvent>) -> std::io::Result<Self> {
+    pub fn open(log_dir: &Path, clock: Arc<dyn Clock>, directory: Arc<Directory>, tap: broadcast::Sender<TreeEvent>) -> std::io::Result<Self> {
         let path = log_dir.join("supervisor.jsonl");
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(Self { clock, directory, children: BTreeMap::new(), path, writer: LineWriter::new(file), tap, write_failures: 0 })
@@ -225,7 +233,7 @@ impl SupervisionJournal {
         self.write_line(&event.to_json());
         self.trace(&event);
         self.mirror_to_database(&event);
-        let _ = self.tap.send(event);
+        let _ = self.tap.send(TreeEvent::Supervision(event));
     }
 
     /// A state change that is not itself a supervision event (a trader finished starting).
@@ -237,11 +245,12 @@ impl SupervisionJournal {
         }
         child.state = state;
         child.since_ms = now_ms;
-        child.reason = reason;
+        child.reason = reason.clone();
         if let Some(user) = user {
             let record = supervision_record(child, user);
             persistence::submit(&self.directory, "user supervision state", move |store| store.set_user_supervision(&record));
         }
+        let _ = self.tap.send(TreeEvent::StateChanged { actor, user: user.cloned(), state, reason });
     }
 
     pub fn status(&self, actor: ActorKind, user: Option<&UserId>) -> Option<ChildStatus> {

@@ -17,7 +17,7 @@ use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use crate::actors::market_data::{MarketData, StopFeeds};
+use crate::actors::market_data::{MarketData, StopFeeds, SubscriptionBook};
 use crate::actors::order_router::{Drain, OrderRouter, RouterSettings};
 use crate::actors::persistence::{self, PersistenceActor};
 use crate::actors::trader::TraderSeed;
@@ -96,6 +96,8 @@ pub struct RootSupervisor {
     journal: SharedJournal,
     arbiters: SharedArbiters,
     shared: BTreeMap<ActorKind, SharedChild>,
+    /// Market data subscriptions, kept across market data restarts.
+    subscriptions: SubscriptionBook,
     /// Users to start once the shared actors are up, each with its trader arbiter.
     pending_users: Vec<(TraderSeed, ArbiterHandle)>,
     users: BTreeMap<UserId, Addr<UserSupervisor>>,
@@ -140,6 +142,7 @@ impl RootSupervisor {
             journal,
             arbiters,
             shared,
+            subscriptions: SubscriptionBook::default(),
             pending_users: users,
             users: BTreeMap::new(),
             shutting_down: false,
@@ -168,8 +171,8 @@ impl RootSupervisor {
                 self.directory.set_persistence(Some(addr));
             }
             ActorKind::MarketData => {
-                let (exchange, interval) = (self.exchange.clone(), self.settings.market_poll_interval);
-                let addr = spawn_watched(&self.arbiters.market_data, SHARED_MAILBOX_CAPACITY, move || MarketData::new(exchange, interval), on_exit);
+                let (exchange, book, interval) = (self.exchange.clone(), self.subscriptions.clone(), self.settings.market_poll_interval);
+                let addr = spawn_watched(&self.arbiters.market_data, SHARED_MAILBOX_CAPACITY, move || MarketData::new(exchange, book, interval), on_exit);
                 self.directory.set_market_data(Some(addr));
             }
             ActorKind::OrderRouter => {

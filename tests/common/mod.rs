@@ -1,0 +1,243 @@
+//! A whole supervision tree in a test: temp directories, a manual clock, the paper exchange, and a
+//! market the test steps itself. Tests wait on the tree's live taps (decisions, supervision events)
+//! instead of sleeping; the only timeout is a guard that turns a hang into a failure.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark::actors::market_data::{Poll, PollReport};
+use bulwark::clock::{Clock, ManualClock};
+use bulwark::config::{Config, VenueConfig};
+use bulwark::exchange::Exchange;
+use bulwark::exchange::paper::PaperExchange;
+use bulwark::persistence::paper_journal::PaperJournal;
+use bulwark::persistence::{DecisionRecord, Store};
+use bulwark::server::{RunningServer, ServerDeps};
+use bulwark::supervision::journal::{ActorKind, ChildState, EventKind, SupervisionEvent, TreeEvent};
+use tokio::sync::broadcast;
+
+pub const START_MS: i64 = 1_700_000_000_000;
+
+/// Guard against a hung test; never used to wait for something to happen.
+const WAIT_GUARD: Duration = Duration::from_secs(60);
+
+/// Users trading 5-minute candles on the paper exchange's default symbols.
+pub const THREE_USERS: &str = r#"
+[[users]]
+id = "u1"
+[[users.strategies]]
+symbol = "XRPUSDT"
+timeframe = "5m"
+strategy = "ema_crossover"
+params = { fast = 3, slow = 8 }
+position_size_usdt = 200
+
+[[users]]
+id = "u2"
+[[users.strategies]]
+symbol = "BTCUSDT"
+timeframe = "5m"
+strategy = "ema_crossover"
+params = { fast = 3, slow = 8 }
+position_size_usdt = 500
+
+[[users]]
+id = "u3"
+[[users.strategies]]
+symbol = "ETHUSDT"
+timeframe = "5m"
+strategy = "ema_crossover"
+params = { fast = 4, slow = 10 }
+position_size_usdt = 300
+"#;
+
+/// Builds a config whose data and logs live in `dir`.
+pub fn config_in(dir: &Path, body: &str) -> Config {
+    let text = format!(
+        "[server]\ndata_dir = {:?}\nlog_dir = {:?}\n{body}",
+        dir.join("data").display().to_string(),
+        dir.join("logs").display().to_string()
+    );
+    bulwark::config::parse(&text, "test config").unwrap_or_else(|errors| panic!("{errors}"))
+}
+
+pub struct Tree {
+    pub clock: Arc<ManualClock>,
+    pub paper: PaperExchange,
+    pub server: RunningServer,
+    pub config: Config,
+    pub decisions: broadcast::Receiver<DecisionRecord>,
+    pub events: broadcast::Receiver<TreeEvent>,
+    /// Events received while waiting for something else, in order; read before the tap.
+    backlog: VecDeque<TreeEvent>,
+    pub candle_interval_ms: i64,
+}
+
+impl Tree {
+    /// Starts a tree on `config` with the paper exchange journaled in the config's data dir.
+    pub fn start(config: Config, clock: Arc<ManualClock>) -> Self {
+        let paper = start_paper(&config, clock.clone());
+        Self::start_with_exchange(config, clock, paper.clone(), Arc::new(paper))
+    }
+
+    /// Starts a tree whose exchange is `exchange` (which may wrap `paper`).
+    pub fn start_with_exchange(config: Config, clock: Arc<ManualClock>, paper: PaperExchange, exchange: Arc<dyn Exchange>) -> Self {
+        let deps = ServerDeps { clock: clock.clone(), exchange, market_poll_interval: None };
+        let server = bulwark::server::start(&config, deps).unwrap_or_else(|e| panic!("start: {e:#}"));
+        let decisions = server.decisions.subscribe();
+        let events = server.supervision.subscribe();
+        let VenueConfig::Paper(paper_settings) = &config.exchange.venue;
+        let candle_interval_ms = paper_settings.candle_interval_ms;
+        Self { clock, paper, server, config, decisions, events, backlog: VecDeque::new(), candle_interval_ms }
+    }
+
+    /// The next tree event (failing the test if none comes).
+    pub async fn next_event(&mut self, waiting_for: &str) -> TreeEvent {
+        if let Some(event) = self.backlog.pop_front() {
+            return event;
+        }
+        match tokio::time::timeout(WAIT_GUARD, self.events.recv()).await {
+            Ok(Ok(event)) => event,
+            Ok(Err(error)) => panic!("event tap failed while waiting for {waiting_for}: {error}"),
+            Err(_) => panic!("no tree event within {WAIT_GUARD:?} while waiting for {waiting_for}"),
+        }
+    }
+
+    /// Waits for the first supervision event that `matches`.
+    pub async fn wait_supervision(&mut self, waiting_for: &str, matches: impl Fn(&SupervisionEvent) -> bool) -> SupervisionEvent {
+        loop {
+            if let TreeEvent::Supervision(event) = self.next_event(waiting_for).await
+                && matches(&event)
+            {
+                return event;
+            }
+        }
+    }
+
+    /// Waits until every named user's trader has finished starting (state reloaded, reconciled,
+    /// subscribed). Returns each one's start-up detail.
+    pub async fn wait_ready(&mut self, users: &[&str]) -> Vec<(String, String)> {
+        let mut pending: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let mut details = Vec::new();
+        while !pending.is_empty() {
+            if let TreeEvent::StateChanged { actor: ActorKind::Trader, user: Some(user), state: ChildState::Running, reason } =
+                self.next_event(&format!("traders {pending:?} to be ready")).await
+                && let Some(index) = pending.iter().position(|p| p == user.as_str())
+            {
+                pending.remove(index);
+                details.push((user.to_string(), reason.unwrap_or_default()));
+            }
+        }
+        details
+    }
+
+    /// Moves the market one candle and has market data deliver it.
+    pub async fn step(&mut self) -> PollReport {
+        self.clock.advance_ms(self.candle_interval_ms);
+        let market_data = self.server.directory.market_data().expect("market data is running");
+        market_data.send(Poll).timeout(WAIT_GUARD).await.expect("market data answers a poll")
+    }
+
+    /// The next decision record (failing the test if none comes).
+    pub async fn next_decision(&mut self, waiting_for: &str) -> DecisionRecord {
+        match tokio::time::timeout(WAIT_GUARD, self.decisions.recv()).await {
+            Ok(Ok(record)) => record,
+            Ok(Err(error)) => panic!("decision tap failed while waiting for {waiting_for}: {error}"),
+            Err(_) => panic!("no decision within {WAIT_GUARD:?} while waiting for {waiting_for}"),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        let report = self.server.shutdown().await;
+        assert!(report.flushed, "persistence flushed at shutdown: {report:?}");
+        RunningServer::join_arbiters(self.server.take_arbiters());
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open_read_only(&self.config.database_path()).expect("database opens read-only")
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+pub fn start_paper(config: &Config, clock: Arc<ManualClock>) -> PaperExchange {
+    let VenueConfig::Paper(settings) = &config.exchange.venue;
+    std::fs::create_dir_all(&config.server.data_dir).unwrap();
+    let journal = PaperJournal::open(&config.paper_journal_path()).expect("paper journal opens");
+    PaperExchange::start(settings.clone(), clock, journal).expect("paper exchange starts")
+}
+
+/// What one user did with one candle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Iteration {
+    pub user: String,
+    /// The iteration's own record (hold / enter / exit / blocked / skipped).
+    pub decision: DecisionRecord,
+    /// Follow-up records of the order it placed (order_placed, order_rejected, ...).
+    pub follow_ups: Vec<DecisionRecord>,
+}
+
+/// The outcome of one market step.
+#[derive(Debug, Default)]
+pub struct StepOutcome {
+    pub iterations: Vec<Iteration>,
+    /// Users whose trader crashed during the step, with the crash event.
+    pub crashes: Vec<SupervisionEvent>,
+}
+
+impl Tree {
+    /// Steps the market and waits until each of `users` has finished its iteration for the new
+    /// candle (including the placement of any order it decided), or crashed.
+    pub async fn step_and_settle(&mut self, users: &[&str]) -> StepOutcome {
+        self.step().await;
+        let mut outcome = StepOutcome::default();
+        let mut open: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        // Per user: the iteration record, and whether a follow-up is still owed.
+        let mut partial: Vec<(String, DecisionRecord, Vec<DecisionRecord>, bool)> = Vec::new();
+        while !open.is_empty() {
+            tokio::select! {
+                record = self.decisions.recv() => {
+                    let record = record.expect("decision tap");
+                    let user = record.user.to_string();
+                    if !open.contains(&user) {
+                        continue;
+                    }
+                    if let Some(entry) = partial.iter_mut().find(|(u, ..)| *u == user) {
+                        entry.2.push(record);
+                        entry.3 = false;
+                    } else {
+                        let owes_follow_up = matches!(record.outcome.as_str(), "enter" | "exit");
+                        partial.push((user.clone(), record, Vec::new(), owes_follow_up));
+                    }
+                    if let Some(index) = partial.iter().position(|(u, _, _, owed)| *u == user && !owed) {
+                        let (user, decision, follow_ups, _) = partial.remove(index);
+                        open.retain(|u| *u != user);
+                        outcome.iterations.push(Iteration { user, decision, follow_ups });
+                    }
+                }
+                event = self.events.recv() => {
+                    let event = event.expect("event tap");
+                    self.backlog.push_back(event.clone());
+                    if let TreeEvent::Supervision(event) = event
+                        && event.event == EventKind::Crashed
+                        && let Some(user) = event.user.as_ref().map(|u| u.to_string())
+                        && open.contains(&user)
+                    {
+                        open.retain(|u| *u != user);
+                        partial.retain(|(u, ..)| *u != user);
+                        outcome.crashes.push(event);
+                    }
+                }
+                _ = tokio::time::sleep(WAIT_GUARD) => panic!("users {open:?} did not finish their iteration within {WAIT_GUARD:?}"),
+            }
+        }
+        outcome.iterations.sort_by(|a, b| a.user.cmp(&b.user));
+        outcome
+    }
+}
