@@ -58,6 +58,9 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME_ERROR);
             }
             let _log = crate::logging::init(Some(&config.server.log_dir));
+            if config.source_name == config::EMBEDDED_SOURCE_NAME {
+                tracing::info!("{} not found: running on the embedded default config", config::DEFAULT_CONFIG_PATH);
+            }
             match crate::server::run(config, duration.map(Duration::from_secs)) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(error) => {
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
         }
         Command::Status { config, json } => {
             let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
+            note_embedded(&config);
             match crate::status::collect(&config) {
                 Ok(report) if json => {
                     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
@@ -85,12 +89,19 @@ pub fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { config } => match load_or_report(config) {
-            Some(_) => {
+            Some(config) => {
+                note_embedded(&config);
                 println!("config ok");
                 ExitCode::SUCCESS
             }
             None => ExitCode::from(EXIT_CONFIG_INVALID),
         },
+    }
+}
+
+fn note_embedded(config: &Config) {
+    if config.source_name == config::EMBEDDED_SOURCE_NAME {
+        eprintln!("note: {} not found; using the embedded default config", config::DEFAULT_CONFIG_PATH);
     }
 }
 

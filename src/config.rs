@@ -34,6 +34,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/bulwark.toml";
 /// The shipped default config, compiled in.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/bulwark.toml");
 
+/// `Config::source_name` of the embedded default.
+pub const EMBEDDED_SOURCE_NAME: &str = "embedded default";
+
 /// One problem in a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -161,10 +164,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => parse(&text, &path.display().to_string()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            tracing::info!("{} not found: running on the embedded default config", path.display());
-            parse(EMBEDDED_DEFAULT, "embedded default")
-        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE_NAME),
         Err(error) => Err(ConfigErrors {
             source_name: path.display().to_string(),
             problems: vec![ConfigProblem { path: "(file)".to_owned(), message: format!("cannot read: {error}") }],

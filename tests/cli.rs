@@ -1,0 +1,246 @@
+//! The `bulwark` binary as an operator runs it: `check-config`, `run` (on the embedded default,
+//! with chaos, twice on one database, twice at once), `status`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use bulwark::domain::UserId;
+use bulwark::persistence::Store;
+use bulwark::persistence::paper_journal::PaperJournal;
+
+fn bulwark() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bulwark"));
+    command.env("RUST_LOG", "info");
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("bulwark runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A fast config (20 candles a second) with its data and logs in `dir`.
+fn fast_config(dir: &Path, extra: &str) -> PathBuf {
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bulwark.toml")).unwrap();
+    let config = shipped
+        .replace("data_dir = \"data\"", &format!("data_dir = {:?}", dir.join("data").display().to_string()))
+        .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.join("logs").display().to_string()))
+        .replace("candle_interval_ms = 1000", "candle_interval_ms = 50")
+        .replace("status_interval_secs = 10", "status_interval_secs = 1")
+        .replace("backoff_ms_initial = 500", "backoff_ms_initial = 50")
+        .replace("[chaos]\nenabled = false            # see config/chaos.toml", &format!("[chaos]\n{extra}"));
+    let path = dir.join("bulwark.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn journal_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("logs/supervisor.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad journal line {line:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn check_config_accepts_the_shipped_configs() {
+    for file in ["config/bulwark.toml", "config/chaos.toml"] {
+        let output = run(bulwark().args(["check-config", "--config"]).arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)));
+        assert!(output.status.success(), "{file}: {}", text(&output.stderr));
+        assert_eq!(text(&output.stdout), "config ok\n");
+    }
+}
+
+#[test]
+fn check_config_names_an_unknown_key_a_bad_symbol_and_a_negative_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+data_dir = "data"
+verbose = true
+
+[[users]]
+id = "u1"
+[[users.strategies]]
+symbol = "XRPUSD"
+timeframe = "5m"
+strategy = "ema_crossover"
+position_size_usdt = 100
+
+[[users]]
+id = "u2"
+[[users.strategies]]
+symbol = "BTCUSDT"
+timeframe = "5m"
+strategy = "rsi_reversion"
+position_size_usdt = -5
+"#,
+    )
+    .unwrap();
+    let output = run(bulwark().args(["check-config", "--config"]).arg(&path));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("3 problems"), "{stderr}");
+    assert!(stderr.contains("server.verbose: unknown key"), "{stderr}");
+    assert!(stderr.contains("users[0].strategies[0].symbol: unknown symbol \"XRPUSD\""), "{stderr}");
+    assert!(stderr.contains("users[1].strategies[0].position_size_usdt: must be greater than 0, got -5"), "{stderr}");
+    assert!(output.stdout.is_empty());
+
+    let missing = run(bulwark().args(["check-config", "--config"]).arg(dir.path().join("nope.toml")));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read"), "{}", text(&missing.stderr));
+}
+
+#[test]
+fn run_on_the_embedded_default_from_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(bulwark().current_dir(dir.path()).args(["run", "--duration", "3"]));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("running on the embedded default config"), "{}", text(&output.stderr));
+    assert!(dir.path().join("data/bulwark.db").exists());
+    let lines = journal_lines(dir.path());
+    for user in ["u1", "u2", "u3", "u4"] {
+        assert!(lines.iter().any(|l| l["event"] == "started" && l["user"] == user), "started {user}");
+    }
+    let status = run(bulwark().current_dir(dir.path()).arg("status"));
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(text(&status.stdout).contains("server not running"), "{}", text(&status.stdout));
+}
+
+/// Orders, fills and intents of every user.
+fn totals(store: &mut Store) -> Vec<(String, u64, u64)> {
+    store.user_statuses().unwrap().into_iter().map(|s| (s.user, s.orders_total, s.fills_total)).collect()
+}
+
+#[test]
+fn two_runs_on_one_database_trade_resume_and_never_duplicate_an_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), "enabled = false");
+    let first = run(bulwark().args(["run", "--duration", "3", "--config"]).arg(&config));
+    assert!(first.status.success(), "{}", text(&first.stderr));
+
+    let database = dir.path().join("data/bulwark.db");
+    let mut store = Store::open_read_only(&database).unwrap();
+    let after_first = totals(&mut store);
+    let trading = after_first.iter().filter(|(_, orders, fills)| *orders > 0 && *fills > 0).count();
+    assert!(trading >= 2, "orders and fills from at least two users: {after_first:?}");
+    let lines = journal_lines(dir.path());
+    for user in ["u1", "u2", "u3", "u4"] {
+        assert!(lines.iter().any(|l| l["event"] == "started" && l["user"] == user && l["actor"] == "trader"));
+    }
+    assert!(lines.iter().any(|l| l["event"] == "tree"), "a tree snapshot");
+    let last_seq: Vec<u64> = ["u1", "u2", "u3", "u4"]
+        .iter()
+        .map(|u| store.load_trader_state(&UserId::new(u).unwrap()).unwrap().last_intent_seq)
+        .collect();
+    drop(store);
+
+    let second = run(bulwark().args(["run", "--duration", "2", "--config"]).arg(&config));
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let stderr = text(&second.stderr);
+    for (user, seq) in ["u1", "u2", "u3", "u4"].iter().zip(&last_seq) {
+        let resumed = stderr.lines().any(|l| l.contains("trader ready") && l.contains(&format!("intent sequence {seq},")) && l.contains(&format!("user={user}")));
+        assert!(resumed, "{user} resumed at intent sequence {seq}:\n{stderr}");
+    }
+
+    // Every exchange order belongs to exactly one intent, and every intent has at most one.
+    let mut store = Store::open_read_only(&database).unwrap();
+    let books = PaperJournal::open(&dir.path().join("data/paper_exchange.db")).unwrap().load().unwrap();
+    let mut exchange_ids: Vec<String> = books.orders.iter().map(|(_, o)| o.order.client_order_id.to_string()).collect();
+    let count = exchange_ids.len();
+    exchange_ids.sort();
+    exchange_ids.dedup();
+    assert_eq!(exchange_ids.len(), count, "one exchange order per client order id");
+    let mut intents = Vec::new();
+    for user in ["u1", "u2", "u3", "u4"] {
+        let orders = store.orders_of(&UserId::new(user).unwrap()).unwrap();
+        for (index, order) in orders.iter().enumerate() {
+            assert_eq!(order.intent.intent_seq, index as u64 + 1, "{user}: dense sequence, nothing reused");
+            assert!(order.state.is_final(), "{user}: {order:?} resolved by a clean shutdown");
+        }
+        intents.extend(orders.into_iter().map(|o| o.intent.client_order_id.to_string()));
+    }
+    for id in &exchange_ids {
+        assert!(intents.contains(id), "exchange order {id} has an intent in the database");
+    }
+    assert!(totals(&mut store).iter().zip(&after_first).any(|(now, before)| now.1 > before.1), "the second run traded too");
+}
+
+/// Reads the child's stderr until a line contains `needle`; returns everything read.
+fn read_until(child: &mut Child, needle: &str) -> String {
+    let stderr = child.stderr.as_mut().expect("stderr is piped");
+    let mut reader = BufReader::new(stderr);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).expect("stderr is readable");
+        assert!(read > 0, "the first server ended before printing {needle:?}:\n{seen}");
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn a_second_server_on_the_same_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), "enabled = false");
+    let mut first = bulwark().args(["run", "--duration", "60", "--config"]).arg(&config).stderr(Stdio::piped()).spawn().unwrap();
+    read_until(&mut first, "bulwark starting");
+
+    let second = run(bulwark().args(["run", "--duration", "5", "--config"]).arg(&config));
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = text(&second.stderr);
+    assert!(stderr.contains("another bulwark server is already running on"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
+
+    let terminated = Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    assert!(terminated.success());
+    let rest = read_until(&mut first, "bulwark stopped");
+    assert!(rest.contains("received SIGTERM: shutting down in order"), "{rest}");
+    assert!(first.wait().unwrap().success(), "SIGTERM is an orderly exit 0");
+}
+
+#[test]
+fn chaos_restarts_one_user_until_quarantine_and_status_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), "enabled = true\npanic_users = [\"u2\"]\npanic_every_decisions = 3");
+    let output = run(bulwark().args(["run", "--duration", "5", "--config"]).arg(&config));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("CHAOS ENABLED"));
+
+    let lines = journal_lines(dir.path());
+    let u2: Vec<&serde_json::Value> = lines.iter().filter(|l| l["user"] == "u2").collect();
+    let kinds: Vec<&str> = u2.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    let expected = ["started", "crashed", "restarting", "restarted", "crashed", "restarting", "restarted", "crashed", "restarting", "restarted", "crashed", "quarantined"];
+    assert_eq!(&kinds[..expected.len()], expected, "{kinds:?}");
+    let backoffs: Vec<u64> = u2.iter().filter(|l| l["event"] == "restarting").map(|l| l["backoff_ms"].as_u64().unwrap()).collect();
+    assert!(backoffs.windows(2).all(|w| w[0] < w[1]), "growing backoff {backoffs:?}");
+    assert!(u2.iter().filter(|l| l["event"] == "crashed").all(|l| l["reason"].as_str().unwrap().starts_with("panic: chaos")));
+
+    let status = run(bulwark().args(["status", "--config"]).arg(&config));
+    let stdout = text(&status.stdout);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let u2_line = stdout.lines().find(|l| l.starts_with("u2 ")).unwrap();
+    assert!(u2_line.contains("quarantined"), "{stdout}");
+    assert!(stdout.contains("quarantined since") && stdout.contains("(max_restarts 3); last: panic: chaos"), "{stdout}");
+
+    let json = run(bulwark().args(["status", "--json", "--config"]).arg(&config));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let users = report["users"].as_array().unwrap();
+    for user in users {
+        if user["user"] == "u2" {
+            assert_eq!(user["state"], "quarantined");
+        } else {
+            assert!(user["decision_count"].as_u64().unwrap() > 10, "others kept deciding: {user}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! A restarted trader reloads its state from the database and reconciles with the exchange before
+//! it trades again: orphan orders (bulwark's prefix, unknown to the database) are cancelled, the
+//! position's start time survives, the intent sequence continues. A whole tree restarted on the
+//! same database resumes the same way.
+
+mod common;
+
+use std::str::FromStr;
+
+use bulwark::clock::ManualClock;
+use bulwark::domain::{ClientOrderId, OrderRequest, OrderState, OrderType, Price, Quantity, Side, Symbol, UserId};
+use bulwark::exchange::Exchange;
+use bulwark::supervision::journal::EventKind;
+use common::{Tree, config_in};
+use rust_decimal::Decimal;
+
+const ONE_USER: &str = r#"
+[supervisor]
+backoff_ms_initial = 2
+backoff_ms_max = 50
+
+[[users]]
+id = "u1"
+[[users.strategies]]
+symbol = "XRPUSDT"
+timeframe = "5m"
+strategy = "ema_crossover"
+params = { fast = 3, slow = 8 }
+position_size_usdt = 200
+"#;
+
+fn u1() -> UserId {
+    UserId::new("u1").unwrap()
+}
+
+fn xrp() -> Symbol {
+    Symbol::new("XRPUSDT").unwrap()
+}
+
+/// An order placed straight on the exchange with bulwark's prefix, far from the market so that it
+/// stays open: the database has never heard of it.
+async fn place_orphan(tree: &Tree, id: &str) -> ClientOrderId {
+    let client_order_id = ClientOrderId::parse(id).unwrap();
+    let request = OrderRequest {
+        client_order_id: client_order_id.clone(),
+        symbol: xrp(),
+        side: Side::Buy,
+        order_type: OrderType::Limit { price: Price::new(Decimal::from_str("0.5").unwrap()).unwrap() },
+        quantity: Quantity::new(Decimal::from(20)).unwrap(),
+        reduce_only: false,
+        timestamp_ms: tree.now_ms(),
+    };
+    tree.paper.create_order(&u1(), &request).await.expect("the exchange accepts the orphan");
+    client_order_id
+}
+
+#[actix_rt::test]
+async fn a_crashed_trader_reloads_its_state_and_cancels_orphans_before_trading_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let chaos = "[chaos]\nenabled = true\npanic_users = [\"u1\"]\npanic_every_decisions = 4\n";
+    let config = config_in(dir.path(), &format!("{chaos}\n{ONE_USER}"));
+    let mut tree = Tree::start(config, ManualClock::new(common::START_MS));
+    tree.wait_ready(&["u1"]).await;
+
+    // Three decisions: an entry (filled on the next candle), then holds.
+    for _ in 0..3 {
+        let outcome = tree.step_and_settle(&["u1"]).await;
+        assert!(outcome.crashes.is_empty());
+    }
+    let before = tree.store().load_trader_state(&u1()).unwrap();
+    let position = before.positions[0].clone();
+    assert!(!position.quantity.is_zero(), "u1 holds a position: {position:?}");
+    let started_at = position.position_start_time_ms.expect("the position has a start time");
+    assert!(before.last_intent_seq >= 1);
+
+    // An orphan appears on the exchange; then the fourth decision panics.
+    let orphan = place_orphan(&tree, "bw-u1-9999").await;
+    let outcome = tree.step_and_settle(&["u1"]).await;
+    assert_eq!(outcome.crashes.len(), 1, "the chaos plan panics on decision 4");
+    tree.wait_supervision("restarted", |e| e.event == EventKind::Restarted).await;
+    let ready = tree.wait_ready(&["u1"]).await;
+    let detail = &ready[0].1;
+    assert!(detail.contains("reloaded 1 position(s)"), "{detail}");
+    assert!(detail.contains(&format!("intent sequence {}", before.last_intent_seq)), "{detail}");
+    assert!(detail.contains("1 orphan(s) cancelled"), "{detail}");
+
+    // The orphan is gone from the exchange and the cancellation is on record.
+    assert!(tree.paper.open_orders(&u1(), None).await.unwrap().is_empty());
+    let actions = tree.store().reconcile_actions(&u1()).unwrap();
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].0, "orphan_cancelled");
+    assert_eq!(actions[0].1.as_deref(), Some(orphan.as_str()));
+
+    // The restarted trader trades on: its position start time is the one from before the crash,
+    // and its next order continues the sequence.
+    let mut next_seq = None;
+    for _ in 0..12 {
+        let outcome = tree.step_and_settle(&["u1"]).await;
+        if outcome.crashes.is_empty()
+            && let Some(id) = outcome.iterations.iter().find_map(|i| i.decision.client_order_id.clone())
+        {
+            next_seq = Some(id);
+            break;
+        }
+        if !outcome.crashes.is_empty() {
+            tree.wait_ready(&["u1"]).await;
+        }
+    }
+    // The exit was decided but fills only on the next candle: the position is still the one
+    // opened before the crash, with the same start time.
+    let after = tree.store().load_trader_state(&u1()).unwrap();
+    assert_eq!(after.positions[0].quantity, position.quantity);
+    assert_eq!(after.positions[0].position_start_time_ms, Some(started_at), "position_start_time survives the restart");
+    let next = next_seq.expect("the restarted trader places its next order within 12 candles");
+    assert_eq!(next, ClientOrderId::for_intent(&u1(), before.last_intent_seq + 1), "no sequence number is reused");
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_restarted_server_resumes_from_the_database_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(common::START_MS);
+
+    // First run: trade a few candles.
+    let config = config_in(dir.path(), ONE_USER);
+    let mut tree = Tree::start(config.clone(), clock.clone());
+    tree.wait_ready(&["u1"]).await;
+    for _ in 0..6 {
+        tree.step_and_settle(&["u1"]).await;
+    }
+    let first = tree.store().load_trader_state(&u1()).unwrap();
+    let first_orders = tree.store().orders_of(&u1()).unwrap();
+    assert!(!first_orders.is_empty());
+    let paper = tree.paper.clone();
+    tree.shutdown().await;
+    drop(paper);
+
+    // Second run on the same database and exchange books.
+    let mut tree = Tree::start(config, clock);
+    let ready = tree.wait_ready(&["u1"]).await;
+    assert!(ready[0].1.contains(&format!("intent sequence {}", first.last_intent_seq)), "{ready:?}");
+    for _ in 0..6 {
+        tree.step_and_settle(&["u1"]).await;
+    }
+    let orders = tree.store().orders_of(&u1()).unwrap();
+    let exchange_orders = tree.paper.open_orders(&u1(), None).await.unwrap();
+    assert!(exchange_orders.is_empty(), "market orders all filled: {exchange_orders:?}");
+    // The first run's orders are untouched, the second run's continue the sequence.
+    assert_eq!(&orders[..first_orders.len()], first_orders.as_slice());
+    for (index, order) in orders.iter().enumerate() {
+        assert_eq!(order.intent.intent_seq, index as u64 + 1, "dense, unique sequence");
+        assert!(matches!(order.state, OrderState::Filled | OrderState::Rejected), "{order:?}");
+        // Exactly one exchange order per intent: the exchange knows this client order id once.
+        let on_exchange = tree.paper.order_by_client_id(&u1(), &xrp(), &order.intent.client_order_id).await.unwrap();
+        if order.state == OrderState::Filled {
+            let on_exchange = on_exchange.expect("a filled intent has its exchange order");
+            assert_eq!(Some(on_exchange.exchange_order_id), order.exchange_order_id);
+        }
+    }
+    let fills = tree.store().fill_count(&u1()).unwrap();
+    let filled = orders.iter().filter(|o| o.state == OrderState::Filled).count() as u64;
+    assert_eq!(fills, filled, "one fill per filled market order, none twice");
+    tree.shutdown().await;
+}
