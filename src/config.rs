@@ -164,7 +164,9 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => parse(&text, &path.display().to_string()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE_NAME),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE_NAME)
+        }
         Err(error) => Err(ConfigErrors {
             source_name: path.display().to_string(),
             problems: vec![ConfigProblem { path: "(file)".to_owned(), message: format!("cannot read: {error}") }],
@@ -187,7 +189,11 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
     })?;
     let mut validator = Validator { problems };
     let config = validator.config(raw, source_name);
-    if validator.problems.is_empty() { Ok(config.expect("Invariant: no problems means a config")) } else { Err(fail(validator.problems)) }
+    if validator.problems.is_empty() {
+        Ok(config.expect("Invariant: no problems means a config"))
+    } else {
+        Err(fail(validator.problems))
+    }
 }
 
 fn toml_problem(error: &toml::de::Error) -> ConfigProblem {
@@ -344,7 +350,14 @@ struct RawRandomWalk {
 
 impl Default for RawRandomWalk {
     fn default() -> Self {
-        Self { symbol: String::new(), start_price: 0.0, volatility_pct: 0.3, mean_reversion: 0.001, base_volume: 100.0, rules: RawRules::default() }
+        Self {
+            symbol: String::new(),
+            start_price: 0.0,
+            volatility_pct: 0.3,
+            mean_reversion: 0.001,
+            base_volume: 100.0,
+            rules: RawRules::default(),
+        }
     }
 }
 
@@ -455,23 +468,33 @@ impl Validator {
     fn supervisor(&mut self, raw: RawSupervisor) -> SupervisorConfig {
         let max_restarts = self.int_in("supervisor.max_restarts", raw.max_restarts, 0, 1_000) as u32;
         let within_secs = self.int_in("supervisor.within_secs", raw.within_secs, 1, 86_400);
-        let backoff_ms_initial = self.int_in("supervisor.backoff_ms_initial", raw.backoff_ms_initial, 1, 3_600_000) as u64;
+        let backoff_ms_initial =
+            self.int_in("supervisor.backoff_ms_initial", raw.backoff_ms_initial, 1, 3_600_000) as u64;
         let backoff_ms_max = self.int_in("supervisor.backoff_ms_max", raw.backoff_ms_max, 1, 3_600_000) as u64;
         if backoff_ms_max < backoff_ms_initial {
-            self.problem("supervisor.backoff_ms_max", format!("must be at least backoff_ms_initial ({backoff_ms_initial}), got {backoff_ms_max}"));
+            self.problem(
+                "supervisor.backoff_ms_max",
+                format!("must be at least backoff_ms_initial ({backoff_ms_initial}), got {backoff_ms_max}"),
+            );
         }
         let status_interval_secs = self.int_in("supervisor.status_interval_secs", raw.status_interval_secs, 1, 3_600);
         let shared_max_restarts = self.int_in("supervisor.shared_max_restarts", raw.shared_max_restarts, 0, 100) as u32;
         let shared_within_secs = self.int_in("supervisor.shared_within_secs", raw.shared_within_secs, 1, 86_400);
         let trader_threads = self.int_in("supervisor.trader_threads", raw.trader_threads, 0, 64) as usize;
-        let shutdown_deadline_secs = self.int_in("supervisor.shutdown_deadline_secs", raw.shutdown_deadline_secs, 1, 300);
+        let shutdown_deadline_secs =
+            self.int_in("supervisor.shutdown_deadline_secs", raw.shutdown_deadline_secs, 1, 300);
         let trader_threads = if trader_threads == 0 {
             std::thread::available_parallelism().map(usize::from).unwrap_or(2)
         } else {
             trader_threads
         };
         SupervisorConfig {
-            user_policy: RestartPolicy { max_restarts, within_ms: within_secs * 1_000, backoff_ms_initial, backoff_ms_max },
+            user_policy: RestartPolicy {
+                max_restarts,
+                within_ms: within_secs * 1_000,
+                backoff_ms_initial,
+                backoff_ms_max,
+            },
             shared_policy: RestartPolicy {
                 max_restarts: shared_max_restarts,
                 within_ms: shared_within_secs * 1_000,
@@ -487,7 +510,8 @@ impl Validator {
     fn risk(&mut self, raw: RawRisk) -> RiskLimits {
         RiskLimits {
             max_open_positions: self.int_in("risk.max_open_positions", raw.max_open_positions, 1, 1_000) as u32,
-            max_position_notional_usdt: self.positive("risk.max_position_notional_usdt", raw.max_position_notional_usdt),
+            max_position_notional_usdt: self
+                .positive("risk.max_position_notional_usdt", raw.max_position_notional_usdt),
         }
     }
 
@@ -508,16 +532,28 @@ impl Validator {
         let timeout_ms = self.int_in("exchange.timeout_ms", raw.timeout_ms, 100, 120_000);
         match raw.kind.as_str() {
             "paper" => {}
-            "binance" => self.problem("exchange.kind", "\"binance\" is not available in this version yet (use \"paper\")"),
+            "binance" => {
+                self.problem("exchange.kind", "\"binance\" is not available in this version yet (use \"paper\")")
+            }
             other => self.problem("exchange.kind", format!("unknown exchange kind {other:?} (expected \"paper\")")),
         }
         let paper = self.paper(raw.paper.unwrap_or_default(), recv_window_ms, balances);
-        ExchangeConfig { recv_window_ms, timeout: Duration::from_millis(timeout_ms as u64), venue: VenueConfig::Paper(paper) }
+        ExchangeConfig {
+            recv_window_ms,
+            timeout: Duration::from_millis(timeout_ms as u64),
+            venue: VenueConfig::Paper(paper),
+        }
     }
 
-    fn paper(&mut self, raw: RawPaper, recv_window_ms: i64, account_balances: BTreeMap<UserId, Decimal>) -> PaperSettings {
+    fn paper(
+        &mut self,
+        raw: RawPaper,
+        recv_window_ms: i64,
+        account_balances: BTreeMap<UserId, Decimal>,
+    ) -> PaperSettings {
         let prefix = "exchange.paper";
-        let candle_interval_ms = self.int_in(&format!("{prefix}.candle_interval_ms"), raw.candle_interval_ms, 10, 3_600_000);
+        let candle_interval_ms =
+            self.int_in(&format!("{prefix}.candle_interval_ms"), raw.candle_interval_ms, 10, 3_600_000);
         let default_balance = self.positive(&format!("{prefix}.starting_balance_usdt"), raw.starting_balance_usdt);
         let taker_fee_bps = self.real_in(&format!("{prefix}.taker_fee_bps"), raw.taker_fee_bps, 0.0, 100.0);
         let slippage_bps = self.real_in(&format!("{prefix}.slippage_bps"), raw.slippage_bps, 0.0, 500.0);
@@ -549,7 +585,10 @@ impl Validator {
             }
         }
         if symbols.is_empty() {
-            self.problem(prefix, "no tradable symbols (add [[exchange.paper.replay]] or [[exchange.paper.random_walk]])");
+            self.problem(
+                prefix,
+                "no tradable symbols (add [[exchange.paper.replay]] or [[exchange.paper.random_walk]])",
+            );
         }
         PaperSettings {
             candle_interval_ms,
@@ -609,8 +648,12 @@ impl Validator {
             (Some(dataset), None) => match embedded_dataset(dataset) {
                 Some(bytes) => parse_replay(dataset, bytes).map_err(|e| (format!("{path}.dataset"), e.to_string())),
                 None => {
-                    let known: Vec<&str> = crate::exchange::paper::EMBEDDED_DATASETS.iter().map(|(name, _)| *name).collect();
-                    Err((format!("{path}.dataset"), format!("unknown dataset {dataset:?} (built in: {})", known.join(", "))))
+                    let known: Vec<&str> =
+                        crate::exchange::paper::EMBEDDED_DATASETS.iter().map(|(name, _)| *name).collect();
+                    Err((
+                        format!("{path}.dataset"),
+                        format!("unknown dataset {dataset:?} (built in: {})", known.join(", ")),
+                    ))
                 }
             },
             (None, Some(file)) => match std::fs::read(file) {
@@ -673,10 +716,16 @@ impl Validator {
                 self.problem(format!("{path}.id"), format!("user {id:?} is configured twice"));
             }
             if user.strategies.is_empty() {
-                self.problem(format!("{path}.strategies"), "at least one strategy is required (a user with none would sit idle)");
+                self.problem(
+                    format!("{path}.strategies"),
+                    "at least one strategy is required (a user with none would sit idle)",
+                );
             }
             if user.strategies.len() > STRATEGIES_PER_USER_MAX {
-                self.problem(format!("{path}.strategies"), format!("at most {STRATEGIES_PER_USER_MAX} strategies, got {}", user.strategies.len()));
+                self.problem(
+                    format!("{path}.strategies"),
+                    format!("at most {STRATEGIES_PER_USER_MAX} strategies, got {}", user.strategies.len()),
+                );
             }
             let mut traded = BTreeMap::new();
             let mut strategies = Vec::new();
@@ -686,7 +735,10 @@ impl Validator {
                     if let Some(first) = traded.insert(strategy.symbol.clone(), strategy_index) {
                         self.problem(
                             format!("{strategy_path}.symbol"),
-                            format!("{} is already traded by strategies[{first}] (one position per symbol per user)", strategy.symbol),
+                            format!(
+                                "{} is already traded by strategies[{first}] (one position per symbol per user)",
+                                strategy.symbol
+                            ),
                         );
                     }
                     strategies.push(strategy);
@@ -699,19 +751,31 @@ impl Validator {
         users
     }
 
-    fn strategy(&mut self, path: &str, raw: RawStrategy, symbols: &BTreeSet<Symbol>, risk: RiskLimits) -> Option<StrategyConfig> {
+    fn strategy(
+        &mut self,
+        path: &str,
+        raw: RawStrategy,
+        symbols: &BTreeSet<Symbol>,
+        risk: RiskLimits,
+    ) -> Option<StrategyConfig> {
         let symbol = match Symbol::new(&raw.symbol) {
             Ok(symbol) if symbols.contains(&symbol) => Some(symbol),
             _ => {
                 let known: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
-                self.problem(format!("{path}.symbol"), format!("unknown symbol {:?} (the exchange has {})", raw.symbol, known.join(", ")));
+                self.problem(
+                    format!("{path}.symbol"),
+                    format!("unknown symbol {:?} (the exchange has {})", raw.symbol, known.join(", ")),
+                );
                 None
             }
         };
         let timeframe = match raw.timeframe.parse::<Timeframe>() {
             Ok(timeframe) if timeframe.duration_ms() % BASE_TIMEFRAME.duration_ms() == 0 => Some(timeframe),
             Ok(timeframe) => {
-                self.problem(format!("{path}.timeframe"), format!("{timeframe} is finer than the paper exchange's 5m candles"));
+                self.problem(
+                    format!("{path}.timeframe"),
+                    format!("{timeframe} is finer than the paper exchange's 5m candles"),
+                );
                 None
             }
             Err(error) => {
@@ -723,7 +787,10 @@ impl Validator {
         let position_size_usdt = if raw.position_size_usdt.is_finite() && raw.position_size_usdt > 0.0 {
             let size = Decimal::from_f64(raw.position_size_usdt).unwrap_or_default();
             if size > risk.max_position_notional_usdt {
-                self.problem(&size_path, format!("{size} exceeds risk.max_position_notional_usdt ({})", risk.max_position_notional_usdt));
+                self.problem(
+                    &size_path,
+                    format!("{size} exceeds risk.max_position_notional_usdt ({})", risk.max_position_notional_usdt),
+                );
             }
             Some(size)
         } else {
@@ -747,7 +814,10 @@ impl Validator {
                 if strategy.lookback_candles() > CANDLE_WINDOW_LEN {
                     self.problem(
                         format!("{path}.params"),
-                        format!("needs {} candles of history; at most {CANDLE_WINDOW_LEN} are kept", strategy.lookback_candles()),
+                        format!(
+                            "needs {} candles of history; at most {CANDLE_WINDOW_LEN} are kept",
+                            strategy.lookback_candles()
+                        ),
                     );
                 }
                 Some(Arc::from(strategy))
@@ -762,11 +832,17 @@ impl Validator {
                 None
             }
         };
-        Some(StrategyConfig { symbol: symbol?, timeframe: timeframe?, strategy: strategy?, position_size_usdt: position_size_usdt? })
+        Some(StrategyConfig {
+            symbol: symbol?,
+            timeframe: timeframe?,
+            strategy: strategy?,
+            position_size_usdt: position_size_usdt?,
+        })
     }
 
     fn chaos(&mut self, raw: RawChaos, users: &[UserConfig]) -> ChaosConfig {
-        let panic_every_decisions = self.int_in("chaos.panic_every_decisions", raw.panic_every_decisions, 1, 1_000_000) as u64;
+        let panic_every_decisions =
+            self.int_in("chaos.panic_every_decisions", raw.panic_every_decisions, 1, 1_000_000) as u64;
         let known: BTreeSet<&UserId> = users.iter().map(|u| &u.id).collect();
         let mut panic_users = BTreeSet::new();
         for (index, user) in raw.panic_users.iter().enumerate() {
@@ -788,16 +864,27 @@ fn default_paper_symbols() -> (Vec<RawReplay>, Vec<RawRandomWalk>) {
         symbol: "XRPUSDT".to_owned(),
         dataset: Some("XRP_USDT_USDT-5m-futures".to_owned()),
         file: None,
-        rules: RawRules { tick_size: Some(0.0001), step_size: Some(0.1), min_quantity: Some(0.1), min_notional: Some(5.0) },
+        rules: RawRules {
+            tick_size: Some(0.0001),
+            step_size: Some(0.1),
+            min_quantity: Some(0.1),
+            min_notional: Some(5.0),
+        },
     }];
-    let walk = |symbol: &str, start_price: f64, volatility_pct: f64, tick: f64, step: f64, min_notional: f64| RawRandomWalk {
-        symbol: symbol.to_owned(),
-        start_price,
-        volatility_pct,
-        mean_reversion: 0.001,
-        base_volume: 100.0,
-        rules: RawRules { tick_size: Some(tick), step_size: Some(step), min_quantity: Some(step), min_notional: Some(min_notional) },
-    };
+    let walk =
+        |symbol: &str, start_price: f64, volatility_pct: f64, tick: f64, step: f64, min_notional: f64| RawRandomWalk {
+            symbol: symbol.to_owned(),
+            start_price,
+            volatility_pct,
+            mean_reversion: 0.001,
+            base_volume: 100.0,
+            rules: RawRules {
+                tick_size: Some(tick),
+                step_size: Some(step),
+                min_quantity: Some(step),
+                min_notional: Some(min_notional),
+            },
+        };
     let random_walk = vec![
         walk("BTCUSDT", 60_000.0, 0.25, 0.1, 0.001, 100.0),
         walk("ETHUSDT", 3_000.0, 0.35, 0.01, 0.001, 20.0),
@@ -854,8 +941,14 @@ mod tests {
         let errors = parse(text, "bad.toml").unwrap_err();
         let lines: Vec<String> = errors.problems.iter().map(ToString::to_string).collect();
         assert!(lines.contains(&"server.colour: unknown key".to_owned()), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.starts_with("users[1].strategies[0].symbol: unknown symbol \"XRPUSD\"")), "{lines:#?}");
-        assert!(lines.contains(&"users[1].strategies[0].position_size_usdt: must be greater than 0, got -5".to_owned()), "{lines:#?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("users[1].strategies[0].symbol: unknown symbol \"XRPUSD\"")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.contains(&"users[1].strategies[0].position_size_usdt: must be greater than 0, got -5".to_owned()),
+            "{lines:#?}"
+        );
         assert_eq!(lines.len(), 3, "{lines:#?}");
         let rendered = errors.to_string();
         assert!(rendered.starts_with("bad.toml: 3 problems"), "{rendered}");

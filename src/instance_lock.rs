@@ -40,7 +40,8 @@ impl InstanceLock {
     pub fn acquire(database: &Path) -> Result<Self, LockError> {
         let path = Self::lock_path(database);
         let io = |source| LockError::Io { lock: path.display().to_string(), source };
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        let mut file =
+            OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
         if file.try_lock().is_err() {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);

@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::actors::Directory;
+use crate::actors::order_router::RouterSettings;
 use crate::actors::trader::{ChaosPlan, TraderSeed, UserCounters};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, VenueConfig};
@@ -38,7 +39,6 @@ use crate::persistence::{DecisionRecord, Store};
 use crate::supervision::journal::{SupervisionJournal, TreeEvent};
 use crate::supervision::root::{RootSupervisor, SharedArbiters, ShutdownReport, ShutdownTree, TreeSettings};
 use crate::trader::core::SlotSpec;
-use crate::actors::order_router::RouterSettings;
 
 /// Exit code after an escalation (EX_SOFTWARE).
 pub const EXIT_ESCALATED: i32 = 70;
@@ -114,11 +114,13 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
     let directory = Arc::new(Directory::default());
     let (supervision, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let (decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
-    let journal = SupervisionJournal::open(&config.server.log_dir, deps.clock.clone(), directory.clone(), supervision.clone())
-        .with_context(|| format!("opening {}", config.server.log_dir.join("supervisor.jsonl").display()))?
-        .shared();
+    let journal =
+        SupervisionJournal::open(&config.server.log_dir, deps.clock.clone(), directory.clone(), supervision.clone())
+            .with_context(|| format!("opening {}", config.server.log_dir.join("supervisor.jsonl").display()))?
+            .shared();
 
-    let (persistence_arbiter, market_data_arbiter, order_router_arbiter) = (Arbiter::new(), Arbiter::new(), Arbiter::new());
+    let (persistence_arbiter, market_data_arbiter, order_router_arbiter) =
+        (Arbiter::new(), Arbiter::new(), Arbiter::new());
     let shared_arbiters = SharedArbiters {
         persistence: persistence_arbiter.handle(),
         market_data: market_data_arbiter.handle(),
@@ -150,7 +152,12 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             let slots = user
                 .strategies
                 .iter()
-                .map(|s| SlotSpec { symbol: s.symbol.clone(), timeframe: s.timeframe, strategy: s.strategy.clone(), position_size_usdt: s.position_size_usdt })
+                .map(|s| SlotSpec {
+                    symbol: s.symbol.clone(),
+                    timeframe: s.timeframe,
+                    strategy: s.strategy.clone(),
+                    position_size_usdt: s.position_size_usdt,
+                })
                 .collect();
             let seed = TraderSeed {
                 user: user.id.clone(),
@@ -172,11 +179,25 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         shared_policy: config.supervisor.shared_policy,
         status_interval: config.supervisor.status_interval,
         market_poll_interval: deps.market_poll_interval,
-        router: RouterSettings { recv_window_ms: config.exchange.recv_window_ms, exchange_timeout: config.exchange.timeout, ..RouterSettings::default() },
+        router: RouterSettings {
+            recv_window_ms: config.exchange.recv_window_ms,
+            exchange_timeout: config.exchange.timeout,
+            ..RouterSettings::default()
+        },
         database_path,
     };
     let (escalate, escalation) = oneshot::channel();
-    let root = RootSupervisor::new(settings, deps.exchange, directory.clone(), deps.clock, journal, shared_arbiters, users, escalate).start();
+    let root = RootSupervisor::new(
+        settings,
+        deps.exchange,
+        directory.clone(),
+        deps.clock,
+        journal,
+        shared_arbiters,
+        users,
+        escalate,
+    )
+    .start();
 
     let mut arbiters = trader_arbiters;
     arbiters.extend([persistence_arbiter, market_data_arbiter, order_router_arbiter]);
@@ -197,9 +218,12 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
     match &config.exchange.venue {
         VenueConfig::Paper(settings) => {
             let path = config.paper_journal_path();
-            std::fs::create_dir_all(&config.server.data_dir).with_context(|| format!("creating directory {}", config.server.data_dir.display()))?;
-            let journal = PaperJournal::open(&path).with_context(|| format!("opening the paper exchange's books {}", path.display()))?;
-            let exchange = PaperExchange::start(settings.clone(), clock, journal).context("starting the paper exchange")?;
+            std::fs::create_dir_all(&config.server.data_dir)
+                .with_context(|| format!("creating directory {}", config.server.data_dir.display()))?;
+            let journal = PaperJournal::open(&path)
+                .with_context(|| format!("opening the paper exchange's books {}", path.display()))?;
+            let exchange =
+                PaperExchange::start(settings.clone(), clock, journal).context("starting the paper exchange")?;
             Ok(Arc::new(exchange))
         }
     }
@@ -215,7 +239,8 @@ enum StopReason {
 /// `bulwark run`: the whole life of the server process. Returns the exit code.
 pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
     let database_path = config.database_path();
-    std::fs::create_dir_all(&config.server.data_dir).with_context(|| format!("creating directory {}", config.server.data_dir.display()))?;
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("creating directory {}", config.server.data_dir.display()))?;
     let _lock = InstanceLock::acquire(&database_path)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let exchange = start_exchange(&config, clock.clone())?;

@@ -37,7 +37,10 @@ pub struct UserStatusView {
 pub fn collect(config: &Config) -> anyhow::Result<StatusReport> {
     let database = config.database_path();
     if !database.exists() {
-        anyhow::bail!("no database at {}: the server has not run with this config yet (start it with `bulwark run`)", database.display());
+        anyhow::bail!(
+            "no database at {}: the server has not run with this config yet (start it with `bulwark run`)",
+            database.display()
+        );
     }
     let server_running = InstanceLock::is_held(&database);
     let mut store = Store::open_read_only(&database).with_context(|| format!("opening {}", database.display()))?;
@@ -105,10 +108,9 @@ pub fn render_text(report: &StatusReport) -> String {
         if !positions.is_empty() {
             out.push_str(&format!("{:<12} position: {}\n", "", positions.join(", ")));
         }
-        if user.state != "running" && user.state != "stopped" || recorded.state == "quarantined" {
-            if let Some(reason) = &recorded.reason {
-                out.push_str(&format!("{:<12} {} since {}: {reason}\n", "", recorded.state, rfc3339_ms(recorded.since_ms)));
-            }
+        let unusual = !matches!(user.state.as_str(), "running" | "stopped") || recorded.state == "quarantined";
+        if unusual && let Some(reason) = &recorded.reason {
+            out.push_str(&format!("{:<12} {} since {}: {reason}\n", "", recorded.state, rfc3339_ms(recorded.since_ms)));
         }
     }
     if let Some(tree) = &report.tree {

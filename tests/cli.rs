@@ -49,7 +49,8 @@ fn journal_lines(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn check_config_accepts_the_shipped_configs() {
     for file in ["config/bulwark.toml", "config/chaos.toml"] {
-        let output = run(bulwark().args(["check-config", "--config"]).arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)));
+        let output =
+            run(bulwark().args(["check-config", "--config"]).arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)));
         assert!(output.status.success(), "{file}: {}", text(&output.stderr));
         assert_eq!(text(&output.stdout), "config ok\n");
     }
@@ -146,7 +147,11 @@ fn two_runs_on_one_database_trade_resume_and_never_duplicate_an_order() {
     assert!(second.status.success(), "{}", text(&second.stderr));
     let stderr = text(&second.stderr);
     for (user, seq) in ["u1", "u2", "u3", "u4"].iter().zip(&last_seq) {
-        let resumed = stderr.lines().any(|l| l.contains("trader ready") && l.contains(&format!("intent sequence {seq},")) && l.contains(&format!("user={user}")));
+        let resumed = stderr.lines().any(|l| {
+            l.contains("trader ready")
+                && l.contains(&format!("intent sequence {seq},"))
+                && l.contains(&format!("user={user}"))
+        });
         assert!(resumed, "{user} resumed at intent sequence {seq}:\n{stderr}");
     }
 
@@ -170,7 +175,10 @@ fn two_runs_on_one_database_trade_resume_and_never_duplicate_an_order() {
     for id in &exchange_ids {
         assert!(intents.contains(id), "exchange order {id} has an intent in the database");
     }
-    assert!(totals(&mut store).iter().zip(&after_first).any(|(now, before)| now.1 > before.1), "the second run traded too");
+    assert!(
+        totals(&mut store).iter().zip(&after_first).any(|(now, before)| now.1 > before.1),
+        "the second run traded too"
+    );
 }
 
 /// Reads the child's stderr until a line contains `needle`; returns everything read.
@@ -193,7 +201,8 @@ fn read_until(child: &mut Child, needle: &str) -> String {
 fn a_second_server_on_the_same_database_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = fast_config(dir.path(), "enabled = false");
-    let mut first = bulwark().args(["run", "--duration", "60", "--config"]).arg(&config).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first =
+        bulwark().args(["run", "--duration", "60", "--config"]).arg(&config).stderr(Stdio::piped()).spawn().unwrap();
     read_until(&mut first, "bulwark starting");
 
     let second = run(bulwark().args(["run", "--duration", "5", "--config"]).arg(&config));
@@ -220,18 +229,39 @@ fn chaos_restarts_one_user_until_quarantine_and_status_says_why() {
     let lines = journal_lines(dir.path());
     let u2: Vec<&serde_json::Value> = lines.iter().filter(|l| l["user"] == "u2").collect();
     let kinds: Vec<&str> = u2.iter().map(|l| l["event"].as_str().unwrap()).collect();
-    let expected = ["started", "crashed", "restarting", "restarted", "crashed", "restarting", "restarted", "crashed", "restarting", "restarted", "crashed", "quarantined"];
+    let expected = [
+        "started",
+        "crashed",
+        "restarting",
+        "restarted",
+        "crashed",
+        "restarting",
+        "restarted",
+        "crashed",
+        "restarting",
+        "restarted",
+        "crashed",
+        "quarantined",
+    ];
     assert_eq!(&kinds[..expected.len()], expected, "{kinds:?}");
-    let backoffs: Vec<u64> = u2.iter().filter(|l| l["event"] == "restarting").map(|l| l["backoff_ms"].as_u64().unwrap()).collect();
+    let backoffs: Vec<u64> =
+        u2.iter().filter(|l| l["event"] == "restarting").map(|l| l["backoff_ms"].as_u64().unwrap()).collect();
     assert!(backoffs.windows(2).all(|w| w[0] < w[1]), "growing backoff {backoffs:?}");
-    assert!(u2.iter().filter(|l| l["event"] == "crashed").all(|l| l["reason"].as_str().unwrap().starts_with("panic: chaos")));
+    assert!(
+        u2.iter()
+            .filter(|l| l["event"] == "crashed")
+            .all(|l| l["reason"].as_str().unwrap().starts_with("panic: chaos"))
+    );
 
     let status = run(bulwark().args(["status", "--config"]).arg(&config));
     let stdout = text(&status.stdout);
     assert!(status.status.success(), "{}", text(&status.stderr));
     let u2_line = stdout.lines().find(|l| l.starts_with("u2 ")).unwrap();
     assert!(u2_line.contains("quarantined"), "{stdout}");
-    assert!(stdout.contains("quarantined since") && stdout.contains("(max_restarts 3); last: panic: chaos"), "{stdout}");
+    assert!(
+        stdout.contains("quarantined since") && stdout.contains("(max_restarts 3); last: panic: chaos"),
+        "{stdout}"
+    );
 
     let json = run(bulwark().args(["status", "--json", "--config"]).arg(&config));
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bulwark::clock::ManualClock;
-use bulwark::domain::{Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId};
+use bulwark::domain::{
+    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId,
+};
 use bulwark::exchange::paper::PaperExchange;
 use bulwark::exchange::{Exchange, ExchangeError};
 use bulwark::supervision::journal::{ActorKind, EventKind};
@@ -28,20 +30,36 @@ backoff_ms_max = 1000
 fn transcript(iterations: &[Iteration]) -> Vec<String> {
     let without_exchange_ids = |text: &str| {
         text.split(' ').collect::<Vec<_>>().windows(3).fold(text.to_owned(), |acc, w| {
-            if w[0] == "exchange" && w[1] == "order" { acc.replacen(&format!("exchange order {}", w[2]), "exchange order #", 1) } else { acc }
+            if w[0] == "exchange" && w[1] == "order" {
+                acc.replacen(&format!("exchange order {}", w[2]), "exchange order #", 1)
+            } else {
+                acc
+            }
         })
     };
     iterations
         .iter()
         .map(|i| {
-            let follow: Vec<String> = i.follow_ups.iter().map(|f| format!("{}: {}", f.outcome, without_exchange_ids(&f.reason))).collect();
-            format!("{} @{:?} {}: {} | {}", i.user, i.decision.candle_close_ms, i.decision.outcome, i.decision.reason, follow.join("; "))
+            let follow: Vec<String> =
+                i.follow_ups.iter().map(|f| format!("{}: {}", f.outcome, without_exchange_ids(&f.reason))).collect();
+            format!(
+                "{} @{:?} {}: {} | {}",
+                i.user,
+                i.decision.candle_close_ms,
+                i.decision.outcome,
+                i.decision.reason,
+                follow.join("; ")
+            )
         })
         .collect()
 }
 
 /// Runs `steps` candles; returns every user's iterations and the chaos user's crash count.
-async fn run_steps(tree: &mut Tree, steps: usize, chaos_user: Option<&str>) -> (Vec<Iteration>, Vec<u64>, Option<String>) {
+async fn run_steps(
+    tree: &mut Tree,
+    steps: usize,
+    chaos_user: Option<&str>,
+) -> (Vec<Iteration>, Vec<u64>, Option<String>) {
     let mut all = Vec::new();
     let mut backoffs = Vec::new();
     let mut quarantine_reason = None;
@@ -52,7 +70,10 @@ async fn run_steps(tree: &mut Tree, steps: usize, chaos_user: Option<&str>) -> (
         for crash in outcome.crashes {
             let user = crash.user.clone().unwrap();
             assert_eq!(Some(user.as_str()), chaos_user, "only the chaos user may crash: {crash:?}");
-            assert!(crash.reason.as_deref().unwrap_or("").starts_with("panic: chaos: injected panic at decision 3"), "{crash:?}");
+            assert!(
+                crash.reason.as_deref().unwrap_or("").starts_with("panic: chaos: injected panic at decision 3"),
+                "{crash:?}"
+            );
             let next = tree
                 .wait_supervision("restarting or quarantined", |e| {
                     e.user.as_ref() == Some(&user) && matches!(e.event, EventKind::Restarting | EventKind::Quarantined)
@@ -63,7 +84,10 @@ async fn run_steps(tree: &mut Tree, steps: usize, chaos_user: Option<&str>) -> (
                 active.retain(|u| *u != user.as_str());
             } else {
                 backoffs.push(next.backoff_ms.expect("restarting carries its backoff"));
-                tree.wait_supervision("restarted", |e| e.user.as_ref() == Some(&user) && e.event == EventKind::Restarted).await;
+                tree.wait_supervision("restarted", |e| {
+                    e.user.as_ref() == Some(&user) && e.event == EventKind::Restarted
+                })
+                .await;
                 tree.wait_ready(&[user.as_str()]).await;
             }
         }
@@ -99,7 +123,9 @@ async fn a_panicking_trader_is_restarted_with_growing_backoff_then_quarantined_w
 
     // Everyone else decided on every candle, exactly as without the chaos.
     for user in ["u1", "u3"] {
-        let only = |iterations: &[Iteration]| transcript(&iterations.iter().filter(|i| i.user == user).cloned().collect::<Vec<_>>());
+        let only = |iterations: &[Iteration]| {
+            transcript(&iterations.iter().filter(|i| i.user == user).cloned().collect::<Vec<_>>())
+        };
         let (expected, actual) = (only(&baseline), only(&with_chaos));
         assert_eq!(actual.len(), STEPS, "{user} decided on every candle");
         assert_eq!(actual, expected, "{user}'s decisions are unchanged by u2's chaos");
@@ -114,7 +140,13 @@ async fn a_panicking_trader_is_restarted_with_growing_backoff_then_quarantined_w
     assert_eq!(u2.state, "quarantined");
     assert_eq!((u2.incarnation, u2.restart_count), (4, 3));
     assert!(u2.reason.as_deref().unwrap().contains("max_restarts 3"), "{:?}", u2.reason);
-    let events: Vec<String> = tree.store().supervisor_events(Some(&UserId::new("u2").unwrap())).unwrap().into_iter().map(|e| e.event).collect();
+    let events: Vec<String> = tree
+        .store()
+        .supervisor_events(Some(&UserId::new("u2").unwrap()))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
     let expected: Vec<&str> = ["started"]
         .into_iter()
         .chain(["crashed", "restarting", "restarted"].repeat(3))
@@ -132,7 +164,8 @@ async fn a_panicking_trader_is_restarted_with_growing_backoff_then_quarantined_w
         .collect();
     let kinds: Vec<&str> = u2_lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
     assert_eq!(&kinds[..expected.len()], expected.as_slice());
-    let logged_backoffs: Vec<u64> = u2_lines.iter().filter(|l| l["event"] == "restarting").map(|l| l["backoff_ms"].as_u64().unwrap()).collect();
+    let logged_backoffs: Vec<u64> =
+        u2_lines.iter().filter(|l| l["event"] == "restarting").map(|l| l["backoff_ms"].as_u64().unwrap()).collect();
     assert_eq!(logged_backoffs, backoffs);
     assert!(u2_lines.iter().all(|l| l["actor"] == "trader" && l["ts"].as_str().unwrap().ends_with('Z')));
     assert!(log.lines().any(|l| l.contains("\"event\":\"tree\"")), "a final tree snapshot");
@@ -165,13 +198,27 @@ impl Exchange for PanickingKlines {
     async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
         self.0.create_order(account, request).await
     }
-    async fn order_by_client_id(&self, account: &UserId, symbol: &Symbol, id: &ClientOrderId) -> Result<Option<ExchangeOrder>, ExchangeError> {
+    async fn order_by_client_id(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        id: &ClientOrderId,
+    ) -> Result<Option<ExchangeOrder>, ExchangeError> {
         self.0.order_by_client_id(account, symbol, id).await
     }
-    async fn cancel_order(&self, account: &UserId, symbol: &Symbol, id: &ClientOrderId) -> Result<ExchangeOrder, ExchangeError> {
+    async fn cancel_order(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        id: &ClientOrderId,
+    ) -> Result<ExchangeOrder, ExchangeError> {
         self.0.cancel_order(account, symbol, id).await
     }
-    async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+    async fn open_orders(
+        &self,
+        account: &UserId,
+        symbol: Option<&Symbol>,
+    ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
         self.0.open_orders(account, symbol).await
     }
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
@@ -182,7 +229,10 @@ impl Exchange for PanickingKlines {
 #[actix_rt::test]
 async fn a_shared_actor_that_keeps_failing_escalates() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_in(dir.path(), &format!("[supervisor]\nshared_max_restarts = 1\nbackoff_ms_initial = 1\nbackoff_ms_max = 5\n{THREE_USERS}"));
+    let config = config_in(
+        dir.path(),
+        &format!("[supervisor]\nshared_max_restarts = 1\nbackoff_ms_initial = 1\nbackoff_ms_max = 5\n{THREE_USERS}"),
+    );
     let clock = ManualClock::new(common::START_MS);
     let paper = start_paper(&config, clock.clone());
     let mut tree = Tree::start_with_exchange(config, clock, paper.clone(), Arc::new(PanickingKlines(paper)));
@@ -192,9 +242,14 @@ async fn a_shared_actor_that_keeps_failing_escalates() {
     tree.clock.advance_ms(tree.candle_interval_ms);
     let market_data = tree.server.directory.market_data().unwrap();
     let _ = market_data.send(bulwark::actors::market_data::Poll).await;
-    let crashed = tree.wait_supervision("market data crash", |e| e.actor == ActorKind::MarketData && e.event == EventKind::Crashed).await;
+    let crashed = tree
+        .wait_supervision("market data crash", |e| e.actor == ActorKind::MarketData && e.event == EventKind::Crashed)
+        .await;
     assert_eq!(crashed.reason.as_deref(), Some("panic: klines exploded"));
-    tree.wait_supervision("market data restart", |e| e.actor == ActorKind::MarketData && e.event == EventKind::Restarted).await;
+    tree.wait_supervision("market data restart", |e| {
+        e.actor == ActorKind::MarketData && e.event == EventKind::Restarted
+    })
+    .await;
 
     // Second failure within the window: beyond shared_max_restarts, the process must go.
     let market_data = tree.server.directory.market_data().unwrap();

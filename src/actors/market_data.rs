@@ -128,7 +128,15 @@ impl std::fmt::Debug for MarketData {
 
 impl MarketData {
     pub fn new(exchange: Arc<dyn Exchange>, book: SubscriptionBook, poll_interval: Option<Duration>) -> Self {
-        Self { exchange, book, poll_interval, feeds: BTreeMap::new(), polling: false, stopped: false, stats: MarketDataStats::default() }
+        Self {
+            exchange,
+            book,
+            poll_interval,
+            feeds: BTreeMap::new(),
+            polling: false,
+            stopped: false,
+            stats: MarketDataStats::default(),
+        }
     }
 
     fn add_subscriber(&mut self, user: &UserId, feeds: &[(Symbol, Timeframe)], recipient: &Recipient<CandleClosed>) {
@@ -165,7 +173,8 @@ impl MarketData {
                     }
                 });
                 join_all(fetches).into_actor(actor).map(move |results, actor, _| {
-                    let mut report = PollReport { server_time_ms, fetched: results.len() as u32, ..PollReport::default() };
+                    let mut report =
+                        PollReport { server_time_ms, fetched: results.len() as u32, ..PollReport::default() };
                     if let Some(now_ms) = server_time_ms {
                         for (symbol, timeframe, expected_open_ms, result) in results {
                             actor.deliver(&symbol, timeframe, expected_open_ms, now_ms, result, &mut report);
@@ -280,7 +289,12 @@ impl Actor for MarketData {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let book: Vec<_> = self.book.lock().iter().map(|(user, (feeds, recipient))| (user.clone(), feeds.clone(), recipient.clone())).collect();
+        let book: Vec<_> = self
+            .book
+            .lock()
+            .iter()
+            .map(|(user, (feeds, recipient))| (user.clone(), feeds.clone(), recipient.clone()))
+            .collect();
         for (user, feeds, recipient) in book {
             self.add_subscriber(&user, &feeds, &recipient);
         }

@@ -135,8 +135,17 @@ impl std::fmt::Debug for OrderRouter {
 }
 
 impl OrderRouter {
-    pub fn new(exchange: Arc<dyn Exchange>, directory: Arc<Directory>, clock: Arc<dyn Clock>, settings: RouterSettings) -> Self {
-        Self { context: RouterContext { exchange, directory, clock, settings }, in_flight: HashSet::new(), drain_waiters: Vec::new() }
+    pub fn new(
+        exchange: Arc<dyn Exchange>,
+        directory: Arc<Directory>,
+        clock: Arc<dyn Clock>,
+        settings: RouterSettings,
+    ) -> Self {
+        Self {
+            context: RouterContext { exchange, directory, clock, settings },
+            in_flight: HashSet::new(),
+            drain_waiters: Vec::new(),
+        }
     }
 
     fn finish(&mut self, client_order_id: &ClientOrderId) {
@@ -200,12 +209,20 @@ impl Handler<Drain> for OrderRouter {
         }
         let (done, drained) = oneshot::channel();
         self.drain_waiters.push(done);
-        Box::pin(async move { tokio::time::timeout(message.deadline, drained).await }.into_actor(self).map(|_, router, _| router.in_flight.len()))
+        Box::pin(
+            async move { tokio::time::timeout(message.deadline, drained).await }
+                .into_actor(self)
+                .map(|_, router, _| router.in_flight.len()),
+        )
     }
 }
 
 /// An exchange call with the router's timeout; a timeout is an unknown outcome.
-async fn call<T>(context: &RouterContext, what: &str, request: impl Future<Output = Result<T, ExchangeError>>) -> Result<T, ExchangeError> {
+async fn call<T>(
+    context: &RouterContext,
+    what: &str,
+    request: impl Future<Output = Result<T, ExchangeError>>,
+) -> Result<T, ExchangeError> {
     match tokio::time::timeout(context.settings.exchange_timeout, request).await {
         Ok(result) => result,
         Err(_) => Err(ExchangeError::UnknownOutcome {
@@ -215,7 +232,9 @@ async fn call<T>(context: &RouterContext, what: &str, request: impl Future<Outpu
 }
 
 async fn transition(context: &RouterContext, transition: OrderTransition) -> Result<bool, String> {
-    persistence::run(&context.directory, move |store| store.transition_order(&transition)).await.map_err(|e| e.to_string())
+    persistence::run(&context.directory, move |store| store.transition_order(&transition))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn load_order(context: &RouterContext, client_order_id: &ClientOrderId) -> Result<Option<StoredOrder>, String> {
@@ -244,10 +263,15 @@ async fn place(context: &RouterContext, intent: OrderIntent) -> PlacementOutcome
             Ok(true) => {}
             Ok(false) => {
                 let state = current_state(context, &client_order_id).await;
-                return PlacementOutcome::Recorded { state, detail: format!("intent was no longer {from} (now {state}); not sent") };
+                return PlacementOutcome::Recorded {
+                    state,
+                    detail: format!("intent was no longer {from} (now {state}); not sent"),
+                };
             }
             Err(error) => {
-                return PlacementOutcome::NotCommitted { reason: format!("could not mark the order as sending ({error}); nothing was sent") };
+                return PlacementOutcome::NotCommitted {
+                    reason: format!("could not mark the order as sending ({error}); nothing was sent"),
+                };
             }
         }
         let request = intent.request(now_ms);
@@ -260,13 +284,23 @@ async fn place(context: &RouterContext, intent: OrderIntent) -> PlacementOutcome
         match &error {
             ExchangeError::Duplicate { .. } => {
                 // An order with this id exists: adopt it rather than place another.
-                return match call(context, "query order", context.exchange.order_by_client_id(&intent.user, &intent.symbol, &client_order_id)).await {
+                return match call(
+                    context,
+                    "query order",
+                    context.exchange.order_by_client_id(&intent.user, &intent.symbol, &client_order_id),
+                )
+                .await
+                {
                     Ok(Some(order)) => adopt(context, &intent, OrderState::Sending, Decimal::ZERO, order).await,
-                    _ => mark(context, &client_order_id, OrderState::Sending, OrderState::Unknown, error.to_string()).await,
+                    _ => {
+                        mark(context, &client_order_id, OrderState::Sending, OrderState::Unknown, error.to_string())
+                            .await
+                    }
                 };
             }
             error if error.order_may_exist() => {
-                return mark(context, &client_order_id, OrderState::Sending, OrderState::Unknown, error.to_string()).await;
+                return mark(context, &client_order_id, OrderState::Sending, OrderState::Unknown, error.to_string())
+                    .await;
             }
             ExchangeError::Retryable { .. } if attempt < context.settings.send_attempts_max => {
                 from = OrderState::Sending;
@@ -274,17 +308,28 @@ async fn place(context: &RouterContext, intent: OrderIntent) -> PlacementOutcome
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             }
             ExchangeError::Retryable { .. } | ExchangeError::RateLimited { .. } | ExchangeError::Banned { .. } => {
-                return mark(context, &client_order_id, OrderState::Sending, OrderState::NotPlaced, error.to_string()).await;
+                return mark(context, &client_order_id, OrderState::Sending, OrderState::NotPlaced, error.to_string())
+                    .await;
             }
-            ExchangeError::Rejected { .. } | ExchangeError::Auth { .. } | ExchangeError::UnknownOutcome { .. } | ExchangeError::Malformed { .. } => {
-                return mark(context, &client_order_id, OrderState::Sending, OrderState::Rejected, error.to_string()).await;
+            ExchangeError::Rejected { .. }
+            | ExchangeError::Auth { .. }
+            | ExchangeError::UnknownOutcome { .. }
+            | ExchangeError::Malformed { .. } => {
+                return mark(context, &client_order_id, OrderState::Sending, OrderState::Rejected, error.to_string())
+                    .await;
             }
         }
     }
 }
 
 /// Records a state reached without an exchange order to adopt.
-async fn mark(context: &RouterContext, client_order_id: &ClientOrderId, from: OrderState, to: OrderState, detail: String) -> PlacementOutcome {
+async fn mark(
+    context: &RouterContext,
+    client_order_id: &ClientOrderId,
+    from: OrderState,
+    to: OrderState,
+    detail: String,
+) -> PlacementOutcome {
     let mut change = OrderTransition::new(client_order_id.clone(), from, to, context.clock.now_ms());
     change.last_error = Some(detail.clone());
     match transition(context, change).await {
@@ -298,7 +343,13 @@ async fn mark(context: &RouterContext, client_order_id: &ClientOrderId, from: Or
 }
 
 /// Takes the exchange's view of an order into the database (with its fills, atomically).
-async fn adopt(context: &RouterContext, intent: &OrderIntent, from: OrderState, known_filled: Decimal, order: ExchangeOrder) -> PlacementOutcome {
+async fn adopt(
+    context: &RouterContext,
+    intent: &OrderIntent,
+    from: OrderState,
+    known_filled: Decimal,
+    order: ExchangeOrder,
+) -> PlacementOutcome {
     let to = order.status.order_state();
     let mut change = OrderTransition::new(intent.client_order_id.clone(), from, to, context.clock.now_ms());
     change.exchange_order_id = Some(order.exchange_order_id.clone());
@@ -307,10 +358,15 @@ async fn adopt(context: &RouterContext, intent: &OrderIntent, from: OrderState, 
     if !order.filled_quantity.is_zero() {
         let since_ms = intent.created_at_ms - 60_000;
         match call(context, "fills", context.exchange.fills(&intent.user, &intent.symbol, since_ms)).await {
-            Ok(fills) => change.fills = fills.into_iter().filter(|f| f.exchange_order_id == order.exchange_order_id).collect(),
+            Ok(fills) => {
+                change.fills = fills.into_iter().filter(|f| f.exchange_order_id == order.exchange_order_id).collect()
+            }
             Err(error) => {
                 // Without its fills a filled order must not be marked done: leave it for the next sync.
-                return PlacementOutcome::Recorded { state: from, detail: format!("order {} but its fills could not be read: {error}", order.status.as_str()) };
+                return PlacementOutcome::Recorded {
+                    state: from,
+                    detail: format!("order {} but its fills could not be read: {error}", order.status.as_str()),
+                };
             }
         }
     }
@@ -329,7 +385,11 @@ async fn adopt(context: &RouterContext, intent: &OrderIntent, from: OrderState, 
 }
 
 /// Brings one unresolved order up to date with the exchange. Returns the state it is in after.
-async fn resolve_order(context: &RouterContext, order: &StoredOrder, placing: &HashSet<ClientOrderId>) -> Result<OrderState, String> {
+async fn resolve_order(
+    context: &RouterContext,
+    order: &StoredOrder,
+    placing: &HashSet<ClientOrderId>,
+) -> Result<OrderState, String> {
     let intent = &order.intent;
     if placing.contains(&intent.client_order_id) {
         return Ok(order.state);
@@ -340,19 +400,27 @@ async fn resolve_order(context: &RouterContext, order: &StoredOrder, placing: &H
             return Ok(order.state);
         }
         let detail = "committed but never sent (its trader stopped before sending it)".to_owned();
-        return Ok(match mark(context, &intent.client_order_id, OrderState::Pending, OrderState::NotPlaced, detail).await {
-            PlacementOutcome::Recorded { state, .. } => state,
-            _ => order.state,
-        });
+        return Ok(
+            match mark(context, &intent.client_order_id, OrderState::Pending, OrderState::NotPlaced, detail).await {
+                PlacementOutcome::Recorded { state, .. } => state,
+                _ => order.state,
+            },
+        );
     }
-    let found = call(context, "query order", context.exchange.order_by_client_id(&intent.user, &intent.symbol, &intent.client_order_id))
-        .await
-        .map_err(|e| e.to_string())?;
+    let found = call(
+        context,
+        "query order",
+        context.exchange.order_by_client_id(&intent.user, &intent.symbol, &intent.client_order_id),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     match found {
-        Some(exchange_order) => Ok(match adopt(context, intent, order.state, order.filled_quantity, exchange_order).await {
-            PlacementOutcome::Recorded { state, .. } => state,
-            _ => order.state,
-        }),
+        Some(exchange_order) => {
+            Ok(match adopt(context, intent, order.state, order.filled_quantity, exchange_order).await {
+                PlacementOutcome::Recorded { state, .. } => state,
+                _ => order.state,
+            })
+        }
         None => {
             let window_closed_at_ms = order.sent_at_ms.unwrap_or(intent.created_at_ms)
                 + context.settings.recv_window_ms
@@ -373,7 +441,12 @@ async fn resolve_order(context: &RouterContext, order: &StoredOrder, placing: &H
     }
 }
 
-async fn sync_account(context: &RouterContext, user: &UserId, symbol: &Symbol, placing: &HashSet<ClientOrderId>) -> Result<AccountSnapshot, String> {
+async fn sync_account(
+    context: &RouterContext,
+    user: &UserId,
+    symbol: &Symbol,
+    placing: &HashSet<ClientOrderId>,
+) -> Result<AccountSnapshot, String> {
     let unresolved_orders = {
         let (user, symbol) = (user.clone(), symbol.clone());
         persistence::run(&context.directory, move |store| store.unresolved_orders(&user, Some(&symbol)))
@@ -385,9 +458,11 @@ async fn sync_account(context: &RouterContext, user: &UserId, symbol: &Symbol, p
             tracing::warn!(%user, client_order_id = %order.intent.client_order_id, %error, "order router: could not resolve order");
         }
     }
-    let position = call(context, "position", context.exchange.position(user, symbol)).await.map_err(|e| e.to_string())?;
+    let position =
+        call(context, "position", context.exchange.position(user, symbol)).await.map_err(|e| e.to_string())?;
     let fetched_at_ms = context.clock.now_ms();
-    let rules = call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(|e| e.to_string())?;
+    let rules =
+        call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(|e| e.to_string())?;
     let unresolved = if unresolved_orders.is_empty() {
         Vec::new()
     } else {
@@ -402,17 +477,26 @@ async fn sync_account(context: &RouterContext, user: &UserId, symbol: &Symbol, p
     Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms })
 }
 
-async fn reconcile_user(context: &RouterContext, user: &UserId, placing: &HashSet<ClientOrderId>) -> Result<ReconcileReport, String> {
+async fn reconcile_user(
+    context: &RouterContext,
+    user: &UserId,
+    placing: &HashSet<ClientOrderId>,
+) -> Result<ReconcileReport, String> {
     let mut report = ReconcileReport::default();
     let unresolved = {
         let user = user.clone();
-        persistence::run(&context.directory, move |store| store.unresolved_orders(&user, None)).await.map_err(|e| format!("database: {e}"))?
+        persistence::run(&context.directory, move |store| store.unresolved_orders(&user, None))
+            .await
+            .map_err(|e| format!("database: {e}"))?
     };
     for order in &unresolved {
-        let state = resolve_order(context, order, placing).await.map_err(|e| format!("resolving {}: {e}", order.intent.client_order_id))?;
+        let state = resolve_order(context, order, placing)
+            .await
+            .map_err(|e| format!("resolving {}: {e}", order.intent.client_order_id))?;
         report.resolved.push((order.intent.client_order_id.clone(), state));
     }
-    let open_orders = call(context, "open orders", context.exchange.open_orders(user, None)).await.map_err(|e| e.to_string())?;
+    let open_orders =
+        call(context, "open orders", context.exchange.open_orders(user, None)).await.map_err(|e| e.to_string())?;
     for open in open_orders {
         if !open.client_order_id.is_bulwark() {
             report.external_orders += 1;
@@ -424,19 +508,26 @@ async fn reconcile_user(context: &RouterContext, user: &UserId, placing: &HashSe
         let known = load_order(context, &open.client_order_id).await?;
         let why = match &known {
             None => "orphan: open on the exchange, unknown to the database".to_owned(),
-            Some(stored) if stored.state.is_final() => format!("open on the exchange but the database has it {}", stored.state),
+            Some(stored) if stored.state.is_final() => {
+                format!("open on the exchange but the database has it {}", stored.state)
+            }
             Some(_) => continue,
         };
-        let result = call(context, "cancel order", context.exchange.cancel_order(user, &open.symbol, &open.client_order_id)).await;
+        let result =
+            call(context, "cancel order", context.exchange.cancel_order(user, &open.symbol, &open.client_order_id))
+                .await;
         let (action, detail) = match &result {
             Ok(_) => ("orphan_cancelled", why.clone()),
             Err(error) => ("orphan_cancel_failed", format!("{why}; cancel failed: {error}")),
         };
         tracing::warn!(%user, client_order_id = %open.client_order_id, action, %detail, "reconciliation");
-        let (record_user, record_id, record_detail, now_ms) = (user.clone(), open.client_order_id.clone(), detail.clone(), context.clock.now_ms());
-        persistence::run(&context.directory, move |store| store.record_reconcile_action(&record_user, action, Some(&record_id), &record_detail, now_ms))
-            .await
-            .map_err(|e| format!("database: {e}"))?;
+        let (record_user, record_id, record_detail, now_ms) =
+            (user.clone(), open.client_order_id.clone(), detail.clone(), context.clock.now_ms());
+        persistence::run(&context.directory, move |store| {
+            store.record_reconcile_action(&record_user, action, Some(&record_id), &record_detail, now_ms)
+        })
+        .await
+        .map_err(|e| format!("database: {e}"))?;
         match result {
             Ok(_) => report.orphans_cancelled.push(open.client_order_id),
             Err(error) => report.cancel_failures.push((open.client_order_id, error.to_string())),

@@ -55,8 +55,11 @@ impl Actor for PersistenceActor {
     }
 }
 
+/// An operation on the store, run on the persistence thread.
+pub type StoreOperation<R> = Box<dyn FnOnce(&mut Store) -> Result<R, StoreError> + Send>;
+
 /// Runs a closure against the store on the persistence thread.
-pub struct Run<R>(Box<dyn FnOnce(&mut Store) -> Result<R, StoreError> + Send>);
+pub struct Run<R>(StoreOperation<R>);
 
 impl<R> std::fmt::Debug for Run<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,7 +102,11 @@ pub async fn run<R: Send + 'static>(
 /// Queues an operation without waiting for it (fire-and-forget writes such as decision records).
 /// Uses `try_send`, so it never grows the mailbox past its bound; when the mailbox is full the
 /// write waits on a spawned task instead, still bounded by the mailbox.
-pub fn submit(directory: &Directory, what: &'static str, operation: impl FnOnce(&mut Store) -> Result<(), StoreError> + Send + 'static) {
+pub fn submit(
+    directory: &Directory,
+    what: &'static str,
+    operation: impl FnOnce(&mut Store) -> Result<(), StoreError> + Send + 'static,
+) {
     let persistence = match directory.persistence() {
         Ok(persistence) => persistence,
         Err(error) => {

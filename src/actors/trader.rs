@@ -66,7 +66,11 @@ pub struct TraderSeed {
 
 impl std::fmt::Debug for TraderSeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TraderSeed").field("user", &self.user).field("slots", &self.slots.len()).field("chaos", &self.chaos).finish()
+        f.debug_struct("TraderSeed")
+            .field("user", &self.user)
+            .field("slots", &self.slots.len())
+            .field("chaos", &self.chaos)
+            .finish()
     }
 }
 
@@ -133,14 +137,17 @@ impl Trader {
                 TraderCommand::SavePosition(position) => {
                     persistence::submit(&self.seed.directory, "position", move |store| store.save_position(&position));
                 }
-                TraderCommand::SyncAccount { slot, iteration, symbol } => self.sync_account(slot, iteration, symbol, ctx),
+                TraderCommand::SyncAccount { slot, iteration, symbol } => {
+                    self.sync_account(slot, iteration, symbol, ctx)
+                }
                 TraderCommand::PlaceIntent { slot, intent } => self.place_intent(slot, intent, ctx),
             }
         }
     }
 
     fn record(&mut self, record: DecisionRecord) {
-        let counter = if record.counts_as_decision { &self.seed.counters.decisions } else { &self.seed.counters.skipped };
+        let counter =
+            if record.counts_as_decision { &self.seed.counters.decisions } else { &self.seed.counters.skipped };
         if record.outcome == "skipped" || record.counts_as_decision {
             counter.fetch_add(1, Ordering::Relaxed);
         }
@@ -163,7 +170,12 @@ impl Trader {
         }));
     }
 
-    fn place_intent(&mut self, slot: usize, approved: crate::trader::risk::RiskApproved<crate::domain::OrderIntent>, ctx: &mut Context<Self>) {
+    fn place_intent(
+        &mut self,
+        slot: usize,
+        approved: crate::trader::risk::RiskApproved<crate::domain::OrderIntent>,
+        ctx: &mut Context<Self>,
+    ) {
         self.seed.counters.orders.fetch_add(1, Ordering::Relaxed);
         let client_order_id = approved.get().client_order_id.clone();
         let (directory, timeout) = (self.seed.directory.clone(), self.seed.call_timeout);
@@ -184,7 +196,8 @@ impl Trader {
         };
         ctx.spawn(placement.into_actor(self).map(move |outcome, trader, ctx| {
             let now_ms = trader.seed.clock.now_ms();
-            let commands = trader.core.process(TraderEvent::PlacementFinished { slot, client_order_id, outcome }, now_ms);
+            let commands =
+                trader.core.process(TraderEvent::PlacementFinished { slot, client_order_id, outcome }, now_ms);
             trader.execute(commands, ctx);
         }));
     }
@@ -251,7 +264,11 @@ impl Handler<CandleClosed> for Trader {
 
     fn handle(&mut self, message: CandleClosed, ctx: &mut Context<Self>) {
         let now_ms = self.seed.clock.now_ms();
-        let event = TraderEvent::CandleClosed { symbol: message.symbol, timeframe: message.timeframe, candles: message.candles };
+        let event = TraderEvent::CandleClosed {
+            symbol: message.symbol,
+            timeframe: message.timeframe,
+            candles: message.candles,
+        };
         let commands = self.core.process(event, now_ms);
         self.execute(commands, ctx);
     }

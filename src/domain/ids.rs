@@ -42,8 +42,8 @@ pub struct Symbol(String);
 
 impl Symbol {
     pub fn new(value: &str) -> Result<Self, IdError> {
-        let valid = (2..=20).contains(&value.len())
-            && value.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        let valid =
+            (2..=20).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if valid { Ok(Self(value.to_owned())) } else { Err(IdError::Symbol(value.to_owned())) }
     }
 
@@ -74,9 +74,7 @@ impl ClientOrderId {
     /// Accepts any id in the exchange's format, including ids bulwark did not make.
     pub fn parse(value: &str) -> Result<Self, IdError> {
         let valid = (1..=Self::LEN_MAX).contains(&value.len())
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'/' | b'_' | b'-'));
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'/' | b'_' | b'-'));
         if valid { Ok(Self(value.to_owned())) } else { Err(IdError::ClientOrder(value.to_owned())) }
     }
 

@@ -173,7 +173,11 @@ pub fn validate_candles(candles: &[Candle], timeframe: Timeframe) -> Result<(), 
         if index > 0 {
             let previous_open_time_ms = candles[index - 1].open_time_ms;
             if candle.open_time_ms <= previous_open_time_ms {
-                return Err(DataProblem::OutOfOrder { index, open_time_ms: candle.open_time_ms, previous_open_time_ms });
+                return Err(DataProblem::OutOfOrder {
+                    index,
+                    open_time_ms: candle.open_time_ms,
+                    previous_open_time_ms,
+                });
             }
             let step_ms = candle.open_time_ms - previous_open_time_ms;
             if step_ms != duration_ms {

@@ -10,10 +10,9 @@ mod position;
 
 pub use ids::{ClientOrderId, IdError, Symbol, UserId};
 pub use market::{Candle, DataProblem, Timeframe, validate_candles};
-pub use money::{MoneyError, Price, Quantity, SymbolRules, decimal_from_f64};
 pub(crate) use money::decimal_to_f64;
+pub use money::{MoneyError, Price, Quantity, SymbolRules, decimal_from_f64};
 pub use order::{
-    ExchangeOrder, ExchangeOrderStatus, Fill, IntentPurpose, OrderIntent, OrderRequest,
-    OrderState, OrderType, Side,
+    ExchangeOrder, ExchangeOrderStatus, Fill, IntentPurpose, OrderIntent, OrderRequest, OrderState, OrderType, Side,
 };
 pub use position::{Balance, Position, PositionSide};

@@ -49,11 +49,7 @@ pub struct Quantity(Decimal);
 
 impl Quantity {
     pub fn new(value: Decimal) -> Result<Self, MoneyError> {
-        if value > Decimal::ZERO {
-            Ok(Self(value.normalize()))
-        } else {
-            Err(MoneyError::NonPositiveQuantity(value))
-        }
+        if value > Decimal::ZERO { Ok(Self(value.normalize())) } else { Err(MoneyError::NonPositiveQuantity(value)) }
     }
 
     pub fn get(self) -> Decimal {
@@ -120,11 +116,8 @@ impl SymbolRules {
 
     /// Rounds a price to the nearest tick.
     pub fn price_round(&self, price: Decimal) -> Result<Price, MoneyError> {
-        let rounded = if self.tick_size > Decimal::ZERO {
-            (price / self.tick_size).round() * self.tick_size
-        } else {
-            price
-        };
+        let rounded =
+            if self.tick_size > Decimal::ZERO { (price / self.tick_size).round() * self.tick_size } else { price };
         Price::new(rounded)
     }
 
@@ -174,7 +167,12 @@ mod tests {
     }
 
     fn xrp_rules() -> SymbolRules {
-        SymbolRules { tick_size: dec("0.0001"), step_size: dec("0.1"), min_quantity: dec("0.1"), min_notional: dec("5") }
+        SymbolRules {
+            tick_size: dec("0.0001"),
+            step_size: dec("0.1"),
+            min_quantity: dec("0.1"),
+            min_notional: dec("5"),
+        }
     }
 
     #[test]

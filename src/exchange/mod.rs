@@ -13,8 +13,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::domain::{
-    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol,
-    SymbolRules, Timeframe, UserId,
+    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId,
 };
 
 /// What a caller may do after an error.
@@ -120,7 +119,8 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     ) -> Result<ExchangeOrder, ExchangeError>;
 
     /// Open orders of the account, for one symbol or all.
-    async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>) -> Result<Vec<ExchangeOrder>, ExchangeError>;
+    async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>)
+    -> Result<Vec<ExchangeOrder>, ExchangeError>;
 
     /// The account's fills on a symbol at or after `since_ms`, oldest first.
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError>;

@@ -23,8 +23,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::domain::{
-    ClientOrderId, Fill, IntentPurpose, OrderIntent, OrderState, OrderType, Price, Quantity, Side,
-    Symbol, UserId,
+    ClientOrderId, Fill, IntentPurpose, OrderIntent, OrderState, OrderType, Price, Quantity, Side, Symbol, UserId,
 };
 use crate::limits::{DECISIONS_PER_USER_MAX, SUPERVISOR_EVENTS_MAX};
 
@@ -54,10 +53,9 @@ impl StoreError {
     /// Busy, locked or temporarily unreachable: the same write may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
-                failure.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => {
+                matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            }
             StoreError::Unavailable(_) => true,
             _ => false,
         }
@@ -313,7 +311,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let connection =
+            Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         Self::with_connection(connection)
     }
 
@@ -323,8 +322,9 @@ impl Store {
 
     /// For readers in another process (`bulwark status`): never writes, never migrates.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let connection =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         connection.busy_timeout(std::time::Duration::from_millis(5_000))?;
         Ok(Self { connection })
     }
@@ -378,13 +378,16 @@ impl Store {
 
     pub fn load_trader_state(&mut self, user: &UserId) -> Result<TraderState, StoreError> {
         let mut state = TraderState { positions: self.load_positions(user)?, ..TraderState::default() };
-        state.last_intent_seq = self
-            .connection
-            .query_row("SELECT COALESCE(MAX(intent_seq), 0) FROM intents WHERE user_id = ?1", params![user.as_str()], |row| row.get::<_, i64>(0))?
-            as u64;
+        state.last_intent_seq = self.connection.query_row(
+            "SELECT COALESCE(MAX(intent_seq), 0) FROM intents WHERE user_id = ?1",
+            params![user.as_str()],
+            |row| row.get::<_, i64>(0),
+        )? as u64;
         state.decision_count = self
             .connection
-            .query_row("SELECT decision_count FROM users WHERE user_id = ?1", params![user.as_str()], |row| row.get::<_, i64>(0))
+            .query_row("SELECT decision_count FROM users WHERE user_id = ?1", params![user.as_str()], |row| {
+                row.get::<_, i64>(0)
+            })
             .optional()?
             .unwrap_or(0) as u64;
         state.unresolved_orders = self.unresolved_orders(user, None)?;
@@ -444,7 +447,11 @@ impl Store {
         }
         let transaction = self.connection.transaction()?;
         let user: Option<String> = transaction
-            .query_row("SELECT user_id FROM orders WHERE client_order_id = ?1", params![transition.client_order_id.as_str()], |row| row.get(0))
+            .query_row(
+                "SELECT user_id FROM orders WHERE client_order_id = ?1",
+                params![transition.client_order_id.as_str()],
+                |row| row.get(0),
+            )
             .optional()?;
         let Some(user) = user else {
             return Err(StoreError::Conflict(format!("order {} is not recorded", transition.client_order_id)));
@@ -491,7 +498,12 @@ impl Store {
     }
 
     /// Records fills idempotently; returns how many were new.
-    pub fn record_fills(&mut self, user: &UserId, fills: &[(Fill, Option<ClientOrderId>)], now_ms: i64) -> Result<usize, StoreError> {
+    pub fn record_fills(
+        &mut self,
+        user: &UserId,
+        fills: &[(Fill, Option<ClientOrderId>)],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
         let transaction = self.connection.transaction()?;
         let mut inserted = 0;
         for (fill, client_order_id) in fills {
@@ -502,13 +514,18 @@ impl Store {
     }
 
     /// Orders that are not final, oldest first; for one symbol or all.
-    pub fn unresolved_orders(&mut self, user: &UserId, symbol: Option<&Symbol>) -> Result<Vec<StoredOrder>, StoreError> {
+    pub fn unresolved_orders(
+        &mut self,
+        user: &UserId,
+        symbol: Option<&Symbol>,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
         let mut statement = self.connection.prepare_cached(&format!(
             "{ORDER_SELECT} WHERE o.user_id = ?1 AND (?2 IS NULL OR o.symbol = ?2)
                AND o.state IN ('pending', 'sending', 'unknown', 'open')
              ORDER BY i.intent_seq"
         ))?;
-        let rows = statement.query_map(params![user.as_str(), symbol.map(Symbol::as_str)], |row| Ok(order_from_row(row)))?;
+        let rows =
+            statement.query_map(params![user.as_str(), symbol.map(Symbol::as_str)], |row| Ok(order_from_row(row)))?;
         rows.map(|row| row?).collect()
     }
 
@@ -520,13 +537,18 @@ impl Store {
 
     /// Every order of a user, oldest first (for audits and tests).
     pub fn orders_of(&mut self, user: &UserId) -> Result<Vec<StoredOrder>, StoreError> {
-        let mut statement = self.connection.prepare_cached(&format!("{ORDER_SELECT} WHERE o.user_id = ?1 ORDER BY i.intent_seq"))?;
+        let mut statement =
+            self.connection.prepare_cached(&format!("{ORDER_SELECT} WHERE o.user_id = ?1 ORDER BY i.intent_seq"))?;
         let rows = statement.query_map(params![user.as_str()], |row| Ok(order_from_row(row)))?;
         rows.map(|row| row?).collect()
     }
 
     pub fn fill_count(&mut self, user: &UserId) -> Result<u64, StoreError> {
-        Ok(self.connection.query_row("SELECT COUNT(*) FROM fills WHERE user_id = ?1", params![user.as_str()], |row| row.get::<_, i64>(0))? as u64)
+        Ok(self.connection.query_row(
+            "SELECT COUNT(*) FROM fills WHERE user_id = ?1",
+            params![user.as_str()],
+            |row| row.get::<_, i64>(0),
+        )? as u64)
     }
 
     pub fn record_decision(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
@@ -594,9 +616,9 @@ impl Store {
 
     /// Reconciliation actions of a user, oldest first: `(action, client order id, detail)`.
     pub fn reconcile_actions(&mut self, user: &UserId) -> Result<Vec<(String, Option<String>, String)>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare_cached("SELECT action, client_order_id, detail FROM reconcile_actions WHERE user_id = ?1 ORDER BY id")?;
+        let mut statement = self.connection.prepare_cached(
+            "SELECT action, client_order_id, detail FROM reconcile_actions WHERE user_id = ?1 ORDER BY id",
+        )?;
         let rows = statement.query_map(params![user.as_str()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -643,7 +665,11 @@ impl Store {
                     reason: row.get(7)?,
                     signal: row.get(8)?,
                     score: row.get(9)?,
-                    client_order_id: row.get::<_, Option<String>>(10)?.map(|id| ClientOrderId::parse(&id)).transpose().map_err(|e| corrupt("decisions", e))?,
+                    client_order_id: row
+                        .get::<_, Option<String>>(10)?
+                        .map(|id| ClientOrderId::parse(&id))
+                        .transpose()
+                        .map_err(|e| corrupt("decisions", e))?,
                 })
             })())
         })?;
@@ -662,7 +688,11 @@ impl Store {
                     ts_ms: row.get(0)?,
                     event: row.get(1)?,
                     actor: row.get(2)?,
-                    user: row.get::<_, Option<String>>(3)?.map(|u| UserId::new(&u)).transpose().map_err(|e| corrupt("supervisor_events", e))?,
+                    user: row
+                        .get::<_, Option<String>>(3)?
+                        .map(|u| UserId::new(&u))
+                        .transpose()
+                        .map_err(|e| corrupt("supervisor_events", e))?,
                     incarnation: row.get(4)?,
                     reason: row.get(5)?,
                     backoff_ms: row.get::<_, Option<i64>>(6)?.map(|b| b as u64),
@@ -682,22 +712,22 @@ impl Store {
                     (SELECT COUNT(*) FROM fills f WHERE f.user_id = u.user_id)
              FROM users u ORDER BY u.user_id",
         )?;
-        let rows = statement.query_map([], |row| {
-            Ok(UserStatus {
-                user: row.get(0)?,
-                state: row.get(1)?,
-                reason: row.get(2)?,
-                since_ms: row.get(3)?,
-                incarnation: row.get(4)?,
-                restart_count: row.get(5)?,
-                decision_count: row.get::<_, i64>(6)? as u64,
-                last_decision: row.get(7)?,
-                last_decision_at_ms: row.get(8)?,
-                positions: Vec::new(),
-                orders_total: row.get::<_, i64>(9)? as u64,
-                fills_total: row.get::<_, i64>(10)? as u64,
-            })
-        })?;
+            let rows = statement.query_map([], |row| {
+                Ok(UserStatus {
+                    user: row.get(0)?,
+                    state: row.get(1)?,
+                    reason: row.get(2)?,
+                    since_ms: row.get(3)?,
+                    incarnation: row.get(4)?,
+                    restart_count: row.get(5)?,
+                    decision_count: row.get::<_, i64>(6)? as u64,
+                    last_decision: row.get(7)?,
+                    last_decision_at_ms: row.get(8)?,
+                    positions: Vec::new(),
+                    orders_total: row.get::<_, i64>(9)? as u64,
+                    fills_total: row.get::<_, i64>(10)? as u64,
+                })
+            })?;
             rows.collect::<Result<_, _>>()?
         };
         for status in &mut statuses {
@@ -717,7 +747,8 @@ impl Store {
     }
 }
 
-const ORDER_SELECT: &str = "SELECT i.client_order_id, i.user_id, i.intent_seq, i.symbol, i.side, i.order_type, i.limit_price, i.quantity,
+const ORDER_SELECT: &str =
+    "SELECT i.client_order_id, i.user_id, i.intent_seq, i.symbol, i.side, i.order_type, i.limit_price, i.quantity,
         i.reduce_only, i.purpose, i.strategy, i.decision_candle_close_ms, i.created_at_ms,
         o.state, o.exchange_order_id, o.filled_quantity, o.average_price, o.sent_at_ms, o.updated_at_ms, o.last_error
      FROM orders o JOIN intents i ON i.client_order_id = o.client_order_id";
@@ -781,7 +812,11 @@ fn order_from_row(row: &Row<'_>) -> Result<StoredOrder, StoreError> {
     let bad = |e: String| corrupt(table, e);
     let limit_price = row
         .get::<_, Option<String>>(6)?
-        .map(|text| Decimal::from_str(&text).map_err(|e| bad(e.to_string())).and_then(|d| Price::new(d).map_err(|e| bad(e.to_string()))))
+        .map(|text| {
+            Decimal::from_str(&text)
+                .map_err(|e| bad(e.to_string()))
+                .and_then(|d| Price::new(d).map_err(|e| bad(e.to_string())))
+        })
         .transpose()?;
     let order_type = match (row.get::<_, String>(5)?.as_str(), limit_price) {
         ("MARKET", _) => OrderType::Market,
@@ -807,7 +842,10 @@ fn order_from_row(row: &Row<'_>) -> Result<StoredOrder, StoreError> {
         state: OrderState::from_str(&row.get::<_, String>(13)?).map_err(bad)?,
         exchange_order_id: row.get(14)?,
         filled_quantity: decimal_column(row, 15, table)?,
-        average_price: row.get::<_, Option<String>>(16)?.map(|t| Decimal::from_str(&t).map_err(|e| bad(e.to_string()))).transpose()?,
+        average_price: row
+            .get::<_, Option<String>>(16)?
+            .map(|t| Decimal::from_str(&t).map_err(|e| bad(e.to_string())))
+            .transpose()?,
         sent_at_ms: row.get(17)?,
         updated_at_ms: row.get(18)?,
         last_error: row.get(19)?,
@@ -907,7 +945,9 @@ mod tests {
         let mut store = store();
         store.commit_intent(&intent(1)).unwrap();
         let id = intent(1).client_order_id;
-        store.transition_order(&OrderTransition::new(id.clone(), OrderState::Pending, OrderState::Sending, 2_100)).unwrap();
+        store
+            .transition_order(&OrderTransition::new(id.clone(), OrderState::Pending, OrderState::Sending, 2_100))
+            .unwrap();
         let mut open = OrderTransition::new(id.clone(), OrderState::Sending, OrderState::Open, 2_200);
         open.exchange_order_id = Some("7".into());
         store.transition_order(&open).unwrap();
@@ -930,7 +970,12 @@ mod tests {
         store.commit_intent(&intent(1)).unwrap();
         store.commit_intent(&intent(2)).unwrap();
         store
-            .transition_order(&OrderTransition::new(intent(1).client_order_id, OrderState::Pending, OrderState::NotPlaced, 2_500))
+            .transition_order(&OrderTransition::new(
+                intent(1).client_order_id,
+                OrderState::Pending,
+                OrderState::NotPlaced,
+                2_500,
+            ))
             .unwrap();
         let position = PositionRecord {
             user: user(),

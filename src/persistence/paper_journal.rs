@@ -36,7 +36,8 @@ pub struct PaperJournal {
 
 impl PaperJournal {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let connection =
+            Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         Self::with_connection(connection)
     }
 
@@ -75,14 +76,18 @@ impl PaperJournal {
             snapshot.wallets.insert(parse_user(&user, "paper_accounts")?, parse_decimal(&wallet, "paper_accounts")?);
         }
 
-        let mut statement = self.connection.prepare("SELECT user_id, symbol, quantity, entry_price FROM paper_positions")?;
+        let mut statement =
+            self.connection.prepare("SELECT user_id, symbol, quantity, entry_price FROM paper_positions")?;
         let rows = statement.query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, String>(3)?))
         })?;
         for row in rows {
             let (user, symbol, quantity, entry_price) = row?;
             let symbol = Symbol::new(&symbol).map_err(|e| corrupt("paper_positions", e))?;
-            let position = PaperPosition { quantity: parse_decimal(&quantity, "paper_positions")?, entry_price: parse_decimal(&entry_price, "paper_positions")? };
+            let position = PaperPosition {
+                quantity: parse_decimal(&quantity, "paper_positions")?,
+                entry_price: parse_decimal(&entry_price, "paper_positions")?,
+            };
             snapshot.positions.push((parse_user(&user, "paper_positions")?, symbol, position));
         }
 
@@ -94,11 +99,16 @@ impl PaperJournal {
             snapshot.orders.push((parse_user(&user, "paper_orders")?, order));
         }
 
-        let mut statement = self.connection.prepare("SELECT user_id, body FROM paper_fills ORDER BY time_ms, CAST(trade_id AS INTEGER)")?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT user_id, body FROM paper_fills ORDER BY time_ms, CAST(trade_id AS INTEGER)")?;
         let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
         for row in rows {
             let (user, body) = row?;
-            snapshot.fills.push((parse_user(&user, "paper_fills")?, serde_json::from_str(&body).map_err(|e| corrupt("paper_fills", e))?));
+            snapshot.fills.push((
+                parse_user(&user, "paper_fills")?,
+                serde_json::from_str(&body).map_err(|e| corrupt("paper_fills", e))?,
+            ));
         }
         Ok(snapshot)
     }
@@ -147,14 +157,21 @@ impl PaperJournal {
                     )?;
                 }
                 VenueChange::FillPruned { user, trade_id } => {
-                    transaction.execute("DELETE FROM paper_fills WHERE user_id = ?1 AND trade_id = ?2", params![user.as_str(), trade_id])?;
+                    transaction.execute(
+                        "DELETE FROM paper_fills WHERE user_id = ?1 AND trade_id = ?2",
+                        params![user.as_str(), trade_id],
+                    )?;
                 }
                 VenueChange::Counters { next_sequence, next_trade_id } => {
                     set_meta(&transaction, "next_sequence", &next_sequence.to_string())?;
                     set_meta(&transaction, "next_trade_id", &next_trade_id.to_string())?;
                 }
                 VenueChange::Clock(clock) => {
-                    set_meta(&transaction, "clock", &serde_json::to_string(clock).map_err(|e| corrupt("paper_meta", e))?)?;
+                    set_meta(
+                        &transaction,
+                        "clock",
+                        &serde_json::to_string(clock).map_err(|e| corrupt("paper_meta", e))?,
+                    )?;
                 }
             }
         }

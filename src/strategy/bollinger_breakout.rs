@@ -37,7 +37,8 @@ impl Strategy for BollingerBreakout {
         let closes = closes(NAME, candles, self.lookback_candles())?;
         let n = closes.len();
         let (mut upper, mut middle, mut lower) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        let (mut sma, mut variance, mut sum, mut sum_squares) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let (mut sma, mut variance, mut sum, mut sum_squares) =
+            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         kand::ohlcv::bbands::bbands(
             &closes,
             self.period,

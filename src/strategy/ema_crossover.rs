@@ -88,7 +88,8 @@ mod tests {
 
     #[test]
     fn slow_must_exceed_fast() {
-        let problems = EmaCrossover::from_params(&BTreeMap::from([("fast".into(), 10.0), ("slow".into(), 5.0)])).unwrap_err();
+        let problems =
+            EmaCrossover::from_params(&BTreeMap::from([("fast".into(), 10.0), ("slow".into(), 5.0)])).unwrap_err();
         assert_eq!(problems[0].param.as_deref(), Some("slow"));
     }
 }

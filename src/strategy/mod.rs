@@ -83,7 +83,9 @@ pub fn build(name: &str, params: &BTreeMap<String, f64>) -> Result<Box<dyn Strat
     match name {
         "ema_crossover" => ema_crossover::EmaCrossover::from_params(params).map(|s| Box::new(s) as Box<dyn Strategy>),
         "rsi_reversion" => rsi_reversion::RsiReversion::from_params(params).map(|s| Box::new(s) as Box<dyn Strategy>),
-        "bollinger_breakout" => bollinger_breakout::BollingerBreakout::from_params(params).map(|s| Box::new(s) as Box<dyn Strategy>),
+        "bollinger_breakout" => {
+            bollinger_breakout::BollingerBreakout::from_params(params).map(|s| Box::new(s) as Box<dyn Strategy>)
+        }
         other => Err(vec![ParamProblem {
             param: None,
             message: format!("unknown strategy {other:?} (expected one of {})", STRATEGY_NAMES.join(", ")),
@@ -179,7 +181,10 @@ mod tests {
         for name in STRATEGY_NAMES {
             let strategy = build(name, &BTreeMap::new()).unwrap();
             assert!(strategy.evaluate(&bad).is_err(), "{name} on NaN");
-            assert!(matches!(strategy.evaluate(&bad[..3]), Err(StrategyError::NotEnoughCandles { .. })), "{name} on 3 candles");
+            assert!(
+                matches!(strategy.evaluate(&bad[..3]), Err(StrategyError::NotEnoughCandles { .. })),
+                "{name} on 3 candles"
+            );
         }
     }
 }

@@ -25,7 +25,10 @@ impl RsiReversion {
         let overbought = reader.real("overbought", 70.0, 51.0, 99.0);
         let exit_level = reader.real("exit_level", 50.0, 1.0, 99.0);
         if !(oversold < exit_level && exit_level < overbought) {
-            reader.problem("exit_level", format!("must lie between oversold ({oversold}) and overbought ({overbought}), got {exit_level}"));
+            reader.problem(
+                "exit_level",
+                format!("must lie between oversold ({oversold}) and overbought ({overbought}), got {exit_level}"),
+            );
         }
         reader.finish(NAME, Self { period, oversold, overbought, exit_level })
     }
@@ -101,11 +104,16 @@ mod tests {
         recovering.extend((1..=8).map(|i| 100.0 - 3.0 * i as f64));
         let bottom = recovering.len();
         recovering.extend((1..=12).map(|i| 76.0 + 2.0 * i as f64));
-        let actions: Vec<SignalAction> =
-            (bottom..=recovering.len()).map(|n| strategy().evaluate(&candles(&recovering[..n])).unwrap().action).collect();
+        let actions: Vec<SignalAction> = (bottom..=recovering.len())
+            .map(|n| strategy().evaluate(&candles(&recovering[..n])).unwrap().action)
+            .collect();
         assert_eq!(actions[0], SignalAction::Long, "{actions:?}");
-        let first_exit = actions.iter().position(|a| *a == SignalAction::Exit).expect("the recovery crosses the middle");
-        assert!(actions[..first_exit].iter().all(|a| matches!(a, SignalAction::Long | SignalAction::Flat)), "{actions:?}");
+        let first_exit =
+            actions.iter().position(|a| *a == SignalAction::Exit).expect("the recovery crosses the middle");
+        assert!(
+            actions[..first_exit].iter().all(|a| matches!(a, SignalAction::Long | SignalAction::Flat)),
+            "{actions:?}"
+        );
         let calm: Vec<f64> = (0..40).map(|i| 100.0 + if i % 4 < 2 { 0.5 } else { -0.5 }).collect();
         let signal = strategy().evaluate(&candles(&calm)).unwrap();
         assert!(matches!(signal.action, SignalAction::Flat | SignalAction::Exit), "{}", signal.reason);

@@ -185,10 +185,23 @@ impl std::fmt::Debug for SupervisionJournal {
 }
 
 impl SupervisionJournal {
-    pub fn open(log_dir: &Path, clock: Arc<dyn Clock>, directory: Arc<Directory>, tap: broadcast::Sender<TreeEvent>) -> std::io::Result<Self> {
+    pub fn open(
+        log_dir: &Path,
+        clock: Arc<dyn Clock>,
+        directory: Arc<Directory>,
+        tap: broadcast::Sender<TreeEvent>,
+    ) -> std::io::Result<Self> {
         let path = log_dir.join("supervisor.jsonl");
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(Self { clock, directory, children: BTreeMap::new(), path, writer: LineWriter::new(file), tap, write_failures: 0 })
+        Ok(Self {
+            clock,
+            directory,
+            children: BTreeMap::new(),
+            path,
+            writer: LineWriter::new(file),
+            tap,
+            write_failures: 0,
+        })
     }
 
     pub fn shared(self) -> SharedJournal {
@@ -204,7 +217,16 @@ impl SupervisionJournal {
         let since_ms = self.now_ms();
         self.children.insert(
             (actor, user.clone()),
-            ChildStatus { actor, user, state: ChildState::Starting, incarnation: 0, restarts: 0, since_ms, reason: None, counters },
+            ChildStatus {
+                actor,
+                user,
+                state: ChildState::Starting,
+                incarnation: 0,
+                restarts: 0,
+                since_ms,
+                reason: None,
+                counters,
+            },
         );
     }
 
@@ -248,7 +270,9 @@ impl SupervisionJournal {
         child.reason = reason.clone();
         if let Some(user) = user {
             let record = supervision_record(child, user);
-            persistence::submit(&self.directory, "user supervision state", move |store| store.set_user_supervision(&record));
+            persistence::submit(&self.directory, "user supervision state", move |store| {
+                store.set_user_supervision(&record)
+            });
         }
         let _ = self.tap.send(TreeEvent::StateChanged { actor, user: user.cloned(), state, reason });
     }
@@ -304,7 +328,9 @@ impl SupervisionJournal {
     }
 
     fn write_line(&mut self, line: &serde_json::Value) {
-        let result = serde_json::to_writer(&mut self.writer, line).map_err(std::io::Error::from).and_then(|()| self.writer.write_all(b"\n"));
+        let result = serde_json::to_writer(&mut self.writer, line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.writer.write_all(b"\n"));
         if let Err(error) = result {
             self.write_failures += 1;
             tracing::error!(%error, path = %self.path.display(), "supervisor journal: write failed");
@@ -329,7 +355,9 @@ impl SupervisionJournal {
     }
 
     fn mirror_to_database(&self, event: &SupervisionEvent) {
-        if event.actor == ActorKind::Persistence && matches!(event.event, EventKind::Stopped | EventKind::Crashed | EventKind::Escalated) {
+        if event.actor == ActorKind::Persistence
+            && matches!(event.event, EventKind::Stopped | EventKind::Crashed | EventKind::Escalated)
+        {
             // Persistence is down by definition; the line in supervisor.jsonl is the record.
             return;
         }
@@ -342,10 +370,9 @@ impl SupervisionJournal {
             reason: event.reason.clone(),
             backoff_ms: event.backoff_ms,
         };
-        let supervision = event
-            .user
-            .as_ref()
-            .and_then(|user| self.children.get(&(event.actor, Some(user.clone()))).map(|child| supervision_record(child, user)));
+        let supervision = event.user.as_ref().and_then(|user| {
+            self.children.get(&(event.actor, Some(user.clone()))).map(|child| supervision_record(child, user))
+        });
         persistence::submit(&self.directory, "supervisor event", move |store| {
             store.record_supervisor_event(&record)?;
             if let Some(supervision) = supervision {

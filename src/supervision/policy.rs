@@ -104,14 +104,19 @@ mod tests {
         let delays: Vec<u64> = (0..3).map(|i| backoff(tracker.on_failure(i * 1_000))).collect();
         for (i, delay) in delays.iter().enumerate() {
             let base = 500 << i;
-            assert!((base..=base + base / 4).contains(delay), "restart {i}: {delay} ms not in [{base}, {}]", base + base / 4);
+            assert!(
+                (base..=base + base / 4).contains(delay),
+                "restart {i}: {delay} ms not in [{base}, {}]",
+                base + base / 4
+            );
         }
         assert!(delays.windows(2).all(|w| w[0] < w[1]), "{delays:?}");
     }
 
     #[test]
     fn backoff_is_capped() {
-        let policy = RestartPolicy { max_restarts: 100, within_ms: 1_000_000, backoff_ms_initial: 1_000, backoff_ms_max: 5_000 };
+        let policy =
+            RestartPolicy { max_restarts: 100, within_ms: 1_000_000, backoff_ms_initial: 1_000, backoff_ms_max: 5_000 };
         let mut tracker = RestartTracker::new(policy, 2);
         let delays: Vec<u64> = (0..10).map(|i| backoff(tracker.on_failure(i))).collect();
         assert!(delays.iter().all(|d| *d <= 5_000), "{delays:?}");

@@ -110,7 +110,10 @@ pub struct RootSupervisor {
 
 impl std::fmt::Debug for RootSupervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RootSupervisor").field("users", &self.users.len()).field("shutting_down", &self.shutting_down).finish()
+        f.debug_struct("RootSupervisor")
+            .field("users", &self.users.len())
+            .field("shutting_down", &self.shutting_down)
+            .finish()
     }
 }
 
@@ -151,7 +154,14 @@ impl RootSupervisor {
         }
     }
 
-    fn event(&self, actor: ActorKind, event: EventKind, incarnation: u32, reason: Option<String>, backoff_ms: Option<u64>) {
+    fn event(
+        &self,
+        actor: ActorKind,
+        event: EventKind,
+        incarnation: u32,
+        reason: Option<String>,
+        backoff_ms: Option<u64>,
+    ) {
         let mut journal = self.journal.borrow_mut();
         let ts_ms = journal.now_ms();
         journal.record(SupervisionEvent { ts_ms, event, actor, user: None, incarnation, reason, backoff_ms });
@@ -167,16 +177,28 @@ impl RootSupervisor {
         match kind {
             ActorKind::Persistence => {
                 let path = self.settings.database_path.clone();
-                let addr = spawn_watched(&self.arbiters.persistence, PERSISTENCE_MAILBOX_CAPACITY, move || PersistenceActor::new(path), on_exit);
+                let addr = spawn_watched(
+                    &self.arbiters.persistence,
+                    PERSISTENCE_MAILBOX_CAPACITY,
+                    move || PersistenceActor::new(path),
+                    on_exit,
+                );
                 self.directory.set_persistence(Some(addr));
             }
             ActorKind::MarketData => {
-                let (exchange, book, interval) = (self.exchange.clone(), self.subscriptions.clone(), self.settings.market_poll_interval);
-                let addr = spawn_watched(&self.arbiters.market_data, SHARED_MAILBOX_CAPACITY, move || MarketData::new(exchange, book, interval), on_exit);
+                let (exchange, book, interval) =
+                    (self.exchange.clone(), self.subscriptions.clone(), self.settings.market_poll_interval);
+                let addr = spawn_watched(
+                    &self.arbiters.market_data,
+                    SHARED_MAILBOX_CAPACITY,
+                    move || MarketData::new(exchange, book, interval),
+                    on_exit,
+                );
                 self.directory.set_market_data(Some(addr));
             }
             ActorKind::OrderRouter => {
-                let (exchange, directory, clock, settings) = (self.exchange.clone(), self.directory.clone(), self.clock.clone(), self.settings.router);
+                let (exchange, directory, clock, settings) =
+                    (self.exchange.clone(), self.directory.clone(), self.clock.clone(), self.settings.router);
                 let addr = spawn_watched(
                     &self.arbiters.order_router,
                     SHARED_MAILBOX_CAPACITY,
@@ -207,11 +229,17 @@ impl RootSupervisor {
         self.journal.borrow_mut().snapshot();
         let directory = self.directory.clone();
         let flush = async move {
-            let flushed = tokio::time::timeout(Duration::from_secs(5), persistence::run(&directory, |store| store.checkpoint())).await;
+            let flushed =
+                tokio::time::timeout(Duration::from_secs(5), persistence::run(&directory, |store| store.checkpoint()))
+                    .await;
             matches!(flushed, Ok(Ok(())))
         };
         ctx.spawn(flush.into_actor(self).map(move |flushed, root, _| {
-            tracing::error!(actor = kind.as_str(), flushed, "escalating: the process will exit non-zero so that its service manager restarts it");
+            tracing::error!(
+                actor = kind.as_str(),
+                flushed,
+                "escalating: the process will exit non-zero so that its service manager restarts it"
+            );
             if let Some(escalation) = root.escalation.take() {
                 let _ = escalation.send(format!("{} escalated: {reason}", kind.as_str()));
             }
@@ -244,7 +272,8 @@ impl Actor for RootSupervisor {
         }
         for (seed, arbiter) in std::mem::take(&mut self.pending_users) {
             let user = seed.user.clone();
-            let supervisor = UserSupervisor::new(seed, arbiter, self.settings.user_policy, self.journal.clone()).start();
+            let supervisor =
+                UserSupervisor::new(seed, arbiter, self.settings.user_policy, self.journal.clone()).start();
             self.users.insert(user, supervisor);
         }
         ctx.run_interval(self.settings.status_interval, |root, _| root.journal.borrow_mut().snapshot());
@@ -320,7 +349,10 @@ impl Handler<ShutdownTree> for RootSupervisor {
             .into_actor(self)
             .then(move |orders_in_flight, root, _| {
                 // 4. The shared actors that depend on persistence stop.
-                let waits: Vec<_> = [ActorKind::MarketData, ActorKind::OrderRouter].into_iter().filter_map(|kind| root.stop_shared(kind)).collect();
+                let waits: Vec<_> = [ActorKind::MarketData, ActorKind::OrderRouter]
+                    .into_iter()
+                    .filter_map(|kind| root.stop_shared(kind))
+                    .collect();
                 async move {
                     join_all(waits.into_iter().map(|wait| tokio::time::timeout(deadline, wait))).await;
                     orders_in_flight
@@ -331,7 +363,8 @@ impl Handler<ShutdownTree> for RootSupervisor {
                 // 5. Persistence flushes (after every queued write) and stops.
                 let directory = root.directory.clone();
                 async move {
-                    let flushed = tokio::time::timeout(deadline, persistence::run(&directory, |store| store.checkpoint())).await;
+                    let flushed =
+                        tokio::time::timeout(deadline, persistence::run(&directory, |store| store.checkpoint())).await;
                     (orders_in_flight, matches!(flushed, Ok(Ok(()))))
                 }
                 .into_actor(root)

@@ -165,7 +165,12 @@ impl Handler<TraderReport> for UserSupervisor {
     fn handle(&mut self, report: TraderReport, _: &mut Context<Self>) {
         match report {
             TraderReport::Ready { incarnation, detail } if incarnation == self.incarnation => {
-                self.journal.borrow_mut().set_state(ActorKind::Trader, Some(&self.seed.user), ChildState::Running, Some(detail));
+                self.journal.borrow_mut().set_state(
+                    ActorKind::Trader,
+                    Some(&self.seed.user),
+                    ChildState::Running,
+                    Some(detail),
+                );
             }
             TraderReport::Failed { incarnation, reason } if incarnation == self.incarnation => {
                 self.last_failure = Some(format!("start-up failed: {reason}"));

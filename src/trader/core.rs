@@ -24,9 +24,8 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::domain::{
-    Candle, ClientOrderId, IntentPurpose, OrderIntent, OrderState, OrderType, Position,
-    PositionSide, Side, Symbol, SymbolRules, Timeframe, UserId, decimal_from_f64,
-    validate_candles,
+    Candle, ClientOrderId, IntentPurpose, OrderIntent, OrderState, OrderType, Position, PositionSide, Side, Symbol,
+    SymbolRules, Timeframe, UserId, decimal_from_f64, validate_candles,
 };
 use crate::persistence::{DecisionRecord, PositionRecord, TraderState};
 use crate::strategy::{SignalAction, Strategy};
@@ -84,9 +83,16 @@ pub enum TraderEvent {
 /// Outputs of the core, for the actor to carry out.
 #[derive(Debug, Clone)]
 pub enum TraderCommand {
-    SyncAccount { slot: usize, iteration: u64, symbol: Symbol },
+    SyncAccount {
+        slot: usize,
+        iteration: u64,
+        symbol: Symbol,
+    },
     /// Commit the intent, then send it to the order router.
-    PlaceIntent { slot: usize, intent: RiskApproved<OrderIntent> },
+    PlaceIntent {
+        slot: usize,
+        intent: RiskApproved<OrderIntent>,
+    },
     Record(DecisionRecord),
     SavePosition(PositionRecord),
 }
@@ -200,11 +206,18 @@ impl TraderCore {
                 matching.into_iter().flat_map(|slot| self.on_candle(slot, candles.clone(), now_ms)).collect()
             }
             TraderEvent::AccountSynced { slot, iteration, result } => self.on_account(slot, iteration, result, now_ms),
-            TraderEvent::PlacementFinished { slot, client_order_id, outcome } => self.on_placement(slot, client_order_id, outcome, now_ms),
+            TraderEvent::PlacementFinished { slot, client_order_id, outcome } => {
+                self.on_placement(slot, client_order_id, outcome, now_ms)
+            }
         }
     }
 
-    fn on_candle(&mut self, slot_index: usize, candles: Result<Arc<[Candle]>, String>, now_ms: i64) -> Vec<TraderCommand> {
+    fn on_candle(
+        &mut self,
+        slot_index: usize,
+        candles: Result<Arc<[Candle]>, String>,
+        now_ms: i64,
+    ) -> Vec<TraderCommand> {
         let candles = match candles {
             Ok(candles) => candles,
             Err(error) => return vec![self.skipped(slot_index, None, now_ms, format!("candles unavailable: {error}"))],
@@ -226,7 +239,8 @@ impl TraderCore {
         }
         let need = slot.spec.strategy.lookback_candles();
         if candles.len() < need {
-            let reason = format!("not enough candles: have {}, {} needs {need}", candles.len(), slot.spec.strategy.name());
+            let reason =
+                format!("not enough candles: have {}, {} needs {need}", candles.len(), slot.spec.strategy.name());
             return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
         }
         self.iteration += 1;
@@ -237,17 +251,30 @@ impl TraderCore {
         vec![TraderCommand::SyncAccount { slot: slot_index, iteration, symbol: slot.spec.symbol.clone() }]
     }
 
-    fn on_account(&mut self, slot_index: usize, iteration: u64, result: Result<AccountSnapshot, String>, now_ms: i64) -> Vec<TraderCommand> {
+    fn on_account(
+        &mut self,
+        slot_index: usize,
+        iteration: u64,
+        result: Result<AccountSnapshot, String>,
+        now_ms: i64,
+    ) -> Vec<TraderCommand> {
         let Some(slot) = self.slots.get_mut(slot_index) else { return Vec::new() };
         let (candles, candle_close_ms) = match &slot.phase {
-            Phase::Syncing { iteration: expected, candles, candle_close_ms } if *expected == iteration => (candles.clone(), *candle_close_ms),
+            Phase::Syncing { iteration: expected, candles, candle_close_ms } if *expected == iteration => {
+                (candles.clone(), *candle_close_ms)
+            }
             _ => return Vec::new(),
         };
         slot.phase = Phase::Idle;
         let snapshot = match result {
             Ok(snapshot) => snapshot,
             Err(error) => {
-                return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, format!("position unavailable: {error}"))];
+                return vec![self.skipped(
+                    slot_index,
+                    Some(candle_close_ms),
+                    now_ms,
+                    format!("position unavailable: {error}"),
+                )];
             }
         };
         let mut commands = Vec::new();
@@ -255,7 +282,12 @@ impl TraderCore {
         let quantity = snapshot.position.quantity;
         if quantity.is_zero() {
             slot.position_start_time_ms = None;
-        } else if slot.position_start_time_ms.is_none() || slot.known_position.as_ref().is_some_and(|k| k.quantity.is_sign_positive() != quantity.is_sign_positive() || k.quantity.is_zero()) {
+        } else if slot.position_start_time_ms.is_none()
+            || slot
+                .known_position
+                .as_ref()
+                .is_some_and(|k| k.quantity.is_sign_positive() != quantity.is_sign_positive() || k.quantity.is_zero())
+        {
             slot.position_start_time_ms = Some(now_ms);
         }
         slot.known_position = Some(KnownPosition {
@@ -273,7 +305,10 @@ impl TraderCore {
             return commands;
         }
         if now_ms - snapshot.fetched_at_ms > POSITION_VERIFIED_AGE_MS_MAX {
-            let reason = format!("position verified {} ms ago, older than {POSITION_VERIFIED_AGE_MS_MAX} ms", now_ms - snapshot.fetched_at_ms);
+            let reason = format!(
+                "position verified {} ms ago, older than {POSITION_VERIFIED_AGE_MS_MAX} ms",
+                now_ms - snapshot.fetched_at_ms
+            );
             commands.push(self.skipped(slot_index, Some(candle_close_ms), now_ms, reason));
             return commands;
         }
@@ -281,7 +316,12 @@ impl TraderCore {
         let signal = match spec.strategy.evaluate(&candles) {
             Ok(signal) => signal,
             Err(error) => {
-                commands.push(self.skipped(slot_index, Some(candle_close_ms), now_ms, format!("strategy error: {error}")));
+                commands.push(self.skipped(
+                    slot_index,
+                    Some(candle_close_ms),
+                    now_ms,
+                    format!("strategy error: {error}"),
+                ));
                 return commands;
             }
         };
@@ -301,11 +341,18 @@ impl TraderCore {
             counts_as_decision: true,
         };
         let decision = |outcome: &str, reason: String, client_order_id: Option<ClientOrderId>| {
-            TraderCommand::Record(DecisionRecord { outcome: outcome.to_owned(), reason, client_order_id, ..template.clone() })
+            TraderCommand::Record(DecisionRecord {
+                outcome: outcome.to_owned(),
+                reason,
+                client_order_id,
+                ..template.clone()
+            })
         };
         let wanted = match (signal.action, position_side) {
             (SignalAction::Long | SignalAction::Short, PositionSide::Flat) => Some(IntentPurpose::Entry),
-            (SignalAction::Long, PositionSide::Short) | (SignalAction::Short, PositionSide::Long) => Some(IntentPurpose::Exit),
+            (SignalAction::Long, PositionSide::Short) | (SignalAction::Short, PositionSide::Long) => {
+                Some(IntentPurpose::Exit)
+            }
             (SignalAction::Exit, PositionSide::Long | PositionSide::Short) => Some(IntentPurpose::Exit),
             _ => None,
         };
@@ -319,8 +366,17 @@ impl TraderCore {
             }
             Some(IntentPurpose::Exit) => {
                 let side = if quantity.is_sign_positive() { Side::Sell } else { Side::Buy };
-                let exit_quantity = crate::domain::Quantity::new(quantity.abs()).expect("Invariant: an exit has a position to close");
-                let intent = self.new_intent(slot_index, side, exit_quantity, true, IntentPurpose::Exit, candle_close_ms, now_ms);
+                let exit_quantity =
+                    crate::domain::Quantity::new(quantity.abs()).expect("Invariant: an exit has a position to close");
+                let intent = self.new_intent(
+                    slot_index,
+                    side,
+                    exit_quantity,
+                    true,
+                    IntentPurpose::Exit,
+                    candle_close_ms,
+                    now_ms,
+                );
                 let client_order_id = intent.client_order_id.clone();
                 let reason = format!("close {} {} ({})", position_side.as_str(), quantity.abs(), signal.reason);
                 commands.push(decision("exit", reason, Some(client_order_id.clone())));
@@ -335,8 +391,13 @@ impl TraderCore {
                     candles.last().and_then(|c| decimal_from_f64(c.close).ok())
                 };
                 let size = spec.position_size_usdt;
-                let Some((price, quantity)) = price.and_then(|p| snapshot.rules.quantity_floor(size / p).map(|q| (p, q))) else {
-                    let reason = format!("size {size} USDT is less than one tradable step of {} (step {})", spec.symbol, snapshot.rules.step_size);
+                let Some((price, quantity)) =
+                    price.and_then(|p| snapshot.rules.quantity_floor(size / p).map(|q| (p, q)))
+                else {
+                    let reason = format!(
+                        "size {size} USDT is less than one tradable step of {} (step {})",
+                        spec.symbol, snapshot.rules.step_size
+                    );
                     commands.push(decision("blocked", reason, None));
                     return commands;
                 };
@@ -345,7 +406,8 @@ impl TraderCore {
                     held_notional_usdt: Decimal::ZERO,
                     added_notional_usdt: quantity.get() * price,
                 };
-                let intent = self.new_intent(slot_index, side, quantity, false, IntentPurpose::Entry, candle_close_ms, now_ms);
+                let intent =
+                    self.new_intent(slot_index, side, quantity, false, IntentPurpose::Entry, candle_close_ms, now_ms);
                 match risk::check_entry(intent, context, self.limits) {
                     Ok(approved) => {
                         let client_order_id = approved.get().client_order_id.clone();
@@ -366,7 +428,13 @@ impl TraderCore {
         commands
     }
 
-    fn on_placement(&mut self, slot_index: usize, client_order_id: ClientOrderId, outcome: PlacementOutcome, now_ms: i64) -> Vec<TraderCommand> {
+    fn on_placement(
+        &mut self,
+        slot_index: usize,
+        client_order_id: ClientOrderId,
+        outcome: PlacementOutcome,
+        now_ms: i64,
+    ) -> Vec<TraderCommand> {
         let Some(slot) = self.slots.get_mut(slot_index) else { return Vec::new() };
         if matches!(&slot.phase, Phase::Placing { client_order_id: placing } if *placing == client_order_id) {
             slot.phase = Phase::Idle;
@@ -377,7 +445,10 @@ impl TraderCore {
                 match state {
                     OrderState::Rejected => ("order_rejected", format!("order {client_order_id} rejected: {detail}")),
                     OrderState::NotPlaced => ("order_failed", format!("order {client_order_id} not placed: {detail}")),
-                    OrderState::Unknown => ("order_unknown", format!("order {client_order_id} outcome unknown, resolving by client id: {detail}")),
+                    OrderState::Unknown => (
+                        "order_unknown",
+                        format!("order {client_order_id} outcome unknown, resolving by client id: {detail}"),
+                    ),
                     _ => ("order_placed", format!("order {client_order_id} {state}: {detail}")),
                 }
             }

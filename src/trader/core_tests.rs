@@ -65,7 +65,12 @@ struct Harness {
 
 fn harness_with(limits: RiskLimits, other_slots: usize) -> Harness {
     let strategy = Arc::new(Scripted::default());
-    let mut specs = vec![SlotSpec { symbol: xrp(), timeframe: Timeframe::M5, strategy: strategy.clone(), position_size_usdt: dec("200") }];
+    let mut specs = vec![SlotSpec {
+        symbol: xrp(),
+        timeframe: Timeframe::M5,
+        strategy: strategy.clone(),
+        position_size_usdt: dec("200"),
+    }];
     for i in 0..other_slots {
         specs.push(SlotSpec {
             symbol: Symbol::new(&format!("OTHER{i}USDT")).unwrap(),
@@ -89,14 +94,28 @@ fn window(last_open_ms: i64, n: usize) -> Arc<[Candle]> {
     (0..n)
         .map(|i| {
             let open_time_ms = last_open_ms - (n - 1 - i) as i64 * 300_000;
-            Candle { open_time_ms, close_time_ms: open_time_ms + 299_999, open: 1.2, high: 1.21, low: 1.19, close: 1.2, volume: 10.0 }
+            Candle {
+                open_time_ms,
+                close_time_ms: open_time_ms + 299_999,
+                open: 1.2,
+                high: 1.21,
+                low: 1.19,
+                close: 1.2,
+                volume: 10.0,
+            }
         })
         .collect()
 }
 
 fn snapshot(quantity: &str, unresolved: Vec<UnresolvedOrder>) -> AccountSnapshot {
     AccountSnapshot {
-        position: Position { symbol: xrp(), quantity: dec(quantity), entry_price: dec("1.2"), mark_price: dec("1.2"), unrealized_pnl: Decimal::ZERO },
+        position: Position {
+            symbol: xrp(),
+            quantity: dec(quantity),
+            entry_price: dec("1.2"),
+            mark_price: dec("1.2"),
+            unrealized_pnl: Decimal::ZERO,
+        },
         rules: rules(),
         unresolved,
         fetched_at_ms: NOW_MS,
@@ -143,7 +162,10 @@ fn only_record(commands: &[TraderCommand]) -> &DecisionRecord {
 }
 
 fn placed(commands: &[TraderCommand]) -> Vec<&OrderIntent> {
-    commands.iter().filter_map(|c| if let TraderCommand::PlaceIntent { intent, .. } = c { Some(intent.get()) } else { None }).collect()
+    commands
+        .iter()
+        .filter_map(|c| if let TraderCommand::PlaceIntent { intent, .. } = c { Some(intent.get()) } else { None })
+        .collect()
 }
 
 // Seed §1: OHLCV fetch failure.
@@ -152,7 +174,11 @@ fn placed(commands: &[TraderCommand]) -> Vec<&OrderIntent> {
 fn unavailable_candles_skip_the_iteration_with_the_reason() {
     let mut h = harness();
     let commands = h.core.process(
-        TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Err("klines XRPUSDT 5m: timeout".into()) },
+        TraderEvent::CandleClosed {
+            symbol: xrp(),
+            timeframe: Timeframe::M5,
+            candles: Err("klines XRPUSDT 5m: timeout".into()),
+        },
         NOW_MS,
     );
     let record = only_record(&commands);
@@ -167,14 +193,20 @@ fn corrupt_candles_skip_the_iteration() {
     let mut h = harness();
     let mut candles: Vec<Candle> = window(300_000, 20).to_vec();
     candles[10].low = f64::NAN;
-    let commands = h.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Ok(candles.into()) }, NOW_MS);
+    let commands = h.core.process(
+        TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Ok(candles.into()) },
+        NOW_MS,
+    );
     assert!(only_record(&commands).reason.starts_with("bad candles: candle 10"), "{commands:?}");
 }
 
 #[test]
 fn too_little_history_skips_the_iteration() {
     let mut h = harness();
-    let commands = h.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Ok(window(300_000, 3)) }, NOW_MS);
+    let commands = h.core.process(
+        TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Ok(window(300_000, 3)) },
+        NOW_MS,
+    );
     assert!(only_record(&commands).reason.contains("not enough candles: have 3, scripted needs 5"), "{commands:?}");
 }
 
@@ -184,14 +216,24 @@ fn a_candle_delivered_twice_is_acted_on_once() {
     let iteration = h.candle_expecting_sync();
     h.strategy.signal(SignalAction::Flat);
     h.synced(iteration, Ok(snapshot("0", vec![])));
-    let again = h.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: Ok(window(h.candle_open_ms, 20)) }, NOW_MS);
+    let again = h.core.process(
+        TraderEvent::CandleClosed {
+            symbol: xrp(),
+            timeframe: Timeframe::M5,
+            candles: Ok(window(h.candle_open_ms, 20)),
+        },
+        NOW_MS,
+    );
     assert!(again.is_empty(), "{again:?}");
 }
 
 #[test]
 fn candles_for_other_feeds_are_ignored() {
     let mut h = harness();
-    let commands = h.core.process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M15, candles: Ok(window(900_000, 20)) }, NOW_MS);
+    let commands = h.core.process(
+        TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M15, candles: Ok(window(900_000, 20)) },
+        NOW_MS,
+    );
     assert!(commands.is_empty());
 }
 
@@ -240,7 +282,11 @@ fn a_strategy_error_skips_the_iteration_with_the_error() {
     let commands = h.synced(iteration, Ok(snapshot("0", vec![])));
     let skipped: Vec<_> = records(&commands).into_iter().filter(|r| r.outcome == "skipped").collect();
     assert_eq!(skipped.len(), 1);
-    assert!(skipped[0].reason.starts_with("strategy error: scripted: indicator ema produced NaN"), "{}", skipped[0].reason);
+    assert!(
+        skipped[0].reason.starts_with("strategy error: scripted: indicator ema produced NaN"),
+        "{}",
+        skipped[0].reason
+    );
     assert!(placed(&commands).is_empty());
 }
 
@@ -254,7 +300,7 @@ fn a_long_signal_when_flat_places_one_rounded_entry_with_a_deterministic_id() {
     assert_eq!(intents.len(), 1);
     let intent = intents[0];
     assert_eq!(intent.client_order_id.as_str(), "bw-u1-1");
-    assert_eq!(intent.side, crate::domain::Side::Buy);
+    assert_eq!(intent.side, Side::Buy);
     assert_eq!(intent.quantity.get(), dec("166.6"), "200 USDT / 1.2, rounded down to the 0.1 step");
     assert!(!intent.reduce_only);
     let decision = records(&commands).into_iter().find(|r| r.counts_as_decision).unwrap();
@@ -279,8 +325,8 @@ fn an_opposite_signal_exits_with_a_reduce_only_order_for_the_whole_position() {
     let commands = h.decide(SignalAction::Short, snapshot("120.5", vec![]));
     let intent = placed(&commands)[0];
     assert!(intent.reduce_only);
-    assert_eq!(intent.purpose, crate::domain::IntentPurpose::Exit);
-    assert_eq!(intent.side, crate::domain::Side::Sell);
+    assert_eq!(intent.purpose, IntentPurpose::Exit);
+    assert_eq!(intent.side, Side::Sell);
     assert_eq!(intent.quantity.get(), dec("120.5"));
     let commands = {
         h.core.process(
@@ -295,7 +341,7 @@ fn an_opposite_signal_exits_with_a_reduce_only_order_for_the_whole_position() {
     assert!(records(&commands).iter().any(|r| r.outcome == "order_placed"));
     let exit = h.decide(SignalAction::Exit, snapshot("-30", vec![]));
     let intent = placed(&exit)[0];
-    assert_eq!((intent.side, intent.reduce_only), (crate::domain::Side::Buy, true));
+    assert_eq!((intent.side, intent.reduce_only), (Side::Buy, true));
 }
 
 // Seed §4: order creation failure. No automatic retry, no duplicate.
@@ -312,7 +358,10 @@ fn a_rejected_order_is_recorded_and_not_retried() {
         TraderEvent::PlacementFinished {
             slot: 0,
             client_order_id: id,
-            outcome: PlacementOutcome::Recorded { state: OrderState::Rejected, detail: "rejected by the exchange (code -2019): Margin is insufficient.".into() },
+            outcome: PlacementOutcome::Recorded {
+                state: OrderState::Rejected,
+                detail: "rejected by the exchange (code -2019): Margin is insufficient.".into(),
+            },
         },
         NOW_MS,
     );
@@ -327,12 +376,14 @@ fn a_rejected_order_is_recorded_and_not_retried() {
 #[test]
 fn an_unresolved_order_blocks_new_intents_on_its_symbol() {
     let mut h = harness();
-    let unresolved = UnresolvedOrder { client_order_id: ClientOrderId::parse("bw-u1-9").unwrap(), state: OrderState::Unknown };
+    let unresolved =
+        UnresolvedOrder { client_order_id: ClientOrderId::parse("bw-u1-9").unwrap(), state: OrderState::Unknown };
     let commands = h.decide(SignalAction::Long, snapshot("0", vec![unresolved]));
     assert!(placed(&commands).is_empty());
     let record = records(&commands).into_iter().find(|r| r.outcome == "skipped").unwrap();
     assert_eq!(record.reason, "order bw-u1-9 is unknown; no new order until it resolves");
-    let saved = commands.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
+    let saved =
+        commands.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
     assert_eq!(saved.active_order_id.as_ref().map(ClientOrderId::as_str), Some("bw-u1-9"));
 }
 
@@ -342,11 +393,16 @@ fn an_unconfirmed_placement_keeps_the_order_active_until_a_sync_resolves_it() {
     let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
     let id = placed(&commands)[0].client_order_id.clone();
     let unconfirmed = h.core.process(
-        TraderEvent::PlacementFinished { slot: 0, client_order_id: id.clone(), outcome: PlacementOutcome::Unconfirmed { reason: "router did not answer".into() } },
+        TraderEvent::PlacementFinished {
+            slot: 0,
+            client_order_id: id.clone(),
+            outcome: PlacementOutcome::Unconfirmed { reason: "router did not answer".into() },
+        },
         NOW_MS,
     );
     assert!(records(&unconfirmed).iter().any(|r| r.outcome == "order_unknown"));
-    let saved = unconfirmed.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
+    let saved =
+        unconfirmed.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
     assert_eq!(saved.active_order_id.as_ref(), Some(&id));
 }
 
@@ -356,7 +412,11 @@ fn an_intent_that_could_not_be_committed_frees_the_slot() {
     let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
     let id = placed(&commands)[0].client_order_id.clone();
     let failed = h.core.process(
-        TraderEvent::PlacementFinished { slot: 0, client_order_id: id, outcome: PlacementOutcome::NotCommitted { reason: "database is locked".into() } },
+        TraderEvent::PlacementFinished {
+            slot: 0,
+            client_order_id: id,
+            outcome: PlacementOutcome::NotCommitted { reason: "database is locked".into() },
+        },
         NOW_MS,
     );
     assert!(records(&failed).iter().any(|r| r.outcome == "order_failed" && r.reason.contains("nothing sent")));
@@ -397,7 +457,9 @@ fn entries_smaller_than_one_step_are_blocked() {
     tiny_rules.rules.min_quantity = dec("1000");
     let commands = h.decide(SignalAction::Long, tiny_rules);
     assert!(placed(&commands).is_empty());
-    assert!(records(&commands).iter().any(|r| r.outcome == "blocked" && r.reason.contains("less than one tradable step")));
+    assert!(
+        records(&commands).iter().any(|r| r.outcome == "blocked" && r.reason.contains("less than one tradable step"))
+    );
 }
 
 // Restarts.
@@ -421,7 +483,8 @@ fn a_restored_core_continues_the_sequence_and_keeps_position_start_time() {
     });
     // The exchange still shows the same long: its start time survives the restart.
     let commands = h.decide(SignalAction::Flat, snapshot("10", vec![]));
-    let saved = commands.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
+    let saved =
+        commands.iter().find_map(|c| if let TraderCommand::SavePosition(p) = c { Some(p) } else { None }).unwrap();
     assert_eq!(saved.position_start_time_ms, Some(123));
     // The next intent continues after the restored sequence.
     let exit = h.decide(SignalAction::Exit, snapshot("10", vec![]));

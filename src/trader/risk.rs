@@ -49,7 +49,11 @@ pub struct EntryContext {
 }
 
 /// Checks an entry against the limits.
-pub fn check_entry(intent: OrderIntent, context: EntryContext, limits: RiskLimits) -> Result<RiskApproved<OrderIntent>, RiskBlock> {
+pub fn check_entry(
+    intent: OrderIntent,
+    context: EntryContext,
+    limits: RiskLimits,
+) -> Result<RiskApproved<OrderIntent>, RiskBlock> {
     debug_assert_eq!(intent.purpose, IntentPurpose::Entry, "Invariant: exits go through approve_exit");
     let held_here = !context.held_notional_usdt.is_zero();
     let open_after = context.open_positions_elsewhere + 1;
@@ -79,7 +83,10 @@ pub fn check_entry(intent: OrderIntent, context: EntryContext, limits: RiskLimit
 
 /// Exits always pass.
 pub fn approve_exit(intent: OrderIntent) -> RiskApproved<OrderIntent> {
-    debug_assert!(intent.reduce_only && intent.purpose == IntentPurpose::Exit, "Invariant: only reduce-only exits bypass the checks");
+    debug_assert!(
+        intent.reduce_only && intent.purpose == IntentPurpose::Exit,
+        "Invariant: only reduce-only exits bypass the checks"
+    );
     RiskApproved(intent)
 }
 
@@ -111,7 +118,11 @@ mod tests {
     }
 
     fn context(elsewhere: u32, held: i64, added: i64) -> EntryContext {
-        EntryContext { open_positions_elsewhere: elsewhere, held_notional_usdt: Decimal::from(held), added_notional_usdt: Decimal::from(added) }
+        EntryContext {
+            open_positions_elsewhere: elsewhere,
+            held_notional_usdt: Decimal::from(held),
+            added_notional_usdt: Decimal::from(added),
+        }
     }
 
     #[test]

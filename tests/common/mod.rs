@@ -85,7 +85,12 @@ impl Tree {
     }
 
     /// Starts a tree whose exchange is `exchange` (which may wrap `paper`).
-    pub fn start_with_exchange(config: Config, clock: Arc<ManualClock>, paper: PaperExchange, exchange: Arc<dyn Exchange>) -> Self {
+    pub fn start_with_exchange(
+        config: Config,
+        clock: Arc<ManualClock>,
+        paper: PaperExchange,
+        exchange: Arc<dyn Exchange>,
+    ) -> Self {
         let deps = ServerDeps { clock: clock.clone(), exchange, market_poll_interval: None };
         let server = bulwark::server::start(&config, deps).unwrap_or_else(|e| panic!("start: {e:#}"));
         let decisions = server.decisions.subscribe();
@@ -108,7 +113,11 @@ impl Tree {
     }
 
     /// Waits for the first supervision event that `matches`.
-    pub async fn wait_supervision(&mut self, waiting_for: &str, matches: impl Fn(&SupervisionEvent) -> bool) -> SupervisionEvent {
+    pub async fn wait_supervision(
+        &mut self,
+        waiting_for: &str,
+        matches: impl Fn(&SupervisionEvent) -> bool,
+    ) -> SupervisionEvent {
         loop {
             if let TreeEvent::Supervision(event) = self.next_event(waiting_for).await
                 && matches(&event)
@@ -124,8 +133,12 @@ impl Tree {
         let mut pending: Vec<String> = users.iter().map(|u| u.to_string()).collect();
         let mut details = Vec::new();
         while !pending.is_empty() {
-            if let TreeEvent::StateChanged { actor: ActorKind::Trader, user: Some(user), state: ChildState::Running, reason } =
-                self.next_event(&format!("traders {pending:?} to be ready")).await
+            if let TreeEvent::StateChanged {
+                actor: ActorKind::Trader,
+                user: Some(user),
+                state: ChildState::Running,
+                reason,
+            } = self.next_event(&format!("traders {pending:?} to be ready")).await
                 && let Some(index) = pending.iter().position(|p| p == user.as_str())
             {
                 pending.remove(index);

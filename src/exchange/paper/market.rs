@@ -79,7 +79,10 @@ pub fn parse_replay(source_name: &str, bytes: &[u8]) -> Result<Arc<[Ohlcv]>, Rep
             return Err(row_error(row, "a price is not positive or the volume is negative".into()));
         }
         if high < open.max(close) || low > open.min(close) {
-            return Err(row_error(row, format!("high {high} / low {low} do not contain open {open} and close {close}")));
+            return Err(row_error(
+                row,
+                format!("high {high} / low {low} do not contain open {open} and close {close}"),
+            ));
         }
         if let Some(previous) = previous_open_time_ms
             && open_time_ms - previous != BASE_TIMEFRAME.duration_ms()
@@ -190,7 +193,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[derive(Debug)]
 enum Series {
     Replay(Arc<[Ohlcv]>),
-    Walk(RandomWalk),
+    Walk(Box<RandomWalk>),
 }
 
 impl Series {
@@ -294,7 +297,9 @@ impl PaperMarket {
             .map(|(symbol, source, tick_size)| {
                 let series = match source {
                     SeriesSource::Replay { candles, .. } => Series::Replay(candles.clone()),
-                    SeriesSource::RandomWalk(params) => Series::Walk(RandomWalk::new(*params, *tick_size, seed, symbol)),
+                    SeriesSource::RandomWalk(params) => {
+                        Series::Walk(Box::new(RandomWalk::new(*params, *tick_size, seed, symbol)))
+                    }
                 };
                 (symbol.clone(), series)
             })
@@ -318,9 +323,8 @@ impl PaperMarket {
     pub fn base_candle(&mut self, symbol: &Symbol, index: u64) -> Result<Candle, MarketError> {
         let clock = self.clock;
         let series = self.series.get_mut(symbol).ok_or_else(|| MarketError::UnknownSymbol(symbol.clone()))?;
-        let ohlcv = series
-            .candle(index)
-            .ok_or_else(|| MarketError::HistoryExhausted { symbol: symbol.clone(), index })?;
+        let ohlcv =
+            series.candle(index).ok_or_else(|| MarketError::HistoryExhausted { symbol: symbol.clone(), index })?;
         let open_time_ms = clock.open_time_ms(index);
         Ok(Candle {
             open_time_ms,
@@ -487,7 +491,10 @@ mod tests {
         let fifteen = market.closed_candles(&symbol("XRPUSDT"), Timeframe::M15, 3, start_ms).unwrap();
         let five = market.closed_candles(&symbol("XRPUSDT"), Timeframe::M5, 12, start_ms).unwrap();
         let newest = fifteen.last().unwrap();
-        let parts: Vec<&Candle> = five.iter().filter(|c| c.open_time_ms >= newest.open_time_ms && c.close_time_ms <= newest.close_time_ms).collect();
+        let parts: Vec<&Candle> = five
+            .iter()
+            .filter(|c| c.open_time_ms >= newest.open_time_ms && c.close_time_ms <= newest.close_time_ms)
+            .collect();
         assert_eq!(parts.len(), 3);
         assert_eq!(newest.open, parts[0].open);
         assert_eq!(newest.close, parts[2].close);
@@ -498,7 +505,8 @@ mod tests {
     #[test]
     fn random_walks_are_deterministic_per_seed_and_differ_across_seeds() {
         let start_ms = 1_700_000_000_000;
-        let take = |seed| market(seed, start_ms).closed_candles(&symbol("BTCUSDT"), Timeframe::M5, 50, start_ms).unwrap();
+        let take =
+            |seed| market(seed, start_ms).closed_candles(&symbol("BTCUSDT"), Timeframe::M5, 50, start_ms).unwrap();
         assert_eq!(take(1), take(1));
         assert_ne!(take(1), take(2));
     }
@@ -523,7 +531,10 @@ mod tests {
             market.closed_candles(&symbol("XRPUSDT"), Timeframe::M1, 10, 0),
             Err(MarketError::UnsupportedTimeframe(Timeframe::M1))
         );
-        assert!(matches!(market.closed_candles(&symbol("DOGEUSDT"), Timeframe::M5, 10, 0), Err(MarketError::UnknownSymbol(_))));
+        assert!(matches!(
+            market.closed_candles(&symbol("DOGEUSDT"), Timeframe::M5, 10, 0),
+            Err(MarketError::UnknownSymbol(_))
+        ));
     }
 
     #[test]

@@ -22,8 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::domain::{
-    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol,
-    SymbolRules, Timeframe, UserId,
+    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId,
 };
 use crate::exchange::paper::market::{MarketClock, PaperMarket, SeriesSource};
 use crate::exchange::paper::venue::{PaperVenue, VenueChange, VenueSettings};
@@ -33,10 +32,8 @@ use crate::persistence::StoreError;
 use crate::persistence::paper_journal::PaperJournal;
 
 /// Recorded candle files compiled into the binary, by name (see `data/replay/PROVENANCE.md`).
-pub const EMBEDDED_DATASETS: &[(&str, &[u8])] = &[(
-    "XRP_USDT_USDT-5m-futures",
-    include_bytes!("../../../data/replay/XRP_USDT_USDT-5m-futures.json"),
-)];
+pub const EMBEDDED_DATASETS: &[(&str, &[u8])] =
+    &[("XRP_USDT_USDT-5m-futures", include_bytes!("../../../data/replay/XRP_USDT_USDT-5m-futures.json"))];
 
 pub fn embedded_dataset(name: &str) -> Option<&'static [u8]> {
     EMBEDDED_DATASETS.iter().find(|(known, _)| *known == name).map(|(_, bytes)| *bytes)
@@ -69,7 +66,10 @@ struct VenueHost {
 
 impl VenueHost {
     /// Runs one operation at the current wall time and journals what it changed.
-    fn run<R>(&mut self, operation: impl FnOnce(&mut PaperVenue, i64, &mut Vec<VenueChange>) -> Result<R, ExchangeError>) -> Result<R, ExchangeError> {
+    fn run<R>(
+        &mut self,
+        operation: impl FnOnce(&mut PaperVenue, i64, &mut Vec<VenueChange>) -> Result<R, ExchangeError>,
+    ) -> Result<R, ExchangeError> {
         let wall_ms = self.clock.now_ms();
         let mut changes = Vec::new();
         let result = operation(&mut self.venue, wall_ms, &mut changes);
@@ -99,7 +99,11 @@ impl fmt::Debug for PaperExchange {
 
 impl PaperExchange {
     /// Restores the venue from its journal (or starts a fresh market) and starts the venue thread.
-    pub fn start(settings: PaperSettings, clock: Arc<dyn Clock>, mut journal: PaperJournal) -> Result<Self, StoreError> {
+    pub fn start(
+        settings: PaperSettings,
+        clock: Arc<dyn Clock>,
+        mut journal: PaperJournal,
+    ) -> Result<Self, StoreError> {
         let snapshot = journal.load()?;
         let wall_ms = clock.now_ms();
         let market_clock = match snapshot.clock {
@@ -113,7 +117,8 @@ impl PaperExchange {
             .map(|s| (s.symbol.clone(), s.source.clone(), crate::domain::decimal_to_f64(s.rules.tick_size)))
             .collect();
         let market = PaperMarket::new(market_clock, settings.seed, &series);
-        let rules: BTreeMap<Symbol, SymbolRules> = settings.symbols.iter().map(|s| (s.symbol.clone(), s.rules)).collect();
+        let rules: BTreeMap<Symbol, SymbolRules> =
+            settings.symbols.iter().map(|s| (s.symbol.clone(), s.rules)).collect();
         let venue = PaperVenue::restore(settings.venue, rules, market, snapshot);
         let mut host = VenueHost { venue, journal, clock };
         let (jobs, mut receiver) = mpsc::channel::<VenueJob>(PAPER_VENUE_QUEUE_MAX);
@@ -141,9 +146,9 @@ impl PaperExchange {
             .send(job)
             .await
             .map_err(|_| ExchangeError::Retryable { detail: "paper exchange is stopped".to_owned() })?;
-        answer
-            .await
-            .map_err(|_| ExchangeError::UnknownOutcome { detail: "paper exchange stopped while handling the request".to_owned() })?
+        answer.await.map_err(|_| ExchangeError::UnknownOutcome {
+            detail: "paper exchange stopped while handling the request".to_owned(),
+        })?
     }
 }
 
@@ -189,15 +194,25 @@ impl Exchange for PaperExchange {
         client_order_id: &ClientOrderId,
     ) -> Result<Option<ExchangeOrder>, ExchangeError> {
         let (account, client_order_id) = (account.clone(), client_order_id.clone());
-        self.call(move |venue, wall_ms, changes| venue.order_by_client_id(&account, &client_order_id, wall_ms, changes)).await
+        self.call(move |venue, wall_ms, changes| venue.order_by_client_id(&account, &client_order_id, wall_ms, changes))
+            .await
     }
 
-    async fn cancel_order(&self, account: &UserId, _symbol: &Symbol, client_order_id: &ClientOrderId) -> Result<ExchangeOrder, ExchangeError> {
+    async fn cancel_order(
+        &self,
+        account: &UserId,
+        _symbol: &Symbol,
+        client_order_id: &ClientOrderId,
+    ) -> Result<ExchangeOrder, ExchangeError> {
         let (account, client_order_id) = (account.clone(), client_order_id.clone());
         self.call(move |venue, wall_ms, changes| venue.cancel_order(&account, &client_order_id, wall_ms, changes)).await
     }
 
-    async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+    async fn open_orders(
+        &self,
+        account: &UserId,
+        symbol: Option<&Symbol>,
+    ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
         let (account, symbol) = (account.clone(), symbol.cloned());
         self.call(move |venue, wall_ms, changes| venue.open_orders(&account, symbol.as_ref(), wall_ms, changes)).await
     }

@@ -20,9 +20,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Balance, Candle, ClientOrderId, ExchangeOrder, ExchangeOrderStatus, Fill, MoneyError,
-    OrderRequest, OrderType, Position, Price, Side, Symbol, SymbolRules, Timeframe, UserId,
-    decimal_from_f64,
+    Balance, Candle, ClientOrderId, ExchangeOrder, ExchangeOrderStatus, Fill, MoneyError, OrderRequest, OrderType,
+    Position, Price, Side, Symbol, SymbolRules, Timeframe, UserId, decimal_from_f64,
 };
 use crate::exchange::ExchangeError;
 use crate::exchange::paper::market::{MarketClock, MarketError, PaperMarket};
@@ -124,16 +123,30 @@ fn market_error(error: MarketError) -> ExchangeError {
 }
 
 fn price_from_market(value: f64) -> Result<Decimal, ExchangeError> {
-    decimal_from_f64(value).map_err(|error: MoneyError| ExchangeError::Malformed { detail: format!("paper market price: {error}") })
+    decimal_from_f64(value)
+        .map_err(|error: MoneyError| ExchangeError::Malformed { detail: format!("paper market price: {error}") })
 }
 
 impl PaperVenue {
     pub fn new(settings: VenueSettings, rules: BTreeMap<Symbol, SymbolRules>, market: PaperMarket) -> Self {
-        Self { settings, rules, market, accounts: BTreeMap::new(), working: BTreeMap::new(), next_sequence: 1, next_trade_id: 1 }
+        Self {
+            settings,
+            rules,
+            market,
+            accounts: BTreeMap::new(),
+            working: BTreeMap::new(),
+            next_sequence: 1,
+            next_trade_id: 1,
+        }
     }
 
     /// Rebuilds the venue from its journal.
-    pub fn restore(settings: VenueSettings, rules: BTreeMap<Symbol, SymbolRules>, market: PaperMarket, snapshot: VenueSnapshot) -> Self {
+    pub fn restore(
+        settings: VenueSettings,
+        rules: BTreeMap<Symbol, SymbolRules>,
+        market: PaperMarket,
+        snapshot: VenueSnapshot,
+    ) -> Self {
         let mut venue = Self::new(settings, rules, market);
         venue.next_sequence = snapshot.next_sequence.max(1);
         venue.next_trade_id = snapshot.next_trade_id.max(1);
@@ -179,7 +192,13 @@ impl PaperVenue {
         self.rules.get(symbol).copied().ok_or_else(|| rejected(-1121, "Invalid symbol."))
     }
 
-    pub fn klines(&mut self, symbol: &Symbol, timeframe: Timeframe, limit: u16, wall_ms: i64) -> Result<Vec<Candle>, ExchangeError> {
+    pub fn klines(
+        &mut self,
+        symbol: &Symbol,
+        timeframe: Timeframe,
+        limit: u16,
+        wall_ms: i64,
+    ) -> Result<Vec<Candle>, ExchangeError> {
         self.market.closed_candles(symbol, timeframe, limit, wall_ms).map_err(market_error)
     }
 
@@ -200,7 +219,13 @@ impl PaperVenue {
         price_from_market(self.market.last_price(symbol, wall_ms).map_err(market_error)?)
     }
 
-    pub fn position(&mut self, user: &UserId, symbol: &Symbol, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Position, ExchangeError> {
+    pub fn position(
+        &mut self,
+        user: &UserId,
+        symbol: &Symbol,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Position, ExchangeError> {
         self.settle(wall_ms, changes)?;
         let mark_price = self.mark_price(symbol, wall_ms)?;
         let account = Self::account(&mut self.accounts, &self.settings, user, changes);
@@ -214,7 +239,12 @@ impl PaperVenue {
         })
     }
 
-    pub fn balance(&mut self, user: &UserId, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Balance, ExchangeError> {
+    pub fn balance(
+        &mut self,
+        user: &UserId,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Balance, ExchangeError> {
         self.settle(wall_ms, changes)?;
         let (unrealized_pnl, margin_used) = self.exposure(user, wall_ms, changes)?;
         let account = Self::account(&mut self.accounts, &self.settings, user, changes);
@@ -227,14 +257,26 @@ impl PaperVenue {
     }
 
     /// Unrealized PnL and margin in use (positions plus working orders that add exposure).
-    fn exposure(&mut self, user: &UserId, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<(Decimal, Decimal), ExchangeError> {
+    fn exposure(
+        &mut self,
+        user: &UserId,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<(Decimal, Decimal), ExchangeError> {
         let account = Self::account(&mut self.accounts, &self.settings, user, changes);
         let positions: Vec<(Symbol, PaperPosition)> = account.positions.iter().map(|(s, p)| (s.clone(), *p)).collect();
         let working: Vec<(Symbol, Decimal, Option<Price>, bool)> = account
             .orders
             .values()
             .filter(|o| o.order.status.is_open())
-            .map(|o| (o.order.symbol.clone(), o.order.quantity.get() - o.order.filled_quantity, o.order.order_type.limit_price(), o.order.reduce_only))
+            .map(|o| {
+                (
+                    o.order.symbol.clone(),
+                    o.order.quantity.get() - o.order.filled_quantity,
+                    o.order.order_type.limit_price(),
+                    o.order.reduce_only,
+                )
+            })
             .collect();
         let leverage = self.settings.leverage;
         let (mut unrealized_pnl, mut margin_used) = (Decimal::ZERO, Decimal::ZERO);
@@ -274,11 +316,17 @@ impl PaperVenue {
         let mark_price = self.mark_price(&request.symbol, wall_ms)?;
         let reference_price = match request.order_type {
             OrderType::Limit { price } => price,
-            OrderType::Market => Price::new(mark_price).map_err(|e| ExchangeError::Malformed { detail: e.to_string() })?,
+            OrderType::Market => {
+                Price::new(mark_price).map_err(|e| ExchangeError::Malformed { detail: e.to_string() })?
+            }
         };
-        if let Err(problem) = rules.check_order(request.quantity, request.order_type.limit_price(), reference_price, request.reduce_only) {
+        if let Err(problem) =
+            rules.check_order(request.quantity, request.order_type.limit_price(), reference_price, request.reduce_only)
+        {
             return Err(match problem {
-                MoneyError::OffStep { .. } | MoneyError::BelowMinQuantity { .. } => rejected(-4023, format!("Quantity not increased by step size: {problem}")),
+                MoneyError::OffStep { .. } | MoneyError::BelowMinQuantity { .. } => {
+                    rejected(-4023, format!("Quantity not increased by step size: {problem}"))
+                }
                 MoneyError::OffTick { .. } => rejected(-4014, format!("Price not increased by tick size: {problem}")),
                 MoneyError::BelowMinNotional { min_notional, .. } => rejected(
                     -4164,
@@ -293,7 +341,8 @@ impl PaperVenue {
         }
         let held = account.positions.get(&request.symbol).copied().unwrap_or_default();
         let signed_quantity = request.side.sign() * request.quantity.get();
-        let reduces = !held.quantity.is_zero() && held.quantity.is_sign_positive() != signed_quantity.is_sign_positive();
+        let reduces =
+            !held.quantity.is_zero() && held.quantity.is_sign_positive() != signed_quantity.is_sign_positive();
         if request.reduce_only && !reduces {
             return Err(rejected(-2022, "ReduceOnly Order is rejected."));
         }
@@ -369,7 +418,13 @@ impl PaperVenue {
         Ok(order.order)
     }
 
-    pub fn open_orders(&mut self, user: &UserId, symbol: Option<&Symbol>, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+    pub fn open_orders(
+        &mut self,
+        user: &UserId,
+        symbol: Option<&Symbol>,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
         self.settle(wall_ms, changes)?;
         let Some(account) = self.accounts.get(user) else { return Ok(Vec::new()) };
         let mut open: Vec<&PaperOrder> = account
@@ -381,7 +436,14 @@ impl PaperVenue {
         Ok(open.into_iter().map(|o| o.order.clone()).collect())
     }
 
-    pub fn fills(&mut self, user: &UserId, symbol: &Symbol, since_ms: i64, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Vec<Fill>, ExchangeError> {
+    pub fn fills(
+        &mut self,
+        user: &UserId,
+        symbol: &Symbol,
+        since_ms: i64,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Vec<Fill>, ExchangeError> {
         self.settle(wall_ms, changes)?;
         let Some(account) = self.accounts.get(user) else { return Ok(Vec::new()) };
         Ok(account.fills.iter().filter(|f| &f.symbol == symbol && f.time_ms >= since_ms).cloned().collect())
@@ -401,7 +463,8 @@ impl PaperVenue {
             }
             match order.order.order_type {
                 OrderType::Market => {
-                    let candle = self.market.base_candle(&order.order.symbol, order.placed_index + 1).map_err(market_error)?;
+                    let candle =
+                        self.market.base_candle(&order.order.symbol, order.placed_index + 1).map_err(market_error)?;
                     let open = price_from_market(candle.open)?;
                     let slipped = match order.order.side {
                         Side::Buy => open * (Decimal::ONE + self.settings.slippage_rate),
@@ -416,7 +479,11 @@ impl PaperVenue {
                     // Candles after the one the order arrived in, up to the newest closed one.
                     for index in order.checked_index.max(order.placed_index) + 1..forming {
                         let candle = self.market.base_candle(&order.order.symbol, index).map_err(market_error)?;
-                        let (open, high, low) = (price_from_market(candle.open)?, price_from_market(candle.high)?, price_from_market(candle.low)?);
+                        let (open, high, low) = (
+                            price_from_market(candle.open)?,
+                            price_from_market(candle.high)?,
+                            price_from_market(candle.low)?,
+                        );
                         let limit = limit.get();
                         let fill_price = match order.order.side {
                             Side::Buy if open <= limit => Some(open),
@@ -433,7 +500,11 @@ impl PaperVenue {
                         }
                     }
                     if !executed && order.checked_index != checked_before {
-                        self.accounts.get_mut(&user).expect("Invariant: order's account exists").orders.insert(client_order_id.clone(), order.clone());
+                        self.accounts
+                            .get_mut(&user)
+                            .expect("Invariant: order's account exists")
+                            .orders
+                            .insert(client_order_id.clone(), order.clone());
                         changes.push(VenueChange::Order { user: user.clone(), order });
                     }
                 }
@@ -444,7 +515,14 @@ impl PaperVenue {
 
     /// Executes a working order in full at `price` (rounded to the tick), or expires a reduce-only
     /// order that has nothing left to reduce.
-    fn execute(&mut self, user: &UserId, mut order: PaperOrder, price: Decimal, time_ms: i64, changes: &mut Vec<VenueChange>) -> Result<(), ExchangeError> {
+    fn execute(
+        &mut self,
+        user: &UserId,
+        mut order: PaperOrder,
+        price: Decimal,
+        time_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<(), ExchangeError> {
         let symbol = order.order.symbol.clone();
         let rules = self.symbol_rules(&symbol)?;
         let price = rules.price_round(price).map_err(|e| ExchangeError::Malformed { detail: e.to_string() })?.get();
@@ -452,7 +530,8 @@ impl PaperVenue {
         let held = account.positions.get(&symbol).copied().unwrap_or_default();
         let mut quantity = order.order.quantity.get() - order.order.filled_quantity;
         if order.order.reduce_only {
-            let reduces = !held.quantity.is_zero() && held.quantity.is_sign_positive() != (order.order.side == Side::Buy);
+            let reduces =
+                !held.quantity.is_zero() && held.quantity.is_sign_positive() != (order.order.side == Side::Buy);
             quantity = if reduces { quantity.min(held.quantity.abs()) } else { Decimal::ZERO };
         }
         order.order.updated_at_ms = time_ms;
@@ -492,7 +571,8 @@ impl PaperVenue {
         let filled_before = order.order.filled_quantity;
         let filled_after = filled_before + quantity;
         let average_before = order.order.average_price.unwrap_or_default();
-        order.order.average_price = Some(((average_before * filled_before + price * quantity) / filled_after).round_dp(8));
+        order.order.average_price =
+            Some(((average_before * filled_before + price * quantity) / filled_after).round_dp(8));
         order.order.filled_quantity = filled_after;
         order.order.status = ExchangeOrderStatus::Filled;
         changes.push(VenueChange::Counters { next_sequence: self.next_sequence, next_trade_id: self.next_trade_id });
@@ -565,7 +645,15 @@ mod tests {
             1,
             &[(xrp(), SeriesSource::Replay { source_name: "xrp".into(), candles }, 0.0001)],
         );
-        let rules = BTreeMap::from([(xrp(), SymbolRules { tick_size: dec("0.0001"), step_size: dec("0.1"), min_quantity: dec("0.1"), min_notional: dec("5") })]);
+        let rules = BTreeMap::from([(
+            xrp(),
+            SymbolRules {
+                tick_size: dec("0.0001"),
+                step_size: dec("0.1"),
+                min_quantity: dec("0.1"),
+                min_notional: dec("5"),
+            },
+        )]);
         let settings = VenueSettings {
             taker_fee_rate: dec("0.0004"),
             slippage_rate: dec("0.0002"),
@@ -593,14 +681,21 @@ mod tests {
     fn a_market_order_fills_at_the_next_candle_open_with_slippage_and_fee() {
         let mut venue = venue();
         let mut changes = Vec::new();
-        let order = venue.create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes).unwrap();
+        let order = venue
+            .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
+            .unwrap();
         assert_eq!(order.status, ExchangeOrderStatus::New);
         // Still within the candle it arrived in: not filled yet.
-        let same = venue.order_by_client_id(&user(), &order.client_order_id, START_MS + 999, &mut changes).unwrap().unwrap();
+        let same =
+            venue.order_by_client_id(&user(), &order.client_order_id, START_MS + 999, &mut changes).unwrap().unwrap();
         assert_eq!(same.status, ExchangeOrderStatus::New);
         // The next candle opens: filled at its open, moved up by the slippage.
-        let next_open = price_from_market(venue.market.base_candle(&xrp(), venue.market_clock().forming_index(START_MS) + 1).unwrap().open).unwrap();
-        let filled = venue.order_by_client_id(&user(), &order.client_order_id, START_MS + 1_000, &mut changes).unwrap().unwrap();
+        let next_open = price_from_market(
+            venue.market.base_candle(&xrp(), venue.market_clock().forming_index(START_MS) + 1).unwrap().open,
+        )
+        .unwrap();
+        let filled =
+            venue.order_by_client_id(&user(), &order.client_order_id, START_MS + 1_000, &mut changes).unwrap().unwrap();
         assert_eq!(filled.status, ExchangeOrderStatus::Filled);
         let expected_price = (next_open * dec("1.0002") / dec("0.0001")).round() * dec("0.0001");
         assert_eq!(filled.average_price, Some(expected_price));
@@ -618,7 +713,9 @@ mod tests {
     fn closing_a_position_realizes_pnl() {
         let mut venue = venue();
         let mut changes = Vec::new();
-        venue.create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes).unwrap();
+        venue
+            .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
+            .unwrap();
         let t1 = START_MS + 1_000;
         venue.create_order(&user(), &market_order("bw-u1-2", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
         let t2 = START_MS + 2_000;
@@ -677,7 +774,8 @@ mod tests {
         let mut near = market_order("bw-u1-2", Side::Buy, "10", false, later);
         near.order_type = OrderType::Limit { price: Price::new(dec("5")).unwrap() };
         venue.create_order(&user(), &near, later, &mut changes).unwrap();
-        let filled = venue.order_by_client_id(&user(), &near.client_order_id, later + 2_000, &mut changes).unwrap().unwrap();
+        let filled =
+            venue.order_by_client_id(&user(), &near.client_order_id, later + 2_000, &mut changes).unwrap().unwrap();
         assert_eq!(filled.status, ExchangeOrderStatus::Filled);
         assert!(filled.average_price.unwrap() < dec("5"), "gapped through: filled at the open");
     }
@@ -686,12 +784,17 @@ mod tests {
     fn a_reduce_only_order_with_nothing_left_expires() {
         let mut venue = venue();
         let mut changes = Vec::new();
-        venue.create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes).unwrap();
+        venue
+            .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
+            .unwrap();
         let t1 = START_MS + 1_000;
         venue.create_order(&user(), &market_order("bw-u1-2", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
         venue.create_order(&user(), &market_order("bw-u1-3", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
         let t2 = START_MS + 2_000;
-        let second = venue.order_by_client_id(&user(), &ClientOrderId::parse("bw-u1-3").unwrap(), t2, &mut changes).unwrap().unwrap();
+        let second = venue
+            .order_by_client_id(&user(), &ClientOrderId::parse("bw-u1-3").unwrap(), t2, &mut changes)
+            .unwrap()
+            .unwrap();
         assert_eq!(second.status, ExchangeOrderStatus::Expired);
         assert!(venue.position(&user(), &xrp(), t2, &mut changes).unwrap().quantity.is_zero());
     }
@@ -712,23 +815,46 @@ mod tests {
     fn the_journal_changes_rebuild_the_same_venue() {
         let mut venue = venue();
         let mut changes = Vec::new();
-        venue.create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes).unwrap();
+        venue
+            .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
+            .unwrap();
         venue.position(&user(), &xrp(), START_MS + 1_000, &mut changes).unwrap();
         let mut far = market_order("bw-u1-2", Side::Buy, "10", false, START_MS + 1_000);
         far.order_type = OrderType::Limit { price: Price::new(dec("0.5")).unwrap() };
         venue.create_order(&user(), &far, START_MS + 1_000, &mut changes).unwrap();
 
         let snapshot = snapshot_from_changes(venue.market_clock(), &changes);
-        let mut restored = PaperVenue::restore(venue.settings.clone(), venue.rules.clone(), {
-            let candles = parse_replay("xrp", XRP).unwrap();
-            PaperMarket::new(venue.market_clock(), 1, &[(xrp(), SeriesSource::Replay { source_name: "xrp".into(), candles }, 0.0001)])
-        }, snapshot);
+        let mut restored = PaperVenue::restore(
+            venue.settings.clone(),
+            venue.rules.clone(),
+            {
+                let candles = parse_replay("xrp", XRP).unwrap();
+                PaperMarket::new(
+                    venue.market_clock(),
+                    1,
+                    &[(xrp(), SeriesSource::Replay { source_name: "xrp".into(), candles }, 0.0001)],
+                )
+            },
+            snapshot,
+        );
         let t = START_MS + 1_500;
         let mut scratch = Vec::new();
-        assert_eq!(restored.position(&user(), &xrp(), t, &mut scratch).unwrap(), venue.position(&user(), &xrp(), t, &mut scratch).unwrap());
-        assert_eq!(restored.balance(&user(), t, &mut scratch).unwrap(), venue.balance(&user(), t, &mut scratch).unwrap());
-        assert_eq!(restored.open_orders(&user(), None, t, &mut scratch).unwrap(), venue.open_orders(&user(), None, t, &mut scratch).unwrap());
-        assert_eq!(restored.fills(&user(), &xrp(), 0, t, &mut scratch).unwrap(), venue.fills(&user(), &xrp(), 0, t, &mut scratch).unwrap());
+        assert_eq!(
+            restored.position(&user(), &xrp(), t, &mut scratch).unwrap(),
+            venue.position(&user(), &xrp(), t, &mut scratch).unwrap()
+        );
+        assert_eq!(
+            restored.balance(&user(), t, &mut scratch).unwrap(),
+            venue.balance(&user(), t, &mut scratch).unwrap()
+        );
+        assert_eq!(
+            restored.open_orders(&user(), None, t, &mut scratch).unwrap(),
+            venue.open_orders(&user(), None, t, &mut scratch).unwrap()
+        );
+        assert_eq!(
+            restored.fills(&user(), &xrp(), 0, t, &mut scratch).unwrap(),
+            venue.fills(&user(), &xrp(), 0, t, &mut scratch).unwrap()
+        );
         assert_eq!((restored.next_sequence, restored.next_trade_id), (venue.next_sequence, venue.next_trade_id));
     }
 
