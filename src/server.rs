@@ -244,19 +244,22 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
     let _lock = InstanceLock::acquire(&database_path)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let exchange = start_exchange(&config, clock.clone())?;
-    tracing::info!(
-        config = %config.source_name,
-        users = config.users.len(),
-        database = %database_path.display(),
-        logs = %config.server.log_dir.display(),
-        exchange = exchange.venue(),
-        "bulwark starting"
-    );
     let deps = ServerDeps { clock, exchange, market_poll_interval: Some(config.market_poll_interval()) };
     let system = System::new();
     let (exit_code, arbiters) = system.block_on(async move {
+        // Listen for signals before anything starts, so that a SIGTERM during start-up is an
+        // orderly stop too.
+        let stop_signals = StopSignals::install();
+        tracing::info!(
+            config = %config.source_name,
+            users = config.users.len(),
+            database = %database_path.display(),
+            logs = %config.server.log_dir.display(),
+            exchange = deps.exchange.venue(),
+            "bulwark starting"
+        );
         let mut server = start(&config, deps)?;
-        let reason = wait_for_stop(&mut server.escalation, duration).await;
+        let reason = stop_signals.wait(&mut server.escalation, duration).await;
         let exit_code = match reason {
             StopReason::Escalated(reason) => {
                 tracing::error!(%reason, "escalation: exiting with code {EXIT_ESCALATED}");
@@ -283,31 +286,48 @@ fn log_shutdown(report: ShutdownReport) -> i32 {
     0
 }
 
-async fn wait_for_stop(escalation: &mut oneshot::Receiver<String>, duration: Option<Duration>) -> StopReason {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(terminate) => Some(terminate),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM");
-            None
+/// SIGTERM and SIGINT, listened for from start-up on.
+struct StopSignals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for {name}");
+                None
+            }
+        };
+        Self {
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    let sigterm = async {
-        match terminate.as_mut() {
-            Some(terminate) => terminate.recv().await,
-            None => std::future::pending().await,
+    }
+
+    async fn wait(mut self, escalation: &mut oneshot::Receiver<String>, duration: Option<Duration>) -> StopReason {
+        async fn received(listener: &mut Option<tokio::signal::unix::Signal>) {
+            match listener.as_mut() {
+                Some(listener) => {
+                    listener.recv().await;
+                }
+                None => std::future::pending().await,
+            }
         }
-    };
-    let elapsed = async {
-        match duration {
-            Some(duration) => tokio::time::sleep(duration).await,
-            None => std::future::pending().await,
+        let elapsed = async {
+            match duration {
+                Some(duration) => tokio::time::sleep(duration).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = received(&mut self.interrupt) => StopReason::Signal("SIGINT"),
+            _ = received(&mut self.terminate) => StopReason::Signal("SIGTERM"),
+            _ = elapsed => StopReason::Duration,
+            reason = escalation => StopReason::Escalated(reason.unwrap_or_else(|_| "escalation channel closed".to_owned())),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => StopReason::Signal("SIGINT"),
-        _ = sigterm => StopReason::Signal("SIGTERM"),
-        _ = elapsed => StopReason::Duration,
-        reason = escalation => StopReason::Escalated(reason.unwrap_or_else(|_| "escalation channel closed".to_owned())),
     }
 }
