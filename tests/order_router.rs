@@ -4,115 +4,12 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use bulwark::clock::ManualClock;
-use bulwark::domain::{
-    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, OrderState, Position, Symbol, SymbolRules,
-    Timeframe, UserId,
-};
-use bulwark::exchange::paper::PaperExchange;
-use bulwark::exchange::{Exchange, ExchangeError};
-use common::{Tree, config_in, start_paper};
-
-const ONE_USER: &str = r#"
-[[users]]
-id = "u1"
-[[users.strategies]]
-symbol = "XRPUSDT"
-timeframe = "5m"
-strategy = "ema_crossover"
-params = { fast = 3, slow = 8 }
-position_size_usdt = 200
-"#;
-
-/// What the next order request meets.
-#[derive(Debug, Clone)]
-enum Fault {
-    /// The exchange executes the order, and the answer is lost on the way back.
-    LoseResponse,
-    /// Refused before anything happened (connection refused, 503 "Service Unavailable").
-    RefuseBeforeSend,
-    /// The request never reaches the matching engine, and the caller times out.
-    NeverArrives,
-    /// The exchange rejects it.
-    Reject,
-}
-
-/// The paper exchange, with scripted faults on order creation.
-#[derive(Debug)]
-struct Faulty {
-    inner: PaperExchange,
-    script: Mutex<VecDeque<Fault>>,
-    /// Every create-order request that reached this wrapper.
-    attempts: Mutex<Vec<ClientOrderId>>,
-}
-
-#[async_trait]
-impl Exchange for Faulty {
-    fn venue(&self) -> &'static str {
-        "faulty"
-    }
-    async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
-        self.inner.server_time_ms().await
-    }
-    async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
-        self.inner.symbol_rules(symbol).await
-    }
-    async fn klines(&self, symbol: &Symbol, timeframe: Timeframe, limit: u16) -> Result<Vec<Candle>, ExchangeError> {
-        self.inner.klines(symbol, timeframe, limit).await
-    }
-    async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
-        self.inner.position(account, symbol).await
-    }
-    async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
-        self.inner.balance(account).await
-    }
-    async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
-        self.attempts.lock().unwrap().push(request.client_order_id.clone());
-        let fault = self.script.lock().unwrap().pop_front();
-        match fault {
-            None => self.inner.create_order(account, request).await,
-            Some(Fault::LoseResponse) => {
-                self.inner.create_order(account, request).await?;
-                Err(ExchangeError::UnknownOutcome { detail: "connection reset after the request was sent".into() })
-            }
-            Some(Fault::RefuseBeforeSend) => Err(ExchangeError::Retryable { detail: "connection refused".into() }),
-            Some(Fault::NeverArrives) => {
-                Err(ExchangeError::UnknownOutcome { detail: "no answer within 10000 ms".into() })
-            }
-            Some(Fault::Reject) => Err(ExchangeError::Rejected { code: -2019, msg: "Margin is insufficient.".into() }),
-        }
-    }
-    async fn order_by_client_id(
-        &self,
-        account: &UserId,
-        symbol: &Symbol,
-        id: &ClientOrderId,
-    ) -> Result<Option<ExchangeOrder>, ExchangeError> {
-        self.inner.order_by_client_id(account, symbol, id).await
-    }
-    async fn cancel_order(
-        &self,
-        account: &UserId,
-        symbol: &Symbol,
-        id: &ClientOrderId,
-    ) -> Result<ExchangeOrder, ExchangeError> {
-        self.inner.cancel_order(account, symbol, id).await
-    }
-    async fn open_orders(
-        &self,
-        account: &UserId,
-        symbol: Option<&Symbol>,
-    ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
-        self.inner.open_orders(account, symbol).await
-    }
-    async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
-        self.inner.fills(account, symbol, since_ms).await
-    }
-}
+use bulwark::domain::{ClientOrderId, OrderState, Symbol, UserId};
+use bulwark::exchange::Exchange;
+use common::{Fault, ONE_USER, ScriptedExchange, Tree, config_in, start_paper};
 
 fn u1() -> UserId {
     UserId::new("u1").unwrap()
@@ -122,13 +19,12 @@ fn xrp() -> Symbol {
     Symbol::new("XRPUSDT").unwrap()
 }
 
-async fn tree_with(faults: Vec<Fault>) -> (tempfile::TempDir, Tree, Arc<Faulty>) {
+async fn tree_with(faults: Vec<Fault>) -> (tempfile::TempDir, Tree, Arc<ScriptedExchange>) {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path(), ONE_USER);
     let clock = ManualClock::new(common::START_MS);
     let paper = start_paper(&config, clock.clone());
-    let faulty =
-        Arc::new(Faulty { inner: paper.clone(), script: Mutex::new(faults.into()), attempts: Mutex::new(Vec::new()) });
+    let faulty = Arc::new(ScriptedExchange::new(paper.clone(), faults));
     let mut tree = Tree::start_with_exchange(config, clock, paper, faulty.clone());
     tree.wait_ready(&["u1"]).await;
     (dir, tree, faulty)

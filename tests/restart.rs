@@ -11,23 +11,11 @@ use bulwark::clock::ManualClock;
 use bulwark::domain::{ClientOrderId, OrderRequest, OrderState, OrderType, Price, Quantity, Side, Symbol, UserId};
 use bulwark::exchange::Exchange;
 use bulwark::supervision::journal::EventKind;
-use common::{Tree, config_in};
+use common::{ONE_USER, Tree, config_in};
 use rust_decimal::Decimal;
 
-const ONE_USER: &str = r#"
-[supervisor]
-backoff_ms_initial = 2
-backoff_ms_max = 50
-
-[[users]]
-id = "u1"
-[[users.strategies]]
-symbol = "XRPUSDT"
-timeframe = "5m"
-strategy = "ema_crossover"
-params = { fast = 3, slow = 8 }
-position_size_usdt = 200
-"#;
+/// Fast restarts, so that the tests do not wait on backoff.
+const FAST_RESTARTS: &str = "[supervisor]\nbackoff_ms_initial = 2\nbackoff_ms_max = 50\n";
 
 fn u1() -> UserId {
     UserId::new("u1").unwrap()
@@ -58,7 +46,7 @@ async fn place_orphan(tree: &Tree, id: &str) -> ClientOrderId {
 async fn a_crashed_trader_reloads_its_state_and_cancels_orphans_before_trading_again() {
     let dir = tempfile::tempdir().unwrap();
     let chaos = "[chaos]\nenabled = true\npanic_users = [\"u1\"]\npanic_every_decisions = 4\n";
-    let config = config_in(dir.path(), &format!("{chaos}\n{ONE_USER}"));
+    let config = config_in(dir.path(), &format!("{FAST_RESTARTS}\n{chaos}\n{ONE_USER}"));
     let mut tree = Tree::start(config, ManualClock::new(common::START_MS));
     tree.wait_ready(&["u1"]).await;
 
@@ -122,7 +110,7 @@ async fn a_restarted_server_resumes_from_the_database_and_duplicates_nothing() {
     let clock = ManualClock::new(common::START_MS);
 
     // First run: trade a few candles.
-    let config = config_in(dir.path(), ONE_USER);
+    let config = config_in(dir.path(), &format!("{FAST_RESTARTS}\n{ONE_USER}"));
     let mut tree = Tree::start(config.clone(), clock.clone());
     tree.wait_ready(&["u1"]).await;
     for _ in 0..6 {

@@ -6,15 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bulwark::clock::ManualClock;
-use bulwark::domain::{
-    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId,
-};
-use bulwark::exchange::paper::PaperExchange;
-use bulwark::exchange::{Exchange, ExchangeError};
+use bulwark::domain::UserId;
 use bulwark::supervision::journal::{ActorKind, EventKind};
-use common::{Iteration, THREE_USERS, Tree, config_in, start_paper};
+use common::{Iteration, ScriptedExchange, Tree, config_in, start_paper, three_users};
 
 const SUPERVISOR: &str = r#"
 [supervisor]
@@ -101,7 +96,7 @@ async fn a_panicking_trader_is_restarted_with_growing_backoff_then_quarantined_w
 
     // Baseline: no chaos.
     let baseline_dir = tempfile::tempdir().unwrap();
-    let config = config_in(baseline_dir.path(), &format!("{SUPERVISOR}\n{THREE_USERS}"));
+    let config = config_in(baseline_dir.path(), &format!("{SUPERVISOR}\n{}", three_users()));
     let mut tree = Tree::start(config, ManualClock::new(common::START_MS));
     tree.wait_ready(&["u1", "u2", "u3"]).await;
     let (baseline, _, _) = run_steps(&mut tree, STEPS, None).await;
@@ -110,7 +105,7 @@ async fn a_panicking_trader_is_restarted_with_growing_backoff_then_quarantined_w
     // The same market and users, with u2's trader panicking on every third decision.
     let chaos_dir = tempfile::tempdir().unwrap();
     let chaos = "[chaos]\nenabled = true\npanic_users = [\"u2\"]\npanic_every_decisions = 3\n";
-    let config = config_in(chaos_dir.path(), &format!("{SUPERVISOR}\n{chaos}\n{THREE_USERS}"));
+    let config = config_in(chaos_dir.path(), &format!("{SUPERVISOR}\n{chaos}\n{}", three_users()));
     let mut tree = Tree::start(config, ManualClock::new(common::START_MS));
     tree.wait_ready(&["u1", "u2", "u3"]).await;
     let (with_chaos, backoffs, quarantine_reason) = run_steps(&mut tree, STEPS, Some("u2")).await;
@@ -171,71 +166,20 @@ async fn a_panicking_trader_is_restarted_with_growing_backoff_then_quarantined_w
     assert!(log.lines().any(|l| l.contains("\"event\":\"tree\"")), "a final tree snapshot");
 }
 
-/// An exchange whose klines endpoint panics (a bug in a shared actor's dependency).
-#[derive(Debug)]
-struct PanickingKlines(PaperExchange);
-
-#[async_trait]
-impl Exchange for PanickingKlines {
-    fn venue(&self) -> &'static str {
-        "panicking"
-    }
-    async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
-        self.0.server_time_ms().await
-    }
-    async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
-        self.0.symbol_rules(symbol).await
-    }
-    async fn klines(&self, _: &Symbol, _: Timeframe, _: u16) -> Result<Vec<Candle>, ExchangeError> {
-        panic!("klines exploded")
-    }
-    async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
-        self.0.position(account, symbol).await
-    }
-    async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
-        self.0.balance(account).await
-    }
-    async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
-        self.0.create_order(account, request).await
-    }
-    async fn order_by_client_id(
-        &self,
-        account: &UserId,
-        symbol: &Symbol,
-        id: &ClientOrderId,
-    ) -> Result<Option<ExchangeOrder>, ExchangeError> {
-        self.0.order_by_client_id(account, symbol, id).await
-    }
-    async fn cancel_order(
-        &self,
-        account: &UserId,
-        symbol: &Symbol,
-        id: &ClientOrderId,
-    ) -> Result<ExchangeOrder, ExchangeError> {
-        self.0.cancel_order(account, symbol, id).await
-    }
-    async fn open_orders(
-        &self,
-        account: &UserId,
-        symbol: Option<&Symbol>,
-    ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
-        self.0.open_orders(account, symbol).await
-    }
-    async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
-        self.0.fills(account, symbol, since_ms).await
-    }
-}
-
 #[actix_rt::test]
 async fn a_shared_actor_that_keeps_failing_escalates() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(
         dir.path(),
-        &format!("[supervisor]\nshared_max_restarts = 1\nbackoff_ms_initial = 1\nbackoff_ms_max = 5\n{THREE_USERS}"),
+        &format!(
+            "[supervisor]\nshared_max_restarts = 1\nbackoff_ms_initial = 1\nbackoff_ms_max = 5\n{}",
+            three_users()
+        ),
     );
     let clock = ManualClock::new(common::START_MS);
     let paper = start_paper(&config, clock.clone());
-    let mut tree = Tree::start_with_exchange(config, clock, paper.clone(), Arc::new(PanickingKlines(paper)));
+    let exchange = ScriptedExchange { panic_on_klines: true, ..ScriptedExchange::new(paper.clone(), Vec::new()) };
+    let mut tree = Tree::start_with_exchange(config, clock, paper, Arc::new(exchange));
     tree.wait_ready(&["u1", "u2", "u3"]).await;
 
     // First failure: restarted (and the restarted incarnation still serves every subscriber).

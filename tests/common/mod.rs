@@ -6,8 +6,14 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use async_trait::async_trait;
+use bulwark::domain::{
+    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId,
+};
+use bulwark::exchange::ExchangeError;
 
 use bulwark::actors::market_data::{Poll, PollReport};
 use bulwark::clock::{Clock, ManualClock};
@@ -25,8 +31,8 @@ pub const START_MS: i64 = 1_700_000_000_000;
 /// Guard against a hung test; never used to wait for something to happen.
 const WAIT_GUARD: Duration = Duration::from_secs(60);
 
-/// Users trading 5-minute candles on the paper exchange's default symbols.
-pub const THREE_USERS: &str = r#"
+/// One user trading XRPUSDT 5-minute candles (the replayed market).
+pub const ONE_USER: &str = r#"
 [[users]]
 id = "u1"
 [[users.strategies]]
@@ -35,7 +41,10 @@ timeframe = "5m"
 strategy = "ema_crossover"
 params = { fast = 3, slow = 8 }
 position_size_usdt = 200
+"#;
 
+/// Two more users, on the random-walk markets.
+pub const TWO_MORE_USERS: &str = r#"
 [[users]]
 id = "u2"
 [[users.strategies]]
@@ -54,6 +63,10 @@ strategy = "ema_crossover"
 params = { fast = 4, slow = 10 }
 position_size_usdt = 300
 "#;
+
+pub fn three_users() -> String {
+    format!("{ONE_USER}\n{TWO_MORE_USERS}")
+}
 
 /// Builds a config whose data and logs live in `dir`.
 pub fn config_in(dir: &Path, body: &str) -> Config {
@@ -252,5 +265,103 @@ impl Tree {
         }
         outcome.iterations.sort_by(|a, b| a.user.cmp(&b.user));
         outcome
+    }
+}
+
+/// What the next order request meets.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// The exchange executes the order, and the answer is lost on the way back.
+    LoseResponse,
+    /// Refused before anything happened (connection refused, 503 "Service Unavailable").
+    RefuseBeforeSend,
+    /// The request never reaches the matching engine, and the caller times out.
+    NeverArrives,
+    /// The exchange rejects it.
+    Reject,
+}
+
+/// The paper exchange with scripted faults: on order creation, and optionally a klines endpoint
+/// that panics (a bug in a shared actor's dependency).
+#[derive(Debug)]
+pub struct ScriptedExchange {
+    pub inner: PaperExchange,
+    /// Faults met by the next order requests, in order; when empty, requests pass through.
+    pub script: Mutex<VecDeque<Fault>>,
+    /// Every create-order request that reached this wrapper.
+    pub attempts: Mutex<Vec<ClientOrderId>>,
+    pub panic_on_klines: bool,
+}
+
+impl ScriptedExchange {
+    pub fn new(inner: PaperExchange, faults: Vec<Fault>) -> Self {
+        Self { inner, script: Mutex::new(faults.into()), attempts: Mutex::new(Vec::new()), panic_on_klines: false }
+    }
+}
+
+#[async_trait]
+impl Exchange for ScriptedExchange {
+    fn venue(&self) -> &'static str {
+        "scripted"
+    }
+    async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
+        self.inner.server_time_ms().await
+    }
+    async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
+        self.inner.symbol_rules(symbol).await
+    }
+    async fn klines(&self, symbol: &Symbol, timeframe: Timeframe, limit: u16) -> Result<Vec<Candle>, ExchangeError> {
+        if self.panic_on_klines {
+            panic!("klines exploded");
+        }
+        self.inner.klines(symbol, timeframe, limit).await
+    }
+    async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
+        self.inner.position(account, symbol).await
+    }
+    async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
+        self.inner.balance(account).await
+    }
+    async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
+        self.attempts.lock().unwrap().push(request.client_order_id.clone());
+        let fault = self.script.lock().unwrap().pop_front();
+        match fault {
+            None => self.inner.create_order(account, request).await,
+            Some(Fault::LoseResponse) => {
+                self.inner.create_order(account, request).await?;
+                Err(ExchangeError::UnknownOutcome { detail: "connection reset after the request was sent".into() })
+            }
+            Some(Fault::RefuseBeforeSend) => Err(ExchangeError::Retryable { detail: "connection refused".into() }),
+            Some(Fault::NeverArrives) => {
+                Err(ExchangeError::UnknownOutcome { detail: "no answer within 10000 ms".into() })
+            }
+            Some(Fault::Reject) => Err(ExchangeError::Rejected { code: -2019, msg: "Margin is insufficient.".into() }),
+        }
+    }
+    async fn order_by_client_id(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        id: &ClientOrderId,
+    ) -> Result<Option<ExchangeOrder>, ExchangeError> {
+        self.inner.order_by_client_id(account, symbol, id).await
+    }
+    async fn cancel_order(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        id: &ClientOrderId,
+    ) -> Result<ExchangeOrder, ExchangeError> {
+        self.inner.cancel_order(account, symbol, id).await
+    }
+    async fn open_orders(
+        &self,
+        account: &UserId,
+        symbol: Option<&Symbol>,
+    ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+        self.inner.open_orders(account, symbol).await
+    }
+    async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
+        self.inner.fills(account, symbol, since_ms).await
     }
 }
