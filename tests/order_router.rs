@@ -111,3 +111,23 @@ async fn a_rejection_is_final_and_the_next_decision_is_a_new_intent() {
     assert_eq!(faulty.attempts.lock().unwrap().len(), 2);
     tree.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_filled_order_is_not_marked_done_until_the_exchange_lists_its_fills() {
+    let (_dir, mut tree, faulty) = tree_with(Vec::new()).await;
+    tree.step_and_settle(&["u1"]).await;
+    assert_eq!(first_order_state(&mut tree).await, OrderState::Open);
+    // The order fills on this candle, but the exchange's trade list lags behind.
+    *faulty.lagging_fill_reads.lock().unwrap() = 1;
+    let lagging = tree.step_and_settle(&["u1"]).await;
+    assert_eq!(lagging.iterations[0].decision.reason, "order bw-u1-1 is open; no new order until it resolves");
+    let order = tree.store().order(&ClientOrderId::for_intent(&u1(), 1)).unwrap().unwrap();
+    assert_eq!(order.state, OrderState::Open, "filled on the exchange, but no fill recorded yet: {order:?}");
+    assert!(order.last_error.as_deref().unwrap().starts_with("fills listed for 0 of"), "{order:?}");
+    assert_eq!(tree.store().fill_count(&u1()).unwrap(), 0);
+    // Once the fills are listed, the order is done and its fill is recorded.
+    tree.step_and_settle(&["u1"]).await;
+    assert_eq!(first_order_state(&mut tree).await, OrderState::Filled);
+    assert_eq!(tree.store().fill_count(&u1()).unwrap(), 1);
+    tree.shutdown().await;
+}

@@ -350,7 +350,7 @@ async fn adopt(
     known_filled: Decimal,
     order: ExchangeOrder,
 ) -> PlacementOutcome {
-    let to = order.status.order_state();
+    let mut to = order.status.order_state();
     let mut change = OrderTransition::new(intent.client_order_id.clone(), from, to, context.clock.now_ms());
     change.exchange_order_id = Some(order.exchange_order_id.clone());
     change.filled_quantity = Some(order.filled_quantity);
@@ -359,7 +359,16 @@ async fn adopt(
         let since_ms = intent.created_at_ms - 60_000;
         match call(context, "fills", context.exchange.fills(&intent.user, &intent.symbol, since_ms)).await {
             Ok(fills) => {
-                change.fills = fills.into_iter().filter(|f| f.exchange_order_id == order.exchange_order_id).collect()
+                change.fills = fills.into_iter().filter(|f| f.exchange_order_id == order.exchange_order_id).collect();
+                let shown: Decimal = change.fills.iter().map(|f| f.quantity).sum();
+                if shown < order.filled_quantity && to.is_final() && from.may_become(OrderState::Open) {
+                    // The exchange says done but has not listed every fill yet: record the fills it
+                    // listed and keep the order open, so the next sync looks again. An order is
+                    // never marked done with a fill missing.
+                    to = OrderState::Open;
+                    change.to = to;
+                    change.last_error = Some(format!("fills listed for {shown} of {} filled", order.filled_quantity));
+                }
             }
             Err(error) => {
                 // Without its fills a filled order must not be marked done: leave it for the next sync.

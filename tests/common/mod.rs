@@ -291,11 +291,19 @@ pub struct ScriptedExchange {
     /// Every create-order request that reached this wrapper.
     pub attempts: Mutex<Vec<ClientOrderId>>,
     pub panic_on_klines: bool,
+    /// The next this-many fill listings come back empty (an exchange whose trade history lags).
+    pub lagging_fill_reads: Mutex<u32>,
 }
 
 impl ScriptedExchange {
     pub fn new(inner: PaperExchange, faults: Vec<Fault>) -> Self {
-        Self { inner, script: Mutex::new(faults.into()), attempts: Mutex::new(Vec::new()), panic_on_klines: false }
+        Self {
+            inner,
+            script: Mutex::new(faults.into()),
+            attempts: Mutex::new(Vec::new()),
+            panic_on_klines: false,
+            lagging_fill_reads: Mutex::new(0),
+        }
     }
 }
 
@@ -362,6 +370,13 @@ impl Exchange for ScriptedExchange {
         self.inner.open_orders(account, symbol).await
     }
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
+        {
+            let mut lagging = self.lagging_fill_reads.lock().unwrap();
+            if *lagging > 0 {
+                *lagging -= 1;
+                return Ok(Vec::new());
+            }
+        }
         self.inner.fills(account, symbol, since_ms).await
     }
 }

@@ -108,6 +108,9 @@ pub struct PaperVenue {
     working: BTreeMap<u64, (UserId, ClientOrderId)>,
     next_sequence: u64,
     next_trade_id: u64,
+    /// The forming candle at the last settlement: nothing can fill until the next one forms, so
+    /// requests within one candle settle once (settlement is then O(1) per request, not O(orders)).
+    settled_at_forming: Option<u64>,
 }
 
 fn rejected(code: i64, msg: impl Into<String>) -> ExchangeError {
@@ -137,6 +140,7 @@ impl PaperVenue {
             working: BTreeMap::new(),
             next_sequence: 1,
             next_trade_id: 1,
+            settled_at_forming: None,
         }
     }
 
@@ -452,6 +456,9 @@ impl PaperVenue {
     /// Fills every working order the market has reached by `wall_ms`.
     fn settle(&mut self, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<(), ExchangeError> {
         let forming = self.market.clock().forming_index(wall_ms);
+        if self.settled_at_forming == Some(forming) {
+            return Ok(());
+        }
         let working: Vec<(u64, UserId, ClientOrderId)> =
             self.working.iter().map(|(seq, (user, id))| (*seq, user.clone(), id.clone())).collect();
         for (_, user, client_order_id) in working {
@@ -510,6 +517,7 @@ impl PaperVenue {
                 }
             }
         }
+        self.settled_at_forming = Some(forming);
         Ok(())
     }
 
