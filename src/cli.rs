@@ -57,7 +57,13 @@ pub fn main() -> ExitCode {
                 eprintln!("bulwark: cannot create the log directory {}: {error}", config.server.log_dir.display());
                 return ExitCode::from(EXIT_RUNTIME_ERROR);
             }
-            let _log = crate::logging::init(Some(&config.server.log_dir));
+            let _log = match crate::logging::init(Some(&config.server.log_dir)) {
+                Ok(guard) => guard,
+                Err(error) => {
+                    eprintln!("bulwark: {error}");
+                    return ExitCode::from(EXIT_RUNTIME_ERROR);
+                }
+            };
             if config.source_name == config::EMBEDDED_SOURCE_NAME {
                 tracing::info!("{} not found: running on the embedded default config", config::DEFAULT_CONFIG_PATH);
             }

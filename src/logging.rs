@@ -15,11 +15,21 @@ pub struct LogGuard {
 }
 
 /// Installs the subscriber. `RUST_LOG` overrides the default level (`info`). With a `log_dir`, the
-/// log also goes to `<log_dir>/bulwark.log`.
-pub fn init(log_dir: Option<&Path>) -> LogGuard {
+/// log also goes to `<log_dir>/bulwark.log`; a log file that cannot be created is an error.
+pub fn init(log_dir: Option<&Path>) -> Result<LogGuard, String> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let mut guard = None;
-    let result = match log_dir.map(|dir| tracing_appender::rolling::never(dir, "bulwark.log")) {
+    let file = match log_dir {
+        Some(dir) => Some(
+            tracing_appender::rolling::RollingFileAppender::builder()
+                .rotation(tracing_appender::rolling::Rotation::NEVER)
+                .filename_prefix("bulwark.log")
+                .build(dir)
+                .map_err(|error| format!("cannot open {}: {error}", dir.join("bulwark.log").display()))?,
+        ),
+        None => None,
+    };
+    let result = match file {
         Some(file) => {
             // Lossy: a full buffer drops log lines rather than stall an actor (the buffer is bounded).
             let (file, file_guard) = tracing_appender::non_blocking(file);
@@ -36,7 +46,7 @@ pub fn init(log_dir: Option<&Path>) -> LogGuard {
         // Already installed (tests); keep the existing subscriber.
     }
     install_panic_hook();
-    LogGuard { _file: guard }
+    Ok(LogGuard { _file: guard })
 }
 
 /// Logs panics through tracing with the thread name; the supervisor records the restart.
