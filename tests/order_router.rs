@@ -20,8 +20,12 @@ fn xrp() -> Symbol {
 }
 
 async fn tree_with(faults: Vec<Fault>) -> (tempfile::TempDir, Tree, Arc<ScriptedExchange>) {
+    tree_with_config(faults, "").await
+}
+
+async fn tree_with_config(faults: Vec<Fault>, extra: &str) -> (tempfile::TempDir, Tree, Arc<ScriptedExchange>) {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_in(dir.path(), ONE_USER);
+    let config = config_in(dir.path(), &format!("{extra}\n{ONE_USER}"));
     let clock = ManualClock::new(common::START_MS);
     let paper = start_paper(&config, clock.clone());
     let faulty = Arc::new(ScriptedExchange::new(paper.clone(), faults));
@@ -126,6 +130,19 @@ async fn a_filled_order_is_not_marked_done_until_the_exchange_lists_its_fills() 
     assert!(order.last_error.as_deref().unwrap().starts_with("fills listed for 0 of"), "{order:?}");
     assert_eq!(tree.store().fill_count(&u1()).unwrap(), 0);
     // Once the fills are listed, the order is done and its fill is recorded.
+    tree.step_and_settle(&["u1"]).await;
+    assert_eq!(first_order_state(&mut tree).await, OrderState::Filled);
+    assert_eq!(tree.store().fill_count(&u1()).unwrap(), 1);
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn fills_are_found_whatever_the_market_speed() {
+    // Slower than real time: one 5-minute candle per 20 minutes of wall time, so market time (the
+    // exchange's) falls behind the bot's wall clock.
+    let (_dir, mut tree, _) = tree_with_config(Vec::new(), "[exchange.paper]\ncandle_interval_ms = 1200000").await;
+    tree.step_and_settle(&["u1"]).await;
+    assert_eq!(first_order_state(&mut tree).await, OrderState::Open);
     tree.step_and_settle(&["u1"]).await;
     assert_eq!(first_order_state(&mut tree).await, OrderState::Filled);
     assert_eq!(tree.store().fill_count(&u1()).unwrap(), 1);

@@ -356,10 +356,10 @@ async fn adopt(
     change.filled_quantity = Some(order.filled_quantity);
     change.average_price = order.average_price;
     if !order.filled_quantity.is_zero() {
-        let since_ms = intent.created_at_ms - 60_000;
-        match call(context, "fills", context.exchange.fills(&intent.user, &intent.symbol, since_ms)).await {
+        let listing = context.exchange.order_fills(&intent.user, &intent.symbol, &order.exchange_order_id);
+        match call(context, "order fills", listing).await {
             Ok(fills) => {
-                change.fills = fills.into_iter().filter(|f| f.exchange_order_id == order.exchange_order_id).collect();
+                change.fills = fills;
                 let shown: Decimal = change.fills.iter().map(|f| f.quantity).sum();
                 if shown < order.filled_quantity && to.is_final() && from.may_become(OrderState::Open) {
                     // The exchange says done but has not listed every fill yet: record the fills it

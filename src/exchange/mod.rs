@@ -122,8 +122,17 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>)
     -> Result<Vec<ExchangeOrder>, ExchangeError>;
 
-    /// The account's fills on a symbol at or after `since_ms`, oldest first.
+    /// The account's fills on a symbol at or after `since_ms` (exchange time), oldest first.
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError>;
+
+    /// Every fill of one order (Binance: `userTrades` with `orderId`), oldest first. Independent of
+    /// any clock, so it is what order resolution uses.
+    async fn order_fills(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        exchange_order_id: &str,
+    ) -> Result<Vec<Fill>, ExchangeError>;
 }
 
 #[cfg(test)]

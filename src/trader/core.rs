@@ -507,11 +507,19 @@ impl TraderCore {
         }
     }
 
+    /// Other symbols that hold a position or may be about to: a verified position, an order not
+    /// yet final (an entry placed but not filled counts), or a placement under way. Counting the
+    /// last two is what keeps two slots deciding on the same candle from both entering.
     fn open_positions_elsewhere(&self, slot_index: usize) -> u32 {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(i, s)| *i != slot_index && s.known_position.as_ref().is_some_and(|p| !p.quantity.is_zero()))
+            .filter(|(i, slot)| {
+                *i != slot_index
+                    && (slot.known_position.as_ref().is_some_and(|p| !p.quantity.is_zero())
+                        || slot.active_order.is_some()
+                        || matches!(slot.phase, Phase::Placing { .. }))
+            })
             .count() as u32
     }
 

@@ -490,3 +490,36 @@ fn a_restored_core_continues_the_sequence_and_keeps_position_start_time() {
     let exit = h.decide(SignalAction::Exit, snapshot("10", vec![]));
     assert_eq!(placed(&exit)[0].client_order_id.as_str(), "bw-u1-43");
 }
+
+#[test]
+fn entries_in_flight_on_other_symbols_count_against_the_position_limit() {
+    // Two symbols, room for one position: both slots decide on the same candle.
+    let mut h = harness_with(RiskLimits { max_open_positions: 1, max_position_notional_usdt: dec("1000") }, 1);
+    let other = Symbol::new("OTHER0USDT").unwrap();
+    h.candle_open_ms += 300_000;
+    let candles = Ok(window(h.candle_open_ms, 20));
+    let first = h.core.process(
+        TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles: candles.clone() },
+        NOW_MS,
+    );
+    let second =
+        h.core.process(TraderEvent::CandleClosed { symbol: other.clone(), timeframe: Timeframe::M5, candles }, NOW_MS);
+    let iteration = |commands: &[TraderCommand]| match commands {
+        [TraderCommand::SyncAccount { iteration, .. }] => *iteration,
+        other => panic!("{other:?}"),
+    };
+    let (first_iteration, second_iteration) = (iteration(&first), iteration(&second));
+    h.strategy.signal(SignalAction::Long);
+    let entered = h.synced(first_iteration, Ok(snapshot("0", vec![])));
+    assert_eq!(placed(&entered).len(), 1);
+    // The first entry is still being placed when the second slot decides: no second position.
+    h.strategy.signal(SignalAction::Long);
+    let mut other_snapshot = snapshot("0", vec![]);
+    other_snapshot.position.symbol = other;
+    let blocked = h.core.process(
+        TraderEvent::AccountSynced { slot: 1, iteration: second_iteration, result: Ok(other_snapshot) },
+        NOW_MS,
+    );
+    assert!(placed(&blocked).is_empty(), "{blocked:?}");
+    assert!(records(&blocked).iter().any(|r| r.outcome == "blocked" && r.reason.starts_with("RES-POSITION-LIMIT")));
+}

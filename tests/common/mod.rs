@@ -370,6 +370,9 @@ impl Exchange for ScriptedExchange {
         self.inner.open_orders(account, symbol).await
     }
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
+        self.inner.fills(account, symbol, since_ms).await
+    }
+    async fn order_fills(&self, account: &UserId, symbol: &Symbol, id: &str) -> Result<Vec<Fill>, ExchangeError> {
         {
             let mut lagging = self.lagging_fill_reads.lock().unwrap();
             if *lagging > 0 {
@@ -377,6 +380,6 @@ impl Exchange for ScriptedExchange {
                 return Ok(Vec::new());
             }
         }
-        self.inner.fills(account, symbol, since_ms).await
+        self.inner.order_fills(account, symbol, id).await
     }
 }

@@ -221,4 +221,18 @@ impl Exchange for PaperExchange {
         let (account, symbol) = (account.clone(), symbol.clone());
         self.call(move |venue, wall_ms, changes| venue.fills(&account, &symbol, since_ms, wall_ms, changes)).await
     }
+
+    async fn order_fills(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        exchange_order_id: &str,
+    ) -> Result<Vec<Fill>, ExchangeError> {
+        let (account, symbol, exchange_order_id) = (account.clone(), symbol.clone(), exchange_order_id.to_owned());
+        self.call(move |venue, wall_ms, changes| {
+            let fills = venue.fills(&account, &symbol, i64::MIN, wall_ms, changes)?;
+            Ok(fills.into_iter().filter(|fill| fill.exchange_order_id == exchange_order_id).collect())
+        })
+        .await
+    }
 }

@@ -376,7 +376,7 @@ impl PaperVenue {
                 average_price: None,
                 status: ExchangeOrderStatus::New,
                 reduce_only: request.reduce_only,
-                updated_at_ms: wall_ms,
+                updated_at_ms: self.market.clock().market_now_ms(wall_ms),
             },
             placed_index,
             checked_index: placed_index,
@@ -417,7 +417,7 @@ impl PaperVenue {
         }
         let mut order = order;
         order.order.status = ExchangeOrderStatus::Canceled;
-        order.order.updated_at_ms = wall_ms;
+        order.order.updated_at_ms = self.market.clock().market_now_ms(wall_ms);
         self.finish(user, order.clone(), changes);
         Ok(order.order)
     }
