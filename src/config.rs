@@ -23,7 +23,7 @@ use crate::domain::{Symbol, SymbolRules, Timeframe, UserId};
 use crate::exchange::paper::market::{BASE_TIMEFRAME, RandomWalkParams, SeriesSource, parse_replay};
 use crate::exchange::paper::venue::VenueSettings;
 use crate::exchange::paper::{PaperSettings, PaperSymbol, embedded_dataset};
-use crate::limits::{CANDLE_WINDOW_LEN, STRATEGIES_PER_USER_MAX, USERS_MAX};
+use crate::limits::{CANDLE_WINDOW_LEN, PAPER_RANDOM_WALK_HISTORY_MAX, STRATEGIES_PER_USER_MAX, USERS_MAX};
 use crate::strategy::{self, Strategy};
 use crate::supervision::policy::RestartPolicy;
 use crate::trader::risk::RiskLimits;
@@ -769,14 +769,27 @@ impl Validator {
                 None
             }
         };
+        let base_ms = BASE_TIMEFRAME.duration_ms();
         let timeframe = match raw.timeframe.parse::<Timeframe>() {
-            Ok(timeframe) if timeframe.duration_ms() % BASE_TIMEFRAME.duration_ms() == 0 => Some(timeframe),
-            Ok(timeframe) => {
+            Ok(timeframe) if timeframe.duration_ms() % base_ms != 0 => {
                 self.problem(
                     format!("{path}.timeframe"),
                     format!("{timeframe} is finer than the paper exchange's 5m candles"),
                 );
                 None
+            }
+            Ok(timeframe) => {
+                // A window of this timeframe must fit in the history a random-walk symbol keeps.
+                let needed = (CANDLE_WINDOW_LEN + 1) * (timeframe.duration_ms() / base_ms) as usize;
+                if needed > PAPER_RANDOM_WALK_HISTORY_MAX {
+                    let message = format!(
+                        "{timeframe} needs {needed} 5-minute candles of history; the paper exchange keeps {PAPER_RANDOM_WALK_HISTORY_MAX} (use 8h or shorter)"
+                    );
+                    self.problem(format!("{path}.timeframe"), message);
+                    None
+                } else {
+                    Some(timeframe)
+                }
             }
             Err(error) => {
                 self.problem(format!("{path}.timeframe"), error);
@@ -1008,6 +1021,20 @@ mod tests {
         assert!(has("users[0].strategies[0].position_size_usdt: 2000 exceeds"), "{lines:#?}");
         assert!(has("users[0].strategies[1].strategy: unknown strategy \"martingale\""), "{lines:#?}");
         assert!(has("chaos.panic_users[0]: unknown user \"nobody\""), "{lines:#?}");
+    }
+
+    #[test]
+    fn timeframes_longer_than_the_paper_history_are_refused() {
+        let user = |timeframe: &str| {
+            format!(
+                "[[users]]\nid = \"u1\"\n[[users.strategies]]\nsymbol = \"BTCUSDT\"\ntimeframe = \"{timeframe}\"\nstrategy = \"ema_crossover\"\nposition_size_usdt = 100\n"
+            )
+        };
+        assert!(parse(&user("8h"), "x").is_ok());
+        for timeframe in ["12h", "1d"] {
+            let errors = parse(&user(timeframe), "x").unwrap_err();
+            assert!(errors.problems[0].message.contains("use 8h or shorter"), "{errors}");
+        }
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub enum LockError {
     },
 }
 
+/// Extra attempts (and the pause between them) before a busy lock counts as held.
+const ACQUIRE_RETRIES: u32 = 5;
+const ACQUIRE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Held for the life of the server; dropping it releases the lock.
 #[derive(Debug)]
 pub struct InstanceLock {
@@ -42,7 +46,17 @@ impl InstanceLock {
         let io = |source| LockError::Io { lock: path.display().to_string(), source };
         let mut file =
             OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
-        if file.try_lock().is_err() {
+        // `bulwark status` takes the lock for an instant to see whether a server holds it, so a
+        // lock that is busy is tried again briefly before it counts as held.
+        let mut locked = file.try_lock().is_ok();
+        for _ in 0..ACQUIRE_RETRIES {
+            if locked {
+                break;
+            }
+            std::thread::sleep(ACQUIRE_RETRY_DELAY);
+            locked = file.try_lock().is_ok();
+        }
+        if !locked {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
@@ -59,7 +73,8 @@ impl InstanceLock {
         Ok(Self { path, _file: file })
     }
 
-    /// Whether some process holds the lock right now (for `bulwark status`).
+    /// Whether some process holds the lock right now (for `bulwark status`). Takes the lock for an
+    /// instant when it is free; `acquire` retries briefly, so this never keeps a server from starting.
     pub fn is_held(database: &Path) -> bool {
         let path = Self::lock_path(database);
         match OpenOptions::new().read(true).write(true).open(&path) {

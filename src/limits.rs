@@ -10,18 +10,35 @@ pub const CANDLE_WINDOW_LEN: usize = 200;
 /// without bound.
 pub const TRADER_MAILBOX_CAPACITY: usize = 64;
 
-/// Mailbox capacity of the persistence actor. Callers use `send().await`, so a full mailbox
-/// applies back-pressure instead of growing.
+/// Mailbox capacity of the persistence actor.
 pub const PERSISTENCE_MAILBOX_CAPACITY: usize = 4096;
+
+/// Requests to persistence queued or running at once, across every caller (a semaphore in the
+/// `Directory`, because actix mailboxes let each sender past the capacity once). Awaited requests
+/// wait for a permit (back-pressure); fire-and-forget writes that find none are refused, counted
+/// and logged, never queued.
+pub const PERSISTENCE_IN_FLIGHT_MAX: usize = 4096;
 
 /// Mailbox capacity of the order router and market data actors.
 pub const SHARED_MAILBOX_CAPACITY: usize = 4096;
+
+/// Attempts at a trader's start-up (reload, reconcile, subscribe) before it counts as a crash,
+/// and the first delay between them (doubling).
+pub const TRADER_START_UP_ATTEMPTS_MAX: u32 = 5;
+pub const TRADER_START_UP_BACKOFF_MS_INITIAL: u64 = 200;
 
 /// Decision rows kept per user in the database; older rows are pruned periodically.
 pub const DECISIONS_PER_USER_MAX: i64 = 2_000;
 
 /// Supervisor event rows kept in the database; older rows are pruned periodically.
 pub const SUPERVISOR_EVENTS_MAX: i64 = 100_000;
+
+/// Order state-change rows kept (the audit trail); older rows are pruned periodically. The
+/// ledger itself (intents, orders, fills) is never pruned: it is the users' trade history.
+pub const ORDER_EVENTS_MAX: i64 = 1_000_000;
+
+/// Reconciliation action rows kept; older rows are pruned periodically.
+pub const RECONCILE_ACTIONS_MAX: i64 = 100_000;
 
 /// Requests queued for the paper exchange's venue thread; senders wait when it is full.
 pub const PAPER_VENUE_QUEUE_MAX: usize = 1024;
@@ -54,4 +71,5 @@ pub const ORDER_RESOLVE_QUERIES_PER_SYNC_MAX: usize = 8;
 pub const EVENT_TAP_CAPACITY: usize = 4096;
 
 const _: () = assert!(CANDLE_WINDOW_LEN <= KLINES_LIMIT_MAX as usize);
-const _: () = assert!(PAPER_RANDOM_WALK_HISTORY_MAX >= CANDLE_WINDOW_LEN * 48);
+// An 8h window (96 base candles each) must fit in a random walk's history; config refuses longer.
+const _: () = assert!(PAPER_RANDOM_WALK_HISTORY_MAX >= (CANDLE_WINDOW_LEN + 1) * 96);

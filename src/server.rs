@@ -6,9 +6,10 @@
 //! On SIGTERM, SIGINT or the end of `--duration`, the root supervisor runs these steps, each with
 //! the `shutdown_deadline_secs` deadline:
 //! 1. market data stops delivering candles, so no new decision starts;
-//! 2. the order router finishes the orders it is placing (those still unfinished at the deadline
-//!    stay `sending`/`unknown` in the database and the next start resolves them by client id);
-//! 3. every user's trader stops (`stopped` events);
+//! 2. every user's trader stops (`stopped` events), so no new intent is made;
+//! 3. the order router sends nothing new and finishes the orders it is placing (those still
+//!    unfinished at the deadline stay `sending`/`unknown` in the database and the next start
+//!    resolves them by client id);
 //! 4. market data and the order router stop;
 //! 5. persistence runs every queued write, checkpoints the WAL into the database file, and stops;
 //! 6. the final tree snapshot goes to `supervisor.jsonl`;

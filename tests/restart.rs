@@ -6,12 +6,14 @@
 mod common;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
-use bulwark::clock::ManualClock;
+use bulwark::clock::{Clock, ManualClock};
 use bulwark::domain::{ClientOrderId, OrderRequest, OrderState, OrderType, Price, Quantity, Side, Symbol, UserId};
 use bulwark::exchange::Exchange;
+use bulwark::exchange::paper::PaperExchange;
 use bulwark::supervision::journal::EventKind;
-use common::{ONE_USER, Tree, config_in};
+use common::{ONE_USER, ScriptedExchange, Tree, config_in};
 use rust_decimal::Decimal;
 
 /// Fast restarts, so that the tests do not wait on backoff.
@@ -27,8 +29,7 @@ fn xrp() -> Symbol {
 
 /// An order placed straight on the exchange with bulwark's prefix, far from the market so that it
 /// stays open: the database has never heard of it.
-async fn place_orphan(tree: &Tree, id: &str) -> ClientOrderId {
-    let client_order_id = ClientOrderId::parse(id).unwrap();
+async fn place_orphan_on(paper: &PaperExchange, client_order_id: &ClientOrderId, now_ms: i64) {
     let request = OrderRequest {
         client_order_id: client_order_id.clone(),
         symbol: xrp(),
@@ -36,10 +37,9 @@ async fn place_orphan(tree: &Tree, id: &str) -> ClientOrderId {
         order_type: OrderType::Limit { price: Price::new(Decimal::from_str("0.5").unwrap()).unwrap() },
         quantity: Quantity::new(Decimal::from(20)).unwrap(),
         reduce_only: false,
-        timestamp_ms: tree.now_ms(),
+        timestamp_ms: now_ms,
     };
-    tree.paper.create_order(&u1(), &request).await.expect("the exchange accepts the orphan");
-    client_order_id
+    paper.create_order(&u1(), &request).await.expect("the exchange accepts the orphan");
 }
 
 #[actix_rt::test]
@@ -62,7 +62,8 @@ async fn a_crashed_trader_reloads_its_state_and_cancels_orphans_before_trading_a
     assert!(before.last_intent_seq >= 1);
 
     // An orphan appears on the exchange; then the fourth decision panics.
-    let orphan = place_orphan(&tree, "bw-u1-9999").await;
+    let orphan = ClientOrderId::parse("bw-u1-9999").unwrap();
+    place_orphan_on(&tree.paper, &orphan, tree.now_ms()).await;
     let outcome = tree.step_and_settle(&["u1"]).await;
     assert_eq!(outcome.crashes.len(), 1, "the chaos plan panics on decision 4");
     tree.wait_supervision("restarted", |e| e.event == EventKind::Restarted).await;
@@ -108,10 +109,14 @@ async fn a_crashed_trader_reloads_its_state_and_cancels_orphans_before_trading_a
 async fn a_restarted_server_resumes_from_the_database_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(common::START_MS);
+    let config = config_in(dir.path(), &format!("{FAST_RESTARTS}\n{ONE_USER}"));
+    // Every order request that reaches the exchange, over both runs.
+    let mut sent: Vec<ClientOrderId> = Vec::new();
 
     // First run: trade a few candles.
-    let config = config_in(dir.path(), &format!("{FAST_RESTARTS}\n{ONE_USER}"));
-    let mut tree = Tree::start(config.clone(), clock.clone());
+    let paper = common::start_paper(&config, clock.clone());
+    let exchange = Arc::new(ScriptedExchange::new(paper.clone(), Vec::new()));
+    let mut tree = Tree::start_with_exchange(config.clone(), clock.clone(), paper, exchange.clone());
     tree.wait_ready(&["u1"]).await;
     for _ in 0..6 {
         tree.step_and_settle(&["u1"]).await;
@@ -119,34 +124,74 @@ async fn a_restarted_server_resumes_from_the_database_and_duplicates_nothing() {
     let first = tree.store().load_trader_state(&u1()).unwrap();
     let first_orders = tree.store().orders_of(&u1()).unwrap();
     assert!(!first_orders.is_empty());
-    let paper = tree.paper.clone();
     tree.shutdown().await;
-    drop(paper);
+    sent.extend(exchange.attempts.lock().unwrap().drain(..));
 
     // Second run on the same database and exchange books.
-    let mut tree = Tree::start(config, clock);
+    let paper = common::start_paper(&config, clock.clone());
+    let exchange = Arc::new(ScriptedExchange::new(paper.clone(), Vec::new()));
+    let mut tree = Tree::start_with_exchange(config, clock, paper, exchange.clone());
     let ready = tree.wait_ready(&["u1"]).await;
     assert!(ready[0].1.contains(&format!("intent sequence {}", first.last_intent_seq)), "{ready:?}");
     for _ in 0..6 {
         tree.step_and_settle(&["u1"]).await;
     }
     let orders = tree.store().orders_of(&u1()).unwrap();
-    let exchange_orders = tree.paper.open_orders(&u1(), None).await.unwrap();
-    assert!(exchange_orders.is_empty(), "market orders all filled: {exchange_orders:?}");
-    // The first run's orders are untouched, the second run's continue the sequence.
+    assert!(orders.len() > first_orders.len(), "the second run traded");
+    assert!(tree.paper.open_orders(&u1(), None).await.unwrap().is_empty(), "market orders all filled");
+    // The first run's orders are untouched; the second run's continue the sequence.
     assert_eq!(&orders[..first_orders.len()], first_orders.as_slice());
     for (index, order) in orders.iter().enumerate() {
         assert_eq!(order.intent.intent_seq, index as u64 + 1, "dense, unique sequence");
-        assert!(matches!(order.state, OrderState::Filled | OrderState::Rejected), "{order:?}");
-        // Exactly one exchange order per intent: the exchange knows this client order id once.
-        let on_exchange = tree.paper.order_by_client_id(&u1(), &xrp(), &order.intent.client_order_id).await.unwrap();
-        if order.state == OrderState::Filled {
-            let on_exchange = on_exchange.expect("a filled intent has its exchange order");
-            assert_eq!(Some(on_exchange.exchange_order_id), order.exchange_order_id);
-        }
+        assert_eq!(order.state, OrderState::Filled, "{order:?}");
     }
+    // Each intent was sent exactly once, over both runs.
+    sent.extend(exchange.attempts.lock().unwrap().drain(..));
+    let intents: Vec<ClientOrderId> = orders.iter().map(|o| o.intent.client_order_id.clone()).collect();
+    assert_eq!(sent, intents, "one request per intent, in order, none repeated");
     let fills = tree.store().fill_count(&u1()).unwrap();
-    let filled = orders.iter().filter(|o| o.state == OrderState::Filled).count() as u64;
-    assert_eq!(fills, filled, "one fill per filled market order, none twice");
+    assert_eq!(fills, orders.len() as u64, "one fill per filled market order, none twice");
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_trader_never_trades_next_to_an_orphan_it_cannot_cancel() {
+    let strict = format!("[supervisor]\nmax_restarts = 1\nbackoff_ms_initial = 2\nbackoff_ms_max = 50\n{ONE_USER}");
+    let clock = ManualClock::new(common::START_MS);
+    let orphan = ClientOrderId::parse("bw-u1-777").unwrap();
+
+    // An orphan is on the exchange before the server starts, and the exchange refuses to cancel
+    // it twice: the first start-up retries and succeeds.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), &strict);
+    let paper = common::start_paper(&config, clock.clone());
+    place_orphan_on(&paper, &orphan, clock.now_ms()).await;
+    let exchange = Arc::new(ScriptedExchange::new(paper.clone(), Vec::new()));
+    *exchange.failing_cancels.lock().unwrap() = 2;
+    let mut tree = Tree::start_with_exchange(config, clock.clone(), paper, exchange);
+    let ready = tree.wait_ready(&["u1"]).await;
+    assert!(ready[0].1.contains("1 orphan(s) cancelled"), "{ready:?}");
+    assert!(tree.paper.open_orders(&u1(), None).await.unwrap().is_empty());
+    tree.shutdown().await;
+
+    // When the cancel always fails, start-up fails each time, the user is quarantined, and no
+    // order is ever placed next to the orphan.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), &strict);
+    let paper = common::start_paper(&config, clock.clone());
+    place_orphan_on(&paper, &orphan, clock.now_ms()).await;
+    let exchange = Arc::new(ScriptedExchange::new(paper.clone(), Vec::new()));
+    *exchange.failing_cancels.lock().unwrap() = u32::MAX;
+    let mut tree = Tree::start_with_exchange(config, clock, paper, exchange.clone());
+    let crashed = tree.wait_supervision("start-up failure", |e| e.event == EventKind::Crashed).await;
+    let reason = crashed.reason.unwrap();
+    assert!(reason.contains("orphan order bw-u1-777 could not be cancelled"), "{reason}");
+    assert!(reason.contains("after 5 attempts"), "{reason}");
+    let quarantined = tree.wait_supervision("quarantine", |e| e.event == EventKind::Quarantined).await;
+    assert!(quarantined.reason.unwrap().contains("could not be cancelled"));
+    tree.step().await;
+    assert!(exchange.attempts.lock().unwrap().is_empty(), "no order was placed");
+    assert!(tree.store().orders_of(&u1()).unwrap().is_empty());
+    assert_eq!(tree.paper.open_orders(&u1(), None).await.unwrap().len(), 1, "the orphan is left as it is");
     tree.shutdown().await;
 }

@@ -212,6 +212,10 @@ impl MarketData {
         result: Result<Vec<Candle>, crate::exchange::ExchangeError>,
         report: &mut PollReport,
     ) {
+        if self.stopped {
+            // A poll that was running when the feeds stopped delivers nothing.
+            return;
+        }
         if result.is_err() {
             self.stats.klines_failures += 1;
         }

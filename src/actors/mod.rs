@@ -9,13 +9,17 @@ pub mod persistence;
 pub mod trader;
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use actix::Addr;
 use parking_lot::RwLock;
+use tokio::sync::Semaphore;
 
 use crate::actors::market_data::MarketData;
 use crate::actors::order_router::OrderRouter;
 use crate::actors::persistence::PersistenceActor;
+use crate::limits::PERSISTENCE_IN_FLIGHT_MAX;
 
 /// Where the current incarnation of each shared actor can be reached.
 ///
@@ -23,11 +27,29 @@ use crate::actors::persistence::PersistenceActor;
 /// actor's address for long: they ask the directory each time. The root supervisor writes an
 /// entry when it starts an incarnation and clears it when that incarnation exits; everyone else
 /// only reads. An empty entry means "restarting": callers record that as their reason to skip.
-#[derive(Default)]
 pub struct Directory {
     persistence: RwLock<Option<Addr<PersistenceActor>>>,
     market_data: RwLock<Option<Addr<MarketData>>>,
     order_router: RwLock<Option<Addr<OrderRouter>>>,
+    /// Requests to persistence that are queued or running, across every caller. actix lets each
+    /// sender put one message past the mailbox's capacity and every `Addr` clone is a new sender,
+    /// so the mailbox alone bounds nothing here; these permits do (see `persistence::run` and
+    /// `persistence::submit`). A permit is released when its operation has run (or was dropped).
+    pub(crate) persistence_permits: Arc<Semaphore>,
+    /// Fire-and-forget writes refused because every permit was taken (read by status surfaces).
+    pub(crate) persistence_writes_refused: AtomicU64,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self {
+            persistence: RwLock::default(),
+            market_data: RwLock::default(),
+            order_router: RwLock::default(),
+            persistence_permits: Arc::new(Semaphore::new(PERSISTENCE_IN_FLIGHT_MAX)),
+            persistence_writes_refused: AtomicU64::new(0),
+        }
+    }
 }
 
 impl fmt::Debug for Directory {
@@ -46,6 +68,11 @@ impl fmt::Debug for Directory {
 pub struct NotRunning(pub &'static str);
 
 impl Directory {
+    /// Fire-and-forget writes refused so far because persistence was saturated.
+    pub fn persistence_writes_refused(&self) -> u64 {
+        self.persistence_writes_refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn persistence(&self) -> Result<Addr<PersistenceActor>, NotRunning> {
         self.persistence.read().clone().ok_or(NotRunning("persistence"))
     }

@@ -90,8 +90,9 @@ pub struct ReconcileUser {
     pub user: UserId,
 }
 
-/// Wait until no order is being placed, or the deadline passes. Returns how many are still in
-/// flight (they stay in the database as `sending`/`unknown` for the next start to resolve).
+/// Stop sending new orders, and wait until none is being placed or the deadline passes. Returns
+/// how many are still in flight (they stay in the database as `sending`/`unknown` for the next start
+/// to resolve).
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct Drain {
@@ -126,6 +127,8 @@ pub struct OrderRouter {
     in_flight: HashSet<ClientOrderId>,
     /// Drain requests waiting for `in_flight` to empty (at most a few: one per shutdown).
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// Set by the first [`Drain`]: from then on no new order is sent.
+    draining: bool,
 }
 
 impl std::fmt::Debug for OrderRouter {
@@ -145,6 +148,7 @@ impl OrderRouter {
             context: RouterContext { exchange, directory, clock, settings },
             in_flight: HashSet::new(),
             drain_waiters: Vec::new(),
+            draining: false,
         }
     }
 
@@ -178,6 +182,11 @@ impl Handler<SubmitIntent> for OrderRouter {
     fn handle(&mut self, message: SubmitIntent, _: &mut Context<Self>) -> Self::Result {
         let intent = message.intent.into_inner();
         let client_order_id = intent.client_order_id.clone();
+        if self.draining {
+            // Committed but never sent: the next start declares it not placed.
+            let detail = "the order router is shutting down; not sent".to_owned();
+            return Box::pin(fut::ready(PlacementOutcome::Recorded { state: OrderState::Pending, detail }));
+        }
         if !self.in_flight.insert(client_order_id.clone()) {
             let reason = format!("order {client_order_id} is already being placed");
             return Box::pin(fut::ready(PlacementOutcome::Unconfirmed { reason }));
@@ -204,6 +213,7 @@ impl Handler<Drain> for OrderRouter {
     type Result = ResponseActFuture<Self, usize>;
 
     fn handle(&mut self, message: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
         if self.in_flight.is_empty() {
             return Box::pin(fut::ready(0));
         }

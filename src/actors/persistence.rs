@@ -86,22 +86,34 @@ impl<R: 'static> Handler<Run<R>> for PersistenceActor {
     }
 }
 
-/// Runs an operation through whichever persistence incarnation is current, waiting for mailbox
-/// space (bounded back-pressure). A missing or dying actor is [`StoreError::Unavailable`].
+/// Runs an operation through whichever persistence incarnation is current, first waiting for one of
+/// the bounded in-flight permits (back-pressure). A missing or dying actor is
+/// [`StoreError::Unavailable`].
 pub async fn run<R: Send + 'static>(
     directory: &Directory,
     operation: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, StoreError> {
     let persistence = directory.persistence().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let permit = directory
+        .persistence_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let holding = move |store: &mut Store| {
+        let result = operation(store);
+        drop(permit);
+        result
+    };
     persistence
-        .send(Run::new(operation))
+        .send(Run::new(holding))
         .await
         .map_err(|error| StoreError::Unavailable(format!("persistence did not answer: {error}")))?
 }
 
-/// Queues an operation without waiting for it (fire-and-forget writes such as decision records).
-/// Uses `try_send`, so it never grows the mailbox past its bound; when the mailbox is full the
-/// write waits on a spawned task instead, still bounded by the mailbox.
+/// Queues a write without waiting for it (decision records, position snapshots, journal mirrors).
+/// It is enqueued at once, so writes from one caller keep their order. When every in-flight permit
+/// is taken the write is refused, counted and logged, never queued without bound.
 pub fn submit(
     directory: &Directory,
     what: &'static str,
@@ -114,21 +126,61 @@ pub fn submit(
             return;
         }
     };
-    let logged = Run::new(move |store| {
+    let Ok(permit) = directory.persistence_permits.clone().try_acquire_owned() else {
+        let refused = directory.persistence_writes_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if refused == 1 || refused.is_power_of_two() {
+            tracing::warn!(what, refused, "persistence saturated: record refused (counted)");
+        }
+        return;
+    };
+    let logged = Run::new(move |store: &mut Store| {
         if let Err(error) = operation(store) {
             tracing::warn!(%error, what, "persistence: write failed");
         }
+        drop(permit);
         Ok(())
     });
-    match persistence.try_send(logged) {
-        Ok(()) => {}
-        Err(SendError::Full(message)) => {
-            actix::spawn(async move {
-                if let Err(error) = persistence.send(message).await {
-                    tracing::warn!(%error, what, "persistence did not take the record");
-                }
-            });
+    // A fresh address is never parked, so this only fails when the actor is gone.
+    if persistence.try_send(logged).is_err() {
+        tracing::warn!(what, "persistence is restarting; record not written");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::PERSISTENCE_IN_FLIGHT_MAX;
+    use crate::supervision::watch::spawn_watched;
+
+    #[actix_rt::test]
+    async fn requests_in_flight_are_bounded_across_every_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory = Directory::default();
+        let arbiter = Arbiter::new();
+        let path = dir.path().join("bulwark.db");
+        let addr = spawn_watched(&arbiter.handle(), 16, move || PersistenceActor::new(path), |_| {});
+        directory.set_persistence(Some(addr));
+
+        // Hold the persistence thread until released.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        submit(&directory, "blocker", move |_| {
+            let _ = held.recv();
+            Ok(())
+        });
+        // Every other permit can be taken, by writers with fresh addresses each time...
+        for _ in 1..PERSISTENCE_IN_FLIGHT_MAX {
+            submit(&directory, "filler", |_| Ok(()));
         }
-        Err(SendError::Closed(_)) => tracing::warn!(what, "persistence is restarting; record not written"),
+        assert_eq!(directory.persistence_writes_refused(), 0);
+        // ...and then the next write is refused and counted instead of queued.
+        submit(&directory, "one too many", |_| Ok(()));
+        assert_eq!(directory.persistence_writes_refused(), 1);
+
+        // Once the thread is free the queue drains, and awaited requests go through again.
+        release.send(()).unwrap();
+        let answer = run(&directory, |store| store.user_statuses().map(|users| users.len())).await.unwrap();
+        assert_eq!(answer, 0);
+        assert_eq!(directory.persistence_permits.available_permits(), PERSISTENCE_IN_FLIGHT_MAX);
+        arbiter.stop();
     }
 }

@@ -21,11 +21,12 @@ use tokio::sync::broadcast;
 
 use crate::actors::Directory;
 use crate::actors::market_data::{CandleClosed, Subscribe};
-use crate::actors::order_router::{ReconcileUser, SubmitIntent, SyncAccount};
+use crate::actors::order_router::{ReconcileReport, ReconcileUser, SubmitIntent, SyncAccount};
 use crate::actors::persistence;
 use crate::clock::Clock;
-use crate::domain::UserId;
-use crate::persistence::DecisionRecord;
+use crate::domain::{Symbol, Timeframe, UserId};
+use crate::limits::{TRADER_START_UP_ATTEMPTS_MAX, TRADER_START_UP_BACKOFF_MS_INITIAL};
+use crate::persistence::{DecisionRecord, TraderState};
 use crate::trader::core::{PlacementOutcome, SlotSpec, TraderCommand, TraderCore, TraderEvent};
 use crate::trader::risk::RiskLimits;
 
@@ -156,7 +157,7 @@ impl Trader {
         persistence::submit(&self.seed.directory, "decision", move |store| store.record_decision(&record));
     }
 
-    fn sync_account(&mut self, slot: usize, iteration: u64, symbol: crate::domain::Symbol, ctx: &mut Context<Self>) {
+    fn sync_account(&mut self, slot: usize, iteration: u64, symbol: Symbol, ctx: &mut Context<Self>) {
         let request = SyncAccount { user: self.seed.user.clone(), symbol };
         let (directory, timeout) = (self.seed.directory.clone(), self.seed.call_timeout);
         let answer = async move {
@@ -207,43 +208,16 @@ impl Actor for Trader {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let user = self.seed.user.clone();
-        let directory = self.seed.directory.clone();
-        let timeout = self.seed.call_timeout;
-        let load = {
-            let user = user.clone();
-            let directory = directory.clone();
-            async move { persistence::run(&directory, move |store| store.load_trader_state(&user)).await }
-        };
-        let start_up = load.into_actor(self).then(move |loaded, trader, _| {
-            let reconcile = async move {
-                let state = loaded.map_err(|e| format!("loading state: {e}"))?;
-                let router = directory.order_router().map_err(|e| e.to_string())?;
-                let report = router
-                    .send(ReconcileUser { user })
-                    .timeout(timeout)
-                    .await
-                    .map_err(|e| format!("reconciliation: order router did not answer: {e}"))?
-                    .map_err(|e| format!("reconciliation: {e}"))?;
-                Ok::<_, String>((state, report))
-            };
-            reconcile.into_actor(trader)
-        });
-        ctx.wait(start_up.map(|result, trader, ctx| {
+        let seed = self.seed.clone();
+        let feeds = self.core.feeds();
+        let recipient = ctx.address().recipient();
+        // Until start-up is done the trader handles nothing else (candles wait in the mailbox).
+        ctx.wait(start_up(seed, feeds, recipient).into_actor(self).map(|result, trader, ctx| {
             let (state, report) = match result {
                 Ok(done) => done,
                 Err(reason) => return trader.fail(ctx, reason),
             };
             trader.core.restore(&state);
-            let subscribe = Subscribe { user: trader.seed.user.clone(), feeds: trader.core.feeds(), recipient: ctx.address().recipient() };
-            match trader.seed.directory.market_data() {
-                Ok(market_data) => {
-                    if let Err(error) = market_data.try_send(subscribe) {
-                        return trader.fail(ctx, format!("subscribing to market data: {error}"));
-                    }
-                }
-                Err(error) => return trader.fail(ctx, format!("subscribing to market data: {error}")),
-            }
             let detail = format!(
                 "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s)",
                 state.positions.len(),
@@ -257,6 +231,59 @@ impl Actor for Trader {
             let _ = trader.supervisor.try_send(TraderReport::Ready { incarnation: trader.incarnation, detail });
         }));
     }
+}
+
+/// Start-up: reload state, reconcile, subscribe, each confirmed. A dependency that is briefly
+/// unavailable (a shared actor restarting, the exchange unreachable) is retried within a small
+/// budget before start-up fails, so that a short outage does not count as a crash.
+async fn start_up(
+    seed: TraderSeed,
+    feeds: Vec<(Symbol, Timeframe)>,
+    recipient: Recipient<CandleClosed>,
+) -> Result<(TraderState, ReconcileReport), String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start_up_once(&seed, &feeds, &recipient).await {
+            Ok(done) => return Ok(done),
+            Err(error) if attempt < TRADER_START_UP_ATTEMPTS_MAX => {
+                let backoff_ms = TRADER_START_UP_BACKOFF_MS_INITIAL << (attempt - 1);
+                tracing::warn!(user = %seed.user, attempt, backoff_ms, %error, "trader start-up: retrying");
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+            }
+            Err(error) => return Err(format!("{error} (after {attempt} attempts)")),
+        }
+    }
+}
+
+async fn start_up_once(
+    seed: &TraderSeed,
+    feeds: &[(Symbol, Timeframe)],
+    recipient: &Recipient<CandleClosed>,
+) -> Result<(TraderState, ReconcileReport), String> {
+    let user = seed.user.clone();
+    let state = persistence::run(&seed.directory, move |store| store.load_trader_state(&user))
+        .await
+        .map_err(|e| format!("loading state: {e}"))?;
+    let router = seed.directory.order_router().map_err(|e| format!("reconciliation: {e}"))?;
+    let report = router
+        .send(ReconcileUser { user: seed.user.clone() })
+        .timeout(seed.call_timeout)
+        .await
+        .map_err(|e| format!("reconciliation: order router did not answer: {e}"))?
+        .map_err(|e| format!("reconciliation: {e}"))?;
+    if let Some((client_order_id, error)) = report.cancel_failures.first() {
+        // Invariant 3: never trade next to an orphan.
+        return Err(format!("reconciliation: orphan order {client_order_id} could not be cancelled: {error}"));
+    }
+    let market_data = seed.directory.market_data().map_err(|e| format!("subscribing to candles: {e}"))?;
+    let subscribe = Subscribe { user: seed.user.clone(), feeds: feeds.to_vec(), recipient: recipient.clone() };
+    market_data
+        .send(subscribe)
+        .timeout(seed.call_timeout)
+        .await
+        .map_err(|e| format!("subscribing to candles: market data did not answer: {e}"))?;
+    Ok((state, report))
 }
 
 impl Handler<CandleClosed> for Trader {

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::domain::{
     ClientOrderId, Fill, IntentPurpose, OrderIntent, OrderState, OrderType, Price, Quantity, Side, Symbol, UserId,
 };
-use crate::limits::{DECISIONS_PER_USER_MAX, SUPERVISOR_EVENTS_MAX};
+use crate::limits::{DECISIONS_PER_USER_MAX, ORDER_EVENTS_MAX, RECONCILE_ACTIONS_MAX, SUPERVISOR_EVENTS_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -623,7 +623,8 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Keeps the bounded tables bounded.
+    /// Keeps the bounded tables bounded (decisions per user, and the event logs). The ledger
+    /// (intents, orders, fills) is kept whole.
     pub fn prune(&mut self) -> Result<usize, StoreError> {
         let mut removed = self.connection.execute(
             "DELETE FROM decisions WHERE id IN (
@@ -631,10 +632,16 @@ impl Store {
                  WHERE newer > ?1)",
             params![DECISIONS_PER_USER_MAX],
         )?;
-        removed += self.connection.execute(
-            "DELETE FROM supervisor_events WHERE id <= (SELECT MAX(id) FROM supervisor_events) - ?1",
-            params![SUPERVISOR_EVENTS_MAX],
-        )?;
+        for (table, keep) in [
+            ("supervisor_events", SUPERVISOR_EVENTS_MAX),
+            ("order_events", ORDER_EVENTS_MAX),
+            ("reconcile_actions", RECONCILE_ACTIONS_MAX),
+        ] {
+            removed += self.connection.execute(
+                &format!("DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?1"),
+                params![keep],
+            )?;
+        }
         Ok(removed)
     }
 

@@ -333,17 +333,17 @@ impl Handler<ShutdownTree> for RootSupervisor {
         let deadline = message.deadline;
         let (market_data, router) = (self.directory.market_data().ok(), self.directory.order_router().ok());
         let users: Vec<Addr<UserSupervisor>> = self.users.values().cloned().collect();
-        // 1. No new decisions. 2. In-flight orders get the deadline. 3. Traders stop.
+        // 1. No new decisions. 2. Traders stop (no new intents). 3. In-flight orders get the
+        // deadline, and the router refuses anything that still arrives.
         let first = async move {
             if let Some(market_data) = market_data {
                 let _ = market_data.send(StopFeeds).timeout(deadline).await;
             }
-            let orders_in_flight = match router {
+            join_all(users.iter().map(|user| user.send(UserShutdown { deadline }).timeout(deadline * 2))).await;
+            match router {
                 Some(router) => router.send(Drain { deadline }).timeout(deadline * 2).await.unwrap_or(usize::MAX),
                 None => 0,
-            };
-            join_all(users.iter().map(|user| user.send(UserShutdown { deadline }).timeout(deadline * 2))).await;
-            orders_in_flight
+            }
         };
         let work = first
             .into_actor(self)

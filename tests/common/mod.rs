@@ -293,6 +293,8 @@ pub struct ScriptedExchange {
     pub panic_on_klines: bool,
     /// The next this-many fill listings come back empty (an exchange whose trade history lags).
     pub lagging_fill_reads: Mutex<u32>,
+    /// The next this-many cancels fail (the exchange refuses them).
+    pub failing_cancels: Mutex<u32>,
 }
 
 impl ScriptedExchange {
@@ -303,6 +305,7 @@ impl ScriptedExchange {
             attempts: Mutex::new(Vec::new()),
             panic_on_klines: false,
             lagging_fill_reads: Mutex::new(0),
+            failing_cancels: Mutex::new(0),
         }
     }
 }
@@ -360,6 +363,13 @@ impl Exchange for ScriptedExchange {
         symbol: &Symbol,
         id: &ClientOrderId,
     ) -> Result<ExchangeOrder, ExchangeError> {
+        {
+            let mut failing = self.failing_cancels.lock().unwrap();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(ExchangeError::Retryable { detail: "503 Service Unavailable".into() });
+            }
+        }
         self.inner.cancel_order(account, symbol, id).await
     }
     async fn open_orders(
