@@ -322,6 +322,7 @@ impl SupervisionJournal {
             "event": "tree",
             "counts": counts,
             "journal_write_failures": self.write_failures,
+            "persistence_writes_refused": self.directory.persistence_writes_refused(),
             "actors": actors,
         });
         self.write_line(&line);
