@@ -29,6 +29,7 @@ pub mod instance_lock;
 pub mod limits;
 pub mod logging;
 pub mod persistence;
+pub mod secret;
 pub mod server;
 pub mod status;
 pub mod strategy;

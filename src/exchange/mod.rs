@@ -6,6 +6,7 @@
 //! distinction that matters most is between "nothing was executed" (safe to retry) and "the
 //! request may have been executed" (resolve by querying the client order id, never resend blindly).
 
+pub mod binance;
 pub mod paper;
 
 use std::fmt;

@@ -1,0 +1,505 @@
+//! The Binance USDⓈ-M Futures REST client: [`Exchange`] over reqwest (rustls, bundled roots).
+//!
+//! - Requests run on the client's own small tokio runtime, so the connection pool never belongs to
+//!   an actor's arbiter (a stopped arbiter would leave dead pooled connections behind).
+//! - Signed requests carry `timestamp` (the synced exchange clock, [`clock`]), `recvWindow`, and
+//!   `signature` last ([`sign`]); the API key goes in `X-MBX-APIKEY`. Keys and secrets are
+//!   [`Secret`]s: never printed, never in an error.
+//! - Every request passes the host's shared weight budget first ([`budget`]): throttled before a
+//!   429, refused outright during a 418 ban.
+//! - Every answer is classified ([`error`]). Reads are retried a few times when nothing was
+//!   executed; order placement is never retried here (the order router decides, by client id).
+//! - Prices and quantities go out as decimal strings and come back as decimals ([`models`]).
+
+pub mod budget;
+pub mod clock;
+pub mod error;
+pub mod models;
+pub mod sign;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use reqwest::Method;
+use serde_json::Value;
+use url::Url;
+
+use crate::clock::Clock;
+use crate::domain::{
+    Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, OrderType, Position, Symbol, SymbolRules,
+    Timeframe, UserId,
+};
+use crate::exchange::binance::budget::{Admission, WeightBudget};
+use crate::exchange::binance::clock::ExchangeClock;
+use crate::exchange::binance::error::Effect;
+use crate::exchange::{Exchange, ExchangeError};
+use crate::secret::Secret;
+
+/// Attempts for a read whose failure executed nothing.
+const READ_ATTEMPTS_MAX: u32 = 3;
+const READ_RETRY_BACKOFF_MS: u64 = 150;
+/// How long symbol rules (exchangeInfo) are trusted before they are fetched again.
+const RULES_TTL_MS: i64 = 3_600_000;
+/// Longest a request waits for weight budget before it gives up as rate limited.
+const BUDGET_WAIT_MS_MAX: u64 = 65_000;
+/// How often the request counters go to the log.
+const STATS_LOG_INTERVAL_MS: i64 = 60_000;
+
+/// One account's credentials.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub api_key: Secret,
+    pub api_secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct BinanceSettings {
+    /// `https://fapi.binance.com`, `https://demo-fapi.binance.com`, or a local `bulwark sim`.
+    pub base_url: Url,
+    pub recv_window_ms: i64,
+    /// Per request.
+    pub timeout: Duration,
+    /// Until exchangeInfo says otherwise.
+    pub weight_limit_per_minute: u32,
+    pub credentials: BTreeMap<UserId, Credentials>,
+}
+
+/// Requests sent and weight used, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestStats {
+    pub by_endpoint: BTreeMap<&'static str, u64>,
+    pub weight_used: u32,
+    pub weight_limit: u32,
+    pub banned_until_ms: Option<i64>,
+}
+
+/// Owns the client's runtime; shuts it down without blocking (it may be dropped on an arbiter).
+struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+struct Inner {
+    settings: BinanceSettings,
+    http: reqwest::Client,
+    local: Arc<dyn Clock>,
+    clock: Mutex<ExchangeClock>,
+    budget: Mutex<WeightBudget>,
+    rules: Mutex<Option<(i64, HashMap<Symbol, SymbolRules>)>>,
+    stats: Mutex<(BTreeMap<&'static str, u64>, i64)>,
+}
+
+/// The client. Cheap to clone; one serves every account on one host.
+#[derive(Clone)]
+pub struct BinanceClient {
+    inner: Arc<Inner>,
+    io: Arc<IoRuntime>,
+}
+
+impl fmt::Debug for BinanceClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BinanceClient")
+            .field("base_url", &self.inner.settings.base_url.as_str())
+            .field("accounts", &self.inner.settings.credentials.len())
+            .finish()
+    }
+}
+
+/// One request, before signing.
+struct Call {
+    method: Method,
+    path: &'static str,
+    /// `"GET /fapi/v1/klines"`: the counter name.
+    endpoint: &'static str,
+    params: Vec<(&'static str, String)>,
+    /// Signed with this account's credentials, if any.
+    account: Option<UserId>,
+    weight: u32,
+    effect: Effect,
+}
+
+impl Call {
+    fn new(method: Method, path: &'static str, endpoint: &'static str, weight: u32) -> Self {
+        let effect = if method == Method::GET { Effect::Read } else { Effect::Write };
+        Self { method, path, endpoint, params: Vec::new(), account: None, weight, effect }
+    }
+
+    fn param(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.params.push((key, value.to_string()));
+        self
+    }
+
+    fn signed(mut self, account: &UserId) -> Self {
+        self.account = Some(account.clone());
+        self
+    }
+}
+
+impl BinanceClient {
+    pub fn new(settings: BinanceSettings, local: Arc<dyn Clock>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("bulwark/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("binance-io")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+        let budget = WeightBudget::new(settings.weight_limit_per_minute);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                http,
+                local,
+                clock: Mutex::new(ExchangeClock::default()),
+                budget: Mutex::new(budget),
+                rules: Mutex::new(None),
+                stats: Mutex::new((BTreeMap::new(), 0)),
+            }),
+            io: Arc::new(IoRuntime(Some(runtime))),
+        })
+    }
+
+    pub fn stats(&self) -> RequestStats {
+        let now_ms = self.inner.local.now_ms();
+        let budget = self.inner.budget.lock();
+        RequestStats {
+            by_endpoint: self.inner.stats.lock().0.clone(),
+            weight_used: budget.used(),
+            weight_limit: budget.limit(),
+            banned_until_ms: budget.banned_until_ms(now_ms),
+        }
+    }
+
+    /// Runs `work` on the client's runtime.
+    async fn on_io<T: Send + 'static>(
+        &self,
+        effect: Effect,
+        work: impl FnOnce(Arc<Inner>) -> futures::future::BoxFuture<'static, Result<T, ExchangeError>>,
+    ) -> Result<T, ExchangeError> {
+        let runtime = self.io.0.as_ref().expect("Invariant: the runtime lives as long as the client");
+        match runtime.spawn(work(self.inner.clone())).await {
+            Ok(result) => result,
+            Err(error) => {
+                let detail = format!("request task failed: {error}");
+                Err(match effect {
+                    Effect::Write => ExchangeError::UnknownOutcome { detail },
+                    Effect::Read => ExchangeError::Retryable { detail },
+                })
+            }
+        }
+    }
+
+    async fn read(&self, call: impl Fn() -> Call + Send + Sync + 'static) -> Result<String, ExchangeError> {
+        self.on_io(Effect::Read, |inner| Box::pin(async move { inner.read_with_retries(&call).await })).await
+    }
+
+    async fn write(&self, call: Call) -> Result<String, ExchangeError> {
+        self.on_io(Effect::Write, |inner| Box::pin(async move { inner.send(call).await })).await
+    }
+}
+
+impl Inner {
+    async fn read_with_retries(&self, call: &(impl Fn() -> Call + Send + Sync)) -> Result<String, ExchangeError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.send(call()).await {
+                Err(ExchangeError::Retryable { .. } | ExchangeError::Malformed { .. }) if attempt < READ_ATTEMPTS_MAX => {
+                    tokio::time::sleep(Duration::from_millis(READ_RETRY_BACKOFF_MS << (attempt - 1))).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// The exchange's time now, syncing the clock first when it is due.
+    async fn exchange_now_ms(&self) -> Result<i64, ExchangeError> {
+        let local_ms = self.local.now_ms();
+        if !self.clock.lock().needs_sync(local_ms) {
+            return Ok(self.clock.lock().now_ms(local_ms).expect("Invariant: a synced clock has an anchor"));
+        }
+        let sent_ms = self.local.now_ms();
+        let body = self.send(Call::new(Method::GET, "/fapi/v1/time", "GET /fapi/v1/time", 1)).await?;
+        let received_ms = self.local.now_ms();
+        let time: models::ServerTime = models::parse("GET /fapi/v1/time", &body)?;
+        let mut clock = self.clock.lock();
+        clock.add_sample(sent_ms, received_ms, time.server_time);
+        Ok(clock.now_ms(self.local.now_ms()).expect("Invariant: just synced"))
+    }
+
+    async fn admit(&self, weight: u32) -> Result<(), ExchangeError> {
+        let mut waited_ms = 0;
+        loop {
+            let admission = self.budget.lock().admit(weight, self.local.now_ms());
+            match admission {
+                Admission::Go => return Ok(()),
+                Admission::Refuse(error) => return Err(error),
+                Admission::Wait { ms } if waited_ms + ms <= BUDGET_WAIT_MS_MAX => {
+                    tracing::warn!(wait_ms = ms, weight, "binance: request weight budget nearly spent; waiting");
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    waited_ms += ms;
+                }
+                Admission::Wait { ms } => return Err(ExchangeError::RateLimited { retry_after_ms: ms }),
+            }
+        }
+    }
+
+    /// Sends one request (no retry) and returns the body of a 2xx answer.
+    async fn send(&self, call: Call) -> Result<String, ExchangeError> {
+        self.admit(call.weight).await?;
+        let signing = match &call.account {
+            Some(account) => {
+                let credentials = self.settings.credentials.get(account).ok_or_else(|| ExchangeError::Auth {
+                    detail: format!("no API credentials configured for user {account}"),
+                })?;
+                let timestamp_ms = Box::pin(self.exchange_now_ms()).await?;
+                Some((credentials.clone(), timestamp_ms))
+            }
+            None => None,
+        };
+        let mut request_headers = Vec::new();
+        let query = {
+            // The serializer is not `Send`; it must be gone before the next await.
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            for (key, value) in &call.params {
+                query.append_pair(key, value);
+            }
+            match signing {
+                Some((credentials, timestamp_ms)) => {
+                    query.append_pair("timestamp", &timestamp_ms.to_string());
+                    query.append_pair("recvWindow", &self.settings.recv_window_ms.to_string());
+                    request_headers.push(("X-MBX-APIKEY", credentials.api_key));
+                    sign::signed_query(&credentials.api_secret, &query.finish())
+                }
+                None => query.finish(),
+            }
+        };
+        let mut url = self.settings.base_url.join(call.path).map_err(|e| ExchangeError::Rejected { code: 0, msg: format!("bad URL: {e}") })?;
+        url.set_query((!query.is_empty()).then_some(query.as_str()));
+        let mut request = self.http.request(call.method.clone(), url);
+        for (name, value) in &request_headers {
+            request = request.header(*name, value.expose());
+        }
+        self.count(call.endpoint);
+        let response = request.send().await.map_err(|e| error::from_transport(&e, call.effect))?;
+        let now_ms = self.local.now_ms();
+        let headers = response.headers();
+        if let Some(used) = headers.get("x-mbx-used-weight-1m").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+            self.budget.lock().observe_used(used, now_ms);
+        }
+        let retry_after_secs = headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let status = response.status();
+        let body = response.text().await.map_err(|e| error::from_transport(&e, call.effect))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let error = error::from_response(status.as_u16(), &body, retry_after_secs, call.effect, now_ms);
+        match &error {
+            ExchangeError::Banned { until_ms } => {
+                tracing::error!(until_ms, endpoint = call.endpoint, "binance: banned (418); every request to this host stops until the ban ends");
+                self.budget.lock().ban(*until_ms);
+            }
+            ExchangeError::RateLimited { retry_after_ms } => {
+                tracing::warn!(retry_after_ms, endpoint = call.endpoint, "binance: rate limited (429); pausing every request");
+                self.budget.lock().pause(now_ms + *retry_after_ms as i64);
+            }
+            ExchangeError::Retryable { detail } if detail.starts_with("-1021") => self.clock.lock().invalidate(),
+            _ => {}
+        }
+        Err(error)
+    }
+
+    fn count(&self, endpoint: &'static str) {
+        let now_ms = self.local.now_ms();
+        let mut stats = self.stats.lock();
+        *stats.0.entry(endpoint).or_default() += 1;
+        if now_ms - stats.1 >= STATS_LOG_INTERVAL_MS {
+            stats.1 = now_ms;
+            let budget = self.budget.lock();
+            tracing::info!(requests = ?stats.0, weight_used = budget.used(), weight_limit = budget.limit(), "binance: requests so far");
+        }
+    }
+
+    async fn rules(&self) -> Result<HashMap<Symbol, SymbolRules>, ExchangeError> {
+        let now_ms = self.local.now_ms();
+        if let Some((fetched_at_ms, rules)) = self.rules.lock().as_ref()
+            && now_ms - fetched_at_ms < RULES_TTL_MS
+        {
+            return Ok(rules.clone());
+        }
+        let body = self.read_with_retries(&|| Call::new(Method::GET, "/fapi/v1/exchangeInfo", "GET /fapi/v1/exchangeInfo", 1)).await?;
+        let info: models::ExchangeInfo = models::parse("GET /fapi/v1/exchangeInfo", &body)?;
+        if let Some(limit) = info.weight_limit_per_minute() {
+            self.budget.lock().set_limit(limit);
+        }
+        let rules = info.rules();
+        *self.rules.lock() = Some((now_ms, rules.clone()));
+        Ok(rules)
+    }
+}
+
+/// Klines request weight by `limit` (exchange-apis.md §1.3).
+fn klines_weight(limit: u16) -> u32 {
+    match limit {
+        0..100 => 1,
+        100..500 => 2,
+        500..=1000 => 5,
+        _ => 10,
+    }
+}
+
+#[async_trait]
+impl Exchange for BinanceClient {
+    fn venue(&self) -> &'static str {
+        "binance"
+    }
+
+    async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
+        self.on_io(Effect::Read, |inner| Box::pin(async move { inner.exchange_now_ms().await })).await
+    }
+
+    async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
+        let symbol = symbol.clone();
+        self.on_io(Effect::Read, move |inner| {
+            Box::pin(async move {
+                inner.rules().await?.get(&symbol).copied().ok_or_else(|| ExchangeError::Rejected { code: -1121, msg: format!("Invalid symbol {symbol}.") })
+            })
+        })
+        .await
+    }
+
+    async fn klines(&self, symbol: &Symbol, timeframe: Timeframe, limit: u16) -> Result<Vec<Candle>, ExchangeError> {
+        let symbol = symbol.clone();
+        let body = self
+            .read(move || {
+                Call::new(Method::GET, "/fapi/v1/klines", "GET /fapi/v1/klines", klines_weight(limit))
+                    .param("symbol", &symbol)
+                    .param("interval", timeframe)
+                    .param("limit", limit)
+            })
+            .await?;
+        let rows: Vec<Vec<Value>> = models::parse("GET /fapi/v1/klines", &body)?;
+        rows.iter().map(|row| models::candle(row)).collect()
+    }
+
+    async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
+        let (account, query_symbol) = (account.clone(), symbol.clone());
+        let body = self
+            .read(move || Call::new(Method::GET, "/fapi/v3/positionRisk", "GET /fapi/v3/positionRisk", 5).param("symbol", &query_symbol).signed(&account))
+            .await?;
+        let rows: Vec<models::PositionRow> = models::parse("GET /fapi/v3/positionRisk", &body)?;
+        Ok(models::position(symbol, &rows))
+    }
+
+    async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
+        let account = account.clone();
+        let body = self.read(move || Call::new(Method::GET, "/fapi/v3/balance", "GET /fapi/v3/balance", 5).signed(&account)).await?;
+        let rows: Vec<models::BalanceRow> = models::parse("GET /fapi/v3/balance", &body)?;
+        Ok(models::balance(&rows))
+    }
+
+    async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
+        let mut call = Call::new(Method::POST, "/fapi/v1/order", "POST /fapi/v1/order", 0)
+            .param("symbol", &request.symbol)
+            .param("side", request.side.as_str())
+            .param("type", request.order_type.as_str())
+            .param("quantity", request.quantity);
+        if let OrderType::Limit { price } = request.order_type {
+            call = call.param("price", price).param("timeInForce", "GTC");
+        }
+        if request.reduce_only {
+            call = call.param("reduceOnly", "true");
+        }
+        let call = call.param("newClientOrderId", &request.client_order_id).param("newOrderRespType", "RESULT").signed(account);
+        let body = self.write(call).await?;
+        // The order may exist even if its answer cannot be read: Malformed counts as unknown.
+        models::parse::<models::OrderBody>("POST /fapi/v1/order", &body)?.into_order()
+    }
+
+    async fn order_by_client_id(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        client_order_id: &ClientOrderId,
+    ) -> Result<Option<ExchangeOrder>, ExchangeError> {
+        let (account, symbol, id) = (account.clone(), symbol.clone(), client_order_id.clone());
+        let result = self
+            .read(move || {
+                Call::new(Method::GET, "/fapi/v1/order", "GET /fapi/v1/order", 1).param("symbol", &symbol).param("origClientOrderId", &id).signed(&account)
+            })
+            .await;
+        match result {
+            Ok(body) => models::parse::<models::OrderBody>("GET /fapi/v1/order", &body)?.into_order().map(Some),
+            Err(ExchangeError::Rejected { code: -2013, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn cancel_order(&self, account: &UserId, symbol: &Symbol, client_order_id: &ClientOrderId) -> Result<ExchangeOrder, ExchangeError> {
+        let call = Call::new(Method::DELETE, "/fapi/v1/order", "DELETE /fapi/v1/order", 1)
+            .param("symbol", symbol)
+            .param("origClientOrderId", client_order_id)
+            .signed(account);
+        let body = self.write(call).await?;
+        models::parse::<models::OrderBody>("DELETE /fapi/v1/order", &body)?.into_order()
+    }
+
+    async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+        let (account, symbol) = (account.clone(), symbol.cloned());
+        let body = self
+            .read(move || {
+                let weight = if symbol.is_some() { 1 } else { 40 };
+                let call = Call::new(Method::GET, "/fapi/v1/openOrders", "GET /fapi/v1/openOrders", weight);
+                let call = match &symbol {
+                    Some(symbol) => call.param("symbol", symbol),
+                    None => call,
+                };
+                call.signed(&account)
+            })
+            .await?;
+        let rows: Vec<models::OrderBody> = models::parse("GET /fapi/v1/openOrders", &body)?;
+        rows.into_iter().map(models::OrderBody::into_order).collect()
+    }
+
+    async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
+        let (account, symbol) = (account.clone(), symbol.clone());
+        let body = self
+            .read(move || {
+                Call::new(Method::GET, "/fapi/v1/userTrades", "GET /fapi/v1/userTrades", 5)
+                    .param("symbol", &symbol)
+                    .param("startTime", since_ms)
+                    .signed(&account)
+            })
+            .await?;
+        let rows: Vec<models::TradeRow> = models::parse("GET /fapi/v1/userTrades", &body)?;
+        rows.into_iter().map(models::TradeRow::into_fill).collect()
+    }
+
+    async fn order_fills(&self, account: &UserId, symbol: &Symbol, exchange_order_id: &str) -> Result<Vec<Fill>, ExchangeError> {
+        let (account, symbol, order_id) = (account.clone(), symbol.clone(), exchange_order_id.to_owned());
+        let body = self
+            .read(move || {
+                Call::new(Method::GET, "/fapi/v1/userTrades", "GET /fapi/v1/userTrades", 5)
+                    .param("symbol", &symbol)
+                    .param("orderId", &order_id)
+                    .signed(&account)
+            })
+            .await?;
+        let rows: Vec<models::TradeRow> = models::parse("GET /fapi/v1/userTrades", &body)?;
+        rows.into_iter().map(models::TradeRow::into_fill).collect()
+    }
+}

@@ -1,0 +1,301 @@
+//! Binance USDⓈ-M JSON shapes (`exchange-apis.md` §1.6) and their conversion to domain types.
+//! Prices and quantities arrive as decimal strings and stay decimals; anything that does not parse
+//! is an error naming the field, never a default.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::domain::{
+    Balance, Candle, ClientOrderId, ExchangeOrder, ExchangeOrderStatus, Fill, OrderType, Position, Price, Quantity,
+    Side, Symbol, SymbolRules,
+};
+use crate::exchange::ExchangeError;
+
+fn malformed(what: impl std::fmt::Display) -> ExchangeError {
+    ExchangeError::Malformed { detail: what.to_string() }
+}
+
+/// Parses a JSON body, naming the endpoint on failure.
+pub fn parse<T: for<'de> Deserialize<'de>>(endpoint: &str, body: &str) -> Result<T, ExchangeError> {
+    serde_json::from_str(body).map_err(|error| {
+        let excerpt: String = body.chars().take(120).collect();
+        malformed(format!("{endpoint}: {error} in {excerpt:?}"))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTime {
+    pub server_time: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeInfo {
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimit>,
+    pub symbols: Vec<SymbolInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    pub rate_limit_type: String,
+    pub interval: String,
+    pub interval_num: u32,
+    pub limit: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SymbolInfo {
+    pub symbol: String,
+    #[serde(default)]
+    pub filters: Vec<HashMap<String, Value>>,
+}
+
+impl ExchangeInfo {
+    /// The request-weight limit per minute, if the exchange states one.
+    pub fn weight_limit_per_minute(&self) -> Option<u32> {
+        self.rate_limits
+            .iter()
+            .find(|r| r.rate_limit_type == "REQUEST_WEIGHT" && r.interval == "MINUTE" && r.interval_num == 1)
+            .map(|r| r.limit)
+    }
+
+    /// Each symbol's rules from its PRICE_FILTER, LOT_SIZE and MIN_NOTIONAL filters. Symbols
+    /// without the filters a rounding needs are left out.
+    pub fn rules(&self) -> HashMap<Symbol, SymbolRules> {
+        let decimal = |filter: &HashMap<String, Value>, key: &str| -> Option<Decimal> {
+            filter.get(key)?.as_str().and_then(|text| Decimal::from_str(text).ok())
+        };
+        let mut rules = HashMap::new();
+        for info in &self.symbols {
+            let Ok(symbol) = Symbol::new(&info.symbol) else { continue };
+            let filter = |kind: &str| info.filters.iter().find(|f| f.get("filterType").and_then(Value::as_str) == Some(kind));
+            let (Some(price), Some(lot)) = (filter("PRICE_FILTER"), filter("LOT_SIZE")) else { continue };
+            let (Some(tick_size), Some(step_size), Some(min_quantity)) =
+                (decimal(price, "tickSize"), decimal(lot, "stepSize"), decimal(lot, "minQty"))
+            else {
+                continue;
+            };
+            let min_notional = filter("MIN_NOTIONAL").and_then(|f| decimal(f, "notional")).unwrap_or(Decimal::ZERO);
+            rules.insert(symbol, SymbolRules { tick_size, step_size, min_quantity, min_notional });
+        }
+        rules
+    }
+}
+
+/// A klines row: `[openTime, "open", "high", "low", "close", "volume", closeTime, ...]`.
+pub fn candle(row: &[Value]) -> Result<Candle, ExchangeError> {
+    let integer = |index: usize| row.get(index).and_then(Value::as_i64).ok_or_else(|| malformed(format!("kline field {index} is not an integer")));
+    let number = |index: usize| -> Result<f64, ExchangeError> {
+        let value = row.get(index).ok_or_else(|| malformed(format!("kline field {index} is missing")))?;
+        let parsed = match value {
+            Value::String(text) => text.parse::<f64>().ok(),
+            Value::Number(number) => number.as_f64(),
+            _ => None,
+        };
+        parsed.filter(|n| n.is_finite()).ok_or_else(|| malformed(format!("kline field {index} is not a number: {value}")))
+    };
+    Ok(Candle {
+        open_time_ms: integer(0)?,
+        open: number(1)?,
+        high: number(2)?,
+        low: number(3)?,
+        close: number(4)?,
+        volume: number(5)?,
+        close_time_ms: integer(6)?,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PositionRow {
+    pub symbol: String,
+    #[serde(default)]
+    pub position_side: Option<String>,
+    pub position_amt: Decimal,
+    pub entry_price: Decimal,
+    pub mark_price: Decimal,
+    pub un_realized_profit: Decimal,
+}
+
+/// The one-way position of `symbol` from `positionRisk` rows (none means flat).
+pub fn position(symbol: &Symbol, rows: &[PositionRow]) -> Position {
+    let row = rows.iter().find(|r| r.symbol == symbol.as_str() && r.position_side.as_deref().is_none_or(|s| s == "BOTH"));
+    match row {
+        Some(row) => Position {
+            symbol: symbol.clone(),
+            quantity: row.position_amt,
+            entry_price: row.entry_price,
+            mark_price: row.mark_price,
+            unrealized_pnl: row.un_realized_profit,
+        },
+        None => Position::flat(symbol.clone(), Decimal::ZERO),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BalanceRow {
+    pub asset: String,
+    pub balance: Decimal,
+    pub cross_un_pnl: Decimal,
+    pub available_balance: Decimal,
+}
+
+pub fn balance(rows: &[BalanceRow]) -> Balance {
+    match rows.iter().find(|r| r.asset == "USDT") {
+        Some(row) => Balance {
+            asset: row.asset.clone(),
+            wallet_balance: row.balance,
+            unrealized_pnl: row.cross_un_pnl,
+            available_balance: row.available_balance,
+        },
+        None => Balance { asset: "USDT".into(), wallet_balance: Decimal::ZERO, unrealized_pnl: Decimal::ZERO, available_balance: Decimal::ZERO },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderBody {
+    pub order_id: i64,
+    pub client_order_id: String,
+    pub symbol: String,
+    pub side: String,
+    #[serde(rename = "type")]
+    pub order_type: String,
+    pub orig_qty: Decimal,
+    pub executed_qty: Decimal,
+    #[serde(default)]
+    pub avg_price: Option<Decimal>,
+    #[serde(default)]
+    pub price: Option<Decimal>,
+    pub status: String,
+    #[serde(default)]
+    pub reduce_only: bool,
+    #[serde(default)]
+    pub update_time: i64,
+}
+
+impl OrderBody {
+    pub fn into_order(self) -> Result<ExchangeOrder, ExchangeError> {
+        let order_type = match self.order_type.as_str() {
+            "MARKET" => OrderType::Market,
+            "LIMIT" => {
+                let price = self.price.and_then(|p| Price::new(p).ok()).ok_or_else(|| malformed("LIMIT order without a price"))?;
+                OrderType::Limit { price }
+            }
+            other => return Err(malformed(format!("order type {other} is not one bulwark places"))),
+        };
+        let filled = self.executed_qty;
+        Ok(ExchangeOrder {
+            exchange_order_id: self.order_id.to_string(),
+            client_order_id: ClientOrderId::parse(&self.client_order_id).map_err(malformed)?,
+            symbol: Symbol::new(&self.symbol).map_err(malformed)?,
+            side: Side::from_str(&self.side).map_err(malformed)?,
+            order_type,
+            quantity: Quantity::new(self.orig_qty).map_err(malformed)?,
+            filled_quantity: filled,
+            average_price: self.avg_price.filter(|p| !p.is_zero() && !filled.is_zero()),
+            status: ExchangeOrderStatus::from_str(&self.status).map_err(malformed)?,
+            reduce_only: self.reduce_only,
+            updated_at_ms: self.update_time,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TradeRow {
+    pub id: i64,
+    pub order_id: i64,
+    pub symbol: String,
+    pub side: String,
+    pub price: Decimal,
+    pub qty: Decimal,
+    pub commission: Decimal,
+    pub commission_asset: String,
+    pub realized_pnl: Decimal,
+    pub time: i64,
+}
+
+impl TradeRow {
+    pub fn into_fill(self) -> Result<Fill, ExchangeError> {
+        Ok(Fill {
+            trade_id: self.id.to_string(),
+            exchange_order_id: self.order_id.to_string(),
+            symbol: Symbol::new(&self.symbol).map_err(malformed)?,
+            side: Side::from_str(&self.side).map_err(malformed)?,
+            price: self.price,
+            quantity: self.qty,
+            fee: self.commission.abs(),
+            fee_asset: self.commission_asset,
+            realized_pnl: self.realized_pnl,
+            time_ms: self.time,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_kline_row_parses() {
+        let row: Vec<Value> = serde_json::from_str(
+            r#"[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","17928899.62484339"]"#,
+        )
+        .unwrap();
+        let candle = candle(&row).unwrap();
+        assert_eq!((candle.open_time_ms, candle.close_time_ms), (1_499_040_000_000, 1_499_644_799_999));
+        assert_eq!(candle.high, 0.8);
+        let bad: Vec<Value> = serde_json::from_str(r#"[1,"x","1","1","1","1",2]"#).unwrap();
+        assert!(matches!(super::candle(&bad), Err(ExchangeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn the_captured_exchange_info_gives_rules_and_limits() {
+        let body = r#"{"timezone":"UTC","serverTime":1715054406944,"rateLimits":[{"rateLimitType":"REQUEST_WEIGHT","interval":"MINUTE","intervalNum":1,"limit":2400},{"rateLimitType":"ORDERS","interval":"MINUTE","intervalNum":1,"limit":1200}],
+          "symbols":[{"symbol":"BTCUSDT","status":"TRADING","filters":[{"filterType":"PRICE_FILTER","minPrice":"556.80","maxPrice":"4529764","tickSize":"0.10"},{"filterType":"LOT_SIZE","minQty":"0.001","maxQty":"1000","stepSize":"0.001"},{"filterType":"MIN_NOTIONAL","notional":"100"}]}]}"#;
+        let info: ExchangeInfo = parse("exchangeInfo", body).unwrap();
+        assert_eq!(info.weight_limit_per_minute(), Some(2400));
+        let rules = info.rules();
+        let btc = rules[&Symbol::new("BTCUSDT").unwrap()];
+        assert_eq!(btc.tick_size.to_string(), "0.10");
+        assert_eq!(btc.step_size.to_string(), "0.001");
+        assert_eq!(btc.min_notional.to_string(), "100");
+    }
+
+    #[test]
+    fn the_captured_order_and_position_parse() {
+        let order: OrderBody = parse(
+            "order",
+            r#"{"orderId":4087922044,"symbol":"BTCUSDT","status":"NEW","clientOrderId":"bw-u1-7","price":"110001.00","avgPrice":"0.00","origQty":"0.200","executedQty":"0.000","cumQty":"0.000","cumQuote":"0.00000","timeInForce":"GTC","type":"LIMIT","reduceOnly":false,"closePosition":false,"side":"SELL","positionSide":"BOTH","stopPrice":"0.00","workingType":"CONTRACT_PRICE","priceProtect":false,"origType":"LIMIT","priceMatch":"NONE","selfTradePreventionMode":"NONE","goodTillDate":0,"updateTime":1739781831932}"#,
+        )
+        .unwrap();
+        let order = order.into_order().unwrap();
+        assert_eq!(order.exchange_order_id, "4087922044");
+        assert_eq!(order.status, ExchangeOrderStatus::New);
+        assert_eq!(order.average_price, None, "0.00 with nothing filled is no price");
+        let rows: Vec<PositionRow> = parse(
+            "positionRisk",
+            r#"[{"symbol":"BTCUSDT","positionSide":"BOTH","positionAmt":"0.009","entryPrice":"67445.9","breakEvenPrice":"67479.62295","markPrice":"67502.68519858","unRealizedProfit":"0.51106678","liquidationPrice":"64846.98753790","isolatedMargin":"0","notional":"607.52416678","marginAsset":"USDT","isolatedWallet":"0","initialMargin":"7.59405208","maintMargin":"2.43009666","positionInitialMargin":"7.59405208","openOrderInitialMargin":"0","adl":2,"bidNotional":"0","askNotional":"0","updateTime":1722161166529}]"#,
+        )
+        .unwrap();
+        let btc = Symbol::new("BTCUSDT").unwrap();
+        assert_eq!(position(&btc, &rows).quantity.to_string(), "0.009");
+        assert!(position(&Symbol::new("ETHUSDT").unwrap(), &rows).quantity.is_zero(), "no row means flat");
+    }
+
+    #[test]
+    fn malformed_bodies_name_the_endpoint() {
+        let error = parse::<ServerTime>("GET /fapi/v1/time", "{not json").unwrap_err();
+        assert!(error.to_string().contains("GET /fapi/v1/time"), "{error}");
+    }
+}
