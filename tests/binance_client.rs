@@ -23,7 +23,10 @@ fn user() -> UserId {
 }
 
 fn client(server: &MockServer, timeout_ms: u64) -> BinanceClient {
-    let credentials = BTreeMap::from([(user(), Credentials { api_key: Secret::new(KEY.into()), api_secret: Secret::new(SECRET.into()) })]);
+    let credentials = BTreeMap::from([(
+        user(),
+        Credentials { api_key: Secret::new(KEY.into()), api_secret: Secret::new(SECRET.into()) },
+    )]);
     let settings = BinanceSettings {
         base_url: server.uri().parse().unwrap(),
         recv_window_ms: 5_000,
@@ -38,7 +41,10 @@ fn client(server: &MockServer, timeout_ms: u64) -> BinanceClient {
 async fn mount_time(server: &MockServer) {
     Mock::given(method("GET"))
         .and(path("/fapi/v1/time"))
-        .respond_with(move |_: &Request| ResponseTemplate::new(200).set_body_json(serde_json::json!({ "serverTime": chrono::Utc::now().timestamp_millis() })))
+        .respond_with(move |_: &Request| {
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "serverTime": chrono::Utc::now().timestamp_millis() }))
+        })
         .mount(server)
         .await;
 }
@@ -51,7 +57,10 @@ impl Match for ValidSignature {
         let query = request.url.query().unwrap_or("");
         let Some((payload, signature)) = query.rsplit_once("&signature=") else { return false };
         let keyed = request.headers.get("X-MBX-APIKEY").is_some_and(|v| v.to_str().unwrap_or("") == KEY);
-        keyed && payload.contains("timestamp=") && payload.contains("recvWindow=5000") && sign::verify(&Secret::new(SECRET.into()), payload, signature)
+        keyed
+            && payload.contains("timestamp=")
+            && payload.contains("recvWindow=5000")
+            && sign::verify(&Secret::new(SECRET.into()), payload, signature)
     }
 }
 
@@ -72,7 +81,11 @@ const ORDER_FILLED: &str = r#"{"orderId":42,"symbol":"BTCUSDT","status":"FILLED"
 async fn order_answer(status: u16, body: &str) -> Result<bulwark::domain::ExchangeOrder, ExchangeError> {
     let server = MockServer::start().await;
     mount_time(&server).await;
-    Mock::given(method("POST")).and(path("/fapi/v1/order")).respond_with(ResponseTemplate::new(status).set_body_string(body)).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(path("/fapi/v1/order"))
+        .respond_with(ResponseTemplate::new(status).set_body_string(body))
+        .mount(&server)
+        .await;
     client(&server, 2_000).create_order(&user(), &order_request("bw-u1-1")).await
 }
 
@@ -102,15 +115,39 @@ async fn every_error_class_of_an_order() {
     assert!(matches!(order_answer(503, "Service Unavailable.").await, Err(ExchangeError::Retryable { .. })));
     let unknown = r#"{"code":-1000,"msg":"Unknown error, please check your request or try again later."}"#;
     assert!(matches!(order_answer(503, unknown).await, Err(ExchangeError::UnknownOutcome { .. })));
-    assert!(matches!(order_answer(400, r#"{"code":-1006,"msg":"Unexpected response"}"#).await, Err(ExchangeError::UnknownOutcome { .. })));
-    assert!(matches!(order_answer(500, r#"{"code":-1001,"msg":"Internal error"}"#).await, Err(ExchangeError::Retryable { .. })));
-    assert!(matches!(order_answer(429, r#"{"code":-1003,"msg":"Too many requests"}"#).await, Err(ExchangeError::RateLimited { .. })));
-    assert!(matches!(order_answer(418, r#"{"code":-1003,"msg":"Way too many requests; IP banned until 1900000000000."}"#).await, Err(ExchangeError::Banned { until_ms: 1_900_000_000_000 })));
-    assert!(matches!(order_answer(401, r#"{"code":-2015,"msg":"Invalid API-key, IP, or permissions for action."}"#).await, Err(ExchangeError::Auth { .. })));
-    assert!(matches!(order_answer(400, r#"{"code":-2019,"msg":"Margin is insufficient."}"#).await, Err(ExchangeError::Rejected { code: -2019, .. })));
-    assert!(matches!(order_answer(400, r#"{"code":-4116,"msg":"ClientOrderId is duplicated."}"#).await, Err(ExchangeError::Duplicate { code: -4116, .. })));
+    assert!(matches!(
+        order_answer(400, r#"{"code":-1006,"msg":"Unexpected response"}"#).await,
+        Err(ExchangeError::UnknownOutcome { .. })
+    ));
+    assert!(matches!(
+        order_answer(500, r#"{"code":-1001,"msg":"Internal error"}"#).await,
+        Err(ExchangeError::Retryable { .. })
+    ));
+    assert!(matches!(
+        order_answer(429, r#"{"code":-1003,"msg":"Too many requests"}"#).await,
+        Err(ExchangeError::RateLimited { .. })
+    ));
+    assert!(matches!(
+        order_answer(418, r#"{"code":-1003,"msg":"Way too many requests; IP banned until 1900000000000."}"#).await,
+        Err(ExchangeError::Banned { until_ms: 1_900_000_000_000 })
+    ));
+    assert!(matches!(
+        order_answer(401, r#"{"code":-2015,"msg":"Invalid API-key, IP, or permissions for action."}"#).await,
+        Err(ExchangeError::Auth { .. })
+    ));
+    assert!(matches!(
+        order_answer(400, r#"{"code":-2019,"msg":"Margin is insufficient."}"#).await,
+        Err(ExchangeError::Rejected { code: -2019, .. })
+    ));
+    assert!(matches!(
+        order_answer(400, r#"{"code":-4116,"msg":"ClientOrderId is duplicated."}"#).await,
+        Err(ExchangeError::Duplicate { code: -4116, .. })
+    ));
     let malformed = order_answer(200, "{\"orderId\": 42, garbage").await;
-    assert!(matches!(&malformed, Err(error @ ExchangeError::Malformed { .. }) if error.order_may_exist()), "{malformed:?}");
+    assert!(
+        matches!(&malformed, Err(error @ ExchangeError::Malformed { .. }) if error.order_may_exist()),
+        "{malformed:?}"
+    );
 }
 
 #[tokio::test]
@@ -141,13 +178,21 @@ async fn a_refused_connection_executed_nothing() {
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let result = client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await;
-    assert!(matches!(result, Err(ExchangeError::Retryable { ref detail }) if detail.starts_with("cannot connect")), "{result:?}");
+    assert!(
+        matches!(result, Err(ExchangeError::Retryable { ref detail }) if detail.starts_with("cannot connect")),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
 async fn reads_are_retried_when_nothing_was_executed() {
     let server = MockServer::start().await;
-    Mock::given(method("GET")).and(path("/fapi/v1/klines")).respond_with(ResponseTemplate::new(503).set_body_string("Service Unavailable.")).up_to_n_times(2).mount(&server).await;
+    Mock::given(method("GET"))
+        .and(path("/fapi/v1/klines"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("Service Unavailable."))
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
     let row = r#"[[1700000000000,"1.0","1.1","0.9","1.05","100",1700000299999,"0",1,"0","0","0"]]"#;
     Mock::given(method("GET"))
         .and(path("/fapi/v1/klines"))
@@ -169,7 +214,11 @@ async fn a_ban_stops_every_request_to_the_host_until_it_ends() {
     let until_ms = chrono::Utc::now().timestamp_millis() + 60_000;
     Mock::given(method("GET"))
         .and(path("/fapi/v1/klines"))
-        .respond_with(ResponseTemplate::new(418).set_body_string(format!(r#"{{"code":-1003,"msg":"Way too many requests; IP banned until {until_ms}."}}"#)))
+        .respond_with(
+            ResponseTemplate::new(418).set_body_string(format!(
+                r#"{{"code":-1003,"msg":"Way too many requests; IP banned until {until_ms}."}}"#
+            )),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -179,7 +228,10 @@ async fn a_ban_stops_every_request_to_the_host_until_it_ends() {
     // Every later request, of any kind and any user, is refused here without being sent.
     for _ in 0..5 {
         assert_eq!(client.klines(&btc, Timeframe::M5, 10).await, Err(ExchangeError::Banned { until_ms }));
-        assert_eq!(client.create_order(&user(), &order_request("bw-u1-2")).await, Err(ExchangeError::Banned { until_ms }));
+        assert_eq!(
+            client.create_order(&user(), &order_request("bw-u1-2")).await,
+            Err(ExchangeError::Banned { until_ms })
+        );
     }
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
     assert_eq!(client.stats().banned_until_ms, Some(until_ms));
@@ -191,14 +243,20 @@ async fn a_timestamp_outside_the_window_resyncs_the_clock() {
     mount_time(&server).await;
     Mock::given(method("GET"))
         .and(path("/fapi/v3/balance"))
-        .respond_with(ResponseTemplate::new(400).set_body_string(r#"{"code":-1021,"msg":"Timestamp for this request is outside of the recvWindow."}"#))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_string(r#"{"code":-1021,"msg":"Timestamp for this request is outside of the recvWindow."}"#),
+        )
         .up_to_n_times(1)
         .mount(&server)
         .await;
     Mock::given(method("GET"))
         .and(path("/fapi/v3/balance"))
         .and(ValidSignature)
-        .respond_with(ResponseTemplate::new(200).set_body_string(r#"[{"asset":"USDT","balance":"100.5","crossUnPnl":"1.5","availableBalance":"90"}]"#))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(r#"[{"asset":"USDT","balance":"100.5","crossUnPnl":"1.5","availableBalance":"90"}]"#),
+        )
         .mount(&server)
         .await;
     let client = client(&server, 2_000);
@@ -232,12 +290,19 @@ async fn an_unknown_order_id_is_none_and_rules_come_from_exchange_info() {
     assert_eq!(rules.step_size.to_string(), "0.001");
     assert_eq!(client.symbol_rules(&btc).await.unwrap(), rules, "cached");
     assert_eq!(client.stats().weight_limit, 1_200, "the limit the exchange states");
-    assert!(matches!(client.symbol_rules(&Symbol::new("DOGEUSDT").unwrap()).await, Err(ExchangeError::Rejected { code: -1121, .. })));
+    assert!(matches!(
+        client.symbol_rules(&Symbol::new("DOGEUSDT").unwrap()).await,
+        Err(ExchangeError::Rejected { code: -1121, .. })
+    ));
 }
 
 #[tokio::test]
 async fn secrets_never_appear_in_errors_or_debug_output() {
-    let answer = order_answer(401, r#"{"code":-2015,"msg":"Invalid API-key, IP, or permissions for action, request ip: 127.0.0.1"}"#).await;
+    let answer = order_answer(
+        401,
+        r#"{"code":-2015,"msg":"Invalid API-key, IP, or permissions for action, request ip: 127.0.0.1"}"#,
+    )
+    .await;
     let text = format!("{answer:?} {}", answer.as_ref().unwrap_err());
     assert!(!text.contains(KEY) && !text.contains(SECRET), "{text}");
     let server = MockServer::start().await;

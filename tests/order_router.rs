@@ -73,27 +73,58 @@ async fn refusals_that_executed_nothing_are_retried_with_the_same_id() {
     tree.shutdown().await;
 }
 
-#[actix_rt::test]
-async fn an_order_that_never_arrived_is_declared_not_placed_only_after_the_receive_window() {
-    let (_dir, mut tree, faulty) = tree_with(vec![Fault::NeverArrives]).await;
-    tree.step_and_settle(&["u1"]).await;
-    assert_eq!(first_order_state(&mut tree).await, OrderState::Unknown);
-    // It was sent at step 1; the exchange would accept it until 5 s (recv_window) after that,
-    // plus a 1 s clock-skew margin, and each step is one second of (manual) time. Until the window
-    // has passed the order may still exist, so nothing new is decided on this symbol.
-    for _ in 0..6 {
+/// Steps until the first intent leaves `unknown`; returns how many steps that took and checks that
+/// every step meanwhile skipped with the order named.
+async fn steps_while_unknown(tree: &mut Tree) -> usize {
+    let mut steps = 0;
+    loop {
         let outcome = tree.step_and_settle(&["u1"]).await;
+        steps += 1;
+        if first_order_state(tree).await != OrderState::Unknown {
+            return steps;
+        }
         let decision = &outcome.iterations[0].decision;
         assert_eq!(decision.outcome, "skipped", "{decision:?}");
         assert_eq!(decision.reason, "order bw-u1-1 is unknown; no new order until it resolves");
-        assert_eq!(first_order_state(&mut tree).await, OrderState::Unknown);
+        assert!(steps < 30, "resolved eventually");
     }
-    // The window has closed: not found means never placed, and trading resumes with a new intent.
-    let outcome = tree.step_and_settle(&["u1"]).await;
-    assert_eq!(first_order_state(&mut tree).await, OrderState::NotPlaced);
-    let decision = &outcome.iterations[0].decision;
-    assert_eq!(decision.client_order_id, Some(ClientOrderId::for_intent(&u1(), 2)), "{decision:?}");
-    assert_eq!(faulty.attempts.lock().unwrap().len(), 2, "bw-u1-1 once, bw-u1-2 once");
+}
+
+#[actix_rt::test]
+async fn an_order_that_never_arrived_is_sent_again_with_the_same_id_after_the_receive_window() {
+    let (_dir, mut tree, faulty) = tree_with(vec![Fault::NeverArrives]).await;
+    tree.step_and_settle(&["u1"]).await;
+    assert_eq!(first_order_state(&mut tree).await, OrderState::Unknown);
+    // It was sent at step 1; the exchange would accept it until 5 s (recv_window) after that, plus
+    // a 1 s clock-skew margin, and each step is one second of (manual) time. Until the window has
+    // passed the order may still exist, so nothing is decided on this symbol and nothing is resent.
+    let steps = steps_while_unknown(&mut tree).await;
+    assert_eq!(steps, 7, "resent on the first sync after sent_at + 5 s + 1 s");
+    let order = tree.store().order(&ClientOrderId::for_intent(&u1(), 1)).unwrap().unwrap();
+    assert_eq!((order.state, order.send_attempts), (OrderState::Open, 2));
+    tree.step_and_settle(&["u1"]).await;
+    assert_eq!(first_order_state(&mut tree).await, OrderState::Filled);
+    let attempts = faulty.attempts.lock().unwrap().clone();
+    assert_eq!(attempts, vec![ClientOrderId::for_intent(&u1(), 1); 2], "the same id, twice; never a second id");
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn an_order_that_keeps_not_arriving_ends_not_placed_after_its_resubmissions() {
+    let (_dir, mut tree, faulty) = tree_with(vec![Fault::NeverArrives; 3]).await;
+    tree.step_and_settle(&["u1"]).await;
+    // Sent at steps 1, 8 and 15 (each time after the previous request's window closed), lost each
+    // time; at step 22 the third window has closed too and no send is left.
+    let steps = steps_while_unknown(&mut tree).await;
+    assert_eq!(steps, 21);
+    let order = tree.store().order(&ClientOrderId::for_intent(&u1(), 1)).unwrap().unwrap();
+    assert_eq!((order.state, order.send_attempts), (OrderState::NotPlaced, 3));
+    assert!(order.last_error.unwrap().contains("not resubmitted (3 request(s) sent"));
+    // Trading resumes with a new decision (a new intent, a new id).
+    tree.step_and_settle(&["u1"]).await;
+    let attempts = faulty.attempts.lock().unwrap().clone();
+    assert_eq!(attempts[..3].to_vec(), vec![ClientOrderId::for_intent(&u1(), 1); 3]);
+    assert!(attempts[3..].iter().all(|id| *id == ClientOrderId::for_intent(&u1(), 2)), "{attempts:?}");
     assert!(
         tree.paper.order_by_client_id(&u1(), &xrp(), &ClientOrderId::for_intent(&u1(), 1)).await.unwrap().is_none()
     );

@@ -8,9 +8,10 @@
 //!    resent: the order becomes `unknown` and is resolved by querying its client order id.
 //!    Only a failure that provably executed nothing (connection refused, 503 "Service
 //!    Unavailable") is retried, with the same client order id.
-//! 3. An order not found by its id is declared `not_placed` only after its last request's
+//! 3. An order not found by its id is known to be unplaced only after its last request's
 //!    timestamp plus the receive window plus a clock-skew margin has passed: after that the
-//!    exchange can no longer accept it.
+//!    exchange can no longer accept it. Only then is it sent again, with the **same** client order
+//!    id (a few times, while the intent is fresh), or else declared `not_placed`.
 //!
 //! The router keeps no trading state of its own beyond the set of intents it is placing right now;
 //! everything else is in the database, so a restarted router resumes from there.
@@ -51,6 +52,11 @@ pub struct RouterSettings {
     pub send_backoff_ms_initial: u64,
     /// A committed intent the router is not placing, older than this, was never sent.
     pub pending_grace_ms: i64,
+    /// Times an order found never placed (after its receive window) is sent again with the same id.
+    pub resubmissions_max: u32,
+    /// An intent older than this is not resubmitted; it ends `not_placed` and the trader decides
+    /// afresh.
+    pub resubmit_age_ms_max: i64,
 }
 
 impl Default for RouterSettings {
@@ -62,6 +68,8 @@ impl Default for RouterSettings {
             send_attempts_max: 3,
             send_backoff_ms_initial: 200,
             pending_grace_ms: 10_000,
+            resubmissions_max: 2,
+            resubmit_age_ms_max: 60_000,
         }
     }
 }
@@ -261,8 +269,15 @@ async fn current_state(context: &RouterContext, client_order_id: &ClientOrderId)
 }
 
 async fn place(context: &RouterContext, intent: OrderIntent) -> PlacementOutcome {
+    send(context, intent, OrderState::Pending).await
+}
+
+/// Sends an intent's order request with its one client order id: first from `pending`, or again
+/// from `unknown`/`sending` once an earlier request provably can no longer execute. Every send is
+/// preceded by a compare-and-set to `sending`, so two writers can never both send.
+async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState) -> PlacementOutcome {
     let client_order_id = intent.client_order_id.clone();
-    let mut from = OrderState::Pending;
+    let mut from = from;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -451,7 +466,23 @@ async fn resolve_order(
             if now_ms <= window_closed_at_ms {
                 return Ok(order.state);
             }
-            let detail = "not found by client order id after its receive window closed".to_owned();
+            // The exchange can no longer accept the earlier request: it was never placed. Send it
+            // again with the same client order id while the intent is fresh (a duplicate answer
+            // would mean it exists after all, and is adopted).
+            let age_ms = now_ms - intent.created_at_ms;
+            let sends_allowed = 1 + context.settings.resubmissions_max;
+            if order.send_attempts < sends_allowed && age_ms <= context.settings.resubmit_age_ms_max {
+                tracing::info!(user = %intent.user, client_order_id = %intent.client_order_id, sends = order.send_attempts, "order router: not found after the receive window; resubmitting with the same id");
+                return Ok(match send(context, intent.clone(), order.state).await {
+                    PlacementOutcome::Recorded { state, .. } => state,
+                    _ => order.state,
+                });
+            }
+            let detail = format!(
+                "not found by client order id after its receive window closed; not resubmitted ({} request(s) sent, intent {} s old)",
+                order.send_attempts,
+                age_ms / 1_000
+            );
             Ok(match mark(context, &intent.client_order_id, order.state, OrderState::NotPlaced, detail).await {
                 PlacementOutcome::Recorded { state, .. } => state,
                 _ => order.state,

@@ -248,6 +248,7 @@ pub struct Fill {
 ///    │           ├──────► sending (retry of an attempt that executed nothing)
 ///    │           ├──────► filled | rejected | cancelled | expired
 ///    │           └──────► unknown ──► open | filled | cancelled | expired | rejected | not_placed
+///    │                           └──► sending (resubmitted, same id, once the receive window has closed)
 ///    ├──► not_placed   (reconciliation: committed but provably never sent)
 ///    └──► rejected     (refused locally before sending)
 /// ```
@@ -321,7 +322,7 @@ impl OrderState {
         match self {
             Pending => matches!(next, Sending | NotPlaced | Rejected),
             Sending => matches!(next, Sending | Open | Filled | Rejected | Cancelled | Expired | Unknown | NotPlaced),
-            Unknown => matches!(next, Open | Filled | Cancelled | Expired | Rejected | NotPlaced),
+            Unknown => matches!(next, Sending | Open | Filled | Cancelled | Expired | Rejected | NotPlaced),
             Open => matches!(next, Open | Filled | Cancelled | Expired),
             Filled | Cancelled | Rejected | Expired | NotPlaced => false,
         }

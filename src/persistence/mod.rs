@@ -71,8 +71,9 @@ pub(crate) fn configure_connection(connection: &Connection) -> Result<(), StoreE
     Ok(())
 }
 
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE users (
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE users (
          user_id TEXT PRIMARY KEY,
          created_at_ms INTEGER NOT NULL,
          supervisor_state TEXT NOT NULL,
@@ -172,7 +173,10 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
          action TEXT NOT NULL,
          client_order_id TEXT,
          detail TEXT NOT NULL);",
-)];
+    ),
+    // How many requests carrying the client order id were sent: bounds resubmission.
+    M::up("ALTER TABLE orders ADD COLUMN send_attempts INTEGER NOT NULL DEFAULT 0;"),
+];
 
 /// An order intent together with its order's current state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -185,6 +189,8 @@ pub struct StoredOrder {
     pub sent_at_ms: Option<i64>,
     pub updated_at_ms: i64,
     pub last_error: Option<String>,
+    /// Requests sent with this client order id (each move to `sending` counts one).
+    pub send_attempts: u32,
 }
 
 /// A compare-and-set move of one order from the state the caller saw.
@@ -463,7 +469,8 @@ impl Store {
                  average_price = COALESCE(?6, average_price),
                  sent_at_ms = COALESCE(?7, sent_at_ms),
                  last_error = COALESCE(?8, last_error),
-                 updated_at_ms = ?9
+                 updated_at_ms = ?9,
+                 send_attempts = send_attempts + (?3 = 'sending')
              WHERE client_order_id = ?1 AND state = ?2",
             params![
                 transition.client_order_id.as_str(),
@@ -757,7 +764,8 @@ impl Store {
 const ORDER_SELECT: &str =
     "SELECT i.client_order_id, i.user_id, i.intent_seq, i.symbol, i.side, i.order_type, i.limit_price, i.quantity,
         i.reduce_only, i.purpose, i.strategy, i.decision_candle_close_ms, i.created_at_ms,
-        o.state, o.exchange_order_id, o.filled_quantity, o.average_price, o.sent_at_ms, o.updated_at_ms, o.last_error
+        o.state, o.exchange_order_id, o.filled_quantity, o.average_price, o.sent_at_ms, o.updated_at_ms, o.last_error,
+        o.send_attempts
      FROM orders o JOIN intents i ON i.client_order_id = o.client_order_id";
 
 fn insert_fill(
@@ -856,6 +864,7 @@ fn order_from_row(row: &Row<'_>) -> Result<StoredOrder, StoreError> {
         sent_at_ms: row.get(17)?,
         updated_at_ms: row.get(18)?,
         last_error: row.get(19)?,
+        send_attempts: row.get(20)?,
     })
 }
 
@@ -944,7 +953,7 @@ mod tests {
         let illegal = OrderTransition::new(id.clone(), OrderState::Sending, OrderState::Pending, 2_300);
         assert!(matches!(store.transition_order(&illegal), Err(StoreError::Conflict(_))));
         let stored = store.order(&id).unwrap().unwrap();
-        assert_eq!((stored.state, stored.sent_at_ms), (OrderState::Sending, Some(2_100)));
+        assert_eq!((stored.state, stored.sent_at_ms, stored.send_attempts), (OrderState::Sending, Some(2_100), 1));
     }
 
     #[test]

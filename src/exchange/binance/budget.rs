@@ -15,7 +15,9 @@ const MINUTE_MS: i64 = 60_000;
 pub enum Admission {
     Go,
     /// Wait this long and ask again.
-    Wait { ms: u64 },
+    Wait {
+        ms: u64,
+    },
     Refuse(ExchangeError),
 }
 

@@ -27,7 +27,13 @@ const BAN_MS_DEFAULT: i64 = 120_000;
 const RATE_LIMIT_MS_DEFAULT: u64 = 60_000;
 
 /// Maps a non-2xx answer. `retry_after_secs` is the `Retry-After` header, if any.
-pub fn from_response(status: u16, body: &str, retry_after_secs: Option<u64>, effect: Effect, now_ms: i64) -> ExchangeError {
+pub fn from_response(
+    status: u16,
+    body: &str,
+    retry_after_secs: Option<u64>,
+    effect: Effect,
+    now_ms: i64,
+) -> ExchangeError {
     let parsed: Option<ErrorBody> = serde_json::from_str(body).ok();
     let unknown = |detail: String| match effect {
         Effect::Write => ExchangeError::UnknownOutcome { detail },
@@ -66,7 +72,9 @@ pub fn from_response(status: u16, body: &str, retry_after_secs: Option<u64>, eff
         // The web application firewall: back off as for a rate limit.
         403 => ExchangeError::RateLimited { retry_after_ms: RATE_LIMIT_MS_DEFAULT },
         408 => unknown(format!("408: {excerpt}")),
-        500..=599 if body.contains("Service Unavailable") => ExchangeError::Retryable { detail: format!("{status}: {excerpt}") },
+        500..=599 if body.contains("Service Unavailable") => {
+            ExchangeError::Retryable { detail: format!("{status}: {excerpt}") }
+        }
         500..=599 => unknown(format!("{status}: {excerpt}")),
         _ => ExchangeError::Rejected { code: -i64::from(status), msg: excerpt },
     }

@@ -218,7 +218,9 @@ impl Inner {
         loop {
             attempt += 1;
             match self.send(call()).await {
-                Err(ExchangeError::Retryable { .. } | ExchangeError::Malformed { .. }) if attempt < READ_ATTEMPTS_MAX => {
+                Err(ExchangeError::Retryable { .. } | ExchangeError::Malformed { .. })
+                    if attempt < READ_ATTEMPTS_MAX =>
+                {
                     tokio::time::sleep(Duration::from_millis(READ_RETRY_BACKOFF_MS << (attempt - 1))).await;
                 }
                 result => return result,
@@ -288,7 +290,11 @@ impl Inner {
                 None => query.finish(),
             }
         };
-        let mut url = self.settings.base_url.join(call.path).map_err(|e| ExchangeError::Rejected { code: 0, msg: format!("bad URL: {e}") })?;
+        let mut url = self
+            .settings
+            .base_url
+            .join(call.path)
+            .map_err(|e| ExchangeError::Rejected { code: 0, msg: format!("bad URL: {e}") })?;
         url.set_query((!query.is_empty()).then_some(query.as_str()));
         let mut request = self.http.request(call.method.clone(), url);
         for (name, value) in &request_headers {
@@ -298,7 +304,9 @@ impl Inner {
         let response = request.send().await.map_err(|e| error::from_transport(&e, call.effect))?;
         let now_ms = self.local.now_ms();
         let headers = response.headers();
-        if let Some(used) = headers.get("x-mbx-used-weight-1m").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+        if let Some(used) =
+            headers.get("x-mbx-used-weight-1m").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+        {
             self.budget.lock().observe_used(used, now_ms);
         }
         let retry_after_secs = headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
@@ -310,11 +318,19 @@ impl Inner {
         let error = error::from_response(status.as_u16(), &body, retry_after_secs, call.effect, now_ms);
         match &error {
             ExchangeError::Banned { until_ms } => {
-                tracing::error!(until_ms, endpoint = call.endpoint, "binance: banned (418); every request to this host stops until the ban ends");
+                tracing::error!(
+                    until_ms,
+                    endpoint = call.endpoint,
+                    "binance: banned (418); every request to this host stops until the ban ends"
+                );
                 self.budget.lock().ban(*until_ms);
             }
             ExchangeError::RateLimited { retry_after_ms } => {
-                tracing::warn!(retry_after_ms, endpoint = call.endpoint, "binance: rate limited (429); pausing every request");
+                tracing::warn!(
+                    retry_after_ms,
+                    endpoint = call.endpoint,
+                    "binance: rate limited (429); pausing every request"
+                );
                 self.budget.lock().pause(now_ms + *retry_after_ms as i64);
             }
             ExchangeError::Retryable { detail } if detail.starts_with("-1021") => self.clock.lock().invalidate(),
@@ -341,7 +357,9 @@ impl Inner {
         {
             return Ok(rules.clone());
         }
-        let body = self.read_with_retries(&|| Call::new(Method::GET, "/fapi/v1/exchangeInfo", "GET /fapi/v1/exchangeInfo", 1)).await?;
+        let body = self
+            .read_with_retries(&|| Call::new(Method::GET, "/fapi/v1/exchangeInfo", "GET /fapi/v1/exchangeInfo", 1))
+            .await?;
         let info: models::ExchangeInfo = models::parse("GET /fapi/v1/exchangeInfo", &body)?;
         if let Some(limit) = info.weight_limit_per_minute() {
             self.budget.lock().set_limit(limit);
@@ -376,7 +394,12 @@ impl Exchange for BinanceClient {
         let symbol = symbol.clone();
         self.on_io(Effect::Read, move |inner| {
             Box::pin(async move {
-                inner.rules().await?.get(&symbol).copied().ok_or_else(|| ExchangeError::Rejected { code: -1121, msg: format!("Invalid symbol {symbol}.") })
+                inner
+                    .rules()
+                    .await?
+                    .get(&symbol)
+                    .copied()
+                    .ok_or_else(|| ExchangeError::Rejected { code: -1121, msg: format!("Invalid symbol {symbol}.") })
             })
         })
         .await
@@ -399,7 +422,11 @@ impl Exchange for BinanceClient {
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
         let (account, query_symbol) = (account.clone(), symbol.clone());
         let body = self
-            .read(move || Call::new(Method::GET, "/fapi/v3/positionRisk", "GET /fapi/v3/positionRisk", 5).param("symbol", &query_symbol).signed(&account))
+            .read(move || {
+                Call::new(Method::GET, "/fapi/v3/positionRisk", "GET /fapi/v3/positionRisk", 5)
+                    .param("symbol", &query_symbol)
+                    .signed(&account)
+            })
             .await?;
         let rows: Vec<models::PositionRow> = models::parse("GET /fapi/v3/positionRisk", &body)?;
         Ok(models::position(symbol, &rows))
@@ -407,7 +434,9 @@ impl Exchange for BinanceClient {
 
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
         let account = account.clone();
-        let body = self.read(move || Call::new(Method::GET, "/fapi/v3/balance", "GET /fapi/v3/balance", 5).signed(&account)).await?;
+        let body = self
+            .read(move || Call::new(Method::GET, "/fapi/v3/balance", "GET /fapi/v3/balance", 5).signed(&account))
+            .await?;
         let rows: Vec<models::BalanceRow> = models::parse("GET /fapi/v3/balance", &body)?;
         Ok(models::balance(&rows))
     }
@@ -424,7 +453,10 @@ impl Exchange for BinanceClient {
         if request.reduce_only {
             call = call.param("reduceOnly", "true");
         }
-        let call = call.param("newClientOrderId", &request.client_order_id).param("newOrderRespType", "RESULT").signed(account);
+        let call = call
+            .param("newClientOrderId", &request.client_order_id)
+            .param("newOrderRespType", "RESULT")
+            .signed(account);
         let body = self.write(call).await?;
         // The order may exist even if its answer cannot be read: Malformed counts as unknown.
         models::parse::<models::OrderBody>("POST /fapi/v1/order", &body)?.into_order()
@@ -439,7 +471,10 @@ impl Exchange for BinanceClient {
         let (account, symbol, id) = (account.clone(), symbol.clone(), client_order_id.clone());
         let result = self
             .read(move || {
-                Call::new(Method::GET, "/fapi/v1/order", "GET /fapi/v1/order", 1).param("symbol", &symbol).param("origClientOrderId", &id).signed(&account)
+                Call::new(Method::GET, "/fapi/v1/order", "GET /fapi/v1/order", 1)
+                    .param("symbol", &symbol)
+                    .param("origClientOrderId", &id)
+                    .signed(&account)
             })
             .await;
         match result {
@@ -449,7 +484,12 @@ impl Exchange for BinanceClient {
         }
     }
 
-    async fn cancel_order(&self, account: &UserId, symbol: &Symbol, client_order_id: &ClientOrderId) -> Result<ExchangeOrder, ExchangeError> {
+    async fn cancel_order(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        client_order_id: &ClientOrderId,
+    ) -> Result<ExchangeOrder, ExchangeError> {
         let call = Call::new(Method::DELETE, "/fapi/v1/order", "DELETE /fapi/v1/order", 1)
             .param("symbol", symbol)
             .param("origClientOrderId", client_order_id)
@@ -458,7 +498,11 @@ impl Exchange for BinanceClient {
         models::parse::<models::OrderBody>("DELETE /fapi/v1/order", &body)?.into_order()
     }
 
-    async fn open_orders(&self, account: &UserId, symbol: Option<&Symbol>) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+    async fn open_orders(
+        &self,
+        account: &UserId,
+        symbol: Option<&Symbol>,
+    ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
         let (account, symbol) = (account.clone(), symbol.cloned());
         let body = self
             .read(move || {
@@ -489,7 +533,12 @@ impl Exchange for BinanceClient {
         rows.into_iter().map(models::TradeRow::into_fill).collect()
     }
 
-    async fn order_fills(&self, account: &UserId, symbol: &Symbol, exchange_order_id: &str) -> Result<Vec<Fill>, ExchangeError> {
+    async fn order_fills(
+        &self,
+        account: &UserId,
+        symbol: &Symbol,
+        exchange_order_id: &str,
+    ) -> Result<Vec<Fill>, ExchangeError> {
         let (account, symbol, order_id) = (account.clone(), symbol.clone(), exchange_order_id.to_owned());
         let body = self
             .read(move || {

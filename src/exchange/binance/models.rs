@@ -76,7 +76,8 @@ impl ExchangeInfo {
         let mut rules = HashMap::new();
         for info in &self.symbols {
             let Ok(symbol) = Symbol::new(&info.symbol) else { continue };
-            let filter = |kind: &str| info.filters.iter().find(|f| f.get("filterType").and_then(Value::as_str) == Some(kind));
+            let filter =
+                |kind: &str| info.filters.iter().find(|f| f.get("filterType").and_then(Value::as_str) == Some(kind));
             let (Some(price), Some(lot)) = (filter("PRICE_FILTER"), filter("LOT_SIZE")) else { continue };
             let (Some(tick_size), Some(step_size), Some(min_quantity)) =
                 (decimal(price, "tickSize"), decimal(lot, "stepSize"), decimal(lot, "minQty"))
@@ -92,7 +93,11 @@ impl ExchangeInfo {
 
 /// A klines row: `[openTime, "open", "high", "low", "close", "volume", closeTime, ...]`.
 pub fn candle(row: &[Value]) -> Result<Candle, ExchangeError> {
-    let integer = |index: usize| row.get(index).and_then(Value::as_i64).ok_or_else(|| malformed(format!("kline field {index} is not an integer")));
+    let integer = |index: usize| {
+        row.get(index)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| malformed(format!("kline field {index} is not an integer")))
+    };
     let number = |index: usize| -> Result<f64, ExchangeError> {
         let value = row.get(index).ok_or_else(|| malformed(format!("kline field {index} is missing")))?;
         let parsed = match value {
@@ -100,7 +105,9 @@ pub fn candle(row: &[Value]) -> Result<Candle, ExchangeError> {
             Value::Number(number) => number.as_f64(),
             _ => None,
         };
-        parsed.filter(|n| n.is_finite()).ok_or_else(|| malformed(format!("kline field {index} is not a number: {value}")))
+        parsed
+            .filter(|n| n.is_finite())
+            .ok_or_else(|| malformed(format!("kline field {index} is not a number: {value}")))
     };
     Ok(Candle {
         open_time_ms: integer(0)?,
@@ -127,7 +134,8 @@ pub struct PositionRow {
 
 /// The one-way position of `symbol` from `positionRisk` rows (none means flat).
 pub fn position(symbol: &Symbol, rows: &[PositionRow]) -> Position {
-    let row = rows.iter().find(|r| r.symbol == symbol.as_str() && r.position_side.as_deref().is_none_or(|s| s == "BOTH"));
+    let row =
+        rows.iter().find(|r| r.symbol == symbol.as_str() && r.position_side.as_deref().is_none_or(|s| s == "BOTH"));
     match row {
         Some(row) => Position {
             symbol: symbol.clone(),
@@ -157,7 +165,12 @@ pub fn balance(rows: &[BalanceRow]) -> Balance {
             unrealized_pnl: row.cross_un_pnl,
             available_balance: row.available_balance,
         },
-        None => Balance { asset: "USDT".into(), wallet_balance: Decimal::ZERO, unrealized_pnl: Decimal::ZERO, available_balance: Decimal::ZERO },
+        None => Balance {
+            asset: "USDT".into(),
+            wallet_balance: Decimal::ZERO,
+            unrealized_pnl: Decimal::ZERO,
+            available_balance: Decimal::ZERO,
+        },
     }
 }
 
@@ -188,7 +201,10 @@ impl OrderBody {
         let order_type = match self.order_type.as_str() {
             "MARKET" => OrderType::Market,
             "LIMIT" => {
-                let price = self.price.and_then(|p| Price::new(p).ok()).ok_or_else(|| malformed("LIMIT order without a price"))?;
+                let price = self
+                    .price
+                    .and_then(|p| Price::new(p).ok())
+                    .ok_or_else(|| malformed("LIMIT order without a price"))?;
                 OrderType::Limit { price }
             }
             other => return Err(malformed(format!("order type {other} is not one bulwark places"))),

@@ -9,7 +9,8 @@ use crate::secret::Secret;
 
 /// The hex HMAC-SHA256 of `payload` under `secret`.
 pub fn signature(secret: &Secret, payload: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("Invariant: HMAC accepts keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("Invariant: HMAC accepts keys of any length");
     mac.update(payload.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -18,7 +19,8 @@ pub fn signature(secret: &Secret, payload: &str) -> String {
 /// constant time.
 pub fn verify(secret: &Secret, payload: &str, given: &str) -> bool {
     let Ok(given) = hex::decode(given) else { return false };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("Invariant: HMAC accepts keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("Invariant: HMAC accepts keys of any length");
     mac.update(payload.as_bytes());
     mac.verify_slice(&given).is_ok()
 }
