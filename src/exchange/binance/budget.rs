@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn requests_wait_for_the_next_minute_before_the_limit() {
         let mut budget = WeightBudget::new(100);
-        let t = 1_700_000_010_000; // 10 s into a minute
+        let t = 1_700_000_050_000; // 10 s into a minute (minute 28_333_334 starts at ..._040_000)
         for _ in 0..18 {
             assert_eq!(budget.admit(5, t), Admission::Go);
         }
