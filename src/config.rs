@@ -18,6 +18,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::FromPrimitive;
 use serde::Deserialize;
+use url::Url;
 
 use crate::domain::{Symbol, SymbolRules, Timeframe, UserId};
 use crate::exchange::paper::market::{BASE_TIMEFRAME, RandomWalkParams, SeriesSource, parse_replay};
@@ -99,6 +100,28 @@ pub struct ExchangeConfig {
 #[derive(Debug, Clone)]
 pub enum VenueConfig {
     Paper(PaperSettings),
+    Binance(BinanceVenueConfig),
+}
+
+/// `[exchange] kind = "binance"`: a Binance USDⓈ-M Futures REST endpoint (production, demo, or a
+/// local `bulwark sim`). Credentials are per user (`users[].api_key_env`, `api_secret_env`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinanceVenueConfig {
+    pub base_url: Url,
+    /// Until the exchange's own exchangeInfo says otherwise.
+    pub weight_limit_per_minute: u32,
+    /// How often market data checks the exchange clock for closed candles (no request is made
+    /// unless one has closed).
+    pub poll_interval: Duration,
+}
+
+/// `[intelligence]`: the CoinGlass v4 API (or `bulwark sim`'s copy of it). Read by the
+/// Intelligence actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntelligenceConfig {
+    pub base_url: Url,
+    /// The environment variable holding the `CG-API-KEY`.
+    pub api_key_env: String,
 }
 
 /// `[chaos]`
@@ -123,6 +146,9 @@ pub struct StrategyConfig {
 pub struct UserConfig {
     pub id: UserId,
     pub strategies: Vec<StrategyConfig>,
+    /// Environment variables holding this user's exchange API key and secret (Binance only).
+    pub api_key_env: Option<String>,
+    pub api_secret_env: Option<String>,
 }
 
 /// A validated configuration.
@@ -136,6 +162,7 @@ pub struct Config {
     pub risk: RiskLimits,
     pub chaos: ChaosConfig,
     pub users: Vec<UserConfig>,
+    pub intelligence: Option<IntelligenceConfig>,
 }
 
 impl Config {
@@ -151,6 +178,7 @@ impl Config {
     pub fn market_poll_interval(&self) -> Duration {
         match &self.exchange.venue {
             VenueConfig::Paper(paper) => Duration::from_millis((paper.candle_interval_ms / 4).clamp(10, 1_000) as u64),
+            VenueConfig::Binance(binance) => binance.poll_interval,
         }
     }
 }
@@ -227,6 +255,20 @@ struct RawConfig {
     risk: RawRisk,
     chaos: RawChaos,
     users: Vec<RawUser>,
+    intelligence: Option<RawIntelligence>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawIntelligence {
+    base_url: String,
+    api_key_env: String,
+}
+
+impl Default for RawIntelligence {
+    fn default() -> Self {
+        Self { base_url: "https://open-api-v4.coinglass.com".to_owned(), api_key_env: String::new() }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,12 +320,23 @@ struct RawExchange {
     kind: String,
     recv_window_ms: i64,
     timeout_ms: i64,
+    base_url: Option<String>,
+    weight_limit_per_minute: i64,
+    poll_interval_ms: i64,
     paper: Option<RawPaper>,
 }
 
 impl Default for RawExchange {
     fn default() -> Self {
-        Self { kind: "paper".to_owned(), recv_window_ms: 5_000, timeout_ms: 10_000, paper: None }
+        Self {
+            kind: "paper".to_owned(),
+            recv_window_ms: 5_000,
+            timeout_ms: 10_000,
+            base_url: None,
+            weight_limit_per_minute: 2_400,
+            poll_interval_ms: 1_000,
+            paper: None,
+        }
     }
 }
 
@@ -393,6 +446,8 @@ impl Default for RawChaos {
 struct RawUser {
     id: String,
     paper_balance_usdt: Option<f64>,
+    api_key_env: Option<String>,
+    api_secret_env: Option<String>,
     strategies: Vec<RawStrategy>,
 }
 
@@ -408,6 +463,13 @@ struct RawStrategy {
 
 // ---------------------------------------------------------------------------------------------
 // Validation.
+
+/// What strategies can be validated against: the paper exchange's symbols, or (Binance) only the
+/// symbol format; the server checks Binance symbols against exchangeInfo when it starts.
+enum Venue {
+    Paper(BTreeSet<Symbol>),
+    Binance,
+}
 
 struct Validator {
     problems: Vec<ConfigProblem>,
@@ -447,13 +509,26 @@ impl Validator {
         let supervisor = self.supervisor(raw.supervisor);
         let risk = self.risk(raw.risk);
         let balances = self.user_balances(&raw.users);
+        let binance = raw.exchange.kind == "binance";
         let exchange = self.exchange(raw.exchange, balances);
-        let symbols: BTreeSet<Symbol> = match &exchange.venue {
-            VenueConfig::Paper(paper) => paper.symbols.iter().map(|s| s.symbol.clone()).collect(),
+        let venue = match &exchange.venue {
+            _ if binance => Venue::Binance,
+            VenueConfig::Paper(paper) => Venue::Paper(paper.symbols.iter().map(|s| s.symbol.clone()).collect()),
+            VenueConfig::Binance(_) => Venue::Binance,
         };
-        let users = self.users(raw.users, &symbols, risk);
+        let users = self.users(raw.users, &venue, risk);
         let chaos = self.chaos(raw.chaos, &users);
-        Some(Config { source_name: source_name.to_owned(), server, supervisor, exchange, risk, chaos, users })
+        let intelligence = raw.intelligence.map(|raw| self.intelligence(raw));
+        Some(Config {
+            source_name: source_name.to_owned(),
+            server,
+            supervisor,
+            exchange,
+            risk,
+            chaos,
+            users,
+            intelligence,
+        })
     }
 
     fn server(&mut self, raw: RawServer) -> ServerConfig {
@@ -530,19 +605,86 @@ impl Validator {
     fn exchange(&mut self, raw: RawExchange, balances: BTreeMap<UserId, Decimal>) -> ExchangeConfig {
         let recv_window_ms = self.int_in("exchange.recv_window_ms", raw.recv_window_ms, 1, 60_000);
         let timeout_ms = self.int_in("exchange.timeout_ms", raw.timeout_ms, 100, 120_000);
-        match raw.kind.as_str() {
-            "paper" => {}
+        let venue = match raw.kind.as_str() {
             "binance" => {
-                self.problem("exchange.kind", "\"binance\" is not available in this version yet (use \"paper\")")
+                let base_url = match raw.base_url.as_deref() {
+                    Some(url) => self.url("exchange.base_url", url),
+                    None => {
+                        self.problem(
+                            "exchange.base_url",
+                            "required for kind = \"binance\" (e.g. \"https://fapi.binance.com\")",
+                        );
+                        None
+                    }
+                };
+                let weight_limit_per_minute =
+                    self.int_in("exchange.weight_limit_per_minute", raw.weight_limit_per_minute, 1, 1_000_000) as u32;
+                let poll_interval_ms = self.int_in("exchange.poll_interval_ms", raw.poll_interval_ms, 10, 60_000);
+                let poll_interval = Duration::from_millis(poll_interval_ms as u64);
+                base_url.map(|base_url| {
+                    VenueConfig::Binance(BinanceVenueConfig { base_url, weight_limit_per_minute, poll_interval })
+                })
             }
-            other => self.problem("exchange.kind", format!("unknown exchange kind {other:?} (expected \"paper\")")),
+            kind => {
+                if kind != "paper" {
+                    self.problem(
+                        "exchange.kind",
+                        format!("unknown exchange kind {kind:?} (expected \"paper\" or \"binance\")"),
+                    );
+                }
+                Some(VenueConfig::Paper(self.paper(raw.paper.unwrap_or_default(), recv_window_ms, balances)))
+            }
+        };
+        let venue = venue
+            .unwrap_or_else(|| VenueConfig::Paper(self.paper(RawPaper::default(), recv_window_ms, BTreeMap::new())));
+        ExchangeConfig { recv_window_ms, timeout: Duration::from_millis(timeout_ms as u64), venue }
+    }
+
+    fn url(&mut self, path: &str, value: &str) -> Option<Url> {
+        match Url::parse(value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+            Ok(_) => {
+                self.problem(path, format!("{value:?} is not an http(s) URL"));
+                None
+            }
+            Err(error) => {
+                self.problem(path, format!("{value:?} is not a URL: {error}"));
+                None
+            }
         }
-        let paper = self.paper(raw.paper.unwrap_or_default(), recv_window_ms, balances);
-        ExchangeConfig {
-            recv_window_ms,
-            timeout: Duration::from_millis(timeout_ms as u64),
-            venue: VenueConfig::Paper(paper),
+    }
+
+    /// An environment variable's name (never its value).
+    fn env_name(&mut self, path: &str, value: Option<&str>, required: bool) -> Option<String> {
+        let Some(value) = value else {
+            if required {
+                self.problem(path, "required for exchange.kind = \"binance\" (the name of an environment variable)");
+            }
+            return None;
+        };
+        let valid = !value.is_empty()
+            && value.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            Some(value.to_owned())
+        } else {
+            self.problem(path, format!("{value:?} is not an environment variable name"));
+            None
         }
+    }
+
+    fn intelligence(&mut self, raw: RawIntelligence) -> IntelligenceConfig {
+        let base_url = self
+            .url("intelligence.base_url", &raw.base_url)
+            .unwrap_or_else(|| Url::parse("https://open-api-v4.coinglass.com").expect("a valid URL"));
+        if raw.api_key_env.is_empty() {
+            self.problem(
+                "intelligence.api_key_env",
+                "required (the name of the environment variable holding the CG-API-KEY)",
+            );
+        }
+        let api_key_env = self.env_name("intelligence.api_key_env", Some(&raw.api_key_env), false).unwrap_or_default();
+        IntelligenceConfig { base_url, api_key_env }
     }
 
     fn paper(
@@ -692,7 +834,7 @@ impl Validator {
         Some(PaperSymbol { symbol: symbol?, rules, source: SeriesSource::RandomWalk(params) })
     }
 
-    fn users(&mut self, raw: Vec<RawUser>, symbols: &BTreeSet<Symbol>, risk: RiskLimits) -> Vec<UserConfig> {
+    fn users(&mut self, raw: Vec<RawUser>, venue: &Venue, risk: RiskLimits) -> Vec<UserConfig> {
         if raw.is_empty() {
             self.problem("users", "at least one user is required ([[users]])");
         }
@@ -727,11 +869,15 @@ impl Validator {
                     format!("at most {STRATEGIES_PER_USER_MAX} strategies, got {}", user.strategies.len()),
                 );
             }
+            let binance = matches!(venue, Venue::Binance);
+            let api_key_env = self.env_name(&format!("{path}.api_key_env"), user.api_key_env.as_deref(), binance);
+            let api_secret_env =
+                self.env_name(&format!("{path}.api_secret_env"), user.api_secret_env.as_deref(), binance);
             let mut traded = BTreeMap::new();
             let mut strategies = Vec::new();
             for (strategy_index, raw_strategy) in user.strategies.into_iter().enumerate() {
                 let strategy_path = format!("{path}.strategies[{strategy_index}]");
-                if let Some(strategy) = self.strategy(&strategy_path, raw_strategy, symbols, risk) {
+                if let Some(strategy) = self.strategy(&strategy_path, raw_strategy, venue, risk) {
                     if let Some(first) = traded.insert(strategy.symbol.clone(), strategy_index) {
                         self.problem(
                             format!("{strategy_path}.symbol"),
@@ -745,22 +891,17 @@ impl Validator {
                 }
             }
             if let Some(id) = id {
-                users.push(UserConfig { id, strategies });
+                users.push(UserConfig { id, strategies, api_key_env, api_secret_env });
             }
         }
         users
     }
 
-    fn strategy(
-        &mut self,
-        path: &str,
-        raw: RawStrategy,
-        symbols: &BTreeSet<Symbol>,
-        risk: RiskLimits,
-    ) -> Option<StrategyConfig> {
-        let symbol = match Symbol::new(&raw.symbol) {
-            Ok(symbol) if symbols.contains(&symbol) => Some(symbol),
-            _ => {
+    fn strategy(&mut self, path: &str, raw: RawStrategy, venue: &Venue, risk: RiskLimits) -> Option<StrategyConfig> {
+        let symbol = match (Symbol::new(&raw.symbol), venue) {
+            (Ok(symbol), Venue::Paper(symbols)) if symbols.contains(&symbol) => Some(symbol),
+            (Ok(symbol), Venue::Binance) => Some(symbol),
+            (Ok(_), Venue::Paper(symbols)) => {
                 let known: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
                 self.problem(
                     format!("{path}.symbol"),
@@ -768,9 +909,15 @@ impl Validator {
                 );
                 None
             }
+            (Err(error), _) => {
+                self.problem(format!("{path}.symbol"), format!("unknown symbol {:?}: {error}", raw.symbol));
+                None
+            }
         };
         let base_ms = BASE_TIMEFRAME.duration_ms();
+        let paper = matches!(venue, Venue::Paper(_));
         let timeframe = match raw.timeframe.parse::<Timeframe>() {
+            Ok(timeframe) if !paper => Some(timeframe),
             Ok(timeframe) if timeframe.duration_ms() % base_ms != 0 => {
                 self.problem(
                     format!("{path}.timeframe"),
@@ -916,7 +1063,7 @@ mod tests {
         assert!(config.users.len() >= 2);
         assert!(!config.chaos.enabled);
         assert_eq!(config.database_path(), PathBuf::from("data/bulwark.db"));
-        let VenueConfig::Paper(paper) = &config.exchange.venue;
+        let VenueConfig::Paper(paper) = &config.exchange.venue else { panic!("a paper config") };
         assert_eq!(paper.candle_interval_ms, 1_000);
     }
 
@@ -1044,8 +1191,21 @@ mod tests {
     }
 
     #[test]
-    fn binance_is_not_yet_available() {
-        let errors = parse("[exchange]\nkind = \"binance\"\n", "x").unwrap_err();
-        assert!(errors.problems.iter().any(|p| p.path == "exchange.kind"), "{errors}");
+    fn binance_needs_a_url_and_key_variables_per_user() {
+        let user = "[[users]]\nid = \"u1\"\n[[users.strategies]]\nsymbol = \"DOGEUSDT\"\ntimeframe = \"1m\"\nstrategy = \"ema_crossover\"\nposition_size_usdt = 100\n";
+        let errors = parse(&format!("[exchange]\nkind = \"binance\"\n{user}"), "x").unwrap_err();
+        let paths: Vec<&str> = errors.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["exchange.base_url", "users[0].api_key_env", "users[0].api_secret_env"], "{errors}");
+        let good = format!(
+            "[exchange]\nkind = \"binance\"\nbase_url = \"http://127.0.0.1:8378\"\n{}",
+            user.replace("id = \"u1\"\n", "id = \"u1\"\napi_key_env = \"U1_KEY\"\napi_secret_env = \"U1_SECRET\"\n")
+        );
+        let config = parse(&good, "x").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(&config.exchange.venue, VenueConfig::Binance(b) if b.base_url.as_str() == "http://127.0.0.1:8378/")
+        );
+        assert_eq!(config.users[0].api_key_env.as_deref(), Some("U1_KEY"));
+        let bad_env = good.replace("U1_KEY", "not a name");
+        assert!(parse(&bad_env, "x").unwrap_err().problems[0].message.contains("not an environment variable name"));
     }
 }

@@ -31,8 +31,9 @@ use crate::actors::trader::{ChaosPlan, TraderSeed, UserCounters};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, VenueConfig};
 use crate::domain::UserId;
-use crate::exchange::Exchange;
+use crate::exchange::binance::{BinanceClient, BinanceSettings, Credentials};
 use crate::exchange::paper::PaperExchange;
+use crate::exchange::{Exchange, ExchangeError};
 use crate::instance_lock::InstanceLock;
 use crate::limits::EVENT_TAP_CAPACITY;
 use crate::persistence::paper_journal::PaperJournal;
@@ -227,7 +228,55 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
                 PaperExchange::start(settings.clone(), clock, journal).context("starting the paper exchange")?;
             Ok(Arc::new(exchange))
         }
+        VenueConfig::Binance(binance) => {
+            let mut credentials = BTreeMap::new();
+            for user in &config.users {
+                let (Some(key_env), Some(secret_env)) = (&user.api_key_env, &user.api_secret_env) else {
+                    anyhow::bail!("user {} has no api_key_env / api_secret_env", user.id);
+                };
+                let api_key = crate::secret::from_env(key_env).map_err(|e| anyhow::anyhow!("user {}: {e}", user.id))?;
+                let api_secret =
+                    crate::secret::from_env(secret_env).map_err(|e| anyhow::anyhow!("user {}: {e}", user.id))?;
+                credentials.insert(user.id.clone(), Credentials { api_key, api_secret });
+            }
+            let settings = BinanceSettings {
+                base_url: binance.base_url.clone(),
+                recv_window_ms: config.exchange.recv_window_ms,
+                timeout: config.exchange.timeout,
+                weight_limit_per_minute: binance.weight_limit_per_minute,
+                credentials,
+            };
+            let client = BinanceClient::new(settings, clock).map_err(anyhow::Error::msg)?;
+            Ok(Arc::new(client))
+        }
     }
+}
+
+/// Checks every configured symbol against the exchange's own list. An exchange that cannot be
+/// reached is not a reason to refuse to start (the traders will say why they skip); a symbol the
+/// exchange does not trade is a configuration error.
+pub async fn check_symbols(config: &Config, exchange: &dyn Exchange) -> anyhow::Result<()> {
+    if matches!(config.exchange.venue, VenueConfig::Paper(_)) {
+        return Ok(());
+    }
+    let mut unknown = Vec::new();
+    for (user_index, user) in config.users.iter().enumerate() {
+        for (strategy_index, strategy) in user.strategies.iter().enumerate() {
+            match exchange.symbol_rules(&strategy.symbol).await {
+                Ok(_) => {}
+                Err(ExchangeError::Rejected { code: -1121, .. }) => unknown.push(format!(
+                    "users[{user_index}].strategies[{strategy_index}].symbol: {} is not traded on {}",
+                    strategy.symbol,
+                    exchange.venue()
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot check the configured symbols against the exchange now; going on");
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if unknown.is_empty() { Ok(()) } else { anyhow::bail!("{}", unknown.join("\n")) }
 }
 
 /// Why the server is stopping.
@@ -259,6 +308,7 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
             exchange = deps.exchange.venue(),
             "bulwark starting"
         );
+        check_symbols(&config, deps.exchange.as_ref()).await?;
         let mut server = start(&config, deps)?;
         let reason = stop_signals.wait(&mut server.escalation, duration).await;
         let exit_code = match reason {

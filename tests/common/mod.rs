@@ -108,7 +108,7 @@ impl Tree {
         let server = bulwark::server::start(&config, deps).unwrap_or_else(|e| panic!("start: {e:#}"));
         let decisions = server.decisions.subscribe();
         let events = server.supervision.subscribe();
-        let VenueConfig::Paper(paper_settings) = &config.exchange.venue;
+        let VenueConfig::Paper(paper_settings) = &config.exchange.venue else { panic!("a paper config") };
         let candle_interval_ms = paper_settings.candle_interval_ms;
         Self { clock, paper, server, config, decisions, events, backlog: VecDeque::new(), candle_interval_ms }
     }
@@ -193,7 +193,7 @@ impl Tree {
 }
 
 pub fn start_paper(config: &Config, clock: Arc<ManualClock>) -> PaperExchange {
-    let VenueConfig::Paper(settings) = &config.exchange.venue;
+    let VenueConfig::Paper(settings) = &config.exchange.venue else { panic!("a paper config") };
     std::fs::create_dir_all(&config.server.data_dir).unwrap();
     let journal = PaperJournal::open(&config.paper_journal_path()).expect("paper journal opens");
     PaperExchange::start(settings.clone(), clock, journal).expect("paper exchange starts")
