@@ -41,6 +41,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the Binance-compatible exchange simulator (with fault injection) as its own process.
+    /// The first line on stdout is `listening on http://IP:PORT`.
+    Sim {
+        /// Simulator config [default: config/sim-server.toml, or the embedded default if it is missing].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Address to listen on (`127.0.0.1:0` picks a free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Seed for the market and the faults (overrides the config).
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
+    },
     /// Validate a config: prints `config ok`, or every problem and exits 2.
     CheckConfig {
         #[arg(long, value_name = "PATH")]
@@ -94,6 +107,29 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Sim { config, listen, seed } => {
+            let mut config = match config::load_sim(config.as_deref()) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_CONFIG_INVALID);
+                }
+            };
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if let Some(seed) = seed {
+                config.paper.seed = seed;
+            }
+            let _log = crate::logging::init(None);
+            match run_sim(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("bulwark sim: {error:#}");
+                    ExitCode::from(EXIT_RUNTIME_ERROR)
+                }
+            }
+        }
         Command::CheckConfig { config } => match load_or_report(config) {
             Some(config) => {
                 note_embedded(&config);
@@ -120,4 +156,24 @@ fn load_or_report(path: Option<PathBuf>) -> Option<Config> {
             None
         }
     }
+}
+
+/// Runs the simulator until SIGINT/SIGTERM.
+fn run_sim(config: config::SimConfig) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let seed = config.paper.seed;
+        let accounts = config.accounts.len();
+        let (running, server) = crate::sim::start(config, std::sync::Arc::new(crate::clock::SystemClock)).await?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{}", running.local_addr)?;
+        stdout.flush()?;
+        drop(stdout);
+        tracing::info!(address = %running.local_addr, seed, accounts, "bulwark sim: serving");
+        server.await?;
+        tracing::info!("bulwark sim: stopped");
+        drop(running);
+        Ok(())
+    })
 }

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ use crate::exchange::paper::market::{BASE_TIMEFRAME, RandomWalkParams, SeriesSou
 use crate::exchange::paper::venue::VenueSettings;
 use crate::exchange::paper::{PaperSettings, PaperSymbol, embedded_dataset};
 use crate::limits::{CANDLE_WINDOW_LEN, PAPER_RANDOM_WALK_HISTORY_MAX, STRATEGIES_PER_USER_MAX, USERS_MAX};
+use crate::secret::Secret;
+use crate::sim::faults::FaultPlan;
 use crate::strategy::{self, Strategy};
 use crate::supervision::policy::RestartPolicy;
 use crate::trader::risk::RiskLimits;
@@ -1017,6 +1020,200 @@ impl Validator {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// `bulwark sim`'s own configuration.
+
+/// The default path of the simulator's config, relative to the current directory.
+pub const DEFAULT_SIM_CONFIG_PATH: &str = "config/sim-server.toml";
+
+/// The shipped simulator config, compiled in.
+pub const EMBEDDED_SIM_DEFAULT: &str = include_str!("../config/sim-server.toml");
+
+/// One simulated exchange account and the credentials that reach it.
+#[derive(Debug, Clone)]
+pub struct SimAccount {
+    pub user: UserId,
+    pub api_key: Secret,
+    pub api_secret: Secret,
+}
+
+/// A validated `bulwark sim` configuration.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub source_name: String,
+    pub listen: SocketAddr,
+    /// Holds the simulator's books (`paper_exchange.db`) and its lock.
+    pub data_dir: PathBuf,
+    /// The market and matching engine (`[exchange.paper]`, as for a paper bulwark).
+    pub paper: PaperSettings,
+    pub accounts: Vec<SimAccount>,
+    /// The `CG-API-KEY` the CoinGlass-shaped endpoints accept (none: they refuse every key).
+    pub coinglass_api_key: Option<Secret>,
+    pub weight_limit_per_minute: u32,
+    /// Requests over the limit within one minute before the client is banned (418).
+    pub ban_after_violations: u32,
+    pub ban_secs: u64,
+    pub faults: FaultPlan,
+}
+
+/// Loads the simulator's config at `path`; with `None`, the default path, or the embedded
+/// default when no file is there.
+pub fn load_sim(path: Option<&Path>) -> Result<SimConfig, ConfigErrors> {
+    let (path, explicit) = match path {
+        Some(path) => (path.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_SIM_CONFIG_PATH), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_sim(&text, &path.display().to_string()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            parse_sim(EMBEDDED_SIM_DEFAULT, EMBEDDED_SOURCE_NAME)
+        }
+        Err(error) => Err(ConfigErrors {
+            source_name: path.display().to_string(),
+            problems: vec![ConfigProblem { path: "(file)".to_owned(), message: format!("cannot read: {error}") }],
+        }),
+    }
+}
+
+pub fn parse_sim(text: &str, source_name: &str) -> Result<SimConfig, ConfigErrors> {
+    let fail = |problems| ConfigErrors { source_name: source_name.to_owned(), problems };
+    let deserializer = toml::Deserializer::parse(text).map_err(|error| fail(vec![toml_problem(&error)]))?;
+    let mut problems = Vec::new();
+    let raw: RawSimFile = serde_ignored::deserialize(deserializer, |path| {
+        problems.push(ConfigProblem { path: format_path(&path), message: "unknown key".to_owned() });
+    })
+    .map_err(|error| {
+        let mut all = problems.clone();
+        all.push(toml_problem(&error));
+        fail(all)
+    })?;
+    let mut validator = Validator { problems };
+    let config = validator.sim(raw, source_name);
+    if validator.problems.is_empty() { Ok(config) } else { Err(fail(validator.problems)) }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawSimFile {
+    sim: RawSim,
+    exchange: RawSimExchange,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawSimExchange {
+    paper: Option<RawPaper>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawSim {
+    listen: String,
+    data_dir: String,
+    weight_limit_per_minute: i64,
+    ban_after_violations: i64,
+    ban_secs: i64,
+    coinglass_api_key: Option<String>,
+    accounts: Vec<RawSimAccount>,
+    faults: FaultPlan,
+}
+
+impl Default for RawSim {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8378".to_owned(),
+            data_dir: "data/sim".to_owned(),
+            weight_limit_per_minute: 2_400,
+            ban_after_violations: 3,
+            ban_secs: 120,
+            coinglass_api_key: None,
+            accounts: Vec::new(),
+            faults: FaultPlan::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawSimAccount {
+    user: String,
+    api_key: String,
+    api_secret: String,
+    paper_balance_usdt: Option<f64>,
+}
+
+impl Validator {
+    fn sim(&mut self, raw: RawSimFile, source_name: &str) -> SimConfig {
+        let sim = raw.sim;
+        let listen = sim.listen.parse().unwrap_or_else(|error| {
+            self.problem("sim.listen", format!("{:?} is not an address like 127.0.0.1:8378: {error}", sim.listen));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        if sim.data_dir.trim().is_empty() {
+            self.problem("sim.data_dir", "must not be empty");
+        }
+        let weight_limit_per_minute =
+            self.int_in("sim.weight_limit_per_minute", sim.weight_limit_per_minute, 1, 1_000_000) as u32;
+        let ban_after_violations = self.int_in("sim.ban_after_violations", sim.ban_after_violations, 1, 1_000) as u32;
+        let ban_secs = self.int_in("sim.ban_secs", sim.ban_secs, 1, 86_400) as u64;
+        if sim.accounts.is_empty() {
+            self.problem("sim.accounts", "at least one account is required ([[sim.accounts]])");
+        }
+        let mut accounts = Vec::new();
+        let mut balances = BTreeMap::new();
+        let (mut users, mut keys) = (BTreeSet::new(), BTreeSet::new());
+        for (index, account) in sim.accounts.into_iter().enumerate() {
+            let path = format!("sim.accounts[{index}]");
+            let user = match UserId::new(&account.user) {
+                Ok(user) => Some(user),
+                Err(error) => {
+                    self.problem(format!("{path}.user"), error.to_string());
+                    None
+                }
+            };
+            for (name, value) in [("api_key", &account.api_key), ("api_secret", &account.api_secret)] {
+                if value.trim().is_empty() {
+                    self.problem(format!("{path}.{name}"), "must not be empty");
+                }
+            }
+            if !keys.insert(account.api_key.clone()) {
+                self.problem(format!("{path}.api_key"), "is used by another account");
+            }
+            let Some(user) = user else { continue };
+            if !users.insert(user.clone()) {
+                self.problem(format!("{path}.user"), format!("{user} is configured twice"));
+            }
+            if let Some(balance) = account.paper_balance_usdt {
+                let balance = self.positive(&format!("{path}.paper_balance_usdt"), balance);
+                balances.insert(user.clone(), balance);
+            }
+            accounts.push(SimAccount {
+                user,
+                api_key: Secret::new(account.api_key),
+                api_secret: Secret::new(account.api_secret),
+            });
+        }
+        for problem in sim.faults.problems("sim.faults") {
+            let (path, message) = problem.split_once(": ").unwrap_or(("sim.faults", problem.as_str()));
+            self.problem(path, message);
+        }
+        // The simulator checks each request's own recvWindow; the engine accepts anything it passes.
+        let paper = self.paper(raw.exchange.paper.unwrap_or_default(), 60_000, balances);
+        SimConfig {
+            source_name: source_name.to_owned(),
+            listen,
+            data_dir: PathBuf::from(sim.data_dir),
+            paper,
+            accounts,
+            coinglass_api_key: sim.coinglass_api_key.filter(|k| !k.trim().is_empty()).map(Secret::new),
+            weight_limit_per_minute,
+            ban_after_violations,
+            ban_secs,
+            faults: sim.faults,
+        }
+    }
+}
+
 /// The symbols a paper exchange has when the config names none: the recorded XRP market and
 /// random walks shaped like BTC, ETH and SOL.
 fn default_paper_symbols() -> (Vec<RawReplay>, Vec<RawRandomWalk>) {
@@ -1069,7 +1266,11 @@ mod tests {
 
     #[test]
     fn the_shipped_configs_validate() {
-        for file in ["config/bulwark.toml", "config/chaos.toml"] {
+        let sim =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sim-server.toml")).unwrap();
+        let sim = parse_sim(&sim, "config/sim-server.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sim.listen.port(), 8378);
+        for file in ["config/bulwark.toml", "config/chaos.toml", "config/sim.toml"] {
             let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
             parse(&text, file).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -1182,6 +1383,38 @@ mod tests {
             let errors = parse(&user(timeframe), "x").unwrap_err();
             assert!(errors.problems[0].message.contains("use 8h or shorter"), "{errors}");
         }
+    }
+
+    #[test]
+    fn sim_configs_name_their_problems() {
+        let text = r#"
+            [sim]
+            listen = "nowhere"
+            [[sim.accounts]]
+            user = "u1"
+            api_key = "k"
+            api_secret = ""
+            [[sim.accounts]]
+            user = "u1"
+            api_key = "k"
+            api_secret = "s"
+            [sim.faults.global]
+            lost_response_rate = 2.0
+            "#;
+        let errors = parse_sim(text, "sim.toml").unwrap_err();
+        let paths: Vec<&str> = errors.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "sim.listen",
+                "sim.accounts[0].api_secret",
+                "sim.accounts[1].api_key",
+                "sim.accounts[1].user",
+                "sim.faults.global.lost_response_rate",
+                "sim.faults.global"
+            ],
+            "{errors}"
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod logging;
 pub mod persistence;
 pub mod secret;
 pub mod server;
+pub mod sim;
 pub mod status;
 pub mod strategy;
 pub mod supervision;

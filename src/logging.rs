@@ -40,7 +40,11 @@ pub fn init(log_dir: Option<&Path>) -> Result<LogGuard, String> {
                 .with_ansi(false)
                 .try_init()
         }
-        None => tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).try_init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     if result.is_err() {
         // Already installed (tests); keep the existing subscriber.

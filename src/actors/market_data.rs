@@ -27,6 +27,12 @@ use crate::limits::CANDLE_WINDOW_LEN;
 /// Polls after a due candle before a still-missing candle is reported as stale.
 const STALE_POLLS_MAX: u32 = 3;
 
+/// How long after a candle's end (in exchange time) it is fetched when the exchange clock is an
+/// estimate: 1 % of the timeframe, at least a second (3 s for 5m candles).
+fn close_margin_ms(timeframe: Timeframe, clock_is_exact: bool) -> i64 {
+    if clock_is_exact { 0 } else { (timeframe.duration_ms() / 100).max(1_000) }
+}
+
 /// The newest closed candles of a feed (or why they could not be had), sent to each subscriber.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -196,7 +202,10 @@ impl MarketData {
             .iter()
             .filter(|(_, feed)| !feed.subscribers.is_empty())
             .filter_map(|((symbol, timeframe), feed)| {
-                let expected_open_ms = timeframe.last_closed_open_ms(now_ms);
+                // A candle counts as closed a moment after its end, so that a clock estimate that
+                // runs slightly early does not fetch before the exchange has closed it.
+                let margin_ms = close_margin_ms(*timeframe, self.exchange.clock_is_exact());
+                let expected_open_ms = timeframe.last_closed_open_ms(now_ms - margin_ms);
                 let due = feed.delivered_open_ms.is_none_or(|delivered| delivered < expected_open_ms);
                 due.then(|| (symbol.clone(), *timeframe, expected_open_ms))
             })

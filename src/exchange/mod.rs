@@ -92,6 +92,12 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     /// The exchange's current time in the time base of its candles.
     async fn server_time_ms(&self) -> Result<i64, ExchangeError>;
 
+    /// Whether `server_time_ms` is the exchange's own clock rather than an estimate of it (an
+    /// estimate may run slightly early, so candles are fetched a moment after they close).
+    fn clock_is_exact(&self) -> bool {
+        false
+    }
+
     async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError>;
 
     /// The most recent candles, oldest first. The last one may still be forming: callers keep

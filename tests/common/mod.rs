@@ -315,6 +315,9 @@ impl Exchange for ScriptedExchange {
     fn venue(&self) -> &'static str {
         "scripted"
     }
+    fn clock_is_exact(&self) -> bool {
+        true
+    }
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.inner.server_time_ms().await
     }

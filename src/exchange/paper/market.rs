@@ -266,6 +266,13 @@ impl MarketClock {
         (elapsed_market_ms / BASE_TIMEFRAME.duration_ms()) as u64
     }
 
+    /// The wall time at which the market reaches `market_ms` (the inverse of `market_now_ms`).
+    pub fn wall_at_ms(&self, market_ms: i64) -> i64 {
+        let market_elapsed_ms = (market_ms - self.anchor_market_ms) as i128;
+        self.anchor_wall_ms
+            + (market_elapsed_ms * self.candle_interval_ms as i128 / BASE_TIMEFRAME.duration_ms() as i128) as i64
+    }
+
     pub fn open_time_ms(&self, index: u64) -> i64 {
         self.origin_market_ms + index as i64 * BASE_TIMEFRAME.duration_ms()
     }
@@ -460,6 +467,7 @@ mod tests {
         // The newest closed candle ends at the 5-minute boundary before the start.
         let newest_closed_open = clock.open_time_ms(START_INDEX - 1);
         assert!(newest_closed_open + 300_000 <= start_ms && start_ms - newest_closed_open < 600_000);
+        assert_eq!(clock.wall_at_ms(clock.market_now_ms(start_ms + 12_345)), start_ms + 12_345);
         // Changing speed keeps the market where it is.
         let later_ms = start_ms + 5_000;
         let slower = clock.with_candle_interval(later_ms, 2_000);

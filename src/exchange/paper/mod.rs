@@ -134,6 +134,16 @@ impl PaperExchange {
         Ok(Self { jobs })
     }
 
+    /// The market clock (how wall time maps to the venue's accelerated market time).
+    pub async fn market_clock(&self) -> Result<MarketClock, ExchangeError> {
+        self.call(|venue, _, _| Ok(venue.market_clock())).await
+    }
+
+    /// Every order the venue keeps, with its fills (see [`venue::LedgerOrder`]).
+    pub async fn ledger(&self) -> Result<Vec<venue::LedgerOrder>, ExchangeError> {
+        self.call(|venue, wall_ms, changes| venue.ledger(wall_ms, changes)).await
+    }
+
     async fn call<R: Send + 'static>(
         &self,
         operation: impl FnOnce(&mut PaperVenue, i64, &mut Vec<VenueChange>) -> Result<R, ExchangeError> + Send + 'static,
@@ -156,6 +166,10 @@ impl PaperExchange {
 impl Exchange for PaperExchange {
     fn venue(&self) -> &'static str {
         "paper"
+    }
+
+    fn clock_is_exact(&self) -> bool {
+        true
     }
 
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {

@@ -73,6 +73,15 @@ pub enum VenueChange {
     Clock(MarketClock),
 }
 
+/// One order the venue accepted, with its fills: the ground truth `bulwark sim` serves at
+/// `/sim/ledger` for invariant checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerOrder {
+    pub account: UserId,
+    pub order: ExchangeOrder,
+    pub fills: Vec<Fill>,
+}
+
 /// Durable venue state, as the journal stores it and the venue restores it.
 #[derive(Debug, Clone, Default)]
 pub struct VenueSnapshot {
@@ -177,6 +186,26 @@ impl PaperVenue {
 
     pub fn market_clock(&self) -> MarketClock {
         self.market.clock()
+    }
+
+    /// Every order the venue still keeps, per account in arrival order, with its fills.
+    pub fn ledger(&mut self, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<Vec<LedgerOrder>, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        let mut ledger = Vec::new();
+        for (account, state) in &self.accounts {
+            let mut orders: Vec<&PaperOrder> = state.orders.values().collect();
+            orders.sort_by_key(|o| o.sequence);
+            for order in orders {
+                let fills = state
+                    .fills
+                    .iter()
+                    .filter(|f| f.exchange_order_id == order.order.exchange_order_id)
+                    .cloned()
+                    .collect();
+                ledger.push(LedgerOrder { account: account.clone(), order: order.order.clone(), fills });
+            }
+        }
+        Ok(ledger)
     }
 
     /// Changes the market speed, keeping the market where it is.

@@ -1,0 +1,401 @@
+//! The Binance USDⓈ-M endpoints of `bulwark sim`: parameters, signatures, receive windows, JSON
+//! shapes and error codes as Binance has them (`exchange-apis.md` §1), served by the paper matching
+//! engine.
+
+use std::str::FromStr;
+
+use actix_web::HttpRequest;
+use actix_web::http::StatusCode;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::domain::{
+    ClientOrderId, ExchangeOrder, Fill, OrderRequest, OrderType, Price, Quantity, Side, Symbol, Timeframe, UserId,
+};
+use crate::exchange::binance::sign;
+use crate::exchange::{Exchange, ExchangeError};
+use crate::sim::{Answer, SimState};
+
+/// Request parameters from the query string and the form body (the query wins, as on Binance).
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn parse(query: &str, body: &str) -> Self {
+        let mut params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        for (key, value) in url::form_urlencoded::parse(body.as_bytes()).into_owned() {
+            if !params.iter().any(|(k, _)| *k == key) {
+                params.push((key, value));
+            }
+        }
+        Self(params)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, key: &str) -> Result<&str, (StatusCode, i64, String)> {
+        self.get(key).ok_or_else(|| {
+            bad(-1102, &format!("Mandatory parameter '{key}' was not sent, was empty/null, or malformed."))
+        })
+    }
+}
+
+fn bad(code: i64, msg: &str) -> (StatusCode, i64, String) {
+    (StatusCode::BAD_REQUEST, code, msg.to_owned())
+}
+
+/// Request weight per endpoint (`exchange-apis.md` §1.3).
+pub fn weight(endpoint: &str, params: &Params) -> u32 {
+    match endpoint {
+        "GET /fapi/v1/klines" => match params.get("limit").and_then(|l| l.parse::<u32>().ok()).unwrap_or(500) {
+            0..100 => 1,
+            100..500 => 2,
+            500..=1000 => 5,
+            _ => 10,
+        },
+        "GET /fapi/v3/positionRisk" | "GET /fapi/v3/balance" | "GET /fapi/v1/userTrades" => 5,
+        "GET /fapi/v1/openOrders" if params.get("symbol").is_none() => 40,
+        "POST /fapi/v1/order" => 0,
+        _ => 1,
+    }
+}
+
+/// Checks the API key, the signature (last parameter) and the receive window; returns the account.
+fn authenticate(
+    state: &SimState,
+    request: &HttpRequest,
+    query: &str,
+    body: &str,
+    params: &Params,
+    skew_ms: i64,
+) -> Result<UserId, (StatusCode, i64, String)> {
+    let Some(key) = request.headers().get("X-MBX-APIKEY").and_then(|v| v.to_str().ok()) else {
+        return Err((StatusCode::UNAUTHORIZED, -2014, "API-key format invalid.".to_owned()));
+    };
+    let Some((user, secret)) = state.accounts.get(key) else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            -2015,
+            "Invalid API-key, IP, or permissions for action, request ip: 127.0.0.1".to_owned(),
+        ));
+    };
+    let total = format!("{query}{body}");
+    let (payload, signature) = match total.rsplit_once("signature=") {
+        Some((payload, signature)) if !signature.contains('&') => {
+            (payload.strip_suffix('&').unwrap_or(payload), signature)
+        }
+        _ => return Err(bad(-1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")),
+    };
+    if !sign::verify(secret, payload, signature) {
+        return Err(bad(-1022, "Signature for this request is not valid."));
+    }
+    let timestamp: i64 = params
+        .required("timestamp")?
+        .parse()
+        .map_err(|_| bad(-1102, "Illegal characters found in parameter 'timestamp'."))?;
+    let recv_window: i64 = match params.get("recvWindow") {
+        Some(window) => window
+            .parse()
+            .ok()
+            .filter(|w| (1..=60_000).contains(w))
+            .ok_or_else(|| bad(-1131, "recvWindow must be less than 60000"))?,
+        None => 5_000,
+    };
+    // Timestamps are in the exchange's clock; the window stands for network delay, in wall time.
+    let sent_wall_ms = state.market_clock.wall_at_ms(timestamp - skew_ms);
+    let now_ms = state.now_ms();
+    if sent_wall_ms > now_ms + 1_000 {
+        return Err(bad(-1021, "Timestamp for this request was 1000ms ahead of the server's time."));
+    }
+    if now_ms - sent_wall_ms > recv_window {
+        return Err(bad(-1021, "Timestamp for this request is outside of the recvWindow."));
+    }
+    Ok(user.clone())
+}
+
+fn exchange_error(error: ExchangeError) -> (StatusCode, i64, String) {
+    match error {
+        ExchangeError::Rejected { code, msg } | ExchangeError::Duplicate { code, msg } => {
+            (StatusCode::BAD_REQUEST, code, msg)
+        }
+        other => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            -1001,
+            format!("Internal error; unable to process your request. Please try again. ({other})"),
+        ),
+    }
+}
+
+fn symbol(params: &Params) -> Result<Symbol, (StatusCode, i64, String)> {
+    Symbol::new(params.required("symbol")?).map_err(|_| bad(-1121, "Invalid symbol."))
+}
+
+fn decimal(params: &Params, key: &str) -> Result<Decimal, (StatusCode, i64, String)> {
+    Decimal::from_str(params.required(key)?)
+        .map_err(|_| bad(-1102, &format!("Mandatory parameter '{key}' was not sent, was empty/null, or malformed.")))
+}
+
+fn order_json(order: &ExchangeOrder) -> Value {
+    let price = order.order_type.limit_price().map_or("0".to_owned(), |p| p.to_string());
+    let average = order.average_price.map_or("0.00".to_owned(), |p| p.to_string());
+    json!({
+        "orderId": order.exchange_order_id.parse::<i64>().unwrap_or_default(),
+        "symbol": order.symbol.as_str(),
+        "status": order.status.as_str(),
+        "clientOrderId": order.client_order_id.as_str(),
+        "price": price,
+        "avgPrice": average,
+        "origQty": order.quantity.to_string(),
+        "executedQty": order.filled_quantity.to_string(),
+        "cumQty": order.filled_quantity.to_string(),
+        "cumQuote": (order.filled_quantity * order.average_price.unwrap_or_default()).to_string(),
+        "timeInForce": "GTC",
+        "type": order.order_type.as_str(),
+        "reduceOnly": order.reduce_only,
+        "closePosition": false,
+        "side": order.side.as_str(),
+        "positionSide": "BOTH",
+        "stopPrice": "0",
+        "workingType": "CONTRACT_PRICE",
+        "priceProtect": false,
+        "origType": order.order_type.as_str(),
+        "priceMatch": "NONE",
+        "selfTradePreventionMode": "EXPIRE_MAKER",
+        "goodTillDate": 0,
+        "updateTime": order.updated_at_ms,
+    })
+}
+
+fn trade_json(fill: &Fill) -> Value {
+    json!({
+        "buyer": fill.side == Side::Buy,
+        "commission": fill.fee.to_string(),
+        "commissionAsset": fill.fee_asset,
+        "id": fill.trade_id.parse::<i64>().unwrap_or_default(),
+        "maker": false,
+        "orderId": fill.exchange_order_id.parse::<i64>().unwrap_or_default(),
+        "price": fill.price.to_string(),
+        "qty": fill.quantity.to_string(),
+        "quoteQty": (fill.price * fill.quantity).to_string(),
+        "realizedPnl": fill.realized_pnl.to_string(),
+        "side": fill.side.as_str(),
+        "positionSide": "BOTH",
+        "symbol": fill.symbol.as_str(),
+        "time": fill.time_ms,
+    })
+}
+
+fn float(value: f64) -> String {
+    format!("{value}")
+}
+
+pub async fn answer(
+    state: &SimState,
+    request: &HttpRequest,
+    endpoint: &str,
+    query: &str,
+    body: &str,
+    params: &Params,
+    skew_ms: i64,
+) -> Answer {
+    let exchange = &state.exchange;
+    let signed = |state: &SimState| authenticate(state, request, query, body, params, skew_ms);
+    match endpoint {
+        "GET /fapi/v1/ping" => Ok(json!({})),
+        "GET /fapi/v1/time" => Ok(json!({ "serverTime": state.exchange_now_ms(skew_ms) })),
+        "GET /fapi/v1/exchangeInfo" => {
+            let limit = state.limiter.lock().limit;
+            let symbols: Vec<Value> = state
+                .symbols
+                .iter()
+                .map(|(symbol, rules)| {
+                    json!({
+                        "symbol": symbol.as_str(), "pair": symbol.as_str(), "contractType": "PERPETUAL", "status": "TRADING",
+                        "quoteAsset": "USDT", "marginAsset": "USDT",
+                        "filters": [
+                            { "filterType": "PRICE_FILTER", "minPrice": rules.tick_size.to_string(), "maxPrice": "10000000", "tickSize": rules.tick_size.to_string() },
+                            { "filterType": "LOT_SIZE", "minQty": rules.min_quantity.to_string(), "maxQty": "100000000", "stepSize": rules.step_size.to_string() },
+                            { "filterType": "MARKET_LOT_SIZE", "minQty": rules.min_quantity.to_string(), "maxQty": "100000000", "stepSize": rules.step_size.to_string() },
+                            { "filterType": "MIN_NOTIONAL", "notional": rules.min_notional.to_string() },
+                        ],
+                        "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC"],
+                    })
+                })
+                .collect();
+            Ok(json!({
+                "timezone": "UTC",
+                "serverTime": state.exchange_now_ms(skew_ms),
+                "futuresType": "U_MARGINED",
+                "rateLimits": [
+                    { "rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit },
+                    { "rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200 },
+                ],
+                "exchangeFilters": [],
+                "assets": [{ "asset": "USDT", "marginAvailable": true, "autoAssetExchange": "-10000" }],
+                "symbols": symbols,
+            }))
+        }
+        "GET /fapi/v1/klines" => {
+            let symbol = symbol(params)?;
+            let timeframe =
+                Timeframe::from_str(params.required("interval")?).map_err(|_| bad(-1120, "Invalid interval."))?;
+            let limit: u16 = match params.get("limit") {
+                Some(limit) => limit
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=1_500).contains(l))
+                    .ok_or_else(|| bad(-1130, "Invalid data sent for a parameter."))?,
+                None => 500,
+            };
+            let candles = exchange.klines(&symbol, timeframe, limit).await.map_err(exchange_error)?;
+            let rows: Vec<Value> = candles
+                .iter()
+                .map(|c| {
+                    let buy_share = if c.high > c.low { (c.close - c.low) / (c.high - c.low) } else { 0.5 };
+                    json!([
+                        c.open_time_ms,
+                        float(c.open),
+                        float(c.high),
+                        float(c.low),
+                        float(c.close),
+                        float(c.volume),
+                        c.close_time_ms,
+                        float(c.volume * c.close),
+                        100,
+                        float(c.volume * buy_share),
+                        float(c.volume * buy_share * c.close),
+                        "0"
+                    ])
+                })
+                .collect();
+            Ok(Value::Array(rows))
+        }
+        "GET /fapi/v3/positionRisk" => {
+            let user = signed(state)?;
+            let symbols: Vec<Symbol> = match params.get("symbol") {
+                Some(_) => vec![symbol(params)?],
+                None => state.symbols.iter().map(|(s, _)| s.clone()).collect(),
+            };
+            let mut rows = Vec::new();
+            for symbol in symbols {
+                let position = exchange.position(&user, &symbol).await.map_err(exchange_error)?;
+                if position.quantity.is_zero() {
+                    continue;
+                }
+                rows.push(json!({
+                    "symbol": symbol.as_str(), "positionSide": "BOTH",
+                    "positionAmt": position.quantity.to_string(), "entryPrice": position.entry_price.to_string(),
+                    "breakEvenPrice": position.entry_price.to_string(), "markPrice": position.mark_price.to_string(),
+                    "unRealizedProfit": position.unrealized_pnl.to_string(), "liquidationPrice": "0",
+                    "isolatedMargin": "0", "notional": (position.quantity * position.mark_price).to_string(),
+                    "marginAsset": "USDT", "isolatedWallet": "0", "initialMargin": "0", "maintMargin": "0",
+                    "positionInitialMargin": "0", "openOrderInitialMargin": "0", "adl": 0,
+                    "bidNotional": "0", "askNotional": "0", "updateTime": state.exchange_now_ms(skew_ms),
+                }));
+            }
+            Ok(Value::Array(rows))
+        }
+        "GET /fapi/v3/balance" => {
+            let user = signed(state)?;
+            let balance = exchange.balance(&user).await.map_err(exchange_error)?;
+            Ok(json!([{
+                "accountAlias": "sim", "asset": balance.asset,
+                "balance": balance.wallet_balance.to_string(), "crossWalletBalance": balance.wallet_balance.to_string(),
+                "crossUnPnl": balance.unrealized_pnl.to_string(), "availableBalance": balance.available_balance.to_string(),
+                "maxWithdrawAmount": balance.available_balance.to_string(), "marginAvailable": true,
+                "updateTime": state.exchange_now_ms(skew_ms),
+            }]))
+        }
+        "POST /fapi/v1/order" => {
+            let user = signed(state)?;
+            let symbol = symbol(params)?;
+            let side = Side::from_str(params.required("side")?).map_err(|_| bad(-1117, "Invalid side."))?;
+            let quantity = Quantity::new(decimal(params, "quantity")?)
+                .map_err(|_| bad(-4003, "Quantity less than or equal to zero."))?;
+            let order_type = match params.required("type")? {
+                "MARKET" => OrderType::Market,
+                "LIMIT" => OrderType::Limit {
+                    price: Price::new(decimal(params, "price")?).map_err(|_| bad(-4001, "Price less than 0."))?,
+                },
+                _ => return Err(bad(-1116, "Invalid orderType.")),
+            };
+            let client_order_id = match params.get("newClientOrderId") {
+                Some(id) => ClientOrderId::parse(id).map_err(|_| bad(-4015, "Client order id is not valid."))?,
+                None => {
+                    ClientOrderId::parse(&format!("sim-{}", state.now_ms())).expect("Invariant: a valid generated id")
+                }
+            };
+            let reduce_only = params.get("reduceOnly") == Some("true");
+            let order = OrderRequest {
+                client_order_id,
+                symbol,
+                side,
+                order_type,
+                quantity,
+                reduce_only,
+                timestamp_ms: state.now_ms(),
+            };
+            let accepted = exchange.create_order(&user, &order).await.map_err(exchange_error)?;
+            tracing::info!(account = %user, client_order_id = %accepted.client_order_id, side = accepted.side.as_str(), quantity = %accepted.quantity, "sim: order accepted");
+            Ok(order_json(&accepted))
+        }
+        "GET /fapi/v1/order" => {
+            let user = signed(state)?;
+            let symbol = symbol(params)?;
+            let found = match (params.get("origClientOrderId"), params.get("orderId")) {
+                (Some(id), _) => {
+                    let id = ClientOrderId::parse(id).map_err(|_| bad(-2013, "Order does not exist."))?;
+                    exchange.order_by_client_id(&user, &symbol, &id).await.map_err(exchange_error)?
+                }
+                (None, Some(order_id)) => state
+                    .exchange
+                    .ledger()
+                    .await
+                    .map_err(exchange_error)?
+                    .into_iter()
+                    .find(|entry| entry.account == user && entry.order.exchange_order_id == order_id)
+                    .map(|entry| entry.order),
+                (None, None) => return Err(bad(-1102, "Either orderId or origClientOrderId must be sent.")),
+            };
+            match found {
+                Some(order) if order.symbol == symbol => Ok(order_json(&order)),
+                _ => Err(bad(-2013, "Order does not exist.")),
+            }
+        }
+        "DELETE /fapi/v1/order" => {
+            let user = signed(state)?;
+            let symbol = symbol(params)?;
+            let id = ClientOrderId::parse(params.required("origClientOrderId")?)
+                .map_err(|_| bad(-2011, "Unknown order sent."))?;
+            let cancelled = exchange.cancel_order(&user, &symbol, &id).await.map_err(exchange_error)?;
+            Ok(order_json(&cancelled))
+        }
+        "GET /fapi/v1/openOrders" => {
+            let user = signed(state)?;
+            let symbol = match params.get("symbol") {
+                Some(_) => Some(symbol(params)?),
+                None => None,
+            };
+            let orders = exchange.open_orders(&user, symbol.as_ref()).await.map_err(exchange_error)?;
+            Ok(Value::Array(orders.iter().map(order_json).collect()))
+        }
+        "GET /fapi/v1/userTrades" => {
+            let user = signed(state)?;
+            let symbol = symbol(params)?;
+            let fills = match (params.get("orderId"), params.get("startTime")) {
+                (Some(order_id), _) => exchange.order_fills(&user, &symbol, order_id).await,
+                (None, Some(start)) => {
+                    let since_ms =
+                        start.parse().map_err(|_| bad(-1102, "Illegal characters found in parameter 'startTime'."))?;
+                    exchange.fills(&user, &symbol, since_ms).await
+                }
+                (None, None) => exchange.fills(&user, &symbol, state.exchange_now_ms(skew_ms) - 7 * 86_400_000).await,
+            }
+            .map_err(exchange_error)?;
+            Ok(Value::Array(fills.iter().map(trade_json).collect()))
+        }
+        _ => Err((StatusCode::NOT_FOUND, -1000, format!("{endpoint} is not served by bulwark sim"))),
+    }
+}
