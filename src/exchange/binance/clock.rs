@@ -51,7 +51,7 @@ impl ExchangeClock {
         match self.rate {
             _ if self.stale => true,
             None => age_ms >= RATE_BASELINE_MS_MIN,
-            Some(rate) if rate == 1.0 => age_ms >= SYNC_INTERVAL_MS_REAL_TIME,
+            Some(1.0) => age_ms >= SYNC_INTERVAL_MS_REAL_TIME,
             Some(_) => age_ms >= SYNC_INTERVAL_MS_ACCELERATED,
         }
     }
