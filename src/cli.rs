@@ -41,6 +41,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Resolve every unresolved order by its client order id and cancel orphan orders, for every
+    /// user, as a trader does when it starts; trades nothing. Refused while a server runs.
+    Reconcile {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
     /// Run the Binance-compatible exchange simulator (with fault injection) as its own process.
     /// The first line on stdout is `listening on http://IP:PORT`.
     Sim {
@@ -100,6 +106,41 @@ pub fn main() -> ExitCode {
                 Ok(report) => {
                     print!("{}", crate::status::render_text(&report));
                     ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("bulwark: {error:#}");
+                    ExitCode::from(EXIT_RUNTIME_ERROR)
+                }
+            }
+        }
+        Command::Reconcile { config } => {
+            let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
+            let _log = crate::logging::init(None);
+            match crate::server::reconcile(config) {
+                Ok(reports) => {
+                    let mut failed = false;
+                    for (user, report) in reports {
+                        match report {
+                            Ok(report) => {
+                                let resolved: Vec<String> =
+                                    report.resolved.iter().map(|(id, state)| format!("{id} {state}")).collect();
+                                println!(
+                                    "{user}: {} order(s) resolved [{}], {} orphan(s) cancelled, {} cancel failure(s), {} external order(s)",
+                                    report.resolved.len(),
+                                    resolved.join(", "),
+                                    report.orphans_cancelled.len(),
+                                    report.cancel_failures.len(),
+                                    report.external_orders
+                                );
+                                failed |= !report.cancel_failures.is_empty();
+                            }
+                            Err(error) => {
+                                println!("{user}: reconciliation failed: {error}");
+                                failed = true;
+                            }
+                        }
+                    }
+                    if failed { ExitCode::from(EXIT_RUNTIME_ERROR) } else { ExitCode::SUCCESS }
                 }
                 Err(error) => {
                     eprintln!("bulwark: {error:#}");

@@ -26,7 +26,8 @@ use anyhow::Context as _;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::actors::Directory;
-use crate::actors::order_router::RouterSettings;
+use crate::actors::order_router::{OrderRouter, ReconcileReport, ReconcileUser, RouterSettings};
+use crate::actors::persistence::PersistenceActor;
 use crate::actors::trader::{ChaosPlan, TraderSeed, UserCounters};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, VenueConfig};
@@ -36,10 +37,12 @@ use crate::exchange::paper::PaperExchange;
 use crate::exchange::{Exchange, ExchangeError};
 use crate::instance_lock::InstanceLock;
 use crate::limits::EVENT_TAP_CAPACITY;
+use crate::limits::{PERSISTENCE_MAILBOX_CAPACITY, SHARED_MAILBOX_CAPACITY};
 use crate::persistence::paper_journal::PaperJournal;
 use crate::persistence::{DecisionRecord, Store};
 use crate::supervision::journal::{SupervisionJournal, TreeEvent};
 use crate::supervision::root::{RootSupervisor, SharedArbiters, ShutdownReport, ShutdownTree, TreeSettings};
+use crate::supervision::watch::spawn_watched;
 use crate::trader::core::SlotSpec;
 
 /// Exit code after an escalation (EX_SOFTWARE).
@@ -141,7 +144,10 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
     }
 
     let mut counters = BTreeMap::new();
-    let call_timeout = config.exchange.timeout * 6;
+    // Safety nets: the router gives one exchange call room for the client's own retries and a
+    // wait for rate-limit budget; a trader gives the router room for a whole account sync.
+    let router_call_timeout = config.exchange.timeout * 4 + Duration::from_secs(70);
+    let call_timeout = Duration::from_secs(300);
     let users: Vec<(TraderSeed, ArbiterHandle)> = config
         .users
         .iter()
@@ -183,7 +189,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         market_poll_interval: deps.market_poll_interval,
         router: RouterSettings {
             recv_window_ms: config.exchange.recv_window_ms,
-            exchange_timeout: config.exchange.timeout,
+            exchange_timeout: router_call_timeout,
             ..RouterSettings::default()
         },
         database_path,
@@ -284,6 +290,60 @@ enum StopReason {
     Signal(&'static str),
     Duration,
     Escalated(String),
+}
+
+/// `bulwark reconcile`: for every user, resolve every unresolved order by its client order id and
+/// cancel orphan orders, exactly as a trader does when it starts, then exit. It trades nothing.
+/// Refuses to run while a server holds the database.
+pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<ReconcileReport, String>)>> {
+    let database_path = config.database_path();
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("creating directory {}", config.server.data_dir.display()))?;
+    let _lock = InstanceLock::acquire(&database_path)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let exchange = start_exchange(&config, clock.clone())?;
+    let user_ids: Vec<UserId> = config.users.iter().map(|u| u.id.clone()).collect();
+    Store::open(&database_path)
+        .and_then(|mut store| store.ensure_users(&user_ids, clock.now_ms()))
+        .with_context(|| format!("preparing the database {}", database_path.display()))?;
+    let system = System::new();
+    let (persistence_arbiter, router_arbiter) = (Arbiter::new(), Arbiter::new());
+    let reports = system.block_on(async {
+        let directory = Arc::new(Directory::default());
+        let path = database_path.clone();
+        let persistence = spawn_watched(
+            &persistence_arbiter.handle(),
+            PERSISTENCE_MAILBOX_CAPACITY,
+            move || PersistenceActor::new(path),
+            |_| {},
+        );
+        directory.set_persistence(Some(persistence.clone()));
+        let settings = RouterSettings {
+            recv_window_ms: config.exchange.recv_window_ms,
+            exchange_timeout: config.exchange.timeout * 4 + Duration::from_secs(70),
+            ..RouterSettings::default()
+        };
+        let router_directory = directory.clone();
+        let router = spawn_watched(
+            &router_arbiter.handle(),
+            SHARED_MAILBOX_CAPACITY,
+            move || OrderRouter::new(exchange, router_directory, clock, settings),
+            |_| {},
+        );
+        let mut reports = Vec::new();
+        for user in user_ids {
+            let report = match router.send(ReconcileUser { user: user.clone() }).await {
+                Ok(report) => report,
+                Err(error) => Err(format!("order router did not answer: {error}")),
+            };
+            reports.push((user, report));
+        }
+        let _ = persistence.send(crate::actors::persistence::Run::new(|store| store.checkpoint())).await;
+        System::current().stop();
+        reports
+    });
+    RunningServer::join_arbiters(vec![persistence_arbiter, router_arbiter]);
+    Ok(reports)
 }
 
 /// `bulwark run`: the whole life of the server process. Returns the exit code.

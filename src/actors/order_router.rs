@@ -45,7 +45,9 @@ pub struct RouterSettings {
     pub recv_window_ms: i64,
     /// Extra time, beyond the receive window, before "not found" means "never placed".
     pub clock_skew_margin_ms: i64,
-    /// Longest wait for any one exchange call.
+    /// A safety net around any one exchange call (the exchange client has its own, shorter,
+    /// per-request timeouts; this catches an implementation that hangs). A call cut off here is an
+    /// unknown outcome.
     pub exchange_timeout: Duration,
     /// Attempts to send an order when earlier attempts provably executed nothing.
     pub send_attempts_max: u32,
@@ -68,7 +70,7 @@ impl Default for RouterSettings {
             send_attempts_max: 3,
             send_backoff_ms_initial: 200,
             pending_grace_ms: 10_000,
-            resubmissions_max: 2,
+            resubmissions_max: 4,
             resubmit_age_ms_max: 60_000,
         }
     }
@@ -355,8 +357,15 @@ async fn mark(
     to: OrderState,
     detail: String,
 ) -> PlacementOutcome {
-    let mut change = OrderTransition::new(client_order_id.clone(), from, to, context.clock.now_ms());
+    let now_ms = context.clock.now_ms();
+    let mut change = OrderTransition::new(client_order_id.clone(), from, to, now_ms);
     change.last_error = Some(detail.clone());
+    if to == OrderState::Unknown {
+        // The request was signed and sent no later than now (the attempt has ended), so its
+        // receive window is counted from now: never from before the call, which could be earlier
+        // than a signature made after a wait for rate-limit budget.
+        change.sent_at_ms = Some(now_ms);
+    }
     match transition(context, change).await {
         Ok(true) => PlacementOutcome::Recorded { state: to, detail },
         Ok(false) => {

@@ -106,6 +106,8 @@ pub fn from_transport(error: &reqwest::Error, effect: Effect) -> ExchangeError {
     }
 }
 
+/// The error and its causes, with the request's URL cut down to its path: the query string holds
+/// the signed parameters, which have no place in a log.
 fn error_chain(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
@@ -114,7 +116,10 @@ fn error_chain(error: &reqwest::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    match error.url() {
+        Some(url) => text.replace(url.as_str(), url.path()),
+        None => text,
+    }
 }
 
 #[cfg(test)]

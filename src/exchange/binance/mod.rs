@@ -114,6 +114,21 @@ impl fmt::Debug for BinanceClient {
     }
 }
 
+/// Aborts the spawned request when the waiting caller goes away.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn wait(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One request, before signing.
 struct Call {
     method: Method,
@@ -191,7 +206,11 @@ impl BinanceClient {
         work: impl FnOnce(Arc<Inner>) -> futures::future::BoxFuture<'static, Result<T, ExchangeError>>,
     ) -> Result<T, ExchangeError> {
         let runtime = self.io.0.as_ref().expect("Invariant: the runtime lives as long as the client");
-        match runtime.spawn(work(self.inner.clone())).await {
+        // If the caller stops waiting (a timeout above us, an actor stopping), the request must
+        // stop too: a detached request could be signed and sent long after the caller decided the
+        // order was never placed.
+        let task = AbortOnDrop(runtime.spawn(work(self.inner.clone())));
+        match task.wait().await {
             Ok(result) => result,
             Err(error) => {
                 let detail = format!("request task failed: {error}");

@@ -150,6 +150,10 @@ impl PaperExchange {
     ) -> Result<R, ExchangeError> {
         let (reply, answer) = oneshot::channel();
         let job: VenueJob = Box::new(move |host: &mut VenueHost| {
+            // A caller that stopped waiting before the venue got to its request has cancelled it.
+            if reply.is_closed() {
+                return;
+            }
             let _ = reply.send(host.run(operation));
         });
         self.jobs

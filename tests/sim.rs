@@ -1,0 +1,435 @@
+//! bulwark against `bulwark sim`, each in its own process, over loopback: a signed round trip, the
+//! exactly-once invariants under lost responses, hangs and every other fault type (checked by
+//! comparing the simulator's ledger with bulwark's database), klines coalescing across users, and
+//! a 418 ban that stops every request.
+//!
+//! These tests run real processes on wall time with an accelerated market (one 5-minute candle per
+//! 200 ms); what they assert does not depend on timing. They run one at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark::clock::SystemClock;
+use bulwark::domain::{
+    ClientOrderId, OrderRequest, OrderState, OrderType, Price, Quantity, Side, Symbol, Timeframe, UserId,
+};
+use bulwark::exchange::binance::{BinanceClient, BinanceSettings, Credentials};
+use bulwark::exchange::{Exchange, ExchangeError};
+use bulwark::persistence::Store;
+use bulwark::secret::Secret;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+/// One test at a time: each runs a simulator and a server on two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const SYMBOLS: [&str; 5] = ["XRPUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"];
+
+fn key(user: &str) -> String {
+    format!("key-{user}")
+}
+
+fn secret(user: &str) -> String {
+    format!("secret-{user}")
+}
+
+/// A simulator config with `users` accounts and an accelerated market. The weight limit is raised:
+/// at 1,500 times real time a bot makes a day's requests in a minute of wall time, and the limit
+/// (per wall-clock minute) would bind where a real one never does. `a_418_ban_stops_every_request`
+/// exercises the limit itself.
+fn sim_config(dir: &Path, users: usize, candle_interval_ms: u64, faults: &str) -> PathBuf {
+    let weight_limit = 1_000_000;
+    let mut text = format!(
+        "[sim]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\ncoinglass_api_key = \"cg-key\"\nweight_limit_per_minute = {weight_limit}\n",
+        dir.join("sim-data").display().to_string()
+    );
+    for i in 1..=users {
+        let user = format!("u{i}");
+        text += &format!(
+            "[[sim.accounts]]\nuser = \"{user}\"\napi_key = \"{}\"\napi_secret = \"{}\"\n",
+            key(&user),
+            secret(&user)
+        );
+    }
+    text += faults;
+    text += &format!(
+        "\n[exchange.paper]\ncandle_interval_ms = {candle_interval_ms}\nseed = 7\n\
+         [[exchange.paper.replay]]\nsymbol = \"XRPUSDT\"\ndataset = \"XRP_USDT_USDT-5m-futures\"\ntick_size = 0.0001\nstep_size = 0.1\nmin_notional = 5\n\
+         [[exchange.paper.random_walk]]\nsymbol = \"BTCUSDT\"\nstart_price = 60000\nvolatility_pct = 0.25\ntick_size = 0.1\nstep_size = 0.001\nmin_notional = 20\n\
+         [[exchange.paper.random_walk]]\nsymbol = \"ETHUSDT\"\nstart_price = 3000\nvolatility_pct = 0.35\ntick_size = 0.01\nstep_size = 0.001\nmin_notional = 20\n\
+         [[exchange.paper.random_walk]]\nsymbol = \"SOLUSDT\"\nstart_price = 150\nvolatility_pct = 0.5\ntick_size = 0.01\nstep_size = 0.01\nmin_notional = 5\n\
+         [[exchange.paper.random_walk]]\nsymbol = \"BNBUSDT\"\nstart_price = 600\nvolatility_pct = 0.4\ntick_size = 0.01\nstep_size = 0.01\nmin_notional = 5\n"
+    );
+    let path = dir.join("sim.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A bulwark config for `users` users against the simulator at `url`, user i on symbol i mod 5.
+fn client_config(dir: &Path, url: &str, users: usize, recv_window_ms: u64, timeout_ms: u64) -> PathBuf {
+    let mut text = format!(
+        "[server]\ndata_dir = {:?}\nlog_dir = {:?}\n\
+         [supervisor]\nbackoff_ms_initial = 100\nbackoff_ms_max = 1000\nstatus_interval_secs = 1\nshutdown_deadline_secs = 5\n\
+         [exchange]\nkind = \"binance\"\nbase_url = \"{url}\"\nrecv_window_ms = {recv_window_ms}\ntimeout_ms = {timeout_ms}\npoll_interval_ms = 40\n\
+         [risk]\nmax_open_positions = 3\nmax_position_notional_usdt = 5000\n",
+        dir.join("data").display().to_string(),
+        dir.join("logs").display().to_string()
+    );
+    for i in 1..=users {
+        let user = format!("u{i}");
+        let symbol = SYMBOLS[(i - 1) % SYMBOLS.len()];
+        text += &format!(
+            "[[users]]\nid = \"{user}\"\napi_key_env = \"SIM_KEY_{i}\"\napi_secret_env = \"SIM_SECRET_{i}\"\n\
+             [[users.strategies]]\nsymbol = \"{symbol}\"\ntimeframe = \"5m\"\nstrategy = \"ema_crossover\"\nparams = {{ fast = 2, slow = 3 }}\nposition_size_usdt = 300\n"
+        );
+    }
+    let path = dir.join("bulwark.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A simulator process, killed when dropped.
+struct Sim {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Sim {
+    fn start(config: &Path, seed: u64) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+            .args(["sim", "--listen", "127.0.0.1:0", "--seed", &seed.to_string(), "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bulwark sim starts");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let url =
+            first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line was {first:?}")).to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        Self { child, url, http: reqwest::Client::new() }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http.get(format!("{}{path}", self.url)).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn faults(&self, plan: Value) {
+        let answer = self.http.post(format!("{}/sim/faults", self.url)).json(&plan).send().await.unwrap();
+        assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    }
+
+    async fn requests(&self, endpoint: &str) -> u64 {
+        self.get("/sim/stats").await["requests"][endpoint].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs bulwark for `seconds` against the simulator (in the background while the test acts).
+fn run_bulwark(config: &Path, users: usize, seconds: u64) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bulwark"));
+    command
+        .args(["run", "--duration", &seconds.to_string(), "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for i in 1..=users {
+        let user = format!("u{i}");
+        command.env(format!("SIM_KEY_{i}"), key(&user)).env(format!("SIM_SECRET_{i}"), secret(&user));
+    }
+    command.spawn().expect("bulwark runs")
+}
+
+/// Lets the last orders' receive windows close and their candles pass, then has `bulwark
+/// reconcile` resolve every order left unresolved when the server stopped (it places no new intent).
+async fn reconcile(config: &Path, users: usize) {
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bulwark"));
+    command.args(["reconcile", "--config"]).arg(config).stderr(Stdio::null());
+    for i in 1..=users {
+        let user = format!("u{i}");
+        command.env(format!("SIM_KEY_{i}"), key(&user)).env(format!("SIM_SECRET_{i}"), secret(&user));
+    }
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    assert!(output.status.success(), "reconcile: {}", String::from_utf8_lossy(&output.stdout));
+    eprint!("{}", String::from_utf8_lossy(&output.stdout));
+}
+
+async fn finish(mut child: Child) {
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "bulwark exited with {status}");
+}
+
+/// Compares the simulator's ledger with bulwark's database: the invariants of exactly-once orders.
+async fn check_ledger_against_database(sim: &Sim, database: &Path, users: usize, seed: u64) -> (usize, usize) {
+    let ledger = sim.get("/sim/ledger").await;
+    let mut store = Store::open_read_only(database).unwrap();
+    let mut ledger_ids: BTreeMap<(String, String), &Value> = BTreeMap::new();
+    for entry in ledger["orders"].as_array().unwrap() {
+        let account = entry["account"].as_str().unwrap().to_owned();
+        let id = entry["order"]["client_order_id"].as_str().unwrap().to_owned();
+        let previous = ledger_ids.insert((account.clone(), id.clone()), entry);
+        assert!(previous.is_none(), "SEED={seed}: two exchange orders for {account} {id}");
+    }
+    let (mut intents_total, mut fills_total) = (0, 0);
+    for i in 1..=users {
+        let user = format!("u{i}");
+        let orders = store.orders_of(&UserId::new(&user).unwrap()).unwrap();
+        let mut database_ids = BTreeSet::new();
+        for order in &orders {
+            intents_total += 1;
+            let id = order.intent.client_order_id.to_string();
+            database_ids.insert(id.clone());
+            assert!(
+                order.state.is_final() && order.state != OrderState::NotPlaced,
+                "SEED={seed}: {user} {id} unresolved or never placed: {order:?}"
+            );
+            match ledger_ids.get(&(user.clone(), id.clone())) {
+                Some(entry) => {
+                    let status = entry["order"]["status"].as_str().unwrap();
+                    let expected = match order.state {
+                        OrderState::Filled => "FILLED",
+                        OrderState::Cancelled => "CANCELED",
+                        OrderState::Expired => "EXPIRED",
+                        other => panic!("SEED={seed}: {user} {id} is {other} in the database but on the exchange"),
+                    };
+                    assert_eq!(status, expected, "SEED={seed}: {user} {id}");
+                    assert_eq!(
+                        entry["order"]["exchange_order_id"].as_str(),
+                        order.exchange_order_id.as_deref(),
+                        "SEED={seed}: {user} {id}"
+                    );
+                    let ledger_fills: BTreeSet<String> = entry["fills"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f["trade_id"].as_str().unwrap().to_owned())
+                        .collect();
+                    fills_total += ledger_fills.len();
+                    assert_eq!(
+                        ledger_fills.len() as u64 > 0,
+                        order.state == OrderState::Filled,
+                        "SEED={seed}: {user} {id}"
+                    );
+                }
+                None => assert_eq!(
+                    order.state,
+                    OrderState::Rejected,
+                    "SEED={seed}: {user} {id} is not on the exchange: {order:?}"
+                ),
+            }
+        }
+        for (account, id) in ledger_ids.keys() {
+            if *account == user {
+                assert!(
+                    database_ids.contains(id),
+                    "SEED={seed}: exchange order {user} {id} has no intent in the database"
+                );
+            }
+        }
+        let fills = store.fill_count(&UserId::new(&user).unwrap()).unwrap();
+        let ledger_fills: usize =
+            ledger_ids.iter().filter(|((a, _), _)| *a == user).map(|(_, e)| e["fills"].as_array().unwrap().len()).sum();
+        assert_eq!(
+            fills as usize, ledger_fills,
+            "SEED={seed}: {user}: every fill on the exchange is in the database, once"
+        );
+    }
+    (intents_total, fills_total)
+}
+
+#[tokio::test]
+async fn a_signed_round_trip_works_and_a_wrong_secret_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 1_000, ""), 1);
+    let client = |secret_text: &str| {
+        let credentials = BTreeMap::from([(
+            UserId::new("u1").unwrap(),
+            Credentials { api_key: Secret::new(key("u1")), api_secret: Secret::new(secret_text.to_owned()) },
+        )]);
+        let settings = BinanceSettings {
+            base_url: sim.url.parse().unwrap(),
+            recv_window_ms: 5_000,
+            timeout: Duration::from_secs(5),
+            weight_limit_per_minute: 2_400,
+            credentials,
+        };
+        BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
+    };
+    let good = client(&secret("u1"));
+    let (user, xrp) = (UserId::new("u1").unwrap(), Symbol::new("XRPUSDT").unwrap());
+    let candles = good.klines(&xrp, Timeframe::M5, 50).await.unwrap();
+    assert_eq!(candles.len(), 50);
+    let rules = good.symbol_rules(&xrp).await.unwrap();
+    assert_eq!(rules.step_size.to_string(), "0.1");
+    let id = ClientOrderId::parse("bw-u1-1").unwrap();
+    let request = OrderRequest {
+        client_order_id: id.clone(),
+        symbol: xrp.clone(),
+        side: Side::Buy,
+        order_type: OrderType::Limit { price: Price::new(Decimal::new(5, 1)).unwrap() },
+        quantity: Quantity::new(Decimal::from(20)).unwrap(),
+        reduce_only: false,
+        timestamp_ms: 0,
+    };
+    let placed = good.create_order(&user, &request).await.unwrap();
+    assert_eq!(placed.client_order_id, id);
+    let found = good.order_by_client_id(&user, &xrp, &id).await.unwrap().expect("the order is found by its id");
+    assert_eq!(found.exchange_order_id, placed.exchange_order_id);
+    assert_eq!(good.open_orders(&user, Some(&xrp)).await.unwrap().len(), 1);
+    let cancelled = good.cancel_order(&user, &xrp, &id).await.unwrap();
+    assert_eq!(cancelled.status.as_str(), "CANCELED");
+    assert!(matches!(good.create_order(&user, &request).await, Err(ExchangeError::Duplicate { code: -4116, .. })));
+    let balance = good.balance(&user).await.unwrap();
+    assert_eq!(balance.wallet_balance, Decimal::from(10_000));
+
+    let wrong = client("not-the-secret");
+    let refused = wrong.balance(&user).await;
+    assert!(matches!(&refused, Err(ExchangeError::Auth { detail }) if detail.starts_with("-1022")), "{refused:?}");
+    let text = format!("{refused:?}");
+    assert!(!text.contains("not-the-secret") && !text.contains(&key("u1")), "{text}");
+
+    // The CoinGlass-shaped endpoints answer with the key, in the v4 envelope.
+    let data = sim
+        .http
+        .get(format!(
+            "{}/api/futures/v2/taker-buy-sell-volume/history?exchange=Binance&symbol=XRPUSDT&interval=5m&limit=10",
+            sim.url
+        ))
+        .header("CG-API-KEY", "cg-key")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(data["code"], "0");
+    assert_eq!(data["data"].as_array().unwrap().len(), 10);
+    let refused = sim
+        .http
+        .get(format!("{}/api/futures/funding-rate/history?symbol=XRPUSDT&interval=5m", sim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+}
+
+#[tokio::test]
+async fn lost_responses_and_hangs_never_duplicate_an_order_and_every_intent_resolves() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = 20_261_122;
+    eprintln!("SEED={seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let faults =
+        "[sim.faults.endpoints.\"POST /fapi/v1/order\"]\nlost_response_rate = 0.2\nhang_rate = 0.1\nhang_ms = 2500\n";
+    let sim = Sim::start(&sim_config(dir.path(), 4, 200, faults), seed);
+    let config = client_config(dir.path(), &sim.url, 4, 1_000, 1_000);
+    finish(run_bulwark(&config, 4, 14)).await;
+    // Faults off; a restarted server resumes, then whatever is left in flight is resolved.
+    sim.faults(json!({})).await;
+    finish(run_bulwark(&config, 4, 3)).await;
+    reconcile(&config, 4).await;
+    let (intents, fills) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
+    eprintln!("SEED={seed}: {intents} intents, {fills} fills, all resolved, none twice");
+    assert!(intents >= 10, "SEED={seed}: enough orders to mean something ({intents})");
+    let order_posts = sim.requests("POST /fapi/v1/order").await;
+    assert!(
+        order_posts > intents as u64,
+        "SEED={seed}: some requests were resent with the same id ({order_posts} for {intents} intents)"
+    );
+}
+
+#[tokio::test]
+async fn every_fault_type_in_turn_leaves_the_invariants_intact() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = 77;
+    eprintln!("SEED={seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 4, 200, ""), seed);
+    let config = client_config(dir.path(), &sim.url, 4, 1_000, 1_000);
+    let bulwark = run_bulwark(&config, 4, 24);
+    let order = |spec: Value| json!({ "endpoints": { "POST /fapi/v1/order": spec } });
+    let plans = [
+        ("latency", json!({ "global": { "latency_ms": 150 } })),
+        ("5xx", json!({ "global": { "error_5xx_rate": 0.3 } })),
+        ("503 unknown", order(json!({ "unknown_503_rate": 0.4 }))),
+        ("hang", order(json!({ "hang_rate": 0.4, "hang_ms": 2500 }))),
+        ("lost response", order(json!({ "lost_response_rate": 0.4 }))),
+        ("429 burst", json!({ "global": { "burst_429": 5 } })),
+        ("418 ban", json!({ "global": { "ban_418_secs": 1 } })),
+        ("clock skew", json!({ "global": { "clock_skew_ms": 3_000_000 } })),
+        ("malformed", order(json!({ "malformed_rate": 0.4 }))),
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (name, plan) in plans {
+        eprintln!("fault: {name}");
+        sim.faults(plan).await;
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+    }
+    sim.faults(json!({})).await;
+    finish(bulwark).await;
+    reconcile(&config, 4).await;
+    let (intents, _) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
+    assert!(intents >= 10, "SEED={seed}: {intents} intents");
+}
+
+#[tokio::test]
+async fn fifty_users_on_five_symbols_cost_five_klines_requests_per_candle() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 50, 500, ""), 3);
+    let config = client_config(dir.path(), &sim.url, 50, 5_000, 5_000);
+    let candle_ms = 300_000;
+    let market_before = sim.get("/sim/stats").await["market_time_ms"].as_i64().unwrap();
+    finish(run_bulwark(&config, 50, 8)).await;
+    let stats = sim.get("/sim/stats").await;
+    let market_after = stats["market_time_ms"].as_i64().unwrap();
+    let closes = (market_after / candle_ms - market_before / candle_ms) as u64;
+    let klines = stats["requests"]["GET /fapi/v1/klines"].as_u64().unwrap();
+    eprintln!(
+        "klines requests: {klines} for {closes} candle closes (5 feeds, 50 users); positionRisk: {}",
+        stats["requests"]["GET /fapi/v3/positionRisk"]
+    );
+    // One request per feed per close (plus each feed's first fetch), whatever the number of users.
+    assert!(klines <= 5 * (closes + 1), "{klines} requests for {closes} closes");
+    assert!(
+        klines >= 5 * closes.saturating_sub(4),
+        "every feed was fetched at (nearly) every close: {klines} for {closes}"
+    );
+}
+
+#[tokio::test]
+async fn a_418_ban_stops_every_request_until_it_ends() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 4, 200, ""), 5);
+    let config = client_config(dir.path(), &sim.url, 4, 5_000, 5_000);
+    let bulwark = run_bulwark(&config, 4, 10);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = sim.requests("GET /fapi/v1/klines").await;
+    assert!(before > 0, "bulwark is polling");
+    sim.faults(json!({ "global": { "ban_418_secs": 3 } })).await;
+    tokio::time::sleep(Duration::from_millis(2_800)).await;
+    let banned = sim.get("/sim/stats").await;
+    assert!(banned["banned_until_ms"].is_i64(), "still banned: {banned}");
+    let during = banned["requests_while_banned"].as_u64().unwrap();
+    // The first answers of the ban tell the client; from then on it sends nothing to this host.
+    assert!(during <= 8, "requests sent into the ban: {during}");
+    finish(bulwark).await;
+    let after = sim.get("/sim/stats").await;
+    assert_eq!(after["requests_while_banned"].as_u64().unwrap(), during, "nothing more was sent while banned");
+    assert!(after["requests"]["GET /fapi/v1/klines"].as_u64().unwrap() > before, "requests resumed after the ban");
+}
