@@ -333,7 +333,7 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
         let mut reports = Vec::new();
         for user in user_ids {
             let report = match router.send(ReconcileUser { user: user.clone() }).await {
-                Ok(report) => report,
+                Ok(report) => report.map_err(|e| e.to_string()),
                 Err(error) => Err(format!("order router did not answer: {error}")),
             };
             reports.push((user, report));

@@ -108,7 +108,8 @@ pub fn render_text(report: &StatusReport) -> String {
         if !positions.is_empty() {
             out.push_str(&format!("{:<12} position: {}\n", "", positions.join(", ")));
         }
-        let unusual = !matches!(user.state.as_str(), "running" | "stopped") || recorded.state == "quarantined";
+        let unusual = !matches!(user.state.as_str(), "running" | "stopped")
+            || matches!(recorded.state.as_str(), "quarantined" | "halted");
         if unusual && let Some(reason) = &recorded.reason {
             out.push_str(&format!("{:<12} {} since {}: {reason}\n", "", recorded.state, rfc3339_ms(recorded.since_ms)));
         }

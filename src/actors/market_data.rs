@@ -28,9 +28,16 @@ use crate::limits::CANDLE_WINDOW_LEN;
 const STALE_POLLS_MAX: u32 = 3;
 
 /// How long after a candle's end (in exchange time) it is fetched when the exchange clock is an
-/// estimate: 1 % of the timeframe, at least a second (3 s for 5m candles).
-fn close_margin_ms(timeframe: Timeframe, clock_is_exact: bool) -> i64 {
-    if clock_is_exact { 0 } else { (timeframe.duration_ms() / 100).max(1_000) }
+/// estimate: 1 % of the timeframe, at least a second (3 s for 5m candles), or twice the estimate's
+/// error bound if that is more (an accelerated simulator's clock is only known to within seconds of
+/// its time), but never more than a quarter of the timeframe. A fetch that came too early would
+/// cost a second request for the same close.
+fn close_margin_ms(timeframe: Timeframe, clock_is_exact: bool, clock_error_ms: i64) -> i64 {
+    if clock_is_exact {
+        return 0;
+    }
+    let floor_ms = (timeframe.duration_ms() / 100).max(1_000);
+    floor_ms.max(clock_error_ms.saturating_mul(2)).min(timeframe.duration_ms() / 4)
 }
 
 /// The newest closed candles of a feed (or why they could not be had), sent to each subscriber.
@@ -204,7 +211,8 @@ impl MarketData {
             .filter_map(|((symbol, timeframe), feed)| {
                 // A candle counts as closed a moment after its end, so that a clock estimate that
                 // runs slightly early does not fetch before the exchange has closed it.
-                let margin_ms = close_margin_ms(*timeframe, self.exchange.clock_is_exact());
+                let margin_ms =
+                    close_margin_ms(*timeframe, self.exchange.clock_is_exact(), self.exchange.clock_error_ms());
                 let expected_open_ms = timeframe.last_closed_open_ms(now_ms - margin_ms);
                 let due = feed.delivered_open_ms.is_none_or(|delivered| delivered < expected_open_ms);
                 due.then(|| (symbol.clone(), *timeframe, expected_open_ms))
@@ -363,5 +371,20 @@ impl Handler<GetStats> for MarketData {
         stats.feeds = self.feeds.len();
         stats.subscribers = self.feeds.values().map(|f| f.subscribers.len()).sum();
         MessageResult(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_close_margin_follows_the_clock_error_within_bounds() {
+        let m5 = Timeframe::M5;
+        assert_eq!(close_margin_ms(m5, true, 50_000), 0, "an exact clock needs no margin");
+        assert_eq!(close_margin_ms(m5, false, 40), 3_000, "1 % of 5 minutes for a real exchange");
+        assert_eq!(close_margin_ms(Timeframe::M1, false, 0), 1_000, "at least a second");
+        assert_eq!(close_margin_ms(m5, false, 9_000), 18_000, "twice an accelerated clock's error");
+        assert_eq!(close_margin_ms(m5, false, 1_000_000), 75_000, "at most a quarter of the timeframe");
     }
 }

@@ -35,7 +35,7 @@ use crate::domain::{ClientOrderId, ExchangeOrder, OrderIntent, OrderState, Symbo
 use crate::exchange::{Exchange, ExchangeError};
 use crate::limits::ORDER_RESOLVE_QUERIES_PER_SYNC_MAX;
 use crate::persistence::{OrderTransition, StoredOrder};
-use crate::trader::core::{AccountSnapshot, PlacementOutcome, UnresolvedOrder};
+use crate::trader::core::{AccountError, AccountSnapshot, PlacementOutcome, UnresolvedOrder};
 use crate::trader::risk::RiskApproved;
 
 /// Order-path timing.
@@ -79,7 +79,7 @@ impl Default for RouterSettings {
 /// Resolve unresolved orders on one symbol, then read the position: what a trader needs before
 /// every decision.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<AccountSnapshot, String>")]
+#[rtype(result = "Result<AccountSnapshot, AccountError>")]
 pub struct SyncAccount {
     pub user: UserId,
     pub symbol: Symbol,
@@ -95,7 +95,7 @@ pub struct SubmitIntent {
 /// Start-up reconciliation of one user (seed §6): resolve every unresolved order, cancel open
 /// exchange orders with bulwark's prefix that the database does not know.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<ReconcileReport, String>")]
+#[rtype(result = "Result<ReconcileReport, AccountError>")]
 pub struct ReconcileUser {
     pub user: UserId,
 }
@@ -177,7 +177,7 @@ impl Actor for OrderRouter {
 }
 
 impl Handler<SyncAccount> for OrderRouter {
-    type Result = ResponseFuture<Result<AccountSnapshot, String>>;
+    type Result = ResponseFuture<Result<AccountSnapshot, AccountError>>;
 
     fn handle(&mut self, message: SyncAccount, _: &mut Context<Self>) -> Self::Result {
         let context = self.context.clone();
@@ -210,7 +210,7 @@ impl Handler<SubmitIntent> for OrderRouter {
 }
 
 impl Handler<ReconcileUser> for OrderRouter {
-    type Result = ResponseFuture<Result<ReconcileReport, String>>;
+    type Result = ResponseFuture<Result<ReconcileReport, AccountError>>;
 
     fn handle(&mut self, message: ReconcileUser, _: &mut Context<Self>) -> Self::Result {
         let context = self.context.clone();
@@ -338,10 +338,12 @@ async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState) ->
                 return mark(context, &client_order_id, OrderState::Sending, OrderState::NotPlaced, error.to_string())
                     .await;
             }
-            ExchangeError::Rejected { .. }
-            | ExchangeError::Auth { .. }
-            | ExchangeError::UnknownOutcome { .. }
-            | ExchangeError::Malformed { .. } => {
+            ExchangeError::Auth { .. } => {
+                let detail = error.to_string();
+                mark(context, &client_order_id, OrderState::Sending, OrderState::Rejected, detail.clone()).await;
+                return PlacementOutcome::CredentialsRefused { detail };
+            }
+            ExchangeError::Rejected { .. } | ExchangeError::UnknownOutcome { .. } | ExchangeError::Malformed { .. } => {
                 return mark(context, &client_order_id, OrderState::Sending, OrderState::Rejected, error.to_string())
                     .await;
             }
@@ -432,7 +434,7 @@ async fn resolve_order(
     context: &RouterContext,
     order: &StoredOrder,
     placing: &HashSet<ClientOrderId>,
-) -> Result<OrderState, String> {
+) -> Result<OrderState, AccountError> {
     let intent = &order.intent;
     if placing.contains(&intent.client_order_id) {
         return Ok(order.state);
@@ -456,7 +458,7 @@ async fn resolve_order(
         context.exchange.order_by_client_id(&intent.user, &intent.symbol, &intent.client_order_id),
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(account_error)?;
     match found {
         Some(exchange_order) => {
             Ok(match adopt(context, intent, order.state, order.filled_quantity, exchange_order).await {
@@ -505,30 +507,28 @@ async fn sync_account(
     user: &UserId,
     symbol: &Symbol,
     placing: &HashSet<ClientOrderId>,
-) -> Result<AccountSnapshot, String> {
+) -> Result<AccountSnapshot, AccountError> {
     let unresolved_orders = {
         let (user, symbol) = (user.clone(), symbol.clone());
         persistence::run(&context.directory, move |store| store.unresolved_orders(&user, Some(&symbol)))
             .await
-            .map_err(|e| format!("database: {e}"))?
+            .map_err(|e| AccountError::other(format!("database: {e}")))?
     };
     for order in unresolved_orders.iter().take(ORDER_RESOLVE_QUERIES_PER_SYNC_MAX) {
         if let Err(error) = resolve_order(context, order, placing).await {
             tracing::warn!(%user, client_order_id = %order.intent.client_order_id, %error, "order router: could not resolve order");
         }
     }
-    let position =
-        call(context, "position", context.exchange.position(user, symbol)).await.map_err(|e| e.to_string())?;
+    let position = call(context, "position", context.exchange.position(user, symbol)).await.map_err(account_error)?;
     let fetched_at_ms = context.clock.now_ms();
-    let rules =
-        call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(|e| e.to_string())?;
+    let rules = call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(account_error)?;
     let unresolved = if unresolved_orders.is_empty() {
         Vec::new()
     } else {
         let (user, symbol) = (user.clone(), symbol.clone());
         persistence::run(&context.directory, move |store| store.unresolved_orders(&user, Some(&symbol)))
             .await
-            .map_err(|e| format!("database: {e}"))?
+            .map_err(|e| AccountError::other(format!("database: {e}")))?
             .into_iter()
             .map(|o| UnresolvedOrder { client_order_id: o.intent.client_order_id, state: o.state })
             .collect()
@@ -536,26 +536,33 @@ async fn sync_account(
     Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms })
 }
 
+/// An exchange failure while reading an account; refused credentials halt the account.
+fn account_error(error: ExchangeError) -> AccountError {
+    AccountError { credentials_refused: matches!(error, ExchangeError::Auth { .. }), detail: error.to_string() }
+}
+
 async fn reconcile_user(
     context: &RouterContext,
     user: &UserId,
     placing: &HashSet<ClientOrderId>,
-) -> Result<ReconcileReport, String> {
+) -> Result<ReconcileReport, AccountError> {
+    let database = |e: crate::persistence::StoreError| AccountError::other(format!("database: {e}"));
     let mut report = ReconcileReport::default();
     let unresolved = {
         let user = user.clone();
         persistence::run(&context.directory, move |store| store.unresolved_orders(&user, None))
             .await
-            .map_err(|e| format!("database: {e}"))?
+            .map_err(database)?
     };
     for order in &unresolved {
         let state = resolve_order(context, order, placing)
             .await
-            .map_err(|e| format!("resolving {}: {e}", order.intent.client_order_id))?;
+            .map_err(|e| e.context(format_args!("resolving {}", order.intent.client_order_id)))?;
         report.resolved.push((order.intent.client_order_id.clone(), state));
     }
-    let open_orders =
-        call(context, "open orders", context.exchange.open_orders(user, None)).await.map_err(|e| e.to_string())?;
+    let open_orders = call(context, "open orders", context.exchange.open_orders(user, None))
+        .await
+        .map_err(|e| account_error(e).context("listing open orders"))?;
     for open in open_orders {
         if !open.client_order_id.is_bulwark() {
             report.external_orders += 1;
@@ -564,7 +571,7 @@ async fn reconcile_user(
         if placing.contains(&open.client_order_id) {
             continue;
         }
-        let known = load_order(context, &open.client_order_id).await?;
+        let known = load_order(context, &open.client_order_id).await.map_err(AccountError::other)?;
         let why = match &known {
             None => "orphan: open on the exchange, unknown to the database".to_owned(),
             Some(stored) if stored.state.is_final() => {
@@ -586,7 +593,7 @@ async fn reconcile_user(
             store.record_reconcile_action(&record_user, action, Some(&record_id), &record_detail, now_ms)
         })
         .await
-        .map_err(|e| format!("database: {e}"))?;
+        .map_err(database)?;
         match result {
             Ok(_) => report.orphans_cancelled.push(open.client_order_id),
             Err(error) => report.cancel_failures.push((open.client_order_id, error.to_string())),

@@ -20,14 +20,16 @@ use actix::prelude::*;
 use tokio::sync::broadcast;
 
 use crate::actors::Directory;
-use crate::actors::market_data::{CandleClosed, Subscribe};
+use crate::actors::market_data::{CandleClosed, Subscribe, Unsubscribe};
 use crate::actors::order_router::{ReconcileReport, ReconcileUser, SubmitIntent, SyncAccount};
 use crate::actors::persistence;
 use crate::clock::Clock;
 use crate::domain::{Symbol, Timeframe, UserId};
 use crate::limits::{TRADER_START_UP_ATTEMPTS_MAX, TRADER_START_UP_BACKOFF_MS_INITIAL};
 use crate::persistence::{DecisionRecord, TraderState};
-use crate::trader::core::{PlacementOutcome, SlotSpec, TraderCommand, TraderCore, TraderEvent};
+use crate::trader::core::{
+    AccountError, PlacementOutcome, SlotSpec, TraderCommand, TraderCore, TraderEvent, halt_reason,
+};
 use crate::trader::risk::RiskLimits;
 
 /// Counters shared by every incarnation of one user's trader (read by the tree snapshot and
@@ -83,6 +85,9 @@ pub enum TraderReport {
     Ready { incarnation: u32, detail: String },
     /// Start-up failed; the trader stops itself right after this.
     Failed { incarnation: u32, reason: String },
+    /// The exchange refuses the account's credentials; the trader stops itself right after this
+    /// and must not be restarted until an operator fixes them.
+    Halted { incarnation: u32, reason: String },
 }
 
 /// Stop after the current message (orderly shutdown).
@@ -117,6 +122,20 @@ impl Trader {
         ctx.stop();
     }
 
+    /// The exchange refuses this account's credentials: stop taking candles, tell the supervisor
+    /// (which records the user as halted and does not restart it), and stop. Orders already sent
+    /// stay in the database for the next start to resolve.
+    fn halt(&mut self, ctx: &mut Context<Self>, reason: String) {
+        tracing::error!(user = %self.seed.user, incarnation = self.incarnation, %reason, "trader: halted");
+        if let Ok(market_data) = self.seed.directory.market_data() {
+            // A full mailbox only delays this: the stopped trader's closed mailbox is dropped by
+            // the next fan-out anyway.
+            let _ = market_data.try_send(Unsubscribe { user: self.seed.user.clone() });
+        }
+        let _ = self.supervisor.try_send(TraderReport::Halted { incarnation: self.incarnation, reason });
+        ctx.stop();
+    }
+
     /// Carries out the core's commands. A decision that the chaos plan targets panics here, before
     /// any of the batch's effects, so nothing half-done is left behind.
     fn execute(&mut self, commands: Vec<TraderCommand>, ctx: &mut Context<Self>) {
@@ -142,6 +161,7 @@ impl Trader {
                     self.sync_account(slot, iteration, symbol, ctx)
                 }
                 TraderCommand::PlaceIntent { slot, intent } => self.place_intent(slot, intent, ctx),
+                TraderCommand::Halt { reason } => self.halt(ctx, reason),
             }
         }
     }
@@ -161,8 +181,12 @@ impl Trader {
         let request = SyncAccount { user: self.seed.user.clone(), symbol };
         let (directory, timeout) = (self.seed.directory.clone(), self.seed.call_timeout);
         let answer = async move {
-            let router = directory.order_router().map_err(|e| e.to_string())?;
-            router.send(request).timeout(timeout).await.map_err(|e| format!("order router did not answer: {e}"))?
+            let router = directory.order_router().map_err(|e| AccountError::other(e.to_string()))?;
+            router
+                .send(request)
+                .timeout(timeout)
+                .await
+                .map_err(|e| AccountError::other(format!("order router did not answer: {e}")))?
         };
         ctx.spawn(answer.into_actor(self).map(move |result, trader, ctx| {
             let now_ms = trader.seed.clock.now_ms();
@@ -215,7 +239,8 @@ impl Actor for Trader {
         ctx.wait(start_up(seed, feeds, recipient).into_actor(self).map(|result, trader, ctx| {
             let (state, report) = match result {
                 Ok(done) => done,
-                Err(reason) => return trader.fail(ctx, reason),
+                Err(error) if error.credentials_refused => return trader.halt(ctx, halt_reason(&error.detail)),
+                Err(error) => return trader.fail(ctx, error.detail),
             };
             trader.core.restore(&state);
             let detail = format!(
@@ -240,18 +265,20 @@ async fn start_up(
     seed: TraderSeed,
     feeds: Vec<(Symbol, Timeframe)>,
     recipient: Recipient<CandleClosed>,
-) -> Result<(TraderState, ReconcileReport), String> {
+) -> Result<(TraderState, ReconcileReport), AccountError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match start_up_once(&seed, &feeds, &recipient).await {
             Ok(done) => return Ok(done),
+            // Refused credentials do not heal by retrying.
+            Err(error) if error.credentials_refused => return Err(error),
             Err(error) if attempt < TRADER_START_UP_ATTEMPTS_MAX => {
                 let backoff_ms = TRADER_START_UP_BACKOFF_MS_INITIAL << (attempt - 1);
                 tracing::warn!(user = %seed.user, attempt, backoff_ms, %error, "trader start-up: retrying");
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             }
-            Err(error) => return Err(format!("{error} (after {attempt} attempts)")),
+            Err(error) => return Err(error.context(format_args!("after {attempt} attempts"))),
         }
     }
 }
@@ -260,29 +287,32 @@ async fn start_up_once(
     seed: &TraderSeed,
     feeds: &[(Symbol, Timeframe)],
     recipient: &Recipient<CandleClosed>,
-) -> Result<(TraderState, ReconcileReport), String> {
+) -> Result<(TraderState, ReconcileReport), AccountError> {
     let user = seed.user.clone();
     let state = persistence::run(&seed.directory, move |store| store.load_trader_state(&user))
         .await
-        .map_err(|e| format!("loading state: {e}"))?;
-    let router = seed.directory.order_router().map_err(|e| format!("reconciliation: {e}"))?;
+        .map_err(|e| AccountError::other(format!("loading state: {e}")))?;
+    let router = seed.directory.order_router().map_err(|e| AccountError::other(format!("reconciliation: {e}")))?;
     let report = router
         .send(ReconcileUser { user: seed.user.clone() })
         .timeout(seed.call_timeout)
         .await
-        .map_err(|e| format!("reconciliation: order router did not answer: {e}"))?
-        .map_err(|e| format!("reconciliation: {e}"))?;
+        .map_err(|e| AccountError::other(format!("reconciliation: order router did not answer: {e}")))?
+        .map_err(|e| e.context("reconciliation"))?;
     if let Some((client_order_id, error)) = report.cancel_failures.first() {
         // Invariant 3: never trade next to an orphan.
-        return Err(format!("reconciliation: orphan order {client_order_id} could not be cancelled: {error}"));
+        return Err(AccountError::other(format!(
+            "reconciliation: orphan order {client_order_id} could not be cancelled: {error}"
+        )));
     }
-    let market_data = seed.directory.market_data().map_err(|e| format!("subscribing to candles: {e}"))?;
+    let market_data =
+        seed.directory.market_data().map_err(|e| AccountError::other(format!("subscribing to candles: {e}")))?;
     let subscribe = Subscribe { user: seed.user.clone(), feeds: feeds.to_vec(), recipient: recipient.clone() };
     market_data
         .send(subscribe)
         .timeout(seed.call_timeout)
         .await
-        .map_err(|e| format!("subscribing to candles: market data did not answer: {e}"))?;
+        .map_err(|e| AccountError::other(format!("subscribing to candles: market data did not answer: {e}")))?;
     Ok((state, report))
 }
 

@@ -98,6 +98,12 @@ pub trait Exchange: Send + Sync + fmt::Debug {
         false
     }
 
+    /// How far `server_time_ms` may be from the exchange's own clock now (exchange ms), when it is
+    /// an estimate; 0 when unknown or exact.
+    fn clock_error_ms(&self) -> i64 {
+        0
+    }
+
     async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError>;
 
     /// The most recent candles, oldest first. The last one may still be forming: callers keep

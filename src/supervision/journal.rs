@@ -59,6 +59,8 @@ pub enum EventKind {
     Restarting,
     Restarted,
     Quarantined,
+    /// The exchange refused the user's credentials; not restarted until an operator fixes them.
+    Halted,
     Escalated,
     Stopped,
 }
@@ -71,6 +73,7 @@ impl EventKind {
             EventKind::Restarting => "restarting",
             EventKind::Restarted => "restarted",
             EventKind::Quarantined => "quarantined",
+            EventKind::Halted => "halted",
             EventKind::Escalated => "escalated",
             EventKind::Stopped => "stopped",
         }
@@ -86,6 +89,8 @@ pub enum ChildState {
     Running,
     Restarting,
     Quarantined,
+    /// The exchange refused the user's credentials.
+    Halted,
     Escalated,
     Stopped,
 }
@@ -97,6 +102,7 @@ impl ChildState {
             ChildState::Running => "running",
             ChildState::Restarting => "restarting",
             ChildState::Quarantined => "quarantined",
+            ChildState::Halted => "halted",
             ChildState::Escalated => "escalated",
             ChildState::Stopped => "stopped",
         }
@@ -240,6 +246,7 @@ impl SupervisionJournal {
                 EventKind::Crashed => None,
                 EventKind::Restarting => Some(ChildState::Restarting),
                 EventKind::Quarantined => Some(ChildState::Quarantined),
+                EventKind::Halted => Some(ChildState::Halted),
                 EventKind::Escalated => Some(ChildState::Escalated),
                 EventKind::Stopped => Some(ChildState::Stopped),
             };
@@ -349,7 +356,7 @@ impl SupervisionJournal {
             EventKind::Crashed | EventKind::Restarting => {
                 tracing::warn!(target: "supervisor", actor, user, incarnation, backoff_ms = event.backoff_ms, "{kind}: {reason}")
             }
-            EventKind::Quarantined | EventKind::Escalated => {
+            EventKind::Quarantined | EventKind::Halted | EventKind::Escalated => {
                 tracing::error!(target: "supervisor", actor, user, incarnation, "{kind}: {reason}")
             }
         }

@@ -47,6 +47,9 @@ pub struct UserSupervisor {
     last_failure: Option<String>,
     journal: SharedJournal,
     quarantined: bool,
+    /// Set when the trader reports that the exchange refuses the user's credentials; the trader
+    /// then stops and is not restarted.
+    halted: bool,
     shutting_down: bool,
     /// Answered when the trader has stopped during shutdown.
     stopped_waiters: Vec<oneshot::Sender<()>>,
@@ -71,6 +74,7 @@ impl UserSupervisor {
             last_failure: None,
             journal,
             quarantined: false,
+            halted: false,
             shutting_down: false,
             stopped_waiters: Vec::new(),
         }
@@ -123,6 +127,13 @@ impl Handler<TraderExited> for UserSupervisor {
             return;
         }
         self.child = None;
+        if self.halted {
+            // The halted trader stopped itself; it stays down (and stays "halted" in the status).
+            for waiter in self.stopped_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            return;
+        }
         if self.shutting_down {
             self.event(EventKind::Stopped, Some("shutdown".to_owned()), None);
             for waiter in self.stopped_waiters.drain(..) {
@@ -175,6 +186,10 @@ impl Handler<TraderReport> for UserSupervisor {
             TraderReport::Failed { incarnation, reason } if incarnation == self.incarnation => {
                 self.last_failure = Some(format!("start-up failed: {reason}"));
             }
+            TraderReport::Halted { incarnation, reason } if incarnation == self.incarnation => {
+                self.halted = true;
+                self.event(EventKind::Halted, Some(reason), None);
+            }
             _ => {}
         }
     }
@@ -186,7 +201,7 @@ impl Handler<Shutdown> for UserSupervisor {
     fn handle(&mut self, message: Shutdown, _: &mut Context<Self>) -> Self::Result {
         self.shutting_down = true;
         let Some(child) = self.child.clone() else {
-            if !self.quarantined {
+            if !self.quarantined && !self.halted {
                 self.event(EventKind::Stopped, Some("shutdown".to_owned()), None);
             }
             return Box::pin(async {});

@@ -60,6 +60,37 @@ pub struct AccountSnapshot {
     pub fetched_at_ms: i64,
 }
 
+/// Why the account could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountError {
+    pub detail: String,
+    /// The exchange refused the account's credentials (-2014, -2015, 401, a bad signature):
+    /// nothing will work until an operator fixes them.
+    pub credentials_refused: bool,
+}
+
+impl AccountError {
+    pub fn other(detail: impl Into<String>) -> Self {
+        Self { detail: detail.into(), credentials_refused: false }
+    }
+
+    /// The same error with what was being done in front of its detail.
+    pub fn context(self, doing: impl std::fmt::Display) -> Self {
+        Self { detail: format!("{doing}: {}", self.detail), ..self }
+    }
+}
+
+impl std::fmt::Display for AccountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// Why an account whose credentials the exchange refuses is halted (status and journal show this).
+pub fn halt_reason(detail: &str) -> String {
+    format!("the exchange refuses this account's credentials ({detail}); trading halted until an operator fixes them")
+}
+
 /// How placing an intent ended, from the trader's point of view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlacementOutcome {
@@ -70,13 +101,15 @@ pub enum PlacementOutcome {
     /// The intent was committed but the router could not be reached or did not answer; the order
     /// may exist and will be resolved by its client order id.
     Unconfirmed { reason: String },
+    /// The exchange refused the account's credentials; the order was recorded as rejected.
+    CredentialsRefused { detail: String },
 }
 
 /// Inputs to the core.
 #[derive(Debug, Clone)]
 pub enum TraderEvent {
     CandleClosed { symbol: Symbol, timeframe: Timeframe, candles: Result<Arc<[Candle]>, String> },
-    AccountSynced { slot: usize, iteration: u64, result: Result<AccountSnapshot, String> },
+    AccountSynced { slot: usize, iteration: u64, result: Result<AccountSnapshot, AccountError> },
     PlacementFinished { slot: usize, client_order_id: ClientOrderId, outcome: PlacementOutcome },
 }
 
@@ -95,6 +128,10 @@ pub enum TraderCommand {
     },
     Record(DecisionRecord),
     SavePosition(PositionRecord),
+    /// Stop trading this account: the exchange refuses its credentials.
+    Halt {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +183,8 @@ pub struct TraderCore {
     last_intent_seq: u64,
     /// Sync requests issued (stale answers carry an older number and are ignored).
     iteration: u64,
+    /// Set when the exchange refuses the account's credentials; from then on nothing is decided.
+    halted: Option<String>,
 }
 
 impl TraderCore {
@@ -161,7 +200,7 @@ impl TraderCore {
                 last_candle_close_ms: None,
             })
             .collect();
-        Self { user, slots, limits, last_intent_seq: 0, iteration: 0 }
+        Self { user, slots, limits, last_intent_seq: 0, iteration: 0, halted: None }
     }
 
     /// Reloads what a previous incarnation left in the database.
@@ -197,7 +236,14 @@ impl TraderCore {
         self.slots.iter().map(|s| (s.spec.symbol.clone(), s.spec.timeframe)).collect()
     }
 
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.as_deref()
+    }
+
     pub fn process(&mut self, event: TraderEvent, now_ms: i64) -> Vec<TraderCommand> {
+        if self.halted.is_some() {
+            return Vec::new();
+        }
         match event {
             TraderEvent::CandleClosed { symbol, timeframe, candles } => {
                 let matching: Vec<usize> = (0..self.slots.len())
@@ -255,7 +301,7 @@ impl TraderCore {
         &mut self,
         slot_index: usize,
         iteration: u64,
-        result: Result<AccountSnapshot, String>,
+        result: Result<AccountSnapshot, AccountError>,
         now_ms: i64,
     ) -> Vec<TraderCommand> {
         let Some(slot) = self.slots.get_mut(slot_index) else { return Vec::new() };
@@ -268,6 +314,7 @@ impl TraderCore {
         slot.phase = Phase::Idle;
         let snapshot = match result {
             Ok(snapshot) => snapshot,
+            Err(error) if error.credentials_refused => return self.halt(slot_index, now_ms, error.detail),
             Err(error) => {
                 return vec![self.skipped(
                     slot_index,
@@ -460,6 +507,11 @@ impl TraderCore {
                 slot.active_order = Some(client_order_id.clone());
                 ("order_unknown", format!("order {client_order_id} unconfirmed, resolving by client id: {reason}"))
             }
+            PlacementOutcome::CredentialsRefused { detail } => {
+                let detail = detail.clone();
+                slot.active_order = None;
+                return self.halt(slot_index, now_ms, detail);
+            }
         };
         let record = DecisionRecord {
             user: self.user.clone(),
@@ -476,6 +528,16 @@ impl TraderCore {
             counts_as_decision: false,
         };
         vec![TraderCommand::Record(record), TraderCommand::SavePosition(self.position_record(slot_index))]
+    }
+
+    /// Stops all trading of this account: the exchange refuses its credentials.
+    fn halt(&mut self, slot_index: usize, now_ms: i64, detail: String) -> Vec<TraderCommand> {
+        let reason = halt_reason(&detail);
+        self.halted = Some(reason.clone());
+        for slot in &mut self.slots {
+            slot.phase = Phase::Idle;
+        }
+        vec![self.skipped(slot_index, None, now_ms, format!("halted: {reason}")), TraderCommand::Halt { reason }]
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -140,6 +140,7 @@ impl Harness {
     }
 
     fn synced(&mut self, iteration: u64, result: Result<AccountSnapshot, String>) -> Vec<TraderCommand> {
+        let result = result.map_err(AccountError::other);
         self.core.process(TraderEvent::AccountSynced { slot: 0, iteration, result }, NOW_MS)
     }
 
@@ -522,4 +523,48 @@ fn entries_in_flight_on_other_symbols_count_against_the_position_limit() {
     );
     assert!(placed(&blocked).is_empty(), "{blocked:?}");
     assert!(records(&blocked).iter().any(|r| r.outcome == "blocked" && r.reason.starts_with("RES-POSITION-LIMIT")));
+}
+
+#[test]
+fn refused_credentials_halt_the_account_with_the_reason() {
+    let mut h = harness();
+    let iteration = h.candle_expecting_sync();
+    let refused =
+        AccountError { detail: "authentication refused: -2015: Invalid API-key".into(), credentials_refused: true };
+    let commands = h.core.process(TraderEvent::AccountSynced { slot: 0, iteration, result: Err(refused) }, NOW_MS);
+    let reason = commands
+        .iter()
+        .find_map(|c| if let TraderCommand::Halt { reason } = c { Some(reason.clone()) } else { None })
+        .unwrap();
+    assert!(reason.contains("-2015") && reason.contains("trading halted"), "{reason}");
+    assert!(records(&commands).iter().any(|r| r.reason.starts_with("halted: ")));
+    assert_eq!(h.core.halted(), Some(reason.as_str()));
+    // Nothing more is decided, whatever arrives.
+    assert!(h.candle().is_empty());
+    let placement = h.core.process(
+        TraderEvent::PlacementFinished {
+            slot: 0,
+            client_order_id: ClientOrderId::for_intent(&user(), 1),
+            outcome: PlacementOutcome::CredentialsRefused { detail: "x".into() },
+        },
+        NOW_MS,
+    );
+    assert!(placement.is_empty());
+}
+
+#[test]
+fn a_refused_order_halts_the_account_too() {
+    let mut h = harness();
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    let id = placed(&commands)[0].client_order_id.clone();
+    let refused = h.core.process(
+        TraderEvent::PlacementFinished {
+            slot: 0,
+            client_order_id: id,
+            outcome: PlacementOutcome::CredentialsRefused { detail: "-2015".into() },
+        },
+        NOW_MS,
+    );
+    assert!(refused.iter().any(|c| matches!(c, TraderCommand::Halt { .. })));
+    assert!(h.core.halted().is_some());
 }

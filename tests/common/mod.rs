@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -295,6 +295,8 @@ pub struct ScriptedExchange {
     pub lagging_fill_reads: Mutex<u32>,
     /// The next this-many cancels fail (the exchange refuses them).
     pub failing_cancels: Mutex<u32>,
+    /// Accounts whose credentials the exchange refuses (-2015 on every signed request).
+    pub refused_accounts: Mutex<HashSet<UserId>>,
 }
 
 impl ScriptedExchange {
@@ -306,7 +308,22 @@ impl ScriptedExchange {
             panic_on_klines: false,
             lagging_fill_reads: Mutex::new(0),
             failing_cancels: Mutex::new(0),
+            refused_accounts: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// From now on the exchange refuses `account`'s credentials (a revoked API key).
+    pub fn revoke(&self, account: &UserId) {
+        self.refused_accounts.lock().unwrap().insert(account.clone());
+    }
+
+    fn check_credentials(&self, account: &UserId) -> Result<(), ExchangeError> {
+        if self.refused_accounts.lock().unwrap().contains(account) {
+            return Err(ExchangeError::Auth {
+                detail: "code -2015: Invalid API-key, IP, or permissions for action.".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -331,12 +348,15 @@ impl Exchange for ScriptedExchange {
         self.inner.klines(symbol, timeframe, limit).await
     }
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
+        self.check_credentials(account)?;
         self.inner.position(account, symbol).await
     }
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
+        self.check_credentials(account)?;
         self.inner.balance(account).await
     }
     async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
+        self.check_credentials(account)?;
         self.attempts.lock().unwrap().push(request.client_order_id.clone());
         let fault = self.script.lock().unwrap().pop_front();
         match fault {
@@ -358,6 +378,7 @@ impl Exchange for ScriptedExchange {
         symbol: &Symbol,
         id: &ClientOrderId,
     ) -> Result<Option<ExchangeOrder>, ExchangeError> {
+        self.check_credentials(account)?;
         self.inner.order_by_client_id(account, symbol, id).await
     }
     async fn cancel_order(
@@ -366,6 +387,7 @@ impl Exchange for ScriptedExchange {
         symbol: &Symbol,
         id: &ClientOrderId,
     ) -> Result<ExchangeOrder, ExchangeError> {
+        self.check_credentials(account)?;
         {
             let mut failing = self.failing_cancels.lock().unwrap();
             if *failing > 0 {
@@ -380,12 +402,15 @@ impl Exchange for ScriptedExchange {
         account: &UserId,
         symbol: Option<&Symbol>,
     ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+        self.check_credentials(account)?;
         self.inner.open_orders(account, symbol).await
     }
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
+        self.check_credentials(account)?;
         self.inner.fills(account, symbol, since_ms).await
     }
     async fn order_fills(&self, account: &UserId, symbol: &Symbol, id: &str) -> Result<Vec<Fill>, ExchangeError> {
+        self.check_credentials(account)?;
         {
             let mut lagging = self.lagging_fill_reads.lock().unwrap();
             if *lagging > 0 {

@@ -405,6 +405,11 @@ impl Exchange for BinanceClient {
         "binance"
     }
 
+    fn clock_error_ms(&self) -> i64 {
+        let local_ms = self.inner.local.now_ms();
+        self.inner.clock.lock().error_ms(local_ms).unwrap_or(0)
+    }
+
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.on_io(Effect::Read, |inner| Box::pin(async move { inner.exchange_now_ms().await })).await
     }
