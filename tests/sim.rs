@@ -153,18 +153,21 @@ impl Drop for Sim {
     }
 }
 
-/// Runs bulwark for `seconds` against the simulator (in the background while the test acts).
-fn run_bulwark(config: &Path, users: usize, seconds: u64) -> Child {
+/// `bulwark <args> --config <config>` with every user's key and secret in the environment.
+fn bulwark_command(args: &[&str], config: &Path, users: usize) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bulwark"));
-    command
-        .args(["run", "--duration", &seconds.to_string(), "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    command.args(args).arg("--config").arg(config);
     for i in 1..=users {
         let user = format!("u{i}");
         command.env(format!("SIM_KEY_{i}"), key(&user)).env(format!("SIM_SECRET_{i}"), secret(&user));
     }
+    command
+}
+
+/// Runs bulwark for `seconds` against the simulator (in the background while the test acts).
+fn run_bulwark(config: &Path, users: usize, seconds: u64) -> Child {
+    let mut command = bulwark_command(&["run", "--duration", &seconds.to_string()], config, users);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
     command.spawn().expect("bulwark runs")
 }
 
@@ -174,12 +177,8 @@ fn run_bulwark(config: &Path, users: usize, seconds: u64) -> Child {
 /// since it was sent, and the server has already stopped sending.
 async fn reconcile(config: &Path, users: usize) {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bulwark"));
-    command.args(["reconcile", "--config"]).arg(config).stderr(Stdio::null());
-    for i in 1..=users {
-        let user = format!("u{i}");
-        command.env(format!("SIM_KEY_{i}"), key(&user)).env(format!("SIM_SECRET_{i}"), secret(&user));
-    }
+    let mut command = bulwark_command(&["reconcile"], config, users);
+    command.stderr(Stdio::null());
     let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
     assert!(output.status.success(), "reconcile: {}", String::from_utf8_lossy(&output.stdout));
     eprint!("{}", String::from_utf8_lossy(&output.stdout));
@@ -450,4 +449,79 @@ async fn a_418_ban_stops_every_request_until_it_ends() {
         klines_after > klines_at_ban + during,
         "requests resumed after the ban: {klines_after} klines requests, {klines_at_ban} when it began, {during} while banned"
     );
+}
+
+/// Every file under `dir`, as bytes, with its path.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn keys_never_leak_and_a_refused_secret_halts_only_that_user() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 2, 200, ""), 11);
+    let config = client_config(dir.path(), &sim.url, 2, 5_000, 5_000);
+    let wrong_secret = "wrong-secret-of-u2-a1b2c3";
+    let mut command = bulwark_command(&["run", "--duration", "4"], &config, 2);
+    command.env("SIM_SECRET_2", wrong_secret);
+    let run = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    assert!(run.status.success(), "bulwark run: {}", String::from_utf8_lossy(&run.stderr));
+    let status = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || bulwark_command(&["status"], &config, 2).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
+    let u2_lines: Vec<&str> = status_text.lines().skip_while(|l| !l.starts_with("u2 ")).take(3).collect();
+    assert!(u2_lines[0].contains("halted"), "{status_text}");
+    assert!(
+        u2_lines.iter().any(|l| l.contains("refuses this account's credentials") && l.contains("-1022")),
+        "{status_text}"
+    );
+    let u1_line = status_text.lines().find(|l| l.starts_with("u1 ")).unwrap();
+    assert!(!u1_line.contains("halted"), "u1 was not halted: {status_text}");
+    assert!(
+        Store::open_read_only(&dir.path().join("data/bulwark.db"))
+            .unwrap()
+            .fill_count(&UserId::new("u1").unwrap())
+            .unwrap()
+            > 0,
+        "u1 traded"
+    );
+
+    // No key and no secret, right or wrong, anywhere bulwark wrote: its output, status, logs, database.
+    let secrets = [key("u1"), secret("u1"), key("u2"), secret("u2"), wrong_secret.to_owned()];
+    let mut written = vec![
+        (PathBuf::from("<bulwark run stdout>"), run.stdout),
+        (PathBuf::from("<bulwark run stderr>"), run.stderr),
+        (PathBuf::from("<bulwark status>"), status.stdout),
+    ];
+    written.extend(files_under(&dir.path().join("logs")));
+    written.extend(files_under(&dir.path().join("data")));
+    for expected in ["logs/bulwark.log", "logs/supervisor.jsonl", "data/bulwark.db"] {
+        assert!(
+            written.iter().any(|(path, bytes)| path.ends_with(expected) && !bytes.is_empty()),
+            "{expected} was written"
+        );
+    }
+    for (path, bytes) in &written {
+        for secret_text in &secrets {
+            assert!(!contains(bytes, secret_text), "{} contains {secret_text:?}", path.display());
+        }
+    }
 }
