@@ -293,8 +293,10 @@ enum StopReason {
 }
 
 /// `bulwark reconcile`: for every user, resolve every unresolved order by its client order id and
-/// cancel orphan orders, exactly as a trader does when it starts, then exit. It trades nothing.
-/// Refuses to run while a server holds the database.
+/// cancel orphan orders, as a trader does when it starts, then exit. It sends no order: an order
+/// whose outcome is unknown is looked up (waiting, within a bound, for its receive window to close)
+/// and, if the exchange never had it, recorded as never placed. Refuses to run while a server
+/// holds the database.
 pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<ReconcileReport, String>)>> {
     let database_path = config.database_path();
     std::fs::create_dir_all(&config.server.data_dir)
@@ -318,25 +320,63 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
             |_| {},
         );
         directory.set_persistence(Some(persistence.clone()));
+        // No resubmission: with no trader running, an order sent now would be a position nobody
+        // manages. An order not found once its window closed is recorded as never placed. No grace
+        // for committed-but-unsent intents either: the lock proves no server can still send them.
         let settings = RouterSettings {
             recv_window_ms: config.exchange.recv_window_ms,
             exchange_timeout: config.exchange.timeout * 4 + Duration::from_secs(70),
+            resubmissions_max: 0,
+            pending_grace_ms: 0,
             ..RouterSettings::default()
         };
+        // Orders whose receive window is still open (or committed moments ago) cannot be resolved
+        // yet: pass again until they can, within a bound.
+        let wait_ms_max = (settings.recv_window_ms + settings.clock_skew_margin_ms).max(settings.pending_grace_ms)
+            + config.exchange.timeout.as_millis() as i64;
         let router_directory = directory.clone();
         let router = spawn_watched(
             &router_arbiter.handle(),
             SHARED_MAILBOX_CAPACITY,
-            move || OrderRouter::new(exchange, router_directory, clock, settings),
+            move || OrderRouter::new(exchange, router_directory, clock.clone(), settings),
             |_| {},
         );
-        let mut reports = Vec::new();
-        for user in user_ids {
-            let report = match router.send(ReconcileUser { user: user.clone() }).await {
-                Ok(report) => report.map_err(|e| e.to_string()),
-                Err(error) => Err(format!("order router did not answer: {error}")),
-            };
-            reports.push((user, report));
+        let started = tokio::time::Instant::now();
+        let mut reports: Vec<(UserId, Result<ReconcileReport, String>)> = Vec::new();
+        let mut pending_users = user_ids;
+        loop {
+            let mut waiting = Vec::new();
+            for user in pending_users {
+                let report = match router.send(ReconcileUser { user: user.clone() }).await {
+                    Ok(report) => report.map_err(|e| e.to_string()),
+                    Err(error) => Err(format!("order router did not answer: {error}")),
+                };
+                let merged = match (reports.iter().position(|(u, _)| *u == user), report) {
+                    (Some(index), Ok(later)) => {
+                        let earlier = std::mem::replace(&mut reports[index].1, Ok(ReconcileReport::default()));
+                        reports[index].1 = earlier.map(|e| e.followed_by(later));
+                        index
+                    }
+                    (Some(index), Err(error)) => {
+                        reports[index].1 = Err(error);
+                        index
+                    }
+                    (None, report) => {
+                        reports.push((user.clone(), report));
+                        reports.len() - 1
+                    }
+                };
+                if reports[merged].1.as_ref().is_ok_and(|r| r.waiting_orders() > 0) {
+                    waiting.push(user);
+                }
+            }
+            let waited_ms = started.elapsed().as_millis() as i64;
+            if waiting.is_empty() || waited_ms >= wait_ms_max {
+                break;
+            }
+            tracing::info!(users = ?waiting, waited_ms, wait_ms_max, "reconcile: orders still inside their receive window; passing again in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pending_users = waiting;
         }
         let _ = persistence.send(crate::actors::persistence::Run::new(|store| store.checkpoint())).await;
         System::current().stop();

@@ -119,6 +119,35 @@ pub struct ReconcileReport {
     pub external_orders: usize,
 }
 
+impl ReconcileReport {
+    /// Orders that a later pass may still resolve: their outcome is unknown until the receive
+    /// window closes, or they were committed moments ago. (Open orders are resolved: they are live.)
+    pub fn waiting_orders(&self) -> usize {
+        self.resolved
+            .iter()
+            .filter(|(_, state)| matches!(state, OrderState::Pending | OrderState::Sending | OrderState::Unknown))
+            .count()
+    }
+
+    /// This pass followed by a `later` one over the same user: the newest state of each order, every
+    /// orphan cancelled, and what the later pass still found.
+    pub fn followed_by(mut self, later: ReconcileReport) -> ReconcileReport {
+        for (client_order_id, state) in later.resolved {
+            match self.resolved.iter_mut().find(|(id, _)| *id == client_order_id) {
+                Some(entry) => entry.1 = state,
+                None => self.resolved.push((client_order_id, state)),
+            }
+        }
+        self.orphans_cancelled.extend(later.orphans_cancelled);
+        ReconcileReport {
+            resolved: self.resolved,
+            orphans_cancelled: self.orphans_cancelled,
+            cancel_failures: later.cancel_failures,
+            external_orders: later.external_orders,
+        }
+    }
+}
+
 /// What every router operation needs; cloned into each request's future so that no future
 /// borrows the actor.
 #[derive(Clone)]
@@ -600,4 +629,42 @@ async fn reconcile_user(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> ClientOrderId {
+        ClientOrderId::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_later_reconcile_pass_updates_states_and_keeps_what_was_done() {
+        let first = ReconcileReport {
+            resolved: vec![(id("bw-u1-1"), OrderState::Unknown), (id("bw-u1-2"), OrderState::Filled)],
+            orphans_cancelled: vec![id("bw-u1-9")],
+            cancel_failures: vec![(id("bw-u1-8"), "503".to_owned())],
+            external_orders: 1,
+        };
+        assert_eq!(first.waiting_orders(), 1);
+        let later = ReconcileReport {
+            resolved: vec![(id("bw-u1-1"), OrderState::NotPlaced), (id("bw-u1-3"), OrderState::Open)],
+            orphans_cancelled: vec![id("bw-u1-8")],
+            cancel_failures: Vec::new(),
+            external_orders: 1,
+        };
+        let merged = first.followed_by(later);
+        assert_eq!(
+            merged.resolved,
+            vec![
+                (id("bw-u1-1"), OrderState::NotPlaced),
+                (id("bw-u1-2"), OrderState::Filled),
+                (id("bw-u1-3"), OrderState::Open)
+            ]
+        );
+        assert_eq!(merged.orphans_cancelled, vec![id("bw-u1-9"), id("bw-u1-8")]);
+        assert!(merged.cancel_failures.is_empty(), "the later pass cancelled it");
+        assert_eq!(merged.waiting_orders(), 0, "an open order is live, not waiting");
+    }
 }
