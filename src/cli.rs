@@ -1,4 +1,4 @@
-//! The command line: `bulwark run | status | check-config`. Thin: parse, load the config, call the
+//! The command line: `bulwark run | status | reconcile | sim | check-config`. Thin: parse, load the config, call the
 //! library, map the outcome to an exit code.
 //!
 //! Exit codes: 0 success; 1 a runtime error (including "another server holds this database");
@@ -35,6 +35,7 @@ pub enum Command {
     },
     /// Print each user's state from the database and logs (works while the server runs).
     Status {
+        /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
         /// Machine-readable output.
@@ -42,8 +43,10 @@ pub enum Command {
         json: bool,
     },
     /// Resolve every unresolved order by its client order id and cancel orphan orders, for every
-    /// user, as a trader does when it starts; trades nothing. Refused while a server runs.
+    /// user, as a trader does when it starts. Sends no order; waits (bounded) for open receive
+    /// windows to close. Refused while a server runs.
     Reconcile {
+        /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
@@ -62,6 +65,7 @@ pub enum Command {
     },
     /// Validate a config: prints `config ok`, or every problem and exits 2.
     CheckConfig {
+        /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },

@@ -235,15 +235,30 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             Ok(Arc::new(exchange))
         }
         VenueConfig::Binance(binance) => {
-            let mut credentials = BTreeMap::new();
+            // A user whose variables are not set is halted with the reason (its signed requests
+            // fail as refused credentials); the others trade. With no user able to sign, nothing
+            // could trade at all: refuse to start, naming every variable.
+            let (mut credentials, mut credentials_missing) = (BTreeMap::new(), BTreeMap::new());
             for user in &config.users {
                 let (Some(key_env), Some(secret_env)) = (&user.api_key_env, &user.api_secret_env) else {
                     anyhow::bail!("user {} has no api_key_env / api_secret_env", user.id);
                 };
-                let api_key = crate::secret::from_env(key_env).map_err(|e| anyhow::anyhow!("user {}: {e}", user.id))?;
-                let api_secret =
-                    crate::secret::from_env(secret_env).map_err(|e| anyhow::anyhow!("user {}: {e}", user.id))?;
-                credentials.insert(user.id.clone(), Credentials { api_key, api_secret });
+                match (crate::secret::from_env(key_env), crate::secret::from_env(secret_env)) {
+                    (Ok(api_key), Ok(api_secret)) => {
+                        credentials.insert(user.id.clone(), Credentials { api_key, api_secret });
+                    }
+                    (key, secret) => {
+                        let why: Vec<String> = [key.err(), secret.err()].into_iter().flatten().collect();
+                        let why = why.join("; ");
+                        tracing::error!(user = %user.id, %why, "credentials missing: this user will be halted");
+                        credentials_missing.insert(user.id.clone(), why);
+                    }
+                }
+            }
+            if credentials.is_empty() && !credentials_missing.is_empty() {
+                let every: Vec<String> =
+                    credentials_missing.iter().map(|(user, why)| format!("{user}: {why}")).collect();
+                anyhow::bail!("no user has API credentials ({})", every.join("; "));
             }
             let settings = BinanceSettings {
                 base_url: binance.base_url.clone(),
@@ -251,6 +266,7 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
                 timeout: config.exchange.timeout,
                 weight_limit_per_minute: binance.weight_limit_per_minute,
                 credentials,
+                credentials_missing,
             };
             let client = BinanceClient::new(settings, clock).map_err(anyhow::Error::msg)?;
             Ok(Arc::new(client))

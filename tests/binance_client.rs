@@ -33,6 +33,7 @@ fn client(server: &MockServer, timeout_ms: u64) -> BinanceClient {
         timeout: Duration::from_millis(timeout_ms),
         weight_limit_per_minute: 2_400,
         credentials,
+        credentials_missing: BTreeMap::new(),
     };
     BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
 }
@@ -175,6 +176,7 @@ async fn a_refused_connection_executed_nothing() {
         timeout: Duration::from_millis(500),
         weight_limit_per_minute: 2_400,
         credentials: BTreeMap::new(),
+        credentials_missing: BTreeMap::new(),
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let result = client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await;
@@ -308,4 +310,37 @@ async fn secrets_never_appear_in_errors_or_debug_output() {
     let server = MockServer::start().await;
     let debug = format!("{:?}", client(&server, 100));
     assert!(!debug.contains(KEY) && !debug.contains(SECRET), "{debug}");
+}
+
+#[tokio::test]
+async fn a_user_without_credentials_is_refused_before_anything_is_sent() {
+    let server = MockServer::start().await;
+    mount_time(&server).await;
+    Mock::given(method("GET"))
+        .and(path("/fapi/v3/balance"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let settings = BinanceSettings {
+        base_url: server.uri().parse().unwrap(),
+        recv_window_ms: 5_000,
+        timeout: Duration::from_millis(2_000),
+        weight_limit_per_minute: 2_400,
+        credentials: BTreeMap::new(),
+        credentials_missing: BTreeMap::from([(user(), "environment variable U1_SECRET is not set".to_owned())]),
+    };
+    let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
+    let refused = client.balance(&user()).await;
+    assert!(
+        matches!(&refused, Err(ExchangeError::Auth { detail }) if detail.contains("U1_SECRET is not set")),
+        "{refused:?}"
+    );
+    // Public data still works for everyone.
+    Mock::given(method("GET"))
+        .and(path("/fapi/v1/klines"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&server)
+        .await;
+    assert!(client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await.unwrap().is_empty());
 }

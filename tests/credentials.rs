@@ -45,7 +45,7 @@ async fn a_key_revoked_while_trading_halts_that_user_only() {
     assert!(skipped.reason.contains("halted") && skipped.reason.contains("-2015"), "{}", skipped.reason);
     let halted = tree.wait_supervision("u2 to be halted", |e| is_halt_of(e, "u2")).await;
     let reason = halted.reason.clone().unwrap_or_default();
-    assert!(reason.contains("refuses this account's credentials") && reason.contains("-2015"), "{reason}");
+    assert!(reason.contains("no usable API credentials") && reason.contains("-2015"), "{reason}");
 
     // The others keep trading; u2 decides nothing more and is never restarted.
     let decisions_before = tree.store().user_statuses().unwrap();

@@ -122,9 +122,9 @@ impl Trader {
         ctx.stop();
     }
 
-    /// The exchange refuses this account's credentials: stop taking candles, tell the supervisor
-    /// (which records the user as halted and does not restart it), and stop. Orders already sent
-    /// stay in the database for the next start to resolve.
+    /// The account has no usable credentials (refused by the exchange, or missing): stop taking
+    /// candles, tell the supervisor (which records the user as halted and does not restart it), and
+    /// stop. Orders already sent stay in the database for the next start to resolve.
     fn halt(&mut self, ctx: &mut Context<Self>, reason: String) {
         tracing::error!(user = %self.seed.user, incarnation = self.incarnation, %reason, "trader: halted");
         if let Ok(market_data) = self.seed.directory.market_data() {

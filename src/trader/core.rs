@@ -88,7 +88,7 @@ impl std::fmt::Display for AccountError {
 
 /// Why an account whose credentials the exchange refuses is halted (status and journal show this).
 pub fn halt_reason(detail: &str) -> String {
-    format!("the exchange refuses this account's credentials ({detail}); trading halted until an operator fixes them")
+    format!("no usable API credentials for this account ({detail}); trading halted until an operator fixes them")
 }
 
 /// How placing an intent ended, from the trader's point of view.

@@ -66,6 +66,9 @@ pub struct BinanceSettings {
     /// Until exchangeInfo says otherwise.
     pub weight_limit_per_minute: u32,
     pub credentials: BTreeMap<UserId, Credentials>,
+    /// Users whose credentials could not be read, with why (an environment variable not set):
+    /// their signed requests fail as `Auth` with this reason, which halts only them.
+    pub credentials_missing: BTreeMap<UserId, String>,
 }
 
 /// Requests sent and weight used, for logs and tests.
@@ -281,12 +284,18 @@ impl Inner {
 
     /// Sends one request (no retry) and returns the body of a 2xx answer.
     async fn send(&self, call: Call) -> Result<String, ExchangeError> {
+        let credentials = match &call.account {
+            Some(account) => Some(self.settings.credentials.get(account).ok_or_else(|| ExchangeError::Auth {
+                detail: match self.settings.credentials_missing.get(account) {
+                    Some(why) => format!("no API credentials for user {account}: {why}"),
+                    None => format!("no API credentials configured for user {account}"),
+                },
+            })?),
+            None => None,
+        };
         self.admit(call.weight).await?;
-        let signing = match &call.account {
-            Some(account) => {
-                let credentials = self.settings.credentials.get(account).ok_or_else(|| ExchangeError::Auth {
-                    detail: format!("no API credentials configured for user {account}"),
-                })?;
+        let signing = match credentials {
+            Some(credentials) => {
                 let timestamp_ms = Box::pin(self.exchange_now_ms()).await?;
                 Some((credentials.clone(), timestamp_ms))
             }
