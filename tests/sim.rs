@@ -133,6 +133,21 @@ impl Sim {
         self.get("/sim/stats").await["requests"][endpoint].as_u64().unwrap_or(0)
     }
 
+    /// Waits until the simulator's market has moved `candles` 5-minute candles on from now (the
+    /// paper engine fills a market order on the candle after it arrives).
+    async fn wait_candles(&self, candles: i64) {
+        let market_ms = || async { self.get("/sim/stats").await["market_time_ms"].as_i64().unwrap() };
+        let until_ms = market_ms().await + candles * 300_000;
+        let waiting = async {
+            while market_ms().await < until_ms {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(WAIT_GUARD, waiting).await.is_err() {
+            panic!("the simulator's market did not move {candles} candles within {WAIT_GUARD:?}");
+        }
+    }
+
     /// Waits until the simulator has seen at least `count` requests to `endpoint`.
     async fn wait_requests(&self, endpoint: &str, count: u64) {
         let waiting = async {
@@ -172,8 +187,10 @@ fn run_bulwark(config: &Path, users: usize, seconds: u64) -> Child {
 }
 
 /// Has `bulwark reconcile` resolve every order left unresolved when the server stopped (it sends
-/// no order; it waits for open receive windows to close by itself).
-async fn reconcile(config: &Path, users: usize) {
+/// no order; it waits for open receive windows to close by itself), once the market has moved on
+/// far enough for the last market orders to have filled.
+async fn reconcile(sim: &Sim, config: &Path, users: usize) {
+    sim.wait_candles(2).await;
     let mut command = bulwark_command(&["reconcile"], config, users);
     command.stderr(Stdio::null());
     let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
@@ -354,7 +371,7 @@ async fn lost_responses_and_hangs_never_duplicate_an_order_and_every_intent_reso
     // Faults off; a restarted server resumes, then whatever is left in flight is resolved.
     sim.faults(json!({})).await;
     finish(run_bulwark(&config, 4, 3)).await;
-    reconcile(&config, 4).await;
+    reconcile(&sim, &config, 4).await;
     let (intents, fills) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
     eprintln!("SEED={seed}: {intents} intents, {fills} fills, all resolved, none twice");
     assert!(intents >= 10, "SEED={seed}: enough orders to mean something ({intents})");
@@ -396,7 +413,7 @@ async fn every_fault_type_in_turn_leaves_the_invariants_intact() {
     }
     sim.faults(json!({})).await;
     finish(bulwark).await;
-    reconcile(&config, 4).await;
+    reconcile(&sim, &config, 4).await;
     let (intents, _) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
     assert!(intents >= 10, "SEED={seed}: {intents} intents");
 }
