@@ -322,7 +322,11 @@ async fn a_signed_round_trip_works_and_a_wrong_secret_is_refused() {
     assert_eq!(good.open_orders(&user, Some(&xrp)).await.unwrap().len(), 1);
     let cancelled = good.cancel_order(&user, &xrp, &id).await.unwrap();
     assert_eq!(cancelled.status.as_str(), "CANCELED");
+    // A client order id is unique among open orders only: a cancelled order's id may be used again.
+    let again = good.create_order(&user, &request).await.unwrap();
+    assert_ne!(again.exchange_order_id, placed.exchange_order_id);
     assert!(matches!(good.create_order(&user, &request).await, Err(ExchangeError::Duplicate { code: -4116, .. })));
+    good.cancel_order(&user, &xrp, &id).await.unwrap();
     let balance = good.balance(&user).await.unwrap();
     assert_eq!(balance.wallet_balance, Decimal::from(10_000));
 

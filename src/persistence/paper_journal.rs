@@ -14,8 +14,9 @@ use crate::exchange::paper::market::MarketClock;
 use crate::exchange::paper::venue::{PaperOrder, PaperPosition, VenueChange, VenueSnapshot};
 use crate::persistence::{StoreError, configure_connection};
 
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE paper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE paper_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE paper_accounts (user_id TEXT PRIMARY KEY, wallet_balance TEXT NOT NULL);
      CREATE TABLE paper_positions (
          user_id TEXT NOT NULL, symbol TEXT NOT NULL, quantity TEXT NOT NULL, entry_price TEXT NOT NULL,
@@ -26,7 +27,17 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
      CREATE TABLE paper_fills (
          user_id TEXT NOT NULL, trade_id TEXT NOT NULL, time_ms INTEGER NOT NULL, body TEXT NOT NULL,
          PRIMARY KEY (user_id, trade_id));",
-)];
+    ),
+    // A client order id is unique only among open orders: orders are keyed by arrival sequence.
+    M::up(
+        "CREATE TABLE paper_orders_by_sequence (
+             sequence INTEGER PRIMARY KEY, user_id TEXT NOT NULL, client_order_id TEXT NOT NULL, body TEXT NOT NULL);
+         INSERT INTO paper_orders_by_sequence (sequence, user_id, client_order_id, body)
+             SELECT sequence, user_id, client_order_id, body FROM paper_orders;
+         DROP TABLE paper_orders;
+         ALTER TABLE paper_orders_by_sequence RENAME TO paper_orders;",
+    ),
+];
 
 /// Reads and writes the paper venue's state.
 #[derive(Debug)]
@@ -139,14 +150,14 @@ impl PaperJournal {
                     let body = serde_json::to_string(order).map_err(|e| corrupt("paper_orders", e))?;
                     transaction.execute(
                         "INSERT INTO paper_orders (user_id, client_order_id, sequence, body) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (user_id, client_order_id) DO UPDATE SET body = excluded.body",
+                         ON CONFLICT (sequence) DO UPDATE SET body = excluded.body",
                         params![user.as_str(), order.order.client_order_id.as_str(), order.sequence as i64, body],
                     )?;
                 }
-                VenueChange::OrderPruned { user, client_order_id } => {
+                VenueChange::OrderPruned { user, sequence } => {
                     transaction.execute(
-                        "DELETE FROM paper_orders WHERE user_id = ?1 AND client_order_id = ?2",
-                        params![user.as_str(), client_order_id.as_str()],
+                        "DELETE FROM paper_orders WHERE user_id = ?1 AND sequence = ?2",
+                        params![user.as_str(), *sequence as i64],
                     )?;
                 }
                 VenueChange::Fill { user, fill } => {

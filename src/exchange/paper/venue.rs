@@ -9,7 +9,8 @@
 //!   after it that trades through its price (at the open if the candle gaps through it).
 //! - Fees are the taker fee on the fill's notional. Realized PnL and fees move the wallet.
 //! - Orders are refused with Binance's error codes: unknown symbol (-1121), quantity or price off
-//!   the step or tick (-4023, -4014), duplicate client order id (-4116), notional below the minimum
+//!   the step or tick (-4023, -4014), a client order id already used by an *open* order (-4116: as
+//!   on Binance, a finished order's id may be used again), notional below the minimum
 //!   unless reduce-only (-4164), a reduce-only order that would not reduce (-2022), insufficient
 //!   margin (-2019), and a timestamp outside the receive window (-1021).
 //! - A reduce-only order that finds nothing to reduce when it fills expires without a fill.
@@ -63,13 +64,36 @@ pub struct PaperPosition {
 /// One change to durable venue state, for the journal.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VenueChange {
-    Account { user: UserId, wallet_balance: Decimal },
-    Position { user: UserId, symbol: Symbol, position: PaperPosition },
-    Order { user: UserId, order: PaperOrder },
-    OrderPruned { user: UserId, client_order_id: ClientOrderId },
-    Fill { user: UserId, fill: Fill },
-    FillPruned { user: UserId, trade_id: String },
-    Counters { next_sequence: u64, next_trade_id: u64 },
+    Account {
+        user: UserId,
+        wallet_balance: Decimal,
+    },
+    Position {
+        user: UserId,
+        symbol: Symbol,
+        position: PaperPosition,
+    },
+    Order {
+        user: UserId,
+        order: PaperOrder,
+    },
+    /// A finished order dropped from the books (by its arrival sequence).
+    OrderPruned {
+        user: UserId,
+        sequence: u64,
+    },
+    Fill {
+        user: UserId,
+        fill: Fill,
+    },
+    FillPruned {
+        user: UserId,
+        trade_id: String,
+    },
+    Counters {
+        next_sequence: u64,
+        next_trade_id: u64,
+    },
     Clock(MarketClock),
 }
 
@@ -100,10 +124,36 @@ pub struct VenueSnapshot {
 struct Account {
     wallet_balance: Decimal,
     positions: BTreeMap<Symbol, PaperPosition>,
-    orders: HashMap<ClientOrderId, PaperOrder>,
+    /// Every order kept, by arrival sequence. A client order id is unique only among open orders
+    /// (as on Binance): a finished order's id may be used again, so ids do not key this map.
+    orders: BTreeMap<u64, PaperOrder>,
+    /// The newest order with each client order id (what a query by client id answers).
+    by_client_id: HashMap<ClientOrderId, u64>,
     /// Finished orders, oldest first: pruned beyond [`PAPER_ORDERS_PER_ACCOUNT_MAX`].
-    finished: VecDeque<ClientOrderId>,
+    finished: VecDeque<u64>,
     fills: VecDeque<Fill>,
+}
+
+impl Account {
+    /// The newest order with this client order id.
+    fn newest(&self, client_order_id: &ClientOrderId) -> Option<&PaperOrder> {
+        self.by_client_id.get(client_order_id).and_then(|sequence| self.orders.get(sequence))
+    }
+
+    /// Stores an order (new, or a new version of one already kept).
+    fn keep(&mut self, order: PaperOrder) {
+        let newest = self.by_client_id.entry(order.order.client_order_id.clone()).or_insert(order.sequence);
+        *newest = (*newest).max(order.sequence);
+        self.orders.insert(order.sequence, order);
+    }
+
+    fn forget(&mut self, sequence: u64) {
+        if let Some(order) = self.orders.remove(&sequence)
+            && self.by_client_id.get(&order.order.client_order_id) == Some(&sequence)
+        {
+            self.by_client_id.remove(&order.order.client_order_id);
+        }
+    }
 }
 
 /// The matching engine.
@@ -114,7 +164,7 @@ pub struct PaperVenue {
     market: PaperMarket,
     accounts: BTreeMap<UserId, Account>,
     /// Working orders across accounts, by arrival sequence.
-    working: BTreeMap<u64, (UserId, ClientOrderId)>,
+    working: BTreeMap<u64, UserId>,
     next_sequence: u64,
     next_trade_id: u64,
     /// The forming candle at the last settlement: nothing can fill until the next one forms, so
@@ -172,11 +222,11 @@ impl PaperVenue {
         for (user, order) in snapshot.orders {
             let account = venue.accounts.entry(user.clone()).or_default();
             if order.order.status.is_open() {
-                venue.working.insert(order.sequence, (user, order.order.client_order_id.clone()));
+                venue.working.insert(order.sequence, user);
             } else {
-                account.finished.push_back(order.order.client_order_id.clone());
+                account.finished.push_back(order.sequence);
             }
-            account.orders.insert(order.order.client_order_id.clone(), order);
+            account.keep(order);
         }
         for (user, fill) in snapshot.fills {
             venue.accounts.entry(user).or_default().fills.push_back(fill);
@@ -193,9 +243,7 @@ impl PaperVenue {
         self.settle(wall_ms, changes)?;
         let mut ledger = Vec::new();
         for (account, state) in &self.accounts {
-            let mut orders: Vec<&PaperOrder> = state.orders.values().collect();
-            orders.sort_by_key(|o| o.sequence);
-            for order in orders {
+            for order in state.orders.values() {
                 let fills = state
                     .fills
                     .iter()
@@ -369,7 +417,7 @@ impl PaperVenue {
             });
         }
         let account = Self::account(&mut self.accounts, &self.settings, user, changes);
-        if account.orders.contains_key(&request.client_order_id) {
+        if account.newest(&request.client_order_id).is_some_and(|o| o.order.status.is_open()) {
             return Err(ExchangeError::Duplicate { code: -4116, msg: "ClientOrderId is duplicated.".to_owned() });
         }
         let held = account.positions.get(&request.symbol).copied().unwrap_or_default();
@@ -412,8 +460,8 @@ impl PaperVenue {
             sequence,
         };
         let account = self.accounts.get_mut(user).expect("Invariant: account created above");
-        account.orders.insert(request.client_order_id.clone(), order.clone());
-        self.working.insert(sequence, (user.clone(), request.client_order_id.clone()));
+        account.keep(order.clone());
+        self.working.insert(sequence, user.clone());
         changes.push(VenueChange::Order { user: user.clone(), order: order.clone() });
         changes.push(VenueChange::Counters { next_sequence: self.next_sequence, next_trade_id: self.next_trade_id });
         Ok(order.order)
@@ -427,7 +475,7 @@ impl PaperVenue {
         changes: &mut Vec<VenueChange>,
     ) -> Result<Option<ExchangeOrder>, ExchangeError> {
         self.settle(wall_ms, changes)?;
-        Ok(self.accounts.get(user).and_then(|a| a.orders.get(client_order_id)).map(|o| o.order.clone()))
+        Ok(self.accounts.get(user).and_then(|a| a.newest(client_order_id)).map(|o| o.order.clone()))
     }
 
     pub fn cancel_order(
@@ -438,7 +486,7 @@ impl PaperVenue {
         changes: &mut Vec<VenueChange>,
     ) -> Result<ExchangeOrder, ExchangeError> {
         self.settle(wall_ms, changes)?;
-        let Some(order) = self.accounts.get(user).and_then(|a| a.orders.get(client_order_id)).cloned() else {
+        let Some(order) = self.accounts.get(user).and_then(|a| a.newest(client_order_id)).cloned() else {
             return Err(rejected(-2011, "Unknown order sent."));
         };
         if !order.order.status.is_open() {
@@ -460,13 +508,12 @@ impl PaperVenue {
     ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
         self.settle(wall_ms, changes)?;
         let Some(account) = self.accounts.get(user) else { return Ok(Vec::new()) };
-        let mut open: Vec<&PaperOrder> = account
+        Ok(account
             .orders
             .values()
             .filter(|o| o.order.status.is_open() && symbol.is_none_or(|s| &o.order.symbol == s))
-            .collect();
-        open.sort_by_key(|o| o.sequence);
-        Ok(open.into_iter().map(|o| o.order.clone()).collect())
+            .map(|o| o.order.clone())
+            .collect())
     }
 
     pub fn fills(
@@ -488,10 +535,10 @@ impl PaperVenue {
         if self.settled_at_forming == Some(forming) {
             return Ok(());
         }
-        let working: Vec<(u64, UserId, ClientOrderId)> =
-            self.working.iter().map(|(seq, (user, id))| (*seq, user.clone(), id.clone())).collect();
-        for (_, user, client_order_id) in working {
-            let Some(order) = self.accounts.get(&user).and_then(|a| a.orders.get(&client_order_id)).cloned() else {
+        let working: Vec<(u64, UserId)> =
+            self.working.iter().map(|(sequence, user)| (*sequence, user.clone())).collect();
+        for (sequence, user) in working {
+            let Some(order) = self.accounts.get(&user).and_then(|a| a.orders.get(&sequence)).cloned() else {
                 continue;
             };
             if forming <= order.placed_index {
@@ -536,11 +583,7 @@ impl PaperVenue {
                         }
                     }
                     if !executed && order.checked_index != checked_before {
-                        self.accounts
-                            .get_mut(&user)
-                            .expect("Invariant: order's account exists")
-                            .orders
-                            .insert(client_order_id.clone(), order.clone());
+                        self.accounts.get_mut(&user).expect("Invariant: order's account exists").keep(order.clone());
                         changes.push(VenueChange::Order { user: user.clone(), order });
                     }
                 }
@@ -621,13 +664,13 @@ impl PaperVenue {
     fn finish(&mut self, user: &UserId, order: PaperOrder, changes: &mut Vec<VenueChange>) {
         self.working.remove(&order.sequence);
         let account = self.accounts.get_mut(user).expect("Invariant: order's account exists");
-        account.finished.push_back(order.order.client_order_id.clone());
-        account.orders.insert(order.order.client_order_id.clone(), order.clone());
+        account.finished.push_back(order.sequence);
+        account.keep(order.clone());
         changes.push(VenueChange::Order { user: user.clone(), order });
         while account.finished.len() > PAPER_ORDERS_PER_ACCOUNT_MAX {
             if let Some(old) = account.finished.pop_front() {
-                account.orders.remove(&old);
-                changes.push(VenueChange::OrderPruned { user: user.clone(), client_order_id: old });
+                account.forget(old);
+                changes.push(VenueChange::OrderPruned { user: user.clone(), sequence: old });
             }
         }
     }
@@ -793,6 +836,38 @@ mod tests {
     }
 
     #[test]
+    fn a_client_order_id_is_unique_among_open_orders_only() {
+        let mut venue = venue();
+        let mut changes = Vec::new();
+        let first = market_order("bw-u1-1", Side::Buy, "10", false, START_MS);
+        let placed = venue.create_order(&user(), &first, START_MS, &mut changes).unwrap();
+        // Filled on the next candle; from then on the id is free again, as on Binance.
+        let t1 = START_MS + 1_000;
+        let again = market_order("bw-u1-1", Side::Buy, "10", false, t1);
+        let second = venue.create_order(&user(), &again, t1, &mut changes).unwrap();
+        assert_ne!(second.exchange_order_id, placed.exchange_order_id, "a second exchange order");
+        let newest = venue.order_by_client_id(&user(), &first.client_order_id, t1, &mut changes).unwrap().unwrap();
+        assert_eq!(newest.exchange_order_id, second.exchange_order_id, "a query by client id answers the newest");
+        let t2 = START_MS + 2_000;
+        let ledger = venue.ledger(t2, &mut changes).unwrap();
+        let ids: Vec<&str> = ledger.iter().map(|o| o.order.client_order_id.as_str()).collect();
+        assert_eq!(ids, ["bw-u1-1", "bw-u1-1"], "both orders are in the ledger");
+        assert!(ledger.iter().all(|o| o.order.status == ExchangeOrderStatus::Filled && o.fills.len() == 1));
+
+        // The journal keeps both across a restart.
+        let mut journal = crate::persistence::paper_journal::PaperJournal::open_in_memory().unwrap();
+        journal.apply(&changes).unwrap();
+        let kept: Vec<(String, u64)> = journal
+            .load()
+            .unwrap()
+            .orders
+            .iter()
+            .map(|(_, o)| (o.order.client_order_id.to_string(), o.sequence))
+            .collect();
+        assert_eq!(kept, [("bw-u1-1".to_owned(), 1), ("bw-u1-1".to_owned(), 2)]);
+    }
+
+    #[test]
     fn a_limit_order_waits_for_the_price_and_can_be_cancelled() {
         let mut venue = venue();
         let mut changes = Vec::new();
@@ -898,7 +973,7 @@ mod tests {
     /// Folds a change log into a snapshot the way the journal does.
     fn snapshot_from_changes(clock: MarketClock, changes: &[VenueChange]) -> VenueSnapshot {
         let mut snapshot = VenueSnapshot { clock: Some(clock), ..VenueSnapshot::default() };
-        let mut orders: BTreeMap<(UserId, ClientOrderId), PaperOrder> = BTreeMap::new();
+        let mut orders: BTreeMap<u64, (UserId, PaperOrder)> = BTreeMap::new();
         let mut positions: BTreeMap<(UserId, Symbol), PaperPosition> = BTreeMap::new();
         for change in changes {
             match change {
@@ -909,10 +984,10 @@ mod tests {
                     positions.insert((user.clone(), symbol.clone()), *position);
                 }
                 VenueChange::Order { user, order } => {
-                    orders.insert((user.clone(), order.order.client_order_id.clone()), order.clone());
+                    orders.insert(order.sequence, (user.clone(), order.clone()));
                 }
-                VenueChange::OrderPruned { user, client_order_id } => {
-                    orders.remove(&(user.clone(), client_order_id.clone()));
+                VenueChange::OrderPruned { sequence, .. } => {
+                    orders.remove(sequence);
                 }
                 VenueChange::Fill { user, fill } => snapshot.fills.push((user.clone(), fill.clone())),
                 VenueChange::FillPruned { trade_id, .. } => snapshot.fills.retain(|(_, f)| &f.trade_id != trade_id),
@@ -924,9 +999,7 @@ mod tests {
             }
         }
         snapshot.positions = positions.into_iter().map(|((u, s), p)| (u, s, p)).collect();
-        let mut orders: Vec<(UserId, PaperOrder)> = orders.into_iter().map(|((u, _), o)| (u, o)).collect();
-        orders.sort_by_key(|(_, o)| o.sequence);
-        snapshot.orders = orders;
+        snapshot.orders = orders.into_values().collect();
         snapshot
     }
 }
