@@ -136,7 +136,21 @@ pub fn main() -> ExitCode {
                                     report.cancel_failures.len(),
                                     report.external_orders
                                 );
-                                failed |= !report.cancel_failures.is_empty();
+                                for (id, error) in &report.cancel_failures {
+                                    println!("{user}: orphan {id} could not be cancelled: {error}");
+                                }
+                                for (id, error) in &report.unresolvable {
+                                    println!("{user}: order {id} could not be looked up: {error}");
+                                }
+                                let waiting = report.waiting_orders();
+                                if waiting > 0 {
+                                    println!(
+                                        "{user}: {waiting} order(s) still unresolved (receive window still open); run reconcile again"
+                                    );
+                                }
+                                failed |= !report.cancel_failures.is_empty()
+                                    || !report.unresolvable.is_empty()
+                                    || waiting > 0;
                             }
                             Err(error) => {
                                 println!("{user}: reconciliation failed: {error}");

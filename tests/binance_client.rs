@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark::clock::SystemClock;
+use bulwark::clock::{Clock, SystemClock};
 use bulwark::domain::{ClientOrderId, OrderRequest, OrderType, Quantity, Side, Symbol, Timeframe, UserId};
 use bulwark::exchange::binance::{BinanceClient, BinanceSettings, Credentials, sign};
 use bulwark::exchange::{Exchange, ExchangeError};
@@ -73,7 +73,7 @@ fn order_request(id: &str) -> OrderRequest {
         order_type: OrderType::Market,
         quantity: Quantity::new(Decimal::new(15, 3)).unwrap(),
         reduce_only: false,
-        timestamp_ms: 0,
+        timestamp_ms: SystemClock.now_ms(),
     }
 }
 
@@ -343,4 +343,45 @@ async fn a_user_without_credentials_is_refused_before_anything_is_sent() {
         .mount(&server)
         .await;
     assert!(client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await.unwrap().is_empty());
+}
+
+/// Matches a signed request whose `timestamp` is within 200 ms of `expected_ms`.
+struct SignedAt {
+    expected_ms: i64,
+}
+
+impl Match for SignedAt {
+    fn matches(&self, request: &Request) -> bool {
+        request
+            .url
+            .query_pairs()
+            .find(|(key, _)| key == "timestamp")
+            .and_then(|(_, value)| value.parse::<i64>().ok())
+            .is_some_and(|timestamp| (timestamp - self.expected_ms).abs() < 200)
+    }
+}
+
+#[tokio::test]
+async fn an_order_is_signed_with_the_time_it_was_committed_and_not_sent_once_its_window_has_passed() {
+    let server = MockServer::start().await;
+    mount_time(&server).await;
+    let committed_ms = SystemClock.now_ms() - 1_500;
+    Mock::given(method("POST"))
+        .and(path("/fapi/v1/order"))
+        .and(ValidSignature)
+        .and(SignedAt { expected_ms: committed_ms })
+        .respond_with(ResponseTemplate::new(200).set_body_string(ORDER_FILLED))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server, 2_000);
+    let mut request = order_request("bw-u1-1");
+    request.timestamp_ms = committed_ms;
+    client.create_order(&user(), &request).await.expect("signed with the commit time, 1.5 s ago");
+
+    // Committed 4.5 s ago with a 5 s window: it would arrive too late, so it is not sent at all
+    // (and nothing executed, so the caller may retry with the same id).
+    request.timestamp_ms = SystemClock.now_ms() - 4_500;
+    let held = client.create_order(&user(), &request).await;
+    assert!(matches!(&held, Err(ExchangeError::Retryable { detail }) if detail.starts_with("not sent")), "{held:?}");
 }

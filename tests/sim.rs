@@ -313,7 +313,7 @@ async fn a_signed_round_trip_works_and_a_wrong_secret_is_refused() {
         order_type: OrderType::Limit { price: Price::new(Decimal::new(5, 1)).unwrap() },
         quantity: Quantity::new(Decimal::from(20)).unwrap(),
         reduce_only: false,
-        timestamp_ms: 0,
+        timestamp_ms: bulwark::clock::Clock::now_ms(&SystemClock),
     };
     let placed = good.create_order(&user, &request).await.unwrap();
     assert_eq!(placed.client_order_id, id);

@@ -21,6 +21,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -117,6 +118,9 @@ pub struct ReconcileReport {
     pub cancel_failures: Vec<(ClientOrderId, String)>,
     /// Open orders without bulwark's prefix (left alone).
     pub external_orders: usize,
+    /// Orders that could not be looked up this time, with why. They stay unresolved (a trader
+    /// decides nothing on their symbol until a later sync resolves them); the others go on.
+    pub unresolvable: Vec<(ClientOrderId, String)>,
 }
 
 impl ReconcileReport {
@@ -144,6 +148,7 @@ impl ReconcileReport {
             orphans_cancelled: self.orphans_cancelled,
             cancel_failures: later.cancel_failures,
             external_orders: later.external_orders,
+            unresolvable: later.unresolvable,
         }
     }
 }
@@ -156,6 +161,9 @@ struct RouterContext {
     directory: Arc<Directory>,
     clock: Arc<dyn Clock>,
     settings: RouterSettings,
+    /// Set by `Drain` (written by the actor, read by request futures, which outlive a handler):
+    /// from then on no order request is resubmitted, only looked up.
+    draining: Arc<AtomicBool>,
 }
 
 pub struct OrderRouter {
@@ -184,7 +192,7 @@ impl OrderRouter {
         settings: RouterSettings,
     ) -> Self {
         Self {
-            context: RouterContext { exchange, directory, clock, settings },
+            context: RouterContext { exchange, directory, clock, settings, draining: Arc::new(AtomicBool::new(false)) },
             in_flight: HashSet::new(),
             drain_waiters: Vec::new(),
             draining: false,
@@ -253,6 +261,7 @@ impl Handler<Drain> for OrderRouter {
 
     fn handle(&mut self, message: Drain, _: &mut Context<Self>) -> Self::Result {
         self.draining = true;
+        self.context.draining.store(true, Ordering::SeqCst);
         if self.in_flight.is_empty() {
             return Box::pin(fut::ready(0));
         }
@@ -300,28 +309,33 @@ async fn current_state(context: &RouterContext, client_order_id: &ClientOrderId)
 }
 
 async fn place(context: &RouterContext, intent: OrderIntent) -> PlacementOutcome {
-    send(context, intent, OrderState::Pending).await
+    send(context, intent, OrderState::Pending, 0).await
 }
 
 /// Sends an intent's order request with its one client order id: first from `pending`, or again
 /// from `unknown`/`sending` once an earlier request provably can no longer execute. Every send is
-/// preceded by a compare-and-set to `sending`, so two writers can never both send.
-async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState) -> PlacementOutcome {
+/// preceded by a compare-and-set to `sending` on the order's state *and* its send count (the
+/// version), so two writers can never both send, and a writer whose attempt was taken over can
+/// no longer change the order. `sends_before` is the send count the caller read.
+async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState, sends_before: u32) -> PlacementOutcome {
     let client_order_id = intent.client_order_id.clone();
-    let mut from = from;
+    let (mut from, mut sends) = (from, sends_before);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let now_ms = context.clock.now_ms();
         let mut to_sending = OrderTransition::new(client_order_id.clone(), from, OrderState::Sending, now_ms);
+        // The request is signed with this time: the exchange refuses it once recv_window has
+        // passed since, which is what lets "not found after the window" mean "never placed".
         to_sending.sent_at_ms = Some(now_ms);
+        to_sending.expected_send_attempts = Some(sends);
         match transition(context, to_sending).await {
-            Ok(true) => {}
+            Ok(true) => sends += 1,
             Ok(false) => {
                 let state = current_state(context, &client_order_id).await;
                 return PlacementOutcome::Recorded {
                     state,
-                    detail: format!("intent was no longer {from} (now {state}); not sent"),
+                    detail: format!("intent was no longer {from} after {sends} send(s) (now {state}); not sent"),
                 };
             }
             Err(error) => {
@@ -333,7 +347,7 @@ async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState) ->
         let request = intent.request(now_ms);
         let result = call(context, "create order", context.exchange.create_order(&intent.user, &request)).await;
         let error = match result {
-            Ok(order) => return adopt(context, &intent, OrderState::Sending, Decimal::ZERO, order).await,
+            Ok(order) => return adopt(context, &intent, (OrderState::Sending, sends), Decimal::ZERO, order).await,
             Err(error) => error,
         };
         tracing::warn!(user = %intent.user, client_order_id = %client_order_id, attempt, %error, "order router: create order failed");
@@ -347,16 +361,30 @@ async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState) ->
                 )
                 .await
                 {
-                    Ok(Some(order)) => adopt(context, &intent, OrderState::Sending, Decimal::ZERO, order).await,
+                    Ok(Some(order)) => {
+                        adopt(context, &intent, (OrderState::Sending, sends), Decimal::ZERO, order).await
+                    }
                     _ => {
-                        mark(context, &client_order_id, OrderState::Sending, OrderState::Unknown, error.to_string())
-                            .await
+                        mark(
+                            context,
+                            &client_order_id,
+                            (OrderState::Sending, sends),
+                            OrderState::Unknown,
+                            error.to_string(),
+                        )
+                        .await
                     }
                 };
             }
             error if error.order_may_exist() => {
-                return mark(context, &client_order_id, OrderState::Sending, OrderState::Unknown, error.to_string())
-                    .await;
+                return mark(
+                    context,
+                    &client_order_id,
+                    (OrderState::Sending, sends),
+                    OrderState::Unknown,
+                    error.to_string(),
+                )
+                .await;
             }
             ExchangeError::Retryable { .. } if attempt < context.settings.send_attempts_max => {
                 from = OrderState::Sending;
@@ -364,32 +392,47 @@ async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState) ->
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             }
             ExchangeError::Retryable { .. } | ExchangeError::RateLimited { .. } | ExchangeError::Banned { .. } => {
-                return mark(context, &client_order_id, OrderState::Sending, OrderState::NotPlaced, error.to_string())
-                    .await;
+                return mark(
+                    context,
+                    &client_order_id,
+                    (OrderState::Sending, sends),
+                    OrderState::NotPlaced,
+                    error.to_string(),
+                )
+                .await;
             }
             ExchangeError::Auth { .. } => {
                 let detail = error.to_string();
-                mark(context, &client_order_id, OrderState::Sending, OrderState::Rejected, detail.clone()).await;
+                mark(context, &client_order_id, (OrderState::Sending, sends), OrderState::Rejected, detail.clone())
+                    .await;
                 return PlacementOutcome::CredentialsRefused { detail };
             }
             ExchangeError::Rejected { .. } | ExchangeError::UnknownOutcome { .. } | ExchangeError::Malformed { .. } => {
-                return mark(context, &client_order_id, OrderState::Sending, OrderState::Rejected, error.to_string())
-                    .await;
+                return mark(
+                    context,
+                    &client_order_id,
+                    (OrderState::Sending, sends),
+                    OrderState::Rejected,
+                    error.to_string(),
+                )
+                .await;
             }
         }
     }
 }
 
 /// Records a state reached without an exchange order to adopt.
+/// `from` is the state and send count the caller read (see [`send`]).
 async fn mark(
     context: &RouterContext,
     client_order_id: &ClientOrderId,
-    from: OrderState,
+    from: (OrderState, u32),
     to: OrderState,
     detail: String,
 ) -> PlacementOutcome {
     let now_ms = context.clock.now_ms();
-    let mut change = OrderTransition::new(client_order_id.clone(), from, to, now_ms);
+    let mut change = OrderTransition::new(client_order_id.clone(), from.0, to, now_ms);
+    change.expected_send_attempts = Some(from.1);
     change.last_error = Some(detail.clone());
     if to == OrderState::Unknown {
         // The request was signed and sent no later than now (the attempt has ended), so its
@@ -408,15 +451,18 @@ async fn mark(
 }
 
 /// Takes the exchange's view of an order into the database (with its fills, atomically).
+/// `from` is the state and send count the caller read (see [`send`]).
 async fn adopt(
     context: &RouterContext,
     intent: &OrderIntent,
-    from: OrderState,
+    from: (OrderState, u32),
     known_filled: Decimal,
     order: ExchangeOrder,
 ) -> PlacementOutcome {
+    let (from, sends) = from;
     let mut to = order.status.order_state();
     let mut change = OrderTransition::new(intent.client_order_id.clone(), from, to, context.clock.now_ms());
+    change.expected_send_attempts = Some(sends);
     change.exchange_order_id = Some(order.exchange_order_id.clone());
     change.filled_quantity = Some(order.filled_quantity);
     change.average_price = order.average_price;
@@ -436,11 +482,18 @@ async fn adopt(
                 }
             }
             Err(error) => {
-                // Without its fills a filled order must not be marked done: leave it for the next sync.
-                return PlacementOutcome::Recorded {
-                    state: from,
-                    detail: format!("order {} but its fills could not be read: {error}", order.status.as_str()),
-                };
+                // Without its fills a filled order must not be marked done. But it exists: record
+                // it as open with its exchange id (an open order is never resubmitted), and let the
+                // next sync read its fills.
+                let detail = format!("order {} but its fills could not be read: {error}", order.status.as_str());
+                if from == OrderState::Open || !from.may_become(OrderState::Open) {
+                    return PlacementOutcome::Recorded { state: from, detail };
+                }
+                to = OrderState::Open;
+                change.to = to;
+                change.filled_quantity = None;
+                change.average_price = None;
+                change.last_error = Some(detail);
             }
         }
     }
@@ -475,7 +528,15 @@ async fn resolve_order(
         }
         let detail = "committed but never sent (its trader stopped before sending it)".to_owned();
         return Ok(
-            match mark(context, &intent.client_order_id, OrderState::Pending, OrderState::NotPlaced, detail).await {
+            match mark(
+                context,
+                &intent.client_order_id,
+                (OrderState::Pending, order.send_attempts),
+                OrderState::NotPlaced,
+                detail,
+            )
+            .await
+            {
                 PlacementOutcome::Recorded { state, .. } => state,
                 _ => order.state,
             },
@@ -489,12 +550,14 @@ async fn resolve_order(
     .await
     .map_err(account_error)?;
     match found {
-        Some(exchange_order) => {
-            Ok(match adopt(context, intent, order.state, order.filled_quantity, exchange_order).await {
+        Some(exchange_order) => Ok(
+            match adopt(context, intent, (order.state, order.send_attempts), order.filled_quantity, exchange_order)
+                .await
+            {
                 PlacementOutcome::Recorded { state, .. } => state,
                 _ => order.state,
-            })
-        }
+            },
+        ),
         None => {
             let window_closed_at_ms = order.sent_at_ms.unwrap_or(intent.created_at_ms)
                 + context.settings.recv_window_ms
@@ -512,8 +575,12 @@ async fn resolve_order(
             let age_ms = now_ms - intent.created_at_ms;
             let sends_allowed = 1 + context.settings.resubmissions_max;
             if order.send_attempts < sends_allowed && age_ms <= context.settings.resubmit_age_ms_max {
+                if context.draining.load(Ordering::SeqCst) {
+                    // Shutting down: nothing new leaves; the next start looks again.
+                    return Ok(order.state);
+                }
                 tracing::info!(user = %intent.user, client_order_id = %intent.client_order_id, sends = order.send_attempts, "order router: not found after the receive window; resubmitting with the same id");
-                return Ok(match send(context, intent.clone(), order.state).await {
+                return Ok(match send(context, intent.clone(), order.state, order.send_attempts).await {
                     PlacementOutcome::Recorded { state, .. } => state,
                     _ => order.state,
                 });
@@ -523,10 +590,20 @@ async fn resolve_order(
                 order.send_attempts,
                 age_ms / 1_000
             );
-            Ok(match mark(context, &intent.client_order_id, order.state, OrderState::NotPlaced, detail).await {
-                PlacementOutcome::Recorded { state, .. } => state,
-                _ => order.state,
-            })
+            Ok(
+                match mark(
+                    context,
+                    &intent.client_order_id,
+                    (order.state, order.send_attempts),
+                    OrderState::NotPlaced,
+                    detail,
+                )
+                .await
+                {
+                    PlacementOutcome::Recorded { state, .. } => state,
+                    _ => order.state,
+                },
+            )
         }
     }
 }
@@ -584,10 +661,16 @@ async fn reconcile_user(
             .map_err(database)?
     };
     for order in &unresolved {
-        let state = resolve_order(context, order, placing)
-            .await
-            .map_err(|e| e.context(format_args!("resolving {}", order.intent.client_order_id)))?;
-        report.resolved.push((order.intent.client_order_id.clone(), state));
+        let id = &order.intent.client_order_id;
+        match resolve_order(context, order, placing).await {
+            Ok(state) => report.resolved.push((id.clone(), state)),
+            // Refused credentials refuse every order: the user is halted.
+            Err(error) if error.credentials_refused => return Err(error.context(format_args!("resolving {id}"))),
+            Err(error) => {
+                tracing::warn!(%user, client_order_id = %id, error = %error.detail, "reconciliation: order could not be resolved now");
+                report.unresolvable.push((id.clone(), error.detail));
+            }
+        }
     }
     let open_orders = call(context, "open orders", context.exchange.open_orders(user, None))
         .await
@@ -646,13 +729,19 @@ mod tests {
             orphans_cancelled: vec![id("bw-u1-9")],
             cancel_failures: vec![(id("bw-u1-8"), "503".to_owned())],
             external_orders: 1,
+            unresolvable: vec![(id("bw-u1-4"), "-1121 Invalid symbol.".to_owned())],
         };
         assert_eq!(first.waiting_orders(), 1);
         let later = ReconcileReport {
-            resolved: vec![(id("bw-u1-1"), OrderState::NotPlaced), (id("bw-u1-3"), OrderState::Open)],
+            resolved: vec![
+                (id("bw-u1-1"), OrderState::NotPlaced),
+                (id("bw-u1-3"), OrderState::Open),
+                (id("bw-u1-4"), OrderState::Filled),
+            ],
             orphans_cancelled: vec![id("bw-u1-8")],
             cancel_failures: Vec::new(),
             external_orders: 1,
+            unresolvable: Vec::new(),
         };
         let merged = first.followed_by(later);
         assert_eq!(
@@ -660,11 +749,13 @@ mod tests {
             vec![
                 (id("bw-u1-1"), OrderState::NotPlaced),
                 (id("bw-u1-2"), OrderState::Filled),
-                (id("bw-u1-3"), OrderState::Open)
+                (id("bw-u1-3"), OrderState::Open),
+                (id("bw-u1-4"), OrderState::Filled)
             ]
         );
         assert_eq!(merged.orphans_cancelled, vec![id("bw-u1-9"), id("bw-u1-8")]);
         assert!(merged.cancel_failures.is_empty(), "the later pass cancelled it");
+        assert!(merged.unresolvable.is_empty(), "the later pass resolved it");
         assert_eq!(merged.waiting_orders(), 0, "an open order is live, not waiting");
     }
 }

@@ -244,13 +244,14 @@ impl Actor for Trader {
             };
             trader.core.restore(&state);
             let detail = format!(
-                "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s)",
+                "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s), {} not resolvable yet",
                 state.positions.len(),
                 state.last_intent_seq,
                 state.unresolved_orders.len(),
                 report.resolved.len(),
                 report.orphans_cancelled.len(),
-                report.external_orders
+                report.external_orders,
+                report.unresolvable.len()
             );
             tracing::info!(user = %trader.seed.user, incarnation = trader.incarnation, positions = ?trader.core.describe_positions(), "trader ready: {detail}");
             let _ = trader.supervisor.try_send(TraderReport::Ready { incarnation: trader.incarnation, detail });

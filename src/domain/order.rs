@@ -162,6 +162,8 @@ pub enum ExchangeOrderStatus {
     Canceled,
     Rejected,
     Expired,
+    /// Expired by self-trade prevention (Binance's STP): final, like `Expired`.
+    ExpiredInMatch,
 }
 
 impl ExchangeOrderStatus {
@@ -173,6 +175,7 @@ impl ExchangeOrderStatus {
             ExchangeOrderStatus::Canceled => "CANCELED",
             ExchangeOrderStatus::Rejected => "REJECTED",
             ExchangeOrderStatus::Expired => "EXPIRED",
+            ExchangeOrderStatus::ExpiredInMatch => "EXPIRED_IN_MATCH",
         }
     }
 
@@ -187,7 +190,7 @@ impl ExchangeOrderStatus {
             ExchangeOrderStatus::Filled => OrderState::Filled,
             ExchangeOrderStatus::Canceled => OrderState::Cancelled,
             ExchangeOrderStatus::Rejected => OrderState::Rejected,
-            ExchangeOrderStatus::Expired => OrderState::Expired,
+            ExchangeOrderStatus::Expired | ExchangeOrderStatus::ExpiredInMatch => OrderState::Expired,
         }
     }
 }
@@ -202,6 +205,7 @@ impl FromStr for ExchangeOrderStatus {
             ExchangeOrderStatus::Canceled,
             ExchangeOrderStatus::Rejected,
             ExchangeOrderStatus::Expired,
+            ExchangeOrderStatus::ExpiredInMatch,
         ]
         .into_iter()
         .find(|status| status.as_str() == value)

@@ -207,6 +207,10 @@ pub struct OrderTransition {
     pub at_ms: i64,
     /// Recorded in the same transaction (idempotently).
     pub fills: Vec<Fill>,
+    /// When set, the change applies only if the order has been sent exactly this many times: the
+    /// version that keeps two writers (a retry and a takeover after the receive window) from both
+    /// acting on one `sending` order.
+    pub expected_send_attempts: Option<u32>,
 }
 
 impl OrderTransition {
@@ -222,6 +226,7 @@ impl OrderTransition {
             last_error: None,
             at_ms,
             fills: Vec::new(),
+            expected_send_attempts: None,
         }
     }
 }
@@ -471,7 +476,7 @@ impl Store {
                  last_error = COALESCE(?8, last_error),
                  updated_at_ms = ?9,
                  send_attempts = send_attempts + (?3 = 'sending')
-             WHERE client_order_id = ?1 AND state = ?2",
+             WHERE client_order_id = ?1 AND state = ?2 AND (?10 IS NULL OR send_attempts = ?10)",
             params![
                 transition.client_order_id.as_str(),
                 transition.from.as_str(),
@@ -481,7 +486,8 @@ impl Store {
                 transition.average_price.map(|p| p.to_string()),
                 transition.sent_at_ms,
                 transition.last_error,
-                transition.at_ms
+                transition.at_ms,
+                transition.expected_send_attempts
             ],
         )?;
         if updated == 0 {
@@ -954,6 +960,30 @@ mod tests {
         assert!(matches!(store.transition_order(&illegal), Err(StoreError::Conflict(_))));
         let stored = store.order(&id).unwrap().unwrap();
         assert_eq!((stored.state, stored.sent_at_ms, stored.send_attempts), (OrderState::Sending, Some(2_100), 1));
+    }
+
+    #[test]
+    fn a_resend_is_compare_and_set_on_the_send_count_too() {
+        let mut store = store();
+        store.commit_intent(&intent(1)).unwrap();
+        let id = intent(1).client_order_id;
+        let mut first = OrderTransition::new(id.clone(), OrderState::Pending, OrderState::Sending, 2_100);
+        first.expected_send_attempts = Some(0);
+        assert!(store.transition_order(&first).unwrap());
+        // Two writers both read `sending` after one send: a retry and a takeover after the window.
+        let resend = |at_ms| {
+            let mut resend = OrderTransition::new(id.clone(), OrderState::Sending, OrderState::Sending, at_ms);
+            resend.expected_send_attempts = Some(1);
+            resend
+        };
+        assert!(store.transition_order(&resend(9_000)).unwrap(), "the first one sends again");
+        assert!(!store.transition_order(&resend(9_001)).unwrap(), "the second one must not send");
+        // Nor may the stale writer record an outcome for the attempt it no longer owns.
+        let mut stale_outcome = OrderTransition::new(id.clone(), OrderState::Sending, OrderState::Unknown, 9_500);
+        stale_outcome.expected_send_attempts = Some(1);
+        assert!(!store.transition_order(&stale_outcome).unwrap());
+        let stored = store.order(&id).unwrap().unwrap();
+        assert_eq!((stored.state, stored.send_attempts), (OrderState::Sending, 2));
     }
 
     #[test]

@@ -79,10 +79,11 @@ impl WeightBudget {
         Admission::Go
     }
 
-    /// The exchange's own count for this minute.
+    /// The exchange's own count for this minute. Answers arrive out of order, and the local count
+    /// includes requests the exchange has not counted yet, so the higher of the two stands.
     pub fn observe_used(&mut self, used: u32, now_ms: i64) {
         self.roll(now_ms);
-        self.used = used;
+        self.used = self.used.max(used);
     }
 
     pub fn ban(&mut self, until_ms: i64) {
@@ -117,6 +118,8 @@ mod tests {
         budget.observe_used(89, t);
         assert!(matches!(budget.admit(5, t), Admission::Wait { .. }));
         assert_eq!(budget.admit(0, t), Admission::Go, "weightless requests (orders) are not throttled");
+        budget.observe_used(40, t);
+        assert_eq!(budget.used(), 89, "an older answer with a lower count does not lower it");
     }
 
     #[test]

@@ -141,6 +141,11 @@ struct Call {
     params: Vec<(&'static str, String)>,
     /// Signed with this account's credentials, if any.
     account: Option<UserId>,
+    /// For an order: the local time the caller committed it as sent. It is signed with the
+    /// exchange's time at that moment (not at signing, which may come later after a wait for
+    /// budget), so the exchange refuses it once `recvWindow` has passed since then: the caller's
+    /// "not found after the window means never placed" holds whatever happened in between.
+    issued_at_local_ms: Option<i64>,
     weight: u32,
     effect: Effect,
 }
@@ -148,11 +153,16 @@ struct Call {
 impl Call {
     fn new(method: Method, path: &'static str, endpoint: &'static str, weight: u32) -> Self {
         let effect = if method == Method::GET { Effect::Read } else { Effect::Write };
-        Self { method, path, endpoint, params: Vec::new(), account: None, weight, effect }
+        Self { method, path, endpoint, params: Vec::new(), account: None, issued_at_local_ms: None, weight, effect }
     }
 
     fn param(mut self, key: &'static str, value: impl ToString) -> Self {
         self.params.push((key, value.to_string()));
+        self
+    }
+
+    fn issued_at(mut self, local_ms: i64) -> Self {
+        self.issued_at_local_ms = Some(local_ms);
         self
     }
 
@@ -296,7 +306,23 @@ impl Inner {
         self.admit(call.weight).await?;
         let signing = match credentials {
             Some(credentials) => {
-                let timestamp_ms = Box::pin(self.exchange_now_ms()).await?;
+                // Syncs the clock first when a sample is due.
+                let now_exchange_ms = Box::pin(self.exchange_now_ms()).await?;
+                let timestamp_ms = match call.issued_at_local_ms {
+                    None => now_exchange_ms,
+                    Some(issued_at_local_ms) => {
+                        let held_ms = self.local.now_ms() - issued_at_local_ms;
+                        let window_ms = self.settings.recv_window_ms;
+                        if held_ms > window_ms - window_ms / 4 {
+                            return Err(ExchangeError::Retryable {
+                                detail: format!(
+                                    "not sent: it waited {held_ms} ms for rate-limit budget and would reach the exchange after its {window_ms} ms receive window"
+                                ),
+                            });
+                        }
+                        self.clock.lock().now_ms(issued_at_local_ms).unwrap_or(now_exchange_ms)
+                    }
+                };
                 Some((credentials.clone(), timestamp_ms))
             }
             None => None,
@@ -326,7 +352,11 @@ impl Inner {
         url.set_query((!query.is_empty()).then_some(query.as_str()));
         let mut request = self.http.request(call.method.clone(), url);
         for (name, value) in &request_headers {
-            request = request.header(*name, value.expose());
+            let mut value = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+                ExchangeError::Auth { detail: format!("the API key for {name} is not a valid header value") }
+            })?;
+            value.set_sensitive(true);
+            request = request.header(*name, value);
         }
         self.count(call.endpoint);
         let response = request.send().await.map_err(|e| error::from_transport(&e, call.effect))?;
@@ -489,7 +519,8 @@ impl Exchange for BinanceClient {
         let call = call
             .param("newClientOrderId", &request.client_order_id)
             .param("newOrderRespType", "RESULT")
-            .signed(account);
+            .signed(account)
+            .issued_at(request.timestamp_ms);
         let body = self.write(call).await?;
         // The order may exist even if its answer cannot be read: Malformed counts as unknown.
         models::parse::<models::OrderBody>("POST /fapi/v1/order", &body)?.into_order()
