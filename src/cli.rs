@@ -1,4 +1,4 @@
-//! The command line: `bulwark run | status | reconcile | sim | check-config`. Thin: parse, load the config, call the
+//! The command line: `bulwark run | status | reconcile | sim | report | check-config`. Thin: parse, load the config, call the
 //! library, map the outcome to an exit code.
 //!
 //! Exit codes: 0 success; 1 a runtime error (including "another server holds this database");
@@ -14,6 +14,8 @@ use crate::config::{self, Config};
 
 pub const EXIT_RUNTIME_ERROR: u8 = 1;
 pub const EXIT_CONFIG_INVALID: u8 = 2;
+/// A command line that asks for nothing (clap's own usage errors exit 2 as well).
+pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "bulwark", version, about = "A supervised, multi-user crypto-futures trading server")]
@@ -62,6 +64,14 @@ pub enum Command {
         /// Seed for the market and the faults (overrides the config).
         #[arg(long, value_name = "N")]
         seed: Option<u64>,
+    },
+    /// Reports. `--catalog`: every failure point (id, category, priority, check, healing).
+    Report {
+        /// Print the failure-point catalog.
+        #[arg(long)]
+        catalog: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a config: prints `config ok`, or every problem and exits 2.
     CheckConfig {
@@ -116,6 +126,19 @@ pub fn main() -> ExitCode {
                     ExitCode::from(EXIT_RUNTIME_ERROR)
                 }
             }
+        }
+        Command::Report { catalog, json } => {
+            if !catalog {
+                eprintln!("bulwark report: say what to report (--catalog)");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            if json {
+                let catalog = crate::failure_points::catalog::CATALOG;
+                println!("{}", serde_json::to_string_pretty(catalog).unwrap_or_default());
+            } else {
+                print!("{}", crate::failure_points::catalog::render_text());
+            }
+            ExitCode::SUCCESS
         }
         Command::Reconcile { config } => {
             let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };

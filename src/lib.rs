@@ -12,6 +12,7 @@
 //! - [`actors`]: the actor shells (trader, market data, order router, persistence) that move
 //!   messages and do I/O.
 //! - [`exchange`]: the `Exchange` trait and the built-in paper exchange.
+//! - [`failure_points`]: the catalog of every way trading can be blocked.
 //! - [`persistence`]: the only module that knows SQL.
 //! - [`config`]: TOML configuration, validated with every problem named by its path.
 //! - [`server`]: builds the tree, runs it, and shuts it down in order.
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod exchange;
+pub mod failure_points;
 pub mod instance_lock;
 pub mod limits;
 pub mod logging;

@@ -283,3 +283,27 @@ fn chaos_restarts_one_user_until_quarantine_and_status_says_why() {
         }
     }
 }
+
+#[test]
+fn report_catalog_lists_every_failure_point_with_category_and_priority() {
+    let output = run(bulwark().args(["report", "--catalog"]));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let listing = text(&output.stdout);
+    let rows: Vec<&str> = listing.lines().filter(|line| line.contains('-') && !line.starts_with(' ')).collect();
+    assert!(rows.len() >= 30, "{listing}");
+    for category in ["signal", "system", "resource", "config", "data", "state"] {
+        assert!(rows.iter().any(|row| row.split_whitespace().nth(1) == Some(category)), "{category}: {listing}");
+    }
+    for priority in ["critical", "high", "medium"] {
+        assert!(rows.iter().any(|row| row.split_whitespace().nth(2) == Some(priority)), "{priority}: {listing}");
+    }
+
+    let output = run(bulwark().args(["report", "--catalog", "--json"]));
+    let catalog: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the catalog is JSON");
+    let entries = catalog.as_array().unwrap();
+    assert_eq!(entries.len(), rows.len());
+    assert!(entries.iter().all(|e| e["id"].is_string() && e["check"].is_string() && e["healing"]["kind"].is_string()));
+
+    let nothing = run(bulwark().arg("report"));
+    assert_eq!(nothing.status.code(), Some(2), "a report of nothing is a usage error");
+}

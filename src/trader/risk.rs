@@ -6,6 +6,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::domain::{IntentPurpose, OrderIntent};
+use crate::failure_points::catalog::{FailurePointId, RES_POSITION_LIMIT};
 
 /// Proof that an intent passed the risk gate. The field is private: no other module can build one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +34,7 @@ pub struct RiskLimits {
 /// Why an entry was refused: the failure point that owns the check, and the values that decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RiskBlock {
-    pub failure_point: &'static str,
+    pub failure_point: FailurePointId,
     pub reason: String,
 }
 
@@ -59,7 +60,7 @@ pub fn check_entry(
     let open_after = context.open_positions_elsewhere + 1;
     if !held_here && open_after > limits.max_open_positions {
         return Err(RiskBlock {
-            failure_point: "RES-POSITION-LIMIT",
+            failure_point: RES_POSITION_LIMIT,
             reason: format!(
                 "{} positions already open on other symbols; max_open_positions is {}",
                 context.open_positions_elsewhere, limits.max_open_positions
@@ -69,7 +70,7 @@ pub fn check_entry(
     let notional_after = context.held_notional_usdt + context.added_notional_usdt;
     if notional_after > limits.max_position_notional_usdt {
         return Err(RiskBlock {
-            failure_point: "RES-POSITION-LIMIT",
+            failure_point: RES_POSITION_LIMIT,
             reason: format!(
                 "position would be {} USDT on {}; max_position_notional_usdt is {}",
                 notional_after.round_dp(2),
@@ -133,7 +134,7 @@ mod tests {
     #[test]
     fn too_many_positions_blocks_a_new_symbol() {
         let block = check_entry(intent(IntentPurpose::Entry), context(2, 0, 100), limits()).unwrap_err();
-        assert_eq!(block.failure_point, "RES-POSITION-LIMIT");
+        assert_eq!(block.failure_point, RES_POSITION_LIMIT);
         assert!(block.reason.contains("max_open_positions is 2"), "{}", block.reason);
     }
 
