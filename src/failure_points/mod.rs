@@ -1,5 +1,6 @@
-//! Failure points: the named ways trading can be blocked. [`catalog`] lists them; the checks,
-//! guards, Monitor and Healer that make each one observable and, where possible, heal it are built
-//! on that list.
+//! Failure points: the named ways trading can be blocked. [`catalog`] lists them; [`monitor`]
+//! judges one status per entry from observations (pure); the guards, the Monitor actor and the
+//! Healer that make each one observable and, where possible, heal it are built on those.
 
 pub mod catalog;
+pub mod monitor;

@@ -1,0 +1,664 @@
+//! The Monitor's judgement, without actors or I/O: from one set of [`Observations`] (gathered by
+//! the Monitor actor from the supervision journal, market data, the exchange client, the database,
+//! the filesystem and the config files) to one status per catalog entry. Every catalog id gets a
+//! result in every run; a check whose input could not be gathered, or whose guard does not exist
+//! yet, is `unknown` with the reason, never `ok`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::domain::UserId;
+use crate::failure_points::catalog::{self, CATALOG, Category, FailurePointId, Priority};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Ok,
+    Warn,
+    Critical,
+    Unknown,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ok => "ok",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Critical => "critical",
+            CheckStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// One catalog entry's state in one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckResult {
+    pub id: FailurePointId,
+    pub category: Category,
+    pub priority: Priority,
+    pub status: CheckStatus,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// Since when the condition holds (ms), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
+    /// When it ends by itself (ms), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+    /// The users it blocks; empty when it is not about particular users.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserId>,
+}
+
+/// A supervised actor as the journal has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorObservation {
+    /// `trader`, `market_data`, `order_router`, `persistence`.
+    pub actor: &'static str,
+    pub user: Option<UserId>,
+    /// `starting`, `running`, `restarting`, `quarantined`, `halted`, `escalated`, `stopped`.
+    pub state: &'static str,
+    pub restarts: u32,
+    pub since_ms: i64,
+    pub reason: Option<String>,
+}
+
+/// The exchange as market data and the client see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExchangeObservation {
+    /// Klines requests and failures since the previous run.
+    pub klines_requests: u64,
+    pub klines_failures: u64,
+    /// The newest candle-fetch error, if the last fetch of some feed failed.
+    pub last_error: Option<String>,
+    /// Request weight used and allowed this minute (Binance), if known.
+    pub weight_used: Option<u32>,
+    pub weight_limit: Option<u32>,
+    pub banned_until_ms: Option<i64>,
+}
+
+/// One candle feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedObservation {
+    pub feed: String,
+    /// How long the newest closed candle has been due without arriving (ms); 0 when up to date.
+    pub overdue_ms: i64,
+    /// The feed's candle length (ms).
+    pub timeframe_ms: i64,
+    pub users: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DatabaseObservation {
+    /// Writes refused for back-pressure and journal writes that failed, since start.
+    pub writes_refused: u64,
+    pub journal_write_failures: u64,
+    /// `PRAGMA quick_check` answered "ok".
+    pub integrity_ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryObservation {
+    pub path: String,
+    pub writable: bool,
+    /// Free bytes on its filesystem, if known.
+    pub free_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFileObservation {
+    pub path: String,
+    pub exists: bool,
+    /// Every validation problem (empty: valid, or missing).
+    pub problems: Vec<String>,
+}
+
+/// Orders whose outcome is not known yet, per user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnresolvedOrdersObservation {
+    pub user: UserId,
+    pub count: u32,
+    pub oldest_age_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionsObservation {
+    pub user: UserId,
+    pub open_positions: u32,
+    pub max_open_positions: u32,
+}
+
+/// Everything one run looks at. `None`: that input could not be gathered this time (its checks
+/// are `unknown`).
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    pub now_ms: i64,
+    pub actors: Option<Vec<ActorObservation>>,
+    pub exchange: Option<ExchangeObservation>,
+    pub feeds: Option<Vec<FeedObservation>>,
+    pub database: Option<DatabaseObservation>,
+    pub directories: Option<Vec<DirectoryObservation>>,
+    pub config_files: Option<Vec<ConfigFileObservation>>,
+    pub unresolved_orders: Option<Vec<UnresolvedOrdersObservation>>,
+    pub positions: Option<Vec<PositionsObservation>>,
+    /// Skipped iterations whose reason was a strategy error, per user, since the previous run.
+    pub strategy_errors: Option<BTreeMap<UserId, u64>>,
+}
+
+/// Below this much free space the filesystem check warns; below a tenth of it, critical.
+pub const FREE_BYTES_WARN: u64 = 1 << 30;
+/// An unresolved order older than this is reported (the router resolves them within a few syncs).
+pub const UNRESOLVED_ORDER_AGE_MS_WARN: i64 = 5 * 60_000;
+/// A share of failed candle fetches at or above this is critical.
+pub const KLINES_FAILURE_SHARE_CRITICAL: f64 = 0.5;
+
+/// One run: a result for every catalog entry, in catalog order.
+pub fn evaluate(observations: &Observations) -> Vec<CheckResult> {
+    CATALOG.iter().map(|point| check(point.id, observations)).collect()
+}
+
+/// The worst status among the results (`unknown` counts only when nothing is worse than `ok`).
+pub fn overall(results: &[CheckResult]) -> CheckStatus {
+    let has = |status| results.iter().any(|r| r.status == status);
+    if has(CheckStatus::Critical) {
+        CheckStatus::Critical
+    } else if has(CheckStatus::Warn) {
+        CheckStatus::Warn
+    } else if has(CheckStatus::Unknown) {
+        CheckStatus::Unknown
+    } else {
+        CheckStatus::Ok
+    }
+}
+
+/// One monitor line: `{"ts", "overall", "checks": [...]}`.
+pub fn line(ts: &str, results: &[CheckResult]) -> Value {
+    json!({ "ts": ts, "overall": overall(results).as_str(), "checks": results })
+}
+
+struct Outcome {
+    status: CheckStatus,
+    detail: String,
+    value: Option<Value>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    users: Vec<UserId>,
+}
+
+impl Outcome {
+    fn new(status: CheckStatus, detail: impl Into<String>) -> Self {
+        Self { status, detail: detail.into(), value: None, since_ms: None, until_ms: None, users: Vec::new() }
+    }
+
+    fn ok(detail: impl Into<String>) -> Self {
+        Self::new(CheckStatus::Ok, detail)
+    }
+
+    fn unknown(detail: impl Into<String>) -> Self {
+        Self::new(CheckStatus::Unknown, detail)
+    }
+
+    fn value(mut self, value: Value) -> Self {
+        self.value = Some(value);
+        self
+    }
+
+    fn users(mut self, users: Vec<UserId>) -> Self {
+        self.users = users;
+        self
+    }
+}
+
+const NOT_BUILT_SIGNAL: &str = "not checked: the signal guards (SignalBus) are not built yet";
+const NOT_BUILT_LOCKS: &str = "not checked: kill-switch and probation locks are not built yet";
+
+fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
+    use catalog::*;
+    let outcome = match id {
+        SYS_PROCESS => process(observations),
+        SYS_CREDENTIALS => credentials(observations),
+        SYS_EXCHANGE_API => exchange_api(observations),
+        SYS_NETWORK => network(observations),
+        SYS_FILESYSTEM => filesystem(observations),
+        SYS_DATABASE => database(observations),
+        RES_RATE_LIMIT => rate_limit(observations),
+        RES_POSITION_LIMIT => position_limit(observations),
+        CFG_MISSING => config_missing(observations),
+        CFG_INVALID => config_invalid(observations),
+        DATA_MISSING => data_missing(observations),
+        STATE_UNRESOLVED_ORDERS => unresolved_orders(observations),
+        STATE_STRATEGY_ERROR => strategy_errors(observations),
+        SYS_INTEL_API => Outcome::unknown("not checked: the intelligence client is not built yet"),
+        SYS_CIRCUIT_BREAKER => Outcome::unknown("not checked: circuit breakers are not built yet"),
+        RES_CAPITAL => Outcome::unknown("not checked: available margin is not gathered yet"),
+        DATA_CORRUPT => Outcome::unknown(
+            "not checked here: every candle window is validated before a strategy sees it, and a bad one is recorded as a skipped iteration",
+        ),
+        STATE_POSITION_SYNC => {
+            Outcome::unknown("not checked: positions are compared with the exchange only on each sync")
+        }
+        STATE_ORPHAN_ORDERS => {
+            Outcome::unknown("not checked periodically: orphans are cancelled at every trader start")
+        }
+        SIG_KILL_SWITCH | SIG_SYMBOL_PROBATION | STATE_KILL_SWITCH | STATE_PROBATION => {
+            Outcome::unknown(NOT_BUILT_LOCKS)
+        }
+        _ => Outcome::unknown(NOT_BUILT_SIGNAL),
+    };
+    let point = entry(id);
+    CheckResult {
+        id,
+        category: point.category,
+        priority: point.priority,
+        status: outcome.status,
+        detail: outcome.detail,
+        value: outcome.value,
+        since_ms: outcome.since_ms,
+        until_ms: outcome.until_ms,
+        users: outcome.users,
+    }
+}
+
+fn traders<'a>(observations: &'a Observations, state: &str) -> Vec<&'a ActorObservation> {
+    observations.actors.iter().flatten().filter(|actor| actor.actor == "trader" && actor.state == state).collect()
+}
+
+fn process(observations: &Observations) -> Outcome {
+    let Some(actors) = &observations.actors else { return Outcome::unknown("the supervision tree could not be read") };
+    let shared_down: Vec<&ActorObservation> =
+        actors.iter().filter(|a| a.actor != "trader" && matches!(a.state, "restarting" | "escalated")).collect();
+    let quarantined = traders(observations, "quarantined");
+    let restarting = traders(observations, "restarting");
+    let describe = |list: &[&ActorObservation]| -> String {
+        list.iter()
+            .map(|a| {
+                let who = a.user.as_ref().map_or(a.actor.to_owned(), |u| format!("{} {u}", a.actor));
+                format!("{who} {}{}", a.state, a.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let value = json!({
+        "actors": actors.len(),
+        "restarts": actors.iter().map(|a| a.restarts).sum::<u32>(),
+        "quarantined": quarantined.len(),
+    });
+    let mut outcome = if !shared_down.is_empty() {
+        Outcome::new(CheckStatus::Critical, describe(&shared_down))
+    } else if !quarantined.is_empty() {
+        let mut outcome = Outcome::new(CheckStatus::Critical, describe(&quarantined));
+        outcome.since_ms = quarantined.iter().map(|a| a.since_ms).min();
+        outcome.users = quarantined.iter().filter_map(|a| a.user.clone()).collect();
+        outcome
+    } else if !restarting.is_empty() {
+        Outcome::new(CheckStatus::Warn, describe(&restarting))
+            .users(restarting.iter().filter_map(|a| a.user.clone()).collect())
+    } else {
+        Outcome::ok(format!("{} actors up", actors.len()))
+    };
+    outcome.value = Some(value);
+    outcome
+}
+
+fn credentials(observations: &Observations) -> Outcome {
+    if observations.actors.is_none() {
+        return Outcome::unknown("the supervision tree could not be read");
+    }
+    let halted = traders(observations, "halted");
+    if halted.is_empty() {
+        return Outcome::ok("no user halted for its credentials");
+    }
+    let detail = halted
+        .iter()
+        .map(|a| {
+            format!("{}: {}", a.user.as_ref().map(UserId::as_str).unwrap_or("?"), a.reason.as_deref().unwrap_or(""))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut outcome =
+        Outcome::new(CheckStatus::Critical, detail).users(halted.iter().filter_map(|a| a.user.clone()).collect());
+    outcome.since_ms = halted.iter().map(|a| a.since_ms).min();
+    outcome
+}
+
+fn feed_users(observations: &Observations) -> Vec<UserId> {
+    let mut users: Vec<UserId> = observations.feeds.iter().flatten().flat_map(|f| f.users.iter().cloned()).collect();
+    users.sort();
+    users.dedup();
+    users
+}
+
+fn exchange_api(observations: &Observations) -> Outcome {
+    let Some(exchange) = &observations.exchange else {
+        return Outcome::unknown("exchange statistics could not be read");
+    };
+    let value = json!({ "klines_requests": exchange.klines_requests, "klines_failures": exchange.klines_failures });
+    if exchange.klines_requests == 0 {
+        return Outcome::ok("no candle fetch due since the last check").value(value);
+    }
+    let share = exchange.klines_failures as f64 / exchange.klines_requests as f64;
+    let detail = format!(
+        "{} of {} candle fetches failed since the last check{}",
+        exchange.klines_failures,
+        exchange.klines_requests,
+        exchange.last_error.as_deref().map(|e| format!("; last: {e}")).unwrap_or_default()
+    );
+    if share >= KLINES_FAILURE_SHARE_CRITICAL {
+        Outcome::new(CheckStatus::Critical, detail).value(value).users(feed_users(observations))
+    } else if exchange.klines_failures > 0 {
+        Outcome::new(CheckStatus::Warn, detail).value(value)
+    } else {
+        Outcome::ok(detail).value(value)
+    }
+}
+
+fn network(observations: &Observations) -> Outcome {
+    let Some(exchange) = &observations.exchange else {
+        return Outcome::unknown("exchange statistics could not be read");
+    };
+    let unreachable = exchange.last_error.as_deref().is_some_and(|e| {
+        e.contains("cannot connect")
+            || e.contains("connection refused")
+            || e.contains("dns")
+            || e.contains("unreachable")
+    });
+    if unreachable && exchange.klines_failures == exchange.klines_requests && exchange.klines_requests > 0 {
+        Outcome::new(
+            CheckStatus::Critical,
+            format!("the exchange cannot be reached: {}", exchange.last_error.as_deref().unwrap_or("")),
+        )
+        .users(feed_users(observations))
+    } else {
+        Outcome::ok("the exchange answers")
+    }
+}
+
+fn filesystem(observations: &Observations) -> Outcome {
+    let Some(directories) = &observations.directories else {
+        return Outcome::unknown("directories could not be inspected");
+    };
+    let mut problems = Vec::new();
+    let mut status = CheckStatus::Ok;
+    for directory in directories {
+        if !directory.writable {
+            problems.push(format!("{} is not writable", directory.path));
+            status = CheckStatus::Critical;
+        }
+        match directory.free_bytes {
+            Some(free) if free < FREE_BYTES_WARN / 10 => {
+                problems.push(format!("{}: {} MiB free", directory.path, free >> 20));
+                status = CheckStatus::Critical;
+            }
+            Some(free) if free < FREE_BYTES_WARN => {
+                problems.push(format!("{}: {} MiB free", directory.path, free >> 20));
+                status = status.max(CheckStatus::Warn);
+            }
+            _ => {}
+        }
+    }
+    let free: Vec<Value> = directories
+        .iter()
+        .map(|d| json!({ "path": d.path, "writable": d.writable, "free_bytes": d.free_bytes }))
+        .collect();
+    let detail = if problems.is_empty() { "data and log directories writable".to_owned() } else { problems.join("; ") };
+    Outcome::new(status, detail).value(Value::Array(free))
+}
+
+fn database(observations: &Observations) -> Outcome {
+    let Some(database) = &observations.database else { return Outcome::unknown("the database could not be queried") };
+    let value = json!({
+        "writes_refused": database.writes_refused,
+        "journal_write_failures": database.journal_write_failures,
+        "integrity_ok": database.integrity_ok,
+    });
+    if !database.integrity_ok {
+        Outcome::new(CheckStatus::Critical, "the integrity check failed").value(value)
+    } else if database.writes_refused > 0 || database.journal_write_failures > 0 {
+        Outcome::new(
+            CheckStatus::Warn,
+            format!(
+                "{} write(s) refused under back-pressure, {} journal write failure(s) since start",
+                database.writes_refused, database.journal_write_failures
+            ),
+        )
+        .value(value)
+    } else {
+        Outcome::ok("writes succeed; integrity check ok").value(value)
+    }
+}
+
+fn rate_limit(observations: &Observations) -> Outcome {
+    let Some(exchange) = &observations.exchange else {
+        return Outcome::unknown("exchange statistics could not be read");
+    };
+    let value = json!({ "weight_used": exchange.weight_used, "weight_limit": exchange.weight_limit });
+    if let Some(until_ms) = exchange.banned_until_ms.filter(|until| *until > observations.now_ms) {
+        let mut outcome =
+            Outcome::new(CheckStatus::Critical, "banned by the exchange (418): no request is sent until the ban ends")
+                .value(value)
+                .users(feed_users(observations));
+        outcome.until_ms = Some(until_ms);
+        return outcome;
+    }
+    match (exchange.weight_used, exchange.weight_limit) {
+        (Some(used), Some(limit)) if u64::from(used) * 10 >= u64::from(limit) * 9 => {
+            Outcome::new(CheckStatus::Warn, format!("{used} of {limit} request weight used this minute")).value(value)
+        }
+        (Some(used), Some(limit)) => {
+            Outcome::ok(format!("{used} of {limit} request weight used this minute")).value(value)
+        }
+        _ => Outcome::ok("the exchange has no request-weight limit (paper)").value(value),
+    }
+}
+
+fn position_limit(observations: &Observations) -> Outcome {
+    let Some(positions) = &observations.positions else { return Outcome::unknown("positions could not be read") };
+    let full: Vec<&PositionsObservation> =
+        positions.iter().filter(|p| p.open_positions >= p.max_open_positions).collect();
+    if full.is_empty() {
+        return Outcome::ok("every user can open another position");
+    }
+    let detail = full
+        .iter()
+        .map(|p| {
+            format!(
+                "{} holds {} of {} positions: new entries on other symbols are blocked",
+                p.user, p.open_positions, p.max_open_positions
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Outcome::new(CheckStatus::Warn, detail).users(full.iter().map(|p| p.user.clone()).collect())
+}
+
+fn config_missing(observations: &Observations) -> Outcome {
+    let Some(files) = &observations.config_files else {
+        return Outcome::unknown("config files could not be inspected");
+    };
+    let missing: Vec<&str> = files.iter().filter(|f| !f.exists).map(|f| f.path.as_str()).collect();
+    if missing.is_empty() {
+        Outcome::ok(format!("{} config file(s) present", files.len()))
+    } else {
+        Outcome::new(CheckStatus::Critical, format!("missing: {}", missing.join(", ")))
+    }
+}
+
+fn config_invalid(observations: &Observations) -> Outcome {
+    let Some(files) = &observations.config_files else {
+        return Outcome::unknown("config files could not be inspected");
+    };
+    let invalid: Vec<String> = files
+        .iter()
+        .filter(|f| f.exists && !f.problems.is_empty())
+        .map(|f| format!("{}: {}", f.path, f.problems.join("; ")))
+        .collect();
+    if invalid.is_empty() {
+        Outcome::ok("every config file validates")
+    } else {
+        Outcome::new(CheckStatus::Critical, format!("running on the last good config; {}", invalid.join(" | ")))
+    }
+}
+
+fn data_missing(observations: &Observations) -> Outcome {
+    let Some(feeds) = &observations.feeds else { return Outcome::unknown("market data could not be asked") };
+    let late: Vec<&FeedObservation> = feeds.iter().filter(|f| f.overdue_ms > 0).collect();
+    if late.is_empty() {
+        return Outcome::ok(format!("{} feed(s) up to date", feeds.len()));
+    }
+    let detail =
+        late.iter().map(|f| format!("{} {} s overdue", f.feed, f.overdue_ms / 1_000)).collect::<Vec<_>>().join("; ");
+    let status =
+        if late.iter().any(|f| f.overdue_ms >= f.timeframe_ms) { CheckStatus::Critical } else { CheckStatus::Warn };
+    let mut users: Vec<UserId> = late.iter().flat_map(|f| f.users.iter().cloned()).collect();
+    users.sort();
+    users.dedup();
+    Outcome::new(status, detail).users(users)
+}
+
+fn unresolved_orders(observations: &Observations) -> Outcome {
+    let Some(orders) = &observations.unresolved_orders else { return Outcome::unknown("orders could not be read") };
+    let count: u32 = orders.iter().map(|o| o.count).sum();
+    if count == 0 {
+        return Outcome::ok("every order's outcome is known");
+    }
+    let old: Vec<&UnresolvedOrdersObservation> =
+        orders.iter().filter(|o| o.oldest_age_ms >= UNRESOLVED_ORDER_AGE_MS_WARN).collect();
+    let detail = orders
+        .iter()
+        .map(|o| format!("{}: {} unresolved, oldest {} s", o.user, o.count, o.oldest_age_ms / 1_000))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let status = if old.is_empty() { CheckStatus::Ok } else { CheckStatus::Warn };
+    Outcome::new(status, detail)
+        .value(json!({ "unresolved": count }))
+        .users(old.iter().map(|o| o.user.clone()).collect())
+}
+
+fn strategy_errors(observations: &Observations) -> Outcome {
+    let Some(errors) = &observations.strategy_errors else { return Outcome::unknown("decisions could not be read") };
+    let failing: Vec<(&UserId, &u64)> = errors.iter().filter(|(_, n)| **n > 0).collect();
+    if failing.is_empty() {
+        return Outcome::ok("no strategy error since the last check");
+    }
+    let detail = failing
+        .iter()
+        .map(|(user, n)| format!("{user}: {n} iteration(s) skipped for a strategy error"))
+        .collect::<Vec<_>>();
+    Outcome::new(CheckStatus::Warn, detail.join("; ")).users(failing.iter().map(|(u, _)| (*u).clone()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure_points::catalog::{
+        CFG_MISSING, DATA_MISSING, RES_RATE_LIMIT, SYS_CREDENTIALS, SYS_EXCHANGE_API, SYS_PROCESS,
+    };
+
+    fn user(name: &str) -> UserId {
+        UserId::new(name).unwrap()
+    }
+
+    fn result(results: &[CheckResult], id: FailurePointId) -> &CheckResult {
+        results.iter().find(|r| r.id == id).unwrap()
+    }
+
+    fn trader(name: &str, state: &'static str, reason: Option<&str>) -> ActorObservation {
+        ActorObservation {
+            actor: "trader",
+            user: Some(user(name)),
+            state,
+            restarts: 0,
+            since_ms: 1_000,
+            reason: reason.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn nothing_observed_is_unknown_for_every_point_never_ok() {
+        let results = evaluate(&Observations::default());
+        assert_eq!(results.len(), CATALOG.len());
+        assert!(results.iter().all(|r| r.status == CheckStatus::Unknown), "{results:?}");
+        assert_eq!(overall(&results), CheckStatus::Unknown);
+    }
+
+    #[test]
+    fn failing_candle_fetches_make_the_exchange_critical_for_its_users() {
+        let observations = Observations {
+            exchange: Some(ExchangeObservation {
+                klines_requests: 4,
+                klines_failures: 3,
+                last_error: Some("rejected by the exchange (code -1003)".into()),
+                ..ExchangeObservation::default()
+            }),
+            feeds: Some(vec![FeedObservation {
+                feed: "XRPUSDT 5m".into(),
+                overdue_ms: 0,
+                timeframe_ms: 300_000,
+                users: vec![user("u2"), user("u1")],
+            }]),
+            ..Observations::default()
+        };
+        let results = evaluate(&observations);
+        let exchange = result(&results, SYS_EXCHANGE_API);
+        assert_eq!(exchange.status, CheckStatus::Critical, "{exchange:?}");
+        assert_eq!(exchange.users, [user("u1"), user("u2")]);
+        assert!(exchange.detail.contains("3 of 4"));
+        assert_eq!(overall(&results), CheckStatus::Critical);
+        let recovered = Observations {
+            exchange: Some(ExchangeObservation { klines_requests: 5, ..ExchangeObservation::default() }),
+            ..observations
+        };
+        assert_eq!(result(&evaluate(&recovered), SYS_EXCHANGE_API).status, CheckStatus::Ok);
+    }
+
+    #[test]
+    fn quarantined_and_halted_users_are_named() {
+        let observations = Observations {
+            actors: Some(vec![
+                trader("u1", "running", None),
+                trader("u2", "quarantined", Some("4 failures within 60 s")),
+                trader("u3", "halted", Some("no usable API credentials (-2015)")),
+            ]),
+            ..Observations::default()
+        };
+        let results = evaluate(&observations);
+        let process = result(&results, SYS_PROCESS);
+        assert_eq!((process.status, process.users.clone()), (CheckStatus::Critical, vec![user("u2")]));
+        let credentials = result(&results, SYS_CREDENTIALS);
+        assert_eq!((credentials.status, credentials.users.clone()), (CheckStatus::Critical, vec![user("u3")]));
+        assert!(credentials.detail.contains("-2015"));
+    }
+
+    #[test]
+    fn a_ban_is_critical_until_it_ends_and_overdue_feeds_are_reported() {
+        let observations = Observations {
+            now_ms: 10_000,
+            exchange: Some(ExchangeObservation { banned_until_ms: Some(70_000), ..ExchangeObservation::default() }),
+            feeds: Some(vec![FeedObservation {
+                feed: "BTCUSDT 5m".into(),
+                overdue_ms: 400_000,
+                timeframe_ms: 300_000,
+                users: vec![user("u1")],
+            }]),
+            config_files: Some(vec![ConfigFileObservation {
+                path: "config/bulwark.toml".into(),
+                exists: false,
+                problems: vec![],
+            }]),
+            ..Observations::default()
+        };
+        let results = evaluate(&observations);
+        let ban = result(&results, RES_RATE_LIMIT);
+        assert_eq!((ban.status, ban.until_ms), (CheckStatus::Critical, Some(70_000)));
+        let data = result(&results, DATA_MISSING);
+        assert_eq!((data.status, data.users.clone()), (CheckStatus::Critical, vec![user("u1")]));
+        assert_eq!(result(&results, CFG_MISSING).status, CheckStatus::Critical);
+        let line = line("2026-11-22T00:00:00.000Z", &results);
+        assert_eq!(line["overall"], "critical");
+        assert_eq!(line["checks"].as_array().unwrap().len(), CATALOG.len());
+        assert_eq!(line["checks"][0]["id"], "SIG-KILL-SWITCH");
+    }
+}
