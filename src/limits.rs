@@ -39,6 +39,8 @@ pub const ORDER_EVENTS_MAX: i64 = 1_000_000;
 
 /// Reconciliation action rows kept; older rows are pruned periodically.
 pub const RECONCILE_ACTIONS_MAX: i64 = 100_000;
+/// Monitor runs kept in the database (a day at the default 60 s interval).
+pub const MONITOR_SNAPSHOTS_MAX: i64 = 1_440;
 
 /// Requests queued for the paper exchange's venue thread; senders wait when it is full.
 pub const PAPER_VENUE_QUEUE_MAX: usize = 1024;

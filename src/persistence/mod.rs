@@ -14,6 +14,7 @@
 
 pub mod paper_journal;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -25,7 +26,9 @@ use serde::Serialize;
 use crate::domain::{
     ClientOrderId, Fill, IntentPurpose, OrderIntent, OrderState, OrderType, Price, Quantity, Side, Symbol, UserId,
 };
-use crate::limits::{DECISIONS_PER_USER_MAX, ORDER_EVENTS_MAX, RECONCILE_ACTIONS_MAX, SUPERVISOR_EVENTS_MAX};
+use crate::limits::{
+    DECISIONS_PER_USER_MAX, MONITOR_SNAPSHOTS_MAX, ORDER_EVENTS_MAX, RECONCILE_ACTIONS_MAX, SUPERVISOR_EVENTS_MAX,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -176,6 +179,14 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // How many requests carrying the client order id were sent: bounds resubmission.
     M::up("ALTER TABLE orders ADD COLUMN send_attempts INTEGER NOT NULL DEFAULT 0;"),
+    // The Monitor's runs, for history (bounded).
+    M::up(
+        "CREATE TABLE monitor_snapshots (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             ts_ms INTEGER NOT NULL,
+             overall TEXT NOT NULL,
+             body TEXT NOT NULL);",
+    ),
 ];
 
 /// An order intent together with its order's current state.
@@ -649,6 +660,7 @@ impl Store {
             ("supervisor_events", SUPERVISOR_EVENTS_MAX),
             ("order_events", ORDER_EVENTS_MAX),
             ("reconcile_actions", RECONCILE_ACTIONS_MAX),
+            ("monitor_snapshots", MONITOR_SNAPSHOTS_MAX),
         ] {
             removed += self.connection.execute(
                 &format!("DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?1"),
@@ -656,6 +668,80 @@ impl Store {
             )?;
         }
         Ok(removed)
+    }
+
+    /// Per user: orders whose outcome is not known yet (`pending`, `sending`, `unknown`), how many,
+    /// and when the oldest was created.
+    pub fn unresolved_order_counts(&mut self) -> Result<Vec<(UserId, u32, i64)>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT o.user_id, COUNT(*), MIN(i.created_at_ms) FROM orders o JOIN intents i USING (client_order_id)
+             WHERE o.state IN ('pending', 'sending', 'unknown') GROUP BY o.user_id ORDER BY o.user_id",
+        )?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?, row.get::<_, i64>(2)?)))?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (user, count, oldest) = row?;
+            counts.push((UserId::new(&user).map_err(|e| corrupt("orders", e))?, count, oldest));
+        }
+        Ok(counts)
+    }
+
+    /// Per user: how many symbols hold a position (non-zero quantity) in the bot's records.
+    pub fn open_position_counts(&mut self) -> Result<Vec<(UserId, u32)>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT u.user_id, COUNT(p.symbol) FROM users u
+             LEFT JOIN positions p ON p.user_id = u.user_id AND CAST(p.quantity AS REAL) != 0
+             GROUP BY u.user_id ORDER BY u.user_id",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?)))?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (user, count) = row?;
+            counts.push((UserId::new(&user).map_err(|e| corrupt("positions", e))?, count));
+        }
+        Ok(counts)
+    }
+
+    /// Per user: iterations skipped for a strategy error decided at or after `since_ms`.
+    pub fn strategy_error_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT user_id, COUNT(*) FROM decisions
+             WHERE outcome = 'skipped' AND reason LIKE 'strategy error:%' AND decided_at_ms >= ?1 GROUP BY user_id",
+        )?;
+        let rows =
+            statement.query_map(params![since_ms], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))?;
+        let mut counts = BTreeMap::new();
+        for row in rows {
+            let (user, count) = row?;
+            counts.insert(UserId::new(&user).map_err(|e| corrupt("decisions", e))?, count);
+        }
+        Ok(counts)
+    }
+
+    /// SQLite's quick integrity check: true when it answers "ok".
+    pub fn quick_check(&mut self) -> Result<bool, StoreError> {
+        let answer: String = self.connection.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
+        Ok(answer == "ok")
+    }
+
+    /// One Monitor run, for history.
+    pub fn record_monitor_snapshot(&mut self, ts_ms: i64, overall: &str, body: &str) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO monitor_snapshots (ts_ms, overall, body) VALUES (?1, ?2, ?3)",
+            params![ts_ms, overall, body],
+        )?;
+        Ok(())
+    }
+
+    /// The newest Monitor run: (ts_ms, overall, body).
+    pub fn latest_monitor_snapshot(&mut self) -> Result<Option<(i64, String, String)>, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT ts_ms, overall, body FROM monitor_snapshots ORDER BY id DESC LIMIT 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?)
     }
 
     /// Moves the write-ahead log into the main file (called at shutdown).
@@ -960,6 +1046,58 @@ mod tests {
         assert!(matches!(store.transition_order(&illegal), Err(StoreError::Conflict(_))));
         let stored = store.order(&id).unwrap().unwrap();
         assert_eq!((stored.state, stored.sent_at_ms, stored.send_attempts), (OrderState::Sending, Some(2_100), 1));
+    }
+
+    #[test]
+    fn what_the_monitor_reads() {
+        let mut store = store();
+        store.commit_intent(&intent(1)).unwrap();
+        store.commit_intent(&intent(2)).unwrap();
+        let id = intent(2).client_order_id;
+        let mut open = OrderTransition::new(id.clone(), OrderState::Pending, OrderState::Sending, 2_100);
+        open.sent_at_ms = Some(2_100);
+        store.transition_order(&open).unwrap();
+        store.transition_order(&OrderTransition::new(id, OrderState::Sending, OrderState::Open, 2_200)).unwrap();
+        assert_eq!(store.unresolved_order_counts().unwrap(), [(user(), 1, 2_000)], "open orders are live, not unknown");
+
+        let position = PositionRecord {
+            user: user(),
+            symbol: symbol(),
+            quantity: Decimal::new(-25, 1),
+            entry_price: Decimal::from(1),
+            position_start_time_ms: Some(3_000),
+            active_order_id: None,
+            verified_at_ms: 3_000,
+        };
+        store.save_position(&position).unwrap();
+        assert_eq!(store.open_position_counts().unwrap(), [(user(), 1)]);
+        store.save_position(&PositionRecord { quantity: Decimal::ZERO, ..position }).unwrap();
+        assert_eq!(store.open_position_counts().unwrap(), [(user(), 0)]);
+
+        let decision = |at_ms, reason: &str| DecisionRecord {
+            user: user(),
+            symbol: symbol(),
+            timeframe: "5m".into(),
+            strategy: "ema_crossover".into(),
+            candle_close_ms: None,
+            decided_at_ms: at_ms,
+            outcome: "skipped".into(),
+            reason: reason.into(),
+            signal: None,
+            score: None,
+            client_order_id: None,
+            counts_as_decision: false,
+        };
+        store.record_decision(&decision(4_000, "strategy error: not enough candles")).unwrap();
+        store.record_decision(&decision(5_000, "strategy error: not enough candles")).unwrap();
+        store.record_decision(&decision(5_000, "candles unavailable: stale")).unwrap();
+        assert_eq!(store.strategy_error_counts(4_500).unwrap(), BTreeMap::from([(user(), 1)]));
+
+        assert!(store.quick_check().unwrap());
+        assert_eq!(store.latest_monitor_snapshot().unwrap(), None);
+        store.record_monitor_snapshot(6_000, "ok", "{}").unwrap();
+        store.record_monitor_snapshot(7_000, "warn", "{\"checks\":[]}").unwrap();
+        assert_eq!(store.latest_monitor_snapshot().unwrap(), Some((7_000, "warn".into(), "{\"checks\":[]}".into())));
     }
 
     #[test]
