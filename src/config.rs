@@ -166,6 +166,14 @@ pub struct Config {
     pub chaos: ChaosConfig,
     pub users: Vec<UserConfig>,
     pub intelligence: Option<IntelligenceConfig>,
+    pub monitor: MonitorConfig,
+}
+
+/// `[monitor]`: how often every failure point is checked and the summary rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorConfig {
+    pub interval: Duration,
+    pub summary_interval: Duration,
 }
 
 impl Config {
@@ -259,6 +267,20 @@ struct RawConfig {
     chaos: RawChaos,
     users: Vec<RawUser>,
     intelligence: Option<RawIntelligence>,
+    monitor: RawMonitor,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawMonitor {
+    interval_secs: i64,
+    summary_interval_secs: i64,
+}
+
+impl Default for RawMonitor {
+    fn default() -> Self {
+        Self { interval_secs: 60, summary_interval_secs: 300 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -522,6 +544,17 @@ impl Validator {
         let users = self.users(raw.users, &venue, risk);
         let chaos = self.chaos(raw.chaos, &users);
         let intelligence = raw.intelligence.map(|raw| self.intelligence(raw));
+        let monitor = MonitorConfig {
+            interval: Duration::from_secs(
+                self.int_in("monitor.interval_secs", raw.monitor.interval_secs, 1, 3_600) as u64
+            ),
+            summary_interval: Duration::from_secs(self.int_in(
+                "monitor.summary_interval_secs",
+                raw.monitor.summary_interval_secs,
+                1,
+                86_400,
+            ) as u64),
+        };
         Some(Config {
             source_name: source_name.to_owned(),
             server,
@@ -531,6 +564,7 @@ impl Validator {
             chaos,
             users,
             intelligence,
+            monitor,
         })
     }
 

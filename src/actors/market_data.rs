@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 
 use crate::domain::{Candle, Symbol, Timeframe, UserId};
 use crate::exchange::Exchange;
+use crate::failure_points::monitor::FeedObservation;
 use crate::limits::CANDLE_WINDOW_LEN;
 
 /// Polls after a due candle before a still-missing candle is reported as stale.
@@ -79,6 +80,12 @@ pub struct StopFeeds;
 #[rtype(result = "MarketDataStats")]
 pub struct GetStats;
 
+/// Every feed with subscribers: how long its newest closed candle has been due without arriving,
+/// as of the last poll's exchange time. `None` before the first poll that reached the exchange.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Vec<FeedObservation>>")]
+pub struct FeedStatuses;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PollReport {
     /// Market time the poll saw, if the exchange answered.
@@ -101,6 +108,8 @@ pub struct MarketDataStats {
     pub klines_failures: u64,
     pub deliveries: u64,
     pub dropped_full: u64,
+    /// The newest failed candle fetch, with the feed (kept until the next failure).
+    pub last_klines_error: Option<String>,
 }
 
 /// Every user's current subscription, kept outside the actor so that a restarted market data
@@ -131,6 +140,8 @@ pub struct MarketData {
     /// Set by [`StopFeeds`]; never cleared in this incarnation.
     stopped: bool,
     stats: MarketDataStats,
+    /// The exchange time the newest poll saw (written by polls, read by [`FeedStatuses`]).
+    last_server_time_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for MarketData {
@@ -149,6 +160,7 @@ impl MarketData {
             polling: false,
             stopped: false,
             stats: MarketDataStats::default(),
+            last_server_time_ms: None,
         }
     }
 
@@ -168,7 +180,10 @@ impl MarketData {
             .into_actor(self)
             .then(|server_time, actor, _| {
                 let requests = match server_time {
-                    Ok(now_ms) => actor.due_feeds(now_ms),
+                    Ok(now_ms) => {
+                        actor.last_server_time_ms = Some(now_ms);
+                        actor.due_feeds(now_ms)
+                    }
                     Err(ref error) => {
                         tracing::warn!(%error, "market data: exchange time unavailable");
                         Vec::new()
@@ -233,8 +248,9 @@ impl MarketData {
             // A poll that was running when the feeds stopped delivers nothing.
             return;
         }
-        if result.is_err() {
+        if let Err(error) = &result {
             self.stats.klines_failures += 1;
+            self.stats.last_klines_error = Some(format!("{symbol} {timeframe}: {error}"));
         }
         let Some(feed) = self.feeds.get_mut(&(symbol.clone(), timeframe)) else { return };
         let candles = match result {
@@ -360,6 +376,36 @@ impl Handler<StopFeeds> for MarketData {
 
     fn handle(&mut self, _: StopFeeds, _: &mut Context<Self>) {
         self.stopped = true;
+    }
+}
+
+impl Handler<FeedStatuses> for MarketData {
+    type Result = MessageResult<FeedStatuses>;
+
+    fn handle(&mut self, _: FeedStatuses, _: &mut Context<Self>) -> Self::Result {
+        let Some(now_ms) = self.last_server_time_ms else { return MessageResult(None) };
+        let margin_of = |timeframe: Timeframe| {
+            close_margin_ms(timeframe, self.exchange.clock_is_exact(), self.exchange.clock_error_ms())
+        };
+        let statuses = self
+            .feeds
+            .iter()
+            .filter(|(_, feed)| !feed.subscribers.is_empty())
+            .map(|((symbol, timeframe), feed)| {
+                let margin_ms = margin_of(*timeframe);
+                let expected_open_ms = timeframe.last_closed_open_ms(now_ms - margin_ms);
+                let behind = feed.delivered_open_ms.is_none_or(|delivered| delivered < expected_open_ms);
+                // Due since the expected candle closed (plus the margin).
+                let due_since_ms = expected_open_ms + timeframe.duration_ms() + margin_ms;
+                FeedObservation {
+                    feed: format!("{symbol} {timeframe}"),
+                    overdue_ms: if behind { (now_ms - due_since_ms).max(0) } else { 0 },
+                    timeframe_ms: timeframe.duration_ms(),
+                    users: feed.subscribers.keys().cloned().collect(),
+                }
+            })
+            .collect();
+        MessageResult(Some(statuses))
     }
 }
 

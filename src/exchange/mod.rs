@@ -29,6 +29,15 @@ pub enum ErrorClass {
     Fatal,
 }
 
+/// The request-weight budget of an exchange host, as the client sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBudget {
+    pub weight_used: u32,
+    pub weight_limit: u32,
+    /// Set while the host bans every request (418).
+    pub banned_until_ms: Option<i64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExchangeError {
     /// The request was not executed (connection refused, "Service Unavailable", -1001, -1008).
@@ -102,6 +111,11 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     /// an estimate; 0 when unknown or exact.
     fn clock_error_ms(&self) -> i64 {
         0
+    }
+
+    /// This host's request-weight budget, if the exchange has one (the paper exchange does not).
+    fn request_budget(&self) -> Option<RequestBudget> {
+        None
     }
 
     async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError>;

@@ -85,6 +85,7 @@ pub struct ExchangeObservation {
 pub struct FeedObservation {
     pub feed: String,
     /// How long the newest closed candle has been due without arriving (ms); 0 when up to date.
+    /// Half a candle late is `warn`, a whole candle `critical`.
     pub overdue_ms: i64,
     /// The feed's candle length (ms).
     pub timeframe_ms: i64,
@@ -504,7 +505,8 @@ fn config_invalid(observations: &Observations) -> Outcome {
 
 fn data_missing(observations: &Observations) -> Outcome {
     let Some(feeds) = &observations.feeds else { return Outcome::unknown("market data could not be asked") };
-    let late: Vec<&FeedObservation> = feeds.iter().filter(|f| f.overdue_ms > 0).collect();
+    // A candle is fetched on the first poll after it is due; only half a candle late counts.
+    let late: Vec<&FeedObservation> = feeds.iter().filter(|f| f.overdue_ms * 2 >= f.timeframe_ms).collect();
     if late.is_empty() {
         return Outcome::ok(format!("{} feed(s) up to date", feeds.len()));
     }

@@ -292,6 +292,11 @@ impl SupervisionJournal {
         self.children.values()
     }
 
+    /// Lines that could not be written to `supervisor.jsonl` since start.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures
+    }
+
     /// Writes a `tree` snapshot line.
     pub fn snapshot(&mut self) {
         let now_ms = self.now_ms();

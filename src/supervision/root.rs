@@ -77,6 +77,17 @@ pub struct ShutdownReport {
     pub flushed: bool,
 }
 
+/// The supervision tree as the journal has it now (for the Monitor).
+#[derive(Debug, Message)]
+#[rtype(result = "TreeStatus")]
+pub struct GetTreeStatus;
+
+#[derive(Debug, Clone, Default)]
+pub struct TreeStatus {
+    pub actors: Vec<crate::failure_points::monitor::ActorObservation>,
+    pub journal_write_failures: u64,
+}
+
 /// A user supervisor's address, for tests and admin paths.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<Addr<UserSupervisor>>")]
@@ -277,6 +288,26 @@ impl Actor for RootSupervisor {
             self.users.insert(user, supervisor);
         }
         ctx.run_interval(self.settings.status_interval, |root, _| root.journal.borrow_mut().snapshot());
+    }
+}
+
+impl Handler<GetTreeStatus> for RootSupervisor {
+    type Result = MessageResult<GetTreeStatus>;
+
+    fn handle(&mut self, _: GetTreeStatus, _: &mut Context<Self>) -> Self::Result {
+        let journal = self.journal.borrow();
+        let actors = journal
+            .children()
+            .map(|child| crate::failure_points::monitor::ActorObservation {
+                actor: child.actor.as_str(),
+                user: child.user.clone(),
+                state: child.state.as_str(),
+                restarts: child.restarts,
+                since_ms: child.since_ms,
+                reason: child.reason.clone(),
+            })
+            .collect();
+        MessageResult(TreeStatus { actors, journal_write_failures: journal.write_failures() })
     }
 }
 

@@ -449,6 +449,15 @@ impl Exchange for BinanceClient {
         self.inner.clock.lock().error_ms(local_ms).unwrap_or(0)
     }
 
+    fn request_budget(&self) -> Option<crate::exchange::RequestBudget> {
+        let stats = self.stats();
+        Some(crate::exchange::RequestBudget {
+            weight_used: stats.weight_used,
+            weight_limit: stats.weight_limit,
+            banned_until_ms: stats.banned_until_ms,
+        })
+    }
+
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.on_io(Effect::Read, |inner| Box::pin(async move { inner.exchange_now_ms().await })).await
     }
