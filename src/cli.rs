@@ -1,4 +1,4 @@
-//! The command line: `bulwark run | status | reconcile | sim | report | check-config`. Thin: parse, load the config, call the
+//! The command line: `bulwark run | status | why | reconcile | sim | report | check-config`. Thin: parse, load the config, call the
 //! library, map the outcome to an exit code.
 //!
 //! Exit codes: 0 success; 1 a runtime error (including "another server holds this database");
@@ -37,6 +37,19 @@ pub enum Command {
     },
     /// Print each user's state from the database and logs (works while the server runs).
     Status {
+        /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why is this user not trading? Every active block (supervisor state, locks, failing checks
+    /// that name the user, the last decision) with since, until and what un-blocks it; a trading
+    /// user gets "trading" and its last decision. Reads the database (works while the server runs).
+    Why {
+        /// The user id, as in the config.
+        user: String,
         /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
@@ -119,6 +132,29 @@ pub fn main() -> ExitCode {
                 }
                 Ok(report) => {
                     print!("{}", crate::status::render_text(&report));
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("bulwark: {error:#}");
+                    ExitCode::from(EXIT_RUNTIME_ERROR)
+                }
+            }
+        }
+        Command::Why { user, config, json } => {
+            let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
+            note_embedded(&config);
+            if !config.users.iter().any(|u| u.id.as_str() == user) {
+                let known: Vec<&str> = config.users.iter().map(|u| u.id.as_str()).collect();
+                eprintln!("bulwark why: no user {user:?} in {} (users: {})", config.source_name, known.join(", "));
+                return ExitCode::from(EXIT_USAGE);
+            }
+            match crate::status::why(&config, &user) {
+                Ok(answer) if json => {
+                    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(answer) => {
+                    print!("{}", crate::failure_points::why::render_text(&answer));
                     ExitCode::SUCCESS
                 }
                 Err(error) => {

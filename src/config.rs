@@ -38,6 +38,23 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/bulwark.toml";
 /// The shipped default config, compiled in.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/bulwark.toml");
 
+/// Every config file bulwark ships, compiled in, by file name: the Healer restores a shipped file
+/// that disappears while the server runs (CFG-MISSING) from these. They hold no secret (only the
+/// names of the environment variables that do).
+pub const SHIPPED_CONFIG_FILES: &[(&str, &str)] = &[
+    ("bulwark.toml", EMBEDDED_DEFAULT),
+    ("chaos.toml", include_str!("../config/chaos.toml")),
+    ("fast-monitor.toml", include_str!("../config/fast-monitor.toml")),
+    ("sim.toml", include_str!("../config/sim.toml")),
+    ("sim-server.toml", include_str!("../config/sim-server.toml")),
+];
+
+/// The shipped content of a config file, by its file name.
+pub fn shipped_config(path: &Path) -> Option<&'static str> {
+    let name = path.file_name()?.to_str()?;
+    SHIPPED_CONFIG_FILES.iter().find(|(shipped, _)| *shipped == name).map(|(_, text)| *text)
+}
+
 /// `Config::source_name` of the embedded default.
 pub const EMBEDDED_SOURCE_NAME: &str = "embedded default";
 
@@ -167,6 +184,19 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub intelligence: Option<IntelligenceConfig>,
     pub monitor: MonitorConfig,
+    pub healer: HealerConfig,
+}
+
+/// `[healer]`: how often failing failure points are healed, and how hard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealerConfig {
+    pub interval: Duration,
+    /// A quarantined user is re-admitted once it has been quarantined this long.
+    pub readmit_cooldown: Duration,
+    /// Attempts of one action on one failure point within `budget_window`; beyond it the action
+    /// is `skipped` (healing never loops).
+    pub attempts_max: u32,
+    pub budget_window: Duration,
 }
 
 /// `[monitor]`: how often every failure point is checked and the summary rewritten.
@@ -177,6 +207,11 @@ pub struct MonitorConfig {
 }
 
 impl Config {
+    /// The file this config was read from; `None` for the embedded default.
+    pub fn source_file(&self) -> Option<PathBuf> {
+        (self.source_name != EMBEDDED_SOURCE_NAME).then(|| PathBuf::from(&self.source_name))
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.server.data_dir.join("bulwark.db")
     }
@@ -268,6 +303,22 @@ struct RawConfig {
     users: Vec<RawUser>,
     intelligence: Option<RawIntelligence>,
     monitor: RawMonitor,
+    healer: RawHealer,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawHealer {
+    interval_secs: i64,
+    readmit_cooldown_secs: i64,
+    attempts_max: i64,
+    budget_window_secs: i64,
+}
+
+impl Default for RawHealer {
+    fn default() -> Self {
+        Self { interval_secs: 300, readmit_cooldown_secs: 600, attempts_max: 3, budget_window_secs: 3_600 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -555,6 +606,15 @@ impl Validator {
                 86_400,
             ) as u64),
         };
+        let secs = |validator: &mut Self, path: &str, value: i64, min: i64, max: i64| {
+            Duration::from_secs(validator.int_in(path, value, min, max) as u64)
+        };
+        let healer = HealerConfig {
+            interval: secs(self, "healer.interval_secs", raw.healer.interval_secs, 1, 86_400),
+            readmit_cooldown: secs(self, "healer.readmit_cooldown_secs", raw.healer.readmit_cooldown_secs, 0, 604_800),
+            attempts_max: self.int_in("healer.attempts_max", raw.healer.attempts_max, 1, 100) as u32,
+            budget_window: secs(self, "healer.budget_window_secs", raw.healer.budget_window_secs, 1, 604_800),
+        };
         Some(Config {
             source_name: source_name.to_owned(),
             server,
@@ -565,6 +625,7 @@ impl Validator {
             users,
             intelligence,
             monitor,
+            healer,
         })
     }
 
@@ -1304,9 +1365,21 @@ mod tests {
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sim-server.toml")).unwrap();
         let sim = parse_sim(&sim, "config/sim-server.toml").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sim.listen.port(), 8378);
-        for file in ["config/bulwark.toml", "config/chaos.toml", "config/sim.toml"] {
+        for file in ["config/bulwark.toml", "config/chaos.toml", "config/sim.toml", "config/fast-monitor.toml"] {
             let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
             parse(&text, file).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn every_config_file_in_the_repository_is_shipped_in_the_binary() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let on_disk = std::fs::read_to_string(&path).unwrap();
+            let shipped =
+                shipped_config(&path).unwrap_or_else(|| panic!("{} is not in SHIPPED_CONFIG_FILES", path.display()));
+            assert_eq!(shipped, on_disk, "{}", path.display());
         }
     }
 

@@ -75,3 +75,8 @@ pub const EVENT_TAP_CAPACITY: usize = 4096;
 const _: () = assert!(CANDLE_WINDOW_LEN <= KLINES_LIMIT_MAX as usize);
 // An 8h window (96 base candles each) must fit in a random walk's history; config refuses longer.
 const _: () = assert!(PAPER_RANDOM_WALK_HISTORY_MAX >= (CANDLE_WINDOW_LEN + 1) * 96);
+
+/// Guard decisions kept per user (the newest; older ones are pruned).
+pub const GUARD_DECISIONS_PER_USER_MAX: i64 = 2_000;
+/// Cleared guard locks kept (the newest); uncleared ones are never pruned.
+pub const GUARD_LOCKS_CLEARED_MAX: i64 = 10_000;

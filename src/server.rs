@@ -26,6 +26,8 @@ use anyhow::Context as _;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::actors::Directory;
+use crate::actors::healer::HealerSettings;
+use crate::actors::monitor::{MonitorSettings, MonitoredUser};
 use crate::actors::order_router::{OrderRouter, ReconcileReport, ReconcileUser, RouterSettings};
 use crate::actors::persistence::PersistenceActor;
 use crate::actors::trader::{ChaosPlan, TraderSeed, UserCounters};
@@ -124,12 +126,13 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             .with_context(|| format!("opening {}", config.server.log_dir.join("supervisor.jsonl").display()))?
             .shared();
 
-    let (persistence_arbiter, market_data_arbiter, order_router_arbiter) =
-        (Arbiter::new(), Arbiter::new(), Arbiter::new());
+    let (persistence_arbiter, market_data_arbiter, order_router_arbiter, monitor_arbiter) =
+        (Arbiter::new(), Arbiter::new(), Arbiter::new(), Arbiter::new());
     let shared_arbiters = SharedArbiters {
         persistence: persistence_arbiter.handle(),
         market_data: market_data_arbiter.handle(),
         order_router: order_router_arbiter.handle(),
+        monitor: monitor_arbiter.handle(),
     };
     let trader_arbiters: Vec<Arbiter> = (0..config.supervisor.trader_threads.max(1)).map(|_| Arbiter::new()).collect();
 
@@ -193,6 +196,26 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             ..RouterSettings::default()
         },
         database_path,
+        monitor: Arc::new(MonitorSettings {
+            interval: config.monitor.interval,
+            summary_interval: config.monitor.summary_interval,
+            log_dir: config.server.log_dir.clone(),
+            data_dir: config.server.data_dir.clone(),
+            config_file: config.source_file(),
+            users: config
+                .users
+                .iter()
+                .map(|u| MonitoredUser { id: u.id.clone(), max_open_positions: config.risk.max_open_positions })
+                .collect(),
+        }),
+        healer: Arc::new(HealerSettings {
+            interval: config.healer.interval,
+            readmit_cooldown: config.healer.readmit_cooldown,
+            attempts_max: config.healer.attempts_max,
+            budget_window: config.healer.budget_window,
+            log_dir: config.server.log_dir.clone(),
+            config_file: config.source_file(),
+        }),
     };
     let (escalate, escalation) = oneshot::channel();
     let root = RootSupervisor::new(
@@ -208,7 +231,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
     .start();
 
     let mut arbiters = trader_arbiters;
-    arbiters.extend([persistence_arbiter, market_data_arbiter, order_router_arbiter]);
+    arbiters.extend([persistence_arbiter, market_data_arbiter, order_router_arbiter, monitor_arbiter]);
     Ok(RunningServer {
         root,
         directory,

@@ -1,5 +1,7 @@
-//! `bulwark status`: each user's state read from the database (opened read-only, so it works
-//! while the server runs) and the newest tree snapshot from `supervisor.jsonl`.
+//! `bulwark status` and `bulwark why`: each user's state read from the database (opened
+//! read-only, so it works while the server runs), the newest tree snapshot from
+//! `supervisor.jsonl`, and the inputs of [`why::explain`] (the Monitor's newest stored run, the
+//! user's guard locks and decisions).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,6 +13,7 @@ use serde_json::Value;
 
 use crate::clock::rfc3339_ms;
 use crate::config::Config;
+use crate::failure_points::why::{self, CheckView, DecisionView, WhyAnswer, WhyInputs};
 use crate::instance_lock::InstanceLock;
 use crate::persistence::{Store, UserStatus};
 
@@ -56,6 +59,68 @@ pub fn collect(config: &Config) -> anyhow::Result<StatusReport> {
         .collect();
     let tree = newest_tree_snapshot(&config.server.log_dir.join("supervisor.jsonl"));
     Ok(StatusReport { database: database.display().to_string(), server_running, users, tree })
+}
+
+/// Decisions and guard blocks shown by `why`.
+const WHY_DECISIONS_MAX: u32 = 5;
+
+/// `bulwark why USER`.
+pub fn why(config: &Config, user: &str) -> anyhow::Result<WhyAnswer> {
+    let database = config.database_path();
+    if !database.exists() {
+        anyhow::bail!(
+            "no database at {}: the server has not run with this config yet (start it with `bulwark run`)",
+            database.display()
+        );
+    }
+    let server_running = InstanceLock::is_held(&database);
+    let user_id = crate::domain::UserId::new(user).map_err(|e| anyhow::anyhow!("user {user:?}: {e}"))?;
+    let mut store = Store::open_read_only(&database).with_context(|| format!("opening {}", database.display()))?;
+    let reading = || format!("reading {}", database.display());
+    let trader_state = store
+        .user_statuses()
+        .with_context(reading)?
+        .into_iter()
+        .find(|status| status.user == user)
+        .map(|status| (status.state, status.reason, status.since_ms));
+    let checks = store.latest_monitor_snapshot().with_context(reading)?.and_then(|(ts_ms, _, body)| {
+        serde_json::from_str::<Value>(&body).ok().map(|line| (ts_ms, CheckView::from_line(&line)))
+    });
+    let locks = store.uncleared_guard_locks(Some(&user_id)).with_context(reading)?;
+    let decisions = store
+        .recent_decisions(&user_id, WHY_DECISIONS_MAX)
+        .with_context(reading)?
+        .into_iter()
+        .map(|d| DecisionView {
+            decided_at_ms: d.decided_at_ms,
+            symbol: d.symbol.to_string(),
+            outcome: d.outcome,
+            reason: d.reason,
+        })
+        .collect();
+    let guard_blocks = store
+        .recent_guard_decisions(&user_id, WHY_DECISIONS_MAX * 4)
+        .with_context(reading)?
+        .into_iter()
+        .filter(|d| d.verdict == "block")
+        .take(WHY_DECISIONS_MAX as usize)
+        .map(|d| DecisionView {
+            decided_at_ms: d.decided_at_ms,
+            symbol: d.symbol.to_string(),
+            outcome: d.failure_point.unwrap_or_else(|| "block".to_owned()),
+            reason: d.reason,
+        })
+        .collect();
+    Ok(why::explain(&WhyInputs {
+        user: user.to_owned(),
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        server_running: Some(server_running),
+        trader_state,
+        checks,
+        locks,
+        decisions,
+        guard_blocks,
+    }))
 }
 
 /// The newest `{"event": "tree"}` line in the journal's tail.

@@ -3,7 +3,9 @@
 //! `exchange::paper::venue`). See `actors.md` for the tree, every message, and which failure
 //! points each actor owns.
 
+pub mod healer;
 pub mod market_data;
+pub mod monitor;
 pub mod order_router;
 pub mod persistence;
 pub mod trader;
@@ -16,7 +18,9 @@ use actix::Addr;
 use parking_lot::RwLock;
 use tokio::sync::Semaphore;
 
+use crate::actors::healer::Healer;
 use crate::actors::market_data::MarketData;
+use crate::actors::monitor::Monitor;
 use crate::actors::order_router::OrderRouter;
 use crate::actors::persistence::PersistenceActor;
 use crate::limits::PERSISTENCE_IN_FLIGHT_MAX;
@@ -31,6 +35,8 @@ pub struct Directory {
     persistence: RwLock<Option<Addr<PersistenceActor>>>,
     market_data: RwLock<Option<Addr<MarketData>>>,
     order_router: RwLock<Option<Addr<OrderRouter>>>,
+    monitor: RwLock<Option<Addr<Monitor>>>,
+    healer: RwLock<Option<Addr<Healer>>>,
     /// Requests to persistence that are queued or running, across every caller. actix lets each
     /// sender put one message past the mailbox's capacity and every `Addr` clone is a new sender,
     /// so the mailbox alone bounds nothing here; these permits do (see `persistence::run` and
@@ -46,6 +52,8 @@ impl Default for Directory {
             persistence: RwLock::default(),
             market_data: RwLock::default(),
             order_router: RwLock::default(),
+            monitor: RwLock::default(),
+            healer: RwLock::default(),
             persistence_permits: Arc::new(Semaphore::new(PERSISTENCE_IN_FLIGHT_MAX)),
             persistence_writes_refused: AtomicU64::new(0),
         }
@@ -58,6 +66,8 @@ impl fmt::Debug for Directory {
             .field("persistence", &self.persistence.read().is_some())
             .field("market_data", &self.market_data.read().is_some())
             .field("order_router", &self.order_router.read().is_some())
+            .field("monitor", &self.monitor.read().is_some())
+            .field("healer", &self.healer.read().is_some())
             .finish()
     }
 }
@@ -83,6 +93,22 @@ impl Directory {
 
     pub fn order_router(&self) -> Result<Addr<OrderRouter>, NotRunning> {
         self.order_router.read().clone().ok_or(NotRunning("order_router"))
+    }
+
+    pub fn monitor(&self) -> Result<Addr<Monitor>, NotRunning> {
+        self.monitor.read().clone().ok_or(NotRunning("monitor"))
+    }
+
+    pub fn healer(&self) -> Result<Addr<Healer>, NotRunning> {
+        self.healer.read().clone().ok_or(NotRunning("healer"))
+    }
+
+    pub(crate) fn set_monitor(&self, addr: Option<Addr<Monitor>>) {
+        *self.monitor.write() = addr;
+    }
+
+    pub(crate) fn set_healer(&self, addr: Option<Addr<Healer>>) {
+        *self.healer.write() = addr;
     }
 
     pub(crate) fn set_persistence(&self, addr: Option<Addr<PersistenceActor>>) {
@@ -118,3 +144,5 @@ macro_rules! stop_handler {
 stop_handler!(PersistenceActor);
 stop_handler!(MarketData);
 stop_handler!(OrderRouter);
+stop_handler!(Monitor);
+stop_handler!(Healer);

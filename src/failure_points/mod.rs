@@ -3,4 +3,6 @@
 //! Healer that make each one observable and, where possible, heal it are built on those.
 
 pub mod catalog;
+pub mod locks;
 pub mod monitor;
+pub mod why;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::domain::UserId;
 use crate::failure_points::catalog::{self, CATALOG, Category, FailurePointId, Priority};
+use crate::failure_points::locks::GuardLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,15 +43,22 @@ pub struct CheckResult {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
-    /// Since when the condition holds (ms), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Since when the condition holds (ms; written as RFC 3339 `since`), when known.
+    #[serde(rename = "since", skip_serializing_if = "Option::is_none", serialize_with = "rfc3339")]
     pub since_ms: Option<i64>,
-    /// When it ends by itself (ms), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When it ends by itself (ms; written as RFC 3339 `until`), when known.
+    #[serde(rename = "until", skip_serializing_if = "Option::is_none", serialize_with = "rfc3339")]
     pub until_ms: Option<i64>,
     /// The users it blocks; empty when it is not about particular users.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserId>,
+}
+
+fn rfc3339<S: serde::Serializer>(timestamp_ms: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match timestamp_ms {
+        Some(ms) => serializer.serialize_str(&crate::clock::rfc3339_ms(*ms)),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// A supervised actor as the journal has it.
@@ -147,6 +155,10 @@ pub struct Observations {
     pub positions: Option<Vec<PositionsObservation>>,
     /// Skipped iterations whose reason was a strategy error, per user, since the previous run.
     pub strategy_errors: Option<BTreeMap<UserId, u64>>,
+    /// Kill switches and probations not cleared yet (holding or overdue).
+    pub locks: Option<Vec<GuardLock>>,
+    /// Signals each guard blocked since the previous run: (failure point, user, count).
+    pub guard_blocks: Option<Vec<(String, UserId, u64)>>,
 }
 
 /// Below this much free space the filesystem check warns; below a tenth of it, critical.
@@ -213,8 +225,9 @@ impl Outcome {
     }
 }
 
-const NOT_BUILT_SIGNAL: &str = "not checked: the signal guards (SignalBus) are not built yet";
-const NOT_BUILT_LOCKS: &str = "not checked: kill-switch and probation locks are not built yet";
+/// An overdue lock (past its expiry, not cleared) older than this is critical: the Healer should
+/// have cleared it within one of its intervals.
+pub const LOCK_OVERDUE_MS_CRITICAL: i64 = 15 * 60_000;
 
 fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
     use catalog::*;
@@ -244,10 +257,11 @@ fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
         STATE_ORPHAN_ORDERS => {
             Outcome::unknown("not checked periodically: orphans are cancelled at every trader start")
         }
-        SIG_KILL_SWITCH | SIG_SYMBOL_PROBATION | STATE_KILL_SWITCH | STATE_PROBATION => {
-            Outcome::unknown(NOT_BUILT_LOCKS)
-        }
-        _ => Outcome::unknown(NOT_BUILT_SIGNAL),
+        SIG_KILL_SWITCH => holding_locks(observations, SIG_KILL_SWITCH, CheckStatus::Critical),
+        SIG_SYMBOL_PROBATION => holding_locks(observations, SIG_SYMBOL_PROBATION, CheckStatus::Warn),
+        STATE_KILL_SWITCH => overdue_locks(observations, SIG_KILL_SWITCH),
+        STATE_PROBATION => overdue_locks(observations, SIG_SYMBOL_PROBATION),
+        signal => guard_blocks(observations, signal),
     };
     let point = entry(id);
     CheckResult {
@@ -550,6 +564,67 @@ fn strategy_errors(observations: &Observations) -> Outcome {
         .map(|(user, n)| format!("{user}: {n} iteration(s) skipped for a strategy error"))
         .collect::<Vec<_>>();
     Outcome::new(CheckStatus::Warn, detail.join("; ")).users(failing.iter().map(|(u, _)| (*u).clone()).collect())
+}
+
+fn holding_locks(observations: &Observations, guard: FailurePointId, status: CheckStatus) -> Outcome {
+    let Some(locks) = &observations.locks else { return Outcome::unknown("guard locks could not be read") };
+    let holding: Vec<&GuardLock> = locks
+        .iter()
+        .filter(|lock| lock.failure_point == guard.as_str() && lock.holds_at(observations.now_ms))
+        .collect();
+    if holding.is_empty() {
+        return Outcome::ok("none holds");
+    }
+    let detail = holding
+        .iter()
+        .map(|lock| {
+            let scope = lock.symbol.as_ref().map_or("all entries".to_owned(), |s| format!("entries on {s}"));
+            format!("{}: {scope} until {} ({})", lock.user, crate::clock::rfc3339_ms(lock.until_ms), lock.reason)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut users: Vec<UserId> = holding.iter().map(|lock| lock.user.clone()).collect();
+    users.sort();
+    users.dedup();
+    let mut outcome = Outcome::new(status, detail).users(users).value(json!({ "locks": holding.len() }));
+    outcome.since_ms = holding.iter().map(|lock| lock.set_at_ms).min();
+    outcome.until_ms = holding.iter().map(|lock| lock.until_ms).max();
+    outcome
+}
+
+fn overdue_locks(observations: &Observations, guard: FailurePointId) -> Outcome {
+    let Some(locks) = &observations.locks else { return Outcome::unknown("guard locks could not be read") };
+    let overdue: Vec<&GuardLock> = locks
+        .iter()
+        .filter(|lock| lock.failure_point == guard.as_str() && !lock.holds_at(observations.now_ms))
+        .collect();
+    if overdue.is_empty() {
+        return Outcome::ok(format!("no {guard} lock past its expiry"));
+    }
+    let late_ms = overdue.iter().map(|lock| lock.overdue_ms(observations.now_ms)).max().unwrap_or(0);
+    let detail = format!(
+        "{} {guard} lock(s) past their expiry and not cleared (up to {} s late); they no longer block, the Healer clears them",
+        overdue.len(),
+        late_ms / 1_000
+    );
+    let status = if late_ms >= LOCK_OVERDUE_MS_CRITICAL { CheckStatus::Critical } else { CheckStatus::Warn };
+    Outcome::new(status, detail).value(json!({ "overdue": overdue.len(), "late_ms_max": late_ms }))
+}
+
+fn guard_blocks(observations: &Observations, guard: FailurePointId) -> Outcome {
+    let Some(blocks) = &observations.guard_blocks else {
+        return Outcome::unknown("guard decisions could not be read");
+    };
+    let mine: Vec<&(String, UserId, u64)> = blocks.iter().filter(|(id, _, _)| id == guard.as_str()).collect();
+    let total: u64 = mine.iter().map(|(_, _, n)| n).sum();
+    if total == 0 {
+        return Outcome::ok("no signal blocked since the last check");
+    }
+    let detail = mine.iter().map(|(_, user, n)| format!("{user}: {n} blocked")).collect::<Vec<_>>().join("; ");
+    // A guard refusing a signal is the guard working: visible (warn), not a failure.
+    Outcome::new(CheckStatus::Warn, format!("signals blocked since the last check: {detail}"))
+        .users(mine.iter().map(|(_, user, _)| user.clone()).collect())
+        .value(json!({ "blocked": total }))
 }
 
 #[cfg(test)]

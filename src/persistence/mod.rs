@@ -26,8 +26,10 @@ use serde::Serialize;
 use crate::domain::{
     ClientOrderId, Fill, IntentPurpose, OrderIntent, OrderState, OrderType, Price, Quantity, Side, Symbol, UserId,
 };
+use crate::failure_points::locks::GuardLock;
 use crate::limits::{
-    DECISIONS_PER_USER_MAX, MONITOR_SNAPSHOTS_MAX, ORDER_EVENTS_MAX, RECONCILE_ACTIONS_MAX, SUPERVISOR_EVENTS_MAX,
+    DECISIONS_PER_USER_MAX, GUARD_DECISIONS_PER_USER_MAX, GUARD_LOCKS_CLEARED_MAX, MONITOR_SNAPSHOTS_MAX,
+    ORDER_EVENTS_MAX, RECONCILE_ACTIONS_MAX, SUPERVISOR_EVENTS_MAX,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +189,51 @@ const MIGRATIONS: &[M<'static>] = &[
              overall TEXT NOT NULL,
              body TEXT NOT NULL);",
     ),
+    // Kill switches and probations (they outlive restarts) and every guard decision (bounded).
+    M::up(
+        "CREATE TABLE guard_locks (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             user_id TEXT NOT NULL,
+             failure_point TEXT NOT NULL,
+             symbol TEXT,
+             reason TEXT NOT NULL,
+             values_json TEXT NOT NULL,
+             set_at_ms INTEGER NOT NULL,
+             until_ms INTEGER NOT NULL,
+             cleared_at_ms INTEGER,
+             cleared_by TEXT);
+         CREATE INDEX guard_locks_uncleared ON guard_locks (user_id) WHERE cleared_at_ms IS NULL;
+         CREATE TABLE guard_decisions (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             user_id TEXT NOT NULL,
+             symbol TEXT NOT NULL,
+             strategy TEXT NOT NULL,
+             decided_at_ms INTEGER NOT NULL,
+             verdict TEXT NOT NULL,
+             failure_point TEXT,
+             reason TEXT NOT NULL,
+             values_json TEXT NOT NULL,
+             until_ms INTEGER);
+         CREATE INDEX guard_decisions_by_user ON guard_decisions (user_id, id);",
+    ),
 ];
+
+/// One pass of a signal through the guards (`allow`, or `block` by the first guard that refused).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuardDecisionRecord {
+    pub user: UserId,
+    pub symbol: Symbol,
+    pub strategy: String,
+    pub decided_at_ms: i64,
+    /// `allow` or `block`.
+    pub verdict: String,
+    /// The guard that blocked (its failure point id); `None` when allowed.
+    pub failure_point: Option<String>,
+    pub reason: String,
+    /// The values that decided it (JSON).
+    pub values: serde_json::Value,
+    pub until_ms: Option<i64>,
+}
 
 /// An order intent together with its order's current state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -656,6 +702,18 @@ impl Store {
                  WHERE newer > ?1)",
             params![DECISIONS_PER_USER_MAX],
         )?;
+        removed += self.connection.execute(
+            "DELETE FROM guard_decisions WHERE id IN (
+                 SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id DESC) AS newer FROM guard_decisions)
+                 WHERE newer > ?1)",
+            params![GUARD_DECISIONS_PER_USER_MAX],
+        )?;
+        removed += self.connection.execute(
+            "DELETE FROM guard_locks WHERE cleared_at_ms IS NOT NULL AND id IN (
+                 SELECT id FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id DESC) AS newer FROM guard_locks WHERE cleared_at_ms IS NOT NULL)
+                 WHERE newer > ?1)",
+            params![GUARD_LOCKS_CLEARED_MAX],
+        )?;
         for (table, keep) in [
             ("supervisor_events", SUPERVISOR_EVENTS_MAX),
             ("order_events", ORDER_EVENTS_MAX),
@@ -723,6 +781,149 @@ impl Store {
     pub fn quick_check(&mut self) -> Result<bool, StoreError> {
         let answer: String = self.connection.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
         Ok(answer == "ok")
+    }
+
+    /// Stores a new lock; returns its row id.
+    pub fn insert_guard_lock(&mut self, lock: &GuardLock) -> Result<i64, StoreError> {
+        self.connection.execute(
+            "INSERT INTO guard_locks (user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                lock.user.as_str(),
+                lock.failure_point,
+                lock.symbol.as_ref().map(Symbol::as_str),
+                lock.reason,
+                lock.values.to_string(),
+                lock.set_at_ms,
+                lock.until_ms
+            ],
+        )?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// Locks not cleared yet (holding, or past their expiry and not yet cleared), of one user or
+    /// of everyone, oldest first.
+    pub fn uncleared_guard_locks(&mut self, user: Option<&UserId>) -> Result<Vec<GuardLock>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT id, user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms FROM guard_locks
+             WHERE cleared_at_ms IS NULL AND (?1 IS NULL OR user_id = ?1) ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![user.map(UserId::as_str)], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, i64>(6)?,
+                row.get::<_, i64>(7)?,
+            ))
+        })?;
+        let corrupt = |detail: String| StoreError::Corrupt { table: "guard_locks".into(), detail };
+        let mut locks = Vec::new();
+        for row in rows {
+            let (id, user, failure_point, symbol, reason, values, set_at_ms, until_ms) = row?;
+            locks.push(GuardLock {
+                id,
+                user: UserId::new(&user).map_err(|e| corrupt(format!("row {id}: {e}")))?,
+                failure_point,
+                symbol: symbol.map(|s| Symbol::new(&s)).transpose().map_err(|e| corrupt(format!("row {id}: {e}")))?,
+                reason,
+                values: serde_json::from_str(&values).map_err(|e| corrupt(format!("row {id}: {e}")))?,
+                set_at_ms,
+                until_ms,
+            });
+        }
+        Ok(locks)
+    }
+
+    /// Marks a lock cleared (once): `false` if it was cleared already or does not exist.
+    pub fn clear_guard_lock(&mut self, id: i64, at_ms: i64, by: &str) -> Result<bool, StoreError> {
+        let changed = self.connection.execute(
+            "UPDATE guard_locks SET cleared_at_ms = ?2, cleared_by = ?3 WHERE id = ?1 AND cleared_at_ms IS NULL",
+            params![id, at_ms, by],
+        )?;
+        Ok(changed == 1)
+    }
+
+    pub fn record_guard_decision(&mut self, decision: &GuardDecisionRecord) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO guard_decisions (user_id, symbol, strategy, decided_at_ms, verdict, failure_point, reason, values_json, until_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                decision.user.as_str(),
+                decision.symbol.as_str(),
+                decision.strategy,
+                decision.decided_at_ms,
+                decision.verdict,
+                decision.failure_point,
+                decision.reason,
+                decision.values.to_string(),
+                decision.until_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A user's newest guard decisions, newest first.
+    pub fn recent_guard_decisions(
+        &mut self,
+        user: &UserId,
+        limit: u32,
+    ) -> Result<Vec<GuardDecisionRecord>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT symbol, strategy, decided_at_ms, verdict, failure_point, reason, values_json, until_ms
+             FROM guard_decisions WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![user.as_str(), limit], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, Option<i64>>(7)?,
+            ))
+        })?;
+        let corrupt = |detail: String| StoreError::Corrupt { table: "guard_decisions".into(), detail };
+        let mut decisions = Vec::new();
+        for row in rows {
+            let (symbol, strategy, decided_at_ms, verdict, failure_point, reason, values, until_ms) = row?;
+            decisions.push(GuardDecisionRecord {
+                user: user.clone(),
+                symbol: Symbol::new(&symbol).map_err(|e| corrupt(e.to_string()))?,
+                strategy,
+                decided_at_ms,
+                verdict,
+                failure_point,
+                reason,
+                values: serde_json::from_str(&values).map_err(|e| corrupt(e.to_string()))?,
+                until_ms,
+            });
+        }
+        Ok(decisions)
+    }
+
+    /// Guard blocks per failure point since `since_ms`: (failure point, user) → count.
+    pub fn guard_block_counts(&mut self, since_ms: i64) -> Result<Vec<(String, UserId, u64)>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT failure_point, user_id, COUNT(*) FROM guard_decisions
+             WHERE verdict = 'block' AND decided_at_ms >= ?1 GROUP BY failure_point, user_id ORDER BY failure_point, user_id",
+        )?;
+        let rows = statement.query_map(params![since_ms], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, u64>(2)?))
+        })?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (failure_point, user, count) = row?;
+            let user = UserId::new(&user)
+                .map_err(|e| StoreError::Corrupt { table: "guard_decisions".into(), detail: e.to_string() })?;
+            counts.push((failure_point, user, count));
+        }
+        Ok(counts)
     }
 
     /// One Monitor run, for history.

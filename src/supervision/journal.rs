@@ -36,6 +36,8 @@ pub enum ActorKind {
     Persistence,
     MarketData,
     OrderRouter,
+    Monitor,
+    Healer,
     Trader,
 }
 
@@ -45,6 +47,8 @@ impl ActorKind {
             ActorKind::Persistence => "persistence",
             ActorKind::MarketData => "market_data",
             ActorKind::OrderRouter => "order_router",
+            ActorKind::Monitor => "monitor",
+            ActorKind::Healer => "healer",
             ActorKind::Trader => "trader",
         }
     }
@@ -59,6 +63,8 @@ pub enum EventKind {
     Restarting,
     Restarted,
     Quarantined,
+    /// A quarantined user was let back in after its cool-down (by the Healer); a new incarnation follows.
+    Readmitted,
     /// The exchange refused the user's credentials; not restarted until an operator fixes them.
     Halted,
     Escalated,
@@ -73,6 +79,7 @@ impl EventKind {
             EventKind::Restarting => "restarting",
             EventKind::Restarted => "restarted",
             EventKind::Quarantined => "quarantined",
+            EventKind::Readmitted => "readmitted",
             EventKind::Halted => "halted",
             EventKind::Escalated => "escalated",
             EventKind::Stopped => "stopped",
@@ -243,7 +250,7 @@ impl SupervisionJournal {
             child.incarnation = event.incarnation;
             let state = match event.event {
                 EventKind::Started | EventKind::Restarted => Some(ChildState::Starting),
-                EventKind::Crashed => None,
+                EventKind::Crashed | EventKind::Readmitted => None,
                 EventKind::Restarting => Some(ChildState::Restarting),
                 EventKind::Quarantined => Some(ChildState::Quarantined),
                 EventKind::Halted => Some(ChildState::Halted),
@@ -355,7 +362,7 @@ impl SupervisionJournal {
         let reason = event.reason.as_deref().unwrap_or("");
         let (actor, kind, incarnation) = (event.actor.as_str(), event.event.as_str(), event.incarnation);
         match event.event {
-            EventKind::Started | EventKind::Restarted | EventKind::Stopped => {
+            EventKind::Started | EventKind::Restarted | EventKind::Stopped | EventKind::Readmitted => {
                 tracing::info!(target: "supervisor", actor, user, incarnation, "{kind} {reason}")
             }
             EventKind::Crashed | EventKind::Restarting => {

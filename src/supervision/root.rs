@@ -17,7 +17,9 @@ use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
+use crate::actors::healer::{Healer, HealerSettings};
 use crate::actors::market_data::{MarketData, StopFeeds, SubscriptionBook};
+use crate::actors::monitor::{Monitor, MonitorSettings};
 use crate::actors::order_router::{Drain, OrderRouter, RouterSettings};
 use crate::actors::persistence::{self, PersistenceActor};
 use crate::actors::trader::TraderSeed;
@@ -28,7 +30,7 @@ use crate::exchange::Exchange;
 use crate::limits::{PERSISTENCE_MAILBOX_CAPACITY, SHARED_MAILBOX_CAPACITY};
 use crate::supervision::journal::{ActorKind, ChildState, EventKind, SharedJournal, SupervisionEvent};
 use crate::supervision::policy::{RestartDecision, RestartPolicy, RestartTracker, seed_from_name};
-use crate::supervision::user::{Shutdown as UserShutdown, UserSupervisor};
+use crate::supervision::user::{Readmit as UserReadmit, Shutdown as UserShutdown, UserSupervisor};
 use crate::supervision::watch::{ChildExit, spawn_watched};
 
 /// How the tree is run (from `[supervisor]` and `[exchange]`).
@@ -41,6 +43,8 @@ pub struct TreeSettings {
     pub market_poll_interval: Option<Duration>,
     pub router: RouterSettings,
     pub database_path: PathBuf,
+    pub monitor: Arc<MonitorSettings>,
+    pub healer: Arc<HealerSettings>,
 }
 
 /// The arbiters (threads) of the shared actors.
@@ -49,6 +53,8 @@ pub struct SharedArbiters {
     pub persistence: ArbiterHandle,
     pub market_data: ArbiterHandle,
     pub order_router: ArbiterHandle,
+    /// The Monitor and the Healer (both mostly wait; they share one thread).
+    pub monitor: ArbiterHandle,
 }
 
 /// A shared actor's incarnation ended.
@@ -88,10 +94,22 @@ pub struct TreeStatus {
     pub journal_write_failures: u64,
 }
 
+/// Re-admit a quarantined user (the Healer, after the cool-down). Answers whether it was.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct ReadmitUser {
+    pub user: UserId,
+    pub reason: String,
+}
+
 /// A user supervisor's address, for tests and admin paths.
 #[derive(Debug, Message)]
 #[rtype(result = "Option<Addr<UserSupervisor>>")]
 pub struct UserSupervisorOf(pub UserId);
+
+/// The shared actors, in start order.
+const SHARED_KINDS: [ActorKind; 5] =
+    [ActorKind::Persistence, ActorKind::MarketData, ActorKind::OrderRouter, ActorKind::Monitor, ActorKind::Healer];
 
 #[derive(Debug)]
 struct SharedChild {
@@ -140,7 +158,7 @@ impl RootSupervisor {
         users: Vec<(TraderSeed, ArbiterHandle)>,
         escalation: oneshot::Sender<String>,
     ) -> Self {
-        let shared = [ActorKind::Persistence, ActorKind::MarketData, ActorKind::OrderRouter]
+        let shared = SHARED_KINDS
             .into_iter()
             .map(|kind| {
                 journal.borrow_mut().register(kind, None, None);
@@ -218,6 +236,37 @@ impl RootSupervisor {
                 );
                 self.directory.set_order_router(Some(addr));
             }
+            ActorKind::Monitor => {
+                let (settings, tree, directory, exchange, clock) = (
+                    self.settings.monitor.clone(),
+                    ctx.address().recipient(),
+                    self.directory.clone(),
+                    self.exchange.clone(),
+                    self.clock.clone(),
+                );
+                let addr = spawn_watched(
+                    &self.arbiters.monitor,
+                    SHARED_MAILBOX_CAPACITY,
+                    move || Monitor::new(settings, tree, directory, exchange, clock),
+                    on_exit,
+                );
+                self.directory.set_monitor(Some(addr));
+            }
+            ActorKind::Healer => {
+                let (settings, directory, clock, readmit) = (
+                    self.settings.healer.clone(),
+                    self.directory.clone(),
+                    self.clock.clone(),
+                    ctx.address().recipient(),
+                );
+                let addr = spawn_watched(
+                    &self.arbiters.monitor,
+                    SHARED_MAILBOX_CAPACITY,
+                    move || Healer::new(settings, directory, clock, readmit),
+                    on_exit,
+                );
+                self.directory.set_healer(Some(addr));
+            }
             ActorKind::Trader => unreachable!("traders are supervised by their user supervisors"),
         }
         let event = if incarnation == 1 { EventKind::Started } else { EventKind::Restarted };
@@ -230,6 +279,8 @@ impl RootSupervisor {
             ActorKind::Persistence => self.directory.set_persistence(None),
             ActorKind::MarketData => self.directory.set_market_data(None),
             ActorKind::OrderRouter => self.directory.set_order_router(None),
+            ActorKind::Monitor => self.directory.set_monitor(None),
+            ActorKind::Healer => self.directory.set_healer(None),
             ActorKind::Trader => {}
         }
     }
@@ -263,6 +314,8 @@ impl RootSupervisor {
             ActorKind::Persistence => self.directory.persistence().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::MarketData => self.directory.market_data().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::OrderRouter => self.directory.order_router().ok().map(|a| a.try_send(Stop).is_ok()),
+            ActorKind::Monitor => self.directory.monitor().ok().map(|a| a.try_send(Stop).is_ok()),
+            ActorKind::Healer => self.directory.healer().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Trader => None,
         };
         if sent != Some(true) {
@@ -278,7 +331,7 @@ impl Actor for RootSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        for kind in [ActorKind::Persistence, ActorKind::MarketData, ActorKind::OrderRouter] {
+        for kind in SHARED_KINDS {
             self.spawn_shared(kind, ctx);
         }
         for (seed, arbiter) in std::mem::take(&mut self.pending_users) {
@@ -379,11 +432,13 @@ impl Handler<ShutdownTree> for RootSupervisor {
         let work = first
             .into_actor(self)
             .then(move |orders_in_flight, root, _| {
-                // 4. The shared actors that depend on persistence stop.
-                let waits: Vec<_> = [ActorKind::MarketData, ActorKind::OrderRouter]
-                    .into_iter()
-                    .filter_map(|kind| root.stop_shared(kind))
-                    .collect();
+                // 4. The shared actors that depend on persistence stop (the Monitor and Healer too:
+                // nothing is left to watch or heal).
+                let waits: Vec<_> =
+                    [ActorKind::MarketData, ActorKind::OrderRouter, ActorKind::Monitor, ActorKind::Healer]
+                        .into_iter()
+                        .filter_map(|kind| root.stop_shared(kind))
+                        .collect();
                 async move {
                     join_all(waits.into_iter().map(|wait| tokio::time::timeout(deadline, wait))).await;
                     orders_in_flight
@@ -416,6 +471,23 @@ impl Handler<ShutdownTree> for RootSupervisor {
                 report
             });
         Box::pin(work)
+    }
+}
+
+impl Handler<ReadmitUser> for RootSupervisor {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, message: ReadmitUser, _: &mut Context<Self>) -> Self::Result {
+        let supervisor = self.users.get(&message.user).cloned();
+        let shutting_down = self.shutting_down;
+        Box::pin(async move {
+            match supervisor {
+                Some(supervisor) if !shutting_down => {
+                    supervisor.send(UserReadmit { reason: message.reason }).await.unwrap_or(false)
+                }
+                _ => false,
+            }
+        })
     }
 }
 

@@ -34,6 +34,15 @@ pub struct Shutdown {
     pub deadline: Duration,
 }
 
+/// Let a quarantined user trade again (the Healer, after `[healer] readmit_cooldown_secs`): its
+/// restart history is forgotten and a new incarnation starts. Answers whether it was re-admitted
+/// (`false`: not quarantined, halted, or shutting down).
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct Readmit {
+    pub reason: String,
+}
+
 pub struct UserSupervisor {
     seed: TraderSeed,
     /// The trader arbiter this user's incarnations run on.
@@ -192,6 +201,21 @@ impl Handler<TraderReport> for UserSupervisor {
             }
             _ => {}
         }
+    }
+}
+
+impl Handler<Readmit> for UserSupervisor {
+    type Result = bool;
+
+    fn handle(&mut self, message: Readmit, ctx: &mut Context<Self>) -> bool {
+        if !self.quarantined || self.halted || self.shutting_down || self.child.is_some() {
+            return false;
+        }
+        self.quarantined = false;
+        self.tracker.reset();
+        self.event(EventKind::Readmitted, Some(message.reason), None);
+        self.spawn_child(ctx);
+        true
     }
 }
 

@@ -1,0 +1,615 @@
+//! The Healer: every `[healer] interval_secs`, and at once when the Monitor finds an entry newly
+//! critical, it takes the Monitor's newest run and carries out the healing action of each failing
+//! failure point, appending one line per action to `<log_dir>/failure_point_healing.jsonl`:
+//! `{"ts", "failure_point", "action", "result": "success|failed|skipped", "detail"}`.
+//!
+//! Every (failure point, action) pair has a retry budget ([`HealingBudget`]: `attempts_max` within
+//! `budget_window`); beyond it the action is `skipped` with that reason, so healing never loops. A
+//! failure point whose healing is manual is logged once per failing episode (`skipped`, with what
+//! an operator should do), not on every pass.
+//!
+//! Actions: clear kill switches and probations found past their expiry (reporting how late);
+//! refresh market data (a poll now); restore a missing shipped config file from the copy compiled
+//! into the binary (never over an existing file; shipped files hold no secret); keep running on the
+//! last good config when the file no longer validates; re-admit a quarantined user after its
+//! cool-down; reconcile a user's orders (unresolved orders looked up, orphans cancelled, positions
+//! re-read); log the network retries; suggest what to do about a position limit.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::actors::Directory;
+use crate::actors::market_data::Poll;
+use crate::actors::monitor::LatestChecks;
+use crate::actors::order_router::ReconcileUser;
+use crate::actors::persistence;
+use crate::clock::{Clock, rfc3339_ms};
+use crate::domain::UserId;
+use crate::failure_points::catalog::{self, FailurePointId, Healing};
+use crate::failure_points::monitor::{CheckResult, CheckStatus};
+use crate::supervision::root::ReadmitUser;
+
+/// Longest wait for one healing action's answer.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// From `[healer]`, `[server]` and the config's source.
+#[derive(Debug, Clone)]
+pub struct HealerSettings {
+    pub interval: Duration,
+    pub readmit_cooldown: Duration,
+    pub attempts_max: u32,
+    pub budget_window: Duration,
+    pub log_dir: PathBuf,
+    /// The config file the server runs on; `None` when it runs on the embedded default.
+    pub config_file: Option<PathBuf>,
+}
+
+impl HealerSettings {
+    pub fn healing_log_path(&self) -> PathBuf {
+        self.log_dir.join("failure_point_healing.jsonl")
+    }
+}
+
+/// Retry budgets: at most `attempts_max` attempts per (failure point, action) within `window_ms`.
+/// Pure: time is passed in.
+#[derive(Debug, Clone)]
+pub struct HealingBudget {
+    attempts_max: u32,
+    window_ms: i64,
+    attempts: BTreeMap<(String, String), VecDeque<i64>>,
+}
+
+impl HealingBudget {
+    pub fn new(attempts_max: u32, window_ms: i64) -> Self {
+        Self { attempts_max, window_ms, attempts: BTreeMap::new() }
+    }
+
+    /// Takes one attempt if the budget allows; `Err` says when the next one is allowed.
+    pub fn try_take(&mut self, failure_point: &str, action: &str, now_ms: i64) -> Result<(), i64> {
+        let attempts = self.attempts.entry((failure_point.to_owned(), action.to_owned())).or_default();
+        while attempts.front().is_some_and(|at| now_ms - at >= self.window_ms) {
+            attempts.pop_front();
+        }
+        if attempts.len() as u32 >= self.attempts_max {
+            return Err(attempts.front().copied().unwrap_or(now_ms) + self.window_ms);
+        }
+        attempts.push_back(now_ms);
+        Ok(())
+    }
+}
+
+/// One line of the healing log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealingRecord {
+    pub ts: String,
+    pub failure_point: String,
+    pub action: String,
+    /// `success`, `failed` or `skipped`.
+    pub result: &'static str,
+    pub detail: String,
+}
+
+/// Heal now: the Monitor found these entries newly critical.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HealNow {
+    pub failure_points: Vec<FailurePointId>,
+}
+
+/// One healing pass over every failing entry of the Monitor's newest run (the timer sends it;
+/// tests too). Answers with the lines it logged; `Err` when a pass is under way already.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<HealingRecord>, String>")]
+pub struct RunHealing;
+
+pub struct Healer {
+    settings: Arc<HealerSettings>,
+    directory: Arc<Directory>,
+    clock: Arc<dyn Clock>,
+    readmit: Recipient<ReadmitUser>,
+    budget: HealingBudget,
+    /// Manual failure points already logged in their current failing episode.
+    manual_logged: BTreeSet<FailurePointId>,
+    running: bool,
+}
+
+impl std::fmt::Debug for Healer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Healer").field("running", &self.running).finish()
+    }
+}
+
+impl Healer {
+    pub fn new(
+        settings: Arc<HealerSettings>,
+        directory: Arc<Directory>,
+        clock: Arc<dyn Clock>,
+        readmit: Recipient<ReadmitUser>,
+    ) -> Self {
+        let budget = HealingBudget::new(settings.attempts_max, settings.budget_window.as_millis() as i64);
+        Self { settings, directory, clock, readmit, budget, manual_logged: BTreeSet::new(), running: false }
+    }
+
+    /// The actions to run for this pass (budget taken), and the lines for what is skipped.
+    fn plan(&mut self, results: &[CheckResult], only: Option<&[FailurePointId]>) -> (Vec<Planned>, Vec<HealingRecord>) {
+        let now_ms = self.clock.now_ms();
+        let ts = rfc3339_ms(now_ms);
+        let failing: Vec<&CheckResult> = results
+            .iter()
+            .filter(|r| matches!(r.status, CheckStatus::Warn | CheckStatus::Critical))
+            .filter(|r| only.is_none_or(|ids| ids.contains(&r.id)))
+            .collect();
+        if only.is_none() {
+            let failing_ids: BTreeSet<FailurePointId> = failing.iter().map(|r| r.id).collect();
+            self.manual_logged.retain(|id| failing_ids.contains(id));
+        }
+        let mut planned = Vec::new();
+        let mut skipped = Vec::new();
+        let mut actions_taken: BTreeSet<&'static str> = BTreeSet::new();
+        for result in failing {
+            let Some(action) = action_for(result) else {
+                if let Healing::Manual(what) = catalog::entry(result.id).healing
+                    && self.manual_logged.insert(result.id)
+                {
+                    skipped.push(HealingRecord {
+                        ts: ts.clone(),
+                        failure_point: result.id.as_str().to_owned(),
+                        action: "manual".to_owned(),
+                        result: "skipped",
+                        detail: format!("no automatic healing: {what} ({})", result.detail),
+                    });
+                }
+                continue;
+            };
+            // One action serves every failure point that asks for it in a pass.
+            if !actions_taken.insert(action.name()) {
+                continue;
+            }
+            match self.budget.try_take(result.id.as_str(), action.name(), now_ms) {
+                Ok(()) => planned.push(Planned { failure_point: result.id, action, check: result.clone() }),
+                Err(next_ms) => skipped.push(HealingRecord {
+                    ts: ts.clone(),
+                    failure_point: result.id.as_str().to_owned(),
+                    action: action.name().to_owned(),
+                    result: "skipped",
+                    detail: format!(
+                        "retry budget spent ({} attempts per {} s); next attempt allowed at {}",
+                        self.settings.attempts_max,
+                        self.settings.budget_window.as_secs(),
+                        rfc3339_ms(next_ms)
+                    ),
+                }),
+            }
+        }
+        (planned, skipped)
+    }
+
+    fn log(&self, records: &[HealingRecord]) {
+        if records.is_empty() {
+            return;
+        }
+        let mut text = String::new();
+        for record in records {
+            text.push_str(&serde_json::to_string(record).unwrap_or_default());
+            text.push('\n');
+            let (failure_point, action, result) = (&record.failure_point, &record.action, record.result);
+            match result {
+                "failed" => tracing::warn!(target: "healer", failure_point, action, "failed: {}", record.detail),
+                _ => tracing::info!(target: "healer", failure_point, action, "{result}: {}", record.detail),
+            }
+        }
+        let path = self.settings.healing_log_path();
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+        if let Err(error) = written {
+            tracing::error!(%error, path = %path.display(), "healer: cannot append to the healing log");
+        }
+    }
+
+    fn pass(
+        &mut self,
+        only: Option<Vec<FailurePointId>>,
+    ) -> ResponseActFuture<Self, Result<Vec<HealingRecord>, String>> {
+        if self.running {
+            return Box::pin(fut::ready(Err("a healing pass is already under way".to_owned())));
+        }
+        self.running = true;
+        let monitor = self.directory.monitor().ok();
+        let latest = async move {
+            match monitor {
+                Some(monitor) => monitor.send(LatestChecks).timeout(ACTION_TIMEOUT).await.ok().flatten(),
+                None => None,
+            }
+        };
+        Box::pin(latest.into_actor(self).then(move |latest, healer, _| {
+            // No run yet (the Monitor is starting): nothing to heal.
+            let (planned, skipped) = match &latest {
+                Some(run) => healer.plan(&run.results, only.as_deref()),
+                None => (Vec::new(), Vec::new()),
+            };
+            healer.log(&skipped);
+            let already_logged = skipped.len();
+            let nothing_failing_note = latest.as_ref().filter(|_| only.is_none()).map(|run| {
+                let count = |status| run.results.iter().filter(|r| r.status == status).count();
+                HealingRecord {
+                    ts: rfc3339_ms(healer.clock.now_ms()),
+                    failure_point: "*".to_owned(),
+                    action: "healing_pass".to_owned(),
+                    result: "skipped",
+                    detail: format!(
+                        "nothing to heal in the monitor run of {}: {} ok, {} unknown (a check that cannot run has nothing to heal), {} already handled",
+                        rfc3339_ms(run.ts_ms),
+                        count(CheckStatus::Ok),
+                        count(CheckStatus::Unknown),
+                        count(CheckStatus::Warn) + count(CheckStatus::Critical),
+                    ),
+                }
+            });
+            let context = ActionContext {
+                settings: healer.settings.clone(),
+                directory: healer.directory.clone(),
+                clock: healer.clock.clone(),
+                readmit: healer.readmit.clone(),
+            };
+            let work = async move {
+                let mut records = Vec::new();
+                for planned in planned {
+                    let (result, detail) = planned.action.run(&planned.check, &context).await;
+                    records.push(HealingRecord {
+                        ts: rfc3339_ms(context.clock.now_ms()),
+                        failure_point: planned.failure_point.as_str().to_owned(),
+                        action: planned.action.name().to_owned(),
+                        result,
+                        detail,
+                    });
+                }
+                records
+            };
+            let nothing_failing = nothing_failing_note;
+            work.into_actor(healer).map(move |records, healer, _| {
+                healer.running = false;
+                let mut all = skipped;
+                all.extend(records);
+                // A pass with nothing to do still leaves a line: the log shows the Healer is alive.
+                if all.is_empty()
+                    && let Some(note) = nothing_failing
+                {
+                    all.push(note);
+                }
+                healer.log(&all[already_logged..]);
+                Ok(all)
+            })
+        }))
+    }
+}
+
+struct Planned {
+    failure_point: FailurePointId,
+    action: Action,
+    check: CheckResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    ClearOverdueLocks,
+    RefreshMarketData,
+    RestoreConfig,
+    KeepLastGoodConfig,
+    ReadmitQuarantined,
+    ReconcileUsers,
+    LogNetworkRetries,
+    SuggestPositionLimit,
+    VerifyDatabase,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::ClearOverdueLocks => "clear_overdue_locks",
+            Action::RefreshMarketData => "refresh_market_data",
+            Action::RestoreConfig => "restore_config",
+            Action::KeepLastGoodConfig => "keep_last_good_config",
+            Action::ReadmitQuarantined => "readmit_quarantined",
+            Action::ReconcileUsers => "reconcile_orders_and_positions",
+            Action::LogNetworkRetries => "log_network_retries",
+            Action::SuggestPositionLimit => "suggest_position_limit",
+            Action::VerifyDatabase => "verify_database",
+        }
+    }
+}
+
+/// The automatic healing of a failing entry, if it has one.
+fn action_for(result: &CheckResult) -> Option<Action> {
+    use catalog::*;
+    Some(match result.id {
+        SIG_KILL_SWITCH | STATE_KILL_SWITCH | SIG_SYMBOL_PROBATION | STATE_PROBATION => Action::ClearOverdueLocks,
+        SYS_EXCHANGE_API | DATA_MISSING | DATA_CORRUPT => Action::RefreshMarketData,
+        CFG_MISSING => Action::RestoreConfig,
+        CFG_INVALID => Action::KeepLastGoodConfig,
+        SYS_PROCESS => Action::ReadmitQuarantined,
+        STATE_ORPHAN_ORDERS | STATE_POSITION_SYNC | STATE_UNRESOLVED_ORDERS => Action::ReconcileUsers,
+        SYS_NETWORK => Action::LogNetworkRetries,
+        RES_POSITION_LIMIT => Action::SuggestPositionLimit,
+        SYS_DATABASE => Action::VerifyDatabase,
+        _ => return None,
+    })
+}
+
+struct ActionContext {
+    settings: Arc<HealerSettings>,
+    directory: Arc<Directory>,
+    clock: Arc<dyn Clock>,
+    readmit: Recipient<ReadmitUser>,
+}
+
+impl Action {
+    async fn run(self, check: &CheckResult, context: &ActionContext) -> (&'static str, String) {
+        match self {
+            Action::ClearOverdueLocks => clear_overdue_locks(context).await,
+            Action::RefreshMarketData => match context.directory.market_data() {
+                Ok(market_data) => match market_data.send(Poll).timeout(ACTION_TIMEOUT).await {
+                    Ok(report) if report.skipped_busy => {
+                        ("skipped", "a market data poll was already running".to_owned())
+                    }
+                    Ok(report) if report.server_time_ms.is_none() => {
+                        ("failed", "polled now: the exchange did not answer".to_owned())
+                    }
+                    Ok(report) => (
+                        "success",
+                        format!(
+                            "polled now: {} feed(s) fetched, {} candle window(s) delivered",
+                            report.fetched, report.delivered
+                        ),
+                    ),
+                    Err(error) => ("failed", format!("market data did not answer: {error}")),
+                },
+                Err(error) => ("skipped", format!("{error}; its supervisor restarts it")),
+            },
+            Action::RestoreConfig => restore_config(&context.settings),
+            Action::KeepLastGoodConfig => (
+                "success",
+                format!(
+                    "still running on the config loaded at start; fix the file (bulwark check-config) and restart to apply it. {}",
+                    check.detail
+                ),
+            ),
+            Action::ReadmitQuarantined => readmit(check, context).await,
+            Action::ReconcileUsers => reconcile(check, context).await,
+            Action::LogNetworkRetries => {
+                ("success", format!("requests back off and are retried on the next poll and sync; {}", check.detail))
+            }
+            Action::SuggestPositionLimit => (
+                "success",
+                format!(
+                    "suggestion (nothing is closed): let a position close, or raise [risk] max_open_positions / max_position_notional_usdt. {}",
+                    check.detail
+                ),
+            ),
+            Action::VerifyDatabase => match persistence::run(&context.directory, |store| store.quick_check()).await {
+                Ok(true) => ("success", "integrity check ok; writes go through persistence again".to_owned()),
+                Ok(false) => (
+                    "failed",
+                    "the integrity check fails: stop the server and restore the database from a backup".to_owned(),
+                ),
+                Err(error) => ("failed", format!("the database cannot be reached: {error}")),
+            },
+        }
+    }
+}
+
+async fn clear_overdue_locks(context: &ActionContext) -> (&'static str, String) {
+    let now_ms = context.clock.now_ms();
+    let cleared = persistence::run(&context.directory, move |store| {
+        let mut cleared = Vec::new();
+        for lock in store.uncleared_guard_locks(None)? {
+            if !lock.holds_at(now_ms) && store.clear_guard_lock(lock.id, now_ms, "healer")? {
+                cleared.push(lock);
+            }
+        }
+        Ok(cleared)
+    })
+    .await;
+    match cleared {
+        Ok(cleared) if cleared.is_empty() => {
+            ("skipped", "no lock is past its expiry; the ones in force clear themselves at their until".to_owned())
+        }
+        Ok(cleared) => {
+            let each: Vec<String> = cleared
+                .iter()
+                .map(|lock| {
+                    format!(
+                        "{} {} of {}{} (until {}, cleared {} s late)",
+                        lock.failure_point,
+                        lock.id,
+                        lock.user,
+                        lock.symbol.as_ref().map(|s| format!(" on {s}")).unwrap_or_default(),
+                        rfc3339_ms(lock.until_ms),
+                        lock.overdue_ms(now_ms) / 1_000
+                    )
+                })
+                .collect();
+            ("success", format!("cleared {}: {}", cleared.len(), each.join("; ")))
+        }
+        Err(error) => ("failed", format!("locks could not be read or cleared: {error}")),
+    }
+}
+
+/// Writes the shipped copy of a missing config file. Never over an existing file (`create_new`).
+fn restore_config(settings: &HealerSettings) -> (&'static str, String) {
+    let Some(path) = &settings.config_file else {
+        return ("skipped", "the server runs on its embedded default: no config file to restore".to_owned());
+    };
+    if path.exists() {
+        return ("skipped", format!("{} exists again; nothing restored", path.display()));
+    }
+    let Some(shipped) = crate::config::shipped_config(path) else {
+        return ("skipped", format!("{} is not a file bulwark ships: restore it from your own copy", path.display()));
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Err(error) = std::fs::create_dir_all(parent)
+    {
+        return ("failed", format!("cannot create {}: {error}", parent.display()));
+    }
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(shipped.as_bytes()).and_then(|()| file.sync_all()));
+    match written {
+        Ok(()) => {
+            ("success", format!("restored {} from the shipped default ({} bytes)", path.display(), shipped.len()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            ("skipped", format!("{} appeared meanwhile; not overwritten", path.display()))
+        }
+        Err(error) => ("failed", format!("cannot write {}: {error}", path.display())),
+    }
+}
+
+async fn readmit(check: &CheckResult, context: &ActionContext) -> (&'static str, String) {
+    // Quarantined users are the ones the check names (with `since` = the earliest quarantine).
+    if check.users.is_empty() {
+        return ("skipped", format!("nothing to re-admit: {}", check.detail));
+    }
+    let now_ms = context.clock.now_ms();
+    let cooldown_ms = context.settings.readmit_cooldown.as_millis() as i64;
+    let since_ms = check.since_ms.unwrap_or(now_ms);
+    if now_ms - since_ms < cooldown_ms {
+        return (
+            "skipped",
+            format!("{} quarantined; cool-down ends at {}", names(&check.users), rfc3339_ms(since_ms + cooldown_ms)),
+        );
+    }
+    let mut readmitted = Vec::new();
+    let mut refused = Vec::new();
+    for user in &check.users {
+        let reason = format!("re-admitted by the healer after a cool-down of {} s", cooldown_ms / 1_000);
+        match context.readmit.send(ReadmitUser { user: user.clone(), reason }).timeout(ACTION_TIMEOUT).await {
+            Ok(true) => readmitted.push(user.clone()),
+            _ => refused.push(user.clone()),
+        }
+    }
+    match (readmitted.is_empty(), refused.is_empty()) {
+        (false, true) => ("success", format!("re-admitted {}", names(&readmitted))),
+        (false, false) => {
+            ("success", format!("re-admitted {}; not re-admitted: {}", names(&readmitted), names(&refused)))
+        }
+        _ => ("failed", format!("not re-admitted (no longer quarantined, or shutting down): {}", names(&refused))),
+    }
+}
+
+async fn reconcile(check: &CheckResult, context: &ActionContext) -> (&'static str, String) {
+    if check.users.is_empty() {
+        return ("skipped", format!("no user named: {}", check.detail));
+    }
+    let Ok(router) = context.directory.order_router() else {
+        return ("skipped", "the order router is restarting".to_owned());
+    };
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for user in &check.users {
+        match router.send(ReconcileUser { user: user.clone() }).timeout(ACTION_TIMEOUT).await {
+            Ok(Ok(report)) => done.push(format!("{user}: {report:?}")),
+            Ok(Err(error)) => failed.push(format!("{user}: {error}")),
+            Err(error) => failed.push(format!("{user}: the order router did not answer ({error})")),
+        }
+    }
+    if failed.is_empty() {
+        ("success", done.join("; "))
+    } else {
+        (
+            "failed",
+            format!(
+                "{}{}",
+                failed.join("; "),
+                if done.is_empty() { String::new() } else { format!("; done: {}", done.join("; ")) }
+            ),
+        )
+    }
+}
+
+fn names(users: &[UserId]) -> String {
+    users.iter().map(UserId::as_str).collect::<Vec<_>>().join(", ")
+}
+
+impl Actor for Healer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.settings.interval, |_, ctx| ctx.notify(RunHealing));
+    }
+}
+
+impl Handler<RunHealing> for Healer {
+    type Result = ResponseActFuture<Self, Result<Vec<HealingRecord>, String>>;
+
+    fn handle(&mut self, _: RunHealing, _: &mut Context<Self>) -> Self::Result {
+        self.pass(None)
+    }
+}
+
+impl Handler<HealNow> for Healer {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, message: HealNow, _: &mut Context<Self>) -> Self::Result {
+        tracing::info!(
+            target: "healer",
+            failure_points = ?message.failure_points.iter().map(|id| id.as_str()).collect::<Vec<_>>(),
+            "newly critical: healing now"
+        );
+        Box::pin(self.pass(Some(message.failure_points)).map(|_, _, _| ()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_allows_attempts_max_per_window_then_says_when_the_next_is_allowed() {
+        let mut budget = HealingBudget::new(2, 1_000);
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 0), Ok(()));
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 100), Ok(()));
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 200), Err(1_000));
+        // Another pair has its own budget.
+        assert_eq!(budget.try_take("DATA-MISSING", "refresh_market_data", 200), Ok(()));
+        // The window slides.
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 1_000), Ok(()));
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 1_050), Err(1_100));
+    }
+
+    #[test]
+    fn a_missing_shipped_config_is_restored_once_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config").join("fast-monitor.toml");
+        let settings = HealerSettings {
+            interval: Duration::from_secs(5),
+            readmit_cooldown: Duration::from_secs(60),
+            attempts_max: 3,
+            budget_window: Duration::from_secs(3_600),
+            log_dir: dir.path().to_owned(),
+            config_file: Some(path.clone()),
+        };
+        let (result, detail) = restore_config(&settings);
+        assert_eq!(result, "success", "{detail}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), crate::config::shipped_config(&path).unwrap());
+        std::fs::write(&path, "# mine").unwrap();
+        assert_eq!(restore_config(&settings).0, "skipped");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# mine");
+        let unknown = HealerSettings { config_file: Some(dir.path().join("custom.toml")), ..settings };
+        let (result, detail) = restore_config(&unknown);
+        assert_eq!(result, "skipped");
+        assert!(detail.contains("not a file bulwark ships"), "{detail}");
+        assert!(!dir.path().join("custom.toml").exists());
+    }
+}

@@ -1,0 +1,504 @@
+//! The Monitor: every `[monitor] interval_secs` it gathers what every failure point is judged on
+//! (the supervision tree, market data, the exchange client's budget, the database, the data and
+//! log directories, the config file, the guard locks and decisions), has
+//! [`failure_points::monitor::evaluate`](crate::failure_points::monitor::evaluate) judge each
+//! catalog entry, and
+//! - appends one line with every catalog id to `<log_dir>/failure_point_monitor.jsonl`;
+//! - stores the run in the database (`monitor_snapshots`, bounded) for history and `bulwark why`;
+//! - every `summary_interval_secs` atomically rewrites `<log_dir>/failure_point_monitor_summary.json`
+//!   (latest status per id, counts by status and category, active blocks, users not trading);
+//! - tells the Healer at once when an entry turns critical.
+//!
+//! An input it cannot gather makes the checks that need it `unknown`, never `ok`. It is a shared
+//! actor, restarted by the root supervisor like the others; it keeps no state that matters across
+//! incarnations (a restart forgets only since-when times and counters, which restart from zero).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_json::{Value, json};
+
+use crate::actors::Directory;
+use crate::actors::healer::HealNow;
+use crate::actors::market_data::{FeedStatuses, GetStats, MarketDataStats};
+use crate::actors::persistence;
+use crate::clock::{Clock, rfc3339_ms};
+use crate::domain::UserId;
+use crate::exchange::Exchange;
+use crate::failure_points::catalog::{CATALOG, Category, FailurePointId};
+use crate::failure_points::locks::GuardLock;
+use crate::failure_points::monitor::{CheckResult, CheckStatus};
+use crate::failure_points::monitor::{
+    ConfigFileObservation, DatabaseObservation, DirectoryObservation, ExchangeObservation, Observations,
+    PositionsObservation, UnresolvedOrdersObservation, evaluate, line, overall,
+};
+use crate::failure_points::why::{self, CheckView, WhyInputs};
+use crate::supervision::root::{GetTreeStatus, TreeStatus};
+
+/// Longest wait for any one input of a run.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A user as the Monitor knows it from the config.
+#[derive(Debug, Clone)]
+pub struct MonitoredUser {
+    pub id: UserId,
+    pub max_open_positions: u32,
+}
+
+/// From `[monitor]`, `[server]` and the config's source.
+#[derive(Debug, Clone)]
+pub struct MonitorSettings {
+    pub interval: Duration,
+    pub summary_interval: Duration,
+    pub log_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// The config file the server runs on; `None` when it runs on the embedded default.
+    pub config_file: Option<PathBuf>,
+    pub users: Vec<MonitoredUser>,
+}
+
+impl MonitorSettings {
+    pub fn monitor_log_path(&self) -> PathBuf {
+        self.log_dir.join("failure_point_monitor.jsonl")
+    }
+
+    pub fn summary_path(&self) -> PathBuf {
+        self.log_dir.join("failure_point_monitor_summary.json")
+    }
+}
+
+/// One run's results.
+#[derive(Debug, Clone)]
+pub struct MonitorRun {
+    pub ts_ms: i64,
+    pub overall: CheckStatus,
+    pub results: Vec<CheckResult>,
+}
+
+/// Run every check now (the timer sends it; tests and the Healer may too). Answers `Err` when a
+/// run is already under way.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<MonitorRun, String>")]
+pub struct RunChecks;
+
+/// The newest run, if any.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<MonitorRun>")]
+pub struct LatestChecks;
+
+pub struct Monitor {
+    settings: Arc<MonitorSettings>,
+    tree: Recipient<GetTreeStatus>,
+    directory: Arc<Directory>,
+    exchange: Arc<dyn Exchange>,
+    clock: Arc<dyn Clock>,
+    /// Set while a run gathers its inputs (one run at a time).
+    running: bool,
+    /// Market data counters at the previous run (to report what happened since).
+    previous_stats: Option<MarketDataStats>,
+    previous_run_ms: Option<i64>,
+    last_summary_ms: Option<i64>,
+    latest: Option<MonitorRun>,
+    /// Since when each entry has had its current status (this incarnation's view).
+    status_since: BTreeMap<FailurePointId, (CheckStatus, i64)>,
+    /// Monitor-file writes that failed (reported by SYS-FILESYSTEM through the next line's detail).
+    write_failures: u64,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").field("running", &self.running).finish()
+    }
+}
+
+impl Monitor {
+    pub fn new(
+        settings: Arc<MonitorSettings>,
+        tree: Recipient<GetTreeStatus>,
+        directory: Arc<Directory>,
+        exchange: Arc<dyn Exchange>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            settings,
+            tree,
+            directory,
+            exchange,
+            clock,
+            running: false,
+            previous_stats: None,
+            previous_run_ms: None,
+            last_summary_ms: None,
+            latest: None,
+            status_since: BTreeMap::new(),
+            write_failures: 0,
+        }
+    }
+
+    /// Judges the observations, records the run everywhere, and returns it.
+    fn conclude(&mut self, gathered: Gathered) -> MonitorRun {
+        let Gathered { observations, stats, locks } = gathered;
+        if let Some(stats) = stats {
+            self.previous_stats = Some(stats);
+        }
+        let now_ms = observations.now_ms;
+        self.previous_run_ms = Some(now_ms);
+        let mut results = evaluate(&observations);
+        let mut newly_critical = Vec::new();
+        for result in &mut results {
+            let since = match self.status_since.get(&result.id) {
+                Some((status, since)) if *status == result.status => *since,
+                previous => {
+                    if result.status == CheckStatus::Critical
+                        && previous.is_none_or(|(s, _)| *s != CheckStatus::Critical)
+                    {
+                        newly_critical.push(result.id);
+                    }
+                    self.status_since.insert(result.id, (result.status, now_ms));
+                    now_ms
+                }
+            };
+            if result.status != CheckStatus::Ok && result.since_ms.is_none() {
+                result.since_ms = Some(since);
+            }
+        }
+        let run = MonitorRun { ts_ms: now_ms, overall: overall(&results), results };
+        let line = line(&rfc3339_ms(now_ms), &run.results);
+        let text = line.to_string();
+        if let Err(error) = append_line(&self.settings.monitor_log_path(), &text) {
+            self.write_failures += 1;
+            tracing::error!(%error, path = %self.settings.monitor_log_path().display(), "monitor: cannot append");
+        }
+        let overall_text = run.overall.as_str().to_owned();
+        persistence::submit(&self.directory, "monitor snapshot", move |store| {
+            store.record_monitor_snapshot(now_ms, &overall_text, &text)
+        });
+        for result in run.results.iter().filter(|r| r.status == CheckStatus::Critical) {
+            tracing::warn!(target: "monitor", failure_point = result.id.as_str(), "critical: {}", result.detail);
+        }
+        let summary_due =
+            self.last_summary_ms.is_none_or(|last| now_ms - last >= self.settings.summary_interval.as_millis() as i64);
+        if summary_due {
+            let summary = summary(&run, &self.settings.users, &observations, &locks);
+            match write_atomically(&self.settings.summary_path(), &summary) {
+                Ok(()) => self.last_summary_ms = Some(now_ms),
+                Err(error) => {
+                    self.write_failures += 1;
+                    tracing::error!(%error, path = %self.settings.summary_path().display(), "monitor: cannot write the summary");
+                }
+            }
+        }
+        if !newly_critical.is_empty()
+            && let Ok(healer) = self.directory.healer()
+        {
+            // A full healer mailbox means it is healing already; its own timer runs it again.
+            let _ = healer.try_send(HealNow { failure_points: newly_critical });
+        }
+        self.latest = Some(run.clone());
+        run
+    }
+}
+
+/// What one run gathered.
+struct Gathered {
+    observations: Observations,
+    stats: Option<MarketDataStats>,
+    locks: Vec<GuardLock>,
+}
+
+/// Everything a run reads, cloned out of the actor so the gathering runs without it.
+struct GatherInputs {
+    settings: Arc<MonitorSettings>,
+    tree: Recipient<GetTreeStatus>,
+    directory: Arc<Directory>,
+    exchange: Arc<dyn Exchange>,
+    now_ms: i64,
+    previous_stats: Option<MarketDataStats>,
+    previous_run_ms: Option<i64>,
+}
+
+async fn gather(inputs: GatherInputs) -> Gathered {
+    let GatherInputs { settings, tree, directory, exchange, now_ms, previous_stats, previous_run_ms } = inputs;
+    let tree_status: Option<TreeStatus> = tree.send(GetTreeStatus).timeout(GATHER_TIMEOUT).await.ok();
+
+    // Market data: counters since the previous run (a restarted market data starts from zero).
+    let (stats, feeds) = match directory.market_data() {
+        Ok(market_data) => {
+            let stats = market_data.send(GetStats).timeout(GATHER_TIMEOUT).await.ok();
+            let feeds = market_data.send(FeedStatuses).timeout(GATHER_TIMEOUT).await.ok().flatten();
+            (stats, feeds)
+        }
+        Err(_) => (None, None),
+    };
+    let exchange_observation = stats.as_ref().map(|now| {
+        let base = previous_stats
+            .as_ref()
+            .filter(|before| {
+                before.klines_requests <= now.klines_requests && before.klines_failures <= now.klines_failures
+            })
+            .cloned()
+            .unwrap_or_default();
+        let klines_failures = now.klines_failures - base.klines_failures;
+        let budget = exchange.request_budget();
+        ExchangeObservation {
+            klines_requests: now.klines_requests - base.klines_requests,
+            klines_failures,
+            last_error: if klines_failures > 0 { now.last_klines_error.clone() } else { None },
+            weight_used: budget.as_ref().map(|b| b.weight_used),
+            weight_limit: budget.as_ref().map(|b| b.weight_limit),
+            banned_until_ms: budget.and_then(|b| b.banned_until_ms),
+        }
+    });
+
+    // The database: one request for everything it answers.
+    let since_ms = previous_run_ms.unwrap_or(now_ms - settings.interval.as_millis() as i64);
+    let from_database = tokio::time::timeout(
+        GATHER_TIMEOUT,
+        persistence::run(&directory, move |store| {
+            Ok((
+                store.unresolved_order_counts()?,
+                store.open_position_counts()?,
+                store.strategy_error_counts(since_ms)?,
+                store.quick_check()?,
+                store.uncleared_guard_locks(None)?,
+                store.guard_block_counts(since_ms)?,
+            ))
+        }),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+
+    let max_positions: BTreeMap<&UserId, u32> = settings.users.iter().map(|u| (&u.id, u.max_open_positions)).collect();
+    let (unresolved_orders, positions, strategy_errors, integrity_ok, locks, guard_blocks) = match from_database {
+        Some((unresolved, open, errors, integrity, locks, blocks)) => (
+            Some(
+                unresolved
+                    .into_iter()
+                    .map(|(user, count, oldest_ms)| UnresolvedOrdersObservation {
+                        user,
+                        count,
+                        oldest_age_ms: now_ms - oldest_ms,
+                    })
+                    .collect(),
+            ),
+            Some(
+                open.into_iter()
+                    .filter_map(|(user, open_positions)| {
+                        let max_open_positions = *max_positions.get(&user)?;
+                        Some(PositionsObservation { user, open_positions, max_open_positions })
+                    })
+                    .collect(),
+            ),
+            Some(errors),
+            Some(integrity),
+            Some(locks),
+            Some(blocks),
+        ),
+        None => (None, None, None, None, None, None),
+    };
+    let database = integrity_ok.map(|integrity_ok| DatabaseObservation {
+        writes_refused: directory.persistence_writes_refused(),
+        journal_write_failures: tree_status.as_ref().map_or(0, |t| t.journal_write_failures),
+        integrity_ok,
+    });
+
+    let directories = Some(
+        [&settings.data_dir, &settings.log_dir]
+            .into_iter()
+            .map(|dir| DirectoryObservation {
+                path: dir.display().to_string(),
+                writable: probe_writable(dir),
+                free_bytes: fs4::available_space(dir).ok(),
+            })
+            .collect(),
+    );
+    let config_files = Some(
+        settings
+            .config_file
+            .iter()
+            .map(|path| {
+                let (exists, problems) = match std::fs::read_to_string(path) {
+                    Ok(text) => match crate::config::parse(&text, &path.display().to_string()) {
+                        Ok(_) => (true, Vec::new()),
+                        Err(errors) => (true, errors.problems.iter().map(ToString::to_string).collect()),
+                    },
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => (false, Vec::new()),
+                    Err(error) => (true, vec![format!("cannot be read: {error}")]),
+                };
+                ConfigFileObservation { path: path.display().to_string(), exists, problems }
+            })
+            .collect(),
+    );
+    let observations = Observations {
+        now_ms,
+        actors: tree_status.map(|t| t.actors),
+        exchange: exchange_observation,
+        feeds,
+        database,
+        directories,
+        config_files,
+        unresolved_orders,
+        positions,
+        strategy_errors,
+        locks: locks.clone(),
+        guard_blocks,
+    };
+    Gathered { observations, stats, locks: locks.unwrap_or_default() }
+}
+
+/// Creates and removes a probe file: the directory takes writes now.
+fn probe_writable(dir: &Path) -> bool {
+    let probe = dir.join(".bulwark-write-probe");
+    let written = std::fs::write(&probe, b"probe").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    written
+}
+
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(format!("{line}\n").as_bytes())
+}
+
+/// Writes to a temporary file beside `path`, syncs it, and renames it over `path`: a reader sees
+/// the old file or the new one, never half of one.
+pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
+    let temporary = path.with_extension("json.tmp");
+    {
+        let mut file = std::fs::File::create(&temporary)?;
+        serde_json::to_writer_pretty(&mut file, value)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)
+}
+
+/// The summary file's content.
+fn summary(run: &MonitorRun, users: &[MonitoredUser], observations: &Observations, locks: &[GuardLock]) -> Value {
+    let mut by_status: BTreeMap<&str, u32> =
+        ["ok", "warn", "critical", "unknown"].into_iter().map(|s| (s, 0)).collect();
+    let mut by_category: BTreeMap<&str, BTreeMap<&str, u32>> = BTreeMap::new();
+    let mut latest = serde_json::Map::new();
+    for result in &run.results {
+        *by_status.entry(result.status.as_str()).or_default() += 1;
+        *by_category.entry(result.category.as_str()).or_default().entry(result.status.as_str()).or_default() += 1;
+        latest.insert(result.id.as_str().to_owned(), serde_json::to_value(result).unwrap_or(Value::Null));
+    }
+    for category in Category::ALL {
+        by_category.entry(category.as_str()).or_default();
+    }
+    let now_ms = run.ts_ms;
+    let mut active_blocks: Vec<Value> = locks
+        .iter()
+        .filter(|lock| lock.holds_at(now_ms))
+        .map(|lock| {
+            json!({
+                "failure_point": lock.failure_point,
+                "user": lock.user,
+                "symbol": lock.symbol,
+                "reason": lock.reason,
+                "since": rfc3339_ms(lock.set_at_ms),
+                "until": rfc3339_ms(lock.until_ms),
+            })
+        })
+        .collect();
+    for actor in observations.actors.iter().flatten() {
+        if matches!(actor.state, "quarantined" | "halted" | "restarting" | "escalated") {
+            active_blocks.push(json!({
+                "failure_point": if actor.state == "halted" { "SYS-CREDENTIALS" } else { "SYS-PROCESS" },
+                "user": actor.user,
+                "actor": actor.actor,
+                "state": actor.state,
+                "reason": actor.reason,
+                "since": rfc3339_ms(actor.since_ms),
+            }));
+        }
+    }
+    let checks: Vec<CheckView> = CheckView::from_line(&line(&rfc3339_ms(now_ms), &run.results));
+    let users_not_trading: Vec<Value> = users
+        .iter()
+        .filter_map(|user| {
+            let trader = observations
+                .actors
+                .iter()
+                .flatten()
+                .find(|a| a.actor == "trader" && a.user.as_ref() == Some(&user.id))
+                .map(|a| (a.state.to_owned(), a.reason.clone(), a.since_ms));
+            let answer = why::explain(&WhyInputs {
+                user: user.id.to_string(),
+                now_ms,
+                server_running: Some(true),
+                trader_state: trader,
+                checks: Some((now_ms, checks.clone())),
+                locks: locks.iter().filter(|l| l.user == user.id).cloned().collect(),
+                ..WhyInputs::default()
+            });
+            (answer.verdict != "trading").then(|| {
+                json!({ "user": user.id, "verdict": answer.verdict, "summary": answer.summary, "reasons": answer.blocks })
+            })
+        })
+        .collect();
+    let failing: BTreeSet<&str> =
+        run.results.iter().filter(|r| r.status == CheckStatus::Critical).map(|r| r.id.as_str()).collect();
+    json!({
+        "ts": rfc3339_ms(now_ms),
+        "overall": run.overall.as_str(),
+        "catalog_size": CATALOG.len(),
+        "counts_by_status": by_status,
+        "counts_by_category": by_category,
+        "critical": failing,
+        "active_blocks": active_blocks,
+        "users_not_trading": users_not_trading,
+        "latest": latest,
+    })
+}
+
+impl Actor for Monitor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Err(error) = std::fs::create_dir_all(&self.settings.log_dir) {
+            tracing::error!(%error, "monitor: cannot create the log directory");
+        }
+        ctx.run_interval(self.settings.interval, |_, ctx| {
+            ctx.notify(RunChecks);
+        });
+    }
+}
+
+impl Handler<RunChecks> for Monitor {
+    type Result = ResponseActFuture<Self, Result<MonitorRun, String>>;
+
+    fn handle(&mut self, _: RunChecks, _: &mut Context<Self>) -> Self::Result {
+        if self.running {
+            return Box::pin(fut::ready(Err("a monitor run is already under way".to_owned())));
+        }
+        self.running = true;
+        let inputs = GatherInputs {
+            settings: self.settings.clone(),
+            tree: self.tree.clone(),
+            directory: self.directory.clone(),
+            exchange: self.exchange.clone(),
+            now_ms: self.clock.now_ms(),
+            previous_stats: self.previous_stats.clone(),
+            previous_run_ms: self.previous_run_ms,
+        };
+        Box::pin(gather(inputs).into_actor(self).map(|gathered, monitor, _| {
+            monitor.running = false;
+            Ok(monitor.conclude(gathered))
+        }))
+    }
+}
+
+impl Handler<LatestChecks> for Monitor {
+    type Result = MessageResult<LatestChecks>;
+
+    fn handle(&mut self, _: LatestChecks, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.latest.clone())
+    }
+}
