@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::domain::{Candle, Symbol, Timeframe};
 use crate::exchange::Exchange;
+use crate::intelligence::derive;
 use crate::sim::binance_api::Params;
 use crate::sim::{Answer, SimState};
 
@@ -61,63 +62,50 @@ pub async fn answer(state: &SimState, request: &HttpRequest, endpoint: &str, par
     Ok(json!({ "code": "0", "msg": "success", "data": rows[skip..] }))
 }
 
-fn notional(candle: &Candle) -> f64 {
-    candle.volume * candle.close
-}
-
 fn text(value: f64) -> String {
     format!("{value:.6}")
 }
 
-fn open_interest(candles: &[Candle]) -> Vec<Value> {
+/// OHLC rows of a per-candle series (open = the previous close).
+fn ohlc(candles: &[Candle], series: &[f64], widen: f64) -> Vec<Value> {
     let mut previous = None;
-    (0..candles.len())
-        .map(|i| {
-            let window = &candles[i.saturating_sub(47)..=i];
-            let close = window.iter().map(notional).sum::<f64>() * 10.0;
+    candles
+        .iter()
+        .zip(series)
+        .map(|(candle, &close)| {
             let open = previous.unwrap_or(close);
             previous = Some(close);
-            json!({ "time": candles[i].open_time_ms, "open": text(open), "high": text(open.max(close) * 1.001), "low": text(open.min(close) * 0.999), "close": text(close) })
+            json!({ "time": candle.open_time_ms, "open": text(open), "high": text(open.max(close) * (1.0 + widen)), "low": text(open.min(close) * (1.0 - widen)), "close": text(close) })
         })
         .collect()
 }
 
+fn open_interest(candles: &[Candle]) -> Vec<Value> {
+    ohlc(candles, &derive::open_interest(candles), 0.001)
+}
+
 fn funding(candles: &[Candle]) -> Vec<Value> {
-    let mut previous = None;
-    (0..candles.len())
-        .map(|i| {
-            let window = &candles[i.saturating_sub(23)..=i];
-            let mean = window.iter().map(|c| c.close).sum::<f64>() / window.len() as f64;
-            let close = ((candles[i].close - mean) / mean * 100.0 / 8.0).clamp(-0.75, 0.75);
-            let open = previous.unwrap_or(close);
-            previous = Some(close);
-            json!({ "time": candles[i].open_time_ms, "open": text(open), "high": text(open.max(close)), "low": text(open.min(close)), "close": text(close) })
-        })
-        .collect()
+    ohlc(candles, &derive::funding_rate_pct(candles), 0.0)
 }
 
 fn liquidations(candles: &[Candle]) -> Vec<Value> {
     candles
         .iter()
         .map(|c| {
-            let change = (c.close - c.open) / c.open;
-            json!({
-                "time": c.open_time_ms,
-                "long_liquidation_usd": text(notional(c) * (-change).max(0.0) * 5.0),
-                "short_liquidation_usd": text(notional(c) * change.max(0.0) * 5.0),
-            })
+            let (long, short) = derive::liquidations(c);
+            json!({ "time": c.open_time_ms, "long_liquidation_usd": text(long), "short_liquidation_usd": text(short) })
         })
         .collect()
 }
 
 fn long_short(candles: &[Candle]) -> Vec<Value> {
-    (0..candles.len())
-        .map(|i| {
-            let back = candles[i.saturating_sub(12)].close;
-            let long = 50.0 + 15.0 * ((candles[i].close - back) / back * 50.0).tanh();
+    candles
+        .iter()
+        .zip(derive::long_percent(candles))
+        .map(|(candle, long)| {
             let short = 100.0 - long;
             json!({
-                "time": candles[i].open_time_ms,
+                "time": candle.open_time_ms,
                 "global_account_long_percent": (long * 100.0).round() / 100.0,
                 "global_account_short_percent": (short * 100.0).round() / 100.0,
                 "global_account_long_short_ratio": (long / short * 100.0).round() / 100.0,
@@ -130,9 +118,8 @@ fn taker_volume(candles: &[Candle]) -> Vec<Value> {
     candles
         .iter()
         .map(|c| {
-            let share = if c.high > c.low { (c.close - c.low) / (c.high - c.low) } else { 0.5 };
-            let total = notional(c);
-            json!({ "time": c.open_time_ms, "taker_buy_volume_usd": text(total * share), "taker_sell_volume_usd": text(total * (1.0 - share)) })
+            let (buy, sell) = derive::taker_split(c);
+            json!({ "time": c.open_time_ms, "taker_buy_volume_usd": text(buy), "taker_sell_volume_usd": text(sell) })
         })
         .collect()
 }
