@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use rust_decimal::prelude::FromPrimitive;
+use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
 use serde::Deserialize;
 use url::Url;
 
@@ -25,6 +25,7 @@ use crate::domain::{Symbol, SymbolRules, Timeframe, UserId};
 use crate::exchange::paper::market::{BASE_TIMEFRAME, RandomWalkParams, SeriesSource, parse_replay};
 use crate::exchange::paper::venue::VenueSettings;
 use crate::exchange::paper::{PaperSettings, PaperSymbol, embedded_dataset};
+use crate::guards::GuardSettings;
 use crate::limits::{CANDLE_WINDOW_LEN, PAPER_RANDOM_WALK_HISTORY_MAX, STRATEGIES_PER_USER_MAX, USERS_MAX};
 use crate::secret::Secret;
 use crate::sim::faults::FaultPlan;
@@ -185,6 +186,8 @@ pub struct Config {
     pub intelligence: Option<IntelligenceConfig>,
     pub monitor: MonitorConfig,
     pub healer: HealerConfig,
+    /// The signal guards; `None` when `[guards] enabled = false`.
+    pub guards: Option<GuardSettings>,
 }
 
 /// `[healer]`: how often failing failure points are healed, and how hard.
@@ -304,6 +307,81 @@ struct RawConfig {
     intelligence: Option<RawIntelligence>,
     monitor: RawMonitor,
     healer: RawHealer,
+    guards: RawGuards,
+}
+
+/// `[guards]`: every threshold of `guards::GuardSettings` (defaults there).
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawGuards {
+    enabled: bool,
+    max_drawdown_pct: f64,
+    drawdown_lookback_hours: f64,
+    block_hours: f64,
+    probation_losses: i64,
+    probation_loss_pct: f64,
+    probation_hours: f64,
+    trading_hours_utc: Vec<String>,
+    regime_candles: i64,
+    regime_volatility_min_pct: f64,
+    regime_volatility_max_pct: f64,
+    fee_atr_candles: i64,
+    fee_multiple: f64,
+    taker_fee_bps: Option<f64>,
+    min_signal_score: f64,
+    power_rank_top_k: i64,
+    power_rank_candles: i64,
+    intel_window: i64,
+    intel_age_secs_max: i64,
+    whale_volume_multiple: f64,
+    whale_cvd_share_max: f64,
+    taker_window: i64,
+    taker_ratio_long_min: f64,
+    taker_ratio_short_max: f64,
+    liquidation_leverage: f64,
+    liquidation_wall_distance_pct: f64,
+    liquidation_wall_share: f64,
+    trap_lookback: i64,
+    trap_volume_ratio_max: f64,
+    trap_wick_share_min: f64,
+}
+
+impl Default for RawGuards {
+    fn default() -> Self {
+        let d = GuardSettings::default();
+        Self {
+            enabled: true,
+            max_drawdown_pct: d.max_drawdown_pct,
+            drawdown_lookback_hours: d.drawdown_lookback_hours,
+            block_hours: d.block_hours,
+            probation_losses: i64::from(d.probation_losses),
+            probation_loss_pct: d.probation_loss_pct,
+            probation_hours: d.probation_hours,
+            trading_hours_utc: Vec::new(),
+            regime_candles: d.regime_candles as i64,
+            regime_volatility_min_pct: d.regime_volatility_min_pct,
+            regime_volatility_max_pct: d.regime_volatility_max_pct,
+            fee_atr_candles: d.fee_atr_candles as i64,
+            fee_multiple: d.fee_multiple,
+            taker_fee_bps: None,
+            min_signal_score: d.min_signal_score,
+            power_rank_top_k: d.power_rank_top_k as i64,
+            power_rank_candles: d.power_rank_candles as i64,
+            intel_window: d.intel_window as i64,
+            intel_age_secs_max: d.intel_age_ms_max / 1_000,
+            whale_volume_multiple: d.whale_volume_multiple,
+            whale_cvd_share_max: d.whale_cvd_share_max,
+            taker_window: d.taker_window as i64,
+            taker_ratio_long_min: d.taker_ratio_long_min,
+            taker_ratio_short_max: d.taker_ratio_short_max,
+            liquidation_leverage: d.liquidation_leverage,
+            liquidation_wall_distance_pct: d.liquidation_wall_distance_pct,
+            liquidation_wall_share: d.liquidation_wall_share,
+            trap_lookback: d.trap_lookback as i64,
+            trap_volume_ratio_max: d.trap_volume_ratio_max,
+            trap_wick_share_min: d.trap_wick_share_min,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -615,6 +693,11 @@ impl Validator {
             attempts_max: self.int_in("healer.attempts_max", raw.healer.attempts_max, 1, 100) as u32,
             budget_window: secs(self, "healer.budget_window_secs", raw.healer.budget_window_secs, 1, 604_800),
         };
+        let venue_fee_bps = match &exchange.venue {
+            VenueConfig::Paper(paper) => paper.venue.taker_fee_rate.to_f64().map(|rate| rate * 10_000.0),
+            VenueConfig::Binance(_) => None,
+        };
+        let guards = self.guards(raw.guards, venue_fee_bps);
         Some(Config {
             source_name: source_name.to_owned(),
             server,
@@ -626,6 +709,88 @@ impl Validator {
             intelligence,
             monitor,
             healer,
+            guards,
+        })
+    }
+
+    fn guards(&mut self, raw: RawGuards, venue_fee_bps: Option<f64>) -> Option<GuardSettings> {
+        let mut real =
+            |name: &str, value: f64, min: f64, max: f64| self.real_in(&format!("guards.{name}"), value, min, max);
+        let max_drawdown_pct = real("max_drawdown_pct", raw.max_drawdown_pct, 0.001, 100.0);
+        let drawdown_lookback_hours = real("drawdown_lookback_hours", raw.drawdown_lookback_hours, 0.01, 24.0 * 90.0);
+        let block_hours = real("block_hours", raw.block_hours, 0.0, 24.0 * 30.0);
+        let probation_loss_pct = real("probation_loss_pct", raw.probation_loss_pct, 0.001, 100.0);
+        let probation_hours = real("probation_hours", raw.probation_hours, 0.0, 24.0 * 30.0);
+        let regime_volatility_min_pct = real("regime_volatility_min_pct", raw.regime_volatility_min_pct, 0.0, 100.0);
+        let regime_volatility_max_pct = real("regime_volatility_max_pct", raw.regime_volatility_max_pct, 0.0, 100.0);
+        let fee_multiple = real("fee_multiple", raw.fee_multiple, 0.0, 100.0);
+        let taker_fee_bps = match raw.taker_fee_bps {
+            Some(bps) => real("taker_fee_bps", bps, 0.0, 100.0),
+            None => venue_fee_bps.unwrap_or(GuardSettings::default().taker_fee_bps),
+        };
+        let min_signal_score = real("min_signal_score", raw.min_signal_score, 0.0, 1.0);
+        let whale_volume_multiple = real("whale_volume_multiple", raw.whale_volume_multiple, 1.0, 100.0);
+        let whale_cvd_share_max = real("whale_cvd_share_max", raw.whale_cvd_share_max, 0.0, 1.0);
+        let taker_ratio_long_min = real("taker_ratio_long_min", raw.taker_ratio_long_min, 0.0, 100.0);
+        let taker_ratio_short_max = real("taker_ratio_short_max", raw.taker_ratio_short_max, 0.0, 100.0);
+        let liquidation_leverage = real("liquidation_leverage", raw.liquidation_leverage, 1.0, 125.0);
+        let liquidation_wall_distance_pct =
+            real("liquidation_wall_distance_pct", raw.liquidation_wall_distance_pct, 0.0, 100.0);
+        let liquidation_wall_share = real("liquidation_wall_share", raw.liquidation_wall_share, 0.0, 1.0);
+        let trap_volume_ratio_max = real("trap_volume_ratio_max", raw.trap_volume_ratio_max, 0.0, 100.0);
+        let trap_wick_share_min = real("trap_wick_share_min", raw.trap_wick_share_min, 0.0, 1.0);
+        if regime_volatility_min_pct > regime_volatility_max_pct {
+            self.problem("guards.regime_volatility_min_pct", "must not be above regime_volatility_max_pct");
+        }
+        let window = CANDLE_WINDOW_LEN as i64 - 1;
+        let mut count =
+            |name: &str, value: i64, min: i64, max: i64| self.int_in(&format!("guards.{name}"), value, min, max);
+        let probation_losses = count("probation_losses", raw.probation_losses, 1, 1_000) as u32;
+        let regime_candles = count("regime_candles", raw.regime_candles, 2, window) as usize;
+        let fee_atr_candles = count("fee_atr_candles", raw.fee_atr_candles, 1, window) as usize;
+        let power_rank_top_k = count("power_rank_top_k", raw.power_rank_top_k, 1, 1_000) as usize;
+        let power_rank_candles = count("power_rank_candles", raw.power_rank_candles, 1, window) as usize;
+        let intel_window = count("intel_window", raw.intel_window, 1, 60) as usize;
+        let intel_age_ms_max = count("intel_age_secs_max", raw.intel_age_secs_max, 1, 86_400) * 1_000;
+        let taker_window = count("taker_window", raw.taker_window, 1, 60) as usize;
+        let trap_lookback = count("trap_lookback", raw.trap_lookback, 1, window) as usize;
+        let mut trading_hours_utc = Vec::new();
+        for (index, text) in raw.trading_hours_utc.iter().enumerate() {
+            match crate::guards::HoursWindow::parse(text) {
+                Ok(window) => trading_hours_utc.push(window),
+                Err(why) => self.problem(format!("guards.trading_hours_utc[{index}]"), why),
+            }
+        }
+        raw.enabled.then_some(GuardSettings {
+            max_drawdown_pct,
+            drawdown_lookback_hours,
+            block_hours,
+            probation_losses,
+            probation_loss_pct,
+            probation_hours,
+            trading_hours_utc,
+            regime_candles,
+            regime_volatility_min_pct,
+            regime_volatility_max_pct,
+            fee_atr_candles,
+            fee_multiple,
+            taker_fee_bps,
+            min_signal_score,
+            power_rank_top_k,
+            power_rank_candles,
+            intel_window,
+            intel_age_ms_max,
+            whale_volume_multiple,
+            whale_cvd_share_max,
+            taker_window,
+            taker_ratio_long_min,
+            taker_ratio_short_max,
+            liquidation_leverage,
+            liquidation_wall_distance_pct,
+            liquidation_wall_share,
+            trap_lookback,
+            trap_volume_ratio_max,
+            trap_wick_share_min,
         })
     }
 

@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::actors::Directory;
 use crate::actors::healer::HealerSettings;
+use crate::actors::intelligence::IntelSource;
 use crate::actors::monitor::{MonitorSettings, MonitoredUser};
 use crate::actors::order_router::{OrderRouter, ReconcileReport, ReconcileUser, RouterSettings};
 use crate::actors::persistence::PersistenceActor;
@@ -38,6 +39,7 @@ use crate::exchange::binance::{BinanceClient, BinanceSettings, Credentials};
 use crate::exchange::paper::PaperExchange;
 use crate::exchange::{Exchange, ExchangeError};
 use crate::instance_lock::InstanceLock;
+use crate::intelligence::coinglass::CoinGlassClient;
 use crate::limits::EVENT_TAP_CAPACITY;
 use crate::limits::{PERSISTENCE_MAILBOX_CAPACITY, SHARED_MAILBOX_CAPACITY};
 use crate::persistence::paper_journal::PaperJournal;
@@ -180,11 +182,22 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
                 chaos,
                 decisions_tap: decisions.clone(),
                 call_timeout,
+                guards: config.guards.clone(),
             };
             (seed, trader_arbiters[index % trader_arbiters.len()].handle())
         })
         .collect();
 
+    let intelligence = match &config.intelligence {
+        Some(settings) => {
+            let api_key = crate::secret::from_env(&settings.api_key_env)
+                .map_err(|why| anyhow::anyhow!("intelligence.api_key_env: {why}"))?;
+            let client = CoinGlassClient::new(settings.base_url.clone(), api_key, config.exchange.timeout)
+                .map_err(anyhow::Error::msg)?;
+            IntelSource::CoinGlass(client)
+        }
+        None => IntelSource::Derived(deps.exchange.clone()),
+    };
     let settings = TreeSettings {
         user_policy: config.supervisor.user_policy,
         shared_policy: config.supervisor.shared_policy,
@@ -216,6 +229,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             log_dir: config.server.log_dir.clone(),
             config_file: config.source_file(),
         }),
+        intelligence,
     };
     let (escalate, escalation) = oneshot::channel();
     let root = RootSupervisor::new(

@@ -26,6 +26,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::actors::Directory;
+use crate::actors::intelligence::RefreshAll;
 use crate::actors::market_data::Poll;
 use crate::actors::monitor::LatestChecks;
 use crate::actors::order_router::ReconcileUser;
@@ -310,6 +311,7 @@ enum Action {
     LogNetworkRetries,
     SuggestPositionLimit,
     VerifyDatabase,
+    RefreshIntelligence,
 }
 
 impl Action {
@@ -324,6 +326,7 @@ impl Action {
             Action::LogNetworkRetries => "log_network_retries",
             Action::SuggestPositionLimit => "suggest_position_limit",
             Action::VerifyDatabase => "verify_database",
+            Action::RefreshIntelligence => "refresh_intelligence",
         }
     }
 }
@@ -341,6 +344,7 @@ fn action_for(result: &CheckResult) -> Option<Action> {
         SYS_NETWORK => Action::LogNetworkRetries,
         RES_POSITION_LIMIT => Action::SuggestPositionLimit,
         SYS_DATABASE => Action::VerifyDatabase,
+        SYS_INTEL_API => Action::RefreshIntelligence,
         _ => return None,
     })
 }
@@ -395,6 +399,21 @@ impl Action {
                     check.detail
                 ),
             ),
+            Action::RefreshIntelligence => match context.directory.intelligence() {
+                Ok(intelligence) => match intelligence.send(RefreshAll).timeout(ACTION_TIMEOUT).await {
+                    Ok((0, failures)) if failures.is_empty() => {
+                        ("skipped", "no series due for a refresh (fetched moments ago)".to_owned())
+                    }
+                    Ok((refreshed, failures)) if failures.is_empty() => {
+                        ("success", format!("refreshed {refreshed} series"))
+                    }
+                    Ok((refreshed, failures)) => {
+                        ("failed", format!("refreshed {refreshed} series; failed: {}", failures.join("; ")))
+                    }
+                    Err(error) => ("failed", format!("the intelligence actor did not answer: {error}")),
+                },
+                Err(error) => ("skipped", format!("{error}; its supervisor restarts it")),
+            },
             Action::VerifyDatabase => match persistence::run(&context.directory, |store| store.quick_check()).await {
                 Ok(true) => ("success", "integrity check ok; writes go through persistence again".to_owned()),
                 Ok(false) => (

@@ -4,6 +4,7 @@
 //! points each actor owns.
 
 pub mod healer;
+pub mod intelligence;
 pub mod market_data;
 pub mod monitor;
 pub mod order_router;
@@ -19,6 +20,7 @@ use parking_lot::RwLock;
 use tokio::sync::Semaphore;
 
 use crate::actors::healer::Healer;
+use crate::actors::intelligence::Intelligence;
 use crate::actors::market_data::MarketData;
 use crate::actors::monitor::Monitor;
 use crate::actors::order_router::OrderRouter;
@@ -37,6 +39,7 @@ pub struct Directory {
     order_router: RwLock<Option<Addr<OrderRouter>>>,
     monitor: RwLock<Option<Addr<Monitor>>>,
     healer: RwLock<Option<Addr<Healer>>>,
+    intelligence: RwLock<Option<Addr<Intelligence>>>,
     /// Requests to persistence that are queued or running, across every caller. actix lets each
     /// sender put one message past the mailbox's capacity and every `Addr` clone is a new sender,
     /// so the mailbox alone bounds nothing here; these permits do (see `persistence::run` and
@@ -54,6 +57,7 @@ impl Default for Directory {
             order_router: RwLock::default(),
             monitor: RwLock::default(),
             healer: RwLock::default(),
+            intelligence: RwLock::default(),
             persistence_permits: Arc::new(Semaphore::new(PERSISTENCE_IN_FLIGHT_MAX)),
             persistence_writes_refused: AtomicU64::new(0),
         }
@@ -68,6 +72,7 @@ impl fmt::Debug for Directory {
             .field("order_router", &self.order_router.read().is_some())
             .field("monitor", &self.monitor.read().is_some())
             .field("healer", &self.healer.read().is_some())
+            .field("intelligence", &self.intelligence.read().is_some())
             .finish()
     }
 }
@@ -101,6 +106,14 @@ impl Directory {
 
     pub fn healer(&self) -> Result<Addr<Healer>, NotRunning> {
         self.healer.read().clone().ok_or(NotRunning("healer"))
+    }
+
+    pub fn intelligence(&self) -> Result<Addr<Intelligence>, NotRunning> {
+        self.intelligence.read().clone().ok_or(NotRunning("intelligence"))
+    }
+
+    pub(crate) fn set_intelligence(&self, addr: Option<Addr<Intelligence>>) {
+        *self.intelligence.write() = addr;
     }
 
     pub(crate) fn set_monitor(&self, addr: Option<Addr<Monitor>>) {
@@ -146,3 +159,4 @@ stop_handler!(MarketData);
 stop_handler!(OrderRouter);
 stop_handler!(Monitor);
 stop_handler!(Healer);
+stop_handler!(Intelligence);

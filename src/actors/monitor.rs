@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::actors::Directory;
 use crate::actors::healer::HealNow;
+use crate::actors::intelligence::IntelStatus;
 use crate::actors::market_data::{FeedStatuses, GetStats, MarketDataStats};
 use crate::actors::persistence;
 use crate::clock::{Clock, rfc3339_ms};
@@ -34,8 +35,8 @@ use crate::failure_points::catalog::{CATALOG, Category, FailurePointId};
 use crate::failure_points::locks::GuardLock;
 use crate::failure_points::monitor::{CheckResult, CheckStatus};
 use crate::failure_points::monitor::{
-    ConfigFileObservation, DatabaseObservation, DirectoryObservation, ExchangeObservation, Observations,
-    PositionsObservation, UnresolvedOrdersObservation, evaluate, line, overall,
+    ConfigFileObservation, DatabaseObservation, DirectoryObservation, ExchangeObservation, IntelObservation,
+    IntelSeriesObservation, Observations, PositionsObservation, UnresolvedOrdersObservation, evaluate, line, overall,
 };
 use crate::failure_points::why::{self, CheckView, WhyInputs};
 use crate::supervision::root::{GetTreeStatus, TreeStatus};
@@ -267,6 +268,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
                 store.quick_check()?,
                 store.uncleared_guard_locks(None)?,
                 store.guard_block_counts(since_ms)?,
+                store.bad_candle_counts(since_ms)?,
             ))
         }),
     )
@@ -275,39 +277,53 @@ async fn gather(inputs: GatherInputs) -> Gathered {
     .and_then(Result::ok);
 
     let max_positions: BTreeMap<&UserId, u32> = settings.users.iter().map(|u| (&u.id, u.max_open_positions)).collect();
-    let (unresolved_orders, positions, strategy_errors, integrity_ok, locks, guard_blocks) = match from_database {
-        Some((unresolved, open, errors, integrity, locks, blocks)) => (
-            Some(
-                unresolved
-                    .into_iter()
-                    .map(|(user, count, oldest_ms)| UnresolvedOrdersObservation {
-                        user,
-                        count,
-                        oldest_age_ms: now_ms - oldest_ms,
-                    })
-                    .collect(),
+    let (unresolved_orders, positions, strategy_errors, integrity_ok, locks, guard_blocks, bad_candles) =
+        match from_database {
+            Some((unresolved, open, errors, integrity, locks, blocks, bad)) => (
+                Some(
+                    unresolved
+                        .into_iter()
+                        .map(|(user, count, oldest_ms)| UnresolvedOrdersObservation {
+                            user,
+                            count,
+                            oldest_age_ms: now_ms - oldest_ms,
+                        })
+                        .collect(),
+                ),
+                Some(
+                    open.into_iter()
+                        .filter_map(|(user, open_positions)| {
+                            let max_open_positions = *max_positions.get(&user)?;
+                            Some(PositionsObservation { user, open_positions, max_open_positions })
+                        })
+                        .collect(),
+                ),
+                Some(errors),
+                Some(integrity),
+                Some(locks),
+                Some(blocks),
+                Some(bad),
             ),
-            Some(
-                open.into_iter()
-                    .filter_map(|(user, open_positions)| {
-                        let max_open_positions = *max_positions.get(&user)?;
-                        Some(PositionsObservation { user, open_positions, max_open_positions })
-                    })
-                    .collect(),
-            ),
-            Some(errors),
-            Some(integrity),
-            Some(locks),
-            Some(blocks),
-        ),
-        None => (None, None, None, None, None, None),
-    };
+            None => (None, None, None, None, None, None, None),
+        };
     let database = integrity_ok.map(|integrity_ok| DatabaseObservation {
         writes_refused: directory.persistence_writes_refused(),
         journal_write_failures: tree_status.as_ref().map_or(0, |t| t.journal_write_failures),
         integrity_ok,
     });
 
+    let intelligence = match directory.intelligence() {
+        Ok(actor) => {
+            actor.send(IntelStatus).timeout(GATHER_TIMEOUT).await.ok().map(|(source, series)| IntelObservation {
+                source,
+                series: series
+                    .into_iter()
+                    .map(|s| IntelSeriesObservation { series: s.series, age_ms: s.age_ms, last_error: s.last_error })
+                    .collect(),
+            })
+        }
+        Err(_) => None,
+    };
     let directories = Some(
         [&settings.data_dir, &settings.log_dir]
             .into_iter()
@@ -348,6 +364,8 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         strategy_errors,
         locks: locks.clone(),
         guard_blocks,
+        bad_candles,
+        intelligence,
     };
     Gathered { observations, stats, locks: locks.unwrap_or_default() }
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -639,7 +640,15 @@ async fn sync_account(
             .map(|o| UnresolvedOrder { client_order_id: o.intent.client_order_id, state: o.state })
             .collect()
     };
-    Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms })
+    // Equity for the kill switch; a failure here does not fail the sync (exits must still work),
+    // it makes the kill switch block entries.
+    let equity_usdt = match call(context, "balance", context.exchange.balance(user)).await {
+        Ok(balance) => (balance.wallet_balance + balance.unrealized_pnl)
+            .to_f64()
+            .ok_or_else(|| "balance is not a number".to_owned()),
+        Err(error) => Err(format!("balance unavailable: {error}")),
+    };
+    Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms, equity_usdt })
 }
 
 /// An exchange failure while reading an account; refused credentials halt the account.

@@ -20,11 +20,14 @@ use actix::prelude::*;
 use tokio::sync::broadcast;
 
 use crate::actors::Directory;
+use crate::actors::intelligence::GetIntel;
 use crate::actors::market_data::{CandleClosed, Subscribe, Unsubscribe};
 use crate::actors::order_router::{ReconcileReport, ReconcileUser, SubmitIntent, SyncAccount};
 use crate::actors::persistence;
 use crate::clock::Clock;
 use crate::domain::{Symbol, Timeframe, UserId};
+use crate::failure_points::locks::GuardLock;
+use crate::guards::GuardSettings;
 use crate::limits::{TRADER_START_UP_ATTEMPTS_MAX, TRADER_START_UP_BACKOFF_MS_INITIAL};
 use crate::persistence::{DecisionRecord, TraderState};
 use crate::trader::core::{
@@ -65,6 +68,8 @@ pub struct TraderSeed {
     pub decisions_tap: broadcast::Sender<DecisionRecord>,
     /// Safety net on calls to shared actors (they always answer; this bounds a hang).
     pub call_timeout: Duration,
+    /// The signal guards (`None`: `[guards] enabled = false`).
+    pub guards: Option<GuardSettings>,
 }
 
 impl std::fmt::Debug for TraderSeed {
@@ -112,7 +117,10 @@ impl std::fmt::Debug for Trader {
 
 impl Trader {
     pub fn new(seed: TraderSeed, incarnation: u32, supervisor: Recipient<TraderReport>) -> Self {
-        let core = TraderCore::new(seed.user.clone(), seed.slots.clone(), seed.limits);
+        let mut core = TraderCore::new(seed.user.clone(), seed.slots.clone(), seed.limits);
+        if let Some(guards) = &seed.guards {
+            core = core.with_guards(guards.clone());
+        }
         Self { seed, incarnation, supervisor, core, decisions_this_incarnation: 0 }
     }
 
@@ -162,6 +170,25 @@ impl Trader {
                 }
                 TraderCommand::PlaceIntent { slot, intent } => self.place_intent(slot, intent, ctx),
                 TraderCommand::Halt { reason } => self.halt(ctx, reason),
+                TraderCommand::SetLock(lock) => {
+                    tracing::warn!(user = %lock.user, failure_point = %lock.failure_point, symbol = ?lock.symbol.as_ref().map(Symbol::as_str), until = %crate::clock::rfc3339_ms(lock.until_ms), "guard lock set: {}", lock.reason);
+                    // Awaited in the background: the lock already holds in the core; the row is
+                    // what makes it outlive a restart.
+                    let directory = self.seed.directory.clone();
+                    ctx.spawn(
+                        async move {
+                            if let Err(error) = persistence::run(&directory, move |store| store.insert_guard_lock(&lock)).await {
+                                tracing::error!(%error, "guard lock could not be stored; it holds until this trader restarts");
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
+                TraderCommand::RecordGuards(record) => {
+                    persistence::submit(&self.seed.directory, "guard decision", move |store| {
+                        store.record_guard_decision(&record)
+                    });
+                }
             }
         }
     }
@@ -177,9 +204,15 @@ impl Trader {
         persistence::submit(&self.seed.directory, "decision", move |store| store.record_decision(&record));
     }
 
+    /// Syncs the account and, for the guards, asks for the symbol's intelligence at the same time.
     fn sync_account(&mut self, slot: usize, iteration: u64, symbol: Symbol, ctx: &mut Context<Self>) {
+        let intel_request = self
+            .core
+            .intelligence_wanted(slot)
+            .map(|(symbol, timeframe, newest_candle_open_ms)| GetIntel { symbol, timeframe, newest_candle_open_ms });
         let request = SyncAccount { user: self.seed.user.clone(), symbol };
         let (directory, timeout) = (self.seed.directory.clone(), self.seed.call_timeout);
+        let intel_directory = directory.clone();
         let answer = async move {
             let router = directory.order_router().map_err(|e| AccountError::other(e.to_string()))?;
             router
@@ -188,11 +221,20 @@ impl Trader {
                 .await
                 .map_err(|e| AccountError::other(format!("order router did not answer: {e}")))?
         };
-        ctx.spawn(answer.into_actor(self).map(move |result, trader, ctx| {
-            let now_ms = trader.seed.clock.now_ms();
-            let commands = trader.core.process(TraderEvent::AccountSynced { slot, iteration, result }, now_ms);
-            trader.execute(commands, ctx);
-        }));
+        let intelligence = async move {
+            let (request, intelligence) = (intel_request?, intel_directory.intelligence().ok()?);
+            intelligence.send(request).timeout(timeout).await.ok().flatten()
+        };
+        ctx.spawn(futures::future::join(answer, intelligence).into_actor(self).map(
+            move |(result, intelligence), trader, ctx| {
+                let now_ms = trader.seed.clock.now_ms();
+                if let Some(snapshot) = intelligence {
+                    trader.core.process(TraderEvent::IntelligenceUpdated { snapshot }, now_ms);
+                }
+                let commands = trader.core.process(TraderEvent::AccountSynced { slot, iteration, result }, now_ms);
+                trader.execute(commands, ctx);
+            },
+        ));
     }
 
     fn place_intent(
@@ -242,7 +284,9 @@ impl Actor for Trader {
                 Err(error) if error.credentials_refused => return trader.halt(ctx, halt_reason(&error.detail)),
                 Err(error) => return trader.fail(ctx, error.detail),
             };
+            let (state, locks) = state;
             trader.core.restore(&state);
+            trader.core.restore_locks(locks);
             let detail = format!(
                 "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s), {} not resolvable yet",
                 state.positions.len(),
@@ -266,7 +310,7 @@ async fn start_up(
     seed: TraderSeed,
     feeds: Vec<(Symbol, Timeframe)>,
     recipient: Recipient<CandleClosed>,
-) -> Result<(TraderState, ReconcileReport), AccountError> {
+) -> Result<((TraderState, Vec<GuardLock>), ReconcileReport), AccountError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -288,11 +332,13 @@ async fn start_up_once(
     seed: &TraderSeed,
     feeds: &[(Symbol, Timeframe)],
     recipient: &Recipient<CandleClosed>,
-) -> Result<(TraderState, ReconcileReport), AccountError> {
+) -> Result<((TraderState, Vec<GuardLock>), ReconcileReport), AccountError> {
     let user = seed.user.clone();
-    let state = persistence::run(&seed.directory, move |store| store.load_trader_state(&user))
-        .await
-        .map_err(|e| AccountError::other(format!("loading state: {e}")))?;
+    let state = persistence::run(&seed.directory, move |store| {
+        Ok((store.load_trader_state(&user)?, store.uncleared_guard_locks(Some(&user))?))
+    })
+    .await
+    .map_err(|e| AccountError::other(format!("loading state: {e}")))?;
     let router = seed.directory.order_router().map_err(|e| AccountError::other(format!("reconciliation: {e}")))?;
     let report = router
         .send(ReconcileUser { user: seed.user.clone() })

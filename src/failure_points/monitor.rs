@@ -159,7 +159,29 @@ pub struct Observations {
     pub locks: Option<Vec<GuardLock>>,
     /// Signals each guard blocked since the previous run: (failure point, user, count).
     pub guard_blocks: Option<Vec<(String, UserId, u64)>>,
+    /// Iterations skipped for bad candles, per user, since the previous run.
+    pub bad_candles: Option<BTreeMap<UserId, u64>>,
+    /// Every intelligence series (source, series); `None` when the actor could not be asked.
+    pub intelligence: Option<IntelObservation>,
 }
+
+/// The intelligence series as the Intelligence actor has them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IntelObservation {
+    /// `coinglass` or `derived`.
+    pub source: String,
+    pub series: Vec<IntelSeriesObservation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntelSeriesObservation {
+    pub series: String,
+    pub age_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Intelligence older than this is stale (`warn`); the guards that use it allow without it.
+pub const INTEL_AGE_MS_WARN: i64 = 15 * 60_000;
 
 /// Below this much free space the filesystem check warns; below a tenth of it, critical.
 pub const FREE_BYTES_WARN: u64 = 1 << 30;
@@ -245,12 +267,10 @@ fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
         DATA_MISSING => data_missing(observations),
         STATE_UNRESOLVED_ORDERS => unresolved_orders(observations),
         STATE_STRATEGY_ERROR => strategy_errors(observations),
-        SYS_INTEL_API => Outcome::unknown("not checked: the intelligence client is not built yet"),
+        SYS_INTEL_API => intelligence(observations),
         SYS_CIRCUIT_BREAKER => Outcome::unknown("not checked: circuit breakers are not built yet"),
         RES_CAPITAL => Outcome::unknown("not checked: available margin is not gathered yet"),
-        DATA_CORRUPT => Outcome::unknown(
-            "not checked here: every candle window is validated before a strategy sees it, and a bad one is recorded as a skipped iteration",
-        ),
+        DATA_CORRUPT => bad_candles(observations),
         STATE_POSITION_SYNC => {
             Outcome::unknown("not checked: positions are compared with the exchange only on each sync")
         }
@@ -564,6 +584,45 @@ fn strategy_errors(observations: &Observations) -> Outcome {
         .map(|(user, n)| format!("{user}: {n} iteration(s) skipped for a strategy error"))
         .collect::<Vec<_>>();
     Outcome::new(CheckStatus::Warn, detail.join("; ")).users(failing.iter().map(|(u, _)| (*u).clone()).collect())
+}
+
+fn intelligence(observations: &Observations) -> Outcome {
+    let Some(intel) = &observations.intelligence else {
+        return Outcome::unknown("the intelligence actor could not be asked (restarting?)");
+    };
+    if intel.series.is_empty() {
+        return Outcome::ok(format!("{}: no series requested yet (asked for at the first entry signal)", intel.source));
+    }
+    let failing: Vec<&IntelSeriesObservation> = intel.series.iter().filter(|s| s.last_error.is_some()).collect();
+    let stale: Vec<&IntelSeriesObservation> =
+        intel.series.iter().filter(|s| s.age_ms.is_none_or(|age| age >= INTEL_AGE_MS_WARN)).collect();
+    let value = json!({ "source": intel.source, "series": intel.series.len(), "failing": failing.len() });
+    if !failing.is_empty() && failing.len() == intel.series.len() {
+        let detail = failing
+            .iter()
+            .map(|s| format!("{}: {}", s.series, s.last_error.as_deref().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Outcome::new(CheckStatus::Critical, format!("{}: every series failing: {detail}", intel.source))
+            .value(value);
+    }
+    if !failing.is_empty() || !stale.is_empty() {
+        let names: Vec<&str> = failing.iter().chain(stale.iter()).map(|s| s.series.as_str()).collect();
+        return Outcome::new(CheckStatus::Warn, format!("{}: failing or stale: {}", intel.source, names.join(", ")))
+            .value(value);
+    }
+    Outcome::ok(format!("{}: {} series fresh", intel.source, intel.series.len())).value(value)
+}
+
+fn bad_candles(observations: &Observations) -> Outcome {
+    let Some(counts) = &observations.bad_candles else { return Outcome::unknown("decisions could not be read") };
+    let hit: Vec<(&UserId, &u64)> = counts.iter().filter(|(_, n)| **n > 0).collect();
+    if hit.is_empty() {
+        return Outcome::ok("every candle window validated since the last check");
+    }
+    let detail = hit.iter().map(|(user, n)| format!("{user}: {n} window(s) refused")).collect::<Vec<_>>();
+    Outcome::new(CheckStatus::Warn, format!("malformed candles dropped: {}", detail.join("; ")))
+        .users(hit.iter().map(|(u, _)| (*u).clone()).collect())
 }
 
 fn holding_locks(observations: &Observations, guard: FailurePointId, status: CheckStatus) -> Outcome {

@@ -763,12 +763,21 @@ impl Store {
 
     /// Per user: iterations skipped for a strategy error decided at or after `since_ms`.
     pub fn strategy_error_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
+        self.skipped_counts("strategy error:", since_ms)
+    }
+
+    /// Per user: iterations skipped for malformed candles decided at or after `since_ms`.
+    pub fn bad_candle_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
+        self.skipped_counts("bad candles:", since_ms)
+    }
+
+    fn skipped_counts(&mut self, reason_prefix: &str, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT user_id, COUNT(*) FROM decisions
-             WHERE outcome = 'skipped' AND reason LIKE 'strategy error:%' AND decided_at_ms >= ?1 GROUP BY user_id",
+             WHERE outcome = 'skipped' AND substr(reason, 1, length(?2)) = ?2 AND decided_at_ms >= ?1 GROUP BY user_id",
         )?;
-        let rows =
-            statement.query_map(params![since_ms], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))?;
+        let rows = statement
+            .query_map(params![since_ms, reason_prefix], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))?;
         let mut counts = BTreeMap::new();
         for row in rows {
             let (user, count) = row?;

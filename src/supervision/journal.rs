@@ -38,6 +38,7 @@ pub enum ActorKind {
     OrderRouter,
     Monitor,
     Healer,
+    Intelligence,
     Trader,
 }
 
@@ -49,6 +50,7 @@ impl ActorKind {
             ActorKind::OrderRouter => "order_router",
             ActorKind::Monitor => "monitor",
             ActorKind::Healer => "healer",
+            ActorKind::Intelligence => "intelligence",
             ActorKind::Trader => "trader",
         }
     }

@@ -18,6 +18,7 @@ use futures::future::join_all;
 use tokio::sync::oneshot;
 
 use crate::actors::healer::{Healer, HealerSettings};
+use crate::actors::intelligence::{IntelSource, Intelligence};
 use crate::actors::market_data::{MarketData, StopFeeds, SubscriptionBook};
 use crate::actors::monitor::{Monitor, MonitorSettings};
 use crate::actors::order_router::{Drain, OrderRouter, RouterSettings};
@@ -45,6 +46,7 @@ pub struct TreeSettings {
     pub database_path: PathBuf,
     pub monitor: Arc<MonitorSettings>,
     pub healer: Arc<HealerSettings>,
+    pub intelligence: IntelSource,
 }
 
 /// The arbiters (threads) of the shared actors.
@@ -108,8 +110,14 @@ pub struct ReadmitUser {
 pub struct UserSupervisorOf(pub UserId);
 
 /// The shared actors, in start order.
-const SHARED_KINDS: [ActorKind; 5] =
-    [ActorKind::Persistence, ActorKind::MarketData, ActorKind::OrderRouter, ActorKind::Monitor, ActorKind::Healer];
+const SHARED_KINDS: [ActorKind; 6] = [
+    ActorKind::Persistence,
+    ActorKind::MarketData,
+    ActorKind::OrderRouter,
+    ActorKind::Intelligence,
+    ActorKind::Monitor,
+    ActorKind::Healer,
+];
 
 #[derive(Debug)]
 struct SharedChild {
@@ -267,6 +275,16 @@ impl RootSupervisor {
                 );
                 self.directory.set_healer(Some(addr));
             }
+            ActorKind::Intelligence => {
+                let (source, clock) = (self.settings.intelligence.clone(), self.clock.clone());
+                let addr = spawn_watched(
+                    &self.arbiters.monitor,
+                    SHARED_MAILBOX_CAPACITY,
+                    move || Intelligence::new(source, clock),
+                    on_exit,
+                );
+                self.directory.set_intelligence(Some(addr));
+            }
             ActorKind::Trader => unreachable!("traders are supervised by their user supervisors"),
         }
         let event = if incarnation == 1 { EventKind::Started } else { EventKind::Restarted };
@@ -281,6 +299,7 @@ impl RootSupervisor {
             ActorKind::OrderRouter => self.directory.set_order_router(None),
             ActorKind::Monitor => self.directory.set_monitor(None),
             ActorKind::Healer => self.directory.set_healer(None),
+            ActorKind::Intelligence => self.directory.set_intelligence(None),
             ActorKind::Trader => {}
         }
     }
@@ -316,6 +335,7 @@ impl RootSupervisor {
             ActorKind::OrderRouter => self.directory.order_router().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Monitor => self.directory.monitor().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Healer => self.directory.healer().ok().map(|a| a.try_send(Stop).is_ok()),
+            ActorKind::Intelligence => self.directory.intelligence().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Trader => None,
         };
         if sent != Some(true) {
@@ -434,11 +454,16 @@ impl Handler<ShutdownTree> for RootSupervisor {
             .then(move |orders_in_flight, root, _| {
                 // 4. The shared actors that depend on persistence stop (the Monitor and Healer too:
                 // nothing is left to watch or heal).
-                let waits: Vec<_> =
-                    [ActorKind::MarketData, ActorKind::OrderRouter, ActorKind::Monitor, ActorKind::Healer]
-                        .into_iter()
-                        .filter_map(|kind| root.stop_shared(kind))
-                        .collect();
+                let waits: Vec<_> = [
+                    ActorKind::MarketData,
+                    ActorKind::OrderRouter,
+                    ActorKind::Intelligence,
+                    ActorKind::Monitor,
+                    ActorKind::Healer,
+                ]
+                .into_iter()
+                .filter_map(|kind| root.stop_shared(kind))
+                .collect();
                 async move {
                     join_all(waits.into_iter().map(|wait| tokio::time::timeout(deadline, wait))).await;
                     orders_in_flight

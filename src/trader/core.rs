@@ -18,6 +18,7 @@
 //! An order whose outcome is not final blocks new intents on its symbol until a later sync
 //! resolves it, so one decision never becomes two orders.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -27,7 +28,11 @@ use crate::domain::{
     Candle, ClientOrderId, IntentPurpose, OrderIntent, OrderState, OrderType, Position, PositionSide, Side, Symbol,
     SymbolRules, Timeframe, UserId, decimal_from_f64, validate_candles,
 };
-use crate::persistence::{DecisionRecord, PositionRecord, TraderState};
+use crate::failure_points::locks::GuardLock;
+use crate::guards::equity::EquityTracker;
+use crate::guards::{self, EntrySignal, GuardSettings, OtherSlot, SignalContext};
+use crate::intelligence::IntelSnapshot;
+use crate::persistence::{DecisionRecord, GuardDecisionRecord, PositionRecord, TraderState};
 use crate::strategy::{SignalAction, Strategy};
 use crate::trader::risk::{self, EntryContext, RiskApproved, RiskLimits};
 
@@ -58,6 +63,9 @@ pub struct AccountSnapshot {
     /// Orders on this symbol that are not final after the sync.
     pub unresolved: Vec<UnresolvedOrder>,
     pub fetched_at_ms: i64,
+    /// Wallet balance + unrealized PnL (USDT), or why it could not be read (the kill switch then
+    /// blocks entries: it fails closed).
+    pub equity_usdt: Result<f64, String>,
 }
 
 /// Why the account could not be read.
@@ -108,9 +116,25 @@ pub enum PlacementOutcome {
 /// Inputs to the core.
 #[derive(Debug, Clone)]
 pub enum TraderEvent {
-    CandleClosed { symbol: Symbol, timeframe: Timeframe, candles: Result<Arc<[Candle]>, String> },
-    AccountSynced { slot: usize, iteration: u64, result: Result<AccountSnapshot, AccountError> },
-    PlacementFinished { slot: usize, client_order_id: ClientOrderId, outcome: PlacementOutcome },
+    CandleClosed {
+        symbol: Symbol,
+        timeframe: Timeframe,
+        candles: Result<Arc<[Candle]>, String>,
+    },
+    AccountSynced {
+        slot: usize,
+        iteration: u64,
+        result: Result<AccountSnapshot, AccountError>,
+    },
+    PlacementFinished {
+        slot: usize,
+        client_order_id: ClientOrderId,
+        outcome: PlacementOutcome,
+    },
+    /// Fresh intelligence for a symbol (the guards read the newest one).
+    IntelligenceUpdated {
+        snapshot: Arc<IntelSnapshot>,
+    },
 }
 
 /// Outputs of the core, for the actor to carry out.
@@ -132,6 +156,10 @@ pub enum TraderCommand {
     Halt {
         reason: String,
     },
+    /// A guard set a kill switch or a probation: store it (it outlives restarts).
+    SetLock(GuardLock),
+    /// A signal's pass through the guards.
+    RecordGuards(GuardDecisionRecord),
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +199,9 @@ struct Slot {
     active_order: Option<ClientOrderId>,
     /// Close time of the newest candle this slot acted on (repeated deliveries are ignored).
     last_candle_close_ms: Option<i64>,
+    /// Losing trades in a row on this slot, and the newest trade's result in % (probation).
+    loss_streak: u32,
+    last_trade_pct: Option<f64>,
 }
 
 /// The state machine of one user's trading.
@@ -185,6 +216,19 @@ pub struct TraderCore {
     iteration: u64,
     /// Set when the exchange refuses the account's credentials; from then on nothing is decided.
     halted: Option<String>,
+    /// The signal guards; `None` when `[guards] enabled = false` (only the risk gate applies).
+    guards: Option<GuardSettings>,
+    /// Equity samples for the kill switch (written on every sync).
+    equity: EquityTracker,
+    /// Why the newest sync could not read equity (`None`: it could).
+    equity_error: Option<String>,
+    /// The user's uncleared kill switches and probations (loaded at start, added when a guard
+    /// sets one; a lock past its expiry no longer blocks).
+    locks: Vec<GuardLock>,
+    /// The newest candle window of every symbol this user trades (power ranking).
+    universe: BTreeMap<Symbol, Arc<[Candle]>>,
+    /// The newest intelligence per symbol.
+    intelligence: BTreeMap<Symbol, Arc<IntelSnapshot>>,
 }
 
 impl TraderCore {
@@ -198,9 +242,50 @@ impl TraderCore {
                 position_start_time_ms: None,
                 active_order: None,
                 last_candle_close_ms: None,
+                loss_streak: 0,
+                last_trade_pct: None,
             })
             .collect();
-        Self { user, slots, limits, last_intent_seq: 0, iteration: 0, halted: None }
+        Self {
+            user,
+            slots,
+            limits,
+            last_intent_seq: 0,
+            iteration: 0,
+            halted: None,
+            guards: None,
+            equity: EquityTracker::new(0),
+            equity_error: Some("no account sync yet".to_owned()),
+            locks: Vec::new(),
+            universe: BTreeMap::new(),
+            intelligence: BTreeMap::new(),
+        }
+    }
+
+    /// Turns the signal guards on (the server always does unless `[guards] enabled = false`).
+    pub fn with_guards(mut self, settings: GuardSettings) -> Self {
+        self.equity = EquityTracker::new((settings.drawdown_lookback_hours * 3_600_000.0) as i64);
+        self.guards = Some(settings);
+        self
+    }
+
+    /// The user's uncleared locks, as stored (at start-up).
+    pub fn restore_locks(&mut self, locks: Vec<GuardLock>) {
+        self.locks = locks;
+    }
+
+    /// The intelligence a slot's decision wants: (symbol, timeframe, open time of the newest
+    /// candle). `None` without guards or candles.
+    pub fn intelligence_wanted(&self, slot_index: usize) -> Option<(Symbol, Timeframe, i64)> {
+        self.guards.as_ref()?;
+        let slot = self.slots.get(slot_index)?;
+        let newest = self.universe.get(&slot.spec.symbol)?.last()?;
+        Some((slot.spec.symbol.clone(), slot.spec.timeframe, newest.open_time_ms))
+    }
+
+    /// Locks that hold at `now_ms`.
+    pub fn holding_locks(&self, now_ms: i64) -> Vec<&GuardLock> {
+        self.locks.iter().filter(|lock| lock.holds_at(now_ms)).collect()
     }
 
     /// Reloads what a previous incarnation left in the database.
@@ -255,6 +340,10 @@ impl TraderCore {
             TraderEvent::PlacementFinished { slot, client_order_id, outcome } => {
                 self.on_placement(slot, client_order_id, outcome, now_ms)
             }
+            TraderEvent::IntelligenceUpdated { snapshot } => {
+                self.intelligence.insert(snapshot.symbol.clone(), snapshot);
+                Vec::new()
+            }
         }
     }
 
@@ -289,6 +378,7 @@ impl TraderCore {
                 format!("not enough candles: have {}, {} needs {need}", candles.len(), slot.spec.strategy.name());
             return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
         }
+        self.universe.insert(slot.spec.symbol.clone(), candles.clone());
         self.iteration += 1;
         let iteration = self.iteration;
         let slot = &mut self.slots[slot_index];
@@ -325,8 +415,31 @@ impl TraderCore {
             }
         };
         let mut commands = Vec::new();
+        match &snapshot.equity_usdt {
+            Ok(equity) => {
+                self.equity.record(snapshot.fetched_at_ms, *equity);
+                self.equity_error = None;
+            }
+            Err(why) => self.equity_error = Some(why.clone()),
+        }
         let slot = &mut self.slots[slot_index];
         let quantity = snapshot.position.quantity;
+        if let Some(previous) = slot.known_position.as_ref().filter(|p| !p.quantity.is_zero())
+            && (quantity.is_zero() || quantity.is_sign_positive() != previous.quantity.is_sign_positive())
+        {
+            // The position closed since the last sync: judge the trade at the exit-time mark price.
+            let exit_price = Some(snapshot.position.mark_price)
+                .filter(|p| !p.is_zero())
+                .or_else(|| candles.last().and_then(|c| decimal_from_f64(c.close).ok()));
+            if let (Some(exit), Some(entry)) = (exit_price.and_then(|p| p.to_f64()), previous.entry_price.to_f64())
+                && entry > 0.0
+            {
+                let direction = if previous.quantity.is_sign_positive() { 1.0 } else { -1.0 };
+                let pct = (exit / entry - 1.0) * 100.0 * direction;
+                slot.loss_streak = if pct < 0.0 { slot.loss_streak + 1 } else { 0 };
+                slot.last_trade_pct = Some(pct);
+            }
+        }
         if quantity.is_zero() {
             slot.position_start_time_ms = None;
         } else if slot.position_start_time_ms.is_none()
@@ -448,6 +561,84 @@ impl TraderCore {
                     commands.push(decision("blocked", reason, None));
                     return commands;
                 };
+                if let Some(settings) = &self.guards {
+                    let entry = EntrySignal {
+                        symbol: spec.symbol.clone(),
+                        strategy: spec.strategy.name().to_owned(),
+                        side,
+                        score: signal.score,
+                    };
+                    let others: Vec<OtherSlot> = self
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != slot_index)
+                        .map(|(_, other)| OtherSlot {
+                            strategy: other.spec.strategy.name().to_owned(),
+                            symbol: other.spec.symbol.clone(),
+                            position_quantity: other
+                                .known_position
+                                .as_ref()
+                                .and_then(|p| p.quantity.to_f64())
+                                .unwrap_or(0.0),
+                            placing: other.active_order.is_some() || matches!(other.phase, Phase::Placing { .. }),
+                        })
+                        .collect();
+                    let slot = &self.slots[slot_index];
+                    let context = SignalContext {
+                        now_ms,
+                        candles: &candles,
+                        equity: match &self.equity_error {
+                            Some(why) => Err(why.clone()),
+                            None => self.equity.view(now_ms).ok_or_else(|| "no equity sample yet".to_owned()),
+                        },
+                        locks: &self.locks,
+                        loss_streak: slot.loss_streak,
+                        last_trade_pct: slot.last_trade_pct,
+                        other_slots: &others,
+                        universe: &self.universe,
+                        intelligence: self.intelligence.get(&spec.symbol).map(Arc::as_ref),
+                    };
+                    let outcome = guards::evaluate(&entry, &context, settings);
+                    let block = outcome.block.clone();
+                    commands.push(TraderCommand::RecordGuards(GuardDecisionRecord {
+                        user: self.user.clone(),
+                        symbol: spec.symbol.clone(),
+                        strategy: spec.strategy.name().to_owned(),
+                        decided_at_ms: now_ms,
+                        verdict: if block.is_some() { "block" } else { "allow" }.to_owned(),
+                        failure_point: block.as_ref().map(|b| b.failure_point.as_str().to_owned()),
+                        reason: block.as_ref().map_or_else(|| "every guard allowed".to_owned(), |b| b.reason.clone()),
+                        values: outcome.values(),
+                        until_ms: block.as_ref().and_then(|b| b.until_ms),
+                    }));
+                    if let Some(block) = block {
+                        if let Some(new_lock) = block.new_lock {
+                            let lock = GuardLock {
+                                id: 0,
+                                user: self.user.clone(),
+                                failure_point: new_lock.failure_point.as_str().to_owned(),
+                                symbol: new_lock.symbol,
+                                reason: new_lock.reason,
+                                values: new_lock.values,
+                                set_at_ms: now_ms,
+                                until_ms: new_lock.until_ms,
+                            };
+                            self.locks.push(lock.clone());
+                            commands.push(TraderCommand::SetLock(lock));
+                        }
+                        let until = block
+                            .until_ms
+                            .map(|until| format!(" (until {})", crate::clock::rfc3339_ms(until)))
+                            .unwrap_or_default();
+                        commands.push(decision(
+                            "blocked",
+                            format!("{}: {}{until}", block.failure_point, block.reason),
+                            None,
+                        ));
+                        return commands;
+                    }
+                }
                 let context = EntryContext {
                     open_positions_elsewhere: self.open_positions_elsewhere(slot_index),
                     held_notional_usdt: Decimal::ZERO,

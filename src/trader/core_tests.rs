@@ -119,6 +119,7 @@ fn snapshot(quantity: &str, unresolved: Vec<UnresolvedOrder>) -> AccountSnapshot
         rules: rules(),
         unresolved,
         fetched_at_ms: NOW_MS,
+        equity_usdt: Ok(10_000.0),
     }
 }
 

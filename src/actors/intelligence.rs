@@ -1,0 +1,223 @@
+//! The Intelligence actor: the newest [`IntelSnapshot`] per (symbol, timeframe), from CoinGlass
+//! when `[intelligence]` is configured and otherwise derived from the exchange's own candles
+//! ([`crate::intelligence::derive`]; on paper, the replayed market). It tracks the age and the
+//! last error of every series (SYS-INTEL-API) and refreshes on request: a trader asking for a
+//! symbol whose newest interval is older than its newest candle gets a fresh fetch (one at a time
+//! per series, and not more often than [`INTEL_REFRESH_SPACING_MS`]); the Healer can refresh every
+//! series at once. A shared actor, restarted by the root supervisor; its cache is rebuilt on demand.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::clock::Clock;
+use crate::domain::{Symbol, Timeframe};
+use crate::exchange::Exchange;
+use crate::intelligence::coinglass::CoinGlassClient;
+use crate::intelligence::{IntelSnapshot, derive};
+
+/// Intervals fetched per series.
+pub const INTEL_WINDOW: u16 = 60;
+/// A series is fetched again at most this often (wall time), whatever asks.
+pub const INTEL_REFRESH_SPACING_MS: i64 = 10_000;
+/// Longest wait for one fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where the series come from.
+#[derive(Clone)]
+pub enum IntelSource {
+    CoinGlass(CoinGlassClient),
+    /// Derived from the exchange's candles.
+    Derived(Arc<dyn Exchange>),
+}
+
+impl std::fmt::Debug for IntelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IntelSource::CoinGlass(_) => "coinglass",
+            IntelSource::Derived(_) => "derived",
+        })
+    }
+}
+
+impl IntelSource {
+    async fn fetch(&self, symbol: Symbol, timeframe: Timeframe, now_ms: i64) -> Result<IntelSnapshot, String> {
+        match self {
+            IntelSource::CoinGlass(client) => {
+                client.snapshot(&symbol, timeframe, INTEL_WINDOW, now_ms).await.map_err(|e| e.to_string())
+            }
+            IntelSource::Derived(exchange) => {
+                let candles = exchange.klines(&symbol, timeframe, INTEL_WINDOW).await.map_err(|e| e.to_string())?;
+                Ok(derive::from_candles(symbol, timeframe, &candles, now_ms))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Series {
+    snapshot: Option<Arc<IntelSnapshot>>,
+    refreshing: bool,
+    last_attempt_ms: Option<i64>,
+    /// The newest failure, kept until a fetch succeeds.
+    last_error: Option<(i64, String)>,
+}
+
+/// The newest snapshot of a series, fetched first if it is older than `newest_candle_open_ms`.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Arc<IntelSnapshot>>")]
+pub struct GetIntel {
+    pub symbol: Symbol,
+    pub timeframe: Timeframe,
+    /// Open time of the newest candle the caller has: a snapshot without it is refreshed.
+    pub newest_candle_open_ms: i64,
+}
+
+/// Fetch every known series now (the Healer). Answers (refreshed, failures).
+#[derive(Debug, Message)]
+#[rtype(result = "(usize, Vec<String>)")]
+pub struct RefreshAll;
+
+/// One series as the Monitor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntelSeriesStatus {
+    pub series: String,
+    /// Wall time since the newest successful fetch.
+    pub age_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "(String, Vec<IntelSeriesStatus>)")]
+pub struct IntelStatus;
+
+pub struct Intelligence {
+    source: IntelSource,
+    clock: Arc<dyn Clock>,
+    series: BTreeMap<(Symbol, Timeframe), Series>,
+}
+
+impl std::fmt::Debug for Intelligence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intelligence").field("source", &self.source).field("series", &self.series.len()).finish()
+    }
+}
+
+impl Intelligence {
+    pub fn new(source: IntelSource, clock: Arc<dyn Clock>) -> Self {
+        Self { source, clock, series: BTreeMap::new() }
+    }
+
+    /// Starts a fetch of one series unless one runs or ran moments ago; resolves when it ends.
+    fn refresh(
+        &mut self,
+        key: (Symbol, Timeframe),
+    ) -> Option<impl ActorFuture<Self, Output = Result<Arc<IntelSnapshot>, String>> + use<>> {
+        let now_ms = self.clock.now_ms();
+        let series = self.series.entry(key.clone()).or_default();
+        if series.refreshing || series.last_attempt_ms.is_some_and(|at| now_ms - at < INTEL_REFRESH_SPACING_MS) {
+            return None;
+        }
+        series.refreshing = true;
+        series.last_attempt_ms = Some(now_ms);
+        let (source, (symbol, timeframe)) = (self.source.clone(), key.clone());
+        let fetch = async move {
+            match tokio::time::timeout(FETCH_TIMEOUT, source.fetch(symbol, timeframe, now_ms)).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {} s", FETCH_TIMEOUT.as_secs())),
+            }
+        };
+        Some(fetch.into_actor(self).map(move |result, actor, _| {
+            let now_ms = actor.clock.now_ms();
+            let series = actor.series.entry(key.clone()).or_default();
+            series.refreshing = false;
+            match result {
+                Ok(snapshot) => {
+                    let snapshot = Arc::new(snapshot);
+                    series.snapshot = Some(snapshot.clone());
+                    series.last_error = None;
+                    Ok(snapshot)
+                }
+                Err(error) => {
+                    tracing::warn!(target: "intelligence", symbol = %key.0, timeframe = %key.1, %error, "intelligence: fetch failed");
+                    series.last_error = Some((now_ms, error.clone()));
+                    Err(error)
+                }
+            }
+        }))
+    }
+}
+
+impl Actor for Intelligence {
+    type Context = Context<Self>;
+}
+
+impl Handler<GetIntel> for Intelligence {
+    type Result = ResponseActFuture<Self, Option<Arc<IntelSnapshot>>>;
+
+    fn handle(&mut self, message: GetIntel, _: &mut Context<Self>) -> Self::Result {
+        let key = (message.symbol, message.timeframe);
+        let cached = self.series.get(&key).and_then(|s| s.snapshot.clone());
+        let current = cached
+            .as_ref()
+            .and_then(|s| s.intervals.last())
+            .is_some_and(|newest| newest.time_ms >= message.newest_candle_open_ms);
+        if current {
+            return Box::pin(fut::ready(cached));
+        }
+        match self.refresh(key) {
+            Some(refresh) => Box::pin(refresh.map(move |result, _, _| result.ok().or(cached))),
+            None => Box::pin(fut::ready(cached)),
+        }
+    }
+}
+
+type Boxed<T> = std::pin::Pin<Box<dyn ActorFuture<Intelligence, Output = T>>>;
+
+impl Handler<RefreshAll> for Intelligence {
+    type Result = ResponseActFuture<Self, (usize, Vec<String>)>;
+
+    fn handle(&mut self, _: RefreshAll, _: &mut Context<Self>) -> Self::Result {
+        let keys: Vec<(Symbol, Timeframe)> = self.series.keys().cloned().collect();
+        let mut work: Vec<Boxed<(String, Result<(), String>)>> = Vec::new();
+        for key in keys {
+            let name = format!("{} {}", key.0, key.1);
+            if let Some(refresh) = self.refresh(key) {
+                work.push(Box::pin(refresh.map(move |result, _, _| (name, result.map(|_| ())))));
+            }
+        }
+        let mut chain: Boxed<(usize, Vec<String>)> = Box::pin(fut::ready((0, Vec::new())));
+        for step in work {
+            chain = Box::pin(chain.then(move |(ok, mut failed), _, _| {
+                step.map(move |(name, result), _, _| match result {
+                    Ok(()) => (ok + 1, failed),
+                    Err(error) => {
+                        failed.push(format!("{name}: {error}"));
+                        (ok, failed)
+                    }
+                })
+            }));
+        }
+        chain
+    }
+}
+
+impl Handler<IntelStatus> for Intelligence {
+    type Result = MessageResult<IntelStatus>;
+
+    fn handle(&mut self, _: IntelStatus, _: &mut Context<Self>) -> Self::Result {
+        let now_ms = self.clock.now_ms();
+        let statuses = self
+            .series
+            .iter()
+            .map(|((symbol, timeframe), series)| IntelSeriesStatus {
+                series: format!("{symbol} {timeframe}"),
+                age_ms: series.snapshot.as_ref().map(|s| now_ms - s.fetched_at_ms),
+                last_error: series.last_error.as_ref().map(|(_, error)| error.clone()),
+            })
+            .collect();
+        MessageResult((format!("{:?}", self.source), statuses))
+    }
+}
