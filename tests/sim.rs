@@ -541,3 +541,102 @@ async fn keys_never_leak_and_a_refused_secret_halts_only_that_user() {
         }
     }
 }
+
+/// The monitor lines written so far (a line being written is skipped).
+fn monitor_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+fn check<'a>(line: &'a Value, id: &str) -> &'a Value {
+    line["checks"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("{id} missing: {line}"))
+}
+
+fn line_ms(line: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(line["ts"].as_str().unwrap()).unwrap().timestamp_millis()
+}
+
+/// Waits for a monitor line written after `after_ms` that satisfies `wanted`.
+async fn wait_for_monitor_line(path: &Path, after_ms: i64, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    let waiting = async {
+        loop {
+            if let Some(line) = monitor_lines(path).into_iter().find(|l| line_ms(l) > after_ms && wanted(l)) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT_GUARD, waiting).await.unwrap_or_else(|_| panic!("no monitor line with {what}"))
+}
+
+/// `bulwark why USER --json`, until `wanted` holds for its answer (the Monitor's newest run reaches
+/// the database a moment after its line).
+async fn wait_for_why(config: &Path, user: &str, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    let waiting = async {
+        loop {
+            let mut command = bulwark_command(&["why", user, "--json"], config, 0);
+            let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+            assert!(output.status.success(), "why {user}: {}", String::from_utf8_lossy(&output.stderr));
+            let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+            if wanted(&answer) {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(WAIT_GUARD, waiting).await.unwrap_or_else(|_| panic!("why {user} never said {what}"))
+}
+
+fn names(answer: &Value, id: &str) -> bool {
+    answer["blocks"].as_array().unwrap().iter().any(|b| b["failure_point"] == id)
+}
+
+#[tokio::test]
+async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_recovers() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 2, 200, ""), 11);
+    let config = client_config(dir.path(), &sim.url, 2, 5_000, 2_000);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += "[monitor]\ninterval_secs = 1\nsummary_interval_secs = 1\n[healer]\ninterval_secs = 2\n";
+    std::fs::write(&config, text).unwrap();
+    let bulwark = run_bulwark(&config, 2, 40);
+    let log = dir.path().join("logs/failure_point_monitor.jsonl");
+    let api = "SYS-EXCHANGE-API";
+
+    let healthy = wait_for_monitor_line(&log, 0, "candle fetches succeeding", |line| {
+        check(line, api)["status"] == "ok" && check(line, api)["value"]["klines_requests"].as_u64() > Some(0)
+    })
+    .await;
+    let fault_ms = line_ms(&healthy);
+    sim.faults(json!({ "endpoints": { "GET /fapi/v1/klines": { "error_5xx_rate": 1.0 } } })).await;
+    let critical =
+        wait_for_monitor_line(&log, fault_ms, "SYS-EXCHANGE-API critical", |l| check(l, api)["status"] == "critical")
+            .await;
+    // Within one interval: at most the run that straddled the fault came before it.
+    let runs_before =
+        monitor_lines(&log).iter().filter(|l| line_ms(l) > fault_ms && line_ms(l) < line_ms(&critical)).count();
+    assert!(runs_before <= 1, "{runs_before} monitor runs after the fault before it was critical");
+    let users: Vec<&str> =
+        check(&critical, api)["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    assert_eq!(users, ["u1", "u2"], "{critical}");
+    assert_eq!(critical["overall"], "critical");
+    for user in ["u1", "u2"] {
+        let answer = wait_for_why(&config, user, "SYS-EXCHANGE-API", |a| names(a, api)).await;
+        assert_ne!(answer["verdict"], "trading", "{answer}");
+    }
+
+    sim.faults(json!({})).await;
+    let recovered_after = line_ms(monitor_lines(&log).last().unwrap());
+    wait_for_monitor_line(&log, recovered_after, "SYS-EXCHANGE-API ok again", |l| {
+        check(l, api)["status"] == "ok" && check(l, api)["value"]["klines_requests"].as_u64() > Some(0)
+    })
+    .await;
+    wait_for_why(&config, "u1", "no SYS-EXCHANGE-API block", |a| !names(a, api)).await;
+    // An orderly stop (SIGTERM) rather than waiting out the duration.
+    assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
+    finish(bulwark).await;
+}

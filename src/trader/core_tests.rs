@@ -569,3 +569,147 @@ fn a_refused_order_halts_the_account_too() {
     assert!(refused.iter().any(|c| matches!(c, TraderCommand::Halt { .. })));
     assert!(h.core.halted().is_some());
 }
+
+// SIG-KILL-SWITCH through the loop, on an injected clock: a losing account trips it, no entry is
+// sent while it holds (exits still are), and it clears by itself at blocked_until.
+
+/// The guards at their defaults except a tiny drawdown limit and a 2-hour block.
+fn kill_switch_settings() -> GuardSettings {
+    GuardSettings { max_drawdown_pct: 0.5, block_hours: 2.0, ..GuardSettings::default() }
+}
+
+struct Clocked {
+    h: Harness,
+    now_ms: i64,
+}
+
+impl Clocked {
+    fn new() -> Self {
+        let mut h = harness();
+        let limits = h.core.limits;
+        let core = std::mem::replace(&mut h.core, TraderCore::new(user(), Vec::new(), limits));
+        h.core = core.with_guards(kill_switch_settings());
+        Self { h, now_ms: NOW_MS }
+    }
+
+    /// One iteration at `now_ms` with the scripted signal, the position and the account equity.
+    fn decide(&mut self, action: SignalAction, quantity: &str, equity: f64) -> Vec<TraderCommand> {
+        self.h.candle_open_ms += 300_000;
+        let candles = Ok(window(self.h.candle_open_ms, 40));
+        let commands = self
+            .h
+            .core
+            .process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles }, self.now_ms);
+        let iteration = match commands.as_slice() {
+            [TraderCommand::SyncAccount { iteration, .. }] => *iteration,
+            other => panic!("expected one SyncAccount, got {other:?}"),
+        };
+        self.h.strategy.signal(action);
+        let mut account = snapshot(quantity, Vec::new());
+        account.fetched_at_ms = self.now_ms;
+        account.equity_usdt = Ok(equity);
+        let commands =
+            self.h.core.process(TraderEvent::AccountSynced { slot: 0, iteration, result: Ok(account) }, self.now_ms);
+        // Finish any placement so the slot is idle for the next iteration.
+        for intent in placed(&commands) {
+            let outcome = PlacementOutcome::Recorded { state: OrderState::Filled, detail: "filled".into() };
+            let id = intent.client_order_id.clone();
+            self.h.core.process(TraderEvent::PlacementFinished { slot: 0, client_order_id: id, outcome }, self.now_ms);
+        }
+        commands
+    }
+}
+
+fn guard_records(commands: &[TraderCommand]) -> Vec<&GuardDecisionRecord> {
+    commands.iter().filter_map(|c| if let TraderCommand::RecordGuards(r) = c { Some(r) } else { None }).collect()
+}
+
+fn locks_set(commands: &[TraderCommand]) -> Vec<&GuardLock> {
+    commands.iter().filter_map(|c| if let TraderCommand::SetLock(l) = c { Some(l) } else { None }).collect()
+}
+
+#[test]
+fn a_drawdown_trips_the_kill_switch_which_blocks_entries_until_blocked_until() {
+    let mut clock = Clocked::new();
+    let block_ms = 2 * 3_600_000;
+
+    // Equity at its peak: the entry goes through every guard.
+    let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+    assert_eq!(placed(&commands).len(), 1, "{commands:?}");
+    assert_eq!(guard_records(&commands)[0].verdict, "allow");
+
+    // The position lost 1 % of equity and was closed: the next entry trips the switch.
+    clock.now_ms += 600_000;
+    let tripped_at_ms = clock.now_ms;
+    let commands = clock.decide(SignalAction::Long, "0", 9_900.0);
+    assert!(placed(&commands).is_empty(), "no entry while the switch holds: {commands:?}");
+    let locks = locks_set(&commands);
+    assert_eq!(locks.len(), 1);
+    assert_eq!((locks[0].failure_point.as_str(), locks[0].symbol.clone()), ("SIG-KILL-SWITCH", None));
+    assert_eq!(locks[0].until_ms, tripped_at_ms + block_ms);
+    let guard = guard_records(&commands)[0];
+    assert_eq!((guard.verdict.as_str(), guard.failure_point.as_deref()), ("block", Some("SIG-KILL-SWITCH")));
+    assert_eq!(guard.until_ms, Some(tripped_at_ms + block_ms));
+    let blocked = records(&commands).into_iter().find(|r| r.outcome == "blocked").unwrap();
+    assert!(blocked.reason.starts_with("SIG-KILL-SWITCH: "), "{}", blocked.reason);
+    assert!(blocked.reason.contains("until"), "{}", blocked.reason);
+
+    // Equity recovers, but the lock holds: still no entry, and no second lock.
+    clock.now_ms += 3_600_000;
+    let commands = clock.decide(SignalAction::Short, "0", 10_000.0);
+    assert!(placed(&commands).is_empty(), "{commands:?}");
+    assert!(locks_set(&commands).is_empty());
+    assert!(guard_records(&commands)[0].reason.contains("kill switch holds"));
+
+    // An exit is never blocked.
+    let commands = clock.decide(SignalAction::Exit, "100", 10_000.0);
+    let exits = placed(&commands);
+    assert_eq!((exits.len(), exits.first().map(|i| i.purpose)), (1, Some(IntentPurpose::Exit)), "{commands:?}");
+
+    // One millisecond before blocked_until: blocked. At blocked_until: trading resumes.
+    clock.now_ms = tripped_at_ms + block_ms - 1;
+    assert!(placed(&clock.decide(SignalAction::Long, "0", 10_000.0)).is_empty());
+    clock.now_ms = tripped_at_ms + block_ms;
+    let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+    assert_eq!(placed(&commands).len(), 1, "trading resumes at blocked_until: {commands:?}");
+    assert_eq!(guard_records(&commands)[0].verdict, "allow");
+}
+
+#[test]
+fn the_kill_switch_fails_closed_when_equity_cannot_be_read_and_a_restored_lock_holds() {
+    let mut clock = Clocked::new();
+    // A sync whose balance read failed: entries are blocked, with the reason.
+    clock.h.candle_open_ms += 300_000;
+    let candles = Ok(window(clock.h.candle_open_ms, 40));
+    let commands = clock
+        .h
+        .core
+        .process(TraderEvent::CandleClosed { symbol: xrp(), timeframe: Timeframe::M5, candles }, clock.now_ms);
+    let [TraderCommand::SyncAccount { iteration, .. }] = commands.as_slice() else { panic!("{commands:?}") };
+    clock.h.strategy.signal(SignalAction::Long);
+    let mut account = snapshot("0", Vec::new());
+    account.fetched_at_ms = clock.now_ms;
+    account.equity_usdt = Err("balance unavailable: timeout".into());
+    let commands = clock
+        .h
+        .core
+        .process(TraderEvent::AccountSynced { slot: 0, iteration: *iteration, result: Ok(account) }, clock.now_ms);
+    assert!(placed(&commands).is_empty());
+    assert!(guard_records(&commands)[0].reason.contains("fails closed"), "{commands:?}");
+
+    // A lock stored by an earlier incarnation holds after a restart.
+    let mut restarted = Clocked::new();
+    restarted.h.core.restore_locks(vec![GuardLock {
+        id: 3,
+        user: user(),
+        failure_point: "SIG-KILL-SWITCH".into(),
+        symbol: None,
+        reason: "drawdown".into(),
+        values: serde_json::json!({}),
+        set_at_ms: NOW_MS - 1_000,
+        until_ms: NOW_MS + 60_000,
+    }]);
+    assert!(placed(&restarted.decide(SignalAction::Long, "0", 10_000.0)).is_empty());
+    restarted.now_ms += 60_000;
+    assert_eq!(placed(&restarted.decide(SignalAction::Long, "0", 10_000.0)).len(), 1);
+}
