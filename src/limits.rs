@@ -80,3 +80,6 @@ const _: () = assert!(PAPER_RANDOM_WALK_HISTORY_MAX >= (CANDLE_WINDOW_LEN + 1) *
 pub const GUARD_DECISIONS_PER_USER_MAX: i64 = 2_000;
 /// Cleared guard locks kept (the newest); uncleared ones are never pruned.
 pub const GUARD_LOCKS_CLEARED_MAX: i64 = 10_000;
+/// `failure_point_monitor.jsonl` and `failure_point_healing.jsonl` are rotated at this size (the
+/// previous file is kept as `<name>.1`, replacing an older one): at most twice this on disk each.
+pub const FAILURE_POINT_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;

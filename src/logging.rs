@@ -2,7 +2,9 @@
 //! `<log_dir>/bulwark.log`, and a panic hook that logs every panic with its thread (which names the
 //! arbiter) before the supervisor turns it into a restart.
 
-use std::path::Path;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -67,4 +69,36 @@ pub fn install_panic_hook() {
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         tracing::error!(target: "panic", thread, location, "panic: {message}");
     }));
+}
+
+/// Appends `text` (whole lines) to a JSON-lines file, first moving the file to `<name>.1` (over an
+/// older one) when the append would take it past `bytes_max`: bounded on disk, and a reader never
+/// sees half a line.
+pub fn append_rotating(path: &Path, text: &str, bytes_max: u64) -> std::io::Result<()> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size > 0 && size + text.len() as u64 > bytes_max {
+        let mut rotated: PathBuf = path.to_owned().into_os_string().into();
+        rotated.as_mut_os_string().push(".1");
+        std::fs::rename(path, rotated)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)?.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_past_its_bound_is_moved_aside_once_and_lines_stay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.jsonl");
+        for i in 0..10 {
+            append_rotating(&path, &format!("{{\"n\":{i}}}\n"), 24).unwrap();
+        }
+        let current = std::fs::read_to_string(&path).unwrap();
+        let previous = std::fs::read_to_string(dir.path().join("monitor.jsonl.1")).unwrap();
+        assert_eq!(current, "{\"n\":9}\n");
+        assert_eq!(previous, "{\"n\":6}\n{\"n\":7}\n{\"n\":8}\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
 }

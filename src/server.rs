@@ -43,7 +43,7 @@ use crate::intelligence::coinglass::CoinGlassClient;
 use crate::limits::EVENT_TAP_CAPACITY;
 use crate::limits::{PERSISTENCE_MAILBOX_CAPACITY, SHARED_MAILBOX_CAPACITY};
 use crate::persistence::paper_journal::PaperJournal;
-use crate::persistence::{DecisionRecord, Store};
+use crate::persistence::{DecisionRecord, GuardDecisionRecord, Store};
 use crate::supervision::journal::{SupervisionJournal, TreeEvent};
 use crate::supervision::root::{RootSupervisor, SharedArbiters, ShutdownReport, ShutdownTree, TreeSettings};
 use crate::supervision::watch::spawn_watched;
@@ -70,6 +70,8 @@ pub struct RunningServer {
     pub decisions: broadcast::Sender<DecisionRecord>,
     /// Every supervision event and state change, live (bounded; a slow receiver loses the oldest).
     pub supervision: broadcast::Sender<TreeEvent>,
+    /// Every guard decision, live (bounded; a slow receiver loses the oldest).
+    pub guard_decisions: broadcast::Sender<GuardDecisionRecord>,
     pub counters: BTreeMap<UserId, Arc<UserCounters>>,
     /// Fires once if a shared actor escalates.
     pub escalation: oneshot::Receiver<String>,
@@ -123,6 +125,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
     let directory = Arc::new(Directory::default());
     let (supervision, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let (decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
+    let (guard_decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let journal =
         SupervisionJournal::open(&config.server.log_dir, deps.clock.clone(), directory.clone(), supervision.clone())
             .with_context(|| format!("opening {}", config.server.log_dir.join("supervisor.jsonl").display()))?
@@ -183,6 +186,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
                 decisions_tap: decisions.clone(),
                 call_timeout,
                 guards: config.guards.clone(),
+                guards_tap: guard_decisions.clone(),
             };
             (seed, trader_arbiters[index % trader_arbiters.len()].handle())
         })
@@ -251,6 +255,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         directory,
         decisions,
         supervision,
+        guard_decisions,
         counters,
         escalation,
         shutdown_deadline: config.supervisor.shutdown_deadline,

@@ -14,7 +14,6 @@
 //! incarnations (a restart forgets only since-when times and counters, which restart from zero).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +38,7 @@ use crate::failure_points::monitor::{
     IntelSeriesObservation, Observations, PositionsObservation, UnresolvedOrdersObservation, evaluate, line, overall,
 };
 use crate::failure_points::why::{self, CheckView, WhyInputs};
+use crate::limits::FAILURE_POINT_LOG_BYTES_MAX;
 use crate::supervision::root::{GetTreeStatus, TreeStatus};
 
 /// Longest wait for any one input of a run.
@@ -212,6 +212,18 @@ struct Gathered {
     locks: Vec<GuardLock>,
 }
 
+/// What one run reads from the database, in one request.
+struct FromDatabase {
+    unresolved: Vec<(UserId, u32, i64)>,
+    open_positions: Vec<(UserId, u32)>,
+    strategy_errors: BTreeMap<UserId, u64>,
+    integrity_ok: bool,
+    locks: Vec<GuardLock>,
+    guard_blocks: Vec<(String, UserId, u64)>,
+    bad_candles: BTreeMap<UserId, u64>,
+    margin_rejections: BTreeMap<UserId, u64>,
+}
+
 /// Everything a run reads, cloned out of the actor so the gathering runs without it.
 struct GatherInputs {
     settings: Arc<MonitorSettings>,
@@ -261,15 +273,16 @@ async fn gather(inputs: GatherInputs) -> Gathered {
     let from_database = tokio::time::timeout(
         GATHER_TIMEOUT,
         persistence::run(&directory, move |store| {
-            Ok((
-                store.unresolved_order_counts()?,
-                store.open_position_counts()?,
-                store.strategy_error_counts(since_ms)?,
-                store.quick_check()?,
-                store.uncleared_guard_locks(None)?,
-                store.guard_block_counts(since_ms)?,
-                store.bad_candle_counts(since_ms)?,
-            ))
+            Ok(FromDatabase {
+                unresolved: store.unresolved_order_counts()?,
+                open_positions: store.open_position_counts()?,
+                strategy_errors: store.strategy_error_counts(since_ms)?,
+                integrity_ok: store.quick_check()?,
+                locks: store.uncleared_guard_locks(None)?,
+                guard_blocks: store.guard_block_counts(since_ms)?,
+                bad_candles: store.bad_candle_counts(since_ms)?,
+                margin_rejections: store.margin_rejection_counts(since_ms)?,
+            })
         }),
     )
     .await
@@ -277,35 +290,26 @@ async fn gather(inputs: GatherInputs) -> Gathered {
     .and_then(Result::ok);
 
     let max_positions: BTreeMap<&UserId, u32> = settings.users.iter().map(|u| (&u.id, u.max_open_positions)).collect();
-    let (unresolved_orders, positions, strategy_errors, integrity_ok, locks, guard_blocks, bad_candles) =
-        match from_database {
-            Some((unresolved, open, errors, integrity, locks, blocks, bad)) => (
-                Some(
-                    unresolved
-                        .into_iter()
-                        .map(|(user, count, oldest_ms)| UnresolvedOrdersObservation {
-                            user,
-                            count,
-                            oldest_age_ms: now_ms - oldest_ms,
-                        })
-                        .collect(),
-                ),
-                Some(
-                    open.into_iter()
-                        .filter_map(|(user, open_positions)| {
-                            let max_open_positions = *max_positions.get(&user)?;
-                            Some(PositionsObservation { user, open_positions, max_open_positions })
-                        })
-                        .collect(),
-                ),
-                Some(errors),
-                Some(integrity),
-                Some(locks),
-                Some(blocks),
-                Some(bad),
-            ),
-            None => (None, None, None, None, None, None, None),
-        };
+    let unresolved_orders = from_database.as_ref().map(|db| {
+        db.unresolved
+            .iter()
+            .map(|(user, count, oldest_ms)| UnresolvedOrdersObservation {
+                user: user.clone(),
+                count: *count,
+                oldest_age_ms: now_ms - oldest_ms,
+            })
+            .collect()
+    });
+    let positions = from_database.as_ref().map(|db| {
+        db.open_positions
+            .iter()
+            .filter_map(|(user, open_positions)| {
+                let max_open_positions = *max_positions.get(user)?;
+                Some(PositionsObservation { user: user.clone(), open_positions: *open_positions, max_open_positions })
+            })
+            .collect()
+    });
+    let integrity_ok = from_database.as_ref().map(|db| db.integrity_ok);
     let database = integrity_ok.map(|integrity_ok| DatabaseObservation {
         writes_refused: directory.persistence_writes_refused(),
         journal_write_failures: tree_status.as_ref().map_or(0, |t| t.journal_write_failures),
@@ -361,13 +365,14 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         config_files,
         unresolved_orders,
         positions,
-        strategy_errors,
-        locks: locks.clone(),
-        guard_blocks,
-        bad_candles,
+        strategy_errors: from_database.as_ref().map(|db| db.strategy_errors.clone()),
+        locks: from_database.as_ref().map(|db| db.locks.clone()),
+        guard_blocks: from_database.as_ref().map(|db| db.guard_blocks.clone()),
+        bad_candles: from_database.as_ref().map(|db| db.bad_candles.clone()),
+        margin_rejections: from_database.as_ref().map(|db| db.margin_rejections.clone()),
         intelligence,
     };
-    Gathered { observations, stats, locks: locks.unwrap_or_default() }
+    Gathered { observations, stats, locks: from_database.map(|db| db.locks).unwrap_or_default() }
 }
 
 /// Creates and removes a probe file: the directory takes writes now.
@@ -379,8 +384,7 @@ fn probe_writable(dir: &Path) -> bool {
 }
 
 fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-    file.write_all(format!("{line}\n").as_bytes())
+    crate::logging::append_rotating(path, &format!("{line}\n"), FAILURE_POINT_LOG_BYTES_MAX)
 }
 
 /// Writes to a temporary file beside `path`, syncs it, and renames it over `path`: a reader sees

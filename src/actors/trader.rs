@@ -29,7 +29,7 @@ use crate::domain::{Symbol, Timeframe, UserId};
 use crate::failure_points::locks::GuardLock;
 use crate::guards::GuardSettings;
 use crate::limits::{TRADER_START_UP_ATTEMPTS_MAX, TRADER_START_UP_BACKOFF_MS_INITIAL};
-use crate::persistence::{DecisionRecord, TraderState};
+use crate::persistence::{DecisionRecord, GuardDecisionRecord, TraderState};
 use crate::trader::core::{
     AccountError, PlacementOutcome, SlotSpec, TraderCommand, TraderCore, TraderEvent, halt_reason,
 };
@@ -70,6 +70,8 @@ pub struct TraderSeed {
     pub call_timeout: Duration,
     /// The signal guards (`None`: `[guards] enabled = false`).
     pub guards: Option<GuardSettings>,
+    /// Every pass of a signal through the guards, live (bounded; never blocks).
+    pub guards_tap: broadcast::Sender<GuardDecisionRecord>,
 }
 
 impl std::fmt::Debug for TraderSeed {
@@ -185,6 +187,7 @@ impl Trader {
                     );
                 }
                 TraderCommand::RecordGuards(record) => {
+                    let _ = self.seed.guards_tap.send(record.clone());
                     persistence::submit(&self.seed.directory, "guard decision", move |store| {
                         store.record_guard_decision(&record)
                     });

@@ -161,6 +161,8 @@ pub struct Observations {
     pub guard_blocks: Option<Vec<(String, UserId, u64)>>,
     /// Iterations skipped for bad candles, per user, since the previous run.
     pub bad_candles: Option<BTreeMap<UserId, u64>>,
+    /// Orders refused for insufficient margin, per user, since the previous run.
+    pub margin_rejections: Option<BTreeMap<UserId, u64>>,
     /// Every intelligence series (source, series); `None` when the actor could not be asked.
     pub intelligence: Option<IntelObservation>,
 }
@@ -269,7 +271,7 @@ fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
         STATE_STRATEGY_ERROR => strategy_errors(observations),
         SYS_INTEL_API => intelligence(observations),
         SYS_CIRCUIT_BREAKER => Outcome::unknown("not checked: circuit breakers are not built yet"),
-        RES_CAPITAL => Outcome::unknown("not checked: available margin is not gathered yet"),
+        RES_CAPITAL => capital(observations),
         DATA_CORRUPT => bad_candles(observations),
         STATE_POSITION_SYNC => {
             Outcome::unknown("not checked: positions are compared with the exchange only on each sync")
@@ -612,6 +614,19 @@ fn intelligence(observations: &Observations) -> Outcome {
             .value(value);
     }
     Outcome::ok(format!("{}: {} series fresh", intel.source, intel.series.len())).value(value)
+}
+
+fn capital(observations: &Observations) -> Outcome {
+    let Some(counts) = &observations.margin_rejections else {
+        return Outcome::unknown("decisions could not be read");
+    };
+    let short: Vec<(&UserId, &u64)> = counts.iter().filter(|(_, n)| **n > 0).collect();
+    if short.is_empty() {
+        return Outcome::ok("no order refused for insufficient margin since the last check");
+    }
+    let detail = short.iter().map(|(user, n)| format!("{user}: {n} order(s) refused (-2019)")).collect::<Vec<_>>();
+    Outcome::new(CheckStatus::Critical, format!("available margin is below the order size: {}", detail.join("; ")))
+        .users(short.iter().map(|(u, _)| (*u).clone()).collect())
 }
 
 fn bad_candles(observations: &Observations) -> Outcome {

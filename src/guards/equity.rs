@@ -46,11 +46,17 @@ impl EquityTracker {
 
     /// The newest equity and the peak over the look-back, as of `now_ms`.
     pub fn view(&self, now_ms: i64) -> Option<EquityView> {
+        self.view_since(now_ms, i64::MIN)
+    }
+
+    /// The same, counting only samples from `since_ms` on for the peak: when a kill switch clears,
+    /// the drawdown it served is not counted again (otherwise a flat account could never trade).
+    pub fn view_since(&self, now_ms: i64, since_ms: i64) -> Option<EquityView> {
         let current = *self.samples.back()?;
         let (peak_at_ms, peak_usdt) = self
             .samples
             .iter()
-            .filter(|(t, _)| now_ms - t <= self.lookback_ms)
+            .filter(|(t, _)| now_ms - t <= self.lookback_ms && *t >= since_ms)
             .fold(current, |best, sample| if sample.1 > best.1 { *sample } else { best });
         Some(EquityView { current_usdt: current.1, peak_usdt, peak_at_ms })
     }
@@ -75,5 +81,8 @@ mod tests {
         assert_eq!((view.current_usdt, view.peak_usdt), (1_030.0, 1_040.0));
         tracker.record(13_100, f64::NAN);
         assert_eq!(tracker.view(13_100).unwrap().current_usdt, 1_030.0);
+        // Counting from a kill switch's expiry on, the older peak is not counted.
+        let fresh = tracker.view_since(13_100, 13_000).unwrap();
+        assert_eq!((fresh.current_usdt, fresh.peak_usdt), (1_030.0, 1_030.0));
     }
 }

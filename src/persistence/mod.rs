@@ -763,21 +763,33 @@ impl Store {
 
     /// Per user: iterations skipped for a strategy error decided at or after `since_ms`.
     pub fn strategy_error_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
-        self.skipped_counts("strategy error:", since_ms)
+        self.decision_counts("skipped", "strategy error:%", since_ms)
     }
 
     /// Per user: iterations skipped for malformed candles decided at or after `since_ms`.
     pub fn bad_candle_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
-        self.skipped_counts("bad candles:", since_ms)
+        self.decision_counts("skipped", "bad candles:%", since_ms)
     }
 
-    fn skipped_counts(&mut self, reason_prefix: &str, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
+    /// Per user: orders the exchange refused for insufficient margin (-2019) at or after `since_ms`.
+    pub fn margin_rejection_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
+        self.decision_counts("order_rejected", "%(code -2019)%", since_ms)
+    }
+
+    /// Per user: decisions with this outcome whose reason matches the `LIKE` pattern.
+    fn decision_counts(
+        &mut self,
+        outcome: &str,
+        reason_like: &str,
+        since_ms: i64,
+    ) -> Result<BTreeMap<UserId, u64>, StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT user_id, COUNT(*) FROM decisions
-             WHERE outcome = 'skipped' AND substr(reason, 1, length(?2)) = ?2 AND decided_at_ms >= ?1 GROUP BY user_id",
+             WHERE outcome = ?2 AND reason LIKE ?3 AND decided_at_ms >= ?1 GROUP BY user_id",
         )?;
-        let rows = statement
-            .query_map(params![since_ms, reason_prefix], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))?;
+        let rows = statement.query_map(params![since_ms, outcome, reason_like], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?))
+        })?;
         let mut counts = BTreeMap::new();
         for row in rows {
             let (user, count) = row?;

@@ -590,7 +590,23 @@ impl TraderCore {
                         candles: &candles,
                         equity: match &self.equity_error {
                             Some(why) => Err(why.clone()),
-                            None => self.equity.view(now_ms).ok_or_else(|| "no equity sample yet".to_owned()),
+                            None => {
+                                // A kill switch that has run out served its drawdown: the peak is
+                                // measured from its expiry on.
+                                let since_ms = self
+                                    .locks
+                                    .iter()
+                                    .filter(|l| {
+                                        l.failure_point == crate::failure_points::catalog::SIG_KILL_SWITCH.as_str()
+                                    })
+                                    .filter(|l| !l.holds_at(now_ms))
+                                    .map(|l| l.until_ms)
+                                    .max()
+                                    .unwrap_or(i64::MIN);
+                                self.equity
+                                    .view_since(now_ms, since_ms)
+                                    .ok_or_else(|| "no equity sample yet".to_owned())
+                            }
                         },
                         locks: &self.locks,
                         loss_streak: slot.loss_streak,
@@ -614,6 +630,13 @@ impl TraderCore {
                     }));
                     if let Some(block) = block {
                         if let Some(new_lock) = block.new_lock {
+                            if new_lock.failure_point == crate::failure_points::catalog::SIG_SYMBOL_PROBATION {
+                                // The probation serves the streak: once it expires the symbol
+                                // starts afresh (otherwise it could never trade again).
+                                let slot = &mut self.slots[slot_index];
+                                slot.loss_streak = 0;
+                                slot.last_trade_pct = None;
+                            }
                             let lock = GuardLock {
                                 id: 0,
                                 user: self.user.clone(),

@@ -594,6 +594,11 @@ impl Clocked {
 
     /// One iteration at `now_ms` with the scripted signal, the position and the account equity.
     fn decide(&mut self, action: SignalAction, quantity: &str, equity: f64) -> Vec<TraderCommand> {
+        self.decide_at_mark(action, quantity, "1.2", equity)
+    }
+
+    /// The same, with the exchange's mark price (the entry price is 1.2).
+    fn decide_at_mark(&mut self, action: SignalAction, quantity: &str, mark: &str, equity: f64) -> Vec<TraderCommand> {
         self.h.candle_open_ms += 300_000;
         let candles = Ok(window(self.h.candle_open_ms, 40));
         let commands = self
@@ -608,6 +613,7 @@ impl Clocked {
         let mut account = snapshot(quantity, Vec::new());
         account.fetched_at_ms = self.now_ms;
         account.equity_usdt = Ok(equity);
+        account.position.mark_price = dec(mark);
         let commands =
             self.h.core.process(TraderEvent::AccountSynced { slot: 0, iteration, result: Ok(account) }, self.now_ms);
         // Finish any placement so the slot is idle for the next iteration.
@@ -666,11 +672,12 @@ fn a_drawdown_trips_the_kill_switch_which_blocks_entries_until_blocked_until() {
     let exits = placed(&commands);
     assert_eq!((exits.len(), exits.first().map(|i| i.purpose)), (1, Some(IntentPurpose::Exit)), "{commands:?}");
 
-    // One millisecond before blocked_until: blocked. At blocked_until: trading resumes.
+    // One millisecond before blocked_until: blocked. At blocked_until trading resumes, even with
+    // equity still below the old peak (the switch served that drawdown; the peak starts afresh).
     clock.now_ms = tripped_at_ms + block_ms - 1;
-    assert!(placed(&clock.decide(SignalAction::Long, "0", 10_000.0)).is_empty());
+    assert!(placed(&clock.decide(SignalAction::Long, "0", 9_900.0)).is_empty());
     clock.now_ms = tripped_at_ms + block_ms;
-    let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+    let commands = clock.decide(SignalAction::Long, "0", 9_900.0);
     assert_eq!(placed(&commands).len(), 1, "trading resumes at blocked_until: {commands:?}");
     assert_eq!(guard_records(&commands)[0].verdict, "allow");
 }
@@ -712,4 +719,34 @@ fn the_kill_switch_fails_closed_when_equity_cannot_be_read_and_a_restored_lock_h
     assert!(placed(&restarted.decide(SignalAction::Long, "0", 10_000.0)).is_empty());
     restarted.now_ms += 60_000;
     assert_eq!(placed(&restarted.decide(SignalAction::Long, "0", 10_000.0)).len(), 1);
+}
+
+#[test]
+fn three_losing_trades_in_a_row_put_the_symbol_on_probation() {
+    let mut clock = Clocked::new();
+    // Equity stays put so that only the probation guard can trip.
+    for round in 1..=3 {
+        let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+        assert_eq!(placed(&commands).len(), 1, "round {round}: {commands:?}");
+        clock.now_ms += 300_000;
+        clock.decide(SignalAction::Flat, "100", 10_000.0);
+        clock.now_ms += 300_000;
+        // Closed 0.83 % below the entry (a loss, not a big one): the streak grows.
+        let commands = clock.decide_at_mark(SignalAction::Flat, "0", "1.19", 10_000.0);
+        assert!(locks_set(&commands).is_empty());
+        clock.now_ms += 300_000;
+    }
+    let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+    assert!(placed(&commands).is_empty(), "{commands:?}");
+    let lock = locks_set(&commands)[0];
+    assert_eq!((lock.failure_point.as_str(), lock.symbol.clone()), ("SIG-SYMBOL-PROBATION", Some(xrp())));
+    assert_eq!(lock.until_ms, clock.now_ms + 6 * 3_600_000);
+    // It holds until it expires; the streak it served is spent, so the symbol then trades again.
+    let until = lock.until_ms;
+    clock.now_ms = until - 1;
+    assert!(placed(&clock.decide(SignalAction::Long, "0", 10_000.0)).is_empty());
+    clock.now_ms = until;
+    let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+    assert_eq!(placed(&commands).len(), 1, "{commands:?}");
+    assert!(locks_set(&commands).is_empty());
 }
