@@ -74,6 +74,20 @@ fn a_thirty_second_fast_monitor_run_writes_every_file_and_a_deleted_config_is_re
         lines(&monitor_log)[restored_after..].iter().any(|l| status(l, "CFG-MISSING") == "ok")
     });
 
+    // A file that no longer validates: reported, and the server keeps its last good config.
+    let valid = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("bogus_key = 1\n{valid}")).unwrap();
+    let broken_after = lines(&monitor_log).len();
+    wait_until("CFG-INVALID critical", || {
+        lines(&monitor_log)[broken_after..].iter().any(|l| status(l, "CFG-INVALID") == "critical")
+    });
+    wait_until("the healer's keep_last_good_config", || {
+        lines(&healing_log).iter().any(|l| l["failure_point"] == "CFG-INVALID" && l["action"] == "keep_last_good_config")
+    });
+    let kept = lines(&healing_log).into_iter().find(|l| l["action"] == "keep_last_good_config").unwrap();
+    assert!(kept["detail"].as_str().unwrap().contains("bogus_key"), "{kept}");
+    std::fs::write(&config, valid).unwrap();
+
     let exit = server.wait().unwrap();
     assert!(exit.success(), "bulwark exited with {exit}");
 
@@ -201,4 +215,56 @@ fn a_tripped_kill_switch_is_stored_blocks_every_entry_and_why_names_it() {
             }
         }
     }
+}
+
+#[test]
+fn the_healer_readmits_a_quarantined_user_after_its_cool_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bulwark.toml")).unwrap();
+    let text = shipped
+        .replace("data_dir = \"data\"", &format!("data_dir = {:?}", dir.path().join("data").display().to_string()))
+        .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.path().join("logs").display().to_string()))
+        .replace("candle_interval_ms = 1000", "candle_interval_ms = 50")
+        .replace("backoff_ms_initial = 500", "backoff_ms_initial = 50")
+        .replace("\ninterval_secs = 60", "\ninterval_secs = 1")
+        .replace("\ninterval_secs = 300", "\ninterval_secs = 1")
+        .replace("readmit_cooldown_secs = 600", "readmit_cooldown_secs = 2")
+        .replace(
+            "[chaos]\nenabled = false            # see config/chaos.toml",
+            "[chaos]\nenabled = true\npanic_users = [\"u2\"]\npanic_every_decisions = 3",
+        );
+    assert!(text.contains("readmit_cooldown_secs = 2") && text.contains("panic_users"), "the replacements apply");
+    let config = dir.path().join("bulwark.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["run", "--duration", "60", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = dir.path().join("logs/supervisor.jsonl");
+    let healing_log = dir.path().join("logs/failure_point_healing.jsonl");
+    let u2_events = || -> Vec<String> {
+        lines(&journal)
+            .iter()
+            .filter(|l| l["user"] == "u2" && l["event"].is_string())
+            .map(|l| l["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    wait_until("u2 quarantined, then readmitted and restarted", || {
+        let events = u2_events();
+        events.iter().position(|e| e == "quarantined").is_some_and(|q| {
+            events[q..].iter().position(|e| e == "readmitted").is_some_and(|r| events[q + r..].contains(&"restarted".to_owned()))
+        })
+    });
+    let readmitted = lines(&healing_log)
+        .into_iter()
+        .find(|l| l["action"] == "readmit_quarantined" && l["result"] == "success")
+        .expect("the healing log records the re-admission");
+    assert_eq!(readmitted["failure_point"], "SYS-PROCESS");
+    assert!(readmitted["detail"].as_str().unwrap().contains("u2"), "{readmitted}");
+    let stopped = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(stopped.success());
+    assert!(server.wait().unwrap().success());
 }
