@@ -82,7 +82,9 @@ fn a_thirty_second_fast_monitor_run_writes_every_file_and_a_deleted_config_is_re
         lines(&monitor_log)[broken_after..].iter().any(|l| status(l, "CFG-INVALID") == "critical")
     });
     wait_until("the healer's keep_last_good_config", || {
-        lines(&healing_log).iter().any(|l| l["failure_point"] == "CFG-INVALID" && l["action"] == "keep_last_good_config")
+        lines(&healing_log)
+            .iter()
+            .any(|l| l["failure_point"] == "CFG-INVALID" && l["action"] == "keep_last_good_config")
     });
     let kept = lines(&healing_log).into_iter().find(|l| l["action"] == "keep_last_good_config").unwrap();
     assert!(kept["detail"].as_str().unwrap().contains("bogus_key"), "{kept}");
@@ -255,7 +257,10 @@ fn the_healer_readmits_a_quarantined_user_after_its_cool_down() {
     wait_until("u2 quarantined, then readmitted and restarted", || {
         let events = u2_events();
         events.iter().position(|e| e == "quarantined").is_some_and(|q| {
-            events[q..].iter().position(|e| e == "readmitted").is_some_and(|r| events[q + r..].contains(&"restarted".to_owned()))
+            events[q..]
+                .iter()
+                .position(|e| e == "readmitted")
+                .is_some_and(|r| events[q + r..].contains(&"restarted".to_owned()))
         })
     });
     let readmitted = lines(&healing_log)

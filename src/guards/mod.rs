@@ -247,12 +247,32 @@ pub struct GuardStep {
     pub values: Value,
 }
 
+/// Proof that an entry signal passed every guard (or that the operator turned the guards off).
+/// The field is private: only [`evaluate`] and [`GuardsPassed::guards_disabled`] make one, and the
+/// risk gate (`trader::risk::check_entry`) takes one, so no entry reaches the router unguarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardsPassed(());
+
+impl GuardsPassed {
+    /// `[guards] enabled = false`: the operator chose to trade without the guards.
+    pub fn guards_disabled() -> Self {
+        Self(())
+    }
+}
+
 /// The pass of one signal through the guards.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardOutcome {
     /// Every guard that ran, in order (the last one blocked, if any did).
     pub steps: Vec<GuardStep>,
     pub block: Option<GuardBlock>,
+}
+
+impl GuardOutcome {
+    /// The proof for the risk gate, when no guard blocked.
+    pub fn passed(&self) -> Option<GuardsPassed> {
+        self.block.is_none().then_some(GuardsPassed(()))
+    }
 }
 
 impl GuardOutcome {

@@ -30,7 +30,7 @@ use crate::domain::{
 };
 use crate::failure_points::locks::GuardLock;
 use crate::guards::equity::EquityTracker;
-use crate::guards::{self, EntrySignal, GuardSettings, OtherSlot, SignalContext};
+use crate::guards::{self, EntrySignal, GuardSettings, GuardsPassed, OtherSlot, SignalContext};
 use crate::intelligence::IntelSnapshot;
 use crate::persistence::{DecisionRecord, GuardDecisionRecord, PositionRecord, TraderState};
 use crate::strategy::{SignalAction, Strategy};
@@ -561,7 +561,7 @@ impl TraderCore {
                     commands.push(decision("blocked", reason, None));
                     return commands;
                 };
-                if let Some(settings) = &self.guards {
+                let guards_passed = if let Some(settings) = &self.guards {
                     let entry = EntrySignal {
                         symbol: spec.symbol.clone(),
                         strategy: spec.strategy.name().to_owned(),
@@ -661,7 +661,10 @@ impl TraderCore {
                         ));
                         return commands;
                     }
-                }
+                    outcome.passed().expect("Invariant: no block means every guard passed")
+                } else {
+                    GuardsPassed::guards_disabled()
+                };
                 let context = EntryContext {
                     open_positions_elsewhere: self.open_positions_elsewhere(slot_index),
                     held_notional_usdt: Decimal::ZERO,
@@ -669,7 +672,7 @@ impl TraderCore {
                 };
                 let intent =
                     self.new_intent(slot_index, side, quantity, false, IntentPurpose::Entry, candle_close_ms, now_ms);
-                match risk::check_entry(intent, context, self.limits) {
+                match risk::check_entry(intent, guards_passed, context, self.limits) {
                     Ok(approved) => {
                         let client_order_id = approved.get().client_order_id.clone();
                         let verb = if side == Side::Buy { "buy" } else { "sell" };

@@ -1,12 +1,14 @@
 //! The risk gate. An order intent reaches the order router only as a [`RiskApproved`], and only
-//! this module can make one: entries pass the checks below, exits always pass (a risk block must
-//! never stop a position from being closed).
+//! this module can make one: entries pass the checks below (and must show a [`GuardsPassed`] from
+//! the signal guards), exits always pass (a risk block must never stop a position from being
+//! closed).
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::domain::{IntentPurpose, OrderIntent};
 use crate::failure_points::catalog::{FailurePointId, RES_POSITION_LIMIT};
+use crate::guards::GuardsPassed;
 
 /// Proof that an intent passed the risk gate. The field is private: no other module can build one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,7 @@ pub struct EntryContext {
 /// Checks an entry against the limits.
 pub fn check_entry(
     intent: OrderIntent,
+    _guards: GuardsPassed,
     context: EntryContext,
     limits: RiskLimits,
 ) -> Result<RiskApproved<OrderIntent>, RiskBlock> {
@@ -128,19 +131,26 @@ mod tests {
 
     #[test]
     fn entries_within_limits_pass() {
-        assert!(check_entry(intent(IntentPurpose::Entry), context(1, 0, 500), limits()).is_ok());
+        assert!(
+            check_entry(intent(IntentPurpose::Entry), GuardsPassed::guards_disabled(), context(1, 0, 500), limits())
+                .is_ok()
+        );
     }
 
     #[test]
     fn too_many_positions_blocks_a_new_symbol() {
-        let block = check_entry(intent(IntentPurpose::Entry), context(2, 0, 100), limits()).unwrap_err();
+        let block =
+            check_entry(intent(IntentPurpose::Entry), GuardsPassed::guards_disabled(), context(2, 0, 100), limits())
+                .unwrap_err();
         assert_eq!(block.failure_point, RES_POSITION_LIMIT);
         assert!(block.reason.contains("max_open_positions is 2"), "{}", block.reason);
     }
 
     #[test]
     fn too_large_a_position_is_blocked() {
-        let block = check_entry(intent(IntentPurpose::Entry), context(0, 800, 300), limits()).unwrap_err();
+        let block =
+            check_entry(intent(IntentPurpose::Entry), GuardsPassed::guards_disabled(), context(0, 800, 300), limits())
+                .unwrap_err();
         assert!(block.reason.contains("1100"), "{}", block.reason);
     }
 
