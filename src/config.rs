@@ -931,7 +931,14 @@ impl Validator {
         if valid {
             Some(value.to_owned())
         } else {
-            self.problem(path, format!("{value:?} is not an environment variable name"));
+            // Not echoed: a value pasted here by mistake may be the secret itself.
+            self.problem(
+                path,
+                format!(
+                    "is not an environment variable name ({} characters; letters, digits and _ only, not starting with a digit)",
+                    value.chars().count()
+                ),
+            );
             None
         }
     }

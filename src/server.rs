@@ -224,6 +224,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
                 .iter()
                 .map(|u| MonitoredUser { id: u.id.clone(), max_open_positions: config.risk.max_open_positions })
                 .collect(),
+            guards_disabled: config.guards.is_none(),
         }),
         healer: Arc::new(HealerSettings {
             interval: config.healer.interval,
@@ -232,6 +233,10 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             budget_window: config.healer.budget_window,
             log_dir: config.server.log_dir.clone(),
             config_file: config.source_file(),
+            config_file_is_shipped: config.source_file().is_some_and(|path| {
+                crate::config::shipped_config(&path)
+                    .is_some_and(|shipped| std::fs::read_to_string(&path).is_ok_and(|text| text == shipped))
+            }),
         }),
         intelligence,
     };

@@ -172,6 +172,8 @@ impl Drop for Sim {
 fn bulwark_command(args: &[&str], config: &Path, users: usize) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bulwark"));
     command.args(args).arg("--config").arg(config);
+    // The simulator's CoinGlass key, for configs with an [intelligence] section.
+    command.env("SIM_CG_KEY", "cg-key");
     for i in 1..=users {
         let user = format!("u{i}");
         command.env(format!("SIM_KEY_{i}"), key(&user)).env(format!("SIM_SECRET_{i}"), secret(&user));
@@ -602,6 +604,7 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     let config = client_config(dir.path(), &sim.url, 2, 5_000, 2_000);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text += "[monitor]\ninterval_secs = 1\nsummary_interval_secs = 1\n[healer]\ninterval_secs = 2\n";
+    text += &format!("[intelligence]\nbase_url = \"{}\"\napi_key_env = \"SIM_CG_KEY\"\n", sim.url);
     std::fs::write(&config, text).unwrap();
     let bulwark = run_bulwark(&config, 2, 40);
     let log = dir.path().join("logs/failure_point_monitor.jsonl");
@@ -612,6 +615,12 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     })
     .await;
     let fault_ms = line_ms(&healthy);
+    // Intelligence comes from the simulator's CoinGlass endpoints (asked for on every sync).
+    let intel = wait_for_monitor_line(&log, 0, "SYS-INTEL-API ok from coinglass", |line| {
+        check(line, "SYS-INTEL-API")["status"] == "ok" && check(line, "SYS-INTEL-API")["value"]["source"] == "coinglass"
+    })
+    .await;
+    assert!(check(&intel, "SYS-INTEL-API")["value"]["series"].as_u64() >= Some(1), "{intel}");
     sim.faults(json!({ "endpoints": { "GET /fapi/v1/klines": { "error_5xx_rate": 1.0 } } })).await;
     let critical =
         wait_for_monitor_line(&log, fault_ms, "SYS-EXCHANGE-API critical", |l| check(l, api)["status"] == "critical")
@@ -639,4 +648,26 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     // An orderly stop (SIGTERM) rather than waiting out the duration.
     assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
     finish(bulwark).await;
+}
+
+#[tokio::test]
+async fn the_coinglass_client_reads_the_simulators_series_and_a_wrong_key_is_refused() {
+    use bulwark::intelligence::coinglass::{CoinGlassClient, IntelError};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 1_000, ""), 2);
+    let client = |key: &str| {
+        CoinGlassClient::new(sim.url.parse().unwrap(), Secret::new(key.to_owned()), Duration::from_secs(5)).unwrap()
+    };
+    let btc = Symbol::new("BTCUSDT").unwrap();
+    let snapshot = client("cg-key").snapshot(&btc, Timeframe::M5, 30, 1).await.unwrap();
+    assert_eq!((snapshot.source, snapshot.intervals.len()), ("coinglass", 30));
+    assert!(snapshot.intervals.windows(2).all(|w| w[0].time_ms < w[1].time_ms));
+    let first = &snapshot.intervals[0];
+    assert!(first.taker_buy_usd >= 0.0 && first.taker_sell_usd >= 0.0 && first.open_interest_usd.is_some());
+    assert!(first.funding_rate_pct.is_some() && first.long_short_ratio.is_some());
+    assert!(snapshot.taker_ratio(6).is_some() && snapshot.whale_flow(12, 2.0).is_some());
+    let refused = client("wrong-key").snapshot(&btc, Timeframe::M5, 30, 1).await.unwrap_err();
+    assert!(matches!(refused, IntelError::Auth { .. }), "{refused}");
+    assert!(!refused.to_string().contains("wrong-key"), "the key never appears in an error");
 }

@@ -50,6 +50,10 @@ pub struct HealerSettings {
     pub log_dir: PathBuf,
     /// The config file the server runs on; `None` when it runs on the embedded default.
     pub config_file: Option<PathBuf>,
+    /// Whether that file, as the server loaded it, was exactly a shipped file: only then is it
+    /// restored from the shipped copy (restoring the defaults over an operator's own settings
+    /// would change what the next start runs).
+    pub config_file_is_shipped: bool,
 }
 
 impl HealerSettings {
@@ -115,10 +119,19 @@ pub struct Healer {
     directory: Arc<Directory>,
     clock: Arc<dyn Clock>,
     readmit: Recipient<ReadmitUser>,
-    budget: HealingBudget,
-    /// Manual failure points already logged in their current failing episode.
-    manual_logged: BTreeSet<FailurePointId>,
+    planner: HealingPlanner,
     running: bool,
+}
+
+/// Which actions a pass runs (pure: time is passed in): budgets, readiness, and what was already
+/// logged once in a failing episode.
+#[derive(Debug)]
+pub struct HealingPlanner {
+    settings: Arc<HealerSettings>,
+    budget: HealingBudget,
+    /// Failure points whose "nothing to do" (manual healing, or not ready yet) was already logged
+    /// in their current failing episode.
+    logged_once: BTreeSet<FailurePointId>,
 }
 
 impl std::fmt::Debug for Healer {
@@ -134,62 +147,8 @@ impl Healer {
         clock: Arc<dyn Clock>,
         readmit: Recipient<ReadmitUser>,
     ) -> Self {
-        let budget = HealingBudget::new(settings.attempts_max, settings.budget_window.as_millis() as i64);
-        Self { settings, directory, clock, readmit, budget, manual_logged: BTreeSet::new(), running: false }
-    }
-
-    /// The actions to run for this pass (budget taken), and the lines for what is skipped.
-    fn plan(&mut self, results: &[CheckResult], only: Option<&[FailurePointId]>) -> (Vec<Planned>, Vec<HealingRecord>) {
-        let now_ms = self.clock.now_ms();
-        let ts = rfc3339_ms(now_ms);
-        let failing: Vec<&CheckResult> = results
-            .iter()
-            .filter(|r| matches!(r.status, CheckStatus::Warn | CheckStatus::Critical))
-            .filter(|r| only.is_none_or(|ids| ids.contains(&r.id)))
-            .collect();
-        if only.is_none() {
-            let failing_ids: BTreeSet<FailurePointId> = failing.iter().map(|r| r.id).collect();
-            self.manual_logged.retain(|id| failing_ids.contains(id));
-        }
-        let mut planned = Vec::new();
-        let mut skipped = Vec::new();
-        let mut actions_taken: BTreeSet<&'static str> = BTreeSet::new();
-        for result in failing {
-            let Some(action) = action_for(result) else {
-                if let Healing::Manual(what) = catalog::entry(result.id).healing
-                    && self.manual_logged.insert(result.id)
-                {
-                    skipped.push(HealingRecord {
-                        ts: ts.clone(),
-                        failure_point: result.id.as_str().to_owned(),
-                        action: "manual".to_owned(),
-                        result: "skipped",
-                        detail: format!("no automatic healing: {what} ({})", result.detail),
-                    });
-                }
-                continue;
-            };
-            // One action serves every failure point that asks for it in a pass.
-            if !actions_taken.insert(action.name()) {
-                continue;
-            }
-            match self.budget.try_take(result.id.as_str(), action.name(), now_ms) {
-                Ok(()) => planned.push(Planned { failure_point: result.id, action, check: result.clone() }),
-                Err(next_ms) => skipped.push(HealingRecord {
-                    ts: ts.clone(),
-                    failure_point: result.id.as_str().to_owned(),
-                    action: action.name().to_owned(),
-                    result: "skipped",
-                    detail: format!(
-                        "retry budget spent ({} attempts per {} s); next attempt allowed at {}",
-                        self.settings.attempts_max,
-                        self.settings.budget_window.as_secs(),
-                        rfc3339_ms(next_ms)
-                    ),
-                }),
-            }
-        }
-        (planned, skipped)
+        let planner = HealingPlanner::new(settings.clone());
+        Self { settings, directory, clock, readmit, planner, running: false }
     }
 
     fn log(&self, records: &[HealingRecord]) {
@@ -207,11 +166,7 @@ impl Healer {
             }
         }
         let path = self.settings.healing_log_path();
-        let written = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| file.write_all(text.as_bytes()));
+        let written = crate::logging::append_rotating(&path, &text, crate::limits::FAILURE_POINT_LOG_BYTES_MAX);
         if let Err(error) = written {
             tracing::error!(%error, path = %path.display(), "healer: cannot append to the healing log");
         }
@@ -235,7 +190,7 @@ impl Healer {
         Box::pin(latest.into_actor(self).then(move |latest, healer, _| {
             // No run yet (the Monitor is starting): nothing to heal.
             let (planned, skipped) = match &latest {
-                Some(run) => healer.plan(&run.results, only.as_deref()),
+                Some(run) => healer.planner.plan(&run.results, only.as_deref(), healer.clock.now_ms()),
                 None => (Vec::new(), Vec::new()),
             };
             healer.log(&skipped);
@@ -294,14 +249,99 @@ impl Healer {
     }
 }
 
-struct Planned {
-    failure_point: FailurePointId,
-    action: Action,
+impl HealingPlanner {
+    pub fn new(settings: Arc<HealerSettings>) -> Self {
+        let budget = HealingBudget::new(settings.attempts_max, settings.budget_window.as_millis() as i64);
+        Self { settings, budget, logged_once: BTreeSet::new() }
+    }
+
+    /// The actions to run for this pass (budget taken), and the lines for what is skipped.
+    /// `only`: the entries a `HealNow` names (else every failing one).
+    pub fn plan(
+        &mut self,
+        results: &[CheckResult],
+        only: Option<&[FailurePointId]>,
+        now_ms: i64,
+    ) -> (Vec<Planned>, Vec<HealingRecord>) {
+        let ts = rfc3339_ms(now_ms);
+        let failing: Vec<&CheckResult> = results
+            .iter()
+            .filter(|r| matches!(r.status, CheckStatus::Warn | CheckStatus::Critical))
+            .filter(|r| only.is_none_or(|ids| ids.contains(&r.id)))
+            .collect();
+        if only.is_none() {
+            let failing_ids: BTreeSet<FailurePointId> = failing.iter().map(|r| r.id).collect();
+            self.logged_once.retain(|id| failing_ids.contains(id));
+        }
+        let mut planned = Vec::new();
+        let mut skipped = Vec::new();
+        let mut actions_taken: BTreeSet<&'static str> = BTreeSet::new();
+        for result in failing {
+            let Some(action) = action_for(result) else {
+                if let Healing::Manual(what) = catalog::entry(result.id).healing
+                    && self.logged_once.insert(result.id)
+                {
+                    skipped.push(HealingRecord {
+                        ts: ts.clone(),
+                        failure_point: result.id.as_str().to_owned(),
+                        action: "manual".to_owned(),
+                        result: "skipped",
+                        detail: format!("no automatic healing: {what} ({})", result.detail),
+                    });
+                }
+                continue;
+            };
+            // Nothing to do yet (a lock that clears itself, a cool-down running): no attempt is
+            // spent, and it is logged once per failing episode.
+            if let Some(wait) = action.not_ready(result, now_ms, &self.settings) {
+                if self.logged_once.insert(result.id) {
+                    skipped.push(HealingRecord {
+                        ts: ts.clone(),
+                        failure_point: result.id.as_str().to_owned(),
+                        action: action.name().to_owned(),
+                        result: "skipped",
+                        detail: wait,
+                    });
+                }
+                continue;
+            }
+            // One action serves every failure point that asks for it in a pass.
+            if actions_taken.contains(action.name()) {
+                continue;
+            }
+            match self.budget.try_take(result.id.as_str(), action.name(), now_ms) {
+                Ok(()) => {
+                    actions_taken.insert(action.name());
+                    planned.push(Planned { failure_point: result.id, action, check: result.clone() })
+                }
+                Err(next_ms) => skipped.push(HealingRecord {
+                    ts: ts.clone(),
+                    failure_point: result.id.as_str().to_owned(),
+                    action: action.name().to_owned(),
+                    result: "skipped",
+                    detail: format!(
+                        "retry budget spent ({} attempts per {} s); next attempt allowed at {}",
+                        self.settings.attempts_max,
+                        self.settings.budget_window.as_secs(),
+                        rfc3339_ms(next_ms)
+                    ),
+                }),
+            }
+        }
+        (planned, skipped)
+    }
+}
+
+/// An action the planner granted.
+#[derive(Debug)]
+pub struct Planned {
+    pub failure_point: FailurePointId,
+    pub action: Action,
     check: CheckResult,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub enum Action {
     ClearOverdueLocks,
     RefreshMarketData,
     RestoreConfig,
@@ -315,7 +355,7 @@ enum Action {
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Action::ClearOverdueLocks => "clear_overdue_locks",
             Action::RefreshMarketData => "refresh_market_data",
@@ -327,6 +367,37 @@ impl Action {
             Action::SuggestPositionLimit => "suggest_position_limit",
             Action::VerifyDatabase => "verify_database",
             Action::RefreshIntelligence => "refresh_intelligence",
+        }
+    }
+}
+
+impl Action {
+    /// Why the action has nothing to do for this result now (`None`: it is ready to run).
+    fn not_ready(self, check: &CheckResult, now_ms: i64, settings: &HealerSettings) -> Option<String> {
+        use catalog::*;
+        match self {
+            // A lock that still holds ends by itself; only the STATE-* entries (locks past their
+            // expiry) have something to clear.
+            Action::ClearOverdueLocks if matches!(check.id, SIG_KILL_SWITCH | SIG_SYMBOL_PROBATION) => Some(format!(
+                "nothing to heal: the lock clears itself{}",
+                check.until_ms.map(|until| format!(" at {}", rfc3339_ms(until))).unwrap_or_default()
+            )),
+            Action::ReadmitQuarantined if check.users.is_empty() => {
+                Some(format!("no quarantined user (the supervisors restart the rest): {}", check.detail))
+            }
+            Action::ReadmitQuarantined => {
+                let cooldown_ms = settings.readmit_cooldown.as_millis() as i64;
+                let since_ms = check.since_ms.unwrap_or(now_ms);
+                (now_ms - since_ms < cooldown_ms).then(|| {
+                    format!(
+                        "{} quarantined; re-admitted once the cool-down ends at {}",
+                        names(&check.users),
+                        rfc3339_ms(since_ms + cooldown_ms)
+                    )
+                })
+            }
+            Action::ReconcileUsers if check.users.is_empty() => Some(format!("no user named: {}", check.detail)),
+            _ => None,
         }
     }
 }
@@ -414,7 +485,13 @@ impl Action {
                 },
                 Err(error) => ("skipped", format!("{error}; its supervisor restarts it")),
             },
-            Action::VerifyDatabase => match persistence::run(&context.directory, |store| store.quick_check()).await {
+            Action::VerifyDatabase => match tokio::time::timeout(
+                ACTION_TIMEOUT,
+                persistence::run(&context.directory, |store| store.quick_check()),
+            )
+            .await
+            .unwrap_or_else(|_| Err(crate::persistence::StoreError::Unavailable("no answer in time".to_owned())))
+            {
                 Ok(true) => ("success", "integrity check ok; writes go through persistence again".to_owned()),
                 Ok(false) => (
                     "failed",
@@ -428,7 +505,7 @@ impl Action {
 
 async fn clear_overdue_locks(context: &ActionContext) -> (&'static str, String) {
     let now_ms = context.clock.now_ms();
-    let cleared = persistence::run(&context.directory, move |store| {
+    let clearing = persistence::run(&context.directory, move |store| {
         let mut cleared = Vec::new();
         for lock in store.uncleared_guard_locks(None)? {
             if !lock.holds_at(now_ms) && store.clear_guard_lock(lock.id, now_ms, "healer")? {
@@ -436,8 +513,10 @@ async fn clear_overdue_locks(context: &ActionContext) -> (&'static str, String) 
             }
         }
         Ok(cleared)
-    })
-    .await;
+    });
+    let cleared = tokio::time::timeout(ACTION_TIMEOUT, clearing)
+        .await
+        .unwrap_or_else(|_| Err(crate::persistence::StoreError::Unavailable("no answer in time".to_owned())));
     match cleared {
         Ok(cleared) if cleared.is_empty() => {
             ("skipped", "no lock is past its expiry; the ones in force clear themselves at their until".to_owned())
@@ -471,8 +550,17 @@ fn restore_config(settings: &HealerSettings) -> (&'static str, String) {
     if path.exists() {
         return ("skipped", format!("{} exists again; nothing restored", path.display()));
     }
-    let Some(shipped) = crate::config::shipped_config(path) else {
-        return ("skipped", format!("{} is not a file bulwark ships: restore it from your own copy", path.display()));
+    let shipped = match crate::config::shipped_config(path) {
+        Some(shipped) if settings.config_file_is_shipped => shipped,
+        _ => {
+            return (
+                "skipped",
+                format!(
+                    "{} is not a file bulwark ships, or was changed from it: restore it from your own copy (the server runs on what it loaded)",
+                    path.display()
+                ),
+            );
+        }
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && let Err(error) = std::fs::create_dir_all(parent)
@@ -496,19 +584,8 @@ fn restore_config(settings: &HealerSettings) -> (&'static str, String) {
 }
 
 async fn readmit(check: &CheckResult, context: &ActionContext) -> (&'static str, String) {
-    // Quarantined users are the ones the check names (with `since` = the earliest quarantine).
-    if check.users.is_empty() {
-        return ("skipped", format!("nothing to re-admit: {}", check.detail));
-    }
-    let now_ms = context.clock.now_ms();
+    // `Action::not_ready` made sure users are named and their cool-down is over.
     let cooldown_ms = context.settings.readmit_cooldown.as_millis() as i64;
-    let since_ms = check.since_ms.unwrap_or(now_ms);
-    if now_ms - since_ms < cooldown_ms {
-        return (
-            "skipped",
-            format!("{} quarantined; cool-down ends at {}", names(&check.users), rfc3339_ms(since_ms + cooldown_ms)),
-        );
-    }
     let mut readmitted = Vec::new();
     let mut refused = Vec::new();
     for user in &check.users {
@@ -618,6 +695,7 @@ mod tests {
             budget_window: Duration::from_secs(3_600),
             log_dir: dir.path().to_owned(),
             config_file: Some(path.clone()),
+            config_file_is_shipped: true,
         };
         let (result, detail) = restore_config(&settings);
         assert_eq!(result, "success", "{detail}");
@@ -625,10 +703,87 @@ mod tests {
         std::fs::write(&path, "# mine").unwrap();
         assert_eq!(restore_config(&settings).0, "skipped");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "# mine");
-        let unknown = HealerSettings { config_file: Some(dir.path().join("custom.toml")), ..settings };
+        let unknown = HealerSettings { config_file: Some(dir.path().join("custom.toml")), ..settings.clone() };
         let (result, detail) = restore_config(&unknown);
         assert_eq!(result, "skipped");
         assert!(detail.contains("not a file bulwark ships"), "{detail}");
         assert!(!dir.path().join("custom.toml").exists());
+        // A shipped name whose content the operator changed is not replaced by the defaults.
+        std::fs::remove_file(&path).unwrap();
+        let edited = HealerSettings { config_file_is_shipped: false, ..settings };
+        assert_eq!(restore_config(&edited).0, "skipped");
+        assert!(!path.exists());
+    }
+
+    fn failing(
+        id: FailurePointId,
+        status: CheckStatus,
+        users: &[&str],
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> CheckResult {
+        let point = catalog::entry(id);
+        CheckResult {
+            id,
+            category: point.category,
+            priority: point.priority,
+            status,
+            detail: "detail".into(),
+            value: None,
+            since_ms,
+            until_ms,
+            users: users.iter().map(|u| UserId::new(u).unwrap()).collect(),
+        }
+    }
+
+    fn settings() -> Arc<HealerSettings> {
+        Arc::new(HealerSettings {
+            interval: Duration::from_secs(5),
+            readmit_cooldown: Duration::from_secs(60),
+            attempts_max: 2,
+            budget_window: Duration::from_secs(3_600),
+            log_dir: PathBuf::from("logs"),
+            config_file: None,
+            config_file_is_shipped: false,
+        })
+    }
+
+    fn actions(planned: &[Planned]) -> Vec<(&'static str, &'static str)> {
+        planned.iter().map(|p| (p.failure_point.as_str(), p.action.name())).collect()
+    }
+
+    #[test]
+    fn nothing_ready_spends_no_attempt_and_is_logged_once_per_episode() {
+        use catalog::{SIG_KILL_SWITCH, STATE_PROBATION, SYS_PROCESS};
+        let mut planner = HealingPlanner::new(settings());
+        let results = vec![
+            // A kill switch in force clears itself: no action, and it must not use up the
+            // budget that the overdue probation below needs.
+            failing(SIG_KILL_SWITCH, CheckStatus::Critical, &["u1"], Some(0), Some(99_000_000)),
+            failing(SYS_PROCESS, CheckStatus::Critical, &["u2"], Some(0), None),
+            failing(STATE_PROBATION, CheckStatus::Warn, &[], None, None),
+        ];
+        for pass in 0..5 {
+            let (planned, skipped) = planner.plan(&results, None, 10_000 + pass);
+            if pass < 2 {
+                assert_eq!(actions(&planned), [("STATE-PROBATION", "clear_overdue_locks")], "pass {pass}");
+            } else {
+                assert!(planned.is_empty(), "budget spent by pass {pass}");
+            }
+            let waiting: Vec<&str> = skipped
+                .iter()
+                .filter(|r| r.action != "clear_overdue_locks" || r.failure_point == "SIG-KILL-SWITCH")
+                .map(|r| r.failure_point.as_str())
+                .collect();
+            if pass == 0 {
+                assert_eq!(waiting, ["SIG-KILL-SWITCH", "SYS-PROCESS"], "{skipped:?}");
+                assert!(skipped[1].detail.contains("cool-down ends"), "{}", skipped[1].detail);
+            } else {
+                assert!(waiting.is_empty(), "logged once per episode: {skipped:?}");
+            }
+        }
+        // The cool-down ends: the re-admission runs, its own budget untouched by the waiting.
+        let (planned, _) = planner.plan(&results, None, 60_000);
+        assert_eq!(actions(&planned), [("SYS-PROCESS", "readmit_quarantined")]);
     }
 }

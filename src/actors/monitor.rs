@@ -41,6 +41,9 @@ use crate::failure_points::why::{self, CheckView, WhyInputs};
 use crate::limits::FAILURE_POINT_LOG_BYTES_MAX;
 use crate::supervision::root::{GetTreeStatus, TreeStatus};
 
+/// `PRAGMA quick_check` reads the whole database on the persistence thread: at most this often.
+const INTEGRITY_CHECK_INTERVAL_MS: i64 = 10 * 60_000;
+
 /// Longest wait for any one input of a run.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -61,6 +64,8 @@ pub struct MonitorSettings {
     /// The config file the server runs on; `None` when it runs on the embedded default.
     pub config_file: Option<PathBuf>,
     pub users: Vec<MonitoredUser>,
+    /// `[guards] enabled = false`.
+    pub guards_disabled: bool,
 }
 
 impl MonitorSettings {
@@ -107,8 +112,12 @@ pub struct Monitor {
     latest: Option<MonitorRun>,
     /// Since when each entry has had its current status (this incarnation's view).
     status_since: BTreeMap<FailurePointId, (CheckStatus, i64)>,
-    /// Monitor-file writes that failed (reported by SYS-FILESYSTEM through the next line's detail).
+    /// Monitor-file writes that failed, and how many of them the previous run reported (the
+    /// difference goes to SYS-FILESYSTEM in the next run).
     write_failures: u64,
+    write_failures_reported: u64,
+    /// When the database's integrity was last checked, and the answer.
+    integrity: Option<(i64, bool)>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -138,12 +147,17 @@ impl Monitor {
             latest: None,
             status_since: BTreeMap::new(),
             write_failures: 0,
+            write_failures_reported: 0,
+            integrity: None,
         }
     }
 
     /// Judges the observations, records the run everywhere, and returns it.
     fn conclude(&mut self, gathered: Gathered) -> MonitorRun {
-        let Gathered { observations, stats, locks } = gathered;
+        let Gathered { observations, integrity_checked, stats, locks } = gathered;
+        if let Some(ok) = integrity_checked {
+            self.integrity = Some((observations.now_ms, ok));
+        }
         if let Some(stats) = stats {
             self.previous_stats = Some(stats);
         }
@@ -208,6 +222,8 @@ impl Monitor {
 /// What one run gathered.
 struct Gathered {
     observations: Observations,
+    /// The integrity check's answer, when it ran this time.
+    integrity_checked: Option<bool>,
     stats: Option<MarketDataStats>,
     locks: Vec<GuardLock>,
 }
@@ -217,7 +233,8 @@ struct FromDatabase {
     unresolved: Vec<(UserId, u32, i64)>,
     open_positions: Vec<(UserId, u32)>,
     strategy_errors: BTreeMap<UserId, u64>,
-    integrity_ok: bool,
+    /// `None`: not checked this run (it runs every [`INTEGRITY_CHECK_INTERVAL_MS`]).
+    integrity_ok: Option<bool>,
     locks: Vec<GuardLock>,
     guard_blocks: Vec<(String, UserId, u64)>,
     bad_candles: BTreeMap<UserId, u64>,
@@ -233,10 +250,25 @@ struct GatherInputs {
     now_ms: i64,
     previous_stats: Option<MarketDataStats>,
     previous_run_ms: Option<i64>,
+    log_write_failures: u64,
+    integrity_due: bool,
+    /// The newest integrity check's result (reused between checks).
+    integrity_cached: Option<bool>,
 }
 
 async fn gather(inputs: GatherInputs) -> Gathered {
-    let GatherInputs { settings, tree, directory, exchange, now_ms, previous_stats, previous_run_ms } = inputs;
+    let GatherInputs {
+        settings,
+        tree,
+        directory,
+        exchange,
+        now_ms,
+        previous_stats,
+        previous_run_ms,
+        log_write_failures,
+        integrity_due,
+        integrity_cached,
+    } = inputs;
     let tree_status: Option<TreeStatus> = tree.send(GetTreeStatus).timeout(GATHER_TIMEOUT).await.ok();
 
     // Market data: counters since the previous run (a restarted market data starts from zero).
@@ -265,6 +297,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
             weight_used: budget.as_ref().map(|b| b.weight_used),
             weight_limit: budget.as_ref().map(|b| b.weight_limit),
             banned_until_ms: budget.and_then(|b| b.banned_until_ms),
+            clock_error_ms: exchange.clock_error_ms(),
         }
     });
 
@@ -277,7 +310,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
                 unresolved: store.unresolved_order_counts()?,
                 open_positions: store.open_position_counts()?,
                 strategy_errors: store.strategy_error_counts(since_ms)?,
-                integrity_ok: store.quick_check()?,
+                integrity_ok: if integrity_due { Some(store.quick_check()?) } else { None },
                 locks: store.uncleared_guard_locks(None)?,
                 guard_blocks: store.guard_block_counts(since_ms)?,
                 bad_candles: store.bad_candle_counts(since_ms)?,
@@ -309,7 +342,8 @@ async fn gather(inputs: GatherInputs) -> Gathered {
             })
             .collect()
     });
-    let integrity_ok = from_database.as_ref().map(|db| db.integrity_ok);
+    let integrity_checked = from_database.as_ref().and_then(|db| db.integrity_ok);
+    let integrity_ok = from_database.as_ref().and_then(|db| db.integrity_ok.or(integrity_cached));
     let database = integrity_ok.map(|integrity_ok| DatabaseObservation {
         writes_refused: directory.persistence_writes_refused(),
         journal_write_failures: tree_status.as_ref().map_or(0, |t| t.journal_write_failures),
@@ -370,9 +404,11 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         guard_blocks: from_database.as_ref().map(|db| db.guard_blocks.clone()),
         bad_candles: from_database.as_ref().map(|db| db.bad_candles.clone()),
         margin_rejections: from_database.as_ref().map(|db| db.margin_rejections.clone()),
+        guards_disabled: settings.guards_disabled,
+        log_write_failures,
         intelligence,
     };
-    Gathered { observations, stats, locks: from_database.map(|db| db.locks).unwrap_or_default() }
+    Gathered { observations, integrity_checked, stats, locks: from_database.map(|db| db.locks).unwrap_or_default() }
 }
 
 /// Creates and removes a probe file: the directory takes writes now.
@@ -442,29 +478,12 @@ fn summary(run: &MonitorRun, users: &[MonitoredUser], observations: &Observation
         }
     }
     let checks: Vec<CheckView> = CheckView::from_line(&line(&rfc3339_ms(now_ms), &run.results));
-    let users_not_trading: Vec<Value> = users
-        .iter()
-        .filter_map(|user| {
-            let trader = observations
-                .actors
-                .iter()
-                .flatten()
-                .find(|a| a.actor == "trader" && a.user.as_ref() == Some(&user.id))
-                .map(|a| (a.state.to_owned(), a.reason.clone(), a.since_ms));
-            let answer = why::explain(&WhyInputs {
-                user: user.id.to_string(),
-                now_ms,
-                server_running: Some(true),
-                trader_state: trader,
-                checks: Some((now_ms, checks.clone())),
-                locks: locks.iter().filter(|l| l.user == user.id).cloned().collect(),
-                ..WhyInputs::default()
-            });
-            (answer.verdict != "trading").then(|| {
-                json!({ "user": user.id, "verdict": answer.verdict, "summary": answer.summary, "reasons": answer.blocks })
-            })
-        })
-        .collect();
+    let users_not_trading: Value = if observations.actors.is_none() {
+        // Without the tree every user would look "never started": say it is not known instead.
+        json!("unknown: the supervision tree could not be read")
+    } else {
+        Value::Array(users_not_trading(users, observations, locks, &checks, now_ms))
+    };
     let failing: BTreeSet<&str> =
         run.results.iter().filter(|r| r.status == CheckStatus::Critical).map(|r| r.id.as_str()).collect();
     json!({
@@ -478,6 +497,39 @@ fn summary(run: &MonitorRun, users: &[MonitoredUser], observations: &Observation
         "users_not_trading": users_not_trading,
         "latest": latest,
     })
+}
+
+/// Every user that is not trading, with its reasons (the same answer as `bulwark why`).
+fn users_not_trading(
+    users: &[MonitoredUser],
+    observations: &Observations,
+    locks: &[GuardLock],
+    checks: &[CheckView],
+    now_ms: i64,
+) -> Vec<Value> {
+    users
+        .iter()
+        .filter_map(|user| {
+            let trader = observations
+                .actors
+                .iter()
+                .flatten()
+                .find(|a| a.actor == "trader" && a.user.as_ref() == Some(&user.id))
+                .map(|a| (a.state.to_owned(), a.reason.clone(), a.since_ms));
+            let answer = why::explain(&WhyInputs {
+                user: user.id.to_string(),
+                now_ms,
+                server_running: Some(true),
+                trader_state: trader,
+                checks: Some((now_ms, checks.to_vec())),
+                locks: locks.iter().filter(|l| l.user == user.id).cloned().collect(),
+                ..WhyInputs::default()
+            });
+            (answer.verdict != "trading").then(|| {
+                json!({ "user": user.id, "verdict": answer.verdict, "summary": answer.summary, "reasons": answer.blocks })
+            })
+        })
+        .collect()
 }
 
 impl Actor for Monitor {
@@ -509,7 +561,11 @@ impl Handler<RunChecks> for Monitor {
             now_ms: self.clock.now_ms(),
             previous_stats: self.previous_stats.clone(),
             previous_run_ms: self.previous_run_ms,
+            log_write_failures: self.write_failures - self.write_failures_reported,
+            integrity_due: self.integrity.is_none_or(|(at, _)| self.clock.now_ms() - at >= INTEGRITY_CHECK_INTERVAL_MS),
+            integrity_cached: self.integrity.map(|(_, ok)| ok),
         };
+        self.write_failures_reported = self.write_failures;
         Box::pin(gather(inputs).into_actor(self).map(|gathered, monitor, _| {
             monitor.running = false;
             Ok(monitor.conclude(gathered))

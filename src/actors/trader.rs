@@ -97,6 +97,9 @@ pub enum TraderReport {
     Halted { incarnation: u32, reason: String },
 }
 
+/// The longest a decision waits for intelligence.
+const INTEL_WAIT_MAX: Duration = Duration::from_secs(2);
+
 /// Stop after the current message (orderly shutdown).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -224,9 +227,11 @@ impl Trader {
                 .await
                 .map_err(|e| AccountError::other(format!("order router did not answer: {e}")))?
         };
+        // Bounded short: a slow data vendor delays a decision by at most this; the fetch goes on in
+        // the Intelligence actor and the next candle has it.
         let intelligence = async move {
             let (request, intelligence) = (intel_request?, intel_directory.intelligence().ok()?);
-            intelligence.send(request).timeout(timeout).await.ok().flatten()
+            intelligence.send(request).timeout(INTEL_WAIT_MAX).await.ok().flatten()
         };
         ctx.spawn(futures::future::join(answer, intelligence).into_actor(self).map(
             move |(result, intelligence), trader, ctx| {

@@ -86,6 +86,8 @@ pub struct ExchangeObservation {
     pub weight_used: Option<u32>,
     pub weight_limit: Option<u32>,
     pub banned_until_ms: Option<i64>,
+    /// How far our estimate of the exchange's clock may be off (ms; 0 when exact or unknown).
+    pub clock_error_ms: i64,
 }
 
 /// One candle feed.
@@ -159,6 +161,10 @@ pub struct Observations {
     pub locks: Option<Vec<GuardLock>>,
     /// Signals each guard blocked since the previous run: (failure point, user, count).
     pub guard_blocks: Option<Vec<(String, UserId, u64)>>,
+    /// `[guards] enabled = false`: the signal checks cannot say anything.
+    pub guards_disabled: bool,
+    /// Writes to the failure-point logs (monitor lines, summary) that failed since the previous run.
+    pub log_write_failures: u64,
     /// Iterations skipped for bad candles, per user, since the previous run.
     pub bad_candles: Option<BTreeMap<UserId, u64>>,
     /// Orders refused for insufficient margin, per user, since the previous run.
@@ -189,6 +195,8 @@ pub const INTEL_AGE_MS_WARN: i64 = 15 * 60_000;
 pub const FREE_BYTES_WARN: u64 = 1 << 30;
 /// An unresolved order older than this is reported (the router resolves them within a few syncs).
 pub const UNRESOLVED_ORDER_AGE_MS_WARN: i64 = 5 * 60_000;
+/// An exchange clock estimate less certain than this is mentioned in SYS-EXCHANGE-API's detail.
+pub const CLOCK_ERROR_MS_NOTE: i64 = 1_000;
 /// A share of failed candle fetches at or above this is critical.
 pub const KLINES_FAILURE_SHARE_CRITICAL: f64 = 0.5;
 
@@ -279,7 +287,7 @@ fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
         STATE_ORPHAN_ORDERS => {
             Outcome::unknown("not checked periodically: orphans are cancelled at every trader start")
         }
-        SIG_KILL_SWITCH => holding_locks(observations, SIG_KILL_SWITCH, CheckStatus::Critical),
+        SIG_KILL_SWITCH => kill_switch(observations),
         SIG_SYMBOL_PROBATION => holding_locks(observations, SIG_SYMBOL_PROBATION, CheckStatus::Warn),
         STATE_KILL_SWITCH => overdue_locks(observations, SIG_KILL_SWITCH),
         STATE_PROBATION => overdue_locks(observations, SIG_SYMBOL_PROBATION),
@@ -372,9 +380,18 @@ fn exchange_api(observations: &Observations) -> Outcome {
     let Some(exchange) = &observations.exchange else {
         return Outcome::unknown("exchange statistics could not be read");
     };
-    let value = json!({ "klines_requests": exchange.klines_requests, "klines_failures": exchange.klines_failures });
+    let value = json!({
+        "klines_requests": exchange.klines_requests,
+        "klines_failures": exchange.klines_failures,
+        "clock_error_ms": exchange.clock_error_ms,
+    });
+    // Informative: a clock estimate too loose for the receive window shows up as -1021 refusals,
+    // which re-sync the clock.
+    let clock_note = (exchange.clock_error_ms >= CLOCK_ERROR_MS_NOTE)
+        .then(|| format!("the exchange clock is known to ±{} ms", exchange.clock_error_ms));
     if exchange.klines_requests == 0 {
-        return Outcome::ok("no candle fetch due since the last check").value(value);
+        let detail = "no candle fetch due since the last check".to_owned();
+        return Outcome::ok(clock_note.map_or(detail.clone(), |note| format!("{detail}; {note}"))).value(value);
     }
     let share = exchange.klines_failures as f64 / exchange.klines_requests as f64;
     let detail = format!(
@@ -383,6 +400,10 @@ fn exchange_api(observations: &Observations) -> Outcome {
         exchange.klines_requests,
         exchange.last_error.as_deref().map(|e| format!("; last: {e}")).unwrap_or_default()
     );
+    let detail = match clock_note {
+        Some(note) => format!("{detail}; {note}"),
+        None => detail,
+    };
     if share >= KLINES_FAILURE_SHARE_CRITICAL {
         Outcome::new(CheckStatus::Critical, detail).value(value).users(feed_users(observations))
     } else if exchange.klines_failures > 0 {
@@ -440,6 +461,13 @@ fn filesystem(observations: &Observations) -> Outcome {
         .iter()
         .map(|d| json!({ "path": d.path, "writable": d.writable, "free_bytes": d.free_bytes }))
         .collect();
+    if observations.log_write_failures > 0 {
+        problems.push(format!(
+            "{} write(s) to the failure-point logs failed since the last check",
+            observations.log_write_failures
+        ));
+        status = CheckStatus::Critical;
+    }
     let detail = if problems.is_empty() { "data and log directories writable".to_owned() } else { problems.join("; ") };
     Outcome::new(status, detail).value(Value::Array(free))
 }
@@ -666,6 +694,39 @@ fn holding_locks(observations: &Observations, guard: FailurePointId, status: Che
     outcome
 }
 
+fn kill_switch(observations: &Observations) -> Outcome {
+    use catalog::SIG_KILL_SWITCH;
+    if observations.guards_disabled {
+        return Outcome::unknown("the guards are off ([guards] enabled = false)");
+    }
+    let mut outcome = holding_locks(observations, SIG_KILL_SWITCH, CheckStatus::Critical);
+    // Blocks with no lock behind them: the switch failed closed (equity could not be computed).
+    let (Some(locks), Some(blocks)) = (&observations.locks, &observations.guard_blocks) else { return outcome };
+    let locked = |user: &UserId| {
+        locks
+            .iter()
+            .any(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && &l.user == user && l.holds_at(observations.now_ms))
+    };
+    let closed: Vec<&UserId> = blocks
+        .iter()
+        .filter(|(id, user, n)| id == SIG_KILL_SWITCH.as_str() && *n > 0 && !locked(user))
+        .map(|(_, user, _)| user)
+        .collect();
+    if !closed.is_empty() {
+        let names: Vec<&str> = closed.iter().map(|u| u.as_str()).collect();
+        let note = format!(
+            "entries of {} blocked: equity could not be computed, the kill switch fails closed",
+            names.join(", ")
+        );
+        outcome.detail = if outcome.status == CheckStatus::Ok { note } else { format!("{}; {note}", outcome.detail) };
+        outcome.status = CheckStatus::Critical;
+        outcome.users.extend(closed.into_iter().cloned());
+        outcome.users.sort();
+        outcome.users.dedup();
+    }
+    outcome
+}
+
 fn overdue_locks(observations: &Observations, guard: FailurePointId) -> Outcome {
     let Some(locks) = &observations.locks else { return Outcome::unknown("guard locks could not be read") };
     let overdue: Vec<&GuardLock> = locks
@@ -686,6 +747,9 @@ fn overdue_locks(observations: &Observations, guard: FailurePointId) -> Outcome 
 }
 
 fn guard_blocks(observations: &Observations, guard: FailurePointId) -> Outcome {
+    if observations.guards_disabled {
+        return Outcome::unknown("the guards are off ([guards] enabled = false)");
+    }
     let Some(blocks) = &observations.guard_blocks else {
         return Outcome::unknown("guard decisions could not be read");
     };
@@ -811,5 +875,73 @@ mod tests {
         assert_eq!(line["overall"], "critical");
         assert_eq!(line["checks"].as_array().unwrap().len(), CATALOG.len());
         assert_eq!(line["checks"][0]["id"], "SIG-KILL-SWITCH");
+    }
+
+    fn lock(user_name: &str, failure_point: FailurePointId, symbol: Option<&str>, until_ms: i64) -> GuardLock {
+        GuardLock {
+            id: 1,
+            user: user(user_name),
+            failure_point: failure_point.as_str().into(),
+            symbol: symbol.map(|s| crate::domain::Symbol::new(s).unwrap()),
+            reason: "drawdown".into(),
+            values: json!({}),
+            set_at_ms: 0,
+            until_ms,
+        }
+    }
+
+    #[test]
+    fn locks_in_force_and_overdue_ones_and_a_kill_switch_that_failed_closed() {
+        use crate::failure_points::catalog::{
+            SIG_KILL_SWITCH, SIG_SYMBOL_PROBATION, STATE_KILL_SWITCH, STATE_PROBATION,
+        };
+        let observations = Observations {
+            now_ms: 10_000,
+            locks: Some(vec![
+                lock("u1", SIG_KILL_SWITCH, None, 20_000),
+                lock("u2", SIG_SYMBOL_PROBATION, Some("BTCUSDT"), 5_000),
+            ]),
+            guard_blocks: Some(vec![
+                ("SIG-KILL-SWITCH".into(), user("u1"), 2),
+                ("SIG-KILL-SWITCH".into(), user("u3"), 1),
+                ("SIG-TRAP".into(), user("u2"), 4),
+            ]),
+            ..Observations::default()
+        };
+        let results = evaluate(&observations);
+        let kill = result(&results, SIG_KILL_SWITCH);
+        assert_eq!((kill.status, kill.until_ms), (CheckStatus::Critical, Some(20_000)));
+        assert_eq!(kill.users, [user("u1"), user("u3")], "u3 has blocks but no lock: it failed closed");
+        assert!(kill.detail.contains("fails closed"), "{}", kill.detail);
+        assert_eq!(result(&results, SIG_SYMBOL_PROBATION).status, CheckStatus::Ok, "expired: no longer in force");
+        assert_eq!(result(&results, STATE_PROBATION).status, CheckStatus::Warn, "past its expiry, not cleared");
+        assert_eq!(result(&results, STATE_KILL_SWITCH).status, CheckStatus::Ok);
+        let trap = result(&results, catalog::SIG_TRAP);
+        assert_eq!((trap.status, trap.users.clone()), (CheckStatus::Warn, vec![user("u2")]));
+        assert_eq!(result(&results, catalog::SIG_REGIME).status, CheckStatus::Ok);
+
+        let disabled = Observations { guards_disabled: true, ..observations };
+        let results = evaluate(&disabled);
+        assert_eq!(result(&results, catalog::SIG_REGIME).status, CheckStatus::Unknown);
+        assert_eq!(result(&results, SIG_KILL_SWITCH).status, CheckStatus::Unknown);
+    }
+
+    #[test]
+    fn margin_rejections_bad_candles_and_failed_log_writes_are_reported() {
+        let observations = Observations {
+            margin_rejections: Some(BTreeMap::from([(user("u1"), 2), (user("u2"), 0)])),
+            bad_candles: Some(BTreeMap::from([(user("u3"), 1)])),
+            directories: Some(vec![DirectoryObservation { path: "logs".into(), writable: true, free_bytes: None }]),
+            log_write_failures: 1,
+            ..Observations::default()
+        };
+        let results = evaluate(&observations);
+        let capital = result(&results, catalog::RES_CAPITAL);
+        assert_eq!((capital.status, capital.users.clone()), (CheckStatus::Critical, vec![user("u1")]));
+        let corrupt = result(&results, catalog::DATA_CORRUPT);
+        assert_eq!((corrupt.status, corrupt.users.clone()), (CheckStatus::Warn, vec![user("u3")]));
+        let filesystem = result(&results, catalog::SYS_FILESYSTEM);
+        assert_eq!(filesystem.status, CheckStatus::Critical);
+        assert!(filesystem.detail.contains("failure-point logs"), "{}", filesystem.detail);
     }
 }

@@ -361,6 +361,22 @@ fn kill_switch(context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict
             );
         }
     };
+    match drawdown(&equity, context.now_ms, settings) {
+        Ok(values) => Ok(values),
+        Err(new_lock) => Err(GuardBlock {
+            failure_point: SIG_KILL_SWITCH,
+            reason: new_lock.reason.clone(),
+            values: new_lock.values.clone(),
+            until_ms: Some(new_lock.until_ms),
+            new_lock: Some(new_lock),
+        }),
+    }
+}
+
+/// The kill switch's arithmetic: the deciding values, or the lock to set when equity is
+/// `max_drawdown_pct` or more below its peak. The trader runs it on every account sync (so the
+/// switch trips while a position is open, not only on the next entry) and the guard on every entry.
+pub fn drawdown(equity: &EquityView, now_ms: i64, settings: &GuardSettings) -> Result<Value, Box<NewLock>> {
     let drawdown_pct =
         if equity.peak_usdt > 0.0 { (equity.peak_usdt - equity.current_usdt) / equity.peak_usdt * 100.0 } else { 0.0 };
     let values = json!({
@@ -370,24 +386,17 @@ fn kill_switch(context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict
         "max_drawdown_pct": settings.max_drawdown_pct,
     });
     if drawdown_pct >= settings.max_drawdown_pct {
-        let until_ms = context.now_ms + hours_ms(settings.block_hours);
         let reason = format!(
             "equity {:.2} USDT is {:.2} % below its peak {:.2} (max_drawdown_pct {}); entries blocked for {} h",
             equity.current_usdt, drawdown_pct, equity.peak_usdt, settings.max_drawdown_pct, settings.block_hours
         );
-        return Err(GuardBlock {
+        return Err(Box::new(NewLock {
             failure_point: SIG_KILL_SWITCH,
-            reason: reason.clone(),
-            values: values.clone(),
-            until_ms: Some(until_ms),
-            new_lock: Some(Box::new(NewLock {
-                failure_point: SIG_KILL_SWITCH,
-                symbol: None,
-                reason,
-                values,
-                until_ms,
-            })),
-        });
+            symbol: None,
+            reason,
+            values,
+            until_ms: now_ms + hours_ms(settings.block_hours),
+        }));
     }
     Ok(values)
 }

@@ -72,11 +72,14 @@ impl CoinGlassClient {
         limit: u16,
         now_ms: i64,
     ) -> Result<IntelSnapshot, IntelError> {
-        let taker = self.series(TAKER, symbol, timeframe, limit).await?;
-        let liquidations = self.series(LIQUIDATIONS, symbol, timeframe, limit).await?;
-        let open_interest = self.series(OPEN_INTEREST, symbol, timeframe, limit).await?;
-        let funding = self.series(FUNDING, symbol, timeframe, limit).await?;
-        let long_short = self.series(LONG_SHORT, symbol, timeframe, limit).await?;
+        // At once: five requests, one timeout's worth of waiting.
+        let (taker, liquidations, open_interest, funding, long_short) = futures::try_join!(
+            self.series(TAKER, symbol, timeframe, limit),
+            self.series(LIQUIDATIONS, symbol, timeframe, limit),
+            self.series(OPEN_INTEREST, symbol, timeframe, limit),
+            self.series(FUNDING, symbol, timeframe, limit),
+            self.series(LONG_SHORT, symbol, timeframe, limit),
+        )?;
         merge(symbol, timeframe, now_ms, &taker, &liquidations, &open_interest, &funding, &long_short)
     }
 

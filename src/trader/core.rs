@@ -28,6 +28,7 @@ use crate::domain::{
     Candle, ClientOrderId, IntentPurpose, OrderIntent, OrderState, OrderType, Position, PositionSide, Side, Symbol,
     SymbolRules, Timeframe, UserId, decimal_from_f64, validate_candles,
 };
+use crate::failure_points::catalog::{SIG_KILL_SWITCH, SIG_SYMBOL_PROBATION};
 use crate::failure_points::locks::GuardLock;
 use crate::guards::equity::EquityTracker;
 use crate::guards::{self, EntrySignal, GuardSettings, GuardsPassed, OtherSlot, SignalContext};
@@ -202,6 +203,9 @@ struct Slot {
     /// Losing trades in a row on this slot, and the newest trade's result in % (probation).
     loss_streak: u32,
     last_trade_pct: Option<f64>,
+    /// The mark price when this slot's newest exit was decided: a market exit fills close to it,
+    /// so the closed trade is judged at it (the next sync's mark may be a candle later).
+    exit_reference_price: Option<f64>,
 }
 
 /// The state machine of one user's trading.
@@ -226,9 +230,9 @@ pub struct TraderCore {
     /// sets one; a lock past its expiry no longer blocks).
     locks: Vec<GuardLock>,
     /// The newest candle window of every symbol this user trades (power ranking).
-    universe: BTreeMap<Symbol, Arc<[Candle]>>,
-    /// The newest intelligence per symbol.
-    intelligence: BTreeMap<Symbol, Arc<IntelSnapshot>>,
+    universe: BTreeMap<(Symbol, Timeframe), Arc<[Candle]>>,
+    /// The newest intelligence per (symbol, timeframe).
+    intelligence: BTreeMap<(Symbol, Timeframe), Arc<IntelSnapshot>>,
 }
 
 impl TraderCore {
@@ -244,6 +248,7 @@ impl TraderCore {
                 last_candle_close_ms: None,
                 loss_streak: 0,
                 last_trade_pct: None,
+                exit_reference_price: None,
             })
             .collect();
         Self {
@@ -275,12 +280,48 @@ impl TraderCore {
     }
 
     /// The intelligence a slot's decision wants: (symbol, timeframe, open time of the newest
-    /// candle). `None` without guards or candles.
+    /// candle). `None` without guards or candles, and while the slot holds a position (only
+    /// entries read intelligence; an exit must never wait for it).
     pub fn intelligence_wanted(&self, slot_index: usize) -> Option<(Symbol, Timeframe, i64)> {
         self.guards.as_ref()?;
         let slot = self.slots.get(slot_index)?;
-        let newest = self.universe.get(&slot.spec.symbol)?.last()?;
+        if slot.known_position.as_ref().is_some_and(|p| !p.quantity.is_zero()) {
+            return None;
+        }
+        let newest = self.universe.get(&(slot.spec.symbol.clone(), slot.spec.timeframe))?.last()?;
         Some((slot.spec.symbol.clone(), slot.spec.timeframe, newest.open_time_ms))
+    }
+
+    /// Equity as the kill switch sees it, or why it cannot be computed. A kill switch that has run
+    /// out served its drawdown: the peak is measured from its expiry on.
+    fn equity_view(&self, now_ms: i64) -> Result<guards::EquityView, String> {
+        if let Some(why) = &self.equity_error {
+            return Err(why.clone());
+        }
+        let since_ms = self
+            .locks
+            .iter()
+            .filter(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && !l.holds_at(now_ms))
+            .map(|l| l.until_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        self.equity.view_since(now_ms, since_ms).ok_or_else(|| "no equity sample yet".to_owned())
+    }
+
+    /// Stores a lock a guard set, in memory now and (through the command) in the database.
+    fn set_lock(&mut self, new_lock: guards::NewLock, now_ms: i64) -> TraderCommand {
+        let lock = GuardLock {
+            id: 0,
+            user: self.user.clone(),
+            failure_point: new_lock.failure_point.as_str().to_owned(),
+            symbol: new_lock.symbol,
+            reason: new_lock.reason,
+            values: new_lock.values,
+            set_at_ms: now_ms,
+            until_ms: new_lock.until_ms,
+        };
+        self.locks.push(lock.clone());
+        TraderCommand::SetLock(lock)
     }
 
     /// Locks that hold at `now_ms`.
@@ -341,7 +382,7 @@ impl TraderCore {
                 self.on_placement(slot, client_order_id, outcome, now_ms)
             }
             TraderEvent::IntelligenceUpdated { snapshot } => {
-                self.intelligence.insert(snapshot.symbol.clone(), snapshot);
+                self.intelligence.insert((snapshot.symbol.clone(), snapshot.timeframe), snapshot);
                 Vec::new()
             }
         }
@@ -378,7 +419,7 @@ impl TraderCore {
                 format!("not enough candles: have {}, {} needs {need}", candles.len(), slot.spec.strategy.name());
             return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
         }
-        self.universe.insert(slot.spec.symbol.clone(), candles.clone());
+        self.universe.insert((slot.spec.symbol.clone(), slot.spec.timeframe), candles.clone());
         self.iteration += 1;
         let iteration = self.iteration;
         let slot = &mut self.slots[slot_index];
@@ -422,16 +463,31 @@ impl TraderCore {
             }
             Err(why) => self.equity_error = Some(why.clone()),
         }
+        // The kill switch trips on the sync that sees the drawdown, position open or not (an entry
+        // signal is not needed for it to start counting).
+        let kill_switch_holds =
+            self.locks.iter().any(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && l.holds_at(now_ms));
+        if let (Some(settings), false) = (&self.guards, kill_switch_holds)
+            && let Ok(view) = self.equity_view(now_ms)
+            && let Err(new_lock) = guards::drawdown(&view, now_ms, settings)
+        {
+            let command = self.set_lock(*new_lock, now_ms);
+            commands.push(command);
+        }
         let slot = &mut self.slots[slot_index];
         let quantity = snapshot.position.quantity;
         if let Some(previous) = slot.known_position.as_ref().filter(|p| !p.quantity.is_zero())
             && (quantity.is_zero() || quantity.is_sign_positive() != previous.quantity.is_sign_positive())
         {
-            // The position closed since the last sync: judge the trade at the exit-time mark price.
-            let exit_price = Some(snapshot.position.mark_price)
-                .filter(|p| !p.is_zero())
-                .or_else(|| candles.last().and_then(|c| decimal_from_f64(c.close).ok()));
-            if let (Some(exit), Some(entry)) = (exit_price.and_then(|p| p.to_f64()), previous.entry_price.to_f64())
+            // The position closed since the last sync: judge the trade at the price its exit was
+            // decided at (else, closed some other way, at the mark price now).
+            let exit_price = slot.exit_reference_price.take().or_else(|| {
+                Some(snapshot.position.mark_price)
+                    .filter(|p| !p.is_zero())
+                    .or_else(|| candles.last().and_then(|c| decimal_from_f64(c.close).ok()))
+                    .and_then(|p| p.to_f64())
+            });
+            if let (Some(exit), Some(entry)) = (exit_price, previous.entry_price.to_f64())
                 && entry > 0.0
             {
                 let direction = if previous.quantity.is_sign_positive() { 1.0 } else { -1.0 };
@@ -538,6 +594,10 @@ impl TraderCore {
                     now_ms,
                 );
                 let client_order_id = intent.client_order_id.clone();
+                self.slots[slot_index].exit_reference_price = Some(snapshot.position.mark_price)
+                    .filter(|p| !p.is_zero())
+                    .and_then(|p| p.to_f64())
+                    .or_else(|| candles.last().map(|c| c.close));
                 let reason = format!("close {} {} ({})", position_side.as_str(), quantity.abs(), signal.reason);
                 commands.push(decision("exit", reason, Some(client_order_id.clone())));
                 self.slots[slot_index].phase = Phase::Placing { client_order_id };
@@ -585,35 +645,23 @@ impl TraderCore {
                         })
                         .collect();
                     let slot = &self.slots[slot_index];
+                    // The symbols ranked against each other are the user's on this timeframe.
+                    let universe: BTreeMap<Symbol, Arc<[Candle]>> = self
+                        .universe
+                        .iter()
+                        .filter(|((_, timeframe), _)| *timeframe == spec.timeframe)
+                        .map(|((symbol, _), candles)| (symbol.clone(), candles.clone()))
+                        .collect();
                     let context = SignalContext {
                         now_ms,
                         candles: &candles,
-                        equity: match &self.equity_error {
-                            Some(why) => Err(why.clone()),
-                            None => {
-                                // A kill switch that has run out served its drawdown: the peak is
-                                // measured from its expiry on.
-                                let since_ms = self
-                                    .locks
-                                    .iter()
-                                    .filter(|l| {
-                                        l.failure_point == crate::failure_points::catalog::SIG_KILL_SWITCH.as_str()
-                                    })
-                                    .filter(|l| !l.holds_at(now_ms))
-                                    .map(|l| l.until_ms)
-                                    .max()
-                                    .unwrap_or(i64::MIN);
-                                self.equity
-                                    .view_since(now_ms, since_ms)
-                                    .ok_or_else(|| "no equity sample yet".to_owned())
-                            }
-                        },
+                        equity: self.equity_view(now_ms),
                         locks: &self.locks,
                         loss_streak: slot.loss_streak,
                         last_trade_pct: slot.last_trade_pct,
                         other_slots: &others,
-                        universe: &self.universe,
-                        intelligence: self.intelligence.get(&spec.symbol).map(Arc::as_ref),
+                        universe: &universe,
+                        intelligence: self.intelligence.get(&(spec.symbol.clone(), spec.timeframe)).map(Arc::as_ref),
                     };
                     let outcome = guards::evaluate(&entry, &context, settings);
                     let block = outcome.block.clone();
@@ -630,25 +678,15 @@ impl TraderCore {
                     }));
                     if let Some(block) = block {
                         if let Some(new_lock) = block.new_lock {
-                            if new_lock.failure_point == crate::failure_points::catalog::SIG_SYMBOL_PROBATION {
+                            if new_lock.failure_point == SIG_SYMBOL_PROBATION {
                                 // The probation serves the streak: once it expires the symbol
                                 // starts afresh (otherwise it could never trade again).
                                 let slot = &mut self.slots[slot_index];
                                 slot.loss_streak = 0;
                                 slot.last_trade_pct = None;
                             }
-                            let lock = GuardLock {
-                                id: 0,
-                                user: self.user.clone(),
-                                failure_point: new_lock.failure_point.as_str().to_owned(),
-                                symbol: new_lock.symbol,
-                                reason: new_lock.reason,
-                                values: new_lock.values,
-                                set_at_ms: now_ms,
-                                until_ms: new_lock.until_ms,
-                            };
-                            self.locks.push(lock.clone());
-                            commands.push(TraderCommand::SetLock(lock));
+                            let command = self.set_lock(*new_lock, now_ms);
+                            commands.push(command);
                         }
                         let until = block
                             .until_ms
