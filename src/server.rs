@@ -200,7 +200,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
                 .map_err(anyhow::Error::msg)?;
             IntelSource::CoinGlass(client)
         }
-        None => IntelSource::Derived(deps.exchange.clone()),
+        None => IntelSource::Derived(directory.clone()),
     };
     let settings = TreeSettings {
         user_policy: config.supervisor.user_policy,

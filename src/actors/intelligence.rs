@@ -1,6 +1,7 @@
 //! The Intelligence actor: the newest [`IntelSnapshot`] per (symbol, timeframe), from CoinGlass
-//! when `[intelligence]` is configured and otherwise derived from the exchange's own candles
-//! ([`crate::intelligence::derive`]; on paper, the replayed market). It tracks the age and the
+//! when `[intelligence]` is configured and otherwise derived ([`crate::intelligence::derive`])
+//! from the candle windows market data already fetched (on paper, the replayed market), so that
+//! it costs no exchange request. It tracks the age and the
 //! last error of every series (SYS-INTEL-API) and refreshes on request: a trader asking for a
 //! symbol whose newest interval is older than its newest candle gets a fresh fetch (one at a time
 //! per series, and not more often than [`INTEL_REFRESH_SPACING_MS`]); the Healer can refresh every
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::actors::Directory;
+use crate::actors::market_data::LatestWindow;
 use crate::clock::Clock;
 use crate::domain::{Symbol, Timeframe};
-use crate::exchange::Exchange;
 use crate::intelligence::coinglass::CoinGlassClient;
 use crate::intelligence::{IntelSnapshot, derive};
 
@@ -29,8 +31,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Clone)]
 pub enum IntelSource {
     CoinGlass(CoinGlassClient),
-    /// Derived from the exchange's candles.
-    Derived(Arc<dyn Exchange>),
+    /// Derived from the candle windows market data already fetched (no request of its own).
+    Derived(Arc<Directory>),
 }
 
 impl std::fmt::Debug for IntelSource {
@@ -48,9 +50,16 @@ impl IntelSource {
             IntelSource::CoinGlass(client) => {
                 client.snapshot(&symbol, timeframe, INTEL_WINDOW, now_ms).await.map_err(|e| e.to_string())
             }
-            IntelSource::Derived(exchange) => {
-                let candles = exchange.klines(&symbol, timeframe, INTEL_WINDOW).await.map_err(|e| e.to_string())?;
-                Ok(derive::from_candles(symbol, timeframe, &candles, now_ms))
+            IntelSource::Derived(directory) => {
+                let market_data = directory.market_data().map_err(|e| e.to_string())?;
+                let request = LatestWindow { symbol: symbol.clone(), timeframe };
+                let window = market_data
+                    .send(request)
+                    .await
+                    .map_err(|e| format!("market data did not answer: {e}"))?
+                    .ok_or_else(|| format!("market data has no {symbol} {timeframe} window yet"))?;
+                let start = window.len().saturating_sub(usize::from(INTEL_WINDOW));
+                Ok(derive::from_candles(symbol, timeframe, &window[start..], now_ms))
             }
         }
     }

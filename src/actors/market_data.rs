@@ -80,6 +80,14 @@ pub struct StopFeeds;
 #[rtype(result = "MarketDataStats")]
 pub struct GetStats;
 
+/// The newest window delivered on a feed (`None`: no such feed, or nothing delivered yet).
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Arc<[Candle]>>")]
+pub struct LatestWindow {
+    pub symbol: Symbol,
+    pub timeframe: Timeframe,
+}
+
 /// Every feed with subscribers: how long its newest closed candle has been due without arriving,
 /// as of the last poll's exchange time. `None` before the first poll that reached the exchange.
 #[derive(Debug, Message)]
@@ -126,6 +134,9 @@ struct Feed {
     reported_failure_open_ms: Option<i64>,
     /// Polls since the newest due candle should have been available.
     stale_polls: u32,
+    /// The newest window delivered (the Intelligence actor derives its series from it on paper
+    /// and without CoinGlass, so that intelligence costs no exchange request).
+    latest_window: Option<Arc<[Candle]>>,
 }
 
 pub struct MarketData {
@@ -262,7 +273,9 @@ impl MarketData {
                 if newest_open_ms.is_some_and(|open| open >= expected_open_ms) {
                     feed.delivered_open_ms = newest_open_ms;
                     feed.stale_polls = 0;
-                    Ok(Arc::<[Candle]>::from(candles))
+                    let window = Arc::<[Candle]>::from(candles);
+                    feed.latest_window = Some(window.clone());
+                    Ok(window)
                 } else {
                     feed.stale_polls += 1;
                     if feed.stale_polls < STALE_POLLS_MAX || feed.reported_failure_open_ms == Some(expected_open_ms) {
@@ -406,6 +419,14 @@ impl Handler<FeedStatuses> for MarketData {
             })
             .collect();
         MessageResult(Some(statuses))
+    }
+}
+
+impl Handler<LatestWindow> for MarketData {
+    type Result = MessageResult<LatestWindow>;
+
+    fn handle(&mut self, message: LatestWindow, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.feeds.get(&(message.symbol, message.timeframe)).and_then(|f| f.latest_window.clone()))
     }
 }
 
