@@ -107,6 +107,12 @@ fn a_thirty_second_fast_monitor_run_writes_every_file_and_a_deleted_config_is_re
         }
     }
 
+    // No false alarm on a healthy paper run: positions add up to their fills, no orphan anywhere.
+    let last = monitor.last().unwrap();
+    assert_eq!(status(last, "STATE-POSITION-SYNC"), "ok", "{last}");
+    assert_eq!(status(last, "STATE-ORPHAN-ORDERS"), "ok", "{last}");
+    assert_eq!(status(last, "SYS-EXCHANGE-API"), "ok", "{last}");
+
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(logs.join("failure_point_monitor_summary.json")).unwrap())
             .unwrap();

@@ -28,17 +28,19 @@ use crate::actors::intelligence::IntelStatus;
 use crate::actors::market_data::{FeedStatuses, GetStats, MarketDataStats};
 use crate::actors::persistence;
 use crate::clock::{Clock, rfc3339_ms};
-use crate::domain::UserId;
+use crate::domain::{ClientOrderId, UserId};
 use crate::exchange::Exchange;
 use crate::failure_points::catalog::{CATALOG, Category, FailurePointId};
 use crate::failure_points::locks::GuardLock;
 use crate::failure_points::monitor::{CheckResult, CheckStatus};
 use crate::failure_points::monitor::{
     ConfigFileObservation, DatabaseObservation, DirectoryObservation, ExchangeObservation, IntelObservation,
-    IntelSeriesObservation, Observations, PositionsObservation, UnresolvedOrdersObservation, evaluate, line, overall,
+    IntelSeriesObservation, Observations, OrphanObservation, PositionsObservation, UnresolvedOrdersObservation,
+    evaluate, line, overall,
 };
 use crate::failure_points::why::{self, CheckView, WhyInputs};
 use crate::limits::FAILURE_POINT_LOG_BYTES_MAX;
+use crate::persistence::PositionMismatch;
 use crate::supervision::root::{GetTreeStatus, TreeStatus};
 
 /// `PRAGMA quick_check` reads the whole database on the persistence thread: at most this often.
@@ -118,6 +120,9 @@ pub struct Monitor {
     write_failures_reported: u64,
     /// When the database's integrity was last checked, and the answer.
     integrity: Option<(i64, bool)>,
+    /// The rotating orphan check: the next user, and every user's newest check.
+    orphan_cursor: usize,
+    orphans: OrphanObservation,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -149,12 +154,26 @@ impl Monitor {
             write_failures: 0,
             write_failures_reported: 0,
             integrity: None,
+            orphan_cursor: 0,
+            orphans: OrphanObservation::default(),
         }
     }
 
     /// Judges the observations, records the run everywhere, and returns it.
     fn conclude(&mut self, gathered: Gathered) -> MonitorRun {
-        let Gathered { observations, integrity_checked, stats, locks } = gathered;
+        let Gathered { mut observations, integrity_checked, orphan_check, stats, locks } = gathered;
+        match orphan_check {
+            Some((user, Ok(orphans))) => {
+                self.orphans.checked.insert(user, (observations.now_ms, orphans));
+            }
+            Some((user, Err(error))) => self.orphans.last_error = Some(format!("{user}: {error}")),
+            None => {}
+        }
+        self.orphans.users_total = self.settings.users.len();
+        // A user no longer configured is not reported.
+        let configured: BTreeSet<&UserId> = self.settings.users.iter().map(|u| &u.id).collect();
+        self.orphans.checked.retain(|user, _| configured.contains(user));
+        observations.orphans = Some(self.orphans.clone());
         if let Some(ok) = integrity_checked {
             self.integrity = Some((observations.now_ms, ok));
         }
@@ -224,6 +243,8 @@ struct Gathered {
     observations: Observations,
     /// The integrity check's answer, when it ran this time.
     integrity_checked: Option<bool>,
+    /// This run's orphan check: the user, and the orphans found or why it could not run.
+    orphan_check: Option<(UserId, Result<Vec<String>, String>)>,
     stats: Option<MarketDataStats>,
     locks: Vec<GuardLock>,
 }
@@ -239,6 +260,7 @@ struct FromDatabase {
     guard_blocks: Vec<(String, UserId, u64)>,
     bad_candles: BTreeMap<UserId, u64>,
     margin_rejections: BTreeMap<UserId, u64>,
+    position_mismatches: Vec<PositionMismatch>,
 }
 
 /// Everything a run reads, cloned out of the actor so the gathering runs without it.
@@ -254,6 +276,8 @@ struct GatherInputs {
     integrity_due: bool,
     /// The newest integrity check's result (reused between checks).
     integrity_cached: Option<bool>,
+    /// The user whose open orders this run checks for orphans.
+    orphan_user: Option<UserId>,
 }
 
 async fn gather(inputs: GatherInputs) -> Gathered {
@@ -268,6 +292,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         log_write_failures,
         integrity_due,
         integrity_cached,
+        orphan_user,
     } = inputs;
     let tree_status: Option<TreeStatus> = tree.send(GetTreeStatus).timeout(GATHER_TIMEOUT).await.ok();
 
@@ -315,6 +340,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
                 guard_blocks: store.guard_block_counts(since_ms)?,
                 bad_candles: store.bad_candle_counts(since_ms)?,
                 margin_rejections: store.margin_rejection_counts(since_ms)?,
+                position_mismatches: store.position_fill_mismatches()?,
             })
         }),
     )
@@ -350,6 +376,10 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         integrity_ok,
     });
 
+    let orphan_check = match orphan_user {
+        Some(user) => Some((user.clone(), check_orphans(&directory, exchange.as_ref(), &user).await)),
+        None => None,
+    };
     let intelligence = match directory.intelligence() {
         Ok(actor) => {
             actor.send(IntelStatus).timeout(GATHER_TIMEOUT).await.ok().map(|(source, series)| IntelObservation {
@@ -406,9 +436,48 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         margin_rejections: from_database.as_ref().map(|db| db.margin_rejections.clone()),
         guards_disabled: settings.guards_disabled,
         log_write_failures,
+        position_mismatches: from_database.as_ref().map(|db| db.position_mismatches.clone()),
+        // Filled in by `conclude` from every user's newest check.
+        orphans: None,
         intelligence,
     };
-    Gathered { observations, integrity_checked, stats, locks: from_database.map(|db| db.locks).unwrap_or_default() }
+    Gathered {
+        observations,
+        integrity_checked,
+        orphan_check,
+        stats,
+        locks: from_database.map(|db| db.locks).unwrap_or_default(),
+    }
+}
+
+/// One user's open orders on the exchange against the database: the `bw-` ones it does not know,
+/// or has as final (what `ReconcileUser` would cancel).
+async fn check_orphans(directory: &Directory, exchange: &dyn Exchange, user: &UserId) -> Result<Vec<String>, String> {
+    let open = tokio::time::timeout(GATHER_TIMEOUT, exchange.open_orders(user, None))
+        .await
+        .map_err(|_| "the exchange did not answer in time".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let ids: Vec<ClientOrderId> =
+        open.into_iter().map(|order| order.client_order_id).filter(ClientOrderId::is_bulwark).collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let known = tokio::time::timeout(
+        GATHER_TIMEOUT,
+        persistence::run(directory, move |store| {
+            ids.into_iter()
+                .map(|id| Ok((store.order(&id)?.map(|order| order.state), id)))
+                .collect::<Result<Vec<_>, _>>()
+        }),
+    )
+    .await
+    .map_err(|_| "the database did not answer in time".to_owned())?
+    .map_err(|e| e.to_string())?;
+    Ok(known
+        .into_iter()
+        .filter(|(state, _)| state.is_none_or(|state| state.is_final()))
+        .map(|(_, id)| id.to_string())
+        .collect())
 }
 
 /// Creates and removes a probe file: the directory takes writes now.
@@ -564,7 +633,10 @@ impl Handler<RunChecks> for Monitor {
             log_write_failures: self.write_failures - self.write_failures_reported,
             integrity_due: self.integrity.is_none_or(|(at, _)| self.clock.now_ms() - at >= INTEGRITY_CHECK_INTERVAL_MS),
             integrity_cached: self.integrity.map(|(_, ok)| ok),
+            orphan_user: (!self.settings.users.is_empty())
+                .then(|| self.settings.users[self.orphan_cursor % self.settings.users.len()].id.clone()),
         };
+        self.orphan_cursor = self.orphan_cursor.wrapping_add(1);
         self.write_failures_reported = self.write_failures;
         Box::pin(gather(inputs).into_actor(self).map(|gathered, monitor, _| {
             monitor.running = false;

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::domain::UserId;
 use crate::failure_points::catalog::{self, CATALOG, Category, FailurePointId, Priority};
 use crate::failure_points::locks::GuardLock;
+use crate::persistence::PositionMismatch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,12 +166,26 @@ pub struct Observations {
     pub guards_disabled: bool,
     /// Writes to the failure-point logs (monitor lines, summary) that failed since the previous run.
     pub log_write_failures: u64,
+    /// Positions the recorded fills do not add up to.
+    pub position_mismatches: Option<Vec<PositionMismatch>>,
+    /// The rotating open-orders check (one user per run).
+    pub orphans: Option<OrphanObservation>,
     /// Iterations skipped for bad candles, per user, since the previous run.
     pub bad_candles: Option<BTreeMap<UserId, u64>>,
     /// Orders refused for insufficient margin, per user, since the previous run.
     pub margin_rejections: Option<BTreeMap<UserId, u64>>,
     /// Every intelligence series (source, series); `None` when the actor could not be asked.
     pub intelligence: Option<IntelObservation>,
+}
+
+/// What the rotating orphan check has seen: per user, when it was last checked and the
+/// `bw-` orders open on the exchange that the database does not know (or has as final).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OrphanObservation {
+    pub users_total: usize,
+    pub checked: BTreeMap<UserId, (i64, Vec<String>)>,
+    /// The newest check that could not run, with the user.
+    pub last_error: Option<String>,
 }
 
 /// The intelligence series as the Intelligence actor has them.
@@ -281,12 +296,8 @@ fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
         SYS_CIRCUIT_BREAKER => Outcome::unknown("not checked: circuit breakers are not built yet"),
         RES_CAPITAL => capital(observations),
         DATA_CORRUPT => bad_candles(observations),
-        STATE_POSITION_SYNC => {
-            Outcome::unknown("not checked: positions are compared with the exchange only on each sync")
-        }
-        STATE_ORPHAN_ORDERS => {
-            Outcome::unknown("not checked periodically: orphans are cancelled at every trader start")
-        }
+        STATE_POSITION_SYNC => position_sync(observations),
+        STATE_ORPHAN_ORDERS => orphans(observations),
         SIG_KILL_SWITCH => kill_switch(observations),
         SIG_SYMBOL_PROBATION => holding_locks(observations, SIG_SYMBOL_PROBATION, CheckStatus::Warn),
         STATE_KILL_SWITCH => overdue_locks(observations, SIG_KILL_SWITCH),
@@ -616,6 +627,55 @@ fn strategy_errors(observations: &Observations) -> Outcome {
     Outcome::new(CheckStatus::Warn, detail.join("; ")).users(failing.iter().map(|(u, _)| (*u).clone()).collect())
 }
 
+fn position_sync(observations: &Observations) -> Outcome {
+    let Some(mismatches) = &observations.position_mismatches else {
+        return Outcome::unknown("positions and fills could not be read");
+    };
+    if mismatches.is_empty() {
+        return Outcome::ok("every settled position equals the net of its recorded fills");
+    }
+    let detail = mismatches
+        .iter()
+        .map(|m| format!("{} {}: exchange {} vs fills {}", m.user, m.symbol, m.recorded, m.from_fills))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut users: Vec<UserId> = mismatches.iter().map(|m| m.user.clone()).collect();
+    users.sort();
+    users.dedup();
+    Outcome::new(CheckStatus::Critical, format!("the exchange's position differs from the bot's: {detail}"))
+        .users(users)
+        .value(json!({ "mismatches": mismatches.len() }))
+}
+
+fn orphans(observations: &Observations) -> Outcome {
+    let Some(orphans) = &observations.orphans else { return Outcome::unknown("open orders could not be checked") };
+    let found: Vec<(&UserId, &Vec<String>)> =
+        orphans.checked.iter().filter(|(_, (_, ids))| !ids.is_empty()).map(|(user, (_, ids))| (user, ids)).collect();
+    if !found.is_empty() {
+        let detail = found.iter().map(|(user, ids)| format!("{user}: {}", ids.join(", "))).collect::<Vec<_>>();
+        return Outcome::new(
+            CheckStatus::Critical,
+            format!("bw- orders open on the exchange that the database does not know: {}", detail.join("; ")),
+        )
+        .users(found.iter().map(|(user, _)| (*user).clone()).collect());
+    }
+    let error =
+        orphans.last_error.as_deref().map(|e| format!("; last check that could not run: {e}")).unwrap_or_default();
+    if orphans.checked.len() < orphans.users_total {
+        return Outcome::unknown(format!(
+            "{} of {} users checked so far (one per run){error}",
+            orphans.checked.len(),
+            orphans.users_total
+        ));
+    }
+    let oldest = orphans.checked.values().map(|(at, _)| *at).min().unwrap_or(observations.now_ms);
+    Outcome::ok(format!(
+        "no orphan on any of {} users (each checked in turn; the oldest check at {}){error}",
+        orphans.users_total,
+        crate::clock::rfc3339_ms(oldest)
+    ))
+}
+
 fn intelligence(observations: &Observations) -> Outcome {
     let Some(intel) = &observations.intelligence else {
         return Outcome::unknown("the intelligence actor could not be asked (restarting?)");
@@ -943,5 +1003,39 @@ mod tests {
         let filesystem = result(&results, catalog::SYS_FILESYSTEM);
         assert_eq!(filesystem.status, CheckStatus::Critical);
         assert!(filesystem.detail.contains("failure-point logs"), "{}", filesystem.detail);
+    }
+
+    #[test]
+    fn a_position_the_fills_do_not_add_up_to_and_an_orphan_are_critical_for_their_users() {
+        let mismatch = PositionMismatch {
+            user: user("u2"),
+            symbol: crate::domain::Symbol::new("ETHUSDT").unwrap(),
+            recorded: 0.5,
+            from_fills: 0.0,
+            verified_at_ms: 1,
+        };
+        let mut orphans = OrphanObservation { users_total: 3, ..OrphanObservation::default() };
+        orphans.checked.insert(user("u1"), (5, vec![]));
+        let observations = Observations {
+            now_ms: 10,
+            position_mismatches: Some(vec![mismatch]),
+            orphans: Some(orphans.clone()),
+            ..Observations::default()
+        };
+        let results = evaluate(&observations);
+        let sync = result(&results, catalog::STATE_POSITION_SYNC);
+        assert_eq!((sync.status, sync.users.clone()), (CheckStatus::Critical, vec![user("u2")]));
+        assert!(sync.detail.contains("exchange 0.5 vs fills 0"), "{}", sync.detail);
+        let orphan = result(&results, catalog::STATE_ORPHAN_ORDERS);
+        assert_eq!(orphan.status, CheckStatus::Unknown, "1 of 3 users checked: {}", orphan.detail);
+
+        orphans.checked.insert(user("u2"), (6, vec![]));
+        orphans.checked.insert(user("u3"), (7, vec!["bw-u3-12".into()]));
+        let results = evaluate(&Observations { orphans: Some(orphans.clone()), ..Observations::default() });
+        let orphan = result(&results, catalog::STATE_ORPHAN_ORDERS);
+        assert_eq!((orphan.status, orphan.users.clone()), (CheckStatus::Critical, vec![user("u3")]));
+        orphans.checked.insert(user("u3"), (8, vec![]));
+        let results = evaluate(&Observations { orphans: Some(orphans), ..Observations::default() });
+        assert_eq!(result(&results, catalog::STATE_ORPHAN_ORDERS).status, CheckStatus::Ok);
     }
 }

@@ -218,6 +218,18 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
 ];
 
+/// A position the exchange reports that the recorded fills do not add up to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PositionMismatch {
+    pub user: UserId,
+    pub symbol: Symbol,
+    /// The exchange's quantity at the newest sync (signed).
+    pub recorded: f64,
+    /// Buys minus sells of the recorded fills.
+    pub from_fills: f64,
+    pub verified_at_ms: i64,
+}
+
 /// One pass of a signal through the guards (`allow`, or `block` by the first guard that refused).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GuardDecisionRecord {
@@ -945,6 +957,52 @@ impl Store {
             counts.push((failure_point, user, count));
         }
         Ok(counts)
+    }
+
+    /// Positions whose recorded quantity (the exchange's, from the newest sync) differs from the
+    /// net of the fills the database holds for that user and symbol (buys minus sells): a fill the
+    /// bot missed, or a trade it did not make. Symbols with an order not yet final, or whose
+    /// position was read before their newest fill, are left out (they are still settling).
+    pub fn position_fill_mismatches(&mut self) -> Result<Vec<PositionMismatch>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT p.user_id, p.symbol, p.quantity, COALESCE(f.net, 0.0), p.verified_at_ms
+             FROM positions p
+             LEFT JOIN (SELECT user_id, symbol,
+                               SUM(CASE side WHEN 'BUY' THEN CAST(quantity AS REAL) ELSE -CAST(quantity AS REAL) END) AS net,
+                               MAX(filled_at_ms) AS newest
+                        FROM fills GROUP BY user_id, symbol) f
+               ON f.user_id = p.user_id AND f.symbol = p.symbol
+             WHERE (f.newest IS NULL OR p.verified_at_ms >= f.newest)
+               AND NOT EXISTS (SELECT 1 FROM orders o JOIN intents i USING (client_order_id)
+                               WHERE i.user_id = p.user_id AND i.symbol = p.symbol
+                                 AND o.state IN ('pending', 'sending', 'unknown', 'open'))",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, f64>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })?;
+        let corrupt = |detail: String| StoreError::Corrupt { table: "positions".into(), detail };
+        let mut mismatches = Vec::new();
+        for row in rows {
+            let (user, symbol, quantity, from_fills, verified_at_ms) = row?;
+            let recorded: f64 = quantity.parse().map_err(|_| corrupt(format!("quantity {quantity:?}")))?;
+            let tolerance = 1e-9 * recorded.abs().max(from_fills.abs()).max(1.0);
+            if (recorded - from_fills).abs() > tolerance {
+                mismatches.push(PositionMismatch {
+                    user: UserId::new(&user).map_err(|e| corrupt(e.to_string()))?,
+                    symbol: Symbol::new(&symbol).map_err(|e| corrupt(e.to_string()))?,
+                    recorded,
+                    from_fills,
+                    verified_at_ms,
+                });
+            }
+        }
+        Ok(mismatches)
     }
 
     /// One Monitor run, for history.
