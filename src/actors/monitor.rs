@@ -169,10 +169,18 @@ impl Monitor {
             Some((user, Err(error))) => self.orphans.last_error = Some(format!("{user}: {error}")),
             None => {}
         }
-        self.orphans.users_total = self.settings.users.len();
-        // A user no longer configured is not reported.
-        let configured: BTreeSet<&UserId> = self.settings.users.iter().map(|u| &u.id).collect();
-        self.orphans.checked.retain(|user, _| configured.contains(user));
+        // A halted user's account cannot be read (no usable credentials): it is not waited for.
+        let halted: BTreeSet<&UserId> = observations
+            .actors
+            .iter()
+            .flatten()
+            .filter(|a| a.state == "halted")
+            .filter_map(|a| a.user.as_ref())
+            .collect();
+        let checkable: BTreeSet<&UserId> =
+            self.settings.users.iter().map(|u| &u.id).filter(|user| !halted.contains(user)).collect();
+        self.orphans.users_total = checkable.len();
+        self.orphans.checked.retain(|user, _| checkable.contains(user));
         observations.orphans = Some(self.orphans.clone());
         if let Some(ok) = integrity_checked {
             self.integrity = Some((observations.now_ms, ok));
