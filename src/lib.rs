@@ -35,6 +35,7 @@ pub mod logging;
 pub mod persistence;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod sim;
 pub mod status;
 pub mod strategy;

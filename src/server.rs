@@ -239,6 +239,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             }),
         }),
         intelligence,
+        watchdog_interval: crate::service::watchdog_interval(),
     };
     let (escalate, escalation) = oneshot::channel();
     let root = RootSupervisor::new(
@@ -473,7 +474,8 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
         );
         check_symbols(&config, deps.exchange.as_ref()).await?;
         let mut server = start(&config, deps)?;
-        let reason = stop_signals.wait(&mut server.escalation, duration).await;
+        crate::service::ready(&format!("trading {} user(s) from {}", config.users.len(), config.source_name));
+        let reason = stop_signals.wait(&mut server.escalation, duration, config.source_file()).await;
         let exit_code = match reason {
             StopReason::Escalated(reason) => {
                 tracing::error!(%reason, "escalation: exiting with code {EXIT_ESCALATED}");
@@ -481,10 +483,12 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
             }
             StopReason::Signal(signal) => {
                 tracing::info!("received {signal}: shutting down in order");
+                crate::service::stopping(&format!("received {signal}: shutting down in order"));
                 log_shutdown(server.shutdown().await)
             }
             StopReason::Duration => {
                 tracing::info!("--duration reached: shutting down in order");
+                crate::service::stopping("--duration reached: shutting down in order");
                 log_shutdown(server.shutdown().await)
             }
         };
@@ -500,10 +504,33 @@ fn log_shutdown(report: ShutdownReport) -> i32 {
     0
 }
 
-/// SIGTERM and SIGINT, listened for from start-up on.
+/// SIGHUP: re-read and validate the config file. An invalid file is reported (the Monitor's
+/// CFG-INVALID says the same on its next run) and the server keeps running on the config it loaded.
+/// A valid one is not applied to the running tree either (live reload of users, strategies and
+/// limits is not built yet): the log says that it takes effect at the next restart.
+fn on_hangup(config_file: Option<&std::path::Path>) {
+    let Some(path) = config_file else {
+        tracing::warn!("SIGHUP: the server runs on the embedded default config; nothing to re-read");
+        return;
+    };
+    match crate::config::load(Some(path)) {
+        Ok(_) => tracing::warn!(
+            config = %path.display(),
+            "SIGHUP: the config file is valid; it takes effect at the next restart (the running server keeps the config it loaded)"
+        ),
+        Err(errors) => tracing::error!(
+            failure_point = "CFG-INVALID",
+            "SIGHUP: the config file does not validate; still running on the config loaded at start: {errors}"
+        ),
+    }
+}
+
+/// SIGTERM and SIGINT, listened for from start-up on; SIGHUP re-reads the config.
 struct StopSignals {
     terminate: Option<tokio::signal::unix::Signal>,
     interrupt: Option<tokio::signal::unix::Signal>,
+    /// SIGHUP (`systemctl reload`): the config file is re-read and validated (see `on_hangup`).
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
@@ -519,10 +546,16 @@ impl StopSignals {
         Self {
             terminate: listen(SignalKind::terminate(), "SIGTERM"),
             interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            hangup: listen(SignalKind::hangup(), "SIGHUP"),
         }
     }
 
-    async fn wait(mut self, escalation: &mut oneshot::Receiver<String>, duration: Option<Duration>) -> StopReason {
+    async fn wait(
+        mut self,
+        escalation: &mut oneshot::Receiver<String>,
+        duration: Option<Duration>,
+        config_file: Option<std::path::PathBuf>,
+    ) -> StopReason {
         async fn received(listener: &mut Option<tokio::signal::unix::Signal>) {
             match listener.as_mut() {
                 Some(listener) => {
@@ -537,11 +570,17 @@ impl StopSignals {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = received(&mut self.interrupt) => StopReason::Signal("SIGINT"),
-            _ = received(&mut self.terminate) => StopReason::Signal("SIGTERM"),
-            _ = elapsed => StopReason::Duration,
-            reason = escalation => StopReason::Escalated(reason.unwrap_or_else(|_| "escalation channel closed".to_owned())),
+        tokio::pin!(elapsed);
+        loop {
+            tokio::select! {
+                _ = received(&mut self.interrupt) => return StopReason::Signal("SIGINT"),
+                _ = received(&mut self.terminate) => return StopReason::Signal("SIGTERM"),
+                _ = &mut elapsed => return StopReason::Duration,
+                reason = &mut *escalation => {
+                    return StopReason::Escalated(reason.unwrap_or_else(|_| "escalation channel closed".to_owned()))
+                }
+                _ = received(&mut self.hangup) => on_hangup(config_file.as_deref()),
+            }
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct TreeSettings {
     pub monitor: Arc<MonitorSettings>,
     pub healer: Arc<HealerSettings>,
     pub intelligence: IntelSource,
+    /// Half of systemd's `WatchdogSec`, when it watches this process (`None`: no pings).
+    pub watchdog_interval: Option<Duration>,
 }
 
 /// The arbiters (threads) of the shared actors.
@@ -327,6 +329,13 @@ impl RootSupervisor {
         }));
     }
 
+    /// Every shared actor is running (users may be quarantined or halted: they are handled).
+    fn tree_healthy(&self) -> bool {
+        let journal = self.journal.borrow();
+        self.shared.keys().all(|kind| journal.status(*kind, None).is_some_and(|s| s.state == ChildState::Running))
+            && self.escalation.is_some()
+    }
+
     /// Asks a shared actor to stop; the receiver fires when it has.
     fn stop_shared(&mut self, kind: ActorKind) -> Option<oneshot::Receiver<()>> {
         let sent = match kind {
@@ -361,6 +370,17 @@ impl Actor for RootSupervisor {
             self.users.insert(user, supervisor);
         }
         ctx.run_interval(self.settings.status_interval, |root, _| root.journal.borrow_mut().snapshot());
+        if let Some(interval) = self.settings.watchdog_interval {
+            // Only a healthy tree pings: one whose shared actors keep failing stops, and systemd
+            // restarts the process (after WatchdogSec) if the escalation itself cannot.
+            ctx.run_interval(interval, |root, _| {
+                if root.tree_healthy() {
+                    crate::service::watchdog();
+                } else {
+                    tracing::warn!("watchdog: not pinging, a shared actor is not running");
+                }
+            });
+        }
     }
 }
 
