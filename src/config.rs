@@ -136,6 +136,27 @@ pub struct BinanceVenueConfig {
     pub poll_interval: Duration,
 }
 
+/// `[notify]`: where operators are told (Telegram Bot API and/or a JSON webhook). Read by the
+/// Notifier actor. Secrets (the bot token) stay in the environment; only their variable names are
+/// here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// Telegram: `sendMessage` at `<telegram_base_url>/bot<token>/sendMessage`.
+    pub telegram: Option<TelegramConfig>,
+    /// The environment variable holding a URL that receives every notification as a JSON POST
+    /// (webhook URLs often carry a token, so the URL itself is treated as a secret).
+    pub webhook_url_env: Option<String>,
+    /// One message per dedup key per window; later ones are counted and reported after it.
+    pub rate_window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelegramConfig {
+    pub base_url: Url,
+    pub bot_token_env: String,
+    pub chat_id_env: String,
+}
+
 /// `[intelligence]`: the CoinGlass v4 API (or `bulwark sim`'s copy of it). Read by the
 /// Intelligence actor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +209,8 @@ pub struct Config {
     pub healer: HealerConfig,
     /// The signal guards; `None` when `[guards] enabled = false`.
     pub guards: Option<GuardSettings>,
+    /// `None`: no `[notify]` section (notifications are only logged).
+    pub notify: Option<NotifyConfig>,
 }
 
 /// `[healer]`: how often failing failure points are healed, and how hard.
@@ -308,6 +331,29 @@ struct RawConfig {
     monitor: RawMonitor,
     healer: RawHealer,
     guards: RawGuards,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawNotify {
+    telegram_bot_token_env: Option<String>,
+    telegram_chat_id_env: Option<String>,
+    telegram_base_url: String,
+    webhook_url_env: Option<String>,
+    rate_window_secs: i64,
+}
+
+impl Default for RawNotify {
+    fn default() -> Self {
+        Self {
+            telegram_bot_token_env: None,
+            telegram_chat_id_env: None,
+            telegram_base_url: "https://api.telegram.org".to_owned(),
+            webhook_url_env: None,
+            rate_window_secs: 300,
+        }
+    }
 }
 
 /// `[guards]`: every threshold of `guards::GuardSettings` (defaults there).
@@ -698,6 +744,7 @@ impl Validator {
             VenueConfig::Binance(_) => None,
         };
         let guards = self.guards(raw.guards, venue_fee_bps);
+        let notify = raw.notify.map(|raw| self.notify(raw));
         Some(Config {
             source_name: source_name.to_owned(),
             server,
@@ -710,6 +757,7 @@ impl Validator {
             monitor,
             healer,
             guards,
+            notify,
         })
     }
 
@@ -941,6 +989,34 @@ impl Validator {
             );
             None
         }
+    }
+
+    fn notify(&mut self, raw: RawNotify) -> NotifyConfig {
+        let telegram = match (&raw.telegram_bot_token_env, &raw.telegram_chat_id_env) {
+            (None, None) => None,
+            (token, chat) => {
+                let bot_token_env = self.env_name("notify.telegram_bot_token_env", token.as_deref(), true);
+                let chat_id_env = self.env_name("notify.telegram_chat_id_env", chat.as_deref(), true);
+                let base_url = self.url("notify.telegram_base_url", &raw.telegram_base_url);
+                match (bot_token_env, chat_id_env, base_url) {
+                    (Some(bot_token_env), Some(chat_id_env), Some(base_url)) => {
+                        Some(TelegramConfig { base_url, bot_token_env, chat_id_env })
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let webhook_url_env =
+            raw.webhook_url_env.as_deref().and_then(|name| self.env_name("notify.webhook_url_env", Some(name), true));
+        let rate_window =
+            Duration::from_secs(self.int_in("notify.rate_window_secs", raw.rate_window_secs, 1, 86_400) as u64);
+        if raw.telegram_bot_token_env.is_none() && raw.telegram_chat_id_env.is_none() && raw.webhook_url_env.is_none() {
+            self.problem(
+                "notify",
+                "names no destination (telegram_bot_token_env and telegram_chat_id_env, or webhook_url_env)",
+            );
+        }
+        NotifyConfig { telegram, webhook_url_env, rate_window }
     }
 
     fn intelligence(&mut self, raw: RawIntelligence) -> IntelligenceConfig {

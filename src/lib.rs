@@ -32,6 +32,7 @@ pub mod instance_lock;
 pub mod intelligence;
 pub mod limits;
 pub mod logging;
+pub mod notify;
 pub mod persistence;
 pub mod secret;
 pub mod server;

@@ -29,6 +29,7 @@ use crate::actors::Directory;
 use crate::actors::healer::HealerSettings;
 use crate::actors::intelligence::IntelSource;
 use crate::actors::monitor::{MonitorSettings, MonitoredUser};
+use crate::actors::notifier::Destinations;
 use crate::actors::order_router::{OrderRouter, ReconcileReport, ReconcileUser, RouterSettings};
 use crate::actors::persistence::PersistenceActor;
 use crate::actors::trader::{ChaosPlan, TraderSeed, UserCounters};
@@ -202,6 +203,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         }
         None => IntelSource::Derived(directory.clone()),
     };
+    let notify_destinations = notify_destinations(config)?;
     let settings = TreeSettings {
         user_policy: config.supervisor.user_policy,
         shared_policy: config.supervisor.shared_policy,
@@ -240,6 +242,8 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         }),
         intelligence,
         watchdog_interval: crate::service::watchdog_interval(),
+        notify_destinations,
+        notify_rate_window: config.notify.as_ref().map_or(Duration::from_secs(300), |n| n.rate_window),
     };
     let (escalate, escalation) = oneshot::channel();
     let root = RootSupervisor::new(
@@ -254,6 +258,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
     )
     .start();
 
+    spawn_supervision_notices(supervision.subscribe(), directory.clone());
     let mut arbiters = trader_arbiters;
     arbiters.extend([persistence_arbiter, market_data_arbiter, order_router_arbiter, monitor_arbiter]);
     Ok(RunningServer {
@@ -267,6 +272,71 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         shutdown_deadline: config.supervisor.shutdown_deadline,
         arbiters,
     })
+}
+
+/// The notification destinations `[notify]` names, with their secrets read from the environment.
+/// A variable that is not set is a start-up error naming it (never its value).
+fn notify_destinations(config: &Config) -> anyhow::Result<Destinations> {
+    let Some(notify) = &config.notify else { return Ok(Destinations::default()) };
+    let telegram = match &notify.telegram {
+        Some(telegram) => {
+            let token = crate::secret::from_env(&telegram.bot_token_env)
+                .map_err(|why| anyhow::anyhow!("notify.telegram_bot_token_env: {why}"))?;
+            let chat_id = crate::secret::from_env(&telegram.chat_id_env)
+                .map_err(|why| anyhow::anyhow!("notify.telegram_chat_id_env: {why}"))?;
+            Some((telegram.base_url.clone(), token, chat_id.expose().to_owned()))
+        }
+        None => None,
+    };
+    let webhook = match &notify.webhook_url_env {
+        Some(name) => {
+            let url = crate::secret::from_env(name).map_err(|why| anyhow::anyhow!("notify.webhook_url_env: {why}"))?;
+            anyhow::ensure!(
+                url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+                "notify.webhook_url_env: the variable {name} does not hold an http(s) URL"
+            );
+            Some(url)
+        }
+        None => None,
+    };
+    Ok(Destinations { telegram, webhook })
+}
+
+/// Tells the Notifier about the supervision events an operator must hear of (crashes,
+/// quarantines, re-admissions, halts, escalations). Reads the journal's live tap (bounded: a
+/// burst it cannot keep up with is reported as lost, never queued without bound).
+fn spawn_supervision_notices(mut tap: broadcast::Receiver<TreeEvent>, directory: Arc<Directory>) {
+    use crate::notify::Severity;
+    use crate::supervision::journal::EventKind;
+    actix::spawn(async move {
+        loop {
+            let event = match tap.recv().await {
+                Ok(TreeEvent::Supervision(event)) => event,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(lost)) => {
+                    let text = format!("{lost} supervision events were not looked at (burst)");
+                    crate::actors::notifier::notify(&directory, "notices-lagged", Severity::Warning, text);
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let who = match &event.user {
+                Some(user) => format!("{} {user}", event.actor.as_str()),
+                None => event.actor.as_str().to_owned(),
+            };
+            let reason = event.reason.as_deref().unwrap_or("");
+            let (severity, what) = match event.event {
+                EventKind::Crashed => (Severity::Warning, "crashed"),
+                EventKind::Quarantined => (Severity::Critical, "quarantined"),
+                EventKind::Readmitted => (Severity::Info, "re-admitted"),
+                EventKind::Halted => (Severity::Critical, "halted"),
+                EventKind::Escalated => (Severity::Critical, "escalated: the process exits for systemd to restart it"),
+                _ => continue,
+            };
+            let key = format!("{}:{who}", event.event.as_str());
+            crate::actors::notifier::notify(&directory, key, severity, format!("{who} {what}: {reason}"));
+        }
+    });
 }
 
 /// Starts the configured exchange.

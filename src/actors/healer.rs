@@ -155,6 +155,14 @@ impl Healer {
         if records.is_empty() {
             return;
         }
+        for failed in records.iter().filter(|r| r.result == "failed") {
+            crate::actors::notifier::notify(
+                &self.directory,
+                format!("healing_failed:{}:{}", failed.failure_point, failed.action),
+                crate::notify::Severity::Warning,
+                format!("healing {} for {} failed: {}", failed.action, failed.failure_point, failed.detail),
+            );
+        }
         let mut text = String::new();
         for record in records {
             text.push_str(&serde_json::to_string(record).unwrap_or_default());

@@ -7,6 +7,7 @@ pub mod healer;
 pub mod intelligence;
 pub mod market_data;
 pub mod monitor;
+pub mod notifier;
 pub mod order_router;
 pub mod persistence;
 pub mod trader;
@@ -23,6 +24,7 @@ use crate::actors::healer::Healer;
 use crate::actors::intelligence::Intelligence;
 use crate::actors::market_data::MarketData;
 use crate::actors::monitor::Monitor;
+use crate::actors::notifier::Notifier;
 use crate::actors::order_router::OrderRouter;
 use crate::actors::persistence::PersistenceActor;
 use crate::limits::PERSISTENCE_IN_FLIGHT_MAX;
@@ -40,6 +42,7 @@ pub struct Directory {
     monitor: RwLock<Option<Addr<Monitor>>>,
     healer: RwLock<Option<Addr<Healer>>>,
     intelligence: RwLock<Option<Addr<Intelligence>>>,
+    notifier: RwLock<Option<Addr<Notifier>>>,
     /// Requests to persistence that are queued or running, across every caller. actix lets each
     /// sender put one message past the mailbox's capacity and every `Addr` clone is a new sender,
     /// so the mailbox alone bounds nothing here; these permits do (see `persistence::run` and
@@ -58,6 +61,7 @@ impl Default for Directory {
             monitor: RwLock::default(),
             healer: RwLock::default(),
             intelligence: RwLock::default(),
+            notifier: RwLock::default(),
             persistence_permits: Arc::new(Semaphore::new(PERSISTENCE_IN_FLIGHT_MAX)),
             persistence_writes_refused: AtomicU64::new(0),
         }
@@ -73,6 +77,7 @@ impl fmt::Debug for Directory {
             .field("monitor", &self.monitor.read().is_some())
             .field("healer", &self.healer.read().is_some())
             .field("intelligence", &self.intelligence.read().is_some())
+            .field("notifier", &self.notifier.read().is_some())
             .finish()
     }
 }
@@ -110,6 +115,14 @@ impl Directory {
 
     pub fn intelligence(&self) -> Result<Addr<Intelligence>, NotRunning> {
         self.intelligence.read().clone().ok_or(NotRunning("intelligence"))
+    }
+
+    pub fn notifier(&self) -> Result<Addr<Notifier>, NotRunning> {
+        self.notifier.read().clone().ok_or(NotRunning("notifier"))
+    }
+
+    pub(crate) fn set_notifier(&self, addr: Option<Addr<Notifier>>) {
+        *self.notifier.write() = addr;
     }
 
     pub(crate) fn set_intelligence(&self, addr: Option<Addr<Intelligence>>) {
@@ -160,3 +173,4 @@ stop_handler!(OrderRouter);
 stop_handler!(Monitor);
 stop_handler!(Healer);
 stop_handler!(Intelligence);
+stop_handler!(Notifier);

@@ -26,6 +26,7 @@ use crate::actors::Directory;
 use crate::actors::healer::HealNow;
 use crate::actors::intelligence::IntelStatus;
 use crate::actors::market_data::{FeedStatuses, GetStats, MarketDataStats};
+use crate::actors::notifier::notify;
 use crate::actors::persistence;
 use crate::clock::{Clock, rfc3339_ms};
 use crate::domain::{ClientOrderId, UserId};
@@ -40,6 +41,7 @@ use crate::failure_points::monitor::{
 };
 use crate::failure_points::why::{self, CheckView, WhyInputs};
 use crate::limits::FAILURE_POINT_LOG_BYTES_MAX;
+use crate::notify::Severity;
 use crate::persistence::PositionMismatch;
 use crate::supervision::root::{GetTreeStatus, TreeStatus};
 
@@ -200,6 +202,20 @@ impl Monitor {
                         && previous.is_none_or(|(s, _)| *s != CheckStatus::Critical)
                     {
                         newly_critical.push(result.id);
+                        notify(
+                            &self.directory,
+                            format!("critical:{}", result.id),
+                            Severity::Critical,
+                            format!("{} is critical: {}", result.id, result.detail),
+                        );
+                    }
+                    if result.status == CheckStatus::Ok && previous.is_some_and(|(s, _)| *s == CheckStatus::Critical) {
+                        notify(
+                            &self.directory,
+                            format!("recovered:{}", result.id),
+                            Severity::Info,
+                            format!("{} is ok again: {}", result.id, result.detail),
+                        );
                     }
                     self.status_since.insert(result.id, (result.status, now_ms));
                     now_ms

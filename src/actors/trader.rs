@@ -176,6 +176,20 @@ impl Trader {
                 TraderCommand::PlaceIntent { slot, intent } => self.place_intent(slot, intent, ctx),
                 TraderCommand::Halt { reason } => self.halt(ctx, reason),
                 TraderCommand::SetLock(lock) => {
+                    let scope =
+                        lock.symbol.as_ref().map_or("every new entry".to_owned(), |s| format!("entries on {s}"));
+                    crate::actors::notifier::notify(
+                        &self.seed.directory,
+                        format!("lock:{}:{}", lock.failure_point, lock.user),
+                        crate::notify::Severity::Warning,
+                        format!(
+                            "{} set for {}: {scope} blocked until {} ({})",
+                            lock.failure_point,
+                            lock.user,
+                            crate::clock::rfc3339_ms(lock.until_ms),
+                            lock.reason
+                        ),
+                    );
                     tracing::warn!(user = %lock.user, failure_point = %lock.failure_point, symbol = ?lock.symbol.as_ref().map(Symbol::as_str), until = %crate::clock::rfc3339_ms(lock.until_ms), "guard lock set: {}", lock.reason);
                     // Awaited in the background: the lock already holds in the core; the row is
                     // what makes it outlive a restart.

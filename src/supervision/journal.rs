@@ -39,6 +39,7 @@ pub enum ActorKind {
     Monitor,
     Healer,
     Intelligence,
+    Notifier,
     Trader,
 }
 
@@ -51,6 +52,7 @@ impl ActorKind {
             ActorKind::Monitor => "monitor",
             ActorKind::Healer => "healer",
             ActorKind::Intelligence => "intelligence",
+            ActorKind::Notifier => "notifier",
             ActorKind::Trader => "trader",
         }
     }

@@ -21,6 +21,7 @@ use crate::actors::healer::{Healer, HealerSettings};
 use crate::actors::intelligence::{IntelSource, Intelligence};
 use crate::actors::market_data::{MarketData, StopFeeds, SubscriptionBook};
 use crate::actors::monitor::{Monitor, MonitorSettings};
+use crate::actors::notifier::{Destinations, Notifier};
 use crate::actors::order_router::{Drain, OrderRouter, RouterSettings};
 use crate::actors::persistence::{self, PersistenceActor};
 use crate::actors::trader::TraderSeed;
@@ -49,6 +50,9 @@ pub struct TreeSettings {
     pub intelligence: IntelSource,
     /// Half of systemd's `WatchdogSec`, when it watches this process (`None`: no pings).
     pub watchdog_interval: Option<Duration>,
+    /// Where notifications go, and the per-key rate window.
+    pub notify_destinations: Destinations,
+    pub notify_rate_window: Duration,
 }
 
 /// The arbiters (threads) of the shared actors.
@@ -112,7 +116,8 @@ pub struct ReadmitUser {
 pub struct UserSupervisorOf(pub UserId);
 
 /// The shared actors, in start order.
-const SHARED_KINDS: [ActorKind; 6] = [
+const SHARED_KINDS: [ActorKind; 7] = [
+    ActorKind::Notifier,
     ActorKind::Persistence,
     ActorKind::MarketData,
     ActorKind::OrderRouter,
@@ -287,6 +292,17 @@ impl RootSupervisor {
                 );
                 self.directory.set_intelligence(Some(addr));
             }
+            ActorKind::Notifier => {
+                let (destinations, window, clock) =
+                    (self.settings.notify_destinations.clone(), self.settings.notify_rate_window, self.clock.clone());
+                let addr = spawn_watched(
+                    &self.arbiters.monitor,
+                    SHARED_MAILBOX_CAPACITY,
+                    move || Notifier::new(destinations, window, clock),
+                    on_exit,
+                );
+                self.directory.set_notifier(Some(addr));
+            }
             ActorKind::Trader => unreachable!("traders are supervised by their user supervisors"),
         }
         let event = if incarnation == 1 { EventKind::Started } else { EventKind::Restarted };
@@ -302,6 +318,7 @@ impl RootSupervisor {
             ActorKind::Monitor => self.directory.set_monitor(None),
             ActorKind::Healer => self.directory.set_healer(None),
             ActorKind::Intelligence => self.directory.set_intelligence(None),
+            ActorKind::Notifier => self.directory.set_notifier(None),
             ActorKind::Trader => {}
         }
     }
@@ -345,6 +362,7 @@ impl RootSupervisor {
             ActorKind::Monitor => self.directory.monitor().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Healer => self.directory.healer().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Intelligence => self.directory.intelligence().ok().map(|a| a.try_send(Stop).is_ok()),
+            ActorKind::Notifier => self.directory.notifier().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Trader => None,
         };
         if sent != Some(true) {
@@ -480,6 +498,7 @@ impl Handler<ShutdownTree> for RootSupervisor {
                     ActorKind::Intelligence,
                     ActorKind::Monitor,
                     ActorKind::Healer,
+                    ActorKind::Notifier,
                 ]
                 .into_iter()
                 .filter_map(|kind| root.stop_shared(kind))
