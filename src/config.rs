@@ -211,6 +211,8 @@ pub struct Config {
     pub guards: Option<GuardSettings>,
     /// `None`: no `[notify]` section (notifications are only logged).
     pub notify: Option<NotifyConfig>,
+    /// `[breaker]`: the exchange's circuit breakers.
+    pub breaker: crate::exchange::breaker::BreakerPolicy,
 }
 
 /// `[healer]`: how often failing failure points are healed, and how hard.
@@ -332,6 +334,21 @@ struct RawConfig {
     healer: RawHealer,
     guards: RawGuards,
     notify: Option<RawNotify>,
+    breaker: RawBreaker,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawBreaker {
+    failures_max: i64,
+    within_secs: i64,
+    open_secs: i64,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        Self { failures_max: 5, within_secs: 60, open_secs: 300 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -745,6 +762,11 @@ impl Validator {
         };
         let guards = self.guards(raw.guards, venue_fee_bps);
         let notify = raw.notify.map(|raw| self.notify(raw));
+        let breaker = crate::exchange::breaker::BreakerPolicy {
+            failures_max: self.int_in("breaker.failures_max", raw.breaker.failures_max, 1, 1_000) as u32,
+            window_ms: self.int_in("breaker.within_secs", raw.breaker.within_secs, 1, 86_400) * 1_000,
+            open_ms: self.int_in("breaker.open_secs", raw.breaker.open_secs, 1, 86_400) * 1_000,
+        };
         Some(Config {
             source_name: source_name.to_owned(),
             server,
@@ -758,6 +780,7 @@ impl Validator {
             healer,
             guards,
             notify,
+            breaker,
         })
     }
 

@@ -37,6 +37,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, VenueConfig};
 use crate::domain::UserId;
 use crate::exchange::binance::{BinanceClient, BinanceSettings, Credentials};
+use crate::exchange::breaker::BreakerState;
+use crate::exchange::guarded::{BreakerExchange, TransitionHook};
 use crate::exchange::paper::PaperExchange;
 use crate::exchange::{Exchange, ExchangeError};
 use crate::instance_lock::InstanceLock;
@@ -528,6 +530,31 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
     let _lock = InstanceLock::acquire(&database_path)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let exchange = start_exchange(&config, clock.clone())?;
+    // Circuit breakers in front of the exchange; their opening and closing reach operators through
+    // the notifier (looked up when it happens: the directory is filled once the tree starts).
+    let breaker_directory: Arc<std::sync::OnceLock<Arc<Directory>>> = Arc::new(std::sync::OnceLock::new());
+    let hook_directory = breaker_directory.clone();
+    let on_transition: TransitionHook = Arc::new(move |name, _user, transition| {
+        let Some(directory) = hook_directory.get() else { return };
+        let (severity, text) = match transition.to {
+            BreakerState::Open => (
+                crate::notify::Severity::Critical,
+                format!(
+                    "circuit breaker {name} opened until {}: {}",
+                    transition.until_ms.map(crate::clock::rfc3339_ms).unwrap_or_default(),
+                    transition.reason
+                ),
+            ),
+            BreakerState::Closed => {
+                (crate::notify::Severity::Info, format!("circuit breaker {name} closed: {}", transition.reason))
+            }
+            BreakerState::HalfOpen => return,
+        };
+        let key = format!("breaker:{name}:{}", transition.to.as_str());
+        crate::actors::notifier::notify(directory, key, severity, text);
+    });
+    let exchange: Arc<dyn Exchange> =
+        Arc::new(BreakerExchange::new(exchange, clock.clone(), config.breaker, on_transition));
     let deps = ServerDeps { clock, exchange, market_poll_interval: Some(config.market_poll_interval()) };
     let system = System::new();
     let (exit_code, arbiters) = system.block_on(async move {
@@ -544,6 +571,7 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
         );
         check_symbols(&config, deps.exchange.as_ref()).await?;
         let mut server = start(&config, deps)?;
+        let _ = breaker_directory.set(server.directory.clone());
         crate::service::ready(&format!("trading {} user(s) from {}", config.users.len(), config.source_name));
         let reason = stop_signals.wait(&mut server.escalation, duration, config.source_file()).await;
         let exit_code = match reason {

@@ -604,6 +604,7 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     let config = client_config(dir.path(), &sim.url, 2, 5_000, 2_000);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text += "[monitor]\ninterval_secs = 1\nsummary_interval_secs = 1\n[healer]\ninterval_secs = 2\n";
+    text += "[breaker]\nfailures_max = 5\nwithin_secs = 60\nopen_secs = 3\n";
     text += &format!("[intelligence]\nbase_url = \"{}\"\napi_key_env = \"SIM_CG_KEY\"\n", sim.url);
     std::fs::write(&config, text).unwrap();
     let bulwark = run_bulwark(&config, 2, 40);
@@ -638,10 +639,25 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
         assert_ne!(answer["verdict"], "trading", "{answer}");
     }
 
+    // Five failures open the host's circuit breaker: no request storm while it is open.
+    let breaker = "SYS-CIRCUIT-BREAKER";
+    let opened =
+        wait_for_monitor_line(&log, fault_ms, "the breaker open", |l| check(l, breaker)["status"] == "critical").await;
+    assert!(check(&opened, breaker)["detail"].as_str().unwrap().contains("host:klines open"), "{opened}");
+    let klines_at_open = sim.requests("GET /fapi/v1/klines").await;
+    let next = wait_for_monitor_line(&log, line_ms(&opened), "a run while it is open", |_| true).await;
+    if check(&next, breaker)["status"] == "critical" {
+        let klines_later = sim.requests("GET /fapi/v1/klines").await;
+        assert!(klines_later <= klines_at_open + 1, "{klines_at_open} → {klines_later} klines requests while open");
+    }
+
     sim.faults(json!({})).await;
     let recovered_after = line_ms(monitor_lines(&log).last().unwrap());
+    // The breaker's probe (after open_secs) succeeds and closes it; candles flow again.
     wait_for_monitor_line(&log, recovered_after, "SYS-EXCHANGE-API ok again", |l| {
-        check(l, api)["status"] == "ok" && check(l, api)["value"]["klines_requests"].as_u64() > Some(0)
+        check(l, api)["status"] == "ok"
+            && check(l, api)["value"]["klines_requests"].as_u64() > Some(0)
+            && check(l, "SYS-CIRCUIT-BREAKER")["status"] == "ok"
     })
     .await;
     wait_for_why(&config, "u1", "no SYS-EXCHANGE-API block", |a| !names(a, api)).await;

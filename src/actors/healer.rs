@@ -360,6 +360,8 @@ pub enum Action {
     SuggestPositionLimit,
     VerifyDatabase,
     RefreshIntelligence,
+    /// Nothing to do but wait: an open breaker probes by itself after its cool-down.
+    AwaitBreakerProbe,
 }
 
 impl Action {
@@ -375,6 +377,7 @@ impl Action {
             Action::SuggestPositionLimit => "suggest_position_limit",
             Action::VerifyDatabase => "verify_database",
             Action::RefreshIntelligence => "refresh_intelligence",
+            Action::AwaitBreakerProbe => "await_breaker_probe",
         }
     }
 }
@@ -405,6 +408,11 @@ impl Action {
                 })
             }
             Action::ReconcileUsers if check.users.is_empty() => Some(format!("no user named: {}", check.detail)),
+            Action::AwaitBreakerProbe => Some(format!(
+                "the breaker lets one probe through by itself{}: {}",
+                check.until_ms.map(|until| format!(" at {}", rfc3339_ms(until))).unwrap_or_default(),
+                check.detail
+            )),
             _ => None,
         }
     }
@@ -424,6 +432,7 @@ fn action_for(result: &CheckResult) -> Option<Action> {
         RES_POSITION_LIMIT => Action::SuggestPositionLimit,
         SYS_DATABASE => Action::VerifyDatabase,
         SYS_INTEL_API => Action::RefreshIntelligence,
+        SYS_CIRCUIT_BREAKER => Action::AwaitBreakerProbe,
         _ => return None,
     })
 }
@@ -478,6 +487,8 @@ impl Action {
                     check.detail
                 ),
             ),
+            // `not_ready` always holds for it: the breaker heals itself.
+            Action::AwaitBreakerProbe => ("skipped", format!("the breaker probes by itself: {}", check.detail)),
             Action::RefreshIntelligence => match context.directory.intelligence() {
                 Ok(intelligence) => match intelligence.send(RefreshAll).timeout(ACTION_TIMEOUT).await {
                     Ok((0, failures)) if failures.is_empty() => {

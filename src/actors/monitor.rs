@@ -463,6 +463,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         position_mismatches: from_database.as_ref().map(|db| db.position_mismatches.clone()),
         // Filled in by `conclude` from every user's newest check.
         orphans: None,
+        breakers: exchange.breaker_statuses(),
         intelligence,
     };
     Gathered {

@@ -7,6 +7,8 @@
 //! request may have been executed" (resolve by querying the client order id, never resend blindly).
 
 pub mod binance;
+pub mod breaker;
+pub mod guarded;
 pub mod paper;
 
 use std::fmt;
@@ -115,6 +117,11 @@ pub trait Exchange: Send + Sync + fmt::Debug {
 
     /// This host's request-weight budget, if the exchange has one (the paper exchange does not).
     fn request_budget(&self) -> Option<RequestBudget> {
+        None
+    }
+
+    /// The circuit breakers in front of this exchange, if it has any (`guarded::BreakerExchange`).
+    fn breaker_statuses(&self) -> Option<Vec<guarded::BreakerStatus>> {
         None
     }
 

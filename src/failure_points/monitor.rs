@@ -170,6 +170,8 @@ pub struct Observations {
     pub position_mismatches: Option<Vec<PositionMismatch>>,
     /// The rotating open-orders check (one user per run).
     pub orphans: Option<OrphanObservation>,
+    /// The exchange's circuit breakers (`None`: it has none).
+    pub breakers: Option<Vec<crate::exchange::guarded::BreakerStatus>>,
     /// Iterations skipped for bad candles, per user, since the previous run.
     pub bad_candles: Option<BTreeMap<UserId, u64>>,
     /// Orders refused for insufficient margin, per user, since the previous run.
@@ -293,7 +295,7 @@ fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
         STATE_UNRESOLVED_ORDERS => unresolved_orders(observations),
         STATE_STRATEGY_ERROR => strategy_errors(observations),
         SYS_INTEL_API => intelligence(observations),
-        SYS_CIRCUIT_BREAKER => Outcome::unknown("not checked: circuit breakers are not built yet"),
+        SYS_CIRCUIT_BREAKER => breakers(observations),
         RES_CAPITAL => capital(observations),
         DATA_CORRUPT => bad_candles(observations),
         STATE_POSITION_SYNC => position_sync(observations),
@@ -625,6 +627,44 @@ fn strategy_errors(observations: &Observations) -> Outcome {
         .map(|(user, n)| format!("{user}: {n} iteration(s) skipped for a strategy error"))
         .collect::<Vec<_>>();
     Outcome::new(CheckStatus::Warn, detail.join("; ")).users(failing.iter().map(|(u, _)| (*u).clone()).collect())
+}
+
+fn breakers(observations: &Observations) -> Outcome {
+    use crate::exchange::breaker::BreakerState;
+    let Some(breakers) = &observations.breakers else {
+        return Outcome::unknown("this exchange has no circuit breakers (in-process tests only)");
+    };
+    let not_closed: Vec<&crate::exchange::guarded::BreakerStatus> =
+        breakers.iter().filter(|b| b.state != BreakerState::Closed).collect();
+    let value = json!({ "breakers": breakers.len(), "open": not_closed.len() });
+    if not_closed.is_empty() {
+        return Outcome::ok(format!("{} breaker(s) closed", breakers.len())).value(value);
+    }
+    let detail = not_closed
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {}{}{}",
+                b.name,
+                b.state.as_str(),
+                b.until_ms.map(|u| format!(" until {}", crate::clock::rfc3339_ms(u))).unwrap_or_default(),
+                b.last_failure.as_deref().map(|f| format!(" ({f})")).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let host_open = not_closed.iter().any(|b| b.user.is_none());
+    // The host's breaker stops every user: the users on the feeds are the ones blocked.
+    let mut users: Vec<UserId> = not_closed.iter().filter_map(|b| b.user.clone()).collect();
+    if host_open {
+        users.extend(feed_users(observations));
+    }
+    users.sort();
+    users.dedup();
+    let mut outcome = Outcome::new(CheckStatus::Critical, detail).value(value).users(users);
+    outcome.since_ms = not_closed.iter().filter_map(|b| b.since_ms).min();
+    outcome.until_ms = not_closed.iter().filter_map(|b| b.until_ms).max();
+    outcome
 }
 
 fn position_sync(observations: &Observations) -> Outcome {
