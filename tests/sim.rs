@@ -370,7 +370,7 @@ async fn lost_responses_and_hangs_never_duplicate_an_order_and_every_intent_reso
     eprintln!("SEED={seed}");
     let dir = tempfile::tempdir().unwrap();
     let faults =
-        "[sim.faults.endpoints.\"POST /fapi/v1/order\"]\nlost_response_rate = 0.2\nhang_rate = 0.1\nhang_ms = 2500\n";
+        "[sim.faults.endpoints.\"POST /fapi/v1/order\"]\nlost_response_rate = 0.2\nhang_rate = 0.2\nhang_ms = 2500\n";
     let sim = Sim::start(&sim_config(dir.path(), 4, 200, faults), seed);
     let config = client_config(dir.path(), &sim.url, 4, 1_000, 1_000);
     finish(run_bulwark(&config, 4, 14)).await;
@@ -381,11 +381,19 @@ async fn lost_responses_and_hangs_never_duplicate_an_order_and_every_intent_reso
     let (intents, fills) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
     eprintln!("SEED={seed}: {intents} intents, {fills} fills, all resolved, none twice");
     assert!(intents >= 10, "SEED={seed}: enough orders to mean something ({intents})");
+    // A hung order request arrives after its receive window and is refused unexecuted; the client
+    // gave up on it, found nothing by its id once the window closed, and sent it again with the
+    // same id. Which requests hang depends on timing (and one that hangs as the run stops is
+    // declared never placed by `reconcile` instead), so the resend is asserted once several did.
     let order_posts = sim.requests("POST /fapi/v1/order").await;
-    assert!(
-        order_posts > intents as u64,
-        "SEED={seed}: some requests were resent with the same id ({order_posts} for {intents} intents)"
-    );
+    let hung = sim.get("/sim/stats").await["hung"]["POST /fapi/v1/order"].as_u64().unwrap_or(0);
+    eprintln!("SEED={seed}: {order_posts} order requests, {hung} of them hung");
+    if hung >= 3 {
+        assert!(
+            order_posts > intents as u64,
+            "SEED={seed}: {hung} requests hung, so some were resent with the same id ({order_posts} for {intents} intents)"
+        );
+    }
 }
 
 #[tokio::test]

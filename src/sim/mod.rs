@@ -100,6 +100,8 @@ impl RateLimiter {
 struct SimStats {
     requests: BTreeMap<String, u64>,
     requests_while_banned: u64,
+    /// Requests held past the client's patience (`hang_ms`), per endpoint.
+    hung: BTreeMap<String, u64>,
 }
 
 /// Everything a request handler needs.
@@ -265,6 +267,7 @@ async fn dispatch(request: HttpRequest, body: web::Bytes, state: web::Data<SimSt
     }
     if let Some(hang_ms) = draw.hang_ms {
         // The request arrives late: the client has given up; the receive window decides.
+        *state.stats.lock().hung.entry(endpoint.clone()).or_default() += 1;
         tokio::time::sleep(Duration::from_millis(hang_ms)).await;
     }
     let answer = if path.starts_with("/api/futures/") {
@@ -339,6 +342,7 @@ async fn control(endpoint: &str, body: &[u8], state: &SimState) -> HttpResponse 
             HttpResponse::Ok().json(json!({
                 "requests": stats.requests,
                 "requests_while_banned": stats.requests_while_banned,
+                "hung": stats.hung,
                 "weight_used": limiter.used,
                 "weight_limit": limiter.limit,
                 "banned_until_ms": limiter.banned_until(now_ms),
