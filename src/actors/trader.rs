@@ -203,6 +203,10 @@ impl Trader {
                         .into_actor(self),
                     );
                 }
+                TraderCommand::Alert { key, text } => {
+                    tracing::warn!(user = %self.seed.user, incarnation = self.incarnation, "{text}");
+                    crate::actors::notifier::notify(&self.seed.directory, key, crate::notify::Severity::Warning, text);
+                }
                 TraderCommand::RecordGuards(record) => {
                     let _ = self.seed.guards_tap.send(record.clone());
                     persistence::submit(&self.seed.directory, "guard decision", move |store| {
@@ -219,7 +223,12 @@ impl Trader {
         if record.outcome == "skipped" || record.counts_as_decision {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::debug!(user = %record.user, symbol = %record.symbol, outcome = %record.outcome, reason = %record.reason, "decision");
+        if record.outcome == "skipped" {
+            // The main-loop error policy: the full context of every iteration that did not decide.
+            tracing::info!(user = %record.user, symbol = %record.symbol, timeframe = %record.timeframe, strategy = %record.strategy, candle_close_ms = ?record.candle_close_ms, reason = %record.reason, "iteration skipped");
+        } else {
+            tracing::debug!(user = %record.user, symbol = %record.symbol, outcome = %record.outcome, reason = %record.reason, "decision");
+        }
         let _ = self.seed.decisions_tap.send(record.clone());
         persistence::submit(&self.seed.directory, "decision", move |store| store.record_decision(&record));
     }

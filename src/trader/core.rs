@@ -37,6 +37,13 @@ use crate::persistence::{DecisionRecord, GuardDecisionRecord, PositionRecord, Tr
 use crate::strategy::{SignalAction, Strategy};
 use crate::trader::risk::{self, EntryContext, RiskApproved, RiskLimits};
 
+/// Failing iterations in a row before the operator is told.
+pub const ERROR_STREAK_ALERT: u32 = 3;
+/// Failing iterations in a row before the slot backs off.
+pub const ERROR_STREAK_PAUSE: u32 = 5;
+/// The longest back-off, in candles.
+pub const ERROR_PAUSE_CANDLES_MAX: u32 = 16;
+
 /// How old a verified position may be when a decision is made on it.
 pub const POSITION_VERIFIED_AGE_MS_MAX: i64 = 30_000;
 
@@ -161,6 +168,11 @@ pub enum TraderCommand {
     SetLock(GuardLock),
     /// A signal's pass through the guards.
     RecordGuards(GuardDecisionRecord),
+    /// Iterations of a slot keep failing: tell the operator (logged with its context, notified).
+    Alert {
+        key: String,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +218,12 @@ struct Slot {
     /// The mark price when this slot's newest exit was decided: a market exit fills close to it,
     /// so the closed trade is judged at it (the next sync's mark may be a candle later).
     exit_reference_price: Option<f64>,
+    /// Iterations in a row that failed (candles, position or strategy), and how many candles the
+    /// slot still sits out (the per-slot error breaker: it backs off instead of asking the exchange
+    /// again and again), and how many pauses this streak has had (the backoff doubles).
+    error_streak: u32,
+    paused_candles: u32,
+    pauses: u32,
 }
 
 /// The state machine of one user's trading.
@@ -249,6 +267,9 @@ impl TraderCore {
                 loss_streak: 0,
                 last_trade_pct: None,
                 exit_reference_price: None,
+                error_streak: 0,
+                paused_candles: 0,
+                pauses: 0,
             })
             .collect();
         Self {
@@ -396,7 +417,7 @@ impl TraderCore {
     ) -> Vec<TraderCommand> {
         let candles = match candles {
             Ok(candles) => candles,
-            Err(error) => return vec![self.skipped(slot_index, None, now_ms, format!("candles unavailable: {error}"))],
+            Err(error) => return self.failed(slot_index, None, now_ms, format!("candles unavailable: {error}")),
         };
         let slot = &self.slots[slot_index];
         let Some(newest) = candles.last() else {
@@ -411,7 +432,17 @@ impl TraderCore {
             return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
         }
         if let Err(problem) = validate_candles(&candles, slot.spec.timeframe) {
-            return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, format!("bad candles: {problem}"))];
+            return self.failed(slot_index, Some(candle_close_ms), now_ms, format!("bad candles: {problem}"));
+        }
+        if slot.paused_candles > 0 {
+            let slot = &mut self.slots[slot_index];
+            slot.paused_candles -= 1;
+            slot.last_candle_close_ms = Some(candle_close_ms);
+            let reason = format!(
+                "paused after {} failing iterations in a row ({} more candle(s) to sit out)",
+                slot.error_streak, slot.paused_candles
+            );
+            return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
         }
         let need = slot.spec.strategy.lookback_candles();
         if candles.len() < need {
@@ -447,12 +478,12 @@ impl TraderCore {
             Ok(snapshot) => snapshot,
             Err(error) if error.credentials_refused => return self.halt(slot_index, now_ms, error.detail),
             Err(error) => {
-                return vec![self.skipped(
+                return self.failed(
                     slot_index,
                     Some(candle_close_ms),
                     now_ms,
                     format!("position unavailable: {error}"),
-                )];
+                );
             }
         };
         let mut commands = Vec::new();
@@ -532,7 +563,7 @@ impl TraderCore {
         let signal = match spec.strategy.evaluate(&candles) {
             Ok(signal) => signal,
             Err(error) => {
-                commands.push(self.skipped(
+                commands.extend(self.failed(
                     slot_index,
                     Some(candle_close_ms),
                     now_ms,
@@ -541,6 +572,9 @@ impl TraderCore {
                 return commands;
             }
         };
+        // The iteration got as far as a signal: the slot's error streak is over.
+        let slot = &mut self.slots[slot_index];
+        (slot.error_streak, slot.pauses) = (0, 0);
         let position_side = snapshot.position.side();
         let template = DecisionRecord {
             user: self.user.clone(),
@@ -852,6 +886,41 @@ impl TraderCore {
             active_order_id: slot.active_order.clone(),
             verified_at_ms: known.as_ref().map_or(0, |k| k.verified_at_ms),
         }
+    }
+
+    /// An iteration that failed (candles, position, strategy): recorded as skipped, and counted.
+    /// After [`ERROR_STREAK_ALERT`] in a row the operator is told once; after
+    /// [`ERROR_STREAK_PAUSE`] the slot sits out candles (1, 2, 4, ... up to
+    /// [`ERROR_PAUSE_CANDLES_MAX`]) before it asks the exchange again.
+    fn failed(
+        &mut self,
+        slot_index: usize,
+        candle_close_ms: Option<i64>,
+        now_ms: i64,
+        reason: String,
+    ) -> Vec<TraderCommand> {
+        let mut commands = vec![self.skipped(slot_index, candle_close_ms, now_ms, reason.clone())];
+        let user = self.user.clone();
+        let slot = &mut self.slots[slot_index];
+        slot.error_streak += 1;
+        if slot.error_streak == ERROR_STREAK_ALERT {
+            commands.push(TraderCommand::Alert {
+                key: format!("iteration-errors:{user}:{}", slot.spec.symbol),
+                text: format!(
+                    "{user} {} {} ({}, position size {} USDT): {} iterations in a row failed; last: {reason}",
+                    slot.spec.symbol,
+                    slot.spec.timeframe,
+                    slot.spec.strategy.name(),
+                    slot.spec.position_size_usdt,
+                    slot.error_streak
+                ),
+            });
+        }
+        if slot.error_streak >= ERROR_STREAK_PAUSE && slot.paused_candles == 0 {
+            slot.paused_candles = (1_u32 << slot.pauses.min(16)).min(ERROR_PAUSE_CANDLES_MAX);
+            slot.pauses += 1;
+        }
+        commands
     }
 
     fn skipped(&self, slot_index: usize, candle_close_ms: Option<i64>, now_ms: i64, reason: String) -> TraderCommand {

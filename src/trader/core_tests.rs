@@ -750,3 +750,36 @@ fn three_losing_trades_in_a_row_put_the_symbol_on_probation() {
     assert_eq!(placed(&commands).len(), 1, "{commands:?}");
     assert!(locks_set(&commands).is_empty());
 }
+
+// The main-loop error policy: a slot whose iterations keep failing tells the operator once, then
+// backs off (sits out candles, 1, 2, 4, ...) instead of asking the exchange every candle.
+
+#[test]
+fn failing_iterations_alert_once_then_back_off_and_a_good_one_ends_the_streak() {
+    let mut h = harness();
+    let mut alerts = 0;
+    for _ in 0..5 {
+        let iteration = h.candle_expecting_sync();
+        let commands = h.synced(iteration, Err("position: timeout".into()));
+        assert_eq!(only_record(&commands).outcome, "skipped");
+        alerts += commands.iter().filter(|c| matches!(c, TraderCommand::Alert { .. })).count();
+    }
+    assert_eq!(alerts, 1, "one alert for the streak");
+    // Fifth failure: the slot sits out the next candle (no sync), then tries again.
+    let commands = h.candle();
+    assert!(!commands.iter().any(|c| matches!(c, TraderCommand::SyncAccount { .. })), "{commands:?}");
+    assert!(only_record(&commands).reason.starts_with("paused after 5 failing iterations"));
+    let iteration = h.candle_expecting_sync();
+    h.synced(iteration, Err("position: timeout".into()));
+    // Still failing: the next pause is twice as long.
+    for _ in 0..2 {
+        let commands = h.candle();
+        assert!(!commands.iter().any(|c| matches!(c, TraderCommand::SyncAccount { .. })), "{commands:?}");
+    }
+    // A good iteration ends the streak: no pause after the next failure.
+    let commands = h.decide(SignalAction::Flat, snapshot("0", Vec::new()));
+    assert_eq!(only_record(&commands).outcome, "hold");
+    let iteration = h.candle_expecting_sync();
+    h.synced(iteration, Err("position: timeout".into()));
+    h.candle_expecting_sync();
+}
