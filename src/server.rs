@@ -237,6 +237,11 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             budget_window: config.healer.budget_window,
             log_dir: config.server.log_dir.clone(),
             config_file: config.source_file(),
+            user_symbols: config
+                .users
+                .iter()
+                .map(|u| (u.id.clone(), u.strategies.iter().map(|s| s.symbol.clone()).collect()))
+                .collect(),
             config_file_is_shipped: config.source_file().is_some_and(|path| {
                 crate::config::shipped_config(&path)
                     .is_some_and(|shipped| std::fs::read_to_string(&path).is_ok_and(|text| text == shipped))
@@ -483,7 +488,13 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
         loop {
             let mut waiting = Vec::new();
             for user in pending_users {
-                let report = match router.send(ReconcileUser { user: user.clone() }).await {
+                let symbols = config
+                    .users
+                    .iter()
+                    .find(|u| u.id == user)
+                    .map(|u| u.strategies.iter().map(|s| s.symbol.clone()).collect())
+                    .unwrap_or_default();
+                let report = match router.send(ReconcileUser { user: user.clone(), symbols }).await {
                     Ok(report) => report.map_err(|e| e.to_string()),
                     Err(error) => Err(format!("order router did not answer: {error}")),
                 };

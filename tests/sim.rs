@@ -695,3 +695,68 @@ async fn the_coinglass_client_reads_the_simulators_series_and_a_wrong_key_is_ref
     assert!(matches!(refused, IntelError::Auth { .. }), "{refused}");
     assert!(!refused.to_string().contains("wrong-key"), "the key never appears in an error");
 }
+
+#[tokio::test]
+async fn an_orphan_and_an_unknown_position_at_start_up_are_cancelled_resynced_and_recorded() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 200, ""), 21);
+    let config = client_config(dir.path(), &sim.url, 1, 5_000, 5_000);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += "[monitor]\ninterval_secs = 1\n";
+    std::fs::write(&config, text).unwrap();
+    // Made on the exchange directly, behind bulwark's back: a `bw-` order it never sent, and a
+    // position from an order that is not its own.
+    let credentials = BTreeMap::from([(
+        UserId::new("u1").unwrap(),
+        Credentials { api_key: Secret::new(key("u1")), api_secret: Secret::new(secret("u1")) },
+    )]);
+    let settings = BinanceSettings {
+        base_url: sim.url.parse().unwrap(),
+        recv_window_ms: 5_000,
+        timeout: Duration::from_secs(5),
+        weight_limit_per_minute: 2_400,
+        credentials,
+        credentials_missing: BTreeMap::new(),
+    };
+    let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
+    let (user, xrp) = (UserId::new("u1").unwrap(), Symbol::new("XRPUSDT").unwrap());
+    let order = |id: &str, order_type: OrderType, quantity: i64| OrderRequest {
+        client_order_id: ClientOrderId::parse(id).unwrap(),
+        symbol: xrp.clone(),
+        side: Side::Buy,
+        order_type,
+        quantity: Quantity::new(Decimal::from(quantity)).unwrap(),
+        reduce_only: false,
+        timestamp_ms: bulwark::clock::Clock::now_ms(&SystemClock),
+    };
+    let orphan = order("bw-u1-999", OrderType::Limit { price: Price::new(Decimal::new(5, 1)).unwrap() }, 20);
+    client.create_order(&user, &orphan).await.unwrap();
+    client.create_order(&user, &order("manual-1", OrderType::Market, 30)).await.unwrap();
+    sim.wait_candles(2).await;
+    let held = client.position(&user, &xrp).await.unwrap().quantity;
+    assert_eq!(held, Decimal::from(30), "the manual order filled");
+
+    let bulwark = run_bulwark(&config, 1, 30);
+    let log = dir.path().join("logs/failure_point_monitor.jsonl");
+    let flagged = wait_for_monitor_line(&log, 0, "STATE-POSITION-SYNC critical", |l| {
+        check(l, "STATE-POSITION-SYNC")["status"] == "critical"
+    })
+    .await;
+    assert!(check(&flagged, "STATE-POSITION-SYNC")["users"].as_array().unwrap().contains(&json!("u1")), "{flagged}");
+    assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
+    finish(bulwark).await;
+
+    let ledger = sim.get("/sim/ledger").await;
+    let orphan_entry =
+        ledger["orders"].as_array().unwrap().iter().find(|e| e["order"]["client_order_id"] == "bw-u1-999").unwrap();
+    assert_eq!(orphan_entry["order"]["status"], "CANCELED");
+    let mut store = Store::open_read_only(&dir.path().join("data/bulwark.db")).unwrap();
+    let actions = store.reconcile_actions(&user).unwrap();
+    assert!(
+        actions.iter().any(|(action, id, _)| action == "orphan_cancelled" && id.as_deref() == Some("bw-u1-999")),
+        "{actions:?}"
+    );
+    let resynced = actions.iter().find(|(action, _, _)| action == "position_resynced").expect("recorded");
+    assert!(resynced.2.contains("the exchange holds 30"), "{resynced:?}");
+}

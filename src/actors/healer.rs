@@ -54,6 +54,8 @@ pub struct HealerSettings {
     /// restored from the shipped copy (restoring the defaults over an operator's own settings
     /// would change what the next start runs).
     pub config_file_is_shipped: bool,
+    /// Each user's configured symbols (reconciliation re-syncs their positions).
+    pub user_symbols: BTreeMap<UserId, Vec<crate::domain::Symbol>>,
 }
 
 impl HealerSettings {
@@ -633,7 +635,8 @@ async fn reconcile(check: &CheckResult, context: &ActionContext) -> (&'static st
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for user in &check.users {
-        match router.send(ReconcileUser { user: user.clone() }).timeout(ACTION_TIMEOUT).await {
+        let symbols = context.settings.user_symbols.get(user).cloned().unwrap_or_default();
+        match router.send(ReconcileUser { user: user.clone(), symbols }).timeout(ACTION_TIMEOUT).await {
             Ok(Ok(report)) => done.push(format!("{user}: {report:?}")),
             Ok(Err(error)) => failed.push(format!("{user}: {error}")),
             Err(error) => failed.push(format!("{user}: the order router did not answer ({error})")),
@@ -715,6 +718,7 @@ mod tests {
             log_dir: dir.path().to_owned(),
             config_file: Some(path.clone()),
             config_file_is_shipped: true,
+            user_symbols: BTreeMap::new(),
         };
         let (result, detail) = restore_config(&settings);
         assert_eq!(result, "success", "{detail}");
@@ -764,6 +768,7 @@ mod tests {
             log_dir: PathBuf::from("logs"),
             config_file: None,
             config_file_is_shipped: false,
+            user_symbols: BTreeMap::new(),
         })
     }
 

@@ -100,6 +100,9 @@ pub struct SubmitIntent {
 #[rtype(result = "Result<ReconcileReport, AccountError>")]
 pub struct ReconcileUser {
     pub user: UserId,
+    /// The user's configured symbols: each one's position is read from the exchange and, where it
+    /// differs from the database, re-synced and recorded (empty: positions are not checked).
+    pub symbols: Vec<Symbol>,
 }
 
 /// Stop sending new orders, and wait until none is being placed or the deadline passes. Returns
@@ -122,6 +125,9 @@ pub struct ReconcileReport {
     /// Orders that could not be looked up this time, with why. They stay unresolved (a trader
     /// decides nothing on their symbol until a later sync resolves them); the others go on.
     pub unresolvable: Vec<(ClientOrderId, String)>,
+    /// Positions the exchange holds differently from the database: re-synced from the exchange,
+    /// with what each was before and after.
+    pub positions_resynced: Vec<(Symbol, String)>,
 }
 
 impl ReconcileReport {
@@ -144,12 +150,14 @@ impl ReconcileReport {
             }
         }
         self.orphans_cancelled.extend(later.orphans_cancelled);
+        self.positions_resynced.extend(later.positions_resynced);
         ReconcileReport {
             resolved: self.resolved,
             orphans_cancelled: self.orphans_cancelled,
             cancel_failures: later.cancel_failures,
             external_orders: later.external_orders,
             unresolvable: later.unresolvable,
+            positions_resynced: self.positions_resynced,
         }
     }
 }
@@ -253,7 +261,7 @@ impl Handler<ReconcileUser> for OrderRouter {
     fn handle(&mut self, message: ReconcileUser, _: &mut Context<Self>) -> Self::Result {
         let context = self.context.clone();
         let placing = self.in_flight.clone();
-        Box::pin(async move { reconcile_user(&context, &message.user, &placing).await })
+        Box::pin(async move { reconcile_user(&context, &message.user, &message.symbols, &placing).await })
     }
 }
 
@@ -651,6 +659,54 @@ async fn sync_account(
     Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms, equity_usdt })
 }
 
+/// Compares the exchange's position on `symbol` with the database's; a difference (a position the
+/// bot does not know of, or a stale one) is written from the exchange and recorded as a
+/// `position_resynced` reconcile action. The Monitor's STATE-POSITION-SYNC then reports whether the
+/// recorded fills add up to it.
+async fn resync_position(
+    context: &RouterContext,
+    user: &UserId,
+    symbol: &Symbol,
+    report: &mut ReconcileReport,
+) -> Result<(), AccountError> {
+    let database = |e: crate::persistence::StoreError| AccountError::other(format!("database: {e}"));
+    let exchange = call(context, "position", context.exchange.position(user, symbol))
+        .await
+        .map_err(|e| account_error(e).context(format_args!("reading the {symbol} position")))?;
+    let (key_user, key_symbol) = (user.clone(), symbol.clone());
+    let stored = persistence::run(&context.directory, move |store| store.position(&key_user, &key_symbol))
+        .await
+        .map_err(database)?;
+    let stored_quantity = stored.as_ref().map_or(Decimal::ZERO, |p| p.quantity);
+    if stored_quantity == exchange.quantity {
+        return Ok(());
+    }
+    let detail = format!(
+        "{symbol}: the exchange holds {} @ {}, the database had {stored_quantity}; re-synced from the exchange",
+        exchange.quantity, exchange.entry_price
+    );
+    tracing::warn!(%user, %symbol, %detail, "reconciliation: position re-synced");
+    let now_ms = context.clock.now_ms();
+    let record = crate::persistence::PositionRecord {
+        user: user.clone(),
+        symbol: symbol.clone(),
+        quantity: exchange.quantity,
+        entry_price: exchange.entry_price,
+        position_start_time_ms: stored.as_ref().and_then(|p| p.position_start_time_ms).or(Some(now_ms)),
+        active_order_id: stored.as_ref().and_then(|p| p.active_order_id.clone()),
+        verified_at_ms: now_ms,
+    };
+    let (record_user, record_detail) = (user.clone(), detail.clone());
+    persistence::run(&context.directory, move |store| {
+        store.save_position(&record)?;
+        store.record_reconcile_action(&record_user, "position_resynced", None, &record_detail, now_ms)
+    })
+    .await
+    .map_err(database)?;
+    report.positions_resynced.push((symbol.clone(), detail));
+    Ok(())
+}
+
 /// An exchange failure while reading an account; refused credentials halt the account.
 fn account_error(error: ExchangeError) -> AccountError {
     AccountError { credentials_refused: matches!(error, ExchangeError::Auth { .. }), detail: error.to_string() }
@@ -659,6 +715,7 @@ fn account_error(error: ExchangeError) -> AccountError {
 async fn reconcile_user(
     context: &RouterContext,
     user: &UserId,
+    symbols: &[Symbol],
     placing: &HashSet<ClientOrderId>,
 ) -> Result<ReconcileReport, AccountError> {
     let database = |e: crate::persistence::StoreError| AccountError::other(format!("database: {e}"));
@@ -720,6 +777,9 @@ async fn reconcile_user(
             Err(error) => report.cancel_failures.push((open.client_order_id, error.to_string())),
         }
     }
+    for symbol in symbols {
+        resync_position(context, user, symbol, &mut report).await?;
+    }
     Ok(report)
 }
 
@@ -739,6 +799,7 @@ mod tests {
             cancel_failures: vec![(id("bw-u1-8"), "503".to_owned())],
             external_orders: 1,
             unresolvable: vec![(id("bw-u1-4"), "-1121 Invalid symbol.".to_owned())],
+            positions_resynced: Vec::new(),
         };
         assert_eq!(first.waiting_orders(), 1);
         let later = ReconcileReport {
@@ -751,6 +812,7 @@ mod tests {
             cancel_failures: Vec::new(),
             external_orders: 1,
             unresolvable: Vec::new(),
+            positions_resynced: Vec::new(),
         };
         let merged = first.followed_by(later);
         assert_eq!(

@@ -364,15 +364,14 @@ async fn start_up_once(
     feeds: &[(Symbol, Timeframe)],
     recipient: &Recipient<CandleClosed>,
 ) -> Result<((TraderState, Vec<GuardLock>), ReconcileReport), AccountError> {
-    let user = seed.user.clone();
-    let state = persistence::run(&seed.directory, move |store| {
-        Ok((store.load_trader_state(&user)?, store.uncleared_guard_locks(Some(&user))?))
-    })
-    .await
-    .map_err(|e| AccountError::other(format!("loading state: {e}")))?;
+    // Reconcile first, then load: the state loaded is the one reconciliation left (orders
+    // resolved, positions re-synced from the exchange).
     let router = seed.directory.order_router().map_err(|e| AccountError::other(format!("reconciliation: {e}")))?;
+    let mut symbols: Vec<Symbol> = feeds.iter().map(|(symbol, _)| symbol.clone()).collect();
+    symbols.sort();
+    symbols.dedup();
     let report = router
-        .send(ReconcileUser { user: seed.user.clone() })
+        .send(ReconcileUser { user: seed.user.clone(), symbols })
         .timeout(seed.call_timeout)
         .await
         .map_err(|e| AccountError::other(format!("reconciliation: order router did not answer: {e}")))?
@@ -383,6 +382,12 @@ async fn start_up_once(
             "reconciliation: orphan order {client_order_id} could not be cancelled: {error}"
         )));
     }
+    let user = seed.user.clone();
+    let state = persistence::run(&seed.directory, move |store| {
+        Ok((store.load_trader_state(&user)?, store.uncleared_guard_locks(Some(&user))?))
+    })
+    .await
+    .map_err(|e| AccountError::other(format!("loading state: {e}")))?;
     let market_data =
         seed.directory.market_data().map_err(|e| AccountError::other(format!("subscribing to candles: {e}")))?;
     let subscribe = Subscribe { user: seed.user.clone(), feeds: feeds.to_vec(), recipient: recipient.clone() };

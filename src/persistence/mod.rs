@@ -681,6 +681,42 @@ impl Store {
         Ok(())
     }
 
+    /// One stored position, if any.
+    pub fn position(&mut self, user: &UserId, symbol: &Symbol) -> Result<Option<PositionRecord>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT quantity, entry_price, position_start_time_ms, active_order_id, verified_at_ms
+             FROM positions WHERE user_id = ?1 AND symbol = ?2",
+        )?;
+        let row = statement
+            .query_row(params![user.as_str(), symbol.as_str()], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()?;
+        let Some((quantity, entry_price, position_start_time_ms, active_order_id, verified_at_ms)) = row else {
+            return Ok(None);
+        };
+        let corrupt = |detail: String| StoreError::Corrupt { table: "positions".into(), detail };
+        Ok(Some(PositionRecord {
+            user: user.clone(),
+            symbol: symbol.clone(),
+            quantity: Decimal::from_str(&quantity).map_err(|e| corrupt(format!("quantity {quantity:?}: {e}")))?,
+            entry_price: Decimal::from_str(&entry_price)
+                .map_err(|e| corrupt(format!("entry_price {entry_price:?}: {e}")))?,
+            position_start_time_ms,
+            active_order_id: active_order_id
+                .map(|id| ClientOrderId::parse(&id))
+                .transpose()
+                .map_err(|e| corrupt(format!("active_order_id: {e}")))?,
+            verified_at_ms,
+        }))
+    }
+
     pub fn record_reconcile_action(
         &mut self,
         user: &UserId,
