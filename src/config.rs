@@ -213,6 +213,8 @@ pub struct Config {
     pub notify: Option<NotifyConfig>,
     /// `[breaker]`: the exchange's circuit breakers.
     pub breaker: crate::exchange::breaker::BreakerPolicy,
+    /// `[retry]`: retries of idempotent exchange calls.
+    pub retry: crate::exchange::retry::RetryPolicy,
 }
 
 /// `[healer]`: how often failing failure points are healed, and how hard.
@@ -335,6 +337,26 @@ struct RawConfig {
     guards: RawGuards,
     notify: Option<RawNotify>,
     breaker: RawBreaker,
+    retry: RawRetry,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawRetry {
+    attempts_max: i64,
+    backoff_ms_initial: i64,
+    backoff_ms_max: i64,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        let policy = crate::exchange::retry::RetryPolicy::default();
+        Self {
+            attempts_max: i64::from(policy.attempts_max),
+            backoff_ms_initial: policy.backoff_ms_initial as i64,
+            backoff_ms_max: policy.backoff_ms_max as i64,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -767,6 +789,12 @@ impl Validator {
             window_ms: self.int_in("breaker.within_secs", raw.breaker.within_secs, 1, 86_400) * 1_000,
             open_ms: self.int_in("breaker.open_secs", raw.breaker.open_secs, 1, 86_400) * 1_000,
         };
+        let retry = crate::exchange::retry::RetryPolicy {
+            attempts_max: self.int_in("retry.attempts_max", raw.retry.attempts_max, 1, 20) as u32,
+            backoff_ms_initial: self.int_in("retry.backoff_ms_initial", raw.retry.backoff_ms_initial, 0, 600_000)
+                as u64,
+            backoff_ms_max: self.int_in("retry.backoff_ms_max", raw.retry.backoff_ms_max, 0, 3_600_000) as u64,
+        };
         Some(Config {
             source_name: source_name.to_owned(),
             server,
@@ -781,6 +809,7 @@ impl Validator {
             guards,
             notify,
             breaker,
+            retry,
         })
     }
 

@@ -392,6 +392,7 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
                 weight_limit_per_minute: binance.weight_limit_per_minute,
                 credentials,
                 credentials_missing,
+                retry: config.retry,
             };
             let client = BinanceClient::new(settings, clock).map_err(anyhow::Error::msg)?;
             Ok(Arc::new(client))

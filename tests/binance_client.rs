@@ -9,6 +9,7 @@ use std::time::Duration;
 use bulwark::clock::{Clock, SystemClock};
 use bulwark::domain::{ClientOrderId, OrderRequest, OrderType, Quantity, Side, Symbol, Timeframe, UserId};
 use bulwark::exchange::binance::{BinanceClient, BinanceSettings, Credentials, sign};
+use bulwark::exchange::retry::RetryPolicy;
 use bulwark::exchange::{Exchange, ExchangeError};
 use bulwark::secret::Secret;
 use rust_decimal::Decimal;
@@ -34,6 +35,7 @@ fn client(server: &MockServer, timeout_ms: u64) -> BinanceClient {
         weight_limit_per_minute: 2_400,
         credentials,
         credentials_missing: BTreeMap::new(),
+        retry: RetryPolicy { attempts_max: 3, backoff_ms_initial: 150, backoff_ms_max: 1_000 },
     };
     BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
 }
@@ -177,6 +179,7 @@ async fn a_refused_connection_executed_nothing() {
         weight_limit_per_minute: 2_400,
         credentials: BTreeMap::new(),
         credentials_missing: BTreeMap::new(),
+        retry: RetryPolicy { attempts_max: 3, backoff_ms_initial: 150, backoff_ms_max: 1_000 },
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let result = client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await;
@@ -329,6 +332,7 @@ async fn a_user_without_credentials_is_refused_before_anything_is_sent() {
         weight_limit_per_minute: 2_400,
         credentials: BTreeMap::new(),
         credentials_missing: BTreeMap::from([(user(), "environment variable U1_SECRET is not set".to_owned())]),
+        retry: RetryPolicy::default(),
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let refused = client.balance(&user()).await;

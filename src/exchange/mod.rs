@@ -10,6 +10,7 @@ pub mod binance;
 pub mod breaker;
 pub mod guarded;
 pub mod paper;
+pub mod retry;
 
 use std::fmt;
 

@@ -36,12 +36,11 @@ use crate::domain::{
 use crate::exchange::binance::budget::{Admission, WeightBudget};
 use crate::exchange::binance::clock::ExchangeClock;
 use crate::exchange::binance::error::Effect;
+use crate::exchange::retry::RetryPolicy;
 use crate::exchange::{Exchange, ExchangeError};
 use crate::secret::Secret;
 
 /// Attempts for a read whose failure executed nothing.
-const READ_ATTEMPTS_MAX: u32 = 3;
-const READ_RETRY_BACKOFF_MS: u64 = 150;
 /// How long symbol rules (exchangeInfo) are trusted before they are fetched again.
 const RULES_TTL_MS: i64 = 3_600_000;
 /// Longest a request waits for weight budget before it gives up as rate limited.
@@ -69,6 +68,8 @@ pub struct BinanceSettings {
     /// Users whose credentials could not be read, with why (an environment variable not set):
     /// their signed requests fail as `Auth` with this reason, which halts only them.
     pub credentials_missing: BTreeMap<UserId, String>,
+    /// Retries of reads and cancels (`[retry]`).
+    pub retry: RetryPolicy,
 }
 
 /// Requests sent and weight used, for logs and tests.
@@ -236,7 +237,7 @@ impl BinanceClient {
     }
 
     async fn read(&self, call: impl Fn() -> Call + Send + Sync + 'static) -> Result<String, ExchangeError> {
-        self.on_io(Effect::Read, |inner| Box::pin(async move { inner.read_with_retries(&call).await })).await
+        self.on_io(Effect::Read, |inner| Box::pin(async move { inner.send_with_retries(&call).await })).await
     }
 
     async fn write(&self, call: Call) -> Result<String, ExchangeError> {
@@ -245,18 +246,21 @@ impl BinanceClient {
 }
 
 impl Inner {
-    async fn read_with_retries(&self, call: &(impl Fn() -> Call + Send + Sync)) -> Result<String, ExchangeError> {
+    /// Sends an idempotent call (a read, a cancel), again after a backoff while `[retry]` allows.
+    async fn send_with_retries(&self, call: &(impl Fn() -> Call + Send + Sync)) -> Result<String, ExchangeError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.send(call()).await {
-                Err(ExchangeError::Retryable { .. } | ExchangeError::Malformed { .. })
-                    if attempt < READ_ATTEMPTS_MAX =>
-                {
-                    tokio::time::sleep(Duration::from_millis(READ_RETRY_BACKOFF_MS << (attempt - 1))).await;
-                }
-                result => return result,
-            }
+            let error = match self.send(call()).await {
+                Ok(body) => return Ok(body),
+                Err(error) => error,
+            };
+            let now_ms = self.local.now_ms();
+            let Some(delay_ms) = self.settings.retry.delay_ms(attempt, &error, now_ms, rand::random::<f64>()) else {
+                return Err(error);
+            };
+            tracing::debug!(attempt, delay_ms, %error, "exchange call failed; retrying");
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
     }
 
@@ -416,7 +420,7 @@ impl Inner {
             return Ok(rules.clone());
         }
         let body = self
-            .read_with_retries(&|| Call::new(Method::GET, "/fapi/v1/exchangeInfo", "GET /fapi/v1/exchangeInfo", 1))
+            .send_with_retries(&|| Call::new(Method::GET, "/fapi/v1/exchangeInfo", "GET /fapi/v1/exchangeInfo", 1))
             .await?;
         let info: models::ExchangeInfo = models::parse("GET /fapi/v1/exchangeInfo", &body)?;
         if let Some(limit) = info.weight_limit_per_minute() {
@@ -563,11 +567,16 @@ impl Exchange for BinanceClient {
         symbol: &Symbol,
         client_order_id: &ClientOrderId,
     ) -> Result<ExchangeOrder, ExchangeError> {
-        let call = Call::new(Method::DELETE, "/fapi/v1/order", "DELETE /fapi/v1/order", 1)
-            .param("symbol", symbol)
-            .param("origClientOrderId", client_order_id)
-            .signed(account);
-        let body = self.write(call).await?;
+        // A cancel is idempotent (cancelling twice is refused, not doubled): retried like a read.
+        let (account, symbol, client_order_id) = (account.clone(), symbol.clone(), client_order_id.clone());
+        let call = move || {
+            Call::new(Method::DELETE, "/fapi/v1/order", "DELETE /fapi/v1/order", 1)
+                .param("symbol", &symbol)
+                .param("origClientOrderId", &client_order_id)
+                .signed(&account)
+        };
+        let body =
+            self.on_io(Effect::Write, |inner| Box::pin(async move { inner.send_with_retries(&call).await })).await?;
         models::parse::<models::OrderBody>("DELETE /fapi/v1/order", &body)?.into_order()
     }
 
