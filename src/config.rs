@@ -215,6 +215,8 @@ pub struct Config {
     pub breaker: crate::exchange::breaker::BreakerPolicy,
     /// `[retry]`: retries of idempotent exchange calls.
     pub retry: crate::exchange::retry::RetryPolicy,
+    /// `[reconcile] interval_secs`: every user reconciled this often (`None`: only at start-up).
+    pub reconcile_interval: Option<Duration>,
 }
 
 /// `[healer]`: how often failing failure points are healed, and how hard.
@@ -338,6 +340,19 @@ struct RawConfig {
     notify: Option<RawNotify>,
     breaker: RawBreaker,
     retry: RawRetry,
+    reconcile: RawReconcile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawReconcile {
+    interval_secs: i64,
+}
+
+impl Default for RawReconcile {
+    fn default() -> Self {
+        Self { interval_secs: 300 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -789,6 +804,8 @@ impl Validator {
             window_ms: self.int_in("breaker.within_secs", raw.breaker.within_secs, 1, 86_400) * 1_000,
             open_ms: self.int_in("breaker.open_secs", raw.breaker.open_secs, 1, 86_400) * 1_000,
         };
+        let reconcile_secs = self.int_in("reconcile.interval_secs", raw.reconcile.interval_secs, 0, 86_400);
+        let reconcile_interval = (reconcile_secs > 0).then(|| Duration::from_secs(reconcile_secs as u64));
         let retry = crate::exchange::retry::RetryPolicy {
             attempts_max: self.int_in("retry.attempts_max", raw.retry.attempts_max, 1, 20) as u32,
             backoff_ms_initial: self.int_in("retry.backoff_ms_initial", raw.retry.backoff_ms_initial, 0, 600_000)
@@ -810,6 +827,7 @@ impl Validator {
             notify,
             breaker,
             retry,
+            reconcile_interval,
         })
     }
 

@@ -251,6 +251,14 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         watchdog_interval: crate::service::watchdog_interval(),
         notify_destinations,
         notify_rate_window: config.notify.as_ref().map_or(Duration::from_secs(300), |n| n.rate_window),
+        reconcile: config.reconcile_interval.map(|interval| {
+            let users = config
+                .users
+                .iter()
+                .map(|u| (u.id.clone(), u.strategies.iter().map(|s| s.symbol.clone()).collect()))
+                .collect();
+            (interval, users)
+        }),
     };
     let (escalate, escalation) = oneshot::channel();
     let root = RootSupervisor::new(

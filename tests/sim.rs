@@ -707,7 +707,7 @@ async fn an_orphan_and_an_unknown_position_at_start_up_are_cancelled_resynced_an
     let sim = Sim::start(&sim_config(dir.path(), 1, 200, ""), 21);
     let config = client_config(dir.path(), &sim.url, 1, 5_000, 5_000);
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text += "[monitor]\ninterval_secs = 1\n";
+    text += "[monitor]\ninterval_secs = 1\n[reconcile]\ninterval_secs = 1\n";
     std::fs::write(&config, text).unwrap();
     // Made on the exchange directly, behind bulwark's back: a `bw-` order it never sent, and a
     // position from an order that is not its own.
@@ -749,6 +749,25 @@ async fn an_orphan_and_an_unknown_position_at_start_up_are_cancelled_resynced_an
     })
     .await;
     assert!(check(&flagged, "STATE-POSITION-SYNC")["users"].as_array().unwrap().contains(&json!("u1")), "{flagged}");
+    // An orphan that appears while the server runs is cancelled by the periodic reconciliation.
+    let late = order("bw-u1-998", OrderType::Limit { price: Price::new(Decimal::new(5, 1)).unwrap() }, 20);
+    client.create_order(&user, &late).await.unwrap();
+    let cancelled = async {
+        loop {
+            let ledger = sim.get("/sim/ledger").await;
+            let status = ledger["orders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["order"]["client_order_id"] == "bw-u1-998")
+                .map(|e| e["order"]["status"].clone());
+            if status == Some(json!("CANCELED")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT_GUARD, cancelled).await.expect("the late orphan is cancelled by periodic reconciliation");
     assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
     finish(bulwark).await;
 

@@ -185,6 +185,8 @@ pub struct OrderRouter {
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// Set by the first [`Drain`]: from then on no new order is sent.
     draining: bool,
+    /// A periodic reconciliation pass is running (one at a time).
+    reconciling: bool,
 }
 
 impl std::fmt::Debug for OrderRouter {
@@ -205,6 +207,7 @@ impl OrderRouter {
             in_flight: HashSet::new(),
             drain_waiters: Vec::new(),
             draining: false,
+            reconciling: false,
         }
     }
 
@@ -220,6 +223,51 @@ impl OrderRouter {
 
 impl Actor for OrderRouter {
     type Context = Context<Self>;
+}
+
+/// Reconcile every listed user every `interval` (`[reconcile] interval_secs`): unresolved orders
+/// looked up, orphans cancelled, positions re-synced, each action recorded. The root sends it to
+/// every incarnation; a pass that is still running when the next is due is not doubled.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PeriodicReconcile {
+    pub interval: Duration,
+    pub users: Vec<(UserId, Vec<Symbol>)>,
+}
+
+impl Handler<PeriodicReconcile> for OrderRouter {
+    type Result = ();
+
+    fn handle(&mut self, message: PeriodicReconcile, ctx: &mut Context<Self>) {
+        let users = Arc::new(message.users);
+        ctx.run_interval(message.interval, move |router, ctx| {
+            if router.draining || router.reconciling {
+                return;
+            }
+            router.reconciling = true;
+            let (context, placing, users) = (router.context.clone(), router.in_flight.clone(), users.clone());
+            let pass = async move {
+                for (user, symbols) in users.iter() {
+                    match reconcile_user(&context, user, symbols, &placing).await {
+                        Ok(report) => {
+                            let changed = report.orphans_cancelled.len() + report.positions_resynced.len();
+                            if changed > 0 || !report.cancel_failures.is_empty() {
+                                tracing::warn!(
+                                    %user,
+                                    orphans_cancelled = report.orphans_cancelled.len(),
+                                    cancel_failures = report.cancel_failures.len(),
+                                    positions_resynced = report.positions_resynced.len(),
+                                    "periodic reconciliation acted"
+                                );
+                            }
+                        }
+                        Err(error) => tracing::warn!(%user, error = %error.detail, "periodic reconciliation failed"),
+                    }
+                }
+            };
+            ctx.spawn(pass.into_actor(router).map(|(), router, _| router.reconciling = false));
+        });
+    }
 }
 
 impl Handler<SyncAccount> for OrderRouter {

@@ -22,7 +22,7 @@ use crate::actors::intelligence::{IntelSource, Intelligence};
 use crate::actors::market_data::{MarketData, StopFeeds, SubscriptionBook};
 use crate::actors::monitor::{Monitor, MonitorSettings};
 use crate::actors::notifier::{Destinations, Notifier};
-use crate::actors::order_router::{Drain, OrderRouter, RouterSettings};
+use crate::actors::order_router::{Drain, OrderRouter, PeriodicReconcile, RouterSettings};
 use crate::actors::persistence::{self, PersistenceActor};
 use crate::actors::trader::TraderSeed;
 use crate::actors::{Directory, Stop};
@@ -53,7 +53,12 @@ pub struct TreeSettings {
     /// Where notifications go, and the per-key rate window.
     pub notify_destinations: Destinations,
     pub notify_rate_window: Duration,
+    /// Periodic reconciliation: how often, and every user with their symbols.
+    pub reconcile: Option<(Duration, UserSymbols)>,
 }
+
+/// Every user with the symbols it trades.
+pub type UserSymbols = Vec<(UserId, Vec<crate::domain::Symbol>)>;
 
 /// The arbiters (threads) of the shared actors.
 #[derive(Debug, Clone)]
@@ -249,6 +254,13 @@ impl RootSupervisor {
                     move || OrderRouter::new(exchange, directory, clock, settings),
                     on_exit,
                 );
+                if let Some((interval, users)) = &self.settings.reconcile {
+                    // A fresh mailbox: the one message fits.
+                    let plan = PeriodicReconcile { interval: *interval, users: users.clone() };
+                    if addr.try_send(plan).is_err() {
+                        tracing::error!("order router: periodic reconciliation could not be started");
+                    }
+                }
                 self.directory.set_order_router(Some(addr));
             }
             ActorKind::Monitor => {
