@@ -45,6 +45,9 @@ use crate::notify::Severity;
 use crate::persistence::PositionMismatch;
 use crate::supervision::root::{GetTreeStatus, TreeStatus};
 
+/// The first run after start comes this soon (or after one interval, if that is shorter).
+const FIRST_RUN_AFTER: Duration = Duration::from_secs(5);
+
 /// `PRAGMA quick_check` reads the whole database on the persistence thread: at most this often.
 const INTEGRITY_CHECK_INTERVAL_MS: i64 = 10 * 60_000;
 
@@ -633,6 +636,9 @@ impl Actor for Monitor {
         if let Err(error) = std::fs::create_dir_all(&self.settings.log_dir) {
             tracing::error!(%error, "monitor: cannot create the log directory");
         }
+        // A first run soon after start (once the tree is up), so that a fresh server is judged in
+        // seconds rather than after a whole interval; then every interval.
+        ctx.run_later(self.settings.interval.min(FIRST_RUN_AFTER), |_, ctx| ctx.notify(RunChecks));
         ctx.run_interval(self.settings.interval, |_, ctx| {
             ctx.notify(RunChecks);
         });
