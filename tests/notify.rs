@@ -71,8 +71,9 @@ async fn a_crash_loop_sends_one_message_per_key_and_the_token_never_leaks() {
             body["text"].as_str().unwrap().to_owned()
         })
         .collect();
-    let crashed: Vec<&String> = texts.iter().filter(|t| t.contains("trader u2 crashed")).collect();
-    let quarantined: Vec<&String> = texts.iter().filter(|t| t.contains("trader u2 quarantined")).collect();
+    // The supervision events' own messages (the Monitor's SYS-PROCESS message quotes them too).
+    let crashed: Vec<&String> = texts.iter().filter(|t| t.contains("] trader u2 crashed")).collect();
+    let quarantined: Vec<&String> = texts.iter().filter(|t| t.contains("] trader u2 quarantined")).collect();
     assert_eq!(crashed.len(), 1, "one message for u2's four crashes: {texts:#?}");
     assert_eq!(quarantined.len(), 1, "{texts:#?}");
     assert!(crashed[0].contains("panic: chaos"), "{}", crashed[0]);
