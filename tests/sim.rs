@@ -620,6 +620,8 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     text += &format!("[intelligence]\nbase_url = \"{}\"\napi_key_env = \"SIM_CG_KEY\"\n", sim.url);
     std::fs::write(&config, text).unwrap();
     let bulwark = run_bulwark(&config, 2, 40);
+    let started = std::time::Instant::now();
+    let stage = |name: &str| eprintln!("{:>6} ms  {name}", started.elapsed().as_millis());
     let log = dir.path().join("logs/failure_point_monitor.jsonl");
     let api = "SYS-EXCHANGE-API";
 
@@ -627,6 +629,7 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
         check(line, api)["status"] == "ok" && check(line, api)["value"]["klines_requests"].as_u64() > Some(0)
     })
     .await;
+    stage("healthy");
     let fault_ms = line_ms(&healthy);
     // Intelligence comes from the simulator's CoinGlass endpoints (asked for on every sync).
     let intel = wait_for_monitor_line(&log, 0, "SYS-INTEL-API ok from coinglass", |line| {
@@ -634,10 +637,12 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     })
     .await;
     assert!(check(&intel, "SYS-INTEL-API")["value"]["series"].as_u64() >= Some(1), "{intel}");
+    stage("intelligence from coinglass");
     sim.faults(json!({ "endpoints": { "GET /fapi/v1/klines": { "error_5xx_rate": 1.0 } } })).await;
     let critical =
         wait_for_monitor_line(&log, fault_ms, "SYS-EXCHANGE-API critical", |l| check(l, api)["status"] == "critical")
             .await;
+    stage("critical");
     // Within one interval: at most the run that straddled the fault came before it.
     let runs_before =
         monitor_lines(&log).iter().filter(|l| line_ms(l) > fault_ms && line_ms(l) < line_ms(&critical)).count();
@@ -651,6 +656,7 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
         assert_ne!(answer["verdict"], "trading", "{answer}");
     }
 
+    stage("why names it");
     // Five failures open the host's circuit breaker: no request storm while it is open.
     let breaker = "SYS-CIRCUIT-BREAKER";
     let opened =
@@ -663,6 +669,7 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
         assert!(klines_later <= klines_at_open + 1, "{klines_at_open} → {klines_later} klines requests while open");
     }
 
+    stage("breaker open");
     sim.faults(json!({})).await;
     let recovered_after = line_ms(monitor_lines(&log).last().unwrap());
     // The breaker's probe (after open_secs) succeeds and closes it; candles flow again.
@@ -672,7 +679,9 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
             && check(l, "SYS-CIRCUIT-BREAKER")["status"] == "ok"
     })
     .await;
+    stage("recovered");
     wait_for_why(&config, "u1", "no SYS-EXCHANGE-API block", |a| !names(a, api)).await;
+    stage("why clear");
     // An orderly stop (SIGTERM) rather than waiting out the duration.
     assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
     finish(bulwark).await;
