@@ -12,7 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
-cargo build --release --locked
+# Build as the user who called sudo (their toolchain, their target/), install as root.
+builder="${SUDO_USER:-root}"
+if [ "$builder" != root ]; then
+  sudo -u "$builder" -H bash -lc "cd '$PWD' && cargo build --release --locked"
+else
+  cargo build --release --locked
+fi
 install -m 0755 target/release/bulwark /usr/local/bin/bulwark
 
 id -u bulwark >/dev/null 2>&1 || useradd --system --home-dir /var/lib/bulwark --shell /usr/sbin/nologin bulwark

@@ -13,7 +13,7 @@ pub const RATE_KEYS_MAX: usize = 10_000;
 /// Telegram refuses messages over 4,096 characters; ours are cut well before.
 pub const MESSAGE_CHARS_MAX: usize = 3_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -44,8 +44,9 @@ pub struct Notification {
 #[derive(Debug, Clone)]
 struct KeyState {
     window_start_ms: i64,
-    /// Events suppressed in the current window.
+    /// Events suppressed in the current window, and the highest severity among them.
     suppressed: u32,
+    severity: Severity,
     last_text: String,
 }
 
@@ -68,13 +69,14 @@ impl RateLimiter {
         match self.keys.get_mut(key) {
             Some(state) if now_ms - state.window_start_ms < self.window_ms => {
                 state.suppressed += 1;
+                state.severity = state.severity.max(severity);
                 state.last_text = text;
                 None
             }
             Some(state) => {
                 let earlier = std::mem::take(&mut state.suppressed);
                 let since = state.window_start_ms;
-                *state = KeyState { window_start_ms: now_ms, suppressed: 0, last_text: text.clone() };
+                *state = KeyState { window_start_ms: now_ms, suppressed: 0, severity, last_text: text.clone() };
                 let text = if earlier > 0 {
                     format!("{text} (and {earlier} more like it since {})", rfc3339_ms(since))
                 } else {
@@ -91,7 +93,7 @@ impl RateLimiter {
                 }
                 self.keys.insert(
                     key.to_owned(),
-                    KeyState { window_start_ms: now_ms, suppressed: 0, last_text: text.clone() },
+                    KeyState { window_start_ms: now_ms, suppressed: 0, severity, last_text: text.clone() },
                 );
                 Some(Notification { key: key.to_owned(), severity, text, ts: rfc3339_ms(now_ms) })
             }
@@ -112,8 +114,10 @@ impl RateLimiter {
                     rfc3339_ms(state.window_start_ms),
                     state.last_text
                 );
-                *state = KeyState { window_start_ms: now_ms, suppressed: 0, last_text: state.last_text.clone() };
-                Notification { key: key.clone(), severity: Severity::Warning, text, ts: rfc3339_ms(now_ms) }
+                let severity = state.severity;
+                *state =
+                    KeyState { window_start_ms: now_ms, suppressed: 0, severity, last_text: state.last_text.clone() };
+                Notification { key: key.clone(), severity, text, ts: rfc3339_ms(now_ms) }
             })
             .collect()
     }

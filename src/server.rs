@@ -592,6 +592,9 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
         check_symbols(&config, deps.exchange.as_ref()).await?;
         let mut server = start(&config, deps)?;
         let _ = breaker_directory.set(server.directory.clone());
+        // The root handles messages only once its `started` has spawned every shared actor and
+        // user supervisor: one round trip means the tree is up.
+        let _ = server.root.send(crate::supervision::root::GetTreeStatus).await;
         crate::service::ready(&format!("trading {} user(s) from {}", config.users.len(), config.source_name));
         let reason = stop_signals.wait(&mut server.escalation, duration, config.source_file()).await;
         let exit_code = match reason {

@@ -226,8 +226,10 @@ impl Actor for OrderRouter {
 }
 
 /// Reconcile every listed user every `interval` (`[reconcile] interval_secs`): unresolved orders
-/// looked up, orphans cancelled, positions re-synced, each action recorded. The root sends it to
-/// every incarnation; a pass that is still running when the next is due is not doubled.
+/// looked up and orphans cancelled, each action recorded. Positions are not re-synced here: a
+/// running trader keeps them current on every sync, and the database copy lags a fill by design
+/// until then (a periodic write would race the trader's); STATE-POSITION-SYNC watches them. The
+/// root sends it to every incarnation; a pass still running when the next is due is not doubled.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct PeriodicReconcile {
@@ -247,8 +249,8 @@ impl Handler<PeriodicReconcile> for OrderRouter {
             router.reconciling = true;
             let (context, placing, users) = (router.context.clone(), router.in_flight.clone(), users.clone());
             let pass = async move {
-                for (user, symbols) in users.iter() {
-                    match reconcile_user(&context, user, symbols, &placing).await {
+                for (user, _symbols) in users.iter() {
+                    match reconcile_user(&context, user, &[], &placing).await {
                         Ok(report) => {
                             let changed = report.orphans_cancelled.len() + report.positions_resynced.len();
                             if changed > 0 || !report.cancel_failures.is_empty() {
@@ -805,9 +807,22 @@ async fn reconcile_user(
             }
             Some(_) => continue,
         };
-        let result =
+        let mut result =
             call(context, "cancel order", context.exchange.cancel_order(user, &open.symbol, &open.client_order_id))
                 .await;
+        // A retried cancel whose first attempt went through is refused as unknown (-2011): look
+        // the order up; if it is no longer open, the cancel (or a fill) has happened.
+        if let Err(ExchangeError::Rejected { code: -2011, .. }) = &result
+            && let Ok(Some(order)) = call(
+                context,
+                "order by client id",
+                context.exchange.order_by_client_id(user, &open.symbol, &open.client_order_id),
+            )
+            .await
+            && !order.status.is_open()
+        {
+            result = Ok(order);
+        }
         let (action, detail) = match &result {
             Ok(_) => ("orphan_cancelled", why.clone()),
             Err(error) => ("orphan_cancel_failed", format!("{why}; cancel failed: {error}")),

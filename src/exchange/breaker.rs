@@ -56,6 +56,9 @@ pub struct CircuitBreaker {
     open_until_ms: i64,
     opened_at_ms: i64,
     probe_in_flight: bool,
+    /// When the probe in flight was let through: a probe whose outcome never came back (its
+    /// caller gave up) is replaced after `open_ms`, so the breaker cannot stay half-open forever.
+    probe_started_ms: i64,
     last_failure: Option<String>,
 }
 
@@ -75,6 +78,7 @@ impl CircuitBreaker {
             open_until_ms: 0,
             opened_at_ms: 0,
             probe_in_flight: false,
+            probe_started_ms: 0,
             last_failure: None,
         }
     }
@@ -103,14 +107,18 @@ impl CircuitBreaker {
             BreakerState::Open if now_ms >= self.open_until_ms => {
                 self.state = BreakerState::HalfOpen;
                 self.probe_in_flight = true;
+                self.probe_started_ms = now_ms;
                 Ok(Some(Transition {
                     to: BreakerState::HalfOpen,
                     until_ms: None,
                     reason: "cool-down over: one probe request".to_owned(),
                 }))
             }
-            BreakerState::HalfOpen if !self.probe_in_flight => {
+            BreakerState::HalfOpen
+                if !self.probe_in_flight || now_ms - self.probe_started_ms >= self.policy.open_ms =>
+            {
                 self.probe_in_flight = true;
+                self.probe_started_ms = now_ms;
                 Ok(None)
             }
             BreakerState::Open | BreakerState::HalfOpen => {
@@ -119,15 +127,28 @@ impl CircuitBreaker {
         }
     }
 
-    /// The exchange answered (whatever it said): a half-open breaker closes.
+    /// The exchange answered (whatever it said): a half-open breaker closes. An answer to a call
+    /// let through before the breaker opened does not close an open one (only its probe may).
     pub fn on_success(&mut self) -> Option<Transition> {
-        self.failures.clear();
-        self.probe_in_flight = false;
-        if self.state == BreakerState::Closed {
-            return None;
+        match self.state {
+            BreakerState::Closed => {
+                self.failures.clear();
+                None
+            }
+            BreakerState::Open => None,
+            BreakerState::HalfOpen => {
+                self.failures.clear();
+                self.probe_in_flight = false;
+                self.state = BreakerState::Closed;
+                Some(Transition { to: BreakerState::Closed, until_ms: None, reason: "a request succeeded".to_owned() })
+            }
         }
-        self.state = BreakerState::Closed;
-        Some(Transition { to: BreakerState::Closed, until_ms: None, reason: "a request succeeded".to_owned() })
+    }
+
+    /// The call ended without telling whether the host works (our own rate-limit wait, a ban seen
+    /// on another breaker): a probe in flight is released, so the next call probes again.
+    pub fn release_probe(&mut self) {
+        self.probe_in_flight = false;
     }
 
     /// A request failed without an answer (connection, timeout, 5xx, malformed, 429).
@@ -192,6 +213,21 @@ mod tests {
         assert_eq!(breaker.admit(604_500).unwrap().unwrap().to, BreakerState::HalfOpen);
         assert_eq!(breaker.on_success().unwrap().to, BreakerState::Closed);
         assert_eq!(breaker.admit(604_600), Ok(None));
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_replaced_and_a_late_answer_does_not_close_an_open_breaker() {
+        let policy = BreakerPolicy { failures_max: 1, window_ms: 60_000, open_ms: 1_000 };
+        let mut breaker = CircuitBreaker::new(policy);
+        breaker.on_failure(0, "503");
+        assert_eq!(breaker.on_success(), None, "an answer to an older call: still open");
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(breaker.admit(1_000).is_ok(), "the probe");
+        assert!(breaker.admit(1_500).is_err());
+        // The probe's caller gave up: after open_ms another probe goes.
+        assert!(breaker.admit(2_000).is_ok());
+        breaker.release_probe();
+        assert!(breaker.admit(2_001).is_ok(), "released: the next call probes");
     }
 
     #[test]

@@ -164,6 +164,9 @@ impl BreakerExchange {
                 for (endpoint, transition) in transitions {
                     self.report(&Scope::Host(endpoint), Some(transition));
                 }
+                if let Scope::Account(_) = scope {
+                    self.with_breaker(&scope, CircuitBreaker::release_probe);
+                }
                 None
             }
             Err(
@@ -174,8 +177,12 @@ impl BreakerExchange {
                 let detail = error.to_string();
                 self.with_breaker(&scope, |breaker| breaker.on_failure(now_ms, &detail))
             }
-            // The weight budget paces 429s; they say nothing about the host being down.
-            Err(ExchangeError::RateLimited { .. }) => None,
+            // The weight budget paces 429s; they say nothing about the host being down (but a
+            // probe that ran into one must not keep its breaker half-open).
+            Err(ExchangeError::RateLimited { .. }) => {
+                self.with_breaker(&scope, CircuitBreaker::release_probe);
+                None
+            }
             _ => self.with_breaker(&scope, CircuitBreaker::on_success),
         };
         self.report(&scope, transition);

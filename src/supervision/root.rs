@@ -358,11 +358,15 @@ impl RootSupervisor {
         }));
     }
 
-    /// Every shared actor is running (users may be quarantined or halted: they are handled).
+    /// Every shared actor is running or being restarted within its limits (users may be
+    /// quarantined or halted: they are handled), and nothing has escalated.
     fn tree_healthy(&self) -> bool {
         let journal = self.journal.borrow();
-        self.shared.keys().all(|kind| journal.status(*kind, None).is_some_and(|s| s.state == ChildState::Running))
-            && self.escalation.is_some()
+        self.shared.keys().all(|kind| {
+            journal
+                .status(*kind, None)
+                .is_some_and(|s| matches!(s.state, ChildState::Running | ChildState::Starting | ChildState::Restarting))
+        }) && self.escalation.is_some()
     }
 
     /// Asks a shared actor to stop; the receiver fires when it has.

@@ -916,7 +916,9 @@ impl TraderCore {
                 ),
             });
         }
-        if slot.error_streak >= ERROR_STREAK_PAUSE && slot.paused_candles == 0 {
+        // A slot that holds a position never sits out: its exit must stay possible.
+        let holding = slot.known_position.as_ref().is_some_and(|p| !p.quantity.is_zero());
+        if slot.error_streak >= ERROR_STREAK_PAUSE && slot.paused_candles == 0 && !holding {
             slot.paused_candles = (1_u32 << slot.pauses.min(16)).min(ERROR_PAUSE_CANDLES_MAX);
             slot.pauses += 1;
         }
