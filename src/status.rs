@@ -37,7 +37,8 @@ pub struct UserStatusView {
     pub recorded: UserStatus,
 }
 
-pub fn collect(config: &Config) -> anyhow::Result<StatusReport> {
+/// The config's database, opened read-only, and whether a server holds it now.
+fn open_database(config: &Config) -> anyhow::Result<(Store, std::path::PathBuf, bool)> {
     let database = config.database_path();
     if !database.exists() {
         anyhow::bail!(
@@ -46,7 +47,12 @@ pub fn collect(config: &Config) -> anyhow::Result<StatusReport> {
         );
     }
     let server_running = InstanceLock::is_held(&database);
-    let mut store = Store::open_read_only(&database).with_context(|| format!("opening {}", database.display()))?;
+    let store = Store::open_read_only(&database).with_context(|| format!("opening {}", database.display()))?;
+    Ok((store, database, server_running))
+}
+
+pub fn collect(config: &Config) -> anyhow::Result<StatusReport> {
+    let (mut store, database, server_running) = open_database(config)?;
     let users = store
         .user_statuses()
         .with_context(|| format!("reading {}", database.display()))?
@@ -66,16 +72,8 @@ const WHY_DECISIONS_MAX: u32 = 5;
 
 /// `bulwark why USER`.
 pub fn why(config: &Config, user: &str) -> anyhow::Result<WhyAnswer> {
-    let database = config.database_path();
-    if !database.exists() {
-        anyhow::bail!(
-            "no database at {}: the server has not run with this config yet (start it with `bulwark run`)",
-            database.display()
-        );
-    }
-    let server_running = InstanceLock::is_held(&database);
     let user_id = crate::domain::UserId::new(user).map_err(|e| anyhow::anyhow!("user {user:?}: {e}"))?;
-    let mut store = Store::open_read_only(&database).with_context(|| format!("opening {}", database.display()))?;
+    let (mut store, database, server_running) = open_database(config)?;
     let reading = || format!("reading {}", database.display());
     let trader_state = store
         .user_statuses()

@@ -123,6 +123,24 @@ impl Sim {
         Self { child, url, http: reqwest::Client::new() }
     }
 
+    /// A Binance client for `user` on this simulator, signing with `secret_text`.
+    fn client(&self, user: &str, secret_text: &str) -> BinanceClient {
+        let credentials = BTreeMap::from([(
+            UserId::new(user).unwrap(),
+            Credentials { api_key: Secret::new(key(user)), api_secret: Secret::new(secret_text.to_owned()) },
+        )]);
+        let settings = BinanceSettings {
+            base_url: self.url.parse().unwrap(),
+            recv_window_ms: 5_000,
+            timeout: Duration::from_secs(5),
+            weight_limit_per_minute: 2_400,
+            credentials,
+            credentials_missing: BTreeMap::new(),
+            retry: RetryPolicy { attempts_max: 3, backoff_ms_initial: 150, backoff_ms_max: 1_000 },
+        };
+        BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
+    }
+
     async fn get(&self, path: &str) -> Value {
         self.http.get(format!("{}{path}", self.url)).send().await.unwrap().json().await.unwrap()
     }
@@ -289,22 +307,7 @@ async fn a_signed_round_trip_works_and_a_wrong_secret_is_refused() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&sim_config(dir.path(), 1, 1_000, ""), 1);
-    let client = |secret_text: &str| {
-        let credentials = BTreeMap::from([(
-            UserId::new("u1").unwrap(),
-            Credentials { api_key: Secret::new(key("u1")), api_secret: Secret::new(secret_text.to_owned()) },
-        )]);
-        let settings = BinanceSettings {
-            base_url: sim.url.parse().unwrap(),
-            recv_window_ms: 5_000,
-            timeout: Duration::from_secs(5),
-            weight_limit_per_minute: 2_400,
-            credentials,
-            credentials_missing: BTreeMap::new(),
-            retry: RetryPolicy { attempts_max: 3, backoff_ms_initial: 150, backoff_ms_max: 1_000 },
-        };
-        BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
-    };
+    let client = |secret_text: &str| sim.client("u1", secret_text);
     let good = client(&secret("u1"));
     let (user, xrp) = (UserId::new("u1").unwrap(), Symbol::new("XRPUSDT").unwrap());
     let candles = good.klines(&xrp, Timeframe::M5, 50).await.unwrap();
@@ -720,20 +723,7 @@ async fn an_orphan_and_an_unknown_position_at_start_up_are_cancelled_resynced_an
     std::fs::write(&config, text).unwrap();
     // Made on the exchange directly, behind bulwark's back: a `bw-` order it never sent, and a
     // position from an order that is not its own.
-    let credentials = BTreeMap::from([(
-        UserId::new("u1").unwrap(),
-        Credentials { api_key: Secret::new(key("u1")), api_secret: Secret::new(secret("u1")) },
-    )]);
-    let settings = BinanceSettings {
-        base_url: sim.url.parse().unwrap(),
-        recv_window_ms: 5_000,
-        timeout: Duration::from_secs(5),
-        weight_limit_per_minute: 2_400,
-        credentials,
-        credentials_missing: BTreeMap::new(),
-        retry: RetryPolicy { attempts_max: 3, backoff_ms_initial: 150, backoff_ms_max: 1_000 },
-    };
-    let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
+    let client = sim.client("u1", &secret("u1"));
     let (user, xrp) = (UserId::new("u1").unwrap(), Symbol::new("XRPUSDT").unwrap());
     let order = |id: &str, order_type: OrderType, quantity: i64| OrderRequest {
         client_order_id: ClientOrderId::parse(id).unwrap(),
