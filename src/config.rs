@@ -96,6 +96,9 @@ impl fmt::Display for ConfigErrors {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// Records the durable outbox holds while the database refuses writes; beyond it new records
+    /// are refused and entries halt (SYS-DATABASE).
+    pub outbox_records_max: usize,
 }
 
 /// `[supervisor]`
@@ -172,6 +175,9 @@ pub struct ChaosConfig {
     pub enabled: bool,
     pub panic_users: BTreeSet<UserId>,
     pub panic_every_decisions: u64,
+    /// While this file exists (and chaos is enabled) the database refuses every write, as a
+    /// read-only or failing disk would: the outbox's fault hook.
+    pub database_fault_file: Option<PathBuf>,
 }
 
 /// `[[users.strategies]]`
@@ -246,6 +252,11 @@ impl Config {
 
     pub fn database_path(&self) -> PathBuf {
         self.server.data_dir.join("bulwark.db")
+    }
+
+    /// The durable outbox, beside the database (see `persistence::outbox`).
+    pub fn outbox_path(&self) -> PathBuf {
+        self.server.data_dir.join("bulwark.outbox")
     }
 
     pub fn paper_journal_path(&self) -> PathBuf {
@@ -530,11 +541,12 @@ impl Default for RawIntelligence {
 struct RawServer {
     data_dir: String,
     log_dir: String,
+    outbox_records_max: i64,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
-        Self { data_dir: "data".to_owned(), log_dir: "logs".to_owned() }
+        Self { data_dir: "data".to_owned(), log_dir: "logs".to_owned(), outbox_records_max: 100_000 }
     }
 }
 
@@ -687,11 +699,12 @@ struct RawChaos {
     enabled: bool,
     panic_users: Vec<String>,
     panic_every_decisions: i64,
+    database_fault_file: Option<String>,
 }
 
 impl Default for RawChaos {
     fn default() -> Self {
-        Self { enabled: false, panic_users: Vec::new(), panic_every_decisions: 3 }
+        Self { enabled: false, panic_users: Vec::new(), panic_every_decisions: 3, database_fault_file: None }
     }
 }
 
@@ -918,7 +931,8 @@ impl Validator {
                 self.problem(path, "must not be empty");
             }
         }
-        ServerConfig { data_dir: PathBuf::from(raw.data_dir), log_dir: PathBuf::from(raw.log_dir) }
+        let outbox_records_max = self.int_in("server.outbox_records_max", raw.outbox_records_max, 10, 10_000_000) as usize;
+        ServerConfig { data_dir: PathBuf::from(raw.data_dir), log_dir: PathBuf::from(raw.log_dir), outbox_records_max }
     }
 
     fn supervisor(&mut self, raw: RawSupervisor) -> SupervisorConfig {
@@ -1429,7 +1443,14 @@ impl Validator {
                 _ => self.problem(format!("chaos.panic_users[{index}]"), format!("unknown user {user:?}")),
             }
         }
-        ChaosConfig { enabled: raw.enabled, panic_users, panic_every_decisions }
+        let database_fault_file = match raw.database_fault_file {
+            Some(path) if path.trim().is_empty() => {
+                self.problem("chaos.database_fault_file", "must not be empty (leave it out for no fault hook)");
+                None
+            }
+            path => path.map(PathBuf::from),
+        };
+        ChaosConfig { enabled: raw.enabled, panic_users, panic_every_decisions, database_fault_file }
     }
 }
 

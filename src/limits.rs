@@ -19,6 +19,17 @@ pub const PERSISTENCE_MAILBOX_CAPACITY: usize = 4096;
 /// and logged, never queued.
 pub const PERSISTENCE_IN_FLIGHT_MAX: usize = 4096;
 
+/// Records the durable outbox holds by default (`[server] outbox_records_max`); at the limit a new
+/// record is refused (never dropped) and the traders halt entries.
+pub const OUTBOX_RECORDS_MAX_DEFAULT: usize = 100_000;
+
+/// Outbox entries replayed in one turn of the persistence thread before it serves other requests.
+pub const OUTBOX_REPLAY_BATCH_MAX: usize = 500;
+
+/// Waits between attempts to replay the outbox while the database refuses writes (doubling).
+pub const OUTBOX_REPLAY_BACKOFF_MS_INITIAL: u64 = 100;
+pub const OUTBOX_REPLAY_BACKOFF_MS_MAX: u64 = 5_000;
+
 /// Mailbox capacity of the order router and market data actors.
 pub const SHARED_MAILBOX_CAPACITY: usize = 4096;
 

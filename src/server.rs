@@ -31,7 +31,7 @@ use crate::actors::intelligence::IntelSource;
 use crate::actors::monitor::{MonitorSettings, MonitoredUser};
 use crate::actors::notifier::Destinations;
 use crate::actors::order_router::{OrderRouter, ReconcileReport, ReconcileUser, RouterSettings};
-use crate::actors::persistence::PersistenceActor;
+use crate::actors::persistence::{PersistenceActor, PersistenceSettings};
 use crate::actors::trader::{ChaosPlan, TraderSeed, UserCounters};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, VenueConfig};
@@ -216,7 +216,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             exchange_timeout: router_call_timeout,
             ..RouterSettings::default()
         },
-        database_path,
+        persistence: persistence_settings(config),
         monitor: Arc::new(MonitorSettings {
             interval: config.monitor.interval,
             summary_interval: config.monitor.summary_interval,
@@ -291,6 +291,16 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
 
 /// The notification destinations `[notify]` names, with their secrets read from the environment.
 /// A variable that is not set is a start-up error naming it (never its value).
+/// The database, its outbox and (with `[chaos]` on) the database fault hook.
+fn persistence_settings(config: &Config) -> PersistenceSettings {
+    PersistenceSettings {
+        database_path: config.database_path(),
+        outbox_path: config.outbox_path(),
+        outbox_capacity: config.server.outbox_records_max,
+        database_fault_file: config.chaos.database_fault_file.clone().filter(|_| config.chaos.enabled),
+    }
+}
+
 fn notify_destinations(config: &Config) -> anyhow::Result<Destinations> {
     let Some(notify) = &config.notify else { return Ok(Destinations::default()) };
     let telegram = match &notify.telegram {
@@ -462,11 +472,11 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
     let (persistence_arbiter, router_arbiter) = (Arbiter::new(), Arbiter::new());
     let reports = system.block_on(async {
         let directory = Arc::new(Directory::default());
-        let path = database_path.clone();
+        let (settings, gauge) = (persistence_settings(&config), directory.outbox.clone());
         let persistence = spawn_watched(
             &persistence_arbiter.handle(),
             PERSISTENCE_MAILBOX_CAPACITY,
-            move || PersistenceActor::new(path),
+            move || PersistenceActor::new(settings, gauge),
             |_| {},
         );
         directory.set_persistence(Some(persistence.clone()));

@@ -14,7 +14,8 @@ pub mod trader;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use actix::Addr;
 use parking_lot::RwLock;
@@ -27,6 +28,7 @@ use crate::actors::monitor::Monitor;
 use crate::actors::notifier::Notifier;
 use crate::actors::order_router::OrderRouter;
 use crate::actors::persistence::PersistenceActor;
+use crate::domain::UserId;
 use crate::limits::PERSISTENCE_IN_FLIGHT_MAX;
 
 /// Where the current incarnation of each shared actor can be reached.
@@ -50,6 +52,72 @@ pub struct Directory {
     pub(crate) persistence_permits: Arc<Semaphore>,
     /// Fire-and-forget writes refused because every permit was taken (read by status surfaces).
     pub(crate) persistence_writes_refused: AtomicU64,
+    /// The durable outbox as the persistence actor last left it (written by it; read by the order
+    /// router, which halts entries while it holds records, and by the Monitor).
+    pub(crate) outbox: Arc<OutboxGauge>,
+    /// Users whose exchange position the recorded fills still do not explain after reconciliation
+    /// imported what it could, with why (written by the order router's reconciliation; read by its
+    /// account syncs, which halt those users' entries, and by status surfaces).
+    pub(crate) position_holds: RwLock<BTreeMap<UserId, String>>,
+}
+
+/// The durable outbox's depth and history, shared across persistence incarnations.
+#[derive(Debug, Default)]
+pub struct OutboxGauge {
+    depth: AtomicUsize,
+    capacity: AtomicUsize,
+    replayed_total: AtomicU64,
+    rejected_total: AtomicU64,
+    /// Why the database last refused a write (cleared when the outbox drains).
+    last_error: RwLock<Option<String>>,
+}
+
+/// A copy of the [`OutboxGauge`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxStatus {
+    pub depth: usize,
+    pub capacity: usize,
+    pub replayed_total: u64,
+    pub rejected_total: u64,
+    pub last_error: Option<String>,
+}
+
+impl OutboxStatus {
+    pub fn is_full(&self) -> bool {
+        self.capacity > 0 && self.depth >= self.capacity
+    }
+}
+
+impl OutboxGauge {
+    pub fn status(&self) -> OutboxStatus {
+        OutboxStatus {
+            depth: self.depth.load(Ordering::Relaxed),
+            capacity: self.capacity.load(Ordering::Relaxed),
+            replayed_total: self.replayed_total.load(Ordering::Relaxed),
+            rejected_total: self.rejected_total.load(Ordering::Relaxed),
+            last_error: self.last_error.read().clone(),
+        }
+    }
+
+    pub(crate) fn set_depth(&self, depth: usize, capacity: usize) {
+        self.depth.store(depth, Ordering::Relaxed);
+        self.capacity.store(capacity, Ordering::Relaxed);
+        if depth == 0 {
+            *self.last_error.write() = None;
+        }
+    }
+
+    pub(crate) fn set_last_error(&self, error: String) {
+        *self.last_error.write() = Some(error);
+    }
+
+    pub(crate) fn count_replayed(&self) {
+        self.replayed_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_rejected(&self) {
+        self.rejected_total.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Directory {
@@ -64,6 +132,8 @@ impl Default for Directory {
             notifier: RwLock::default(),
             persistence_permits: Arc::new(Semaphore::new(PERSISTENCE_IN_FLIGHT_MAX)),
             persistence_writes_refused: AtomicU64::new(0),
+            outbox: Arc::new(OutboxGauge::default()),
+            position_holds: RwLock::default(),
         }
     }
 }
@@ -90,7 +160,22 @@ pub struct NotRunning(pub &'static str);
 impl Directory {
     /// Fire-and-forget writes refused so far because persistence was saturated.
     pub fn persistence_writes_refused(&self) -> u64 {
-        self.persistence_writes_refused.load(std::sync::atomic::Ordering::Relaxed)
+        self.persistence_writes_refused.load(Ordering::Relaxed)
+    }
+
+    /// The durable outbox now.
+    pub fn outbox(&self) -> OutboxStatus {
+        self.outbox.status()
+    }
+
+    /// Users whose entries are halted because their position does not match their fills.
+    pub fn position_holds(&self) -> BTreeMap<UserId, String> {
+        self.position_holds.read().clone()
+    }
+
+    /// Why `user`'s entries are halted for an unexplained position, if they are.
+    pub fn position_hold(&self, user: &UserId) -> Option<String> {
+        self.position_holds.read().get(user).cloned()
     }
 
     pub fn persistence(&self) -> Result<Addr<PersistenceActor>, NotRunning> {

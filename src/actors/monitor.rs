@@ -401,6 +401,8 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         writes_refused: directory.persistence_writes_refused(),
         journal_write_failures: tree_status.as_ref().map_or(0, |t| t.journal_write_failures),
         integrity_ok,
+        outbox: directory.outbox(),
+        users: settings.users.iter().map(|u| u.id.clone()).collect(),
     });
 
     let orphan_check = match orphan_user {
@@ -464,6 +466,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         guards_disabled: settings.guards_disabled,
         log_write_failures,
         position_mismatches: from_database.as_ref().map(|db| db.position_mismatches.clone()),
+        position_holds: directory.position_holds(),
         // Filled in by `conclude` from every user's newest check.
         orphans: None,
         breakers: exchange.breaker_statuses(),

@@ -36,8 +36,10 @@ use crate::clock::Clock;
 use crate::domain::{ClientOrderId, ExchangeOrder, OrderIntent, OrderState, Symbol, UserId};
 use crate::exchange::{Exchange, ExchangeError};
 use crate::limits::ORDER_RESOLVE_QUERIES_PER_SYNC_MAX;
+use crate::persistence::outbox::{Durability, DurableWrite};
 use crate::persistence::{OrderTransition, StoredOrder};
-use crate::trader::core::{AccountError, AccountSnapshot, PlacementOutcome, UnresolvedOrder};
+use crate::failure_points::catalog::{STATE_POSITION_SYNC, SYS_DATABASE};
+use crate::trader::core::{AccountError, AccountSnapshot, EntryHalt, PlacementOutcome, UnresolvedOrder};
 use crate::trader::risk::RiskApproved;
 
 /// Order-path timing.
@@ -128,6 +130,10 @@ pub struct ReconcileReport {
     /// Positions the exchange holds differently from the database: re-synced from the exchange,
     /// with what each was before and after.
     pub positions_resynced: Vec<(Symbol, String)>,
+    /// Fills of bulwark's own orders imported because the database lacked them (symbol, listed).
+    pub fills_imported: Vec<(Symbol, usize)>,
+    /// The fills still do not explain a position: the user's entries are halted, with why.
+    pub entries_halted: Option<String>,
 }
 
 impl ReconcileReport {
@@ -151,6 +157,7 @@ impl ReconcileReport {
         }
         self.orphans_cancelled.extend(later.orphans_cancelled);
         self.positions_resynced.extend(later.positions_resynced);
+        self.fills_imported.extend(later.fills_imported);
         ReconcileReport {
             resolved: self.resolved,
             orphans_cancelled: self.orphans_cancelled,
@@ -158,6 +165,8 @@ impl ReconcileReport {
             external_orders: later.external_orders,
             unresolvable: later.unresolvable,
             positions_resynced: self.positions_resynced,
+            fills_imported: self.fills_imported,
+            entries_halted: later.entries_halted,
         }
     }
 }
@@ -252,13 +261,17 @@ impl Handler<PeriodicReconcile> for OrderRouter {
                 for (user, _symbols) in users.iter() {
                     match reconcile_user(&context, user, &[], &placing).await {
                         Ok(report) => {
-                            let changed = report.orphans_cancelled.len() + report.positions_resynced.len();
+                            let changed = report.orphans_cancelled.len()
+                                + report.positions_resynced.len()
+                                + report.fills_imported.len();
                             if changed > 0 || !report.cancel_failures.is_empty() {
                                 tracing::warn!(
                                     %user,
                                     orphans_cancelled = report.orphans_cancelled.len(),
                                     cancel_failures = report.cancel_failures.len(),
                                     positions_resynced = report.positions_resynced.len(),
+                                    fills_imported = report.fills_imported.len(),
+                                    entries_halted = report.entries_halted.is_some(),
                                     "periodic reconciliation acted"
                                 );
                             }
@@ -348,10 +361,39 @@ async fn call<T>(
     }
 }
 
-async fn transition(context: &RouterContext, transition: OrderTransition) -> Result<bool, String> {
+/// A compare-and-set that must be in the database before the caller acts (marking an order
+/// `sending` before its request leaves): `Ok(false)` when another writer moved it first.
+async fn transition_now(context: &RouterContext, transition: OrderTransition) -> Result<bool, String> {
     persistence::run(&context.directory, move |store| store.transition_order(&transition))
         .await
         .map_err(|e| e.to_string())
+}
+
+/// How recording what the exchange said about an order ended.
+enum Recorded {
+    /// The database has it.
+    Moved,
+    /// Another writer moved the order first; nothing was written.
+    Overtaken,
+    /// The database refuses writes; the change (with its fills) waits in the durable outbox.
+    Queued { depth: usize },
+}
+
+/// Records a fact the exchange reported (an order's new state, its fills) durably: in the
+/// database, or in the outbox while the database refuses writes. The order row keeps its old,
+/// unresolved state until then, so a later sync reads the order again: nothing is lost even if
+/// the outbox itself fails.
+async fn record_transition(context: &RouterContext, transition: OrderTransition) -> Result<Recorded, String> {
+    match persistence::write(&context.directory, DurableWrite::OrderTransition(transition)).await {
+        Ok(Durability::Applied { changed: true }) => Ok(Recorded::Moved),
+        Ok(Durability::Applied { changed: false }) => Ok(Recorded::Overtaken),
+        Ok(Durability::Queued { depth }) => Ok(Recorded::Queued { depth }),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn queued_note(depth: usize) -> String {
+    format!(" (kept in the durable outbox at depth {depth}: the database refuses writes)")
 }
 
 async fn load_order(context: &RouterContext, client_order_id: &ClientOrderId) -> Result<Option<StoredOrder>, String> {
@@ -388,7 +430,7 @@ async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState, se
         // passed since, which is what lets "not found after the window" mean "never placed".
         to_sending.sent_at_ms = Some(now_ms);
         to_sending.expected_send_attempts = Some(sends);
-        match transition(context, to_sending).await {
+        match transition_now(context, to_sending).await {
             Ok(true) => sends += 1,
             Ok(false) => {
                 let state = current_state(context, &client_order_id).await;
@@ -499,9 +541,12 @@ async fn mark(
         // than a signature made after a wait for rate-limit budget.
         change.sent_at_ms = Some(now_ms);
     }
-    match transition(context, change).await {
-        Ok(true) => PlacementOutcome::Recorded { state: to, detail },
-        Ok(false) => {
+    match record_transition(context, change).await {
+        Ok(Recorded::Moved) => PlacementOutcome::Recorded { state: to, detail },
+        Ok(Recorded::Queued { depth }) => {
+            PlacementOutcome::Recorded { state: to, detail: format!("{detail}{}", queued_note(depth)) }
+        }
+        Ok(Recorded::Overtaken) => {
             let state = current_state(context, client_order_id).await;
             PlacementOutcome::Recorded { state, detail: format!("{detail} (already {state})") }
         }
@@ -560,9 +605,12 @@ async fn adopt(
     if from == to && order.filled_quantity == known_filled {
         return PlacementOutcome::Recorded { state: to, detail };
     }
-    match transition(context, change).await {
-        Ok(true) => PlacementOutcome::Recorded { state: to, detail },
-        Ok(false) => {
+    match record_transition(context, change).await {
+        Ok(Recorded::Moved) => PlacementOutcome::Recorded { state: to, detail },
+        Ok(Recorded::Queued { depth }) => {
+            PlacementOutcome::Recorded { state: to, detail: format!("{detail}{}", queued_note(depth)) }
+        }
+        Ok(Recorded::Overtaken) => {
             let state = current_state(context, &intent.client_order_id).await;
             PlacementOutcome::Recorded { state, detail: format!("{detail} (database already had {state})") }
         }
@@ -706,7 +754,27 @@ async fn sync_account(
             .ok_or_else(|| "balance is not a number".to_owned()),
         Err(error) => Err(format!("balance unavailable: {error}")),
     };
-    Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms, equity_usdt })
+    Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms, equity_usdt, entries_halted: entries_halted(context, user) })
+}
+
+/// Why entries are refused for `user` now: the database is behind (records wait in the outbox, or
+/// it is full), or reconciliation could not explain the user's position from its fills.
+fn entries_halted(context: &RouterContext, user: &UserId) -> Option<EntryHalt> {
+    let outbox = context.directory.outbox();
+    if outbox.depth > 0 {
+        let full = if outbox.is_full() { ", which is full" } else { "" };
+        return Some(EntryHalt {
+            failure_point: SYS_DATABASE,
+            reason: format!(
+                "the database refuses writes and {} record(s) wait in the durable outbox{full}; no entry until they are replayed",
+                outbox.depth
+            ),
+        });
+    }
+    context
+        .directory
+        .position_hold(user)
+        .map(|reason| EntryHalt { failure_point: STATE_POSITION_SYNC, reason })
 }
 
 /// Compares the exchange's position on `symbol` with the database's; a difference (a position the
@@ -746,15 +814,31 @@ async fn resync_position(
         active_order_id: stored.as_ref().and_then(|p| p.active_order_id.clone()),
         verified_at_ms: now_ms,
     };
-    let (record_user, record_detail) = (user.clone(), detail.clone());
-    persistence::run(&context.directory, move |store| {
-        store.save_position(&record)?;
-        store.record_reconcile_action(&record_user, "position_resynced", None, &record_detail, now_ms)
-    })
-    .await
-    .map_err(database)?;
+    persistence::write(&context.directory, DurableWrite::Position(record)).await.map_err(database)?;
+    record_action(context, user, "position_resynced", None, &detail).await?;
     report.positions_resynced.push((symbol.clone(), detail));
     Ok(())
+}
+
+/// Records what reconciliation did (durably: in the database or the outbox).
+async fn record_action(
+    context: &RouterContext,
+    user: &UserId,
+    action: &str,
+    client_order_id: Option<&ClientOrderId>,
+    detail: &str,
+) -> Result<(), AccountError> {
+    let write = DurableWrite::ReconcileAction {
+        user: user.clone(),
+        action: action.to_owned(),
+        client_order_id: client_order_id.cloned(),
+        detail: detail.to_owned(),
+        at_ms: context.clock.now_ms(),
+    };
+    persistence::write(&context.directory, write)
+        .await
+        .map(|_| ())
+        .map_err(|e| AccountError::other(format!("database: recording {action}: {e}")))
 }
 
 /// An exchange failure while reading an account; refused credentials halt the account.
@@ -828,13 +912,7 @@ async fn reconcile_user(
             Err(error) => ("orphan_cancel_failed", format!("{why}; cancel failed: {error}")),
         };
         tracing::warn!(%user, client_order_id = %open.client_order_id, action, %detail, "reconciliation");
-        let (record_user, record_id, record_detail, now_ms) =
-            (user.clone(), open.client_order_id.clone(), detail.clone(), context.clock.now_ms());
-        persistence::run(&context.directory, move |store| {
-            store.record_reconcile_action(&record_user, action, Some(&record_id), &record_detail, now_ms)
-        })
-        .await
-        .map_err(database)?;
+        record_action(context, user, action, Some(&open.client_order_id), &detail).await?;
         match result {
             Ok(_) => report.orphans_cancelled.push(open.client_order_id),
             Err(error) => report.cancel_failures.push((open.client_order_id, error.to_string())),
@@ -843,7 +921,107 @@ async fn reconcile_user(
     for symbol in symbols {
         resync_position(context, user, symbol, &mut report).await?;
     }
+    explain_positions(context, user, &mut report).await?;
     Ok(report)
+}
+
+/// How far back reconciliation looks for fills the database lacks (Binance's trade-list window).
+const FILL_IMPORT_LOOKBACK_MS: i64 = 7 * 24 * 3_600_000;
+
+/// For each of `user`'s positions that its recorded fills do not add up to: imports the fills of
+/// bulwark's own orders that the exchange lists and the database lacks. If the fills still do not
+/// explain the position (a trade bulwark did not make, or fills beyond the exchange's window), the
+/// user's entries are halted with the reason until a later pass finds it explained; exits go on.
+/// Each import, halt and resumption is recorded.
+async fn explain_positions(
+    context: &RouterContext,
+    user: &UserId,
+    report: &mut ReconcileReport,
+) -> Result<(), AccountError> {
+    let database = |e: crate::persistence::StoreError| AccountError::other(format!("database: {e}"));
+    let mismatched = |context: &RouterContext| {
+        let user = user.clone();
+        let directory = context.directory.clone();
+        async move {
+            persistence::run(&directory, move |store| store.position_fill_mismatches())
+                .await
+                .map(|all| all.into_iter().filter(|m| m.user == user).collect::<Vec<_>>())
+        }
+    };
+    let mut mismatches = mismatched(context).await.map_err(database)?;
+    let mut imported_any = false;
+    for mismatch in &mismatches {
+        let symbol = &mismatch.symbol;
+        let since_ms = context.clock.now_ms() - FILL_IMPORT_LOOKBACK_MS;
+        let listed = match call(context, "account fills", context.exchange.fills(user, symbol, since_ms)).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                let error = account_error(error).context(format_args!("listing the {symbol} fills"));
+                if error.credentials_refused {
+                    return Err(error);
+                }
+                // The position stays unexplained this pass: the halt below holds it.
+                tracing::warn!(%user, %symbol, error = %error.detail, "reconciliation: fills could not be listed now");
+                continue;
+            }
+        };
+        let own: HashSet<String> = {
+            let (user, symbol) = (user.clone(), symbol.clone());
+            persistence::run(&context.directory, move |store| store.exchange_order_ids(&user, &symbol))
+                .await
+                .map_err(database)?
+                .into_iter()
+                .collect()
+        };
+        let fills: Vec<_> =
+            listed.into_iter().filter(|f| own.contains(&f.exchange_order_id)).map(|f| (f, None)).collect();
+        if fills.is_empty() {
+            continue;
+        }
+        let count = fills.len();
+        let write = DurableWrite::Fills { user: user.clone(), fills, at_ms: context.clock.now_ms() };
+        if let Durability::Applied { changed: true } | Durability::Queued { .. } =
+            persistence::write(&context.directory, write).await.map_err(database)?
+        {
+            let detail = format!("{symbol}: fills of bulwark's own orders the database lacked, imported ({count} listed)");
+            tracing::warn!(%user, %symbol, "reconciliation: {detail}");
+            record_action(context, user, "fills_imported", None, &detail).await?;
+            report.fills_imported.push((symbol.clone(), count));
+            imported_any = true;
+        }
+    }
+    if imported_any {
+        mismatches = mismatched(context).await.map_err(database)?;
+    }
+    let held = context.directory.position_hold(user);
+    if mismatches.is_empty() {
+        if held.is_some() {
+            context.directory.position_holds.write().remove(user);
+            let detail = "the recorded fills explain every position again; entries resume".to_owned();
+            tracing::warn!(%user, "reconciliation: {detail}");
+            record_action(context, user, "entries_resumed", None, &detail).await?;
+        }
+        return Ok(());
+    }
+    let reason = mismatches
+        .iter()
+        .map(|m| format!("{}: the exchange holds {}, the recorded fills net {}", m.symbol, m.recorded, m.from_fills))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reason = format!("{reason}; entries halted until the position is explained (a trade bulwark did not make?)");
+    if held.as_deref() != Some(reason.as_str()) {
+        context.directory.position_holds.write().insert(user.clone(), reason.clone());
+        tracing::error!(%user, %reason, "reconciliation: position does not match the fills; entries halted");
+        record_action(context, user, "entries_halted", None, &reason).await?;
+        crate::actors::notifier::notify(
+            &context.directory,
+            format!("position-hold:{user}"),
+            crate::notify::Severity::Critical,
+            format!("STATE-POSITION-SYNC: {user}'s entries are halted: {reason}"),
+        );
+    }
+    report.entries_halted = Some(reason);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -862,7 +1040,7 @@ mod tests {
             cancel_failures: vec![(id("bw-u1-8"), "503".to_owned())],
             external_orders: 1,
             unresolvable: vec![(id("bw-u1-4"), "-1121 Invalid symbol.".to_owned())],
-            positions_resynced: Vec::new(),
+            ..ReconcileReport::default()
         };
         assert_eq!(first.waiting_orders(), 1);
         let later = ReconcileReport {
@@ -874,8 +1052,7 @@ mod tests {
             orphans_cancelled: vec![id("bw-u1-8")],
             cancel_failures: Vec::new(),
             external_orders: 1,
-            unresolvable: Vec::new(),
-            positions_resynced: Vec::new(),
+            ..ReconcileReport::default()
         };
         let merged = first.followed_by(later);
         assert_eq!(

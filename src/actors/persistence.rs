@@ -3,35 +3,220 @@
 //! [`Store`] (whose methods hold all the SQL) with `send().await`; its mailbox is bounded, so a
 //! burst of writes applies back-pressure instead of growing a queue.
 //!
+//! Durable records ([`DurableWrite`]: order states and fills, reconciliation actions, decisions,
+//! supervision events) go through [`write`] / [`submit_durable`]. When the database refuses one
+//! (busy, locked, read-only, I/O, disk full) it is retried once, then kept in the durable outbox
+//! (`persistence::outbox`, fsynced) and replayed in order, with backoff, once the database takes
+//! writes again. While the outbox holds anything, new durable records queue behind it.
+//!
 //! Owns failure points SYS-DATABASE and (with the filesystem checks) SYS-FILESYSTEM.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::actors::Directory;
+use crate::actors::{Directory, OutboxGauge};
+use crate::clock::{Clock, SystemClock};
+use crate::limits::{
+    OUTBOX_RECORDS_MAX_DEFAULT, OUTBOX_REPLAY_BACKOFF_MS_INITIAL, OUTBOX_REPLAY_BACKOFF_MS_MAX, OUTBOX_REPLAY_BATCH_MAX,
+};
+use crate::persistence::outbox::{Durability, DurableWrite, Outbox};
 use crate::persistence::{Store, StoreError};
 
 /// How often bounded tables are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often the fault hook's file is looked for (only when one is configured).
+const FAULT_HOOK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Replayed entry ids are kept this long (a replay after a crash needs far less).
+const OUTBOX_APPLIED_KEEP_MS: i64 = 24 * 3_600_000;
+
+/// Where the persistence actor keeps things.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistenceSettings {
+    pub database_path: PathBuf,
+    pub outbox_path: PathBuf,
+    pub outbox_capacity: usize,
+    /// `[chaos] database_fault_file`: while it exists, the database refuses every write.
+    pub database_fault_file: Option<PathBuf>,
+}
+
+impl PersistenceSettings {
+    /// The database at `database_path`, its outbox beside it (`.outbox`), the default capacity.
+    pub fn new(database_path: PathBuf) -> Self {
+        Self {
+            outbox_path: database_path.with_extension("outbox"),
+            database_path,
+            outbox_capacity: OUTBOX_RECORDS_MAX_DEFAULT,
+            database_fault_file: None,
+        }
+    }
+}
+
 pub struct PersistenceActor {
     /// Written once at construction; read when the actor (re)starts.
-    database_path: PathBuf,
+    settings: PersistenceSettings,
     /// Opened in `started`; `None` only before that.
     store: Option<Store>,
+    /// Opened in `started` (loading what a previous run left); the only writer of its file.
+    outbox: Option<Outbox>,
+    /// Shared with the directory (the router and the Monitor read it); written here only.
+    gauge: Arc<OutboxGauge>,
+    /// The wait before the next replay attempt (doubles while the database refuses writes).
+    replay_backoff_ms: u64,
+    /// A replay attempt is scheduled (at most one at a time).
+    replay_scheduled: bool,
+    /// The fault hook currently makes the database refuse writes.
+    refusing_writes: bool,
 }
 
 impl std::fmt::Debug for PersistenceActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PersistenceActor").field("database_path", &self.database_path).finish()
+        f.debug_struct("PersistenceActor")
+            .field("settings", &self.settings)
+            .field("outbox_depth", &self.outbox.as_ref().map(Outbox::depth))
+            .finish()
     }
 }
 
 impl PersistenceActor {
-    pub fn new(database_path: PathBuf) -> Self {
-        Self { database_path, store: None }
+    pub fn new(settings: PersistenceSettings, gauge: Arc<OutboxGauge>) -> Self {
+        Self {
+            settings,
+            store: None,
+            outbox: None,
+            gauge,
+            replay_backoff_ms: OUTBOX_REPLAY_BACKOFF_MS_INITIAL,
+            replay_scheduled: false,
+            refusing_writes: false,
+        }
+    }
+
+    /// Follows the fault hook's file: present means the database refuses writes.
+    fn follow_fault_hook(&mut self) {
+        let Some(path) = &self.settings.database_fault_file else { return };
+        let refuse = path.exists();
+        if refuse == self.refusing_writes {
+            return;
+        }
+        if let Some(store) = self.store.as_mut() {
+            match store.set_refuse_writes(refuse) {
+                Ok(()) => {
+                    self.refusing_writes = refuse;
+                    tracing::warn!(fault_file = %path.display(), refuse, "chaos: the database {} writes", if refuse { "now refuses" } else { "takes" });
+                }
+                Err(error) => tracing::error!(%error, "chaos: the fault hook could not be applied"),
+            }
+        }
+    }
+
+    fn publish_depth(&self) {
+        if let Some(outbox) = &self.outbox {
+            self.gauge.set_depth(outbox.depth(), outbox.capacity());
+        }
+    }
+
+    /// Applies a durable record, or queues it in the outbox when the database refuses it.
+    fn write(&mut self, write: DurableWrite, ctx: &mut Context<Self>) -> Result<Durability, StoreError> {
+        self.follow_fault_hook();
+        let (Some(store), Some(outbox)) = (self.store.as_mut(), self.outbox.as_mut()) else {
+            return Err(StoreError::Unavailable("database not open".to_owned()));
+        };
+        if outbox.is_empty() {
+            let refused = match store.apply_durable(&write) {
+                Ok(changed) => return Ok(Durability::Applied { changed }),
+                Err(error) if error.is_write_unavailable() => error,
+                Err(error) => return Err(error),
+            };
+            // Busy and locked have already waited out SQLite's busy timeout; anything else gets
+            // one more try after a moment before the record goes to the outbox.
+            let busy = matches!(&refused, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
+            let refused = if busy {
+                refused
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+                match store.apply_durable(&write) {
+                    Ok(changed) => return Ok(Durability::Applied { changed }),
+                    Err(error) if error.is_write_unavailable() => error,
+                    Err(error) => return Err(error),
+                }
+            };
+            tracing::error!(error = %refused, what = write.what(), outbox = %outbox.path().display(),
+                "persistence: the database refuses writes; durable records go to the outbox until it takes them again");
+            self.gauge.set_last_error(refused.to_string());
+        }
+        let appended = outbox.append(write, SystemClock.now_ms());
+        self.publish_depth();
+        self.schedule_replay(ctx);
+        match appended {
+            Ok(depth) => Ok(Durability::Queued { depth }),
+            Err(error) => {
+                tracing::error!(%error, "persistence: a durable record could not be kept");
+                Err(error)
+            }
+        }
+    }
+
+    /// Replays up to a batch of outbox entries. `Ok(true)` when the outbox is empty after.
+    fn replay_batch(&mut self) -> bool {
+        let (Some(store), Some(outbox)) = (self.store.as_mut(), self.outbox.as_mut()) else { return false };
+        let now_ms = SystemClock.now_ms();
+        for _ in 0..OUTBOX_REPLAY_BATCH_MAX {
+            let Some(entry) = outbox.front() else { break };
+            match store.apply_outbox_entry(entry, now_ms) {
+                Ok(_) => {
+                    if let Err(error) = outbox.pop_applied() {
+                        tracing::error!(%error, "persistence: the outbox could not be truncated after its replay");
+                    }
+                    self.gauge.count_replayed();
+                }
+                Err(error) if error.is_write_unavailable() => {
+                    self.gauge.set_last_error(error.to_string());
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(%error, entry = %entry.id, what = entry.write.what(),
+                        "persistence: the database refuses an outbox entry for good; it is kept in the rejected file");
+                    if let Err(error) = outbox.reject_front() {
+                        tracing::error!(%error, "persistence: the rejected entry could not be written aside; it stays queued");
+                        break;
+                    }
+                    self.gauge.count_rejected();
+                }
+            }
+        }
+        let empty = outbox.is_empty();
+        self.publish_depth();
+        empty
+    }
+
+    fn schedule_replay(&mut self, ctx: &mut Context<Self>) {
+        if self.replay_scheduled || self.outbox.as_ref().is_none_or(Outbox::is_empty) {
+            return;
+        }
+        self.replay_scheduled = true;
+        ctx.run_later(Duration::from_millis(self.replay_backoff_ms), |actor, ctx| {
+            actor.replay_scheduled = false;
+            actor.follow_fault_hook();
+            let before = actor.outbox.as_ref().map_or(0, Outbox::depth);
+            if actor.replay_batch() {
+                tracing::info!(replayed = before, "persistence: the outbox is replayed; the database has every record");
+                actor.replay_backoff_ms = OUTBOX_REPLAY_BACKOFF_MS_INITIAL;
+                return;
+            }
+            let after = actor.outbox.as_ref().map_or(0, Outbox::depth);
+            actor.replay_backoff_ms = if after < before {
+                // Progress: the next batch right away.
+                0
+            } else {
+                (actor.replay_backoff_ms * 2).clamp(OUTBOX_REPLAY_BACKOFF_MS_INITIAL, OUTBOX_REPLAY_BACKOFF_MS_MAX)
+            };
+            actor.schedule_replay(ctx);
+        });
     }
 }
 
@@ -39,19 +224,75 @@ impl Actor for PersistenceActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match Store::open(&self.database_path) {
+        // A panic ends this incarnation; the root supervisor restarts it with backoff and
+        // escalates (the process exits non-zero) if the database or the outbox stays unusable.
+        match Store::open(&self.settings.database_path) {
             Ok(store) => self.store = Some(store),
-            // A panic ends this incarnation; the root supervisor restarts it with backoff and
-            // escalates (the process exits non-zero) if the database stays unusable.
             Err(error) => panic!("persistence: {error}"),
         }
+        match Outbox::open(&self.settings.outbox_path, self.settings.outbox_capacity) {
+            Ok((outbox, opened)) => {
+                if opened.queued > 0 || opened.rejected > 0 || opened.torn_tail {
+                    tracing::warn!(
+                        outbox = %self.settings.outbox_path.display(),
+                        queued = opened.queued,
+                        rejected = opened.rejected,
+                        torn_tail = opened.torn_tail,
+                        "persistence: the outbox holds records from before; replaying them first"
+                    );
+                }
+                self.outbox = Some(outbox);
+            }
+            Err(error) => panic!("persistence: {error}"),
+        }
+        self.follow_fault_hook();
+        // Whatever an earlier run left is applied before any request is served.
+        if !self.replay_batch() {
+            self.schedule_replay(ctx);
+        }
+        self.publish_depth();
+        if self.settings.database_fault_file.is_some() {
+            ctx.run_interval(FAULT_HOOK_INTERVAL, |actor, _| actor.follow_fault_hook());
+        }
         ctx.run_interval(PRUNE_INTERVAL, |actor, _| {
-            if let Some(store) = actor.store.as_mut()
-                && let Err(error) = store.prune()
-            {
-                tracing::warn!(%error, "persistence: pruning bounded tables failed");
+            if let Some(store) = actor.store.as_mut() {
+                let pruned = store
+                    .prune()
+                    .and_then(|_| store.prune_outbox_applied(SystemClock.now_ms() - OUTBOX_APPLIED_KEEP_MS));
+                if let Err(error) = pruned {
+                    tracing::warn!(%error, "persistence: pruning bounded tables failed");
+                }
             }
         });
+    }
+}
+
+/// A durable record to apply, or to keep in the outbox if the database refuses it.
+#[derive(Debug)]
+pub struct Write {
+    write: DurableWrite,
+    /// Nobody waits for the answer: a failure is logged here.
+    unanswered: bool,
+    /// Released when the write has been handled (see [`Directory`]'s permits).
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Message for Write {
+    type Result = Result<Durability, StoreError>;
+}
+
+impl Handler<Write> for PersistenceActor {
+    type Result = Result<Durability, StoreError>;
+
+    fn handle(&mut self, message: Write, ctx: &mut Context<Self>) -> Self::Result {
+        let what = message.write.what();
+        let result = self.write(message.write, ctx);
+        if message.unanswered
+            && let Err(error) = &result
+        {
+            tracing::error!(%error, what, "persistence: record not written");
+        }
+        result
     }
 }
 
@@ -81,6 +322,7 @@ impl<R: 'static> Handler<Run<R>> for PersistenceActor {
     type Result = Result<R, StoreError>;
 
     fn handle(&mut self, message: Run<R>, _: &mut Context<Self>) -> Result<R, StoreError> {
+        self.follow_fault_hook();
         let store = self.store.as_mut().ok_or_else(|| StoreError::Unavailable("database not open".to_owned()))?;
         (message.0)(store)
     }
@@ -119,20 +361,7 @@ pub fn submit(
     what: &'static str,
     operation: impl FnOnce(&mut Store) -> Result<(), StoreError> + Send + 'static,
 ) {
-    let persistence = match directory.persistence() {
-        Ok(persistence) => persistence,
-        Err(error) => {
-            tracing::warn!(%error, what, "persistence unavailable; record not written");
-            return;
-        }
-    };
-    let Ok(permit) = directory.persistence_permits.clone().try_acquire_owned() else {
-        let refused = directory.persistence_writes_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if refused == 1 || refused.is_power_of_two() {
-            tracing::warn!(what, refused, "persistence saturated: record refused (counted)");
-        }
-        return;
-    };
+    let Some((persistence, permit)) = address_and_permit_now(directory, what) else { return };
     let logged = Run::new(move |store: &mut Store| {
         if let Err(error) = operation(store) {
             tracing::warn!(%error, what, "persistence: write failed");
@@ -142,6 +371,57 @@ pub fn submit(
     });
     // A fresh address is never parked, so this only fails when the actor is gone.
     if persistence.try_send(logged).is_err() {
+        tracing::warn!(what, "persistence is restarting; record not written");
+    }
+}
+
+/// The current persistence incarnation and an in-flight permit, without waiting; `None` (logged
+/// and counted) when there is no incarnation or every permit is taken.
+fn address_and_permit_now(
+    directory: &Directory,
+    what: &'static str,
+) -> Option<(Addr<PersistenceActor>, tokio::sync::OwnedSemaphorePermit)> {
+    let persistence = match directory.persistence() {
+        Ok(persistence) => persistence,
+        Err(error) => {
+            tracing::warn!(%error, what, "persistence unavailable; record not written");
+            return None;
+        }
+    };
+    let Ok(permit) = directory.persistence_permits.clone().try_acquire_owned() else {
+        let refused = directory.persistence_writes_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if refused == 1 || refused.is_power_of_two() {
+            tracing::warn!(what, refused, "persistence saturated: record refused (counted)");
+        }
+        return None;
+    };
+    Some((persistence, permit))
+}
+
+/// Writes a durable record and waits for its fate: applied (and whether it changed anything), or
+/// queued in the outbox because the database refuses writes. Waits for an in-flight permit first.
+pub async fn write(directory: &Directory, write: DurableWrite) -> Result<Durability, StoreError> {
+    let persistence = directory.persistence().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let permit = directory
+        .persistence_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    persistence
+        .send(Write { write, unanswered: false, _permit: permit })
+        .await
+        .map_err(|error| StoreError::Unavailable(format!("persistence did not answer: {error}")))?
+}
+
+/// Hands a durable record to persistence without waiting (decisions, positions, supervision
+/// events). It is enqueued at once, so one caller's records keep their order; a failure is logged
+/// by the persistence actor. Refused (logged and counted) only when every permit is taken.
+pub fn submit_durable(directory: &Directory, write: DurableWrite) {
+    let what = write.what();
+    let Some((persistence, permit)) = address_and_permit_now(directory, what) else { return };
+    // A fresh address is never parked, so this only fails when the actor is gone.
+    if persistence.try_send(Write { write, unanswered: true, _permit: permit }).is_err() {
         tracing::warn!(what, "persistence is restarting; record not written");
     }
 }
@@ -158,7 +438,13 @@ mod tests {
         let directory = Directory::default();
         let arbiter = Arbiter::new();
         let path = dir.path().join("bulwark.db");
-        let addr = spawn_watched(&arbiter.handle(), 16, move || PersistenceActor::new(path), |_| {});
+        let gauge = directory.outbox.clone();
+        let addr = spawn_watched(
+            &arbiter.handle(),
+            16,
+            move || PersistenceActor::new(PersistenceSettings::new(path), gauge),
+            |_| {},
+        );
         directory.set_persistence(Some(addr));
 
         // Hold the persistence thread until released.

@@ -29,6 +29,7 @@ use crate::domain::{Symbol, Timeframe, UserId};
 use crate::failure_points::locks::GuardLock;
 use crate::guards::GuardSettings;
 use crate::limits::{TRADER_START_UP_ATTEMPTS_MAX, TRADER_START_UP_BACKOFF_MS_INITIAL};
+use crate::persistence::outbox::DurableWrite;
 use crate::persistence::{DecisionRecord, GuardDecisionRecord, TraderState};
 use crate::trader::core::{
     AccountError, PlacementOutcome, SlotSpec, TraderCommand, TraderCore, TraderEvent, halt_reason,
@@ -168,7 +169,7 @@ impl Trader {
             match command {
                 TraderCommand::Record(record) => self.record(record),
                 TraderCommand::SavePosition(position) => {
-                    persistence::submit(&self.seed.directory, "position", move |store| store.save_position(&position));
+                    persistence::submit_durable(&self.seed.directory, DurableWrite::Position(position));
                 }
                 TraderCommand::SyncAccount { slot, iteration, symbol } => {
                     self.sync_account(slot, iteration, symbol, ctx)
@@ -192,11 +193,11 @@ impl Trader {
                     );
                     tracing::warn!(user = %lock.user, failure_point = %lock.failure_point, symbol = ?lock.symbol.as_ref().map(Symbol::as_str), until = %crate::clock::rfc3339_ms(lock.until_ms), "guard lock set: {}", lock.reason);
                     // Awaited in the background: the lock already holds in the core; the row is
-                    // what makes it outlive a restart.
+                    // what makes it outlive a restart (kept in the outbox if the database refuses it).
                     let directory = self.seed.directory.clone();
                     ctx.spawn(
                         async move {
-                            if let Err(error) = persistence::run(&directory, move |store| store.insert_guard_lock(&lock)).await {
+                            if let Err(error) = persistence::write(&directory, DurableWrite::GuardLock(lock)).await {
                                 tracing::error!(%error, "guard lock could not be stored; it holds until this trader restarts");
                             }
                         }
@@ -209,9 +210,7 @@ impl Trader {
                 }
                 TraderCommand::RecordGuards(record) => {
                     let _ = self.seed.guards_tap.send(record.clone());
-                    persistence::submit(&self.seed.directory, "guard decision", move |store| {
-                        store.record_guard_decision(&record)
-                    });
+                    persistence::submit_durable(&self.seed.directory, DurableWrite::GuardDecision(record));
                 }
             }
         }
@@ -230,7 +229,7 @@ impl Trader {
             tracing::debug!(user = %record.user, symbol = %record.symbol, outcome = %record.outcome, reason = %record.reason, "decision");
         }
         let _ = self.seed.decisions_tap.send(record.clone());
-        persistence::submit(&self.seed.directory, "decision", move |store| store.record_decision(&record));
+        persistence::submit_durable(&self.seed.directory, DurableWrite::Decision(record));
     }
 
     /// Syncs the account and, for the guards, asks for the symbol's intelligence at the same time.

@@ -9,7 +9,7 @@ use crate::domain::{Symbol, UserId};
 
 /// One lock as stored. Written by a trader when its guard trips (through persistence); read by the
 /// trader at start-up and on every entry, by the Monitor, `bulwark why` and the Healer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct GuardLock {
     /// Row id (0 before it is stored).
     pub id: i64,

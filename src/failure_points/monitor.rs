@@ -110,6 +110,10 @@ pub struct DatabaseObservation {
     pub journal_write_failures: u64,
     /// `PRAGMA quick_check` answered "ok".
     pub integrity_ok: bool,
+    /// The durable outbox: records waiting for the database to take writes again.
+    pub outbox: crate::actors::OutboxStatus,
+    /// Every configured user (all of them halt entries while the outbox holds records).
+    pub users: Vec<UserId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +172,9 @@ pub struct Observations {
     pub log_write_failures: u64,
     /// Positions the recorded fills do not add up to.
     pub position_mismatches: Option<Vec<PositionMismatch>>,
+    /// Users whose entries reconciliation halted because their fills still do not explain their
+    /// position, with why.
+    pub position_holds: BTreeMap<UserId, String>,
     /// The rotating open-orders check (one user per run).
     pub orphans: Option<OrphanObservation>,
     /// The exchange's circuit breakers (`None`: it has none).
@@ -487,13 +494,39 @@ fn filesystem(observations: &Observations) -> Outcome {
 
 fn database(observations: &Observations) -> Outcome {
     let Some(database) = &observations.database else { return Outcome::unknown("the database could not be queried") };
+    let outbox = &database.outbox;
     let value = json!({
         "writes_refused": database.writes_refused,
         "journal_write_failures": database.journal_write_failures,
         "integrity_ok": database.integrity_ok,
+        "outbox_depth": outbox.depth,
+        "outbox_capacity": outbox.capacity,
+        "outbox_replayed_total": outbox.replayed_total,
+        "outbox_rejected_total": outbox.rejected_total,
     });
     if !database.integrity_ok {
         Outcome::new(CheckStatus::Critical, "the integrity check failed").value(value)
+    } else if outbox.depth > 0 {
+        let full = if outbox.is_full() { " (full: new records are refused)" } else { "" };
+        let why = outbox.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        Outcome::new(
+            CheckStatus::Critical,
+            format!(
+                "the database refuses writes{why}; {} of {} record(s) wait in the durable outbox{full}; every user's entries are halted until they are replayed",
+                outbox.depth, outbox.capacity
+            ),
+        )
+        .value(value)
+        .users(database.users.clone())
+    } else if outbox.rejected_total > 0 {
+        Outcome::new(
+            CheckStatus::Warn,
+            format!(
+                "{} outbox record(s) the database refused for good are kept in the outbox's .rejected file for the operator",
+                outbox.rejected_total
+            ),
+        )
+        .value(value)
     } else if database.writes_refused > 0 || database.journal_write_failures > 0 {
         Outcome::new(
             CheckStatus::Warn,
@@ -671,15 +704,20 @@ fn position_sync(observations: &Observations) -> Outcome {
     let Some(mismatches) = &observations.position_mismatches else {
         return Outcome::unknown("positions and fills could not be read");
     };
-    if mismatches.is_empty() {
+    let holds = &observations.position_holds;
+    if mismatches.is_empty() && holds.is_empty() {
         return Outcome::ok("every settled position equals the net of its recorded fills");
     }
-    let detail = mismatches
+    let mut parts: Vec<String> = mismatches
         .iter()
         .map(|m| format!("{} {}: exchange {} vs fills {}", m.user, m.symbol, m.recorded, m.from_fills))
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mut users: Vec<UserId> = mismatches.iter().map(|m| m.user.clone()).collect();
+        .collect();
+    if !holds.is_empty() {
+        let held = holds.iter().map(|(user, why)| format!("{user} ({why})")).collect::<Vec<_>>().join("; ");
+        parts.push(format!("entries halted for: {held}"));
+    }
+    let detail = parts.join("; ");
+    let mut users: Vec<UserId> = mismatches.iter().map(|m| m.user.clone()).chain(holds.keys().cloned()).collect();
     users.sort();
     users.dedup();
     Outcome::new(CheckStatus::Critical, format!("the exchange's position differs from the bot's: {detail}"))

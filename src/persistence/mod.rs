@@ -12,6 +12,7 @@
 //!   never both move an order, and a fill is recorded at most once (keyed by the exchange's trade
 //!   id) and never lost behind a state that says "done".
 
+pub mod outbox;
 pub mod paper_journal;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use std::str::FromStr;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     ClientOrderId, Fill, IntentPurpose, OrderIntent, OrderState, OrderType, Price, Quantity, Side, Symbol, UserId,
@@ -52,6 +53,10 @@ pub enum StoreError {
     Io(String),
     #[error("persistence is unavailable: {0}")]
     Unavailable(String),
+    /// The database refuses writes and the durable outbox holds its maximum: the record was not
+    /// kept anywhere, and the caller must not act as if it had been.
+    #[error("the database refuses writes and the durable outbox is full ({depth} records); record refused")]
+    OutboxFull { depth: usize },
 }
 
 impl StoreError {
@@ -62,6 +67,25 @@ impl StoreError {
                 matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             }
             StoreError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The database cannot take a write now but may later (busy, locked, read-only, I/O error,
+    /// disk full, cannot open): a durable record waits in the outbox instead of being lost. A
+    /// conflict, a constraint or corrupt data would fail the same way again, so it is not.
+    pub fn is_write_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::CannotOpen
+            ),
+            StoreError::Io(_) | StoreError::Unavailable(_) => true,
             _ => false,
         }
     }
@@ -216,6 +240,33 @@ const MIGRATIONS: &[M<'static>] = &[
              until_ms INTEGER);
          CREATE INDEX guard_decisions_by_user ON guard_decisions (user_id, id);",
     ),
+    // Binance numbers trades per symbol, so a trade id is unique only within its symbol: the fills
+    // key gains the symbol (two symbols' fills with the same id are both kept). And the outbox's
+    // replayed entries, so a replay applies each entry once even across a crash.
+    M::up(
+        "CREATE TABLE fills_by_symbol (
+             user_id TEXT NOT NULL,
+             trade_id TEXT NOT NULL,
+             client_order_id TEXT,
+             exchange_order_id TEXT NOT NULL,
+             symbol TEXT NOT NULL,
+             side TEXT NOT NULL,
+             price TEXT NOT NULL,
+             quantity TEXT NOT NULL,
+             fee TEXT NOT NULL,
+             fee_asset TEXT NOT NULL,
+             realized_pnl TEXT NOT NULL,
+             filled_at_ms INTEGER NOT NULL,
+             recorded_at_ms INTEGER NOT NULL,
+             PRIMARY KEY (user_id, symbol, trade_id));
+         INSERT INTO fills_by_symbol SELECT user_id, trade_id, client_order_id, exchange_order_id, symbol, side, price,
+             quantity, fee, fee_asset, realized_pnl, filled_at_ms, recorded_at_ms FROM fills;
+         DROP TABLE fills;
+         ALTER TABLE fills_by_symbol RENAME TO fills;
+         CREATE TABLE outbox_applied (
+             entry_id TEXT PRIMARY KEY,
+             applied_at_ms INTEGER NOT NULL);",
+    ),
 ];
 
 /// A position the exchange reports that the recorded fills do not add up to.
@@ -231,7 +282,7 @@ pub struct PositionMismatch {
 }
 
 /// One pass of a signal through the guards (`allow`, or `block` by the first guard that refused).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardDecisionRecord {
     pub user: UserId,
     pub symbol: Symbol,
@@ -263,7 +314,7 @@ pub struct StoredOrder {
 }
 
 /// A compare-and-set move of one order from the state the caller saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderTransition {
     pub client_order_id: ClientOrderId,
     pub from: OrderState,
@@ -301,7 +352,7 @@ impl OrderTransition {
 }
 
 /// What a trader knows about one symbol, saved after every account sync and reloaded on restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PositionRecord {
     pub user: UserId,
     pub symbol: Symbol,
@@ -313,7 +364,7 @@ pub struct PositionRecord {
 }
 
 /// One iteration's outcome for one strategy of one user.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     pub user: UserId,
     pub symbol: Symbol,
@@ -333,7 +384,7 @@ pub struct DecisionRecord {
 }
 
 /// A supervision event as stored (mirrors a line of `supervisor.jsonl`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SupervisorEventRecord {
     pub ts_ms: i64,
     pub event: String,
@@ -345,7 +396,7 @@ pub struct SupervisorEventRecord {
 }
 
 /// A user's supervision state as the supervisors last recorded it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSupervisionRecord {
     pub user: UserId,
     pub state: String,
@@ -419,7 +470,7 @@ impl Store {
 
     /// Creates a row for every configured user that does not have one yet.
     pub fn ensure_users(&mut self, users: &[UserId], now_ms: i64) -> Result<(), StoreError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.savepoint()?;
         for user in users {
             transaction.execute(
                 "INSERT OR IGNORE INTO users (user_id, created_at_ms, supervisor_state, state_since_ms) VALUES (?1, ?2, 'stopped', ?2)",
@@ -477,7 +528,7 @@ impl Store {
     /// Commits an intent and its order row (state `pending`) in one transaction. Fails with
     /// [`StoreError::Conflict`] if the client order id or the user's sequence number is taken.
     pub fn commit_intent(&mut self, intent: &OrderIntent) -> Result<(), StoreError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.savepoint()?;
         let inserted = transaction.execute(
             "INSERT OR IGNORE INTO intents (client_order_id, user_id, intent_seq, symbol, side, order_type, limit_price, quantity,
                  reduce_only, purpose, strategy, decision_candle_close_ms, created_at_ms)
@@ -525,7 +576,7 @@ impl Store {
                 transition.client_order_id, transition.from, transition.to
             )));
         }
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.savepoint()?;
         let user: Option<String> = transaction
             .query_row(
                 "SELECT user_id FROM orders WHERE client_order_id = ?1",
@@ -586,7 +637,7 @@ impl Store {
         fills: &[(Fill, Option<ClientOrderId>)],
         now_ms: i64,
     ) -> Result<usize, StoreError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.savepoint()?;
         let mut inserted = 0;
         for (fill, client_order_id) in fills {
             inserted += insert_fill(&transaction, user.as_str(), client_order_id.as_ref(), fill, now_ms)?;
@@ -634,7 +685,7 @@ impl Store {
     }
 
     pub fn record_decision(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.savepoint()?;
         transaction.execute(
             "INSERT INTO decisions (user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -1041,6 +1092,16 @@ impl Store {
         Ok(mismatches)
     }
 
+    /// The exchange ids of `user`'s orders on `symbol` that bulwark placed (the fills of these,
+    /// and only these, are the bot's own).
+    pub fn exchange_order_ids(&mut self, user: &UserId, symbol: &Symbol) -> Result<Vec<String>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT exchange_order_id FROM orders WHERE user_id = ?1 AND symbol = ?2 AND exchange_order_id IS NOT NULL",
+        )?;
+        let rows = statement.query_map(params![user.as_str(), symbol.as_str()], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// One Monitor run, for history.
     pub fn record_monitor_snapshot(&mut self, ts_ms: i64, overall: &str, body: &str) -> Result<(), StoreError> {
         self.connection.execute(
@@ -1176,17 +1237,22 @@ const ORDER_SELECT: &str =
         o.send_attempts
      FROM orders o JOIN intents i ON i.client_order_id = o.client_order_id";
 
+/// Records one fill unless its trade is already recorded; returns 1 if it was new. A fill imported
+/// without its client order id (an account's trade list does not carry it) is linked to the order
+/// with its exchange order id; a later record that knows the id links an earlier unlinked one.
 fn insert_fill(
-    transaction: &rusqlite::Transaction<'_>,
+    connection: &Connection,
     user: &str,
     client_order_id: Option<&ClientOrderId>,
     fill: &Fill,
     now_ms: i64,
 ) -> Result<usize, StoreError> {
-    Ok(transaction.execute(
+    let inserted = connection.execute(
         "INSERT OR IGNORE INTO fills (user_id, trade_id, client_order_id, exchange_order_id, symbol, side, price, quantity, fee,
              fee_asset, realized_pnl, filled_at_ms, recorded_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         VALUES (?1, ?2,
+             COALESCE(?3, (SELECT client_order_id FROM orders WHERE user_id = ?1 AND symbol = ?5 AND exchange_order_id = ?4)),
+             ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             user,
             fill.trade_id,
@@ -1202,7 +1268,17 @@ fn insert_fill(
             fill.time_ms,
             now_ms
         ],
-    )?)
+    )?;
+    if inserted == 0
+        && let Some(client_order_id) = client_order_id
+    {
+        connection.execute(
+            "UPDATE fills SET client_order_id = ?4
+             WHERE user_id = ?1 AND symbol = ?2 AND trade_id = ?3 AND client_order_id IS NULL",
+            params![user, fill.symbol.as_str(), fill.trade_id, client_order_id.as_str()],
+        )?;
+    }
+    Ok(inserted)
 }
 
 fn corrupt(table: &str, error: impl std::fmt::Display) -> StoreError {

@@ -27,6 +27,7 @@ use crate::actors::persistence;
 use crate::actors::trader::UserCounters;
 use crate::clock::{Clock, rfc3339_ms};
 use crate::domain::UserId;
+use crate::persistence::outbox::DurableWrite;
 use crate::persistence::{SupervisorEventRecord, UserSupervisionRecord};
 
 /// The kinds of supervised actors.
@@ -288,9 +289,7 @@ impl SupervisionJournal {
         child.reason = reason.clone();
         if let Some(user) = user {
             let record = supervision_record(child, user);
-            persistence::submit(&self.directory, "user supervision state", move |store| {
-                store.set_user_supervision(&record)
-            });
+            persistence::submit_durable(&self.directory, DurableWrite::UserSupervision(record));
         }
         let _ = self.tap.send(TreeEvent::StateChanged { actor, user: user.cloned(), state, reason });
     }
@@ -397,13 +396,10 @@ impl SupervisionJournal {
         let supervision = event.user.as_ref().and_then(|user| {
             self.children.get(&(event.actor, Some(user.clone()))).map(|child| supervision_record(child, user))
         });
-        persistence::submit(&self.directory, "supervisor event", move |store| {
-            store.record_supervisor_event(&record)?;
-            if let Some(supervision) = supervision {
-                store.set_user_supervision(&supervision)?;
-            }
-            Ok(())
-        });
+        persistence::submit_durable(&self.directory, DurableWrite::SupervisorEvent(record));
+        if let Some(supervision) = supervision {
+            persistence::submit_durable(&self.directory, DurableWrite::UserSupervision(supervision));
+        }
     }
 }
 

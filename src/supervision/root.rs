@@ -9,7 +9,6 @@
 //! itself is unwell.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use crate::actors::market_data::{MarketData, StopFeeds, SubscriptionBook};
 use crate::actors::monitor::{Monitor, MonitorSettings};
 use crate::actors::notifier::{Destinations, Notifier};
 use crate::actors::order_router::{Drain, OrderRouter, PeriodicReconcile, RouterSettings};
-use crate::actors::persistence::{self, PersistenceActor};
+use crate::actors::persistence::{self, PersistenceActor, PersistenceSettings};
 use crate::actors::trader::TraderSeed;
 use crate::actors::{Directory, Stop};
 use crate::clock::Clock;
@@ -44,7 +43,7 @@ pub struct TreeSettings {
     /// `None`: market data polls only when told to (tests step the market themselves).
     pub market_poll_interval: Option<Duration>,
     pub router: RouterSettings,
-    pub database_path: PathBuf,
+    pub persistence: PersistenceSettings,
     pub monitor: Arc<MonitorSettings>,
     pub healer: Arc<HealerSettings>,
     pub intelligence: IntelSource,
@@ -225,11 +224,11 @@ impl RootSupervisor {
         let on_exit = move |exit| root.do_send(SharedExited { actor: kind, incarnation, exit });
         match kind {
             ActorKind::Persistence => {
-                let path = self.settings.database_path.clone();
+                let (settings, gauge) = (self.settings.persistence.clone(), self.directory.outbox.clone());
                 let addr = spawn_watched(
                     &self.arbiters.persistence,
                     PERSISTENCE_MAILBOX_CAPACITY,
-                    move || PersistenceActor::new(path),
+                    move || PersistenceActor::new(settings, gauge),
                     on_exit,
                 );
                 self.directory.set_persistence(Some(addr));

@@ -28,7 +28,7 @@ use crate::domain::{
     Candle, ClientOrderId, IntentPurpose, OrderIntent, OrderState, OrderType, Position, PositionSide, Side, Symbol,
     SymbolRules, Timeframe, UserId, decimal_from_f64, validate_candles,
 };
-use crate::failure_points::catalog::{SIG_KILL_SWITCH, SIG_SYMBOL_PROBATION};
+use crate::failure_points::catalog::{FailurePointId, SIG_KILL_SWITCH, SIG_SYMBOL_PROBATION};
 use crate::failure_points::locks::GuardLock;
 use crate::guards::equity::EquityTracker;
 use crate::guards::{self, EntrySignal, GuardSettings, GuardsPassed, OtherSlot, SignalContext};
@@ -74,6 +74,17 @@ pub struct AccountSnapshot {
     /// Wallet balance + unrealized PnL (USDT), or why it could not be read (the kill switch then
     /// blocks entries: it fails closed).
     pub equity_usdt: Result<f64, String>,
+    /// Why no entry may be placed for this account now, whatever the signal (exits still go
+    /// through): the ledger is behind (SYS-DATABASE) or the position is unexplained
+    /// (STATE-POSITION-SYNC).
+    pub entries_halted: Option<EntryHalt>,
+}
+
+/// A reason outside the trader that refuses every new entry of an account for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryHalt {
+    pub failure_point: FailurePointId,
+    pub reason: String,
 }
 
 /// Why the account could not be read.
@@ -636,6 +647,10 @@ impl TraderCore {
                 commands.push(decision("exit", reason, Some(client_order_id.clone())));
                 self.slots[slot_index].phase = Phase::Placing { client_order_id };
                 commands.push(TraderCommand::PlaceIntent { slot: slot_index, intent: risk::approve_exit(intent) });
+            }
+            Some(IntentPurpose::Entry) if snapshot.entries_halted.is_some() => {
+                let halt = snapshot.entries_halted.as_ref().expect("Invariant: matched as set");
+                commands.push(decision("blocked", format!("{}: {}", halt.failure_point, halt.reason), None));
             }
             Some(IntentPurpose::Entry) => {
                 let side = if signal.action == SignalAction::Long { Side::Buy } else { Side::Sell };

@@ -120,6 +120,7 @@ fn snapshot(quantity: &str, unresolved: Vec<UnresolvedOrder>) -> AccountSnapshot
         unresolved,
         fetched_at_ms: NOW_MS,
         equity_usdt: Ok(10_000.0),
+        entries_halted: None,
     }
 }
 
