@@ -469,4 +469,147 @@ mod tests {
         assert_eq!(directory.persistence_permits.available_permits(), PERSISTENCE_IN_FLIGHT_MAX);
         arbiter.stop();
     }
+
+    fn intent(seq: u64) -> crate::domain::OrderIntent {
+        use crate::domain::{ClientOrderId, IntentPurpose, OrderIntent, OrderType, Quantity, Side, Symbol, UserId};
+        let user = UserId::new("u1").unwrap();
+        OrderIntent {
+            client_order_id: ClientOrderId::for_intent(&user, seq),
+            user,
+            intent_seq: seq,
+            symbol: Symbol::new("XRPUSDT").unwrap(),
+            side: Side::Buy,
+            order_type: OrderType::Market,
+            quantity: Quantity::new(rust_decimal::Decimal::from(10)).unwrap(),
+            reduce_only: false,
+            purpose: IntentPurpose::Entry,
+            strategy: "s".into(),
+            decision_candle_close_ms: 1,
+            created_at_ms: 2,
+        }
+    }
+
+    fn filled(seq: u64, trade_id: &str) -> DurableWrite {
+        use crate::domain::{ClientOrderId, Fill, OrderState, Side, Symbol, UserId};
+        use crate::persistence::OrderTransition;
+        let id = ClientOrderId::for_intent(&UserId::new("u1").unwrap(), seq);
+        let mut transition = OrderTransition::new(id, OrderState::Sending, OrderState::Filled, 10);
+        transition.exchange_order_id = Some(format!("x{seq}"));
+        transition.fills = vec![Fill {
+            trade_id: trade_id.into(),
+            exchange_order_id: format!("x{seq}"),
+            symbol: Symbol::new("XRPUSDT").unwrap(),
+            side: Side::Buy,
+            price: rust_decimal::Decimal::ONE,
+            quantity: rust_decimal::Decimal::from(10),
+            fee: rust_decimal::Decimal::ZERO,
+            fee_asset: "USDT".into(),
+            realized_pnl: rust_decimal::Decimal::ZERO,
+            time_ms: 5,
+        }];
+        DurableWrite::OrderTransition(transition)
+    }
+
+    /// Waits (bounded) until the outbox gauge shows `depth`; the replay runs on the actor's timer.
+    async fn until_depth(directory: &Directory, depth: usize) {
+        let waiting = async {
+            while directory.outbox().depth != depth {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("outbox depth {} never became {depth}", directory.outbox().depth));
+    }
+
+    #[actix_rt::test]
+    async fn writes_the_database_refuses_wait_in_the_outbox_and_are_replayed_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let fault = dir.path().join("fault");
+        let mut settings = PersistenceSettings::new(dir.path().join("bulwark.db"));
+        settings.database_fault_file = Some(fault.clone());
+        settings.outbox_capacity = 3;
+        let directory = Arc::new(Directory::default());
+        let arbiter = Arbiter::new();
+        let start = |settings: PersistenceSettings| {
+            let gauge = directory.outbox.clone();
+            let addr = spawn_watched(&arbiter.handle(), 64, move || PersistenceActor::new(settings, gauge), |_| {});
+            directory.set_persistence(Some(addr));
+        };
+        start(settings.clone());
+        // Two orders sent while the database worked.
+        run(&directory, |store| {
+            store.ensure_users(&[crate::domain::UserId::new("u1").unwrap()], 0)?;
+            for seq in [1, 2] {
+                store.commit_intent(&intent(seq))?;
+                let id = intent(seq).client_order_id;
+                let mut sending = crate::persistence::OrderTransition::new(
+                    id,
+                    crate::domain::OrderState::Pending,
+                    crate::domain::OrderState::Sending,
+                    3,
+                );
+                sending.sent_at_ms = Some(3);
+                store.transition_order(&sending)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+        // The disk turns read-only: their fills go to the outbox (fsynced), not lost.
+        std::fs::write(&fault, b"").unwrap();
+        let first = write(&directory, filled(1, "t1")).await.unwrap();
+        assert_eq!(first, Durability::Queued { depth: 1 });
+        // The same fact seen again on the next sync is queued once.
+        assert_eq!(write(&directory, filled(1, "t1")).await.unwrap(), Durability::Queued { depth: 1 });
+        assert_eq!(write(&directory, filled(2, "t2")).await.unwrap(), Durability::Queued { depth: 2 });
+        let status = directory.outbox();
+        assert!(status.last_error.as_deref().is_some_and(|e| e.contains("readonly")), "{status:?}");
+        // An intent cannot be committed meanwhile: it fails, so nothing would be sent.
+        let refused = run(&directory, |store| store.commit_intent(&intent(3))).await;
+        assert!(refused.is_err_and(|e| e.is_write_unavailable()));
+        // At capacity a record is refused, never dropped silently.
+        write(&directory, filled(9, "t9")).await.unwrap();
+        let full = write(&directory, filled(8, "t8")).await;
+        assert!(matches!(full, Err(StoreError::OutboxFull { depth: 3 })), "{full:?}");
+        assert!(directory.outbox().is_full());
+
+        // A crash now: the next incarnation finds the records in the file.
+        arbiter.stop();
+        arbiter.join().unwrap();
+        let arbiter = Arbiter::new();
+        let gauge = directory.outbox.clone();
+        let restarted = settings.clone();
+        let addr = spawn_watched(&arbiter.handle(), 64, move || PersistenceActor::new(restarted, gauge), |_| {});
+        directory.set_persistence(Some(addr));
+        let held = run(&directory, |store| store.fill_count(&crate::domain::UserId::new("u1").unwrap())).await;
+        assert_eq!(held.unwrap(), 0, "still refused: nothing applied yet");
+        until_depth(&directory, 3).await;
+
+        // The disk recovers: replayed in order; the order with no row is kept aside, not lost.
+        std::fs::remove_file(&fault).unwrap();
+        until_depth(&directory, 0).await;
+        let status = directory.outbox();
+        assert_eq!((status.replayed_total, status.rejected_total), (2, 1), "{status:?}");
+        let rejected = std::fs::read_to_string(dir.path().join("bulwark.outbox.rejected")).unwrap();
+        assert!(rejected.contains("bw-u1-9"), "{rejected}");
+        let (fills, states) = run(&directory, |store| {
+            let user = crate::domain::UserId::new("u1").unwrap();
+            let orders = store.orders_of(&user)?;
+            Ok((store.fill_count(&user)?, orders.into_iter().map(|o| o.state).collect::<Vec<_>>()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(fills, 2, "each fill once");
+        assert_eq!(states, vec![crate::domain::OrderState::Filled; 2]);
+        assert_eq!(crate::persistence::outbox::count_entries(&settings.outbox_path).unwrap(), 0);
+        // Writes go straight to the database again.
+        assert_eq!(
+            write(&directory, filled(1, "t1")).await.unwrap(),
+            Durability::Applied { changed: false },
+            "already filled: the compare-and-set changes nothing"
+        );
+        arbiter.stop();
+    }
 }

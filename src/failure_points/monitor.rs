@@ -1084,6 +1084,38 @@ mod tests {
     }
 
     #[test]
+    fn records_waiting_in_the_outbox_make_the_database_critical_for_every_user_and_held_positions_show() {
+        let outbox = crate::actors::OutboxStatus {
+            depth: 4,
+            capacity: 10,
+            replayed_total: 0,
+            rejected_total: 0,
+            last_error: Some("attempt to write a readonly database".into()),
+        };
+        let observations = Observations {
+            database: Some(DatabaseObservation {
+                writes_refused: 0,
+                journal_write_failures: 0,
+                integrity_ok: true,
+                outbox,
+                users: vec![user("u1"), user("u2")],
+            }),
+            position_mismatches: Some(Vec::new()),
+            position_holds: BTreeMap::from([(user("u3"), "XRPUSDT: the exchange holds 30, the fills net 0".into())]),
+            ..Observations::default()
+        };
+        let results = evaluate(&observations);
+        let database = result(&results, catalog::SYS_DATABASE);
+        assert_eq!((database.status, database.users.clone()), (CheckStatus::Critical, vec![user("u1"), user("u2")]));
+        assert!(database.detail.contains("4 of 10 record(s) wait in the durable outbox"), "{}", database.detail);
+        assert!(database.detail.contains("readonly"), "{}", database.detail);
+        assert_eq!(database.value.as_ref().unwrap()["outbox_depth"], 4);
+        let sync = result(&results, catalog::STATE_POSITION_SYNC);
+        assert_eq!((sync.status, sync.users.clone()), (CheckStatus::Critical, vec![user("u3")]));
+        assert!(sync.detail.contains("differs from the bot's: entries halted for: u3 (XRPUSDT"), "{}", sync.detail);
+    }
+
+    #[test]
     fn a_position_the_fills_do_not_add_up_to_and_an_orphan_are_critical_for_their_users() {
         let mismatch = PositionMismatch {
             user: user("u2"),

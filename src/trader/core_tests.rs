@@ -453,6 +453,35 @@ fn entries_beyond_the_position_limit_are_blocked_and_use_no_sequence_number() {
 }
 
 #[test]
+fn a_halt_from_outside_blocks_entries_with_its_reason_but_never_an_exit() {
+    let mut h = harness();
+    let halt = EntryHalt {
+        failure_point: crate::failure_points::catalog::SYS_DATABASE,
+        reason: "the database refuses writes and 3 record(s) wait in the durable outbox".into(),
+    };
+    let mut halted = snapshot("0", vec![]);
+    halted.entries_halted = Some(halt.clone());
+    let commands = h.decide(SignalAction::Long, halted);
+    assert!(placed(&commands).is_empty(), "{commands:?}");
+    let record = records(&commands).into_iter().find(|r| r.outcome == "blocked").unwrap();
+    assert_eq!(record.reason, format!("SYS-DATABASE: {}", halt.reason));
+    assert_eq!(h.core.last_intent_seq(), 0, "no sequence number used");
+
+    // Once it is lifted, entries go through again.
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    assert_eq!(placed(&commands).len(), 1, "{commands:?}");
+
+    // Holding a position, the exit still goes out.
+    let mut h = harness();
+    let mut holding = snapshot("100", vec![]);
+    holding.entries_halted = Some(halt);
+    let commands = h.decide(SignalAction::Exit, holding);
+    let exits = placed(&commands);
+    assert_eq!(exits.len(), 1, "{commands:?}");
+    assert_eq!(exits[0].purpose, IntentPurpose::Exit);
+}
+
+#[test]
 fn entries_smaller_than_one_step_are_blocked() {
     let mut h = harness();
     let mut tiny_rules = snapshot("0", vec![]);
