@@ -931,7 +931,8 @@ impl Validator {
                 self.problem(path, "must not be empty");
             }
         }
-        let outbox_records_max = self.int_in("server.outbox_records_max", raw.outbox_records_max, 10, 10_000_000) as usize;
+        let outbox_records_max =
+            self.int_in("server.outbox_records_max", raw.outbox_records_max, 10, 10_000_000) as usize;
         ServerConfig { data_dir: PathBuf::from(raw.data_dir), log_dir: PathBuf::from(raw.log_dir), outbox_records_max }
     }
 

@@ -146,8 +146,11 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
 
     if config.chaos.enabled {
         let users: Vec<&str> = config.chaos.panic_users.iter().map(UserId::as_str).collect();
+        let fault = config.chaos.database_fault_file.as_ref().map_or(String::new(), |path| {
+            format!(" While {} exists, the database refuses every write.", path.display())
+        });
         tracing::warn!(
-            "CHAOS ENABLED: the traders of [{}] will panic on every decision number {} of each incarnation. \
+            "CHAOS ENABLED: the traders of [{}] will panic on every decision number {} of each incarnation.{fault} \
              This is for demonstrations and tests; never run it against real money.",
             users.join(", "),
             config.chaos.panic_every_decisions

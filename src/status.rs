@@ -81,9 +81,23 @@ pub fn why(config: &Config, user: &str) -> anyhow::Result<WhyAnswer> {
         .into_iter()
         .find(|status| status.user == user)
         .map(|status| (status.state, status.reason, status.since_ms));
-    let checks = store.latest_monitor_snapshot().with_context(reading)?.and_then(|(ts_ms, _, body)| {
-        serde_json::from_str::<Value>(&body).ok().map(|line| (ts_ms, CheckView::from_line(&line)))
-    });
+    // The Monitor's newest run: from the database, or from its log when that is newer (while the
+    // database refuses writes, its snapshots wait in the outbox but its log lines do not).
+    let from_database = store
+        .latest_monitor_snapshot()
+        .with_context(reading)?
+        .and_then(|(ts_ms, _, body)| serde_json::from_str::<Value>(&body).ok().map(|line| (ts_ms, line)));
+    let from_log =
+        newest_line(&config.server.log_dir.join("failure_point_monitor.jsonl"), |line| line["checks"].is_array())
+            .and_then(|line| {
+                let ts_ms = chrono::DateTime::parse_from_rfc3339(line["ts"].as_str()?).ok()?.timestamp_millis();
+                Some((ts_ms, line))
+            });
+    let checks = [from_database, from_log]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(ts_ms, _)| *ts_ms)
+        .map(|(ts_ms, line)| (ts_ms, CheckView::from_line(&line)));
     let locks = store.uncleared_guard_locks(Some(&user_id)).with_context(reading)?;
     let decisions = store
         .recent_decisions(&user_id, WHY_DECISIONS_MAX)
@@ -123,12 +137,19 @@ pub fn why(config: &Config, user: &str) -> anyhow::Result<WhyAnswer> {
 
 /// The newest `{"event": "tree"}` line in the journal's tail.
 pub fn newest_tree_snapshot(path: &Path) -> Option<Value> {
+    newest_line(path, |line| line["event"] == "tree")
+}
+
+/// The newest line of a JSON-lines log that `wanted` accepts, read from the file's tail (a line
+/// being written, or cut by the tail's start, does not parse and is passed over).
+fn newest_line(path: &Path, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
     let mut file = File::open(path).ok()?;
     let length = file.metadata().ok()?.len();
     file.seek(SeekFrom::Start(length.saturating_sub(JOURNAL_TAIL_BYTES))).ok()?;
-    let mut tail = String::new();
-    file.read_to_string(&mut tail).ok()?;
-    tail.lines().rev().filter_map(|line| serde_json::from_str::<Value>(line).ok()).find(|line| line["event"] == "tree")
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let tail = String::from_utf8_lossy(&tail);
+    tail.lines().rev().filter_map(|line| serde_json::from_str::<Value>(line).ok()).find(|line| wanted(line))
 }
 
 pub fn render_text(report: &StatusReport) -> String {

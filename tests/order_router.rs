@@ -179,3 +179,54 @@ async fn fills_are_found_whatever_the_market_speed() {
     assert_eq!(tree.store().fill_count(&u1()).unwrap(), 1);
     tree.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_position_its_fills_cannot_explain_halts_entries_until_reconciliation_explains_it() {
+    use bulwark::actors::order_router::{ReconcileUser, SyncAccount};
+    use bulwark::domain::{OrderRequest, OrderType, Quantity, Side};
+    use bulwark::failure_points::catalog::STATE_POSITION_SYNC;
+
+    let (_dir, mut tree, faulty) = tree_with(Vec::new()).await;
+    // A trade behind bulwark's back, on a symbol u1's strategy does not trade (so no order of its
+    // own is in flight there), filled on the next candle.
+    let btc = Symbol::new("BTCUSDT").unwrap();
+    let manual = OrderRequest {
+        client_order_id: ClientOrderId::parse("manual-1").unwrap(),
+        symbol: btc.clone(),
+        side: Side::Buy,
+        order_type: OrderType::Market,
+        quantity: Quantity::new(rust_decimal::Decimal::new(1, 2)).unwrap(),
+        reduce_only: false,
+        timestamp_ms: tree.now_ms(),
+    };
+    tree.paper.create_order(&u1(), &manual).await.unwrap();
+    tree.step_and_settle(&["u1"]).await;
+    assert!(tree.paper.position(&u1(), &btc).await.unwrap().quantity > rust_decimal::Decimal::ZERO);
+
+    // The exchange's trade list no longer reaches back to that fill.
+    *faulty.empty_trade_lists.lock().unwrap() = true;
+    let router = tree.server.directory.order_router().unwrap();
+    let reconcile = ReconcileUser { user: u1(), symbols: vec![btc.clone()] };
+    let report = router.send(reconcile).await.unwrap().unwrap();
+    assert_eq!(report.positions_resynced.len(), 1, "{report:?}");
+    assert!(report.fills_imported.is_empty(), "{report:?}");
+    let reason = report.entries_halted.expect("entries halted");
+    assert!(reason.contains("BTCUSDT: the exchange holds 0.01, the recorded fills net 0"), "{reason}");
+    assert_eq!(tree.server.directory.position_hold(&u1()), Some(reason.clone()));
+    // Every account sync of u1 carries the halt (on any symbol): the core refuses entries with it.
+    let snapshot = router.send(SyncAccount { user: u1(), symbol: xrp() }).await.unwrap().unwrap();
+    let halt = snapshot.entries_halted.expect("halted");
+    assert_eq!((halt.failure_point, halt.reason), (STATE_POSITION_SYNC, reason));
+
+    // The trade list reaches the fill again: imported, explained, entries resume.
+    *faulty.empty_trade_lists.lock().unwrap() = false;
+    let report = router.send(ReconcileUser { user: u1(), symbols: vec![btc.clone()] }).await.unwrap().unwrap();
+    assert_eq!(report.fills_imported, vec![(btc.clone(), 1)], "{report:?}");
+    assert_eq!(report.entries_halted, None);
+    assert_eq!(tree.server.directory.position_hold(&u1()), None);
+    let snapshot = router.send(SyncAccount { user: u1(), symbol: xrp() }).await.unwrap().unwrap();
+    assert_eq!(snapshot.entries_halted, None);
+    let actions: Vec<String> = tree.store().reconcile_actions(&u1()).unwrap().into_iter().map(|a| a.0).collect();
+    assert_eq!(actions, ["position_resynced", "entries_halted", "fills_imported", "entries_resumed"]);
+    tree.shutdown().await;
+}

@@ -782,4 +782,124 @@ async fn an_orphan_and_an_unknown_position_at_start_up_are_cancelled_resynced_an
     );
     let resynced = actions.iter().find(|(action, _, _)| action == "position_resynced").expect("recorded");
     assert!(resynced.2.contains("the exchange holds 30"), "{resynced:?}");
+    // The manual order's fill was imported (recorded as a trade bulwark did not place), so the
+    // fills explain the position and u1's entries were never halted.
+    let imported = actions.iter().find(|(action, _, _)| action == "fills_imported").expect("fills imported");
+    assert!(imported.2.contains("1 of them from orders bulwark did not place"), "{imported:?}");
+    assert!(!actions.iter().any(|(action, _, _)| action == "entries_halted"), "{actions:?}");
+    assert!(store.position_fill_mismatches().unwrap().is_empty());
+}
+
+/// The outbox's lines, parsed (a line being written is skipped).
+fn outbox_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Waits until `condition` holds, polling; panics with `what` after the guard.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let waiting = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT_GUARD, waiting).await.unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test]
+async fn fills_that_arrive_while_the_database_refuses_writes_wait_in_the_outbox_and_are_replayed_once() {
+    let _serial = SERIAL.lock().await;
+    let seed = 31;
+    eprintln!("SEED={seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 2, 200, ""), seed);
+    let config = client_config(dir.path(), &sim.url, 2, 1_000, 1_000);
+    let fault = dir.path().join("database-fault");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += &format!(
+        "[monitor]\ninterval_secs = 1\n[breaker]\nopen_secs = 1\n[chaos]\nenabled = true\ndatabase_fault_file = {:?}\n",
+        fault.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    let (database, outbox) = (dir.path().join("data/bulwark.db"), dir.path().join("data/bulwark.outbox"));
+    let log = dir.path().join("logs/failure_point_monitor.jsonl");
+    let bulwark = run_bulwark(&config, 2, 120);
+    sim.wait_requests("POST /fapi/v1/order", 2).await;
+
+    // 1. The exchange stops listing fills: an order that fills now stays `open` in the database,
+    //    its fills not read yet (an order is never marked done with a fill missing).
+    sim.faults(json!({ "endpoints": { "GET /fapi/v1/userTrades": { "error_5xx_rate": 1.0 } } })).await;
+    let filled_but_open = async {
+        loop {
+            let ledger = sim.get("/sim/ledger").await;
+            if let Ok(mut store) = Store::open_read_only(&database) {
+                for entry in ledger["orders"].as_array().unwrap() {
+                    let id = entry["order"]["client_order_id"].as_str().unwrap();
+                    if entry["order"]["status"] != "FILLED" || !id.starts_with("bw-") {
+                        continue;
+                    }
+                    let stored = store.order(&ClientOrderId::parse(id).unwrap()).unwrap();
+                    if stored.is_some_and(|o| o.state == OrderState::Open) {
+                        return id.to_owned();
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let waiting_id = tokio::time::timeout(WAIT_GUARD, filled_but_open).await.expect("an order filled, fills unread");
+    eprintln!("{waiting_id} filled on the exchange, open in the database");
+
+    // 2. The database refuses every write from now on.
+    std::fs::write(&fault, b"").unwrap();
+    let outage_started_ms = bulwark::clock::Clock::now_ms(&SystemClock);
+    // 3. The exchange lists fills again: the order's fills are read, and go to the outbox.
+    sim.faults(json!({})).await;
+    wait_until("the order's fills are kept in the outbox", || {
+        outbox_lines(&outbox).iter().any(|line| {
+            line["write"]["kind"] == "order_transition"
+                && line["write"]["client_order_id"] == waiting_id.as_str()
+                && line["write"]["fills"].as_array().is_some_and(|fills| !fills.is_empty())
+        })
+    })
+    .await;
+    let critical = wait_for_monitor_line(&log, outage_started_ms, "SYS-DATABASE critical with the outbox depth", |l| {
+        let database = check(l, "SYS-DATABASE");
+        database["status"] == "critical" && database["value"]["outbox_depth"].as_u64().is_some_and(|d| d > 0)
+    })
+    .await;
+    let database_check = check(&critical, "SYS-DATABASE");
+    assert_eq!(database_check["users"], json!(["u1", "u2"]), "every user's entries halt: {database_check}");
+    let answer = wait_for_why(&config, "u1", "SYS-DATABASE", |a| names(a, "SYS-DATABASE")).await;
+    eprintln!("why u1: {answer}");
+    {
+        let mut store = Store::open_read_only(&database).unwrap();
+        let stored = store.order(&ClientOrderId::parse(&waiting_id).unwrap()).unwrap().unwrap();
+        assert_eq!(stored.state, OrderState::Open, "the database cannot have it yet");
+    }
+
+    // 4. The database takes writes again: the outbox is replayed and emptied.
+    std::fs::remove_file(&fault).unwrap();
+    let recovered_ms = bulwark::clock::Clock::now_ms(&SystemClock);
+    wait_until("the outbox is replayed", || outbox_lines(&outbox).is_empty()).await;
+    wait_for_monitor_line(&log, recovered_ms, "SYS-DATABASE ok", |l| {
+        let database = check(l, "SYS-DATABASE");
+        database["status"] == "ok" && database["value"]["outbox_replayed_total"].as_u64().is_some_and(|n| n > 0)
+    })
+    .await;
+    {
+        let mut store = Store::open_read_only(&database).unwrap();
+        let stored = store.order(&ClientOrderId::parse(&waiting_id).unwrap()).unwrap().unwrap();
+        assert_eq!(stored.state, OrderState::Filled, "replayed: {stored:?}");
+    }
+    assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
+    finish(bulwark).await;
+    reconcile(&sim, &config, 2).await;
+    // Every fill on the exchange is in the database, none twice.
+    let (intents, fills) = check_ledger_against_database(&sim, &database, 2, seed).await;
+    eprintln!("SEED={seed}: {intents} intents, {fills} fills; the outbox lost nothing and doubled nothing");
+    assert!(!std::path::Path::new(&format!("{}.rejected", outbox.display())).exists(), "nothing was refused for good");
 }

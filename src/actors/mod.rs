@@ -12,9 +12,9 @@ pub mod order_router;
 pub mod persistence;
 pub mod trader;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use actix::Addr;

@@ -51,6 +51,9 @@ const FIRST_RUN_AFTER: Duration = Duration::from_secs(5);
 /// `PRAGMA quick_check` reads the whole database on the persistence thread: at most this often.
 const INTEGRITY_CHECK_INTERVAL_MS: i64 = 10 * 60_000;
 
+/// Re-synced positions and imported fills keep STATE-POSITION-SYNC raised this long.
+const POSITION_EVENTS_WINDOW_MS: i64 = 10 * 60_000;
+
 /// Longest wait for any one input of a run.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -288,6 +291,7 @@ struct FromDatabase {
     bad_candles: BTreeMap<UserId, u64>,
     margin_rejections: BTreeMap<UserId, u64>,
     position_mismatches: Vec<PositionMismatch>,
+    position_events: Vec<(i64, UserId, String, String)>,
 }
 
 /// Everything a run reads, cloned out of the actor so the gathering runs without it.
@@ -368,6 +372,10 @@ async fn gather(inputs: GatherInputs) -> Gathered {
                 bad_candles: store.bad_candle_counts(since_ms)?,
                 margin_rejections: store.margin_rejection_counts(since_ms)?,
                 position_mismatches: store.position_fill_mismatches()?,
+                position_events: store.recent_reconcile_actions(
+                    now_ms - POSITION_EVENTS_WINDOW_MS,
+                    &["position_resynced", "fills_imported"],
+                )?,
             })
         }),
     )
@@ -467,6 +475,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         log_write_failures,
         position_mismatches: from_database.as_ref().map(|db| db.position_mismatches.clone()),
         position_holds: directory.position_holds(),
+        position_events: from_database.as_ref().map(|db| db.position_events.clone()).unwrap_or_default(),
         // Filled in by `conclude` from every user's newest check.
         orphans: None,
         breakers: exchange.breaker_statuses(),

@@ -35,10 +35,10 @@ use crate::actors::persistence;
 use crate::clock::Clock;
 use crate::domain::{ClientOrderId, ExchangeOrder, OrderIntent, OrderState, Symbol, UserId};
 use crate::exchange::{Exchange, ExchangeError};
+use crate::failure_points::catalog::{STATE_POSITION_SYNC, SYS_DATABASE};
 use crate::limits::ORDER_RESOLVE_QUERIES_PER_SYNC_MAX;
 use crate::persistence::outbox::{Durability, DurableWrite};
 use crate::persistence::{OrderTransition, StoredOrder};
-use crate::failure_points::catalog::{STATE_POSITION_SYNC, SYS_DATABASE};
 use crate::trader::core::{AccountError, AccountSnapshot, EntryHalt, PlacementOutcome, UnresolvedOrder};
 use crate::trader::risk::RiskApproved;
 
@@ -130,7 +130,7 @@ pub struct ReconcileReport {
     /// Positions the exchange holds differently from the database: re-synced from the exchange,
     /// with what each was before and after.
     pub positions_resynced: Vec<(Symbol, String)>,
-    /// Fills of bulwark's own orders imported because the database lacked them (symbol, listed).
+    /// Fills imported because the database lacked them (symbol, how many the exchange listed).
     pub fills_imported: Vec<(Symbol, usize)>,
     /// The fills still do not explain a position: the user's entries are halted, with why.
     pub entries_halted: Option<String>,
@@ -754,7 +754,14 @@ async fn sync_account(
             .ok_or_else(|| "balance is not a number".to_owned()),
         Err(error) => Err(format!("balance unavailable: {error}")),
     };
-    Ok(AccountSnapshot { position, rules, unresolved, fetched_at_ms, equity_usdt, entries_halted: entries_halted(context, user) })
+    Ok(AccountSnapshot {
+        position,
+        rules,
+        unresolved,
+        fetched_at_ms,
+        equity_usdt,
+        entries_halted: entries_halted(context, user),
+    })
 }
 
 /// Why entries are refused for `user` now: the database is behind (records wait in the outbox, or
@@ -771,10 +778,7 @@ fn entries_halted(context: &RouterContext, user: &UserId) -> Option<EntryHalt> {
             ),
         });
     }
-    context
-        .directory
-        .position_hold(user)
-        .map(|reason| EntryHalt { failure_point: STATE_POSITION_SYNC, reason })
+    context.directory.position_hold(user).map(|reason| EntryHalt { failure_point: STATE_POSITION_SYNC, reason })
 }
 
 /// Compares the exchange's position on `symbol` with the database's; a difference (a position the
@@ -928,11 +932,12 @@ async fn reconcile_user(
 /// How far back reconciliation looks for fills the database lacks (Binance's trade-list window).
 const FILL_IMPORT_LOOKBACK_MS: i64 = 7 * 24 * 3_600_000;
 
-/// For each of `user`'s positions that its recorded fills do not add up to: imports the fills of
-/// bulwark's own orders that the exchange lists and the database lacks. If the fills still do not
-/// explain the position (a trade bulwark did not make, or fills beyond the exchange's window), the
-/// user's entries are halted with the reason until a later pass finds it explained; exits go on.
-/// Each import, halt and resumption is recorded.
+/// For each of `user`'s positions that its recorded fills do not add up to: imports the fills the
+/// exchange lists and the database lacks — of bulwark's own orders (linked to them), and of
+/// trades bulwark did not make (recorded without a client order id, and reported: a trade on the
+/// account behind bulwark's back). If the fills still do not explain the position (history beyond
+/// the exchange's window), the user's entries are halted with the reason until a later pass finds
+/// it explained; exits go on. Each import, halt and resumption is recorded.
 async fn explain_positions(
     context: &RouterContext,
     user: &UserId,
@@ -973,17 +978,19 @@ async fn explain_positions(
                 .into_iter()
                 .collect()
         };
-        let fills: Vec<_> =
-            listed.into_iter().filter(|f| own.contains(&f.exchange_order_id)).map(|f| (f, None)).collect();
-        if fills.is_empty() {
+        if listed.is_empty() {
             continue;
         }
-        let count = fills.len();
+        let foreign = listed.iter().filter(|f| !own.contains(&f.exchange_order_id)).count();
+        let count = listed.len();
+        let fills = listed.into_iter().map(|f| (f, None)).collect();
         let write = DurableWrite::Fills { user: user.clone(), fills, at_ms: context.clock.now_ms() };
         if let Durability::Applied { changed: true } | Durability::Queued { .. } =
             persistence::write(&context.directory, write).await.map_err(database)?
         {
-            let detail = format!("{symbol}: fills of bulwark's own orders the database lacked, imported ({count} listed)");
+            let detail = format!(
+                "{symbol}: fills the database lacked imported from the exchange's trade list ({count} listed, {foreign} of them from orders bulwark did not place)"
+            );
             tracing::warn!(%user, %symbol, "reconciliation: {detail}");
             record_action(context, user, "fills_imported", None, &detail).await?;
             report.fills_imported.push((symbol.clone(), count));

@@ -175,6 +175,9 @@ pub struct Observations {
     /// Users whose entries reconciliation halted because their fills still do not explain their
     /// position, with why.
     pub position_holds: BTreeMap<UserId, String>,
+    /// Recent reconciliation actions on positions: `(ts_ms, user, action, detail)` for
+    /// `position_resynced` (the exchange held what the database did not know) and `fills_imported`.
+    pub position_events: Vec<(i64, UserId, String, String)>,
     /// The rotating open-orders check (one user per run).
     pub orphans: Option<OrphanObservation>,
     /// The exchange's circuit breakers (`None`: it has none).
@@ -705,8 +708,31 @@ fn position_sync(observations: &Observations) -> Outcome {
         return Outcome::unknown("positions and fills could not be read");
     };
     let holds = &observations.position_holds;
+    let events = &observations.position_events;
     if mismatches.is_empty() && holds.is_empty() {
-        return Outcome::ok("every settled position equals the net of its recorded fills");
+        if events.is_empty() {
+            return Outcome::ok("every settled position equals the net of its recorded fills");
+        }
+        // Explained now, but reconciliation had to act: say what, for a while.
+        let resynced = events.iter().any(|(_, _, action, _)| action == "position_resynced");
+        let detail = events
+            .iter()
+            .map(|(ts_ms, user, action, detail)| {
+                format!("{user} {action} at {}: {detail}", crate::clock::rfc3339_ms(*ts_ms))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut users: Vec<UserId> = events.iter().map(|(_, user, _, _)| user.clone()).collect();
+        users.sort();
+        users.dedup();
+        let (status, lead) = if resynced {
+            (CheckStatus::Critical, "the exchange held positions the database did not know (re-synced from it)")
+        } else {
+            (CheckStatus::Warn, "fills the database lacked were imported")
+        };
+        return Outcome::new(status, format!("{lead}: {detail}"))
+            .users(users)
+            .value(json!({ "mismatches": 0, "reconcile_actions": events.len() }));
     }
     let mut parts: Vec<String> = mismatches
         .iter()

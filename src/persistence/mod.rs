@@ -783,6 +783,30 @@ impl Store {
         Ok(())
     }
 
+    /// Reconciliation actions of the given kinds since `since_ms`, every user, oldest first:
+    /// `(ts_ms, user, action, detail)`.
+    pub fn recent_reconcile_actions(
+        &mut self,
+        since_ms: i64,
+        actions: &[&str],
+    ) -> Result<Vec<(i64, UserId, String, String)>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT ts_ms, user_id, action, detail FROM reconcile_actions
+             WHERE ts_ms >= ?1 AND action IN (SELECT value FROM json_each(?2)) ORDER BY id",
+        )?;
+        let kinds = serde_json::to_string(actions).expect("Invariant: a list of strings encodes");
+        let rows = statement.query_map(params![since_ms, kinds], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, String>(3)?))
+        })?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (ts_ms, user, action, detail) = row?;
+            let user = UserId::new(&user).map_err(|e| corrupt("reconcile_actions", e))?;
+            found.push((ts_ms, user, action, detail));
+        }
+        Ok(found)
+    }
+
     /// Reconciliation actions of a user, oldest first: `(action, client order id, detail)`.
     pub fn reconcile_actions(&mut self, user: &UserId) -> Result<Vec<(String, Option<String>, String)>, StoreError> {
         let mut statement = self.connection.prepare_cached(

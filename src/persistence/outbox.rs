@@ -47,9 +47,19 @@ pub enum DurableWrite {
     /// facts, and recording one twice changes nothing.
     OrderTransition(OrderTransition),
     /// Fills imported by reconciliation.
-    Fills { user: UserId, fills: Vec<(Fill, Option<ClientOrderId>)>, at_ms: i64 },
+    Fills {
+        user: UserId,
+        fills: Vec<(Fill, Option<ClientOrderId>)>,
+        at_ms: i64,
+    },
     Position(PositionRecord),
-    ReconcileAction { user: UserId, action: String, client_order_id: Option<ClientOrderId>, detail: String, at_ms: i64 },
+    ReconcileAction {
+        user: UserId,
+        action: String,
+        client_order_id: Option<ClientOrderId>,
+        detail: String,
+        at_ms: i64,
+    },
     Decision(DecisionRecord),
     GuardDecision(GuardDecisionRecord),
     /// A kill switch or probation: the row that makes it outlive a restart.
@@ -508,12 +518,8 @@ mod tests {
     fn the_outbox_is_bounded_and_the_same_fact_is_queued_once() {
         let dir = tempfile::tempdir().unwrap();
         let (mut outbox, _) = Outbox::open(&dir.path().join("outbox.jsonl"), 2).unwrap();
-        let mut transition = OrderTransition::new(
-            ClientOrderId::parse("bw-u1-1").unwrap(),
-            OrderState::Open,
-            OrderState::Filled,
-            10,
-        );
+        let mut transition =
+            OrderTransition::new(ClientOrderId::parse("bw-u1-1").unwrap(), OrderState::Open, OrderState::Filled, 10);
         transition.fills = vec![fill("1")];
         outbox.append(DurableWrite::OrderTransition(transition.clone()), 1).unwrap();
         // Seen again on the next sync, at a later time: the same fact.

@@ -297,6 +297,8 @@ pub struct ScriptedExchange {
     pub failing_cancels: Mutex<u32>,
     /// Accounts whose credentials the exchange refuses (-2015 on every signed request).
     pub refused_accounts: Mutex<HashSet<UserId>>,
+    /// While set, an account's trade list comes back empty (history beyond the exchange's window).
+    pub empty_trade_lists: Mutex<bool>,
 }
 
 impl ScriptedExchange {
@@ -309,6 +311,7 @@ impl ScriptedExchange {
             lagging_fill_reads: Mutex::new(0),
             failing_cancels: Mutex::new(0),
             refused_accounts: Mutex::new(HashSet::new()),
+            empty_trade_lists: Mutex::new(false),
         }
     }
 
@@ -407,6 +410,9 @@ impl Exchange for ScriptedExchange {
     }
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
         self.check_credentials(account)?;
+        if *self.empty_trade_lists.lock().unwrap() {
+            return Ok(Vec::new());
+        }
         self.inner.fills(account, symbol, since_ms).await
     }
     async fn order_fills(&self, account: &UserId, symbol: &Symbol, id: &str) -> Result<Vec<Fill>, ExchangeError> {
