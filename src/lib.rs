@@ -34,6 +34,7 @@ pub mod limits;
 pub mod logging;
 pub mod notify;
 pub mod persistence;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -171,16 +171,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             counters.insert(user.id.clone(), user_counters.clone());
             let chaos = (config.chaos.enabled && config.chaos.panic_users.contains(&user.id))
                 .then_some(ChaosPlan { panic_every_decisions: config.chaos.panic_every_decisions });
-            let slots = user
-                .strategies
-                .iter()
-                .map(|s| SlotSpec {
-                    symbol: s.symbol.clone(),
-                    timeframe: s.timeframe,
-                    strategy: s.strategy.clone(),
-                    position_size_usdt: s.position_size_usdt,
-                })
-                .collect();
+            let slots = slot_specs(user);
             let seed = TraderSeed {
                 user: user.id.clone(),
                 slots,
@@ -294,6 +285,19 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
 
 /// The notification destinations `[notify]` names, with their secrets read from the environment.
 /// A variable that is not set is a start-up error naming it (never its value).
+/// A user's configured strategies as trader slots.
+fn slot_specs(user: &crate::config::UserConfig) -> Vec<SlotSpec> {
+    user.strategies
+        .iter()
+        .map(|s| SlotSpec {
+            symbol: s.symbol.clone(),
+            timeframe: s.timeframe,
+            strategy: s.strategy.clone(),
+            position_size_usdt: s.position_size_usdt,
+        })
+        .collect()
+}
+
 /// The database, its outbox and (with `[chaos]` on) the database fault hook.
 fn persistence_settings(config: &Config) -> PersistenceSettings {
     PersistenceSettings {
@@ -588,6 +592,7 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
     });
     let exchange: Arc<dyn Exchange> =
         Arc::new(BreakerExchange::new(exchange, clock.clone(), config.breaker, on_transition));
+    let reload_exchange = exchange.clone();
     let deps = ServerDeps { clock, exchange, market_poll_interval: Some(config.market_poll_interval()) };
     let system = System::new();
     let (exit_code, arbiters) = system.block_on(async move {
@@ -609,7 +614,8 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
         // user supervisor: one round trip means the tree is up.
         let _ = server.root.send(crate::supervision::root::GetTreeStatus).await;
         crate::service::ready(&format!("trading {} user(s) from {}", config.users.len(), config.source_name));
-        let reason = stop_signals.wait(&mut server.escalation, duration, config.source_file()).await;
+        let mut reloader = Reloader { running: config.clone(), root: server.root.clone(), exchange: reload_exchange };
+        let reason = stop_signals.wait(&mut server.escalation, duration, &mut reloader).await;
         let exit_code = match reason {
             StopReason::Escalated(reason) => {
                 tracing::error!(%reason, "escalation: exiting with code {EXIT_ESCALATED}");
@@ -638,24 +644,74 @@ fn log_shutdown(report: ShutdownReport) -> i32 {
     0
 }
 
-/// SIGHUP: re-read and validate the config file. An invalid file is reported (the Monitor's
-/// CFG-INVALID says the same on its next run) and the server keeps running on the config it loaded.
-/// A valid one is not applied to the running tree either (live reload of users, strategies and
-/// limits is not built yet): the log says that it takes effect at the next restart.
-fn on_hangup(config_file: Option<&std::path::Path>) {
-    let Some(path) = config_file else {
-        tracing::warn!("SIGHUP: the server runs on the embedded default config; nothing to re-read");
-        return;
-    };
-    match crate::config::load(Some(path)) {
-        Ok(_) => tracing::warn!(
-            config = %path.display(),
-            "SIGHUP: the config file is valid; it takes effect at the next restart (the running server keeps the config it loaded)"
-        ),
-        Err(errors) => tracing::error!(
-            failure_point = "CFG-INVALID",
-            "SIGHUP: the config file does not validate; still running on the config loaded at start: {errors}"
-        ),
+/// Applies a reloaded config file to the running tree (see `crate::reload`).
+struct Reloader {
+    /// The config the tree runs on now (what was loaded, plus what reloads applied).
+    running: Config,
+    root: Addr<RootSupervisor>,
+    exchange: Arc<dyn Exchange>,
+}
+
+impl Reloader {
+    /// SIGHUP: re-reads and validates the config file. An invalid file changes nothing (the
+    /// Monitor's CFG-INVALID says the same on its next run); a valid one is applied as far as it
+    /// can be live, and the rest is named as waiting for a restart.
+    async fn reload(&mut self) {
+        let Some(path) = self.running.source_file() else {
+            tracing::warn!("SIGHUP: the server runs on the embedded default config; nothing to re-read");
+            return;
+        };
+        let new = match crate::config::load(Some(&path)) {
+            Ok(new) => new,
+            Err(errors) => {
+                tracing::error!(
+                    failure_point = "CFG-INVALID",
+                    "SIGHUP: the config file does not validate; still running on the config it had: {errors}"
+                );
+                return;
+            }
+        };
+        if let Err(error) = check_symbols(&new, self.exchange.as_ref()).await {
+            tracing::error!(
+                failure_point = "CFG-INVALID",
+                "SIGHUP: not applied, still running on the config it had: {error:#}"
+            );
+            return;
+        }
+        let plan = crate::reload::plan(&self.running, &new);
+        if plan.is_empty() {
+            tracing::info!(config = %path.display(), "SIGHUP: the config file is unchanged");
+            return;
+        }
+        for (user, reason) in &plan.reconfigure {
+            let Some(updated) = new.users.iter().find(|u| &u.id == user) else { continue };
+            let message = crate::supervision::user::Reconfigure {
+                slots: slot_specs(updated),
+                limits: new.risk,
+                guards: new.guards.clone(),
+                reason: reason.clone(),
+            };
+            match self.root.send(crate::supervision::root::UserSupervisorOf(user.clone())).await {
+                Ok(Some(supervisor)) => {
+                    if let Err(error) = supervisor.send(message).await {
+                        tracing::error!(%user, %error, "SIGHUP: the user's supervisor did not take the new config");
+                    }
+                }
+                _ => tracing::error!(%user, "SIGHUP: the user's supervisor could not be found"),
+            }
+        }
+        self.running = crate::reload::applied(&self.running, &new);
+        let reconfigured: Vec<&str> = plan.reconfigure.iter().map(|(user, _)| user.as_str()).collect();
+        if plan.needs_restart.is_empty() {
+            tracing::warn!(config = %path.display(), reconfigured = ?reconfigured, "SIGHUP: config reloaded and applied");
+        } else {
+            tracing::warn!(
+                config = %path.display(),
+                reconfigured = ?reconfigured,
+                "SIGHUP: config reloaded; applied live where possible. These take effect at the next restart: {}",
+                plan.needs_restart.join("; ")
+            );
+        }
     }
 }
 
@@ -663,7 +719,8 @@ fn on_hangup(config_file: Option<&std::path::Path>) {
 struct StopSignals {
     terminate: Option<tokio::signal::unix::Signal>,
     interrupt: Option<tokio::signal::unix::Signal>,
-    /// SIGHUP (`systemctl reload`): the config file is re-read and validated (see `on_hangup`).
+    /// SIGHUP (`systemctl reload`): the config file is re-read, validated and applied (see
+    /// [`Reloader`]).
     hangup: Option<tokio::signal::unix::Signal>,
 }
 
@@ -688,7 +745,7 @@ impl StopSignals {
         mut self,
         escalation: &mut oneshot::Receiver<String>,
         duration: Option<Duration>,
-        config_file: Option<std::path::PathBuf>,
+        reloader: &mut Reloader,
     ) -> StopReason {
         async fn received(listener: &mut Option<tokio::signal::unix::Signal>) {
             match listener.as_mut() {
@@ -713,7 +770,7 @@ impl StopSignals {
                 reason = &mut *escalation => {
                     return StopReason::Escalated(reason.unwrap_or_else(|_| "escalation channel closed".to_owned()))
                 }
-                _ = received(&mut self.hangup) => on_hangup(config_file.as_deref()),
+                _ = received(&mut self.hangup) => reloader.reload().await,
             }
         }
     }

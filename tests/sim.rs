@@ -621,8 +621,20 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     text += "[monitor]\ninterval_secs = 1\nsummary_interval_secs = 1\n[healer]\ninterval_secs = 2\n";
     text += "[breaker]\nfailures_max = 5\nwithin_secs = 60\nopen_secs = 3\n";
     text += &format!("[intelligence]\nbase_url = \"{}\"\napi_key_env = \"SIM_CG_KEY\"\n", sim.url);
+    // Operators hear of the breaker through a (loopback) Telegram receiver.
+    let telegram = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({ "ok": true })))
+        .mount(&telegram)
+        .await;
+    text += &format!(
+        "[notify]\ntelegram_bot_token_env = \"TEST_TG_TOKEN\"\ntelegram_chat_id_env = \"TEST_TG_CHAT\"\ntelegram_base_url = \"{}\"\nrate_window_secs = 120\n",
+        telegram.uri()
+    );
     std::fs::write(&config, text).unwrap();
-    let bulwark = run_bulwark(&config, 2, 40);
+    let mut command = bulwark_command(&["run", "--duration", "40"], &config, 2);
+    command.env("TEST_TG_TOKEN", "123:sim-token").env("TEST_TG_CHAT", "42");
+    let bulwark = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("bulwark runs");
     let started = std::time::Instant::now();
     let stage = |name: &str| eprintln!("{:>6} ms  {name}", started.elapsed().as_millis());
     let log = dir.path().join("logs/failure_point_monitor.jsonl");
@@ -688,6 +700,26 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     // An orderly stop (SIGTERM) rather than waiting out the duration.
     assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
     finish(bulwark).await;
+
+    // Each transition is logged once (not once per refused request), and operators got one
+    // message for the opening and one for the closing: a breaker that reopens after a failed probe
+    // within the rate window does not send again.
+    let log = std::fs::read_to_string(dir.path().join("logs/bulwark.log")).unwrap();
+    let opened_lines =
+        log.lines().filter(|l| l.contains("circuit breaker opened") && l.contains("host:klines")).count();
+    let probes = log.lines().filter(|l| l.contains("host:klines") && l.contains("half_open")).count();
+    assert!(opened_lines >= 1 && opened_lines <= probes + 1, "{opened_lines} opening lines, {probes} probes");
+    let texts: Vec<String> = telegram
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+        .filter_map(|body| body["text"].as_str().map(str::to_owned))
+        .collect();
+    let about =
+        |what: &str| texts.iter().filter(|t| t.contains("circuit breaker host:klines") && t.contains(what)).count();
+    assert_eq!((about("opened"), about("closed")), (1, 1), "{texts:#?}");
 }
 
 #[tokio::test]

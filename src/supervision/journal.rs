@@ -74,6 +74,9 @@ pub enum EventKind {
     Halted,
     Escalated,
     Stopped,
+    /// The config was reloaded (SIGHUP) with new strategies or limits for this user; its trader is
+    /// stopped in order and started again on them (not a failure: the restart history is untouched).
+    Reconfigured,
 }
 
 impl EventKind {
@@ -88,6 +91,7 @@ impl EventKind {
             EventKind::Halted => "halted",
             EventKind::Escalated => "escalated",
             EventKind::Stopped => "stopped",
+            EventKind::Reconfigured => "reconfigured",
         }
     }
 }
@@ -255,7 +259,7 @@ impl SupervisionJournal {
             child.incarnation = event.incarnation;
             let state = match event.event {
                 EventKind::Started | EventKind::Restarted => Some(ChildState::Starting),
-                EventKind::Crashed | EventKind::Readmitted => None,
+                EventKind::Crashed | EventKind::Readmitted | EventKind::Reconfigured => None,
                 EventKind::Restarting => Some(ChildState::Restarting),
                 EventKind::Quarantined => Some(ChildState::Quarantined),
                 EventKind::Halted => Some(ChildState::Halted),
@@ -365,7 +369,11 @@ impl SupervisionJournal {
         let reason = event.reason.as_deref().unwrap_or("");
         let (actor, kind, incarnation) = (event.actor.as_str(), event.event.as_str(), event.incarnation);
         match event.event {
-            EventKind::Started | EventKind::Restarted | EventKind::Stopped | EventKind::Readmitted => {
+            EventKind::Started
+            | EventKind::Restarted
+            | EventKind::Stopped
+            | EventKind::Readmitted
+            | EventKind::Reconfigured => {
                 tracing::info!(target: "supervisor", actor, user, incarnation, "{kind} {reason}")
             }
             EventKind::Crashed | EventKind::Restarting => {

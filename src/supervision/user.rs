@@ -34,6 +34,19 @@ pub struct Shutdown {
     pub deadline: Duration,
 }
 
+/// New strategies, limits or guards for this user (a config reload): the running trader is stopped
+/// in order and a new incarnation starts on them. A trader restarting or quarantined picks them up
+/// when it next starts; a halted one stays halted.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure {
+    pub slots: Vec<crate::trader::core::SlotSpec>,
+    pub limits: crate::trader::risk::RiskLimits,
+    pub guards: Option<crate::guards::GuardSettings>,
+    /// What changed, for the journal.
+    pub reason: String,
+}
+
 /// Let a quarantined user trade again (the Healer, after `[healer] readmit_cooldown_secs`): its
 /// restart history is forgotten and a new incarnation starts. Answers whether it was re-admitted
 /// (`false`: not quarantined, halted, or shutting down).
@@ -60,6 +73,9 @@ pub struct UserSupervisor {
     /// then stops and is not restarted.
     halted: bool,
     shutting_down: bool,
+    /// The running trader was told to stop for a reconfiguration: when it exits, the next
+    /// incarnation starts at once, and the exit is not a failure.
+    reconfiguring: bool,
     /// Answered when the trader has stopped during shutdown.
     stopped_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -85,6 +101,7 @@ impl UserSupervisor {
             quarantined: false,
             halted: false,
             shutting_down: false,
+            reconfiguring: false,
             stopped_waiters: Vec::new(),
         }
     }
@@ -148,6 +165,10 @@ impl Handler<TraderExited> for UserSupervisor {
             for waiter in self.stopped_waiters.drain(..) {
                 let _ = waiter.send(());
             }
+            return;
+        }
+        if std::mem::take(&mut self.reconfiguring) && message.exit.panic.is_none() {
+            self.spawn_child(ctx);
             return;
         }
         let reason = match message.exit.panic {
@@ -216,6 +237,27 @@ impl Handler<Readmit> for UserSupervisor {
         self.event(EventKind::Readmitted, Some(message.reason), None);
         self.spawn_child(ctx);
         true
+    }
+}
+
+impl Handler<Reconfigure> for UserSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, message: Reconfigure, _: &mut Context<Self>) {
+        self.seed.slots = message.slots;
+        self.seed.limits = message.limits;
+        self.seed.guards = message.guards;
+        self.event(EventKind::Reconfigured, Some(message.reason), None);
+        if self.halted || self.shutting_down || self.reconfiguring {
+            return;
+        }
+        if let Some(child) = &self.child {
+            self.reconfiguring = true;
+            if child.try_send(StopTrader).is_err() {
+                // Its mailbox is full or closed: it restarts on the new seed at its next exit.
+                tracing::warn!(user = %self.seed.user, "supervisor: could not deliver stop for the reconfiguration");
+            }
+        }
     }
 }
 
