@@ -59,6 +59,9 @@ pub struct Directory {
     /// imported what it could, with why (written by the order router's reconciliation; read by its
     /// account syncs, which halt those users' entries, and by status surfaces).
     pub(crate) position_holds: RwLock<BTreeMap<UserId, String>>,
+    /// Users whose position the last reconciliation pass could not explain, not (yet) halted:
+    /// a second pass in a row that agrees halts them (written and read by the order router).
+    pub(crate) position_suspects: RwLock<BTreeMap<UserId, String>>,
 }
 
 /// The durable outbox's depth and history, shared across persistence incarnations.
@@ -134,6 +137,7 @@ impl Default for Directory {
             persistence_writes_refused: AtomicU64::new(0),
             outbox: Arc::new(OutboxGauge::default()),
             position_holds: RwLock::default(),
+            position_suspects: RwLock::default(),
         }
     }
 }

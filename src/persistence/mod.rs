@@ -1075,20 +1075,26 @@ impl Store {
     /// bot missed, or a trade it did not make. Symbols with an order not yet final, or whose
     /// position was read before their newest fill, are left out (they are still settling).
     pub fn position_fill_mismatches(&mut self) -> Result<Vec<PositionMismatch>, StoreError> {
+        self.position_fill_mismatches_of(None)
+    }
+
+    /// [`Store::position_fill_mismatches`] of one user (`None`: everyone).
+    pub fn position_fill_mismatches_of(&mut self, user: Option<&UserId>) -> Result<Vec<PositionMismatch>, StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT p.user_id, p.symbol, p.quantity, COALESCE(f.net, 0.0), p.verified_at_ms
              FROM positions p
              LEFT JOIN (SELECT user_id, symbol,
                                SUM(CASE side WHEN 'BUY' THEN CAST(quantity AS REAL) ELSE -CAST(quantity AS REAL) END) AS net,
                                MAX(filled_at_ms) AS newest
-                        FROM fills GROUP BY user_id, symbol) f
+                        FROM fills WHERE (?1 IS NULL OR user_id = ?1) GROUP BY user_id, symbol) f
                ON f.user_id = p.user_id AND f.symbol = p.symbol
-             WHERE (f.newest IS NULL OR p.verified_at_ms >= f.newest)
+             WHERE (?1 IS NULL OR p.user_id = ?1)
+               AND (f.newest IS NULL OR p.verified_at_ms >= f.newest)
                AND NOT EXISTS (SELECT 1 FROM orders o JOIN intents i USING (client_order_id)
                                WHERE i.user_id = p.user_id AND i.symbol = p.symbol
                                  AND o.state IN ('pending', 'sending', 'unknown', 'open'))",
         )?;
-        let rows = statement.query_map([], |row| {
+        let rows = statement.query_map(params![user.map(UserId::as_str)], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,

@@ -187,6 +187,14 @@ impl Tree {
         Store::open_read_only(&self.config.database_path()).expect("database opens read-only")
     }
 
+    /// A second, writable connection to the database, for tests that tamper with it behind the
+    /// server's back (WAL: the server's connection sees the change on its next read).
+    pub fn store_writable(&self) -> rusqlite::Connection {
+        let connection = rusqlite::Connection::open(self.config.database_path()).expect("database opens");
+        connection.busy_timeout(Duration::from_secs(5)).unwrap();
+        connection
+    }
+
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
