@@ -85,14 +85,20 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
     plan
 }
 
-/// The config the server runs on after applying `plan`: the new strategies, limits and guards of
-/// the users it had, everything else as it was (so a later reload reports the rest again).
-pub fn applied(running: &Config, new: &Config) -> Config {
+/// The config the server runs on once the users in `delivered` took their new settings: their
+/// new strategies (and, if every user to reconfigure took them, the new limits and guards);
+/// everything else as it was, so a later reload reports (or retries) the rest.
+pub fn applied(running: &Config, new: &Config, delivered: &[UserId]) -> Config {
     let mut applied = running.clone();
-    applied.risk = new.risk;
-    applied.guards = new.guards.clone();
+    let reached_everyone = plan(running, new).reconfigure.iter().all(|(user, _)| delivered.contains(user));
+    if reached_everyone {
+        applied.risk = new.risk;
+        applied.guards = new.guards.clone();
+    }
     for user in &mut applied.users {
-        if let Some(updated) = new.users.iter().find(|u| u.id == user.id) {
+        if delivered.contains(&user.id)
+            && let Some(updated) = new.users.iter().find(|u| u.id == user.id)
+        {
             user.strategies = updated.strategies.clone();
         }
     }
@@ -152,6 +158,15 @@ position_size_usdt = 200
         let users: Vec<&str> = plan.reconfigure.iter().map(|(u, _)| u.as_str()).collect();
         assert_eq!(users, ["u1", "u2"]);
         assert!(plan.reconfigure[0].1.contains("[risk]"), "{plan:?}");
+        // Only u1 took it (u2's supervisor did not answer): the next reload tries u2 again.
+        let (running, new) = (parse(BASE), parse(&new));
+        let partly = applied(&running, &new, &[UserId::new("u1").unwrap()]);
+        assert_eq!(partly.risk, running.risk, "not every user runs on the new limits yet");
+        let again: Vec<String> =
+            super::plan(&partly, &new).reconfigure.into_iter().map(|(u, _)| u.to_string()).collect();
+        assert_eq!(again, ["u1", "u2"]);
+        let all = applied(&running, &new, &[UserId::new("u1").unwrap(), UserId::new("u2").unwrap()]);
+        assert!(super::plan(&all, &new).is_empty());
     }
 
     #[test]
@@ -164,7 +179,7 @@ position_size_usdt = 200
         assert!(plan.reconfigure.is_empty(), "{plan:?}");
         assert_eq!(plan.needs_restart, ["users added: u3", "users removed: u2", "[server]", "[monitor]"]);
         // After applying, the running config still has what was not applied: it is reported again.
-        let applied = applied(&running, &new);
+        let applied = applied(&running, &new, &[]);
         assert_eq!(applied.server, running.server);
         assert_eq!(super::plan(&applied, &new).needs_restart.len(), 4);
     }

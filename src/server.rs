@@ -211,6 +211,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             ..RouterSettings::default()
         },
         persistence: persistence_settings(config),
+        external_breaker: config.breaker,
         monitor: Arc::new(MonitorSettings {
             interval: config.monitor.interval,
             summary_interval: config.monitor.summary_interval,
@@ -644,6 +645,9 @@ fn log_shutdown(report: ShutdownReport) -> i32 {
     0
 }
 
+/// Longest wait for the exchange to confirm a reloaded config's symbols.
+const RELOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Applies a reloaded config file to the running tree (see `crate::reload`).
 struct Reloader {
     /// The config the tree runs on now (what was loaded, plus what reloads applied).
@@ -671,18 +675,30 @@ impl Reloader {
                 return;
             }
         };
-        if let Err(error) = check_symbols(&new, self.exchange.as_ref()).await {
-            tracing::error!(
-                failure_point = "CFG-INVALID",
-                "SIGHUP: not applied, still running on the config it had: {error:#}"
-            );
-            return;
+        // Bounded: stop signals wait while a reload runs.
+        match tokio::time::timeout(RELOAD_CHECK_TIMEOUT, check_symbols(&new, self.exchange.as_ref())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(
+                    failure_point = "CFG-INVALID",
+                    "SIGHUP: not applied, still running on the config it had: {error:#}"
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::error!(
+                    "SIGHUP: not applied: the exchange did not confirm the symbols within {} s; still running on the config it had",
+                    RELOAD_CHECK_TIMEOUT.as_secs()
+                );
+                return;
+            }
         }
         let plan = crate::reload::plan(&self.running, &new);
         if plan.is_empty() {
             tracing::info!(config = %path.display(), "SIGHUP: the config file is unchanged");
             return;
         }
+        let mut delivered = Vec::new();
         for (user, reason) in &plan.reconfigure {
             let Some(updated) = new.users.iter().find(|u| &u.id == user) else { continue };
             let message = crate::supervision::user::Reconfigure {
@@ -692,16 +708,17 @@ impl Reloader {
                 reason: reason.clone(),
             };
             match self.root.send(crate::supervision::root::UserSupervisorOf(user.clone())).await {
-                Ok(Some(supervisor)) => {
-                    if let Err(error) = supervisor.send(message).await {
-                        tracing::error!(%user, %error, "SIGHUP: the user's supervisor did not take the new config");
+                Ok(Some(supervisor)) => match supervisor.send(message).await {
+                    Ok(()) => delivered.push(user.clone()),
+                    Err(error) => {
+                        tracing::error!(%user, %error, "SIGHUP: the user's supervisor did not take the new config")
                     }
-                }
+                },
                 _ => tracing::error!(%user, "SIGHUP: the user's supervisor could not be found"),
             }
         }
-        self.running = crate::reload::applied(&self.running, &new);
-        let reconfigured: Vec<&str> = plan.reconfigure.iter().map(|(user, _)| user.as_str()).collect();
+        self.running = crate::reload::applied(&self.running, &new, &delivered);
+        let reconfigured: Vec<&str> = delivered.iter().map(UserId::as_str).collect();
         if plan.needs_restart.is_empty() {
             tracing::warn!(config = %path.display(), reconfigured = ?reconfigured, "SIGHUP: config reloaded and applied");
         } else {

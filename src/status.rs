@@ -82,7 +82,7 @@ pub fn why(config: &Config, user: &str) -> anyhow::Result<WhyAnswer> {
         .find(|status| status.user == user)
         .map(|status| (status.state, status.reason, status.since_ms));
     // The Monitor's newest run: from the database, or from its log when that is newer (while the
-    // database refuses writes, its snapshots wait in the outbox but its log lines do not).
+    // database refuses writes, its snapshots are not written, but its log lines are).
     let from_database = store
         .latest_monitor_snapshot()
         .with_context(reading)?

@@ -17,8 +17,10 @@ use crate::actors::Directory;
 use crate::actors::market_data::LatestWindow;
 use crate::clock::Clock;
 use crate::domain::{Symbol, Timeframe};
+use crate::exchange::breaker::{BreakerPolicy, BreakerState, CircuitBreaker, Transition, log_transition};
 use crate::intelligence::coinglass::CoinGlassClient;
 use crate::intelligence::{IntelSnapshot, derive};
+use crate::notify::Severity;
 
 /// Intervals fetched per series.
 pub const INTEL_WINDOW: u16 = 60;
@@ -106,7 +108,15 @@ pub struct Intelligence {
     source: IntelSource,
     clock: Arc<dyn Clock>,
     series: BTreeMap<(Symbol, Timeframe), Series>,
+    /// The CoinGlass API's circuit breaker (`None` for derived intelligence, which asks nobody):
+    /// while it is open no series is fetched and each says why. Written and read by this actor.
+    breaker: Option<CircuitBreaker>,
+    /// Where breaker transitions are notified.
+    directory: Arc<Directory>,
 }
+
+/// The name of the intelligence API's breaker in logs and notifications.
+const INTEL_BREAKER: &str = "intel:coinglass";
 
 impl std::fmt::Debug for Intelligence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,8 +125,29 @@ impl std::fmt::Debug for Intelligence {
 }
 
 impl Intelligence {
-    pub fn new(source: IntelSource, clock: Arc<dyn Clock>) -> Self {
-        Self { source, clock, series: BTreeMap::new() }
+    pub fn new(source: IntelSource, clock: Arc<dyn Clock>, breaker: BreakerPolicy, directory: Arc<Directory>) -> Self {
+        let breaker = matches!(source, IntelSource::CoinGlass(_)).then(|| CircuitBreaker::new(breaker));
+        Self { source, clock, series: BTreeMap::new(), breaker, directory }
+    }
+
+    fn report(&self, transition: Option<Transition>) {
+        let Some(transition) = transition else { return };
+        log_transition(INTEL_BREAKER, &transition);
+        let (severity, text) = match transition.to {
+            BreakerState::Open => {
+                (Severity::Warning, format!("circuit breaker {INTEL_BREAKER} opened: {}", transition.reason))
+            }
+            BreakerState::Closed => {
+                (Severity::Info, format!("circuit breaker {INTEL_BREAKER} closed: {}", transition.reason))
+            }
+            BreakerState::HalfOpen => return,
+        };
+        crate::actors::notifier::notify(
+            &self.directory,
+            format!("breaker:{INTEL_BREAKER}:{}", transition.to.as_str()),
+            severity,
+            text,
+        );
     }
 
     /// Starts a fetch of one series unless one runs or ran moments ago; resolves when it ends.
@@ -129,6 +160,25 @@ impl Intelligence {
         if series.refreshing || series.last_attempt_ms.is_some_and(|at| now_ms - at < INTEL_REFRESH_SPACING_MS) {
             return None;
         }
+        if let Some(admitted) = self.breaker.as_mut().map(|breaker| breaker.admit(now_ms)) {
+            match admitted {
+                Ok(transition) => self.report(transition),
+                Err(refused) => {
+                    let series = self.series.entry(key.clone()).or_default();
+                    series.last_attempt_ms = Some(now_ms);
+                    series.last_error = Some((
+                        now_ms,
+                        format!(
+                            "circuit breaker {INTEL_BREAKER} open until {}: not asked (last failure: {})",
+                            crate::clock::rfc3339_ms(refused.until_ms),
+                            refused.last_failure.as_deref().unwrap_or("-")
+                        ),
+                    ));
+                    return None;
+                }
+            }
+        }
+        let series = self.series.entry(key.clone()).or_default();
         series.refreshing = true;
         series.last_attempt_ms = Some(now_ms);
         let (source, (symbol, timeframe)) = (self.source.clone(), key.clone());
@@ -140,6 +190,11 @@ impl Intelligence {
         };
         Some(fetch.into_actor(self).map(move |result, actor, _| {
             let now_ms = actor.clock.now_ms();
+            let transition = actor.breaker.as_mut().and_then(|breaker| match &result {
+                Ok(_) => breaker.on_success(),
+                Err(error) => breaker.on_failure(now_ms, error),
+            });
+            actor.report(transition);
             let series = actor.series.entry(key.clone()).or_default();
             series.refreshing = false;
             match result {
@@ -228,5 +283,49 @@ impl Handler<IntelStatus> for Intelligence {
             })
             .collect();
         MessageResult((format!("{:?}", self.source), statuses))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::secret::Secret;
+
+    #[actix_rt::test]
+    async fn a_failing_coinglass_api_opens_its_breaker_and_is_not_asked_while_open() {
+        let coinglass = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::method("GET"))
+            .respond_with(wiremock::ResponseTemplate::new(500))
+            .mount(&coinglass)
+            .await;
+        let client = CoinGlassClient::new(
+            coinglass.uri().parse().unwrap(),
+            Secret::new("cg".to_owned()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let policy = BreakerPolicy { failures_max: 5, window_ms: 60_000, open_ms: 300_000 };
+        let directory = Arc::new(Directory::default());
+        let intelligence =
+            Intelligence::new(IntelSource::CoinGlass(client), Arc::new(SystemClock), policy, directory).start();
+        let symbols = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT", "FFFUSDT", "GGGUSDT"];
+        let mut requests_at_open = 0;
+        for (n, symbol) in symbols.iter().enumerate() {
+            let asked =
+                GetIntel { symbol: Symbol::new(symbol).unwrap(), timeframe: Timeframe::M5, newest_candle_open_ms: 1 };
+            assert!(intelligence.send(asked).await.unwrap().is_none());
+            if n == 4 {
+                requests_at_open = coinglass.received_requests().await.unwrap().len();
+            }
+        }
+        assert!(requests_at_open > 0);
+        assert_eq!(coinglass.received_requests().await.unwrap().len(), requests_at_open, "nothing asked while open");
+        let (_, series) = intelligence.send(IntelStatus).await.unwrap();
+        let refused = series.iter().find(|s| s.series.contains("GGGUSDT")).unwrap();
+        assert!(
+            refused.last_error.as_deref().is_some_and(|e| e.contains("circuit breaker intel:coinglass open until")),
+            "{refused:?}"
+        );
     }
 }

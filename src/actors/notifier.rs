@@ -17,6 +17,7 @@ use actix::prelude::*;
 use serde_json::json;
 
 use crate::clock::Clock;
+use crate::exchange::breaker::{BreakerPolicy, CircuitBreaker, log_transition};
 use crate::notify::{Notification, RateLimiter, Severity};
 use crate::secret::Secret;
 
@@ -60,6 +61,8 @@ pub struct NotifierStats {
     pub failed: u64,
     pub suppressed: u64,
     pub dropped_full: u64,
+    /// Deliveries to a destination skipped because its circuit breaker was open.
+    pub skipped_breaker_open: u64,
 }
 
 #[derive(Debug, Message)]
@@ -75,6 +78,11 @@ pub struct Notifier {
     http: reqwest::Client,
     stats: NotifierStats,
     flush_interval: Duration,
+    /// One circuit breaker per destination (Telegram, webhook): a destination that keeps failing
+    /// is not asked again until its probe; the other still gets every message. Transitions are
+    /// logged (a broken notifier cannot tell anyone through itself). Written and read here only.
+    telegram_breaker: CircuitBreaker,
+    webhook_breaker: CircuitBreaker,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -84,7 +92,12 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    pub fn new(destinations: Destinations, rate_window: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        destinations: Destinations,
+        rate_window: Duration,
+        clock: Arc<dyn Clock>,
+        breaker: BreakerPolicy,
+    ) -> Self {
         let http = reqwest::Client::builder().timeout(DELIVERY_TIMEOUT).build().unwrap_or_default();
         Self {
             destinations,
@@ -95,6 +108,8 @@ impl Notifier {
             http,
             stats: NotifierStats::default(),
             flush_interval: (rate_window / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            telegram_breaker: CircuitBreaker::new(breaker),
+            webhook_breaker: CircuitBreaker::new(breaker),
         }
     }
 
@@ -119,27 +134,66 @@ impl Notifier {
         }
         let Some(notification) = self.queue.pop_front() else { return };
         self.delivering = true;
+        let now_ms = self.clock.now_ms();
+        let admit = |breaker: &mut CircuitBreaker, name: &str, configured: bool| -> bool {
+            if !configured {
+                return false;
+            }
+            match breaker.admit(now_ms) {
+                Ok(transition) => {
+                    if let Some(transition) = transition {
+                        log_transition(name, &transition);
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
+        };
+        let telegram_admitted =
+            admit(&mut self.telegram_breaker, "notify:telegram", self.destinations.telegram.is_some());
+        let webhook_admitted = admit(&mut self.webhook_breaker, "notify:webhook", self.destinations.webhook.is_some());
+        let skipped = u64::from(self.destinations.telegram.is_some() && !telegram_admitted)
+            + u64::from(self.destinations.webhook.is_some() && !webhook_admitted);
+        self.stats.skipped_breaker_open += skipped;
         let (http, destinations) = (self.http.clone(), self.destinations.clone());
         let work = async move {
-            let mut failures = Vec::new();
-            if let Some((base, token, chat_id)) = &destinations.telegram {
+            let (mut telegram, mut webhook) = (None, None);
+            if let (Some((base, token, chat_id)), true) = (&destinations.telegram, telegram_admitted) {
                 let text = format!("[bulwark {}] {}", notification.severity.as_str(), notification.text);
                 let body = json!({ "chat_id": chat_id, "text": text, "disable_web_page_preview": true });
                 let url = format!("{}bot{}/sendMessage", with_slash(base), token.expose());
-                if let Err(error) = post_with_retries(&http, &url, &body).await {
-                    failures.push(format!("telegram: {error}"));
-                }
+                telegram = Some(post_with_retries(&http, &url, &body).await);
             }
-            if let Some(webhook) = &destinations.webhook {
+            if let (Some(webhook_url), true) = (&destinations.webhook, webhook_admitted) {
                 let body = serde_json::to_value(&notification).unwrap_or_default();
-                if let Err(error) = post_with_retries(&http, webhook.expose(), &body).await {
-                    failures.push(format!("webhook: {error}"));
+                webhook = Some(post_with_retries(&http, webhook_url.expose(), &body).await);
+            }
+            (telegram, webhook)
+        };
+        ctx.spawn(work.into_actor(self).map(move |(telegram, webhook), notifier, ctx| {
+            notifier.delivering = false;
+            let now_ms = notifier.clock.now_ms();
+            let mut failures = Vec::new();
+            for (name, outcome, breaker) in [
+                ("notify:telegram", telegram, &mut notifier.telegram_breaker),
+                ("notify:webhook", webhook, &mut notifier.webhook_breaker),
+            ] {
+                let transition = match outcome {
+                    Some(Ok(())) => breaker.on_success(),
+                    Some(Err(error)) => {
+                        let transition = breaker.on_failure(now_ms, &error);
+                        failures.push(format!("{}: {error}", name.trim_start_matches("notify:")));
+                        transition
+                    }
+                    None => None,
+                };
+                if let Some(transition) = transition {
+                    log_transition(name, &transition);
                 }
             }
-            failures
-        };
-        ctx.spawn(work.into_actor(self).map(|failures, notifier, ctx| {
-            notifier.delivering = false;
+            if skipped > 0 {
+                failures.push(format!("{skipped} destination(s) skipped: circuit breaker open"));
+            }
             if failures.is_empty() {
                 notifier.stats.delivered += 1;
             } else {
@@ -229,5 +283,46 @@ pub fn notify(
         Err(error) => {
             tracing::warn!(target: "notify", %error, key = %message.key, "notification dropped: {}", message.text)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    #[actix_rt::test]
+    async fn a_destination_that_keeps_failing_is_not_asked_while_its_breaker_is_open() {
+        let telegram = wiremock::MockServer::start().await;
+        // A refusal that no retry fixes: each notification is one failure, at once.
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .respond_with(wiremock::ResponseTemplate::new(400))
+            .mount(&telegram)
+            .await;
+        let destinations = Destinations {
+            telegram: Some((telegram.uri().parse().unwrap(), Secret::new("1:token".to_owned()), "42".to_owned())),
+            webhook: None,
+        };
+        let policy = BreakerPolicy { failures_max: 5, window_ms: 60_000, open_ms: 300_000 };
+        let notifier = Notifier::new(destinations, Duration::from_secs(60), Arc::new(SystemClock), policy).start();
+        for n in 0..7 {
+            notifier
+                .send(Notify { key: format!("key-{n}"), severity: Severity::Warning, text: format!("message {n}") })
+                .await
+                .unwrap();
+        }
+        let settled = async {
+            loop {
+                let stats = notifier.send(GetNotifierStats).await.unwrap();
+                if stats.failed == 7 {
+                    return stats;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let stats = tokio::time::timeout(Duration::from_secs(30), settled).await.expect("every message handled");
+        assert_eq!(stats.skipped_breaker_open, 2, "{stats:?}");
+        let requests = telegram.received_requests().await.unwrap();
+        assert_eq!(requests.len(), 5, "five failures open the breaker; the next two are not sent");
     }
 }

@@ -629,8 +629,12 @@ async fn resolve_order(
         return Ok(order.state);
     }
     let now_ms = context.clock.now_ms();
+    // While records wait in the outbox the database is behind (this order's newest state or send
+    // time may be among them): what the exchange reports is still recorded, but nothing is
+    // decided from the order's absence (resending it, or declaring it never placed).
+    let ledger_behind = context.directory.outbox().depth > 0;
     if order.state == OrderState::Pending {
-        if now_ms - intent.created_at_ms < context.settings.pending_grace_ms {
+        if ledger_behind || now_ms - intent.created_at_ms < context.settings.pending_grace_ms {
             return Ok(order.state);
         }
         let detail = "committed but never sent (its trader stopped before sending it)".to_owned();
@@ -673,7 +677,7 @@ async fn resolve_order(
                 tracing::warn!(client_order_id = %intent.client_order_id, "order router: an open order is no longer known to the exchange");
                 return Ok(order.state);
             }
-            if now_ms <= window_closed_at_ms {
+            if ledger_behind || now_ms <= window_closed_at_ms {
                 return Ok(order.state);
             }
             // The exchange can no longer accept the earlier request: it was never placed. Send it
@@ -946,13 +950,18 @@ async fn explain_positions(
     report: &mut ReconcileReport,
 ) -> Result<(), AccountError> {
     let database = |e: crate::persistence::StoreError| AccountError::other(format!("database: {e}"));
+    if context.directory.outbox().depth > 0 {
+        // The ledger is behind (its fills may be in the outbox): nothing can be judged from it,
+        // and entries are halted for SYS-DATABASE meanwhile.
+        return Ok(());
+    }
     let mismatched = |context: &RouterContext| {
         let user = user.clone();
         let directory = context.directory.clone();
         async move { persistence::run(&directory, move |store| store.position_fill_mismatches_of(Some(&user))).await }
     };
     let mut mismatches = mismatched(context).await.map_err(database)?;
-    let mut imported_any = false;
+    let (mut imported_any, mut listing_failed) = (false, false);
     for mismatch in &mismatches {
         let symbol = &mismatch.symbol;
         let since_ms = context.clock.now_ms() - FILL_IMPORT_LOOKBACK_MS;
@@ -963,8 +972,9 @@ async fn explain_positions(
                 if error.credentials_refused {
                     return Err(error);
                 }
-                // The position stays unexplained this pass: the halt below holds it.
+                // Not judged this pass: a listing that failed proves nothing (a later pass looks again).
                 tracing::warn!(%user, %symbol, error = %error.detail, "reconciliation: fills could not be listed now");
+                listing_failed = true;
                 continue;
             }
         };
@@ -999,6 +1009,9 @@ async fn explain_positions(
         mismatches = mismatched(context).await.map_err(database)?;
     }
     let held = context.directory.position_hold(user);
+    if listing_failed && !mismatches.is_empty() {
+        return Ok(());
+    }
     if mismatches.is_empty() {
         context.directory.position_suspects.write().remove(user);
         if held.is_some() {

@@ -31,6 +31,10 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the fault hook's file is looked for (only when one is configured).
 const FAULT_HOOK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A request replays a non-empty outbox before it is served at most this often while the database
+/// keeps refusing writes (the timer retries in between).
+const REPLAY_ATTEMPT_SPACING_MS: i64 = 100;
+
 /// Replayed entry ids are kept this long (a replay after a crash needs far less).
 const OUTBOX_APPLIED_KEEP_MS: i64 = 24 * 3_600_000;
 
@@ -71,6 +75,9 @@ pub struct PersistenceActor {
     replay_scheduled: bool,
     /// The fault hook currently makes the database refuse writes.
     refusing_writes: bool,
+    /// When a replay last found the database refusing writes (0: never), so that requests do
+    /// not each hammer a failing database with a replay attempt.
+    replay_failed_at_ms: i64,
 }
 
 impl std::fmt::Debug for PersistenceActor {
@@ -92,6 +99,7 @@ impl PersistenceActor {
             replay_backoff_ms: OUTBOX_REPLAY_BACKOFF_MS_INITIAL,
             replay_scheduled: false,
             refusing_writes: false,
+            replay_failed_at_ms: 0,
         }
     }
 
@@ -122,6 +130,7 @@ impl PersistenceActor {
     /// Applies a durable record, or queues it in the outbox when the database refuses it.
     fn write(&mut self, write: DurableWrite, ctx: &mut Context<Self>) -> Result<Durability, StoreError> {
         self.follow_fault_hook();
+        self.catch_up();
         let (Some(store), Some(outbox)) = (self.store.as_mut(), self.outbox.as_mut()) else {
             return Err(StoreError::Unavailable("database not open".to_owned()));
         };
@@ -161,6 +170,28 @@ impl PersistenceActor {
         }
     }
 
+    /// Before a request is served: if records wait in the outbox, replays all of them first (at
+    /// most every [`REPLAY_ATTEMPT_SPACING_MS`] while the database keeps refusing), so that a
+    /// request reads and compares against a database that has everything the outbox held.
+    fn catch_up(&mut self) {
+        if self.outbox.as_ref().is_none_or(Outbox::is_empty)
+            || SystemClock.now_ms() - self.replay_failed_at_ms < REPLAY_ATTEMPT_SPACING_MS
+        {
+            return;
+        }
+        loop {
+            let before = self.outbox.as_ref().map_or(0, Outbox::depth);
+            if self.replay_batch() {
+                tracing::info!(replayed = before, "persistence: the outbox is replayed; the database has every record");
+                self.replay_backoff_ms = OUTBOX_REPLAY_BACKOFF_MS_INITIAL;
+                return;
+            }
+            if self.outbox.as_ref().map_or(0, Outbox::depth) >= before {
+                return;
+            }
+        }
+    }
+
     /// Replays up to a batch of outbox entries. `Ok(true)` when the outbox is empty after.
     fn replay_batch(&mut self) -> bool {
         let (Some(store), Some(outbox)) = (self.store.as_mut(), self.outbox.as_mut()) else { return false };
@@ -176,6 +207,7 @@ impl PersistenceActor {
                 }
                 Err(error) if error.is_write_unavailable() => {
                     self.gauge.set_last_error(error.to_string());
+                    self.replay_failed_at_ms = now_ms;
                     break;
                 }
                 Err(error) => {
@@ -323,6 +355,7 @@ impl<R: 'static> Handler<Run<R>> for PersistenceActor {
 
     fn handle(&mut self, message: Run<R>, _: &mut Context<Self>) -> Result<R, StoreError> {
         self.follow_fault_hook();
+        self.catch_up();
         let store = self.store.as_mut().ok_or_else(|| StoreError::Unavailable("database not open".to_owned()))?;
         (message.0)(store)
     }

@@ -62,6 +62,18 @@ pub struct CircuitBreaker {
     last_failure: Option<String>,
 }
 
+/// Logs a transition of the breaker called `name` (each transition once, never each refused call).
+pub fn log_transition(name: &str, transition: &Transition) {
+    match transition.to {
+        BreakerState::Open => {
+            let until =
+                transition.until_ms.map(|u| format!(" until {}", crate::clock::rfc3339_ms(u))).unwrap_or_default();
+            tracing::warn!(target: "breaker", breaker = name, "circuit breaker {name} opened{until}: {}", transition.reason)
+        }
+        _ => tracing::info!(target: "breaker", breaker = name, state = transition.to.as_str(), "{}", transition.reason),
+    }
+}
+
 /// Why a call may not go out now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {

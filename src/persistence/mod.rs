@@ -84,6 +84,9 @@ impl StoreError {
                     | rusqlite::ErrorCode::SystemIoFailure
                     | rusqlite::ErrorCode::DiskFull
                     | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::PermissionDenied
+                    | rusqlite::ErrorCode::OutOfMemory
+                    | rusqlite::ErrorCode::FileLockingProtocolFailed
             ),
             StoreError::Io(_) | StoreError::Unavailable(_) => true,
             _ => false,

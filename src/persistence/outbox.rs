@@ -20,7 +20,7 @@
 //!
 //! The file is owned by the persistence actor alone (one writer); SQL stays in [`Store`].
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -84,9 +84,9 @@ impl DurableWrite {
         }
     }
 
-    /// The same fact seen again while the database is down (a sync reads the same order, or the
-    /// same position, every candle) has the same key and is queued once. Records without a key are
-    /// each distinct.
+    /// The same fact seen again while the database is down (a sync reads the same order every
+    /// candle) has the same key and is queued once: an order transition, whose second application
+    /// would change nothing anyway. Records without a key are each distinct.
     pub fn dedupe_key(&self) -> Option<String> {
         match self {
             DurableWrite::OrderTransition(t) => {
@@ -96,9 +96,17 @@ impl DurableWrite {
                     t.client_order_id, t.from, t.to, t.expected_send_attempts, t.filled_quantity, t.exchange_order_id
                 ))
             }
-            DurableWrite::Position(p) => Some(format!(
-                "position {} {} {} {} {:?} {:?}",
-                p.user, p.symbol, p.quantity, p.entry_price, p.position_start_time_ms, p.active_order_id
+            _ => None,
+        }
+    }
+
+    /// A position snapshot replaces the one before it: one equal to the newest queued snapshot of
+    /// the same (user, symbol) is not queued again (an older equal one is: A, B, A must end at A).
+    fn position_slot(&self) -> Option<(String, String)> {
+        match self {
+            DurableWrite::Position(p) => Some((
+                format!("{} {}", p.user, p.symbol),
+                format!("{} {} {:?} {:?}", p.quantity, p.entry_price, p.position_start_time_ms, p.active_order_id),
             )),
             _ => None,
         }
@@ -150,12 +158,16 @@ impl Store {
     /// overtaken still records its fills. Returns whether anything changed.
     pub fn apply_outbox_entry(&mut self, entry: &OutboxEntry, now_ms: i64) -> Result<bool, StoreError> {
         self.connection.execute_batch("SAVEPOINT outbox_entry")?;
-        let result = self.apply_outbox_entry_inside(entry, now_ms);
-        match &result {
-            Ok(_) => self.connection.execute_batch("RELEASE outbox_entry")?,
-            Err(_) => {
-                // Undo whatever part was written; the entry stays queued (or is rejected).
-                let _ = self.connection.execute_batch("ROLLBACK TO outbox_entry; RELEASE outbox_entry");
+        let result = self.apply_outbox_entry_inside(entry, now_ms).and_then(|changed| {
+            self.connection.execute_batch("RELEASE outbox_entry").map(|()| changed).map_err(Into::into)
+        });
+        if result.is_err() {
+            // Undo whatever part was written, the commit included if that is what failed; the
+            // entry stays queued (or is rejected). The connection must not stay inside a
+            // transaction: every later write would nest in it and never become durable.
+            let _ = self.connection.execute_batch("ROLLBACK TO outbox_entry; RELEASE outbox_entry");
+            if !self.connection.is_autocommit() {
+                let _ = self.connection.execute_batch("ROLLBACK");
             }
         }
         result
@@ -221,6 +233,12 @@ pub struct Outbox {
     queue: VecDeque<OutboxEntry>,
     /// Dedupe keys of the queued entries.
     keys: HashSet<String>,
+    /// Per (user, symbol): the newest queued position snapshot's content, and how many
+    /// snapshots of that slot are queued.
+    newest_positions: HashMap<String, (String, usize)>,
+    /// Entries popped since the file was last rewritten: the file is compacted once they
+    /// outnumber the ones still queued (amortised), so it never grows far past its queue.
+    popped_since_rewrite: usize,
     /// Distinguishes this opening's entry ids from every other's.
     opened_ns: u128,
     next_seq: u64,
@@ -254,6 +272,8 @@ impl Outbox {
             capacity,
             queue: VecDeque::new(),
             keys: HashSet::new(),
+            newest_positions: HashMap::new(),
+            popped_since_rewrite: 0,
             opened_ns,
             next_seq: 0,
             file: None,
@@ -268,12 +288,7 @@ impl Outbox {
         let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
         for (index, line) in lines.iter().enumerate() {
             match serde_json::from_slice::<OutboxEntry>(line) {
-                Ok(entry) => {
-                    if let Some(key) = entry.write.dedupe_key() {
-                        outbox.keys.insert(key);
-                    }
-                    outbox.queue.push_back(entry);
-                }
+                Ok(entry) => outbox.remember(entry),
                 Err(_) if index + 1 == lines.len() && !complete => opened.torn_tail = true,
                 Err(error) => {
                     tracing::error!(path = %path.display(), line = index + 1, %error, "outbox: unreadable entry moved to the rejected file");
@@ -283,11 +298,24 @@ impl Outbox {
             }
         }
         opened.queued = outbox.queue.len();
-        // Rewrite without the torn or unreadable lines, so appends start on a clean line.
-        if opened.torn_tail || opened.rejected > 0 {
+        // Rewrite without the torn or unreadable lines (and with a final newline), so appends
+        // start on a clean line.
+        if !complete || opened.rejected > 0 {
             outbox.rewrite()?;
         }
         Ok((outbox, opened))
+    }
+
+    /// Queues an entry (read back or just appended) and its dedupe keys.
+    fn remember(&mut self, entry: OutboxEntry) {
+        if let Some(key) = entry.write.dedupe_key() {
+            self.keys.insert(key);
+        }
+        if let Some((slot, content)) = entry.write.position_slot() {
+            let newest = self.newest_positions.entry(slot).or_insert_with(|| (String::new(), 0));
+            *newest = (content, newest.1 + 1);
+        }
+        self.queue.push_back(entry);
     }
 
     pub fn depth(&self) -> usize {
@@ -313,8 +341,12 @@ impl Outbox {
     /// Appends a record and fsyncs it; returns the depth after. A record whose dedupe key is
     /// already queued is not appended again. At capacity the record is refused.
     pub fn append(&mut self, write: DurableWrite, now_ms: i64) -> Result<usize, StoreError> {
-        let key = write.dedupe_key();
-        if key.as_ref().is_some_and(|key| self.keys.contains(key)) {
+        if write.dedupe_key().is_some_and(|key| self.keys.contains(&key)) {
+            return Ok(self.queue.len());
+        }
+        if let Some((slot, content)) = write.position_slot()
+            && self.newest_positions.get(&slot).is_some_and(|(newest, _)| *newest == content)
+        {
             return Ok(self.queue.len());
         }
         if self.queue.len() >= self.capacity {
@@ -334,30 +366,47 @@ impl Outbox {
                     .map_err(|e| io_error(format!("opening the outbox {}", self.path.display()), e))?,
             ),
         };
+        let length_before = file.metadata().map(|m| m.len());
         if let Err(error) = file.write_all(&line).and_then(|()| file.sync_data()) {
-            // A partial line may be on disk; the next opening discards it as torn, and this handle
-            // is reopened on the next append.
+            // A partial line may be on disk: cut it off, so the next record starts on a clean
+            // line (if even that fails, the next opening finds the file without a final newline
+            // and rewrites it; this handle is reopened on the next append).
+            if let Ok(length) = length_before {
+                let _ = file.set_len(length).and_then(|()| file.sync_data());
+            }
             self.file = None;
             return Err(io_error(format!("appending to the outbox {}", self.path.display()), error));
         }
         self.next_seq += 1;
-        if let Some(key) = key {
-            self.keys.insert(key);
-        }
-        self.queue.push_back(entry);
+        self.remember(entry);
         Ok(self.queue.len())
     }
 
     /// Removes the oldest entry once the database has it. When the queue is empty the file is
     /// truncated (a crash before that replays entries the database skips as already applied).
     pub fn pop_applied(&mut self) -> Result<(), StoreError> {
-        if let Some(entry) = self.queue.pop_front()
-            && let Some(key) = entry.write.dedupe_key()
-        {
-            self.keys.remove(&key);
+        if let Some(entry) = self.queue.pop_front() {
+            if let Some(key) = entry.write.dedupe_key() {
+                self.keys.remove(&key);
+            }
+            if let Some((slot, _)) = entry.write.position_slot()
+                && let Some(newest) = self.newest_positions.get_mut(&slot)
+            {
+                newest.1 -= 1;
+                if newest.1 == 0 {
+                    self.newest_positions.remove(&slot);
+                }
+            }
+            self.popped_since_rewrite += 1;
         }
         if self.queue.is_empty() {
+            self.popped_since_rewrite = 0;
             self.truncate()?;
+        } else if self.popped_since_rewrite > self.queue.len() {
+            // Applied entries outnumber the rest: drop them from the file (its replay after a
+            // crash would skip them, but the file would grow past the capacity meanwhile).
+            self.popped_since_rewrite = 0;
+            self.rewrite()?;
         }
         Ok(())
     }
@@ -433,7 +482,7 @@ fn io_error(doing: String, error: std::io::Error) -> StoreError {
 mod tests {
     use super::*;
     use crate::domain::{OrderState, Side, Symbol};
-    use crate::persistence::DecisionRecord;
+    use crate::persistence::{DecisionRecord, PositionRecord};
     use rust_decimal::Decimal;
 
     fn decision(n: i64) -> DurableWrite {
@@ -531,6 +580,32 @@ mod tests {
         outbox.pop_applied().unwrap();
         assert!(outbox.is_empty());
         assert_eq!(count_entries(outbox.path()).unwrap(), 0, "an empty outbox is an empty file");
+    }
+
+    #[test]
+    fn a_position_equal_to_the_newest_queued_one_is_not_queued_but_a_return_to_an_older_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut outbox, _) = Outbox::open(&dir.path().join("outbox.jsonl"), 10).unwrap();
+        let position = |quantity: i64, verified_at_ms: i64| {
+            DurableWrite::Position(PositionRecord {
+                user: UserId::new("u1").unwrap(),
+                symbol: Symbol::new("BTCUSDT").unwrap(),
+                quantity: Decimal::from(quantity),
+                entry_price: Decimal::ONE,
+                position_start_time_ms: None,
+                active_order_id: None,
+                verified_at_ms,
+            })
+        };
+        assert_eq!(outbox.append(position(1, 1), 1).unwrap(), 1);
+        assert_eq!(outbox.append(position(1, 2), 2).unwrap(), 1, "the same position seen again");
+        assert_eq!(outbox.append(position(2, 3), 3).unwrap(), 2);
+        assert_eq!(outbox.append(position(1, 4), 4).unwrap(), 3, "back to 1: the newest must win");
+        outbox.pop_applied().unwrap();
+        outbox.pop_applied().unwrap();
+        assert_eq!(outbox.append(position(1, 5), 5).unwrap(), 1, "still the newest queued");
+        outbox.pop_applied().unwrap();
+        assert_eq!(outbox.append(position(1, 6), 6).unwrap(), 1, "nothing queued: queued again");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct TreeSettings {
     /// Where notifications go, and the per-key rate window.
     pub notify_destinations: Destinations,
     pub notify_rate_window: Duration,
+    /// The circuit breakers of the other external APIs (intelligence, notification destinations).
+    pub external_breaker: crate::exchange::breaker::BreakerPolicy,
     /// Periodic reconciliation: how often, and every user with their symbols.
     pub reconcile: Option<(Duration, UserSymbols)>,
 }
@@ -295,10 +297,11 @@ impl RootSupervisor {
             }
             ActorKind::Intelligence => {
                 let (source, clock) = (self.settings.intelligence.clone(), self.clock.clone());
+                let (breaker, directory) = (self.settings.external_breaker, self.directory.clone());
                 let addr = spawn_watched(
                     &self.arbiters.monitor,
                     SHARED_MAILBOX_CAPACITY,
-                    move || Intelligence::new(source, clock),
+                    move || Intelligence::new(source, clock, breaker, directory),
                     on_exit,
                 );
                 self.directory.set_intelligence(Some(addr));
@@ -306,10 +309,11 @@ impl RootSupervisor {
             ActorKind::Notifier => {
                 let (destinations, window, clock) =
                     (self.settings.notify_destinations.clone(), self.settings.notify_rate_window, self.clock.clone());
+                let breaker = self.settings.external_breaker;
                 let addr = spawn_watched(
                     &self.arbiters.monitor,
                     SHARED_MAILBOX_CAPACITY,
-                    move || Notifier::new(destinations, window, clock),
+                    move || Notifier::new(destinations, window, clock, breaker),
                     on_exit,
                 );
                 self.directory.set_notifier(Some(addr));

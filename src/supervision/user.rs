@@ -167,7 +167,7 @@ impl Handler<TraderExited> for UserSupervisor {
             }
             return;
         }
-        if std::mem::take(&mut self.reconfiguring) && message.exit.panic.is_none() {
+        if std::mem::take(&mut self.reconfiguring) && message.exit.panic.is_none() && self.last_failure.is_none() {
             self.spawn_child(ctx);
             return;
         }
@@ -252,10 +252,12 @@ impl Handler<Reconfigure> for UserSupervisor {
             return;
         }
         if let Some(child) = &self.child {
-            self.reconfiguring = true;
-            if child.try_send(StopTrader).is_err() {
-                // Its mailbox is full or closed: it restarts on the new seed at its next exit.
-                tracing::warn!(user = %self.seed.user, "supervisor: could not deliver stop for the reconfiguration");
+            if child.try_send(StopTrader).is_ok() {
+                self.reconfiguring = true;
+            } else {
+                // Its mailbox is full or closed: it runs on until its next restart, which takes
+                // the new seed.
+                tracing::warn!(user = %self.seed.user, "supervisor: could not deliver stop for the reconfiguration; the new settings apply at the trader's next start");
             }
         }
     }
