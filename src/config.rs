@@ -169,6 +169,20 @@ pub struct IntelligenceConfig {
     pub api_key_env: String,
 }
 
+/// `[http]`: the status API, dashboard and metrics (`crate::http`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where it listens; port 0 picks a free port (the URL is written to `<data_dir>/bulwark.http`).
+    pub listen: SocketAddr,
+    /// The environment variable holding the bearer token for admin requests (and for reads when
+    /// `protect_reads`). Without it the admin endpoints are refused, and only a loopback address
+    /// may be bound.
+    pub token_env: Option<String>,
+    pub protect_reads: bool,
+    /// Largest request body accepted.
+    pub body_limit_bytes: usize,
+}
+
 /// `[chaos]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChaosConfig {
@@ -223,6 +237,8 @@ pub struct Config {
     pub retry: crate::exchange::retry::RetryPolicy,
     /// `[reconcile] interval_secs`: every user reconciled this often (`None`: only at start-up).
     pub reconcile_interval: Option<Duration>,
+    /// `None`: `[http] enabled = false`.
+    pub http: Option<HttpConfig>,
 }
 
 /// `[healer]`: how often failing failure points are healed, and how hard.
@@ -352,6 +368,29 @@ struct RawConfig {
     breaker: RawBreaker,
     retry: RawRetry,
     reconcile: RawReconcile,
+    http: RawHttp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawHttp {
+    enabled: bool,
+    listen: String,
+    token_env: Option<String>,
+    protect_reads: bool,
+    body_limit_bytes: i64,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8377".to_owned(),
+            token_env: None,
+            protect_reads: false,
+            body_limit_bytes: 16 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -825,6 +864,7 @@ impl Validator {
                 as u64,
             backoff_ms_max: self.int_in("retry.backoff_ms_max", raw.retry.backoff_ms_max, 0, 3_600_000) as u64,
         };
+        let http = raw.http.enabled.then(|| self.http(raw.http)).flatten();
         Some(Config {
             source_name: source_name.to_owned(),
             server,
@@ -841,7 +881,34 @@ impl Validator {
             breaker,
             retry,
             reconcile_interval,
+            http,
         })
+    }
+
+    fn http(&mut self, raw: RawHttp) -> Option<HttpConfig> {
+        let token_env = raw.token_env.as_deref().and_then(|name| self.env_name("http.token_env", Some(name), true));
+        let body_limit_bytes =
+            self.int_in("http.body_limit_bytes", raw.body_limit_bytes, 256, 16 * 1024 * 1024) as usize;
+        let listen: SocketAddr = match raw.listen.parse() {
+            Ok(listen) => listen,
+            Err(_) => {
+                self.problem(
+                    "http.listen",
+                    format!("{:?} is not an address and port like \"127.0.0.1:8377\"", raw.listen),
+                );
+                return None;
+            }
+        };
+        if !listen.ip().is_loopback() && token_env.is_none() {
+            self.problem(
+                "http.listen",
+                format!("{listen} is reachable from other machines: set http.token_env (a bearer token) or listen on 127.0.0.1"),
+            );
+        }
+        if raw.protect_reads && token_env.is_none() {
+            self.problem("http.protect_reads", "needs http.token_env");
+        }
+        Some(HttpConfig { listen, token_env, protect_reads: raw.protect_reads, body_limit_bytes })
     }
 
     fn guards(&mut self, raw: RawGuards, venue_fee_bps: Option<f64>) -> Option<GuardSettings> {
@@ -1776,6 +1843,24 @@ mod tests {
         "#;
         let errors = parse(text, "x").unwrap_err();
         assert_eq!(errors.problems[0].to_string(), "users[0].strategies[0].positon_size: unknown key");
+    }
+
+    #[test]
+    fn the_http_api_beyond_loopback_needs_a_token_and_a_bad_address_is_named() {
+        const USER: &str = "[[users]]\nid = \"u1\"\n[[users.strategies]]\nsymbol = \"XRPUSDT\"\ntimeframe = \"5m\"\nstrategy = \"ema_crossover\"\nposition_size_usdt = 100\n";
+        let with = |http: &str| format!("{http}\n{USER}");
+        let errors = parse(&with("[http]\nlisten = \"0.0.0.0:8377\""), "x").unwrap_err();
+        let text = errors.to_string();
+        assert!(
+            text.contains("http.listen: 0.0.0.0:8377 is reachable from other machines: set http.token_env"),
+            "{text}"
+        );
+        let errors = parse(&with("[http]\nlisten = \"localhost\""), "x").unwrap_err();
+        assert!(errors.to_string().contains("http.listen: \"localhost\" is not an address and port"), "{errors}");
+        let config = parse(&with("[http]\nlisten = \"0.0.0.0:8377\"\ntoken_env = \"BULWARK_TOKEN\""), "x").unwrap();
+        assert_eq!(config.http.unwrap().token_env.as_deref(), Some("BULWARK_TOKEN"));
+        assert!(parse(&with("[http]\nenabled = false"), "x").unwrap().http.is_none());
+        assert_eq!(parse(&with(""), "x").unwrap().http.unwrap().listen.to_string(), "127.0.0.1:8377");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod domain;
 pub mod exchange;
 pub mod failure_points;
 pub mod guards;
+pub mod http;
 pub mod instance_lock;
 pub mod intelligence;
 pub mod limits;

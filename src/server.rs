@@ -41,6 +41,7 @@ use crate::exchange::breaker::BreakerState;
 use crate::exchange::guarded::{BreakerExchange, TransitionHook};
 use crate::exchange::paper::PaperExchange;
 use crate::exchange::{Exchange, ExchangeError};
+use crate::http::HttpSettings;
 use crate::instance_lock::InstanceLock;
 use crate::intelligence::coinglass::CoinGlassClient;
 use crate::limits::EVENT_TAP_CAPACITY;
@@ -81,6 +82,8 @@ pub struct RunningServer {
     shutdown_deadline: Duration,
     /// Owned so they can be stopped and joined after the system stops.
     arbiters: Vec<Arbiter>,
+    /// Where the HTTP API listens (`None`: `[http] enabled = false`).
+    pub http_url: Option<String>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -124,6 +127,14 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
     Store::open(&database_path)
         .and_then(|mut store| store.ensure_users(&user_ids, deps.clock.now_ms()))
         .with_context(|| format!("preparing the database {}", database_path.display()))?;
+
+    let (http, http_url) = match &config.http {
+        Some(settings) => {
+            let (http, url) = http_settings(config, settings, &deps)?;
+            (Some(http), Some(url))
+        }
+        None => (None, None),
+    };
 
     let directory = Arc::new(Directory::default());
     let (supervision, _) = broadcast::channel(EVENT_TAP_CAPACITY);
@@ -212,6 +223,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         },
         persistence: persistence_settings(config),
         external_breaker: config.breaker,
+        http,
         monitor: Arc::new(MonitorSettings {
             interval: config.monitor.interval,
             summary_interval: config.monitor.summary_interval,
@@ -281,7 +293,38 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         escalation,
         shutdown_deadline: config.supervisor.shutdown_deadline,
         arbiters,
+        http_url,
     })
+}
+
+/// Binds the HTTP API's socket (a port already taken is a start-up error naming it), reads its
+/// token, and writes the URL to `<data_dir>/bulwark.http` for the command line.
+fn http_settings(
+    config: &Config,
+    settings: &crate::config::HttpConfig,
+    deps: &ServerDeps,
+) -> anyhow::Result<(HttpSettings, String)> {
+    let listener = std::net::TcpListener::bind(settings.listen)
+        .with_context(|| format!("cannot listen on {} for the HTTP API ([http] listen)", settings.listen))?;
+    let address = listener.local_addr().context("the HTTP API's socket has no address")?;
+    let url = format!("http://{address}");
+    let token = match &settings.token_env {
+        Some(name) => Some(crate::secret::from_env(name).map_err(|why| anyhow::anyhow!("http.token_env: {why}"))?),
+        None => None,
+    };
+    let url_file = config.server.data_dir.join("bulwark.http");
+    std::fs::write(&url_file, format!("{url}\n")).with_context(|| format!("writing {}", url_file.display()))?;
+    tracing::info!(%url, "http: the status API and dashboard listen on {url}");
+    let http = HttpSettings {
+        listener: Arc::new(listener),
+        token,
+        protect_reads: settings.protect_reads,
+        body_limit_bytes: settings.body_limit_bytes,
+        config: Arc::new(config.clone()),
+        exchange: deps.exchange.clone(),
+        started_at_ms: deps.clock.now_ms(),
+    };
+    Ok((http, url))
 }
 
 /// The notification destinations `[notify]` names, with their secrets read from the environment.

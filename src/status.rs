@@ -143,13 +143,31 @@ pub fn newest_tree_snapshot(path: &Path) -> Option<Value> {
 /// The newest line of a JSON-lines log that `wanted` accepts, read from the file's tail (a line
 /// being written, or cut by the tail's start, does not parse and is passed over).
 fn newest_line(path: &Path, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
+    let tail = read_tail(path)?;
+    tail.lines().rev().filter_map(|line| serde_json::from_str::<Value>(line).ok()).find(|line| wanted(line))
+}
+
+/// The lines of a JSON-lines log (read from its tail) whose `ts` is at or after `since_ms`, with
+/// that time, oldest first.
+pub fn lines_since(path: &Path, since_ms: i64) -> Vec<(i64, Value)> {
+    let Some(tail) = read_tail(path) else { return Vec::new() };
+    tail.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| {
+            let ts_ms = chrono::DateTime::parse_from_rfc3339(line["ts"].as_str()?).ok()?.timestamp_millis();
+            (ts_ms >= since_ms).then_some((ts_ms, line))
+        })
+        .collect()
+}
+
+/// The end of a file (at most [`JOURNAL_TAIL_BYTES`]), as text.
+fn read_tail(path: &Path) -> Option<String> {
     let mut file = File::open(path).ok()?;
     let length = file.metadata().ok()?.len();
     file.seek(SeekFrom::Start(length.saturating_sub(JOURNAL_TAIL_BYTES))).ok()?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).ok()?;
-    let tail = String::from_utf8_lossy(&tail);
-    tail.lines().rev().filter_map(|line| serde_json::from_str::<Value>(line).ok()).find(|line| wanted(line))
+    Some(String::from_utf8_lossy(&tail).into_owned())
 }
 
 pub fn render_text(report: &StatusReport) -> String {

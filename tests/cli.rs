@@ -29,6 +29,7 @@ fn fast_config(dir: &Path, extra: &str) -> PathBuf {
     let config = shipped
         .replace("data_dir = \"data\"", &format!("data_dir = {:?}", dir.join("data").display().to_string()))
         .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.join("logs").display().to_string()))
+        .replace("listen = \"127.0.0.1:8377\"", "listen = \"127.0.0.1:0\"")
         .replace("candle_interval_ms = 1000", "candle_interval_ms = 50")
         .replace("status_interval_secs = 10", "status_interval_secs = 1")
         .replace("backoff_ms_initial = 500", "backoff_ms_initial = 50")

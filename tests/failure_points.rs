@@ -147,6 +147,7 @@ fn kill_switch_config(dir: &Path) -> PathBuf {
     let text = text
         .replace("data_dir = \"data\"", &format!("data_dir = {:?}", dir.join("data").display().to_string()))
         .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.join("logs").display().to_string()))
+        .replace("listen = \"127.0.0.1:8377\"", "listen = \"127.0.0.1:0\"")
         .replace("candle_interval_ms = 1000", "candle_interval_ms = 200");
     let mut text = text + "[guards]\nmax_drawdown_pct = 0.01\nblock_hours = 1\nmin_signal_score = 0\n";
     for (user, symbol) in [("k1", "BTCUSDT"), ("k2", "ETHUSDT"), ("k3", "SOLUSDT")] {
@@ -232,6 +233,7 @@ fn the_healer_readmits_a_quarantined_user_after_its_cool_down() {
     let text = shipped
         .replace("data_dir = \"data\"", &format!("data_dir = {:?}", dir.path().join("data").display().to_string()))
         .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.path().join("logs").display().to_string()))
+        .replace("listen = \"127.0.0.1:8377\"", "listen = \"127.0.0.1:0\"")
         .replace("candle_interval_ms = 1000", "candle_interval_ms = 50")
         .replace("backoff_ms_initial = 500", "backoff_ms_initial = 50")
         .replace("\ninterval_secs = 60", "\ninterval_secs = 1")

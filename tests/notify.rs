@@ -16,6 +16,7 @@ fn config(dir: &Path, telegram_url: &str) -> PathBuf {
     let text = shipped
         .replace("data_dir = \"data\"", &format!("data_dir = {:?}", dir.join("data").display().to_string()))
         .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.join("logs").display().to_string()))
+        .replace("listen = \"127.0.0.1:8377\"", "listen = \"127.0.0.1:0\"")
         .replace("candle_interval_ms = 1000", "candle_interval_ms = 50")
         .replace("backoff_ms_initial = 500", "backoff_ms_initial = 50")
         .replace(

@@ -14,6 +14,7 @@ fn config(dir: &Path) -> PathBuf {
     let text = shipped
         .replace("data_dir = \"data\"", &format!("data_dir = {:?}", dir.join("data").display().to_string()))
         .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.join("logs").display().to_string()))
+        .replace("listen = \"127.0.0.1:8377\"", "listen = \"127.0.0.1:0\"")
         .replace("candle_interval_ms = 1000", "candle_interval_ms = 100");
     let path = dir.join("bulwark.toml");
     std::fs::write(&path, text).unwrap();

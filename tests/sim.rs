@@ -82,7 +82,8 @@ fn client_config(dir: &Path, url: &str, users: usize, recv_window_ms: u64, timeo
          [supervisor]\nbackoff_ms_initial = 100\nbackoff_ms_max = 1000\nstatus_interval_secs = 1\nshutdown_deadline_secs = 5\n\
          [exchange]\nkind = \"binance\"\nbase_url = \"{url}\"\nrecv_window_ms = {recv_window_ms}\ntimeout_ms = {timeout_ms}\npoll_interval_ms = 40\n\
          [risk]\nmax_open_positions = 3\nmax_position_notional_usdt = 5000\n\
-         [retry]\nbackoff_ms_initial = 100\nbackoff_ms_max = 1000\n",
+         [retry]\nbackoff_ms_initial = 100\nbackoff_ms_max = 1000\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n",
         dir.join("data").display().to_string(),
         dir.join("logs").display().to_string()
     );

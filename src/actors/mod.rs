@@ -45,6 +45,7 @@ pub struct Directory {
     healer: RwLock<Option<Addr<Healer>>>,
     intelligence: RwLock<Option<Addr<Intelligence>>>,
     notifier: RwLock<Option<Addr<Notifier>>>,
+    http: RwLock<Option<Addr<crate::http::HttpApi>>>,
     /// Requests to persistence that are queued or running, across every caller. actix lets each
     /// sender put one message past the mailbox's capacity and every `Addr` clone is a new sender,
     /// so the mailbox alone bounds nothing here; these permits do (see `persistence::run` and
@@ -59,6 +60,9 @@ pub struct Directory {
     /// imported what it could, with why (written by the order router's reconciliation; read by its
     /// account syncs, which halt those users' entries, and by status surfaces).
     pub(crate) position_holds: RwLock<BTreeMap<UserId, String>>,
+    /// The Monitor's newest run (its time and its log line), written by the Monitor after each run
+    /// and read by the HTTP API (status, health, metrics) without a database read.
+    latest_monitor_line: RwLock<Option<(i64, Arc<serde_json::Value>)>>,
     /// Users whose position the last reconciliation pass could not explain, not (yet) halted:
     /// a second pass in a row that agrees halts them (written and read by the order router).
     pub(crate) position_suspects: RwLock<BTreeMap<UserId, String>>,
@@ -133,11 +137,13 @@ impl Default for Directory {
             healer: RwLock::default(),
             intelligence: RwLock::default(),
             notifier: RwLock::default(),
+            http: RwLock::default(),
             persistence_permits: Arc::new(Semaphore::new(PERSISTENCE_IN_FLIGHT_MAX)),
             persistence_writes_refused: AtomicU64::new(0),
             outbox: Arc::new(OutboxGauge::default()),
             position_holds: RwLock::default(),
             position_suspects: RwLock::default(),
+            latest_monitor_line: RwLock::default(),
         }
     }
 }
@@ -177,6 +183,15 @@ impl Directory {
         self.position_holds.read().clone()
     }
 
+    /// The Monitor's newest run: when, and its line (every failure point's status).
+    pub fn latest_monitor_line(&self) -> Option<(i64, Arc<serde_json::Value>)> {
+        self.latest_monitor_line.read().clone()
+    }
+
+    pub(crate) fn set_latest_monitor_line(&self, ts_ms: i64, line: serde_json::Value) {
+        *self.latest_monitor_line.write() = Some((ts_ms, Arc::new(line)));
+    }
+
     /// Why `user`'s entries are halted for an unexplained position, if they are.
     pub fn position_hold(&self, user: &UserId) -> Option<String> {
         self.position_holds.read().get(user).cloned()
@@ -208,6 +223,14 @@ impl Directory {
 
     pub fn notifier(&self) -> Result<Addr<Notifier>, NotRunning> {
         self.notifier.read().clone().ok_or(NotRunning("notifier"))
+    }
+
+    pub(crate) fn set_http(&self, addr: Option<Addr<crate::http::HttpApi>>) {
+        *self.http.write() = addr;
+    }
+
+    pub(crate) fn http(&self) -> Result<Addr<crate::http::HttpApi>, NotRunning> {
+        self.http.read().clone().ok_or(NotRunning("http"))
     }
 
     pub(crate) fn set_notifier(&self, addr: Option<Addr<Notifier>>) {
@@ -263,3 +286,4 @@ stop_handler!(Monitor);
 stop_handler!(Healer);
 stop_handler!(Intelligence);
 stop_handler!(Notifier);
+stop_handler!(crate::http::HttpApi);

@@ -238,6 +238,7 @@ impl Monitor {
             self.write_failures += 1;
             tracing::error!(%error, path = %self.settings.monitor_log_path().display(), "monitor: cannot append");
         }
+        self.directory.set_latest_monitor_line(now_ms, line.clone());
         let overall_text = run.overall.as_str().to_owned();
         persistence::submit(&self.directory, "monitor snapshot", move |store| {
             store.record_monitor_snapshot(now_ms, &overall_text, &text)

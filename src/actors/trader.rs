@@ -106,6 +106,13 @@ const INTEL_WAIT_MAX: Duration = Duration::from_secs(2);
 #[rtype(result = "()")]
 pub struct StopTrader;
 
+/// Panic now (`[chaos] enabled` only: the admin API's crash button, to watch supervision work).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ChaosCrash {
+    pub reason: String,
+}
+
 pub struct Trader {
     seed: TraderSeed,
     incarnation: u32,
@@ -418,5 +425,13 @@ impl Handler<StopTrader> for Trader {
 
     fn handle(&mut self, _: StopTrader, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+impl Handler<ChaosCrash> for Trader {
+    type Result = ();
+
+    fn handle(&mut self, message: ChaosCrash, _: &mut Context<Self>) {
+        panic!("chaos: {}", message.reason);
     }
 }

@@ -63,7 +63,7 @@ fn rfc3339<S: serde::Serializer>(timestamp_ms: &Option<i64>, serializer: S) -> R
 }
 
 /// A supervised actor as the journal has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ActorObservation {
     /// `trader`, `market_data`, `order_router`, `persistence`.
     pub actor: &'static str,
@@ -71,6 +71,8 @@ pub struct ActorObservation {
     /// `starting`, `running`, `restarting`, `quarantined`, `halted`, `escalated`, `stopped`.
     pub state: &'static str,
     pub restarts: u32,
+    /// Its newest incarnation (0 before the first).
+    pub incarnation: u32,
     pub since_ms: i64,
     pub reason: Option<String>,
 }
@@ -950,6 +952,7 @@ mod tests {
             user: Some(user(name)),
             state,
             restarts: 0,
+            incarnation: 1,
             since_ms: 1_000,
             reason: reason.map(str::to_owned),
         }

@@ -1198,26 +1198,61 @@ impl Store {
             "SELECT ts_ms, event, actor, user_id, incarnation, reason, backoff_ms FROM supervisor_events
              WHERE (?1 IS NULL AND user_id IS NULL) OR user_id = ?1 ORDER BY id",
         )?;
-        let rows = statement.query_map(params![user.map(UserId::as_str)], |row| {
-            Ok((|| -> Result<SupervisorEventRecord, StoreError> {
-                Ok(SupervisorEventRecord {
-                    ts_ms: row.get(0)?,
-                    event: row.get(1)?,
-                    actor: row.get(2)?,
-                    user: row
-                        .get::<_, Option<String>>(3)?
-                        .map(|u| UserId::new(&u))
-                        .transpose()
-                        .map_err(|e| corrupt("supervisor_events", e))?,
-                    incarnation: row.get(4)?,
-                    reason: row.get(5)?,
-                    backoff_ms: row.get::<_, Option<i64>>(6)?.map(|b| b as u64),
-                })
-            })())
-        })?;
+        let rows = statement.query_map(params![user.map(UserId::as_str)], supervisor_event_from_row)?;
         rows.map(|row| row?).collect()
     }
 
+    /// Every supervision event since `since_ms` (all actors and users), oldest first, at most
+    /// `limit` (the newest ones when there are more).
+    pub fn supervisor_events_since(
+        &mut self,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<SupervisorEventRecord>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT ts_ms, event, actor, user_id, incarnation, reason, backoff_ms FROM
+               (SELECT * FROM supervisor_events WHERE ts_ms >= ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![since_ms, limit], supervisor_event_from_row)?;
+        rows.map(|row| row?).collect()
+    }
+
+    /// Monitor runs since `since_ms`, oldest first, at most `limit` (the newest when there are
+    /// more): `(ts_ms, overall, line)`.
+    pub fn monitor_snapshots_since(
+        &mut self,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT ts_ms, overall, body FROM
+               (SELECT * FROM monitor_snapshots WHERE ts_ms >= ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![since_ms, limit], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// One `supervisor_events` row (`ts_ms, event, actor, user_id, incarnation, reason, backoff_ms`).
+fn supervisor_event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<SupervisorEventRecord, StoreError>> {
+    Ok((|| -> Result<SupervisorEventRecord, StoreError> {
+        Ok(SupervisorEventRecord {
+            ts_ms: row.get(0)?,
+            event: row.get(1)?,
+            actor: row.get(2)?,
+            user: row
+                .get::<_, Option<String>>(3)?
+                .map(|u| UserId::new(&u))
+                .transpose()
+                .map_err(|e| corrupt("supervisor_events", e))?,
+            incarnation: row.get(4)?,
+            reason: row.get(5)?,
+            backoff_ms: row.get::<_, Option<i64>>(6)?.map(|b| b as u64),
+        })
+    })())
+}
+
+impl Store {
     /// Every user's status for `bulwark status`.
     pub fn user_statuses(&mut self) -> Result<Vec<UserStatus>, StoreError> {
         let mut statuses: Vec<UserStatus> = {

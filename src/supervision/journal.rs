@@ -41,6 +41,8 @@ pub enum ActorKind {
     Healer,
     Intelligence,
     Notifier,
+    /// The HTTP API (`crate::http`).
+    Http,
     Trader,
 }
 
@@ -54,6 +56,7 @@ impl ActorKind {
             ActorKind::Healer => "healer",
             ActorKind::Intelligence => "intelligence",
             ActorKind::Notifier => "notifier",
+            ActorKind::Http => "http",
             ActorKind::Trader => "trader",
         }
     }
@@ -76,7 +79,12 @@ pub enum EventKind {
     Stopped,
     /// The config was reloaded (SIGHUP) with new strategies or limits for this user; its trader is
     /// stopped in order and started again on them (not a failure: the restart history is untouched).
+    /// Also recorded when an operator's action needs the trader to start afresh (a lock cleared).
     Reconfigured,
+    /// An operator paused the user (the admin API): its trader is stopped and not restarted.
+    Paused,
+    /// An operator resumed a paused user: a new incarnation follows.
+    Resumed,
 }
 
 impl EventKind {
@@ -92,6 +100,8 @@ impl EventKind {
             EventKind::Escalated => "escalated",
             EventKind::Stopped => "stopped",
             EventKind::Reconfigured => "reconfigured",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
         }
     }
 }
@@ -109,6 +119,8 @@ pub enum ChildState {
     Halted,
     Escalated,
     Stopped,
+    /// An operator paused it; it trades again when resumed.
+    Paused,
 }
 
 impl ChildState {
@@ -121,6 +133,7 @@ impl ChildState {
             ChildState::Halted => "halted",
             ChildState::Escalated => "escalated",
             ChildState::Stopped => "stopped",
+            ChildState::Paused => "paused",
         }
     }
 }
@@ -259,7 +272,8 @@ impl SupervisionJournal {
             child.incarnation = event.incarnation;
             let state = match event.event {
                 EventKind::Started | EventKind::Restarted => Some(ChildState::Starting),
-                EventKind::Crashed | EventKind::Readmitted | EventKind::Reconfigured => None,
+                EventKind::Crashed | EventKind::Readmitted | EventKind::Reconfigured | EventKind::Resumed => None,
+                EventKind::Paused => Some(ChildState::Paused),
                 EventKind::Restarting => Some(ChildState::Restarting),
                 EventKind::Quarantined => Some(ChildState::Quarantined),
                 EventKind::Halted => Some(ChildState::Halted),
@@ -373,7 +387,9 @@ impl SupervisionJournal {
             | EventKind::Restarted
             | EventKind::Stopped
             | EventKind::Readmitted
-            | EventKind::Reconfigured => {
+            | EventKind::Reconfigured
+            | EventKind::Paused
+            | EventKind::Resumed => {
                 tracing::info!(target: "supervisor", actor, user, incarnation, "{kind} {reason}")
             }
             EventKind::Crashed | EventKind::Restarting => {

@@ -28,6 +28,7 @@ use crate::actors::{Directory, Stop};
 use crate::clock::Clock;
 use crate::domain::UserId;
 use crate::exchange::Exchange;
+use crate::http::{HttpApi, HttpSettings};
 use crate::limits::{PERSISTENCE_MAILBOX_CAPACITY, SHARED_MAILBOX_CAPACITY};
 use crate::supervision::journal::{ActorKind, ChildState, EventKind, SharedJournal, SupervisionEvent};
 use crate::supervision::policy::{RestartDecision, RestartPolicy, RestartTracker, seed_from_name};
@@ -52,6 +53,8 @@ pub struct TreeSettings {
     /// Where notifications go, and the per-key rate window.
     pub notify_destinations: Destinations,
     pub notify_rate_window: Duration,
+    /// The HTTP API (`None`: `[http] enabled = false`).
+    pub http: Option<HttpSettings>,
     /// The circuit breakers of the other external APIs (intelligence, notification destinations).
     pub external_breaker: crate::exchange::breaker::BreakerPolicy,
     /// Periodic reconciliation: how often, and every user with their symbols.
@@ -179,8 +182,10 @@ impl RootSupervisor {
         users: Vec<(TraderSeed, ArbiterHandle)>,
         escalation: oneshot::Sender<String>,
     ) -> Self {
+        let http = settings.http.is_some().then_some(ActorKind::Http);
         let shared = SHARED_KINDS
             .into_iter()
+            .chain(http)
             .map(|kind| {
                 journal.borrow_mut().register(kind, None, None);
                 let tracker = RestartTracker::new(settings.shared_policy, seed_from_name(kind.as_str()));
@@ -318,6 +323,17 @@ impl RootSupervisor {
                 );
                 self.directory.set_notifier(Some(addr));
             }
+            ActorKind::Http => {
+                let Some(settings) = self.settings.http.clone() else { return };
+                let (directory, clock, root) = (self.directory.clone(), self.clock.clone(), ctx.address());
+                let addr = spawn_watched(
+                    &self.arbiters.monitor,
+                    SHARED_MAILBOX_CAPACITY,
+                    move || HttpApi::new(settings, directory, root, clock),
+                    on_exit,
+                );
+                self.directory.set_http(Some(addr));
+            }
             ActorKind::Trader => unreachable!("traders are supervised by their user supervisors"),
         }
         let event = if incarnation == 1 { EventKind::Started } else { EventKind::Restarted };
@@ -334,6 +350,7 @@ impl RootSupervisor {
             ActorKind::Healer => self.directory.set_healer(None),
             ActorKind::Intelligence => self.directory.set_intelligence(None),
             ActorKind::Notifier => self.directory.set_notifier(None),
+            ActorKind::Http => self.directory.set_http(None),
             ActorKind::Trader => {}
         }
     }
@@ -382,6 +399,7 @@ impl RootSupervisor {
             ActorKind::Healer => self.directory.healer().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Intelligence => self.directory.intelligence().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Notifier => self.directory.notifier().ok().map(|a| a.try_send(Stop).is_ok()),
+            ActorKind::Http => self.directory.http().ok().map(|a| a.try_send(Stop).is_ok()),
             ActorKind::Trader => None,
         };
         if sent != Some(true) {
@@ -397,7 +415,9 @@ impl Actor for RootSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        for kind in SHARED_KINDS {
+        let kinds: Vec<ActorKind> = self.shared.keys().copied().collect();
+        let ordered = SHARED_KINDS.into_iter().chain([ActorKind::Http]).filter(|kind| kinds.contains(kind));
+        for kind in ordered {
             self.spawn_shared(kind, ctx);
         }
         for (seed, arbiter) in std::mem::take(&mut self.pending_users) {
@@ -433,6 +453,7 @@ impl Handler<GetTreeStatus> for RootSupervisor {
                 user: child.user.clone(),
                 state: child.state.as_str(),
                 restarts: child.restarts,
+                incarnation: child.incarnation,
                 since_ms: child.since_ms,
                 reason: child.reason.clone(),
             })
@@ -512,6 +533,7 @@ impl Handler<ShutdownTree> for RootSupervisor {
                 // 4. The shared actors that depend on persistence stop (the Monitor and Healer too:
                 // nothing is left to watch or heal).
                 let waits: Vec<_> = [
+                    ActorKind::Http,
                     ActorKind::MarketData,
                     ActorKind::OrderRouter,
                     ActorKind::Intelligence,

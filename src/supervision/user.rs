@@ -76,6 +76,8 @@ pub struct UserSupervisor {
     /// The running trader was told to stop for a reconfiguration: when it exits, the next
     /// incarnation starts at once, and the exit is not a failure.
     reconfiguring: bool,
+    /// An operator paused the user: no incarnation runs until `Resume`.
+    paused: bool,
     /// Answered when the trader has stopped during shutdown.
     stopped_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -102,6 +104,7 @@ impl UserSupervisor {
             halted: false,
             shutting_down: false,
             reconfiguring: false,
+            paused: false,
             stopped_waiters: Vec::new(),
         }
     }
@@ -167,6 +170,11 @@ impl Handler<TraderExited> for UserSupervisor {
             }
             return;
         }
+        if self.paused && message.exit.panic.is_none() {
+            // Stopped for the pause: it stays down until resumed.
+            self.reconfiguring = false;
+            return;
+        }
         if std::mem::take(&mut self.reconfiguring) && message.exit.panic.is_none() && self.last_failure.is_none() {
             self.spawn_child(ctx);
             return;
@@ -181,7 +189,7 @@ impl Handler<TraderExited> for UserSupervisor {
             RestartDecision::Restart { backoff_ms, .. } => {
                 self.event(EventKind::Restarting, Some(reason), Some(backoff_ms));
                 ctx.run_later(Duration::from_millis(backoff_ms), |supervisor, ctx| {
-                    if !supervisor.shutting_down {
+                    if !supervisor.shutting_down && !supervisor.paused && supervisor.child.is_none() {
                         supervisor.spawn_child(ctx);
                     }
                 });
@@ -229,7 +237,7 @@ impl Handler<Readmit> for UserSupervisor {
     type Result = bool;
 
     fn handle(&mut self, message: Readmit, ctx: &mut Context<Self>) -> bool {
-        if !self.quarantined || self.halted || self.shutting_down || self.child.is_some() {
+        if !self.quarantined || self.halted || self.shutting_down || self.paused || self.child.is_some() {
             return false;
         }
         self.quarantined = false;
@@ -247,8 +255,16 @@ impl Handler<Reconfigure> for UserSupervisor {
         self.seed.slots = message.slots;
         self.seed.limits = message.limits;
         self.seed.guards = message.guards;
-        self.event(EventKind::Reconfigured, Some(message.reason), None);
-        if self.halted || self.shutting_down || self.reconfiguring {
+        self.restart_in_order(message.reason);
+    }
+}
+
+impl UserSupervisor {
+    /// Records `reconfigured` and has the running trader stop in order, its next incarnation
+    /// starting at once (not a failure). A trader that is not running starts afresh later anyway.
+    fn restart_in_order(&mut self, reason: String) {
+        self.event(EventKind::Reconfigured, Some(reason), None);
+        if self.halted || self.shutting_down || self.reconfiguring || self.paused {
             return;
         }
         if let Some(child) = &self.child {
@@ -259,6 +275,78 @@ impl Handler<Reconfigure> for UserSupervisor {
                 // the new seed.
                 tracing::warn!(user = %self.seed.user, "supervisor: could not deliver stop for the reconfiguration; the new settings apply at the trader's next start");
             }
+        }
+    }
+}
+
+/// An operator's request over the admin API. Answers what was done, or why it was not.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, String>")]
+pub enum OperatorRequest {
+    /// Stop the trader and keep it stopped (its open orders and positions are left as they are).
+    Pause {
+        reason: String,
+    },
+    Resume {
+        reason: String,
+    },
+    /// Restart the trader in order so that it reloads its state (after a lock was cleared).
+    Restart {
+        reason: String,
+    },
+    /// Make the trader panic (`[chaos] enabled` only; the caller checks).
+    Crash {
+        reason: String,
+    },
+}
+
+impl Handler<OperatorRequest> for UserSupervisor {
+    type Result = Result<String, String>;
+
+    fn handle(&mut self, request: OperatorRequest, ctx: &mut Context<Self>) -> Self::Result {
+        let user = self.seed.user.clone();
+        if self.shutting_down {
+            return Err("the server is shutting down".to_owned());
+        }
+        match request {
+            OperatorRequest::Pause { reason } => {
+                if self.paused {
+                    return Err(format!("{user} is already paused"));
+                }
+                if self.halted {
+                    return Err(format!("{user} is halted (refused credentials); there is nothing to pause"));
+                }
+                self.paused = true;
+                self.event(EventKind::Paused, Some(reason), None);
+                if let Some(child) = &self.child
+                    && child.try_send(StopTrader).is_err()
+                {
+                    tracing::warn!(%user, "supervisor: could not deliver stop for the pause; it stops at its next exit");
+                }
+                Ok(format!("{user} paused: its trader stops and is not restarted until resumed"))
+            }
+            OperatorRequest::Resume { reason } => {
+                if !self.paused {
+                    return Err(format!("{user} is not paused"));
+                }
+                self.paused = false;
+                self.event(EventKind::Resumed, Some(reason), None);
+                if self.child.is_none() && !self.quarantined && !self.halted {
+                    self.spawn_child(ctx);
+                }
+                Ok(format!("{user} resumed"))
+            }
+            OperatorRequest::Restart { reason } => {
+                self.restart_in_order(reason);
+                Ok(format!("{user}'s trader restarts in order"))
+            }
+            OperatorRequest::Crash { reason } => match &self.child {
+                Some(child) if child.try_send(crate::actors::trader::ChaosCrash { reason: reason.clone() }).is_ok() => {
+                    Ok(format!("{user}'s trader was told to panic: {reason}"))
+                }
+                Some(_) => Err(format!("{user}'s trader did not take the request (mailbox full or closed)")),
+                None => Err(format!("{user} has no running trader")),
+            },
         }
     }
 }

@@ -70,8 +70,10 @@ pub fn three_users() -> String {
 
 /// Builds a config whose data and logs live in `dir`.
 pub fn config_in(dir: &Path, body: &str) -> Config {
+    // Any free port for the HTTP API, so that tests running at once never collide.
+    let http = if body.contains("[http]") { "" } else { "[http]\nlisten = \"127.0.0.1:0\"\n" };
     let text = format!(
-        "[server]\ndata_dir = {:?}\nlog_dir = {:?}\n{body}",
+        "[server]\ndata_dir = {:?}\nlog_dir = {:?}\n{http}{body}",
         dir.join("data").display().to_string(),
         dir.join("logs").display().to_string()
     );

@@ -1,0 +1,394 @@
+//! The endpoints: what each reads and answers. See the module above for auth and errors.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use super::{AppState, authorize, error, guarded, parse_since};
+use crate::actors::persistence;
+use crate::clock::rfc3339_ms;
+use crate::domain::UserId;
+use crate::failure_points::catalog::CATALOG;
+use crate::supervision::root::{GetTreeStatus, UserSupervisorOf};
+use crate::supervision::user::OperatorRequest;
+
+/// Longest wait for the root supervisor or a user supervisor to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most monitor runs one history request returns (a day at the default interval).
+const HISTORY_RUNS_MAX: u32 = 1_440;
+/// Most events one events request returns.
+const EVENTS_MAX: u32 = 1_000;
+
+pub(super) fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/health", web::get().to(health))
+        .route("/api/status", web::get().to(status))
+        .route("/api/users/{id}/why", web::get().to(why))
+        .route("/api/failure-points/history", web::get().to(history))
+        .route("/api/events", web::get().to(events))
+        .route("/api/admin/users/{id}/pause", web::post().to(pause))
+        .route("/api/admin/users/{id}/resume", web::post().to(resume))
+        .route("/api/admin/users/{id}/crash", web::post().to(crash))
+        .route("/api/admin/locks/{id}/clear", web::post().to(clear_lock));
+}
+
+/// The query string as a map, or a 400 naming what is wrong with it.
+fn query(request: &HttpRequest) -> Result<HashMap<String, String>, HttpResponse> {
+    web::Query::<HashMap<String, String>>::from_query(request.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| error(400, format!("bad query string: {e}")))
+}
+
+/// `GET /health`: 200 when the root supervisor answers, every shared actor runs and the Monitor
+/// has run within three intervals; 503 with the reasons otherwise.
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    guarded("health", async move {
+        let now_ms = state.clock.now_ms();
+        let mut reasons = Vec::new();
+        let mut shared = 0;
+        match state.root.send(GetTreeStatus).timeout(ANSWER_TIMEOUT).await {
+            Ok(tree) => {
+                for actor in tree.actors.iter().filter(|a| a.actor != "trader") {
+                    shared += 1;
+                    if actor.state != "running" {
+                        let why = actor.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+                        reasons.push(format!("{} is {}{why}", actor.actor, actor.state));
+                    }
+                }
+            }
+            Err(error) => reasons.push(format!("the root supervisor did not answer within 2 s: {error}")),
+        }
+        let interval_ms = state.settings.config.monitor.interval.as_millis() as i64;
+        let allowed_ms = 3 * interval_ms + 10_000;
+        let monitor = state.directory.latest_monitor_line().map(|(ts_ms, _)| ts_ms);
+        match monitor {
+            Some(ts_ms) if now_ms - ts_ms <= allowed_ms => {}
+            Some(ts_ms) => reasons.push(format!(
+                "the monitor last ran {} s ago (interval {} s)",
+                (now_ms - ts_ms) / 1_000,
+                interval_ms / 1_000
+            )),
+            None if now_ms - state.settings.started_at_ms > allowed_ms => {
+                reasons.push("the monitor has not run since the server started".to_owned())
+            }
+            None => {}
+        }
+        let monitor_last_run = monitor.map(rfc3339_ms);
+        if reasons.is_empty() {
+            HttpResponse::Ok().json(json!({
+                "status": "ok",
+                "shared_actors": shared,
+                "users": state.settings.config.users.len(),
+                "monitor_last_run": monitor_last_run,
+            }))
+        } else {
+            HttpResponse::ServiceUnavailable().json(json!({
+                "status": "unhealthy",
+                "reasons": reasons,
+                "monitor_last_run": monitor_last_run,
+            }))
+        }
+    })
+    .await
+}
+
+/// `GET /api/status`: the tree, every user, the failure points, breakers, locks and the outbox.
+async fn status(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    guarded("status", async move {
+        if let Err(refused) = authorize(&request, &state.settings, false) {
+            return refused;
+        }
+        let now_ms = state.clock.now_ms();
+        let tree = match state.root.send(GetTreeStatus).timeout(ANSWER_TIMEOUT).await {
+            Ok(tree) => tree.actors,
+            Err(e) => return error(503, format!("the root supervisor did not answer: {e}")),
+        };
+        let stored = persistence::run(&state.directory, |store| {
+            Ok((store.user_statuses()?, store.uncleared_guard_locks(None)?))
+        })
+        .await;
+        let (users, locks) = match stored {
+            Ok(stored) => stored,
+            Err(e) => return error(503, format!("the database could not be read: {e}")),
+        };
+        let holds = state.directory.position_holds();
+        let users: Vec<Value> = users
+            .into_iter()
+            .map(|user| {
+                let live = tree
+                    .iter()
+                    .find(|a| a.actor == "trader" && a.user.as_ref().map(UserId::as_str) == Some(&user.user));
+                let user_locks: Vec<&crate::failure_points::locks::GuardLock> =
+                    locks.iter().filter(|l| l.user.as_str() == user.user && l.holds_at(now_ms)).collect();
+                let hold = UserId::new(&user.user).ok().and_then(|id| holds.get(&id).cloned());
+                json!({
+                    "user": user.user,
+                    "state": live.map_or(user.state.as_str(), |a| a.state),
+                    "reason": live.map_or(user.reason.clone(), |a| a.reason.clone()),
+                    "incarnation": live.map_or(user.incarnation, |a| a.incarnation),
+                    "restarts": live.map_or(user.restart_count, |a| a.restarts),
+                    "decisions": user.decision_count,
+                    "last_decision": user.last_decision,
+                    "last_decision_at": user.last_decision_at_ms.map(rfc3339_ms),
+                    "positions": user.positions,
+                    "orders": user.orders_total,
+                    "fills": user.fills_total,
+                    "locks": user_locks,
+                    "position_hold": hold,
+                })
+            })
+            .collect();
+        let monitor = state.directory.latest_monitor_line();
+        HttpResponse::Ok().json(json!({
+            "ts": rfc3339_ms(now_ms),
+            "tree": tree,
+            "users": users,
+            "failure_points": monitor.as_ref().map(|(_, line)| line["checks"].clone()),
+            "overall": monitor.as_ref().map(|(_, line)| line["overall"].clone()),
+            "monitor_checked_at": monitor.as_ref().map(|(ts_ms, _)| rfc3339_ms(*ts_ms)),
+            "breakers": state.settings.exchange.breaker_statuses(),
+            "locks": locks,
+            "outbox": state.directory.outbox(),
+        }))
+    })
+    .await
+}
+
+/// A user named in the path: 400 if it is not a user id, 404 if the config has no such user.
+fn configured_user(state: &AppState, id: &str) -> Result<UserId, HttpResponse> {
+    let user = UserId::new(id).map_err(|e| error(400, format!("user {id:?}: {e}")))?;
+    if state.settings.config.users.iter().any(|u| u.id == user) {
+        Ok(user)
+    } else {
+        Err(error(404, format!("no user {user} in the config")))
+    }
+}
+
+/// `GET /api/users/{id}/why`: the same answer as `bulwark why <id> --json`.
+async fn why(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    guarded("why", async move {
+        if let Err(refused) = authorize(&request, &state.settings, false) {
+            return refused;
+        }
+        let user = match configured_user(&state, &path) {
+            Ok(user) => user,
+            Err(refused) => return refused,
+        };
+        let config = state.settings.config.clone();
+        match web::block(move || crate::status::why(&config, user.as_str())).await {
+            Ok(Ok(answer)) => HttpResponse::Ok().json(answer),
+            Ok(Err(e)) => error(503, format!("{e:#}")),
+            Err(e) => error(500, format!("why could not run: {e}")),
+        }
+    })
+    .await
+}
+
+/// `GET /api/failure-points/history?since=24h&id=SYS-DATABASE`: the Monitor's runs from the
+/// database, oldest first; each with every point's status, or (with `id`) that point's status and
+/// detail.
+async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    guarded("history", async move {
+        if let Err(refused) = authorize(&request, &state.settings, false) {
+            return refused;
+        }
+        let query = match query(&request) {
+            Ok(query) => query,
+            Err(refused) => return refused,
+        };
+        let now_ms = state.clock.now_ms();
+        let since_ms = match parse_since(query.get("since").map_or("24h", String::as_str), now_ms) {
+            Ok(since_ms) => since_ms,
+            Err(message) => return error(400, message),
+        };
+        let id = query.get("id").cloned();
+        if let Some(id) = &id
+            && !CATALOG.iter().any(|p| p.id.as_str() == id)
+        {
+            return error(400, format!("id={id:?} is not a failure point (see bulwark report --catalog)"));
+        }
+        let runs = match persistence::run(&state.directory, move |store| {
+            store.monitor_snapshots_since(since_ms, HISTORY_RUNS_MAX)
+        })
+        .await
+        {
+            Ok(runs) => runs,
+            Err(e) => return error(503, format!("the database could not be read: {e}")),
+        };
+        let runs: Vec<Value> = runs
+            .into_iter()
+            .filter_map(|(ts_ms, overall, body)| {
+                let line: Value = serde_json::from_str(&body).ok()?;
+                let checks = line["checks"].as_array()?;
+                Some(match &id {
+                    Some(id) => {
+                        let check = checks.iter().find(|c| c["id"] == id.as_str())?;
+                        json!({ "ts": rfc3339_ms(ts_ms), "status": check["status"], "detail": check["detail"] })
+                    }
+                    None => {
+                        let statuses: serde_json::Map<String, Value> = checks
+                            .iter()
+                            .filter_map(|c| Some((c["id"].as_str()?.to_owned(), c["status"].clone())))
+                            .collect();
+                        json!({ "ts": rfc3339_ms(ts_ms), "overall": overall, "statuses": statuses })
+                    }
+                })
+            })
+            .collect();
+        HttpResponse::Ok().json(json!({ "since": rfc3339_ms(since_ms), "id": id, "runs": runs }))
+    })
+    .await
+}
+
+/// `GET /api/events?since=1h`: supervision events (database) and healing actions (the Healer's
+/// log), oldest first.
+async fn events(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    guarded("events", async move {
+        if let Err(refused) = authorize(&request, &state.settings, false) {
+            return refused;
+        }
+        let query = match query(&request) {
+            Ok(query) => query,
+            Err(refused) => return refused,
+        };
+        let now_ms = state.clock.now_ms();
+        let since_ms = match parse_since(query.get("since").map_or("1h", String::as_str), now_ms) {
+            Ok(since_ms) => since_ms,
+            Err(message) => return error(400, message),
+        };
+        let supervision =
+            match persistence::run(&state.directory, move |store| store.supervisor_events_since(since_ms, EVENTS_MAX))
+                .await
+            {
+                Ok(events) => events,
+                Err(e) => return error(503, format!("the database could not be read: {e}")),
+            };
+        let mut events: Vec<(i64, Value)> = supervision
+            .into_iter()
+            .map(|e| {
+                (
+                    e.ts_ms,
+                    json!({
+                        "ts": rfc3339_ms(e.ts_ms),
+                        "kind": "supervision",
+                        "event": e.event,
+                        "actor": e.actor,
+                        "user": e.user,
+                        "incarnation": e.incarnation,
+                        "reason": e.reason,
+                        "backoff_ms": e.backoff_ms,
+                    }),
+                )
+            })
+            .collect();
+        let healing_log = state.settings.config.server.log_dir.join("failure_point_healing.jsonl");
+        let healing = web::block(move || crate::status::lines_since(&healing_log, since_ms)).await.unwrap_or_default();
+        for (ts_ms, mut line) in healing {
+            line["kind"] = json!("healing");
+            events.push((ts_ms, line));
+        }
+        events.sort_by_key(|(ts_ms, _)| *ts_ms);
+        let skip = events.len().saturating_sub(EVENTS_MAX as usize);
+        let events: Vec<Value> = events.into_iter().skip(skip).map(|(_, event)| event).collect();
+        HttpResponse::Ok().json(json!({ "since": rfc3339_ms(since_ms), "events": events }))
+    })
+    .await
+}
+
+/// Sends an operator request to a user's supervisor.
+async fn operate(state: &AppState, id: &str, request: OperatorRequest) -> HttpResponse {
+    let user = match configured_user(state, id) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    let supervisor = match state.root.send(UserSupervisorOf(user.clone())).timeout(ANSWER_TIMEOUT).await {
+        Ok(Some(supervisor)) => supervisor,
+        Ok(None) => return error(404, format!("{user} has no supervisor")),
+        Err(e) => return error(503, format!("the root supervisor did not answer: {e}")),
+    };
+    match supervisor.send(request).timeout(ANSWER_TIMEOUT).await {
+        Ok(Ok(detail)) => {
+            tracing::warn!(%user, "admin: {detail}");
+            HttpResponse::Ok().json(json!({ "ok": true, "detail": detail }))
+        }
+        Ok(Err(why_not)) => error(409, why_not),
+        Err(e) => error(503, format!("{user}'s supervisor did not answer: {e}")),
+    }
+}
+
+/// `POST /api/admin/users/{id}/pause`
+async fn pause(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    guarded("pause", async move {
+        if let Err(refused) = authorize(&request, &state.settings, true) {
+            return refused;
+        }
+        operate(&state, &path, OperatorRequest::Pause { reason: "paused over the admin API".to_owned() }).await
+    })
+    .await
+}
+
+/// `POST /api/admin/users/{id}/resume`
+async fn resume(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    guarded("resume", async move {
+        if let Err(refused) = authorize(&request, &state.settings, true) {
+            return refused;
+        }
+        operate(&state, &path, OperatorRequest::Resume { reason: "resumed over the admin API".to_owned() }).await
+    })
+    .await
+}
+
+/// `POST /api/admin/users/{id}/crash` (`[chaos] enabled` only).
+async fn crash(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    guarded("crash", async move {
+        if let Err(refused) = authorize(&request, &state.settings, true) {
+            return refused;
+        }
+        if !state.settings.config.chaos.enabled {
+            return error(403, "crash is only available with [chaos] enabled = true");
+        }
+        operate(&state, &path, OperatorRequest::Crash { reason: "crash requested over the admin API".to_owned() }).await
+    })
+    .await
+}
+
+/// `POST /api/admin/locks/{id}/clear`: clears a kill switch or probation before its time; the
+/// user's trader restarts in order to drop it.
+async fn clear_lock(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    guarded("clear_lock", async move {
+        if let Err(refused) = authorize(&request, &state.settings, true) {
+            return refused;
+        }
+        let Ok(id) = path.parse::<i64>() else {
+            return error(400, format!("lock id {:?} is not a number", path.as_str()));
+        };
+        let now_ms = state.clock.now_ms();
+        let cleared = persistence::run(&state.directory, move |store| {
+            let lock = store.uncleared_guard_locks(None)?.into_iter().find(|l| l.id == id);
+            match lock {
+                Some(lock) => store.clear_guard_lock(id, now_ms, "admin api").map(|_| Some(lock)),
+                None => Ok(None),
+            }
+        })
+        .await;
+        let lock = match cleared {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return error(404, format!("no uncleared lock {id}")),
+            Err(e) => return error(503, format!("the database could not be written: {e}")),
+        };
+        let reason =
+            format!("{} lock {id} cleared over the admin API; restarting to drop it", lock.failure_point);
+        tracing::warn!(user = %lock.user, lock = id, failure_point = %lock.failure_point, "admin: lock cleared");
+        let restarted = operate(&state, lock.user.as_str(), OperatorRequest::Restart { reason }).await;
+        if !restarted.status().is_success() {
+            return restarted;
+        }
+        HttpResponse::Ok().json(json!({
+            "ok": true,
+            "detail": format!("lock {id} ({}) of {} cleared; its trader restarts to drop it", lock.failure_point, lock.user),
+        }))
+    })
+    .await
+}

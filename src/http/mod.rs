@@ -1,0 +1,253 @@
+//! The HTTP API (`[http] listen`, default `127.0.0.1:8377`): health, status, `why`, failure-point
+//! history, events, and the operator's admin actions, for people and for the CLI.
+//!
+//! It runs in the same process as a shared actor, [`HttpApi`], supervised by the root like the
+//! others: its incarnation owns an actix-web server on one worker thread, listening on a socket
+//! bound once at start-up (so a restarted incarnation serves the same address, and a port that
+//! cannot be bound fails the start with a clear error). Handlers only read: the supervision tree
+//! through the root, the shared state through the [`Directory`], the database through the
+//! persistence actor; admin actions go to the user supervisors. Every handler runs inside
+//! [`guarded`], so a panic answers 500 and is logged instead of taking anything down. Errors are
+//! JSON `{"error": "..."}` naming the problem; request bodies are size-limited.
+//!
+//! Auth: admin requests need `Authorization: Bearer <token>`, the token read from the environment
+//! variable `[http] token_env` names (never logged or echoed); without one configured they are
+//! refused. With `protect_reads` the read endpoints need it too. Config validation refuses a
+//! non-loopback `listen` without a token.
+
+mod api;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures::FutureExt as _;
+use serde_json::json;
+
+use crate::actors::Directory;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::secret::Secret;
+use crate::supervision::root::RootSupervisor;
+
+/// What the HTTP actor needs; cloned into every incarnation.
+#[derive(Clone)]
+pub struct HttpSettings {
+    /// Bound once by `server::start`; each incarnation serves a clone of it.
+    pub listener: Arc<TcpListener>,
+    pub token: Option<Secret>,
+    pub protect_reads: bool,
+    pub body_limit_bytes: usize,
+    /// The config the server started with (for `why`, which reads what `bulwark why` reads).
+    pub config: Arc<Config>,
+    /// The exchange (its circuit breakers are part of the status).
+    pub exchange: Arc<dyn crate::exchange::Exchange>,
+    /// When the server started (the Monitor's first run is not late before three intervals).
+    pub started_at_ms: i64,
+}
+
+impl std::fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("listen", &self.listener.local_addr().ok())
+            .field("token", &self.token.is_some())
+            .field("protect_reads", &self.protect_reads)
+            .finish()
+    }
+}
+
+/// Shared by every request of one incarnation.
+pub(crate) struct AppState {
+    pub settings: HttpSettings,
+    pub directory: Arc<Directory>,
+    pub root: Addr<RootSupervisor>,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub struct HttpApi {
+    settings: HttpSettings,
+    directory: Arc<Directory>,
+    root: Addr<RootSupervisor>,
+    clock: Arc<dyn Clock>,
+    /// The running server of this incarnation (stopped with it).
+    server: Option<ServerHandle>,
+}
+
+impl std::fmt::Debug for HttpApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApi").field("settings", &self.settings).finish()
+    }
+}
+
+impl HttpApi {
+    pub fn new(
+        settings: HttpSettings,
+        directory: Arc<Directory>,
+        root: Addr<RootSupervisor>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { settings, directory, root, clock, server: None }
+    }
+}
+
+impl Actor for HttpApi {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // A failure here ends the incarnation; the root restarts it with backoff.
+        let listener = match self.settings.listener.try_clone() {
+            Ok(listener) => listener,
+            Err(error) => panic!("http: the listening socket cannot be shared: {error}"),
+        };
+        let state = web::Data::new(AppState {
+            settings: self.settings.clone(),
+            directory: self.directory.clone(),
+            root: self.root.clone(),
+            clock: self.clock.clone(),
+        });
+        let limit = self.settings.body_limit_bytes;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(limit))
+                .configure(api::routes)
+                .default_service(web::to(|| async { error(404, "no such endpoint") }))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .listen(listener);
+        let server = match server {
+            Ok(server) => server.run(),
+            Err(error) => panic!("http: cannot serve: {error}"),
+        };
+        self.server = Some(server.handle());
+        ctx.spawn(server.into_actor(self).map(|result, _, ctx| {
+            match result {
+                Ok(()) => tracing::warn!("http: the server stopped"),
+                Err(error) => tracing::error!(%error, "http: the server failed"),
+            }
+            ctx.stop();
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(server) = self.server.take() {
+            // Graceful: requests in progress finish (bounded by the shutdown timeout).
+            actix::spawn(server.stop(true));
+        }
+    }
+}
+
+/// A JSON error answer.
+pub(crate) fn error(status: u16, message: impl Into<String>) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+    HttpResponse::build(status).json(json!({ "error": message.into() }))
+}
+
+/// Runs a handler's work; a panic in it answers 500 (logged) instead of dropping the connection.
+pub(crate) async fn guarded(what: &'static str, work: impl Future<Output = HttpResponse>) -> HttpResponse {
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            tracing::error!(endpoint = what, panic = %message, "http: handler panicked; answered 500");
+            error(500, format!("internal error in {what}; it is logged"))
+        }
+    }
+}
+
+/// Whether the request may proceed: admin requests need the bearer token (and one configured);
+/// reads need it when `protect_reads`.
+pub(crate) fn authorize(request: &HttpRequest, settings: &HttpSettings, admin: bool) -> Result<(), HttpResponse> {
+    if !admin && !settings.protect_reads {
+        return Ok(());
+    }
+    let Some(token) = &settings.token else {
+        return Err(error(403, "the admin API is off: set [http] token_env to the name of a variable holding a token"));
+    };
+    let presented = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        Some(_) => Err(error(401, "wrong bearer token")),
+        None => Err(error(401, "missing Authorization: Bearer <token>")),
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A time given as RFC 3339, epoch milliseconds, or an age before `now_ms` (`90s`, `30m`, `24h`,
+/// `7d`).
+pub(crate) fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.timestamp_millis());
+    }
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(count) if unit_ms > 0 && count <= 365 * 86_400 => Ok(now_ms - count * unit_ms),
+        _ => Err(format!(
+            "since={text:?} is not a time: give RFC 3339 (2026-11-22T10:00:00Z), epoch milliseconds, or an age like 30m, 24h, 7d"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn a_panicking_handler_answers_500() {
+        let response = guarded("test", async { panic!("boom") }).await;
+        assert_eq!(response.status(), 500);
+        let fine = guarded("test", async { HttpResponse::Ok().finish() }).await;
+        assert_eq!(fine.status(), 200);
+    }
+
+    #[test]
+    fn since_takes_times_and_ages_and_names_what_it_refuses() {
+        let now_ms = 1_800_000_000_000;
+        assert_eq!(parse_since("24h", now_ms), Ok(now_ms - 86_400_000));
+        assert_eq!(parse_since("30m", now_ms), Ok(now_ms - 1_800_000));
+        assert_eq!(parse_since("1700000000000", now_ms), Ok(1_700_000_000_000));
+        assert_eq!(parse_since("2026-11-22T10:00:00Z", now_ms), Ok(1_795_341_600_000));
+        let refused = parse_since("yesterday", now_ms).unwrap_err();
+        assert!(refused.contains("\"yesterday\" is not a time"), "{refused}");
+        assert!(parse_since("5w", now_ms).is_err());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
