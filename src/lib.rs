@@ -33,6 +33,7 @@ pub mod instance_lock;
 pub mod intelligence;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod persistence;
 pub mod reload;

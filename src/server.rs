@@ -46,6 +46,7 @@ use crate::instance_lock::InstanceLock;
 use crate::intelligence::coinglass::CoinGlassClient;
 use crate::limits::EVENT_TAP_CAPACITY;
 use crate::limits::{PERSISTENCE_MAILBOX_CAPACITY, SHARED_MAILBOX_CAPACITY};
+use crate::metrics::Metrics;
 use crate::persistence::paper_journal::PaperJournal;
 use crate::persistence::{DecisionRecord, GuardDecisionRecord, Store};
 use crate::supervision::journal::{SupervisionJournal, TreeEvent};
@@ -64,6 +65,8 @@ pub struct ServerDeps {
     pub exchange: Arc<dyn Exchange>,
     /// `None`: market data polls only when sent `Poll`.
     pub market_poll_interval: Option<Duration>,
+    /// Shared with the exchange wrapper, which counts requests into it (`/metrics`).
+    pub metrics: Metrics,
 }
 
 /// A running tree.
@@ -128,7 +131,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         .and_then(|mut store| store.ensure_users(&user_ids, deps.clock.now_ms()))
         .with_context(|| format!("preparing the database {}", database_path.display()))?;
 
-    let (http, http_url) = match &config.http {
+    let (mut http, http_url) = match &config.http {
         Some(settings) => {
             let (http, url) = http_settings(config, settings, &deps)?;
             (Some(http), Some(url))
@@ -136,7 +139,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         None => (None, None),
     };
 
-    let directory = Arc::new(Directory::default());
+    let directory = Arc::new(Directory::with_metrics(deps.metrics.clone()));
     let (supervision, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let (decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let (guard_decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
@@ -223,7 +226,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         },
         persistence: persistence_settings(config),
         external_breaker: config.breaker,
-        http,
+        http: http.take().map(|http| HttpSettings { counters: Arc::new(counters.clone()), ..http }),
         monitor: Arc::new(MonitorSettings {
             interval: config.monitor.interval,
             summary_interval: config.monitor.summary_interval,
@@ -323,6 +326,8 @@ fn http_settings(
         config: Arc::new(config.clone()),
         exchange: deps.exchange.clone(),
         started_at_ms: deps.clock.now_ms(),
+        // Filled in once the users' counters exist.
+        counters: Arc::new(BTreeMap::new()),
     };
     Ok((http, url))
 }
@@ -634,10 +639,11 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
         let key = format!("breaker:{name}:{}", transition.to.as_str());
         crate::actors::notifier::notify(directory, key, severity, text);
     });
+    let metrics = Metrics::new();
     let exchange: Arc<dyn Exchange> =
-        Arc::new(BreakerExchange::new(exchange, clock.clone(), config.breaker, on_transition));
+        Arc::new(BreakerExchange::new(exchange, clock.clone(), config.breaker, on_transition, metrics.clone()));
     let reload_exchange = exchange.clone();
-    let deps = ServerDeps { clock, exchange, market_poll_interval: Some(config.market_poll_interval()) };
+    let deps = ServerDeps { clock, exchange, market_poll_interval: Some(config.market_poll_interval()), metrics };
     let system = System::new();
     let (exit_code, arbiters) = system.block_on(async move {
         // Listen for signals before anything starts, so that a SIGTERM during start-up is an

@@ -209,6 +209,39 @@ async fn every_endpoint_answers_and_refuses_what_it_should() {
         })
         .await;
 
+    // Metrics: the Prometheus text format, as promtool reads it.
+    let metrics = server.http.get(format!("{}/metrics", server.url)).send().await.unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().await.unwrap();
+    for needle in [
+        "bulwark_decisions_total{user=\"u1\"}",
+        "bulwark_users{state=\"running\"}",
+        "bulwark_failure_point_status{category=",
+        "bulwark_outbox_depth 0",
+        "bulwark_actor_restarts{actor=\"trader\",user=\"u2\"}",
+        "bulwark_exchange_requests_total{endpoint=\"klines\",outcome=\"ok\"}",
+        "bulwark_exchange_request_seconds_bucket{endpoint=\"position\",le=",
+        "bulwark_orders_total{result=",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from /metrics:\n{text}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
     // Locks: a bad id, an unknown one.
     let (code, body) = server.post("/api/admin/locks/abc/clear", Some(TOKEN)).await;
     assert_eq!((code, error_of(&body).contains("not a number")), (400, true), "{body}");

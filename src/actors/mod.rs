@@ -66,6 +66,9 @@ pub struct Directory {
     /// Users whose position the last reconciliation pass could not explain, not (yet) halted:
     /// a second pass in a row that agrees halts them (written and read by the order router).
     pub(crate) position_suspects: RwLock<BTreeMap<UserId, String>>,
+    /// Counted events for `/metrics` (orders by result, guard blocks; exchange requests are counted
+    /// by the exchange wrapper into the same registry).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The durable outbox's depth and history, shared across persistence incarnations.
@@ -129,6 +132,13 @@ impl OutboxGauge {
 
 impl Default for Directory {
     fn default() -> Self {
+        Self::with_metrics(crate::metrics::Metrics::new())
+    }
+}
+
+impl Directory {
+    /// An empty directory counting into `metrics`.
+    pub fn with_metrics(metrics: crate::metrics::Metrics) -> Self {
         Self {
             persistence: RwLock::default(),
             market_data: RwLock::default(),
@@ -144,6 +154,7 @@ impl Default for Directory {
             position_holds: RwLock::default(),
             position_suspects: RwLock::default(),
             latest_monitor_line: RwLock::default(),
+            metrics,
         }
     }
 }

@@ -313,6 +313,13 @@ impl Handler<SubmitIntent> for OrderRouter {
         let context = self.context.clone();
         Box::pin(async move { place(&context, intent).await }.into_actor(self).map(move |outcome, router, _| {
             router.finish(&client_order_id);
+            let result = match &outcome {
+                PlacementOutcome::Recorded { state, .. } => state.as_str(),
+                PlacementOutcome::NotCommitted { .. } => "not_committed",
+                PlacementOutcome::Unconfirmed { .. } => "unconfirmed",
+                PlacementOutcome::CredentialsRefused { .. } => "credentials_refused",
+            };
+            router.context.directory.metrics.order(result);
             outcome
         }))
     }

@@ -216,6 +216,9 @@ impl Trader {
                     crate::actors::notifier::notify(&self.seed.directory, key, crate::notify::Severity::Warning, text);
                 }
                 TraderCommand::RecordGuards(record) => {
+                    if let Some(guard) = &record.failure_point {
+                        self.seed.directory.metrics.guard_block(guard);
+                    }
                     let _ = self.seed.guards_tap.send(record.clone());
                     persistence::submit_durable(&self.seed.directory, DurableWrite::GuardDecision(record));
                 }

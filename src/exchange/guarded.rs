@@ -50,6 +50,8 @@ pub struct BreakerExchange {
     /// One per account, created on first use (bounded by the configured users).
     accounts: Mutex<BTreeMap<UserId, CircuitBreaker>>,
     on_transition: TransitionHook,
+    /// Every call's outcome and latency, by endpoint (`/metrics`).
+    metrics: crate::metrics::Metrics,
 }
 
 impl fmt::Debug for BreakerExchange {
@@ -79,6 +81,7 @@ impl BreakerExchange {
         clock: Arc<dyn Clock>,
         policy: BreakerPolicy,
         on_transition: TransitionHook,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         Self {
             inner,
@@ -87,6 +90,7 @@ impl BreakerExchange {
             host: Mutex::new(BTreeMap::new()),
             accounts: Mutex::new(BTreeMap::new()),
             on_transition,
+            metrics,
         }
     }
 
@@ -128,6 +132,7 @@ impl BreakerExchange {
     async fn guarded<T>(
         &self,
         scope: Scope<'_>,
+        endpoint: &'static str,
         call: impl Future<Output = Result<T, ExchangeError>>,
     ) -> Result<T, ExchangeError> {
         let now_ms = self.clock.now_ms();
@@ -135,6 +140,7 @@ impl BreakerExchange {
             Ok(transition) => self.report(&scope, transition),
             Err(refused) => {
                 let name = scope.name();
+                self.metrics.exchange_request(endpoint, "breaker_open", std::time::Duration::ZERO);
                 return Err(ExchangeError::Retryable {
                     detail: format!(
                         "circuit breaker ({name}) open until {}, nothing sent{}",
@@ -144,7 +150,20 @@ impl BreakerExchange {
                 });
             }
         }
+        let started = std::time::Instant::now();
         let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ExchangeError::Retryable { .. }) => "retryable",
+            Err(ExchangeError::UnknownOutcome { .. }) => "unknown_outcome",
+            Err(ExchangeError::Malformed { .. }) => "malformed",
+            Err(ExchangeError::RateLimited { .. }) => "rate_limited",
+            Err(ExchangeError::Banned { .. }) => "banned",
+            Err(ExchangeError::Auth { .. }) => "auth",
+            Err(ExchangeError::Rejected { .. }) => "rejected",
+            Err(ExchangeError::Duplicate { .. }) => "duplicate",
+        };
+        self.metrics.exchange_request(endpoint, outcome, started.elapsed());
         let now_ms = self.clock.now_ms();
         let transition = match &result {
             Err(ExchangeError::Banned { until_ms }) => {
@@ -197,7 +216,7 @@ impl Exchange for BreakerExchange {
     }
 
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
-        self.guarded(Scope::Host("time"), self.inner.server_time_ms()).await
+        self.guarded(Scope::Host("time"), "time", self.inner.server_time_ms()).await
     }
 
     fn clock_is_exact(&self) -> bool {
@@ -237,23 +256,23 @@ impl Exchange for BreakerExchange {
     }
 
     async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
-        self.guarded(Scope::Host("rules"), self.inner.symbol_rules(symbol)).await
+        self.guarded(Scope::Host("rules"), "symbol_rules", self.inner.symbol_rules(symbol)).await
     }
 
     async fn klines(&self, symbol: &Symbol, timeframe: Timeframe, limit: u16) -> Result<Vec<Candle>, ExchangeError> {
-        self.guarded(Scope::Host("klines"), self.inner.klines(symbol, timeframe, limit)).await
+        self.guarded(Scope::Host("klines"), "klines", self.inner.klines(symbol, timeframe, limit)).await
     }
 
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
-        self.guarded(Scope::Account(account), self.inner.position(account, symbol)).await
+        self.guarded(Scope::Account(account), "position", self.inner.position(account, symbol)).await
     }
 
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
-        self.guarded(Scope::Account(account), self.inner.balance(account)).await
+        self.guarded(Scope::Account(account), "balance", self.inner.balance(account)).await
     }
 
     async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
-        self.guarded(Scope::Account(account), self.inner.create_order(account, request)).await
+        self.guarded(Scope::Account(account), "create_order", self.inner.create_order(account, request)).await
     }
 
     async fn order_by_client_id(
@@ -262,7 +281,12 @@ impl Exchange for BreakerExchange {
         symbol: &Symbol,
         client_order_id: &ClientOrderId,
     ) -> Result<Option<ExchangeOrder>, ExchangeError> {
-        self.guarded(Scope::Account(account), self.inner.order_by_client_id(account, symbol, client_order_id)).await
+        self.guarded(
+            Scope::Account(account),
+            "query_order",
+            self.inner.order_by_client_id(account, symbol, client_order_id),
+        )
+        .await
     }
 
     async fn cancel_order(
@@ -271,7 +295,8 @@ impl Exchange for BreakerExchange {
         symbol: &Symbol,
         client_order_id: &ClientOrderId,
     ) -> Result<ExchangeOrder, ExchangeError> {
-        self.guarded(Scope::Account(account), self.inner.cancel_order(account, symbol, client_order_id)).await
+        self.guarded(Scope::Account(account), "cancel_order", self.inner.cancel_order(account, symbol, client_order_id))
+            .await
     }
 
     async fn open_orders(
@@ -279,11 +304,11 @@ impl Exchange for BreakerExchange {
         account: &UserId,
         symbol: Option<&Symbol>,
     ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
-        self.guarded(Scope::Account(account), self.inner.open_orders(account, symbol)).await
+        self.guarded(Scope::Account(account), "open_orders", self.inner.open_orders(account, symbol)).await
     }
 
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
-        self.guarded(Scope::Account(account), self.inner.fills(account, symbol, since_ms)).await
+        self.guarded(Scope::Account(account), "account_fills", self.inner.fills(account, symbol, since_ms)).await
     }
 
     async fn order_fills(
@@ -292,6 +317,7 @@ impl Exchange for BreakerExchange {
         symbol: &Symbol,
         exchange_order_id: &str,
     ) -> Result<Vec<Fill>, ExchangeError> {
-        self.guarded(Scope::Account(account), self.inner.order_fills(account, symbol, exchange_order_id)).await
+        self.guarded(Scope::Account(account), "order_fills", self.inner.order_fills(account, symbol, exchange_order_id))
+            .await
     }
 }

@@ -28,6 +28,7 @@ pub(super) fn routes(config: &mut web::ServiceConfig) {
         .route("/api/users/{id}/why", web::get().to(why))
         .route("/api/failure-points/history", web::get().to(history))
         .route("/api/events", web::get().to(events))
+        .route("/metrics", web::get().to(metrics))
         .route("/api/admin/users/{id}/pause", web::post().to(pause))
         .route("/api/admin/users/{id}/resume", web::post().to(resume))
         .route("/api/admin/users/{id}/crash", web::post().to(crash))
@@ -293,6 +294,88 @@ async fn events(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         let skip = events.len().saturating_sub(EVENTS_MAX as usize);
         let events: Vec<Value> = events.into_iter().skip(skip).map(|(_, event)| event).collect();
         HttpResponse::Ok().json(json!({ "since": rfc3339_ms(since_ms), "events": events }))
+    })
+    .await
+}
+
+/// `GET /metrics`: Prometheus text format (see `crate::metrics`).
+async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    guarded("metrics", async move {
+        if let Err(refused) = authorize(&request, &state.settings, false) {
+            return refused;
+        }
+        let tree = match state.root.send(GetTreeStatus).timeout(ANSWER_TIMEOUT).await {
+            Ok(tree) => tree.actors,
+            Err(e) => return error(503, format!("the root supervisor did not answer: {e}")),
+        };
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+        let status_level = |status: &str| match status {
+            "ok" => 0,
+            "warn" => 1,
+            "critical" => 2,
+            _ => 3,
+        };
+        let failure_points = state
+            .directory
+            .latest_monitor_line()
+            .map(|(_, line)| {
+                line["checks"]
+                    .as_array()
+                    .map(|checks| {
+                        checks
+                            .iter()
+                            .filter_map(|c| {
+                                Some((
+                                    c["id"].as_str()?.to_owned(),
+                                    c["category"].as_str().unwrap_or("").to_owned(),
+                                    status_level(c["status"].as_str()?),
+                                ))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let outbox = state.directory.outbox();
+        let budget = state.settings.exchange.request_budget();
+        let snapshot = crate::metrics::Snapshot {
+            decisions: state
+                .settings
+                .counters
+                .iter()
+                .map(|(user, counters)| (user.to_string(), load(&counters.decisions), load(&counters.skipped)))
+                .collect(),
+            actors: tree
+                .iter()
+                .map(|a| {
+                    let user = a.user.as_ref().map(UserId::to_string).unwrap_or_default();
+                    (a.actor.to_owned(), user, a.state.to_owned(), a.restarts)
+                })
+                .collect(),
+            breakers: state
+                .settings
+                .exchange
+                .breaker_statuses()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|b| {
+                    let level = match b.state {
+                        crate::exchange::breaker::BreakerState::Closed => 0,
+                        crate::exchange::breaker::BreakerState::HalfOpen => 1,
+                        crate::exchange::breaker::BreakerState::Open => 2,
+                    };
+                    (b.name, level)
+                })
+                .collect(),
+            failure_points,
+            outbox_depth: outbox.depth,
+            outbox_capacity: outbox.capacity,
+            weight_used: budget.as_ref().map(|b| b.weight_used),
+            weight_limit: budget.as_ref().map(|b| b.weight_limit),
+        };
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(state.directory.metrics.encode(&snapshot))
     })
     .await
 }

@@ -17,6 +17,7 @@
 
 mod api;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
@@ -29,8 +30,10 @@ use futures::FutureExt as _;
 use serde_json::json;
 
 use crate::actors::Directory;
+use crate::actors::trader::UserCounters;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::UserId;
 use crate::secret::Secret;
 use crate::supervision::root::RootSupervisor;
 
@@ -48,6 +51,8 @@ pub struct HttpSettings {
     pub exchange: Arc<dyn crate::exchange::Exchange>,
     /// When the server started (the Monitor's first run is not late before three intervals).
     pub started_at_ms: i64,
+    /// Every user's decision counters (`/metrics`).
+    pub counters: Arc<BTreeMap<UserId, Arc<UserCounters>>>,
 }
 
 impl std::fmt::Debug for HttpSettings {

@@ -106,7 +106,12 @@ impl Tree {
         paper: PaperExchange,
         exchange: Arc<dyn Exchange>,
     ) -> Self {
-        let deps = ServerDeps { clock: clock.clone(), exchange, market_poll_interval: None };
+        let deps = ServerDeps {
+            clock: clock.clone(),
+            exchange,
+            market_poll_interval: None,
+            metrics: bulwark::metrics::Metrics::new(),
+        };
         let server = bulwark::server::start(&config, deps).unwrap_or_else(|e| panic!("start: {e:#}"));
         let decisions = server.decisions.subscribe();
         let events = server.supervision.subscribe();
