@@ -830,7 +830,17 @@ async fn resync_position(
         verified_at_ms: now_ms,
     };
     persistence::write(&context.directory, DurableWrite::Position(record)).await.map_err(database)?;
-    record_action(context, user, "position_resynced", None, &detail).await?;
+    // Routine when the recorded fills explain the new quantity (the trader stopped after a fill
+    // was recorded but before it saved the position): a catch-up. Otherwise the exchange holds
+    // what bulwark's ledger does not explain, which STATE-POSITION-SYNC reports.
+    let (key_user, key_symbol) = (user.clone(), symbol.clone());
+    let explained =
+        persistence::run(&context.directory, move |store| store.position_fill_mismatches_of(Some(&key_user)))
+            .await
+            .map(|mismatches| !mismatches.iter().any(|m| m.symbol == key_symbol))
+            .unwrap_or(false);
+    let action = if explained { "position_caught_up" } else { "position_resynced" };
+    record_action(context, user, action, None, &detail).await?;
     report.positions_resynced.push((symbol.clone(), detail));
     Ok(())
 }

@@ -23,6 +23,7 @@ const EVENTS_MAX: u32 = 1_000;
 
 pub(super) fn routes(config: &mut web::ServiceConfig) {
     config
+        .route("/", web::get().to(dashboard))
         .route("/health", web::get().to(health))
         .route("/api/status", web::get().to(status))
         .route("/api/users/{id}/why", web::get().to(why))
@@ -40,6 +41,17 @@ fn query(request: &HttpRequest) -> Result<HashMap<String, String>, HttpResponse>
     web::Query::<HashMap<String, String>>::from_query(request.query_string())
         .map(web::Query::into_inner)
         .map_err(|e| error(400, format!("bad query string: {e}")))
+}
+
+/// The dashboard: one self-contained page (no CDN, no build step) that polls the API.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// `GET /`: the dashboard (its data requests carry the token when reads are protected).
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(DASHBOARD_HTML)
 }
 
 /// `GET /health`: 200 when the root supervisor answers, every shared actor runs and the Monitor
