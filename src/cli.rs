@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
+use crate::remote::{Remote, RemoteError};
 
 pub const EXIT_RUNTIME_ERROR: u8 = 1;
 pub const EXIT_CONFIG_INVALID: u8 = 2;
@@ -35,7 +36,8 @@ pub enum Command {
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
     },
-    /// Print each user's state from the database and logs (works while the server runs).
+    /// Print each user's state: from the running server (its HTTP API) when one answers, else
+    /// from the database and logs.
     Status {
         /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
         #[arg(long, value_name = "PATH")]
@@ -43,10 +45,14 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// The running server [default: the URL it wrote to <data_dir>/bulwark.http, or [http] listen].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
     /// Why is this user not trading? Every active block (supervisor state, locks, failing checks
     /// that name the user, the last decision) with since, until and what un-blocks it; a trading
-    /// user gets "trading" and its last decision. Reads the database (works while the server runs).
+    /// user gets "trading" and its last decision. Asks the running server when one answers, else
+    /// reads the database.
     Why {
         /// The user id, as in the config.
         user: String,
@@ -56,6 +62,9 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// The running server [default: the URL it wrote to <data_dir>/bulwark.http, or [http] listen].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
     /// Resolve every unresolved order by its client order id and cancel orphan orders, for every
     /// user, as a trader does when it starts. Sends no order; waits (bounded) for open receive
@@ -79,12 +88,23 @@ pub enum Command {
         seed: Option<u64>,
     },
     /// Reports. `--catalog`: every failure point (id, category, priority, check, healing).
+    /// `--since 24h`: failure-point trends (time in each status per point, top blockers,
+    /// restarts), from the running server when one answers, else from the database.
     Report {
         /// Print the failure-point catalog.
         #[arg(long)]
         catalog: bool,
+        /// Trends since this time: an age (30m, 24h, 7d), RFC 3339, or epoch milliseconds.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The running server [default: the URL it wrote to <data_dir>/bulwark.http, or [http] listen].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
     /// Validate a config: prints `config ok`, or every problem and exits 2.
     CheckConfig {
@@ -122,9 +142,26 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { config, json } => {
+        Command::Status { config, json, url } => {
             let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
             note_embedded(&config);
+            if let Some(remote) = Remote::for_config(&config, url.as_deref()) {
+                match remote.get("/api/status") {
+                    Ok(status) if json => {
+                        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                        return ExitCode::SUCCESS;
+                    }
+                    Ok(status) => {
+                        print!("{}", crate::status::render_live_text(&remote.url, &status));
+                        return ExitCode::SUCCESS;
+                    }
+                    Err(RemoteError::Unreachable { .. }) if url.is_none() => {}
+                    Err(error) => {
+                        eprintln!("bulwark: {error}");
+                        return ExitCode::from(EXIT_RUNTIME_ERROR);
+                    }
+                }
+            }
             match crate::status::collect(&config) {
                 Ok(report) if json => {
                     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
@@ -140,7 +177,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Why { user, config, json } => {
+        Command::Why { user, config, json, url } => {
             let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
             note_embedded(&config);
             if !config.users.iter().any(|u| u.id.as_str() == user) {
@@ -148,7 +185,22 @@ pub fn main() -> ExitCode {
                 eprintln!("bulwark why: no user {user:?} in {} (users: {})", config.source_name, known.join(", "));
                 return ExitCode::from(EXIT_USAGE);
             }
-            match crate::status::why(&config, &user) {
+            let from_server = Remote::for_config(&config, url.as_deref()).map(|remote| {
+                remote.get(&format!("/api/users/{user}/why")).and_then(|answer| {
+                    serde_json::from_value::<crate::failure_points::why::WhyAnswer>(answer).map_err(|e| {
+                        RemoteError::Refused { url: remote.url.clone(), status: 200, message: e.to_string() }
+                    })
+                })
+            });
+            let answer = match from_server {
+                Some(Ok(answer)) => Ok(answer),
+                Some(Err(RemoteError::Unreachable { .. })) | None if url.is_none() => {
+                    crate::status::why(&config, &user)
+                }
+                Some(Err(error)) => Err(anyhow::anyhow!(error)),
+                None => Err(anyhow::anyhow!("--url given, but the config has the HTTP API off")),
+            };
+            match answer {
                 Ok(answer) if json => {
                     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
                     ExitCode::SUCCESS
@@ -163,9 +215,30 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Report { catalog, json } => {
+        Command::Report { catalog, since, json, config, url } => {
+            if let Some(since) = since {
+                let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
+                note_embedded(&config);
+                let remote = Remote::for_config(&config, url.as_deref());
+                return match crate::status::trends(&config, remote.as_ref(), &since) {
+                    Ok((report, source)) if json => {
+                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                        eprintln!("(from {source})");
+                        ExitCode::SUCCESS
+                    }
+                    Ok((report, source)) => {
+                        print!("{}", crate::failure_points::trends::render_text(&report));
+                        println!("(from {source})");
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("bulwark report: {error:#}");
+                        ExitCode::from(EXIT_RUNTIME_ERROR)
+                    }
+                };
+            }
             if !catalog {
-                eprintln!("bulwark report: say what to report (--catalog)");
+                eprintln!("bulwark report: say what to report (--catalog, or --since 24h)");
                 return ExitCode::from(EXIT_USAGE);
             }
             if json {

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod notify;
 pub mod persistence;
 pub mod reload;
+pub mod remote;
 pub mod secret;
 pub mod server;
 pub mod service;

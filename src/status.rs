@@ -170,6 +170,163 @@ fn read_tail(path: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(&tail).into_owned())
 }
 
+/// `bulwark report --since`: failure-point trends, from the running server when `remote` answers,
+/// else from the database. Returns the report and where it came from.
+pub fn trends(
+    config: &Config,
+    remote: Option<&crate::remote::Remote>,
+    since: &str,
+) -> anyhow::Result<(crate::failure_points::trends::TrendReport, String)> {
+    use crate::failure_points::trends::{self, Event, Run};
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let since_ms = crate::http::parse_since(since, now_ms).map_err(|message| anyhow::anyhow!(message))?;
+    let run_of = |ts_ms: i64, statuses: &Value| Run {
+        ts_ms,
+        statuses: statuses
+            .as_object()
+            .map(|map| map.iter().filter_map(|(id, s)| Some((id.clone(), s.as_str()?.to_owned()))).collect())
+            .unwrap_or_default(),
+    };
+    if let Some(remote) = remote {
+        let fetched = remote
+            .get(&format!("/api/failure-points/history?since={since_ms}"))
+            .and_then(|history| Ok((history, remote.get(&format!("/api/events?since={since_ms}"))?)));
+        match fetched {
+            Ok((history, events)) => {
+                let runs: Vec<Run> = history["runs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| {
+                        let ts_ms = chrono::DateTime::parse_from_rfc3339(r["ts"].as_str()?).ok()?.timestamp_millis();
+                        Some(run_of(ts_ms, &r["statuses"]))
+                    })
+                    .collect();
+                let events: Vec<Event> = events["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["kind"] == "supervision")
+                    .filter_map(|e| {
+                        Some(Event {
+                            event: e["event"].as_str()?.to_owned(),
+                            actor: e["actor"].as_str()?.to_owned(),
+                            user: e["user"].as_str().map(str::to_owned),
+                        })
+                    })
+                    .collect();
+                return Ok((trends::report(&runs, &events, since_ms, now_ms), format!("the server at {}", remote.url)));
+            }
+            Err(crate::remote::RemoteError::Unreachable { .. }) => {}
+            Err(refused) => return Err(refused.into()),
+        }
+    }
+    let (mut store, database, _) = open_database(config)?;
+    let reading = || format!("reading {}", database.display());
+    let runs: Vec<Run> = store
+        .monitor_snapshots_since(since_ms, 1_000_000)
+        .with_context(reading)?
+        .into_iter()
+        .filter_map(|(ts_ms, _, body)| {
+            let line: Value = serde_json::from_str(&body).ok()?;
+            let statuses: serde_json::Map<String, Value> = line["checks"]
+                .as_array()?
+                .iter()
+                .filter_map(|c| Some((c["id"].as_str()?.to_owned(), c["status"].clone())))
+                .collect();
+            Some(run_of(ts_ms, &Value::Object(statuses)))
+        })
+        .collect();
+    let events: Vec<Event> = store
+        .supervisor_events_since(since_ms, 1_000_000)
+        .with_context(reading)?
+        .into_iter()
+        .map(|e| Event { event: e.event, actor: e.actor, user: e.user.map(|u| u.to_string()) })
+        .collect();
+    Ok((trends::report(&runs, &events, since_ms, now_ms), database.display().to_string()))
+}
+
+/// `bulwark status` from a running server's `/api/status`.
+pub fn render_live_text(url: &str, status: &Value) -> String {
+    let text = |value: &Value| value.as_str().unwrap_or("-").to_owned();
+    let mut out = format!(
+        "bulwark status: {url} (server running; overall {}; monitor at {})\n",
+        text(&status["overall"]),
+        text(&status["monitor_checked_at"])
+    );
+    out.push_str(&format!(
+        "{:<12} {:<12} {:>6} {:>8} {:>9} {:>7} {:>6}  {:<24} {}\n",
+        "USER", "STATE", "INCARN", "RESTARTS", "DECISIONS", "ORDERS", "FILLS", "LAST DECISION AT", "LAST DECISION"
+    ));
+    for user in status["users"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<12} {:<12} {:>6} {:>8} {:>9} {:>7} {:>6}  {:<24} {}\n",
+            text(&user["user"]),
+            text(&user["state"]),
+            user["incarnation"].to_string(),
+            user["restarts"].to_string(),
+            user["decisions"].to_string(),
+            user["orders"].to_string(),
+            user["fills"].to_string(),
+            text(&user["last_decision_at"]),
+            text(&user["last_decision"])
+        ));
+        let positions: Vec<String> = user["positions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let quantity: rust_decimal::Decimal =
+                    p["quantity"].as_str().and_then(|q| q.parse().ok()).unwrap_or_default();
+                match quantity {
+                    q if q.is_zero() => format!("{} flat", text(&p["symbol"])),
+                    q => {
+                        let side = if q.is_sign_positive() { "long" } else { "short" };
+                        format!("{} {side} {} @ {}", text(&p["symbol"]), q.abs(), text(&p["entry_price"]))
+                    }
+                }
+            })
+            .collect();
+        if !positions.is_empty() {
+            out.push_str(&format!("{:<12} position: {}\n", "", positions.join(", ")));
+        }
+        if !matches!(user["state"].as_str(), Some("running"))
+            && let Some(reason) = user["reason"].as_str()
+        {
+            out.push_str(&format!("{:<12} {}: {reason}\n", "", text(&user["state"])));
+        }
+        if let Some(hold) = user["position_hold"].as_str() {
+            out.push_str(&format!("{:<12} entries halted: {hold}\n", ""));
+        }
+    }
+    let shared: Vec<String> = status["tree"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["actor"] != "trader")
+        .map(|a| {
+            format!("{} {} #{} ({} restarts)", text(&a["actor"]), text(&a["state"]), a["incarnation"], a["restarts"])
+        })
+        .collect();
+    out.push_str(&format!("shared actors: {}\n", shared.join(", ")));
+    let troubled: Vec<String> = status["failure_points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] != "ok")
+        .map(|c| format!("  {} {}: {}", text(&c["id"]), text(&c["status"]), text(&c["detail"])))
+        .collect();
+    if troubled.is_empty() {
+        out.push_str("failure points: every one ok\n");
+    } else {
+        out.push_str(&format!("failure points not ok:\n{}\n", troubled.join("\n")));
+    }
+    if status["outbox"]["depth"].as_u64().unwrap_or(0) > 0 {
+        out.push_str(&format!("outbox: {} record(s) wait for the database\n", status["outbox"]["depth"]));
+    }
+    out
+}
+
 pub fn render_text(report: &StatusReport) -> String {
     let mut out = format!(
         "bulwark status: {} (server {})\n",

@@ -250,10 +250,34 @@ async fn every_endpoint_answers_and_refuses_what_it_should() {
     let (code, body) = server.get("/no/such/thing").await;
     assert_eq!((code, error_of(&body)), (404, "no such endpoint"));
 
+    // The command line asks the running server.
+    let cli = |args: &[&str]| {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_bulwark")).args(args).arg("--config").arg(&config).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let status = cli(&["status"]);
+    assert!(status.contains(&format!("bulwark status: {} (server running", server.url)), "{status}");
+    assert!(status.contains("http running #1"), "{status}");
+    let trends = cli(&["report", "--since", "1h"]);
+    assert!(trends.contains("failure-point trends from"), "{trends}");
+    assert!(trends.contains("SYS-DATABASE"), "{trends}");
+    assert!(trends.contains("restarts: trader u2"), "the crash is counted: {trends}");
+    assert!(trends.contains(&format!("(from the server at {})", server.url)), "{trends}");
+
     let stopped = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(stopped.success());
     let exited = tokio::task::block_in_place(|| server.child.wait().unwrap());
     assert!(exited.success());
     let log = std::fs::read_to_string(dir.path().join("logs/bulwark.log")).unwrap();
     assert!(!log.contains(TOKEN), "the token never reaches the log");
+
+    // With the server stopped, the same commands read the database.
+    let status = cli(&["status"]);
+    assert!(status.contains("(server not running)"), "{status}");
+    let trends = cli(&["report", "--since", "1h"]);
+    assert!(trends.contains("failure-point trends from") && trends.contains("bulwark.db)"), "{trends}");
+    let why: Value = serde_json::from_str(&cli(&["why", "u1", "--json"])).unwrap();
+    assert_eq!(why["user"], "u1");
 }

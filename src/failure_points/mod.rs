@@ -5,4 +5,5 @@
 pub mod catalog;
 pub mod locks;
 pub mod monitor;
+pub mod trends;
 pub mod why;

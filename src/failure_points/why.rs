@@ -3,7 +3,7 @@
 //! `bulwark why` (from the database, with the server running or not), by the Monitor (for the
 //! summary's "users not trading") and later by the HTTP API, so all three give the same answer.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clock::rfc3339_ms;
@@ -49,7 +49,7 @@ impl CheckView {
 }
 
 /// A decision as `why` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionView {
     pub decided_at_ms: i64,
     pub symbol: String,
@@ -77,11 +77,11 @@ pub struct WhyInputs {
 }
 
 /// One reason the user is not trading (or not trading everything).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Block {
     pub failure_point: String,
     /// `supervisor`, `lock`, `monitor` or `decision`.
-    pub source: &'static str,
+    pub source: String,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
@@ -91,11 +91,11 @@ pub struct Block {
     pub unblocks: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WhyAnswer {
     pub user: String,
     /// `trading`, `blocked` (some or all entries refused) or `not_trading`.
-    pub verdict: &'static str,
+    pub verdict: String,
     pub summary: String,
     pub blocks: Vec<Block>,
     pub last_decision: Option<DecisionView>,
@@ -139,7 +139,7 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
                 stopped_entirely = true;
                 blocks.push(Block {
                     failure_point: failure_point.as_str().to_owned(),
-                    source: "supervisor",
+                    source: "supervisor".to_owned(),
                     detail: format!(
                         "trader {state}{}",
                         reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
@@ -152,7 +152,7 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
                 stopped_entirely = true;
                 blocks.push(Block {
                     failure_point: catalog::SYS_PROCESS.as_str().to_owned(),
-                    source: "supervisor",
+                    source: "supervisor".to_owned(),
                     detail: "no server is running on this database".to_owned(),
                     since: None,
                     until: None,
@@ -164,7 +164,7 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
             stopped_entirely = true;
             blocks.push(Block {
                 failure_point: catalog::SYS_PROCESS.as_str().to_owned(),
-                source: "supervisor",
+                source: "supervisor".to_owned(),
                 detail: "the user is not known to this database (never started)".to_owned(),
                 since: None,
                 until: None,
@@ -179,7 +179,7 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
         }
         blocks.push(Block {
             failure_point: lock.failure_point.clone(),
-            source: "lock",
+            source: "lock".to_owned(),
             detail: format!("{scope} blocked: {}", lock.reason),
             since: Some(rfc3339_ms(lock.set_at_ms)),
             until: Some(rfc3339_ms(lock.until_ms)),
@@ -197,7 +197,7 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
             if (names_user || everyone) && !already {
                 blocks.push(Block {
                     failure_point: check.id.clone(),
-                    source: "monitor",
+                    source: "monitor".to_owned(),
                     detail: format!(
                         "{} {}: {}",
                         check.status,
@@ -220,7 +220,7 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
         let failure_point = last.reason.split(':').next().filter(|id| catalog_has(id)).unwrap_or("decision");
         blocks.push(Block {
             failure_point: failure_point.to_owned(),
-            source: "decision",
+            source: "decision".to_owned(),
             detail: format!("last iteration on {} was {}: {}", last.symbol, last.outcome, last.reason),
             since: Some(rfc3339_ms(last.decided_at_ms)),
             until: None,
@@ -260,7 +260,7 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
     };
     WhyAnswer {
         user: inputs.user.clone(),
-        verdict,
+        verdict: verdict.to_owned(),
         summary,
         blocks,
         last_decision,

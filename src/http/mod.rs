@@ -201,7 +201,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A time given as RFC 3339, epoch milliseconds, or an age before `now_ms` (`90s`, `30m`, `24h`,
 /// `7d`).
-pub(crate) fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
     let text = text.trim();
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
