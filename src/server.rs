@@ -320,9 +320,11 @@ fn http_settings(
     tracing::info!(%url, "http: the status API and dashboard listen on {url}");
     let http = HttpSettings {
         listener: Arc::new(listener),
-        token,
-        protect_reads: settings.protect_reads,
-        body_limit_bytes: settings.body_limit_bytes,
+        access: crate::http::Access {
+            token,
+            protect_reads: settings.protect_reads,
+            body_limit_bytes: settings.body_limit_bytes,
+        },
         config: Arc::new(config.clone()),
         exchange: deps.exchange.clone(),
         started_at_ms: deps.clock.now_ms(),

@@ -860,7 +860,19 @@ async fn fills_that_arrive_while_the_database_refuses_writes_wait_in_the_outbox_
     let (database, outbox) = (dir.path().join("data/bulwark.db"), dir.path().join("data/bulwark.outbox"));
     let log = dir.path().join("logs/failure_point_monitor.jsonl");
     let bulwark = run_bulwark(&config, 2, 120);
-    sim.wait_requests("POST /fapi/v1/order", 2).await;
+    let log_tail = || {
+        let log = std::fs::read_to_string(dir.path().join("logs/bulwark.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let trading = async {
+        while sim.requests("POST /fapi/v1/order").await < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(WAIT_GUARD, trading).await.is_err() {
+        panic!("SEED={seed}: fewer than 2 orders within {WAIT_GUARD:?}; bulwark's log ends:\n{}", log_tail());
+    }
 
     // 1. The exchange stops listing fills: an order that fills now stays `open` in the database,
     //    its fills not read yet (an order is never marked done with a fill missing).
@@ -883,7 +895,10 @@ async fn fills_that_arrive_while_the_database_refuses_writes_wait_in_the_outbox_
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let waiting_id = tokio::time::timeout(WAIT_GUARD, filled_but_open).await.expect("an order filled, fills unread");
+    let waiting_id = match tokio::time::timeout(WAIT_GUARD, filled_but_open).await {
+        Ok(id) => id,
+        Err(_) => panic!("SEED={seed}: no order filled with its fills unread; bulwark's log ends:\n{}", log_tail()),
+    };
     eprintln!("{waiting_id} filled on the exchange, open in the database");
 
     // 2. The database refuses every write from now on.

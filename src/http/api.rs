@@ -110,7 +110,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /api/status`: the tree, every user, the failure points, breakers, locks and the outbox.
 async fn status(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     guarded("status", async move {
-        if let Err(refused) = authorize(&request, &state.settings, false) {
+        if let Err(refused) = authorize(&request, &state.settings.access, false) {
             return refused;
         }
         let now_ms = state.clock.now_ms();
@@ -182,7 +182,7 @@ fn configured_user(state: &AppState, id: &str) -> Result<UserId, HttpResponse> {
 /// `GET /api/users/{id}/why`: the same answer as `bulwark why <id> --json`.
 async fn why(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     guarded("why", async move {
-        if let Err(refused) = authorize(&request, &state.settings, false) {
+        if let Err(refused) = authorize(&request, &state.settings.access, false) {
             return refused;
         }
         let user = match configured_user(&state, &path) {
@@ -204,7 +204,7 @@ async fn why(request: HttpRequest, state: web::Data<AppState>, path: web::Path<S
 /// detail.
 async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     guarded("history", async move {
-        if let Err(refused) = authorize(&request, &state.settings, false) {
+        if let Err(refused) = authorize(&request, &state.settings.access, false) {
             return refused;
         }
         let query = match query(&request) {
@@ -259,7 +259,7 @@ async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpRespon
 /// log), oldest first.
 async fn events(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     guarded("events", async move {
-        if let Err(refused) = authorize(&request, &state.settings, false) {
+        if let Err(refused) = authorize(&request, &state.settings.access, false) {
             return refused;
         }
         let query = match query(&request) {
@@ -313,7 +313,7 @@ async fn events(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 /// `GET /metrics`: Prometheus text format (see `crate::metrics`).
 async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     guarded("metrics", async move {
-        if let Err(refused) = authorize(&request, &state.settings, false) {
+        if let Err(refused) = authorize(&request, &state.settings.access, false) {
             return refused;
         }
         let tree = match state.root.send(GetTreeStatus).timeout(ANSWER_TIMEOUT).await {
@@ -416,7 +416,7 @@ async fn operate(state: &AppState, id: &str, request: OperatorRequest) -> HttpRe
 /// `POST /api/admin/users/{id}/pause`
 async fn pause(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     guarded("pause", async move {
-        if let Err(refused) = authorize(&request, &state.settings, true) {
+        if let Err(refused) = authorize(&request, &state.settings.access, true) {
             return refused;
         }
         operate(&state, &path, OperatorRequest::Pause { reason: "paused over the admin API".to_owned() }).await
@@ -427,7 +427,7 @@ async fn pause(request: HttpRequest, state: web::Data<AppState>, path: web::Path
 /// `POST /api/admin/users/{id}/resume`
 async fn resume(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     guarded("resume", async move {
-        if let Err(refused) = authorize(&request, &state.settings, true) {
+        if let Err(refused) = authorize(&request, &state.settings.access, true) {
             return refused;
         }
         operate(&state, &path, OperatorRequest::Resume { reason: "resumed over the admin API".to_owned() }).await
@@ -438,7 +438,7 @@ async fn resume(request: HttpRequest, state: web::Data<AppState>, path: web::Pat
 /// `POST /api/admin/users/{id}/crash` (`[chaos] enabled` only).
 async fn crash(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     guarded("crash", async move {
-        if let Err(refused) = authorize(&request, &state.settings, true) {
+        if let Err(refused) = authorize(&request, &state.settings.access, true) {
             return refused;
         }
         if !state.settings.config.chaos.enabled {
@@ -453,7 +453,7 @@ async fn crash(request: HttpRequest, state: web::Data<AppState>, path: web::Path
 /// user's trader restarts in order to drop it.
 async fn clear_lock(request: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
     guarded("clear_lock", async move {
-        if let Err(refused) = authorize(&request, &state.settings, true) {
+        if let Err(refused) = authorize(&request, &state.settings.access, true) {
             return refused;
         }
         let Ok(id) = path.parse::<i64>() else {

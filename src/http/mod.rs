@@ -42,9 +42,7 @@ use crate::supervision::root::RootSupervisor;
 pub struct HttpSettings {
     /// Bound once by `server::start`; each incarnation serves a clone of it.
     pub listener: Arc<TcpListener>,
-    pub token: Option<Secret>,
-    pub protect_reads: bool,
-    pub body_limit_bytes: usize,
+    pub access: Access,
     /// The config the server started with (for `why`, which reads what `bulwark why` reads).
     pub config: Arc<Config>,
     /// The exchange (its circuit breakers are part of the status).
@@ -59,8 +57,26 @@ impl std::fmt::Debug for HttpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpSettings")
             .field("listen", &self.listener.local_addr().ok())
+            .field("token", &self.access.token.is_some())
+            .field("protect_reads", &self.access.protect_reads)
+            .finish()
+    }
+}
+
+/// Who may ask what, and how big a request may be.
+#[derive(Clone)]
+pub struct Access {
+    pub token: Option<Secret>,
+    pub protect_reads: bool,
+    pub body_limit_bytes: usize,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
             .field("token", &self.token.is_some())
             .field("protect_reads", &self.protect_reads)
+            .field("body_limit_bytes", &self.body_limit_bytes)
             .finish()
     }
 }
@@ -114,7 +130,7 @@ impl Actor for HttpApi {
             root: self.root.clone(),
             clock: self.clock.clone(),
         });
-        let limit = self.settings.body_limit_bytes;
+        let limit = self.settings.access.body_limit_bytes;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -172,7 +188,18 @@ pub(crate) async fn guarded(what: &'static str, work: impl Future<Output = HttpR
 
 /// Whether the request may proceed: admin requests need the bearer token (and one configured);
 /// reads need it when `protect_reads`.
-pub(crate) fn authorize(request: &HttpRequest, settings: &HttpSettings, admin: bool) -> Result<(), HttpResponse> {
+pub(crate) fn authorize(request: &HttpRequest, settings: &Access, admin: bool) -> Result<(), HttpResponse> {
+    let declared_length = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared_length.is_some_and(|length| length > settings.body_limit_bytes) {
+        return Err(error(
+            413,
+            format!("request body over {} bytes ([http] body_limit_bytes)", settings.body_limit_bytes),
+        ));
+    }
     if !admin && !settings.protect_reads {
         return Ok(());
     }
@@ -247,6 +274,39 @@ mod tests {
         let refused = parse_since("yesterday", now_ms).unwrap_err();
         assert!(refused.contains("\"yesterday\" is not a time"), "{refused}");
         assert!(parse_since("5w", now_ms).is_err());
+    }
+
+    fn access(token: Option<&str>, protect_reads: bool) -> Access {
+        Access { token: token.map(|t| Secret::new(t.to_owned())), protect_reads, body_limit_bytes: 100 }
+    }
+
+    fn status_of(result: Result<(), HttpResponse>) -> u16 {
+        result.err().map_or(200, |response| response.status().as_u16())
+    }
+
+    #[test]
+    fn admin_needs_a_configured_token_reads_only_when_protected_and_bodies_are_bounded() {
+        use actix_web::test::TestRequest;
+        let plain = TestRequest::default().to_http_request();
+        let right = TestRequest::default().insert_header(("Authorization", "Bearer s3cret")).to_http_request();
+        let wrong = TestRequest::default().insert_header(("Authorization", "Bearer nope")).to_http_request();
+        let large = TestRequest::default()
+            .insert_header(("Authorization", "Bearer s3cret"))
+            .insert_header(("Content-Length", "101"))
+            .to_http_request();
+        // No token configured: reads pass, admin is off.
+        assert_eq!(status_of(authorize(&plain, &access(None, false), false)), 200);
+        assert_eq!(status_of(authorize(&right, &access(None, false), true)), 403);
+        // A token configured: admin needs it, reads do not (unless protected).
+        let open = access(Some("s3cret"), false);
+        assert_eq!(status_of(authorize(&plain, &open, true)), 401);
+        assert_eq!(status_of(authorize(&wrong, &open, true)), 401);
+        assert_eq!(status_of(authorize(&right, &open, true)), 200);
+        assert_eq!(status_of(authorize(&plain, &open, false)), 200);
+        let protected = access(Some("s3cret"), true);
+        assert_eq!(status_of(authorize(&plain, &protected, false)), 401);
+        assert_eq!(status_of(authorize(&right, &protected, false)), 200);
+        assert_eq!(status_of(authorize(&large, &open, true)), 413);
     }
 
     #[test]
