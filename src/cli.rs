@@ -148,6 +148,8 @@ pub fn main() -> ExitCode {
             if let Some(remote) = Remote::for_config(&config, url.as_deref()) {
                 match remote.get("/api/status") {
                     Ok(status) if json => {
+                        // The server's /api/status (the database view, below, has its own shape).
+                        eprintln!("(from the server at {})", remote.url);
                         println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
                         return ExitCode::SUCCESS;
                     }
@@ -220,7 +222,7 @@ pub fn main() -> ExitCode {
                 let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
                 note_embedded(&config);
                 let remote = Remote::for_config(&config, url.as_deref());
-                return match crate::status::trends(&config, remote.as_ref(), &since) {
+                return match crate::status::trends(&config, remote.as_ref(), url.is_some(), &since) {
                     Ok((report, source)) if json => {
                         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
                         eprintln!("(from {source})");

@@ -70,6 +70,11 @@ impl Metrics {
         self.exchange_seconds.with_label_values(&[endpoint]).observe(elapsed.as_secs_f64());
     }
 
+    /// A request the endpoint's circuit breaker refused (nothing was sent: no latency to observe).
+    pub fn exchange_refused(&self, endpoint: &str) {
+        self.exchange_requests.with_label_values(&[endpoint, "breaker_open"]).inc();
+    }
+
     /// A placement ended: `filled`, `open`, `rejected`, `not_placed`, `unknown`, `not_committed`, ...
     pub fn order(&self, result: &str) {
         self.orders.with_label_values(&[result]).inc();
@@ -142,8 +147,8 @@ impl Snapshot {
             decisions.with_label_values(&[user]).inc_by(*made);
             skipped.with_label_values(&[user]).inc_by(*skips);
         }
-        let restarts = gauge_vec(
-            "bulwark_actor_restarts",
+        let restarts = counter_vec(
+            "bulwark_actor_restarts_total",
             "Restarts of each supervised actor since the process started.",
             &["actor", "user"],
         );
@@ -153,7 +158,7 @@ impl Snapshot {
             users.with_label_values(&[state]).set(0);
         }
         for (actor, user, state, count) in &self.actors {
-            restarts.with_label_values(&[actor, user]).set(i64::from(*count));
+            restarts.with_label_values(&[actor, user]).inc_by(u64::from(*count));
             if actor == "trader" {
                 users.with_label_values(&[state]).inc();
                 quarantined += i64::from(state == "quarantined");

@@ -49,9 +49,11 @@ impl Remote {
                 }
             }
         };
+        // Only reads are asked for: the token goes along only when reads need it.
         let token = config
             .http
             .as_ref()
+            .filter(|http| http.protect_reads)
             .and_then(|http| http.token_env.as_deref())
             .and_then(|name| crate::secret::from_env(name).ok());
         Some(Self { url, token })

@@ -684,6 +684,10 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
                 log_shutdown(server.shutdown().await)
             }
         };
+        // The URL no longer leads to this server: the command line reads the database instead.
+        if server.http_url.is_some() {
+            let _ = std::fs::remove_file(config.server.data_dir.join("bulwark.http"));
+        }
         System::current().stop();
         Ok::<_, anyhow::Error>((exit_code, server.take_arbiters()))
     })?;

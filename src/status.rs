@@ -175,6 +175,7 @@ fn read_tail(path: &Path) -> Option<String> {
 pub fn trends(
     config: &Config,
     remote: Option<&crate::remote::Remote>,
+    remote_required: bool,
     since: &str,
 ) -> anyhow::Result<(crate::failure_points::trends::TrendReport, String)> {
     use crate::failure_points::trends::{self, Event, Run};
@@ -217,8 +218,8 @@ pub fn trends(
                     .collect();
                 return Ok((trends::report(&runs, &events, since_ms, now_ms), format!("the server at {}", remote.url)));
             }
-            Err(crate::remote::RemoteError::Unreachable { .. }) => {}
-            Err(refused) => return Err(refused.into()),
+            Err(crate::remote::RemoteError::Unreachable { .. }) if !remote_required => {}
+            Err(error) => return Err(error.into()),
         }
     }
     let (mut store, database, _) = open_database(config)?;

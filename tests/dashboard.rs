@@ -26,7 +26,7 @@ fn config(dir: &Path) -> PathBuf {
         .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.join("logs").display().to_string()))
         .replace("listen = \"127.0.0.1:8377\"", "listen = \"127.0.0.1:0\"")
         .replace("candle_interval_ms = 1000", "candle_interval_ms = 200")
-        .replace("backoff_ms_initial = 500", "backoff_ms_initial = 1000")
+        .replace("backoff_ms_initial = 500", "backoff_ms_initial = 2000")
         .replace("\ninterval_secs = 60", "\ninterval_secs = 1")
         .replace(
             "[chaos]\nenabled = false            # see config/chaos.toml",
@@ -135,17 +135,29 @@ impl Drop for Browser {
     }
 }
 
+/// The server process, killed when dropped (a failing wait ends the test at once).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_tree_the_grid_a_countdown_and_a_quarantine_live() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["run", "--duration", "120", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_bulwark"))
+            .args(["run", "--duration", "120", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let url_file = dir.path().join("data/bulwark.http");
     let started = Instant::now();
     let url = loop {
@@ -210,7 +222,4 @@ async fn the_dashboard_shows_the_tree_the_grid_a_countdown_and_a_quarantine_live
     let artifact = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&artifact, &png).unwrap();
     eprintln!("dashboard screenshot: {}", artifact.display());
-
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -218,10 +218,9 @@ async fn every_endpoint_answers_and_refuses_what_it_should() {
         "bulwark_users{state=\"running\"}",
         "bulwark_failure_point_status{category=",
         "bulwark_outbox_depth 0",
-        "bulwark_actor_restarts{actor=\"trader\",user=\"u2\"}",
+        "bulwark_actor_restarts_total{actor=\"trader\",user=\"u2\"}",
         "bulwark_exchange_requests_total{endpoint=\"klines\",outcome=\"ok\"}",
         "bulwark_exchange_request_seconds_bucket{endpoint=\"position\",le=",
-        "bulwark_orders_total{result=",
     ] {
         assert!(text.contains(needle), "{needle} missing from /metrics:\n{text}");
     }

@@ -140,7 +140,7 @@ impl BreakerExchange {
             Ok(transition) => self.report(&scope, transition),
             Err(refused) => {
                 let name = scope.name();
-                self.metrics.exchange_request(endpoint, "breaker_open", std::time::Duration::ZERO);
+                self.metrics.exchange_refused(endpoint);
                 return Err(ExchangeError::Retryable {
                     detail: format!(
                         "circuit breaker ({name}) open until {}, nothing sent{}",

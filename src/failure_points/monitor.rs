@@ -338,8 +338,10 @@ fn traders<'a>(observations: &'a Observations, state: &str) -> Vec<&'a ActorObse
 
 fn process(observations: &Observations) -> Outcome {
     let Some(actors) = &observations.actors else { return Outcome::unknown("the supervision tree could not be read") };
-    let shared_down: Vec<&ActorObservation> =
-        actors.iter().filter(|a| a.actor != "trader" && matches!(a.state, "restarting" | "escalated")).collect();
+    let shared_down: Vec<&ActorObservation> = actors
+        .iter()
+        .filter(|a| a.actor != "trader" && matches!(a.state, "restarting" | "escalated" | "quarantined"))
+        .collect();
     let quarantined = traders(observations, "quarantined");
     let restarting = traders(observations, "restarting");
     let describe = |list: &[&ActorObservation]| -> String {
@@ -357,7 +359,12 @@ fn process(observations: &Observations) -> Outcome {
         "quarantined": quarantined.len(),
     });
     let mut outcome = if !shared_down.is_empty() {
-        Outcome::new(CheckStatus::Critical, describe(&shared_down))
+        // Quarantined users are named too (the Healer re-admits the users a check names), whatever
+        // else is down.
+        let mut down = shared_down.clone();
+        down.extend(quarantined.iter().copied());
+        Outcome::new(CheckStatus::Critical, describe(&down))
+            .users(quarantined.iter().filter_map(|a| a.user.clone()).collect())
     } else if !quarantined.is_empty() {
         let mut outcome = Outcome::new(CheckStatus::Critical, describe(&quarantined));
         outcome.since_ms = quarantined.iter().map(|a| a.since_ms).min();
@@ -1012,6 +1019,22 @@ mod tests {
         let credentials = result(&results, SYS_CREDENTIALS);
         assert_eq!((credentials.status, credentials.users.clone()), (CheckStatus::Critical, vec![user("u3")]));
         assert!(credentials.detail.contains("-2015"));
+    }
+
+    #[test]
+    fn a_shared_actor_down_still_names_the_quarantined_users_for_the_healer() {
+        let http = ActorObservation { actor: "http", user: None, ..trader("x", "quarantined", Some("3 failures")) };
+        let observations = Observations {
+            actors: Some(vec![http, trader("u2", "quarantined", Some("4 failures within 60 s"))]),
+            ..Observations::default()
+        };
+        let process = result(&evaluate(&observations), SYS_PROCESS).clone();
+        assert_eq!((process.status, process.users), (CheckStatus::Critical, vec![user("u2")]));
+        assert!(
+            process.detail.contains("http quarantined") && process.detail.contains("trader u2"),
+            "{}",
+            process.detail
+        );
     }
 
     #[test]

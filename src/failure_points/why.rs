@@ -132,6 +132,11 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
                     (catalog::SYS_PROCESS, "the supervisor restarts it after the backoff".to_owned())
                 }
                 "escalated" => (catalog::SYS_PROCESS, "the service manager restarts the process".to_owned()),
+                "paused" => (
+                    catalog::SYS_PROCESS,
+                    "an operator paused it: POST /api/admin/users/<id>/resume (a server restart also resumes it)"
+                        .to_owned(),
+                ),
                 _ => (catalog::SYS_PROCESS, String::new()),
             };
             let server_down = inputs.server_running == Some(false);

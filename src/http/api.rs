@@ -14,6 +14,18 @@ use crate::failure_points::catalog::CATALOG;
 use crate::supervision::root::{GetTreeStatus, UserSupervisorOf};
 use crate::supervision::user::OperatorRequest;
 
+/// A database request with the API's own time limit: a slow or restarting persistence answers
+/// 503 instead of holding the request (and the dashboard's next poll) open.
+async fn bounded<R>(request: impl Future<Output = Result<R, crate::persistence::StoreError>>) -> Result<R, String> {
+    match tokio::time::timeout(DATABASE_TIMEOUT, request).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", DATABASE_TIMEOUT.as_secs())),
+    }
+}
+
+/// Longest wait for a database read (or the `why` read on its blocking thread).
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Longest wait for the root supervisor or a user supervisor to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most monitor runs one history request returns (a day at the default interval).
@@ -118,9 +130,9 @@ async fn status(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
             Ok(tree) => tree.actors,
             Err(e) => return error(503, format!("the root supervisor did not answer: {e}")),
         };
-        let stored = persistence::run(&state.directory, |store| {
+        let stored = bounded(persistence::run(&state.directory, |store| {
             Ok((store.user_statuses()?, store.uncleared_guard_locks(None)?))
-        })
+        }))
         .await;
         let (users, locks) = match stored {
             Ok(stored) => stored,
@@ -190,10 +202,13 @@ async fn why(request: HttpRequest, state: web::Data<AppState>, path: web::Path<S
             Err(refused) => return refused,
         };
         let config = state.settings.config.clone();
-        match web::block(move || crate::status::why(&config, user.as_str())).await {
-            Ok(Ok(answer)) => HttpResponse::Ok().json(answer),
-            Ok(Err(e)) => error(503, format!("{e:#}")),
-            Err(e) => error(500, format!("why could not run: {e}")),
+        match tokio::time::timeout(DATABASE_TIMEOUT, web::block(move || crate::status::why(&config, user.as_str())))
+            .await
+        {
+            Ok(Ok(Ok(answer))) => HttpResponse::Ok().json(answer),
+            Ok(Ok(Err(e))) => error(503, format!("{e:#}")),
+            Ok(Err(e)) => error(500, format!("why could not run: {e}")),
+            Err(_) => error(503, format!("why took longer than {} s", DATABASE_TIMEOUT.as_secs())),
         }
     })
     .await
@@ -222,9 +237,9 @@ async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         {
             return error(400, format!("id={id:?} is not a failure point (see bulwark report --catalog)"));
         }
-        let runs = match persistence::run(&state.directory, move |store| {
+        let runs = match bounded(persistence::run(&state.directory, move |store| {
             store.monitor_snapshots_since(since_ms, HISTORY_RUNS_MAX)
-        })
+        }))
         .await
         {
             Ok(runs) => runs,
@@ -271,13 +286,14 @@ async fn events(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
             Ok(since_ms) => since_ms,
             Err(message) => return error(400, message),
         };
-        let supervision =
-            match persistence::run(&state.directory, move |store| store.supervisor_events_since(since_ms, EVENTS_MAX))
-                .await
-            {
-                Ok(events) => events,
-                Err(e) => return error(503, format!("the database could not be read: {e}")),
-            };
+        let supervision = match bounded(persistence::run(&state.directory, move |store| {
+            store.supervisor_events_since(since_ms, EVENTS_MAX)
+        }))
+        .await
+        {
+            Ok(events) => events,
+            Err(e) => return error(503, format!("the database could not be read: {e}")),
+        };
         let mut events: Vec<(i64, Value)> = supervision
             .into_iter()
             .map(|e| {
@@ -460,29 +476,32 @@ async fn clear_lock(request: HttpRequest, state: web::Data<AppState>, path: web:
             return error(400, format!("lock id {:?} is not a number", path.as_str()));
         };
         let now_ms = state.clock.now_ms();
-        let cleared = persistence::run(&state.directory, move |store| {
+        let cleared = bounded(persistence::run(&state.directory, move |store| {
             let lock = store.uncleared_guard_locks(None)?.into_iter().find(|l| l.id == id);
             match lock {
                 Some(lock) => store.clear_guard_lock(id, now_ms, "admin api").map(|_| Some(lock)),
                 None => Ok(None),
             }
-        })
+        }))
         .await;
         let lock = match cleared {
             Ok(Some(lock)) => lock,
             Ok(None) => return error(404, format!("no uncleared lock {id}")),
             Err(e) => return error(503, format!("the database could not be written: {e}")),
         };
-        let reason =
-            format!("{} lock {id} cleared over the admin API; restarting to drop it", lock.failure_point);
+        let reason = format!("{} lock {id} cleared over the admin API; restarting to drop it", lock.failure_point);
         tracing::warn!(user = %lock.user, lock = id, failure_point = %lock.failure_point, "admin: lock cleared");
+        // The lock is cleared in the database whatever happens next; a trader that does not
+        // restart now drops it at its next start.
         let restarted = operate(&state, lock.user.as_str(), OperatorRequest::Restart { reason }).await;
-        if !restarted.status().is_success() {
-            return restarted;
-        }
+        let then = if restarted.status().is_success() {
+            "its trader restarts to drop it".to_owned()
+        } else {
+            format!("its trader drops it at its next start (a restart now was refused: HTTP {})", restarted.status())
+        };
         HttpResponse::Ok().json(json!({
             "ok": true,
-            "detail": format!("lock {id} ({}) of {} cleared; its trader restarts to drop it", lock.failure_point, lock.user),
+            "detail": format!("lock {id} ({}) of {} cleared; {then}", lock.failure_point, lock.user),
         }))
     })
     .await

@@ -382,7 +382,8 @@ impl RootSupervisor {
     /// quarantined or halted: they are handled), and nothing has escalated.
     fn tree_healthy(&self) -> bool {
         let journal = self.journal.borrow();
-        self.shared.keys().all(|kind| {
+        // The HTTP API is a status surface: the trading tree is healthy without it.
+        self.shared.keys().filter(|kind| **kind != ActorKind::Http).all(|kind| {
             journal
                 .status(*kind, None)
                 .is_some_and(|s| matches!(s.state, ChildState::Running | ChildState::Starting | ChildState::Restarting))
@@ -501,6 +502,19 @@ impl Handler<SharedExited> for RootSupervisor {
                     policy.within_ms / 1_000,
                     policy.max_restarts
                 );
+                if kind == ActorKind::Http {
+                    // A status surface: losing it must not stop trading. It stays down (SYS-PROCESS
+                    // reports it, the operator is told) until the process restarts.
+                    let why = format!("{why}; the HTTP API stays down until the process restarts, trading goes on");
+                    self.event(kind, EventKind::Quarantined, message.incarnation, Some(why.clone()), None);
+                    crate::actors::notifier::notify(
+                        &self.directory,
+                        "http:quarantined",
+                        crate::notify::Severity::Critical,
+                        format!("the HTTP API is down: {why}"),
+                    );
+                    return;
+                }
                 self.escalate(kind, why, ctx);
             }
         }

@@ -316,13 +316,18 @@ impl Handler<OperatorRequest> for UserSupervisor {
                 if self.halted {
                     return Err(format!("{user} is halted (refused credentials); there is nothing to pause"));
                 }
-                self.paused = true;
-                self.event(EventKind::Paused, Some(reason), None);
+                if self.quarantined {
+                    return Err(format!(
+                        "{user} is quarantined; nothing trades (the Healer re-admits it after its cool-down)"
+                    ));
+                }
                 if let Some(child) = &self.child
                     && child.try_send(StopTrader).is_err()
                 {
-                    tracing::warn!(%user, "supervisor: could not deliver stop for the pause; it stops at its next exit");
+                    return Err(format!("{user}'s trader did not take the stop (mailbox full or closed); not paused"));
                 }
+                self.paused = true;
+                self.event(EventKind::Paused, Some(reason), None);
                 Ok(format!("{user} paused: its trader stops and is not restarted until resumed"))
             }
             OperatorRequest::Resume { reason } => {
@@ -331,7 +336,10 @@ impl Handler<OperatorRequest> for UserSupervisor {
                 }
                 self.paused = false;
                 self.event(EventKind::Resumed, Some(reason), None);
-                if self.child.is_none() && !self.quarantined && !self.halted {
+                if self.child.is_some() {
+                    // Still stopping for the pause: its exit starts the next incarnation.
+                    self.reconfiguring = true;
+                } else if !self.quarantined && !self.halted {
                     self.spawn_child(ctx);
                 }
                 Ok(format!("{user} resumed"))
