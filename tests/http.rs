@@ -241,6 +241,13 @@ async fn every_endpoint_answers_and_refuses_what_it_should() {
         String::from_utf8_lossy(&checked.stderr)
     );
 
+    // A handler that panics answers 500, and the server keeps serving.
+    let (code, body) = server.post("/api/admin/chaos/handler-panic", Some(TOKEN)).await;
+    assert_eq!(code, 500, "{body}");
+    assert!(error_of(&body).contains("internal error in handler_panic"), "{body}");
+    let (code, _) = server.get("/health").await;
+    assert_eq!(code, 200, "still serving after a handler panic");
+
     // Locks: a bad id, an unknown one.
     let (code, body) = server.post("/api/admin/locks/abc/clear", Some(TOKEN)).await;
     assert_eq!((code, error_of(&body).contains("not a number")), (400, true), "{body}");

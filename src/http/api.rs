@@ -45,7 +45,8 @@ pub(super) fn routes(config: &mut web::ServiceConfig) {
         .route("/api/admin/users/{id}/pause", web::post().to(pause))
         .route("/api/admin/users/{id}/resume", web::post().to(resume))
         .route("/api/admin/users/{id}/crash", web::post().to(crash))
-        .route("/api/admin/locks/{id}/clear", web::post().to(clear_lock));
+        .route("/api/admin/locks/{id}/clear", web::post().to(clear_lock))
+        .route("/api/admin/chaos/handler-panic", web::post().to(handler_panic));
 }
 
 /// The query string as a map, or a 400 naming what is wrong with it.
@@ -461,6 +462,21 @@ async fn crash(request: HttpRequest, state: web::Data<AppState>, path: web::Path
             return error(403, "crash is only available with [chaos] enabled = true");
         }
         operate(&state, &path, OperatorRequest::Crash { reason: "crash requested over the admin API".to_owned() }).await
+    })
+    .await
+}
+
+/// `POST /api/admin/chaos/handler-panic` (`[chaos] enabled` only): a handler that panics, to see
+/// the API answer 500 and keep serving.
+async fn handler_panic(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    guarded("handler_panic", async move {
+        if let Err(refused) = authorize(&request, &state.settings.access, true) {
+            return refused;
+        }
+        if !state.settings.config.chaos.enabled {
+            return error(403, "only available with [chaos] enabled = true");
+        }
+        panic!("chaos: a handler panic requested over the admin API");
     })
     .await
 }
