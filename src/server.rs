@@ -571,7 +571,7 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
                     .find(|u| u.id == user)
                     .map(|u| u.strategies.iter().map(|s| s.symbol.clone()).collect())
                     .unwrap_or_default();
-                let report = match router.send(ReconcileUser { user: user.clone(), symbols }).await {
+                let report = match router.send(ReconcileUser { user: user.clone(), symbols, settled: true }).await {
                     Ok(report) => report.map_err(|e| e.to_string()),
                     Err(error) => Err(format!("order router did not answer: {error}")),
                 };

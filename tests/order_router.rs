@@ -206,7 +206,7 @@ async fn a_position_its_fills_cannot_explain_halts_entries_until_reconciliation_
     // The exchange's trade list no longer reaches back to that fill.
     *faulty.empty_trade_lists.lock().unwrap() = true;
     let router = tree.server.directory.order_router().unwrap();
-    let reconcile = ReconcileUser { user: u1(), symbols: vec![btc.clone()] };
+    let reconcile = ReconcileUser { user: u1(), symbols: vec![btc.clone()], settled: true };
     let report = router.send(reconcile).await.unwrap().unwrap();
     assert_eq!(report.positions_resynced.len(), 1, "{report:?}");
     assert!(report.fills_imported.is_empty(), "{report:?}");
@@ -220,7 +220,8 @@ async fn a_position_its_fills_cannot_explain_halts_entries_until_reconciliation_
 
     // The trade list reaches the fill again: imported, explained, entries resume.
     *faulty.empty_trade_lists.lock().unwrap() = false;
-    let report = router.send(ReconcileUser { user: u1(), symbols: vec![btc.clone()] }).await.unwrap().unwrap();
+    let report =
+        router.send(ReconcileUser { user: u1(), symbols: vec![btc.clone()], settled: true }).await.unwrap().unwrap();
     assert_eq!(report.fills_imported, vec![(btc.clone(), 1)], "{report:?}");
     assert_eq!(report.entries_halted, None);
     assert_eq!(tree.server.directory.position_hold(&u1()), None);
@@ -234,10 +235,10 @@ async fn a_position_its_fills_cannot_explain_halts_entries_until_reconciliation_
     // manual fill is forgotten again and the trade list stays empty.
     tree.store_writable().execute_batch("DELETE FROM fills WHERE client_order_id IS NULL").unwrap();
     *faulty.empty_trade_lists.lock().unwrap() = true;
-    let first = router.send(ReconcileUser { user: u1(), symbols: vec![] }).await.unwrap().unwrap();
+    let first = router.send(ReconcileUser { user: u1(), symbols: vec![], settled: false }).await.unwrap().unwrap();
     assert_eq!(first.entries_halted, None, "one pass is not enough while trading");
     assert_eq!(tree.server.directory.position_hold(&u1()), None);
-    let second = router.send(ReconcileUser { user: u1(), symbols: vec![] }).await.unwrap().unwrap();
+    let second = router.send(ReconcileUser { user: u1(), symbols: vec![], settled: false }).await.unwrap().unwrap();
     assert!(second.entries_halted.is_some(), "{second:?}");
     assert!(tree.server.directory.position_hold(&u1()).is_some());
     tree.shutdown().await;

@@ -437,7 +437,27 @@ async fn every_fault_type_in_turn_leaves_the_invariants_intact() {
     finish(bulwark).await;
     reconcile(&sim, &config, 4).await;
     let (intents, _) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
-    assert!(intents >= 10, "SEED={seed}: {intents} intents");
+    assert!(
+        intents >= 10,
+        "SEED={seed}: {intents} intents; {}",
+        decision_summary(&dir.path().join("data/bulwark.db"), 4)
+    );
+}
+
+/// What the users decided, counted by outcome with one reason each (for a failure message).
+fn decision_summary(database: &Path, users: usize) -> String {
+    let mut store = Store::open_read_only(database).unwrap();
+    let mut out = String::new();
+    for i in 1..=users {
+        let user = UserId::new(&format!("u{i}")).unwrap();
+        let mut by_outcome: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        for decision in store.recent_decisions(&user, 2_000).unwrap() {
+            let entry = by_outcome.entry(decision.outcome.clone()).or_insert((0, decision.reason.clone()));
+            entry.0 += 1;
+        }
+        out += &format!("\n  {user}: {by_outcome:?}");
+    }
+    out
 }
 
 #[tokio::test]

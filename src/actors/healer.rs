@@ -635,8 +635,10 @@ async fn reconcile(check: &CheckResult, context: &ActionContext) -> (&'static st
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for user in &check.users {
-        let symbols = context.settings.user_symbols.get(user).cloned().unwrap_or_default();
-        match router.send(ReconcileUser { user: user.clone(), symbols }).timeout(ACTION_TIMEOUT).await {
+        // The user's trader is running: it owns its positions (no re-sync here), and one pass that
+        // cannot explain a position is not enough to halt it.
+        let request = ReconcileUser { user: user.clone(), symbols: Vec::new(), settled: false };
+        match router.send(request).timeout(ACTION_TIMEOUT).await {
             Ok(Ok(report)) => done.push(format!("{user}: {report:?}")),
             Ok(Err(error)) => failed.push(format!("{user}: {error}")),
             Err(error) => failed.push(format!("{user}: the order router did not answer ({error})")),

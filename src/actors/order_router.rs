@@ -103,8 +103,15 @@ pub struct SubmitIntent {
 pub struct ReconcileUser {
     pub user: UserId,
     /// The user's configured symbols: each one's position is read from the exchange and, where it
-    /// differs from the database, re-synced and recorded (empty: positions are not checked).
+    /// differs from the database, re-synced and recorded (empty: positions are not checked). Only
+    /// for a user whose trader is not trading (its start-up, `bulwark reconcile`): a running trader
+    /// owns its positions, and a write here would race its syncs.
     pub symbols: Vec<Symbol>,
+    /// The user's trader is not trading now (its start-up, `bulwark reconcile`): a position the
+    /// fills do not explain halts entries after this one pass. Otherwise (the Healer, periodic
+    /// passes) a fill may be between its record and the position read after it, and only two
+    /// passes in a row that agree halt.
+    pub settled: bool,
 }
 
 /// Stop sending new orders, and wait until none is being placed or the deadline passes. Returns
@@ -259,7 +266,7 @@ impl Handler<PeriodicReconcile> for OrderRouter {
             let (context, placing, users) = (router.context.clone(), router.in_flight.clone(), users.clone());
             let pass = async move {
                 for (user, _symbols) in users.iter() {
-                    match reconcile_user(&context, user, &[], &placing).await {
+                    match reconcile_user(&context, user, &[], false, &placing).await {
                         Ok(report) => {
                             let changed = report.orphans_cancelled.len()
                                 + report.positions_resynced.len()
@@ -331,7 +338,9 @@ impl Handler<ReconcileUser> for OrderRouter {
     fn handle(&mut self, message: ReconcileUser, _: &mut Context<Self>) -> Self::Result {
         let context = self.context.clone();
         let placing = self.in_flight.clone();
-        Box::pin(async move { reconcile_user(&context, &message.user, &message.symbols, &placing).await })
+        Box::pin(
+            async move { reconcile_user(&context, &message.user, &message.symbols, message.settled, &placing).await },
+        )
     }
 }
 
@@ -875,6 +884,7 @@ async fn reconcile_user(
     context: &RouterContext,
     user: &UserId,
     symbols: &[Symbol],
+    settled: bool,
     placing: &HashSet<ClientOrderId>,
 ) -> Result<ReconcileReport, AccountError> {
     let database = |e: crate::persistence::StoreError| AccountError::other(format!("database: {e}"));
@@ -946,8 +956,7 @@ async fn reconcile_user(
     for symbol in symbols {
         resync_position(context, user, symbol, &mut report).await?;
     }
-    // A trader's start-up pass (it names the symbols) runs while that trader is not trading.
-    explain_positions(context, user, !symbols.is_empty(), &mut report).await?;
+    explain_positions(context, user, settled, &mut report).await?;
     Ok(report)
 }
 

@@ -380,7 +380,7 @@ async fn start_up_once(
     symbols.sort();
     symbols.dedup();
     let report = router
-        .send(ReconcileUser { user: seed.user.clone(), symbols })
+        .send(ReconcileUser { user: seed.user.clone(), symbols, settled: true })
         .timeout(seed.call_timeout)
         .await
         .map_err(|e| AccountError::other(format!("reconciliation: order router did not answer: {e}")))?
