@@ -277,15 +277,8 @@ pub fn render_live_text(url: &str, status: &Value) -> String {
             .into_iter()
             .flatten()
             .map(|p| {
-                let quantity: rust_decimal::Decimal =
-                    p["quantity"].as_str().and_then(|q| q.parse().ok()).unwrap_or_default();
-                match quantity {
-                    q if q.is_zero() => format!("{} flat", text(&p["symbol"])),
-                    q => {
-                        let side = if q.is_sign_positive() { "long" } else { "short" };
-                        format!("{} {side} {} @ {}", text(&p["symbol"]), q.abs(), text(&p["entry_price"]))
-                    }
-                }
+                let quantity = p["quantity"].as_str().and_then(|q| q.parse().ok()).unwrap_or_default();
+                describe_position(&text(&p["symbol"]), quantity, text(&p["entry_price"]))
             })
             .collect();
         if !positions.is_empty() {
@@ -328,6 +321,16 @@ pub fn render_live_text(url: &str, status: &Value) -> String {
     out
 }
 
+/// `SYMBOL flat`, or `SYMBOL long|short QUANTITY @ ENTRY`.
+fn describe_position(symbol: &str, quantity: rust_decimal::Decimal, entry: impl std::fmt::Display) -> String {
+    if quantity.is_zero() {
+        format!("{symbol} flat")
+    } else {
+        let side = if quantity.is_sign_positive() { "long" } else { "short" };
+        format!("{symbol} {side} {} @ {entry}", quantity.abs())
+    }
+}
+
 pub fn render_text(report: &StatusReport) -> String {
     let mut out = format!(
         "bulwark status: {} (server {})\n",
@@ -356,14 +359,7 @@ pub fn render_text(report: &StatusReport) -> String {
         let positions: Vec<String> = recorded
             .positions
             .iter()
-            .map(|p| {
-                if p.quantity.is_zero() {
-                    format!("{} flat", p.symbol)
-                } else {
-                    let side = if p.quantity.is_sign_positive() { "long" } else { "short" };
-                    format!("{} {side} {} @ {}", p.symbol, p.quantity.abs(), p.entry_price.round_dp(6))
-                }
-            })
+            .map(|p| describe_position(p.symbol.as_str(), p.quantity, p.entry_price.round_dp(6)))
             .collect();
         if !positions.is_empty() {
             out.push_str(&format!("{:<12} position: {}\n", "", positions.join(", ")));

@@ -368,13 +368,7 @@ pub async fn run<R: Send + 'static>(
     directory: &Directory,
     operation: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, StoreError> {
-    let persistence = directory.persistence().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let permit = directory
-        .persistence_permits
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let (persistence, permit) = address_and_permit(directory).await?;
     let holding = move |store: &mut Store| {
         let result = operation(store);
         drop(permit);
@@ -408,6 +402,20 @@ pub fn submit(
     }
 }
 
+/// The current persistence incarnation and an in-flight permit, waiting for one (back-pressure).
+async fn address_and_permit(
+    directory: &Directory,
+) -> Result<(Addr<PersistenceActor>, tokio::sync::OwnedSemaphorePermit), StoreError> {
+    let persistence = directory.persistence().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let permit = directory
+        .persistence_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    Ok((persistence, permit))
+}
+
 /// The current persistence incarnation and an in-flight permit, without waiting; `None` (logged
 /// and counted) when there is no incarnation or every permit is taken.
 fn address_and_permit_now(
@@ -434,13 +442,7 @@ fn address_and_permit_now(
 /// Writes a durable record and waits for its fate: applied (and whether it changed anything), or
 /// queued in the outbox because the database refuses writes. Waits for an in-flight permit first.
 pub async fn write(directory: &Directory, write: DurableWrite) -> Result<Durability, StoreError> {
-    let persistence = directory.persistence().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let permit = directory
-        .persistence_permits
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let (persistence, permit) = address_and_permit(directory).await?;
     persistence
         .send(Write { write, unanswered: false, _permit: permit })
         .await

@@ -67,6 +67,20 @@ async fn dashboard() -> HttpResponse {
         .body(DASHBOARD_HTML)
 }
 
+/// A read request's query and its `since` (default `default_since`), or the refusal to answer:
+/// the auth check, a bad query string, a time that does not parse.
+fn read_since(
+    request: &HttpRequest,
+    state: &AppState,
+    default_since: &str,
+) -> Result<(HashMap<String, String>, i64), HttpResponse> {
+    authorize(request, &state.settings.access, false)?;
+    let query = query(request)?;
+    let since = query.get("since").map_or(default_since, String::as_str);
+    let since_ms = parse_since(since, state.clock.now_ms()).map_err(|message| error(400, message))?;
+    Ok((query, since_ms))
+}
+
 /// `GET /health`: 200 when the root supervisor answers, every shared actor runs and the Monitor
 /// has run within three intervals; 503 with the reasons otherwise.
 async fn health(state: web::Data<AppState>) -> HttpResponse {
@@ -220,17 +234,9 @@ async fn why(request: HttpRequest, state: web::Data<AppState>, path: web::Path<S
 /// detail.
 async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     guarded("history", async move {
-        if let Err(refused) = authorize(&request, &state.settings.access, false) {
-            return refused;
-        }
-        let query = match query(&request) {
-            Ok(query) => query,
+        let (query, since_ms) = match read_since(&request, &state, "24h") {
+            Ok(read) => read,
             Err(refused) => return refused,
-        };
-        let now_ms = state.clock.now_ms();
-        let since_ms = match parse_since(query.get("since").map_or("24h", String::as_str), now_ms) {
-            Ok(since_ms) => since_ms,
-            Err(message) => return error(400, message),
         };
         let id = query.get("id").cloned();
         if let Some(id) = &id
@@ -275,17 +281,9 @@ async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpRespon
 /// log), oldest first.
 async fn events(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     guarded("events", async move {
-        if let Err(refused) = authorize(&request, &state.settings.access, false) {
-            return refused;
-        }
-        let query = match query(&request) {
-            Ok(query) => query,
+        let since_ms = match read_since(&request, &state, "1h") {
+            Ok((_, since_ms)) => since_ms,
             Err(refused) => return refused,
-        };
-        let now_ms = state.clock.now_ms();
-        let since_ms = match parse_since(query.get("since").map_or("1h", String::as_str), now_ms) {
-            Ok(since_ms) => since_ms,
-            Err(message) => return error(400, message),
         };
         let supervision = match bounded(persistence::run(&state.directory, move |store| {
             store.supervisor_events_since(since_ms, EVENTS_MAX)
