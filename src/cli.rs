@@ -1,8 +1,8 @@
-//! The command line: `bulwark run | status | why | reconcile | sim | report | check-config`. Thin: parse, load the config, call the
+//! The command line: `bulwark run | status | why | reconcile | sim | report | verify | check-config`. Thin: parse, load the config, call the
 //! library, map the outcome to an exit code.
 //!
 //! Exit codes: 0 success; 1 a runtime error (including "another server holds this database");
-//! 2 a config that does not validate; 70 an escalation (a shared actor kept failing).
+//! 2 a config that does not validate; 3 `verify` found an invariant violated; 70 an escalation (a shared actor kept failing).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,8 @@ use crate::remote::{Remote, RemoteError};
 
 pub const EXIT_RUNTIME_ERROR: u8 = 1;
 pub const EXIT_CONFIG_INVALID: u8 = 2;
+/// `bulwark verify` found an invariant violated.
+pub const EXIT_INVARIANT_VIOLATED: u8 = 3;
 /// A command line that asks for nothing (clap's own usage errors exit 2 as well).
 pub const EXIT_USAGE: u8 = 2;
 
@@ -105,6 +107,22 @@ pub enum Command {
         /// The running server [default: the URL it wrote to <data_dir>/bulwark.http, or [http] listen].
         #[arg(long, value_name = "URL")]
         url: Option<String>,
+    },
+    /// Check bulwark's invariants against a `bulwark sim` ledger, with the server stopped: no two
+    /// exchange orders for one intent; every exchange fill in the database; no open `bw-` order
+    /// unknown to the database; no entry committed under a kill switch or probation; positions
+    /// agree (or the user is halted with STATE-POSITION-SYNC). Prints each invariant with its
+    /// counts; exits 3 on any violation.
+    Verify {
+        /// The simulator, e.g. http://127.0.0.1:9100 (the URL `bulwark sim` printed).
+        #[arg(long, value_name = "URL")]
+        sim_url: String,
+        /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a config: prints `config ok`, or every problem and exits 2.
     CheckConfig {
@@ -213,6 +231,31 @@ pub fn main() -> ExitCode {
                 }
                 Err(error) => {
                     eprintln!("bulwark: {error:#}");
+                    ExitCode::from(EXIT_RUNTIME_ERROR)
+                }
+            }
+        }
+        Command::Verify { sim_url, config, json } => {
+            let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
+            note_embedded(&config);
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("bulwark verify: cannot start a runtime: {error}");
+                    return ExitCode::from(EXIT_RUNTIME_ERROR);
+                }
+            };
+            match runtime.block_on(crate::verify::run(&config, &sim_url)) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    } else {
+                        print!("{}", report.render());
+                    }
+                    if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVARIANT_VIOLATED) }
+                }
+                Err(error) => {
+                    eprintln!("bulwark verify: {error:#}");
                     ExitCode::from(EXIT_RUNTIME_ERROR)
                 }
             }

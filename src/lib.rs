@@ -46,3 +46,4 @@ pub mod status;
 pub mod strategy;
 pub mod supervision;
 pub mod trader;
+pub mod verify;

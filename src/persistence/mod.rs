@@ -687,6 +687,35 @@ impl Store {
         )? as u64)
     }
 
+    /// The keys of a user's recorded fills: `(symbol, trade id)`, with each fill's quantity.
+    pub fn fill_keys(&mut self, user: &UserId) -> Result<Vec<(Symbol, String, Decimal)>, StoreError> {
+        let mut statement =
+            self.connection.prepare_cached("SELECT symbol, trade_id, quantity FROM fills WHERE user_id = ?1")?;
+        let rows = statement.query_map(params![user.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+        })?;
+        let mut keys = Vec::new();
+        for row in rows {
+            let (symbol, trade_id, quantity) = row?;
+            let symbol = Symbol::new(&symbol).map_err(|e| corrupt("fills", e))?;
+            let quantity = Decimal::from_str(&quantity)
+                .map_err(|e| corrupt("fills", format!("trade {trade_id}: quantity {quantity:?}: {e}")))?;
+            keys.push((symbol, trade_id, quantity));
+        }
+        Ok(keys)
+    }
+
+    /// Every user with a row, by id.
+    pub fn user_ids(&mut self) -> Result<Vec<UserId>, StoreError> {
+        let mut statement = self.connection.prepare_cached("SELECT user_id FROM users ORDER BY user_id")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        let mut users = Vec::new();
+        for row in rows {
+            users.push(UserId::new(&row?).map_err(|e| corrupt("users", e))?);
+        }
+        Ok(users)
+    }
+
     pub fn record_decision(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
         let transaction = self.connection.savepoint()?;
         transaction.execute(
@@ -951,11 +980,26 @@ impl Store {
     /// Locks not cleared yet (holding, or past their expiry and not yet cleared), of one user or
     /// of everyone, oldest first.
     pub fn uncleared_guard_locks(&mut self, user: Option<&UserId>) -> Result<Vec<GuardLock>, StoreError> {
+        Ok(self.guard_locks_where(user, true)?.into_iter().map(|(lock, _)| lock).collect())
+    }
+
+    /// Every lock ever set (for `user`, or everyone), cleared ones too, each with when it was
+    /// cleared: what `bulwark verify` checks entries against.
+    pub fn guard_lock_history(&mut self, user: Option<&UserId>) -> Result<Vec<(GuardLock, Option<i64>)>, StoreError> {
+        self.guard_locks_where(user, false)
+    }
+
+    fn guard_locks_where(
+        &mut self,
+        user: Option<&UserId>,
+        uncleared_only: bool,
+    ) -> Result<Vec<(GuardLock, Option<i64>)>, StoreError> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT id, user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms FROM guard_locks
-             WHERE cleared_at_ms IS NULL AND (?1 IS NULL OR user_id = ?1) ORDER BY id",
+            "SELECT id, user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms, cleared_at_ms
+             FROM guard_locks
+             WHERE (?2 = 0 OR cleared_at_ms IS NULL) AND (?1 IS NULL OR user_id = ?1) ORDER BY id",
         )?;
-        let rows = statement.query_map(params![user.map(UserId::as_str)], |row| {
+        let rows = statement.query_map(params![user.map(UserId::as_str), uncleared_only], |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
@@ -965,13 +1009,14 @@ impl Store {
                 row.get::<_, String>(5)?,
                 row.get::<_, i64>(6)?,
                 row.get::<_, i64>(7)?,
+                row.get::<_, Option<i64>>(8)?,
             ))
         })?;
         let corrupt = |detail: String| StoreError::Corrupt { table: "guard_locks".into(), detail };
         let mut locks = Vec::new();
         for row in rows {
-            let (id, user, failure_point, symbol, reason, values, set_at_ms, until_ms) = row?;
-            locks.push(GuardLock {
+            let (id, user, failure_point, symbol, reason, values, set_at_ms, until_ms, cleared_at_ms) = row?;
+            let lock = GuardLock {
                 id,
                 user: UserId::new(&user).map_err(|e| corrupt(format!("row {id}: {e}")))?,
                 failure_point,
@@ -980,7 +1025,8 @@ impl Store {
                 values: serde_json::from_str(&values).map_err(|e| corrupt(format!("row {id}: {e}")))?,
                 set_at_ms,
                 until_ms,
-            });
+            };
+            locks.push((lock, cleared_at_ms));
         }
         Ok(locks)
     }
@@ -1288,7 +1334,8 @@ impl Store {
         Ok(statuses)
     }
 
-    fn load_positions(&mut self, user: &UserId) -> Result<Vec<PositionRecord>, StoreError> {
+    /// Every stored position of a user (flat ones included), by symbol.
+    pub fn load_positions(&mut self, user: &UserId) -> Result<Vec<PositionRecord>, StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT user_id, symbol, quantity, entry_price, position_start_time_ms, active_order_id, verified_at_ms
              FROM positions WHERE user_id = ?1 ORDER BY symbol",

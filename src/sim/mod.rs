@@ -8,7 +8,8 @@
 //! limit (429, then a ban after `ban_after_violations`), signature and receive-window checks, and
 //! the [`faults`] drawn for its endpoint. Control endpoints (`/sim/...`) pass none of these.
 //!
-//! - `GET /sim/ledger`: every order the simulator accepted, with its fills (ground truth).
+//! - `GET /sim/ledger`: every order the simulator accepted, with its fills, and every account's
+//!   non-zero positions (ground truth; [`crate::exchange::paper::venue::Ledger`]).
 //! - `GET /sim/stats`: requests per endpoint, weight used, requests seen while banning.
 //! - `GET|POST /sim/faults`: the fault plan (JSON, the shape of `[sim.faults]`).
 //!
@@ -349,8 +350,8 @@ async fn control(endpoint: &str, body: &[u8], state: &SimState) -> HttpResponse 
                 "market_time_ms": state.exchange_now_ms(0),
             }))
         }
-        "GET /sim/ledger" => match state.exchange.ledger().await {
-            Ok(ledger) => HttpResponse::Ok().json(json!({ "orders": ledger })),
+        "GET /sim/ledger" => match state.exchange.full_ledger().await {
+            Ok(ledger) => HttpResponse::Ok().json(ledger),
             Err(error) => HttpResponse::ServiceUnavailable().json(json!({ "error": error.to_string() })),
         },
         _ => HttpResponse::NotFound().json(json!({ "error": format!("no such control endpoint: {endpoint}") })),

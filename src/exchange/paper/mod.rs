@@ -144,6 +144,16 @@ impl PaperExchange {
         self.call(|venue, wall_ms, changes| venue.ledger(wall_ms, changes)).await
     }
 
+    /// The orders (as [`Self::ledger`]) and every account's non-zero positions, read at one moment.
+    pub async fn full_ledger(&self) -> Result<venue::Ledger, ExchangeError> {
+        self.call(|venue, wall_ms, changes| {
+            let orders = venue.ledger(wall_ms, changes)?;
+            let positions = venue.ledger_positions(wall_ms, changes)?;
+            Ok(venue::Ledger { orders, positions })
+        })
+        .await
+    }
+
     async fn call<R: Send + 'static>(
         &self,
         operation: impl FnOnce(&mut PaperVenue, i64, &mut Vec<VenueChange>) -> Result<R, ExchangeError> + Send + 'static,

@@ -99,11 +99,28 @@ pub enum VenueChange {
 
 /// One order the venue accepted, with its fills: the ground truth `bulwark sim` serves at
 /// `/sim/ledger` for invariant checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerOrder {
     pub account: UserId,
     pub order: ExchangeOrder,
     pub fills: Vec<Fill>,
+}
+
+/// One account's position on one symbol, as the venue holds it (non-zero ones only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerPosition {
+    pub account: UserId,
+    pub symbol: Symbol,
+    /// Signed: positive long, negative short.
+    pub quantity: Decimal,
+}
+
+/// Everything the venue knows that bulwark's database should agree with: `bulwark sim` serves it
+/// at `/sim/ledger`, `bulwark verify` reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub orders: Vec<LedgerOrder>,
+    pub positions: Vec<LedgerPosition>,
 }
 
 /// Durable venue state, as the journal stores it and the venue restores it.
@@ -254,6 +271,28 @@ impl PaperVenue {
             }
         }
         Ok(ledger)
+    }
+
+    /// Every non-zero position of every account.
+    pub fn ledger_positions(
+        &mut self,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Vec<LedgerPosition>, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        let mut positions = Vec::new();
+        for (account, state) in &self.accounts {
+            for (symbol, held) in &state.positions {
+                if !held.quantity.is_zero() {
+                    positions.push(LedgerPosition {
+                        account: account.clone(),
+                        symbol: symbol.clone(),
+                        quantity: held.quantity,
+                    });
+                }
+            }
+        }
+        Ok(positions)
     }
 
     /// Changes the market speed, keeping the market where it is.

@@ -1,0 +1,311 @@
+//! `bulwark verify`: checks bulwark's promises against the exchange's ground truth. The brief's
+//! invariants (never a duplicate order, never a lost fill, never an orphaned order, never an entry
+//! past a risk block, never a position the bot is wrong about without saying so) are only worth
+//! what proves them; the crash test and the simulations end here.
+//!
+//! The ground truth is a [`Ledger`]: every order `bulwark sim` accepted, with its fills, and every
+//! account's position (`GET /sim/ledger`). The checks are pure: [`check`] reads the database
+//! through [`Store`] and compares; [`fetch_ledger`] is the only I/O besides that.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::domain::{ClientOrderId, IntentPurpose, Symbol, UserId};
+use crate::exchange::paper::venue::Ledger;
+use crate::failure_points::catalog::{SIG_KILL_SWITCH, SIG_SYMBOL_PROBATION, STATE_POSITION_SYNC};
+use crate::failure_points::why::CheckView;
+use crate::persistence::{Store, StoreError};
+
+/// Violations listed per invariant (the count is always exact).
+const VIOLATIONS_SHOWN_MAX: usize = 20;
+
+/// One invariant's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvariantVerdict {
+    /// Short, stable name (what tests and scripts match on).
+    pub name: &'static str,
+    /// The promise, in words.
+    pub promise: &'static str,
+    /// How many things were checked (orders, fills, positions, ...).
+    pub checked: u64,
+    /// What the count above counts.
+    pub unit: &'static str,
+    /// Every violation, one line each.
+    pub violations: Vec<String>,
+}
+
+/// Every invariant's verdict, in a fixed order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub invariants: Vec<InvariantVerdict>,
+}
+
+pub const ONE_ORDER_PER_INTENT: &str = "one-exchange-order-per-intent";
+pub const EVERY_FILL_RECORDED: &str = "every-fill-recorded";
+pub const NO_UNKNOWN_OPEN_ORDER: &str = "no-unknown-open-order";
+pub const NO_ENTRY_UNDER_LOCK: &str = "no-entry-under-lock";
+pub const POSITIONS_AGREE: &str = "positions-agree";
+
+impl VerifyReport {
+    pub fn passed(&self) -> bool {
+        self.invariants.iter().all(|invariant| invariant.violations.is_empty())
+    }
+
+    pub fn verdict(&self, name: &str) -> Option<&InvariantVerdict> {
+        self.invariants.iter().find(|invariant| invariant.name == name)
+    }
+
+    /// One line per invariant (`ok` or `VIOLATED`, with counts), then the violations.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        for invariant in &self.invariants {
+            let verdict = if invariant.violations.is_empty() { "ok" } else { "VIOLATED" };
+            let _ = writeln!(
+                text,
+                "{verdict:<9} {:<30} {} {} checked, {} violation(s): {}",
+                invariant.name,
+                invariant.checked,
+                invariant.unit,
+                invariant.violations.len(),
+                invariant.promise
+            );
+            for violation in invariant.violations.iter().take(VIOLATIONS_SHOWN_MAX) {
+                let _ = writeln!(text, "          - {violation}");
+            }
+            if invariant.violations.len() > VIOLATIONS_SHOWN_MAX {
+                let _ =
+                    writeln!(text, "          - ... and {} more", invariant.violations.len() - VIOLATIONS_SHOWN_MAX);
+            }
+        }
+        let _ = writeln!(text, "{}", if self.passed() { "verify: every invariant holds" } else { "verify: FAILED" });
+        text
+    }
+}
+
+/// Reads the ledger from a running `bulwark sim` (`GET {sim_url}/sim/ledger`).
+pub async fn fetch_ledger(sim_url: &str) -> anyhow::Result<Ledger> {
+    use anyhow::Context as _;
+    let url = format!("{}/sim/ledger", sim_url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let body = response.text().await.with_context(|| format!("reading the answer of GET {url}"))?;
+    if !status.is_success() {
+        anyhow::bail!("GET {url} answered {status}: {}", body.chars().take(300).collect::<String>());
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {url}: the answer is not a ledger"))
+}
+
+/// `bulwark verify`: the ledger of the simulator at `sim_url` against the database of `config`
+/// (opened read-only). Refused while the outbox still holds records (the database is behind
+/// until the next start replays them) or while a server runs (its writes are not all in yet).
+pub async fn run(config: &crate::config::Config, sim_url: &str) -> anyhow::Result<VerifyReport> {
+    use anyhow::Context as _;
+    let database = config.database_path();
+    if !database.exists() {
+        anyhow::bail!("no database at {}: the server has not run with this config yet", database.display());
+    }
+    if crate::instance_lock::InstanceLock::is_held(&database) {
+        anyhow::bail!("a server is running on {}: stop it first (its last writes are not in yet)", database.display());
+    }
+    let outbox = config.outbox_path();
+    let waiting = crate::persistence::outbox::count_entries(&outbox).unwrap_or(0);
+    if waiting > 0 {
+        anyhow::bail!(
+            "{} holds {waiting} record(s) the database has not applied yet: start the server once (it replays them first), then verify",
+            outbox.display()
+        );
+    }
+    let ledger = fetch_ledger(sim_url).await?;
+    let mut store = Store::open_read_only(&database).with_context(|| format!("opening {}", database.display()))?;
+    check(&mut store, &ledger).with_context(|| format!("reading {}", database.display()))
+}
+
+/// Every order's key on the exchange: (account, client order id).
+type OrderKey = (UserId, ClientOrderId);
+
+/// Checks every invariant of the database against the ledger.
+pub fn check(store: &mut Store, ledger: &Ledger) -> Result<VerifyReport, StoreError> {
+    let mut users: BTreeSet<UserId> = store.user_ids()?.into_iter().collect();
+    users.extend(ledger.orders.iter().map(|entry| entry.account.clone()));
+    users.extend(ledger.positions.iter().map(|position| position.account.clone()));
+
+    let mut intents = BTreeMap::new();
+    let mut recorded_fills: BTreeMap<(UserId, Symbol, String), Decimal> = BTreeMap::new();
+    let mut stored_positions: BTreeMap<(UserId, Symbol), Decimal> = BTreeMap::new();
+    let mut locks = Vec::new();
+    for user in &users {
+        for order in store.orders_of(user)? {
+            intents.insert((user.clone(), order.intent.client_order_id.clone()), order);
+        }
+        for (symbol, trade_id, quantity) in store.fill_keys(user)? {
+            recorded_fills.insert((user.clone(), symbol, trade_id), quantity);
+        }
+        for position in store.load_positions(user)? {
+            stored_positions.insert((user.clone(), position.symbol), position.quantity);
+        }
+    }
+    for (lock, cleared_at_ms) in store.guard_lock_history(None)? {
+        if lock.failure_point == SIG_KILL_SWITCH.as_str() || lock.failure_point == SIG_SYMBOL_PROBATION.as_str() {
+            locks.push((lock, cleared_at_ms));
+        }
+    }
+    let halted_for_position_sync: BTreeSet<String> = store
+        .latest_monitor_snapshot()?
+        .and_then(|(_, _, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .map(|line| CheckView::from_line(&line))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|check| check.id == STATE_POSITION_SYNC.as_str() && check.status == "critical")
+        .flat_map(|check| check.users)
+        .collect();
+
+    // What reached the exchange, per intent.
+    let mut on_exchange: BTreeMap<OrderKey, Vec<&str>> = BTreeMap::new();
+    for entry in &ledger.orders {
+        if entry.order.client_order_id.is_bulwark() {
+            on_exchange
+                .entry((entry.account.clone(), entry.order.client_order_id.clone()))
+                .or_default()
+                .push(&entry.order.exchange_order_id);
+        }
+    }
+
+    let mut one_order = verdict(
+        ONE_ORDER_PER_INTENT,
+        "no two exchange orders for one intent (client order id)",
+        "intent(s) on the exchange",
+    );
+    one_order.checked = on_exchange.len() as u64;
+    for ((account, id), exchange_ids) in &on_exchange {
+        if exchange_ids.len() > 1 {
+            one_order.violations.push(format!(
+                "{account} {id}: {} exchange orders ({})",
+                exchange_ids.len(),
+                exchange_ids.join(", ")
+            ));
+        }
+    }
+
+    let mut every_fill = verdict(
+        EVERY_FILL_RECORDED,
+        "every fill on the exchange is in the database, with its quantity",
+        "fill(s) on the exchange",
+    );
+    for entry in &ledger.orders {
+        for fill in &entry.fills {
+            every_fill.checked += 1;
+            let key = (entry.account.clone(), fill.symbol.clone(), fill.trade_id.clone());
+            match recorded_fills.get(&key) {
+                None => every_fill.violations.push(format!(
+                    "{} {} trade {} of {} ({} {} @ {}): not in the database",
+                    entry.account,
+                    fill.symbol,
+                    fill.trade_id,
+                    entry.order.client_order_id,
+                    fill.side.as_str(),
+                    fill.quantity,
+                    fill.price
+                )),
+                Some(quantity) if *quantity != fill.quantity => every_fill.violations.push(format!(
+                    "{} {} trade {} of {}: the database has quantity {quantity}, the exchange {}",
+                    entry.account, fill.symbol, fill.trade_id, entry.order.client_order_id, fill.quantity
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+
+    let mut unknown_open = verdict(
+        NO_UNKNOWN_OPEN_ORDER,
+        "no open exchange order with bulwark's prefix is unknown to the database",
+        "open bulwark order(s) on the exchange",
+    );
+    for entry in &ledger.orders {
+        let order = &entry.order;
+        if !order.client_order_id.is_bulwark() || !order.status.is_open() {
+            continue;
+        }
+        unknown_open.checked += 1;
+        if !intents.contains_key(&(entry.account.clone(), order.client_order_id.clone())) {
+            unknown_open.violations.push(format!(
+                "{} {} {} ({}, exchange id {}): open on the exchange, unknown to the database",
+                entry.account,
+                order.symbol,
+                order.client_order_id,
+                order.status.as_str(),
+                order.exchange_order_id
+            ));
+        }
+    }
+
+    let mut no_entry_under_lock = verdict(
+        NO_ENTRY_UNDER_LOCK,
+        "no entry was committed while a kill switch or symbol probation covered it",
+        "entry intent(s)",
+    );
+    for ((user, id), order) in &intents {
+        let intent = &order.intent;
+        if intent.purpose != IntentPurpose::Entry || intent.reduce_only {
+            continue;
+        }
+        no_entry_under_lock.checked += 1;
+        let at_ms = intent.created_at_ms;
+        for (lock, cleared_at_ms) in &locks {
+            let ends_ms = cleared_at_ms.map_or(lock.until_ms, |cleared| cleared.min(lock.until_ms));
+            if lock.user == *user && lock.covers(&intent.symbol) && lock.set_at_ms <= at_ms && at_ms < ends_ms {
+                no_entry_under_lock.violations.push(format!(
+                    "{user} {id} ({} {}, {}) committed at {} under {} lock #{} ({} to {}): {}",
+                    intent.symbol,
+                    intent.side.as_str(),
+                    order.state,
+                    crate::clock::rfc3339_ms(at_ms),
+                    lock.failure_point,
+                    lock.id,
+                    crate::clock::rfc3339_ms(lock.set_at_ms),
+                    crate::clock::rfc3339_ms(ends_ms),
+                    lock.reason
+                ));
+            }
+        }
+    }
+
+    let mut positions = verdict(
+        POSITIONS_AGREE,
+        "the database's positions equal the exchange's, or the user is halted with STATE-POSITION-SYNC",
+        "position(s)",
+    );
+    let mut exchange_positions: BTreeMap<(UserId, Symbol), Decimal> = BTreeMap::new();
+    for position in &ledger.positions {
+        *exchange_positions.entry((position.account.clone(), position.symbol.clone())).or_default() +=
+            position.quantity;
+    }
+    let keys: BTreeSet<(UserId, Symbol)> = exchange_positions
+        .keys()
+        .cloned()
+        .chain(stored_positions.iter().filter(|(_, quantity)| !quantity.is_zero()).map(|(key, _)| key.clone()))
+        .collect();
+    for key in keys {
+        positions.checked += 1;
+        let exchange = exchange_positions.get(&key).copied().unwrap_or_default();
+        let database = stored_positions.get(&key).copied().unwrap_or_default();
+        if exchange != database && !halted_for_position_sync.contains(key.0.as_str()) {
+            positions.violations.push(format!(
+                "{} {}: the exchange holds {exchange}, the database {database}, and the user is not halted with {}",
+                key.0, key.1, STATE_POSITION_SYNC
+            ));
+        }
+    }
+
+    Ok(VerifyReport { invariants: vec![one_order, every_fill, unknown_open, no_entry_under_lock, positions] })
+}
+
+fn verdict(name: &'static str, promise: &'static str, unit: &'static str) -> InvariantVerdict {
+    InvariantVerdict { name, promise, checked: 0, unit, violations: Vec::new() }
+}
