@@ -102,6 +102,10 @@ async fn check_ledger_against_database(sim: &Sim, database: &Path, users: usize,
             "SEED={seed}: {user}: every fill on the exchange is in the database, once"
         );
     }
+    // And the same through `bulwark verify`'s checks (positions and guard locks included).
+    let ledger: bulwark::exchange::paper::venue::Ledger = serde_json::from_value(ledger).unwrap();
+    let report = bulwark::verify::check(&mut store, &ledger).unwrap();
+    assert!(report.passed(), "SEED={seed}: {}", report.render());
     (intents_total, fills_total)
 }
 
