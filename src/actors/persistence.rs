@@ -114,6 +114,13 @@ impl PersistenceActor {
             match store.set_refuse_writes(refuse) {
                 Ok(()) => {
                     self.refusing_writes = refuse;
+                    if !refuse {
+                        // The database takes writes again: the next request replays the outbox at
+                        // once rather than waiting out the spacing meant for a database that keeps
+                        // refusing (so the end of a fault is a point in the request order, which
+                        // the deterministic simulation, tests/simulation.rs, relies on).
+                        self.replay_failed_at_ms = 0;
+                    }
                     tracing::warn!(fault_file = %path.display(), refuse, "chaos: the database {} writes", if refuse { "now refuses" } else { "takes" });
                 }
                 Err(error) => tracing::error!(%error, "chaos: the fault hook could not be applied"),
