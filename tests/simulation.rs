@@ -85,7 +85,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -113,11 +113,11 @@ use tokio::sync::oneshot;
 const CI_SEEDS: [u64; 3] = [1, 2, 3];
 
 /// Steps per seed unless `BULWARK_SIM_STEPS` says otherwise.
-const STEPS_DEFAULT: usize = 2_000;
+const STEPS_DEFAULT: usize = 4_000;
 
 /// The seed and the steps of the determinism check (unless `BULWARK_SIM_SEED` names one).
 const DETERMINISM_SEED: u64 = 11;
-const DETERMINISM_STEPS: usize = 300;
+const DETERMINISM_STEPS: usize = 800;
 
 /// Steps between checks of the invariants that hold at every instant.
 const CHECK_EVERY_STEPS: usize = 100;
@@ -260,6 +260,8 @@ struct SimExchange {
     injected: Mutex<BTreeMap<String, u64>>,
     /// Set for the final clean steps: no more faults.
     calm: AtomicBool,
+    /// The driver's step (for the fault journal only; no draw depends on it).
+    step: AtomicUsize,
     /// Set by the driver (between steps) while the database refuses writes: no in-flight crash then,
     /// since the order's outcome would wait in the outbox where the driver cannot see it.
     outage: AtomicBool,
@@ -286,6 +288,7 @@ impl SimExchange {
             journal: Mutex::new(BTreeMap::new()),
             injected: Mutex::new(BTreeMap::new()),
             calm: AtomicBool::new(false),
+            step: AtomicUsize::new(0),
             outage: AtomicBool::new(false),
             root: OnceLock::new(),
             sent: Mutex::new(HashSet::new()),
@@ -317,12 +320,11 @@ impl SimExchange {
     /// Records a fault that was injected.
     fn note(&self, key: &str, operation: &str, count: u64, fault: Fault) {
         *self.injected.lock().unwrap().entry(format!("{operation}:{}", fault.name())).or_insert(0) += 1;
-        self.journal
-            .lock()
-            .unwrap()
-            .entry(key.to_owned())
-            .or_default()
-            .push(format!("{operation}#{count} {}", fault.name()));
+        self.journal.lock().unwrap().entry(key.to_owned()).or_default().push(format!(
+            "{:>5} {operation}#{count} {}",
+            self.step.load(Ordering::SeqCst),
+            fault.name()
+        ));
     }
 
     /// A read with its fault, if it meets one.
@@ -685,7 +687,12 @@ struct RunOutcome {
     intents: u64,
     fills: u64,
     locks: u64,
+    /// The Monitor's runs (its wall-clock timer): time and overall status.
+    monitor_runs: Vec<String>,
+    /// Every line of the Healer's log: failure point, action, result.
     healing_actions: Vec<String>,
+    /// The first step a Healer action that did something (not `skipped`) may have touched.
+    healer_acted_at_step: Option<usize>,
     elapsed: Duration,
 }
 
@@ -825,6 +832,7 @@ impl Simulation {
 
     /// One candle: the clock moves, market data polls, and every user finishes its iteration.
     async fn step(&mut self) {
+        self.exchange.step.store(self.step, Ordering::SeqCst);
         self.between_candles().await;
         self.next_candle().await;
         if self.outage_until.is_some() {
@@ -1022,6 +1030,7 @@ impl Simulation {
         self.end_outage().await;
         self.line("global", "calm: no more exchange faults".to_owned());
         for _ in 0..CALM_STEPS {
+            self.exchange.step.store(self.step, Ordering::SeqCst);
             self.next_candle().await;
             let users: BTreeSet<String> = USERS.iter().map(|u| u.to_string()).collect();
             self.settle(users, BTreeSet::new()).await;
@@ -1043,6 +1052,31 @@ impl Simulation {
             verify::check(&mut store, &ledger).unwrap_or_else(|e| final_failure(seed, step, format!("verify: {e}")));
         if !report.passed() {
             final_failure(seed, step, format!("the invariants do not hold after the run:\n{}", report.render()));
+        }
+        // Stricter than positions-agree: no user may be excused by a STATE-POSITION-SYNC halt in the
+        // Monitor's newest run (which ran on its wall-clock timer, at some step).
+        for user in USERS {
+            let id = UserId::new(user).unwrap();
+            let database: BTreeMap<String, String> = store
+                .load_positions(&id)
+                .unwrap()
+                .into_iter()
+                .filter(|p| !p.quantity.is_zero())
+                .map(|p| (p.symbol.to_string(), p.quantity.normalize().to_string()))
+                .collect();
+            let exchange: BTreeMap<String, String> = ledger
+                .positions
+                .iter()
+                .filter(|p| p.account == id && !p.quantity.is_zero())
+                .map(|p| (p.symbol.to_string(), p.quantity.normalize().to_string()))
+                .collect();
+            if database != exchange {
+                final_failure(
+                    seed,
+                    step,
+                    format!("{user}'s positions: the database has {database:?}, the exchange {exchange:?}"),
+                );
+            }
         }
 
         let mut orders = BTreeMap::new();
@@ -1080,12 +1114,31 @@ impl Simulation {
             orders.insert(user.to_owned(), lines);
         }
         let locks = store.guard_lock_history(None).unwrap().len() as u64;
-        let healing_actions = std::fs::read_to_string(dir.path().join("logs/failure_point_healing.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        let log = |name: &str| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(dir.path().join("logs").join(name))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect()
+        };
+        let monitor_runs = log("failure_point_monitor.jsonl")
+            .iter()
+            .map(|line| format!("{} {}", line["ts"].as_str().unwrap_or("?"), line["overall"].as_str().unwrap_or("?")))
+            .collect();
+        let healing_log = log("failure_point_healing.jsonl");
+        // The Healer's clock is the simulated one: its line's time says between which steps it acted.
+        let healer_acted_at_step = healing_log
+            .iter()
             .filter(|line| line["result"] != "skipped")
-            .map(|line| format!("{} {} {}", line["failure_point"], line["action"], line["result"]))
+            .filter_map(|line| chrono::DateTime::parse_from_rfc3339(line["ts"].as_str()?).ok())
+            .map(|ts| ((ts.timestamp_millis() - common::START_MS) / 1_000).max(1) as usize - 1)
+            .min();
+        let healing_actions = healing_log
+            .iter()
+            .map(|line| {
+                let field = |name: &str| line[name].as_str().unwrap_or("?").to_owned();
+                format!("{} {} {}", field("failure_point"), field("action"), field("result"))
+            })
             .collect();
         let faults = exchange.journal.lock().unwrap().clone();
         let injected = exchange.injected.lock().unwrap().clone();
@@ -1099,7 +1152,9 @@ impl Simulation {
             intents,
             fills,
             locks,
+            monitor_runs,
             healing_actions,
+            healer_acted_at_step,
             elapsed: started.elapsed(),
         }
     }
@@ -1140,10 +1195,33 @@ impl RunOutcome {
             text += &format!(" {kind}={count}");
         }
         text += &format!(
-            "\n  healing actions taken: {}",
+            "\n  monitor runs: {}",
+            if self.monitor_runs.is_empty() { "none".to_owned() } else { self.monitor_runs.join("; ") }
+        );
+        text += &format!(
+            "\n  healing: {}",
             if self.healing_actions.is_empty() { "none".to_owned() } else { self.healing_actions.join("; ") }
         );
         text
+    }
+
+    /// Writes everything the determinism check compares to `<dir>/seed-<seed>-<n>.txt` (a new file
+    /// per run), to read or diff when a replay needs explaining (`BULWARK_SIM_TRANSCRIPT_DIR`).
+    fn write_transcript(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = (1..).map(|n| dir.join(format!("seed-{}-{n}.txt", self.seed))).find(|p| !p.exists()).unwrap();
+        let mut text = format!("{}\n", self.summary());
+        for (what, lines) in [("decisions", &self.transcript), ("faults", &self.faults), ("orders", &self.orders)] {
+            for (key, lines) in lines {
+                text += &format!("\n## {key}: {what}\n");
+                for line in lines {
+                    text += line;
+                    text += "\n";
+                }
+            }
+        }
+        std::fs::write(&path, text).unwrap();
+        println!("transcript: {}", path.display());
     }
 
     /// The run traded and met every kind of fault: it cannot pass vacuously.
@@ -1209,6 +1287,9 @@ async fn simulate(seed: u64, steps: usize) -> RunOutcome {
     );
     let outcome = Simulation::start(seed).await.run(steps).await;
     println!("{}", outcome.summary());
+    if let Ok(dir) = std::env::var("BULWARK_SIM_TRANSCRIPT_DIR") {
+        outcome.write_transcript(Path::new(&dir));
+    }
     outcome
 }
 
@@ -1232,16 +1313,35 @@ async fn seeded_simulations_keep_every_invariant() {
 async fn the_same_seed_replays_the_same_decisions_and_orders() {
     let _serial = SERIAL.lock().await;
     let seed = env_number("BULWARK_SIM_SEED").unwrap_or(DETERMINISM_SEED);
-    let first = simulate(seed, DETERMINISM_STEPS).await;
-    let second = simulate(seed, DETERMINISM_STEPS).await;
-    for (what, a, b) in [
-        ("decisions", &first.transcript, &second.transcript),
-        ("faults", &first.faults, &second.faults),
-        ("orders", &first.orders, &second.orders),
-    ] {
+    let steps = env_number("BULWARK_SIM_DETERMINISM_STEPS").unwrap_or(DETERMINISM_STEPS);
+    let first = simulate(seed, steps).await;
+    let second = simulate(seed, steps).await;
+    // A Healer action is a wall-clock event (see the module documentation): the runs are the same
+    // up to the step it landed in, and compared that far. The final orders depend on everything.
+    let cutoff = first.healer_acted_at_step.into_iter().chain(second.healer_acted_at_step).min();
+    let before_cutoff = |lines: &[String]| -> Vec<String> {
+        let step_of = |line: &String| line.split_whitespace().next().and_then(|n| n.parse::<usize>().ok());
+        lines
+            .iter()
+            .filter(|line| cutoff.is_none_or(|cutoff| step_of(line).is_some_and(|s| s < cutoff)))
+            .cloned()
+            .collect()
+    };
+    let mut compared =
+        vec![("decisions", &first.transcript, &second.transcript), ("faults", &first.faults, &second.faults)];
+    match cutoff {
+        None => compared.push(("orders", &first.orders, &second.orders)),
+        Some(step) => println!(
+            "the Healer acted at step {step} (first run: {:?}, second: {:?}); the runs are compared up to it",
+            first.healing_actions, second.healing_actions
+        ),
+    }
+    for (what, a, b) in compared {
         let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         for key in keys {
             let (left, right) = (a.get(key).cloned().unwrap_or_default(), b.get(key).cloned().unwrap_or_default());
+            let (left, right) =
+                if what == "orders" { (left, right) } else { (before_cutoff(&left), before_cutoff(&right)) };
             if left == right {
                 continue;
             }
