@@ -309,3 +309,97 @@ pub fn check(store: &mut Store, ledger: &Ledger) -> Result<VerifyReport, StoreEr
 fn verdict(name: &'static str, promise: &'static str, unit: &'static str) -> InvariantVerdict {
     InvariantVerdict { name, promise, checked: 0, unit, violations: Vec::new() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{OrderIntent, OrderType, Quantity, Side};
+    use crate::failure_points::locks::GuardLock;
+
+    fn user() -> UserId {
+        UserId::new("u1").unwrap()
+    }
+
+    fn xrp() -> Symbol {
+        Symbol::new("XRPUSDT").unwrap()
+    }
+
+    /// A store with one entry intent on XRPUSDT committed at 10_000.
+    fn store_with_entry() -> Store {
+        let mut store = Store::open_in_memory().unwrap();
+        store.ensure_users(&[user()], 0).unwrap();
+        store
+            .commit_intent(&OrderIntent {
+                user: user(),
+                intent_seq: 1,
+                client_order_id: ClientOrderId::for_intent(&user(), 1),
+                symbol: xrp(),
+                side: Side::Buy,
+                order_type: OrderType::Market,
+                quantity: Quantity::new(Decimal::from(100)).unwrap(),
+                reduce_only: false,
+                purpose: IntentPurpose::Entry,
+                strategy: "ema_crossover".into(),
+                decision_candle_close_ms: 9_000,
+                created_at_ms: 10_000,
+            })
+            .unwrap();
+        store
+    }
+
+    fn lock(failure_point: &str, symbol: Option<Symbol>, set_at_ms: i64, until_ms: i64) -> GuardLock {
+        GuardLock {
+            id: 0,
+            user: user(),
+            failure_point: failure_point.into(),
+            symbol,
+            reason: "test".into(),
+            values: serde_json::json!({}),
+            set_at_ms,
+            until_ms,
+        }
+    }
+
+    fn entry_violations(store: &mut Store) -> Vec<String> {
+        let report = check(store, &Ledger::default()).unwrap();
+        report.verdict(NO_ENTRY_UNDER_LOCK).unwrap().violations.clone()
+    }
+
+    #[test]
+    fn a_lock_covers_an_entry_from_when_it_is_set_until_it_ends_or_is_cleared() {
+        let mut store = store_with_entry();
+        assert!(entry_violations(&mut store).is_empty());
+        // Ended exactly when the entry was made; set just after it; another symbol's probation;
+        // another guard's lock: none covers it.
+        store.insert_guard_lock(&lock("SIG-KILL-SWITCH", None, 5_000, 10_000)).unwrap();
+        store.insert_guard_lock(&lock("SIG-KILL-SWITCH", None, 10_001, 20_000)).unwrap();
+        store
+            .insert_guard_lock(&lock("SIG-SYMBOL-PROBATION", Some(Symbol::new("BTCUSDT").unwrap()), 0, 99_000))
+            .unwrap();
+        store.insert_guard_lock(&lock("SIG-GOLDEN-HOUR", None, 0, 99_000)).unwrap();
+        assert!(entry_violations(&mut store).is_empty());
+        // A probation on its symbol, cleared by an operator before the entry: none either.
+        let cleared = store.insert_guard_lock(&lock("SIG-SYMBOL-PROBATION", Some(xrp()), 1_000, 60_000)).unwrap();
+        store.clear_guard_lock(cleared, 9_999, "operator").unwrap();
+        assert!(entry_violations(&mut store).is_empty());
+        // The same, cleared only after the entry: a violation, named.
+        let late = store.insert_guard_lock(&lock("SIG-SYMBOL-PROBATION", Some(xrp()), 1_000, 60_000)).unwrap();
+        store.clear_guard_lock(late, 10_001, "operator").unwrap();
+        let violations = entry_violations(&mut store);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("bw-u1-1") && violations[0].contains("SIG-SYMBOL-PROBATION"), "{violations:?}");
+    }
+
+    #[test]
+    fn an_empty_database_and_ledger_pass_and_the_text_names_every_invariant() {
+        let mut store = Store::open_in_memory().unwrap();
+        let report = check(&mut store, &Ledger::default()).unwrap();
+        assert!(report.passed());
+        let text = report.render();
+        for name in
+            [ONE_ORDER_PER_INTENT, EVERY_FILL_RECORDED, NO_UNKNOWN_OPEN_ORDER, NO_ENTRY_UNDER_LOCK, POSITIONS_AGREE]
+        {
+            assert!(text.contains(name), "{text}");
+        }
+    }
+}
