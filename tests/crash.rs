@@ -161,7 +161,10 @@ async fn bulwark_killed_at_seeded_moments_keeps_every_invariant() {
     for (moment, count) in by_moment {
         let _ = writeln!(summary, "- kills at {}: {count}", moment.name());
     }
-    let _ = writeln!(summary, "- kills that left orders unresolved in the database: {in_flight_at_kill}");
+    let _ = writeln!(
+        summary,
+        "- kills after which the database held orders of unknown outcome (pending, sending or unknown) for the restart to resolve: {in_flight_at_kill}"
+    );
     let _ = writeln!(summary, "- runs that had exited by themselves before their kill: {exited_by_itself}");
     let _ = writeln!(
         summary,
