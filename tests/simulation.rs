@@ -19,7 +19,8 @@
 //!   execution (503 Service Unavailable), executed with an unknown outcome (-1007), not executed
 //!   with the same unknown answer, executed with the response lost, timed out executed or not,
 //!   rejected (-2019), and executed while the user's trader panics (the answer is held until the
-//!   next incarnation has reconciled, so it restarts with its order at the exchange and in flight).
+//!   next incarnation has reconciled, so it restarts with its order at the exchange and in flight;
+//!   half of these answers are then lost too).
 //!   Reads: order lookups, positions, balances and symbol rules unavailable or timed out; klines
 //!   unavailable or malformed; an order's fills unavailable or not listed yet; the account's trade
 //!   list unavailable; cancels refused.
@@ -79,9 +80,10 @@
 //!   critical goes to the Healer (its own timer is set to a day), whose actions would change what
 //!   follows: a market-data poll, a reconciliation (order lookups, resubmissions), clearing overdue
 //!   locks (a restarted trader then measures the equity peak differently), an intelligence refresh.
-//!   In the runs measured it only skipped (nothing to do); every run prints the Monitor's runs and
-//!   the Healer's lines, and the determinism check compares two runs up to the step of the first
-//!   Healer action that did something. Backoff sleeps (restart backoff, start-up retries, the
+//!   In the runs measured it only skipped (nothing to do) or checked the database's integrity (a
+//!   read, when the Monitor happened to run during an outage in one run and not in the other);
+//!   every run prints the Monitor's runs and the Healer's lines, and the determinism check compares
+//!   two runs up to the step of the first Healer action with effects ([`HEALING_ACTIONS_WITH_EFFECTS`]). Backoff sleeps (restart backoff, start-up retries, the
 //!   router's retry of a refused order, the outbox replay timer) take wall time too, but the
 //!   simulated clock does not move during them and the driver waits for their outcome.
 //! - SQLite I/O and fsync timing only change how long a step takes.
@@ -137,6 +139,15 @@ const STEPS_DEFAULT: usize = 4_000;
 /// The seed and the steps of the determinism check (unless `BULWARK_SIM_SEED` names one).
 const DETERMINISM_SEED: u64 = 11;
 const DETERMINISM_STEPS: usize = 800;
+
+/// The Healer's actions that change what the tree does next (the others read, or only report).
+const HEALING_ACTIONS_WITH_EFFECTS: [&str; 5] = [
+    "refresh_market_data",
+    "reconcile_orders_and_positions",
+    "clear_overdue_locks",
+    "refresh_intelligence",
+    "readmit_quarantined",
+];
 
 /// Steps between checks of the invariants that hold at every instant.
 const CHECK_EVERY_STEPS: usize = 100;
@@ -258,6 +269,7 @@ const CREATE_ORDER_FAULTS: &[(Fault, u64)] = &[
     (Fault::Rejected, 20_000),
     (Fault::CrashInFlight, 20_000),
 ];
+const HELD_ANSWER_FAULTS: &[(Fault, u64)] = &[(Fault::LostResponse, 500_000)];
 const QUERY_ORDER_FAULTS: &[(Fault, u64)] = &[(Fault::Unavailable, 30_000), (Fault::ReadTimeout, 20_000)];
 const POSITION_FAULTS: &[(Fault, u64)] = &[(Fault::Unavailable, 15_000), (Fault::ReadTimeout, 10_000)];
 const BALANCE_FAULTS: &[(Fault, u64)] = &[(Fault::Unavailable, 15_000)];
@@ -456,6 +468,11 @@ impl Exchange for SimExchange {
                 }
                 self.note(key, "create_order", count, fault);
                 self.hold(account, &request.client_order_id).await;
+                // Half of the held answers are then lost as well.
+                if let (count, Some(lost)) = self.draw(key, "held_answer", HELD_ANSWER_FAULTS) {
+                    self.note(key, "held_answer", count, lost);
+                    return Err(unknown("connection reset after the request was sent"));
+                }
                 return Ok(order);
             }
             _ => return self.inner.create_order(account, request).await,
@@ -721,7 +738,7 @@ struct RunOutcome {
     monitor_runs: Vec<String>,
     /// Every line of the Healer's log: failure point, action, result.
     healing_actions: Vec<String>,
-    /// The first step a Healer action that did something (not `skipped`) may have touched.
+    /// The first step a Healer action with effects (not skipped) may have touched.
     healer_acted_at_step: Option<usize>,
     elapsed: Duration,
 }
@@ -1197,7 +1214,10 @@ impl Simulation {
         // The Healer's clock is the simulated one: its line's time says between which steps it acted.
         let healer_acted_at_step = healing_log
             .iter()
-            .filter(|line| line["result"] != "skipped")
+            .filter(|line| {
+                line["result"] != "skipped"
+                    && HEALING_ACTIONS_WITH_EFFECTS.contains(&line["action"].as_str().unwrap_or(""))
+            })
             .filter_map(|line| chrono::DateTime::parse_from_rfc3339(line["ts"].as_str()?).ok())
             .map(|ts| ((ts.timestamp_millis() - common::START_MS) / 1_000).max(1) as usize - 1)
             .min();
@@ -1310,7 +1330,9 @@ impl RunOutcome {
                 ["position:read_timeout", "balance:unavailable", "klines:unavailable", "klines:malformed"]
                     .map(String::from),
             )
-            .chain(["order_fills:unavailable", "order_fills:fills_lagging"].map(String::from))
+            .chain(
+                ["order_fills:unavailable", "order_fills:fills_lagging", "held_answer:lost_response"].map(String::from),
+            )
             .collect();
         for kind in expected {
             assert!(self.injected.get(&kind).copied().unwrap_or(0) > 0, "no {kind} fault was injected; {replay}");
