@@ -825,7 +825,7 @@ impl Simulation {
                 .tree
                 .server
                 .root
-                .send(UserSupervisorOf(UserId::new(*user).unwrap()))
+                .send(UserSupervisorOf(UserId::new(user).unwrap()))
                 .await
                 .ok()
                 .flatten()
@@ -891,7 +891,7 @@ impl Simulation {
         let users: BTreeSet<String> = USERS.iter().map(|u| u.to_string()).collect();
         self.settle(users, BTreeSet::new()).await;
         self.counts.steps += 1;
-        if (self.step + 1) % CHECK_EVERY_STEPS == 0 {
+        if (self.step + 1).is_multiple_of(CHECK_EVERY_STEPS) {
             self.check_instant_invariants().await;
         }
         self.step += 1;
