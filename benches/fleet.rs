@@ -130,6 +130,8 @@ impl Plan {
 fn parent(users: &[usize], out: &Path) {
     let work = PathBuf::from("target/bench-fleet");
     std::fs::create_dir_all(&work).expect("creating target/bench-fleet");
+    // Before anything of the bench runs: the load average says whether the machine was quiet.
+    let machine = machine();
     let started = Instant::now();
     let mut rows = Vec::new();
     for &n in users {
@@ -154,7 +156,9 @@ fn parent(users: &[usize], out: &Path) {
         rows.push(json!({ "users": n, "bulwark": bulwark, "restart": restart, "seed": seed }));
     }
     let total = started.elapsed();
-    let results = json!({ "machine": machine(), "runs": rows, "elapsed_s": total.as_secs_f64() });
+    let mut results = json!({ "machine": machine, "runs": rows, "elapsed_s": total.as_secs_f64() });
+    results["machine"]["loadavg_after"] =
+        json!(std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned());
     std::fs::write(work.join("results.json"), serde_json::to_string_pretty(&results).unwrap())
         .expect("writing target/bench-fleet/results.json");
     let report = render(&results);
@@ -223,6 +227,7 @@ fn machine() -> Value {
         "commit_subject": command("git", &["log", "-1", "--format=%s"]),
         "modified_files": dirty,
         "date": command("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "loadavg_before": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned(),
     })
 }
 
@@ -1139,6 +1144,13 @@ fn render(results: &Value) -> String {
     let mem_kb = machine["mem_total_kb"].as_f64().unwrap_or(f64::NAN);
     writeln!(w, "| Memory (`/proc/meminfo` MemTotal) | {:.1} GiB |", mem_kb / 1_048_576.0).unwrap();
     writeln!(w, "| Kernel | {} |", str_of(&machine["kernel"])).unwrap();
+    writeln!(
+        w,
+        "| `/proc/loadavg` before / after the run | {} / {} |",
+        str_of(&machine["loadavg_before"]),
+        str_of(&machine["loadavg_after"])
+    )
+    .unwrap();
     writeln!(w, "| Compiler | {} (release profile, `cargo bench`) |", str_of(&machine["rustc"])).unwrap();
     writeln!(w, "| Commit | `{}` ({}) |", str_of(&machine["commit"]), str_of(&machine["commit_subject"])).unwrap();
     let modified: Vec<String> = machine["modified_files"]
@@ -1167,11 +1179,7 @@ fn render(results: &Value) -> String {
                 (
                     "peak RSS",
                     "≤ 300 MB".into(),
-                    format!(
-                        "{} MB ({} MB before the paper market and config are counted out)",
-                        fmt(rss_mb),
-                        fmt(own_mb)
-                    ),
+                    format!("{} MB ({} MB without the paper market and config)", fmt(rss_mb), fmt(own_mb)),
                     rss_mb <= 300.0,
                 ),
                 (
