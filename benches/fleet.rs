@@ -1179,7 +1179,11 @@ fn render(results: &Value) -> String {
                 (
                     "peak RSS",
                     "≤ 300 MB".into(),
-                    format!("{} MB ({} MB without the paper market and config)", fmt(rss_mb), fmt(own_mb)),
+                    format!(
+                        "{} MB (bulwark's own: {} MB above what the process held before the tree started, the paper market and config)",
+                        fmt(rss_mb),
+                        fmt(own_mb)
+                    ),
                     rss_mb <= 300.0,
                 ),
                 (
