@@ -865,7 +865,7 @@ fn child_restart(n: usize, dir: &Path, clock_ms: i64, fills: usize) -> Value {
         });
         let database = config.database_path();
         // The start-up reads on the database as the cold start found it (before the made-up fills).
-        result["store"] = store_timings(&database, &config);
+        result["store"] = store_timings(&database, &config, clock_ms);
         result["fills"] = durable_fills(&server, &config, clock.now_ms(), fills, "bench").await;
         // What-if: the index the fill insert's order lookup would need (bulwark's schema has only
         // a partial index on unresolved orders, so each insert scans the orders table).
@@ -895,7 +895,7 @@ const WHAT_IF_INDEX: &str =
 /// Per-user start-up reads, timed on the `Store` directly (a second connection, no actor, while
 /// the tree is idle) on the database the cold start found: what each trader's start costs the
 /// persistence thread, by fleet size.
-fn store_timings(database: &Path, config: &Config) -> Value {
+fn store_timings(database: &Path, config: &Config, cold_start_ms: i64) -> Value {
     let mut store = bulwark::persistence::Store::open(database).expect("the database opens");
     let users: Vec<&UserId> = config.users.iter().map(|u| &u.id).step_by((config.users.len() / 100).max(1)).collect();
     let time = |store: &mut bulwark::persistence::Store, what: &dyn Fn(&mut bulwark::persistence::Store, &UserId)| {
@@ -919,7 +919,18 @@ fn store_timings(database: &Path, config: &Config) -> Value {
             .and_then(|c| c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)))
             .unwrap_or(-1)
     };
+    // What the cold start's reconciliation did (its actions carry the manual clock's time, which
+    // does not move during the start; the first run's end before it).
+    let actions: serde_json::Map<String, Value> = rusqlite::Connection::open(database)
+        .and_then(|c| {
+            let mut statement =
+                c.prepare("SELECT action, COUNT(*) FROM reconcile_actions WHERE ts_ms >= ?1 GROUP BY action")?;
+            let rows = statement.query_map([cold_start_ms], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            rows.map(|row| row.map(|(action, count)| (action, json!(count)))).collect()
+        })
+        .unwrap_or_default();
     json!({
+        "reconcile_actions": actions,
         "users_sampled": users.len(),
         "position_fill_mismatches_of_ms": mismatch_ms,
         "load_trader_state_ms": state_ms,
@@ -1363,6 +1374,11 @@ fn render(results: &Value) -> String {
     row(w, "database rows at the cold start: orders / fills / decisions", &|r| {
         let s = &r["restart"]["store"];
         format!("{} / {} / {}", fmt(num(&s["rows_orders"])), fmt(num(&s["rows_fills"])), fmt(num(&s["rows_decisions"])))
+    });
+    row(w, "cold start's reconciliation: positions caught up / re-synced from the exchange", &|r| {
+        let actions = &r["restart"]["store"]["reconcile_actions"];
+        let count = |action: &str| fmt(actions[action].as_f64().unwrap_or(0.0));
+        format!("{} / {}", count("position_caught_up"), count("position_resynced"))
     });
     row(w, "`Store::position_fill_mismatches_of(user)`, per call (ms)", &|r| {
         fmt(num(&r["restart"]["store"]["position_fill_mismatches_of_ms"]))
