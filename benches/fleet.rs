@@ -528,7 +528,7 @@ impl CloseStats {
         self.dropped_full += u64::from(close.dropped_full);
     }
 
-    fn to_json(&mut self) -> Value {
+    fn summary(&mut self) -> Value {
         for list in [&mut self.last, &mut self.all, &mut self.delivered, &mut self.persisted] {
             list.sort();
         }
@@ -739,7 +739,7 @@ fn child_bulwark(n: usize, dir: &Path, plan: &Plan) -> Value {
                 stats.add(outcome, n);
             }
         }
-        result["closes"] = stats.to_json();
+        result["closes"] = stats.summary();
         result["skipped"] = json!(counters.iter().map(|c| c.skipped.load(Ordering::Relaxed)).sum::<u64>());
         result["decisions"] = json!(counters.iter().map(|c| c.decisions.load(Ordering::Relaxed)).sum::<u64>());
         result["orders"] = json!(counters.iter().map(|c| c.orders.load(Ordering::Relaxed)).sum::<u64>());
@@ -966,7 +966,7 @@ async fn durable_fills(server: &RunningServer, config: &Config, at_ms: i64, fill
                     trade_id: format!("{prefix}-{i}"),
                     exchange_order_id: format!("{prefix}-order-{i}"),
                     symbol,
-                    side: if (i / n) % 2 == 0 { Side::Buy } else { Side::Sell },
+                    side: if (i / n).is_multiple_of(2) { Side::Buy } else { Side::Sell },
                     price: Decimal::new(10_012, 2),
                     quantity: Decimal::new(15, 1),
                     fee: Decimal::new(6, 2),
@@ -1114,7 +1114,7 @@ fn child_seed(n: usize, dir: &Path, plan: &Plan) -> Value {
         "users": n,
         "rss_base_kb": rss_base_kb,
         "thread_start_ms": ms(thread_start),
-        "closes": stats.to_json(),
+        "closes": stats.summary(),
         "errors": errors.load(Ordering::SeqCst),
         "rss_peak_kb": proc_status_kb("VmHWM:"),
         "threads": threads_now(),
