@@ -867,15 +867,6 @@ fn child_restart(n: usize, dir: &Path, clock_ms: i64, fills: usize) -> Value {
         // The start-up reads on the database as the cold start found it (before the made-up fills).
         result["store"] = store_timings(&database, &config, clock_ms);
         result["fills"] = durable_fills(&server, &config, clock.now_ms(), fills, "bench").await;
-        // What-if: the index the fill insert's order lookup would need (bulwark's schema has only
-        // a partial index on unresolved orders, so each insert scans the orders table).
-        rusqlite::Connection::open(&database)
-            .and_then(|c| {
-                c.busy_timeout(Duration::from_secs(30))?;
-                c.execute_batch(WHAT_IF_INDEX)
-            })
-            .expect("creating the what-if index");
-        result["fills_with_index"] = durable_fills(&server, &config, clock.now_ms(), fills, "bench-indexed").await;
         let _ = server.shutdown().await;
         let counted: i64 = rusqlite::Connection::open(&database)
             .and_then(|c| c.query_row("SELECT COUNT(*) FROM fills WHERE trade_id LIKE 'bench-%'", [], |r| r.get(0)))
@@ -887,10 +878,6 @@ fn child_restart(n: usize, dir: &Path, clock_ms: i64, fills: usize) -> Value {
         result
     })
 }
-
-/// The index the what-if fills run adds.
-const WHAT_IF_INDEX: &str =
-    "CREATE INDEX IF NOT EXISTS bench_orders_by_exchange_id ON orders (user_id, symbol, exchange_order_id)";
 
 /// Per-user start-up reads, timed on the `Store` directly (a second connection, no actor, while
 /// the tree is idle) on the database the cold start found: what each trader's start costs the
@@ -1360,14 +1347,11 @@ fn render(results: &Value) -> String {
             fmt(num(&r["restart"]["first_close_last_ms"]))
         )
     });
-    row(w, "durable fills per second, with the what-if index on orders", &|r| {
-        fmt(num(&r["restart"]["fills_with_index"]["per_s"]))
-    });
     row(w, "fills written / applied / counted back in the database", &|r| {
         format!(
             "{} / {} / {}",
-            fmt(num(&r["restart"]["fills"]["written"]) + num(&r["restart"]["fills_with_index"]["written"])),
-            fmt(num(&r["restart"]["fills"]["applied"]) + num(&r["restart"]["fills_with_index"]["applied"])),
+            fmt(num(&r["restart"]["fills"]["written"])),
+            fmt(num(&r["restart"]["fills"]["applied"])),
             fmt(num(&r["restart"]["fills_in_database"]))
         )
     });

@@ -9,6 +9,15 @@
 //! (`persistence::outbox`, fsynced) and replayed in order, with backoff, once the database takes
 //! writes again. While the outbox holds anything, new durable records queue behind it.
 //!
+//! Group commit: the records nobody waits on ([`submit_durable`]: decisions, guard decisions,
+//! position snapshots, supervision records) are applied inside one open transaction, committed
+//! after [`BATCH_RECORDS_MAX`] records or [`BATCH_LINGER`], and before any other request is
+//! answered when that request wrote (an answered write, or a [`Run`] that changed rows) — so a
+//! caller that waits is answered only once what it wrote is committed, and everything before it
+//! too. What a kill -9 can take is at most the open batch of unanswered records (the next start
+//! re-syncs positions from the exchange; decisions and journal mirrors are history). A batch the
+//! database refuses is rolled back and its records applied one by one (to the outbox if need be).
+//!
 //! Owns failure points SYS-DATABASE and (with the filesystem checks) SYS-FILESYSTEM.
 
 use std::path::PathBuf;
@@ -37,6 +46,11 @@ const REPLAY_ATTEMPT_SPACING_MS: i64 = 100;
 
 /// Replayed entry ids are kept this long (a replay after a crash needs far less).
 const OUTBOX_APPLIED_KEEP_MS: i64 = 24 * 3_600_000;
+
+/// A group commit closes after this many records...
+pub const BATCH_RECORDS_MAX: usize = 512;
+/// ...or this long after it opened, whichever comes first.
+pub const BATCH_LINGER: Duration = Duration::from_millis(5);
 
 /// Where the persistence actor keeps things.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +92,9 @@ pub struct PersistenceActor {
     /// When a replay last found the database refusing writes (0: never), so that requests do
     /// not each hammer a failing database with a replay attempt.
     replay_failed_at_ms: i64,
+    /// The unanswered records applied in the open group-commit transaction (copies, to apply one
+    /// by one if the commit fails); `None` while no batch is open. Written and read here only.
+    batch: Option<Vec<DurableWrite>>,
 }
 
 impl std::fmt::Debug for PersistenceActor {
@@ -100,16 +117,18 @@ impl PersistenceActor {
             replay_scheduled: false,
             refusing_writes: false,
             replay_failed_at_ms: 0,
+            batch: None,
         }
     }
 
     /// Follows the fault hook's file: present means the database refuses writes.
-    fn follow_fault_hook(&mut self) {
-        let Some(path) = &self.settings.database_fault_file else { return };
+    fn follow_fault_hook(&mut self, ctx: &mut Context<Self>) {
+        let Some(path) = self.settings.database_fault_file.clone() else { return };
         let refuse = path.exists();
         if refuse == self.refusing_writes {
             return;
         }
+        let _ = self.commit_batch(ctx);
         if let Some(store) = self.store.as_mut() {
             match store.set_refuse_writes(refuse) {
                 Ok(()) => {
@@ -134,9 +153,83 @@ impl PersistenceActor {
         }
     }
 
+    /// Applies a record nobody waits on inside the open group commit (opening one if need be).
+    /// While the outbox holds records or the database refuses writes, it takes the one-by-one
+    /// path of [`Self::write`] instead.
+    fn write_batched(&mut self, write: DurableWrite, ctx: &mut Context<Self>) -> Result<Durability, StoreError> {
+        self.follow_fault_hook(ctx);
+        let batchable = !self.refusing_writes && self.outbox.as_ref().is_some_and(Outbox::is_empty);
+        let Some(store) = self.store.as_mut().filter(|_| batchable) else {
+            let _ = self.commit_batch(ctx);
+            return self.write(write, ctx);
+        };
+        if self.batch.is_none() {
+            if let Err(error) = store.begin_batch() {
+                tracing::warn!(%error, "persistence: a group commit could not begin; the record is written alone");
+                return self.write(write, ctx);
+            }
+            self.batch = Some(Vec::new());
+            ctx.run_later(BATCH_LINGER, |actor, ctx| {
+                let _ = actor.commit_batch(ctx);
+            });
+        }
+        match store.apply_durable(&write) {
+            Ok(changed) => {
+                let batch = self.batch.get_or_insert_with(Vec::new);
+                batch.push(write);
+                if batch.len() >= BATCH_RECORDS_MAX {
+                    let _ = self.commit_batch(ctx);
+                }
+                Ok(Durability::Applied { changed })
+            }
+            // Refused inside the batch: the batch is undone and every record in it, this one
+            // last, takes the one-by-one path (which keeps what the database refuses).
+            Err(_) => {
+                self.abandon_batch(ctx);
+                self.write(write, ctx)
+            }
+        }
+    }
+
+    /// Commits the open group commit, if any. When the commit fails, the batch is rolled back
+    /// and its records are applied one by one, and the commit's error is returned (a caller whose
+    /// own writes were in the batch must not be told they are in).
+    fn commit_batch(&mut self, ctx: &mut Context<Self>) -> Result<(), StoreError> {
+        let Some(writes) = self.batch.take() else { return Ok(()) };
+        let Some(store) = self.store.as_mut() else { return Ok(()) };
+        match store.commit_batch() {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, records = writes.len(), "persistence: a group commit failed; its records are written one by one");
+                store.rollback_batch();
+                self.rewrite_one_by_one(writes, ctx);
+                Err(error)
+            }
+        }
+    }
+
+    /// Rolls the open group commit back and applies its records one by one.
+    fn abandon_batch(&mut self, ctx: &mut Context<Self>) {
+        let Some(writes) = self.batch.take() else { return };
+        if let Some(store) = self.store.as_mut() {
+            store.rollback_batch();
+        }
+        self.rewrite_one_by_one(writes, ctx);
+    }
+
+    fn rewrite_one_by_one(&mut self, writes: Vec<DurableWrite>, ctx: &mut Context<Self>) {
+        for write in writes {
+            let what = write.what();
+            if let Err(error) = self.write(write, ctx) {
+                tracing::error!(%error, what, "persistence: record not written");
+            }
+        }
+    }
+
     /// Applies a durable record, or queues it in the outbox when the database refuses it.
     fn write(&mut self, write: DurableWrite, ctx: &mut Context<Self>) -> Result<Durability, StoreError> {
-        self.follow_fault_hook();
+        let _ = self.commit_batch(ctx);
+        self.follow_fault_hook(ctx);
         self.catch_up();
         let (Some(store), Some(outbox)) = (self.store.as_mut(), self.outbox.as_mut()) else {
             return Err(StoreError::Unavailable("database not open".to_owned()));
@@ -240,7 +333,7 @@ impl PersistenceActor {
         self.replay_scheduled = true;
         ctx.run_later(Duration::from_millis(self.replay_backoff_ms), |actor, ctx| {
             actor.replay_scheduled = false;
-            actor.follow_fault_hook();
+            actor.follow_fault_hook(ctx);
             let before = actor.outbox.as_ref().map_or(0, Outbox::depth);
             if actor.replay_batch() {
                 tracing::info!(replayed = before, "persistence: the outbox is replayed; the database has every record");
@@ -261,6 +354,11 @@ impl PersistenceActor {
 
 impl Actor for PersistenceActor {
     type Context = Context<Self>;
+
+    fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
+        let _ = self.commit_batch(ctx);
+        Running::Stop
+    }
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // A panic ends this incarnation; the root supervisor restarts it with backoff and
@@ -284,16 +382,17 @@ impl Actor for PersistenceActor {
             }
             Err(error) => panic!("persistence: {error}"),
         }
-        self.follow_fault_hook();
+        self.follow_fault_hook(ctx);
         // Whatever an earlier run left is applied before any request is served.
         if !self.replay_batch() {
             self.schedule_replay(ctx);
         }
         self.publish_depth();
         if self.settings.database_fault_file.is_some() {
-            ctx.run_interval(FAULT_HOOK_INTERVAL, |actor, _| actor.follow_fault_hook());
+            ctx.run_interval(FAULT_HOOK_INTERVAL, |actor, ctx| actor.follow_fault_hook(ctx));
         }
-        ctx.run_interval(PRUNE_INTERVAL, |actor, _| {
+        ctx.run_interval(PRUNE_INTERVAL, |actor, ctx| {
+            let _ = actor.commit_batch(ctx);
             if let Some(store) = actor.store.as_mut() {
                 let pruned = store
                     .prune()
@@ -325,7 +424,8 @@ impl Handler<Write> for PersistenceActor {
 
     fn handle(&mut self, message: Write, ctx: &mut Context<Self>) -> Self::Result {
         let what = message.write.what();
-        let result = self.write(message.write, ctx);
+        let result =
+            if message.unanswered { self.write_batched(message.write, ctx) } else { self.write(message.write, ctx) };
         if message.unanswered
             && let Err(error) = &result
         {
@@ -360,11 +460,19 @@ impl<R: 'static> Message for Run<R> {
 impl<R: 'static> Handler<Run<R>> for PersistenceActor {
     type Result = Result<R, StoreError>;
 
-    fn handle(&mut self, message: Run<R>, _: &mut Context<Self>) -> Result<R, StoreError> {
-        self.follow_fault_hook();
+    fn handle(&mut self, message: Run<R>, ctx: &mut Context<Self>) -> Result<R, StoreError> {
+        self.follow_fault_hook(ctx);
         self.catch_up();
         let store = self.store.as_mut().ok_or_else(|| StoreError::Unavailable("database not open".to_owned()))?;
-        (message.0)(store)
+        // Reads run inside an open group commit (this connection sees its own records); an
+        // operation that wrote is answered only once its rows, and the batch's, are committed.
+        let changes_before = store.total_changes();
+        let result = (message.0)(store);
+        let wrote = self.store.as_ref().is_some_and(|store| store.total_changes() != changes_before);
+        if wrote {
+            self.commit_batch(ctx)?;
+        }
+        result
     }
 }
 
@@ -550,6 +658,97 @@ mod tests {
             time_ms: 5,
         }];
         DurableWrite::OrderTransition(transition)
+    }
+
+    fn decision(at_ms: i64) -> DurableWrite {
+        use crate::domain::{Symbol, UserId};
+        DurableWrite::Decision(crate::persistence::DecisionRecord {
+            user: UserId::new("u1").unwrap(),
+            symbol: Symbol::new("XRPUSDT").unwrap(),
+            timeframe: "5m".into(),
+            strategy: "s".into(),
+            candle_close_ms: None,
+            decided_at_ms: at_ms,
+            outcome: "hold".into(),
+            reason: format!("decision at {at_ms}"),
+            signal: None,
+            score: None,
+            client_order_id: None,
+            counts_as_decision: true,
+        })
+    }
+
+    /// Decisions in the database as another process sees it (committed rows only).
+    fn committed_decisions(path: &std::path::Path) -> usize {
+        let mut store = Store::open_read_only(path).unwrap();
+        store.recent_decisions(&crate::domain::UserId::new("u1").unwrap(), 10_000).unwrap().len()
+    }
+
+    #[actix_rt::test]
+    async fn unanswered_records_are_group_committed_before_a_waiting_writer_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bulwark.db");
+        let directory = Directory::default();
+        let arbiter = Arbiter::new();
+        let gauge = directory.outbox.clone();
+        let settings = PersistenceSettings::new(path.clone());
+        let addr = spawn_watched(&arbiter.handle(), 4_096, move || PersistenceActor::new(settings, gauge), |_| {});
+        directory.set_persistence(Some(addr));
+        run(&directory, |store| store.ensure_users(&[crate::domain::UserId::new("u1").unwrap()], 0)).await.unwrap();
+
+        // More unanswered records than one batch holds, then a writer that waits: once it is
+        // answered, every record before it is committed (seen from another connection).
+        let records = BATCH_RECORDS_MAX + 100;
+        for at_ms in 0..records as i64 {
+            submit_durable(&directory, decision(at_ms));
+        }
+        run(&directory, |store| store.commit_intent(&intent(1))).await.unwrap();
+        assert_eq!(committed_decisions(&path), records);
+        let mut reader = Store::open_read_only(&path).unwrap();
+        assert!(reader.order(&intent(1).client_order_id).unwrap().is_some());
+        // A read inside an open batch sees the batch's records (the same connection).
+        submit_durable(&directory, decision(records as i64));
+        let seen = run(&directory, |store| {
+            store.recent_decisions(&crate::domain::UserId::new("u1").unwrap(), 10_000).map(|d| d.len())
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, records + 1);
+        assert_eq!(directory.persistence_writes_refused(), 0);
+        arbiter.stop();
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_the_database_refuses_goes_to_the_outbox_record_by_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bulwark.db");
+        let fault = dir.path().join("fault");
+        let mut settings = PersistenceSettings::new(path.clone());
+        settings.database_fault_file = Some(fault.clone());
+        let directory = Arc::new(Directory::default());
+        let arbiter = Arbiter::new();
+        let gauge = directory.outbox.clone();
+        let addr = spawn_watched(&arbiter.handle(), 256, move || PersistenceActor::new(settings, gauge), |_| {});
+        directory.set_persistence(Some(addr));
+        run(&directory, |store| store.ensure_users(&[crate::domain::UserId::new("u1").unwrap()], 0)).await.unwrap();
+        for at_ms in 0..10 {
+            submit_durable(&directory, decision(at_ms));
+        }
+        // The disk turns read-only with a batch open: the batch is rolled back and its records,
+        // and those after, are kept in the outbox; none is lost.
+        std::fs::write(&fault, b"").unwrap();
+        for at_ms in 10..20 {
+            submit_durable(&directory, decision(at_ms));
+        }
+        let refused = run(&directory, |store| store.commit_intent(&intent(1))).await;
+        assert!(refused.is_err_and(|e| e.is_write_unavailable()));
+        let queued = directory.outbox().depth;
+        assert!(queued >= 10, "the records after the fault wait in the outbox ({queued})");
+        std::fs::remove_file(&fault).unwrap();
+        until_depth(&directory, 0).await;
+        run(&directory, |store| store.commit_intent(&intent(1))).await.unwrap();
+        assert_eq!(committed_decisions(&path), 20);
+        arbiter.stop();
     }
 
     /// Waits (bounded) until the outbox gauge shows `depth`; the replay runs on the actor's timer.

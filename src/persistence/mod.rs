@@ -270,7 +270,36 @@ const MIGRATIONS: &[M<'static>] = &[
              entry_id TEXT PRIMARY KEY,
              applied_at_ms INTEGER NOT NULL);",
     ),
+    // Recording a fill finds its order by exchange id: without this index every fill insert
+    // scanned the orders table (the fleet benchmark measured 2,400 fills/s at 10,000 users).
+    M::up("CREATE INDEX orders_by_exchange_id ON orders (user_id, symbol, exchange_order_id);"),
 ];
+
+/// Positions whose newest sync the recorded fills do not add up to (see
+/// [`Store::position_fill_mismatches_of`]); the two filters narrow both tables to one user, or not.
+macro_rules! position_mismatches_sql {
+    ($fills_filter:literal, $positions_filter:literal) => {
+        concat!(
+            "SELECT p.user_id, p.symbol, p.quantity, COALESCE(f.net, 0.0), p.verified_at_ms
+             FROM positions p
+             LEFT JOIN (SELECT user_id, symbol,
+                               SUM(CASE side WHEN 'BUY' THEN CAST(quantity AS REAL) ELSE -CAST(quantity AS REAL) END) AS net,
+                               MAX(filled_at_ms) AS newest
+                        FROM fills ",
+            $fills_filter,
+            " GROUP BY user_id, symbol) f
+               ON f.user_id = p.user_id AND f.symbol = p.symbol
+             WHERE ",
+            $positions_filter,
+            " (f.newest IS NULL OR p.verified_at_ms >= f.newest)
+               AND NOT EXISTS (SELECT 1 FROM orders o JOIN intents i USING (client_order_id)
+                               WHERE i.user_id = p.user_id AND i.symbol = p.symbol
+                                 AND o.state IN ('pending', 'sending', 'unknown', 'open'))"
+        )
+    };
+}
+const POSITION_MISMATCHES_OF_USER: &str = position_mismatches_sql!("WHERE user_id = ?1", "p.user_id = ?1 AND");
+const POSITION_MISMATCHES_OF_EVERYONE: &str = position_mismatches_sql!("", "");
 
 /// A position the exchange reports that the recorded fills do not add up to.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -469,6 +498,34 @@ impl Store {
             .to_latest(&mut connection)
             .map_err(|error| StoreError::Migration(error.to_string()))?;
         Ok(Self { connection })
+    }
+
+    /// Group commit: opens a transaction that the following writes join (every write method's
+    /// savepoint nests in it) until [`Store::commit_batch`]. The persistence actor batches the
+    /// records nobody waits on this way: one commit for many records instead of one each.
+    pub fn begin_batch(&mut self) -> Result<(), StoreError> {
+        self.connection.execute_batch("BEGIN")?;
+        Ok(())
+    }
+
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        self.connection.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Undoes the open batch (nothing when SQLite has already rolled it back by itself, as it
+    /// does on some I/O errors).
+    pub fn rollback_batch(&mut self) {
+        if !self.connection.is_autocommit()
+            && let Err(error) = self.connection.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(%error, "persistence: rolling back a group commit failed");
+        }
+    }
+
+    /// Rows changed by this connection since it opened (what tells whether an operation wrote).
+    pub fn total_changes(&self) -> u64 {
+        self.connection.total_changes()
     }
 
     /// Creates a row for every configured user that does not have one yet.
@@ -1129,21 +1186,15 @@ impl Store {
 
     /// [`Store::position_fill_mismatches`] of one user (`None`: everyone).
     pub fn position_fill_mismatches_of(&mut self, user: Option<&UserId>) -> Result<Vec<PositionMismatch>, StoreError> {
-        let mut statement = self.connection.prepare_cached(
-            "SELECT p.user_id, p.symbol, p.quantity, COALESCE(f.net, 0.0), p.verified_at_ms
-             FROM positions p
-             LEFT JOIN (SELECT user_id, symbol,
-                               SUM(CASE side WHEN 'BUY' THEN CAST(quantity AS REAL) ELSE -CAST(quantity AS REAL) END) AS net,
-                               MAX(filled_at_ms) AS newest
-                        FROM fills WHERE (?1 IS NULL OR user_id = ?1) GROUP BY user_id, symbol) f
-               ON f.user_id = p.user_id AND f.symbol = p.symbol
-             WHERE (?1 IS NULL OR p.user_id = ?1)
-               AND (f.newest IS NULL OR p.verified_at_ms >= f.newest)
-               AND NOT EXISTS (SELECT 1 FROM orders o JOIN intents i USING (client_order_id)
-                               WHERE i.user_id = p.user_id AND i.symbol = p.symbol
-                                 AND o.state IN ('pending', 'sending', 'unknown', 'open'))",
-        )?;
-        let rows = statement.query_map(params![user.map(UserId::as_str)], |row| {
+        // Two texts rather than `?1 IS NULL OR user_id = ?1`, which no index can serve: one user's
+        // check reads that user's fills through the primary key, not the whole table.
+        let sql = if user.is_some() { POSITION_MISMATCHES_OF_USER } else { POSITION_MISMATCHES_OF_EVERYONE };
+        let mut statement = self.connection.prepare_cached(sql)?;
+        let parameters = match user {
+            Some(user) => vec![user.as_str().to_owned()],
+            None => Vec::new(),
+        };
+        let rows = statement.query_map(rusqlite::params_from_iter(parameters), |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
@@ -1500,6 +1551,32 @@ mod tests {
         let mut store = Store::open_in_memory().unwrap();
         store.ensure_users(&[user()], 0).unwrap();
         store
+    }
+
+    #[test]
+    fn a_position_the_fills_do_not_add_up_to_is_a_mismatch_for_its_user_only() {
+        let mut store = store();
+        let other = UserId::new("u2").unwrap();
+        store.ensure_users(&[other.clone()], 0).unwrap();
+        let position = |user: &UserId, quantity: i64| PositionRecord {
+            user: user.clone(),
+            symbol: symbol(),
+            quantity: Decimal::from(quantity),
+            entry_price: Decimal::from(1),
+            position_start_time_ms: Some(3_000),
+            active_order_id: None,
+            verified_at_ms: 4_000,
+        };
+        // u1 holds 300 but its fills add up to 100; u2 holds 100, as its fills say.
+        store.save_position(&position(&user(), 300)).unwrap();
+        store.record_fills(&user(), &[(fill("1"), None)], 3_500).unwrap();
+        store.save_position(&position(&other, 100)).unwrap();
+        store.record_fills(&other, &[(fill("1"), None)], 3_500).unwrap();
+        let everyone = store.position_fill_mismatches().unwrap();
+        assert_eq!(everyone.len(), 1, "{everyone:?}");
+        assert_eq!((everyone[0].user.as_str(), everyone[0].recorded, everyone[0].from_fills), ("u1", 300.0, 100.0));
+        assert_eq!(store.position_fill_mismatches_of(Some(&user())).unwrap(), everyone);
+        assert!(store.position_fill_mismatches_of(Some(&other)).unwrap().is_empty());
     }
 
     fn fill(trade_id: &str) -> Fill {
