@@ -602,7 +602,7 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
             tokio::time::sleep(Duration::from_secs(1)).await;
             pending_users = waiting;
         }
-        let _ = persistence.send(crate::actors::persistence::Run::new(|store| store.checkpoint())).await;
+        let _ = persistence.send(crate::actors::persistence::Run::after_commit(|store| store.checkpoint())).await;
         System::current().stop();
         reports
     });

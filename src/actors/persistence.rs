@@ -439,17 +439,27 @@ impl Handler<Write> for PersistenceActor {
 pub type StoreOperation<R> = Box<dyn FnOnce(&mut Store) -> Result<R, StoreError> + Send>;
 
 /// Runs a closure against the store on the persistence thread.
-pub struct Run<R>(StoreOperation<R>);
+pub struct Run<R> {
+    operation: StoreOperation<R>,
+    /// Commit the open group commit first: the closure runs outside any transaction.
+    after_commit: bool,
+}
 
 impl<R> std::fmt::Debug for Run<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Run(..)")
+        f.debug_struct("Run").field("after_commit", &self.after_commit).finish_non_exhaustive()
     }
 }
 
 impl<R> Run<R> {
     pub fn new(operation: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static) -> Self {
-        Self(Box::new(operation))
+        Self { operation: Box::new(operation), after_commit: false }
+    }
+
+    /// Runs once the open group commit is committed, outside any transaction (what a WAL
+    /// checkpoint needs).
+    pub fn after_commit(operation: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static) -> Self {
+        Self { operation: Box::new(operation), after_commit: true }
     }
 }
 
@@ -463,11 +473,14 @@ impl<R: 'static> Handler<Run<R>> for PersistenceActor {
     fn handle(&mut self, message: Run<R>, ctx: &mut Context<Self>) -> Result<R, StoreError> {
         self.follow_fault_hook(ctx);
         self.catch_up();
+        if message.after_commit {
+            self.commit_batch(ctx)?;
+        }
         let store = self.store.as_mut().ok_or_else(|| StoreError::Unavailable("database not open".to_owned()))?;
         // Reads run inside an open group commit (this connection sees its own records); an
         // operation that wrote is answered only once its rows, and the batch's, are committed.
         let changes_before = store.total_changes();
-        let result = (message.0)(store);
+        let result = (message.operation)(store);
         let wrote = self.store.as_ref().is_some_and(|store| store.total_changes() != changes_before);
         if wrote {
             self.commit_batch(ctx)?;
@@ -483,14 +496,29 @@ pub async fn run<R: Send + 'static>(
     directory: &Directory,
     operation: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, StoreError> {
+    run_with(directory, operation, false).await
+}
+
+/// Flushes the database: commits what is batched, then checkpoints the WAL into the main file
+/// (at shutdown and before an escalation's exit).
+pub async fn checkpoint(directory: &Directory) -> Result<(), StoreError> {
+    run_with(directory, |store| store.checkpoint(), true).await
+}
+
+async fn run_with<R: Send + 'static>(
+    directory: &Directory,
+    operation: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    after_commit: bool,
+) -> Result<R, StoreError> {
     let (persistence, permit) = address_and_permit(directory).await?;
     let holding = move |store: &mut Store| {
         let result = operation(store);
         drop(permit);
         result
     };
+    let message = if after_commit { Run::after_commit(holding) } else { Run::new(holding) };
     persistence
-        .send(Run::new(holding))
+        .send(message)
         .await
         .map_err(|error| StoreError::Unavailable(format!("persistence did not answer: {error}")))?
 }

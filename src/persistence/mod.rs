@@ -1253,6 +1253,11 @@ impl Store {
 
     /// Moves the write-ahead log into the main file (called at shutdown).
     pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if !self.connection.is_autocommit() {
+            return Err(StoreError::Unavailable(
+                "a WAL checkpoint cannot run inside a transaction (commit the group commit first)".to_owned(),
+            ));
+        }
         self.connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }

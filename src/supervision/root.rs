@@ -361,9 +361,7 @@ impl RootSupervisor {
         self.journal.borrow_mut().snapshot();
         let directory = self.directory.clone();
         let flush = async move {
-            let flushed =
-                tokio::time::timeout(Duration::from_secs(5), persistence::run(&directory, |store| store.checkpoint()))
-                    .await;
+            let flushed = tokio::time::timeout(Duration::from_secs(5), persistence::checkpoint(&directory)).await;
             matches!(flushed, Ok(Ok(())))
         };
         ctx.spawn(flush.into_actor(self).map(move |flushed, root, _| {
@@ -568,8 +566,7 @@ impl Handler<ShutdownTree> for RootSupervisor {
                 // 5. Persistence flushes (after every queued write) and stops.
                 let directory = root.directory.clone();
                 async move {
-                    let flushed =
-                        tokio::time::timeout(deadline, persistence::run(&directory, |store| store.checkpoint())).await;
+                    let flushed = tokio::time::timeout(deadline, persistence::checkpoint(&directory)).await;
                     (orders_in_flight, matches!(flushed, Ok(Ok(()))))
                 }
                 .into_actor(root)

@@ -190,7 +190,20 @@ impl Tree {
         RunningServer::join_arbiters(self.server.take_arbiters());
     }
 
+    /// A read-only connection to the database, once everything the tree has written so far is
+    /// committed: the persistence actor group-commits the records nobody waits on, so another
+    /// connection would otherwise see them up to one batch late.
     pub fn store(&self) -> Store {
+        if let Ok(persistence) = self.server.directory.persistence() {
+            let (committed, wait) = std::sync::mpsc::channel();
+            let commit = bulwark::actors::persistence::Run::after_commit(move |_| {
+                let _ = committed.send(());
+                Ok(())
+            });
+            if persistence.try_send(commit).is_ok() {
+                wait.recv_timeout(WAIT_GUARD).expect("persistence commits within the guard");
+            }
+        }
         Store::open_read_only(&self.config.database_path()).expect("database opens read-only")
     }
 
