@@ -139,7 +139,10 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         None => (None, None),
     };
 
-    let directory = Arc::new(Directory::with_metrics(deps.metrics.clone()));
+    let directory = Arc::new(
+        Directory::with_metrics(deps.metrics.clone())
+            .with_persistence_permits(crate::limits::persistence_in_flight_max(config.users.len())),
+    );
     let (supervision, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let (decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let (guard_decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);

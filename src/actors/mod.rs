@@ -137,6 +137,13 @@ impl Default for Directory {
 }
 
 impl Directory {
+    /// The same directory with `permits` persistence permits instead of the floor
+    /// ([`crate::limits::persistence_in_flight_max`] sizes them for a fleet).
+    pub fn with_persistence_permits(mut self, permits: usize) -> Self {
+        self.persistence_permits = Arc::new(Semaphore::new(permits.max(1)));
+        self
+    }
+
     /// An empty directory counting into `metrics`.
     pub fn with_metrics(metrics: crate::metrics::Metrics) -> Self {
         Self {
