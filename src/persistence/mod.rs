@@ -100,6 +100,8 @@ pub(crate) fn configure_connection(connection: &Connection) -> Result<(), StoreE
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
     connection.busy_timeout(std::time::Duration::from_millis(5_000))?;
+    // Every statement `Store` runs is prepared once and kept (there are about 60 of them).
+    connection.set_prepared_statement_cache_capacity(128);
     Ok(())
 }
 
@@ -532,9 +534,7 @@ impl Store {
     pub fn ensure_users(&mut self, users: &[UserId], now_ms: i64) -> Result<(), StoreError> {
         let transaction = self.connection.savepoint()?;
         for user in users {
-            transaction.execute(
-                "INSERT OR IGNORE INTO users (user_id, created_at_ms, supervisor_state, state_since_ms) VALUES (?1, ?2, 'stopped', ?2)",
-                params![user.as_str(), now_ms],
+            transaction.prepare_cached("INSERT OR IGNORE INTO users (user_id, created_at_ms, supervisor_state, state_since_ms) VALUES (?1, ?2, 'stopped', ?2)")?.execute(params![user.as_str(), now_ms],
             )?;
         }
         transaction.commit()?;
@@ -542,19 +542,19 @@ impl Store {
     }
 
     pub fn set_user_supervision(&mut self, record: &UserSupervisionRecord) -> Result<(), StoreError> {
-        self.connection.execute(
-            "UPDATE users SET supervisor_state = ?2, state_reason = ?3, state_since_ms = ?4, incarnation = ?5, restart_count = ?6
-             WHERE user_id = ?1",
-            params![record.user.as_str(), record.state, record.reason, record.since_ms, record.incarnation, record.restart_count],
+        self.connection.prepare_cached("UPDATE users SET supervisor_state = ?2, state_reason = ?3, state_since_ms = ?4, incarnation = ?5, restart_count = ?6
+             WHERE user_id = ?1")?.execute(params![record.user.as_str(), record.state, record.reason, record.since_ms, record.incarnation, record.restart_count],
         )?;
         Ok(())
     }
 
     pub fn record_supervisor_event(&mut self, event: &SupervisorEventRecord) -> Result<(), StoreError> {
-        self.connection.execute(
-            "INSERT INTO supervisor_events (ts_ms, event, actor, user_id, incarnation, reason, backoff_ms)
+        self.connection
+            .prepare_cached(
+                "INSERT INTO supervisor_events (ts_ms, event, actor, user_id, incarnation, reason, backoff_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+            )?
+            .execute(params![
                 event.ts_ms,
                 event.event,
                 event.actor,
@@ -562,8 +562,7 @@ impl Store {
                 event.incarnation,
                 event.reason,
                 event.backoff_ms.map(|b| b as i64)
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
@@ -589,11 +588,9 @@ impl Store {
     /// [`StoreError::Conflict`] if the client order id or the user's sequence number is taken.
     pub fn commit_intent(&mut self, intent: &OrderIntent) -> Result<(), StoreError> {
         let transaction = self.connection.savepoint()?;
-        let inserted = transaction.execute(
-            "INSERT OR IGNORE INTO intents (client_order_id, user_id, intent_seq, symbol, side, order_type, limit_price, quantity,
+        let inserted = transaction.prepare_cached("INSERT OR IGNORE INTO intents (client_order_id, user_id, intent_seq, symbol, side, order_type, limit_price, quantity,
                  reduce_only, purpose, strategy, decision_candle_close_ms, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)")?.execute(params![
                 intent.client_order_id.as_str(),
                 intent.user.as_str(),
                 intent.intent_seq as i64,
@@ -615,13 +612,9 @@ impl Store {
                 intent.client_order_id, intent.intent_seq, intent.user
             )));
         }
-        transaction.execute(
-            "INSERT INTO orders (client_order_id, user_id, symbol, state, updated_at_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
-            params![intent.client_order_id.as_str(), intent.user.as_str(), intent.symbol.as_str(), intent.created_at_ms],
+        transaction.prepare_cached("INSERT INTO orders (client_order_id, user_id, symbol, state, updated_at_ms) VALUES (?1, ?2, ?3, 'pending', ?4)")?.execute(params![intent.client_order_id.as_str(), intent.user.as_str(), intent.symbol.as_str(), intent.created_at_ms],
         )?;
-        transaction.execute(
-            "INSERT INTO order_events (client_order_id, ts_ms, from_state, to_state, detail) VALUES (?1, ?2, NULL, 'pending', 'committed')",
-            params![intent.client_order_id.as_str(), intent.created_at_ms],
+        transaction.prepare_cached("INSERT INTO order_events (client_order_id, ts_ms, from_state, to_state, detail) VALUES (?1, ?2, NULL, 'pending', 'committed')")?.execute(params![intent.client_order_id.as_str(), intent.created_at_ms],
         )?;
         transaction.commit()?;
         Ok(())
@@ -647,8 +640,9 @@ impl Store {
         let Some(user) = user else {
             return Err(StoreError::Conflict(format!("order {} is not recorded", transition.client_order_id)));
         };
-        let updated = transaction.execute(
-            "UPDATE orders SET state = ?3,
+        let updated = transaction
+            .prepare_cached(
+                "UPDATE orders SET state = ?3,
                  exchange_order_id = COALESCE(?4, exchange_order_id),
                  filled_quantity = COALESCE(?5, filled_quantity),
                  average_price = COALESCE(?6, average_price),
@@ -657,7 +651,8 @@ impl Store {
                  updated_at_ms = ?9,
                  send_attempts = send_attempts + (?3 = 'sending')
              WHERE client_order_id = ?1 AND state = ?2 AND (?10 IS NULL OR send_attempts = ?10)",
-            params![
+            )?
+            .execute(params![
                 transition.client_order_id.as_str(),
                 transition.from.as_str(),
                 transition.to.as_str(),
@@ -668,14 +663,11 @@ impl Store {
                 transition.last_error,
                 transition.at_ms,
                 transition.expected_send_attempts
-            ],
-        )?;
+            ])?;
         if updated == 0 {
             return Ok(false);
         }
-        transaction.execute(
-            "INSERT INTO order_events (client_order_id, ts_ms, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
+        transaction.prepare_cached("INSERT INTO order_events (client_order_id, ts_ms, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![
                 transition.client_order_id.as_str(),
                 transition.at_ms,
                 transition.from.as_str(),
@@ -775,10 +767,8 @@ impl Store {
 
     pub fn record_decision(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
         let transaction = self.connection.savepoint()?;
-        transaction.execute(
-            "INSERT INTO decisions (user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
+        transaction.prepare_cached("INSERT INTO decisions (user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")?.execute(params![
                 decision.user.as_str(),
                 decision.symbol.as_str(),
                 decision.timeframe,
@@ -793,22 +783,18 @@ impl Store {
             ],
         )?;
         let summary = format!("{} {}: {}", decision.symbol, decision.outcome, decision.reason);
-        transaction.execute(
-            "UPDATE users SET decision_count = decision_count + ?2, last_decision = ?3, last_decision_at_ms = ?4 WHERE user_id = ?1",
-            params![decision.user.as_str(), i64::from(decision.counts_as_decision), summary, decision.decided_at_ms],
+        transaction.prepare_cached("UPDATE users SET decision_count = decision_count + ?2, last_decision = ?3, last_decision_at_ms = ?4 WHERE user_id = ?1")?.execute(params![decision.user.as_str(), i64::from(decision.counts_as_decision), summary, decision.decided_at_ms],
         )?;
         transaction.commit()?;
         Ok(())
     }
 
     pub fn save_position(&mut self, record: &PositionRecord) -> Result<(), StoreError> {
-        self.connection.execute(
-            "INSERT INTO positions (user_id, symbol, quantity, entry_price, position_start_time_ms, active_order_id, verified_at_ms)
+        self.connection.prepare_cached("INSERT INTO positions (user_id, symbol, quantity, entry_price, position_start_time_ms, active_order_id, verified_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (user_id, symbol) DO UPDATE SET quantity = excluded.quantity, entry_price = excluded.entry_price,
                  position_start_time_ms = excluded.position_start_time_ms, active_order_id = excluded.active_order_id,
-                 verified_at_ms = excluded.verified_at_ms",
-            params![
+                 verified_at_ms = excluded.verified_at_ms")?.execute(params![
                 record.user.as_str(),
                 record.symbol.as_str(),
                 record.quantity.to_string(),
@@ -865,9 +851,7 @@ impl Store {
         detail: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.connection.execute(
-            "INSERT INTO reconcile_actions (ts_ms, user_id, action, client_order_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now_ms, user.as_str(), action, client_order_id.map(ClientOrderId::as_str), detail],
+        self.connection.prepare_cached("INSERT INTO reconcile_actions (ts_ms, user_id, action, client_order_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![now_ms, user.as_str(), action, client_order_id.map(ClientOrderId::as_str), detail],
         )?;
         Ok(())
     }
@@ -908,23 +892,17 @@ impl Store {
     /// Keeps the bounded tables bounded (decisions per user, and the event logs). The ledger
     /// (intents, orders, fills) is kept whole.
     pub fn prune(&mut self) -> Result<usize, StoreError> {
-        let mut removed = self.connection.execute(
-            "DELETE FROM decisions WHERE id IN (
+        let mut removed = self.connection.prepare_cached("DELETE FROM decisions WHERE id IN (
                  SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id DESC) AS newer FROM decisions)
-                 WHERE newer > ?1)",
-            params![DECISIONS_PER_USER_MAX],
+                 WHERE newer > ?1)")?.execute(params![DECISIONS_PER_USER_MAX],
         )?;
-        removed += self.connection.execute(
-            "DELETE FROM guard_decisions WHERE id IN (
+        removed += self.connection.prepare_cached("DELETE FROM guard_decisions WHERE id IN (
                  SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id DESC) AS newer FROM guard_decisions)
-                 WHERE newer > ?1)",
-            params![GUARD_DECISIONS_PER_USER_MAX],
+                 WHERE newer > ?1)")?.execute(params![GUARD_DECISIONS_PER_USER_MAX],
         )?;
-        removed += self.connection.execute(
-            "DELETE FROM guard_locks WHERE cleared_at_ms IS NOT NULL AND id IN (
+        removed += self.connection.prepare_cached("DELETE FROM guard_locks WHERE cleared_at_ms IS NOT NULL AND id IN (
                  SELECT id FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id DESC) AS newer FROM guard_locks WHERE cleared_at_ms IS NOT NULL)
-                 WHERE newer > ?1)",
-            params![GUARD_LOCKS_CLEARED_MAX],
+                 WHERE newer > ?1)")?.execute(params![GUARD_LOCKS_CLEARED_MAX],
         )?;
         for (table, keep) in [
             ("supervisor_events", SUPERVISOR_EVENTS_MAX),
@@ -1018,10 +996,12 @@ impl Store {
 
     /// Stores a new lock; returns its row id.
     pub fn insert_guard_lock(&mut self, lock: &GuardLock) -> Result<i64, StoreError> {
-        self.connection.execute(
-            "INSERT INTO guard_locks (user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms)
+        self.connection
+            .prepare_cached(
+                "INSERT INTO guard_locks (user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+            )?
+            .execute(params![
                 lock.user.as_str(),
                 lock.failure_point,
                 lock.symbol.as_ref().map(Symbol::as_str),
@@ -1029,8 +1009,7 @@ impl Store {
                 lock.values.to_string(),
                 lock.set_at_ms,
                 lock.until_ms
-            ],
-        )?;
+            ])?;
         Ok(self.connection.last_insert_rowid())
     }
 
@@ -1090,18 +1069,18 @@ impl Store {
 
     /// Marks a lock cleared (once): `false` if it was cleared already or does not exist.
     pub fn clear_guard_lock(&mut self, id: i64, at_ms: i64, by: &str) -> Result<bool, StoreError> {
-        let changed = self.connection.execute(
-            "UPDATE guard_locks SET cleared_at_ms = ?2, cleared_by = ?3 WHERE id = ?1 AND cleared_at_ms IS NULL",
-            params![id, at_ms, by],
-        )?;
+        let changed = self
+            .connection
+            .prepare_cached(
+                "UPDATE guard_locks SET cleared_at_ms = ?2, cleared_by = ?3 WHERE id = ?1 AND cleared_at_ms IS NULL",
+            )?
+            .execute(params![id, at_ms, by])?;
         Ok(changed == 1)
     }
 
     pub fn record_guard_decision(&mut self, decision: &GuardDecisionRecord) -> Result<(), StoreError> {
-        self.connection.execute(
-            "INSERT INTO guard_decisions (user_id, symbol, strategy, decided_at_ms, verdict, failure_point, reason, values_json, until_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
+        self.connection.prepare_cached("INSERT INTO guard_decisions (user_id, symbol, strategy, decided_at_ms, verdict, failure_point, reason, values_json, until_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")?.execute(params![
                 decision.user.as_str(),
                 decision.symbol.as_str(),
                 decision.strategy,
@@ -1234,10 +1213,9 @@ impl Store {
 
     /// One Monitor run, for history.
     pub fn record_monitor_snapshot(&mut self, ts_ms: i64, overall: &str, body: &str) -> Result<(), StoreError> {
-        self.connection.execute(
-            "INSERT INTO monitor_snapshots (ts_ms, overall, body) VALUES (?1, ?2, ?3)",
-            params![ts_ms, overall, body],
-        )?;
+        self.connection
+            .prepare_cached("INSERT INTO monitor_snapshots (ts_ms, overall, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![ts_ms, overall, body])?;
         Ok(())
     }
 
