@@ -223,7 +223,7 @@ async fn a_position_the_database_has_wrong_is_a_violation() {
 }
 
 #[tokio::test]
-async fn verify_refuses_while_the_server_runs_and_names_a_missing_database() {
+async fn verify_refuses_while_the_server_runs_and_names_a_missing_database_and_a_bad_url() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&sim_config(dir.path(), 1, 200, ""), 107);
     let config = client_config(dir.path(), &sim.url, 1, 5_000, 5_000);
@@ -237,4 +237,7 @@ async fn verify_refuses_while_the_server_runs_and_names_a_missing_database() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("a server is running"), "{output:?}");
     finish(bulwark).await;
+    let output = bulwark_command(&["verify", "--sim-url", "not-a-url"], config_path, 1).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not an http(s) URL"), "{output:?}");
 }
