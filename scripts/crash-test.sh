@@ -26,6 +26,11 @@ for value in "$kills" "$users" "$seed"; do
   [[ "$value" =~ ^[0-9]+$ ]] || { echo "crash-test.sh: $value is not a number" >&2; exit 2; }
 done
 
+# What is built and tested: the commit now, and whether the work tree differs from it.
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null | grep -v ' docs/CRASH-TEST.md$' || true)" ]; then
+  commit="$commit with uncommitted changes"
+fi
 output=$(mktemp)
 trap 'rm -f "$output"' EXIT
 status=0
@@ -38,7 +43,7 @@ if grep -q CRASH-TEST-SUMMARY-BEGIN "$output"; then
     echo "# Crash test"
     echo
     echo "\`scripts/crash-test.sh --kills $kills --users $users --seed $seed\` on $(nproc) cores,"
-    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)."
+    echo "commit $commit, $(date -u +%Y-%m-%dT%H:%MZ)."
     echo "Result: $([ "$status" -eq 0 ] && echo 'passed' || echo "FAILED (exit $status)")."
     echo
     echo "bulwark trades against \`bulwark sim\` with faults on (5xx, executed-but-503-unknown, hangs,"
