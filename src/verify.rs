@@ -119,7 +119,8 @@ pub async fn run(config: &crate::config::Config, sim_url: &str) -> anyhow::Resul
         anyhow::bail!("a server is running on {}: stop it first (its last writes are not in yet)", database.display());
     }
     let outbox = config.outbox_path();
-    let waiting = crate::persistence::outbox::count_entries(&outbox).unwrap_or(0);
+    let waiting = crate::persistence::outbox::count_entries(&outbox)
+        .with_context(|| format!("reading {} (records the database may not have yet)", outbox.display()))?;
     if waiting > 0 {
         anyhow::bail!(
             "{} holds {waiting} record(s) the database has not applied yet: start the server once (it replays them first), then verify",

@@ -123,12 +123,12 @@ impl PersistenceActor {
 
     /// Follows the fault hook's file: present means the database refuses writes.
     fn follow_fault_hook(&mut self, ctx: &mut Context<Self>) {
-        let Some(path) = self.settings.database_fault_file.clone() else { return };
-        let refuse = path.exists();
+        let Some(refuse) = self.settings.database_fault_file.as_deref().map(std::path::Path::exists) else { return };
         if refuse == self.refusing_writes {
             return;
         }
         let _ = self.commit_batch(ctx);
+        let Some(path) = self.settings.database_fault_file.clone() else { return };
         if let Some(store) = self.store.as_mut() {
             match store.set_refuse_writes(refuse) {
                 Ok(()) => {
