@@ -756,26 +756,8 @@ impl Reloader {
             tracing::info!(config = %path.display(), "SIGHUP: the config file is unchanged");
             return;
         }
-        let mut delivered = Vec::new();
-        for (user, reason) in &plan.reconfigure {
-            let Some(updated) = new.users.iter().find(|u| &u.id == user) else { continue };
-            let message = crate::supervision::user::Reconfigure {
-                slots: slot_specs(updated),
-                limits: new.risk,
-                guards: new.guards.clone(),
-                reason: reason.clone(),
-            };
-            match self.root.send(crate::supervision::root::UserSupervisorOf(user.clone())).await {
-                Ok(Some(supervisor)) => match supervisor.send(message).await {
-                    Ok(()) => delivered.push(user.clone()),
-                    Err(error) => {
-                        tracing::error!(%user, %error, "SIGHUP: the user's supervisor did not take the new config")
-                    }
-                },
-                _ => tracing::error!(%user, "SIGHUP: the user's supervisor could not be found"),
-            }
-        }
-        self.running = crate::reload::applied(&self.running, &new, &delivered);
+        let delivered;
+        (self.running, delivered) = apply_config(&self.root, &self.running, &new).await;
         let reconfigured: Vec<&str> = delivered.iter().map(UserId::as_str).collect();
         if plan.needs_restart.is_empty() {
             tracing::warn!(config = %path.display(), reconfigured = ?reconfigured, "SIGHUP: config reloaded and applied");
@@ -788,6 +770,35 @@ impl Reloader {
             );
         }
     }
+}
+
+/// Applies a validated config to the running tree as far as it can change live (see
+/// `crate::reload`): every user whose strategies, risk limits or guards changed gets `Reconfigure`
+/// (its trader restarts in order on the new seed, reloading its locks and risk state from the
+/// database). Returns the config the tree runs on afterwards and the users reconfigured. SIGHUP
+/// comes here after validation; tests call it directly.
+pub async fn apply_config(root: &Addr<RootSupervisor>, running: &Config, new: &Config) -> (Config, Vec<UserId>) {
+    let plan = crate::reload::plan(running, new);
+    let mut delivered = Vec::new();
+    for (user, reason) in &plan.reconfigure {
+        let Some(updated) = new.users.iter().find(|u| &u.id == user) else { continue };
+        let message = crate::supervision::user::Reconfigure {
+            slots: slot_specs(updated),
+            limits: new.risk,
+            guards: new.guards.clone(),
+            reason: reason.clone(),
+        };
+        match root.send(crate::supervision::root::UserSupervisorOf(user.clone())).await {
+            Ok(Some(supervisor)) => match supervisor.send(message).await {
+                Ok(()) => delivered.push(user.clone()),
+                Err(error) => {
+                    tracing::error!(%user, %error, "config reload: the user's supervisor did not take the new config")
+                }
+            },
+            _ => tracing::error!(%user, "config reload: the user's supervisor could not be found"),
+        }
+    }
+    (crate::reload::applied(running, new, &delivered), delivered)
 }
 
 /// SIGTERM and SIGINT, listened for from start-up on; SIGHUP re-reads the config.

@@ -869,10 +869,17 @@ fn holding_locks(observations: &Observations, guard: FailurePointId, status: Che
 
 fn kill_switch(observations: &Observations) -> Outcome {
     use catalog::SIG_KILL_SWITCH;
-    if observations.guards_disabled {
-        return Outcome::unknown("the guards are off ([guards] enabled = false)");
-    }
     let mut outcome = holding_locks(observations, SIG_KILL_SWITCH, CheckStatus::Critical);
+    if observations.guards_disabled {
+        // Locks set earlier still hold (turning the guards off never lifts one); no new one is set.
+        if outcome.status == CheckStatus::Ok {
+            return Outcome::unknown(
+                "the guards are off ([guards] enabled = false): no kill switch holds, and none will be set",
+            );
+        }
+        outcome.detail = format!("{}; the guards are off, so no new kill switch will be set", outcome.detail);
+        return outcome;
+    }
     // Blocks with no lock behind them: the switch failed closed (equity could not be computed).
     let (Some(locks), Some(blocks)) = (&observations.locks, &observations.guard_blocks) else { return outcome };
     let locked = |user: &UserId| {
@@ -1113,7 +1120,12 @@ mod tests {
         let disabled = Observations { guards_disabled: true, ..observations };
         let results = evaluate(&disabled);
         assert_eq!(result(&results, catalog::SIG_REGIME).status, CheckStatus::Unknown);
-        assert_eq!(result(&results, SIG_KILL_SWITCH).status, CheckStatus::Unknown);
+        // A kill switch set before the guards were turned off still holds, and says so.
+        let kill = result(&results, SIG_KILL_SWITCH);
+        assert_eq!(kill.status, CheckStatus::Critical, "{}", kill.detail);
+        assert!(kill.detail.contains("guards are off"), "{}", kill.detail);
+        let none_holding = Observations { locks: Some(Vec::new()), ..disabled };
+        assert_eq!(result(&evaluate(&none_holding), SIG_KILL_SWITCH).status, CheckStatus::Unknown);
     }
 
     #[test]

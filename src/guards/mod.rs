@@ -247,18 +247,12 @@ pub struct GuardStep {
     pub values: Value,
 }
 
-/// Proof that an entry signal passed every guard (or that the operator turned the guards off).
-/// The field is private: only [`evaluate`] and [`GuardsPassed::guards_disabled`] make one, and the
-/// risk gate (`trader::risk::check_entry`) takes one, so no entry reaches the router unguarded.
+/// Proof that an entry signal passed every guard, or (with `[guards] enabled = false`) at least
+/// every risk lock. The field is private: only [`evaluate`] and [`evaluate_locks`] make one, and
+/// the risk gate (`trader::risk::check_entry`) takes one, so no entry reaches the router unguarded
+/// and none reaches it while a kill switch or probation holds, whatever the configuration says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuardsPassed(());
-
-impl GuardsPassed {
-    /// `[guards] enabled = false`: the operator chose to trade without the guards.
-    pub fn guards_disabled() -> Self {
-        Self(())
-    }
-}
 
 /// The pass of one signal through the guards.
 #[derive(Debug, Clone, PartialEq)]
@@ -304,6 +298,26 @@ pub fn evaluate(signal: &EntrySignal, context: &SignalContext<'_>, settings: &Gu
     GuardOutcome { steps, block: None }
 }
 
+/// With `[guards] enabled = false`: only the risk locks already set (kill switches, probations)
+/// are judged. Turning the guards off stops new locks from being set; it never lifts one that
+/// holds: a lock ends only at its expiry or by the audited admin clear.
+pub fn evaluate_locks(signal: &EntrySignal, locks: &[GuardLock], now_ms: i64) -> GuardOutcome {
+    let mut steps = Vec::new();
+    for (guard, holding) in [
+        (SIG_KILL_SWITCH, holding_kill_switch(locks, now_ms)),
+        (SIG_SYMBOL_PROBATION, holding_probation(signal, locks, now_ms)),
+    ] {
+        match holding {
+            None => steps.push(GuardStep { guard, allowed: true, values: json!({ "lock": null }) }),
+            Some(block) => {
+                steps.push(GuardStep { guard, allowed: false, values: block.values.clone() });
+                return GuardOutcome { steps, block: Some(block) };
+            }
+        }
+    }
+    GuardOutcome { steps, block: None }
+}
+
 fn run_guard(
     guard: FailurePointId,
     signal: &EntrySignal,
@@ -336,20 +350,40 @@ fn round(value: f64, places: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-fn kill_switch(context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict {
-    if let Some(lock) = context
-        .locks
+/// The kill switch lock holding at `now_ms` (the one lasting longest), as a block.
+fn holding_kill_switch(locks: &[GuardLock], now_ms: i64) -> Option<GuardBlock> {
+    let lock = locks
         .iter()
-        .filter(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && l.symbol.is_none() && l.holds_at(context.now_ms))
-        .max_by_key(|l| l.until_ms)
-    {
-        return Err(GuardBlock {
-            failure_point: SIG_KILL_SWITCH,
-            reason: format!("kill switch holds: {}", lock.reason),
-            values: json!({ "lock_id": lock.id, "blocked_until_ms": lock.until_ms }),
-            until_ms: Some(lock.until_ms),
-            new_lock: None,
-        });
+        .filter(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && l.symbol.is_none() && l.holds_at(now_ms))
+        .max_by_key(|l| l.until_ms)?;
+    Some(GuardBlock {
+        failure_point: SIG_KILL_SWITCH,
+        reason: format!("kill switch holds: {}", lock.reason),
+        values: json!({ "lock_id": lock.id, "blocked_until_ms": lock.until_ms }),
+        until_ms: Some(lock.until_ms),
+        new_lock: None,
+    })
+}
+
+/// The probation holding on the signal's symbol at `now_ms` (the one lasting longest), as a block.
+fn holding_probation(signal: &EntrySignal, locks: &[GuardLock], now_ms: i64) -> Option<GuardBlock> {
+    let lock = locks
+        .iter()
+        .filter(|l| l.failure_point == SIG_SYMBOL_PROBATION.as_str() && l.holds_at(now_ms))
+        .filter(|l| l.symbol.as_ref() == Some(&signal.symbol))
+        .max_by_key(|l| l.until_ms)?;
+    Some(GuardBlock {
+        failure_point: SIG_SYMBOL_PROBATION,
+        reason: format!("{} is on probation: {}", signal.symbol, lock.reason),
+        values: json!({ "lock_id": lock.id, "until_ms": lock.until_ms }),
+        until_ms: Some(lock.until_ms),
+        new_lock: None,
+    })
+}
+
+fn kill_switch(context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict {
+    if let Some(block) = holding_kill_switch(context.locks, context.now_ms) {
+        return Err(block);
     }
     let equity = match &context.equity {
         Ok(equity) => *equity,
@@ -402,20 +436,8 @@ pub fn drawdown(equity: &EquityView, now_ms: i64, settings: &GuardSettings) -> R
 }
 
 fn probation(signal: &EntrySignal, context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict {
-    if let Some(lock) = context
-        .locks
-        .iter()
-        .filter(|l| l.failure_point == SIG_SYMBOL_PROBATION.as_str() && l.holds_at(context.now_ms))
-        .filter(|l| l.symbol.as_ref() == Some(&signal.symbol))
-        .max_by_key(|l| l.until_ms)
-    {
-        return Err(GuardBlock {
-            failure_point: SIG_SYMBOL_PROBATION,
-            reason: format!("{} is on probation: {}", signal.symbol, lock.reason),
-            values: json!({ "lock_id": lock.id, "until_ms": lock.until_ms }),
-            until_ms: Some(lock.until_ms),
-            new_lock: None,
-        });
+    if let Some(block) = holding_probation(signal, context.locks, context.now_ms) {
+        return Err(block);
     }
     let values = json!({
         "loss_streak": context.loss_streak,

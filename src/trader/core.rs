@@ -670,87 +670,23 @@ impl TraderCore {
                     commands.push(decision("blocked", reason, None));
                     return commands;
                 };
-                let guards_passed = if let Some(settings) = &self.guards {
-                    let entry = EntrySignal {
-                        symbol: spec.symbol.clone(),
-                        strategy: spec.strategy.name().to_owned(),
-                        side,
-                        score: signal.score,
-                    };
-                    let others: Vec<OtherSlot> = self
-                        .slots
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| *i != slot_index)
-                        .map(|(_, other)| OtherSlot {
-                            strategy: other.spec.strategy.name().to_owned(),
-                            symbol: other.spec.symbol.clone(),
-                            position_quantity: other
-                                .known_position
-                                .as_ref()
-                                .and_then(|p| p.quantity.to_f64())
-                                .unwrap_or(0.0),
-                            placing: other.active_order.is_some() || matches!(other.phase, Phase::Placing { .. }),
-                        })
-                        .collect();
-                    let slot = &self.slots[slot_index];
-                    // The symbols ranked against each other are the user's on this timeframe.
-                    let universe: BTreeMap<Symbol, Arc<[Candle]>> = self
-                        .universe
-                        .iter()
-                        .filter(|((_, timeframe), _)| *timeframe == spec.timeframe)
-                        .map(|((symbol, _), candles)| (symbol.clone(), candles.clone()))
-                        .collect();
-                    let context = SignalContext {
-                        now_ms,
-                        candles: &candles,
-                        equity: self.equity_view(now_ms),
-                        locks: &self.locks,
-                        loss_streak: slot.loss_streak,
-                        last_trade_pct: slot.last_trade_pct,
-                        other_slots: &others,
-                        universe: &universe,
-                        intelligence: self.intelligence.get(&(spec.symbol.clone(), spec.timeframe)).map(Arc::as_ref),
-                    };
-                    let outcome = guards::evaluate(&entry, &context, settings);
-                    let block = outcome.block.clone();
-                    commands.push(TraderCommand::RecordGuards(GuardDecisionRecord {
-                        user: self.user.clone(),
-                        symbol: spec.symbol.clone(),
-                        strategy: spec.strategy.name().to_owned(),
-                        decided_at_ms: now_ms,
-                        verdict: if block.is_some() { "block" } else { "allow" }.to_owned(),
-                        failure_point: block.as_ref().map(|b| b.failure_point.as_str().to_owned()),
-                        reason: block.as_ref().map_or_else(|| "every guard allowed".to_owned(), |b| b.reason.clone()),
-                        values: outcome.values(),
-                        until_ms: block.as_ref().and_then(|b| b.until_ms),
-                    }));
-                    if let Some(block) = block {
-                        if let Some(new_lock) = block.new_lock {
-                            if new_lock.failure_point == SIG_SYMBOL_PROBATION {
-                                // The probation serves the streak: once it expires the symbol
-                                // starts afresh (otherwise it could never trade again).
-                                let slot = &mut self.slots[slot_index];
-                                slot.loss_streak = 0;
-                                slot.last_trade_pct = None;
-                            }
-                            let command = self.set_lock(*new_lock, now_ms);
-                            commands.push(command);
-                        }
-                        let until = block
-                            .until_ms
-                            .map(|until| format!(" (until {})", crate::clock::rfc3339_ms(until)))
-                            .unwrap_or_default();
-                        commands.push(decision(
-                            "blocked",
-                            format!("{}: {}{until}", block.failure_point, block.reason),
-                            None,
-                        ));
+                let entry = EntrySignal {
+                    symbol: spec.symbol.clone(),
+                    strategy: spec.strategy.name().to_owned(),
+                    side,
+                    score: signal.score,
+                };
+                let outcome = match &self.guards {
+                    Some(settings) => self.run_guards(slot_index, &entry, &candles, settings, now_ms),
+                    // The guards are off: no new lock is set, but the locks already set still hold.
+                    None => guards::evaluate_locks(&entry, &self.locks, now_ms),
+                };
+                let guards_passed = match self.judge_guards(slot_index, outcome, now_ms, &mut commands) {
+                    Ok(passed) => passed,
+                    Err(reason) => {
+                        commands.push(decision("blocked", reason, None));
                         return commands;
                     }
-                    outcome.passed().expect("Invariant: no block means every guard passed")
-                } else {
-                    GuardsPassed::guards_disabled()
                 };
                 let context = EntryContext {
                     open_positions_elsewhere: self.open_positions_elsewhere(slot_index),
@@ -777,6 +713,91 @@ impl TraderCore {
             }
         }
         commands
+    }
+
+    /// Every signal guard on one entry signal.
+    fn run_guards(
+        &self,
+        slot_index: usize,
+        entry: &EntrySignal,
+        candles: &[Candle],
+        settings: &GuardSettings,
+        now_ms: i64,
+    ) -> guards::GuardOutcome {
+        let spec = &self.slots[slot_index].spec;
+        let others: Vec<OtherSlot> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != slot_index)
+            .map(|(_, other)| OtherSlot {
+                strategy: other.spec.strategy.name().to_owned(),
+                symbol: other.spec.symbol.clone(),
+                position_quantity: other.known_position.as_ref().and_then(|p| p.quantity.to_f64()).unwrap_or(0.0),
+                placing: other.active_order.is_some() || matches!(other.phase, Phase::Placing { .. }),
+            })
+            .collect();
+        let slot = &self.slots[slot_index];
+        // The symbols ranked against each other are the user's on this timeframe.
+        let universe: BTreeMap<Symbol, Arc<[Candle]>> = self
+            .universe
+            .iter()
+            .filter(|((_, timeframe), _)| *timeframe == spec.timeframe)
+            .map(|((symbol, _), candles)| (symbol.clone(), candles.clone()))
+            .collect();
+        let context = SignalContext {
+            now_ms,
+            candles,
+            equity: self.equity_view(now_ms),
+            locks: &self.locks,
+            loss_streak: slot.loss_streak,
+            last_trade_pct: slot.last_trade_pct,
+            other_slots: &others,
+            universe: &universe,
+            intelligence: self.intelligence.get(&(spec.symbol.clone(), spec.timeframe)).map(Arc::as_ref),
+        };
+        guards::evaluate(entry, &context, settings)
+    }
+
+    /// Records a signal's pass through the guards and stores the lock a block sets. The proof for
+    /// the risk gate when nothing blocked; otherwise the `blocked` decision's reason.
+    fn judge_guards(
+        &mut self,
+        slot_index: usize,
+        outcome: guards::GuardOutcome,
+        now_ms: i64,
+        commands: &mut Vec<TraderCommand>,
+    ) -> Result<GuardsPassed, String> {
+        let spec = &self.slots[slot_index].spec;
+        let block = outcome.block.clone();
+        commands.push(TraderCommand::RecordGuards(GuardDecisionRecord {
+            user: self.user.clone(),
+            symbol: spec.symbol.clone(),
+            strategy: spec.strategy.name().to_owned(),
+            decided_at_ms: now_ms,
+            verdict: if block.is_some() { "block" } else { "allow" }.to_owned(),
+            failure_point: block.as_ref().map(|b| b.failure_point.as_str().to_owned()),
+            reason: block.as_ref().map_or_else(|| "every guard allowed".to_owned(), |b| b.reason.clone()),
+            values: outcome.values(),
+            until_ms: block.as_ref().and_then(|b| b.until_ms),
+        }));
+        let Some(block) = block else {
+            return Ok(outcome.passed().expect("Invariant: no block means every guard passed"));
+        };
+        if let Some(new_lock) = block.new_lock {
+            if new_lock.failure_point == SIG_SYMBOL_PROBATION {
+                // The probation serves the streak: once it expires the symbol starts afresh
+                // (otherwise it could never trade again).
+                let slot = &mut self.slots[slot_index];
+                slot.loss_streak = 0;
+                slot.last_trade_pct = None;
+            }
+            let command = self.set_lock(*new_lock, now_ms);
+            commands.push(command);
+        }
+        let until =
+            block.until_ms.map(|until| format!(" (until {})", crate::clock::rfc3339_ms(until))).unwrap_or_default();
+        Err(format!("{}: {}{until}", block.failure_point, block.reason))
     }
 
     fn on_placement(

@@ -781,6 +781,53 @@ fn three_losing_trades_in_a_row_put_the_symbol_on_probation() {
     assert!(locks_set(&commands).is_empty());
 }
 
+fn stored_lock(id: i64, failure_point: &str, symbol: Option<Symbol>, until_ms: i64) -> GuardLock {
+    GuardLock {
+        id,
+        user: user(),
+        failure_point: failure_point.into(),
+        symbol,
+        reason: "set before the guards were turned off".into(),
+        values: serde_json::json!({}),
+        set_at_ms: NOW_MS - 1_000,
+        until_ms,
+    }
+}
+
+#[test]
+fn with_the_guards_off_a_lock_already_set_still_blocks_entries_until_it_expires() {
+    // `[guards] enabled = false` (no settings) on a core that reloaded a probation on its symbol
+    // and, later, a kill switch: turning the guards off must not lift either.
+    let mut clock = Clocked::new();
+    clock.h.core =
+        TraderCore::new(user(), clock.h.core.slots.iter().map(|s| s.spec.clone()).collect(), clock.h.core.limits);
+    let probation_until = NOW_MS + 60_000;
+    clock.h.core.restore_locks(vec![stored_lock(7, "SIG-SYMBOL-PROBATION", Some(xrp()), probation_until)]);
+    let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+    assert!(placed(&commands).is_empty(), "no entry under a probation: {commands:?}");
+    let guard = guard_records(&commands)[0];
+    assert_eq!((guard.verdict.as_str(), guard.failure_point.as_deref()), ("block", Some("SIG-SYMBOL-PROBATION")));
+    let blocked = records(&commands).into_iter().find(|r| r.outcome == "blocked").unwrap();
+    assert!(blocked.reason.starts_with("SIG-SYMBOL-PROBATION: "), "{}", blocked.reason);
+    // Exits still go.
+    let commands = clock.decide(SignalAction::Exit, "100", 10_000.0);
+    assert_eq!(placed(&commands).len(), 1, "{commands:?}");
+    // A probation on another symbol does not block this one; a kill switch blocks every symbol.
+    let kill_until = NOW_MS + 120_000;
+    clock.h.core.restore_locks(vec![
+        stored_lock(8, "SIG-SYMBOL-PROBATION", Some(Symbol::new("BTCUSDT").unwrap()), kill_until),
+        stored_lock(9, "SIG-KILL-SWITCH", None, kill_until),
+    ]);
+    let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+    assert!(placed(&commands).is_empty(), "no entry under a kill switch: {commands:?}");
+    assert_eq!(guard_records(&commands)[0].failure_point.as_deref(), Some("SIG-KILL-SWITCH"));
+    // A drawdown sets no new lock while the guards are off.
+    clock.now_ms = kill_until;
+    let commands = clock.decide(SignalAction::Long, "0", 1.0);
+    assert_eq!(placed(&commands).len(), 1, "the lock expired; the guards are off: {commands:?}");
+    assert!(locks_set(&commands).is_empty(), "{commands:?}");
+}
+
 // The main-loop error policy: a slot whose iterations keep failing tells the operator once, then
 // backs off (sits out candles, 1, 2, 4, ...) instead of asking the exchange every candle.
 

@@ -129,19 +129,27 @@ mod tests {
         }
     }
 
+    /// The proof the risk gate takes, from the lock check with no lock in force.
+    fn no_lock_holds() -> GuardsPassed {
+        let intent = intent(IntentPurpose::Entry);
+        let signal = crate::guards::EntrySignal {
+            symbol: intent.symbol.clone(),
+            strategy: intent.strategy.clone(),
+            side: intent.side,
+            score: 1.0,
+        };
+        crate::guards::evaluate_locks(&signal, &[], 0).passed().expect("no lock, no block")
+    }
+
     #[test]
     fn entries_within_limits_pass() {
-        assert!(
-            check_entry(intent(IntentPurpose::Entry), GuardsPassed::guards_disabled(), context(1, 0, 500), limits())
-                .is_ok()
-        );
+        assert!(check_entry(intent(IntentPurpose::Entry), no_lock_holds(), context(1, 0, 500), limits()).is_ok());
     }
 
     #[test]
     fn too_many_positions_blocks_a_new_symbol() {
         let block =
-            check_entry(intent(IntentPurpose::Entry), GuardsPassed::guards_disabled(), context(2, 0, 100), limits())
-                .unwrap_err();
+            check_entry(intent(IntentPurpose::Entry), no_lock_holds(), context(2, 0, 100), limits()).unwrap_err();
         assert_eq!(block.failure_point, RES_POSITION_LIMIT);
         assert!(block.reason.contains("max_open_positions is 2"), "{}", block.reason);
     }
@@ -149,8 +157,7 @@ mod tests {
     #[test]
     fn too_large_a_position_is_blocked() {
         let block =
-            check_entry(intent(IntentPurpose::Entry), GuardsPassed::guards_disabled(), context(0, 800, 300), limits())
-                .unwrap_err();
+            check_entry(intent(IntentPurpose::Entry), no_lock_holds(), context(0, 800, 300), limits()).unwrap_err();
         assert!(block.reason.contains("1100"), "{}", block.reason);
     }
 
