@@ -41,7 +41,7 @@ pub const OUTBOX_REPLAY_BATCH_MAX: usize = 500;
 
 /// Waits between attempts to replay the outbox while the database refuses writes (doubling).
 pub const OUTBOX_REPLAY_BACKOFF_MS_INITIAL: u64 = 100;
-pub const OUTBOX_REPLAY_BACKOFF_MS_MAX: u64 = 5_000;
+pub const OUTBOX_REPLAY_BACKOFF_MS_MAX: u64 = 1_000;
 
 /// Mailbox capacity of the order router and market data actors.
 pub const SHARED_MAILBOX_CAPACITY: usize = 4096;

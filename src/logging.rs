@@ -5,6 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -100,5 +101,140 @@ mod tests {
         assert_eq!(current, "{\"n\":9}\n");
         assert_eq!(previous, "{\"n\":6}\n{\"n\":7}\n{\"n\":8}\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+}
+
+/// The file descriptor of `supervisor.jsonl` (-1: none open), for the binary's last-resort signal
+/// handler: a fatal signal (SIGBUS from a memory-mapped file the kernel can no longer write) ends
+/// the process where no Rust code can run, and the handler appends one line here (and to stderr)
+/// so that the exit is never silent. Written when the journal opens and closes; read by the handler.
+static FATAL_NOTE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The supervision journal's file is `fd` from now on.
+pub fn set_fatal_note_fd(fd: i32) {
+    FATAL_NOTE_FD.store(fd, Ordering::SeqCst);
+}
+
+/// The supervision journal's file `fd` is closing.
+pub fn clear_fatal_note_fd(fd: i32) {
+    let _ = FATAL_NOTE_FD.compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// Where the last-resort handler appends its line (-1: nowhere but stderr). Safe to call from a
+/// signal handler (one atomic load).
+pub fn fatal_note_fd() -> i32 {
+    FATAL_NOTE_FD.load(Ordering::SeqCst)
+}
+
+/// The exit code of a fatal signal the process cannot survive (as for an escalation: systemd
+/// restarts the process).
+pub const FATAL_SIGNAL_EXIT_CODE: i32 = 70;
+
+/// Formats the `supervisor.jsonl` line a fatal signal leaves, into `buffer`, without allocating
+/// (it runs inside a signal handler): `{"ts":"<RFC 3339>","event":"escalated","actor":"process",
+/// "signal":"<signal>","reason":"<reason>","exit_code":70}` and a newline. `signal` and `reason`
+/// are fixed texts without quotes or backslashes. Returns the length written (the line is cut
+/// short, still ending in a newline, if the buffer is too small).
+pub fn format_fatal_note(buffer: &mut [u8], now_ms: i64, signal: &str, reason: &str) -> usize {
+    let mut cursor = Cursor { buffer, length: 0 };
+    cursor.push(b"{\"ts\":\"");
+    push_rfc3339_ms(&mut cursor, now_ms);
+    cursor.push(b"\",\"event\":\"escalated\",\"actor\":\"process\",\"signal\":\"");
+    cursor.push(signal.as_bytes());
+    cursor.push(b"\",\"reason\":\"");
+    cursor.push(reason.as_bytes());
+    cursor.push(b"\",\"exit_code\":");
+    push_number(&mut cursor, i64::from(FATAL_SIGNAL_EXIT_CODE), 1);
+    cursor.push(b"}\n");
+    if cursor.length == cursor.buffer.len()
+        && let Some(last) = cursor.buffer.last_mut()
+    {
+        *last = b'\n';
+    }
+    cursor.length
+}
+
+struct Cursor<'a> {
+    buffer: &'a mut [u8],
+    length: usize,
+}
+
+impl Cursor<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if self.length < self.buffer.len() {
+                self.buffer[self.length] = byte;
+                self.length += 1;
+            }
+        }
+    }
+}
+
+/// `value` in decimal, at least `width` digits (zero-padded); non-negative values only.
+fn push_number(cursor: &mut Cursor<'_>, value: i64, width: usize) {
+    let mut digits = [0_u8; 20];
+    let mut count = 0;
+    let mut rest = value.max(0);
+    while rest > 0 || count < width.max(1) {
+        digits[count] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        count += 1;
+    }
+    for index in (0..count).rev() {
+        cursor.push(&[digits[index]]);
+    }
+}
+
+/// `2026-12-02T06:47:57.722Z` from epoch milliseconds (the proleptic Gregorian calendar, days to
+/// a civil date by the well-known era arithmetic), without allocating.
+fn push_rfc3339_ms(cursor: &mut Cursor<'_>, epoch_ms: i64) {
+    let (days, ms_of_day) = (epoch_ms.div_euclid(86_400_000), epoch_ms.rem_euclid(86_400_000));
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    push_number(cursor, year, 4);
+    cursor.push(b"-");
+    push_number(cursor, month, 2);
+    cursor.push(b"-");
+    push_number(cursor, day, 2);
+    cursor.push(b"T");
+    push_number(cursor, ms_of_day / 3_600_000, 2);
+    cursor.push(b":");
+    push_number(cursor, ms_of_day / 60_000 % 60, 2);
+    cursor.push(b":");
+    push_number(cursor, ms_of_day / 1_000 % 60, 2);
+    cursor.push(b".");
+    push_number(cursor, ms_of_day % 1_000, 3);
+    cursor.push(b"Z");
+}
+
+#[cfg(test)]
+mod fatal_note_tests {
+    use super::*;
+
+    #[test]
+    fn the_fatal_note_is_a_journal_line_with_the_time_the_signal_and_the_reason() {
+        let mut buffer = [0_u8; 512];
+        for ms in [0_i64, 951_782_400_000, 1_764_657_677_722, 4_102_444_799_999, 1_709_164_800_123] {
+            let length = format_fatal_note(&mut buffer, ms, "SIGBUS", "a mapped file became unwritable");
+            let line = std::str::from_utf8(&buffer[..length]).unwrap();
+            assert!(line.ends_with('\n'), "{line}");
+            let value: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+            assert_eq!(value["ts"], crate::clock::rfc3339_ms(ms), "{line}");
+            assert_eq!(value["signal"], "SIGBUS");
+            assert_eq!(value["event"], "escalated");
+            assert_eq!(value["exit_code"], 70);
+            assert_eq!(value["reason"], "a mapped file became unwritable");
+        }
+        // Too small a buffer: cut short, still one line.
+        let mut small = [0_u8; 16];
+        let length = format_fatal_note(&mut small, 0, "SIGBUS", "x");
+        assert_eq!((length, small[15]), (16, b'\n'));
     }
 }

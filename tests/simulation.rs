@@ -25,7 +25,8 @@
 //!   unavailable or malformed; an order's fills unavailable or not listed yet; the account's trade
 //!   list unavailable; cancels refused.
 //! - **Database**: outage windows (`[chaos] database_fault_file`): SQLite refuses every write, durable
-//!   records go to the outbox, intents cannot be committed, entries halt (SYS-DATABASE).
+//!   records go to the outbox, entries halt (SYS-DATABASE), exits go on with their intents and
+//!   order states kept in the outbox.
 //! - **Traders**: a panic between candles (the admin API's crash request), the `[chaos]` plan's
 //!   panic on every Nth decision of one user, and the in-flight panic above.
 //!
@@ -40,7 +41,8 @@
 //!
 //! Invariants: every [`CHECK_EVERY_STEPS`] steps the ones that hold at every instant (one exchange
 //! order per intent, no open `bw-` order unknown to the database, no entry under a lock) are checked
-//! with `bulwark::verify::check` against the paper venue's ledger; after the last step the faults
+//! with `bulwark::verify::check` against the paper venue's ledger (the database with the outbox
+//! laid over it, as the server reads it); after the last step the faults
 //! stop, the outage ends, [`CALM_STEPS`] clean candles let every unknown order resolve, the tree
 //! shuts down, and all five must hold (and the outbox must be empty). The run must also have traded
 //! and met every kind of fault, so it cannot pass vacuously.
@@ -1063,6 +1065,12 @@ impl Simulation {
         self.counts.checks += 1;
         let ledger = self.tree.paper.full_ledger().await.unwrap_or_else(|e| self.fail(format!("ledger: {e}")));
         let mut store = self.tree.store();
+        // During a database outage an exit goes on, its intent and order states kept in the
+        // fsynced outbox: bulwark knows them as the server's own reads do (the database with the
+        // outbox laid over it), and so does this check.
+        let queued = bulwark::persistence::outbox::queued_writes(&self.tree.config.outbox_path())
+            .unwrap_or_else(|e| self.fail(format!("reading the outbox: {e}")));
+        store.lay_outbox_over(&queued);
         let report = verify::check(&mut store, &ledger).unwrap_or_else(|e| self.fail(format!("verify: {e}")));
         for name in [verify::ONE_ORDER_PER_INTENT, verify::NO_UNKNOWN_OPEN_ORDER, verify::NO_ENTRY_UNDER_LOCK] {
             let verdict = report.verdict(name).expect("every invariant has a verdict");

@@ -71,7 +71,41 @@ pub struct Directory {
     pub metrics: crate::metrics::Metrics,
 }
 
-/// The durable outbox's depth and history, shared across persistence incarnations.
+/// Why the database takes no writes now, as the persistence actor found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseRefusalKind {
+    /// Another connection holds the write lock (SQLite busy / locked): an operator's `sqlite3`
+    /// session, a tool. Writes are not attempted again until a probe gets through.
+    ForeignLock,
+    /// SQLite refuses the write: read-only, I/O error, disk full, cannot open.
+    Refused,
+    /// The shared-memory file cannot be written: SQLite is not touched at all, reads included (it
+    /// would crash the process on it).
+    SharedMemoryUnwritable,
+}
+
+impl DatabaseRefusalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseRefusalKind::ForeignLock => "foreign_lock",
+            DatabaseRefusalKind::Refused => "refused",
+            DatabaseRefusalKind::SharedMemoryUnwritable => "shared_memory_unwritable",
+        }
+    }
+}
+
+/// The database refusing writes: since when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DatabaseRefusal {
+    pub kind: DatabaseRefusalKind,
+    pub since_ms: i64,
+    pub detail: String,
+}
+
+/// The durable outbox's depth and history, and the database's write health, shared across
+/// persistence incarnations. Written by the persistence actor only; read by the order router
+/// (entry halts, placements), the Monitor (SYS-DATABASE) and the HTTP API (`/health`, status).
 #[derive(Debug, Default)]
 pub struct OutboxGauge {
     depth: AtomicUsize,
@@ -80,6 +114,13 @@ pub struct OutboxGauge {
     rejected_total: AtomicU64,
     /// Why the database last refused a write (cleared when the outbox drains).
     last_error: RwLock<Option<String>>,
+    /// The database refuses writes now (`None`: the last write went through).
+    refusal: RwLock<Option<DatabaseRefusal>>,
+    /// Records neither the database nor the outbox could keep, since start.
+    records_lost_total: AtomicU64,
+    /// Why the newest record could be kept nowhere (`None` once one is kept again): while set, the
+    /// order router places no order, since what it would record could be lost.
+    records_unkept: RwLock<Option<String>>,
 }
 
 /// A copy of the [`OutboxGauge`].
@@ -90,11 +131,19 @@ pub struct OutboxStatus {
     pub replayed_total: u64,
     pub rejected_total: u64,
     pub last_error: Option<String>,
+    pub refusal: Option<DatabaseRefusal>,
+    pub records_lost_total: u64,
+    pub records_unkept: Option<String>,
 }
 
 impl OutboxStatus {
     pub fn is_full(&self) -> bool {
         self.capacity > 0 && self.depth >= self.capacity
+    }
+
+    /// Records wait for the database, or it refuses writes, or records cannot be kept at all.
+    pub fn is_degraded(&self) -> bool {
+        self.depth > 0 || self.refusal.is_some() || self.records_unkept.is_some()
     }
 }
 
@@ -106,6 +155,36 @@ impl OutboxGauge {
             replayed_total: self.replayed_total.load(Ordering::Relaxed),
             rejected_total: self.rejected_total.load(Ordering::Relaxed),
             last_error: self.last_error.read().clone(),
+            refusal: self.refusal.read().clone(),
+            records_lost_total: self.records_lost_total.load(Ordering::Relaxed),
+            records_unkept: self.records_unkept.read().clone(),
+        }
+    }
+
+    /// The database refuses writes (`Some`), or takes them again (`None`). Keeps the first
+    /// `since_ms` while the same kind of refusal goes on.
+    pub(crate) fn set_refusal(&self, refusal: Option<DatabaseRefusal>) {
+        let mut current = self.refusal.write();
+        match (&*current, refusal) {
+            (Some(held), Some(new)) if held.kind == new.kind => {
+                *current = Some(DatabaseRefusal { since_ms: held.since_ms, ..new });
+            }
+            (_, new) => *current = new,
+        }
+    }
+
+    pub(crate) fn refusal(&self) -> Option<DatabaseRefusal> {
+        self.refusal.read().clone()
+    }
+
+    /// A record was kept nowhere (`Some(why)`, counted), or one was kept again (`None`).
+    pub(crate) fn set_records_unkept(&self, why: Option<String>) {
+        if why.is_some() {
+            self.records_lost_total.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut current = self.records_unkept.write();
+        if current.is_some() || why.is_some() {
+            *current = why;
         }
     }
 

@@ -406,7 +406,9 @@ async fn gather(inputs: GatherInputs) -> Gathered {
     });
     let integrity_checked = from_database.as_ref().and_then(|db| db.integrity_ok);
     let integrity_ok = from_database.as_ref().and_then(|db| db.integrity_ok.or(integrity_cached));
-    let database = integrity_ok.map(|integrity_ok| DatabaseObservation {
+    // The outbox and the refusal are known without the database: SYS-DATABASE says what they
+    // show even when the database cannot be queried.
+    let database = Some(DatabaseObservation {
         writes_refused: directory.persistence_writes_refused(),
         journal_write_failures: tree_status.as_ref().map_or(0, |t| t.journal_write_failures),
         integrity_ok,

@@ -316,6 +316,12 @@ impl Handler<SubmitIntent> for OrderRouter {
             let detail = "the order router is shutting down; not sent".to_owned();
             return Box::pin(fut::ready(PlacementOutcome::Recorded { state: OrderState::Pending, detail }));
         }
+        if let Some(why) = self.context.directory.outbox().records_unkept {
+            // What this order would record (its state, its fills) could be lost: it is not sent.
+            // It stays `pending` and the next start (or reconciliation) declares it not placed.
+            let detail = format!("records cannot be kept ({why}); not sent");
+            return Box::pin(fut::ready(PlacementOutcome::Recorded { state: OrderState::Pending, detail }));
+        }
         if !Arc::make_mut(&mut self.in_flight).insert(client_order_id.clone()) {
             let reason = format!("order {client_order_id} is already being placed");
             return Box::pin(fut::ready(PlacementOutcome::Unconfirmed { reason }));
@@ -380,12 +386,15 @@ async fn call<T>(
     }
 }
 
-/// A compare-and-set that must be in the database before the caller acts (marking an order
-/// `sending` before its request leaves): `Ok(false)` when another writer moved it first.
+/// A compare-and-set that must be durable before the caller acts (marking an order `sending`
+/// before its request leaves): in the database, or (while it refuses writes) in the fsynced outbox,
+/// judged against the database and the records ahead of it. `Ok(false)` when another writer moved
+/// it first.
 async fn transition_now(context: &RouterContext, transition: OrderTransition) -> Result<bool, String> {
-    persistence::run(&context.directory, move |store| store.transition_order(&transition))
-        .await
-        .map_err(|e| e.to_string())
+    match persistence::write(&context.directory, DurableWrite::OrderTransition(transition)).await {
+        Ok(Durability::Applied { changed } | Durability::Queued { changed, .. }) => Ok(changed),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// How recording what the exchange said about an order ended.
@@ -406,7 +415,7 @@ async fn record_transition(context: &RouterContext, transition: OrderTransition)
     match persistence::write(&context.directory, DurableWrite::OrderTransition(transition)).await {
         Ok(Durability::Applied { changed: true }) => Ok(Recorded::Moved),
         Ok(Durability::Applied { changed: false }) => Ok(Recorded::Overtaken),
-        Ok(Durability::Queued { depth }) => Ok(Recorded::Queued { depth }),
+        Ok(Durability::Queued { depth, .. }) => Ok(Recorded::Queued { depth }),
         Err(error) => Err(error.to_string()),
     }
 }
@@ -791,6 +800,10 @@ async fn sync_account(
 /// it is full), or reconciliation could not explain the user's position from its fills.
 fn entries_halted(context: &RouterContext, user: &UserId) -> Option<EntryHalt> {
     let outbox = context.directory.outbox();
+    if let Some(why) = &outbox.records_unkept {
+        let reason = format!("records cannot be kept ({why}); no order until they can");
+        return Some(EntryHalt { failure_point: SYS_DATABASE, reason });
+    }
     if outbox.depth > 0 {
         let full = if outbox.is_full() { ", which is full" } else { "" };
         return Some(EntryHalt {
@@ -800,6 +813,14 @@ fn entries_halted(context: &RouterContext, user: &UserId) -> Option<EntryHalt> {
                 outbox.depth
             ),
         });
+    }
+    if let Some(refusal) = &outbox.refusal {
+        let reason = format!(
+            "the database refuses writes ({}: {}); no entry until it takes them again",
+            refusal.kind.as_str(),
+            refusal.detail
+        );
+        return Some(EntryHalt { failure_point: SYS_DATABASE, reason });
     }
     context.directory.position_hold(user).map(|reason| EntryHalt { failure_point: STATE_POSITION_SYNC, reason })
 }

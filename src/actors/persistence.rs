@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::actors::{Directory, OutboxGauge};
+use crate::actors::{DatabaseRefusal, DatabaseRefusalKind, Directory, OutboxGauge};
 use crate::clock::{Clock, SystemClock};
 use crate::limits::{
     OUTBOX_RECORDS_MAX_DEFAULT, OUTBOX_REPLAY_BACKOFF_MS_INITIAL, OUTBOX_REPLAY_BACKOFF_MS_MAX, OUTBOX_REPLAY_BATCH_MAX,
@@ -40,9 +40,17 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the fault hook's file is looked for (only when one is configured).
 const FAULT_HOOK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A request replays a non-empty outbox before it is served at most this often while the database
-/// keeps refusing writes (the timer retries in between).
-const REPLAY_ATTEMPT_SPACING_MS: i64 = 100;
+/// The shared-memory file's writability is asked of the kernel at most this often (once per
+/// request otherwise: a system call each).
+const SHARED_MEMORY_CHECK_SPACING: Duration = Duration::from_millis(2);
+
+/// While the database refuses writes, it is looked at this often even when no request comes (the
+/// shared-memory file, the fault hook, a replay when its backoff allows).
+const REFUSAL_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A replay probe waits at most this long for another connection's write lock (while one holds,
+/// ordinary writes do not wait at all: see [`PersistenceActor::note_refusal`]).
+const REPLAY_BUSY_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// Replayed entry ids are kept this long (a replay after a crash needs far less).
 const OUTBOX_APPLIED_KEEP_MS: i64 = 24 * 3_600_000;
@@ -77,11 +85,12 @@ impl PersistenceSettings {
 pub struct PersistenceActor {
     /// Written once at construction; read when the actor (re)starts.
     settings: PersistenceSettings,
-    /// Opened in `started`; `None` only before that.
+    /// Opened in `started`, or later once SQLite may be touched; `None` until then.
     store: Option<Store>,
     /// Opened in `started` (loading what a previous run left); the only writer of its file.
     outbox: Option<Outbox>,
-    /// Shared with the directory (the router and the Monitor read it); written here only.
+    /// Shared with the directory (the router, the Monitor and the HTTP API read it); written here
+    /// only.
     gauge: Arc<OutboxGauge>,
     /// The wait before the next replay attempt (doubles while the database refuses writes).
     replay_backoff_ms: u64,
@@ -89,12 +98,24 @@ pub struct PersistenceActor {
     replay_scheduled: bool,
     /// The fault hook currently makes the database refuse writes.
     refusing_writes: bool,
-    /// When a replay last found the database refusing writes (0: never), so that requests do
-    /// not each hammer a failing database with a replay attempt.
-    replay_failed_at_ms: i64,
+    /// No replay is attempted before this wall time (ms) while the database keeps refusing: a
+    /// failing database is probed with backoff, never once per request.
+    replay_not_before_ms: i64,
     /// The unanswered records applied in the open group-commit transaction (copies, to apply one
     /// by one if the commit fails); `None` while no batch is open. Written and read here only.
     batch: Option<Vec<DurableWrite>>,
+    /// When the shared-memory file was last asked about.
+    shared_memory_checked_at: Option<std::time::Instant>,
+    /// Why SQLite must not be touched now (the shared-memory file cannot be written); `None`: it
+    /// may be.
+    shared_memory_refusal: Option<String>,
+    /// A transaction was left open when SQLite became untouchable: rolled back first thing once it
+    /// may be touched again (its records went to the outbox).
+    rollback_pending: bool,
+    /// The store's view of orders waiting in the outbox (`Store::hold_pending`) misses records
+    /// (kept while SQLite could not be read, or left by an earlier run): rebuilt from the outbox
+    /// before the store answers anything.
+    pending_stale: bool,
 }
 
 impl std::fmt::Debug for PersistenceActor {
@@ -116,15 +137,144 @@ impl PersistenceActor {
             replay_backoff_ms: OUTBOX_REPLAY_BACKOFF_MS_INITIAL,
             replay_scheduled: false,
             refusing_writes: false,
-            replay_failed_at_ms: 0,
+            replay_not_before_ms: 0,
             batch: None,
+            shared_memory_checked_at: None,
+            shared_memory_refusal: None,
+            rollback_pending: false,
+            pending_stale: true,
+        }
+    }
+
+    /// Whether SQLite may be touched now, and the database open. Asks the kernel whether the
+    /// shared-memory file can be written (at most every [`SHARED_MEMORY_CHECK_SPACING`]): while it
+    /// cannot, nothing goes near SQLite (a write through its mapping would be SIGBUS), an open
+    /// group commit's records move to the outbox, and durable records wait there.
+    fn sqlite_usable(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let due = self.shared_memory_checked_at.is_none_or(|at| now.duration_since(at) >= SHARED_MEMORY_CHECK_SPACING);
+        if due {
+            self.shared_memory_checked_at = Some(now);
+            match crate::persistence::shared_memory_writable(&self.settings.database_path) {
+                Ok(()) if self.shared_memory_refusal.is_some() => self.shared_memory_recovered(),
+                Ok(()) => {}
+                Err(why) if self.shared_memory_refusal.is_none() => self.shared_memory_lost(why),
+                Err(_) => {}
+            }
+        }
+        if self.shared_memory_refusal.is_some() {
+            return false;
+        }
+        if self.store.is_none() {
+            match Store::open(&self.settings.database_path) {
+                Ok(store) => self.store = Some(store),
+                // A restart with backoff, and the escalation's exit 70 if it persists.
+                Err(error) => panic!("persistence: {error}"),
+            }
+        }
+        if self.pending_stale {
+            self.rebuild_pending();
+        }
+        true
+    }
+
+    /// Rebuilds the store's view of the orders waiting in the outbox from the outbox itself (what
+    /// an earlier run left, or what was kept while SQLite could not be read).
+    fn rebuild_pending(&mut self) {
+        let (Some(store), Some(outbox)) = (self.store.as_mut(), self.outbox.as_ref()) else { return };
+        let skipped = store.lay_outbox_over(outbox.entries().map(|entry| &entry.write));
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "persistence: outbox records that do not apply to what the database holds wait for their replay"
+            );
+        }
+        self.pending_stale = false;
+    }
+
+    fn shared_memory_lost(&mut self, why: String) {
+        tracing::error!(failure_point = "SYS-DATABASE", reason = %why,
+            "persistence: the database is not touched until its shared-memory file can be written again; durable records wait in the outbox");
+        self.gauge.set_refusal(Some(DatabaseRefusal {
+            kind: DatabaseRefusalKind::SharedMemoryUnwritable,
+            since_ms: SystemClock.now_ms(),
+            detail: why.clone(),
+        }));
+        self.gauge.set_last_error(why.clone());
+        self.shared_memory_refusal = Some(why);
+        // The open group commit cannot be committed (nor rolled back) now: its records go to the
+        // outbox, and the transaction is rolled back once SQLite may be touched again.
+        if let Some(writes) = self.batch.take() {
+            self.rollback_pending = true;
+            for write in writes {
+                let _ = self.keep_in_outbox(write, true);
+            }
+        }
+    }
+
+    fn shared_memory_recovered(&mut self) {
+        tracing::warn!("persistence: the database's shared-memory file can be written again; the outbox is replayed");
+        self.shared_memory_refusal = None;
+        if std::mem::take(&mut self.rollback_pending)
+            && let Some(store) = self.store.as_mut()
+        {
+            store.rollback_batch();
+        }
+        if self.gauge.refusal().is_some_and(|r| r.kind == DatabaseRefusalKind::SharedMemoryUnwritable) {
+            self.gauge.set_refusal(None);
+        }
+        self.replay_not_before_ms = 0;
+        self.replay_backoff_ms = OUTBOX_REPLAY_BACKOFF_MS_INITIAL;
+    }
+
+    /// The database refused a write: says so (SYS-DATABASE, `/health`) and, when another
+    /// connection holds the write lock, stops waiting for it on every write (writes fail at once
+    /// and wait in the outbox; replay probes wait [`REPLAY_BUSY_TIMEOUT`]).
+    fn note_refusal(&mut self, error: &StoreError) {
+        let kind = if error.is_busy() { DatabaseRefusalKind::ForeignLock } else { DatabaseRefusalKind::Refused };
+        if self.gauge.refusal().is_none_or(|held| held.kind != kind) {
+            tracing::error!(failure_point = "SYS-DATABASE", %error, kind = kind.as_str(),
+                "persistence: the database refuses writes; durable records wait in the outbox until it takes them again");
+        }
+        self.gauge.set_refusal(Some(DatabaseRefusal {
+            kind,
+            since_ms: SystemClock.now_ms(),
+            detail: error.to_string(),
+        }));
+        self.gauge.set_last_error(error.to_string());
+        self.restore_busy_timeout();
+    }
+
+    /// A write went through: the database takes writes again.
+    fn note_writable(&mut self) {
+        self.gauge.set_records_unkept(None);
+        let Some(refusal) = self.gauge.refusal() else { return };
+        if refusal.kind == DatabaseRefusalKind::SharedMemoryUnwritable {
+            return;
+        }
+        tracing::warn!(kind = refusal.kind.as_str(), "persistence: the database takes writes again");
+        self.gauge.set_refusal(None);
+        self.restore_busy_timeout();
+    }
+
+    /// The busy timeout for ordinary writes: none while another connection holds the write lock
+    /// (a write fails at once and waits in the outbox), [`crate::persistence::BUSY_TIMEOUT_MS`]
+    /// otherwise.
+    fn restore_busy_timeout(&mut self) {
+        let foreign_lock = self.gauge.refusal().is_some_and(|r| r.kind == DatabaseRefusalKind::ForeignLock);
+        let timeout =
+            if foreign_lock { Duration::ZERO } else { Duration::from_millis(crate::persistence::BUSY_TIMEOUT_MS) };
+        if let Some(store) = self.store.as_mut()
+            && let Err(error) = store.set_busy_timeout(timeout)
+        {
+            tracing::warn!(%error, "persistence: the busy timeout could not be set");
         }
     }
 
     /// Follows the fault hook's file: present means the database refuses writes.
     fn follow_fault_hook(&mut self, ctx: &mut Context<Self>) {
         let Some(refuse) = self.settings.database_fault_file.as_deref().map(std::path::Path::exists) else { return };
-        if refuse == self.refusing_writes {
+        if refuse == self.refusing_writes || !self.sqlite_usable() {
             return;
         }
         let _ = self.commit_batch(ctx);
@@ -135,10 +285,11 @@ impl PersistenceActor {
                     self.refusing_writes = refuse;
                     if !refuse {
                         // The database takes writes again: the next request replays the outbox at
-                        // once rather than waiting out the spacing meant for a database that keeps
+                        // once rather than waiting out the backoff meant for a database that keeps
                         // refusing (so the end of a fault is a point in the request order, which
                         // the deterministic simulation, tests/simulation.rs, relies on).
-                        self.replay_failed_at_ms = 0;
+                        self.replay_not_before_ms = 0;
+                        self.replay_backoff_ms = OUTBOX_REPLAY_BACKOFF_MS_INITIAL;
                     }
                     tracing::warn!(fault_file = %path.display(), refuse, "chaos: the database {} writes", if refuse { "now refuses" } else { "takes" });
                 }
@@ -157,8 +308,13 @@ impl PersistenceActor {
     /// While the outbox holds records or the database refuses writes, it takes the one-by-one
     /// path of [`Self::write`] instead.
     fn write_batched(&mut self, write: DurableWrite, ctx: &mut Context<Self>) -> Result<Durability, StoreError> {
+        if !self.sqlite_usable() {
+            return self.write(write, ctx);
+        }
         self.follow_fault_hook(ctx);
-        let batchable = !self.refusing_writes && self.outbox.as_ref().is_some_and(Outbox::is_empty);
+        let batchable = !self.refusing_writes
+            && self.gauge.refusal().is_none()
+            && self.outbox.as_ref().is_some_and(Outbox::is_empty);
         let Some(store) = self.store.as_mut().filter(|_| batchable) else {
             let _ = self.commit_batch(ctx);
             return self.write(write, ctx);
@@ -195,6 +351,13 @@ impl PersistenceActor {
     /// and its records are applied one by one, and the commit's error is returned (a caller whose
     /// own writes were in the batch must not be told they are in).
     fn commit_batch(&mut self, ctx: &mut Context<Self>) -> Result<(), StoreError> {
+        if self.batch.is_none() {
+            return Ok(());
+        }
+        if !self.sqlite_usable() {
+            // The batch's records went to the outbox as SQLite became untouchable.
+            return Err(StoreError::Unavailable(self.shared_memory_refusal.clone().unwrap_or_default()));
+        }
         let Some(writes) = self.batch.take() else { return Ok(()) };
         let Some(store) = self.store.as_mut() else { return Ok(()) };
         match store.commit_batch() {
@@ -228,65 +391,137 @@ impl PersistenceActor {
 
     /// Applies a durable record, or queues it in the outbox when the database refuses it.
     fn write(&mut self, write: DurableWrite, ctx: &mut Context<Self>) -> Result<Durability, StoreError> {
+        if !self.sqlite_usable() {
+            if write.decides_a_send() {
+                // Whether it may apply cannot be judged without reading the database.
+                let why = self.shared_memory_refusal.clone().unwrap_or_default();
+                return Err(StoreError::Unavailable(format!("{why}; a {} is not kept meanwhile", write.what())));
+            }
+            self.pending_stale = true;
+            let kept = self.keep_in_outbox(write, true);
+            self.schedule_replay(ctx);
+            return kept;
+        }
         let _ = self.commit_batch(ctx);
         self.follow_fault_hook(ctx);
         self.catch_up();
-        let (Some(store), Some(outbox)) = (self.store.as_mut(), self.outbox.as_mut()) else {
-            return Err(StoreError::Unavailable("database not open".to_owned()));
-        };
-        if outbox.is_empty() {
+        if self.outbox.as_ref().is_some_and(Outbox::is_empty)
+            && let Some(store) = self.store.as_mut()
+        {
             let refused = match store.apply_durable(&write) {
-                Ok(changed) => return Ok(Durability::Applied { changed }),
+                Ok(changed) => {
+                    self.note_writable();
+                    return Ok(Durability::Applied { changed });
+                }
                 Err(error) if error.is_write_unavailable() => error,
                 Err(error) => return Err(error),
             };
             // Busy and locked have already waited out SQLite's busy timeout; anything else gets
             // one more try after a moment before the record goes to the outbox.
-            let busy = matches!(&refused, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked));
-            let refused = if busy {
+            let refused = if refused.is_busy() {
                 refused
             } else {
                 std::thread::sleep(Duration::from_millis(20));
                 match store.apply_durable(&write) {
-                    Ok(changed) => return Ok(Durability::Applied { changed }),
+                    Ok(changed) => {
+                        self.note_writable();
+                        return Ok(Durability::Applied { changed });
+                    }
                     Err(error) if error.is_write_unavailable() => error,
                     Err(error) => return Err(error),
                 }
             };
-            tracing::error!(error = %refused, what = write.what(), outbox = %outbox.path().display(),
-                "persistence: the database refuses writes; durable records go to the outbox until it takes them again");
-            self.gauge.set_last_error(refused.to_string());
+            self.note_refusal(&refused);
         }
-        let appended = outbox.append(write, SystemClock.now_ms());
-        self.publish_depth();
+        self.queue(write, ctx)
+    }
+
+    /// Queues a record behind the outbox (the database refuses writes, or records wait already),
+    /// and lays what it does to an order over the store's reads, so that the next request sees it
+    /// (a committed exit, an order marked `sending`, its outcome). An entry is not committed while
+    /// the database refuses writes: no new risk is taken on records that are not in it.
+    fn queue(&mut self, write: DurableWrite, ctx: &mut Context<Self>) -> Result<Durability, StoreError> {
+        if let DurableWrite::CommitIntent(intent) = &write
+            && intent.purpose == crate::domain::IntentPurpose::Entry
+        {
+            return Err(StoreError::Unavailable(format!(
+                "the database refuses writes: entry {} is not committed until it takes them again",
+                intent.client_order_id
+            )));
+        }
+        let change = match self.store.as_mut() {
+            Some(store) => Some(store.preview_pending(&write)?),
+            None => None,
+        };
+        let changed = change.as_ref().is_none_or(|change| change.changed);
+        let kept = self.keep_in_outbox(write, changed);
+        if kept.is_ok()
+            && let (Some(store), Some(change)) = (self.store.as_mut(), change)
+        {
+            store.hold_pending(change);
+        }
         self.schedule_replay(ctx);
+        kept
+    }
+
+    /// Keeps a record in the fsynced outbox (without touching SQLite). When the outbox cannot keep
+    /// it either (full, or its own file refuses), the record is lost: counted, logged, and while
+    /// that lasts the order router places no order (SYS-DATABASE says so).
+    fn keep_in_outbox(&mut self, write: DurableWrite, changed: bool) -> Result<Durability, StoreError> {
+        let what = write.what();
+        let appended = match self.outbox.as_mut() {
+            Some(outbox) => outbox.append(write, SystemClock.now_ms()),
+            None => Err(StoreError::Unavailable("the outbox is not open".to_owned())),
+        };
+        self.publish_depth();
         match appended {
-            Ok(depth) => Ok(Durability::Queued { depth }),
+            Ok(depth) => {
+                self.gauge.set_records_unkept(None);
+                Ok(Durability::Queued { depth, changed })
+            }
             Err(error) => {
-                tracing::error!(%error, "persistence: a durable record could not be kept");
+                tracing::error!(failure_point = "SYS-DATABASE", %error, what,
+                    "persistence: the database refuses writes and the outbox cannot keep the record either: it is lost; no order is placed while records cannot be kept");
+                self.gauge.set_records_unkept(Some(format!(
+                    "a {what} record could be kept neither in the database nor in the outbox: {error}"
+                )));
                 Err(error)
             }
         }
     }
 
-    /// Before a request is served: if records wait in the outbox, replays all of them first (at
-    /// most every [`REPLAY_ATTEMPT_SPACING_MS`] while the database keeps refusing), so that a
-    /// request reads and compares against a database that has everything the outbox held.
+    /// Before a request is served: if records wait in the outbox, replays all of them first, so
+    /// that a request reads and compares against a database that has everything the outbox held.
+    /// While the database keeps refusing, it is probed with backoff (never once per request), and
+    /// a probe waits at most [`REPLAY_BUSY_TIMEOUT`] for another connection's lock.
     fn catch_up(&mut self) {
         if self.outbox.as_ref().is_none_or(Outbox::is_empty)
-            || SystemClock.now_ms() - self.replay_failed_at_ms < REPLAY_ATTEMPT_SPACING_MS
+            || SystemClock.now_ms() < self.replay_not_before_ms
+            || !self.sqlite_usable()
         {
             return;
+        }
+        let probing = self.gauge.refusal().is_some();
+        if probing && let Some(store) = self.store.as_mut() {
+            let _ = store.set_busy_timeout(REPLAY_BUSY_TIMEOUT);
         }
         loop {
             let before = self.outbox.as_ref().map_or(0, Outbox::depth);
             if self.replay_batch() {
                 tracing::info!(replayed = before, "persistence: the outbox is replayed; the database has every record");
                 self.replay_backoff_ms = OUTBOX_REPLAY_BACKOFF_MS_INITIAL;
+                self.replay_not_before_ms = 0;
+                self.note_writable();
                 return;
             }
             if self.outbox.as_ref().map_or(0, Outbox::depth) >= before {
+                // No progress: the next attempt waits out the backoff, which doubles.
+                self.replay_not_before_ms = SystemClock.now_ms() + self.replay_backoff_ms as i64;
+                self.replay_backoff_ms =
+                    (self.replay_backoff_ms * 2).clamp(OUTBOX_REPLAY_BACKOFF_MS_INITIAL, OUTBOX_REPLAY_BACKOFF_MS_MAX);
+                if probing {
+                    self.restore_busy_timeout();
+                }
                 return;
             }
         }
@@ -296,6 +531,7 @@ impl PersistenceActor {
     fn replay_batch(&mut self) -> bool {
         let (Some(store), Some(outbox)) = (self.store.as_mut(), self.outbox.as_mut()) else { return false };
         let now_ms = SystemClock.now_ms();
+        let mut refused = None;
         for _ in 0..OUTBOX_REPLAY_BATCH_MAX {
             let Some(entry) = outbox.front() else { break };
             match store.apply_outbox_entry(entry, now_ms) {
@@ -306,8 +542,7 @@ impl PersistenceActor {
                     self.gauge.count_replayed();
                 }
                 Err(error) if error.is_write_unavailable() => {
-                    self.gauge.set_last_error(error.to_string());
-                    self.replay_failed_at_ms = now_ms;
+                    refused = Some(error);
                     break;
                 }
                 Err(error) => {
@@ -322,6 +557,13 @@ impl PersistenceActor {
             }
         }
         let empty = outbox.is_empty();
+        if empty {
+            // The database has everything the store laid over its reads.
+            store.clear_pending();
+        }
+        if let Some(error) = refused {
+            self.note_refusal(&error);
+        }
         self.publish_depth();
         empty
     }
@@ -331,22 +573,11 @@ impl PersistenceActor {
             return;
         }
         self.replay_scheduled = true;
-        ctx.run_later(Duration::from_millis(self.replay_backoff_ms), |actor, ctx| {
+        let wait_ms = (self.replay_not_before_ms - SystemClock.now_ms()).max(self.replay_backoff_ms as i64).max(1);
+        ctx.run_later(Duration::from_millis(wait_ms as u64), |actor, ctx| {
             actor.replay_scheduled = false;
             actor.follow_fault_hook(ctx);
-            let before = actor.outbox.as_ref().map_or(0, Outbox::depth);
-            if actor.replay_batch() {
-                tracing::info!(replayed = before, "persistence: the outbox is replayed; the database has every record");
-                actor.replay_backoff_ms = OUTBOX_REPLAY_BACKOFF_MS_INITIAL;
-                return;
-            }
-            let after = actor.outbox.as_ref().map_or(0, Outbox::depth);
-            actor.replay_backoff_ms = if after < before {
-                // Progress: the next batch right away.
-                0
-            } else {
-                (actor.replay_backoff_ms * 2).clamp(OUTBOX_REPLAY_BACKOFF_MS_INITIAL, OUTBOX_REPLAY_BACKOFF_MS_MAX)
-            };
+            actor.catch_up();
             actor.schedule_replay(ctx);
         });
     }
@@ -363,10 +594,6 @@ impl Actor for PersistenceActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // A panic ends this incarnation; the root supervisor restarts it with backoff and
         // escalates (the process exits non-zero) if the database or the outbox stays unusable.
-        match Store::open(&self.settings.database_path) {
-            Ok(store) => self.store = Some(store),
-            Err(error) => panic!("persistence: {error}"),
-        }
         match Outbox::open(&self.settings.outbox_path, self.settings.outbox_capacity) {
             Ok((outbox, opened)) => {
                 if opened.queued > 0 || opened.rejected > 0 || opened.torn_tail {
@@ -382,16 +609,31 @@ impl Actor for PersistenceActor {
             }
             Err(error) => panic!("persistence: {error}"),
         }
+        // Opens the database, unless its shared-memory file cannot be written (then it is opened
+        // once it can be, and records wait in the outbox meanwhile).
+        self.sqlite_usable();
         self.follow_fault_hook(ctx);
         // Whatever an earlier run left is applied before any request is served.
-        if !self.replay_batch() {
-            self.schedule_replay(ctx);
-        }
+        self.catch_up();
+        self.schedule_replay(ctx);
         self.publish_depth();
         if self.settings.database_fault_file.is_some() {
             ctx.run_interval(FAULT_HOOK_INTERVAL, |actor, ctx| actor.follow_fault_hook(ctx));
         }
+        // While the database refuses writes, it is looked at even when no request comes, so that
+        // the refusal's end is seen (and said) without waiting for traffic.
+        ctx.run_interval(REFUSAL_PROBE_INTERVAL, |actor, ctx| {
+            let refusing = actor.gauge.refusal().is_some() || actor.shared_memory_refusal.is_some();
+            if refusing && actor.sqlite_usable() {
+                actor.follow_fault_hook(ctx);
+                actor.catch_up();
+                actor.schedule_replay(ctx);
+            }
+        });
         ctx.run_interval(PRUNE_INTERVAL, |actor, ctx| {
+            if !actor.sqlite_usable() {
+                return;
+            }
             let _ = actor.commit_batch(ctx);
             if let Some(store) = actor.store.as_mut() {
                 let pruned = store
@@ -471,6 +713,9 @@ impl<R: 'static> Handler<Run<R>> for PersistenceActor {
     type Result = Result<R, StoreError>;
 
     fn handle(&mut self, message: Run<R>, ctx: &mut Context<Self>) -> Result<R, StoreError> {
+        if !self.sqlite_usable() {
+            return Err(StoreError::Unavailable(self.shared_memory_refusal.clone().unwrap_or_default()));
+        }
         self.follow_fault_hook(ctx);
         self.catch_up();
         if message.after_commit {
@@ -482,6 +727,13 @@ impl<R: 'static> Handler<Run<R>> for PersistenceActor {
         let changes_before = store.total_changes();
         let result = (message.operation)(store);
         let wrote = self.store.as_ref().is_some_and(|store| store.total_changes() != changes_before);
+        match &result {
+            Err(error) if error.is_write_unavailable() && !matches!(error, StoreError::Unavailable(_)) => {
+                self.note_refusal(error)
+            }
+            Ok(_) if wrote && self.outbox.as_ref().is_some_and(Outbox::is_empty) => self.note_writable(),
+            _ => {}
+        }
         if wrote {
             self.commit_batch(ctx)?;
         }
@@ -829,10 +1081,14 @@ mod tests {
         // The disk turns read-only: their fills go to the outbox (fsynced), not lost.
         std::fs::write(&fault, b"").unwrap();
         let first = write(&directory, filled(1, "t1")).await.unwrap();
-        assert_eq!(first, Durability::Queued { depth: 1 });
+        assert_eq!(first, Durability::Queued { depth: 1, changed: true });
         // The same fact seen again on the next sync is queued once.
-        assert_eq!(write(&directory, filled(1, "t1")).await.unwrap(), Durability::Queued { depth: 1 });
-        assert_eq!(write(&directory, filled(2, "t2")).await.unwrap(), Durability::Queued { depth: 2 });
+        // (what it does was done by the first: the order reads as filled already)
+        assert_eq!(write(&directory, filled(1, "t1")).await.unwrap(), Durability::Queued { depth: 1, changed: false });
+        assert_eq!(write(&directory, filled(2, "t2")).await.unwrap(), Durability::Queued { depth: 2, changed: true });
+        // Reads through persistence see what waits in the outbox.
+        let seen = run(&directory, |store| store.order(&intent(1).client_order_id)).await.unwrap().unwrap();
+        assert_eq!(seen.state, crate::domain::OrderState::Filled);
         let status = directory.outbox();
         assert!(status.last_error.as_deref().is_some_and(|e| e.contains("readonly")), "{status:?}");
         // An intent cannot be committed meanwhile: it fails, so nothing would be sent.

@@ -287,9 +287,10 @@ impl Trader {
         let client_order_id = approved.get().client_order_id.clone();
         let (directory, timeout) = (self.seed.directory.clone(), self.seed.call_timeout);
         let placement = async move {
-            // Invariant 1: the intent is durable before anything can be sent.
+            // Invariant 1: the intent is durable before anything can be sent (in the database, or
+            // for an exit while it refuses writes, in the fsynced outbox).
             let intent = approved.get().clone();
-            if let Err(error) = persistence::run(&directory, move |store| store.commit_intent(&intent)).await {
+            if let Err(error) = persistence::write(&directory, DurableWrite::CommitIntent(intent)).await {
                 return PlacementOutcome::NotCommitted { reason: error.to_string() };
             }
             let router = match directory.order_router() {

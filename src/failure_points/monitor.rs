@@ -110,8 +110,8 @@ pub struct DatabaseObservation {
     /// Writes refused for back-pressure and journal writes that failed, since start.
     pub writes_refused: u64,
     pub journal_write_failures: u64,
-    /// `PRAGMA quick_check` answered "ok".
-    pub integrity_ok: bool,
+    /// `PRAGMA quick_check` answered "ok" (`None`: it could not be run now).
+    pub integrity_ok: Option<bool>,
     /// The durable outbox: records waiting for the database to take writes again.
     pub outbox: crate::actors::OutboxStatus,
     /// Every configured user (all of them halt entries while the outbox holds records).
@@ -515,21 +515,47 @@ fn database(observations: &Observations) -> Outcome {
         "outbox_capacity": outbox.capacity,
         "outbox_replayed_total": outbox.replayed_total,
         "outbox_rejected_total": outbox.rejected_total,
+        "refusal": outbox.refusal.as_ref().map(|r| r.kind.as_str()),
+        "records_lost_total": outbox.records_lost_total,
     });
-    if !database.integrity_ok {
+    let waiting = || {
+        let full = if outbox.is_full() { " (full: new records are refused)" } else { "" };
+        format!("{} of {} record(s) wait in the durable outbox{full}", outbox.depth, outbox.capacity)
+    };
+    if let Some(why) = &outbox.records_unkept {
+        let detail = format!(
+            "records are being lost ({} since start): {why}; no order is placed until records can be kept again",
+            outbox.records_lost_total
+        );
+        return Outcome::new(CheckStatus::Critical, detail).value(value).users(database.users.clone());
+    }
+    if let Some(refusal) = &outbox.refusal {
+        let detail = format!(
+            "the database refuses writes since {} ({}: {}); {}; every user's entries are halted until they are replayed",
+            crate::clock::rfc3339_ms(refusal.since_ms),
+            refusal.kind.as_str(),
+            refusal.detail,
+            waiting()
+        );
+        let mut outcome = Outcome::new(CheckStatus::Critical, detail).value(value).users(database.users.clone());
+        outcome.since_ms = Some(refusal.since_ms);
+        return outcome;
+    }
+    if database.integrity_ok == Some(false) {
         Outcome::new(CheckStatus::Critical, "the integrity check failed").value(value)
     } else if outbox.depth > 0 {
-        let full = if outbox.is_full() { " (full: new records are refused)" } else { "" };
         let why = outbox.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
         Outcome::new(
             CheckStatus::Critical,
             format!(
-                "the database refuses writes{why}; {} of {} record(s) wait in the durable outbox{full}; every user's entries are halted until they are replayed",
-                outbox.depth, outbox.capacity
+                "the database refuses writes{why}; {}; every user's entries are halted until they are replayed",
+                waiting()
             ),
         )
         .value(value)
         .users(database.users.clone())
+    } else if database.integrity_ok.is_none() {
+        Outcome::unknown("the database could not be queried (its integrity was not checked)").value(value)
     } else if outbox.rejected_total > 0 {
         Outcome::new(
             CheckStatus::Warn,
@@ -1155,13 +1181,14 @@ mod tests {
             replayed_total: 0,
             rejected_total: 0,
             last_error: Some("attempt to write a readonly database".into()),
+            ..crate::actors::OutboxStatus::default()
         };
         let observations = Observations {
             database: Some(DatabaseObservation {
                 writes_refused: 0,
                 journal_write_failures: 0,
-                integrity_ok: true,
-                outbox,
+                integrity_ok: Some(true),
+                outbox: outbox.clone(),
                 users: vec![user("u1"), user("u2")],
             }),
             position_mismatches: Some(Vec::new()),
@@ -1177,6 +1204,49 @@ mod tests {
         let sync = result(&results, catalog::STATE_POSITION_SYNC);
         assert_eq!((sync.status, sync.users.clone()), (CheckStatus::Critical, vec![user("u3")]));
         assert!(sync.detail.contains("differs from the bot's: entries halted for: u3 (XRPUSDT"), "{}", sync.detail);
+
+        // The database unreachable (its integrity not checked) but refusing writes, with a lock
+        // held by another connection: critical, with the kind and since when, never unknown.
+        let refusal = crate::actors::DatabaseRefusal {
+            kind: crate::actors::DatabaseRefusalKind::ForeignLock,
+            since_ms: 1_000,
+            detail: "database is locked".into(),
+        };
+        let locked = Observations {
+            database: Some(DatabaseObservation {
+                writes_refused: 0,
+                journal_write_failures: 0,
+                integrity_ok: None,
+                outbox: crate::actors::OutboxStatus { refusal: Some(refusal), ..outbox.clone() },
+                users: vec![user("u1")],
+            }),
+            ..Observations::default()
+        };
+        let results = evaluate(&locked);
+        let database = result(&results, catalog::SYS_DATABASE);
+        assert_eq!((database.status, database.since_ms), (CheckStatus::Critical, Some(1_000)));
+        assert!(database.detail.contains("foreign_lock: database is locked"), "{}", database.detail);
+
+        // Records kept nowhere: critical, and it says no order is placed.
+        let lost = Observations {
+            database: Some(DatabaseObservation {
+                writes_refused: 0,
+                journal_write_failures: 0,
+                integrity_ok: None,
+                outbox: crate::actors::OutboxStatus {
+                    records_unkept: Some("a decision record could be kept neither ...".into()),
+                    records_lost_total: 3,
+                    ..outbox
+                },
+                users: vec![user("u1")],
+            }),
+            ..Observations::default()
+        };
+        let results = evaluate(&lost);
+        let database = result(&results, catalog::SYS_DATABASE);
+        assert_eq!(database.status, CheckStatus::Critical);
+        assert!(database.detail.contains("records are being lost (3 since start)"), "{}", database.detail);
+        assert!(database.detail.contains("no order is placed"), "{}", database.detail);
     }
 
     #[test]

@@ -83,6 +83,36 @@ fn read_since(
 
 /// `GET /health`: 200 when the root supervisor answers, every shared actor runs and the Monitor
 /// has run within three intervals; 503 with the reasons otherwise.
+/// The database's write health for `/health`: `ok`, or `degraded` with why (it refuses writes,
+/// records wait in the outbox, records could be kept nowhere).
+fn database_health(outbox: &crate::actors::OutboxStatus) -> Value {
+    let mut reasons = Vec::new();
+    if let Some(refusal) = &outbox.refusal {
+        reasons.push(format!(
+            "the database refuses writes since {} ({}): {}",
+            rfc3339_ms(refusal.since_ms),
+            refusal.kind.as_str(),
+            refusal.detail
+        ));
+    }
+    if outbox.depth > 0 {
+        reasons.push(format!("{} of {} record(s) wait in the durable outbox", outbox.depth, outbox.capacity));
+    }
+    if let Some(why) = &outbox.records_unkept {
+        reasons.push(format!(
+            "records are being lost ({} since start): {why}; no order is placed",
+            outbox.records_lost_total
+        ));
+    }
+    json!({
+        "state": if outbox.is_degraded() { "degraded" } else { "ok" },
+        "reasons": reasons,
+        "refusal": outbox.refusal,
+        "outbox_depth": outbox.depth,
+        "records_lost_total": outbox.records_lost_total,
+    })
+}
+
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     guarded("health", async move {
         let now_ms = state.clock.now_ms();
@@ -116,20 +146,32 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
             None => {}
         }
         let monitor_last_run = monitor.map(rfc3339_ms);
-        if reasons.is_empty() {
-            HttpResponse::Ok().json(json!({
-                "status": "ok",
-                "shared_actors": shared,
-                "users": state.settings.config.users.len(),
-                "monitor_last_run": monitor_last_run,
-            }))
-        } else {
-            HttpResponse::ServiceUnavailable().json(json!({
+        let database = database_health(&state.directory.outbox());
+        if !reasons.is_empty() {
+            return HttpResponse::ServiceUnavailable().json(json!({
                 "status": "unhealthy",
                 "reasons": reasons,
+                "database": database,
                 "monitor_last_run": monitor_last_run,
-            }))
+            }));
         }
+        // The process serves, but the database is behind: still 200 (restarting would not help),
+        // with the status and the reasons saying so.
+        let degraded = database["state"] == "degraded";
+        let database_reasons: Vec<String> = database["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        HttpResponse::Ok().json(json!({
+            "status": if degraded { "degraded" } else { "ok" },
+            "reasons": database_reasons,
+            "shared_actors": shared,
+            "users": state.settings.config.users.len(),
+            "database": database,
+            "monitor_last_run": monitor_last_run,
+        }))
     })
     .await
 }

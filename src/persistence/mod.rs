@@ -32,6 +32,7 @@ use crate::limits::{
     DECISIONS_PER_USER_MAX, GUARD_DECISIONS_PER_USER_MAX, GUARD_LOCKS_CLEARED_MAX, MONITOR_SNAPSHOTS_MAX,
     ORDER_EVENTS_MAX, RECONCILE_ACTIONS_MAX, SUPERVISOR_EVENTS_MAX,
 };
+use crate::persistence::outbox::DurableWrite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -71,6 +72,12 @@ impl StoreError {
         }
     }
 
+    /// Another connection holds the lock this write needs (SQLite busy or locked).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
+            if matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    }
+
     /// The database cannot take a write now but may later (busy, locked, read-only, I/O error,
     /// disk full, cannot open): a durable record waits in the outbox instead of being lost. A
     /// conflict, a constraint or corrupt data would fail the same way again, so it is not.
@@ -94,12 +101,18 @@ impl StoreError {
     }
 }
 
+/// How long a write waits for another connection's write lock before it is refused (busy). Short:
+/// the server's own writes all go through one connection, so a lock held longer than this belongs
+/// to somebody else (an operator's `sqlite3` session, a tool), and a durable record then waits in
+/// the outbox instead of holding every user's trading behind it.
+pub const BUSY_TIMEOUT_MS: u64 = 250;
+
 /// WAL journal, a busy timeout, foreign keys: the settings every connection gets.
 pub(crate) fn configure_connection(connection: &Connection) -> Result<(), StoreError> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
-    connection.busy_timeout(std::time::Duration::from_millis(5_000))?;
+    connection.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     // Every statement `Store` runs is prepared once and kept (there are about 60 of them).
     connection.set_prepared_statement_cache_capacity(128);
     Ok(())
@@ -347,6 +360,55 @@ pub struct StoredOrder {
     pub send_attempts: u32,
 }
 
+impl StoredOrder {
+    /// A committed intent's order, before anything was sent.
+    pub fn committed(intent: OrderIntent) -> Self {
+        Self {
+            updated_at_ms: intent.created_at_ms,
+            intent,
+            state: OrderState::Pending,
+            exchange_order_id: None,
+            filled_quantity: Decimal::ZERO,
+            average_price: None,
+            sent_at_ms: None,
+            last_error: None,
+            send_attempts: 0,
+        }
+    }
+
+    /// Applies a compare-and-set move as `Store::transition_order` does in SQL: only from `from`
+    /// (and the expected send count, if given). Returns whether it applied.
+    pub fn apply(&mut self, transition: &OrderTransition) -> bool {
+        if self.state != transition.from
+            || !transition.from.may_become(transition.to)
+            || transition.expected_send_attempts.is_some_and(|sends| sends != self.send_attempts)
+        {
+            return false;
+        }
+        self.state = transition.to;
+        if let Some(id) = &transition.exchange_order_id {
+            self.exchange_order_id = Some(id.clone());
+        }
+        if let Some(quantity) = transition.filled_quantity {
+            self.filled_quantity = quantity;
+        }
+        if let Some(price) = transition.average_price {
+            self.average_price = Some(price);
+        }
+        if let Some(sent_at_ms) = transition.sent_at_ms {
+            self.sent_at_ms = Some(sent_at_ms);
+        }
+        if let Some(error) = &transition.last_error {
+            self.last_error = Some(error.clone());
+        }
+        self.updated_at_ms = transition.at_ms;
+        if transition.to == OrderState::Sending {
+            self.send_attempts += 1;
+        }
+        true
+    }
+}
+
 /// A compare-and-set move of one order from the state the caller saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderTransition {
@@ -467,10 +529,53 @@ pub struct UserStatus {
     pub fills_total: u64,
 }
 
+/// The file SQLite keeps its WAL index in, beside the database (`bulwark.db-shm`).
+pub fn shared_memory_path(database_path: &Path) -> std::path::PathBuf {
+    let mut name = database_path.as_os_str().to_owned();
+    name.push("-shm");
+    std::path::PathBuf::from(name)
+}
+
+/// Whether SQLite may use the database's shared-memory file. SQLite maps `<db>-shm` into memory
+/// and writes through the mapping; when the file cannot be written (made immutable, or its
+/// filesystem remounted read-only after an I/O error) the kernel answers such a write with SIGBUS,
+/// which no error code can catch: the process dies. So the persistence actor asks the kernel
+/// first (`access(2)` with `W_OK` sees both an immutable file and a read-only filesystem, for root
+/// too) and keeps away from SQLite while the answer is no. A file that does not exist yet is fine:
+/// SQLite creates it, or fails to with an error it reports.
+pub fn shared_memory_writable(database_path: &Path) -> Result<(), String> {
+    let path = shared_memory_path(database_path);
+    match rustix::fs::access(&path, rustix::fs::Access::WRITE_OK) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(errno) => Err(format!(
+            "the database's shared-memory file {} cannot be written ({}); SQLite would crash the process on it",
+            path.display(),
+            std::io::Error::from(errno)
+        )),
+    }
+}
+
+/// What a record waiting in the outbox does to the store's order reads (see
+/// [`Store::preview_pending`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingChange {
+    /// A compare-and-set applies (or the record is no compare-and-set).
+    pub changed: bool,
+    /// The order as it becomes.
+    order: Option<StoredOrder>,
+}
+
 /// The bot's database.
 #[derive(Debug)]
 pub struct Store {
     connection: Connection,
+    /// Orders whose newest state waits in the durable outbox: each as the database will hold it
+    /// once the outbox is replayed (committed intents, compare-and-set moves, fills' order
+    /// states). Written by the persistence actor as it queues records ([`Store::hold_pending`])
+    /// and cleared when the outbox is empty; read by every order read here, so that what the
+    /// store answers is what it was told, whether it is in the database yet or not.
+    pending_orders: BTreeMap<ClientOrderId, StoredOrder>,
 }
 
 impl Store {
@@ -491,7 +596,7 @@ impl Store {
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         connection.busy_timeout(std::time::Duration::from_millis(5_000))?;
-        Ok(Self { connection })
+        Ok(Self { connection, pending_orders: BTreeMap::new() })
     }
 
     fn with_connection(mut connection: Connection) -> Result<Self, StoreError> {
@@ -499,7 +604,7 @@ impl Store {
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut connection)
             .map_err(|error| StoreError::Migration(error.to_string()))?;
-        Ok(Self { connection })
+        Ok(Self { connection, pending_orders: BTreeMap::new() })
     }
 
     /// Group commit: opens a transaction that the following writes join (every write method's
@@ -523,6 +628,18 @@ impl Store {
         {
             tracing::warn!(%error, "persistence: rolling back a group commit failed");
         }
+    }
+
+    /// How long a write waits for another connection's lock before it is refused as busy (the
+    /// persistence actor shortens it while a foreign lock holds, so probing costs nothing).
+    pub fn set_busy_timeout(&mut self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        self.connection.busy_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Whether a transaction is open on this connection.
+    pub fn in_transaction(&self) -> bool {
+        !self.connection.is_autocommit()
     }
 
     /// Rows changed by this connection since it opened (what tells whether an operation wrote).
@@ -568,11 +685,14 @@ impl Store {
 
     pub fn load_trader_state(&mut self, user: &UserId) -> Result<TraderState, StoreError> {
         let mut state = TraderState { positions: self.load_positions(user)?, ..TraderState::default() };
-        state.last_intent_seq = self.connection.query_row(
+        let stored_seq = self.connection.query_row(
             "SELECT COALESCE(MAX(intent_seq), 0) FROM intents WHERE user_id = ?1",
             params![user.as_str()],
             |row| row.get::<_, i64>(0),
         )? as u64;
+        let pending_seq =
+            self.pending_orders.values().filter(|o| &o.intent.user == user).map(|o| o.intent.intent_seq).max();
+        state.last_intent_seq = stored_seq.max(pending_seq.unwrap_or(0));
         state.decision_count = self
             .connection
             .query_row("SELECT decision_count FROM users WHERE user_id = ?1", params![user.as_str()], |row| {
@@ -711,10 +831,17 @@ impl Store {
         ))?;
         let rows =
             statement.query_map(params![user.as_str(), symbol.map(Symbol::as_str)], |row| Ok(order_from_row(row)))?;
-        rows.map(|row| row?).collect()
+        let stored: Vec<StoredOrder> = rows.map(|row| row?).collect::<Result<_, _>>()?;
+        // An order the outbox moved to a final state is resolved; one it committed is not.
+        let mut orders = self.with_pending(stored, user, |order| symbol.is_none_or(|s| *s == order.intent.symbol));
+        orders.retain(|order| !order.state.is_final());
+        Ok(orders)
     }
 
     pub fn order(&mut self, client_order_id: &ClientOrderId) -> Result<Option<StoredOrder>, StoreError> {
+        if let Some(pending) = self.pending_orders.get(client_order_id) {
+            return Ok(Some(pending.clone()));
+        }
         let mut statement = self.connection.prepare_cached(&format!("{ORDER_SELECT} WHERE o.client_order_id = ?1"))?;
         let row = statement.query_row(params![client_order_id.as_str()], |row| Ok(order_from_row(row))).optional()?;
         row.transpose()
@@ -725,7 +852,106 @@ impl Store {
         let mut statement =
             self.connection.prepare_cached(&format!("{ORDER_SELECT} WHERE o.user_id = ?1 ORDER BY i.intent_seq"))?;
         let rows = statement.query_map(params![user.as_str()], |row| Ok(order_from_row(row)))?;
-        rows.map(|row| row?).collect()
+        let stored: Vec<StoredOrder> = rows.map(|row| row?).collect::<Result<_, _>>()?;
+        Ok(self.with_pending(stored, user, |_| true))
+    }
+
+    /// `stored` (one user's orders from the database, by sequence) with what waits in the outbox
+    /// laid over it: a pending version replaces the stored one, a pending commit is added.
+    fn with_pending(
+        &self,
+        stored: Vec<StoredOrder>,
+        user: &UserId,
+        wanted: impl Fn(&StoredOrder) -> bool,
+    ) -> Vec<StoredOrder> {
+        if self.pending_orders.is_empty() {
+            return stored;
+        }
+        let mut orders: BTreeMap<u64, StoredOrder> = stored
+            .into_iter()
+            .map(|order| match self.pending_orders.get(&order.intent.client_order_id) {
+                Some(pending) => (pending.intent.intent_seq, pending.clone()),
+                None => (order.intent.intent_seq, order),
+            })
+            .collect();
+        for pending in self.pending_orders.values().filter(|o| &o.intent.user == user && wanted(o)) {
+            orders.entry(pending.intent.intent_seq).or_insert_with(|| pending.clone());
+        }
+        orders.into_values().collect()
+    }
+
+    /// What a record about to wait in the outbox does to what this store's order reads show, as
+    /// the database will have it once the outbox is replayed (records are replayed in the order
+    /// they were held, on the same rows, so the result is the same). A compare-and-set changes
+    /// nothing when the order is not in `from` (or not known); an intent whose id or sequence
+    /// number is taken is [`StoreError::Conflict`], as in the database. Records other than
+    /// orders change nothing here. Nothing is held until [`Store::hold_pending`].
+    pub fn preview_pending(&mut self, write: &DurableWrite) -> Result<PendingChange, StoreError> {
+        let unchanged = PendingChange { changed: false, order: None };
+        match write {
+            DurableWrite::CommitIntent(intent) => {
+                let taken_seq = self
+                    .pending_orders
+                    .values()
+                    .any(|o| o.intent.user == intent.user && o.intent.intent_seq == intent.intent_seq);
+                let stored_seq: Option<i64> = self
+                    .connection
+                    .query_row(
+                        "SELECT 1 FROM intents WHERE user_id = ?1 AND intent_seq = ?2",
+                        params![intent.user.as_str(), intent.intent_seq as i64],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if taken_seq || stored_seq.is_some() || self.order(&intent.client_order_id)?.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "intent {} (sequence {} of user {}) is already recorded",
+                        intent.client_order_id, intent.intent_seq, intent.user
+                    )));
+                }
+                Ok(PendingChange { changed: true, order: Some(StoredOrder::committed(intent.clone())) })
+            }
+            DurableWrite::OrderTransition(transition) => {
+                let Some(mut order) = self.order(&transition.client_order_id)? else { return Ok(unchanged) };
+                if !order.apply(transition) {
+                    return Ok(unchanged);
+                }
+                Ok(PendingChange { changed: true, order: Some(order) })
+            }
+            _ => Ok(PendingChange { changed: true, order: None }),
+        }
+    }
+
+    /// Holds what [`Store::preview_pending`] found, once its record is safely in the outbox.
+    pub fn hold_pending(&mut self, change: PendingChange) {
+        if let Some(order) = change.order {
+            self.pending_orders.insert(order.intent.client_order_id.clone(), order);
+        }
+    }
+
+    /// Lays every record of an outbox (oldest first) over this store's order reads, replacing what
+    /// was laid before: what the server's own reads show while those records wait. A record that
+    /// does not apply to what the database holds is skipped (it waits for its replay); returns
+    /// how many were skipped.
+    pub fn lay_outbox_over<'a>(&mut self, writes: impl IntoIterator<Item = &'a DurableWrite>) -> usize {
+        self.clear_pending();
+        let mut skipped = 0;
+        for write in writes {
+            match self.preview_pending(write) {
+                Ok(change) => self.hold_pending(change),
+                Err(_) => skipped += 1,
+            }
+        }
+        skipped
+    }
+
+    /// The outbox is empty: the database has everything [`Store::hold_pending`] held.
+    pub fn clear_pending(&mut self) {
+        self.pending_orders.clear();
+    }
+
+    /// How many orders wait in the outbox (for tests and status).
+    pub fn pending_order_count(&self) -> usize {
+        self.pending_orders.len()
     }
 
     pub fn fill_count(&mut self, user: &UserId) -> Result<u64, StoreError> {
@@ -1208,7 +1434,16 @@ impl Store {
             "SELECT exchange_order_id FROM orders WHERE user_id = ?1 AND symbol = ?2 AND exchange_order_id IS NOT NULL",
         )?;
         let rows = statement.query_map(params![user.as_str(), symbol.as_str()], |row| row.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut ids: Vec<String> = rows.collect::<Result<_, _>>()?;
+        ids.extend(
+            self.pending_orders
+                .values()
+                .filter(|o| &o.intent.user == user && &o.intent.symbol == symbol)
+                .filter_map(|o| o.exchange_order_id.clone()),
+        );
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// One Monitor run, for history.

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ClientOrderId, Fill, UserId};
+use crate::domain::{ClientOrderId, Fill, OrderIntent, UserId};
 use crate::failure_points::locks::GuardLock;
 use crate::persistence::{
     DecisionRecord, GuardDecisionRecord, OrderTransition, PositionRecord, Store, StoreError, SupervisorEventRecord,
@@ -42,6 +42,10 @@ use crate::persistence::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DurableWrite {
+    /// An intent and its order row (`pending`), before anything is sent. Kept in the outbox only
+    /// for an exit (reduce-only): while the database refuses writes no entry is committed, but a
+    /// position can still be closed.
+    CommitIntent(OrderIntent),
     /// A compare-and-set move of an order with its fills. On replay, a move the database has
     /// overtaken meanwhile (the order is no longer in `from`) still records its fills: fills are
     /// facts, and recording one twice changes nothing.
@@ -72,6 +76,7 @@ impl DurableWrite {
     /// For logs.
     pub fn what(&self) -> &'static str {
         match self {
+            DurableWrite::CommitIntent(_) => "intent",
             DurableWrite::OrderTransition(_) => "order transition",
             DurableWrite::Fills { .. } => "fills",
             DurableWrite::Position(_) => "position",
@@ -81,6 +86,17 @@ impl DurableWrite {
             DurableWrite::GuardLock(_) => "guard lock",
             DurableWrite::SupervisorEvent(_) => "supervisor event",
             DurableWrite::UserSupervision(_) => "user supervision state",
+        }
+    }
+
+    /// A record whose effect decides whether an order is sent: a committed intent, or a move to
+    /// `sending`. Whether it applies must be judged against what the database holds, so it is
+    /// never kept blind (while the database cannot even be read).
+    pub fn decides_a_send(&self) -> bool {
+        match self {
+            DurableWrite::CommitIntent(_) => true,
+            DurableWrite::OrderTransition(transition) => transition.to == crate::domain::OrderState::Sending,
+            _ => false,
         }
     }
 
@@ -119,8 +135,10 @@ pub enum Durability {
     /// The database took it. `changed` is false when it changed nothing (a compare-and-set whose
     /// order had moved on, fills already recorded).
     Applied { changed: bool },
-    /// The database could not take it; it waits in the outbox (fsynced) at this depth.
-    Queued { depth: usize },
+    /// The database could not take it; it waits in the outbox (fsynced) at this depth. `changed`
+    /// is what it does to what the store's reads show (the database and the records queued
+    /// before it): false for a compare-and-set whose order is no longer in `from`.
+    Queued { depth: usize, changed: bool },
 }
 
 /// One line of the outbox file.
@@ -136,6 +154,7 @@ impl Store {
     /// Applies a durable write directly (no outbox bookkeeping).
     pub fn apply_durable(&mut self, write: &DurableWrite) -> Result<bool, StoreError> {
         match write {
+            DurableWrite::CommitIntent(intent) => self.commit_intent(intent).map(|()| true),
             DurableWrite::OrderTransition(transition) => {
                 let moved = self.transition_order(transition)?;
                 Ok(moved)
@@ -338,6 +357,11 @@ impl Outbox {
         self.queue.front()
     }
 
+    /// Every queued entry, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = &OutboxEntry> {
+        self.queue.iter()
+    }
+
     /// Appends a record and fsyncs it; returns the depth after. A record whose dedupe key is
     /// already queued is not appended again. At capacity the record is refused.
     pub fn append(&mut self, write: DurableWrite, now_ms: i64) -> Result<usize, StoreError> {
@@ -466,6 +490,23 @@ impl Outbox {
 }
 
 /// Lines of an outbox file that hold an entry (for status commands reading it from outside).
+/// The records queued in the outbox at `path`, oldest first, read without touching the file (for a
+/// reader beside the server: the simulation's checks during a database outage). A torn or
+/// unreadable line is skipped, as the server's own opening would set it aside.
+pub fn queued_writes(path: &Path) -> std::io::Result<Vec<DurableWrite>> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    Ok(text
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| serde_json::from_slice::<OutboxEntry>(line).ok())
+        .map(|entry| entry.write)
+        .collect())
+}
+
 pub fn count_entries(path: &Path) -> std::io::Result<usize> {
     match File::open(path) {
         Ok(file) => Ok(BufReader::new(file).lines().map_while(Result::ok).filter(|l| !l.trim().is_empty()).count()),

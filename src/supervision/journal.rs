@@ -213,6 +213,12 @@ pub struct SupervisionJournal {
 
 pub type SharedJournal = Rc<RefCell<SupervisionJournal>>;
 
+impl Drop for SupervisionJournal {
+    fn drop(&mut self) {
+        crate::logging::clear_fatal_note_fd(std::os::fd::AsRawFd::as_raw_fd(self.writer.get_ref()));
+    }
+}
+
 impl std::fmt::Debug for SupervisionJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SupervisionJournal").field("path", &self.path).field("children", &self.children.len()).finish()
@@ -228,6 +234,8 @@ impl SupervisionJournal {
     ) -> std::io::Result<Self> {
         let path = log_dir.join("supervisor.jsonl");
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        // A fatal signal's last-resort handler (the binary) appends its line here.
+        crate::logging::set_fatal_note_fd(std::os::fd::AsRawFd::as_raw_fd(&file));
         Ok(Self {
             clock,
             directory,
