@@ -92,7 +92,10 @@ position_size_usdt = -5
     assert!(stderr.contains("3 problems"), "{stderr}");
     assert!(stderr.contains("server.verbose: unknown key"), "{stderr}");
     assert!(stderr.contains("users[0].strategies[0].symbol: unknown symbol \"XRPUSD\""), "{stderr}");
-    assert!(stderr.contains("users[1].strategies[0].position_size_usdt: must be greater than 0, got -5"), "{stderr}");
+    assert!(
+        stderr.contains("users[1].strategies[0].position_size_usdt: must be from 0.01 to 1e12, got -5"),
+        "{stderr}"
+    );
     assert!(output.stdout.is_empty());
 
     let missing = run(bulwark().args(["check-config", "--config"]).arg(dir.path().join("nope.toml")));
