@@ -207,7 +207,12 @@ pub fn main() -> ExitCode {
             note_embedded(&config);
             if !config.users.iter().any(|u| u.id.as_str() == user) {
                 let known: Vec<&str> = config.users.iter().map(|u| u.id.as_str()).collect();
-                eprintln!("bulwark why: no user {user:?} in {} (users: {})", config.source_name, known.join(", "));
+                eprintln!(
+                    "bulwark why: no user {:?} in {} (users: {})",
+                    crate::limits::excerpt(&user),
+                    config.source_name,
+                    known.join(", ")
+                );
                 return ExitCode::from(EXIT_USAGE);
             }
             let from_server = Remote::for_config(&config, url.as_deref()).map(|remote| {

@@ -678,7 +678,7 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
             if waiting.is_empty() || waited_ms >= wait_ms_max {
                 break;
             }
-            tracing::info!(users = ?waiting, waited_ms, wait_ms_max, "reconcile: orders still inside their receive window; passing again in 1 s");
+            tracing::info!(users = ?waiting.iter().map(UserId::as_str).collect::<Vec<_>>(), waited_ms, wait_ms_max, "reconcile: orders still inside their receive window; passing again in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
             pending_users = waiting;
         }
