@@ -298,8 +298,8 @@ pub fn warnings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
     if config.guards.is_none() {
         warnings.push(
-            "guards.enabled = false: entries pass without the signal guards; no kill switch or probation is set, \
-             and those already set do not block entries while the guards are off (only the [risk] limits apply)"
+            "guards.enabled = false: no new kill switch or probation will be set and entries skip the signal guards \
+             (locks already set still hold until they expire or are cleared; the [risk] limits still apply)"
                 .to_owned(),
         );
     }
@@ -2270,9 +2270,10 @@ mod tests {
         let warnings = warnings(&config);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
-            warnings[0].starts_with("guards.enabled = false: entries pass without the signal guards"),
+            warnings[0].starts_with("guards.enabled = false: no new kill switch or probation will be set"),
             "{warnings:?}"
         );
+        assert!(warnings[0].contains("locks already set still hold until they expire or are cleared"), "{warnings:?}");
         assert!(super::warnings(&parse(&one_user("", "100"), "x").unwrap()).is_empty());
     }
 

@@ -135,7 +135,7 @@ fn check_config_warns_when_the_guards_are_off_and_still_passes() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(stdout.starts_with("config ok\nwarning: guards.enabled = false: "), "{stdout}");
-    assert!(stdout.contains("no kill switch or probation is set"), "{stdout}");
+    assert!(stdout.contains("no new kill switch or probation will be set"), "{stdout}");
 }
 
 #[test]
