@@ -6,8 +6,9 @@
 # - copies config/bulwark.toml to /etc/bulwark/bulwark.toml unless one is there (never overwritten);
 # - creates /etc/bulwark/bulwark.env (mode 0600, empty) for API keys unless one is there;
 # - installs scripts/bulwark.service, reloads systemd and enables (does not start) the service.
-# Then: edit /etc/bulwark/bulwark.toml and bulwark.env, `bulwark check-config --config
-# /etc/bulwark/bulwark.toml`, and `systemctl start bulwark`.
+# Then: edit /etc/bulwark/bulwark.toml and bulwark.env, check both (check-config reads the key
+# variables as run does: `sh -c 'set -a; . /etc/bulwark/bulwark.env; exec bulwark check-config
+# --config /etc/bulwark/bulwark.toml'`), and `systemctl start bulwark`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root" >&2; exit 1; }

@@ -124,7 +124,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate a config: prints `config ok`, or every problem and exits 2.
+    /// Validate a config, and read the environment variables it names as `run` would (names
+    /// only, never values): prints `config ok` and a `warning: ...` line for each setting that
+    /// runs but turns something off, or every problem and exits 2.
     CheckConfig {
         /// Config file [default: config/bulwark.toml, or the embedded default if it is missing].
         #[arg(long, value_name = "PATH")]
@@ -150,6 +152,9 @@ pub fn main() -> ExitCode {
             };
             if config.source_name == config::EMBEDDED_SOURCE_NAME {
                 tracing::info!("{} not found: running on the embedded default config", config::DEFAULT_CONFIG_PATH);
+            }
+            for warning in config::warnings(&config) {
+                tracing::warn!("{warning}");
             }
             match crate::server::run(config, duration.map(Duration::from_secs)) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -202,7 +207,12 @@ pub fn main() -> ExitCode {
             note_embedded(&config);
             if !config.users.iter().any(|u| u.id.as_str() == user) {
                 let known: Vec<&str> = config.users.iter().map(|u| u.id.as_str()).collect();
-                eprintln!("bulwark why: no user {user:?} in {} (users: {})", config.source_name, known.join(", "));
+                eprintln!(
+                    "bulwark why: no user {:?} in {} (users: {})",
+                    crate::limits::excerpt(&user),
+                    config.source_name,
+                    known.join(", ")
+                );
                 return ExitCode::from(EXIT_USAGE);
             }
             let from_server = Remote::for_config(&config, url.as_deref()).map(|remote| {
@@ -366,14 +376,23 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { config } => match load_or_report(config) {
-            Some(config) => {
-                note_embedded(&config);
-                println!("config ok");
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => {
+            let Some(config) = load_or_report(config) else { return ExitCode::from(EXIT_CONFIG_INVALID) };
+            note_embedded(&config);
+            // What `run` reads from the environment, read the same way (variable names only).
+            let environment = crate::server::check_environment(&config);
+            if !environment.problems.is_empty() {
+                let errors =
+                    config::ConfigErrors { source_name: config.source_name.clone(), problems: environment.problems };
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_CONFIG_INVALID);
             }
-            None => ExitCode::from(EXIT_CONFIG_INVALID),
-        },
+            println!("config ok");
+            for warning in config::warnings(&config).into_iter().chain(environment.warnings) {
+                println!("warning: {warning}");
+            }
+            ExitCode::SUCCESS
+        }
     }
 }
 

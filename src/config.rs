@@ -26,7 +26,9 @@ use crate::exchange::paper::market::{BASE_TIMEFRAME, RandomWalkParams, SeriesSou
 use crate::exchange::paper::venue::VenueSettings;
 use crate::exchange::paper::{PaperSettings, PaperSymbol, embedded_dataset};
 use crate::guards::GuardSettings;
-use crate::limits::{CANDLE_WINDOW_LEN, PAPER_RANDOM_WALK_HISTORY_MAX, STRATEGIES_PER_USER_MAX, USERS_MAX};
+use crate::limits::{
+    CANDLE_WINDOW_LEN, PAPER_RANDOM_WALK_HISTORY_MAX, STRATEGIES_PER_USER_MAX, USERS_MAX, excerpt, excerpt_lines,
+};
 use crate::secret::Secret;
 use crate::sim::faults::FaultPlan;
 use crate::strategy::{self, Strategy};
@@ -72,6 +74,8 @@ impl fmt::Display for ConfigProblem {
         write!(f, "{}: {}", self.path, self.message)
     }
 }
+
+impl std::error::Error for ConfigProblem {}
 
 /// Every problem of a config that did not validate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -288,6 +292,20 @@ impl Config {
     }
 }
 
+/// What a valid config does that its operator should hear of, though it runs: `check-config`
+/// prints each after `config ok` (as `warning: ...`), `run` and a reload log them.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.guards.is_none() {
+        warnings.push(
+            "guards.enabled = false: no new kill switch or probation will be set and entries skip the signal guards \
+             (locks already set still hold until they expire or are cleared; the [risk] limits still apply)"
+                .to_owned(),
+        );
+    }
+    warnings
+}
+
 /// Loads the config at `path`; with `None`, the default path, or the embedded default when no
 /// file is there.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
@@ -329,8 +347,11 @@ pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// A TOML syntax or type error, with its line; every line of it bounded (the message quotes the
+/// offending line and value, which may be a megabyte long).
 fn toml_problem(error: &toml::de::Error) -> ConfigProblem {
-    ConfigProblem { path: "(file)".to_owned(), message: error.to_string().trim().replace('\n', "\n    ") }
+    let message = excerpt_lines(error.to_string().trim());
+    ConfigProblem { path: "(file)".to_owned(), message: message.replace('\n', "\n    ") }
 }
 
 /// `users[1].strategies[0].foo` from serde_ignored's path.
@@ -340,8 +361,8 @@ fn format_path(path: &serde_ignored::Path<'_>) -> String {
         Path::Root => String::new(),
         Path::Seq { parent, index } => format!("{}[{index}]", format_path(parent)),
         Path::Map { parent, key } => {
-            let parent = format_path(parent);
-            if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
+            let (parent, key) = (format_path(parent), excerpt(key));
+            if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
         }
         Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => format_path(parent),
     }
@@ -781,6 +802,42 @@ struct Validator {
     problems: Vec<ConfigProblem>,
 }
 
+/// The range of a config number that becomes a [`Decimal`] (see [`Validator::decimal_in`]).
+#[derive(Debug, Clone, Copy)]
+struct DecimalRange {
+    min: f64,
+    max: f64,
+}
+
+/// The smallest non-zero amount, price or quantity bulwark keeps: an exchange's finest unit (a
+/// satoshi, Binance's eighth decimal). A smaller one would round to 0 somewhere on its way.
+const SMALLEST_UNIT: f64 = 1e-8;
+
+/// USDT amounts: position sizes, the notional limit, balances. From a cent to a trillion USDT:
+/// more than any account holds, and far inside what a [`Decimal`] holds (7.9e28).
+const USDT_AMOUNT_RANGE: DecimalRange = DecimalRange { min: 0.01, max: 1e12 };
+
+/// Prices and a symbol's rules (tick size, step size, minimum quantity, minimum notional): from
+/// the smallest unit to a billion.
+const PRICE_RANGE: DecimalRange = DecimalRange { min: SMALLEST_UNIT, max: 1e9 };
+
+/// A random walk's base volume per candle, in base-asset units.
+const VOLUME_RANGE: DecimalRange = DecimalRange { min: SMALLEST_UNIT, max: 1e15 };
+
+/// Stands in for a refused number so validation goes on and names every other problem. A config
+/// with any problem is refused whole, so a placeholder never runs.
+const REFUSED_PLACEHOLDER: Decimal = Decimal::ONE;
+
+/// A number as a problem names it: plain (`5000`, `0.25`), or in exponent form when very large or
+/// very small (`1e30`, `1e-30`), so that `1e300` is not 301 digits.
+fn number(value: f64) -> String {
+    if value.is_finite() && value != 0.0 && !(1e-6..1e9).contains(&value.abs()) {
+        format!("{value:e}")
+    } else {
+        format!("{value}")
+    }
+}
+
 impl Validator {
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(ConfigProblem { path: path.into(), message: message.into() });
@@ -794,20 +851,76 @@ impl Validator {
         value
     }
 
-    fn positive(&mut self, path: &str, value: f64) -> Decimal {
-        if !(value.is_finite() && value > 0.0) {
-            self.problem(path, format!("must be greater than 0, got {value}"));
-            return Decimal::ONE;
-        }
-        Decimal::from_f64(value).unwrap_or(Decimal::ONE)
-    }
-
     fn real_in(&mut self, path: &str, value: f64, min: f64, max: f64) -> f64 {
         if !(value.is_finite() && value >= min && value <= max) {
-            self.problem(path, format!("must be from {min} to {max}, got {value}"));
+            self.problem(path, format!("must be from {} to {}, got {}", number(min), number(max), number(value)));
             return min;
         }
         value
+    }
+
+    /// A config number that becomes a [`Decimal`]: the one conversion from the file's floats to
+    /// money. Refused, naming path, range and value, when it is not finite, outside the range, not
+    /// zero but below [`SMALLEST_UNIT`] (it would round to 0), or not kept by the conversion.
+    /// Never a silent default: `None` means a problem was recorded.
+    fn decimal_in(&mut self, path: &str, value: f64, range: DecimalRange) -> Option<Decimal> {
+        let DecimalRange { min, max } = range;
+        if !(value.is_finite() && value >= min && value <= max) {
+            self.problem(path, format!("must be from {} to {}, got {}", number(min), number(max), number(value)));
+            return None;
+        }
+        if value != 0.0 && value.abs() < SMALLEST_UNIT {
+            self.problem(
+                path,
+                format!(
+                    "{} is below the smallest unit bulwark keeps ({}): it would round to 0",
+                    number(value),
+                    number(SMALLEST_UNIT)
+                ),
+            );
+            return None;
+        }
+        let kept = Decimal::from_f64(value).filter(|decimal| {
+            let back = decimal.to_f64().unwrap_or(f64::NAN);
+            (back - value).abs() <= value.abs() * 1e-12
+        });
+        if kept.is_none() {
+            self.problem(path, format!("{} cannot be held exactly as a decimal", number(value)));
+        }
+        kept
+    }
+
+    /// A kill switch or probation setting: greater than 0 and at most `max` (below it, with
+    /// `max_exclusive`). A value that would keep the lock from ever being set, or let it expire the
+    /// moment it is set, turns the guard off without a word: refused, with `when_zero` or
+    /// `when_max` saying so.
+    fn lock_setting(
+        &mut self,
+        path: &str,
+        value: f64,
+        (max, max_exclusive): (f64, bool),
+        when_zero: Option<&str>,
+        when_max: Option<&str>,
+    ) -> f64 {
+        let above = if max_exclusive { value >= max } else { value > max };
+        if value.is_finite() && value > 0.0 && !above {
+            return value;
+        }
+        let bound = if max_exclusive { "less than" } else { "at most" };
+        let mut message = format!("must be greater than 0 and {bound} {}, got {}", number(max), number(value));
+        let why = if value <= 0.0 {
+            when_zero
+        } else if value >= max {
+            when_max
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            message.push_str(": ");
+            message.push_str(why);
+        }
+        self.problem(path, message);
+        max / 2.0
     }
 
     fn config(&mut self, raw: RawConfig, source_name: &str) -> Option<Config> {
@@ -864,6 +977,15 @@ impl Validator {
                 as u64,
             backoff_ms_max: self.int_in("retry.backoff_ms_max", raw.retry.backoff_ms_max, 0, 3_600_000) as u64,
         };
+        if retry.backoff_ms_max < retry.backoff_ms_initial {
+            self.problem(
+                "retry.backoff_ms_max",
+                format!(
+                    "must be at least backoff_ms_initial ({}), got {}",
+                    retry.backoff_ms_initial, retry.backoff_ms_max
+                ),
+            );
+        }
         let http = raw.http.enabled.then(|| self.http(raw.http)).flatten();
         Some(Config {
             source_name: source_name.to_owned(),
@@ -894,7 +1016,7 @@ impl Validator {
             Err(_) => {
                 self.problem(
                     "http.listen",
-                    format!("{:?} is not an address and port like \"127.0.0.1:8377\"", raw.listen),
+                    format!("{:?} is not an address and port like \"127.0.0.1:8377\"", excerpt(&raw.listen)),
                 );
                 return None;
             }
@@ -912,13 +1034,37 @@ impl Validator {
     }
 
     fn guards(&mut self, raw: RawGuards, venue_fee_bps: Option<f64>) -> Option<GuardSettings> {
+        let max_drawdown_pct = self.lock_setting(
+            "guards.max_drawdown_pct",
+            raw.max_drawdown_pct,
+            (100.0, true),
+            None,
+            Some("equity falls 100 % below its peak only once the account is empty, so the kill switch would never trip in time (it would be off)"),
+        );
+        let drawdown_lookback_hours = self.lock_setting(
+            "guards.drawdown_lookback_hours",
+            raw.drawdown_lookback_hours,
+            (24.0 * 90.0, false),
+            Some("with no look-back there is no peak to fall from, so the kill switch would never trip (it would be off)"),
+            None,
+        );
+        let block_hours = self.lock_setting(
+            "guards.block_hours",
+            raw.block_hours,
+            (24.0 * 30.0, false),
+            Some("a kill switch that lasts 0 hours expires the instant it is set (it would be off)"),
+            None,
+        );
+        let probation_hours = self.lock_setting(
+            "guards.probation_hours",
+            raw.probation_hours,
+            (24.0 * 30.0, false),
+            Some("a probation that lasts 0 hours expires the instant it is set (it would be off)"),
+            None,
+        );
         let mut real =
             |name: &str, value: f64, min: f64, max: f64| self.real_in(&format!("guards.{name}"), value, min, max);
-        let max_drawdown_pct = real("max_drawdown_pct", raw.max_drawdown_pct, 0.001, 100.0);
-        let drawdown_lookback_hours = real("drawdown_lookback_hours", raw.drawdown_lookback_hours, 0.01, 24.0 * 90.0);
-        let block_hours = real("block_hours", raw.block_hours, 0.0, 24.0 * 30.0);
         let probation_loss_pct = real("probation_loss_pct", raw.probation_loss_pct, 0.001, 100.0);
-        let probation_hours = real("probation_hours", raw.probation_hours, 0.0, 24.0 * 30.0);
         let regime_volatility_min_pct = real("regime_volatility_min_pct", raw.regime_volatility_min_pct, 0.0, 100.0);
         let regime_volatility_max_pct = real("regime_volatility_max_pct", raw.regime_volatility_max_pct, 0.0, 100.0);
         let fee_multiple = real("fee_multiple", raw.fee_multiple, 0.0, 100.0);
@@ -1046,10 +1192,13 @@ impl Validator {
     }
 
     fn risk(&mut self, raw: RawRisk) -> RiskLimits {
+        let max_position_notional_usdt = self
+            .decimal_in("risk.max_position_notional_usdt", raw.max_position_notional_usdt, USDT_AMOUNT_RANGE)
+            // A refused limit: no position size is also named as exceeding it.
+            .unwrap_or(Decimal::MAX);
         RiskLimits {
             max_open_positions: self.int_in("risk.max_open_positions", raw.max_open_positions, 1, 1_000) as u32,
-            max_position_notional_usdt: self
-                .positive("risk.max_position_notional_usdt", raw.max_position_notional_usdt),
+            max_position_notional_usdt,
         }
     }
 
@@ -1058,7 +1207,8 @@ impl Validator {
         let mut balances = BTreeMap::new();
         for (index, user) in users.iter().enumerate() {
             if let (Ok(id), Some(balance)) = (UserId::new(&user.id), user.paper_balance_usdt) {
-                let balance = self.positive(&format!("users[{index}].paper_balance_usdt"), balance);
+                let path = format!("users[{index}].paper_balance_usdt");
+                let balance = self.decimal_in(&path, balance, USDT_AMOUNT_RANGE).unwrap_or(REFUSED_PLACEHOLDER);
                 balances.insert(id, balance);
             }
         }
@@ -1092,7 +1242,7 @@ impl Validator {
                 if kind != "paper" {
                     self.problem(
                         "exchange.kind",
-                        format!("unknown exchange kind {kind:?} (expected \"paper\" or \"binance\")"),
+                        format!("unknown exchange kind {:?} (expected \"paper\" or \"binance\")", excerpt(kind)),
                     );
                 }
                 Some(VenueConfig::Paper(self.paper(raw.paper.unwrap_or_default(), recv_window_ms, balances)))
@@ -1107,11 +1257,11 @@ impl Validator {
         match Url::parse(value) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
             Ok(_) => {
-                self.problem(path, format!("{value:?} is not an http(s) URL"));
+                self.problem(path, format!("{:?} is not an http(s) URL", excerpt(value)));
                 None
             }
             Err(error) => {
-                self.problem(path, format!("{value:?} is not a URL: {error}"));
+                self.problem(path, format!("{:?} is not a URL: {error}", excerpt(value)));
                 None
             }
         }
@@ -1194,14 +1344,21 @@ impl Validator {
         let prefix = "exchange.paper";
         let candle_interval_ms =
             self.int_in(&format!("{prefix}.candle_interval_ms"), raw.candle_interval_ms, 10, 3_600_000);
-        let default_balance = self.positive(&format!("{prefix}.starting_balance_usdt"), raw.starting_balance_usdt);
-        let taker_fee_bps = self.real_in(&format!("{prefix}.taker_fee_bps"), raw.taker_fee_bps, 0.0, 100.0);
-        let slippage_bps = self.real_in(&format!("{prefix}.slippage_bps"), raw.slippage_bps, 0.0, 500.0);
-        let leverage = self.real_in(&format!("{prefix}.leverage"), raw.leverage, 1.0, 125.0);
+        let default_balance = self
+            .decimal_in(&format!("{prefix}.starting_balance_usdt"), raw.starting_balance_usdt, USDT_AMOUNT_RANGE)
+            .unwrap_or(REFUSED_PLACEHOLDER);
+        let mut rate_of_bps = |name: &str, value: f64, max: f64| {
+            let bps = self.decimal_in(&format!("{prefix}.{name}"), value, DecimalRange { min: 0.0, max });
+            bps.map_or(Decimal::ZERO, |bps| bps / Decimal::from(10_000))
+        };
+        let taker_fee_rate = rate_of_bps("taker_fee_bps", raw.taker_fee_bps, 100.0);
+        let slippage_rate = rate_of_bps("slippage_bps", raw.slippage_bps, 500.0);
+        let leverage = self
+            .decimal_in(&format!("{prefix}.leverage"), raw.leverage, DecimalRange { min: 1.0, max: 125.0 })
+            .unwrap_or(REFUSED_PLACEHOLDER);
         if raw.seed < 0 {
             self.problem(format!("{prefix}.seed"), format!("must not be negative, got {}", raw.seed));
         }
-        let bps = |value: f64| Decimal::from_f64(value).unwrap_or_default() / Decimal::from(10_000);
         let (replay, random_walk) = match (raw.replay, raw.random_walk) {
             (None, None) => default_paper_symbols(),
             (replay, random_walk) => (replay.unwrap_or_default(), random_walk.unwrap_or_default()),
@@ -1234,9 +1391,9 @@ impl Validator {
             candle_interval_ms,
             seed: raw.seed.max(0) as u64,
             venue: VenueSettings {
-                taker_fee_rate: bps(taker_fee_bps),
-                slippage_rate: bps(slippage_bps),
-                leverage: Decimal::from_f64(leverage).unwrap_or(Decimal::ONE),
+                taker_fee_rate,
+                slippage_rate,
+                leverage,
                 recv_window_ms,
                 default_balance,
                 account_balances,
@@ -1270,10 +1427,25 @@ impl Validator {
         let default_tick = 10_f64.powf(magnitude - 4.0);
         let default_step = 10_f64.powf(-1.0 - (magnitude / 2.0).floor().max(0.0));
         let mut value = |name: &str, given: Option<f64>, default: f64| -> Decimal {
-            match given {
-                Some(given) => self.positive(&format!("{path}.{name}"), given),
-                None => Decimal::from_f64(default).unwrap_or(Decimal::ONE).normalize(),
-            }
+            let path = format!("{path}.{name}");
+            let value = match given {
+                Some(given) => self.decimal_in(&path, given, PRICE_RANGE),
+                None if (PRICE_RANGE.min..=PRICE_RANGE.max).contains(&default) => {
+                    self.decimal_in(&path, default, PRICE_RANGE).map(|default| default.normalize())
+                }
+                None => {
+                    let message = format!(
+                        "not set, and its default for a price of {} would be {}, outside {} to {}: set it",
+                        number(reference_price),
+                        number(default),
+                        number(PRICE_RANGE.min),
+                        number(PRICE_RANGE.max)
+                    );
+                    self.problem(path, message);
+                    None
+                }
+            };
+            value.unwrap_or(REFUSED_PLACEHOLDER)
         };
         let tick_size = value("tick_size", raw.tick_size, default_tick);
         let step_size = value("step_size", raw.step_size, default_step);
@@ -1292,13 +1464,13 @@ impl Validator {
                         crate::exchange::paper::EMBEDDED_DATASETS.iter().map(|(name, _)| *name).collect();
                     Err((
                         format!("{path}.dataset"),
-                        format!("unknown dataset {dataset:?} (built in: {})", known.join(", ")),
+                        format!("unknown dataset {:?} (built in: {})", excerpt(dataset), known.join(", ")),
                     ))
                 }
             },
             (None, Some(file)) => match std::fs::read(file) {
                 Ok(bytes) => parse_replay(file, &bytes).map_err(|e| (format!("{path}.file"), e.to_string())),
-                Err(error) => Err((format!("{path}.file"), format!("cannot read {file:?}: {error}"))),
+                Err(error) => Err((format!("{path}.file"), format!("cannot read {:?}: {error}", excerpt(file)))),
             },
             _ => Err((path.to_owned(), "give exactly one of dataset (built in) or file".to_owned())),
         };
@@ -1317,10 +1489,14 @@ impl Validator {
 
     fn walk_symbol(&mut self, path: &str, raw: RawRandomWalk) -> Option<PaperSymbol> {
         let symbol = self.symbol(&format!("{path}.symbol"), &raw.symbol);
-        let start_price = self.positive(&format!("{path}.start_price"), raw.start_price);
+        let start_price = self
+            .decimal_in(&format!("{path}.start_price"), raw.start_price, PRICE_RANGE)
+            .unwrap_or(REFUSED_PLACEHOLDER);
         let volatility_pct = self.real_in(&format!("{path}.volatility_pct"), raw.volatility_pct, 0.0001, 10.0);
         let mean_reversion = self.real_in(&format!("{path}.mean_reversion"), raw.mean_reversion, 0.0, 0.5);
-        let base_volume = self.positive(&format!("{path}.base_volume"), raw.base_volume);
+        let base_volume = self
+            .decimal_in(&format!("{path}.base_volume"), raw.base_volume, VOLUME_RANGE)
+            .unwrap_or(REFUSED_PLACEHOLDER);
         let start_price = crate::domain::decimal_to_f64(start_price);
         let rules = self.rules(path, &raw.rules, start_price);
         let params = RandomWalkParams {
@@ -1353,7 +1529,7 @@ impl Validator {
             if let Some(id) = &id
                 && !ids.insert(id.clone())
             {
-                self.problem(format!("{path}.id"), format!("user {id:?} is configured twice"));
+                self.problem(format!("{path}.id"), format!("user {id} is configured twice"));
             }
             if user.strategies.is_empty() {
                 self.problem(
@@ -1403,12 +1579,13 @@ impl Validator {
                 let known: Vec<&str> = symbols.iter().map(Symbol::as_str).collect();
                 self.problem(
                     format!("{path}.symbol"),
-                    format!("unknown symbol {:?} (the exchange has {})", raw.symbol, known.join(", ")),
+                    format!("unknown symbol {:?} (the exchange has {})", excerpt(&raw.symbol), known.join(", ")),
                 );
                 None
             }
             (Err(error), _) => {
-                self.problem(format!("{path}.symbol"), format!("unknown symbol {:?}: {error}", raw.symbol));
+                // The error names the value (cut to its first characters).
+                self.problem(format!("{path}.symbol"), format!("unknown symbol: {error}"));
                 None
             }
         };
@@ -1442,19 +1619,15 @@ impl Validator {
             }
         };
         let size_path = format!("{path}.position_size_usdt");
-        let position_size_usdt = if raw.position_size_usdt.is_finite() && raw.position_size_usdt > 0.0 {
-            let size = Decimal::from_f64(raw.position_size_usdt).unwrap_or_default();
-            if size > risk.max_position_notional_usdt {
-                self.problem(
-                    &size_path,
-                    format!("{size} exceeds risk.max_position_notional_usdt ({})", risk.max_position_notional_usdt),
-                );
-            }
-            Some(size)
-        } else {
-            self.problem(&size_path, format!("must be greater than 0, got {}", raw.position_size_usdt));
-            None
-        };
+        let position_size_usdt = self.decimal_in(&size_path, raw.position_size_usdt, USDT_AMOUNT_RANGE);
+        if let Some(size) = position_size_usdt
+            && size > risk.max_position_notional_usdt
+        {
+            self.problem(
+                &size_path,
+                format!("{size} exceeds risk.max_position_notional_usdt ({})", risk.max_position_notional_usdt),
+            );
+        }
         let mut params = BTreeMap::new();
         for (key, value) in &raw.params {
             match value {
@@ -1464,7 +1637,10 @@ impl Validator {
                 toml::Value::Float(x) => {
                     params.insert(key.clone(), *x);
                 }
-                other => self.problem(format!("{path}.params.{key}"), format!("must be a number, got {other}")),
+                other => self.problem(
+                    format!("{path}.params.{}", excerpt(key)),
+                    format!("must be a number, got {}", excerpt(&other.to_string())),
+                ),
             }
         }
         let strategy = match strategy::build(&raw.strategy, &params) {
@@ -1483,7 +1659,7 @@ impl Validator {
             Err(problems) => {
                 for problem in problems {
                     match problem.param {
-                        Some(param) => self.problem(format!("{path}.params.{param}"), problem.message),
+                        Some(param) => self.problem(format!("{path}.params.{}", excerpt(&param)), problem.message),
                         None => self.problem(format!("{path}.strategy"), problem.message),
                     }
                 }
@@ -1508,7 +1684,7 @@ impl Validator {
                 Ok(id) if known.contains(&id) => {
                     panic_users.insert(id);
                 }
-                _ => self.problem(format!("chaos.panic_users[{index}]"), format!("unknown user {user:?}")),
+                _ => self.problem(format!("chaos.panic_users[{index}]"), format!("unknown user {:?}", excerpt(user))),
             }
         }
         let database_fault_file = match raw.database_fault_file {
@@ -1648,7 +1824,10 @@ impl Validator {
     fn sim(&mut self, raw: RawSimFile, source_name: &str) -> SimConfig {
         let sim = raw.sim;
         let listen = sim.listen.parse().unwrap_or_else(|error| {
-            self.problem("sim.listen", format!("{:?} is not an address like 127.0.0.1:8378: {error}", sim.listen));
+            self.problem(
+                "sim.listen",
+                format!("{:?} is not an address like 127.0.0.1:8378: {error}", excerpt(&sim.listen)),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
         if sim.data_dir.trim().is_empty() {
@@ -1686,7 +1865,9 @@ impl Validator {
                 self.problem(format!("{path}.user"), format!("{user} is configured twice"));
             }
             if let Some(balance) = account.paper_balance_usdt {
-                let balance = self.positive(&format!("{path}.paper_balance_usdt"), balance);
+                let balance = self
+                    .decimal_in(&format!("{path}.paper_balance_usdt"), balance, USDT_AMOUNT_RANGE)
+                    .unwrap_or(REFUSED_PLACEHOLDER);
                 balances.insert(user.clone(), balance);
             }
             accounts.push(SimAccount {
@@ -1821,7 +2002,7 @@ mod tests {
             "{lines:#?}"
         );
         assert!(
-            lines.contains(&"users[1].strategies[0].position_size_usdt: must be greater than 0, got -5".to_owned()),
+            lines.contains(&"users[1].strategies[0].position_size_usdt: must be from 0.01 to 1e12, got -5".to_owned()),
             "{lines:#?}"
         );
         assert_eq!(lines.len(), 3, "{lines:#?}");
@@ -1972,5 +2153,163 @@ mod tests {
         assert_eq!(config.users[0].api_key_env.as_deref(), Some("U1_KEY"));
         let bad_env = good.replace("U1_KEY", "not a name");
         assert!(parse(&bad_env, "x").unwrap_err().problems[0].message.contains("not an environment variable name"));
+    }
+
+    /// One user with one strategy of `position_size_usdt = {size}`, after `sections`.
+    fn one_user(sections: &str, size: &str) -> String {
+        format!(
+            "{sections}\n[[users]]\nid = \"u1\"\n[[users.strategies]]\nsymbol = \"XRPUSDT\"\ntimeframe = \"5m\"\nstrategy = \"ema_crossover\"\nposition_size_usdt = {size}\n"
+        )
+    }
+
+    fn problem_lines(text: &str) -> Vec<String> {
+        match parse(text, "x") {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(errors) => errors.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_naming_path_and_value_never_replaced() {
+        const SIZE: &str = "users[0].strategies[0].position_size_usdt";
+        // The issue's cases: 1e30 became 0, 1e300 became 1, 1e-30 became 0.
+        for (size, shown) in [("1e30", "1e30"), ("1e-30", "1e-30"), ("nan", "NaN"), ("inf", "inf"), ("-inf", "-inf")] {
+            let lines = problem_lines(&one_user("", size));
+            assert_eq!(lines, [format!("{SIZE}: must be from 0.01 to 1e12, got {shown}")], "{size}");
+        }
+        let lines = problem_lines(&one_user("[risk]\nmax_position_notional_usdt = 1e300", "100"));
+        assert_eq!(lines, ["risk.max_position_notional_usdt: must be from 0.01 to 1e12, got 1e300"]);
+        let lines = problem_lines(&one_user("[risk]\nmax_position_notional_usdt = 1e-30", "100"));
+        assert_eq!(lines, ["risk.max_position_notional_usdt: must be from 0.01 to 1e12, got 1e-30"]);
+        // The largest and smallest sizes taken are held exactly.
+        let config = parse(&one_user("[risk]\nmax_position_notional_usdt = 1e12", "1e12"), "x").unwrap();
+        assert_eq!(config.users[0].strategies[0].position_size_usdt, Decimal::from(1_000_000_000_000_i64));
+        assert_eq!(config.risk.max_position_notional_usdt, Decimal::from(1_000_000_000_000_i64));
+        let config = parse(&one_user("", "0.01"), "x").unwrap();
+        assert_eq!(config.users[0].strategies[0].position_size_usdt, Decimal::new(1, 2));
+    }
+
+    #[test]
+    fn every_money_price_and_rate_of_the_paper_exchange_is_range_checked() {
+        let paper = r#"
+            [exchange.paper]
+            starting_balance_usdt = 1e30
+            taker_fee_bps = 1e-30
+            slippage_bps = nan
+            leverage = 1e300
+            [[exchange.paper.replay]]
+            symbol = "XRPUSDT"
+            dataset = "XRP_USDT_USDT-5m-futures"
+            tick_size = 1e-30
+            min_notional = inf
+            [[exchange.paper.random_walk]]
+            symbol = "BTCUSDT"
+            start_price = 1e30
+            base_volume = -1
+            step_size = 1e10
+        "#;
+        let text = one_user(paper, "100").replace("id = \"u1\"\n", "id = \"u1\"\npaper_balance_usdt = 1e-9\n");
+        let lines = problem_lines(&text);
+        let expected = [
+            "exchange.paper.starting_balance_usdt: must be from 0.01 to 1e12, got 1e30",
+            "exchange.paper.taker_fee_bps: 1e-30 is below the smallest unit bulwark keeps (1e-8): it would round to 0",
+            "exchange.paper.slippage_bps: must be from 0 to 500, got NaN",
+            "exchange.paper.leverage: must be from 1 to 125, got 1e300",
+            "exchange.paper.replay[0].tick_size: must be from 1e-8 to 1e9, got 1e-30",
+            "exchange.paper.replay[0].min_notional: must be from 1e-8 to 1e9, got inf",
+            "exchange.paper.random_walk[0].start_price: must be from 1e-8 to 1e9, got 1e30",
+            "exchange.paper.random_walk[0].base_volume: must be from 1e-8 to 1e15, got -1",
+            "exchange.paper.random_walk[0].step_size: must be from 1e-8 to 1e9, got 1e10",
+            "users[0].paper_balance_usdt: must be from 0.01 to 1e12, got 1e-9",
+        ];
+        for line in expected {
+            assert!(lines.contains(&line.to_owned()), "{line} missing from {lines:#?}");
+        }
+        assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+        let sim =
+            "[sim]\n[[sim.accounts]]\nuser = \"u1\"\napi_key = \"k\"\napi_secret = \"s\"\npaper_balance_usdt = 1e30\n";
+        let errors = parse_sim(sim, "sim.toml").unwrap_err();
+        assert_eq!(
+            errors.problems[0].to_string(),
+            "sim.accounts[0].paper_balance_usdt: must be from 0.01 to 1e12, got 1e30"
+        );
+    }
+
+    #[test]
+    fn settings_that_would_turn_the_kill_switch_or_probation_off_are_refused_saying_so() {
+        let guards =
+            "[guards]\nmax_drawdown_pct = 100\nblock_hours = 0\nprobation_hours = 0\ndrawdown_lookback_hours = 0";
+        let lines = problem_lines(&one_user(guards, "100"));
+        let has = |prefix: &str, words: &str| {
+            assert!(lines.iter().any(|l| l.starts_with(prefix) && l.contains(words)), "{prefix} … {words}: {lines:#?}")
+        };
+        has(
+            "guards.max_drawdown_pct: must be greater than 0 and less than 100, got 100",
+            "kill switch would never trip",
+        );
+        has(
+            "guards.drawdown_lookback_hours: must be greater than 0 and at most 2160, got 0",
+            "kill switch would never trip",
+        );
+        has("guards.block_hours: must be greater than 0 and at most 720, got 0", "expires the instant it is set");
+        has("guards.probation_hours: must be greater than 0 and at most 720, got 0", "expires the instant it is set");
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        let lines = problem_lines(&one_user("[guards]\nmax_drawdown_pct = nan\nblock_hours = -1", "100"));
+        assert_eq!(
+            lines,
+            [
+                "guards.max_drawdown_pct: must be greater than 0 and less than 100, got NaN",
+                "guards.block_hours: must be greater than 0 and at most 720, got -1: a kill switch that lasts 0 hours expires the instant it is set (it would be off)"
+            ]
+        );
+    }
+
+    #[test]
+    fn guards_turned_off_pass_with_a_warning() {
+        let config = parse(&one_user("[guards]\nenabled = false", "100"), "x").unwrap();
+        let warnings = warnings(&config);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("guards.enabled = false: no new kill switch or probation will be set"),
+            "{warnings:?}"
+        );
+        assert!(warnings[0].contains("locks already set still hold until they expire or are cleared"), "{warnings:?}");
+        assert!(super::warnings(&parse(&one_user("", "100"), "x").unwrap()).is_empty());
+    }
+
+    #[test]
+    fn other_unchecked_numbers_are_checked() {
+        let lines = problem_lines(&one_user("[retry]\nbackoff_ms_initial = 5000\nbackoff_ms_max = 1000", "100"));
+        assert_eq!(lines, ["retry.backoff_ms_max: must be at least backoff_ms_initial (5000), got 1000"]);
+        let lines = problem_lines(&one_user("[guards]\nwhale_volume_multiple = 1e300", "100"));
+        assert_eq!(lines, ["guards.whale_volume_multiple: must be from 1 to 100, got 1e300"]);
+    }
+
+    #[test]
+    fn a_duplicate_user_is_named_plainly() {
+        let text = format!("{}{}", one_user("", "100"), one_user("", "100").trim_start());
+        let lines = problem_lines(&text);
+        assert_eq!(lines, ["users[1].id: user u1 is configured twice"]);
+    }
+
+    #[test]
+    fn a_huge_value_is_echoed_cut_with_its_length() {
+        let huge = "A".repeat(1 << 20);
+        for text in [
+            one_user("", "100").replace("symbol = \"XRPUSDT\"", &format!("symbol = \"{huge}\"")),
+            one_user("", "100").replace("id = \"u1\"", &format!("id = \"{huge}\"")),
+            one_user("", "100").replace("strategy = \"ema_crossover\"", &format!("strategy = \"{huge}\"")),
+            one_user("", &format!("\"{huge}\"")),
+            one_user(&format!("[exchange]\nkind = \"{huge}\""), "100"),
+            one_user("", "100")
+                .replace("ema_crossover\"", &format!("ema_crossover\"\nparams = {{ fast = \"{huge}\" }}")),
+            one_user("", "100").replace("ema_crossover\"", &format!("ema_crossover\"\nparams = {{ {huge} = 1 }}")),
+            one_user(&format!("[server]\n{huge} = 1"), "100"),
+        ] {
+            let rendered = parse(&text, "x").unwrap_err().to_string();
+            assert!(rendered.len() < 2_000, "{} bytes: {}", rendered.len(), &rendered[..2_000.min(rendered.len())]);
+            // Cut with the length of what was cut (the value, or the line a TOML error quotes).
+            assert!(rendered.contains("…") && rendered.contains(" bytes)"), "{rendered}");
+        }
     }
 }

@@ -107,3 +107,93 @@ pub const GUARD_LOCKS_CLEARED_MAX: i64 = 10_000;
 /// `failure_point_monitor.jsonl` and `failure_point_healing.jsonl` are rotated at this size (the
 /// previous file is kept as `<name>.1`, replacing an older one): at most twice this on disk each.
 pub const FAILURE_POINT_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Characters of a value someone else wrote (an id in a URL, a config value, a `since`) that an
+/// error message echoes; the rest is cut and its length given instead. Without it a 20 KB id came
+/// back twice in a 40 KB answer, and a 1 MB config value filled the terminal.
+pub const ECHOED_CHARS_MAX: usize = 64;
+
+/// Characters of each line of a library's error message (TOML, JSON) that may quote the input.
+pub const ECHOED_LINE_CHARS_MAX: usize = 240;
+
+/// `text` as an error message may echo it: whole when it has at most [`ECHOED_CHARS_MAX`]
+/// characters, else its first [`ECHOED_CHARS_MAX`], `…` and its length in bytes. `{}` prints it
+/// plain (`aaaa…` ` (20480 bytes)`), `{:?}` quoted and escaped (`"aaaa…" (20480 bytes)`).
+pub fn excerpt(text: &str) -> Excerpt<'_> {
+    excerpt_chars(text, ECHOED_CHARS_MAX)
+}
+
+/// [`excerpt`] with another bound.
+pub fn excerpt_chars(text: &str, chars_max: usize) -> Excerpt<'_> {
+    let cut_at = text.char_indices().nth(chars_max).map(|(byte_index, _)| byte_index);
+    Excerpt { head: &text[..cut_at.unwrap_or(text.len())], cut_bytes_total: cut_at.map(|_| text.len()) }
+}
+
+/// Each line of a multi-line message bounded by [`ECHOED_LINE_CHARS_MAX`] (a library's error
+/// that quotes the offending input, or draws a caret under all of it), and at most 12 lines.
+pub fn excerpt_lines(text: &str) -> String {
+    const LINES_MAX: usize = 12;
+    let mut lines: Vec<String> =
+        text.lines().take(LINES_MAX).map(|line| excerpt_chars(line, ECHOED_LINE_CHARS_MAX).to_string()).collect();
+    let total = text.lines().count();
+    if total > LINES_MAX {
+        lines.push(format!("… ({} more lines)", total - LINES_MAX));
+    }
+    lines.join("\n")
+}
+
+/// What [`excerpt`] returns: the start of a text, and the whole text's length if it was cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Excerpt<'a> {
+    head: &'a str,
+    /// `None`: `head` is the whole text.
+    cut_bytes_total: Option<usize>,
+}
+
+impl std::fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.cut_bytes_total {
+            None => f.write_str(self.head),
+            Some(bytes) => write!(f, "{}… ({bytes} bytes)", self.head),
+        }
+    }
+}
+
+impl std::fmt::Debug for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.cut_bytes_total {
+            None => write!(f, "{:?}", self.head),
+            Some(bytes) => write!(f, "\"{}…\" ({bytes} bytes)", self.head.escape_debug()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echoed_value_is_cut_with_its_length() {
+        assert_eq!(excerpt("u1").to_string(), "u1");
+        assert_eq!(format!("{:?}", excerpt("u1")), "\"u1\"");
+        let long = "a".repeat(20_480);
+        let cut = format!("{:?}", excerpt(&long));
+        assert_eq!(cut, format!("\"{}…\" (20480 bytes)", "a".repeat(ECHOED_CHARS_MAX)));
+        assert_eq!(excerpt(&long).to_string(), format!("{}… (20480 bytes)", "a".repeat(ECHOED_CHARS_MAX)));
+        // Exactly at the bound: whole. Multi-byte characters are never split.
+        assert_eq!(excerpt(&"b".repeat(ECHOED_CHARS_MAX)).to_string(), "b".repeat(ECHOED_CHARS_MAX));
+        let wide = "é".repeat(100);
+        assert_eq!(excerpt(&wide).to_string(), format!("{}… (200 bytes)", "é".repeat(ECHOED_CHARS_MAX)));
+        assert_eq!(format!("{:?}", excerpt("<script>\"x\"\n")), "\"<script>\\\"x\\\"\\n\"");
+    }
+
+    #[test]
+    fn a_long_message_keeps_its_lines_bounded() {
+        let message = format!("line 1\n{}\nexpected f64", "x".repeat(1_000_000));
+        let bounded = excerpt_lines(&message);
+        assert!(bounded.len() < 400, "{}", bounded.len());
+        assert!(bounded.starts_with("line 1\nxxx") && bounded.ends_with("(1000000 bytes)\nexpected f64"), "{bounded}");
+        let many = "l\n".repeat(100);
+        assert!(excerpt_lines(&many).ends_with("… (88 more lines)"));
+    }
+}

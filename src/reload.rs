@@ -11,8 +11,9 @@
 //! server keeps the config it runs on, and the Monitor reports CFG-INVALID.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
-use crate::config::{Config, UserConfig};
+use crate::config::{Config, ConfigErrors, UserConfig};
 use crate::domain::UserId;
 
 /// What a reload does.
@@ -28,6 +29,15 @@ impl ReloadPlan {
     pub fn is_empty(&self) -> bool {
         self.reconfigure.is_empty() && self.needs_restart.is_empty()
     }
+}
+
+/// Reads the file a reload applies and validates it exactly as at start-up (`config::load`: every
+/// number in range, every problem named by path and value), then plans the change. An error
+/// changes nothing: the server keeps running on `running`.
+pub fn prepare(running: &Config, path: &Path) -> Result<(Config, ReloadPlan), ConfigErrors> {
+    let new = crate::config::load(Some(path))?;
+    let plan = plan(running, &new);
+    Ok((new, plan))
 }
 
 /// Compares the running config with a new one.
@@ -136,6 +146,23 @@ position_size_usdt = 200
 
     fn parse(text: &str) -> Config {
         crate::config::parse(text, "test").unwrap_or_else(|errors| panic!("{errors}"))
+    }
+
+    #[test]
+    fn a_reloaded_file_with_an_out_of_range_number_is_refused_naming_path_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bulwark.toml");
+        std::fs::write(&path, BASE.replacen("position_size_usdt = 200", "position_size_usdt = 1e30", 1)).unwrap();
+        let errors = prepare(&parse(BASE), &path).unwrap_err();
+        let text = errors.to_string();
+        assert!(
+            text.contains("users[0].strategies[0].position_size_usdt: must be from 0.01 to 1e12, got 1e30"),
+            "{text}"
+        );
+        // A valid file is read and planned.
+        std::fs::write(&path, BASE.replacen("position_size_usdt = 200", "position_size_usdt = 300", 1)).unwrap();
+        let (_, plan) = prepare(&parse(BASE), &path).unwrap_or_else(|errors| panic!("{errors}"));
+        assert_eq!(plan.reconfigure.len(), 1, "{plan:?}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::actors::order_router::{OrderRouter, ReconcileReport, ReconcileUser, R
 use crate::actors::persistence::{PersistenceActor, PersistenceSettings};
 use crate::actors::trader::{ChaosPlan, TraderSeed, UserCounters};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, VenueConfig};
+use crate::config::{Config, ConfigProblem, VenueConfig};
 use crate::domain::UserId;
 use crate::exchange::binance::{BinanceClient, BinanceSettings, Credentials};
 use crate::exchange::breaker::BreakerState;
@@ -49,6 +49,7 @@ use crate::limits::{PERSISTENCE_MAILBOX_CAPACITY, SHARED_MAILBOX_CAPACITY};
 use crate::metrics::Metrics;
 use crate::persistence::paper_journal::PaperJournal;
 use crate::persistence::{DecisionRecord, GuardDecisionRecord, Store};
+use crate::secret::Secret;
 use crate::supervision::journal::{SupervisionJournal, TreeEvent};
 use crate::supervision::root::{RootSupervisor, SharedArbiters, ShutdownReport, ShutdownTree, TreeSettings};
 use crate::supervision::watch::spawn_watched;
@@ -208,8 +209,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
 
     let intelligence = match &config.intelligence {
         Some(settings) => {
-            let api_key = crate::secret::from_env(&settings.api_key_env)
-                .map_err(|why| anyhow::anyhow!("intelligence.api_key_env: {why}"))?;
+            let api_key = intelligence_api_key(settings)?;
             let client = CoinGlassClient::new(settings.base_url.clone(), api_key, config.exchange.timeout)
                 .map_err(anyhow::Error::msg)?;
             IntelSource::CoinGlass(client)
@@ -314,10 +314,7 @@ fn http_settings(
         .with_context(|| format!("cannot listen on {} for the HTTP API ([http] listen)", settings.listen))?;
     let address = listener.local_addr().context("the HTTP API's socket has no address")?;
     let url = format!("http://{address}");
-    let token = match &settings.token_env {
-        Some(name) => Some(crate::secret::from_env(name).map_err(|why| anyhow::anyhow!("http.token_env: {why}"))?),
-        None => None,
-    };
+    let token = http_token(settings)?;
     let url_file = config.server.data_dir.join("bulwark.http");
     std::fs::write(&url_file, format!("{url}\n")).with_context(|| format!("writing {}", url_file.display()))?;
     tracing::info!(%url, "http: the status API and dashboard listen on {url}");
@@ -337,8 +334,6 @@ fn http_settings(
     Ok((http, url))
 }
 
-/// The notification destinations `[notify]` names, with their secrets read from the environment.
-/// A variable that is not set is a start-up error naming it (never its value).
 /// A user's configured strategies as trader slots.
 fn slot_specs(user: &crate::config::UserConfig) -> Vec<SlotSpec> {
     user.strategies
@@ -362,25 +357,128 @@ fn persistence_settings(config: &Config) -> PersistenceSettings {
     }
 }
 
-fn notify_destinations(config: &Config) -> anyhow::Result<Destinations> {
+// ---------------------------------------------------------------------------------------------
+// The environment: secrets are read from variables the config names. `run` (and `reconcile`)
+// read them through these functions, and `check-config` calls the same ones through
+// [`check_environment`], so both refuse the same config with the same words.
+
+/// What [`check_environment`] found: what stops `run`, and what `run` would do without a word.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvironmentCheck {
+    /// Each a variable whose absence (or bad value) stops `run` at start-up, named as `run`
+    /// names it.
+    pub problems: Vec<ConfigProblem>,
+    /// Each a Binance user `run` would halt for want of its API keys while the others trade.
+    pub warnings: Vec<String>,
+}
+
+/// Reads every environment variable `run` needs for `config`, starting nothing and keeping no
+/// value: the secrets are dropped at once, and only variable names reach the result.
+pub fn check_environment(config: &Config) -> EnvironmentCheck {
+    let mut check = EnvironmentCheck::default();
+    if matches!(config.exchange.venue, VenueConfig::Binance(_)) {
+        match binance_credentials(config) {
+            Ok(read) => check.warnings.extend(read.missing.iter().map(|(user, why)| {
+                format!("user {user}: {why}: run halts this user at start (the other users trade)")
+            })),
+            Err(problem) => check.problems.push(problem),
+        }
+    }
+    if let Some(settings) = &config.intelligence
+        && let Err(problem) = intelligence_api_key(settings)
+    {
+        check.problems.push(problem);
+    }
+    if let Err(problem) = notify_destinations(config) {
+        check.problems.push(problem);
+    }
+    if let Some(settings) = &config.http
+        && let Err(problem) = http_token(settings)
+    {
+        check.problems.push(problem);
+    }
+    check
+}
+
+/// The Binance users' API keys: who has them, and why each of the others does not.
+#[derive(Debug)]
+pub struct BinanceCredentials {
+    pub credentials: BTreeMap<UserId, Credentials>,
+    /// By user: which variables are missing (names only). These users are halted with this reason
+    /// (their signed requests fail as refused credentials); the others trade.
+    pub missing: BTreeMap<UserId, String>,
+}
+
+/// Reads every Binance user's key and secret from the variables its config names. With no user
+/// able to sign, nothing could trade at all: refused, naming every missing variable.
+pub fn binance_credentials(config: &Config) -> Result<BinanceCredentials, ConfigProblem> {
+    let (mut credentials, mut missing) = (BTreeMap::new(), BTreeMap::new());
+    for (index, user) in config.users.iter().enumerate() {
+        let (Some(key_env), Some(secret_env)) = (&user.api_key_env, &user.api_secret_env) else {
+            // Config validation requires both with kind = "binance"; a hand-built config may not.
+            return Err(ConfigProblem {
+                path: format!("users[{index}]"),
+                message: format!("user {} has no api_key_env / api_secret_env", user.id),
+            });
+        };
+        match (crate::secret::from_env(key_env), crate::secret::from_env(secret_env)) {
+            (Ok(api_key), Ok(api_secret)) => {
+                credentials.insert(user.id.clone(), Credentials { api_key, api_secret });
+            }
+            (key, secret) => {
+                let why: Vec<String> = [key.err(), secret.err()].into_iter().flatten().collect();
+                missing.insert(user.id.clone(), why.join("; "));
+            }
+        }
+    }
+    if credentials.is_empty() && !missing.is_empty() {
+        let every: Vec<String> = missing.iter().map(|(user, why)| format!("{user}: {why}")).collect();
+        return Err(ConfigProblem {
+            path: "users".to_owned(),
+            message: format!("no user has API credentials ({})", every.join("; ")),
+        });
+    }
+    Ok(BinanceCredentials { credentials, missing })
+}
+
+/// `[intelligence] api_key_env`'s key: a variable that is not set stops the server at start-up.
+fn intelligence_api_key(settings: &crate::config::IntelligenceConfig) -> Result<Secret, ConfigProblem> {
+    crate::secret::from_env(&settings.api_key_env)
+        .map_err(|why| ConfigProblem { path: "intelligence.api_key_env".to_owned(), message: why })
+}
+
+/// `[http] token_env`'s bearer token, if one is configured.
+fn http_token(settings: &crate::config::HttpConfig) -> Result<Option<Secret>, ConfigProblem> {
+    let Some(name) = &settings.token_env else { return Ok(None) };
+    crate::secret::from_env(name)
+        .map(Some)
+        .map_err(|why| ConfigProblem { path: "http.token_env".to_owned(), message: why })
+}
+
+/// The notification destinations `[notify]` names, with their secrets read from the environment.
+/// A variable that is not set is a start-up error naming it (never its value).
+fn notify_destinations(config: &Config) -> Result<Destinations, ConfigProblem> {
     let Some(notify) = &config.notify else { return Ok(Destinations::default()) };
+    let read = |path: &str, name: &str| {
+        crate::secret::from_env(name).map_err(|why| ConfigProblem { path: path.to_owned(), message: why })
+    };
     let telegram = match &notify.telegram {
         Some(telegram) => {
-            let token = crate::secret::from_env(&telegram.bot_token_env)
-                .map_err(|why| anyhow::anyhow!("notify.telegram_bot_token_env: {why}"))?;
-            let chat_id = crate::secret::from_env(&telegram.chat_id_env)
-                .map_err(|why| anyhow::anyhow!("notify.telegram_chat_id_env: {why}"))?;
+            let token = read("notify.telegram_bot_token_env", &telegram.bot_token_env)?;
+            let chat_id = read("notify.telegram_chat_id_env", &telegram.chat_id_env)?;
             Some((telegram.base_url.clone(), token, chat_id.expose().to_owned()))
         }
         None => None,
     };
     let webhook = match &notify.webhook_url_env {
         Some(name) => {
-            let url = crate::secret::from_env(name).map_err(|why| anyhow::anyhow!("notify.webhook_url_env: {why}"))?;
-            anyhow::ensure!(
-                url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
-                "notify.webhook_url_env: the variable {name} does not hold an http(s) URL"
-            );
+            let url = read("notify.webhook_url_env", name)?;
+            if !url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                return Err(ConfigProblem {
+                    path: "notify.webhook_url_env".to_owned(),
+                    message: format!("the variable {name} does not hold an http(s) URL"),
+                });
+            }
             Some(url)
         }
         None => None,
@@ -439,30 +537,9 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
             Ok(Arc::new(exchange))
         }
         VenueConfig::Binance(binance) => {
-            // A user whose variables are not set is halted with the reason (its signed requests
-            // fail as refused credentials); the others trade. With no user able to sign, nothing
-            // could trade at all: refuse to start, naming every variable.
-            let (mut credentials, mut credentials_missing) = (BTreeMap::new(), BTreeMap::new());
-            for user in &config.users {
-                let (Some(key_env), Some(secret_env)) = (&user.api_key_env, &user.api_secret_env) else {
-                    anyhow::bail!("user {} has no api_key_env / api_secret_env", user.id);
-                };
-                match (crate::secret::from_env(key_env), crate::secret::from_env(secret_env)) {
-                    (Ok(api_key), Ok(api_secret)) => {
-                        credentials.insert(user.id.clone(), Credentials { api_key, api_secret });
-                    }
-                    (key, secret) => {
-                        let why: Vec<String> = [key.err(), secret.err()].into_iter().flatten().collect();
-                        let why = why.join("; ");
-                        tracing::error!(user = %user.id, %why, "credentials missing: this user will be halted");
-                        credentials_missing.insert(user.id.clone(), why);
-                    }
-                }
-            }
-            if credentials.is_empty() && !credentials_missing.is_empty() {
-                let every: Vec<String> =
-                    credentials_missing.iter().map(|(user, why)| format!("{user}: {why}")).collect();
-                anyhow::bail!("no user has API credentials ({})", every.join("; "));
+            let BinanceCredentials { credentials, missing: credentials_missing } = binance_credentials(config)?;
+            for (user, why) in &credentials_missing {
+                tracing::error!(%user, %why, "credentials missing: this user will be halted");
             }
             let settings = BinanceSettings {
                 base_url: binance.base_url.clone(),
@@ -601,7 +678,7 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
             if waiting.is_empty() || waited_ms >= wait_ms_max {
                 break;
             }
-            tracing::info!(users = ?waiting, waited_ms, wait_ms_max, "reconcile: orders still inside their receive window; passing again in 1 s");
+            tracing::info!(users = ?waiting.iter().map(UserId::as_str).collect::<Vec<_>>(), waited_ms, wait_ms_max, "reconcile: orders still inside their receive window; passing again in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
             pending_users = waiting;
         }
@@ -723,8 +800,8 @@ impl Reloader {
             tracing::warn!("SIGHUP: the server runs on the embedded default config; nothing to re-read");
             return;
         };
-        let new = match crate::config::load(Some(&path)) {
-            Ok(new) => new,
+        let (new, plan) = match crate::reload::prepare(&self.running, &path) {
+            Ok(prepared) => prepared,
             Err(errors) => {
                 tracing::error!(
                     failure_point = "CFG-INVALID",
@@ -751,7 +828,9 @@ impl Reloader {
                 return;
             }
         }
-        let plan = crate::reload::plan(&self.running, &new);
+        for warning in crate::config::warnings(&new) {
+            tracing::warn!(config = %path.display(), "SIGHUP: {warning}");
+        }
         if plan.is_empty() {
             tracing::info!(config = %path.display(), "SIGHUP: the config file is unchanged");
             return;

@@ -72,7 +72,8 @@ const WHY_DECISIONS_MAX: u32 = 5;
 
 /// `bulwark why USER`.
 pub fn why(config: &Config, user: &str) -> anyhow::Result<WhyAnswer> {
-    let user_id = crate::domain::UserId::new(user).map_err(|e| anyhow::anyhow!("user {user:?}: {e}"))?;
+    // The error names the id (cut to its first characters and its length).
+    let user_id = crate::domain::UserId::new(user).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (mut store, database, server_running) = open_database(config)?;
     let reading = || format!("reading {}", database.display());
     let trader_state = store

@@ -90,7 +90,10 @@ pub async fn fetch_ledger(sim_url: &str) -> anyhow::Result<Ledger> {
     use anyhow::Context as _;
     match reqwest::Url::parse(sim_url) {
         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {}
-        _ => anyhow::bail!("--sim-url {sim_url:?} is not an http(s) URL (like http://127.0.0.1:8378)"),
+        _ => anyhow::bail!(
+            "--sim-url {:?} is not an http(s) URL (like http://127.0.0.1:8378)",
+            crate::limits::excerpt(sim_url)
+        ),
     }
     let url = format!("{}/sim/ledger", sim_url.trim_end_matches('/'));
     let client = reqwest::Client::builder()

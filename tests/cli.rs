@@ -92,12 +92,128 @@ position_size_usdt = -5
     assert!(stderr.contains("3 problems"), "{stderr}");
     assert!(stderr.contains("server.verbose: unknown key"), "{stderr}");
     assert!(stderr.contains("users[0].strategies[0].symbol: unknown symbol \"XRPUSD\""), "{stderr}");
-    assert!(stderr.contains("users[1].strategies[0].position_size_usdt: must be greater than 0, got -5"), "{stderr}");
+    assert!(
+        stderr.contains("users[1].strategies[0].position_size_usdt: must be from 0.01 to 1e12, got -5"),
+        "{stderr}"
+    );
     assert!(output.stdout.is_empty());
 
     let missing = run(bulwark().args(["check-config", "--config"]).arg(dir.path().join("nope.toml")));
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).contains("cannot read"), "{}", text(&missing.stderr));
+}
+
+/// One paper user trading XRPUSDT with `position_size_usdt = {size}`, after `sections`.
+fn one_user_config(dir: &Path, sections: &str, size: &str) -> PathBuf {
+    let path = dir.join("one-user.toml");
+    let text = format!(
+        "{sections}\n[[users]]\nid = \"u1\"\n[[users.strategies]]\nsymbol = \"XRPUSDT\"\ntimeframe = \"5m\"\nstrategy = \"ema_crossover\"\nposition_size_usdt = {size}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_refuses_an_out_of_range_number_naming_path_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    // Read as 0 before (`config ok`, then the user blocked forever).
+    let output = run(bulwark().args(["check-config", "--config"]).arg(one_user_config(dir.path(), "", "1e30")));
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stdout));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("users[0].strategies[0].position_size_usdt: must be from 0.01 to 1e12, got 1e30"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "{}", text(&output.stdout));
+}
+
+#[test]
+fn check_config_warns_when_the_guards_are_off_and_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_user_config(dir.path(), "[guards]\nenabled = false", "100");
+    let output = run(bulwark().args(["check-config", "--config"]).arg(config));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("config ok\nwarning: guards.enabled = false: "), "{stdout}");
+    assert!(stdout.contains("no new kill switch or probation will be set"), "{stdout}");
+}
+
+#[test]
+fn check_config_output_for_a_megabyte_value_is_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_user_config(dir.path(), "", "100");
+    let huge = "x".repeat(1 << 20);
+    let text_with_huge_id =
+        std::fs::read_to_string(&config).unwrap().replace("id = \"u1\"", &format!("id = \"{huge}\""));
+    std::fs::write(&config, text_with_huge_id).unwrap();
+    let output = run(bulwark().args(["check-config", "--config"]).arg(&config));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.len() < 1_000, "{} bytes of output", stderr.len());
+    assert!(stderr.contains("users[0].id: user id \"xxxx") && stderr.contains("…\" (1048576 bytes)"), "{stderr}");
+}
+
+/// A Binance config whose two users read their keys from `BULWARK_TEST_CLI_<USER>_KEY` and
+/// `_SECRET`. The exchange is never reached: the keys are checked before any request.
+fn binance_config(dir: &Path) -> PathBuf {
+    let mut text = format!(
+        "[server]\ndata_dir = {:?}\nlog_dir = {:?}\n[http]\nenabled = false\n[exchange]\nkind = \"binance\"\nbase_url = \"http://127.0.0.1:9\"\n",
+        dir.join("data").display().to_string(),
+        dir.join("logs").display().to_string()
+    );
+    for user in ["u1", "u2"] {
+        let upper = user.to_uppercase();
+        text.push_str(&format!(
+            "[[users]]\nid = \"{user}\"\napi_key_env = \"BULWARK_TEST_CLI_{upper}_KEY\"\napi_secret_env = \"BULWARK_TEST_CLI_{upper}_SECRET\"\n[[users.strategies]]\nsymbol = \"BTCUSDT\"\ntimeframe = \"5m\"\nstrategy = \"ema_crossover\"\nposition_size_usdt = 100\n"
+        ));
+    }
+    let path = dir.join("binance.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_refuses_a_binance_config_whose_key_variables_are_unset_as_run_does() {
+    const SECRET_VALUE: &str = "a-key-value-that-must-never-be-printed";
+    let dir = tempfile::tempdir().unwrap();
+    let config = binance_config(dir.path());
+    // u1 has its key but not its secret; u2 has neither: nobody can sign.
+    let with_env = |command: &mut Command| {
+        command
+            .env("BULWARK_TEST_CLI_U1_KEY", SECRET_VALUE)
+            .env_remove("BULWARK_TEST_CLI_U1_SECRET")
+            .env_remove("BULWARK_TEST_CLI_U2_KEY")
+            .env_remove("BULWARK_TEST_CLI_U2_SECRET");
+    };
+    let mut check = bulwark();
+    with_env(check.args(["check-config", "--config"]).arg(&config));
+    let checked = run(&mut check);
+    assert_eq!(checked.status.code(), Some(2), "{}", text(&checked.stdout));
+    let problem = "users: no user has API credentials (u1: environment variable BULWARK_TEST_CLI_U1_SECRET is not set; u2: environment variable BULWARK_TEST_CLI_U2_KEY is not set; environment variable BULWARK_TEST_CLI_U2_SECRET is not set)";
+    let stderr = text(&checked.stderr);
+    assert!(stderr.contains(problem), "{stderr}");
+    assert!(!stderr.contains(SECRET_VALUE) && !text(&checked.stdout).contains(SECRET_VALUE));
+
+    // `run` refuses the same config with the same words (before any request).
+    let mut start = bulwark();
+    with_env(start.args(["run", "--duration", "1", "--config"]).arg(&config));
+    let refused = run(&mut start);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains(problem), "{stderr}");
+    assert!(!stderr.contains(SECRET_VALUE));
+
+    // One user able to sign: the config runs, and the user who cannot is named in a warning.
+    let mut check = bulwark();
+    with_env(check.args(["check-config", "--config"]).arg(&config));
+    let checked = run(check.env("BULWARK_TEST_CLI_U1_SECRET", SECRET_VALUE));
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    let stdout = text(&checked.stdout);
+    assert!(
+        stdout.contains("warning: user u2: environment variable BULWARK_TEST_CLI_U2_KEY is not set; environment variable BULWARK_TEST_CLI_U2_SECRET is not set: run halts this user at start"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(SECRET_VALUE));
 }
 
 #[test]

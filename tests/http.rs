@@ -287,3 +287,68 @@ async fn every_endpoint_answers_and_refuses_what_it_should() {
     let why: Value = serde_json::from_str(&cli(&["why", "u1", "--json"])).unwrap();
     assert_eq!(why["user"], "u1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_json_echo_values_cut_and_the_bearer_scheme_is_any_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let server = Server::start(dir.path(), &config);
+    server.get_until("/health", "healthy", |status, _| status == 200).await;
+
+    // RFC 7235: the scheme is case-insensitive. Lock 999999 does not exist: 404 means admitted.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = server
+            .http
+            .post(format!("{}/api/admin/locks/999999/clear", server.url))
+            .header("Authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 404, "{scheme}: {}", response.text().await.unwrap());
+    }
+    let response = server
+        .http
+        .post(format!("{}/api/admin/locks/999999/clear", server.url))
+        .header("Authorization", "bearer wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    // Every refusal is JSON naming the problem, with what was sent cut to its first characters.
+    let raw = |path: String| {
+        let http = server.http.clone();
+        let url = format!("{}{path}", server.url);
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+            let body = response.text().await.unwrap();
+            assert_eq!(content_type.as_deref(), Some("application/json"), "{status} {body}");
+            let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+            (status, body.len(), error_of(&json).to_owned())
+        }
+    };
+    let (status, _, error) = raw("/api/users/%3Cscript%3Ealert(1)%3C%2Fscript%3E/why".to_owned()).await;
+    assert_eq!(status, 400);
+    assert!(error.starts_with("user id \"<script>alert(1)</script>\" must be 1 to 12 characters"), "{error}");
+    let (status, length, error) = raw(format!("/api/users/{}/why", "a".repeat(20_480))).await;
+    assert_eq!(status, 400);
+    assert!(length < 1_024, "a 20 KB id answered with {length} bytes");
+    assert!(error.contains("…\" (20480 bytes)"), "{error}");
+    for since in ["9223372036854775807", "-9223372036854775808", "99999999999999999999"] {
+        for endpoint in ["/api/events", "/api/failure-points/history"] {
+            let (status, _, error) = raw(format!("{endpoint}?since={since}")).await;
+            assert_eq!(status, 400, "{endpoint}?since={since}");
+            assert!(error.starts_with(&format!("since=\"{since}\" is out of range")), "{error}");
+        }
+    }
+    let (status, length, error) = raw(format!("/api/events?since={}", "9".repeat(20_000))).await;
+    assert_eq!(status, 400);
+    assert!(length < 1_024 && error.contains("(20000 bytes)"), "{length}: {error}");
+    let (status, length, error) = raw(format!("/api/failure-points/history?id={}", "X".repeat(20_000))).await;
+    assert_eq!(status, 400);
+    assert!(length < 1_024 && error.contains("is not a failure point"), "{length}: {error}");
+    let (status, _, error) = raw("/no/such/thing".to_owned()).await;
+    assert_eq!((status, error.as_str()), (404, "no such endpoint"));
+}

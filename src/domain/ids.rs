@@ -5,13 +5,18 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::excerpt;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("user id {0:?} must be 1 to 12 characters of a-z, 0-9, '_' or '-'")]
+    #[error("user id {:?} must be 1 to 12 characters of a-z, 0-9, '_' or '-'", excerpt(.0))]
     User(String),
-    #[error("symbol {0:?} must be 2 to 20 characters of A-Z or 0-9")]
+    #[error("symbol {:?} must be 2 to 20 characters of A-Z or 0-9", excerpt(.0))]
     Symbol(String),
-    #[error("client order id {0:?} must be 1 to 36 characters of A-Z, a-z, 0-9, '.', ':', '/', '_' or '-'")]
+    #[error(
+        "client order id {:?} must be 1 to 36 characters of A-Z, a-z, 0-9, '.', ':', '/', '_' or '-'",
+        excerpt(.0)
+    )]
     ClientOrder(String),
 }
 
@@ -124,6 +129,8 @@ mod tests {
         assert!(UserId::new("Alice").is_err());
         assert!(UserId::new("abcdefghijklm").is_err());
         assert!(UserId::new("a b").is_err());
+        let refused = UserId::new(&"x".repeat(20_480)).unwrap_err().to_string();
+        assert!(refused.len() < 200 && refused.contains("…\" (20480 bytes) must be"), "{refused}");
     }
 
     #[test]

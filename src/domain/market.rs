@@ -93,7 +93,7 @@ impl FromStr for Timeframe {
     fn from_str(value: &str) -> Result<Self, String> {
         Timeframe::ALL.into_iter().find(|tf| tf.as_str() == value).ok_or_else(|| {
             let known: Vec<&str> = Timeframe::ALL.iter().map(|tf| tf.as_str()).collect();
-            format!("unknown timeframe {value:?} (expected one of {})", known.join(", "))
+            format!("unknown timeframe {:?} (expected one of {})", crate::limits::excerpt(value), known.join(", "))
         })
     }
 }

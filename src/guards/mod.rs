@@ -70,21 +70,23 @@ pub struct HoursWindow {
 impl HoursWindow {
     /// Parses `"HH:MM-HH:MM"` (end `24:00` allowed; a window may wrap midnight: `22:00-02:00`).
     pub fn parse(text: &str) -> Result<Self, String> {
+        use crate::limits::excerpt;
         let minutes = |part: &str| -> Result<u32, String> {
-            let (h, m) = part.trim().split_once(':').ok_or_else(|| format!("{part:?} is not HH:MM"))?;
+            let shown = excerpt(part);
+            let (h, m) = part.trim().split_once(':').ok_or_else(|| format!("{shown:?} is not HH:MM"))?;
             let (h, m): (u32, u32) = (
-                h.parse().map_err(|_| format!("{part:?}: bad hour"))?,
-                m.parse().map_err(|_| format!("{part:?}: bad minute"))?,
+                h.parse().map_err(|_| format!("{shown:?}: bad hour"))?,
+                m.parse().map_err(|_| format!("{shown:?}: bad minute"))?,
             );
             if m >= 60 || h > 24 || (h == 24 && m != 0) {
-                return Err(format!("{part:?} is not a time of day"));
+                return Err(format!("{shown:?} is not a time of day"));
             }
             Ok(h * 60 + m)
         };
-        let (start, end) = text.split_once('-').ok_or_else(|| format!("{text:?} is not HH:MM-HH:MM"))?;
+        let (start, end) = text.split_once('-').ok_or_else(|| format!("{:?} is not HH:MM-HH:MM", excerpt(text)))?;
         let window = Self { start_minute: minutes(start)?, end_minute: minutes(end)? };
         if window.start_minute == window.end_minute {
-            return Err(format!("{text:?} is empty"));
+            return Err(format!("{:?} is empty", excerpt(text)));
         }
         Ok(window)
     }

@@ -11,6 +11,7 @@ use crate::actors::persistence;
 use crate::clock::rfc3339_ms;
 use crate::domain::UserId;
 use crate::failure_points::catalog::CATALOG;
+use crate::limits::{excerpt, excerpt_lines};
 use crate::supervision::root::{GetTreeStatus, UserSupervisorOf};
 use crate::supervision::user::OperatorRequest;
 
@@ -53,7 +54,7 @@ pub(super) fn routes(config: &mut web::ServiceConfig) {
 fn query(request: &HttpRequest) -> Result<HashMap<String, String>, HttpResponse> {
     web::Query::<HashMap<String, String>>::from_query(request.query_string())
         .map(web::Query::into_inner)
-        .map_err(|e| error(400, format!("bad query string: {e}")))
+        .map_err(|e| error(400, format!("bad query string: {}", excerpt_lines(&e.to_string()))))
 }
 
 /// The dashboard: one self-contained page (no CDN, no build step) that polls the API.
@@ -240,7 +241,8 @@ async fn status(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 
 /// A user named in the path: 400 if it is not a user id, 404 if the config has no such user.
 fn configured_user(state: &AppState, id: &str) -> Result<UserId, HttpResponse> {
-    let user = UserId::new(id).map_err(|e| error(400, format!("user {id:?}: {e}")))?;
+    // The error names the id (cut to its first characters and its length).
+    let user = UserId::new(id).map_err(|e| error(400, e.to_string()))?;
     if state.settings.config.users.iter().any(|u| u.id == user) {
         Ok(user)
     } else {
@@ -284,7 +286,7 @@ async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         if let Some(id) = &id
             && !CATALOG.iter().any(|p| p.id.as_str() == id)
         {
-            return error(400, format!("id={id:?} is not a failure point (see bulwark report --catalog)"));
+            return error(400, format!("id={:?} is not a failure point (see bulwark report --catalog)", excerpt(id)));
         }
         let runs = match bounded(persistence::run(&state.directory, move |store| {
             store.monitor_snapshots_since(since_ms, HISTORY_RUNS_MAX)
@@ -529,7 +531,7 @@ async fn clear_lock(request: HttpRequest, state: web::Data<AppState>, path: web:
             return refused;
         }
         let Ok(id) = path.parse::<i64>() else {
-            return error(400, format!("lock id {:?} is not a number", path.as_str()));
+            return error(400, format!("lock id {:?} is not a number", excerpt(&path)));
         };
         let now_ms = state.clock.now_ms();
         let cleared = bounded(persistence::run(&state.directory, move |store| {

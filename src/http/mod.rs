@@ -8,12 +8,20 @@
 //! through the root, the shared state through the [`Directory`], the database through the
 //! persistence actor; admin actions go to the user supervisors. Every handler runs inside
 //! [`guarded`], so a panic answers 500 and is logged instead of taking anything down. Errors are
-//! JSON `{"error": "..."}` naming the problem; request bodies are size-limited.
+//! JSON `{"error": "..."}` naming the problem, the extractors' own refusals included; a value
+//! from the request is echoed cut to its first characters and its length
+//! (`crate::limits::excerpt`); request bodies are size-limited. (A request line the HTTP parser
+//! itself refuses, such as raw `<` or `>` in the path, is answered by actix-http with a bare 400
+//! before any of this runs.)
 //!
-//! Auth: admin requests need `Authorization: Bearer <token>`, the token read from the environment
-//! variable `[http] token_env` names (never logged or echoed); without one configured they are
-//! refused. With `protect_reads` the read endpoints need it too. Config validation refuses a
-//! non-loopback `listen` without a token.
+//! Auth: admin requests need `Authorization: Bearer <token>` (the scheme in any case, RFC 7235),
+//! the token read from the environment variable `[http] token_env` names (never logged or
+//! echoed); without one configured they are refused. With `protect_reads` the read endpoints
+//! need it too. Config validation refuses a non-loopback `listen` without a token.
+
+// Handlers answer a refusal as the `Err` of a `Result<_, HttpResponse>` and return it as it is:
+// boxing every refusal would buy nothing on this path.
+#![allow(clippy::result_large_err)]
 
 mod api;
 
@@ -34,6 +42,7 @@ use crate::actors::trader::UserCounters;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::UserId;
+use crate::limits::{excerpt, excerpt_lines};
 use crate::secret::Secret;
 use crate::supervision::root::RootSupervisor;
 
@@ -135,6 +144,15 @@ impl Actor for HttpApi {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(limit))
+                // The extractors' refusals are JSON like every other error (their default is a
+                // plain-text or empty body).
+                .app_data(web::PathConfig::default().error_handler(|refusal, _| extractor_error(refusal, "path")))
+                .app_data(web::QueryConfig::default().error_handler(|refusal, _| extractor_error(refusal, "query")))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(limit)
+                        .error_handler(|refusal, _| extractor_error(refusal, "body")),
+                )
                 .configure(api::routes)
                 .default_service(web::to(|| async { error(404, "no such endpoint") }))
         })
@@ -168,6 +186,12 @@ impl Actor for HttpApi {
 pub(crate) fn error(status: u16, message: impl Into<String>) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
     HttpResponse::build(status).json(json!({ "error": message.into() }))
+}
+
+/// An extractor's refusal (a path, query or body that does not parse) as a JSON 400 naming it.
+fn extractor_error(refusal: impl std::fmt::Display, part: &str) -> actix_web::Error {
+    let message = format!("bad {part}: {}", excerpt_lines(&refusal.to_string()));
+    actix_web::error::InternalError::from_response(message.clone(), error(400, message)).into()
 }
 
 /// Runs a handler's work; a panic in it answers 500 (logged) instead of dropping the connection.
@@ -210,12 +234,21 @@ pub(crate) fn authorize(request: &HttpRequest, settings: &Access, admin: bool) -
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match presented {
         Some(presented) if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) => Ok(()),
         Some(_) => Err(error(401, "wrong bearer token")),
         None => Err(error(401, "missing Authorization: Bearer <token>")),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is compared without regard
+/// to case (RFC 7235 §2.1: `bearer`, `BEARER` and `Bearer` are one scheme); the token is taken as
+/// it is.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Compares without an early exit, so the time taken says nothing about how much matched.
@@ -226,30 +259,52 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The earliest time a `since` may name: 2000-01-01T00:00:00Z (bulwark records nothing older).
+pub const SINCE_MS_MIN: i64 = 946_684_800_000;
+
+/// How far after now a `since` may name (clocks of the command line and the server may differ).
+pub const SINCE_AHEAD_MS_MAX: i64 = 86_400_000;
+
 /// A time given as RFC 3339, epoch milliseconds, or an age before `now_ms` (`90s`, `30m`, `24h`,
-/// `7d`).
+/// `7d`), from [`SINCE_MS_MIN`] to a day after `now_ms`. Anything else is refused naming the
+/// value (cut): a number too large for a time (`9223372036854775807`, which was echoed back as
+/// `invalid-timestamp(…)`), an age whose milliseconds overflow, a time before 2000.
 pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
     let text = text.trim();
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+    let latest_ms = now_ms.saturating_add(SINCE_AHEAD_MS_MAX);
+    let out_of_range = || {
+        format!(
+            "since={:?} is out of range: give a time from {} to {} (a day after now)",
+            excerpt(text),
+            crate::clock::rfc3339_ms(SINCE_MS_MIN),
+            crate::clock::rfc3339_ms(latest_ms)
+        )
+    };
+    let in_range = |ms: Option<i64>| ms.filter(|ms| (SINCE_MS_MIN..=latest_ms).contains(ms)).ok_or_else(out_of_range);
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        // Epoch milliseconds (too many digits for an i64 is out of range too).
+        return in_range(text.parse::<i64>().ok());
     }
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(time.timestamp_millis());
+        return in_range(Some(time.timestamp_millis()));
     }
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let unit_ms = match unit {
+    let unit_ms: i64 = match unit {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
         _ => 0,
     };
-    match number.parse::<i64>() {
-        Ok(count) if unit_ms > 0 && count <= 365 * 86_400 => Ok(now_ms - count * unit_ms),
-        _ => Err(format!(
-            "since={text:?} is not a time: give RFC 3339 (2026-11-22T10:00:00Z), epoch milliseconds, or an age like 30m, 24h, 7d"
-        )),
+    if unit_ms == 0 || number.is_empty() {
+        return Err(format!(
+            "since={:?} is not a time: give RFC 3339 (2026-11-22T10:00:00Z), epoch milliseconds, or an age like 30m, 24h, 7d",
+            excerpt(text)
+        ));
     }
+    let age_ms = number.parse::<i64>().ok().and_then(|count| count.checked_mul(unit_ms));
+    in_range(age_ms.and_then(|age_ms| now_ms.checked_sub(age_ms)))
 }
 
 #[cfg(test)]
@@ -274,6 +329,67 @@ mod tests {
         let refused = parse_since("yesterday", now_ms).unwrap_err();
         assert!(refused.contains("\"yesterday\" is not a time"), "{refused}");
         assert!(parse_since("5w", now_ms).is_err());
+    }
+
+    #[test]
+    fn since_refuses_times_out_of_range_naming_them() {
+        let now_ms = 1_800_000_000_000;
+        // Was accepted, and echoed back as `invalid-timestamp(9223372036854775807)`.
+        for text in ["9223372036854775807", "-9223372036854775808", "99999999999999999999", "-1", "0"] {
+            let refused = parse_since(text, now_ms).unwrap_err();
+            assert!(
+                refused.starts_with(&format!(
+                    "since=\"{text}\" is out of range: give a time from 2000-01-01T00:00:00.000Z to "
+                )),
+                "{refused}"
+            );
+        }
+        // Ages whose milliseconds overflow, or that reach before 2000.
+        for text in ["9223372036854775807d", "99999999999999999999s", "365000d"] {
+            assert!(parse_since(text, now_ms).unwrap_err().contains("is out of range"), "{text}");
+        }
+        for text in ["1999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"] {
+            assert!(parse_since(text, now_ms).unwrap_err().contains("is out of range"), "{text}");
+        }
+        // The edges are inside.
+        assert_eq!(parse_since("946684800000", now_ms), Ok(SINCE_MS_MIN));
+        assert_eq!(parse_since(&(now_ms + SINCE_AHEAD_MS_MAX).to_string(), now_ms), Ok(now_ms + SINCE_AHEAD_MS_MAX));
+        assert!(parse_since(&(now_ms + SINCE_AHEAD_MS_MAX + 1).to_string(), now_ms).is_err());
+        // A huge value is echoed cut.
+        let refused = parse_since(&"9".repeat(20_000), now_ms).unwrap_err();
+        assert!(refused.len() < 300 && refused.contains("(20000 bytes)"), "{refused}");
+        let refused = parse_since(&"x".repeat(20_000), now_ms).unwrap_err();
+        assert!(refused.len() < 300 && refused.contains("(20000 bytes)"), "{refused}");
+    }
+
+    #[actix_rt::test]
+    async fn an_extractor_refusal_is_a_json_400_with_the_value_cut() {
+        let refusal = format!("cannot parse {:?} to an i64", "9".repeat(20_000));
+        let response = extractor_error(refusal, "path").error_response();
+        assert_eq!(response.status(), 400);
+        let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let message = body["error"].as_str().unwrap();
+        assert!(message.starts_with("bad path: cannot parse \"999") && message.len() < 400, "{message}");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "bEaReR  s3cret"] {
+            assert_eq!(bearer_token(value), Some("s3cret"), "{value}");
+        }
+        for value in ["Basic s3cret", "Bearers3cret", "Bearer", "Bearer ", "Token s3cret"] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
+        use actix_web::test::TestRequest;
+        let open = access(Some("s3cret"), false);
+        for scheme in ["bearer", "BEARER", "Bearer"] {
+            let request =
+                TestRequest::default().insert_header(("Authorization", format!("{scheme} s3cret"))).to_http_request();
+            assert_eq!(status_of(authorize(&request, &open, true)), 200, "{scheme}");
+        }
+        let lower_wrong = TestRequest::default().insert_header(("Authorization", "bearer nope")).to_http_request();
+        assert_eq!(status_of(authorize(&lower_wrong, &open, true)), 401);
     }
 
     fn access(token: Option<&str>, protect_reads: bool) -> Access {

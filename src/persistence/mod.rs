@@ -1775,7 +1775,7 @@ mod tests {
     fn a_position_the_fills_do_not_add_up_to_is_a_mismatch_for_its_user_only() {
         let mut store = store();
         let other = UserId::new("u2").unwrap();
-        store.ensure_users(&[other.clone()], 0).unwrap();
+        store.ensure_users(std::slice::from_ref(&other), 0).unwrap();
         let position = |user: &UserId, quantity: i64| PositionRecord {
             user: user.clone(),
             symbol: symbol(),

@@ -9,6 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::excerpt;
+
 /// Faults for one endpoint (or all).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -91,9 +93,9 @@ impl FaultPlan {
         let mut problems = self.global.problems(&format!("{prefix}.global"));
         for (endpoint, spec) in &self.endpoints {
             if !endpoint.contains(' ') || !endpoint.contains('/') {
-                problems.push(format!("{prefix}.endpoints.{endpoint:?}: expected \"METHOD /path\""));
+                problems.push(format!("{prefix}.endpoints.{:?}: expected \"METHOD /path\"", excerpt(endpoint)));
             }
-            problems.extend(spec.problems(&format!("{prefix}.endpoints.{endpoint:?}")));
+            problems.extend(spec.problems(&format!("{prefix}.endpoints.{:?}", excerpt(endpoint))));
         }
         problems
     }

@@ -88,7 +88,11 @@ pub fn build(name: &str, params: &BTreeMap<String, f64>) -> Result<Box<dyn Strat
         }
         other => Err(vec![ParamProblem {
             param: None,
-            message: format!("unknown strategy {other:?} (expected one of {})", STRATEGY_NAMES.join(", ")),
+            message: format!(
+                "unknown strategy {:?} (expected one of {})",
+                crate::limits::excerpt(other),
+                STRATEGY_NAMES.join(", ")
+            ),
         }]),
     }
 }

@@ -53,8 +53,10 @@ pub enum ReplayError {
 /// Parses and checks a recorded candle file (rows `[open_time_ms, open, high, low, close,
 /// volume]`, 5-minute spacing). Any bad row is an error naming the row; nothing is half-loaded.
 pub fn parse_replay(source_name: &str, bytes: &[u8]) -> Result<Arc<[Ohlcv]>, ReplayError> {
-    let rows: Vec<Vec<serde_json::Value>> = serde_json::from_slice(bytes)
-        .map_err(|error| ReplayError::Shape { source_name: source_name.to_owned(), detail: error.to_string() })?;
+    let rows: Vec<Vec<serde_json::Value>> = serde_json::from_slice(bytes).map_err(|error| ReplayError::Shape {
+        source_name: source_name.to_owned(),
+        detail: crate::limits::excerpt_lines(&error.to_string()),
+    })?;
     const ROWS_MIN: usize = 2;
     if rows.len() < ROWS_MIN {
         return Err(ReplayError::TooShort { source_name: source_name.to_owned(), have: rows.len(), need: ROWS_MIN });
@@ -69,10 +71,9 @@ pub fn parse_replay(source_name: &str, bytes: &[u8]) -> Result<Arc<[Ohlcv]>, Rep
         let open_time_ms = values[0].as_i64().ok_or_else(|| row_error(row, "open time is not an integer".into()))?;
         let mut numbers = [0.0_f64; 5];
         for (slot, value) in numbers.iter_mut().zip(&values[1..]) {
-            *slot = value
-                .as_f64()
-                .filter(|n| n.is_finite())
-                .ok_or_else(|| row_error(row, format!("{value} is not a finite number")))?;
+            *slot = value.as_f64().filter(|n| n.is_finite()).ok_or_else(|| {
+                row_error(row, format!("{} is not a finite number", crate::limits::excerpt(&value.to_string())))
+            })?;
         }
         let [open, high, low, close, volume] = numbers;
         if open <= 0.0 || high <= 0.0 || low <= 0.0 || close <= 0.0 || volume < 0.0 {
