@@ -148,6 +148,19 @@ async fn a_panicking_trader_is_restarted_with_growing_backoff_then_quarantined_w
         .chain(["crashed", "quarantined"])
         .collect();
     assert_eq!(events, expected);
+    // Every shared actor's start is in the database too (persistence starts first, so none is
+    // lost: the notifier's was).
+    let started: std::collections::BTreeSet<String> = tree
+        .store()
+        .supervisor_events(None)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event == "started" && e.user.is_none())
+        .map(|e| e.actor)
+        .collect();
+    for actor in ["persistence", "notifier", "market_data", "order_router", "intelligence", "monitor", "healer"] {
+        assert!(started.contains(actor), "{actor} started is not in the database: {started:?}");
+    }
     tree.shutdown().await;
 
     // The supervisor log has the same story, line by line.

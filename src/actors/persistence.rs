@@ -1099,6 +1099,11 @@ mod tests {
         let full = write(&directory, filled(8, "t8")).await;
         assert!(matches!(full, Err(StoreError::OutboxFull { depth: 3 })), "{full:?}");
         assert!(directory.outbox().is_full());
+        // Kept nowhere: counted and said (the router places no order while this holds).
+        let status = directory.outbox();
+        assert_eq!(status.records_lost_total, 1, "{status:?}");
+        assert!(status.records_unkept.as_deref().is_some_and(|why| why.contains("order transition")), "{status:?}");
+        assert!(status.is_degraded());
 
         // A crash now: the next incarnation finds the records in the file.
         arbiter.stop();
@@ -1129,7 +1134,8 @@ mod tests {
         assert_eq!(fills, 2, "each fill once");
         assert_eq!(states, vec![crate::domain::OrderState::Filled; 2]);
         assert_eq!(crate::persistence::outbox::count_entries(&settings.outbox_path).unwrap(), 0);
-        // Writes go straight to the database again.
+        // Writes go straight to the database again, and records are kept again.
+        assert_eq!(directory.outbox().records_unkept, None);
         assert_eq!(
             write(&directory, filled(1, "t1")).await.unwrap(),
             Durability::Applied { changed: false },

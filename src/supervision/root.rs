@@ -124,10 +124,11 @@ pub struct ReadmitUser {
 #[rtype(result = "Option<Addr<UserSupervisor>>")]
 pub struct UserSupervisorOf(pub UserId);
 
-/// The shared actors, in start order.
+/// The shared actors, in start order. Persistence first: every other actor's `started` event (and
+/// anything it writes at once) is mirrored to the database through it.
 const SHARED_KINDS: [ActorKind; 7] = [
-    ActorKind::Notifier,
     ActorKind::Persistence,
+    ActorKind::Notifier,
     ActorKind::MarketData,
     ActorKind::OrderRouter,
     ActorKind::Intelligence,
