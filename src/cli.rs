@@ -332,7 +332,7 @@ pub fn main() -> ExitCode {
                                 let waiting = report.waiting_orders();
                                 if waiting > 0 {
                                     println!(
-                                        "{user}: {waiting} order(s) still unresolved (receive window still open); run reconcile again"
+                                        "{user}: {waiting} order(s) not final yet (open on the exchange, or inside their receive window): their fills are not all in the database; run reconcile again once they settle"
                                     );
                                 }
                                 failed |= !report.cancel_failures.is_empty()

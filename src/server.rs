@@ -629,7 +629,8 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
             ..RouterSettings::default()
         };
         // Orders whose receive window is still open (or committed moments ago) cannot be resolved
-        // yet: pass again until they can, within a bound.
+        // yet, and orders open on the exchange (placed just before the server stopped) have fills
+        // still to come: pass again until every order is final, within a bound.
         let wait_ms_max = (settings.recv_window_ms + settings.clock_skew_margin_ms).max(settings.pending_grace_ms)
             + config.exchange.timeout.as_millis() as i64;
         let router_directory = directory.clone();
@@ -678,7 +679,7 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
             if waiting.is_empty() || waited_ms >= wait_ms_max {
                 break;
             }
-            tracing::info!(users = ?waiting.iter().map(UserId::as_str).collect::<Vec<_>>(), waited_ms, wait_ms_max, "reconcile: orders still inside their receive window; passing again in 1 s");
+            tracing::info!(users = ?waiting.iter().map(UserId::as_str).collect::<Vec<_>>(), waited_ms, wait_ms_max, "reconcile: orders not final yet (open, or inside their receive window); passing again in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
             pending_users = waiting;
         }

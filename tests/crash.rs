@@ -143,7 +143,7 @@ async fn bulwark_killed_at_seeded_moments_keeps_every_invariant() {
     // what the market fills after the stop; then the invariants.
     sim.faults(json!({})).await;
     finish(run_bulwark(&config, users, 4)).await;
-    reconcile(&sim, &config, users).await;
+    reconcile(&config, users).await;
     let mut command = bulwark_command(&["verify", "--sim-url", &sim.url], &config, users);
     let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
     let verdict = String::from_utf8_lossy(&output.stdout).into_owned();

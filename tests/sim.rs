@@ -191,7 +191,7 @@ async fn lost_responses_and_hangs_never_duplicate_an_order_and_every_intent_reso
     // Faults off; a restarted server resumes, then whatever is left in flight is resolved.
     sim.faults(json!({})).await;
     finish(run_bulwark(&config, 4, 3)).await;
-    reconcile(&sim, &config, 4).await;
+    reconcile(&config, 4).await;
     let (intents, fills) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
     eprintln!("SEED={seed}: {intents} intents, {fills} fills, all resolved, none twice");
     assert!(intents >= 10, "SEED={seed}: enough orders to mean something ({intents})");
@@ -241,7 +241,7 @@ async fn every_fault_type_in_turn_leaves_the_invariants_intact() {
     }
     sim.faults(json!({})).await;
     finish(bulwark).await;
-    reconcile(&sim, &config, 4).await;
+    reconcile(&config, 4).await;
     let (intents, _) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
     assert!(
         intents >= 10,
@@ -771,7 +771,7 @@ async fn fills_that_arrive_while_the_database_refuses_writes_wait_in_the_outbox_
     }
     assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
     finish(bulwark).await;
-    reconcile(&sim, &config, 2).await;
+    reconcile(&config, 2).await;
     // Every fill on the exchange is in the database, none twice.
     let (intents, fills) = check_ledger_against_database(&sim, &database, 2, seed).await;
     eprintln!("SEED={seed}: {intents} intents, {fills} fills; the outbox lost nothing and doubled nothing");

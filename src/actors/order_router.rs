@@ -144,13 +144,12 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileReport {
-    /// Orders that a later pass may still resolve: their outcome is unknown until the receive
-    /// window closes, or they were committed moments ago. (Open orders are resolved: they are live.)
+    /// Orders not final yet, which a later pass will settle: their outcome is unknown until the
+    /// receive window closes, they were committed moments ago, or they are open on the exchange
+    /// (bulwark places market orders: an open one is about to fill, and its fills would be missing
+    /// from the database if reconciliation stopped here).
     pub fn waiting_orders(&self) -> usize {
-        self.resolved
-            .iter()
-            .filter(|(_, state)| matches!(state, OrderState::Pending | OrderState::Sending | OrderState::Unknown))
-            .count()
+        self.resolved.iter().filter(|(_, state)| !state.is_final()).count()
     }
 
     /// This pass followed by a `later` one over the same user: the newest state of each order, every
@@ -1144,6 +1143,6 @@ mod tests {
         assert_eq!(merged.orphans_cancelled, vec![id("bw-u1-9"), id("bw-u1-8")]);
         assert!(merged.cancel_failures.is_empty(), "the later pass cancelled it");
         assert!(merged.unresolvable.is_empty(), "the later pass resolved it");
-        assert_eq!(merged.waiting_orders(), 0, "an open order is live, not waiting");
+        assert_eq!(merged.waiting_orders(), 1, "an open order is not settled: its fills are still to come");
     }
 }

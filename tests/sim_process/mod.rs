@@ -200,11 +200,9 @@ pub fn run_bulwark(config: &Path, users: usize, seconds: u64) -> Child {
     command.spawn().expect("bulwark runs")
 }
 
-/// Has `bulwark reconcile` resolve every order left unresolved when the server stopped (it sends
-/// no order; it waits for open receive windows to close by itself), once the market has moved on
-/// far enough for the last market orders to have filled.
-pub async fn reconcile(sim: &Sim, config: &Path, users: usize) {
-    sim.wait_candles(2).await;
+/// `bulwark reconcile`, at once after the server stopped (orders it placed last may still be open:
+/// reconcile waits for them to settle), which must succeed.
+pub async fn reconcile(config: &Path, users: usize) {
     let mut command = bulwark_command(&["reconcile"], config, users);
     command.stderr(Stdio::null());
     let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
