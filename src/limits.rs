@@ -92,6 +92,16 @@ pub const STRATEGIES_PER_USER_MAX: usize = 32;
 /// for the next sync (no unbounded retry loop).
 pub const ORDER_RESOLVE_QUERIES_PER_SYNC_MAX: usize = 8;
 
+/// A trader (re)starting within this long of a full open-orders sweep of its account (weight 40 on
+/// Binance) lists open orders on its own symbols only (weight 1 each): a `bw-` order the database
+/// does not know cannot have appeared elsewhere since (bulwark commits every intent before sending
+/// it). A crash storm then costs the exchange a few weight per restart, not 40.
+pub const OPEN_ORDERS_SWEEP_REUSE_MS: i64 = 5 * 60_000;
+
+/// A trader (re)starting within this long of a position read, with no order of its own unresolved,
+/// does not read that position again before it trades: its first account sync reads it anyway.
+pub const POSITION_VERIFIED_REUSE_MS: i64 = 60_000;
+
 /// Broadcast buffer for decision and supervision event taps (status surfaces, tests). A lagging
 /// receiver loses the oldest events; senders never block.
 pub const EVENT_TAP_CAPACITY: usize = 4096;

@@ -106,6 +106,37 @@ async fn a_crashed_trader_reloads_its_state_and_cancels_orphans_before_trading_a
 }
 
 #[actix_rt::test]
+async fn a_crash_storm_spends_request_weight_only_on_what_must_be_read_again() {
+    // u1 panics on every decision: each incarnation starts, syncs, decides once and crashes.
+    let chaos = "[chaos]\nenabled = true\npanic_users = [\"u1\"]\npanic_every_decisions = 1\n";
+    let storm = "[supervisor]\nbackoff_ms_initial = 2\nbackoff_ms_max = 20\nmax_restarts = 100\n";
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(common::START_MS);
+    let config = config_in(dir.path(), &format!("{storm}\n{chaos}\n{ONE_USER}"));
+    let paper = common::start_paper(&config, clock.clone());
+    let exchange = Arc::new(ScriptedExchange::new(paper.clone(), Vec::new()));
+    let mut tree = Tree::start_with_exchange(config, clock, paper, exchange.clone());
+    let first = tree.wait_ready(&["u1"]).await;
+    assert!(!first[0].1.contains("not read again"), "the first start reads everything: {first:?}");
+    let restarts = 10;
+    let mut details = Vec::new();
+    for _ in 0..restarts {
+        let outcome = tree.step_and_settle(&["u1"]).await;
+        assert_eq!(outcome.crashes.len(), 1, "the chaos plan panics on every decision");
+        details.extend(tree.wait_ready(&["u1"]).await);
+    }
+    // The first start swept every open order of the account (40 weight on Binance) and read the
+    // position; the restarts, moments later, list open orders on u1's symbol only (1 each) and
+    // leave the position to the first sync, which reads it anyway.
+    assert_eq!(exchange.read_count("open orders (all)"), 1);
+    assert_eq!(exchange.read_count("open orders (one symbol)"), restarts);
+    let syncs = restarts;
+    assert_eq!(exchange.read_count("position"), 1 + syncs, "one read at the first start, one per sync");
+    assert!(details.iter().all(|(_, detail)| detail.contains("not read again")), "{details:?}");
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn a_restarted_server_resumes_from_the_database_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(common::START_MS);

@@ -231,6 +231,7 @@ impl MarketData {
 
     /// Feeds with a closed candle not yet delivered (or reported), with that candle's open time.
     fn due_feeds(&mut self, now_ms: i64) -> Vec<(Symbol, Timeframe, i64)> {
+        self.forget_idle_feeds(now_ms);
         self.feeds
             .iter()
             .filter(|(_, feed)| !feed.subscribers.is_empty())
@@ -327,11 +328,23 @@ impl MarketData {
         self.stats.dropped_full += u64::from(dropped_full);
     }
 
+    /// Removes `user` from every feed. A feed left without subscribers keeps its newest candle for
+    /// a while: a trader restarting moments later (after a crash) re-subscribes to a feed that
+    /// needs no new request until its next close, instead of one fetched afresh.
     fn unsubscribe(&mut self, user: &UserId) {
         for feed in self.feeds.values_mut() {
             feed.subscribers.remove(user);
         }
-        self.feeds.retain(|_, feed| !feed.subscribers.is_empty());
+    }
+
+    /// Forgets feeds without subscribers whose newest candle is older than two of their candles
+    /// (a re-subscriber would need a fetch anyway): the feeds kept are the ones in use or just
+    /// left, so their number stays bounded by the configured feeds.
+    fn forget_idle_feeds(&mut self, now_ms: i64) {
+        self.feeds.retain(|(_, timeframe), feed| {
+            !feed.subscribers.is_empty()
+                || feed.delivered_open_ms.is_some_and(|open_ms| now_ms - open_ms < 3 * timeframe.duration_ms())
+        });
     }
 }
 
@@ -435,7 +448,8 @@ impl Handler<GetStats> for MarketData {
 
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         let mut stats = self.stats.clone();
-        stats.feeds = self.feeds.len();
+        // Feeds in use (a feed just left keeps its candle for a moment, unused).
+        stats.feeds = self.feeds.values().filter(|f| !f.subscribers.is_empty()).count();
         stats.subscribers = self.feeds.values().map(|f| f.subscribers.len()).sum();
         MessageResult(stats)
     }

@@ -28,7 +28,7 @@ use crate::actors::monitor::Monitor;
 use crate::actors::notifier::Notifier;
 use crate::actors::order_router::OrderRouter;
 use crate::actors::persistence::PersistenceActor;
-use crate::domain::UserId;
+use crate::domain::{Symbol, UserId};
 use crate::limits::PERSISTENCE_IN_FLIGHT_MAX;
 
 /// Where the current incarnation of each shared actor can be reached.
@@ -69,6 +69,20 @@ pub struct Directory {
     /// Counted events for `/metrics` (orders by result, guard blocks; exchange requests are counted
     /// by the exchange wrapper into the same registry).
     pub metrics: crate::metrics::Metrics,
+    /// What the order router last read of each account and when (a full open-orders sweep, each
+    /// symbol's position), so that a trader restarting soon after spends request weight only on
+    /// what must be read again. Written and read by the order router (across its incarnations).
+    pub(crate) account_reads: RwLock<BTreeMap<UserId, AccountReads>>,
+}
+
+/// When the order router last read parts of one account (venue time, ms).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountReads {
+    /// Every open order of the account listed (no symbol filter: weight 40 on Binance) and every
+    /// `bw-` order among them known to the database or cancelled.
+    pub open_orders_swept_at_ms: Option<i64>,
+    /// Each symbol's position read from the exchange.
+    pub positions_verified_at_ms: BTreeMap<Symbol, i64>,
 }
 
 /// Why the database takes no writes now, as the persistence actor found it.
@@ -239,6 +253,7 @@ impl Directory {
             outbox: Arc::new(OutboxGauge::default()),
             position_holds: RwLock::default(),
             position_suspects: RwLock::default(),
+            account_reads: RwLock::default(),
             latest_monitor_line: RwLock::default(),
             metrics,
         }
@@ -287,6 +302,24 @@ impl Directory {
 
     pub(crate) fn set_latest_monitor_line(&self, ts_ms: i64, line: serde_json::Value) {
         *self.latest_monitor_line.write() = Some((ts_ms, Arc::new(line)));
+    }
+
+    /// What the order router last read of `user`'s account.
+    pub fn account_reads(&self, user: &UserId) -> AccountReads {
+        self.account_reads.read().get(user).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn note_open_orders_swept(&self, user: &UserId, at_ms: i64) {
+        self.account_reads.write().entry(user.clone()).or_default().open_orders_swept_at_ms = Some(at_ms);
+    }
+
+    pub(crate) fn note_position_verified(&self, user: &UserId, symbol: &Symbol, at_ms: i64) {
+        self.account_reads
+            .write()
+            .entry(user.clone())
+            .or_default()
+            .positions_verified_at_ms
+            .insert(symbol.clone(), at_ms);
     }
 
     /// Why `user`'s entries are halted for an unexplained position, if they are.

@@ -36,7 +36,7 @@ use crate::clock::Clock;
 use crate::domain::{ClientOrderId, ExchangeOrder, OrderIntent, OrderState, Symbol, UserId};
 use crate::exchange::{Exchange, ExchangeError};
 use crate::failure_points::catalog::{STATE_POSITION_SYNC, SYS_DATABASE};
-use crate::limits::ORDER_RESOLVE_QUERIES_PER_SYNC_MAX;
+use crate::limits::{OPEN_ORDERS_SWEEP_REUSE_MS, ORDER_RESOLVE_QUERIES_PER_SYNC_MAX, POSITION_VERIFIED_REUSE_MS};
 use crate::persistence::outbox::{Durability, DurableWrite};
 use crate::persistence::{OrderTransition, StoredOrder};
 use crate::trader::core::{AccountError, AccountSnapshot, EntryHalt, PlacementOutcome, UnresolvedOrder};
@@ -141,6 +141,10 @@ pub struct ReconcileReport {
     pub fills_imported: Vec<(Symbol, usize)>,
     /// The fills still do not explain a position: the user's entries are halted, with why.
     pub entries_halted: Option<String>,
+    /// What was not read again because a recent read still holds (a restart soon after a sweep).
+    pub reads_reused: Vec<String>,
+    /// Every open order of the account was listed at this time (not only its symbols').
+    pub swept_at_ms: Option<i64>,
 }
 
 impl ReconcileReport {
@@ -173,6 +177,8 @@ impl ReconcileReport {
             positions_resynced: self.positions_resynced,
             fills_imported: self.fills_imported,
             entries_halted: later.entries_halted,
+            reads_reused: later.reads_reused,
+            swept_at_ms: later.swept_at_ms.or(self.swept_at_ms),
         }
     }
 }
@@ -765,6 +771,7 @@ async fn sync_account(
     }
     let position = call(context, "position", context.exchange.position(user, symbol)).await.map_err(account_error)?;
     let fetched_at_ms = context.clock.now_ms();
+    context.directory.note_position_verified(user, symbol, fetched_at_ms);
     let rules = call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(account_error)?;
     let unresolved = if unresolved_orders.is_empty() {
         Vec::new()
@@ -838,6 +845,7 @@ async fn resync_position(
     let exchange = call(context, "position", context.exchange.position(user, symbol))
         .await
         .map_err(|e| account_error(e).context(format_args!("reading the {symbol} position")))?;
+    context.directory.note_position_verified(user, symbol, context.clock.now_ms());
     let (key_user, key_symbol) = (user.clone(), symbol.clone());
     let stored = persistence::run(&context.directory, move |store| store.position(&key_user, &key_symbol))
         .await
@@ -930,9 +938,7 @@ async fn reconcile_user(
             }
         }
     }
-    let open_orders = call(context, "open orders", context.exchange.open_orders(user, None))
-        .await
-        .map_err(|e| account_error(e).context("listing open orders"))?;
+    let open_orders = list_open_orders(context, user, symbols, &mut report).await?;
     for open in open_orders {
         if !open.client_order_id.is_bulwark() {
             report.external_orders += 1;
@@ -976,11 +982,60 @@ async fn reconcile_user(
             Err(error) => report.cancel_failures.push((open.client_order_id, error.to_string())),
         }
     }
+    if let Some(swept_at_ms) = report.swept_at_ms
+        && report.cancel_failures.is_empty()
+    {
+        context.directory.note_open_orders_swept(user, swept_at_ms);
+    }
+    let reads = context.directory.account_reads(user);
+    let now_ms = context.clock.now_ms();
     for symbol in symbols {
+        // Read moments ago (a restart after a crash) with nothing of this user in flight: the
+        // trader's first sync reads it again anyway; no weight is spent on it now.
+        let verified_recently =
+            reads.positions_verified_at_ms.get(symbol).is_some_and(|at_ms| now_ms - at_ms < POSITION_VERIFIED_REUSE_MS);
+        if verified_recently && unresolved.is_empty() {
+            report.reads_reused.push(format!("{symbol} position"));
+            continue;
+        }
         resync_position(context, user, symbol, &mut report).await?;
     }
     explain_positions(context, user, settled, &mut report).await?;
     Ok(report)
+}
+
+/// The account's open orders: every one (weight 40 on Binance), or, for a trader (re)starting soon
+/// after such a sweep found the account clean, those on its own symbols (weight 1 each).
+async fn list_open_orders(
+    context: &RouterContext,
+    user: &UserId,
+    symbols: &[Symbol],
+    report: &mut ReconcileReport,
+) -> Result<Vec<ExchangeOrder>, AccountError> {
+    let now_ms = context.clock.now_ms();
+    let swept_recently = context
+        .directory
+        .account_reads(user)
+        .open_orders_swept_at_ms
+        .is_some_and(|at_ms| now_ms - at_ms < OPEN_ORDERS_SWEEP_REUSE_MS);
+    if swept_recently && !symbols.is_empty() {
+        let mut open_orders = Vec::new();
+        for symbol in symbols {
+            let listing = call(context, "open orders", context.exchange.open_orders(user, Some(symbol)))
+                .await
+                .map_err(|e| account_error(e).context(format_args!("listing open orders on {symbol}")))?;
+            open_orders.extend(listing);
+        }
+        report.reads_reused.push("open orders beyond its symbols (swept moments ago)".to_owned());
+        return Ok(open_orders);
+    }
+    let open_orders = call(context, "open orders", context.exchange.open_orders(user, None))
+        .await
+        .map_err(|e| account_error(e).context("listing open orders"))?;
+    // Counted as a sweep once every orphan in it is cancelled (`reconcile_user`): a cancel that
+    // failed fails the start-up, and the next one sweeps again.
+    report.swept_at_ms = Some(now_ms);
+    Ok(open_orders)
 }
 
 /// How far back reconciliation looks for fills the database lacks (Binance's trade-list window).

@@ -328,8 +328,13 @@ impl Actor for Trader {
             let (state, locks) = state;
             trader.core.restore(&state);
             trader.core.restore_locks(locks);
+            let reused = if report.reads_reused.is_empty() {
+                String::new()
+            } else {
+                format!("; not read again (read moments ago): {}", report.reads_reused.join(", "))
+            };
             let detail = format!(
-                "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s), {} not resolvable yet",
+                "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s), {} not resolvable yet{reused}",
                 state.positions.len(),
                 state.last_intent_seq,
                 state.unresolved_orders.len(),

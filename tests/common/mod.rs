@@ -327,6 +327,20 @@ pub struct ScriptedExchange {
     pub refused_accounts: Mutex<HashSet<UserId>>,
     /// While set, an account's trade list comes back empty (history beyond the exchange's window).
     pub empty_trade_lists: Mutex<bool>,
+    /// Account reads that cost request weight, counted by kind: `open orders (all)` (40 on
+    /// Binance), `open orders (one symbol)` (1), `position` (5).
+    pub reads: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl ScriptedExchange {
+    fn count(&self, read: &'static str) {
+        *self.reads.lock().unwrap().entry(read).or_default() += 1;
+    }
+
+    /// How many reads of this kind reached the exchange.
+    pub fn read_count(&self, read: &str) -> u64 {
+        self.reads.lock().unwrap().get(read).copied().unwrap_or(0)
+    }
 }
 
 impl ScriptedExchange {
@@ -340,6 +354,7 @@ impl ScriptedExchange {
             failing_cancels: Mutex::new(0),
             refused_accounts: Mutex::new(HashSet::new()),
             empty_trade_lists: Mutex::new(false),
+            reads: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -380,6 +395,7 @@ impl Exchange for ScriptedExchange {
     }
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
         self.check_credentials(account)?;
+        self.count("position");
         self.inner.position(account, symbol).await
     }
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
@@ -434,6 +450,7 @@ impl Exchange for ScriptedExchange {
         symbol: Option<&Symbol>,
     ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
         self.check_credentials(account)?;
+        self.count(if symbol.is_some() { "open orders (one symbol)" } else { "open orders (all)" });
         self.inner.open_orders(account, symbol).await
     }
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {
