@@ -340,3 +340,72 @@ async fn an_exit_decided_under_a_foreign_write_lock_is_placed_and_every_invarian
     assert!(report.passed(), "{}", report.render());
     tree.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn while_records_can_be_kept_nowhere_no_order_is_placed() {
+    use std::sync::Arc;
+
+    use bulwark::clock::ManualClock;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fault = dir.path().join("database-fault");
+    // A tiny outbox, so that with the database refusing writes it fills within a few candles.
+    let body = format!(
+        "outbox_records_max = 10\n[http]\nlisten = \"127.0.0.1:0\"\n[chaos]\nenabled = true\ndatabase_fault_file = {:?}\n{}",
+        fault.display().to_string(),
+        common::ONE_USER
+    );
+    let config = common::config_in(dir.path(), &body);
+    let clock = ManualClock::new(common::START_MS);
+    let paper = common::start_paper(&config, clock.clone());
+    let exchange = Arc::new(common::ScriptedExchange::new(paper.clone(), Vec::new()));
+    let mut tree = common::Tree::start_with_exchange(config, clock, paper, exchange.clone());
+    tree.wait_ready(&["u1"]).await;
+    let mut holding = false;
+    for _ in 0..300 {
+        let outcome = tree.step_and_settle(&["u1"]).await;
+        let iteration = &outcome.iterations[0];
+        if iteration.decision.outcome == "enter" && iteration.follow_ups.iter().any(|f| f.outcome == "order_placed") {
+            holding = true;
+            break;
+        }
+    }
+    assert!(holding, "u1 entered within 300 candles");
+
+    // The database refuses writes and the outbox fills: records are lost, and said to be.
+    std::fs::write(&fault, b"").unwrap();
+    for _ in 0..20 {
+        if tree.server.directory.outbox().records_unkept.is_some() {
+            break;
+        }
+        tree.step_and_settle(&["u1"]).await;
+    }
+    let status = tree.server.directory.outbox();
+    assert!(status.records_unkept.is_some() && status.records_lost_total > 0, "{status:?}");
+
+    // Nothing reaches the exchange while records cannot be kept: an exit decided now is not sent.
+    let sent_before = exchange.attempts.lock().unwrap().len();
+    let mut exit = None;
+    for _ in 0..300 {
+        let outcome = tree.step_and_settle(&["u1"]).await;
+        if outcome.iterations[0].decision.outcome == "exit" {
+            exit = Some(outcome.iterations[0].clone());
+            break;
+        }
+    }
+    let exit = exit.expect("u1 decided an exit within 300 candles");
+    assert!(exit.follow_ups.iter().any(|f| f.outcome == "order_failed"), "the exit was not placed: {exit:?}");
+    assert_eq!(exchange.attempts.lock().unwrap().len(), sent_before, "no order request left");
+
+    // The database takes writes again: records are kept, the outbox replays, invariants hold.
+    std::fs::remove_file(&fault).unwrap();
+    let started = Instant::now();
+    while tree.server.directory.outbox().is_degraded() {
+        assert!(started.elapsed() < WAIT_GUARD, "still degraded: {:?}", tree.server.directory.outbox());
+        tree.step_and_settle(&["u1"]).await;
+    }
+    let ledger = tree.paper.full_ledger().await.unwrap();
+    let report = bulwark::verify::check(&mut tree.store(), &ledger).unwrap();
+    assert!(report.passed(), "{}", report.render());
+    tree.shutdown().await;
+}

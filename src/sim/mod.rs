@@ -338,15 +338,23 @@ async fn control(endpoint: &str, body: &[u8], state: &SimState) -> HttpResponse 
         }
         "GET /sim/stats" => {
             let now_ms = state.now_ms();
-            let limiter = state.limiter.lock();
-            let stats = state.stats.lock();
+            // One lock at a time: requests take `stats` then `limiter`, so holding `limiter` while
+            // waiting for `stats` here could deadlock the simulator with a request.
+            let (requests, requests_while_banned, hung) = {
+                let stats = state.stats.lock();
+                (stats.requests.clone(), stats.requests_while_banned, stats.hung.clone())
+            };
+            let (weight_used, weight_limit, banned_until_ms) = {
+                let limiter = state.limiter.lock();
+                (limiter.used, limiter.limit, limiter.banned_until(now_ms))
+            };
             HttpResponse::Ok().json(json!({
-                "requests": stats.requests,
-                "requests_while_banned": stats.requests_while_banned,
-                "hung": stats.hung,
-                "weight_used": limiter.used,
-                "weight_limit": limiter.limit,
-                "banned_until_ms": limiter.banned_until(now_ms),
+                "requests": requests,
+                "requests_while_banned": requests_while_banned,
+                "hung": hung,
+                "weight_used": weight_used,
+                "weight_limit": weight_limit,
+                "banned_until_ms": banned_until_ms,
                 "market_time_ms": state.exchange_now_ms(0),
             }))
         }
