@@ -279,6 +279,18 @@ fn an_unwritable_shared_memory_file_never_kills_the_process_silently() {
     server.stop();
 }
 
+/// Trades u1 until it has entered a position (its entry order placed).
+async fn enter_a_position(tree: &mut common::Tree) {
+    for _ in 0..300 {
+        let outcome = tree.step_and_settle(&["u1"]).await;
+        let iteration = &outcome.iterations[0];
+        if iteration.decision.outcome == "enter" && iteration.follow_ups.iter().any(|f| f.outcome == "order_placed") {
+            return;
+        }
+    }
+    panic!("u1 did not enter within 300 candles");
+}
+
 #[actix_rt::test]
 async fn an_exit_decided_under_a_foreign_write_lock_is_placed_and_every_invariant_holds() {
     use bulwark::actors::DatabaseRefusalKind;
@@ -290,16 +302,7 @@ async fn an_exit_decided_under_a_foreign_write_lock_is_placed_and_every_invarian
     tree.wait_ready(&["u1"]).await;
 
     // Trade until u1 holds a position.
-    let mut holding = false;
-    for _ in 0..300 {
-        let outcome = tree.step_and_settle(&["u1"]).await;
-        let iteration = &outcome.iterations[0];
-        if iteration.decision.outcome == "enter" && iteration.follow_ups.iter().any(|f| f.outcome == "order_placed") {
-            holding = true;
-            break;
-        }
-    }
-    assert!(holding, "u1 entered within 300 candles");
+    enter_a_position(&mut tree).await;
 
     // Another connection takes the write lock; u1 decides on every candle until it exits.
     let foreign = tree.store_writable();
@@ -361,16 +364,7 @@ async fn while_records_can_be_kept_nowhere_no_order_is_placed() {
     let exchange = Arc::new(common::ScriptedExchange::new(paper.clone(), Vec::new()));
     let mut tree = common::Tree::start_with_exchange(config, clock, paper, exchange.clone());
     tree.wait_ready(&["u1"]).await;
-    let mut holding = false;
-    for _ in 0..300 {
-        let outcome = tree.step_and_settle(&["u1"]).await;
-        let iteration = &outcome.iterations[0];
-        if iteration.decision.outcome == "enter" && iteration.follow_ups.iter().any(|f| f.outcome == "order_placed") {
-            holding = true;
-            break;
-        }
-    }
-    assert!(holding, "u1 entered within 300 candles");
+    enter_a_position(&mut tree).await;
 
     // The database refuses writes and the outbox fills: records are lost, and said to be.
     std::fs::write(&fault, b"").unwrap();
