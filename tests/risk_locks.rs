@@ -124,6 +124,70 @@ async fn assert_no_entry_under_a_lock(tree: &Tree) {
 }
 
 #[actix_rt::test]
+async fn a_trader_crashed_at_four_percent_down_trips_the_kill_switch_at_five_on_the_original_peak() {
+    use std::sync::Arc;
+
+    use bulwark::supervision::journal::EventKind;
+    use bulwark::supervision::root::UserSupervisorOf;
+    use bulwark::supervision::user::OperatorRequest;
+    use rust_decimal::Decimal;
+
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[chaos]\nenabled = true\npanic_users = []\n[guards]\nenabled = true\nmax_drawdown_pct = 5\n{}",
+        common::ONE_USER
+    );
+    let config = config_in(dir.path(), &body);
+    let clock = ManualClock::new(START_MS);
+    let paper = common::start_paper(&config, clock.clone());
+    let exchange = Arc::new(common::ScriptedExchange::new(paper.clone(), Vec::new()));
+    let mut tree = Tree::start_with_exchange(config, clock, paper, exchange.clone());
+    tree.wait_ready(&["u1"]).await;
+    let equity = |usdt: i64| *exchange.equity_usdt.lock().unwrap() = Some(Decimal::from(usdt));
+    let kill_switches = |tree: &Tree| {
+        tree.store()
+            .uncleared_guard_locks(None)
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.failure_point == "SIG-KILL-SWITCH")
+            .count()
+    };
+
+    // The peak, then 4 % below it: no kill switch.
+    equity(10_000);
+    tree.step_and_settle(&["u1"]).await;
+    equity(9_600);
+    tree.step_and_settle(&["u1"]).await;
+    let memory = tree.store().risk_memory(&user("u1")).unwrap().expect("the risk memory is stored");
+    assert_eq!(memory.equity_peaks[0].1, 10_000.0, "{memory:?}");
+    assert_eq!(kill_switches(&tree), 0);
+
+    // The trader crashes and is restarted by its supervisor.
+    let supervisor = tree.server.root.send(UserSupervisorOf(user("u1"))).await.unwrap().expect("u1's supervisor");
+    let crashed = supervisor.send(OperatorRequest::Crash { reason: "test: crash at 4 % down".into() }).await;
+    assert!(matches!(crashed, Ok(Ok(_))), "{crashed:?}");
+    tree.wait_supervision("u1 restarted", |e| e.event == EventKind::Restarted).await;
+    tree.wait_ready(&["u1"]).await;
+
+    // 5 % below the peak of before the crash: the switch trips, measured from that peak.
+    equity(9_500);
+    tree.step_and_settle(&["u1"]).await;
+    // The lock's row is written in the background (the lock holds in the trader at once).
+    let started = std::time::Instant::now();
+    let lock = loop {
+        let locks = tree.store().uncleared_guard_locks(None).unwrap();
+        if let Some(lock) = locks.into_iter().find(|l| l.failure_point == "SIG-KILL-SWITCH") {
+            break lock;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the kill switch did not trip");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(lock.values["peak_usdt"], 10_000.0, "{lock:?}");
+    assert_eq!(lock.values["equity_usdt"], 9_500.0, "{lock:?}");
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn with_the_guards_off_from_the_start_a_stored_lock_still_blocks_every_entry() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path(), &format!("{GUARDS_OFF}{USERS}"));

@@ -215,6 +215,11 @@ impl Trader {
                     tracing::warn!(user = %self.seed.user, incarnation = self.incarnation, "{text}");
                     crate::actors::notifier::notify(&self.seed.directory, key, crate::notify::Severity::Warning, text);
                 }
+                TraderCommand::SaveRiskMemory(memory) => {
+                    let at_ms = self.seed.clock.now_ms();
+                    let user = self.seed.user.clone();
+                    persistence::submit_durable(&self.seed.directory, DurableWrite::RiskMemory { user, memory, at_ms });
+                }
                 TraderCommand::RecordGuards(record) => {
                     if let Some(guard) = &record.failure_point {
                         self.seed.directory.metrics.guard_block(guard);

@@ -288,6 +288,14 @@ const MIGRATIONS: &[M<'static>] = &[
     // Recording a fill finds its order by exchange id: without this index every fill insert
     // scanned the orders table (the fleet benchmark measured 2,400 fills/s at 10,000 users).
     M::up("CREATE INDEX orders_by_exchange_id ON orders (user_id, symbol, exchange_order_id);"),
+    // The inputs of a user's risk locks (equity peaks, losing streaks), one row per user, so that
+    // a restart never loosens a limit (`trader::memory`).
+    M::up(
+        "CREATE TABLE risk_memory (
+             user_id TEXT PRIMARY KEY REFERENCES users (user_id),
+             body TEXT NOT NULL,
+             updated_at_ms INTEGER NOT NULL);",
+    ),
 ];
 
 /// Positions whose newest sync the recorded fills do not add up to (see
@@ -503,8 +511,10 @@ pub struct UserSupervisionRecord {
 }
 
 /// Everything a restarted trader reloads.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TraderState {
+    /// The risk locks' inputs the previous incarnation stored (`None`: none yet).
+    pub risk_memory: Option<crate::trader::memory::RiskMemory>,
     pub positions: Vec<PositionRecord>,
     pub last_intent_seq: u64,
     /// Orders that are not final, oldest first.
@@ -701,7 +711,34 @@ impl Store {
             .optional()?
             .unwrap_or(0) as u64;
         state.unresolved_orders = self.unresolved_orders(user, None)?;
+        state.risk_memory = self.risk_memory(user)?;
         Ok(state)
+    }
+
+    /// Stores a user's risk memory (replacing the one before).
+    pub fn save_risk_memory(
+        &mut self,
+        user: &UserId,
+        memory: &crate::trader::memory::RiskMemory,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_string(memory).map_err(|e| StoreError::Io(format!("encoding risk memory: {e}")))?;
+        self.connection
+            .prepare_cached(
+                "INSERT INTO risk_memory (user_id, body, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id) DO UPDATE SET body = excluded.body, updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![user.as_str(), body, at_ms])?;
+        Ok(())
+    }
+
+    /// A user's stored risk memory, if any.
+    pub fn risk_memory(&mut self, user: &UserId) -> Result<Option<crate::trader::memory::RiskMemory>, StoreError> {
+        let body: Option<String> = self
+            .connection
+            .query_row("SELECT body FROM risk_memory WHERE user_id = ?1", params![user.as_str()], |row| row.get(0))
+            .optional()?;
+        body.map(|body| serde_json::from_str(&body).map_err(|e| corrupt("risk_memory", e))).transpose()
     }
 
     /// Commits an intent and its order row (state `pending`) in one transaction. Fails with

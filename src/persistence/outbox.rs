@@ -57,6 +57,12 @@ pub enum DurableWrite {
         at_ms: i64,
     },
     Position(PositionRecord),
+    /// A user's risk locks' inputs (replaces the stored ones).
+    RiskMemory {
+        user: UserId,
+        memory: crate::trader::memory::RiskMemory,
+        at_ms: i64,
+    },
     ReconcileAction {
         user: UserId,
         action: String,
@@ -80,6 +86,7 @@ impl DurableWrite {
             DurableWrite::OrderTransition(_) => "order transition",
             DurableWrite::Fills { .. } => "fills",
             DurableWrite::Position(_) => "position",
+            DurableWrite::RiskMemory { .. } => "risk memory",
             DurableWrite::ReconcileAction { .. } => "reconcile action",
             DurableWrite::Decision(_) => "decision",
             DurableWrite::GuardDecision(_) => "guard decision",
@@ -161,6 +168,9 @@ impl Store {
             }
             DurableWrite::Fills { user, fills, at_ms } => Ok(self.record_fills(user, fills, *at_ms)? > 0),
             DurableWrite::Position(record) => self.save_position(record).map(|()| true),
+            DurableWrite::RiskMemory { user, memory, at_ms } => {
+                self.save_risk_memory(user, memory, *at_ms).map(|()| true)
+            }
             DurableWrite::ReconcileAction { user, action, client_order_id, detail, at_ms } => {
                 self.record_reconcile_action(user, action, client_order_id.as_ref(), detail, *at_ms).map(|()| true)
             }

@@ -35,6 +35,7 @@ use crate::guards::{self, EntrySignal, GuardSettings, GuardsPassed, OtherSlot, S
 use crate::intelligence::IntelSnapshot;
 use crate::persistence::{DecisionRecord, GuardDecisionRecord, PositionRecord, TraderState};
 use crate::strategy::{SignalAction, Strategy};
+use crate::trader::memory::{RiskMemory, SlotMemory};
 use crate::trader::risk::{self, EntryContext, RiskApproved, RiskLimits};
 
 /// Failing iterations in a row before the operator is told.
@@ -184,6 +185,9 @@ pub enum TraderCommand {
         key: String,
         text: String,
     },
+    /// The risk locks' inputs changed (an equity peak, a losing streak): store them, so that the
+    /// next incarnation judges the same.
+    SaveRiskMemory(RiskMemory),
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +266,9 @@ pub struct TraderCore {
     universe: BTreeMap<(Symbol, Timeframe), Arc<[Candle]>>,
     /// The newest intelligence per (symbol, timeframe).
     intelligence: BTreeMap<(Symbol, Timeframe), Arc<IntelSnapshot>>,
+    /// The risk memory as last handed out to be stored (or restored): a new one is handed out
+    /// only when it differs.
+    saved_memory: Option<RiskMemory>,
 }
 
 impl TraderCore {
@@ -291,11 +298,14 @@ impl TraderCore {
             iteration: 0,
             halted: None,
             guards: None,
-            equity: EquityTracker::new(0),
+            // Tracked even with the guards off, so that turning them on again (a reload) finds the
+            // peaks the memory kept.
+            equity: EquityTracker::new((GuardSettings::default().drawdown_lookback_hours * 3_600_000.0) as i64),
             equity_error: Some("no account sync yet".to_owned()),
             locks: Vec::new(),
             universe: BTreeMap::new(),
             intelligence: BTreeMap::new(),
+            saved_memory: None,
         }
     }
 
@@ -361,9 +371,58 @@ impl TraderCore {
         self.locks.iter().filter(|lock| lock.holds_at(now_ms)).collect()
     }
 
+    /// The risk locks' inputs now (what must outlive this incarnation).
+    pub fn risk_memory(&self) -> RiskMemory {
+        RiskMemory {
+            equity_peaks: self.equity.peaks(),
+            slots: self
+                .slots
+                .iter()
+                .map(|slot| SlotMemory {
+                    symbol: slot.spec.symbol.clone(),
+                    timeframe: slot.spec.timeframe.as_str().to_owned(),
+                    strategy: slot.spec.strategy.name().to_owned(),
+                    loss_streak: slot.loss_streak,
+                    last_trade_pct: slot.last_trade_pct,
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes back the risk memory a previous incarnation stored: the equity peaks, and each slot's
+    /// losing streak (matched by symbol, timeframe and strategy; a slot the config no longer has
+    /// is forgotten, a new one starts at zero).
+    pub fn restore_risk_memory(&mut self, memory: &RiskMemory) {
+        self.equity.restore(&memory.equity_peaks);
+        for slot in &mut self.slots {
+            let stored = memory.slots.iter().find(|stored| {
+                stored.symbol == slot.spec.symbol
+                    && stored.timeframe == slot.spec.timeframe.as_str()
+                    && stored.strategy == slot.spec.strategy.name()
+            });
+            if let Some(stored) = stored {
+                slot.loss_streak = slot.loss_streak.max(stored.loss_streak);
+                slot.last_trade_pct = slot.last_trade_pct.or(stored.last_trade_pct);
+            }
+        }
+        self.saved_memory = Some(self.risk_memory());
+    }
+
+    /// Hands the risk memory out to be stored if it changed since it last was.
+    fn save_risk_memory_if_changed(&mut self, commands: &mut Vec<TraderCommand>) {
+        let memory = self.risk_memory();
+        if self.saved_memory.as_ref() != Some(&memory) {
+            self.saved_memory = Some(memory.clone());
+            commands.push(TraderCommand::SaveRiskMemory(memory));
+        }
+    }
+
     /// Reloads what a previous incarnation left in the database.
     pub fn restore(&mut self, state: &TraderState) {
         self.last_intent_seq = self.last_intent_seq.max(state.last_intent_seq);
+        if let Some(memory) = &state.risk_memory {
+            self.restore_risk_memory(memory);
+        }
         for slot in &mut self.slots {
             if let Some(record) = state.positions.iter().find(|p| p.symbol == slot.spec.symbol) {
                 slot.known_position = Some(KnownPosition {
@@ -538,6 +597,9 @@ impl TraderCore {
                 slot.last_trade_pct = Some(pct);
             }
         }
+        // The new equity sample and any closed trade are the risk locks' inputs: stored now.
+        self.save_risk_memory_if_changed(&mut commands);
+        let slot = &mut self.slots[slot_index];
         if quantity.is_zero() {
             slot.position_start_time_ms = None;
         } else if slot.position_start_time_ms.is_none()
@@ -794,6 +856,7 @@ impl TraderCore {
             }
             let command = self.set_lock(*new_lock, now_ms);
             commands.push(command);
+            self.save_risk_memory_if_changed(commands);
         }
         let until =
             block.until_ms.map(|until| format!(" (until {})", crate::clock::rfc3339_ms(until))).unwrap_or_default();

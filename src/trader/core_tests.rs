@@ -10,6 +10,7 @@ use super::*;
 use crate::domain::{Candle, OrderState, Position, Symbol, SymbolRules, Timeframe, UserId};
 use crate::persistence::{PositionRecord, TraderState};
 use crate::strategy::{Signal, SignalAction, Strategy, StrategyError};
+use crate::trader::memory::RiskMemory;
 use crate::trader::risk::RiskLimits;
 
 const NOW_MS: i64 = 1_700_000_000_000;
@@ -512,6 +513,7 @@ fn a_restored_core_continues_the_sequence_and_keeps_position_start_time() {
         last_intent_seq: 42,
         unresolved_orders: vec![],
         decision_count: 7,
+        risk_memory: None,
     });
     // The exchange still shows the same long: its start time survives the restart.
     let commands = h.decide(SignalAction::Flat, snapshot("10", vec![]));
@@ -615,11 +617,25 @@ struct Clocked {
 
 impl Clocked {
     fn new() -> Self {
+        Self::with(kill_switch_settings())
+    }
+
+    fn with(settings: GuardSettings) -> Self {
         let mut h = harness();
         let limits = h.core.limits;
         let core = std::mem::replace(&mut h.core, TraderCore::new(user(), Vec::new(), limits));
-        h.core = core.with_guards(kill_switch_settings());
+        h.core = core.with_guards(settings);
         Self { h, now_ms: NOW_MS }
+    }
+
+    /// A new incarnation of this trader at the same time: a fresh core that reloads what the
+    /// trader actor reloads from the database (here, the newest risk memory this one handed out).
+    fn restarted(&self, settings: GuardSettings, memory: Option<RiskMemory>) -> Self {
+        let mut restarted = Self::with(settings);
+        restarted.now_ms = self.now_ms;
+        restarted.h.candle_open_ms = self.h.candle_open_ms;
+        restarted.h.core.restore(&TraderState { risk_memory: memory, ..TraderState::default() });
+        restarted
     }
 
     /// One iteration at `now_ms` with the scripted signal, the position and the account equity.
@@ -654,6 +670,68 @@ impl Clocked {
         }
         commands
     }
+}
+
+fn saved_memory(commands: &[TraderCommand]) -> Option<RiskMemory> {
+    commands.iter().rev().find_map(|c| if let TraderCommand::SaveRiskMemory(m) = c { Some(m.clone()) } else { None })
+}
+
+#[test]
+fn a_trader_restarted_at_four_percent_down_trips_the_kill_switch_at_five_on_the_original_peak() {
+    let settings = GuardSettings { max_drawdown_pct: 5.0, ..GuardSettings::default() };
+    let mut first = Clocked::with(settings.clone());
+    let mut memory = saved_memory(&first.decide(SignalAction::Flat, "0", 10_000.0));
+    first.now_ms += 600_000;
+    let commands = first.decide(SignalAction::Flat, "0", 9_600.0);
+    assert!(locks_set(&commands).is_empty(), "4 % is below the limit: {commands:?}");
+    memory = saved_memory(&commands).or(memory);
+    assert_eq!(memory.as_ref().map(|m| m.equity_peaks[0]), Some((NOW_MS, 10_000.0)), "{memory:?}");
+
+    // The trader crashes and restarts: equity falls to 5 % below the peak of before the crash.
+    let mut second = first.restarted(settings.clone(), memory);
+    second.now_ms += 600_000;
+    let commands = second.decide(SignalAction::Long, "0", 9_500.0);
+    let locks = locks_set(&commands);
+    assert_eq!(locks.len(), 1, "the switch trips on the original peak: {commands:?}");
+    assert_eq!(locks[0].failure_point, "SIG-KILL-SWITCH");
+    assert_eq!(locks[0].values["peak_usdt"], 10_000.0);
+    assert!(placed(&commands).is_empty());
+
+    // What a restart that forgot would have done: measure from 9,500, and let the entry through.
+    let mut forgetful = first.restarted(settings, None);
+    forgetful.now_ms += 600_000;
+    let commands = forgetful.decide(SignalAction::Long, "0", 9_500.0);
+    assert!(locks_set(&commands).is_empty() && placed(&commands).len() == 1, "{commands:?}");
+}
+
+#[test]
+fn a_losing_streak_survives_a_restart_and_puts_the_symbol_on_probation_as_without_it() {
+    let settings = GuardSettings { max_drawdown_pct: 50.0, probation_losses: 3, ..GuardSettings::default() };
+    let mut first = Clocked::with(settings.clone());
+    let mut memory = None;
+    // Two losing trades (entry, then closed 0.83 % below the entry).
+    for _ in 0..2 {
+        assert_eq!(placed(&first.decide(SignalAction::Long, "0", 10_000.0)).len(), 1);
+        first.now_ms += 300_000;
+        first.decide(SignalAction::Flat, "100", 10_000.0);
+        first.now_ms += 300_000;
+        memory = saved_memory(&first.decide_at_mark(SignalAction::Flat, "0", "1.19", 10_000.0)).or(memory);
+        first.now_ms += 300_000;
+    }
+    assert_eq!(memory.as_ref().map(|m| m.slots[0].loss_streak), Some(2), "{memory:?}");
+
+    // Restarted: the third loss is the third in a row, and the next entry is refused.
+    let mut second = first.restarted(settings, memory);
+    assert_eq!(placed(&second.decide(SignalAction::Long, "0", 10_000.0)).len(), 1);
+    second.now_ms += 300_000;
+    second.decide(SignalAction::Flat, "100", 10_000.0);
+    second.now_ms += 300_000;
+    second.decide_at_mark(SignalAction::Flat, "0", "1.19", 10_000.0);
+    second.now_ms += 300_000;
+    let commands = second.decide(SignalAction::Long, "0", 10_000.0);
+    assert!(placed(&commands).is_empty(), "{commands:?}");
+    let locks = locks_set(&commands);
+    assert_eq!((locks[0].failure_point.as_str(), locks[0].symbol.clone()), ("SIG-SYMBOL-PROBATION", Some(xrp())));
 }
 
 fn guard_records(commands: &[TraderCommand]) -> Vec<&GuardDecisionRecord> {

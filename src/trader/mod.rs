@@ -3,4 +3,5 @@
 //! [`crate::actors::trader`] is only its shell.
 
 pub mod core;
+pub mod memory;
 pub mod risk;

@@ -327,6 +327,9 @@ pub struct ScriptedExchange {
     pub refused_accounts: Mutex<HashSet<UserId>>,
     /// While set, an account's trade list comes back empty (history beyond the exchange's window).
     pub empty_trade_lists: Mutex<bool>,
+    /// While set, every account's equity (its wallet balance, with no unrealized PnL): what the
+    /// kill switch measures drawdown on.
+    pub equity_usdt: Mutex<Option<rust_decimal::Decimal>>,
     /// Account reads that cost request weight, counted by kind: `open orders (all)` (40 on
     /// Binance), `open orders (one symbol)` (1), `position` (5).
     pub reads: Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -354,6 +357,7 @@ impl ScriptedExchange {
             failing_cancels: Mutex::new(0),
             refused_accounts: Mutex::new(HashSet::new()),
             empty_trade_lists: Mutex::new(false),
+            equity_usdt: Mutex::new(None),
             reads: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
@@ -400,7 +404,16 @@ impl Exchange for ScriptedExchange {
     }
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
         self.check_credentials(account)?;
-        self.inner.balance(account).await
+        let balance = self.inner.balance(account).await?;
+        Ok(match *self.equity_usdt.lock().unwrap() {
+            Some(equity) => Balance {
+                wallet_balance: equity,
+                unrealized_pnl: rust_decimal::Decimal::ZERO,
+                available_balance: equity,
+                ..balance
+            },
+            None => balance,
+        })
     }
     async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError> {
         self.check_credentials(account)?;
