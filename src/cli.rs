@@ -181,6 +181,9 @@ pub fn main() -> ExitCode {
                         return ExitCode::SUCCESS;
                     }
                     Err(RemoteError::Unreachable { .. }) if url.is_none() => {}
+                    Err(error @ RemoteError::Foreign { .. }) if url.is_none() => {
+                        eprintln!("bulwark: {error}; reading the database instead");
+                    }
                     Err(error) => {
                         eprintln!("bulwark: {error}");
                         return ExitCode::from(EXIT_RUNTIME_ERROR);
@@ -225,6 +228,10 @@ pub fn main() -> ExitCode {
             let answer = match from_server {
                 Some(Ok(answer)) => Ok(answer),
                 Some(Err(RemoteError::Unreachable { .. })) | None if url.is_none() => {
+                    crate::status::why(&config, &user)
+                }
+                Some(Err(error @ RemoteError::Foreign { .. })) if url.is_none() => {
+                    eprintln!("bulwark: {error}; reading the database instead");
                     crate::status::why(&config, &user)
                 }
                 Some(Err(error)) => Err(anyhow::anyhow!(error)),

@@ -29,6 +29,7 @@ pub mod exchange;
 pub mod failure_points;
 pub mod guards;
 pub mod http;
+pub mod instance;
 pub mod instance_lock;
 pub mod intelligence;
 pub mod limits;

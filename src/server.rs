@@ -88,6 +88,8 @@ pub struct RunningServer {
     arbiters: Vec<Arbiter>,
     /// Where the HTTP API listens (`None`: `[http] enabled = false`).
     pub http_url: Option<String>,
+    /// Which server this is (also in `<data_dir>/bulwark.instance` and on `/health`).
+    pub instance: crate::instance::InstanceIdentity,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -139,6 +141,14 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         }
         None => (None, None),
     };
+    // Which server this is, beside its database: the command line trusts only its answers.
+    let instance = crate::instance::InstanceIdentity::new(&database_path, http_url.clone());
+    crate::instance::write(&config.server.data_dir, &instance).with_context(|| {
+        format!("writing {}", config.server.data_dir.join(crate::instance::INSTANCE_FILE).display())
+    })?;
+    if let Some(http) = http.as_mut() {
+        http.instance = instance.clone();
+    }
 
     let directory = Arc::new(
         Directory::with_metrics(deps.metrics.clone())
@@ -300,6 +310,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         shutdown_deadline: config.supervisor.shutdown_deadline,
         arbiters,
         http_url,
+        instance,
     })
 }
 
@@ -330,6 +341,8 @@ fn http_settings(
         started_at_ms: deps.clock.now_ms(),
         // Filled in once the users' counters exist.
         counters: Arc::new(BTreeMap::new()),
+        // Filled in once the identity is made (it carries this URL).
+        instance: crate::instance::InstanceIdentity::new(&config.database_path(), Some(url.clone())),
     };
     Ok((http, url))
 }
@@ -769,6 +782,7 @@ pub fn run(config: Config, duration: Option<Duration>) -> anyhow::Result<i32> {
         if server.http_url.is_some() {
             let _ = std::fs::remove_file(config.server.data_dir.join("bulwark.http"));
         }
+        crate::instance::remove(&config.server.data_dir, &server.instance);
         System::current().stop();
         Ok::<_, anyhow::Error>((exit_code, server.take_arbiters()))
     })?;

@@ -220,6 +220,9 @@ pub fn trends(
                 return Ok((trends::report(&runs, &events, since_ms, now_ms), format!("the server at {}", remote.url)));
             }
             Err(crate::remote::RemoteError::Unreachable { .. }) if !remote_required => {}
+            Err(error @ crate::remote::RemoteError::Foreign { .. }) if !remote_required => {
+                eprintln!("bulwark: {error}; reading the database instead");
+            }
             Err(error) => return Err(error.into()),
         }
     }

@@ -345,6 +345,67 @@ fn a_second_server_on_the_same_database_refuses_to_start() {
 }
 
 #[test]
+fn status_why_and_report_trust_only_the_server_of_their_own_database() {
+    // Server A runs on a free port; config B's [http] listen is that same port (its own server is
+    // not running), and B's database has a history of its own.
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_config = fast_config(a_dir.path(), "enabled = false");
+    let mut a =
+        bulwark().args(["run", "--duration", "60", "--config"]).arg(&a_config).stderr(Stdio::piped()).spawn().unwrap();
+    let mut a_stderr = BufReader::new(a.stderr.take().expect("stderr is piped"));
+    read_until(&mut a_stderr, "bulwark starting");
+    let url_file = a_dir.path().join("data/bulwark.http");
+    let started = std::time::Instant::now();
+    let a_url = loop {
+        let written = std::fs::read_to_string(&url_file).unwrap_or_default();
+        if written.ends_with('\n') {
+            break written.trim().to_owned();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "A wrote no URL");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let a_instance: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a_dir.path().join("data/bulwark.instance")).unwrap()).unwrap();
+    assert_eq!(a_instance["url"], a_url.as_str());
+
+    let b_config = fast_config(b_dir.path(), "enabled = false");
+    let held_port = a_url.trim_start_matches("http://");
+    let b_text = std::fs::read_to_string(&b_config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = {held_port:?}"));
+    std::fs::write(&b_config, b_text).unwrap();
+    std::fs::create_dir_all(b_dir.path().join("data")).unwrap();
+    let b_database = b_dir.path().join("data/bulwark.db");
+    Store::open(&b_database).unwrap().ensure_users(&[UserId::new("u1").unwrap()], 0).unwrap();
+
+    let status = run(bulwark().args(["status", "--config"]).arg(&b_config));
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let (stdout, stderr) = (text(&status.stdout), text(&status.stderr));
+    assert!(stderr.contains(&format!("the server at {a_url} is not this database's")), "{stderr}");
+    assert!(stderr.contains("serves another database") && stderr.contains("reading the database instead"), "{stderr}");
+    assert!(stdout.starts_with("bulwark status:") && stdout.contains("(server not running)"), "{stdout}");
+    assert!(stdout.contains(&b_database.display().to_string()) || stdout.contains("bulwark.db"), "{stdout}");
+
+    let why = run(bulwark().args(["why", "u1", "--json", "--config"]).arg(&b_config));
+    assert!(why.status.success(), "{}", text(&why.stderr));
+    assert!(text(&why.stderr).contains("is not this database's"), "{}", text(&why.stderr));
+    let report = run(bulwark().args(["report", "--since", "1h", "--config"]).arg(&b_config));
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    assert!(text(&report.stderr).contains("is not this database's"), "{}", text(&report.stderr));
+    assert!(!text(&report.stdout).contains(&format!("the server at {a_url}")), "{}", text(&report.stdout));
+
+    // Pointed at A's own config, the same server is trusted.
+    let own = run(bulwark().args(["status", "--config"]).arg(&a_config));
+    assert!(text(&own.stdout).contains(&a_url), "{}", text(&own.stdout));
+    assert!(!text(&own.stderr).contains("not this database's"), "{}", text(&own.stderr));
+
+    let terminated = Command::new("kill").args(["-TERM", &a.id().to_string()]).status().unwrap();
+    assert!(terminated.success());
+    assert!(a.wait().unwrap().success());
+    assert!(!a_dir.path().join("data/bulwark.instance").exists(), "removed at shutdown");
+}
+
+#[test]
 fn chaos_restarts_one_user_until_quarantine_and_status_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let config = fast_config(dir.path(), "enabled = true\npanic_users = [\"u2\"]\npanic_every_decisions = 3");

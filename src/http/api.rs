@@ -151,6 +151,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         if !reasons.is_empty() {
             return HttpResponse::ServiceUnavailable().json(json!({
                 "status": "unhealthy",
+                "instance": state.settings.instance,
                 "reasons": reasons,
                 "database": database,
                 "monitor_last_run": monitor_last_run,
@@ -167,6 +168,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
             .collect();
         HttpResponse::Ok().json(json!({
             "status": if degraded { "degraded" } else { "ok" },
+            "instance": state.settings.instance,
             "reasons": database_reasons,
             "shared_actors": shared,
             "users": state.settings.config.users.len(),

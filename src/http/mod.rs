@@ -60,6 +60,8 @@ pub struct HttpSettings {
     pub started_at_ms: i64,
     /// Every user's decision counters (`/metrics`).
     pub counters: Arc<BTreeMap<UserId, Arc<UserCounters>>>,
+    /// Which server this is (`/health` says it, so the command line can tell servers apart).
+    pub instance: crate::instance::InstanceIdentity,
 }
 
 impl std::fmt::Debug for HttpSettings {
