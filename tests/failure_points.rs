@@ -67,7 +67,7 @@ fn a_thirty_second_fast_monitor_run_writes_every_file_and_a_deleted_config_is_re
         .into_iter()
         .find(|l| l["failure_point"] == "CFG-MISSING" && l["action"] == "restore_config")
         .unwrap();
-    assert_eq!(restored["result"], "success", "{restored}");
+    assert_eq!(restored["result"], "healed", "a re-check found the file back: {restored}");
     assert_eq!(std::fs::read_to_string(&config).unwrap(), std::fs::read_to_string(&shipped).unwrap());
     let restored_after = lines(&monitor_log).len();
     wait_until("CFG-MISSING ok again", || {
@@ -81,12 +81,11 @@ fn a_thirty_second_fast_monitor_run_writes_every_file_and_a_deleted_config_is_re
     wait_until("CFG-INVALID critical", || {
         lines(&monitor_log)[broken_after..].iter().any(|l| status(l, "CFG-INVALID") == "critical")
     });
-    wait_until("the healer's keep_last_good_config", || {
-        lines(&healing_log)
-            .iter()
-            .any(|l| l["failure_point"] == "CFG-INVALID" && l["action"] == "keep_last_good_config")
+    wait_until("the healer's report of CFG-INVALID", || {
+        lines(&healing_log).iter().any(|l| l["failure_point"] == "CFG-INVALID" && l["action"] == "manual")
     });
-    let kept = lines(&healing_log).into_iter().find(|l| l["action"] == "keep_last_good_config").unwrap();
+    let kept = lines(&healing_log).into_iter().find(|l| l["failure_point"] == "CFG-INVALID").unwrap();
+    assert_eq!(kept["result"], "reported", "nothing automatic, and it says so: {kept}");
     assert!(kept["detail"].as_str().unwrap().contains("bogus_key"), "{kept}");
     std::fs::write(&config, valid).unwrap();
 
@@ -128,8 +127,24 @@ fn a_thirty_second_fast_monitor_run_writes_every_file_and_a_deleted_config_is_re
         for field in ["ts", "failure_point", "action", "detail"] {
             assert!(line[field].is_string(), "{field} in {line}");
         }
-        assert!(["success", "failed", "skipped"].contains(&line["result"].as_str().unwrap()), "{line}");
+        let result = line["result"].as_str().unwrap();
+        assert!(["healed", "no_effect", "failed", "reported", "skipped"].contains(&result), "{line}");
+        if result == "healed" {
+            assert_healed_after_an_ok_check(&monitor, line);
+        }
     }
+}
+
+/// A `healed` line follows a monitor run, no older than the action's time bound, that found its
+/// failure point ok (the re-check).
+fn assert_healed_after_an_ok_check(monitor: &[Value], healed: &Value) {
+    let at = chrono::DateTime::parse_from_rfc3339(healed["ts"].as_str().unwrap()).unwrap();
+    let id = healed["failure_point"].as_str().unwrap();
+    let rechecked = monitor.iter().any(|line| {
+        let ts = chrono::DateTime::parse_from_rfc3339(line["ts"].as_str().unwrap()).unwrap();
+        ts <= at && at - ts <= chrono::Duration::seconds(30) && status(line, id) == "ok"
+    });
+    assert!(rechecked, "no ok check of {id} before {healed}");
 }
 
 /// A paper market moving fast (one 5-minute candle per 200 ms) and strategies that flip often, with
@@ -271,10 +286,15 @@ fn the_healer_readmits_a_quarantined_user_after_its_cool_down() {
                 .is_some_and(|r| events[q + r..].contains(&"restarted".to_owned()))
         })
     });
-    let readmitted = lines(&healing_log)
-        .into_iter()
-        .find(|l| l["action"] == "readmit_quarantined" && l["result"] == "success")
-        .expect("the healing log records the re-admission");
+    // The line is written once the re-check after the action is in.
+    let readmission = |l: &Value| {
+        l["action"] == "readmit_quarantined" && l["detail"].as_str().is_some_and(|d| d.starts_with("re-admitted"))
+    };
+    wait_until("the healing log's re-admission line", || lines(&healing_log).iter().any(readmission));
+    let readmitted =
+        lines(&healing_log).into_iter().find(readmission).expect("the healing log records the re-admission");
+    // Healed only if the re-check found SYS-PROCESS ok; u2 may still be starting, then it says so.
+    assert!(["healed", "no_effect"].contains(&readmitted["result"].as_str().unwrap()), "{readmitted}");
     assert_eq!(readmitted["failure_point"], "SYS-PROCESS");
     assert!(readmitted["detail"].as_str().unwrap().contains("u2"), "{readmitted}");
     let stopped = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();

@@ -1,19 +1,22 @@
 //! The Healer: every `[healer] interval_secs`, and at once when the Monitor finds an entry newly
 //! critical, it takes the Monitor's newest run and carries out the healing action of each failing
 //! failure point, appending one line per action to `<log_dir>/failure_point_healing.jsonl`:
-//! `{"ts", "failure_point", "action", "result": "success|failed|skipped", "detail"}`.
+//! `{"ts", "failure_point", "action", "result", "detail"}`, the result one of [`HealingResult`]:
+//! `healed` only when a re-check of the failure point after the action (a fresh monitor run) finds
+//! it ok; `no_effect` when the action ran and the point is still failing; `failed` when the action
+//! itself errored; `reported` for a failure point whose healing is manual (logged once per failing
+//! episode, with what an operator should do); `skipped` when there was nothing to do, or the
+//! budget did not allow it.
 //!
 //! Every (failure point, action) pair has a retry budget ([`HealingBudget`]: `attempts_max` within
-//! `budget_window`); beyond it the action is `skipped` with that reason, so healing never loops. A
-//! failure point whose healing is manual is logged once per failing episode (`skipped`, with what
-//! an operator should do), not on every pass.
+//! `budget_window`, each attempt waiting twice as long after the previous one as that one did), so
+//! healing never loops; only actions that can change something spend it.
 //!
 //! Actions: clear kill switches and probations found past their expiry (reporting how late);
 //! refresh market data (a poll now); restore a missing shipped config file from the copy compiled
-//! into the binary (never over an existing file; shipped files hold no secret); keep running on the
-//! last good config when the file no longer validates; re-admit a quarantined user after its
-//! cool-down; reconcile a user's orders (unresolved orders looked up, orphans cancelled, positions
-//! re-read); log the network retries; suggest what to do about a position limit.
+//! into the binary (never over an existing file; shipped files hold no secret); re-admit a
+//! quarantined user after its cool-down; reconcile a user's orders (unresolved orders looked up,
+//! orphans cancelled, positions re-read); refresh intelligence; check the database.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::OpenOptions;
@@ -40,6 +43,71 @@ use crate::supervision::root::ReadmitUser;
 /// Longest wait for one healing action's answer.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The wait before a second attempt of one (failure point, action); it doubles with each further
+/// attempt in the budget window.
+const ATTEMPT_BACKOFF_MS_INITIAL: i64 = 10_000;
+
+/// How often the re-check asks for a monitor run while one is under way (bounded by
+/// [`ACTION_TIMEOUT`]).
+const RECHECK_RETRY: Duration = Duration::from_millis(200);
+
+/// What became of a healing action (the `result` of its line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealingResult {
+    /// The action ran, and a re-check of its failure point afterwards found it ok.
+    Healed,
+    /// The action ran; the failure point is still failing (or could not be judged) afterwards.
+    NoEffect,
+    /// The action itself errored.
+    Failed,
+    /// Nothing automatic: the report says what an operator should do.
+    Reported,
+    /// Nothing to do now (nothing to clear, a cool-down running, budget spent, ...).
+    Skipped,
+}
+
+impl HealingResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealingResult::Healed => "healed",
+            HealingResult::NoEffect => "no_effect",
+            HealingResult::Failed => "failed",
+            HealingResult::Reported => "reported",
+            HealingResult::Skipped => "skipped",
+        }
+    }
+}
+
+/// What an action did, before its failure point is checked again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionOutcome {
+    /// It did what it does; a re-check says whether that healed.
+    Ran(String),
+    Failed(String),
+    /// It had nothing to do.
+    Skipped(String),
+}
+
+/// The line's result and detail for an action, given the re-check of its failure point after it
+/// (`None`: no monitor run could be had). Pure.
+pub fn judge(outcome: ActionOutcome, recheck: Option<&CheckResult>) -> (HealingResult, String) {
+    match outcome {
+        ActionOutcome::Failed(detail) => (HealingResult::Failed, detail),
+        ActionOutcome::Skipped(detail) => (HealingResult::Skipped, detail),
+        ActionOutcome::Ran(detail) => match recheck {
+            Some(check) if check.status == CheckStatus::Ok => {
+                (HealingResult::Healed, format!("{detail}; re-checked: ok ({})", check.detail))
+            }
+            Some(check) => (
+                HealingResult::NoEffect,
+                format!("{detail}; re-checked: still {} ({})", check.status.as_str(), check.detail),
+            ),
+            None => (HealingResult::NoEffect, format!("{detail}; could not be re-checked (no monitor run)")),
+        },
+    }
+}
+
 /// From `[healer]`, `[server]` and the config's source.
 #[derive(Debug, Clone)]
 pub struct HealerSettings {
@@ -64,8 +132,9 @@ impl HealerSettings {
     }
 }
 
-/// Retry budgets: at most `attempts_max` attempts per (failure point, action) within `window_ms`.
-/// Pure: time is passed in.
+/// Retry budgets: at most `attempts_max` attempts per (failure point, action) within `window_ms`,
+/// the second at least [`ATTEMPT_BACKOFF_MS_INITIAL`] after the first, each further one twice as
+/// long after the one before. Pure: time is passed in.
 #[derive(Debug, Clone)]
 pub struct HealingBudget {
     attempts_max: u32,
@@ -87,6 +156,12 @@ impl HealingBudget {
         if attempts.len() as u32 >= self.attempts_max {
             return Err(attempts.front().copied().unwrap_or(now_ms) + self.window_ms);
         }
+        if let Some(previous_ms) = attempts.back() {
+            let backoff_ms = ATTEMPT_BACKOFF_MS_INITIAL.saturating_mul(1 << (attempts.len() - 1).min(20));
+            if now_ms - previous_ms < backoff_ms {
+                return Err(previous_ms + backoff_ms);
+            }
+        }
         attempts.push_back(now_ms);
         Ok(())
     }
@@ -98,8 +173,7 @@ pub struct HealingRecord {
     pub ts: String,
     pub failure_point: String,
     pub action: String,
-    /// `success`, `failed` or `skipped`.
-    pub result: &'static str,
+    pub result: HealingResult,
     pub detail: String,
 }
 
@@ -157,7 +231,7 @@ impl Healer {
         if records.is_empty() {
             return;
         }
-        for failed in records.iter().filter(|r| r.result == "failed") {
+        for failed in records.iter().filter(|r| r.result == HealingResult::Failed) {
             crate::actors::notifier::notify(
                 &self.directory,
                 format!("healing_failed:{}:{}", failed.failure_point, failed.action),
@@ -169,9 +243,11 @@ impl Healer {
         for record in records {
             text.push_str(&serde_json::to_string(record).unwrap_or_default());
             text.push('\n');
-            let (failure_point, action, result) = (&record.failure_point, &record.action, record.result);
-            match result {
-                "failed" => tracing::warn!(target: "healer", failure_point, action, "failed: {}", record.detail),
+            let (failure_point, action, result) = (&record.failure_point, &record.action, record.result.as_str());
+            match record.result {
+                HealingResult::Failed | HealingResult::NoEffect => {
+                    tracing::warn!(target: "healer", failure_point, action, "{result}: {}", record.detail)
+                }
                 _ => tracing::info!(target: "healer", failure_point, action, "{result}: {}", record.detail),
             }
         }
@@ -211,7 +287,7 @@ impl Healer {
                     ts: rfc3339_ms(healer.clock.now_ms()),
                     failure_point: "*".to_owned(),
                     action: "healing_pass".to_owned(),
-                    result: "skipped",
+                    result: HealingResult::Skipped,
                     detail: format!(
                         "nothing to heal in the monitor run of {}: {} ok, {} unknown (a check that cannot run has nothing to heal), {} already handled",
                         rfc3339_ms(run.ts_ms),
@@ -228,18 +304,28 @@ impl Healer {
                 readmit: healer.readmit.clone(),
             };
             let work = async move {
-                let mut records = Vec::new();
+                let mut outcomes = Vec::new();
                 for planned in planned {
-                    let (result, detail) = planned.action.run(&planned.check, &context).await;
-                    records.push(HealingRecord {
-                        ts: rfc3339_ms(context.clock.now_ms()),
-                        failure_point: planned.failure_point.as_str().to_owned(),
-                        action: planned.action.name().to_owned(),
-                        result,
-                        detail,
-                    });
+                    let outcome = planned.action.run(&planned.check, &context).await;
+                    outcomes.push((planned, outcome));
                 }
-                records
+                // Whatever ran is judged by a fresh check of its failure point.
+                let ran = outcomes.iter().any(|(_, outcome)| matches!(outcome, ActionOutcome::Ran(_)));
+                let recheck = if ran { recheck(&context).await } else { None };
+                outcomes
+                    .into_iter()
+                    .map(|(planned, outcome)| {
+                        let check = recheck.as_ref().and_then(|run| run.results.iter().find(|r| r.id == planned.failure_point));
+                        let (result, detail) = judge(outcome, check);
+                        HealingRecord {
+                            ts: rfc3339_ms(context.clock.now_ms()),
+                            failure_point: planned.failure_point.as_str().to_owned(),
+                            action: planned.action.name().to_owned(),
+                            result,
+                            detail,
+                        }
+                    })
+                    .collect::<Vec<_>>()
             };
             let nothing_failing = nothing_failing_note;
             work.into_actor(healer).map(move |records, healer, _| {
@@ -295,7 +381,7 @@ impl HealingPlanner {
                         ts: ts.clone(),
                         failure_point: result.id.as_str().to_owned(),
                         action: "manual".to_owned(),
-                        result: "skipped",
+                        result: HealingResult::Reported,
                         detail: format!("no automatic healing: {what} ({})", result.detail),
                     });
                 }
@@ -309,7 +395,7 @@ impl HealingPlanner {
                         ts: ts.clone(),
                         failure_point: result.id.as_str().to_owned(),
                         action: action.name().to_owned(),
-                        result: "skipped",
+                        result: HealingResult::Skipped,
                         detail: wait,
                     });
                 }
@@ -328,9 +414,9 @@ impl HealingPlanner {
                     ts: ts.clone(),
                     failure_point: result.id.as_str().to_owned(),
                     action: action.name().to_owned(),
-                    result: "skipped",
+                    result: HealingResult::Skipped,
                     detail: format!(
-                        "retry budget spent ({} attempts per {} s); next attempt allowed at {}",
+                        "retry budget ({} attempts per {} s, backing off between them); next attempt allowed at {}",
                         self.settings.attempts_max,
                         self.settings.budget_window.as_secs(),
                         rfc3339_ms(next_ms)
@@ -355,11 +441,8 @@ pub enum Action {
     ClearOverdueLocks,
     RefreshMarketData,
     RestoreConfig,
-    KeepLastGoodConfig,
     ReadmitQuarantined,
     ReconcileUsers,
-    LogNetworkRetries,
-    SuggestPositionLimit,
     VerifyDatabase,
     RefreshIntelligence,
     /// Nothing to do but wait: an open breaker probes by itself after its cool-down.
@@ -372,11 +455,8 @@ impl Action {
             Action::ClearOverdueLocks => "clear_overdue_locks",
             Action::RefreshMarketData => "refresh_market_data",
             Action::RestoreConfig => "restore_config",
-            Action::KeepLastGoodConfig => "keep_last_good_config",
             Action::ReadmitQuarantined => "readmit_quarantined",
             Action::ReconcileUsers => "reconcile_orders_and_positions",
-            Action::LogNetworkRetries => "log_network_retries",
-            Action::SuggestPositionLimit => "suggest_position_limit",
             Action::VerifyDatabase => "verify_database",
             Action::RefreshIntelligence => "refresh_intelligence",
             Action::AwaitBreakerProbe => "await_breaker_probe",
@@ -427,11 +507,8 @@ fn action_for(result: &CheckResult) -> Option<Action> {
         SIG_KILL_SWITCH | STATE_KILL_SWITCH | SIG_SYMBOL_PROBATION | STATE_PROBATION => Action::ClearOverdueLocks,
         SYS_EXCHANGE_API | DATA_MISSING | DATA_CORRUPT => Action::RefreshMarketData,
         CFG_MISSING => Action::RestoreConfig,
-        CFG_INVALID => Action::KeepLastGoodConfig,
         SYS_PROCESS => Action::ReadmitQuarantined,
         STATE_ORPHAN_ORDERS | STATE_POSITION_SYNC | STATE_UNRESOLVED_ORDERS => Action::ReconcileUsers,
-        SYS_NETWORK => Action::LogNetworkRetries,
-        RES_POSITION_LIMIT => Action::SuggestPositionLimit,
         SYS_DATABASE => Action::VerifyDatabase,
         SYS_INTEL_API => Action::RefreshIntelligence,
         SYS_CIRCUIT_BREAKER => Action::AwaitBreakerProbe,
@@ -447,84 +524,100 @@ struct ActionContext {
 }
 
 impl Action {
-    async fn run(self, check: &CheckResult, context: &ActionContext) -> (&'static str, String) {
+    async fn run(self, check: &CheckResult, context: &ActionContext) -> ActionOutcome {
         match self {
             Action::ClearOverdueLocks => clear_overdue_locks(context).await,
-            Action::RefreshMarketData => match context.directory.market_data() {
-                Ok(market_data) => match market_data.send(Poll).timeout(ACTION_TIMEOUT).await {
-                    Ok(report) if report.skipped_busy => {
-                        ("skipped", "a market data poll was already running".to_owned())
-                    }
-                    Ok(report) if report.server_time_ms.is_none() => {
-                        ("failed", "polled now: the exchange did not answer".to_owned())
-                    }
-                    Ok(report) => (
-                        "success",
-                        format!(
-                            "polled now: {} feed(s) fetched, {} candle window(s) delivered",
-                            report.fetched, report.delivered
-                        ),
-                    ),
-                    Err(error) => ("failed", format!("market data did not answer: {error}")),
-                },
-                Err(error) => ("skipped", format!("{error}; its supervisor restarts it")),
-            },
+            Action::RefreshMarketData => refresh_market_data(context).await,
             Action::RestoreConfig => restore_config(&context.settings),
-            Action::KeepLastGoodConfig => (
-                "success",
-                format!(
-                    "still running on the config loaded at start; fix the file (bulwark check-config) and restart to apply it. {}",
-                    check.detail
-                ),
-            ),
             Action::ReadmitQuarantined => readmit(check, context).await,
             Action::ReconcileUsers => reconcile(check, context).await,
-            Action::LogNetworkRetries => {
-                ("success", format!("requests back off and are retried on the next poll and sync; {}", check.detail))
-            }
-            Action::SuggestPositionLimit => (
-                "success",
-                format!(
-                    "suggestion (nothing is closed): let a position close, or raise [risk] max_open_positions / max_position_notional_usdt. {}",
-                    check.detail
-                ),
-            ),
             // `not_ready` always holds for it: the breaker heals itself.
-            Action::AwaitBreakerProbe => ("skipped", format!("the breaker probes by itself: {}", check.detail)),
-            Action::RefreshIntelligence => match context.directory.intelligence() {
-                Ok(intelligence) => match intelligence.send(RefreshAll).timeout(ACTION_TIMEOUT).await {
-                    Ok((0, failures)) if failures.is_empty() => {
-                        ("skipped", "no series due for a refresh (fetched moments ago)".to_owned())
-                    }
-                    Ok((refreshed, failures)) if failures.is_empty() => {
-                        ("success", format!("refreshed {refreshed} series"))
-                    }
-                    Ok((refreshed, failures)) => {
-                        ("failed", format!("refreshed {refreshed} series; failed: {}", failures.join("; ")))
-                    }
-                    Err(error) => ("failed", format!("the intelligence actor did not answer: {error}")),
-                },
-                Err(error) => ("skipped", format!("{error}; its supervisor restarts it")),
-            },
-            Action::VerifyDatabase => match tokio::time::timeout(
-                ACTION_TIMEOUT,
-                persistence::run(&context.directory, |store| store.quick_check()),
-            )
-            .await
-            .unwrap_or_else(|_| Err(crate::persistence::StoreError::Unavailable("no answer in time".to_owned())))
-            {
-                Ok(true) => ("success", "integrity check ok; writes go through persistence again".to_owned()),
-                Ok(false) => (
-                    "failed",
-                    "the integrity check fails: stop the server and restore the database from a backup".to_owned(),
-                ),
-                Err(error) => ("failed", format!("the database cannot be reached: {error}")),
-            },
+            Action::AwaitBreakerProbe => {
+                ActionOutcome::Skipped(format!("the breaker probes by itself: {}", check.detail))
+            }
+            Action::RefreshIntelligence => refresh_intelligence(context).await,
+            Action::VerifyDatabase => verify_database(context).await,
         }
     }
 }
 
-async fn clear_overdue_locks(context: &ActionContext) -> (&'static str, String) {
+/// A market data poll now. It ran only if it asked the exchange for candles: a poll that found the
+/// exchange unanswered, or every fetch refused (an open breaker), changed nothing.
+async fn refresh_market_data(context: &ActionContext) -> ActionOutcome {
+    let market_data = match context.directory.market_data() {
+        Ok(market_data) => market_data,
+        Err(error) => return ActionOutcome::Skipped(format!("{error}; its supervisor restarts it")),
+    };
+    match market_data.send(Poll).timeout(ACTION_TIMEOUT).await {
+        Ok(report) if report.skipped_busy => {
+            ActionOutcome::Skipped("a market data poll was already running".to_owned())
+        }
+        Ok(report) if report.server_time_ms.is_none() => {
+            ActionOutcome::Failed("polled now: the exchange did not answer".to_owned())
+        }
+        Ok(report) => ActionOutcome::Ran(format!(
+            "polled now: {} feed(s) fetched, {} candle window(s) delivered",
+            report.fetched, report.delivered
+        )),
+        Err(error) => ActionOutcome::Failed(format!("market data did not answer: {error}")),
+    }
+}
+
+async fn refresh_intelligence(context: &ActionContext) -> ActionOutcome {
+    let intelligence = match context.directory.intelligence() {
+        Ok(intelligence) => intelligence,
+        Err(error) => return ActionOutcome::Skipped(format!("{error}; its supervisor restarts it")),
+    };
+    match intelligence.send(RefreshAll).timeout(ACTION_TIMEOUT).await {
+        Ok((0, failures)) if failures.is_empty() => {
+            ActionOutcome::Skipped("no series due for a refresh (fetched moments ago)".to_owned())
+        }
+        Ok((refreshed, failures)) if failures.is_empty() => ActionOutcome::Ran(format!("refreshed {refreshed} series")),
+        Ok((refreshed, failures)) => {
+            ActionOutcome::Failed(format!("refreshed {refreshed} series; failed: {}", failures.join("; ")))
+        }
+        Err(error) => ActionOutcome::Failed(format!("the intelligence actor did not answer: {error}")),
+    }
+}
+
+/// The database's integrity, and a write through it: the re-check (SYS-DATABASE: refusals, the
+/// outbox) says whether writes go through again.
+async fn verify_database(context: &ActionContext) -> ActionOutcome {
+    let checked =
+        tokio::time::timeout(ACTION_TIMEOUT, persistence::run(&context.directory, |store| store.quick_check()))
+            .await
+            .unwrap_or_else(|_| Err(crate::persistence::StoreError::Unavailable("no answer in time".to_owned())));
+    match checked {
+        Ok(true) => {
+            let outbox = context.directory.outbox();
+            ActionOutcome::Ran(format!(
+                "integrity check ok; {} record(s) wait in the outbox, which replays by itself",
+                outbox.depth
+            ))
+        }
+        Ok(false) => ActionOutcome::Failed(
+            "the integrity check fails: stop the server and restore the database from a backup".to_owned(),
+        ),
+        Err(error) => ActionOutcome::Failed(format!("the database cannot be reached: {error}")),
+    }
+}
+
+/// A fresh monitor run after the actions (the re-check). `None` when none could be had in time.
+async fn recheck(context: &ActionContext) -> Option<crate::actors::monitor::MonitorRun> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < ACTION_TIMEOUT {
+        let monitor = context.directory.monitor().ok()?;
+        match monitor.send(crate::actors::monitor::RunChecks).timeout(ACTION_TIMEOUT).await {
+            Ok(Ok(run)) => return Some(run),
+            // A run is under way (it may have gathered before the action): ask again shortly.
+            Ok(Err(_)) => tokio::time::sleep(RECHECK_RETRY).await,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+async fn clear_overdue_locks(context: &ActionContext) -> ActionOutcome {
     let now_ms = context.clock.now_ms();
     let clearing = persistence::run(&context.directory, move |store| {
         let mut cleared = Vec::new();
@@ -539,9 +632,9 @@ async fn clear_overdue_locks(context: &ActionContext) -> (&'static str, String) 
         .await
         .unwrap_or_else(|_| Err(crate::persistence::StoreError::Unavailable("no answer in time".to_owned())));
     match cleared {
-        Ok(cleared) if cleared.is_empty() => {
-            ("skipped", "no lock is past its expiry; the ones in force clear themselves at their until".to_owned())
-        }
+        Ok(cleared) if cleared.is_empty() => ActionOutcome::Skipped(
+            "no lock is past its expiry; the ones in force clear themselves at their until".to_owned(),
+        ),
         Ok(cleared) => {
             let each: Vec<String> = cleared
                 .iter()
@@ -557,36 +650,33 @@ async fn clear_overdue_locks(context: &ActionContext) -> (&'static str, String) 
                     )
                 })
                 .collect();
-            ("success", format!("cleared {}: {}", cleared.len(), each.join("; ")))
+            ActionOutcome::Ran(format!("cleared {}: {}", cleared.len(), each.join("; ")))
         }
-        Err(error) => ("failed", format!("locks could not be read or cleared: {error}")),
+        Err(error) => ActionOutcome::Failed(format!("locks could not be read or cleared: {error}")),
     }
 }
 
 /// Writes the shipped copy of a missing config file. Never over an existing file (`create_new`).
-fn restore_config(settings: &HealerSettings) -> (&'static str, String) {
+fn restore_config(settings: &HealerSettings) -> ActionOutcome {
     let Some(path) = &settings.config_file else {
-        return ("skipped", "the server runs on its embedded default: no config file to restore".to_owned());
+        return ActionOutcome::Skipped("the server runs on its embedded default: no config file to restore".to_owned());
     };
     if path.exists() {
-        return ("skipped", format!("{} exists again; nothing restored", path.display()));
+        return ActionOutcome::Skipped(format!("{} exists again; nothing restored", path.display()));
     }
     let shipped = match crate::config::shipped_config(path) {
         Some(shipped) if settings.config_file_is_shipped => shipped,
         _ => {
-            return (
-                "skipped",
-                format!(
-                    "{} is not a file bulwark ships, or was changed from it: restore it from your own copy (the server runs on what it loaded)",
-                    path.display()
-                ),
-            );
+            return ActionOutcome::Skipped(format!(
+                "{} is not a file bulwark ships, or was changed from it: restore it from your own copy (the server runs on what it loaded)",
+                path.display()
+            ));
         }
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && let Err(error) = std::fs::create_dir_all(parent)
     {
-        return ("failed", format!("cannot create {}: {error}", parent.display()));
+        return ActionOutcome::Failed(format!("cannot create {}: {error}", parent.display()));
     }
     let written = OpenOptions::new()
         .write(true)
@@ -594,17 +684,19 @@ fn restore_config(settings: &HealerSettings) -> (&'static str, String) {
         .open(path)
         .and_then(|mut file| file.write_all(shipped.as_bytes()).and_then(|()| file.sync_all()));
     match written {
-        Ok(()) => {
-            ("success", format!("restored {} from the shipped default ({} bytes)", path.display(), shipped.len()))
-        }
+        Ok(()) => ActionOutcome::Ran(format!(
+            "restored {} from the shipped default ({} bytes)",
+            path.display(),
+            shipped.len()
+        )),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            ("skipped", format!("{} appeared meanwhile; not overwritten", path.display()))
+            ActionOutcome::Skipped(format!("{} appeared meanwhile; not overwritten", path.display()))
         }
-        Err(error) => ("failed", format!("cannot write {}: {error}", path.display())),
+        Err(error) => ActionOutcome::Failed(format!("cannot write {}: {error}", path.display())),
     }
 }
 
-async fn readmit(check: &CheckResult, context: &ActionContext) -> (&'static str, String) {
+async fn readmit(check: &CheckResult, context: &ActionContext) -> ActionOutcome {
     // `Action::not_ready` made sure users are named and their cool-down is over.
     let cooldown_ms = context.settings.readmit_cooldown.as_millis() as i64;
     let mut readmitted = Vec::new();
@@ -617,20 +709,23 @@ async fn readmit(check: &CheckResult, context: &ActionContext) -> (&'static str,
         }
     }
     match (readmitted.is_empty(), refused.is_empty()) {
-        (false, true) => ("success", format!("re-admitted {}", names(&readmitted))),
+        (false, true) => ActionOutcome::Ran(format!("re-admitted {}", names(&readmitted))),
         (false, false) => {
-            ("success", format!("re-admitted {}; not re-admitted: {}", names(&readmitted), names(&refused)))
+            ActionOutcome::Ran(format!("re-admitted {}; not re-admitted: {}", names(&readmitted), names(&refused)))
         }
-        _ => ("failed", format!("not re-admitted (no longer quarantined, or shutting down): {}", names(&refused))),
+        _ => ActionOutcome::Failed(format!(
+            "not re-admitted (no longer quarantined, or shutting down): {}",
+            names(&refused)
+        )),
     }
 }
 
-async fn reconcile(check: &CheckResult, context: &ActionContext) -> (&'static str, String) {
+async fn reconcile(check: &CheckResult, context: &ActionContext) -> ActionOutcome {
     if check.users.is_empty() {
-        return ("skipped", format!("no user named: {}", check.detail));
+        return ActionOutcome::Skipped(format!("no user named: {}", check.detail));
     }
     let Ok(router) = context.directory.order_router() else {
-        return ("skipped", "the order router is restarting".to_owned());
+        return ActionOutcome::Skipped("the order router is restarting".to_owned());
     };
     let mut done = Vec::new();
     let mut failed = Vec::new();
@@ -645,16 +740,13 @@ async fn reconcile(check: &CheckResult, context: &ActionContext) -> (&'static st
         }
     }
     if failed.is_empty() {
-        ("success", done.join("; "))
+        ActionOutcome::Ran(done.join("; "))
     } else {
-        (
-            "failed",
-            format!(
-                "{}{}",
-                failed.join("; "),
-                if done.is_empty() { String::new() } else { format!("; done: {}", done.join("; ")) }
-            ),
-        )
+        ActionOutcome::Failed(format!(
+            "{}{}",
+            failed.join("; "),
+            if done.is_empty() { String::new() } else { format!("; done: {}", done.join("; ")) }
+        ))
     }
 }
 
@@ -696,16 +788,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_budget_allows_attempts_max_per_window_then_says_when_the_next_is_allowed() {
-        let mut budget = HealingBudget::new(2, 1_000);
+    fn a_budget_allows_attempts_max_per_window_backing_off_then_says_when_the_next_is_allowed() {
+        let window_ms = 1_000_000;
+        let mut budget = HealingBudget::new(3, window_ms);
         assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 0), Ok(()));
-        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 100), Ok(()));
-        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 200), Err(1_000));
+        // The second waits the initial backoff, the third twice that after the second.
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 100), Err(ATTEMPT_BACKOFF_MS_INITIAL));
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", ATTEMPT_BACKOFF_MS_INITIAL), Ok(()));
+        let third_ms = 3 * ATTEMPT_BACKOFF_MS_INITIAL;
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", third_ms - 1), Err(third_ms));
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", third_ms), Ok(()));
+        // Spent: the next is allowed once the first leaves the window.
+        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", third_ms + 1), Err(window_ms));
         // Another pair has its own budget.
         assert_eq!(budget.try_take("DATA-MISSING", "refresh_market_data", 200), Ok(()));
-        // The window slides.
-        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 1_000), Ok(()));
-        assert_eq!(budget.try_take("CFG-MISSING", "restore_config", 1_050), Err(1_100));
+    }
+
+    #[test]
+    fn healed_only_when_the_re_check_is_ok() {
+        let ok = failing(catalog::CFG_MISSING, CheckStatus::Ok, &[], None, None);
+        let still = failing(catalog::CFG_MISSING, CheckStatus::Critical, &[], None, None);
+        let unknown = failing(catalog::CFG_MISSING, CheckStatus::Unknown, &[], None, None);
+        let ran = || ActionOutcome::Ran("restored".into());
+        assert_eq!(judge(ran(), Some(&ok)).0, HealingResult::Healed);
+        assert_eq!(judge(ran(), Some(&still)).0, HealingResult::NoEffect);
+        assert_eq!(judge(ran(), Some(&unknown)).0, HealingResult::NoEffect);
+        let (result, detail) = judge(ran(), None);
+        assert_eq!(result, HealingResult::NoEffect);
+        assert!(detail.contains("could not be re-checked"), "{detail}");
+        assert_eq!(judge(ActionOutcome::Failed("x".into()), Some(&ok)).0, HealingResult::Failed);
+        assert_eq!(judge(ActionOutcome::Skipped("x".into()), Some(&ok)).0, HealingResult::Skipped);
+        assert_eq!(serde_json::to_value(HealingResult::NoEffect).unwrap(), "no_effect");
     }
 
     #[test]
@@ -722,21 +835,20 @@ mod tests {
             config_file_is_shipped: true,
             user_symbols: BTreeMap::new(),
         };
-        let (result, detail) = restore_config(&settings);
-        assert_eq!(result, "success", "{detail}");
+        let outcome = restore_config(&settings);
+        assert!(matches!(outcome, ActionOutcome::Ran(_)), "{outcome:?}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), crate::config::shipped_config(&path).unwrap());
         std::fs::write(&path, "# mine").unwrap();
-        assert_eq!(restore_config(&settings).0, "skipped");
+        assert!(matches!(restore_config(&settings), ActionOutcome::Skipped(_)));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "# mine");
         let unknown = HealerSettings { config_file: Some(dir.path().join("custom.toml")), ..settings.clone() };
-        let (result, detail) = restore_config(&unknown);
-        assert_eq!(result, "skipped");
+        let ActionOutcome::Skipped(detail) = restore_config(&unknown) else { panic!("skipped") };
         assert!(detail.contains("not a file bulwark ships"), "{detail}");
         assert!(!dir.path().join("custom.toml").exists());
         // A shipped name whose content the operator changed is not replaced by the defaults.
         std::fs::remove_file(&path).unwrap();
         let edited = HealerSettings { config_file_is_shipped: false, ..settings };
-        assert_eq!(restore_config(&edited).0, "skipped");
+        assert!(matches!(restore_config(&edited), ActionOutcome::Skipped(_)));
         assert!(!path.exists());
     }
 
@@ -790,7 +902,7 @@ mod tests {
             failing(STATE_PROBATION, CheckStatus::Warn, &[], None, None),
         ];
         for pass in 0..5 {
-            let (planned, skipped) = planner.plan(&results, None, 10_000 + pass);
+            let (planned, skipped) = planner.plan(&results, None, 10_000 + pass * ATTEMPT_BACKOFF_MS_INITIAL);
             if pass < 2 {
                 assert_eq!(actions(&planned), [("STATE-PROBATION", "clear_overdue_locks")], "pass {pass}");
             } else {

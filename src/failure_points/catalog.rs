@@ -296,7 +296,7 @@ mod rows {
             Critical,
             "the network path to an endpoint is down",
             "connection failures (refused, reset, timed out before sending) per host",
-            Action("log the retries; requests back off"),
+            Manual("requests back off and are retried by themselves; restore the network path"),
         ),
         point(
             SYS_FILESYSTEM,
@@ -344,7 +344,9 @@ mod rows {
             High,
             "the user holds as many positions (or as much notional) as allowed",
             "open positions against max_open_positions, notional against max_position_notional_usdt",
-            Action("report which positions hold the limit (a suggestion; nothing is closed)"),
+            Manual(
+                "entries wait until a position closes; raise [risk] max_open_positions or max_position_notional_usdt to allow more",
+            ),
         ),
         point(
             RES_RATE_LIMIT,
@@ -352,7 +354,7 @@ mod rows {
             High,
             "the exchange request-weight budget is spent, or the exchange banned us",
             "used weight against the budget; 429 pauses and 418 bans",
-            Action("throttle every user of the host; wait out a ban"),
+            Manual("the weight budget throttles every user of the host by itself, and a ban is waited out"),
         ),
         point(
             RES_CAPITAL,
@@ -376,7 +378,9 @@ mod rows {
             Critical,
             "a config file no longer validates",
             "the config file in use parses and validates",
-            Action("keep running on the last good config and report every problem"),
+            Manual(
+                "the server keeps running on the config it loaded; fix the file (bulwark check-config) and reload or restart",
+            ),
         ),
         point(
             DATA_CORRUPT,
