@@ -262,6 +262,9 @@ pub struct HealerConfig {
 pub struct MonitorConfig {
     pub interval: Duration,
     pub summary_interval: Duration,
+    /// Request weight per minute the orphan check may spend listing users' open orders (one per
+    /// user and symbol): every user is checked within `Σ symbols / this` minutes.
+    pub orphan_check_weight_per_minute: u32,
 }
 
 impl Config {
@@ -575,11 +578,12 @@ impl Default for RawHealer {
 struct RawMonitor {
     interval_secs: i64,
     summary_interval_secs: i64,
+    orphan_check_weight_per_minute: i64,
 }
 
 impl Default for RawMonitor {
     fn default() -> Self {
-        Self { interval_secs: 60, summary_interval_secs: 300 }
+        Self { interval_secs: 60, summary_interval_secs: 300, orphan_check_weight_per_minute: 120 }
     }
 }
 
@@ -948,6 +952,12 @@ impl Validator {
                 1,
                 86_400,
             ) as u64),
+            orphan_check_weight_per_minute: self.int_in(
+                "monitor.orphan_check_weight_per_minute",
+                raw.monitor.orphan_check_weight_per_minute,
+                1,
+                100_000,
+            ) as u32,
         };
         let secs = |validator: &mut Self, path: &str, value: i64, min: i64, max: i64| {
             Duration::from_secs(validator.int_in(path, value, min, max) as u64)

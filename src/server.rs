@@ -249,9 +249,20 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             users: config
                 .users
                 .iter()
-                .map(|u| MonitoredUser { id: u.id.clone(), max_open_positions: config.risk.max_open_positions })
+                .map(|u| MonitoredUser {
+                    id: u.id.clone(),
+                    max_open_positions: config.risk.max_open_positions,
+                    symbols: u
+                        .strategies
+                        .iter()
+                        .map(|s| s.symbol.clone())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
+                })
                 .collect(),
             guards_disabled: config.guards.is_none(),
+            orphan_check_weight_per_minute: config.monitor.orphan_check_weight_per_minute,
         }),
         healer: Arc::new(HealerSettings {
             interval: config.healer.interval,

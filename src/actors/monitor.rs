@@ -62,6 +62,8 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct MonitoredUser {
     pub id: UserId,
     pub max_open_positions: u32,
+    /// The user's configured symbols: the orphan check lists open orders on each (weight 1 each).
+    pub symbols: Vec<crate::domain::Symbol>,
 }
 
 /// From `[monitor]`, `[server]` and the config's source.
@@ -76,6 +78,8 @@ pub struct MonitorSettings {
     pub users: Vec<MonitoredUser>,
     /// `[guards] enabled = false`.
     pub guards_disabled: bool,
+    /// `[monitor] orphan_check_weight_per_minute`.
+    pub orphan_check_weight_per_minute: u32,
 }
 
 impl MonitorSettings {
@@ -131,6 +135,8 @@ pub struct Monitor {
     /// The rotating orphan check: the next user, and every user's newest check.
     orphan_cursor: usize,
     orphans: OrphanObservation,
+    /// Users the newest run found halted (their accounts are not read); written by `conclude`.
+    halted_users: BTreeSet<UserId>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -164,18 +170,50 @@ impl Monitor {
             integrity: None,
             orphan_cursor: 0,
             orphans: OrphanObservation::default(),
+            halted_users: BTreeSet::new(),
         }
+    }
+
+    /// The users this run checks for orphans: from the cursor on, in turn, as many as the run's
+    /// share of `[monitor] orphan_check_weight_per_minute` pays for (one weight per symbol; at
+    /// least one user). Halted users are passed over (their accounts cannot be read).
+    fn next_orphan_batch(&mut self) -> Vec<(UserId, Vec<crate::domain::Symbol>)> {
+        let costs = self.orphan_costs();
+        let budget = crate::failure_points::monitor::orphan_weight_per_run(
+            self.settings.orphan_check_weight_per_minute,
+            self.settings.interval.as_millis() as i64,
+        );
+        let (chosen, next) = crate::failure_points::monitor::orphan_batch(&costs, self.orphan_cursor, budget);
+        self.orphan_cursor = next;
+        chosen
+            .into_iter()
+            .filter_map(|index| {
+                let user = &costs[index].0;
+                self.settings.users.iter().find(|u| &u.id == user).map(|u| (u.id.clone(), u.symbols.clone()))
+            })
+            .collect()
+    }
+
+    /// What listing each user's open orders costs (one weight per symbol), halted users left out.
+    fn orphan_costs(&self) -> Vec<(UserId, usize)> {
+        self.settings
+            .users
+            .iter()
+            .filter(|u| !self.halted_users.contains(&u.id))
+            .map(|u| (u.id.clone(), u.symbols.len().max(1)))
+            .collect()
     }
 
     /// Judges the observations, records the run everywhere, and returns it.
     fn conclude(&mut self, gathered: Gathered) -> MonitorRun {
-        let Gathered { mut observations, integrity_checked, orphan_check, stats, locks } = gathered;
-        match orphan_check {
-            Some((user, Ok(orphans))) => {
-                self.orphans.checked.insert(user, (observations.now_ms, orphans));
+        let Gathered { mut observations, integrity_checked, orphan_checks, stats, locks } = gathered;
+        for orphan_check in orphan_checks {
+            match orphan_check {
+                (user, Ok(orphans)) => {
+                    self.orphans.checked.insert(user, (observations.now_ms, orphans));
+                }
+                (user, Err(error)) => self.orphans.last_error = Some(format!("{user}: {error}")),
             }
-            Some((user, Err(error))) => self.orphans.last_error = Some(format!("{user}: {error}")),
-            None => {}
         }
         // A halted user's account cannot be read (no usable credentials): it is not waited for.
         let halted: BTreeSet<&UserId> = observations
@@ -189,6 +227,15 @@ impl Monitor {
             self.settings.users.iter().map(|u| &u.id).filter(|user| !halted.contains(user)).collect();
         self.orphans.users_total = checkable.len();
         self.orphans.checked.retain(|user, _| checkable.contains(user));
+        self.halted_users = halted.iter().map(|user| (*user).clone()).collect();
+        let interval_ms = self.settings.interval.as_millis() as i64;
+        let budget = crate::failure_points::monitor::orphan_weight_per_run(
+            self.settings.orphan_check_weight_per_minute,
+            interval_ms,
+        );
+        self.orphans.coverage_ms =
+            crate::failure_points::monitor::orphan_coverage_ms(&self.orphan_costs(), budget, interval_ms);
+        self.orphans.weight_per_minute = self.settings.orphan_check_weight_per_minute;
         observations.orphans = Some(self.orphans.clone());
         if let Some(ok) = integrity_checked {
             self.integrity = Some((observations.now_ms, ok));
@@ -274,8 +321,8 @@ struct Gathered {
     observations: Observations,
     /// The integrity check's answer, when it ran this time.
     integrity_checked: Option<bool>,
-    /// This run's orphan check: the user, and the orphans found or why it could not run.
-    orphan_check: Option<(UserId, Result<Vec<String>, String>)>,
+    /// This run's orphan checks: each user, and the orphans found or why it could not run.
+    orphan_checks: Vec<(UserId, Result<Vec<String>, String>)>,
     stats: Option<MarketDataStats>,
     locks: Vec<GuardLock>,
 }
@@ -308,8 +355,8 @@ struct GatherInputs {
     integrity_due: bool,
     /// The newest integrity check's result (reused between checks).
     integrity_cached: Option<bool>,
-    /// The user whose open orders this run checks for orphans.
-    orphan_user: Option<UserId>,
+    /// The users whose open orders this run checks for orphans, with their symbols.
+    orphan_users: Vec<(UserId, Vec<crate::domain::Symbol>)>,
 }
 
 async fn gather(inputs: GatherInputs) -> Gathered {
@@ -324,7 +371,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         log_write_failures,
         integrity_due,
         integrity_cached,
-        orphan_user,
+        orphan_users,
     } = inputs;
     let tree_status: Option<TreeStatus> = tree.send(GetTreeStatus).timeout(GATHER_TIMEOUT).await.ok();
 
@@ -416,10 +463,11 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         users: settings.users.iter().map(|u| u.id.clone()).collect(),
     });
 
-    let orphan_check = match orphan_user {
-        Some(user) => Some((user.clone(), check_orphans(&directory, exchange.as_ref(), &user).await)),
-        None => None,
-    };
+    let mut orphan_checks = Vec::new();
+    for (user, symbols) in orphan_users {
+        let checked = check_orphans(&directory, exchange.as_ref(), &user, &symbols).await;
+        orphan_checks.push((user, checked));
+    }
     let intelligence = match directory.intelligence() {
         Ok(actor) => {
             actor.send(IntelStatus).timeout(GATHER_TIMEOUT).await.ok().map(|(source, series)| IntelObservation {
@@ -487,7 +535,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
     Gathered {
         observations,
         integrity_checked,
-        orphan_check,
+        orphan_checks,
         stats,
         locks: from_database.map(|db| db.locks).unwrap_or_default(),
     }
@@ -495,11 +543,22 @@ async fn gather(inputs: GatherInputs) -> Gathered {
 
 /// One user's open orders on the exchange against the database: the `bw-` ones it does not know,
 /// or has as final (what `ReconcileUser` would cancel).
-async fn check_orphans(directory: &Directory, exchange: &dyn Exchange, user: &UserId) -> Result<Vec<String>, String> {
-    let open = tokio::time::timeout(GATHER_TIMEOUT, exchange.open_orders(user, None))
-        .await
-        .map_err(|_| "the exchange did not answer in time".to_owned())?
-        .map_err(|e| e.to_string())?;
+/// A user's open `bw-` orders on its symbols (one listing per symbol: weight 1 each on Binance)
+/// that the database does not know or has as final.
+async fn check_orphans(
+    directory: &Directory,
+    exchange: &dyn Exchange,
+    user: &UserId,
+    symbols: &[crate::domain::Symbol],
+) -> Result<Vec<String>, String> {
+    let mut open = Vec::new();
+    for symbol in symbols {
+        let listing = tokio::time::timeout(GATHER_TIMEOUT, exchange.open_orders(user, Some(symbol)))
+            .await
+            .map_err(|_| format!("the exchange did not answer in time ({symbol})"))?
+            .map_err(|e| format!("{symbol}: {e}"))?;
+        open.extend(listing);
+    }
     let ids: Vec<ClientOrderId> =
         open.into_iter().map(|order| order.client_order_id).filter(ClientOrderId::is_bulwark).collect();
     if ids.is_empty() {
@@ -679,10 +738,8 @@ impl Handler<RunChecks> for Monitor {
             log_write_failures: self.write_failures - self.write_failures_reported,
             integrity_due: self.integrity.is_none_or(|(at, _)| self.clock.now_ms() - at >= INTEGRITY_CHECK_INTERVAL_MS),
             integrity_cached: self.integrity.map(|(_, ok)| ok),
-            orphan_user: (!self.settings.users.is_empty())
-                .then(|| self.settings.users[self.orphan_cursor % self.settings.users.len()].id.clone()),
+            orphan_users: self.next_orphan_batch(),
         };
-        self.orphan_cursor = self.orphan_cursor.wrapping_add(1);
         self.write_failures_reported = self.write_failures;
         Box::pin(gather(inputs).into_actor(self).map(|gathered, monitor, _| {
             monitor.running = false;

@@ -200,6 +200,53 @@ pub struct OrphanObservation {
     pub checked: BTreeMap<UserId, (i64, Vec<String>)>,
     /// The newest check that could not run, with the user.
     pub last_error: Option<String>,
+    /// How long one pass over every user takes at the weight budget ([`orphan_coverage_ms`]).
+    pub coverage_ms: i64,
+    /// `[monitor] orphan_check_weight_per_minute`.
+    pub weight_per_minute: u32,
+}
+
+/// The request weight one monitor run may spend on the orphan check: its interval's share of the
+/// per-minute budget.
+pub fn orphan_weight_per_run(weight_per_minute: u32, interval_ms: i64) -> u64 {
+    (u64::from(weight_per_minute) * interval_ms.max(1) as u64 / 60_000).max(1)
+}
+
+/// The users a run checks for orphans: from `cursor` on, in turn (wrapping), as many as `budget`
+/// pays for (`costs`: each user's weight, one per symbol), at least one and each at most once.
+/// Returns their indexes and the cursor for the next run.
+pub fn orphan_batch(costs: &[(UserId, usize)], cursor: usize, budget: u64) -> (Vec<usize>, usize) {
+    if costs.is_empty() {
+        return (Vec::new(), 0);
+    }
+    let mut chosen = Vec::new();
+    let mut spent = 0_u64;
+    for step in 0..costs.len() {
+        let index = (cursor + step) % costs.len();
+        let cost = costs[index].1 as u64;
+        if !chosen.is_empty() && spent + cost > budget {
+            break;
+        }
+        spent += cost;
+        chosen.push(index);
+    }
+    let next = (cursor + chosen.len()) % costs.len();
+    (chosen, next)
+}
+
+/// How long a pass over every user takes (the bound an operator can count on): the runs needed at
+/// `budget` weight each, times the interval.
+pub fn orphan_coverage_ms(costs: &[(UserId, usize)], budget: u64, interval_ms: i64) -> i64 {
+    let mut runs = 0_i64;
+    let mut cursor = 0;
+    let mut covered = 0;
+    while covered < costs.len() {
+        let (chosen, next) = orphan_batch(costs, cursor, budget);
+        covered += chosen.len();
+        cursor = next;
+        runs += 1;
+    }
+    runs * interval_ms
 }
 
 /// The intelligence series as the Intelligence actor has them.
@@ -800,19 +847,35 @@ fn orphans(observations: &Observations) -> Outcome {
     }
     let error =
         orphans.last_error.as_deref().map(|e| format!("; last check that could not run: {e}")).unwrap_or_default();
+    let coverage = format!(
+        "every user is checked within {} s at {} weight/min",
+        orphans.coverage_ms / 1_000,
+        orphans.weight_per_minute
+    );
     if orphans.checked.len() < orphans.users_total {
         return Outcome::unknown(format!(
-            "{} of {} users checked so far (one per run){error}",
+            "{} of {} users checked so far ({coverage}){error}",
             orphans.checked.len(),
             orphans.users_total
         ));
     }
     let oldest = orphans.checked.values().map(|(at, _)| *at).min().unwrap_or(observations.now_ms);
+    // A check older than two passes: the rotation has fallen behind (checks that cannot run).
+    let behind_ms = observations.now_ms - oldest - 2 * orphans.coverage_ms.max(1);
+    let value = json!({ "users": orphans.users_total, "coverage_ms": orphans.coverage_ms, "oldest_check_ms": oldest });
+    if behind_ms > 0 {
+        return Outcome::unknown(format!(
+            "the oldest orphan check ({}) is older than two passes ({coverage}){error}",
+            crate::clock::rfc3339_ms(oldest)
+        ))
+        .value(value);
+    }
     Outcome::ok(format!(
-        "no orphan on any of {} users (each checked in turn; the oldest check at {}){error}",
+        "no orphan on any of {} users' symbols ({coverage}; the oldest check at {}){error}",
         orphans.users_total,
         crate::clock::rfc3339_ms(oldest)
     ))
+    .value(value)
 }
 
 fn intelligence(observations: &Observations) -> Outcome {
@@ -1152,6 +1215,29 @@ mod tests {
         assert!(kill.detail.contains("guards are off"), "{}", kill.detail);
         let none_holding = Observations { locks: Some(Vec::new()), ..disabled };
         assert_eq!(result(&evaluate(&none_holding), SIG_KILL_SWITCH).status, CheckStatus::Unknown);
+    }
+
+    #[test]
+    fn the_orphan_check_covers_every_user_within_a_bound_the_budget_sets() {
+        let costs: Vec<(UserId, usize)> = (0..10).map(|i| (user(&format!("u{i}")), 1 + i % 3)).collect();
+        let total: usize = costs.iter().map(|(_, c)| c).sum();
+        assert_eq!(total, 19);
+        // 6 weight per run: users in turn until the next would not fit, wrapping around.
+        let (first, next) = orphan_batch(&costs, 0, 6);
+        assert_eq!((first, next), (vec![0, 1, 2], 3), "1 + 2 + 3 = 6");
+        let (second, next) = orphan_batch(&costs, next, 6);
+        assert_eq!((second, next), (vec![3, 4, 5], 6), "1 + 2 + 3 = 6 again");
+        // Every user at least once per pass; a user dearer than the budget still goes alone.
+        let (alone, _) = orphan_batch(&costs, 2, 1);
+        assert_eq!(alone, vec![2]);
+        // The bound: runs needed for one pass, times the interval.
+        let coverage = orphan_coverage_ms(&costs, 6, 60_000);
+        assert!((4 * 60_000..=5 * 60_000).contains(&coverage), "{coverage}");
+        // 10,000 users on one symbol each, at 120 weight/min with a 60 s interval: 84 runs.
+        let fleet: Vec<(UserId, usize)> = (0..10_000).map(|i| (user(&format!("f{i}")), 1)).collect();
+        let per_run = orphan_weight_per_run(120, 60_000);
+        assert_eq!(per_run, 120);
+        assert_eq!(orphan_coverage_ms(&fleet, per_run, 60_000), 84 * 60_000);
     }
 
     #[test]
