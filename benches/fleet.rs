@@ -353,6 +353,9 @@ impl Exchange for CountingExchange {
     fn clock_error_ms(&self) -> i64 {
         self.inner.clock_error_ms()
     }
+    fn estimated_now_ms(&self) -> Option<i64> {
+        self.inner.estimated_now_ms()
+    }
     fn request_budget(&self) -> Option<RequestBudget> {
         self.inner.request_budget()
     }

@@ -184,8 +184,12 @@ async fn a_refused_connection_executed_nothing() {
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let result = client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await;
     assert!(
-        matches!(result, Err(ExchangeError::Retryable { ref detail }) if detail.starts_with("cannot connect")),
-        "{result:?}"
+        matches!(
+            result,
+            Err(ExchangeError::Unreachable { transport: bulwark::exchange::Transport::Refused, ref detail })
+                if detail.starts_with("cannot connect")
+        ),
+        "a connection refused is told apart from an HTTP error: {result:?}"
     );
 }
 

@@ -423,6 +423,9 @@ impl Exchange for SimExchange {
     fn clock_is_exact(&self) -> bool {
         true
     }
+    fn estimated_now_ms(&self) -> Option<i64> {
+        self.inner.estimated_now_ms()
+    }
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.inner.server_time_ms().await
     }

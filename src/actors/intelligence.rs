@@ -98,7 +98,17 @@ pub struct IntelSeriesStatus {
     /// Wall time since the newest successful fetch.
     pub age_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// Open time of the newest interval the series has (the venue's time), and its timeframe: how
+    /// far behind the market it is, in candles, is measured on the exchange's clock.
+    pub newest_open_ms: Option<i64>,
+    pub timeframe_ms: i64,
 }
+
+/// The intelligence probe of a monitor run: refresh the series furthest behind now, through the
+/// API's breaker. `Ok(None)`: no series in use yet; `Ok(Some(series))`: refreshed; `Err`: why not.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<String>, String>")]
+pub struct ProbeIntel;
 
 #[derive(Debug, Message)]
 #[rtype(result = "(String, Vec<IntelSeriesStatus>)")]
@@ -268,6 +278,42 @@ impl Handler<RefreshAll> for Intelligence {
     }
 }
 
+impl Handler<ProbeIntel> for Intelligence {
+    type Result = ResponseActFuture<Self, Result<Option<String>, String>>;
+
+    fn handle(&mut self, _: ProbeIntel, _: &mut Context<Self>) -> Self::Result {
+        // The series furthest behind (one never fetched first).
+        let Some(key) = self
+            .series
+            .iter()
+            .filter(|(_, series)| !series.refreshing)
+            .min_by_key(|(_, series)| {
+                series.snapshot.as_ref().and_then(|s| s.intervals.last()).map_or(i64::MIN, |i| i.time_ms)
+            })
+            .map(|(key, _)| key.clone())
+        else {
+            return Box::pin(fut::ready(Ok(None)));
+        };
+        let name = format!("{} {}", key.0, key.1);
+        // The probe is once per monitor run: it does not wait out the refresh spacing.
+        if let Some(series) = self.series.get_mut(&key) {
+            series.last_attempt_ms = None;
+        }
+        match self.refresh(key.clone()) {
+            Some(refresh) => Box::pin(refresh.map(move |result, _, _| result.map(|_| Some(name)))),
+            None => {
+                // Kept back (the API's breaker is open): its reason is the series' error.
+                let why = self
+                    .series
+                    .get(&key)
+                    .and_then(|series| series.last_error.as_ref().map(|(_, error)| error.clone()))
+                    .unwrap_or_else(|| format!("{name}: not asked"));
+                Box::pin(fut::ready(Err(why)))
+            }
+        }
+    }
+}
+
 impl Handler<IntelStatus> for Intelligence {
     type Result = MessageResult<IntelStatus>;
 
@@ -280,6 +326,8 @@ impl Handler<IntelStatus> for Intelligence {
                 series: format!("{symbol} {timeframe}"),
                 age_ms: series.snapshot.as_ref().map(|s| now_ms - s.fetched_at_ms),
                 last_error: series.last_error.as_ref().map(|(_, error)| error.clone()),
+                newest_open_ms: series.snapshot.as_ref().and_then(|s| s.intervals.last()).map(|i| i.time_ms),
+                timeframe_ms: timeframe.duration_ms(),
             })
             .collect();
         MessageResult((format!("{:?}", self.source), statuses))

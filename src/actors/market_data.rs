@@ -409,7 +409,11 @@ impl Handler<FeedStatuses> for MarketData {
     type Result = MessageResult<FeedStatuses>;
 
     fn handle(&mut self, _: FeedStatuses, _: &mut Context<Self>) -> Self::Result {
-        let Some(now_ms) = self.last_server_time_ms else { return MessageResult(None) };
+        // Lateness on a clock that keeps running while the exchange cannot be reached (the last
+        // time it answered would freeze every feed "on time").
+        let Some(now_ms) = self.exchange.estimated_now_ms().or(self.last_server_time_ms) else {
+            return MessageResult(None);
+        };
         let margin_of = |timeframe: Timeframe| {
             close_margin_ms(timeframe, self.exchange.clock_is_exact(), self.exchange.clock_error_ms())
         };
@@ -421,8 +425,11 @@ impl Handler<FeedStatuses> for MarketData {
                 let margin_ms = margin_of(*timeframe);
                 let expected_open_ms = timeframe.last_closed_open_ms(now_ms - margin_ms);
                 let behind = feed.delivered_open_ms.is_none_or(|delivered| delivered < expected_open_ms);
-                // Due since the expected candle closed (plus the margin).
-                let due_since_ms = expected_open_ms + timeframe.duration_ms() + margin_ms;
+                // Due since the first candle after the newest delivered one closed (plus the
+                // margin): ten candles missing are ten candles overdue, not one.
+                let first_missing_open_ms =
+                    feed.delivered_open_ms.map_or(expected_open_ms, |delivered| delivered + timeframe.duration_ms());
+                let due_since_ms = first_missing_open_ms + timeframe.duration_ms() + margin_ms;
                 FeedObservation {
                     feed: format!("{symbol} {timeframe}"),
                     overdue_ms: if behind { (now_ms - due_since_ms).max(0) } else { 0 },

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::actors::Directory;
 use crate::actors::healer::HealNow;
-use crate::actors::intelligence::IntelStatus;
+use crate::actors::intelligence::{IntelStatus, Intelligence, ProbeIntel};
 use crate::actors::market_data::{FeedStatuses, GetStats, MarketDataStats};
 use crate::actors::notifier::notify;
 use crate::actors::persistence;
@@ -35,9 +35,9 @@ use crate::failure_points::catalog::{CATALOG, Category, FailurePointId};
 use crate::failure_points::locks::GuardLock;
 use crate::failure_points::monitor::{CheckResult, CheckStatus};
 use crate::failure_points::monitor::{
-    ConfigFileObservation, DatabaseObservation, DirectoryObservation, ExchangeObservation, IntelObservation,
-    IntelSeriesObservation, Observations, OrphanObservation, PositionsObservation, UnresolvedOrdersObservation,
-    evaluate, line, overall,
+    ConfigFileObservation, DatabaseObservation, DirectoryObservation, ExchangeObservation, ExchangeProbe,
+    IntelObservation, IntelSeriesObservation, Observations, OrphanObservation, PositionsObservation, ProbeOutcome,
+    UnresolvedOrdersObservation, evaluate, line, overall,
 };
 use crate::failure_points::why::{self, CheckView, WhyInputs};
 use crate::limits::FAILURE_POINT_LOG_BYTES_MAX;
@@ -137,6 +137,9 @@ pub struct Monitor {
     orphans: OrphanObservation,
     /// Users the newest run found halted (their accounts are not read); written by `conclude`.
     halted_users: BTreeSet<UserId>,
+    /// The newest exchange probe that reached a verdict (not kept back by a breaker); written by
+    /// `conclude`, read by SYS-NETWORK while a breaker holds.
+    last_verdict_probe: Option<ExchangeProbe>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -171,6 +174,7 @@ impl Monitor {
             orphan_cursor: 0,
             orphans: OrphanObservation::default(),
             halted_users: BTreeSet::new(),
+            last_verdict_probe: None,
         }
     }
 
@@ -207,6 +211,10 @@ impl Monitor {
     /// Judges the observations, records the run everywhere, and returns it.
     fn conclude(&mut self, gathered: Gathered) -> MonitorRun {
         let Gathered { mut observations, integrity_checked, orphan_checks, stats, locks } = gathered;
+        if let Some(probe) = observations.exchange_probe.as_ref().filter(|probe| probe.reached_a_verdict()) {
+            self.last_verdict_probe = Some(probe.clone());
+        }
+        observations.last_verdict_probe = self.last_verdict_probe.clone();
         for orphan_check in orphan_checks {
             match orphan_check {
                 (user, Ok(orphans)) => {
@@ -374,6 +382,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         orphan_users,
     } = inputs;
     let tree_status: Option<TreeStatus> = tree.send(GetTreeStatus).timeout(GATHER_TIMEOUT).await.ok();
+    let exchange_probe = probe_exchange(exchange.as_ref(), now_ms).await;
 
     // Market data: counters since the previous run (a restarted market data starts from zero).
     let (stats, feeds) = match directory.market_data() {
@@ -469,15 +478,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         orphan_checks.push((user, checked));
     }
     let intelligence = match directory.intelligence() {
-        Ok(actor) => {
-            actor.send(IntelStatus).timeout(GATHER_TIMEOUT).await.ok().map(|(source, series)| IntelObservation {
-                source,
-                series: series
-                    .into_iter()
-                    .map(|s| IntelSeriesObservation { series: s.series, age_ms: s.age_ms, last_error: s.last_error })
-                    .collect(),
-            })
-        }
+        Ok(actor) => gather_intelligence(&actor, exchange.as_ref()).await,
         Err(_) => None,
     };
     let directories = Some(
@@ -511,6 +512,9 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         now_ms,
         actors: tree_status.map(|t| t.actors),
         exchange: exchange_observation,
+        exchange_probe: Some(exchange_probe),
+        // Set by `conclude` (it keeps the newest verdict across runs).
+        last_verdict_probe: None,
         feeds,
         database,
         directories,
@@ -543,6 +547,54 @@ async fn gather(inputs: GatherInputs) -> Gathered {
 
 /// One user's open orders on the exchange against the database: the `bw-` ones it does not know,
 /// or has as final (what `ReconcileUser` would cancel).
+/// The intelligence probe (the series furthest behind, refreshed now through the API's breaker),
+/// then every series' state, with how far its data is behind the market on the exchange's clock.
+async fn gather_intelligence(actor: &Addr<Intelligence>, exchange: &dyn Exchange) -> Option<IntelObservation> {
+    let probe = match actor.send(ProbeIntel).timeout(GATHER_TIMEOUT).await {
+        Ok(result) => result,
+        Err(error) => Err(format!("the probe got no answer: {error}")),
+    };
+    let (source, series) = actor.send(IntelStatus).timeout(GATHER_TIMEOUT).await.ok()?;
+    let venue_now_ms = exchange.estimated_now_ms();
+    let series = series
+        .into_iter()
+        .map(|s| {
+            let candles_behind = s.newest_open_ms.zip(venue_now_ms).map(|(newest_open_ms, now_ms)| {
+                let expected_open_ms = now_ms.div_euclid(s.timeframe_ms) * s.timeframe_ms - s.timeframe_ms;
+                ((expected_open_ms - newest_open_ms) / s.timeframe_ms.max(1)).max(0)
+            });
+            IntelSeriesObservation { series: s.series, age_ms: s.age_ms, last_error: s.last_error, candles_behind }
+        })
+        .collect();
+    Some(IntelObservation { source, series, probe })
+}
+
+/// Asks the exchange its time, through the same breakers and budget as every request, and says
+/// what that met (typed: a refused connection is not an HTTP error, and a breaker keeping the probe
+/// back is evidence of the breaker only).
+async fn probe_exchange(exchange: &dyn Exchange, observed_at_ms: i64) -> ExchangeProbe {
+    use crate::exchange::{ExchangeError, Transport};
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(GATHER_TIMEOUT, exchange.probe_time_ms()).await;
+    let latency_ms = started.elapsed().as_millis() as i64;
+    let outcome = match answer {
+        Ok(Ok(probe)) => ProbeOutcome::Answered {
+            estimate_off_ms: probe.estimate_off_ms,
+            estimate_error_ms: probe.estimate_error_ms,
+        },
+        Ok(Err(ExchangeError::Unreachable { transport, detail })) => ProbeOutcome::Unreachable { transport, detail },
+        Ok(Err(ExchangeError::BreakerOpen { breaker, until_ms, detail })) => {
+            ProbeOutcome::BreakerOpen { breaker, until_ms, detail }
+        }
+        Ok(Err(error)) => ProbeOutcome::Failed { detail: error.to_string() },
+        Err(_) => ProbeOutcome::Unreachable {
+            transport: Transport::Timeout,
+            detail: format!("no answer within {} s", GATHER_TIMEOUT.as_secs()),
+        },
+    };
+    ExchangeProbe { observed_at_ms, latency_ms, outcome }
+}
+
 /// A user's open `bw-` orders on its symbols (one listing per symbol: weight 1 each on Binance)
 /// that the database does not know or has as final.
 async fn check_orphans(

@@ -520,12 +520,16 @@ async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState, se
                 )
                 .await;
             }
-            ExchangeError::Retryable { .. } if attempt < context.settings.send_attempts_max => {
+            error if error.nothing_executed() && attempt < context.settings.send_attempts_max => {
                 from = OrderState::Sending;
                 let backoff_ms = context.settings.send_backoff_ms_initial << (attempt - 1);
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             }
-            ExchangeError::Retryable { .. } | ExchangeError::RateLimited { .. } | ExchangeError::Banned { .. } => {
+            ExchangeError::Retryable { .. }
+            | ExchangeError::Unreachable { .. }
+            | ExchangeError::BreakerOpen { .. }
+            | ExchangeError::RateLimited { .. }
+            | ExchangeError::Banned { .. } => {
                 return mark(
                     context,
                     &client_order_id,

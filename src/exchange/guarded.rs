@@ -141,9 +141,11 @@ impl BreakerExchange {
             Err(refused) => {
                 let name = scope.name();
                 self.metrics.exchange_refused(endpoint);
-                return Err(ExchangeError::Retryable {
+                return Err(ExchangeError::BreakerOpen {
+                    breaker: name.to_string(),
+                    until_ms: refused.until_ms,
                     detail: format!(
-                        "circuit breaker ({name}) open until {}, nothing sent{}",
+                        "open until {}{}",
                         rfc3339_ms(refused.until_ms),
                         refused.last_failure.map(|f| format!("; last failure: {f}")).unwrap_or_default()
                     ),
@@ -155,6 +157,8 @@ impl BreakerExchange {
         let outcome = match &result {
             Ok(_) => "ok",
             Err(ExchangeError::Retryable { .. }) => "retryable",
+            Err(ExchangeError::Unreachable { .. }) => "unreachable",
+            Err(ExchangeError::BreakerOpen { .. }) => "breaker_open",
             Err(ExchangeError::UnknownOutcome { .. }) => "unknown_outcome",
             Err(ExchangeError::Malformed { .. }) => "malformed",
             Err(ExchangeError::RateLimited { .. }) => "rate_limited",
@@ -190,6 +194,7 @@ impl BreakerExchange {
             }
             Err(
                 error @ (ExchangeError::Retryable { .. }
+                | ExchangeError::Unreachable { .. }
                 | ExchangeError::UnknownOutcome { .. }
                 | ExchangeError::Malformed { .. }),
             ) => {
@@ -217,6 +222,14 @@ impl Exchange for BreakerExchange {
 
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.guarded(Scope::Host("time"), "time", self.inner.server_time_ms()).await
+    }
+
+    fn estimated_now_ms(&self) -> Option<i64> {
+        self.inner.estimated_now_ms()
+    }
+
+    async fn probe_time_ms(&self) -> Result<crate::exchange::TimeProbe, ExchangeError> {
+        self.guarded(Scope::Host("time"), "time", self.inner.probe_time_ms()).await
     }
 
     fn clock_is_exact(&self) -> bool {

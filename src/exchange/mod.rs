@@ -32,6 +32,16 @@ pub enum ErrorClass {
     Fatal,
 }
 
+/// The exchange's time as a probe got it, and how far our estimate of its clock was from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeProbe {
+    pub server_ms: i64,
+    /// Its answer minus what we estimated its clock to say (`None`: no estimate yet).
+    pub estimate_off_ms: Option<i64>,
+    /// How far off the estimate was allowed to be, by its own error bound at that moment.
+    pub estimate_error_ms: i64,
+}
+
 /// The request-weight budget of an exchange host, as the client sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestBudget {
@@ -41,11 +51,49 @@ pub struct RequestBudget {
     pub banned_until_ms: Option<i64>,
 }
 
+/// Why no connection to the exchange was made, or no answer came before anything was sent: what
+/// SYS-NETWORK tells apart from an HTTP error of a live exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Connection refused: nothing listens there.
+    Refused,
+    /// The host name did not resolve.
+    Dns,
+    /// The TLS handshake failed.
+    Tls,
+    /// No answer in time.
+    Timeout,
+    /// Another connection failure (reset, no route to host, ...).
+    Other,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Refused => "connection refused",
+            Transport::Dns => "name not resolved",
+            Transport::Tls => "TLS failed",
+            Transport::Timeout => "timed out",
+            Transport::Other => "connection failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExchangeError {
-    /// The request was not executed (connection refused, "Service Unavailable", -1001, -1008).
+    /// The request was not executed: the exchange said so ("Service Unavailable", -1001, -1008,
+    /// -1021) or it could not be sent.
     #[error("exchange unavailable, nothing was executed: {detail}")]
     Retryable { detail: String },
+    /// No connection (or, for a read, no answer in time): the network path or the exchange is
+    /// down. For a read nothing is known to have happened; a write whose answer timed out is
+    /// [`ExchangeError::UnknownOutcome`] instead.
+    #[error("the exchange cannot be reached ({}), nothing was executed: {detail}", transport.as_str())]
+    Unreachable { transport: Transport, detail: String },
+    /// A circuit breaker is open: nothing was sent. Evidence of the breaker, not of the exchange.
+    #[error("circuit breaker ({breaker}) open, nothing sent: {detail}")]
+    BreakerOpen { breaker: String, until_ms: i64, detail: String },
     /// The request may or may not have been executed (timeout after sending, -1006, -1007, 503
     /// "Unknown error"). For an order: query its client order id, never resend blindly.
     #[error("outcome unknown, the request may have been executed: {detail}")]
@@ -76,6 +124,8 @@ impl ExchangeError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ExchangeError::Retryable { .. }
+            | ExchangeError::Unreachable { .. }
+            | ExchangeError::BreakerOpen { .. }
             | ExchangeError::UnknownOutcome { .. }
             | ExchangeError::RateLimited { .. }
             | ExchangeError::Banned { .. }
@@ -83,6 +133,15 @@ impl ExchangeError {
             ExchangeError::Rejected { .. } | ExchangeError::Duplicate { .. } => ErrorClass::NotRetryable,
             ExchangeError::Auth { .. } => ErrorClass::Fatal,
         }
+    }
+
+    /// Nothing was executed, and trying again later may succeed (the exchange declined, could
+    /// not be reached, or a breaker kept the request back).
+    pub fn nothing_executed(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::Retryable { .. } | ExchangeError::Unreachable { .. } | ExchangeError::BreakerOpen { .. }
+        )
     }
 
     /// Whether an order request that failed this way may have created an order.
@@ -108,6 +167,25 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     /// estimate may run slightly early, so candles are fetched a moment after they close).
     fn clock_is_exact(&self) -> bool {
         false
+    }
+
+    /// The exchange's time, asked for now (the Monitor's probe): a request where the exchange is
+    /// remote, even when a clock estimate would do for [`Exchange::server_time_ms`].
+    async fn probe_time_ms(&self) -> Result<TimeProbe, ExchangeError> {
+        let server_ms = self.server_time_ms().await?;
+        Ok(TimeProbe {
+            server_ms,
+            estimate_off_ms: self.estimated_now_ms().map(|estimate| server_ms - estimate),
+            estimate_error_ms: self.clock_error_ms(),
+        })
+    }
+
+    /// The exchange's time now without asking it: the last known offset applied to the local
+    /// clock (Binance), or the market clock (paper). It keeps running while the exchange cannot be
+    /// reached, so that lateness is measured on it, not on the last time the exchange answered.
+    /// `None` before the exchange's time was ever known.
+    fn estimated_now_ms(&self) -> Option<i64> {
+        None
     }
 
     /// How far `server_time_ms` may be from the exchange's own clock now (exchange ms), when it is

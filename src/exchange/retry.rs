@@ -43,6 +43,8 @@ impl RetryPolicy {
                 (wait_ms <= self.backoff_ms_max).then(|| jittered.max(wait_ms))
             }
             ExchangeError::Retryable { .. }
+            | ExchangeError::Unreachable { .. }
+            | ExchangeError::BreakerOpen { .. }
             | ExchangeError::UnknownOutcome { .. }
             | ExchangeError::Malformed { .. } => Some(jittered),
         }

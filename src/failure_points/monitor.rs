@@ -93,6 +93,44 @@ pub struct ExchangeObservation {
     pub clock_error_ms: i64,
 }
 
+/// The exchange probe of one monitor run: the exchange's time, asked for through the same circuit
+/// breakers and request budget as every other request. Evidence with the time it was observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeProbe {
+    /// When it was asked (local time, ms).
+    pub observed_at_ms: i64,
+    /// How long the answer took.
+    pub latency_ms: i64,
+    pub outcome: ProbeOutcome,
+}
+
+/// What the exchange probe met.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The exchange answered; how far our estimate of its clock was from its answer (requests are
+    /// signed with the estimate; `None`: no estimate yet).
+    Answered { estimate_off_ms: Option<i64>, estimate_error_ms: i64 },
+    /// No connection, or no answer in time: the network path or the exchange is down.
+    Unreachable { transport: crate::exchange::Transport, detail: String },
+    /// A circuit breaker kept the probe back: evidence of the breaker, not of the exchange.
+    BreakerOpen { breaker: String, until_ms: i64, detail: String },
+    /// The exchange answered with an error.
+    Failed { detail: String },
+}
+
+impl ExchangeProbe {
+    /// Whether the probe reached a verdict about the exchange itself (not kept back by a breaker).
+    pub fn reached_a_verdict(&self) -> bool {
+        !matches!(self.outcome, ProbeOutcome::BreakerOpen { .. })
+    }
+}
+
+/// A clock offset beyond this is reported (`warn`): requests are signed with the exchange's time,
+/// and a loose estimate shows up as -1021 refusals.
+pub const CLOCK_OFFSET_MS_WARN: i64 = 1_000;
+/// A probe slower than this is reported (`warn`).
+pub const PROBE_LATENCY_MS_WARN: i64 = 2_000;
+
 /// One candle feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedObservation {
@@ -156,6 +194,11 @@ pub struct Observations {
     pub now_ms: i64,
     pub actors: Option<Vec<ActorObservation>>,
     pub exchange: Option<ExchangeObservation>,
+    /// This run's exchange probe.
+    pub exchange_probe: Option<ExchangeProbe>,
+    /// The newest probe that reached a verdict about the exchange (this run's, or an earlier one
+    /// while a breaker keeps probes back): a held outage stays an outage until evidence says not.
+    pub last_verdict_probe: Option<ExchangeProbe>,
     pub feeds: Option<Vec<FeedObservation>>,
     pub database: Option<DatabaseObservation>,
     pub directories: Option<Vec<DirectoryObservation>>,
@@ -250,22 +293,28 @@ pub fn orphan_coverage_ms(costs: &[(UserId, usize)], budget: u64, interval_ms: i
 }
 
 /// The intelligence series as the Intelligence actor has them.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntelObservation {
     /// `coinglass` or `derived`.
     pub source: String,
     pub series: Vec<IntelSeriesObservation>,
+    /// This run's probe: the series refreshed (`Ok(None)`: none in use yet), or why it could not
+    /// be (`Err`: the API refused or failed, or its breaker kept the probe back).
+    pub probe: Result<Option<String>, String>,
 }
+
+/// Intelligence this many candles behind the market is stale.
+pub const INTEL_CANDLES_BEHIND_STALE: i64 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntelSeriesObservation {
     pub series: String,
     pub age_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// How many candles of its timeframe the series' newest data is behind the market, on the
+    /// exchange's clock (`None`: no data yet, or the exchange's time unknown).
+    pub candles_behind: Option<i64>,
 }
-
-/// Intelligence older than this is stale (`warn`); the guards that use it allow without it.
-pub const INTEL_AGE_MS_WARN: i64 = 15 * 60_000;
 
 /// Below this much free space the filesystem check warns; below a tenth of it, critical.
 pub const FREE_BYTES_WARN: u64 = 1 << 30;
@@ -455,61 +504,121 @@ fn feed_users(observations: &Observations) -> Vec<UserId> {
     users
 }
 
+/// SYS-EXCHANGE-API: the run's probe first (no answer, an error, or a breaker keeping every call
+/// back is critical whatever else is known), then the candle fetches since the last run.
 fn exchange_api(observations: &Observations) -> Outcome {
+    let Some(probe) = &observations.exchange_probe else {
+        return Outcome::unknown("the exchange was not probed this run");
+    };
+    let probe_value = json!({ "probe_latency_ms": probe.latency_ms, "probed_at_ms": probe.observed_at_ms });
+    match &probe.outcome {
+        ProbeOutcome::BreakerOpen { breaker, until_ms, detail } => {
+            let mut outcome = Outcome::new(
+                CheckStatus::Critical,
+                format!(
+                    "exchange calls are refused by the open circuit breaker {breaker} until {}: no candle, sync or order reaches the exchange ({detail})",
+                    crate::clock::rfc3339_ms(*until_ms)
+                ),
+            )
+            .value(probe_value)
+            .users(feed_users(observations));
+            outcome.until_ms = Some(*until_ms);
+            return outcome;
+        }
+        ProbeOutcome::Unreachable { transport, detail } => {
+            return Outcome::new(
+                CheckStatus::Critical,
+                format!("the exchange cannot be reached ({}): {detail}", transport.as_str()),
+            )
+            .value(probe_value)
+            .users(feed_users(observations));
+        }
+        ProbeOutcome::Failed { detail } => {
+            return Outcome::new(
+                CheckStatus::Critical,
+                format!("the exchange answers the probe with an error: {detail}"),
+            )
+            .value(probe_value)
+            .users(feed_users(observations));
+        }
+        ProbeOutcome::Answered { .. } => {}
+    }
     let Some(exchange) = &observations.exchange else {
-        return Outcome::unknown("exchange statistics could not be read");
+        return Outcome::unknown("the exchange answered the probe, but market data's fetches could not be read");
     };
     let value = json!({
         "klines_requests": exchange.klines_requests,
         "klines_failures": exchange.klines_failures,
         "clock_error_ms": exchange.clock_error_ms,
+        "probe_latency_ms": probe.latency_ms,
+        "estimate_off_ms": match probe.outcome { ProbeOutcome::Answered { estimate_off_ms, .. } => estimate_off_ms, _ => None },
     });
-    // Informative: a clock estimate too loose for the receive window shows up as -1021 refusals,
-    // which re-sync the clock.
-    let clock_note = (exchange.clock_error_ms >= CLOCK_ERROR_MS_NOTE)
-        .then(|| format!("the exchange clock is known to ±{} ms", exchange.clock_error_ms));
-    if exchange.klines_requests == 0 {
-        let detail = "no candle fetch due since the last check".to_owned();
-        return Outcome::ok(clock_note.map_or(detail.clone(), |note| format!("{detail}; {note}"))).value(value);
+    let mut notes = vec![format!("the exchange answered the probe in {} ms", probe.latency_ms)];
+    let mut status = CheckStatus::Ok;
+    // Off by more than the estimate's own error bound (and a second): signatures may be refused.
+    if let ProbeOutcome::Answered { estimate_off_ms: Some(off), estimate_error_ms } = probe.outcome
+        && off.abs() > CLOCK_OFFSET_MS_WARN.max(2 * estimate_error_ms)
+    {
+        let tolerated_ms = CLOCK_OFFSET_MS_WARN.max(2 * estimate_error_ms);
+        notes.push(format!(
+            "our estimate of its clock was {off} ms off (requests are signed with it; tolerated {tolerated_ms} ms)"
+        ));
+        status = CheckStatus::Warn;
     }
-    let share = exchange.klines_failures as f64 / exchange.klines_requests as f64;
-    let detail = format!(
-        "{} of {} candle fetches failed since the last check{}",
-        exchange.klines_failures,
-        exchange.klines_requests,
-        exchange.last_error.as_deref().map(|e| format!("; last: {e}")).unwrap_or_default()
-    );
-    let detail = match clock_note {
-        Some(note) => format!("{detail}; {note}"),
-        None => detail,
-    };
-    if share >= KLINES_FAILURE_SHARE_CRITICAL {
-        Outcome::new(CheckStatus::Critical, detail).value(value).users(feed_users(observations))
-    } else if exchange.klines_failures > 0 {
-        Outcome::new(CheckStatus::Warn, detail).value(value)
+    if probe.latency_ms >= PROBE_LATENCY_MS_WARN {
+        status = CheckStatus::Warn;
+    }
+    if exchange.clock_error_ms >= CLOCK_ERROR_MS_NOTE {
+        notes.push(format!("the exchange clock is known to ±{} ms", exchange.clock_error_ms));
+    }
+    if exchange.klines_requests > 0 {
+        let share = exchange.klines_failures as f64 / exchange.klines_requests as f64;
+        notes.push(format!(
+            "{} of {} candle fetches failed since the last check{}",
+            exchange.klines_failures,
+            exchange.klines_requests,
+            exchange.last_error.as_deref().map(|e| format!("; last: {e}")).unwrap_or_default()
+        ));
+        if share >= KLINES_FAILURE_SHARE_CRITICAL {
+            return Outcome::new(CheckStatus::Critical, notes.join("; ")).value(value).users(feed_users(observations));
+        }
+        if exchange.klines_failures > 0 {
+            status = CheckStatus::Warn;
+        }
     } else {
-        Outcome::ok(detail).value(value)
+        notes.push("no candle fetch due since the last check".to_owned());
     }
+    Outcome::new(status, notes.join("; ")).value(value)
 }
 
+/// SYS-NETWORK: whether the exchange can be reached at all, told apart from an HTTP error of a
+/// live exchange (which is SYS-EXCHANGE-API's). Judged on the newest probe that reached a verdict:
+/// while a breaker keeps probes back, the outage it last saw still holds.
 fn network(observations: &Observations) -> Outcome {
-    let Some(exchange) = &observations.exchange else {
-        return Outcome::unknown("exchange statistics could not be read");
+    let Some(probe) = observations.last_verdict_probe.as_ref() else {
+        return Outcome::unknown(match &observations.exchange_probe {
+            Some(_) => "no probe has reached the exchange yet (a circuit breaker keeps them back)",
+            None => "the exchange was not probed this run",
+        });
     };
-    let unreachable = exchange.last_error.as_deref().is_some_and(|e| {
-        e.contains("cannot connect")
-            || e.contains("connection refused")
-            || e.contains("dns")
-            || e.contains("unreachable")
-    });
-    if unreachable && exchange.klines_failures == exchange.klines_requests && exchange.klines_requests > 0 {
-        Outcome::new(
+    let held = observations
+        .exchange_probe
+        .as_ref()
+        .filter(|current| !current.reached_a_verdict())
+        .map(|_| format!(" (the newest probe that got through, at {})", crate::clock::rfc3339_ms(probe.observed_at_ms)))
+        .unwrap_or_default();
+    match &probe.outcome {
+        ProbeOutcome::Unreachable { transport, detail } => Outcome::new(
             CheckStatus::Critical,
-            format!("the exchange cannot be reached: {}", exchange.last_error.as_deref().unwrap_or("")),
+            format!("the exchange cannot be reached: {}{held}: {detail}", transport.as_str()),
         )
         .users(feed_users(observations))
-    } else {
-        Outcome::ok("the exchange answers")
+        .value(json!({ "transport": transport, "observed_at_ms": probe.observed_at_ms })),
+        ProbeOutcome::Answered { .. } => Outcome::ok(format!("the exchange answers ({} ms){held}", probe.latency_ms)),
+        ProbeOutcome::Failed { detail } => {
+            Outcome::ok(format!("the network path works: the exchange answers, with an error{held}: {detail}"))
+        }
+        ProbeOutcome::BreakerOpen { .. } => Outcome::unknown("no probe has reached the exchange"),
     }
 }
 
@@ -703,10 +812,19 @@ fn data_missing(observations: &Observations) -> Outcome {
     // A candle is fetched on the first poll after it is due; only half a candle late counts.
     let late: Vec<&FeedObservation> = feeds.iter().filter(|f| f.overdue_ms * 2 >= f.timeframe_ms).collect();
     if late.is_empty() {
-        return Outcome::ok(format!("{} feed(s) up to date", feeds.len()));
+        return Outcome::ok(format!(
+            "{} feed(s) up to date on the exchange's clock (which runs on while the exchange cannot be reached)",
+            feeds.len()
+        ));
     }
-    let detail =
-        late.iter().map(|f| format!("{} {} s overdue", f.feed, f.overdue_ms / 1_000)).collect::<Vec<_>>().join("; ");
+    let detail = late
+        .iter()
+        .map(|f| {
+            let candles = f.overdue_ms as f64 / f.timeframe_ms.max(1) as f64;
+            format!("{} {candles:.1} candle(s) overdue ({} s)", f.feed, f.overdue_ms / 1_000)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     let status =
         if late.iter().any(|f| f.overdue_ms >= f.timeframe_ms) { CheckStatus::Critical } else { CheckStatus::Warn };
     let mut users: Vec<UserId> = late.iter().flat_map(|f| f.users.iter().cloned()).collect();
@@ -878,32 +996,71 @@ fn orphans(observations: &Observations) -> Outcome {
     .value(value)
 }
 
+/// SYS-INTEL-API: this run's probe, which refreshed the series furthest behind through the API's
+/// breaker. A refused or failing API is critical, whatever the cache holds; so is an API that
+/// answers with data two or more candles behind the market on the exchange's clock (a vendor that
+/// stopped updating). Series nobody asked for lately are not evidence of the API: they are
+/// refreshed when a trader needs them. A series whose newest request failed is a warning.
 fn intelligence(observations: &Observations) -> Outcome {
     let Some(intel) = &observations.intelligence else {
         return Outcome::unknown("the intelligence actor could not be asked (restarting?)");
     };
-    if intel.series.is_empty() {
-        return Outcome::ok(format!("{}: no series requested yet (asked for at the first entry signal)", intel.source));
-    }
-    let failing: Vec<&IntelSeriesObservation> = intel.series.iter().filter(|s| s.last_error.is_some()).collect();
-    let stale: Vec<&IntelSeriesObservation> =
-        intel.series.iter().filter(|s| s.age_ms.is_none_or(|age| age >= INTEL_AGE_MS_WARN)).collect();
-    let value = json!({ "source": intel.source, "series": intel.series.len(), "failing": failing.len() });
-    if !failing.is_empty() && failing.len() == intel.series.len() {
-        let detail = failing
-            .iter()
-            .map(|s| format!("{}: {}", s.series, s.last_error.as_deref().unwrap_or("")))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Outcome::new(CheckStatus::Critical, format!("{}: every series failing: {detail}", intel.source))
+    let value = json!({ "source": intel.source, "series": intel.series.len() });
+    let probed = match &intel.probe {
+        Err(why) => {
+            return Outcome::new(
+                CheckStatus::Critical,
+                format!("{}: the probe found intelligence failing: {why}", intel.source),
+            )
             .value(value);
-    }
-    if !failing.is_empty() || !stale.is_empty() {
-        let names: Vec<&str> = failing.iter().chain(stale.iter()).map(|s| s.series.as_str()).collect();
-        return Outcome::new(CheckStatus::Warn, format!("{}: failing or stale: {}", intel.source, names.join(", ")))
+        }
+        Ok(None) => {
+            return Outcome::ok(format!(
+                "{}: no series in use yet (asked for at the first entry signal)",
+                intel.source
+            ));
+        }
+        Ok(Some(probed)) => probed,
+    };
+    let fresh = intel.series.iter().find(|s| &s.series == probed).and_then(|s| s.candles_behind);
+    match fresh {
+        Some(behind) if behind >= INTEL_CANDLES_BEHIND_STALE => {
+            return Outcome::new(
+                CheckStatus::Critical,
+                format!(
+                    "{}: {probed} refreshed now is still {behind} candle(s) behind the market on the exchange's clock (the source is not updating)",
+                    intel.source
+                ),
+            )
             .value(value);
+        }
+        None => {
+            return Outcome::unknown(format!(
+                "{}: {probed} refreshed now, but how current it is cannot be told (no data, or the exchange's time unknown)",
+                intel.source
+            ))
+            .value(value);
+        }
+        Some(_) => {}
     }
-    Outcome::ok(format!("{}: {} series fresh", intel.source, intel.series.len())).value(value)
+    let failing: Vec<String> = intel
+        .series
+        .iter()
+        .filter_map(|s| s.last_error.as_ref().map(|error| format!("{}: {error}", s.series)))
+        .collect();
+    if !failing.is_empty() {
+        return Outcome::new(
+            CheckStatus::Warn,
+            format!("{}: {probed} is current; the newest request failed for {}", intel.source, failing.join("; ")),
+        )
+        .value(value);
+    }
+    Outcome::ok(format!(
+        "{}: {probed} refreshed now is within a candle of the market on the exchange's clock ({} series in use)",
+        intel.source,
+        intel.series.len()
+    ))
+    .value(value)
 }
 
 fn capital(observations: &Observations) -> Outcome {
@@ -1069,9 +1226,120 @@ mod tests {
         assert_eq!(overall(&results), CheckStatus::Unknown);
     }
 
+    fn probe(outcome: ProbeOutcome, at_ms: i64) -> ExchangeProbe {
+        ExchangeProbe { observed_at_ms: at_ms, latency_ms: 12, outcome }
+    }
+
+    fn answered() -> ProbeOutcome {
+        ProbeOutcome::Answered { estimate_off_ms: Some(40), estimate_error_ms: 10 }
+    }
+
+    #[test]
+    fn a_held_outage_stays_critical_while_a_breaker_keeps_the_probes_back_and_clears_on_an_answer() {
+        use crate::exchange::Transport;
+        let feeds = Some(vec![FeedObservation {
+            feed: "XRPUSDT 5m".into(),
+            overdue_ms: 0,
+            timeframe_ms: 300_000,
+            users: vec![user("u1")],
+        }]);
+        let refused =
+            probe(ProbeOutcome::Unreachable { transport: Transport::Refused, detail: "cannot connect".into() }, 1_000);
+        let down = Observations {
+            exchange: Some(ExchangeObservation::default()),
+            exchange_probe: Some(refused.clone()),
+            last_verdict_probe: Some(refused.clone()),
+            feeds: feeds.clone(),
+            ..Observations::default()
+        };
+        let results = evaluate(&down);
+        // No fetch was due (market data stopped asking): that is no evidence of health.
+        let api = result(&results, SYS_EXCHANGE_API);
+        assert_eq!((api.status, api.users.clone()), (CheckStatus::Critical, vec![user("u1")]), "{api:?}");
+        let network = result(&results, catalog::SYS_NETWORK);
+        assert_eq!(network.status, CheckStatus::Critical, "{network:?}");
+        assert!(network.detail.contains("connection refused"), "{}", network.detail);
+
+        // The breaker opens: the next probes are kept back, and the outage still holds.
+        let kept_back = probe(
+            ProbeOutcome::BreakerOpen { breaker: "host:time".into(), until_ms: 90_000, detail: "open".into() },
+            61_000,
+        );
+        let held = Observations { exchange_probe: Some(kept_back), ..down.clone() };
+        let results = evaluate(&held);
+        assert_eq!(result(&results, SYS_EXCHANGE_API).status, CheckStatus::Critical);
+        let network = result(&results, catalog::SYS_NETWORK);
+        assert_eq!(network.status, CheckStatus::Critical, "{network:?}");
+        assert!(network.detail.contains("the newest probe that got through"), "{}", network.detail);
+
+        // An HTTP error from a live exchange is not a network failure.
+        let erroring = probe(ProbeOutcome::Failed { detail: "503 Service Unavailable".into() }, 121_000);
+        let live =
+            Observations { exchange_probe: Some(erroring.clone()), last_verdict_probe: Some(erroring), ..down.clone() };
+        let results = evaluate(&live);
+        assert_eq!(result(&results, SYS_EXCHANGE_API).status, CheckStatus::Critical);
+        assert_eq!(result(&results, catalog::SYS_NETWORK).status, CheckStatus::Ok);
+
+        // It answers again: both ok.
+        let back = probe(answered(), 181_000);
+        let recovered = Observations { exchange_probe: Some(back.clone()), last_verdict_probe: Some(back), ..down };
+        let results = evaluate(&recovered);
+        assert_eq!(result(&results, SYS_EXCHANGE_API).status, CheckStatus::Ok);
+        assert_eq!(result(&results, catalog::SYS_NETWORK).status, CheckStatus::Ok);
+    }
+
+    #[test]
+    fn intelligence_is_judged_on_its_probe_and_on_how_current_the_probed_data_is() {
+        let series = |name: &str, behind: Option<i64>, error: Option<&str>| IntelSeriesObservation {
+            series: name.into(),
+            age_ms: Some(1_000),
+            last_error: error.map(str::to_owned),
+            candles_behind: behind,
+        };
+        let observed = |probe: Result<Option<String>, String>, series: Vec<IntelSeriesObservation>| Observations {
+            intelligence: Some(IntelObservation { source: "coinglass".into(), series, probe }),
+            ..Observations::default()
+        };
+        let judge = |observations: &Observations| {
+            let results = evaluate(observations);
+            let check = result(&results, catalog::SYS_INTEL_API);
+            (check.status, check.detail.clone())
+        };
+        let probed = |name: &str| Ok(Some(name.to_owned()));
+        // Refreshed now, but the source serves old data: critical, whatever the cache's age.
+        let (status, detail) = judge(&observed(
+            probed("XRPUSDT 5m"),
+            vec![series("XRPUSDT 5m", Some(7), None), series("BTCUSDT 5m", Some(0), None)],
+        ));
+        assert_eq!(status, CheckStatus::Critical, "{detail}");
+        assert!(detail.contains("7 candle(s) behind"), "{detail}");
+        // The API refusing (or its breaker keeping the probe back) is critical at once.
+        let (status, _) = judge(&observed(
+            Err("circuit breaker intel:coinglass open until ...".into()),
+            vec![series("XRPUSDT 5m", Some(0), None)],
+        ));
+        assert_eq!(status, CheckStatus::Critical);
+        // Current; a series nobody asked for lately is no evidence.
+        let (status, _) = judge(&observed(
+            probed("XRPUSDT 5m"),
+            vec![series("XRPUSDT 5m", Some(0), None), series("ETHUSDT 5m", Some(9), None)],
+        ));
+        assert_eq!(status, CheckStatus::Ok);
+        // A series whose newest request failed: a warning naming it.
+        let (status, detail) = judge(&observed(
+            probed("XRPUSDT 5m"),
+            vec![series("XRPUSDT 5m", Some(1), None), series("BTCUSDT 5m", None, Some("timeout"))],
+        ));
+        assert_eq!(status, CheckStatus::Warn, "{detail}");
+        assert!(detail.contains("BTCUSDT 5m: timeout"), "{detail}");
+        // None in use: nothing to check, and it says so.
+        assert_eq!(judge(&observed(Ok(None), Vec::new())).0, CheckStatus::Ok);
+    }
+
     #[test]
     fn failing_candle_fetches_make_the_exchange_critical_for_its_users() {
         let observations = Observations {
+            exchange_probe: Some(probe(answered(), 0)),
             exchange: Some(ExchangeObservation {
                 klines_requests: 4,
                 klines_failures: 3,

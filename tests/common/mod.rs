@@ -385,6 +385,9 @@ impl Exchange for ScriptedExchange {
     fn clock_is_exact(&self) -> bool {
         true
     }
+    fn estimated_now_ms(&self) -> Option<i64> {
+        self.inner.estimated_now_ms()
+    }
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.inner.server_time_ms().await
     }

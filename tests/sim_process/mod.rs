@@ -99,8 +99,13 @@ pub struct Sim {
 
 impl Sim {
     pub fn start(config: &Path, seed: u64) -> Self {
+        Self::start_on(config, seed, "127.0.0.1:0")
+    }
+
+    /// The same, listening on `listen` (to come back on the address a killed one had).
+    pub fn start_on(config: &Path, seed: u64, listen: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-            .args(["sim", "--listen", "127.0.0.1:0", "--seed", &seed.to_string(), "--config"])
+            .args(["sim", "--listen", listen, "--seed", &seed.to_string(), "--config"])
             .arg(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -112,6 +117,17 @@ impl Sim {
             first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line was {first:?}")).to_owned();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         Self { child, url, http: reqwest::Client::new() }
+    }
+
+    /// Kills the simulator process (SIGKILL) and waits for it: the exchange is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The address it listens on (`127.0.0.1:PORT`).
+    pub fn address(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
     }
 
     /// A Binance client for `user` on this simulator, signing with `secret_text`.

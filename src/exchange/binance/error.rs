@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::exchange::ExchangeError;
+use crate::exchange::{ExchangeError, Transport};
 
 /// Binance's error body: `{"code": -1121, "msg": "Invalid symbol."}`.
 #[derive(Debug, Deserialize)]
@@ -97,12 +97,43 @@ pub fn from_transport(error: &reqwest::Error, effect: Effect) -> ExchangeError {
     let detail = error_chain(error);
     if error.is_connect() {
         // The connection was never made: nothing was sent.
-        return ExchangeError::Retryable { detail: format!("cannot connect: {detail}") };
+        let transport = transport_of(error, &detail);
+        return ExchangeError::Unreachable { transport, detail: format!("cannot connect: {detail}") };
     }
-    let detail = if error.is_timeout() { format!("no answer in time: {detail}") } else { detail };
+    let timed_out = error.is_timeout();
+    let detail = if timed_out { format!("no answer in time: {detail}") } else { detail };
     match effect {
         Effect::Write => ExchangeError::UnknownOutcome { detail },
+        Effect::Read if timed_out => ExchangeError::Unreachable { transport: Transport::Timeout, detail },
         Effect::Read => ExchangeError::Retryable { detail },
+    }
+}
+
+/// Which connection failure this is: the io error kind where one is in the chain, else what the
+/// resolver or the TLS layer said.
+fn transport_of(error: &reqwest::Error, detail: &str) -> Transport {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return Transport::Refused,
+                std::io::ErrorKind::TimedOut => return Transport::Timeout,
+                _ => {}
+            }
+        }
+        source = current.source();
+    }
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
+        Transport::Dns
+    } else if lower.contains("tls") || lower.contains("certificate") || lower.contains("handshake") {
+        Transport::Tls
+    } else if lower.contains("refused") {
+        Transport::Refused
+    } else if error.is_timeout() || lower.contains("timed out") {
+        Transport::Timeout
+    } else {
+        Transport::Other
     }
 }
 

@@ -279,6 +279,25 @@ impl Inner {
         Ok(clock.now_ms(self.local.now_ms()).expect("Invariant: just synced"))
     }
 
+    /// One time request now (no retry), taken as a clock sample, with how far the estimate before
+    /// it was from the answer.
+    async fn probe_time(&self) -> Result<crate::exchange::TimeProbe, ExchangeError> {
+        let sent_ms = self.local.now_ms();
+        let body = self.send(Call::new(Method::GET, "/fapi/v1/time", "GET /fapi/v1/time", 1)).await?;
+        let received_ms = self.local.now_ms();
+        let time: models::ServerTime = models::parse("GET /fapi/v1/time", &body)?;
+        let mut clock = self.clock.lock();
+        let midpoint_ms = sent_ms + (received_ms - sent_ms) / 2;
+        let estimate = clock.now_ms(midpoint_ms);
+        let estimate_error_ms = clock.error_ms(midpoint_ms).unwrap_or(0) + (received_ms - sent_ms);
+        clock.add_sample(sent_ms, received_ms, time.server_time);
+        Ok(crate::exchange::TimeProbe {
+            server_ms: time.server_time,
+            estimate_off_ms: estimate.map(|estimate| time.server_time - estimate),
+            estimate_error_ms,
+        })
+    }
+
     async fn admit(&self, weight: u32) -> Result<(), ExchangeError> {
         let mut waited_ms = 0;
         loop {
@@ -451,6 +470,15 @@ impl Exchange for BinanceClient {
     fn clock_error_ms(&self) -> i64 {
         let local_ms = self.inner.local.now_ms();
         self.inner.clock.lock().error_ms(local_ms).unwrap_or(0)
+    }
+
+    fn estimated_now_ms(&self) -> Option<i64> {
+        let local_ms = self.inner.local.now_ms();
+        self.inner.clock.lock().now_ms(local_ms)
+    }
+
+    async fn probe_time_ms(&self) -> Result<crate::exchange::TimeProbe, ExchangeError> {
+        self.on_io(Effect::Read, |inner| Box::pin(async move { inner.probe_time().await })).await
     }
 
     fn request_budget(&self) -> Option<crate::exchange::RequestBudget> {

@@ -89,6 +89,10 @@ type VenueJob = Box<dyn FnOnce(&mut VenueHost) + Send>;
 pub struct PaperExchange {
     /// Bounded: when the venue is busy, callers wait here.
     jobs: mpsc::Sender<VenueJob>,
+    /// How wall time maps to the market's time (fixed at start), and the wall clock: the venue's
+    /// time without a round trip to its thread (`Exchange::estimated_now_ms`).
+    market_clock: MarketClock,
+    wall: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for PaperExchange {
@@ -120,6 +124,7 @@ impl PaperExchange {
         let rules: BTreeMap<Symbol, SymbolRules> =
             settings.symbols.iter().map(|s| (s.symbol.clone(), s.rules)).collect();
         let venue = PaperVenue::restore(settings.venue, rules, market, snapshot);
+        let wall = clock.clone();
         let mut host = VenueHost { venue, journal, clock };
         let (jobs, mut receiver) = mpsc::channel::<VenueJob>(PAPER_VENUE_QUEUE_MAX);
         std::thread::Builder::new()
@@ -131,7 +136,7 @@ impl PaperExchange {
                 tracing::debug!("paper exchange: venue thread stopped");
             })
             .map_err(|error| StoreError::Io(format!("cannot start the paper venue thread: {error}")))?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, market_clock, wall })
     }
 
     /// The market clock (how wall time maps to the venue's accelerated market time).
@@ -188,6 +193,10 @@ impl Exchange for PaperExchange {
 
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.call(|venue, wall_ms, _| Ok(venue.server_time_ms(wall_ms))).await
+    }
+
+    fn estimated_now_ms(&self) -> Option<i64> {
+        Some(self.market_clock.market_now_ms(self.wall.now_ms()))
     }
 
     async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
