@@ -270,6 +270,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
             attempts_max: config.healer.attempts_max,
             budget_window: config.healer.budget_window,
             log_dir: config.server.log_dir.clone(),
+            monitor_interval: config.monitor.interval,
             config_file: config.source_file(),
             user_symbols: config
                 .users

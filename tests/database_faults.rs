@@ -36,8 +36,9 @@ fn config(dir: &Path) -> PathBuf {
         .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.join("logs").display().to_string()))
         .replace("listen = \"127.0.0.1:8377\"", "listen = \"127.0.0.1:0\"")
         .replace("candle_interval_ms = 1000", "candle_interval_ms = 250")
-        .replace("\ninterval_secs = 60", "\ninterval_secs = 1");
-    assert!(text.contains("candle_interval_ms = 250") && text.contains("\ninterval_secs = 1"));
+        .replace("\ninterval_secs = 60", "\ninterval_secs = 1")
+        .replace("\ninterval_secs = 300", "\ninterval_secs = 1");
+    assert!(text.contains("candle_interval_ms = 250") && text.matches("\ninterval_secs = 1 ").count() >= 2, "{text}");
     let path = dir.join("bulwark.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -97,6 +98,14 @@ impl Server {
         let Some(line) = lines.last() else { return Default::default() };
         let check = line["checks"].as_array().unwrap().iter().find(|c| c["id"] == "SYS-DATABASE").unwrap();
         (check["status"].as_str().unwrap_or("").to_owned(), check["detail"].as_str().unwrap_or("").to_owned())
+    }
+
+    /// The healing log's lines for one failure point.
+    fn healing_lines(&self, failure_point: &str) -> Vec<Value> {
+        lines(&self.dir.join("logs/failure_point_healing.jsonl"))
+            .into_iter()
+            .filter(|line| line["failure_point"] == failure_point)
+            .collect()
     }
 
     fn outbox_depth(&self) -> usize {
@@ -199,6 +208,13 @@ fn a_foreign_write_lock_held_20_s_stops_no_user_and_is_reported_as_degraded() {
     });
     let (status, health) = server.health();
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")), "{health}");
+    // The Healer's action while the lock held changed nothing, and says so; the one whose window
+    // saw the writes go through again is healed.
+    wait_until("a healed line for SYS-DATABASE", || {
+        server.healing_lines("SYS-DATABASE").iter().any(|line| line["result"] == "healed")
+    });
+    let healing = server.healing_lines("SYS-DATABASE");
+    assert!(healing.iter().any(|line| line["result"] == "no_effect"), "{healing:?}");
     // Every user went on deciding while the lock held: with a candle every 250 ms, a user on 5m
     // candles decides about 60 times in the 15 s after the first second of the lock.
     let during = server.decisions_between(locked_at_ms + 1_000, released_at_ms - 1_000);

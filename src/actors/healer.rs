@@ -47,10 +47,6 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// attempt in the budget window.
 const ATTEMPT_BACKOFF_MS_INITIAL: i64 = 10_000;
 
-/// How often the re-check asks for a monitor run while one is under way (bounded by
-/// [`ACTION_TIMEOUT`]).
-const RECHECK_RETRY: Duration = Duration::from_millis(200);
-
 /// What became of a healing action (the `result` of its line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -89,22 +85,69 @@ pub enum ActionOutcome {
     Skipped(String),
 }
 
-/// The line's result and detail for an action, given the re-check of its failure point after it
-/// (`None`: no monitor run could be had). Pure.
-pub fn judge(outcome: ActionOutcome, recheck: Option<&CheckResult>) -> (HealingResult, String) {
-    match outcome {
-        ActionOutcome::Failed(detail) => (HealingResult::Failed, detail),
-        ActionOutcome::Skipped(detail) => (HealingResult::Skipped, detail),
-        ActionOutcome::Ran(detail) => match recheck {
-            Some(check) if check.status == CheckStatus::Ok => {
-                (HealingResult::Healed, format!("{detail}; re-checked: ok ({})", check.detail))
+/// An action that ran, waiting for the monitor runs after it to say whether it healed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingVerdict {
+    pub failure_point: FailurePointId,
+    pub action: &'static str,
+    pub detail: String,
+    /// When it ran: only runs from then on count.
+    pub acted_at_ms: i64,
+    /// A run from then on that still finds the point failing ends it as `no_effect`.
+    pub decide_by_ms: i64,
+}
+
+/// Actions waiting for their verdict (pure: the runs are passed in). An action is `healed` when a
+/// monitor run after it finds its failure point ok within its window (until the next attempt of
+/// it would be allowed, and at least two monitor runs); `no_effect` when a run at the window's end
+/// still finds it failing, or cannot tell (nothing shows it ok).
+#[derive(Debug, Default)]
+pub struct PendingVerdicts {
+    pending: Vec<PendingVerdict>,
+}
+
+impl PendingVerdicts {
+    pub fn add(&mut self, verdict: PendingVerdict) {
+        self.pending.push(verdict);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The lines this monitor run decides.
+    pub fn judge(&mut self, run_ts_ms: i64, results: &[CheckResult]) -> Vec<HealingRecord> {
+        let mut decided = Vec::new();
+        self.pending.retain(|pending| {
+            if run_ts_ms < pending.acted_at_ms {
+                return true;
             }
-            Some(check) => (
-                HealingResult::NoEffect,
-                format!("{detail}; re-checked: still {} ({})", check.status.as_str(), check.detail),
-            ),
-            None => (HealingResult::NoEffect, format!("{detail}; could not be re-checked (no monitor run)")),
-        },
+            let check = results.iter().find(|r| r.id == pending.failure_point);
+            let (result, seen) = match check {
+                Some(check) if check.status == CheckStatus::Ok => (HealingResult::Healed, check),
+                Some(check) if run_ts_ms >= pending.decide_by_ms => (HealingResult::NoEffect, check),
+                _ => return true,
+            };
+            decided.push(HealingRecord {
+                ts: rfc3339_ms(run_ts_ms),
+                failure_point: pending.failure_point.as_str().to_owned(),
+                action: pending.action.to_owned(),
+                result,
+                detail: format!(
+                    "{}; re-checked by the monitor run of {}: {} ({})",
+                    pending.detail,
+                    rfc3339_ms(run_ts_ms),
+                    seen.status.as_str(),
+                    seen.detail
+                ),
+            });
+            false
+        });
+        decided
     }
 }
 
@@ -116,6 +159,8 @@ pub struct HealerSettings {
     pub attempts_max: u32,
     pub budget_window: Duration,
     pub log_dir: PathBuf,
+    /// `[monitor] interval_secs`: an action's verdict waits at least two runs.
+    pub monitor_interval: Duration,
     /// The config file the server runs on; `None` when it runs on the embedded default.
     pub config_file: Option<PathBuf>,
     /// Whether that file, as the server loaded it, was exactly a shipped file: only then is it
@@ -145,6 +190,17 @@ pub struct HealingBudget {
 impl HealingBudget {
     pub fn new(attempts_max: u32, window_ms: i64) -> Self {
         Self { attempts_max, window_ms, attempts: BTreeMap::new() }
+    }
+
+    /// When the next attempt of this pair may be taken (just after one was taken).
+    pub fn next_attempt_ms(&self, failure_point: &str, action: &str, now_ms: i64) -> i64 {
+        let key = (failure_point.to_owned(), action.to_owned());
+        let Some(attempts) = self.attempts.get(&key) else { return now_ms };
+        if attempts.len() as u32 >= self.attempts_max {
+            return attempts.front().copied().unwrap_or(now_ms) + self.window_ms;
+        }
+        let backoff_ms = ATTEMPT_BACKOFF_MS_INITIAL.saturating_mul(1 << attempts.len().saturating_sub(1).min(20));
+        attempts.back().copied().unwrap_or(now_ms) + backoff_ms
     }
 
     /// Takes one attempt if the budget allows; `Err` says when the next one is allowed.
@@ -184,6 +240,15 @@ pub struct HealNow {
     pub failure_points: Vec<FailurePointId>,
 }
 
+/// A monitor run happened (the Monitor sends each one): actions waiting for their verdict are
+/// judged on it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct MonitorRan {
+    pub ts_ms: i64,
+    pub results: Vec<CheckResult>,
+}
+
 /// One healing pass over every failing entry of the Monitor's newest run (the timer sends it;
 /// tests too). Answers with the lines it logged; `Err` when a pass is under way already.
 #[derive(Debug, Message)]
@@ -197,6 +262,9 @@ pub struct Healer {
     readmit: Recipient<ReadmitUser>,
     planner: HealingPlanner,
     running: bool,
+    /// Actions that ran, waiting for the monitor runs after them (written by passes, judged on
+    /// every `MonitorRan`).
+    verdicts: PendingVerdicts,
 }
 
 /// Which actions a pass runs (pure: time is passed in): budgets, readiness, and what was already
@@ -224,7 +292,7 @@ impl Healer {
         readmit: Recipient<ReadmitUser>,
     ) -> Self {
         let planner = HealingPlanner::new(settings.clone());
-        Self { settings, directory, clock, readmit, planner, running: false }
+        Self { settings, directory, clock, readmit, planner, running: false, verdicts: PendingVerdicts::default() }
     }
 
     fn log(&self, records: &[HealingRecord]) {
@@ -306,32 +374,42 @@ impl Healer {
             let work = async move {
                 let mut outcomes = Vec::new();
                 for planned in planned {
+                    let acted_at_ms = context.clock.now_ms();
                     let outcome = planned.action.run(&planned.check, &context).await;
-                    outcomes.push((planned, outcome));
+                    outcomes.push((planned, acted_at_ms, outcome));
                 }
-                // Whatever ran is judged by a fresh check of its failure point.
-                let ran = outcomes.iter().any(|(_, outcome)| matches!(outcome, ActionOutcome::Ran(_)));
-                let recheck = if ran { recheck(&context).await } else { None };
                 outcomes
-                    .into_iter()
-                    .map(|(planned, outcome)| {
-                        let check = recheck.as_ref().and_then(|run| run.results.iter().find(|r| r.id == planned.failure_point));
-                        let (result, detail) = judge(outcome, check);
-                        HealingRecord {
-                            ts: rfc3339_ms(context.clock.now_ms()),
-                            failure_point: planned.failure_point.as_str().to_owned(),
-                            action: planned.action.name().to_owned(),
-                            result,
-                            detail,
-                        }
-                    })
-                    .collect::<Vec<_>>()
             };
             let nothing_failing = nothing_failing_note;
-            work.into_actor(healer).map(move |records, healer, _| {
+            work.into_actor(healer).map(move |outcomes, healer, _| {
                 healer.running = false;
                 let mut all = skipped;
-                all.extend(records);
+                for (planned, acted_at_ms, outcome) in outcomes {
+                    let line = |result, detail| HealingRecord {
+                        ts: rfc3339_ms(healer.clock.now_ms()),
+                        failure_point: planned.failure_point.as_str().to_owned(),
+                        action: planned.action.name().to_owned(),
+                        result,
+                        detail,
+                    };
+                    match outcome {
+                        ActionOutcome::Failed(detail) => all.push(line(HealingResult::Failed, detail)),
+                        ActionOutcome::Skipped(detail) => all.push(line(HealingResult::Skipped, detail)),
+                        // Healed or not is for the monitor runs after it to say.
+                        ActionOutcome::Ran(detail) => {
+                            let (id, action) = (planned.failure_point.as_str(), planned.action.name());
+                            let window_ms = (2 * healer.settings.monitor_interval.as_millis() as i64)
+                                .max(healer.planner.budget.next_attempt_ms(id, action, acted_at_ms) - acted_at_ms);
+                            healer.verdicts.add(PendingVerdict {
+                                failure_point: planned.failure_point,
+                                action,
+                                detail,
+                                acted_at_ms,
+                                decide_by_ms: acted_at_ms + window_ms,
+                            });
+                        }
+                    }
+                }
                 // A pass with nothing to do still leaves a line: the log shows the Healer is alive.
                 if all.is_empty()
                     && let Some(note) = nothing_failing
@@ -580,8 +658,8 @@ async fn refresh_intelligence(context: &ActionContext) -> ActionOutcome {
     }
 }
 
-/// The database's integrity, and a write through it: the re-check (SYS-DATABASE: refusals, the
-/// outbox) says whether writes go through again.
+/// The database's integrity, then a replay of the outbox now (without waiting for its backoff):
+/// the monitor runs after it (SYS-DATABASE: refusals, the outbox) say whether writes go through.
 async fn verify_database(context: &ActionContext) -> ActionOutcome {
     let checked =
         tokio::time::timeout(ACTION_TIMEOUT, persistence::run(&context.directory, |store| store.quick_check()))
@@ -589,32 +667,21 @@ async fn verify_database(context: &ActionContext) -> ActionOutcome {
             .unwrap_or_else(|_| Err(crate::persistence::StoreError::Unavailable("no answer in time".to_owned())));
     match checked {
         Ok(true) => {
-            let outbox = context.directory.outbox();
-            ActionOutcome::Ran(format!(
-                "integrity check ok; {} record(s) wait in the outbox, which replays by itself",
-                outbox.depth
-            ))
+            let replayed = match context.directory.persistence() {
+                Ok(persistence) => persistence.send(persistence::ReplayNow).timeout(ACTION_TIMEOUT).await.ok(),
+                Err(_) => None,
+            };
+            let waiting = match replayed {
+                Some(depth) => format!("replayed the outbox now: {depth} record(s) still wait"),
+                None => "the outbox could not be replayed now (persistence did not answer)".to_owned(),
+            };
+            ActionOutcome::Ran(format!("integrity check ok; {waiting}"))
         }
         Ok(false) => ActionOutcome::Failed(
             "the integrity check fails: stop the server and restore the database from a backup".to_owned(),
         ),
         Err(error) => ActionOutcome::Failed(format!("the database cannot be reached: {error}")),
     }
-}
-
-/// A fresh monitor run after the actions (the re-check). `None` when none could be had in time.
-async fn recheck(context: &ActionContext) -> Option<crate::actors::monitor::MonitorRun> {
-    let started = std::time::Instant::now();
-    while started.elapsed() < ACTION_TIMEOUT {
-        let monitor = context.directory.monitor().ok()?;
-        match monitor.send(crate::actors::monitor::RunChecks).timeout(ACTION_TIMEOUT).await {
-            Ok(Ok(run)) => return Some(run),
-            // A run is under way (it may have gathered before the action): ask again shortly.
-            Ok(Err(_)) => tokio::time::sleep(RECHECK_RETRY).await,
-            Err(_) => return None,
-        }
-    }
-    None
 }
 
 async fn clear_overdue_locks(context: &ActionContext) -> ActionOutcome {
@@ -770,6 +837,15 @@ impl Handler<RunHealing> for Healer {
     }
 }
 
+impl Handler<MonitorRan> for Healer {
+    type Result = ();
+
+    fn handle(&mut self, run: MonitorRan, _: &mut Context<Self>) {
+        let decided = self.verdicts.judge(run.ts_ms, &run.results);
+        self.log(&decided);
+    }
+}
+
 impl Handler<HealNow> for Healer {
     type Result = ResponseActFuture<Self, ()>;
 
@@ -805,19 +881,36 @@ mod tests {
     }
 
     #[test]
-    fn healed_only_when_the_re_check_is_ok() {
-        let ok = failing(catalog::CFG_MISSING, CheckStatus::Ok, &[], None, None);
-        let still = failing(catalog::CFG_MISSING, CheckStatus::Critical, &[], None, None);
-        let unknown = failing(catalog::CFG_MISSING, CheckStatus::Unknown, &[], None, None);
-        let ran = || ActionOutcome::Ran("restored".into());
-        assert_eq!(judge(ran(), Some(&ok)).0, HealingResult::Healed);
-        assert_eq!(judge(ran(), Some(&still)).0, HealingResult::NoEffect);
-        assert_eq!(judge(ran(), Some(&unknown)).0, HealingResult::NoEffect);
-        let (result, detail) = judge(ran(), None);
-        assert_eq!(result, HealingResult::NoEffect);
-        assert!(detail.contains("could not be re-checked"), "{detail}");
-        assert_eq!(judge(ActionOutcome::Failed("x".into()), Some(&ok)).0, HealingResult::Failed);
-        assert_eq!(judge(ActionOutcome::Skipped("x".into()), Some(&ok)).0, HealingResult::Skipped);
+    fn an_action_is_healed_only_by_an_ok_run_after_it_and_no_effect_when_its_window_ends_failing() {
+        let mut verdicts = PendingVerdicts::default();
+        let pending = |id, acted_at_ms, decide_by_ms| PendingVerdict {
+            failure_point: id,
+            action: "verify_database",
+            detail: "integrity check ok".into(),
+            acted_at_ms,
+            decide_by_ms,
+        };
+        verdicts.add(pending(catalog::SYS_DATABASE, 1_000, 10_000));
+        verdicts.add(pending(catalog::CFG_MISSING, 1_000, 3_000));
+        let run = |database: CheckStatus, config: CheckStatus| {
+            vec![
+                failing(catalog::SYS_DATABASE, database, &[], None, None),
+                failing(catalog::CFG_MISSING, config, &[], None, None),
+            ]
+        };
+        // A run from before the action decides nothing, even if ok.
+        assert!(verdicts.judge(500, &run(CheckStatus::Ok, CheckStatus::Ok)).is_empty());
+        // Still failing inside the window: wait.
+        assert!(verdicts.judge(2_000, &run(CheckStatus::Critical, CheckStatus::Critical)).is_empty());
+        // The window of the second ends failing: no_effect; the first keeps waiting.
+        let decided = verdicts.judge(3_000, &run(CheckStatus::Critical, CheckStatus::Unknown));
+        assert_eq!(decided.len(), 1);
+        assert_eq!((decided[0].failure_point.as_str(), decided[0].result), ("CFG-MISSING", HealingResult::NoEffect));
+        // The outage ends within the first's window: healed, by that run.
+        let decided = verdicts.judge(7_000, &run(CheckStatus::Ok, CheckStatus::Ok));
+        assert_eq!((decided[0].failure_point.as_str(), decided[0].result), ("SYS-DATABASE", HealingResult::Healed));
+        assert!(decided[0].detail.contains("re-checked by the monitor run of"), "{}", decided[0].detail);
+        assert!(verdicts.is_empty());
         assert_eq!(serde_json::to_value(HealingResult::NoEffect).unwrap(), "no_effect");
     }
 
@@ -831,6 +924,7 @@ mod tests {
             attempts_max: 3,
             budget_window: Duration::from_secs(3_600),
             log_dir: dir.path().to_owned(),
+            monitor_interval: Duration::from_secs(60),
             config_file: Some(path.clone()),
             config_file_is_shipped: true,
             user_symbols: BTreeMap::new(),
@@ -880,6 +974,7 @@ mod tests {
             attempts_max: 2,
             budget_window: Duration::from_secs(3_600),
             log_dir: PathBuf::from("logs"),
+            monitor_interval: Duration::from_secs(60),
             config_file: None,
             config_file_is_shipped: false,
             user_symbols: BTreeMap::new(),

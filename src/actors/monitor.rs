@@ -23,7 +23,7 @@ use actix::prelude::*;
 use serde_json::{Value, json};
 
 use crate::actors::Directory;
-use crate::actors::healer::HealNow;
+use crate::actors::healer::{HealNow, MonitorRan};
 use crate::actors::intelligence::{IntelStatus, Intelligence, ProbeIntel};
 use crate::actors::market_data::{FeedStatuses, GetStats, MarketDataStats};
 use crate::actors::notifier::notify;
@@ -313,11 +313,14 @@ impl Monitor {
                 }
             }
         }
-        if !newly_critical.is_empty()
-            && let Ok(healer) = self.directory.healer()
-        {
-            // A full healer mailbox means it is healing already; its own timer runs it again.
-            let _ = healer.try_send(HealNow { failure_points: newly_critical });
+        if let Ok(healer) = self.directory.healer() {
+            // Every run goes to the Healer: it judges its actions on the runs after them. A full
+            // mailbox drops this one; the next run decides instead.
+            let _ = healer.try_send(MonitorRan { ts_ms: run.ts_ms, results: run.results.clone() });
+            if !newly_critical.is_empty() {
+                // A full healer mailbox means it is healing already; its own timer runs it again.
+                let _ = healer.try_send(HealNow { failure_points: newly_critical });
+            }
         }
         self.latest = Some(run.clone());
         run

@@ -647,6 +647,24 @@ impl Actor for PersistenceActor {
     }
 }
 
+/// Replay the outbox now, whatever the backoff says (the Healer's SYS-DATABASE action). Answers
+/// how many records still wait after it.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct ReplayNow;
+
+impl Handler<ReplayNow> for PersistenceActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: ReplayNow, ctx: &mut Context<Self>) -> usize {
+        self.replay_not_before_ms = 0;
+        self.follow_fault_hook(ctx);
+        self.catch_up();
+        self.schedule_replay(ctx);
+        self.outbox.as_ref().map_or(0, Outbox::depth)
+    }
+}
+
 /// A durable record to apply, or to keep in the outbox if the database refuses it.
 #[derive(Debug)]
 pub struct Write {
