@@ -37,6 +37,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod persistence;
+pub mod records;
 pub mod reload;
 pub mod remote;
 pub mod secret;

@@ -29,6 +29,7 @@ use crate::actors::notifier::Notifier;
 use crate::actors::order_router::OrderRouter;
 use crate::actors::persistence::PersistenceActor;
 use crate::domain::{Symbol, UserId};
+pub use crate::failure_points::database::{DatabaseRefusal, DatabaseRefusalKind, OutboxStatus};
 use crate::limits::PERSISTENCE_IN_FLIGHT_MAX;
 
 /// Where the current incarnation of each shared actor can be reached.
@@ -85,38 +86,6 @@ pub struct AccountReads {
     pub positions_verified_at_ms: BTreeMap<Symbol, i64>,
 }
 
-/// Why the database takes no writes now, as the persistence actor found it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DatabaseRefusalKind {
-    /// Another connection holds the write lock (SQLite busy / locked): an operator's `sqlite3`
-    /// session, a tool. Writes are not attempted again until a probe gets through.
-    ForeignLock,
-    /// SQLite refuses the write: read-only, I/O error, disk full, cannot open.
-    Refused,
-    /// The shared-memory file cannot be written: SQLite is not touched at all, reads included (it
-    /// would crash the process on it).
-    SharedMemoryUnwritable,
-}
-
-impl DatabaseRefusalKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DatabaseRefusalKind::ForeignLock => "foreign_lock",
-            DatabaseRefusalKind::Refused => "refused",
-            DatabaseRefusalKind::SharedMemoryUnwritable => "shared_memory_unwritable",
-        }
-    }
-}
-
-/// The database refusing writes: since when, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DatabaseRefusal {
-    pub kind: DatabaseRefusalKind,
-    pub since_ms: i64,
-    pub detail: String,
-}
-
 /// The durable outbox's depth and history, and the database's write health, shared across
 /// persistence incarnations. Written by the persistence actor only; read by the order router
 /// (entry halts, placements), the Monitor (SYS-DATABASE) and the HTTP API (`/health`, status).
@@ -135,30 +104,6 @@ pub struct OutboxGauge {
     /// Why the newest record could be kept nowhere (`None` once one is kept again): while set, the
     /// order router places no order, since what it would record could be lost.
     records_unkept: RwLock<Option<String>>,
-}
-
-/// A copy of the [`OutboxGauge`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct OutboxStatus {
-    pub depth: usize,
-    pub capacity: usize,
-    pub replayed_total: u64,
-    pub rejected_total: u64,
-    pub last_error: Option<String>,
-    pub refusal: Option<DatabaseRefusal>,
-    pub records_lost_total: u64,
-    pub records_unkept: Option<String>,
-}
-
-impl OutboxStatus {
-    pub fn is_full(&self) -> bool {
-        self.capacity > 0 && self.depth >= self.capacity
-    }
-
-    /// Records wait for the database, or it refuses writes, or records cannot be kept at all.
-    pub fn is_degraded(&self) -> bool {
-        self.depth > 0 || self.refusal.is_some() || self.records_unkept.is_some()
-    }
 }
 
 impl OutboxGauge {

@@ -3,6 +3,8 @@
 //! Healer that make each one observable and, where possible, heal it are built on those.
 
 pub mod catalog;
+pub mod database;
+pub mod healing;
 pub mod locks;
 pub mod monitor;
 pub mod trends;

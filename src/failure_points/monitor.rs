@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::domain::UserId;
 use crate::failure_points::catalog::{self, CATALOG, Category, FailurePointId, Priority};
 use crate::failure_points::locks::GuardLock;
-use crate::persistence::PositionMismatch;
+use crate::records::PositionMismatch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,7 +151,7 @@ pub struct DatabaseObservation {
     /// `PRAGMA quick_check` answered "ok" (`None`: it could not be run now).
     pub integrity_ok: Option<bool>,
     /// The durable outbox: records waiting for the database to take writes again.
-    pub outbox: crate::actors::OutboxStatus,
+    pub outbox: crate::failure_points::database::OutboxStatus,
     /// Every configured user (all of them halt entries while the outbox holds records).
     pub users: Vec<UserId>,
 }
@@ -1529,13 +1529,13 @@ mod tests {
 
     #[test]
     fn records_waiting_in_the_outbox_make_the_database_critical_for_every_user_and_held_positions_show() {
-        let outbox = crate::actors::OutboxStatus {
+        let outbox = crate::failure_points::database::OutboxStatus {
             depth: 4,
             capacity: 10,
             replayed_total: 0,
             rejected_total: 0,
             last_error: Some("attempt to write a readonly database".into()),
-            ..crate::actors::OutboxStatus::default()
+            ..crate::failure_points::database::OutboxStatus::default()
         };
         let observations = Observations {
             database: Some(DatabaseObservation {
@@ -1561,8 +1561,8 @@ mod tests {
 
         // The database unreachable (its integrity not checked) but refusing writes, with a lock
         // held by another connection: critical, with the kind and since when, never unknown.
-        let refusal = crate::actors::DatabaseRefusal {
-            kind: crate::actors::DatabaseRefusalKind::ForeignLock,
+        let refusal = crate::failure_points::database::DatabaseRefusal {
+            kind: crate::failure_points::database::DatabaseRefusalKind::ForeignLock,
             since_ms: 1_000,
             detail: "database is locked".into(),
         };
@@ -1571,7 +1571,7 @@ mod tests {
                 writes_refused: 0,
                 journal_write_failures: 0,
                 integrity_ok: None,
-                outbox: crate::actors::OutboxStatus { refusal: Some(refusal), ..outbox.clone() },
+                outbox: crate::failure_points::database::OutboxStatus { refusal: Some(refusal), ..outbox.clone() },
                 users: vec![user("u1")],
             }),
             ..Observations::default()
@@ -1587,7 +1587,7 @@ mod tests {
                 writes_refused: 0,
                 journal_write_failures: 0,
                 integrity_ok: None,
-                outbox: crate::actors::OutboxStatus {
+                outbox: crate::failure_points::database::OutboxStatus {
                     records_unkept: Some("a decision record could be kept neither ...".into()),
                     records_lost_total: 3,
                     ..outbox

@@ -33,7 +33,7 @@ use crate::failure_points::locks::GuardLock;
 use crate::guards::equity::EquityTracker;
 use crate::guards::{self, EntrySignal, GuardSettings, GuardsPassed, OtherSlot, SignalContext};
 use crate::intelligence::IntelSnapshot;
-use crate::persistence::{DecisionRecord, GuardDecisionRecord, PositionRecord, TraderState};
+use crate::records::{DecisionRecord, GuardDecisionRecord, PositionRecord, TraderState};
 use crate::strategy::{SignalAction, Strategy};
 use crate::trader::memory::{RiskMemory, SlotMemory};
 use crate::trader::risk::{self, EntryContext, RiskApproved, RiskLimits};

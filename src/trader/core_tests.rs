@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 
 use super::*;
 use crate::domain::{Candle, OrderState, Position, Symbol, SymbolRules, Timeframe, UserId};
-use crate::persistence::{PositionRecord, TraderState};
+use crate::records::{PositionRecord, TraderState};
 use crate::strategy::{Signal, SignalAction, Strategy, StrategyError};
 use crate::trader::memory::RiskMemory;
 use crate::trader::risk::RiskLimits;
