@@ -152,6 +152,36 @@ pub struct PositionRecord {
     pub verified_at_ms: i64,
 }
 
+/// Why an iteration did not decide, or why its order was refused: the values the Monitor counts
+/// (STATE-STRATEGY-ERROR, DATA-CORRUPT, RES-CAPITAL), stored as a column, never found by matching
+/// message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionCause {
+    /// The strategy failed to produce a signal.
+    StrategyError,
+    /// The candle window failed validation (NaN, high below low, out of order, ...).
+    BadCandles,
+    /// The exchange refused the order for insufficient margin (-2019).
+    MarginRefused,
+}
+
+impl DecisionCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionCause::StrategyError => "strategy_error",
+            DecisionCause::BadCandles => "bad_candles",
+            DecisionCause::MarginRefused => "margin_refused",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [DecisionCause::StrategyError, DecisionCause::BadCandles, DecisionCause::MarginRefused]
+            .into_iter()
+            .find(|cause| cause.as_str() == text)
+    }
+}
+
 /// One iteration's outcome for one strategy of one user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
@@ -170,6 +200,9 @@ pub struct DecisionRecord {
     /// Whether it counts as a decision (the strategy ran and its result was acted on), as opposed
     /// to a skipped iteration.
     pub counts_as_decision: bool,
+    /// What the Monitor counts it as, if anything.
+    #[serde(default)]
+    pub cause: Option<DecisionCause>,
 }
 
 /// A supervision event as stored (mirrors a line of `supervisor.jsonl`).

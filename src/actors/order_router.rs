@@ -339,6 +339,7 @@ impl Handler<SubmitIntent> for OrderRouter {
                 PlacementOutcome::NotCommitted { .. } => "not_committed",
                 PlacementOutcome::Unconfirmed { .. } => "unconfirmed",
                 PlacementOutcome::CredentialsRefused { .. } => "credentials_refused",
+                PlacementOutcome::Refused { .. } => "rejected",
             };
             router.context.directory.metrics.order(result);
             outcome
@@ -546,7 +547,7 @@ async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState, se
                 return PlacementOutcome::CredentialsRefused { detail };
             }
             ExchangeError::Rejected { .. } | ExchangeError::UnknownOutcome { .. } | ExchangeError::Malformed { .. } => {
-                return mark(
+                let recorded = mark(
                     context,
                     &client_order_id,
                     (OrderState::Sending, sends),
@@ -554,6 +555,14 @@ async fn send(context: &RouterContext, intent: OrderIntent, from: OrderState, se
                     error.to_string(),
                 )
                 .await;
+                // The exchange's refusal code goes with it (what the Monitor counts, typed).
+                return match (&error, recorded) {
+                    (
+                        ExchangeError::Rejected { code, .. },
+                        PlacementOutcome::Recorded { state: OrderState::Rejected, detail },
+                    ) => PlacementOutcome::Refused { code: *code, detail },
+                    (_, recorded) => recorded,
+                };
             }
         }
     }

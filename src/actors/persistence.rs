@@ -973,6 +973,7 @@ mod tests {
             score: None,
             client_order_id: None,
             counts_as_decision: true,
+            cause: None,
         })
     }
 

@@ -33,7 +33,7 @@ use crate::limits::{
 };
 use crate::persistence::outbox::DurableWrite;
 pub use crate::records::{
-    DecisionRecord, GuardDecisionRecord, OrderTransition, PositionMismatch, PositionRecord, StoredOrder,
+    DecisionCause, DecisionRecord, GuardDecisionRecord, OrderTransition, PositionMismatch, PositionRecord, StoredOrder,
     SupervisorEventRecord, TraderState, UserStatus, UserSupervisionRecord,
 };
 
@@ -298,6 +298,12 @@ const MIGRATIONS: &[M<'static>] = &[
              user_id TEXT PRIMARY KEY REFERENCES users (user_id),
              body TEXT NOT NULL,
              updated_at_ms INTEGER NOT NULL);",
+    ),
+    // What a decision counts as (strategy error, bad candles, margin refused): a column the Monitor
+    // counts by, instead of matching the reason's text.
+    M::up(
+        "ALTER TABLE decisions ADD COLUMN cause TEXT;
+         CREATE INDEX decisions_by_cause ON decisions (cause, decided_at_ms) WHERE cause IS NOT NULL;",
     ),
 ];
 
@@ -818,8 +824,8 @@ impl Store {
 
     pub fn record_decision(&mut self, decision: &DecisionRecord) -> Result<(), StoreError> {
         let transaction = self.connection.savepoint()?;
-        transaction.prepare_cached("INSERT INTO decisions (user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")?.execute(params![
+        transaction.prepare_cached("INSERT INTO decisions (user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id, cause)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")?.execute(params![
                 decision.user.as_str(),
                 decision.symbol.as_str(),
                 decision.timeframe,
@@ -830,7 +836,8 @@ impl Store {
                 decision.reason,
                 decision.signal,
                 decision.score,
-                decision.client_order_id.as_ref().map(ClientOrderId::as_str)
+                decision.client_order_id.as_ref().map(ClientOrderId::as_str),
+                decision.cause.map(DecisionCause::as_str)
             ],
         )?;
         let summary = format!("{} {}: {}", decision.symbol, decision.outcome, decision.reason);
@@ -1004,31 +1011,26 @@ impl Store {
 
     /// Per user: iterations skipped for a strategy error decided at or after `since_ms`.
     pub fn strategy_error_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
-        self.decision_counts("skipped", "strategy error:%", since_ms)
+        self.decision_counts(DecisionCause::StrategyError, since_ms)
     }
 
     /// Per user: iterations skipped for malformed candles decided at or after `since_ms`.
     pub fn bad_candle_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
-        self.decision_counts("skipped", "bad candles:%", since_ms)
+        self.decision_counts(DecisionCause::BadCandles, since_ms)
     }
 
     /// Per user: orders the exchange refused for insufficient margin (-2019) at or after `since_ms`.
     pub fn margin_rejection_counts(&mut self, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
-        self.decision_counts("order_rejected", "%(code -2019)%", since_ms)
+        self.decision_counts(DecisionCause::MarginRefused, since_ms)
     }
 
-    /// Per user: decisions with this outcome whose reason matches the `LIKE` pattern.
-    fn decision_counts(
-        &mut self,
-        outcome: &str,
-        reason_like: &str,
-        since_ms: i64,
-    ) -> Result<BTreeMap<UserId, u64>, StoreError> {
+    /// Per user: decisions of this cause at or after `since_ms`.
+    fn decision_counts(&mut self, cause: DecisionCause, since_ms: i64) -> Result<BTreeMap<UserId, u64>, StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT user_id, COUNT(*) FROM decisions
-             WHERE outcome = ?2 AND reason LIKE ?3 AND decided_at_ms >= ?1 GROUP BY user_id",
+             WHERE cause = ?2 AND decided_at_ms >= ?1 GROUP BY user_id",
         )?;
-        let rows = statement.query_map(params![since_ms, outcome, reason_like], |row| {
+        let rows = statement.query_map(params![since_ms, cause.as_str()], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?))
         })?;
         let mut counts = BTreeMap::new();
@@ -1303,7 +1305,7 @@ impl Store {
     /// The newest decisions of a user, newest first.
     pub fn recent_decisions(&mut self, user: &UserId, limit: u32) -> Result<Vec<DecisionRecord>, StoreError> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id
+            "SELECT user_id, symbol, timeframe, strategy, candle_close_ms, decided_at_ms, outcome, reason, signal, score, client_order_id, cause
              FROM decisions WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = statement.query_map(params![user.as_str(), limit], |row| {
@@ -1326,6 +1328,7 @@ impl Store {
                         .map(|id| ClientOrderId::parse(&id))
                         .transpose()
                         .map_err(|e| corrupt("decisions", e))?,
+                    cause: row.get::<_, Option<String>>(11)?.as_deref().and_then(DecisionCause::parse),
                 })
             })())
         })?;
@@ -1714,11 +1717,18 @@ mod tests {
             score: None,
             client_order_id: None,
             counts_as_decision: false,
+            cause: reason.starts_with("strategy error").then_some(DecisionCause::StrategyError),
         };
         store.record_decision(&decision(4_000, "strategy error: not enough candles")).unwrap();
         store.record_decision(&decision(5_000, "strategy error: not enough candles")).unwrap();
         store.record_decision(&decision(5_000, "candles unavailable: stale")).unwrap();
+        // Counted by the typed cause, not the text: a reason that merely reads alike is not one.
+        store
+            .record_decision(&DecisionRecord { cause: None, ..decision(6_000, "strategy error: in words only") })
+            .unwrap();
         assert_eq!(store.strategy_error_counts(4_500).unwrap(), BTreeMap::from([(user(), 1)]));
+        let reread = store.recent_decisions(&user(), 10).unwrap();
+        assert_eq!(reread.iter().filter(|d| d.cause == Some(DecisionCause::StrategyError)).count(), 2);
 
         assert!(store.quick_check().unwrap());
         assert_eq!(store.latest_monitor_snapshot().unwrap(), None);
@@ -1821,6 +1831,7 @@ mod tests {
             score: None,
             client_order_id: None,
             counts_as_decision: counts,
+            cause: None,
         };
         for _ in 0..3 {
             store.record_decision(&decision("hold", true)).unwrap();

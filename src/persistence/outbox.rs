@@ -550,6 +550,7 @@ mod tests {
             score: Some(0.5),
             client_order_id: None,
             counts_as_decision: true,
+            cause: None,
         })
     }
 

@@ -33,7 +33,7 @@ use crate::failure_points::locks::GuardLock;
 use crate::guards::equity::EquityTracker;
 use crate::guards::{self, EntrySignal, GuardSettings, GuardsPassed, OtherSlot, SignalContext};
 use crate::intelligence::IntelSnapshot;
-use crate::records::{DecisionRecord, GuardDecisionRecord, PositionRecord, TraderState};
+use crate::records::{DecisionCause, DecisionRecord, GuardDecisionRecord, PositionRecord, TraderState};
 use crate::strategy::{SignalAction, Strategy};
 use crate::trader::memory::{RiskMemory, SlotMemory};
 use crate::trader::risk::{self, EntryContext, RiskApproved, RiskLimits};
@@ -131,7 +131,12 @@ pub enum PlacementOutcome {
     Unconfirmed { reason: String },
     /// The exchange refused the account's credentials; the order was recorded as rejected.
     CredentialsRefused { detail: String },
+    /// The exchange refused the order with this code; it was recorded as rejected.
+    Refused { code: i64, detail: String },
 }
+
+/// Binance's "Margin is insufficient": an order refused for it counts as RES-CAPITAL.
+pub const MARGIN_REFUSED_CODE: i64 = -2019;
 
 /// Inputs to the core.
 #[derive(Debug, Clone)]
@@ -502,7 +507,14 @@ impl TraderCore {
             return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
         }
         if let Err(problem) = validate_candles(&candles, slot.spec.timeframe) {
-            return self.failed(slot_index, Some(candle_close_ms), now_ms, format!("bad candles: {problem}"));
+            let reason = format!("bad candles: {problem}");
+            return self.failed_because(
+                slot_index,
+                Some(candle_close_ms),
+                now_ms,
+                reason,
+                Some(DecisionCause::BadCandles),
+            );
         }
         if slot.paused_candles > 0 {
             let slot = &mut self.slots[slot_index];
@@ -636,11 +648,12 @@ impl TraderCore {
         let signal = match spec.strategy.evaluate(&candles) {
             Ok(signal) => signal,
             Err(error) => {
-                commands.extend(self.failed(
+                commands.extend(self.failed_because(
                     slot_index,
                     Some(candle_close_ms),
                     now_ms,
                     format!("strategy error: {error}"),
+                    Some(DecisionCause::StrategyError),
                 ));
                 return commands;
             }
@@ -662,6 +675,7 @@ impl TraderCore {
             score: Some(signal.score),
             client_order_id: None,
             counts_as_decision: true,
+            cause: None,
         };
         let decision = |outcome: &str, reason: String, client_order_id: Option<ClientOrderId>| {
             TraderCommand::Record(DecisionRecord {
@@ -874,6 +888,7 @@ impl TraderCore {
         if matches!(&slot.phase, Phase::Placing { client_order_id: placing } if *placing == client_order_id) {
             slot.phase = Phase::Idle;
         }
+        let mut cause = None;
         let (outcome_name, reason) = match &outcome {
             PlacementOutcome::Recorded { state, detail } => {
                 slot.active_order = (!state.is_final()).then(|| client_order_id.clone());
@@ -900,6 +915,11 @@ impl TraderCore {
                 slot.active_order = None;
                 return self.halt(slot_index, now_ms, detail);
             }
+            PlacementOutcome::Refused { code, detail } => {
+                slot.active_order = None;
+                cause = (*code == MARGIN_REFUSED_CODE).then_some(DecisionCause::MarginRefused);
+                ("order_rejected", format!("order {client_order_id} rejected: {detail}"))
+            }
         };
         let record = DecisionRecord {
             user: self.user.clone(),
@@ -914,6 +934,7 @@ impl TraderCore {
             score: None,
             client_order_id: Some(client_order_id),
             counts_as_decision: false,
+            cause,
         };
         vec![TraderCommand::Record(record), TraderCommand::SavePosition(self.position_record(slot_index))]
     }
@@ -998,7 +1019,23 @@ impl TraderCore {
         now_ms: i64,
         reason: String,
     ) -> Vec<TraderCommand> {
-        let mut commands = vec![self.skipped(slot_index, candle_close_ms, now_ms, reason.clone())];
+        self.failed_because(slot_index, candle_close_ms, now_ms, reason, None)
+    }
+
+    /// [`Self::failed`], with what the Monitor counts the skip as.
+    fn failed_because(
+        &mut self,
+        slot_index: usize,
+        candle_close_ms: Option<i64>,
+        now_ms: i64,
+        reason: String,
+        cause: Option<DecisionCause>,
+    ) -> Vec<TraderCommand> {
+        let mut skipped = self.skipped(slot_index, candle_close_ms, now_ms, reason.clone());
+        if let TraderCommand::Record(record) = &mut skipped {
+            record.cause = cause;
+        }
+        let mut commands = vec![skipped];
         let user = self.user.clone();
         let slot = &mut self.slots[slot_index];
         slot.error_streak += 1;
@@ -1039,6 +1076,7 @@ impl TraderCore {
             score: None,
             client_order_id: None,
             counts_as_decision: false,
+            cause: None,
         })
     }
 
