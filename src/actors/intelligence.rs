@@ -3,9 +3,11 @@
 //! from the candle windows market data already fetched (on paper, the replayed market), so that
 //! it costs no exchange request. It tracks the age and the
 //! last error of every series (SYS-INTEL-API) and refreshes on request: a trader asking for a
-//! symbol whose newest interval is older than its newest candle gets a fresh fetch (one at a time
-//! per series, and not more often than [`INTEL_REFRESH_SPACING_MS`]); the Healer can refresh every
-//! series at once. A shared actor, restarted by the root supervisor; its cache is rebuilt on demand.
+//! symbol whose newest interval is older than its newest candle gets a fresh fetch, one at a time
+//! per series: a caller asking while one is in flight waits for it (so what a guard sees depends on
+//! the candle, never on how long a request took). After a failed fetch a series is not asked
+//! again for [`INTEL_RETRY_SPACING_MS`]; the Healer can refresh every series at once. A shared
+//! actor, restarted by the root supervisor; its cache is rebuilt on demand.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +26,10 @@ use crate::notify::Severity;
 
 /// Intervals fetched per series.
 pub const INTEL_WINDOW: u16 = 60;
-/// A series is fetched again at most this often (wall time), whatever asks.
-pub const INTEL_REFRESH_SPACING_MS: i64 = 10_000;
+/// After a failed fetch, a series is asked again at most this often (wall time), whatever asks.
+pub const INTEL_RETRY_SPACING_MS: i64 = 10_000;
+/// Callers waiting on one series' fetch in flight, at most (more get the cached snapshot).
+const INTEL_WAITERS_MAX: usize = 1_024;
 /// Longest wait for one fetch.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -74,6 +78,8 @@ struct Series {
     last_attempt_ms: Option<i64>,
     /// The newest failure, kept until a fetch succeeds.
     last_error: Option<(i64, String)>,
+    /// Callers waiting for the fetch in flight (answered when it ends; bounded).
+    waiters: Vec<tokio::sync::oneshot::Sender<Option<Arc<IntelSnapshot>>>>,
 }
 
 /// The newest snapshot of a series, fetched first if it is older than `newest_candle_open_ms`.
@@ -167,7 +173,10 @@ impl Intelligence {
     ) -> Option<impl ActorFuture<Self, Output = Result<Arc<IntelSnapshot>, String>> + use<>> {
         let now_ms = self.clock.now_ms();
         let series = self.series.entry(key.clone()).or_default();
-        if series.refreshing || series.last_attempt_ms.is_some_and(|at| now_ms - at < INTEL_REFRESH_SPACING_MS) {
+        // Spaced only after a failure: a snapshot that lacks a newer candle is fetched at once.
+        let failed_lately = series.last_error.is_some()
+            && series.last_attempt_ms.is_some_and(|at| now_ms - at < INTEL_RETRY_SPACING_MS);
+        if series.refreshing || failed_lately {
             return None;
         }
         if let Some(admitted) = self.breaker.as_mut().map(|breaker| breaker.admit(now_ms)) {
@@ -207,7 +216,7 @@ impl Intelligence {
             actor.report(transition);
             let series = actor.series.entry(key.clone()).or_default();
             series.refreshing = false;
-            match result {
+            let result = match result {
                 Ok(snapshot) => {
                     let snapshot = Arc::new(snapshot);
                     series.snapshot = Some(snapshot.clone());
@@ -219,7 +228,13 @@ impl Intelligence {
                     series.last_error = Some((now_ms, error.clone()));
                     Err(error)
                 }
+            };
+            // Whoever waited for this fetch gets what it brought (or the cache, if it failed).
+            let answer = series.snapshot.clone();
+            for waiter in series.waiters.drain(..) {
+                let _ = waiter.send(answer.clone());
             }
+            result
         }))
     }
 }
@@ -240,6 +255,15 @@ impl Handler<GetIntel> for Intelligence {
             .is_some_and(|newest| newest.time_ms >= message.newest_candle_open_ms);
         if current {
             return Box::pin(fut::ready(cached));
+        }
+        // A fetch of this series is in flight: wait for it rather than take the older snapshot.
+        if let Some(series) = self.series.get_mut(&key)
+            && series.refreshing
+            && series.waiters.len() < INTEL_WAITERS_MAX
+        {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            series.waiters.push(answer);
+            return Box::pin(async move { answered.await.ok().flatten().or(cached) }.into_actor(self));
         }
         match self.refresh(key) {
             Some(refresh) => Box::pin(refresh.map(move |result, _, _| result.ok().or(cached))),
