@@ -191,7 +191,7 @@ mod rows {
             Signal,
             High,
             "two strategies of one user want the same symbol in the same direction",
-            "the signal's symbol and side against the user's open positions and in-flight intents from other strategies",
+            "another strategy of the user holds a position on the signal's symbol, or is placing an order on it",
             Manual("the later signal is blocked; change the strategies' symbols"),
         ),
         point(
@@ -206,8 +206,8 @@ mod rows {
             SIG_WHALE_CVD,
             Signal,
             Medium,
-            "large-trade cumulative volume delta runs against the signal",
-            "cumulative taker volume delta of large trades over the look-back, against the signal's side",
+            "the net taker flow of large intervals runs against the signal",
+            "over intel_window (12) intervals of intelligence, the net taker flow (buy - sell) of the intervals whose notional is at least whale_volume_multiple (2) x the median, against the signal's side, as a share of their volume (whale_cvd_share_max 0.3); missing or stale intelligence allows and says so",
             Manual("the signal is blocked; the next candle is judged afresh"),
         ),
         point(
@@ -215,15 +215,15 @@ mod rows {
             Signal,
             Medium,
             "taker buy/sell ratio runs against the signal",
-            "taker buy volume / taker sell volume over the look-back, against the signal's side",
+            "taker buy volume / taker sell volume over taker_window (6) intervals of intelligence: below taker_ratio_long_min (0.8) blocks a long, above taker_ratio_short_max (1.25) a short; missing or stale intelligence allows and says so",
             Manual("the signal is blocked; the next candle is judged afresh"),
         ),
         point(
             SIG_LIQUIDATION_WALL,
             Signal,
             Medium,
-            "a liquidation cluster sits close to price in the trade's path",
-            "liquidation volume by price level near the entry, on the side the trade moves towards",
+            "an estimated liquidation cluster sits close to price against the trade",
+            "an estimate from the candle window (no liquidation data): positions opened on its high-volume candles at liquidation_leverage (50x) would be liquidated at a price; a cluster of at least liquidation_wall_share (0.25) of the window's volume within liquidation_wall_distance_pct (0.5) % against the trade blocks it",
             Manual("the signal is blocked; the next candle is judged afresh"),
         ),
         point(
@@ -231,7 +231,7 @@ mod rows {
             Signal,
             Medium,
             "a breakout on thin volume followed by a reversal wick (bull or bear trap)",
-            "the breakout candle's volume against the average, and the wick against the body",
+            "the last candle broke the trap_lookback (20)-candle high (long) or low (short) on volume below trap_volume_ratio_max (0.8) x the mean, and closed with a wick of at least trap_wick_share_min (0.5) of its range back against the breakout",
             Manual("the signal is blocked; the next candle is judged afresh"),
         ),
         point(
@@ -239,7 +239,7 @@ mod rows {
             Signal,
             Medium,
             "a symbol lost too often for the user: it is on probation",
-            "consecutive losing trades (or total loss) per user and symbol; N in a row puts the symbol on probation for T",
+            "closed trades per user and symbol: probation_losses (3) losing trades in a row, or one trade losing probation_loss_pct (3) %, puts the symbol on probation for probation_hours (6)",
             Action("expires at its until time; the Healer clears any probation found past it"),
         ),
         point(
@@ -255,7 +255,7 @@ mod rows {
             Signal,
             Medium,
             "the symbol is outside the top K of the user's universe",
-            "a momentum/volume score ranked across the user's symbols",
+            "|return| x volume ratio over power_rank_candles (12), ranked across the user's symbols on the same timeframe; outside the top power_rank_top_k (5) blocks",
             Manual("the signal is blocked until the symbol ranks again"),
         ),
         point(
@@ -263,23 +263,23 @@ mod rows {
             Signal,
             Medium,
             "the expected move is smaller than round-trip fees times k",
-            "the expected move (from recent volatility) against 2 x taker fee x k",
+            "the average true range of fee_atr_candles (14), as % of price, against round-trip taker fees (2 x taker_fee_bps) x fee_multiple (2)",
             Manual("the signal is blocked"),
         ),
         point(
             SIG_REGIME,
             Signal,
             Medium,
-            "the volatility/trend regime does not suit the strategy",
-            "realized volatility and trend strength against the strategy's allowed regimes",
+            "the volatility regime does not suit trading",
+            "the standard deviation of the last regime_candles (20) log returns below regime_volatility_min_pct (0) or above regime_volatility_max_pct (5) %",
             Manual("the signal is blocked until the regime changes"),
         ),
         point(
             SYS_EXCHANGE_API,
             System,
             Critical,
-            "the exchange cannot be used: unreachable, slow, failing, or its clock far from ours",
-            "reachability, latency, error rate of recent calls, clock skew, and candle fetches per feed",
+            "the exchange cannot be used: unreachable, answering with errors, its calls kept back by a breaker, or its candles failing",
+            "a time probe every monitor run, through the same breakers and budget as every request: unreachable, an error answer or a breaker keeping it back is critical; its latency and how far our estimate of the exchange's clock was off (warn); the share of candle fetches that failed since the last run (half or more: critical)",
             Action("reconnect with backoff; re-sync the exchange clock"),
         ),
         point(
@@ -294,8 +294,8 @@ mod rows {
             SYS_NETWORK,
             System,
             Critical,
-            "the network path to an endpoint is down",
-            "connection failures (refused, reset, timed out before sending) per host",
+            "the network path to the exchange is down",
+            "the newest probe that reached a verdict (while a breaker keeps probes back, the last one that got through): no connection (refused, name not resolved, TLS failed, timed out) is critical; an HTTP error from a live exchange is not a network failure",
             Manual("requests back off and are retried by themselves; restore the network path"),
         ),
         point(
@@ -303,7 +303,7 @@ mod rows {
             System,
             Critical,
             "the data or log directory cannot be written, or the disk is nearly full",
-            "free space and write permission of the data and log directories; journal write failures",
+            "a write probe and the free space of the data and log directories; failed writes of the monitor's files",
             Manual("free disk space or fix permissions; failed journal writes are counted"),
         ),
         point(
@@ -311,7 +311,7 @@ mod rows {
             System,
             Critical,
             "an actor is down, restarting, or a user is quarantined",
-            "the supervision tree: every actor's state, restart counts, quarantined users, heartbeats",
+            "the supervision tree: shared actors restarting or escalated and quarantined users (critical), traders restarting (warn)",
             Action("re-admit a quarantined user after a cool-down"),
         ),
         point(
@@ -319,15 +319,15 @@ mod rows {
             System,
             Critical,
             "the database cannot be written or fails its integrity check",
-            "write failures and refused writes, pending writes, SQLite quick_check",
-            Action("restart persistence; replay pending writes"),
+            "records kept nowhere, the database refusing writes (another connection's lock, read-only or failing, its shared-memory file unwritable), records waiting in the durable outbox, entries refused for good, SQLite quick_check every 10 min",
+            Action("check its integrity and replay the outbox now (it also replays by itself)"),
         ),
         point(
             SYS_INTEL_API,
             System,
             High,
-            "market intelligence (CoinGlass) is unreachable or stale",
-            "reachability and the age of every intelligence series",
+            "market intelligence (CoinGlass) is unreachable or not updating",
+            "a probe every monitor run refreshes the series furthest behind: a refusal, a failure or the API's breaker keeping it back is critical; the probed data 2 or more candles behind the market on the exchange's clock is critical; a series whose newest request failed is a warning",
             Action("refresh intelligence"),
         ),
         point(
@@ -343,7 +343,7 @@ mod rows {
             Resource,
             High,
             "the user holds as many positions (or as much notional) as allowed",
-            "open positions against max_open_positions, notional against max_position_notional_usdt",
+            "open positions per user against max_open_positions (the notional limit is enforced on every entry by the risk gate)",
             Manual(
                 "entries wait until a position closes; raise [risk] max_open_positions or max_position_notional_usdt to allow more",
             ),
@@ -353,23 +353,23 @@ mod rows {
             Resource,
             High,
             "the exchange request-weight budget is spent, or the exchange banned us",
-            "used weight against the budget; 429 pauses and 418 bans",
+            "a 418 ban (critical, until it ends); the request weight used this minute at 90 % or more of the limit (warn)",
             Manual("the weight budget throttles every user of the host by itself, and a ban is waited out"),
         ),
         point(
             RES_CAPITAL,
             Resource,
             High,
-            "available margin is below the minimum order",
-            "available balance against the smallest order the user's strategies would place",
+            "the exchange refuses orders for insufficient margin",
+            "orders the exchange refused for insufficient margin (-2019) since the last run, per user",
             Manual("add margin or reduce position sizes"),
         ),
         point(
             CFG_MISSING,
             Config,
             Critical,
-            "a shipped config file is missing",
-            "every shipped config file exists",
+            "the config file the server runs on is missing",
+            "the config file the server runs on exists",
             Action("restore it from the shipped defaults (never a secret, never over an existing file)"),
         ),
         point(
@@ -387,15 +387,15 @@ mod rows {
             Data,
             High,
             "market data is malformed: NaN or negative prices, high below low, out-of-order candles",
-            "every candle window is validated before a strategy sees it",
+            "candle windows the traders refused since the last run (every window is validated before a strategy sees it), per user",
             Action("drop the window and re-fetch"),
         ),
         point(
             DATA_MISSING,
             Data,
             High,
-            "market data is missing or stale: candle gaps, a feed behind, stale intelligence",
-            "each feed's newest closed candle against the exchange clock; gaps in windows; intelligence age",
+            "market data is missing or late: a feed behind the exchange's clock",
+            "each feed's newest delivered candle against the exchange's clock estimate (which keeps running while the exchange cannot be reached): half a candle overdue warns, a whole one is critical",
             Action("re-fetch"),
         ),
         point(
@@ -403,7 +403,7 @@ mod rows {
             State,
             Critical,
             "kill switches in force, and any past its blocked_until",
-            "kill-switch locks in the database against the clock",
+            "kill-switch locks in the database past their until time and not cleared, and how late (an hour late: critical)",
             Action("clear overdue locks"),
         ),
         point(
@@ -411,7 +411,7 @@ mod rows {
             State,
             Critical,
             "the exchange's position differs from the bot's",
-            "each position in the database against the exchange's",
+            "settled positions whose quantity is not the net of the recorded fills, users whose entries are halted for it, and positions re-synced (critical) or fills imported (warn) in the last 10 minutes",
             Action("re-sync from the exchange; halt the user if it stays wrong"),
         ),
         point(
@@ -419,7 +419,7 @@ mod rows {
             State,
             High,
             "open exchange orders with bulwark's prefix that the database does not know",
-            "open orders on the exchange against the database (at every trader start, and periodically)",
+            "the next users' open orders on their symbols, in turn within [monitor] orphan_check_weight_per_minute (the detail states the bound for a full pass), against the database; every open order of the account at every trader start",
             Action("cancel them"),
         ),
         point(
@@ -427,7 +427,7 @@ mod rows {
             State,
             High,
             "orders whose outcome is not known yet: their symbol takes no new decision",
-            "orders in pending, sending or unknown, and for how long",
+            "orders in pending, sending or unknown, per user, and how long the oldest has been (5 minutes: warn)",
             Action("look them up by client order id (the order router does, on every sync)"),
         ),
         point(
@@ -435,7 +435,7 @@ mod rows {
             State,
             Medium,
             "symbols on probation, and any past its until time",
-            "probation locks in the database against the clock",
+            "probation locks in the database past their until time and not cleared, and how late",
             Action("clear overdue probations"),
         ),
         point(
@@ -443,7 +443,7 @@ mod rows {
             State,
             Medium,
             "a strategy fails to produce a signal",
-            "skipped iterations with a strategy error, per user",
+            "iterations skipped for a strategy error since the last run, per user (counted by their typed cause)",
             Manual("the trader skips that iteration; repeated panics restart and then quarantine it"),
         ),
     ];
@@ -509,6 +509,52 @@ mod tests {
             assert_eq!(FailurePointId::parse(id.as_str()), Some(id));
         }
         assert_eq!(FailurePointId::parse("SYS-NOPE"), None);
+    }
+
+    /// The check texts quote the `[guards]` defaults ("intel_window (12)"); a changed default
+    /// must change the text an operator reads.
+    #[test]
+    fn the_defaults_quoted_in_check_texts_are_the_guard_defaults() {
+        let defaults = crate::guards::GuardSettings::default();
+        let quoted: [(&str, f64); 22] = [
+            ("probation_losses", f64::from(defaults.probation_losses)),
+            ("probation_loss_pct", defaults.probation_loss_pct),
+            ("probation_hours", defaults.probation_hours),
+            ("regime_candles", defaults.regime_candles as f64),
+            ("regime_volatility_min_pct", defaults.regime_volatility_min_pct),
+            ("regime_volatility_max_pct", defaults.regime_volatility_max_pct),
+            ("fee_atr_candles", defaults.fee_atr_candles as f64),
+            ("fee_multiple", defaults.fee_multiple),
+            ("power_rank_top_k", defaults.power_rank_top_k as f64),
+            ("power_rank_candles", defaults.power_rank_candles as f64),
+            ("intel_window", defaults.intel_window as f64),
+            ("whale_volume_multiple", defaults.whale_volume_multiple),
+            ("whale_cvd_share_max", defaults.whale_cvd_share_max),
+            ("taker_window", defaults.taker_window as f64),
+            ("taker_ratio_long_min", defaults.taker_ratio_long_min),
+            ("taker_ratio_short_max", defaults.taker_ratio_short_max),
+            ("liquidation_leverage", defaults.liquidation_leverage),
+            ("liquidation_wall_distance_pct", defaults.liquidation_wall_distance_pct),
+            ("liquidation_wall_share", defaults.liquidation_wall_share),
+            ("trap_lookback", defaults.trap_lookback as f64),
+            ("trap_volume_ratio_max", defaults.trap_volume_ratio_max),
+            ("trap_wick_share_min", defaults.trap_wick_share_min),
+        ];
+        let texts: String = CATALOG.iter().map(|point| format!("{}\n", point.check)).collect();
+        for (name, value) in quoted {
+            let mut found = false;
+            for separator in [" (", " "] {
+                for (at, _) in texts.match_indices(&format!("{name}{separator}")) {
+                    let rest = &texts[at + name.len() + separator.len()..];
+                    let number: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+                    if let Ok(parsed) = number.parse::<f64>() {
+                        assert_eq!(parsed, value, "the catalog quotes {name} as {number}, the default is {value}");
+                        found = true;
+                    }
+                }
+            }
+            assert!(found, "no check text quotes {name}'s default");
+        }
     }
 
     #[test]
