@@ -372,7 +372,7 @@ fn a_rejected_order_is_recorded_and_not_retried() {
     let record = records(&rejected).into_iter().find(|r| r.outcome == "order_rejected").unwrap();
     assert!(record.reason.contains("Margin is insufficient"));
     // RES-CAPITAL counts it by its typed cause, not by its words.
-    assert_eq!(record.cause, Some(crate::records::DecisionCause::MarginRefused));
+    assert_eq!(record.cause, Some(DecisionCause::MarginRefused));
     assert!(placed(&rejected).is_empty(), "never resubmitted automatically");
     // The next decision is a new intent with the next id.
     let next = h.decide(SignalAction::Long, snapshot("0", vec![]));
