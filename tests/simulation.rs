@@ -64,7 +64,8 @@
 //! - A trader that crashes with its order in flight restarts while the order router is still
 //!   placing that order. The answer is held until the new incarnation has reconciled (so its start-up
 //!   always finds the order in flight, never racing the router to it), and the driver then waits
-//!   until the router has recorded the answer before the next candle.
+//!   until the router has recorded the answer and ended the placement before the next candle (a
+//!   sync reports an order whose placement runs as it stands, without looking it up).
 //! - What still differs between runs is two numbers that count every user's work in arrival order,
 //!   and [`normalize`] leaves them out of the comparison: the venue's exchange order numbers
 //!   (`exchange order 13 NEW` in one run is `exchange order 12 NEW` in the other: another user's
@@ -115,6 +116,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use async_trait::async_trait;
 use bulwark::actors::market_data::Poll;
+use bulwark::actors::order_router::IsPlacing;
 use bulwark::actors::persistence;
 use bulwark::clock::ManualClock;
 use bulwark::domain::{
@@ -1045,9 +1047,27 @@ impl Simulation {
     }
 
     /// Waits until the order router has recorded the answer of a released order (it is `sending`
-    /// until then). Each look is a round trip through persistence's mailbox, behind the router's write.
+    /// until then) and its placement has ended: a sync sees an order whose placement still runs as
+    /// it stands, without looking it up, so the next candle's sync would depend on which came first.
+    /// Each look is a round trip through persistence's (or the router's) mailbox.
     async fn wait_recorded(&self, client_order_id: ClientOrderId) {
         let started = Instant::now();
+        self.wait_state_recorded(&client_order_id, started).await;
+        let router = self.tree.server.directory.order_router().unwrap_or_else(|e| self.fail(e));
+        loop {
+            let request = IsPlacing { client_order_id: client_order_id.clone() };
+            match router.send(request).timeout(WAIT_GUARD).await {
+                Ok(false) => return,
+                Ok(true) if started.elapsed() > WAIT_GUARD => {
+                    self.fail(format!("the router never finished placing {client_order_id}"))
+                }
+                Ok(true) => tokio::task::yield_now().await,
+                Err(error) => self.fail(format!("the order router did not answer: {error}")),
+            }
+        }
+    }
+
+    async fn wait_state_recorded(&self, client_order_id: &ClientOrderId, started: Instant) {
         loop {
             let id = client_order_id.clone();
             let order = persistence::run(&self.tree.server.directory, move |store| store.order(&id))

@@ -123,6 +123,15 @@ pub struct Drain {
     pub deadline: Duration,
 }
 
+/// Is this order's placement running now? A sync or reconciliation reports such an order as it
+/// stands and looks it up only once its placement has ended; a caller that must know what the next
+/// sync will see (the simulation's driver, after releasing a held answer) waits for `false`.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct IsPlacing {
+    pub client_order_id: ClientOrderId,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReconcileReport {
     /// Unresolved orders looked up, with the state each ended in.
@@ -356,6 +365,14 @@ impl Handler<ReconcileUser> for OrderRouter {
         Box::pin(
             async move { reconcile_user(&context, &message.user, &message.symbols, message.settled, &placing).await },
         )
+    }
+}
+
+impl Handler<IsPlacing> for OrderRouter {
+    type Result = bool;
+
+    fn handle(&mut self, message: IsPlacing, _: &mut Context<Self>) -> bool {
+        self.in_flight.contains(&message.client_order_id)
     }
 }
 
