@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::clock::rfc3339_ms;
 use crate::config::Config;
-use crate::failure_points::why::{self, CheckView, DecisionView, WhyAnswer, WhyInputs};
+use crate::failure_points::monitor::RunRecord;
+use crate::failure_points::why::{self, DecisionView, WhyAnswer, WhyInputs};
 use crate::instance_lock::InstanceLock;
 use crate::persistence::{Store, UserStatus};
 
@@ -84,21 +85,11 @@ pub fn why(config: &Config, user: &str) -> anyhow::Result<WhyAnswer> {
         .map(|status| (status.state, status.reason, status.since_ms));
     // The Monitor's newest run: from the database, or from its log when that is newer (while the
     // database refuses writes, its snapshots are not written, but its log lines are).
-    let from_database = store
-        .latest_monitor_snapshot()
-        .with_context(reading)?
-        .and_then(|(ts_ms, _, body)| serde_json::from_str::<Value>(&body).ok().map(|line| (ts_ms, line)));
-    let from_log =
-        newest_line(&config.server.log_dir.join("failure_point_monitor.jsonl"), |line| line["checks"].is_array())
-            .and_then(|line| {
-                let ts_ms = chrono::DateTime::parse_from_rfc3339(line["ts"].as_str()?).ok()?.timestamp_millis();
-                Some((ts_ms, line))
-            });
-    let checks = [from_database, from_log]
-        .into_iter()
-        .flatten()
-        .max_by_key(|(ts_ms, _)| *ts_ms)
-        .map(|(ts_ms, line)| (ts_ms, CheckView::from_line(&line)));
+    let from_database =
+        store.latest_monitor_snapshot().with_context(reading)?.and_then(|(_, _, body)| RunRecord::parse(&body).ok());
+    let from_log = newest_run(&config.server.log_dir.join("failure_point_monitor.jsonl"));
+    let checks =
+        [from_database, from_log].into_iter().flatten().max_by_key(|run| run.ts_ms).map(|run| (run.ts_ms, run.checks));
     let locks = store.uncleared_guard_locks(Some(&user_id)).with_context(reading)?;
     let decisions = store
         .recent_decisions(&user_id, WHY_DECISIONS_MAX)
@@ -143,6 +134,12 @@ pub fn newest_tree_snapshot(path: &Path) -> Option<Value> {
 
 /// The newest line of a JSON-lines log that `wanted` accepts, read from the file's tail (a line
 /// being written, or cut by the tail's start, does not parse and is passed over).
+/// The newest Monitor run in its log that reads as a run record.
+fn newest_run(path: &Path) -> Option<RunRecord> {
+    let tail = read_tail(path)?;
+    tail.lines().rev().find_map(|line| RunRecord::parse(line).ok())
+}
+
 fn newest_line(path: &Path, wanted: impl Fn(&Value) -> bool) -> Option<Value> {
     let tail = read_tail(path)?;
     tail.lines().rev().filter_map(|line| serde_json::from_str::<Value>(line).ok()).find(|line| wanted(line))
@@ -233,13 +230,10 @@ pub fn trends(
         .with_context(reading)?
         .into_iter()
         .filter_map(|(ts_ms, _, body)| {
-            let line: Value = serde_json::from_str(&body).ok()?;
-            let statuses: serde_json::Map<String, Value> = line["checks"]
-                .as_array()?
-                .iter()
-                .filter_map(|c| Some((c["id"].as_str()?.to_owned(), c["status"].clone())))
-                .collect();
-            Some(run_of(ts_ms, &Value::Object(statuses)))
+            let run = RunRecord::parse(&body).ok()?;
+            let statuses =
+                run.checks.iter().map(|c| (c.id.as_str().to_owned(), c.status.as_str().to_owned())).collect();
+            Some(Run { ts_ms, statuses })
         })
         .collect();
     let events: Vec<Event> = store

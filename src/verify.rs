@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::domain::{ClientOrderId, IntentPurpose, Symbol, UserId};
 use crate::exchange::paper::venue::Ledger;
 use crate::failure_points::catalog::{SIG_KILL_SWITCH, SIG_SYMBOL_PROBATION, STATE_POSITION_SYNC};
-use crate::failure_points::why::CheckView;
+use crate::failure_points::monitor::{CheckStatus, RunRecord};
 use crate::persistence::{Store, StoreError};
 
 /// Violations listed per invariant (the count is always exact).
@@ -166,12 +166,12 @@ pub fn check(store: &mut Store, ledger: &Ledger) -> Result<VerifyReport, StoreEr
     }
     let halted_for_position_sync: BTreeSet<String> = store
         .latest_monitor_snapshot()?
-        .and_then(|(_, _, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-        .map(|line| CheckView::from_line(&line))
+        .and_then(|(_, _, body)| RunRecord::parse(&body).ok())
+        .map(|run| run.checks)
         .unwrap_or_default()
         .into_iter()
-        .filter(|check| check.id == STATE_POSITION_SYNC.as_str() && check.status == "critical")
-        .flat_map(|check| check.users)
+        .filter(|check| check.id == STATE_POSITION_SYNC && check.status == CheckStatus::Critical)
+        .flat_map(|check| check.users.into_iter().map(|user| user.to_string()))
         .collect();
 
     // What reached the exchange, per intent.

@@ -134,6 +134,9 @@ use bulwark::verify;
 use common::{Tree, config_in, start_paper};
 use tokio::sync::oneshot;
 
+/// How many of a user's transcript lines a final failure prints.
+const TRANSCRIPT_TAIL_LINES: usize = 60;
+
 /// The seeds `cargo test` runs.
 const CI_SEEDS: [u64; 3] = [1, 2, 3];
 
@@ -1143,7 +1146,20 @@ impl Simulation {
         let report =
             verify::check(&mut store, &ledger).unwrap_or_else(|e| final_failure(seed, step, format!("verify: {e}")));
         if !report.passed() {
-            final_failure(seed, step, format!("the invariants do not hold after the run:\n{}", report.render()));
+            // The transcripts of the users named, to explain the violation without a rerun.
+            let named: String = transcript
+                .iter()
+                .filter(|(user, _)| report.render().contains(&format!("{user} ")))
+                .map(|(user, lines)| {
+                    let tail = &lines[lines.len().saturating_sub(TRANSCRIPT_TAIL_LINES)..];
+                    format!("{user}'s last {} lines:\n{}\n", tail.len(), tail.join("\n"))
+                })
+                .collect();
+            final_failure(
+                seed,
+                step,
+                format!("the invariants do not hold after the run:\n{}\n{named}", report.render()),
+            );
         }
         // Stricter than positions-agree: no user may be excused by a STATE-POSITION-SYNC halt in the
         // Monitor's newest run (which ran on its wall-clock timer, at some step).

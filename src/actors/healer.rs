@@ -143,13 +143,13 @@ impl Healer {
         Box::pin(latest.into_actor(self).then(move |latest, healer, _| {
             // No run yet (the Monitor is starting): nothing to heal.
             let (planned, skipped) = match &latest {
-                Some(run) => healer.planner.plan(&run.results, only.as_deref(), healer.clock.now_ms()),
+                Some(run) => healer.planner.plan(&run.checks, only.as_deref(), healer.clock.now_ms()),
                 None => (Vec::new(), Vec::new()),
             };
             healer.log(&skipped);
             let already_logged = skipped.len();
             let nothing_failing_note = latest.as_ref().filter(|_| only.is_none()).map(|run| {
-                let count = |status| run.results.iter().filter(|r| r.status == status).count();
+                let count = |status| run.checks.iter().filter(|r| r.status == status).count();
                 HealingRecord {
                     ts: rfc3339_ms(healer.clock.now_ms()),
                     failure_point: "*".to_owned(),

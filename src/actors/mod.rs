@@ -30,6 +30,7 @@ use crate::actors::order_router::OrderRouter;
 use crate::actors::persistence::PersistenceActor;
 use crate::domain::{Symbol, UserId};
 pub use crate::failure_points::database::{DatabaseRefusal, DatabaseRefusalKind, OutboxStatus};
+use crate::failure_points::monitor::RunRecord;
 use crate::limits::PERSISTENCE_IN_FLIGHT_MAX;
 
 /// Where the current incarnation of each shared actor can be reached.
@@ -61,9 +62,9 @@ pub struct Directory {
     /// imported what it could, with why (written by the order router's reconciliation; read by its
     /// account syncs, which halt those users' entries, and by status surfaces).
     pub(crate) position_holds: RwLock<BTreeMap<UserId, String>>,
-    /// The Monitor's newest run (its time and its log line), written by the Monitor after each run
-    /// and read by the HTTP API (status, health, metrics) without a database read.
-    latest_monitor_line: RwLock<Option<(i64, Arc<serde_json::Value>)>>,
+    /// The Monitor's newest run, written by the Monitor after each run and read by the HTTP API
+    /// (status, health, metrics, history) without a database read.
+    latest_monitor_run: RwLock<Option<Arc<RunRecord>>>,
     /// Users whose position the last reconciliation pass could not explain, not (yet) halted:
     /// a second pass in a row that agrees halts them (written and read by the order router).
     pub(crate) position_suspects: RwLock<BTreeMap<UserId, String>>,
@@ -82,8 +83,16 @@ pub struct AccountReads {
     /// Every open order of the account listed (no symbol filter: weight 40 on Binance) and every
     /// `bw-` order among them known to the database or cancelled.
     pub open_orders_swept_at_ms: Option<i64>,
-    /// Each symbol's position read from the exchange.
-    pub positions_verified_at_ms: BTreeMap<Symbol, i64>,
+    /// Each symbol's position read from the exchange: when, and the quantity it held.
+    pub positions_verified: BTreeMap<Symbol, PositionRead>,
+}
+
+/// One read of a position from the exchange (kept by [`AccountReads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionRead {
+    pub at_ms: i64,
+    /// Signed: negative for a short.
+    pub quantity: rust_decimal::Decimal,
 }
 
 /// The durable outbox's depth and history, and the database's write health, shared across
@@ -199,7 +208,7 @@ impl Directory {
             position_holds: RwLock::default(),
             position_suspects: RwLock::default(),
             account_reads: RwLock::default(),
-            latest_monitor_line: RwLock::default(),
+            latest_monitor_run: RwLock::default(),
             metrics,
         }
     }
@@ -240,13 +249,13 @@ impl Directory {
         self.position_holds.read().clone()
     }
 
-    /// The Monitor's newest run: when, and its line (every failure point's status).
-    pub fn latest_monitor_line(&self) -> Option<(i64, Arc<serde_json::Value>)> {
-        self.latest_monitor_line.read().clone()
+    /// The Monitor's newest run (every failure point's status).
+    pub fn latest_monitor_run(&self) -> Option<Arc<RunRecord>> {
+        self.latest_monitor_run.read().clone()
     }
 
-    pub(crate) fn set_latest_monitor_line(&self, ts_ms: i64, line: serde_json::Value) {
-        *self.latest_monitor_line.write() = Some((ts_ms, Arc::new(line)));
+    pub(crate) fn set_latest_monitor_run(&self, run: RunRecord) {
+        *self.latest_monitor_run.write() = Some(Arc::new(run));
     }
 
     /// What the order router last read of `user`'s account.
@@ -258,13 +267,8 @@ impl Directory {
         self.account_reads.write().entry(user.clone()).or_default().open_orders_swept_at_ms = Some(at_ms);
     }
 
-    pub(crate) fn note_position_verified(&self, user: &UserId, symbol: &Symbol, at_ms: i64) {
-        self.account_reads
-            .write()
-            .entry(user.clone())
-            .or_default()
-            .positions_verified_at_ms
-            .insert(symbol.clone(), at_ms);
+    pub(crate) fn note_position_verified(&self, user: &UserId, symbol: &Symbol, read: PositionRead) {
+        self.account_reads.write().entry(user.clone()).or_default().positions_verified.insert(symbol.clone(), read);
     }
 
     /// Why `user`'s entries are halted for an unexplained position, if they are.

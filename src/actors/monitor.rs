@@ -37,9 +37,9 @@ use crate::failure_points::monitor::{CheckResult, CheckStatus};
 use crate::failure_points::monitor::{
     ConfigFileObservation, DatabaseObservation, DirectoryObservation, ExchangeObservation, ExchangeProbe,
     IntelObservation, IntelSeriesObservation, Observations, OrphanObservation, PositionsObservation, ProbeOutcome,
-    UnresolvedOrdersObservation, evaluate, line, overall,
+    RunRecord, UnresolvedOrdersObservation, evaluate,
 };
-use crate::failure_points::why::{self, CheckView, WhyInputs};
+use crate::failure_points::why::{self, WhyInputs};
 use crate::limits::FAILURE_POINT_LOG_BYTES_MAX;
 use crate::notify::Severity;
 use crate::persistence::PositionMismatch;
@@ -92,23 +92,15 @@ impl MonitorSettings {
     }
 }
 
-/// One run's results.
-#[derive(Debug, Clone)]
-pub struct MonitorRun {
-    pub ts_ms: i64,
-    pub overall: CheckStatus,
-    pub results: Vec<CheckResult>,
-}
-
 /// Run every check now (the timer sends it; tests and the Healer may too). Answers `Err` when a
 /// run is already under way.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<MonitorRun, String>")]
+#[rtype(result = "Result<RunRecord, String>")]
 pub struct RunChecks;
 
 /// The newest run, if any.
 #[derive(Debug, Message)]
-#[rtype(result = "Option<MonitorRun>")]
+#[rtype(result = "Option<RunRecord>")]
 pub struct LatestChecks;
 
 pub struct Monitor {
@@ -123,7 +115,7 @@ pub struct Monitor {
     previous_stats: Option<MarketDataStats>,
     previous_run_ms: Option<i64>,
     last_summary_ms: Option<i64>,
-    latest: Option<MonitorRun>,
+    latest: Option<RunRecord>,
     /// Since when each entry has had its current status (this incarnation's view).
     status_since: BTreeMap<FailurePointId, (CheckStatus, i64)>,
     /// Monitor-file writes that failed, and how many of them the previous run reported (the
@@ -209,7 +201,7 @@ impl Monitor {
     }
 
     /// Judges the observations, records the run everywhere, and returns it.
-    fn conclude(&mut self, gathered: Gathered) -> MonitorRun {
+    fn conclude(&mut self, gathered: Gathered) -> RunRecord {
         let Gathered { mut observations, integrity_checked, orphan_checks, stats, locks } = gathered;
         if let Some(probe) = observations.exchange_probe.as_ref().filter(|probe| probe.reached_a_verdict()) {
             self.last_verdict_probe = Some(probe.clone());
@@ -286,19 +278,18 @@ impl Monitor {
                 result.since_ms = Some(since);
             }
         }
-        let run = MonitorRun { ts_ms: now_ms, overall: overall(&results), results };
-        let line = line(&rfc3339_ms(now_ms), &run.results);
-        let text = line.to_string();
+        let run = RunRecord::new(now_ms, results);
+        let text = run.to_json();
         if let Err(error) = append_line(&self.settings.monitor_log_path(), &text) {
             self.write_failures += 1;
             tracing::error!(%error, path = %self.settings.monitor_log_path().display(), "monitor: cannot append");
         }
-        self.directory.set_latest_monitor_line(now_ms, line.clone());
+        self.directory.set_latest_monitor_run(run.clone());
         let overall_text = run.overall.as_str().to_owned();
         persistence::submit(&self.directory, "monitor snapshot", move |store| {
             store.record_monitor_snapshot(now_ms, &overall_text, &text)
         });
-        for result in run.results.iter().filter(|r| r.status == CheckStatus::Critical) {
+        for result in run.checks.iter().filter(|r| r.status == CheckStatus::Critical) {
             tracing::warn!(target: "monitor", failure_point = result.id.as_str(), "critical: {}", result.detail);
         }
         let summary_due =
@@ -316,7 +307,7 @@ impl Monitor {
         if let Ok(healer) = self.directory.healer() {
             // Every run goes to the Healer: it judges its actions on the runs after them. A full
             // mailbox drops this one; the next run decides instead.
-            let _ = healer.try_send(MonitorRan { ts_ms: run.ts_ms, results: run.results.clone() });
+            let _ = healer.try_send(MonitorRan { ts_ms: run.ts_ms, results: run.checks.clone() });
             if !newly_critical.is_empty() {
                 // A full healer mailbox means it is healing already; its own timer runs it again.
                 let _ = healer.try_send(HealNow { failure_points: newly_critical });
@@ -663,12 +654,12 @@ pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
 }
 
 /// The summary file's content.
-fn summary(run: &MonitorRun, users: &[MonitoredUser], observations: &Observations, locks: &[GuardLock]) -> Value {
+fn summary(run: &RunRecord, users: &[MonitoredUser], observations: &Observations, locks: &[GuardLock]) -> Value {
     let mut by_status: BTreeMap<&str, u32> =
         ["ok", "warn", "critical", "unknown"].into_iter().map(|s| (s, 0)).collect();
     let mut by_category: BTreeMap<&str, BTreeMap<&str, u32>> = BTreeMap::new();
     let mut latest = serde_json::Map::new();
-    for result in &run.results {
+    for result in &run.checks {
         *by_status.entry(result.status.as_str()).or_default() += 1;
         *by_category.entry(result.category.as_str()).or_default().entry(result.status.as_str()).or_default() += 1;
         latest.insert(result.id.as_str().to_owned(), serde_json::to_value(result).unwrap_or(Value::Null));
@@ -703,15 +694,14 @@ fn summary(run: &MonitorRun, users: &[MonitoredUser], observations: &Observation
             }));
         }
     }
-    let checks: Vec<CheckView> = CheckView::from_line(&line(&rfc3339_ms(now_ms), &run.results));
     let users_not_trading: Value = if observations.actors.is_none() {
         // Without the tree every user would look "never started": say it is not known instead.
         json!("unknown: the supervision tree could not be read")
     } else {
-        Value::Array(users_not_trading(users, observations, locks, &checks, now_ms))
+        Value::Array(users_not_trading(users, observations, locks, &run.checks, now_ms))
     };
     let failing: BTreeSet<&str> =
-        run.results.iter().filter(|r| r.status == CheckStatus::Critical).map(|r| r.id.as_str()).collect();
+        run.checks.iter().filter(|r| r.status == CheckStatus::Critical).map(|r| r.id.as_str()).collect();
     json!({
         "ts": rfc3339_ms(now_ms),
         "overall": run.overall.as_str(),
@@ -730,7 +720,7 @@ fn users_not_trading(
     users: &[MonitoredUser],
     observations: &Observations,
     locks: &[GuardLock],
-    checks: &[CheckView],
+    checks: &[CheckResult],
     now_ms: i64,
 ) -> Vec<Value> {
     users
@@ -775,7 +765,7 @@ impl Actor for Monitor {
 }
 
 impl Handler<RunChecks> for Monitor {
-    type Result = ResponseActFuture<Self, Result<MonitorRun, String>>;
+    type Result = ResponseActFuture<Self, Result<RunRecord, String>>;
 
     fn handle(&mut self, _: RunChecks, _: &mut Context<Self>) -> Self::Result {
         if self.running {

@@ -30,8 +30,8 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::actors::Directory;
 use crate::actors::persistence;
+use crate::actors::{Directory, PositionRead};
 use crate::clock::Clock;
 use crate::domain::{ClientOrderId, ExchangeOrder, OrderIntent, OrderState, Symbol, UserId};
 use crate::exchange::{Exchange, ExchangeError};
@@ -801,7 +801,11 @@ async fn sync_account(
     }
     let position = call(context, "position", context.exchange.position(user, symbol)).await.map_err(account_error)?;
     let fetched_at_ms = context.clock.now_ms();
-    context.directory.note_position_verified(user, symbol, fetched_at_ms);
+    context.directory.note_position_verified(
+        user,
+        symbol,
+        PositionRead { at_ms: fetched_at_ms, quantity: position.quantity },
+    );
     let rules = call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(account_error)?;
     let unresolved = if unresolved_orders.is_empty() {
         Vec::new()
@@ -875,7 +879,8 @@ async fn resync_position(
     let exchange = call(context, "position", context.exchange.position(user, symbol))
         .await
         .map_err(|e| account_error(e).context(format_args!("reading the {symbol} position")))?;
-    context.directory.note_position_verified(user, symbol, context.clock.now_ms());
+    let read = PositionRead { at_ms: context.clock.now_ms(), quantity: exchange.quantity };
+    context.directory.note_position_verified(user, symbol, read);
     let (key_user, key_symbol) = (user.clone(), symbol.clone());
     let stored = persistence::run(&context.directory, move |store| store.position(&key_user, &key_symbol))
         .await
@@ -1020,11 +1025,17 @@ async fn reconcile_user(
     let reads = context.directory.account_reads(user);
     let now_ms = context.clock.now_ms();
     for symbol in symbols {
-        // Read moments ago (a restart after a crash) with nothing of this user in flight: the
-        // trader's first sync reads it again anyway; no weight is spent on it now.
-        let verified_recently =
-            reads.positions_verified_at_ms.get(symbol).is_some_and(|at_ms| now_ms - at_ms < POSITION_VERIFIED_REUSE_MS);
-        if verified_recently && unresolved.is_empty() {
+        // Read moments ago (a restart after a crash) with nothing of this user in flight, and the
+        // database holds what was read: no weight is spent on it now. The database may lag that
+        // read (the trader died between the sync and writing its position): then it is read and
+        // written again, or a shutdown before the next sync would leave the database wrong.
+        let read_recently = reads
+            .positions_verified
+            .get(symbol)
+            .filter(|read| now_ms - read.at_ms < POSITION_VERIFIED_REUSE_MS && unresolved.is_empty());
+        if let Some(read) = read_recently
+            && stored_position_quantity(context, user, symbol).await? == read.quantity
+        {
             report.reads_reused.push(format!("{symbol} position"));
             continue;
         }
@@ -1032,6 +1043,19 @@ async fn reconcile_user(
     }
     explain_positions(context, user, settled, &mut report).await?;
     Ok(report)
+}
+
+/// The quantity the database holds for `user`'s `symbol` position (zero without a row).
+async fn stored_position_quantity(
+    context: &RouterContext,
+    user: &UserId,
+    symbol: &Symbol,
+) -> Result<Decimal, AccountError> {
+    let (key_user, key_symbol) = (user.clone(), symbol.clone());
+    let stored = persistence::run(&context.directory, move |store| store.position(&key_user, &key_symbol))
+        .await
+        .map_err(|e| AccountError::other(format!("database: {e}")))?;
+    Ok(stored.map_or(Decimal::ZERO, |position| position.quantity))
 }
 
 /// The account's open orders: every one (weight 40 on Binance), or, for a trader (re)starting soon

@@ -862,6 +862,31 @@ pub async fn write(directory: &Directory, write: DurableWrite) -> Result<Durabil
         .map_err(|error| StoreError::Unavailable(format!("persistence did not answer: {error}")))?
 }
 
+/// [`write`] for a record that must outlive its writer (a guard lock set just before its trader
+/// crashes): whenever a permit is free it is in persistence's mailbox before this returns, not when
+/// the returned future is first polled, so the writer's death cannot take it along. Without a free
+/// permit the future waits for one, as [`write`] does.
+pub fn write_enqueued(
+    directory: &Arc<Directory>,
+    write: DurableWrite,
+) -> impl Future<Output = Result<Durability, StoreError>> + use<> {
+    let free = directory.persistence().ok().zip(directory.persistence_permits.clone().try_acquire_owned().ok());
+    // `Addr::send` puts the message in the mailbox at once when it has room.
+    let enqueued = match free {
+        Some((persistence, permit)) => Ok(persistence.send(Write { write, unanswered: false, _permit: permit })),
+        None => Err(write),
+    };
+    let directory = directory.clone();
+    async move {
+        match enqueued {
+            Ok(request) => request
+                .await
+                .map_err(|error| StoreError::Unavailable(format!("persistence did not answer: {error}")))?,
+            Err(write) => self::write(&directory, write).await,
+        }
+    }
+}
+
 /// Hands a durable record to persistence without waiting (decisions, positions, supervision
 /// events). It is enqueued at once, so one caller's records keep their order; a failure is logged
 /// by the persistence actor. Refused (logged and counted) only when every permit is taken.

@@ -199,17 +199,17 @@ impl Trader {
                         ),
                     );
                     tracing::warn!(user = %lock.user, failure_point = %lock.failure_point, symbol = ?lock.symbol.as_ref().map(Symbol::as_str), until = %crate::clock::rfc3339_ms(lock.until_ms), "guard lock set: {}", lock.reason);
-                    // Awaited in the background: the lock already holds in the core; the row is
-                    // what makes it outlive a restart (kept in the outbox if the database refuses it).
-                    let directory = self.seed.directory.clone();
-                    ctx.spawn(
-                        async move {
-                            if let Err(error) = persistence::write(&directory, DurableWrite::GuardLock(lock)).await {
-                                tracing::error!(%error, "guard lock could not be stored; it holds until this trader restarts");
-                            }
+                    // The lock already holds in the core; the row is what makes it outlive a restart
+                    // (kept in the outbox if the database refuses it). It is in persistence's
+                    // mailbox before this trader handles anything else, and its answer is awaited
+                    // by a task of its own: a crash right after (before the next candle) must not
+                    // take the lock along, or the next incarnation would trade through it.
+                    let stored = persistence::write_enqueued(&self.seed.directory, DurableWrite::GuardLock(lock));
+                    actix::spawn(async move {
+                        if let Err(error) = stored.await {
+                            tracing::error!(%error, "guard lock could not be stored; it holds until this trader restarts");
                         }
-                        .into_actor(self),
-                    );
+                    });
                 }
                 TraderCommand::Alert { key, text } => {
                     tracing::warn!(user = %self.seed.user, incarnation = self.incarnation, "{text}");

@@ -6,12 +6,21 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A failure point's id, e.g. `SYS-EXCHANGE-API`. The prefix names the category.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct FailurePointId(&'static str);
+
+/// Read back only as a catalog id: a stored run naming an id the catalog lacks is refused.
+impl<'de> Deserialize<'de> for FailurePointId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        FailurePointId::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a failure point in the catalog")))
+    }
+}
 
 impl FailurePointId {
     pub const fn as_str(self) -> &'static str {
@@ -30,7 +39,7 @@ impl fmt::Display for FailurePointId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     Signal,
@@ -71,7 +80,7 @@ impl Category {
 
 /// How much trading a failure point blocks: `Critical` all of it, `High` many trades, `Medium`
 /// some trades.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Critical,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::domain::UserId;
@@ -14,7 +14,7 @@ use crate::failure_points::catalog::{self, CATALOG, Category, FailurePointId, Pr
 use crate::failure_points::locks::GuardLock;
 use crate::records::PositionMismatch;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckStatus {
     Ok,
@@ -35,30 +35,90 @@ impl CheckStatus {
 }
 
 /// One catalog entry's state in one run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub id: FailurePointId,
     pub category: Category,
     pub priority: Priority,
     pub status: CheckStatus,
     pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The check's own measurements (shown to the operator; nothing reads them back to decide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Value>,
     /// Since when the condition holds (ms; written as RFC 3339 `since`), when known.
-    #[serde(rename = "since", skip_serializing_if = "Option::is_none", serialize_with = "rfc3339")]
+    #[serde(rename = "since", default, skip_serializing_if = "Option::is_none", with = "rfc3339_optional")]
     pub since_ms: Option<i64>,
     /// When it ends by itself (ms; written as RFC 3339 `until`), when known.
-    #[serde(rename = "until", skip_serializing_if = "Option::is_none", serialize_with = "rfc3339")]
+    #[serde(rename = "until", default, skip_serializing_if = "Option::is_none", with = "rfc3339_optional")]
     pub until_ms: Option<i64>,
     /// The users it blocks; empty when it is not about particular users.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserId>,
 }
 
-fn rfc3339<S: serde::Serializer>(timestamp_ms: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
-    match timestamp_ms {
-        Some(ms) => serializer.serialize_str(&crate::clock::rfc3339_ms(*ms)),
-        None => serializer.serialize_none(),
+/// One Monitor run: the single codec of the JSONL line (`failure_point_monitor.jsonl`), the
+/// database row (`monitor_snapshots.body`) and the HTTP answers that quote it. Written by the
+/// Monitor actor; read back by `status`, `why`, `verify`, trends and the HTTP API through
+/// [`RunRecord::parse`], never by picking fields out of its JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    #[serde(rename = "ts", with = "rfc3339_required")]
+    pub ts_ms: i64,
+    pub overall: CheckStatus,
+    pub checks: Vec<CheckResult>,
+}
+
+impl RunRecord {
+    pub fn new(ts_ms: i64, checks: Vec<CheckResult>) -> Self {
+        Self { ts_ms, overall: overall(&checks), checks }
+    }
+
+    /// The JSON text of the record (one line: no newline inside).
+    pub fn to_json(&self) -> String {
+        // Every field serializes (strings, numbers, enums, and values that came from JSON).
+        serde_json::to_string(self).unwrap_or_else(|error| format!("{{\"error\":\"run record: {error}\"}}"))
+    }
+
+    /// A stored or logged record; an error names what does not fit (an unknown id, a bad time).
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    pub fn check(&self, id: FailurePointId) -> Option<&CheckResult> {
+        self.checks.iter().find(|check| check.id == id)
+    }
+}
+
+fn parse_rfc3339_ms<E: serde::de::Error>(text: &str) -> Result<i64, E> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.timestamp_millis())
+        .map_err(|error| E::custom(format!("{text:?} is not an RFC 3339 time: {error}")))
+}
+
+mod rfc3339_required {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(timestamp_ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&crate::clock::rfc3339_ms(*timestamp_ms))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+        super::parse_rfc3339_ms(&String::deserialize(deserializer)?)
+    }
+}
+
+mod rfc3339_optional {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(timestamp_ms: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
+        match timestamp_ms {
+            Some(ms) => serializer.serialize_str(&crate::clock::rfc3339_ms(*ms)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+        Option::<String>::deserialize(deserializer)?.map(|text| super::parse_rfc3339_ms(&text)).transpose()
     }
 }
 
@@ -342,11 +402,6 @@ pub fn overall(results: &[CheckResult]) -> CheckStatus {
     } else {
         CheckStatus::Ok
     }
-}
-
-/// One monitor line: `{"ts", "overall", "checks": [...]}`.
-pub fn line(ts: &str, results: &[CheckResult]) -> Value {
-    json!({ "ts": ts, "overall": overall(results).as_str(), "checks": results })
 }
 
 struct Outcome {
@@ -1425,10 +1480,29 @@ mod tests {
         let data = result(&results, DATA_MISSING);
         assert_eq!((data.status, data.users.clone()), (CheckStatus::Critical, vec![user("u1")]));
         assert_eq!(result(&results, CFG_MISSING).status, CheckStatus::Critical);
-        let line = line("2026-11-22T00:00:00.000Z", &results);
+        let record = RunRecord::new(1_763_769_600_000, results);
+        let line: Value = serde_json::from_str(&record.to_json()).unwrap();
+        assert_eq!(line["ts"], "2025-11-22T00:00:00.000Z");
         assert_eq!(line["overall"], "critical");
         assert_eq!(line["checks"].as_array().unwrap().len(), CATALOG.len());
         assert_eq!(line["checks"][0]["id"], "SIG-KILL-SWITCH");
+        assert_eq!(
+            line["checks"].as_array().unwrap().iter().find(|c| c["id"] == "RES-RATE-LIMIT").unwrap()["until"],
+            "1970-01-01T00:01:10.000Z"
+        );
+        // The one codec: what is written reads back as it was.
+        assert_eq!(RunRecord::parse(&record.to_json()).unwrap(), record);
+    }
+
+    #[test]
+    fn a_stored_run_naming_an_unknown_id_or_a_bad_time_is_refused_with_the_reason() {
+        let good = r#"{"ts":"2025-11-22T00:00:00.000Z","overall":"ok","checks":[{"id":"SYS-DATABASE","category":"system","priority":"critical","status":"ok","detail":"fine"}]}"#;
+        let record = RunRecord::parse(good).unwrap();
+        assert_eq!(record.check(catalog::SYS_DATABASE).unwrap().detail, "fine");
+        let unknown = good.replace("SYS-DATABASE", "SYS-NOPE");
+        assert!(RunRecord::parse(&unknown).unwrap_err().to_string().contains("SYS-NOPE"));
+        let bad_time = good.replace("2025-11-22T00:00:00.000Z", "yesterday");
+        assert!(RunRecord::parse(&bad_time).unwrap_err().to_string().contains("yesterday"));
     }
 
     fn lock(user_name: &str, failure_point: FailurePointId, symbol: Option<&str>, until_ms: i64) -> GuardLock {

@@ -4,49 +4,11 @@
 //! summary's "users not trading") and later by the HTTP API, so all three give the same answer.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::clock::rfc3339_ms;
 use crate::failure_points::catalog::{self, CATALOG};
 use crate::failure_points::locks::GuardLock;
-
-/// One check as the Monitor last judged it, read back from a monitor line (live or stored).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckView {
-    pub id: String,
-    pub status: String,
-    pub detail: String,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    pub users: Vec<String>,
-}
-
-impl CheckView {
-    /// The checks of one monitor line (`{"ts", "overall", "checks": [...]}`).
-    pub fn from_line(line: &Value) -> Vec<CheckView> {
-        let time = |value: &Value| {
-            value.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()).map(|t| t.timestamp_millis())
-        };
-        line["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|check| CheckView {
-                id: check["id"].as_str().unwrap_or_default().to_owned(),
-                status: check["status"].as_str().unwrap_or("unknown").to_owned(),
-                detail: check["detail"].as_str().unwrap_or_default().to_owned(),
-                since_ms: time(&check["since"]),
-                until_ms: time(&check["until"]),
-                users: check["users"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|u| u.as_str().map(str::to_owned))
-                    .collect(),
-            })
-            .collect()
-    }
-}
+use crate::failure_points::monitor::{CheckResult, CheckStatus};
 
 /// A decision as `why` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +29,7 @@ pub struct WhyInputs {
     /// The supervisor's state for the user's trader, its reason and since when.
     pub trader_state: Option<(String, Option<String>, i64)>,
     /// The Monitor's newest run (its time and checks), if any.
-    pub checks: Option<(i64, Vec<CheckView>)>,
+    pub checks: Option<(i64, Vec<CheckResult>)>,
     /// Uncleared guard locks of this user.
     pub locks: Vec<GuardLock>,
     /// The newest decisions, newest first.
@@ -193,26 +155,26 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
     }
     if let Some((_, checks)) = &inputs.checks {
         for check in checks {
-            if !matches!(check.status.as_str(), "warn" | "critical") {
+            if !matches!(check.status, CheckStatus::Warn | CheckStatus::Critical) {
                 continue;
             }
-            let names_user = check.users.contains(&inputs.user);
-            let everyone = check.users.is_empty() && check.status == "critical";
-            let already = blocks.iter().any(|b| b.failure_point == check.id);
+            let names_user = check.users.iter().any(|user| user.as_str() == inputs.user);
+            let everyone = check.users.is_empty() && check.status == CheckStatus::Critical;
+            let already = blocks.iter().any(|b| b.failure_point == check.id.as_str());
             if (names_user || everyone) && !already {
                 blocks.push(Block {
-                    failure_point: check.id.clone(),
+                    failure_point: check.id.as_str().to_owned(),
                     source: "monitor".to_owned(),
                     detail: format!(
                         "{} {}: {}",
-                        check.status,
+                        check.status.as_str(),
                         if everyone { "(every user)" } else { "" },
                         check.detail
                     )
                     .replace("  ", " "),
                     since: check.since_ms.map(rfc3339_ms),
                     until: check.until_ms.map(rfc3339_ms),
-                    unblocks: healing_of(&check.id),
+                    unblocks: healing_of(check.id.as_str()),
                 });
             }
         }
@@ -314,14 +276,18 @@ mod tests {
     use super::*;
     use crate::domain::{Symbol, UserId};
 
-    fn check(id: &str, status: &str, users: &[&str]) -> CheckView {
-        CheckView {
-            id: id.into(),
-            status: status.into(),
+    fn check(id: &str, status: CheckStatus, users: &[&str]) -> CheckResult {
+        let point = catalog::entry(catalog::FailurePointId::parse(id).unwrap());
+        CheckResult {
+            id: point.id,
+            category: point.category,
+            priority: point.priority,
+            status,
             detail: "3 of 4 candle fetches failed".into(),
+            value: None,
             since_ms: Some(1_000),
             until_ms: None,
-            users: users.iter().map(|u| (*u).to_owned()).collect(),
+            users: users.iter().map(|u| UserId::new(u).unwrap()).collect(),
         }
     }
 
@@ -338,7 +304,7 @@ mod tests {
         let answer = explain(&WhyInputs {
             user: "u1".into(),
             trader_state: running(),
-            checks: Some((9_000, vec![check("SYS-EXCHANGE-API", "ok", &[])])),
+            checks: Some((9_000, vec![check("SYS-EXCHANGE-API", CheckStatus::Ok, &[])])),
             decisions: vec![decision("hold", "flat; no crossover")],
             ..WhyInputs::default()
         });
@@ -352,7 +318,7 @@ mod tests {
         let answer = explain(&WhyInputs {
             user: "u1".into(),
             trader_state: running(),
-            checks: Some((9_000, vec![check("SYS-EXCHANGE-API", "critical", &["u1", "u2"])])),
+            checks: Some((9_000, vec![check("SYS-EXCHANGE-API", CheckStatus::Critical, &["u1", "u2"])])),
             decisions: vec![decision("skipped", "candles unavailable: exchange unavailable")],
             ..WhyInputs::default()
         });
@@ -363,7 +329,7 @@ mod tests {
         let other = explain(&WhyInputs {
             user: "u3".into(),
             trader_state: running(),
-            checks: Some((9_000, vec![check("SYS-EXCHANGE-API", "critical", &["u1"])])),
+            checks: Some((9_000, vec![check("SYS-EXCHANGE-API", CheckStatus::Critical, &["u1"])])),
             ..WhyInputs::default()
         });
         assert_eq!(other.verdict, "trading");

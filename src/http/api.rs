@@ -1,6 +1,6 @@
 //! The endpoints: what each reads and answers. See the module above for auth and errors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -10,7 +10,8 @@ use super::{AppState, authorize, error, guarded, parse_since};
 use crate::actors::persistence;
 use crate::clock::rfc3339_ms;
 use crate::domain::UserId;
-use crate::failure_points::catalog::CATALOG;
+use crate::failure_points::catalog::FailurePointId;
+use crate::failure_points::monitor::{CheckStatus, RunRecord};
 use crate::limits::{excerpt, excerpt_lines};
 use crate::supervision::root::{GetTreeStatus, UserSupervisorOf};
 use crate::supervision::user::OperatorRequest;
@@ -133,7 +134,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         }
         let interval_ms = state.settings.config.monitor.interval.as_millis() as i64;
         let allowed_ms = 3 * interval_ms + 10_000;
-        let monitor = state.directory.latest_monitor_line().map(|(ts_ms, _)| ts_ms);
+        let monitor = state.directory.latest_monitor_run().map(|run| run.ts_ms);
         match monitor {
             Some(ts_ms) if now_ms - ts_ms <= allowed_ms => {}
             Some(ts_ms) => reasons.push(format!(
@@ -225,14 +226,14 @@ async fn status(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
                 })
             })
             .collect();
-        let monitor = state.directory.latest_monitor_line();
+        let monitor = state.directory.latest_monitor_run();
         HttpResponse::Ok().json(json!({
             "ts": rfc3339_ms(now_ms),
             "tree": tree,
             "users": users,
-            "failure_points": monitor.as_ref().map(|(_, line)| line["checks"].clone()),
-            "overall": monitor.as_ref().map(|(_, line)| line["overall"].clone()),
-            "monitor_checked_at": monitor.as_ref().map(|(ts_ms, _)| rfc3339_ms(*ts_ms)),
+            "failure_points": monitor.as_ref().map(|run| &run.checks),
+            "overall": monitor.as_ref().map(|run| run.overall),
+            "monitor_checked_at": monitor.as_ref().map(|run| rfc3339_ms(run.ts_ms)),
             "breakers": state.settings.exchange.breaker_statuses(),
             "locks": locks,
             "outbox": state.directory.outbox(),
@@ -284,12 +285,18 @@ async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpRespon
             Ok(read) => read,
             Err(refused) => return refused,
         };
-        let id = query.get("id").cloned();
-        if let Some(id) = &id
-            && !CATALOG.iter().any(|p| p.id.as_str() == id)
-        {
-            return error(400, format!("id={:?} is not a failure point (see bulwark report --catalog)", excerpt(id)));
-        }
+        let id = match query.get("id") {
+            None => None,
+            Some(text) => match FailurePointId::parse(text) {
+                Some(id) => Some(id),
+                None => {
+                    return error(
+                        400,
+                        format!("id={:?} is not a failure point (see bulwark report --catalog)", excerpt(text)),
+                    );
+                }
+            },
+        };
         let runs = match bounded(persistence::run(&state.directory, move |store| {
             store.monitor_snapshots_since(since_ms, HISTORY_RUNS_MAX)
         }))
@@ -300,20 +307,18 @@ async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         };
         let runs: Vec<Value> = runs
             .into_iter()
-            .filter_map(|(ts_ms, overall, body)| {
-                let line: Value = serde_json::from_str(&body).ok()?;
-                let checks = line["checks"].as_array()?;
-                Some(match &id {
+            .filter_map(|(ts_ms, _, body)| {
+                // A row that no longer reads (written by another version) is left out, not guessed at.
+                let run = RunRecord::parse(&body).ok()?;
+                Some(match id {
                     Some(id) => {
-                        let check = checks.iter().find(|c| c["id"] == id.as_str())?;
-                        json!({ "ts": rfc3339_ms(ts_ms), "status": check["status"], "detail": check["detail"] })
+                        let check = run.check(id)?;
+                        json!({ "ts": rfc3339_ms(ts_ms), "status": check.status, "detail": check.detail })
                     }
                     None => {
-                        let statuses: serde_json::Map<String, Value> = checks
-                            .iter()
-                            .filter_map(|c| Some((c["id"].as_str()?.to_owned(), c["status"].clone())))
-                            .collect();
-                        json!({ "ts": rfc3339_ms(ts_ms), "overall": overall, "statuses": statuses })
+                        let statuses: BTreeMap<&str, CheckStatus> =
+                            run.checks.iter().map(|c| (c.id.as_str(), c.status)).collect();
+                        json!({ "ts": rfc3339_ms(ts_ms), "overall": run.overall, "statuses": statuses })
                     }
                 })
             })
@@ -382,31 +387,20 @@ async fn metrics(request: HttpRequest, state: web::Data<AppState>) -> HttpRespon
             Err(e) => return error(503, format!("the root supervisor did not answer: {e}")),
         };
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
-        let status_level = |status: &str| match status {
-            "ok" => 0,
-            "warn" => 1,
-            "critical" => 2,
-            _ => 3,
+        let status_level = |status: CheckStatus| match status {
+            CheckStatus::Ok => 0,
+            CheckStatus::Warn => 1,
+            CheckStatus::Critical => 2,
+            CheckStatus::Unknown => 3,
         };
         let failure_points = state
             .directory
-            .latest_monitor_line()
-            .map(|(_, line)| {
-                line["checks"]
-                    .as_array()
-                    .map(|checks| {
-                        checks
-                            .iter()
-                            .filter_map(|c| {
-                                Some((
-                                    c["id"].as_str()?.to_owned(),
-                                    c["category"].as_str().unwrap_or("").to_owned(),
-                                    status_level(c["status"].as_str()?),
-                                ))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
+            .latest_monitor_run()
+            .map(|run| {
+                run.checks
+                    .iter()
+                    .map(|c| (c.id.as_str().to_owned(), c.category.as_str().to_owned(), status_level(c.status)))
+                    .collect()
             })
             .unwrap_or_default();
         let outbox = state.directory.outbox();
