@@ -47,6 +47,63 @@ impl Clock for ManualClock {
     }
 }
 
+/// How fast a venue's clock runs against the wall clock: `venue_ms` of venue time pass in `wall_ms`
+/// of wall time. Binance runs at wall speed; the accelerated paper exchange runs one 5-minute candle
+/// per `candle_interval_ms`. Lock expiries, lookbacks and intelligence ages are venue durations
+/// (a 6 h probation is 72 candles everywhere); this converts them into the wall time a record, an
+/// operator or the Healer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VenuePace {
+    venue_ms: i64,
+    wall_ms: i64,
+}
+
+impl VenuePace {
+    /// A venue whose clock is the wall clock (Binance).
+    pub const WALL: Self = Self { venue_ms: 1, wall_ms: 1 };
+
+    /// `venue_ms` of venue time per `wall_ms` of wall time (each at least 1).
+    pub fn new(venue_ms: i64, wall_ms: i64) -> Self {
+        Self { venue_ms: venue_ms.max(1), wall_ms: wall_ms.max(1) }
+    }
+
+    /// Whether venue time runs at wall speed.
+    pub fn is_wall(self) -> bool {
+        self.venue_ms == self.wall_ms
+    }
+
+    /// How much wall time `venue_duration_ms` of venue time takes.
+    pub fn wall_ms_for(self, venue_duration_ms: i64) -> i64 {
+        (i128::from(venue_duration_ms) * i128::from(self.wall_ms) / i128::from(self.venue_ms))
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+}
+
+/// One moment on both clocks a decision knows: the wall clock (what records and operators read)
+/// and the venue's (the close of the candle being decided on: what locks, lookbacks and ages are
+/// judged by, so that a decision depends on the market, never on how long a request took).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VenueMoment {
+    pub wall_ms: i64,
+    pub venue_ms: i64,
+    pub pace: VenuePace,
+}
+
+impl VenueMoment {
+    /// The same moment on both clocks when the venue runs on the wall clock.
+    pub fn wall(now_ms: i64) -> Self {
+        Self { wall_ms: now_ms, venue_ms: now_ms, pace: VenuePace::WALL }
+    }
+
+    /// `(wall, venue)` times `venue_duration_ms` of venue time from now.
+    pub fn after(self, venue_duration_ms: i64) -> (i64, i64) {
+        (
+            self.wall_ms.saturating_add(self.pace.wall_ms_for(venue_duration_ms)),
+            self.venue_ms.saturating_add(venue_duration_ms),
+        )
+    }
+}
+
 /// Formats a millisecond timestamp as RFC 3339 UTC with millisecond precision.
 pub fn rfc3339_ms(timestamp_ms: i64) -> String {
     match chrono::DateTime::from_timestamp_millis(timestamp_ms) {
@@ -67,6 +124,18 @@ mod tests {
         assert_eq!(clock.now_ms(), 1_250);
         clock.set_ms(5);
         assert_eq!(clock.now_ms(), 5);
+    }
+
+    #[test]
+    fn a_venue_duration_takes_its_share_of_wall_time() {
+        // The paper exchange at one 5-minute candle per second: 6 h are 72 candles, 72 s.
+        let paper = VenuePace::new(300_000, 1_000);
+        assert_eq!(paper.wall_ms_for(6 * 3_600_000), 72_000);
+        assert!(!paper.is_wall());
+        assert_eq!(VenuePace::WALL.wall_ms_for(6 * 3_600_000), 6 * 3_600_000);
+        let moment = VenueMoment { wall_ms: 1_000, venue_ms: 50_000_000, pace: paper };
+        assert_eq!(moment.after(3_600_000), (13_000, 53_600_000));
+        assert_eq!(VenueMoment::wall(7).after(5), (12, 12));
     }
 
     #[test]

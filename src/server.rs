@@ -212,6 +212,7 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
                 call_timeout,
                 guards: config.guards.clone(),
                 guards_tap: guard_decisions.clone(),
+                venue_pace: deps.exchange.venue_pace(),
             };
             (seed, trader_arbiters[index % trader_arbiters.len()].handle())
         })

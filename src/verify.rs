@@ -265,19 +265,26 @@ pub fn check(store: &mut Store, ledger: &Ledger) -> Result<VerifyReport, StoreEr
         }
         no_entry_under_lock.checked += 1;
         let at_ms = intent.created_at_ms;
+        let candle_close_ms = intent.decision_candle_close_ms;
         for (lock, cleared_at_ms) in &locks {
-            let ends_ms = cleared_at_ms.map_or(lock.until_ms, |cleared| cleared.min(lock.until_ms));
-            if lock.user == *user && lock.covers(&intent.symbol) && lock.set_at_ms <= at_ms && at_ms < ends_ms {
+            // What the trader enforces: once a lock is set (wall clock), it blocks every decision on
+            // a candle closing before its venue expiry, until an operator clears it.
+            let set_before = lock.set_at_ms <= at_ms;
+            let held_by_venue = lock.holds_at_venue(candle_close_ms);
+            let not_cleared = cleared_at_ms.is_none_or(|cleared| at_ms < cleared);
+            if lock.user == *user && lock.covers(&intent.symbol) && set_before && held_by_venue && not_cleared {
                 no_entry_under_lock.violations.push(format!(
-                    "{user} {id} ({} {}, {}) committed at {} under {} lock #{} ({} to {}): {}",
+                    "{user} {id} ({} {}, {}) committed at {} on the candle closing at {} under {} lock #{} (set {}, until {} venue time{}): {}",
                     intent.symbol,
                     intent.side.as_str(),
                     order.state,
                     crate::clock::rfc3339_ms(at_ms),
+                    crate::clock::rfc3339_ms(candle_close_ms),
                     lock.failure_point,
                     lock.id,
                     crate::clock::rfc3339_ms(lock.set_at_ms),
-                    crate::clock::rfc3339_ms(ends_ms),
+                    crate::clock::rfc3339_ms(lock.until_venue_ms),
+                    cleared_at_ms.map(|cleared| format!(", cleared {}", crate::clock::rfc3339_ms(cleared))).unwrap_or_default(),
                     lock.reason
                 ));
             }
@@ -365,6 +372,8 @@ mod tests {
             values: serde_json::json!({}),
             set_at_ms,
             until_ms,
+            set_at_venue_ms: set_at_ms,
+            until_venue_ms: until_ms,
         }
     }
 
@@ -375,11 +384,12 @@ mod tests {
 
     #[test]
     fn a_lock_covers_an_entry_from_when_it_is_set_until_it_ends_or_is_cleared() {
+        // The entry was committed at 10_000 (wall) on the candle closing at 9_000 (venue).
         let mut store = store_with_entry();
         assert!(entry_violations(&mut store).is_empty());
-        // Ended exactly when the entry was made; set just after it; another symbol's probation;
-        // another guard's lock: none covers it.
-        store.insert_guard_lock(&lock("SIG-KILL-SWITCH", None, 5_000, 10_000)).unwrap();
+        // Ended by the venue's clock at that candle's close; set just after it; another symbol's
+        // probation; another guard's lock: none covers it.
+        store.insert_guard_lock(&lock("SIG-KILL-SWITCH", None, 5_000, 9_000)).unwrap();
         store.insert_guard_lock(&lock("SIG-KILL-SWITCH", None, 10_001, 20_000)).unwrap();
         store
             .insert_guard_lock(&lock("SIG-SYMBOL-PROBATION", Some(Symbol::new("BTCUSDT").unwrap()), 0, 99_000))
@@ -396,6 +406,23 @@ mod tests {
         let violations = entry_violations(&mut store);
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(violations[0].contains("bw-u1-1") && violations[0].contains("SIG-SYMBOL-PROBATION"), "{violations:?}");
+    }
+
+    #[test]
+    fn a_lock_covers_an_entry_by_the_venues_clock_not_the_wall_clocks() {
+        // An accelerated venue: the kill switch's wall expiry (9_500) passed before the entry was
+        // committed (10_000), but the candle decided on (closing at 9_000) is before its venue expiry.
+        let mut store = store_with_entry();
+        let kill_switch = GuardLock {
+            until_ms: 9_500,
+            set_at_venue_ms: 1_000,
+            until_venue_ms: 9_001,
+            ..lock("SIG-KILL-SWITCH", None, 2_000, 0)
+        };
+        store.insert_guard_lock(&kill_switch).unwrap();
+        let violations = entry_violations(&mut store);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("venue time"), "{violations:?}");
     }
 
     #[test]

@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 const WAIT_GUARD: Duration = Duration::from_secs(60);
 
 /// The shipped config, fast, with chaos on for u2 and a kill switch that trips on a 0.01 %
-/// drawdown (so a countdown is on screen within seconds).
+/// drawdown (so a countdown is on screen within seconds). Its 100 h are market time: 1,200 candles
+/// of 200 ms, a four-minute countdown.
 fn config(dir: &Path) -> PathBuf {
     let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bulwark.toml")).unwrap();
     let mut text = shipped
@@ -33,7 +34,7 @@ fn config(dir: &Path) -> PathBuf {
             "[chaos]\nenabled = true\npanic_users = [\"u2\"]\npanic_every_decisions = 3",
         );
     let users = text.find("[[users]]").unwrap();
-    text.insert_str(users, "[guards]\nmax_drawdown_pct = 0.01\nblock_hours = 1\nmin_signal_score = 0\n\n");
+    text.insert_str(users, "[guards]\nmax_drawdown_pct = 0.01\nblock_hours = 100\nmin_signal_score = 0\n\n");
     let path = dir.join("bulwark.toml");
     std::fs::write(&path, text).unwrap();
     path

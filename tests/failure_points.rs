@@ -164,7 +164,8 @@ fn kill_switch_config(dir: &Path) -> PathBuf {
         .replace("log_dir = \"logs\"", &format!("log_dir = {:?}", dir.join("logs").display().to_string()))
         .replace("listen = \"127.0.0.1:8377\"", "listen = \"127.0.0.1:0\"")
         .replace("candle_interval_ms = 1000", "candle_interval_ms = 200");
-    let mut text = text + "[guards]\nmax_drawdown_pct = 0.01\nblock_hours = 1\nmin_signal_score = 0\n";
+    // 100 h of market time: 1,200 candles of 200 ms, 240 wall seconds.
+    let mut text = text + "[guards]\nmax_drawdown_pct = 0.01\nblock_hours = 100\nmin_signal_score = 0\n";
     for (user, symbol) in [("k1", "BTCUSDT"), ("k2", "ETHUSDT"), ("k3", "SOLUSDT")] {
         text += &format!(
             "[[users]]\nid = \"{user}\"\n[[users.strategies]]\nsymbol = \"{symbol}\"\ntimeframe = \"5m\"\nstrategy = \"ema_crossover\"\nparams = {{ fast = 2, slow = 3 }}\nposition_size_usdt = 500\n"
@@ -199,7 +200,10 @@ fn a_tripped_kill_switch_is_stored_blocks_every_entry_and_why_names_it() {
     wait_until("a kill switch lock in the database", || tripped().iter().any(|l| l.failure_point == "SIG-KILL-SWITCH"));
     let lock = tripped().into_iter().find(|l| l.failure_point == "SIG-KILL-SWITCH").unwrap();
     assert_eq!(lock.symbol, None);
-    assert_eq!(lock.until_ms - lock.set_at_ms, 3_600_000, "block_hours = 1");
+    // One clock per venue: the lock lasts 100 h of the paper market's time, which runs 1,500 times
+    // as fast as the wall clock (a 5-minute candle every 200 ms).
+    assert_eq!(lock.until_venue_ms - lock.set_at_venue_ms, 100 * 3_600_000, "block_hours = 100, venue time");
+    assert_eq!(lock.until_ms - lock.set_at_ms, 240_000, "100 h at the paper market's pace");
 
     let why = Command::new(env!("CARGO_BIN_EXE_bulwark"))
         .args(["why", lock.user.as_str(), "--json", "--config"])
@@ -211,6 +215,7 @@ fn a_tripped_kill_switch_is_stored_blocks_every_entry_and_why_names_it() {
     assert_eq!(answer["verdict"], "not_trading", "{answer}");
     let block = answer["blocks"].as_array().unwrap().iter().find(|b| b["failure_point"] == "SIG-KILL-SWITCH").unwrap();
     assert!(block["until"].is_string() && block["unblocks"].as_str().unwrap().contains("clears itself"), "{block}");
+    assert!(block["until"].as_str().unwrap().contains("venue time"), "why names both clocks: {block}");
 
     // An orderly stop (SIGTERM) rather than waiting out the duration.
     let stopped = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();

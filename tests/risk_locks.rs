@@ -74,6 +74,8 @@ fn set_locks(config: &Config) {
         values: serde_json::json!({}),
         set_at_ms: START_MS - 60_000,
         until_ms: START_MS + 24 * 3_600_000,
+        set_at_venue_ms: START_MS - 60_000,
+        until_venue_ms: START_MS + 24 * 3_600_000,
     };
     store.insert_guard_lock(&lock("k1", "SIG-KILL-SWITCH", None)).unwrap();
     store.insert_guard_lock(&lock("k2", "SIG-SYMBOL-PROBATION", Some("BTCUSDT"))).unwrap();

@@ -431,6 +431,9 @@ impl Exchange for SimExchange {
     fn estimated_now_ms(&self) -> Option<i64> {
         self.inner.estimated_now_ms()
     }
+    fn venue_pace(&self) -> bulwark::clock::VenuePace {
+        self.inner.venue_pace()
+    }
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.inner.server_time_ms().await
     }

@@ -203,27 +203,48 @@ async fn an_open_bulwark_order_the_database_does_not_know_is_a_violation() {
 #[tokio::test]
 async fn an_entry_committed_under_a_kill_switch_is_a_violation() {
     let run = Run::clean(105).await;
-    let (user, id, symbol, created_at_ms): (String, String, String, i64) = run
+    let (user, id, symbol, created_at_ms, candle_close_ms): (String, String, String, i64, i64) = run
         .tamper()
         .query_row(
-            "SELECT user_id, client_order_id, symbol, created_at_ms FROM intents
+            "SELECT user_id, client_order_id, symbol, created_at_ms, decision_candle_close_ms FROM intents
              WHERE purpose = 'entry' AND reduce_only = 0 ORDER BY created_at_ms DESC LIMIT 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .unwrap();
-    // A probation on another symbol does not cover it; one that expired before it does not either.
-    let insert = "INSERT INTO guard_locks (user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms)
-                  VALUES (?5, ?1, ?2, 'tampered', '{}', ?3, ?4)";
+    // A probation on another symbol does not cover it; one that expired (by the venue's clock: the
+    // candle decided on) before it does not either.
+    let insert = "INSERT INTO guard_locks (user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms,
+                      set_at_venue_ms, until_venue_ms)
+                  VALUES (?5, ?1, ?2, 'tampered', '{}', ?3, ?4, ?6, ?7)";
     let connection = run.tamper();
     connection
         .execute(
             insert,
-            rusqlite::params!["SIG-SYMBOL-PROBATION", "DOGEUSDT", created_at_ms - 1, created_at_ms + 1, user],
+            rusqlite::params![
+                "SIG-SYMBOL-PROBATION",
+                "DOGEUSDT",
+                created_at_ms - 1,
+                created_at_ms + 1,
+                user,
+                candle_close_ms - 1,
+                candle_close_ms + 1
+            ],
         )
         .unwrap();
     connection
-        .execute(insert, rusqlite::params!["SIG-KILL-SWITCH", None::<String>, created_at_ms - 10, created_at_ms, user])
+        .execute(
+            insert,
+            rusqlite::params![
+                "SIG-KILL-SWITCH",
+                None::<String>,
+                created_at_ms - 10,
+                created_at_ms,
+                user,
+                candle_close_ms - 10,
+                candle_close_ms
+            ],
+        )
         .unwrap();
     let (code, report) = run.verify().await;
     assert_eq!(code, 0, "{report:#}");
@@ -232,7 +253,15 @@ async fn an_entry_committed_under_a_kill_switch_is_a_violation() {
     connection
         .execute(
             insert,
-            rusqlite::params!["SIG-KILL-SWITCH", None::<String>, created_at_ms - 1, created_at_ms + 60_000, user],
+            rusqlite::params![
+                "SIG-KILL-SWITCH",
+                None::<String>,
+                created_at_ms - 1,
+                created_at_ms + 60_000,
+                user,
+                candle_close_ms - 1,
+                candle_close_ms + 60_000
+            ],
         )
         .unwrap();
     let verdict = run.assert_only_violated(NO_ENTRY_UNDER_LOCK).await;

@@ -73,6 +73,8 @@ pub struct TraderSeed {
     pub guards: Option<GuardSettings>,
     /// Every pass of a signal through the guards, live (bounded; never blocks).
     pub guards_tap: broadcast::Sender<GuardDecisionRecord>,
+    /// How fast the exchange's clock runs (`Exchange::venue_pace`): lock durations are venue time.
+    pub venue_pace: crate::clock::VenuePace,
 }
 
 impl std::fmt::Debug for TraderSeed {
@@ -130,7 +132,8 @@ impl std::fmt::Debug for Trader {
 
 impl Trader {
     pub fn new(seed: TraderSeed, incarnation: u32, supervisor: Recipient<TraderReport>) -> Self {
-        let mut core = TraderCore::new(seed.user.clone(), seed.slots.clone(), seed.limits);
+        let mut core =
+            TraderCore::new(seed.user.clone(), seed.slots.clone(), seed.limits).with_venue_pace(seed.venue_pace);
         if let Some(guards) = &seed.guards {
             core = core.with_guards(guards.clone());
         }

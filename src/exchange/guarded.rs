@@ -228,6 +228,10 @@ impl Exchange for BreakerExchange {
         self.inner.estimated_now_ms()
     }
 
+    fn venue_pace(&self) -> crate::clock::VenuePace {
+        self.inner.venue_pace()
+    }
+
     async fn probe_time_ms(&self) -> Result<crate::exchange::TimeProbe, ExchangeError> {
         self.guarded(Scope::Host("time"), "time", self.inner.probe_time_ms()).await
     }

@@ -160,6 +160,11 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     /// A short name for logs: `paper`, `binance`.
     fn venue(&self) -> &'static str;
 
+    /// How fast the exchange's clock runs against the wall clock (its candles' time base): what
+    /// turns a lock's venue duration into the wall time it ends at. Every venue says; there is no
+    /// default, so a new one cannot silently run its locks on the wrong clock.
+    fn venue_pace(&self) -> crate::clock::VenuePace;
+
     /// The exchange's current time in the time base of its candles.
     async fn server_time_ms(&self) -> Result<i64, ExchangeError>;
 

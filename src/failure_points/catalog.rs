@@ -190,7 +190,7 @@ mod rows {
             Signal,
             Critical,
             "equity drawdown reached the limit: every new entry of the user is blocked",
-            "equity (wallet + unrealized PnL) against its peak over the look-back; drawdown >= max_drawdown_pct (default 5 %) blocks entries for block_hours (default 12); equity that cannot be computed blocks (fails closed)",
+            "equity (wallet + unrealized PnL) against its peak over the look-back; drawdown >= max_drawdown_pct (default 5 %) blocks entries for block_hours (default 12) of venue time (the decided candle's clock: market time on the accelerated paper exchange); equity that cannot be computed blocks (fails closed)",
             Action(
                 "the lock clears itself at blocked_until; the Healer clears any lock found past it and reports how late it was",
             ),
@@ -208,7 +208,7 @@ mod rows {
             Signal,
             High,
             "outside the configured trading hours",
-            "the signal's time (UTC) against the user's trading-hours windows",
+            "the venue's time of day (UTC; the close of the candle decided on) against the user's trading-hours windows",
             Manual("entries wait for the next window"),
         ),
         point(
@@ -216,7 +216,7 @@ mod rows {
             Signal,
             Medium,
             "the net taker flow of large intervals runs against the signal",
-            "over intel_window (12) intervals of intelligence, the net taker flow (buy - sell) of the intervals whose notional is at least whale_volume_multiple (2) x the median, against the signal's side, as a share of their volume (whale_cvd_share_max 0.3); missing or stale intelligence allows and says so",
+            "over intel_window (12) intervals of intelligence, the net taker flow (buy - sell) of the intervals whose notional is at least whale_volume_multiple (2) x the median, against the signal's side, as a share of their volume (whale_cvd_share_max 0.3); missing intelligence, or intelligence whose newest interval closed more than intel_age_ms_max (15 min) of venue time before the decided candle, allows and says so",
             Manual("the signal is blocked; the next candle is judged afresh"),
         ),
         point(
@@ -224,7 +224,7 @@ mod rows {
             Signal,
             Medium,
             "taker buy/sell ratio runs against the signal",
-            "taker buy volume / taker sell volume over taker_window (6) intervals of intelligence: below taker_ratio_long_min (0.8) blocks a long, above taker_ratio_short_max (1.25) a short; missing or stale intelligence allows and says so",
+            "taker buy volume / taker sell volume over taker_window (6) intervals of intelligence: below taker_ratio_long_min (0.8) blocks a long, above taker_ratio_short_max (1.25) a short; missing intelligence, or intelligence whose newest interval closed more than intel_age_ms_max (15 min) of venue time before the decided candle, allows and says so",
             Manual("the signal is blocked; the next candle is judged afresh"),
         ),
         point(
@@ -248,7 +248,7 @@ mod rows {
             Signal,
             Medium,
             "a symbol lost too often for the user: it is on probation",
-            "closed trades per user and symbol: probation_losses (3) losing trades in a row, or one trade losing probation_loss_pct (3) %, puts the symbol on probation for probation_hours (6)",
+            "closed trades per user and symbol: probation_losses (3) losing trades in a row, or one trade losing probation_loss_pct (3) %, puts the symbol on probation for probation_hours (6) of venue time",
             Action("expires at its until time; the Healer clears any probation found past it"),
         ),
         point(

@@ -1515,6 +1515,8 @@ mod tests {
             values: json!({}),
             set_at_ms: 0,
             until_ms,
+            set_at_venue_ms: 0,
+            until_venue_ms: until_ms,
         }
     }
 

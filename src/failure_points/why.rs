@@ -144,13 +144,22 @@ pub fn explain(inputs: &WhyInputs) -> WhyAnswer {
         if lock.symbol.is_none() {
             stopped_entirely = true;
         }
+        // On an accelerated venue (paper) the lock runs on market time: both clocks are shown.
+        let (since, until) = if lock.venue_differs() {
+            (
+                format!("{} (venue time {})", rfc3339_ms(lock.set_at_ms), rfc3339_ms(lock.set_at_venue_ms)),
+                format!("{} (venue time {})", rfc3339_ms(lock.until_ms), rfc3339_ms(lock.until_venue_ms)),
+            )
+        } else {
+            (rfc3339_ms(lock.set_at_ms), rfc3339_ms(lock.until_ms))
+        };
         blocks.push(Block {
             failure_point: lock.failure_point.clone(),
             source: "lock".to_owned(),
             detail: format!("{scope} blocked: {}", lock.reason),
-            since: Some(rfc3339_ms(lock.set_at_ms)),
-            until: Some(rfc3339_ms(lock.until_ms)),
-            unblocks: format!("clears itself at {}", rfc3339_ms(lock.until_ms)),
+            since: Some(since),
+            unblocks: format!("clears itself at {until}"),
+            until: Some(until),
         });
     }
     if let Some((_, checks)) = &inputs.checks {
@@ -346,6 +355,8 @@ mod tests {
             values: serde_json::json!({}),
             set_at_ms: 1_000,
             until_ms: 10_000,
+            set_at_venue_ms: 1_000,
+            until_venue_ms: 10_000,
         };
         let answer = explain(&WhyInputs {
             user: "u2".into(),
@@ -361,9 +372,23 @@ mod tests {
             user: "u2".into(),
             now_ms: 10_000,
             trader_state: running(),
-            locks: vec![GuardLock { symbol: Some(Symbol::new("BTCUSDT").unwrap()), ..lock }],
+            locks: vec![GuardLock { symbol: Some(Symbol::new("BTCUSDT").unwrap()), ..lock.clone() }],
             ..WhyInputs::default()
         });
         assert_eq!(later.verdict, "trading");
+        // On an accelerated venue both clocks are named.
+        let paper = GuardLock { set_at_venue_ms: 86_400_000, until_venue_ms: 86_400_000 + 6 * 3_600_000, ..lock };
+        let answer = explain(&WhyInputs {
+            user: "u2".into(),
+            now_ms: 5_000,
+            trader_state: running(),
+            locks: vec![paper],
+            ..WhyInputs::default()
+        });
+        assert_eq!(
+            answer.blocks[0].until.as_deref(),
+            Some("1970-01-01T00:00:10.000Z (venue time 1970-01-02T06:00:00.000Z)")
+        );
+        assert!(answer.blocks[0].unblocks.contains("venue time"), "{:?}", answer.blocks[0]);
     }
 }

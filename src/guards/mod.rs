@@ -11,7 +11,7 @@
 //! | SIG-KILL-SWITCH | a kill switch holds, or equity (wallet + unrealized) fell `max_drawdown_pct` (5) % below its peak over `drawdown_lookback_hours` (24): a lock for `block_hours` (12) is set; equity that cannot be read blocks too (fails closed) |
 //! | SIG-SYMBOL-PROBATION | a probation holds on the symbol; set for `probation_hours` (6) after `probation_losses` (3) losing trades in a row on it, or one trade losing `probation_loss_pct` (3) % |
 //! | SIG-STRATEGY-OVERLAP | another strategy of the user holds, or is placing, a position on the same symbol |
-//! | SIG-GOLDEN-HOUR | the time is outside every `trading_hours_utc` window (`"HH:MM-HH:MM"`; none configured: always open) |
+//! | SIG-GOLDEN-HOUR | the venue's time (the decided candle's close) is outside every `trading_hours_utc` window (`"HH:MM-HH:MM"`; none configured: always open) |
 //! | SIG-REGIME | the standard deviation of the last `regime_candles` (20) log returns is below `regime_volatility_min_pct` (0) or above `regime_volatility_max_pct` (5) % |
 //! | SIG-FEE-AWARE | the expected move (average true range of `fee_atr_candles` (14), % of price) is below round-trip taker fees × `fee_multiple` (2) |
 //! | SIG-ALPHA-FLOOR | the signal's score is below `min_signal_score` (0.05) |
@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::clock::VenueMoment;
 use crate::domain::{Candle, Side, Symbol};
 use crate::failure_points::catalog::{
     FailurePointId, SIG_ALPHA_FLOOR, SIG_FEE_AWARE, SIG_GOLDEN_HOUR, SIG_KILL_SWITCH, SIG_LIQUIDATION_WALL,
@@ -100,7 +101,9 @@ impl HoursWindow {
     }
 }
 
-/// `[guards]`.
+/// `[guards]`. Every duration (`*_hours`, `intel_age_ms_max`) is venue time: a 6 h probation is 72
+/// five-minute candles whether the venue is Binance or the accelerated paper exchange
+/// (`clock::VenuePace` turns it into wall time for records and operators).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardSettings {
     pub max_drawdown_pct: f64,
@@ -202,7 +205,9 @@ pub struct EquityView {
 /// Everything the guards look at for one signal.
 #[derive(Debug, Clone)]
 pub struct SignalContext<'a> {
-    pub now_ms: i64,
+    /// The decision's moment: `venue_ms` is the close of the candle decided on (locks, trading
+    /// hours and intelligence age are judged by it), `wall_ms` when the decision was made.
+    pub now: VenueMoment,
     /// The slot's closed candles, oldest first.
     pub candles: &'a [Candle],
     /// `Err`: why equity could not be computed (the kill switch then blocks).
@@ -238,7 +243,9 @@ pub struct NewLock {
     pub symbol: Option<Symbol>,
     pub reason: String,
     pub values: Value,
+    /// When it ends, on the wall clock and on the venue's (see `failure_points::locks`).
     pub until_ms: i64,
+    pub until_venue_ms: i64,
 }
 
 /// What one guard decided.
@@ -303,11 +310,11 @@ pub fn evaluate(signal: &EntrySignal, context: &SignalContext<'_>, settings: &Gu
 /// With `[guards] enabled = false`: only the risk locks already set (kill switches, probations)
 /// are judged. Turning the guards off stops new locks from being set; it never lifts one that
 /// holds: a lock ends only at its expiry or by the audited admin clear.
-pub fn evaluate_locks(signal: &EntrySignal, locks: &[GuardLock], now_ms: i64) -> GuardOutcome {
+pub fn evaluate_locks(signal: &EntrySignal, locks: &[GuardLock], candle_close_ms: i64) -> GuardOutcome {
     let mut steps = Vec::new();
     for (guard, holding) in [
-        (SIG_KILL_SWITCH, holding_kill_switch(locks, now_ms)),
-        (SIG_SYMBOL_PROBATION, holding_probation(signal, locks, now_ms)),
+        (SIG_KILL_SWITCH, holding_kill_switch(locks, candle_close_ms)),
+        (SIG_SYMBOL_PROBATION, holding_probation(signal, locks, candle_close_ms)),
     ] {
         match holding {
             None => steps.push(GuardStep { guard, allowed: true, values: json!({ "lock": null }) }),
@@ -352,39 +359,43 @@ fn round(value: f64, places: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-/// The kill switch lock holding at `now_ms` (the one lasting longest), as a block.
-fn holding_kill_switch(locks: &[GuardLock], now_ms: i64) -> Option<GuardBlock> {
+/// The kill switch lock holding on the candle closing at venue time `candle_close_ms` (the one
+/// lasting longest), as a block.
+fn holding_kill_switch(locks: &[GuardLock], candle_close_ms: i64) -> Option<GuardBlock> {
     let lock = locks
         .iter()
-        .filter(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && l.symbol.is_none() && l.holds_at(now_ms))
-        .max_by_key(|l| l.until_ms)?;
+        .filter(|l| {
+            l.failure_point == SIG_KILL_SWITCH.as_str() && l.symbol.is_none() && l.holds_at_venue(candle_close_ms)
+        })
+        .max_by_key(|l| l.until_venue_ms)?;
     Some(GuardBlock {
         failure_point: SIG_KILL_SWITCH,
         reason: format!("kill switch holds: {}", lock.reason),
-        values: json!({ "lock_id": lock.id, "blocked_until_ms": lock.until_ms }),
+        values: json!({ "lock_id": lock.id, "blocked_until_ms": lock.until_ms, "blocked_until_venue_ms": lock.until_venue_ms }),
         until_ms: Some(lock.until_ms),
         new_lock: None,
     })
 }
 
-/// The probation holding on the signal's symbol at `now_ms` (the one lasting longest), as a block.
-fn holding_probation(signal: &EntrySignal, locks: &[GuardLock], now_ms: i64) -> Option<GuardBlock> {
+/// The probation holding on the signal's symbol on the candle closing at venue time
+/// `candle_close_ms` (the one lasting longest), as a block.
+fn holding_probation(signal: &EntrySignal, locks: &[GuardLock], candle_close_ms: i64) -> Option<GuardBlock> {
     let lock = locks
         .iter()
-        .filter(|l| l.failure_point == SIG_SYMBOL_PROBATION.as_str() && l.holds_at(now_ms))
+        .filter(|l| l.failure_point == SIG_SYMBOL_PROBATION.as_str() && l.holds_at_venue(candle_close_ms))
         .filter(|l| l.symbol.as_ref() == Some(&signal.symbol))
-        .max_by_key(|l| l.until_ms)?;
+        .max_by_key(|l| l.until_venue_ms)?;
     Some(GuardBlock {
         failure_point: SIG_SYMBOL_PROBATION,
         reason: format!("{} is on probation: {}", signal.symbol, lock.reason),
-        values: json!({ "lock_id": lock.id, "until_ms": lock.until_ms }),
+        values: json!({ "lock_id": lock.id, "until_ms": lock.until_ms, "until_venue_ms": lock.until_venue_ms }),
         until_ms: Some(lock.until_ms),
         new_lock: None,
     })
 }
 
 fn kill_switch(context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict {
-    if let Some(block) = holding_kill_switch(context.locks, context.now_ms) {
+    if let Some(block) = holding_kill_switch(context.locks, context.now.venue_ms) {
         return Err(block);
     }
     let equity = match &context.equity {
@@ -397,7 +408,7 @@ fn kill_switch(context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict
             );
         }
     };
-    match drawdown(&equity, context.now_ms, settings) {
+    match drawdown(&equity, context.now, settings) {
         Ok(values) => Ok(values),
         Err(new_lock) => Err(GuardBlock {
             failure_point: SIG_KILL_SWITCH,
@@ -412,7 +423,8 @@ fn kill_switch(context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict
 /// The kill switch's arithmetic: the deciding values, or the lock to set when equity is
 /// `max_drawdown_pct` or more below its peak. The trader runs it on every account sync (so the
 /// switch trips while a position is open, not only on the next entry) and the guard on every entry.
-pub fn drawdown(equity: &EquityView, now_ms: i64, settings: &GuardSettings) -> Result<Value, Box<NewLock>> {
+/// The lock lasts `block_hours` of venue time from `now`.
+pub fn drawdown(equity: &EquityView, now: VenueMoment, settings: &GuardSettings) -> Result<Value, Box<NewLock>> {
     let drawdown_pct =
         if equity.peak_usdt > 0.0 { (equity.peak_usdt - equity.current_usdt) / equity.peak_usdt * 100.0 } else { 0.0 };
     let values = json!({
@@ -422,6 +434,7 @@ pub fn drawdown(equity: &EquityView, now_ms: i64, settings: &GuardSettings) -> R
         "max_drawdown_pct": settings.max_drawdown_pct,
     });
     if drawdown_pct >= settings.max_drawdown_pct {
+        let (until_ms, until_venue_ms) = now.after(hours_ms(settings.block_hours));
         let reason = format!(
             "equity {:.2} USDT is {:.2} % below its peak {:.2} (max_drawdown_pct {}); entries blocked for {} h",
             equity.current_usdt, drawdown_pct, equity.peak_usdt, settings.max_drawdown_pct, settings.block_hours
@@ -431,14 +444,15 @@ pub fn drawdown(equity: &EquityView, now_ms: i64, settings: &GuardSettings) -> R
             symbol: None,
             reason,
             values,
-            until_ms: now_ms + hours_ms(settings.block_hours),
+            until_ms,
+            until_venue_ms,
         }));
     }
     Ok(values)
 }
 
 fn probation(signal: &EntrySignal, context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict {
-    if let Some(block) = holding_probation(signal, context.locks, context.now_ms) {
+    if let Some(block) = holding_probation(signal, context.locks, context.now.venue_ms) {
         return Err(block);
     }
     let values = json!({
@@ -449,7 +463,7 @@ fn probation(signal: &EntrySignal, context: &SignalContext<'_>, settings: &Guard
     });
     let big_loss = context.last_trade_pct.is_some_and(|pct| -pct >= settings.probation_loss_pct);
     if context.loss_streak >= settings.probation_losses || big_loss {
-        let until_ms = context.now_ms + hours_ms(settings.probation_hours);
+        let (until_ms, until_venue_ms) = context.now.after(hours_ms(settings.probation_hours));
         let reason = if big_loss {
             format!(
                 "the last trade on {} lost {:.2} % (probation_loss_pct {}); on probation for {} h",
@@ -475,6 +489,7 @@ fn probation(signal: &EntrySignal, context: &SignalContext<'_>, settings: &Guard
                 reason,
                 values,
                 until_ms,
+                until_venue_ms,
             })),
         });
     }
@@ -503,15 +518,18 @@ fn golden_hour(context: &SignalContext<'_>, settings: &GuardSettings) -> Verdict
     if settings.trading_hours_utc.is_empty() {
         return Ok(json!({ "trading_hours_utc": "always" }));
     }
+    // The venue's time of day: on the accelerated paper exchange, the candles' (market) time.
     let day_ms = 86_400_000;
-    let minute = (context.now_ms.rem_euclid(day_ms) / 60_000) as u32;
+    let venue_ms = context.now.venue_ms;
+    let minute = (venue_ms.rem_euclid(day_ms) / 60_000) as u32;
     if settings.trading_hours_utc.iter().any(|w| w.contains(minute)) {
         return Ok(json!({ "minute_of_day_utc": minute }));
     }
     // The next window start after now.
     let wait_minutes =
         settings.trading_hours_utc.iter().map(|w| (w.start_minute + 1_440 - minute) % 1_440).min().unwrap_or(0);
-    let until_ms = (context.now_ms / 60_000 + i64::from(wait_minutes)) * 60_000;
+    let until_venue_ms = (venue_ms.div_euclid(60_000) + i64::from(wait_minutes)) * 60_000;
+    let (until_ms, _) = context.now.after(until_venue_ms - venue_ms);
     Err(GuardBlock {
         failure_point: SIG_GOLDEN_HOUR,
         reason: format!("{:02}:{:02} UTC is outside the trading hours", minute / 60, minute % 60),
@@ -660,15 +678,21 @@ fn power_ranking(signal: &EntrySignal, context: &SignalContext<'_>, settings: &G
     }
 }
 
-/// Fresh intelligence for this signal, or why there is none.
+/// Fresh intelligence for this signal, or why there is none. Its age is venue time: from the close
+/// of its newest interval to the close of the candle decided on (not when it was fetched, which
+/// depends on how long requests took).
 fn fresh_intelligence<'a>(context: &SignalContext<'a>, settings: &GuardSettings) -> Result<&'a IntelSnapshot, Value> {
-    match context.intelligence {
-        None => Err(json!({ "intelligence": "unavailable" })),
-        Some(intel) if context.now_ms - intel.fetched_at_ms > settings.intel_age_ms_max => {
-            Err(json!({ "intelligence": "stale", "age_ms": context.now_ms - intel.fetched_at_ms }))
-        }
-        Some(intel) => Ok(intel),
+    let Some(intel) = context.intelligence else {
+        return Err(json!({ "intelligence": "unavailable" }));
+    };
+    let Some(newest) = intel.intervals.last() else {
+        return Err(json!({ "intelligence": "empty" }));
+    };
+    let age_ms = context.now.venue_ms - (newest.time_ms + intel.timeframe.duration_ms());
+    if age_ms > settings.intel_age_ms_max {
+        return Err(json!({ "intelligence": "stale", "age_ms": age_ms }));
     }
+    Ok(intel)
 }
 
 fn direction(side: Side) -> f64 {

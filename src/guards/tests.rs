@@ -44,7 +44,7 @@ struct Fixture {
     others: Vec<OtherSlot>,
     universe: BTreeMap<Symbol, Arc<[Candle]>>,
     intelligence: Option<IntelSnapshot>,
-    now_ms: i64,
+    now: VenueMoment,
 }
 
 impl Fixture {
@@ -58,13 +58,13 @@ impl Fixture {
             others: Vec::new(),
             universe: BTreeMap::new(),
             intelligence: None,
-            now_ms: NOW_MS,
+            now: VenueMoment::wall(NOW_MS),
         }
     }
 
     fn context(&self) -> SignalContext<'_> {
         SignalContext {
-            now_ms: self.now_ms,
+            now: self.now,
             candles: &self.candles,
             equity: self.equity.clone(),
             locks: &self.locks,
@@ -101,6 +101,8 @@ fn lock(failure_point: FailurePointId, symbol_name: Option<&str>, until_ms: i64)
         values: json!({}),
         set_at_ms: NOW_MS - 1_000,
         until_ms,
+        set_at_venue_ms: NOW_MS - 1_000,
+        until_venue_ms: until_ms,
     }
 }
 
@@ -208,7 +210,7 @@ fn golden_hour_blocks_outside_the_windows_until_the_next_one_opens() {
     let block = blocked(fixture.run(SIG_GOLDEN_HOUR, &signal(Side::Buy), &settings), SIG_GOLDEN_HOUR);
     // Next 08:00 UTC is 9 h 47 min later.
     assert_eq!(block.until_ms, Some((NOW_MS / 60_000 + 9 * 60 + 47) * 60_000));
-    fixture.now_ms = NOW_MS + (9 * 60 + 47) * 60_000;
+    fixture.now = VenueMoment::wall(NOW_MS + (9 * 60 + 47) * 60_000);
     assert!(fixture.run(SIG_GOLDEN_HOUR, &signal(Side::Buy), &settings).is_ok());
     assert!(HoursWindow::parse("25:00-01:00").is_err());
     assert!(HoursWindow::parse("10:00-10:00").is_err());
@@ -279,16 +281,20 @@ fn power_ranking_keeps_only_the_top_k_of_a_larger_universe() {
     assert!(fixture.run(SIG_POWER_RANKING, &signal(Side::Buy), &settings).is_ok());
 }
 
-fn intel(flows: &[(f64, f64)], fetched_at_ms: i64) -> IntelSnapshot {
+/// Intelligence whose newest (5-minute) interval closes at `newest_close_ms`.
+fn intel(flows: &[(f64, f64)], newest_close_ms: i64) -> IntelSnapshot {
+    let interval_ms = Timeframe::M5.duration_ms();
+    let first_open_ms = newest_close_ms - interval_ms * flows.len() as i64;
     IntelSnapshot {
         symbol: symbol("BTCUSDT"),
         timeframe: Timeframe::M5,
         source: "derived",
-        fetched_at_ms,
+        fetched_at_ms: newest_close_ms,
         intervals: flows
             .iter()
-            .map(|&(buy, sell)| IntelInterval {
-                time_ms: 0,
+            .enumerate()
+            .map(|(index, &(buy, sell))| IntelInterval {
+                time_ms: first_open_ms + index as i64 * interval_ms,
                 taker_buy_usd: buy,
                 taker_sell_usd: sell,
                 long_liquidation_usd: 0.0,
@@ -314,8 +320,49 @@ fn whale_cvd_blocks_against_large_flow_and_allows_without_fresh_data() {
     let block = blocked(fixture.run(SIG_WHALE_CVD, &signal(Side::Buy), &settings), SIG_WHALE_CVD);
     assert!(block.reason.contains("against the long"), "{}", block.reason);
     assert!(fixture.run(SIG_WHALE_CVD, &signal(Side::Sell), &settings).is_ok(), "with the short");
-    fixture.intelligence = Some(intel(&flows, NOW_MS - settings.intel_age_ms_max - 1));
+    // Its age is venue time from its newest interval's close to the decided candle's close, however
+    // recently it was fetched.
+    let mut old = intel(&flows, NOW_MS - settings.intel_age_ms_max);
+    fixture.intelligence = Some(old.clone());
+    assert!(fixture.run(SIG_WHALE_CVD, &signal(Side::Buy), &settings).is_err(), "exactly the age limit: fresh");
+    old = intel(&flows, NOW_MS - settings.intel_age_ms_max - 1);
+    old.fetched_at_ms = NOW_MS;
+    fixture.intelligence = Some(old);
     assert_eq!(fixture.run(SIG_WHALE_CVD, &signal(Side::Buy), &settings).unwrap()["intelligence"], "stale");
+}
+
+#[test]
+fn locks_and_trading_hours_run_on_the_venues_clock() {
+    let settings = GuardSettings { probation_losses: 1, ..GuardSettings::default() };
+    // The accelerated paper exchange: one 5-minute candle per wall second; its market time is
+    // 10 days ahead of the wall clock.
+    let pace = crate::clock::VenuePace::new(300_000, 1_000);
+    let venue_ms = NOW_MS + 10 * 86_400_000;
+    let mut fixture = Fixture::new();
+    fixture.now = VenueMoment { wall_ms: NOW_MS, venue_ms, pace };
+    fixture.loss_streak = 1;
+    let block = blocked(fixture.run(SIG_SYMBOL_PROBATION, &signal(Side::Buy), &settings), SIG_SYMBOL_PROBATION);
+    let new_lock = *block.new_lock.unwrap();
+    // 6 h of market time: 72 candles, 72 wall seconds.
+    assert_eq!((new_lock.until_ms, new_lock.until_venue_ms), (NOW_MS + 72_000, venue_ms + 6 * 3_600_000));
+    assert_eq!(block.until_ms, Some(NOW_MS + 72_000));
+    // A stored lock holds by the venue's clock, whatever the wall clock says.
+    fixture.loss_streak = 0;
+    let mut stored = lock(SIG_SYMBOL_PROBATION, Some("BTCUSDT"), NOW_MS - 1);
+    stored.until_venue_ms = venue_ms + 1;
+    fixture.locks = vec![stored.clone()];
+    blocked(fixture.run(SIG_SYMBOL_PROBATION, &signal(Side::Buy), &settings), SIG_SYMBOL_PROBATION);
+    stored.until_ms = NOW_MS + 3_600_000;
+    stored.until_venue_ms = venue_ms;
+    fixture.locks = vec![stored];
+    assert!(fixture.run(SIG_SYMBOL_PROBATION, &signal(Side::Buy), &settings).is_ok());
+    // Trading hours are the venue's time of day (2023-11-24 22:13:20 there): the block lasts until
+    // 08:00 there, 9 h 47 min of market time, 117.4 wall seconds.
+    let hours = GuardSettings { trading_hours_utc: vec![HoursWindow::parse("08:00-12:00").unwrap()], ..settings };
+    let block = blocked(fixture.run(SIG_GOLDEN_HOUR, &signal(Side::Buy), &hours), SIG_GOLDEN_HOUR);
+    assert!(block.reason.starts_with("22:13 UTC"), "{}", block.reason);
+    let wait_venue_ms = (venue_ms / 60_000 + 9 * 60 + 47) * 60_000 - venue_ms;
+    assert_eq!(block.until_ms, Some(NOW_MS + pace.wall_ms_for(wait_venue_ms)));
 }
 
 #[test]

@@ -305,6 +305,12 @@ const MIGRATIONS: &[M<'static>] = &[
         "ALTER TABLE decisions ADD COLUMN cause TEXT;
          CREATE INDEX decisions_by_cause ON decisions (cause, decided_at_ms) WHERE cause IS NOT NULL;",
     ),
+    // A lock's venue-clock window (`failure_points::locks`): rows from before it read as the wall
+    // window.
+    M::up(
+        "ALTER TABLE guard_locks ADD COLUMN set_at_venue_ms INTEGER;
+         ALTER TABLE guard_locks ADD COLUMN until_venue_ms INTEGER;",
+    ),
 ];
 
 /// Positions whose newest sync the recorded fills do not add up to (see
@@ -1051,8 +1057,9 @@ impl Store {
     pub fn insert_guard_lock(&mut self, lock: &GuardLock) -> Result<i64, StoreError> {
         self.connection
             .prepare_cached(
-                "INSERT INTO guard_locks (user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO guard_locks (user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms,
+                 set_at_venue_ms, until_venue_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 lock.user.as_str(),
@@ -1061,7 +1068,9 @@ impl Store {
                 lock.reason,
                 lock.values.to_string(),
                 lock.set_at_ms,
-                lock.until_ms
+                lock.until_ms,
+                lock.set_at_venue_ms,
+                lock.until_venue_ms
             ])?;
         Ok(self.connection.last_insert_rowid())
     }
@@ -1084,7 +1093,8 @@ impl Store {
         uncleared_only: bool,
     ) -> Result<Vec<(GuardLock, Option<i64>)>, StoreError> {
         let mut statement = self.connection.prepare_cached(
-            "SELECT id, user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms, cleared_at_ms
+            "SELECT id, user_id, failure_point, symbol, reason, values_json, set_at_ms, until_ms, cleared_at_ms,
+                    COALESCE(set_at_venue_ms, set_at_ms), COALESCE(until_venue_ms, until_ms)
              FROM guard_locks
              WHERE (?2 = 0 OR cleared_at_ms IS NULL) AND (?1 IS NULL OR user_id = ?1) ORDER BY id",
         )?;
@@ -1099,12 +1109,26 @@ impl Store {
                 row.get::<_, i64>(6)?,
                 row.get::<_, i64>(7)?,
                 row.get::<_, Option<i64>>(8)?,
+                row.get::<_, i64>(9)?,
+                row.get::<_, i64>(10)?,
             ))
         })?;
         let corrupt = |detail: String| StoreError::Corrupt { table: "guard_locks".into(), detail };
         let mut locks = Vec::new();
         for row in rows {
-            let (id, user, failure_point, symbol, reason, values, set_at_ms, until_ms, cleared_at_ms) = row?;
+            let (
+                id,
+                user,
+                failure_point,
+                symbol,
+                reason,
+                values,
+                set_at_ms,
+                until_ms,
+                cleared_at_ms,
+                set_at_venue_ms,
+                until_venue_ms,
+            ) = row?;
             let lock = GuardLock {
                 id,
                 user: UserId::new(&user).map_err(|e| corrupt(format!("row {id}: {e}")))?,
@@ -1114,6 +1138,8 @@ impl Store {
                 values: serde_json::from_str(&values).map_err(|e| corrupt(format!("row {id}: {e}")))?,
                 set_at_ms,
                 until_ms,
+                set_at_venue_ms,
+                until_venue_ms,
             };
             locks.push((lock, cleared_at_ms));
         }

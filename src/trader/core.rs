@@ -24,6 +24,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
+use crate::clock::{VenueMoment, VenuePace};
 use crate::domain::{
     Candle, ClientOrderId, IntentPurpose, OrderIntent, OrderState, OrderType, Position, PositionSide, Side, Symbol,
     SymbolRules, Timeframe, UserId, decimal_from_f64, validate_candles,
@@ -260,6 +261,9 @@ pub struct TraderCore {
     halted: Option<String>,
     /// The signal guards; `None` when `[guards] enabled = false` (only the risk gate applies).
     guards: Option<GuardSettings>,
+    /// How fast the venue's clock runs (set once by the trader actor, from the exchange): the
+    /// guards' venue durations become wall times with it.
+    venue_pace: VenuePace,
     /// Equity samples for the kill switch (written on every sync).
     equity: EquityTracker,
     /// Why the newest sync could not read equity (`None`: it could).
@@ -303,9 +307,10 @@ impl TraderCore {
             iteration: 0,
             halted: None,
             guards: None,
+            venue_pace: VenuePace::WALL,
             // Tracked even with the guards off, so that turning them on again (a reload) finds the
             // peaks the memory kept.
-            equity: EquityTracker::new((GuardSettings::default().drawdown_lookback_hours * 3_600_000.0) as i64),
+            equity: EquityTracker::new(equity_lookback_ms(&GuardSettings::default(), VenuePace::WALL)),
             equity_error: Some("no account sync yet".to_owned()),
             locks: Vec::new(),
             universe: BTreeMap::new(),
@@ -316,9 +321,22 @@ impl TraderCore {
 
     /// Turns the signal guards on (the server always does unless `[guards] enabled = false`).
     pub fn with_guards(mut self, settings: GuardSettings) -> Self {
-        self.equity = EquityTracker::new((settings.drawdown_lookback_hours * 3_600_000.0) as i64);
+        self.equity = EquityTracker::new(equity_lookback_ms(&settings, self.venue_pace));
         self.guards = Some(settings);
         self
+    }
+
+    /// The venue's pace (before [`TraderCore::with_guards`]); Binance's is the wall clock's.
+    pub fn with_venue_pace(mut self, pace: VenuePace) -> Self {
+        self.venue_pace = pace;
+        let settings = self.guards.clone().unwrap_or_default();
+        self.equity = EquityTracker::new(equity_lookback_ms(&settings, pace));
+        self
+    }
+
+    /// A decision's moment: now on the wall clock, and the close of the candle decided on.
+    fn moment(&self, now_ms: i64, candle_close_ms: i64) -> VenueMoment {
+        VenueMoment { wall_ms: now_ms, venue_ms: candle_close_ms, pace: self.venue_pace }
     }
 
     /// The user's uncleared locks, as stored (at start-up).
@@ -340,23 +358,24 @@ impl TraderCore {
     }
 
     /// Equity as the kill switch sees it, or why it cannot be computed. A kill switch that has run
-    /// out served its drawdown: the peak is measured from its expiry on.
-    fn equity_view(&self, now_ms: i64) -> Result<guards::EquityView, String> {
+    /// out (by the venue's clock) served its drawdown: the peak is measured from its expiry on
+    /// (equity samples are wall-clock readings).
+    fn equity_view(&self, now: VenueMoment) -> Result<guards::EquityView, String> {
         if let Some(why) = &self.equity_error {
             return Err(why.clone());
         }
         let since_ms = self
             .locks
             .iter()
-            .filter(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && !l.holds_at(now_ms))
+            .filter(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && !l.holds_at_venue(now.venue_ms))
             .map(|l| l.until_ms)
             .max()
             .unwrap_or(i64::MIN);
-        self.equity.view_since(now_ms, since_ms).ok_or_else(|| "no equity sample yet".to_owned())
+        self.equity.view_since(now.wall_ms, since_ms).ok_or_else(|| "no equity sample yet".to_owned())
     }
 
     /// Stores a lock a guard set, in memory now and (through the command) in the database.
-    fn set_lock(&mut self, new_lock: guards::NewLock, now_ms: i64) -> TraderCommand {
+    fn set_lock(&mut self, new_lock: guards::NewLock, now: VenueMoment) -> TraderCommand {
         let lock = GuardLock {
             id: 0,
             user: self.user.clone(),
@@ -364,16 +383,13 @@ impl TraderCore {
             symbol: new_lock.symbol,
             reason: new_lock.reason,
             values: new_lock.values,
-            set_at_ms: now_ms,
+            set_at_ms: now.wall_ms,
             until_ms: new_lock.until_ms,
+            set_at_venue_ms: now.venue_ms,
+            until_venue_ms: new_lock.until_venue_ms,
         };
         self.locks.push(lock.clone());
         TraderCommand::SetLock(lock)
-    }
-
-    /// Locks that hold at `now_ms`.
-    pub fn holding_locks(&self, now_ms: i64) -> Vec<&GuardLock> {
-        self.locks.iter().filter(|lock| lock.holds_at(now_ms)).collect()
     }
 
     /// The risk locks' inputs now (what must outlive this incarnation).
@@ -578,13 +594,14 @@ impl TraderCore {
         }
         // The kill switch trips on the sync that sees the drawdown, position open or not (an entry
         // signal is not needed for it to start counting).
+        let now = self.moment(now_ms, candle_close_ms);
         let kill_switch_holds =
-            self.locks.iter().any(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && l.holds_at(now_ms));
+            self.locks.iter().any(|l| l.failure_point == SIG_KILL_SWITCH.as_str() && l.holds_at_venue(now.venue_ms));
         if let (Some(settings), false) = (&self.guards, kill_switch_holds)
-            && let Ok(view) = self.equity_view(now_ms)
-            && let Err(new_lock) = guards::drawdown(&view, now_ms, settings)
+            && let Ok(view) = self.equity_view(now)
+            && let Err(new_lock) = guards::drawdown(&view, now, settings)
         {
-            let command = self.set_lock(*new_lock, now_ms);
+            let command = self.set_lock(*new_lock, now);
             commands.push(command);
         }
         let slot = &mut self.slots[slot_index];
@@ -752,12 +769,13 @@ impl TraderCore {
                     side,
                     score: signal.score,
                 };
+                let now = self.moment(now_ms, candle_close_ms);
                 let outcome = match &self.guards {
-                    Some(settings) => self.run_guards(slot_index, &entry, &candles, settings, now_ms),
+                    Some(settings) => self.run_guards(slot_index, &entry, &candles, settings, now),
                     // The guards are off: no new lock is set, but the locks already set still hold.
-                    None => guards::evaluate_locks(&entry, &self.locks, now_ms),
+                    None => guards::evaluate_locks(&entry, &self.locks, candle_close_ms),
                 };
-                let guards_passed = match self.judge_guards(slot_index, outcome, now_ms, &mut commands) {
+                let guards_passed = match self.judge_guards(slot_index, outcome, now, &mut commands) {
                     Ok(passed) => passed,
                     Err(reason) => {
                         commands.push(decision("blocked", reason, None));
@@ -798,7 +816,7 @@ impl TraderCore {
         entry: &EntrySignal,
         candles: &[Candle],
         settings: &GuardSettings,
-        now_ms: i64,
+        now: VenueMoment,
     ) -> guards::GuardOutcome {
         let spec = &self.slots[slot_index].spec;
         let others: Vec<OtherSlot> = self
@@ -822,9 +840,9 @@ impl TraderCore {
             .map(|((symbol, _), candles)| (symbol.clone(), candles.clone()))
             .collect();
         let context = SignalContext {
-            now_ms,
+            now,
             candles,
-            equity: self.equity_view(now_ms),
+            equity: self.equity_view(now),
             locks: &self.locks,
             loss_streak: slot.loss_streak,
             last_trade_pct: slot.last_trade_pct,
@@ -841,7 +859,7 @@ impl TraderCore {
         &mut self,
         slot_index: usize,
         outcome: guards::GuardOutcome,
-        now_ms: i64,
+        now: VenueMoment,
         commands: &mut Vec<TraderCommand>,
     ) -> Result<GuardsPassed, String> {
         let spec = &self.slots[slot_index].spec;
@@ -850,7 +868,7 @@ impl TraderCore {
             user: self.user.clone(),
             symbol: spec.symbol.clone(),
             strategy: spec.strategy.name().to_owned(),
-            decided_at_ms: now_ms,
+            decided_at_ms: now.wall_ms,
             verdict: if block.is_some() { "block" } else { "allow" }.to_owned(),
             failure_point: block.as_ref().map(|b| b.failure_point.as_str().to_owned()),
             reason: block.as_ref().map_or_else(|| "every guard allowed".to_owned(), |b| b.reason.clone()),
@@ -868,7 +886,7 @@ impl TraderCore {
                 slot.loss_streak = 0;
                 slot.last_trade_pct = None;
             }
-            let command = self.set_lock(*new_lock, now_ms);
+            let command = self.set_lock(*new_lock, now);
             commands.push(command);
             self.save_risk_memory_if_changed(commands);
         }
@@ -1101,6 +1119,12 @@ impl TraderCore {
             .map(|p| (p.quantity * p.mark_price).abs().to_f64().unwrap_or(0.0))
             .sum()
     }
+}
+
+/// The kill switch's look-back on the wall clock (equity samples are wall-clock readings):
+/// `drawdown_lookback_hours` of venue time at the venue's pace.
+fn equity_lookback_ms(settings: &GuardSettings, pace: VenuePace) -> i64 {
+    pace.wall_ms_for((settings.drawdown_lookback_hours * 3_600_000.0) as i64)
 }
 
 #[cfg(test)]

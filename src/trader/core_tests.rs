@@ -640,14 +640,16 @@ impl Clocked {
         restarted
     }
 
-    /// One iteration at `now_ms` with the scripted signal, the position and the account equity.
+    /// One iteration at `now_ms` with the scripted signal, the position and the account equity. Its
+    /// candle closes at `now_ms` (or one candle after the previous one, if that is later): locks
+    /// are judged by the venue's clock, the close of the candle decided on.
     fn decide(&mut self, action: SignalAction, quantity: &str, equity: f64) -> Vec<TraderCommand> {
         self.decide_at_mark(action, quantity, "1.2", equity)
     }
 
     /// The same, with the exchange's mark price (the entry price is 1.2).
     fn decide_at_mark(&mut self, action: SignalAction, quantity: &str, mark: &str, equity: f64) -> Vec<TraderCommand> {
-        self.h.candle_open_ms += 300_000;
+        self.h.candle_open_ms = (self.h.candle_open_ms + 300_000).max(self.now_ms - 299_999);
         let candles = Ok(window(self.h.candle_open_ms, 40));
         let commands = self
             .h
@@ -825,6 +827,8 @@ fn the_kill_switch_fails_closed_when_equity_cannot_be_read_and_a_restored_lock_h
         values: serde_json::json!({}),
         set_at_ms: NOW_MS - 1_000,
         until_ms: NOW_MS + 60_000,
+        set_at_venue_ms: NOW_MS - 1_000,
+        until_venue_ms: NOW_MS + 60_000,
     }]);
     assert!(placed(&restarted.decide(SignalAction::Long, "0", 10_000.0)).is_empty());
     restarted.now_ms += 60_000;
@@ -861,6 +865,36 @@ fn three_losing_trades_in_a_row_put_the_symbol_on_probation() {
     assert!(locks_set(&commands).is_empty());
 }
 
+#[test]
+fn on_an_accelerated_venue_a_probation_lasts_its_hours_of_market_time() {
+    // The paper exchange at one 5-minute candle per wall second: 6 h of market time are 72 candles
+    // and 72 wall seconds, not 6 wall hours.
+    let settings = GuardSettings { probation_losses: 1, ..kill_switch_settings() };
+    let mut clock = Clocked::with(settings);
+    let limits = clock.h.core.limits;
+    clock.h.core = std::mem::replace(&mut clock.h.core, TraderCore::new(user(), Vec::new(), limits))
+        .with_venue_pace(VenuePace::new(300_000, 1_000));
+    clock.decide(SignalAction::Long, "0", 10_000.0);
+    clock.now_ms += 1_000;
+    clock.decide(SignalAction::Flat, "100", 10_000.0);
+    clock.now_ms += 1_000;
+    clock.decide_at_mark(SignalAction::Flat, "0", "1.19", 10_000.0);
+    clock.now_ms += 1_000;
+    let commands = clock.decide(SignalAction::Long, "0", 10_000.0);
+    let lock = locks_set(&commands)[0].clone();
+    assert_eq!(lock.failure_point, "SIG-SYMBOL-PROBATION");
+    assert_eq!(lock.until_ms, clock.now_ms + 72_000);
+    assert_eq!(lock.set_at_venue_ms, clock.h.candle_open_ms + 299_999);
+    assert_eq!(lock.until_venue_ms, lock.set_at_venue_ms + 6 * 3_600_000);
+    // 71 more candles, one wall second each: blocked. The 72nd trades again.
+    for candle in 1..72 {
+        clock.now_ms += 1_000;
+        assert!(placed(&clock.decide(SignalAction::Long, "0", 10_000.0)).is_empty(), "candle {candle}");
+    }
+    clock.now_ms += 1_000;
+    assert_eq!(placed(&clock.decide(SignalAction::Long, "0", 10_000.0)).len(), 1);
+}
+
 fn stored_lock(id: i64, failure_point: &str, symbol: Option<Symbol>, until_ms: i64) -> GuardLock {
     GuardLock {
         id,
@@ -871,6 +905,8 @@ fn stored_lock(id: i64, failure_point: &str, symbol: Option<Symbol>, until_ms: i
         values: serde_json::json!({}),
         set_at_ms: NOW_MS - 1_000,
         until_ms,
+        set_at_venue_ms: NOW_MS - 1_000,
+        until_venue_ms: until_ms,
     }
 }
 
@@ -893,7 +929,8 @@ fn with_the_guards_off_a_lock_already_set_still_blocks_entries_until_it_expires(
     let commands = clock.decide(SignalAction::Exit, "100", 10_000.0);
     assert_eq!(placed(&commands).len(), 1, "{commands:?}");
     // A probation on another symbol does not block this one; a kill switch blocks every symbol.
-    let kill_until = NOW_MS + 120_000;
+    // (Each decision is one candle later: an hour leaves room for them.)
+    let kill_until = NOW_MS + 3_600_000;
     clock.h.core.restore_locks(vec![
         stored_lock(8, "SIG-SYMBOL-PROBATION", Some(Symbol::new("BTCUSDT").unwrap()), kill_until),
         stored_lock(9, "SIG-KILL-SWITCH", None, kill_until),

@@ -467,6 +467,12 @@ impl Exchange for BinanceClient {
         "binance"
     }
 
+    /// Binance's clock is a wall clock (an accelerated simulator's is not, but a client cannot
+    /// know that: its locks then end by candle time first and by the wall estimate later).
+    fn venue_pace(&self) -> crate::clock::VenuePace {
+        crate::clock::VenuePace::WALL
+    }
+
     fn clock_error_ms(&self) -> i64 {
         let local_ms = self.inner.local.now_ms();
         self.inner.clock.lock().error_ms(local_ms).unwrap_or(0)

@@ -191,6 +191,11 @@ impl Exchange for PaperExchange {
         true
     }
 
+    /// One 5-minute base candle per `candle_interval_ms` of wall time.
+    fn venue_pace(&self) -> crate::clock::VenuePace {
+        crate::clock::VenuePace::new(market::BASE_TIMEFRAME.duration_ms(), self.market_clock.candle_interval_ms)
+    }
+
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.call(|venue, wall_ms, _| Ok(venue.server_time_ms(wall_ms))).await
     }
