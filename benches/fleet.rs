@@ -356,6 +356,9 @@ impl Exchange for CountingExchange {
     fn estimated_now_ms(&self) -> Option<i64> {
         self.inner.estimated_now_ms()
     }
+    fn venue_pace(&self) -> bulwark::clock::VenuePace {
+        self.inner.venue_pace()
+    }
     fn request_budget(&self) -> Option<RequestBudget> {
         self.inner.request_budget()
     }
