@@ -2,12 +2,14 @@
 //! and positions. Nothing here does I/O or knows about actix, SQL or HTTP; constructors check
 //! their preconditions so that a value of these types is valid by construction.
 
+mod events;
 mod ids;
 mod market;
 mod money;
 mod order;
 mod position;
 
+pub use events::{AccountEvent, BalanceUpdate, EventTimes, PositionUpdate};
 pub use ids::{ClientOrderId, IdError, Symbol, UserId};
 pub use market::{Candle, DataProblem, Timeframe, validate_candles};
 pub(crate) use money::decimal_to_f64;

@@ -2,6 +2,7 @@
 //! ([`core::TraderCore`]) and the risk gate ([`risk`]). The trader actor in
 //! [`crate::actors::trader`] is only its shell.
 
+pub mod account_book;
 pub mod core;
 pub mod memory;
 pub mod risk;
