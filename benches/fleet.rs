@@ -359,6 +359,9 @@ impl Exchange for CountingExchange {
     fn venue_pace(&self) -> bulwark::clock::VenuePace {
         self.inner.venue_pace()
     }
+    fn account_stream(&self, account: &bulwark::domain::UserId) -> Option<bulwark::exchange::AccountStream> {
+        self.inner.account_stream(account)
+    }
     fn request_budget(&self) -> Option<RequestBudget> {
         self.inner.request_budget()
     }

@@ -69,6 +69,10 @@ pub const MONITOR_SNAPSHOTS_MAX: i64 = 1_440;
 /// Requests queued for the paper exchange's venue thread; senders wait when it is full.
 pub const PAPER_VENUE_QUEUE_MAX: usize = 1024;
 
+/// Events an account stream holds for a listener that has not read them; one that falls this far
+/// behind is disconnected (its book is then unverified until it re-reads the account).
+pub const ACCOUNT_STREAM_QUEUE_MAX: usize = 1024;
+
 /// Orders the paper exchange keeps per account (open orders are never pruned; the oldest closed
 /// ones go first), like a real venue's limited order history.
 pub const PAPER_ORDERS_PER_ACCOUNT_MAX: usize = 2_000;

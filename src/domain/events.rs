@@ -11,7 +11,9 @@ use rust_decimal::Decimal;
 
 use crate::domain::{ExchangeOrder, Fill, Symbol};
 
-/// One event of one account's stream.
+/// One event of one account's stream. (Most events are order updates, the larger variant: boxing
+/// it would cost an allocation per event to save space on the rarer one.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountEvent {
     /// An order's state as the matching engine left it; `fill` is the trade this update reports

@@ -232,6 +232,10 @@ impl Exchange for BreakerExchange {
         self.inner.venue_pace()
     }
 
+    fn account_stream(&self, account: &UserId) -> Option<crate::exchange::AccountStream> {
+        self.inner.account_stream(account)
+    }
+
     async fn probe_time_ms(&self) -> Result<crate::exchange::TimeProbe, ExchangeError> {
         self.guarded(Scope::Host("time"), "time", self.inner.probe_time_ms()).await
     }

@@ -20,6 +20,9 @@ use crate::domain::{
     Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId,
 };
 
+/// One account's user data stream (see [`Exchange::account_stream`]).
+pub type AccountStream = tokio::sync::mpsc::Receiver<crate::domain::AccountEvent>;
+
 /// What a caller may do after an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -164,6 +167,12 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     /// turns a lock's venue duration into the wall time it ends at. Every venue says; there is no
     /// default, so a new one cannot silently run its locks on the wrong clock.
     fn venue_pace(&self) -> crate::clock::VenuePace;
+
+    /// The account's user data stream: every change of its orders, positions and balance, pushed
+    /// as it happens (bounded; the stream ends when the venue drops the listener). `None`: this
+    /// venue has no stream for it (the Binance client does not open user data streams yet), and
+    /// its account is read by REST only. A new call replaces the previous stream of the account.
+    fn account_stream(&self, account: &UserId) -> Option<AccountStream>;
 
     /// The exchange's current time in the time base of its candles.
     async fn server_time_ms(&self) -> Result<i64, ExchangeError>;

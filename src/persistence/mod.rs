@@ -374,6 +374,16 @@ pub struct PendingChange {
     pub changed: bool,
     /// The order as it becomes.
     order: Option<StoredOrder>,
+    /// A risk record (risk memory, guard lock) that reads must see before it is in the database.
+    risk: Option<PendingRisk>,
+}
+
+/// A record a restart must judge by even while it waits in the outbox: a crash during a database
+/// outage must not loosen a risk limit.
+#[derive(Debug, Clone, PartialEq)]
+enum PendingRisk {
+    Memory(UserId, crate::trader::memory::RiskMemory),
+    Lock(GuardLock),
 }
 
 /// The bot's database.
@@ -386,6 +396,11 @@ pub struct Store {
     /// and cleared when the outbox is empty; read by every order read here, so that what the
     /// store answers is what it was told, whether it is in the database yet or not.
     pending_orders: BTreeMap<ClientOrderId, StoredOrder>,
+    /// The same for risk records: each user's newest risk memory and every guard lock waiting in
+    /// the outbox, laid over `risk_memory` and the lock reads (a trader restarting during a
+    /// database outage reloads the streaks and locks it set).
+    pending_risk_memory: BTreeMap<UserId, crate::trader::memory::RiskMemory>,
+    pending_guard_locks: Vec<GuardLock>,
 }
 
 impl Store {
@@ -406,7 +421,12 @@ impl Store {
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         connection.busy_timeout(std::time::Duration::from_millis(5_000))?;
-        Ok(Self { connection, pending_orders: BTreeMap::new() })
+        Ok(Self {
+            connection,
+            pending_orders: BTreeMap::new(),
+            pending_risk_memory: BTreeMap::new(),
+            pending_guard_locks: Vec::new(),
+        })
     }
 
     fn with_connection(mut connection: Connection) -> Result<Self, StoreError> {
@@ -414,7 +434,12 @@ impl Store {
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut connection)
             .map_err(|error| StoreError::Migration(error.to_string()))?;
-        Ok(Self { connection, pending_orders: BTreeMap::new() })
+        Ok(Self {
+            connection,
+            pending_orders: BTreeMap::new(),
+            pending_risk_memory: BTreeMap::new(),
+            pending_guard_locks: Vec::new(),
+        })
     }
 
     /// Group commit: opens a transaction that the following writes join (every write method's
@@ -534,6 +559,9 @@ impl Store {
 
     /// A user's stored risk memory, if any.
     pub fn risk_memory(&mut self, user: &UserId) -> Result<Option<crate::trader::memory::RiskMemory>, StoreError> {
+        if let Some(pending) = self.pending_risk_memory.get(user) {
+            return Ok(Some(pending.clone()));
+        }
         let body: Option<String> = self
             .connection
             .query_row("SELECT body FROM risk_memory WHERE user_id = ?1", params![user.as_str()], |row| row.get(0))
@@ -724,7 +752,7 @@ impl Store {
     /// number is taken is [`StoreError::Conflict`], as in the database. Records other than
     /// orders change nothing here. Nothing is held until [`Store::hold_pending`].
     pub fn preview_pending(&mut self, write: &DurableWrite) -> Result<PendingChange, StoreError> {
-        let unchanged = PendingChange { changed: false, order: None };
+        let unchanged = PendingChange { changed: false, order: None, risk: None };
         match write {
             DurableWrite::CommitIntent(intent) => {
                 let taken_seq = self
@@ -745,16 +773,24 @@ impl Store {
                         intent.client_order_id, intent.intent_seq, intent.user
                     )));
                 }
-                Ok(PendingChange { changed: true, order: Some(StoredOrder::committed(intent.clone())) })
+                Ok(PendingChange { changed: true, order: Some(StoredOrder::committed(intent.clone())), risk: None })
             }
             DurableWrite::OrderTransition(transition) => {
                 let Some(mut order) = self.order(&transition.client_order_id)? else { return Ok(unchanged) };
                 if !order.apply(transition) {
                     return Ok(unchanged);
                 }
-                Ok(PendingChange { changed: true, order: Some(order) })
+                Ok(PendingChange { changed: true, order: Some(order), risk: None })
             }
-            _ => Ok(PendingChange { changed: true, order: None }),
+            DurableWrite::RiskMemory { user, memory, .. } => Ok(PendingChange {
+                changed: true,
+                order: None,
+                risk: Some(PendingRisk::Memory(user.clone(), memory.clone())),
+            }),
+            DurableWrite::GuardLock(lock) => {
+                Ok(PendingChange { changed: true, order: None, risk: Some(PendingRisk::Lock(lock.clone())) })
+            }
+            _ => Ok(PendingChange { changed: true, order: None, risk: None }),
         }
     }
 
@@ -762,6 +798,13 @@ impl Store {
     pub fn hold_pending(&mut self, change: PendingChange) {
         if let Some(order) = change.order {
             self.pending_orders.insert(order.intent.client_order_id.clone(), order);
+        }
+        match change.risk {
+            Some(PendingRisk::Memory(user, memory)) => {
+                self.pending_risk_memory.insert(user, memory);
+            }
+            Some(PendingRisk::Lock(lock)) => self.pending_guard_locks.push(lock),
+            None => {}
         }
     }
 
@@ -784,6 +827,8 @@ impl Store {
     /// The outbox is empty: the database has everything [`Store::hold_pending`] held.
     pub fn clear_pending(&mut self) {
         self.pending_orders.clear();
+        self.pending_risk_memory.clear();
+        self.pending_guard_locks.clear();
     }
 
     /// How many orders wait in the outbox (for tests and status).
@@ -1143,6 +1188,13 @@ impl Store {
             };
             locks.push((lock, cleared_at_ms));
         }
+        // Locks still waiting in the outbox hold as much as stored ones (row id 0 until stored).
+        locks.extend(
+            self.pending_guard_locks
+                .iter()
+                .filter(|lock| user.is_none_or(|user| &lock.user == user))
+                .map(|lock| (lock.clone(), None)),
+        );
         Ok(locks)
     }
 
@@ -1868,6 +1920,55 @@ mod tests {
         assert_eq!(status[0].last_decision.as_deref(), Some("XRPUSDT skipped: because"));
         assert_eq!(store.recent_decisions(&user(), 10).unwrap().len(), 4);
         assert_eq!(store.prune().unwrap(), 0);
+    }
+
+    #[test]
+    fn risk_records_waiting_in_the_outbox_are_what_a_restart_reads() {
+        // A database outage: the trader's newest streak and the probation it set wait in the
+        // outbox. A restart during the outage must reload them, not the older stored memory.
+        use crate::trader::memory::{RiskMemory, SlotMemory};
+        let mut store = store();
+        let memory = |streak: u32| RiskMemory {
+            equity_peaks: vec![(1_000, 10_000.0)],
+            slots: vec![SlotMemory {
+                symbol: symbol(),
+                timeframe: "5m".into(),
+                strategy: "ema_crossover".into(),
+                loss_streak: streak,
+                last_trade_pct: Some(-1.0),
+            }],
+        };
+        store.save_risk_memory(&user(), &memory(1), 1_000).unwrap();
+        let lock = GuardLock {
+            id: 0,
+            user: user(),
+            failure_point: "SIG-SYMBOL-PROBATION".into(),
+            symbol: Some(symbol()),
+            reason: "2 losing trades in a row".into(),
+            values: serde_json::json!({}),
+            set_at_ms: 2_000,
+            until_ms: 60_000,
+            set_at_venue_ms: 2_000,
+            until_venue_ms: 60_000,
+        };
+        let waiting = [
+            DurableWrite::RiskMemory { user: user(), memory: memory(2), at_ms: 2_000 },
+            DurableWrite::GuardLock(lock.clone()),
+        ];
+        for write in &waiting {
+            let change = store.preview_pending(write).unwrap();
+            store.hold_pending(change);
+        }
+        let state = store.load_trader_state(&user()).unwrap();
+        assert_eq!(state.risk_memory.unwrap().slots[0].loss_streak, 2);
+        assert_eq!(store.uncleared_guard_locks(Some(&user())).unwrap(), vec![lock.clone()]);
+        assert!(store.uncleared_guard_locks(Some(&UserId::new("u2").unwrap())).unwrap().is_empty());
+        // Once the outbox is replayed the database holds them (here: stored, then cleared).
+        store.save_risk_memory(&user(), &memory(2), 2_000).unwrap();
+        store.insert_guard_lock(&lock).unwrap();
+        store.clear_pending();
+        assert_eq!(store.risk_memory(&user()).unwrap().unwrap().slots[0].loss_streak, 2);
+        assert_eq!(store.uncleared_guard_locks(None).unwrap().len(), 1);
     }
 
     #[test]

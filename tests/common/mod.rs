@@ -391,6 +391,9 @@ impl Exchange for ScriptedExchange {
     fn venue_pace(&self) -> bulwark::clock::VenuePace {
         self.inner.venue_pace()
     }
+    fn account_stream(&self, account: &bulwark::domain::UserId) -> Option<bulwark::exchange::AccountStream> {
+        self.inner.account_stream(account)
+    }
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.inner.server_time_ms().await
     }

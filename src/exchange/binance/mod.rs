@@ -473,6 +473,12 @@ impl Exchange for BinanceClient {
         crate::clock::VenuePace::WALL
     }
 
+    /// No user data stream yet (listenKey and the WebSocket are issue 14's next part): accounts are
+    /// read by REST.
+    fn account_stream(&self, _account: &UserId) -> Option<crate::exchange::AccountStream> {
+        None
+    }
+
     fn clock_error_ms(&self) -> i64 {
         let local_ms = self.inner.local.now_ms();
         self.inner.clock.lock().error_ms(local_ms).unwrap_or(0)

@@ -6,10 +6,16 @@
 //! asynchronous, serialised like a real matching engine, durable across restarts (its state is in
 //! its own SQLite file), and never blocks an actor's thread.
 //!
+//! Each account can also listen to the venue (`Exchange::account_stream`): what the matching engine
+//! changed for it is pushed the moment it happens, as Binance's user data stream pushes it
+//! ([`events`]); while anyone listens, a ticker thread settles working orders as candles close,
+//! so fills are pushed without anyone asking.
+//!
 //! It replays real recorded candles (see `data/replay/PROVENANCE.md`) and, for any other
 //! configured symbol, a seeded random walk ([`market`]). Given the same seed and the same requests
 //! at the same times, every answer is the same.
 
+pub mod events;
 pub mod market;
 pub mod venue;
 
@@ -21,13 +27,15 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
+use crate::domain::AccountEvent;
 use crate::domain::{
     Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId,
 };
+use crate::exchange::AccountStream;
 use crate::exchange::paper::market::{MarketClock, PaperMarket, SeriesSource};
 use crate::exchange::paper::venue::{PaperVenue, VenueChange, VenueSettings};
 use crate::exchange::{Exchange, ExchangeError};
-use crate::limits::PAPER_VENUE_QUEUE_MAX;
+use crate::limits::{ACCOUNT_STREAM_QUEUE_MAX, PAPER_VENUE_QUEUE_MAX};
 use crate::persistence::StoreError;
 use crate::persistence::paper_journal::PaperJournal;
 
@@ -57,11 +65,18 @@ pub struct PaperSettings {
     pub symbols: Vec<PaperSymbol>,
 }
 
+/// Each listening account's end of its stream. Written by `account_stream` (a new listener
+/// replaces the old one, whose stream ends) and by the venue thread (a listener that is gone or
+/// has fallen `ACCOUNT_STREAM_QUEUE_MAX` events behind is dropped: its stream ends, as Binance
+/// closes a connection that does not keep up); read by the venue thread.
+type Listeners = Arc<parking_lot::Mutex<BTreeMap<UserId, mpsc::Sender<AccountEvent>>>>;
+
 /// What the venue thread owns.
 struct VenueHost {
     venue: PaperVenue,
     journal: PaperJournal,
     clock: Arc<dyn Clock>,
+    listeners: Listeners,
 }
 
 impl VenueHost {
@@ -77,7 +92,25 @@ impl VenueHost {
             // The venue's books live on in memory; a later upsert of the same rows heals the file.
             tracing::error!(%error, changes = changes.len(), "paper exchange: journal write failed");
         }
+        self.tell_listeners(&changes, wall_ms);
         result
+    }
+
+    /// Pushes what `changes` did to the accounts listening (before the request is answered, as an
+    /// exchange's stream usually runs ahead of its REST answer).
+    fn tell_listeners(&mut self, changes: &[VenueChange], wall_ms: i64) {
+        let mut listeners = self.listeners.lock();
+        if listeners.is_empty() || changes.is_empty() {
+            return;
+        }
+        for (user, event) in events::account_events(changes, self.venue.server_time_ms(wall_ms)) {
+            let Some(listener) = listeners.get(&user) else { continue };
+            if let Err(error) = listener.try_send(event) {
+                let why = if matches!(error, mpsc::error::TrySendError::Full(_)) { "fell behind" } else { "is gone" };
+                tracing::warn!(user = %user, "paper exchange: the account stream's listener {why}; the stream ends");
+                listeners.remove(&user);
+            }
+        }
     }
 }
 
@@ -93,6 +126,9 @@ pub struct PaperExchange {
     /// time without a round trip to its thread (`Exchange::estimated_now_ms`).
     market_clock: MarketClock,
     wall: Arc<dyn Clock>,
+    listeners: Listeners,
+    /// Set once the ticker thread runs (started by the first listener).
+    ticking: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for PaperExchange {
@@ -125,7 +161,8 @@ impl PaperExchange {
             settings.symbols.iter().map(|s| (s.symbol.clone(), s.rules)).collect();
         let venue = PaperVenue::restore(settings.venue, rules, market, snapshot);
         let wall = clock.clone();
-        let mut host = VenueHost { venue, journal, clock };
+        let listeners = Listeners::default();
+        let mut host = VenueHost { venue, journal, clock, listeners: listeners.clone() };
         let (jobs, mut receiver) = mpsc::channel::<VenueJob>(PAPER_VENUE_QUEUE_MAX);
         std::thread::Builder::new()
             .name("paper-venue".to_owned())
@@ -136,7 +173,37 @@ impl PaperExchange {
                 tracing::debug!("paper exchange: venue thread stopped");
             })
             .map_err(|error| StoreError::Io(format!("cannot start the paper venue thread: {error}")))?;
-        Ok(Self { jobs, market_clock, wall })
+        Ok(Self { jobs, market_clock, wall, listeners, ticking: Arc::default() })
+    }
+
+    /// Settles working orders as candles close while anyone listens, so that fills are pushed
+    /// without a request: a thread that asks the venue a quarter of a candle apart and stops with
+    /// the venue.
+    fn start_ticker(&self) {
+        if self.ticking.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let jobs = self.jobs.downgrade();
+        let spacing =
+            std::time::Duration::from_millis((self.market_clock.candle_interval_ms / 4).clamp(10, 1_000) as u64);
+        let started = std::thread::Builder::new().name("paper-ticker".to_owned()).spawn(move || {
+            loop {
+                std::thread::sleep(spacing);
+                let Some(jobs) = jobs.upgrade() else { return };
+                let job: VenueJob = Box::new(|host: &mut VenueHost| {
+                    if !host.listeners.lock().is_empty() {
+                        let _ = host.run(|venue, wall_ms, changes| venue.settle_pending(wall_ms, changes));
+                    }
+                });
+                if jobs.blocking_send(job).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(error) = started {
+            self.ticking.store(false, std::sync::atomic::Ordering::SeqCst);
+            tracing::error!(%error, "paper exchange: cannot start the ticker; fills are pushed when a request settles them");
+        }
     }
 
     /// The market clock (how wall time maps to the venue's accelerated market time).
@@ -202,6 +269,13 @@ impl Exchange for PaperExchange {
 
     fn estimated_now_ms(&self) -> Option<i64> {
         Some(self.market_clock.market_now_ms(self.wall.now_ms()))
+    }
+
+    fn account_stream(&self, account: &UserId) -> Option<AccountStream> {
+        let (sender, receiver) = mpsc::channel(ACCOUNT_STREAM_QUEUE_MAX);
+        self.listeners.lock().insert(account.clone(), sender);
+        self.start_ticker();
+        Some(receiver)
     }
 
     async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {

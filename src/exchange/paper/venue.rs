@@ -569,6 +569,12 @@ impl PaperVenue {
     }
 
     /// Fills every working order the market has reached by `wall_ms`.
+    /// Settles working orders the market has reached (what every request does first); the ticker
+    /// calls it while accounts listen.
+    pub fn settle_pending(&mut self, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<(), ExchangeError> {
+        self.settle(wall_ms, changes)
+    }
+
     fn settle(&mut self, wall_ms: i64, changes: &mut Vec<VenueChange>) -> Result<(), ExchangeError> {
         let forming = self.market.clock().forming_index(wall_ms);
         if self.settled_at_forming == Some(forming) {

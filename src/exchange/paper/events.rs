@@ -1,0 +1,68 @@
+//! The paper venue's user data stream: what its matching engine changed, told to each account the
+//! way Binance's user data stream tells it (`domain::AccountEvent`): the positions and wallet that
+//! changed (`ACCOUNT_UPDATE`), then each order's new state with the fill it carries
+//! (`ORDER_TRADE_UPDATE`). Built from the same changes the venue journals, so a stream can never
+//! say something the books do not hold.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+
+use crate::domain::{AccountEvent, BalanceUpdate, EventTimes, ExchangeOrderStatus, Fill, PositionUpdate, UserId};
+use crate::exchange::paper::venue::VenueChange;
+
+/// The events of one venue operation, per account in the order they happened; every event carries
+/// `transaction_ms` (the market time of the operation).
+pub fn account_events(changes: &[VenueChange], transaction_ms: i64) -> Vec<(UserId, AccountEvent)> {
+    let times = EventTimes { transaction_ms, event_ms: transaction_ms };
+    let fills: BTreeMap<(&UserId, &str), &Fill> = changes
+        .iter()
+        .filter_map(|change| match change {
+            VenueChange::Fill { user, fill } => Some(((user, fill.exchange_order_id.as_str()), fill)),
+            _ => None,
+        })
+        .collect();
+    let mut accounts: BTreeMap<&UserId, (Vec<PositionUpdate>, Vec<BalanceUpdate>)> = BTreeMap::new();
+    for change in changes {
+        match change {
+            VenueChange::Position { user, symbol, position } => {
+                // Unrealized PnL at the price it last traded at in this operation (what the venue
+                // knows of the mark at that moment).
+                let traded_at = fills.values().find(|fill| &fill.symbol == symbol).map(|fill| fill.price);
+                let unrealized_pnl = traded_at
+                    .map(|price| (position.quantity * (price - position.entry_price)).round_dp(8))
+                    .unwrap_or(Decimal::ZERO);
+                let positions = &mut accounts.entry(user).or_default().0;
+                positions.retain(|known| &known.symbol != symbol);
+                positions.push(PositionUpdate {
+                    symbol: symbol.clone(),
+                    quantity: position.quantity,
+                    entry_price: position.entry_price,
+                    unrealized_pnl,
+                });
+            }
+            VenueChange::Account { user, wallet_balance } => {
+                let balances = &mut accounts.entry(user).or_default().1;
+                balances.clear();
+                balances.push(BalanceUpdate { asset: "USDT".to_owned(), wallet_balance: *wallet_balance });
+            }
+            _ => {}
+        }
+    }
+    let mut events: Vec<(UserId, AccountEvent)> = accounts
+        .into_iter()
+        .map(|(user, (positions, balances))| (user.clone(), AccountEvent::Account { positions, balances, times }))
+        .collect();
+    for change in changes {
+        if let VenueChange::Order { user, order } = change {
+            // A resting limit order checked against newer candles changed nothing a client hears.
+            let rechecked = order.order.status == ExchangeOrderStatus::New && order.checked_index != order.placed_index;
+            if rechecked {
+                continue;
+            }
+            let fill = fills.get(&(user, order.order.exchange_order_id.as_str())).map(|fill| (*fill).clone());
+            events.push((user.clone(), AccountEvent::Order { order: order.order.clone(), fill, times }));
+        }
+    }
+    events
+}
