@@ -374,16 +374,19 @@ pub struct PendingChange {
     pub changed: bool,
     /// The order as it becomes.
     order: Option<StoredOrder>,
-    /// A risk record (risk memory, guard lock) that reads must see before it is in the database.
-    risk: Option<PendingRisk>,
+    /// A record a restart judges by (risk memory, guard lock, position) that reads must see before
+    /// it is in the database.
+    risk: Option<PendingState>,
 }
 
 /// A record a restart must judge by even while it waits in the outbox: a crash during a database
-/// outage must not loosen a risk limit.
+/// outage must not loosen a risk limit, nor judge a trade by a position older than the one its
+/// trader knew.
 #[derive(Debug, Clone, PartialEq)]
-enum PendingRisk {
+enum PendingState {
     Memory(UserId, crate::trader::memory::RiskMemory),
     Lock(GuardLock),
+    Position(PositionRecord),
 }
 
 /// The bot's database.
@@ -401,6 +404,8 @@ pub struct Store {
     /// database outage reloads the streaks and locks it set).
     pending_risk_memory: BTreeMap<UserId, crate::trader::memory::RiskMemory>,
     pending_guard_locks: Vec<GuardLock>,
+    /// The same for positions: the newest record per user and symbol.
+    pending_positions: BTreeMap<(UserId, Symbol), PositionRecord>,
 }
 
 impl Store {
@@ -426,6 +431,7 @@ impl Store {
             pending_orders: BTreeMap::new(),
             pending_risk_memory: BTreeMap::new(),
             pending_guard_locks: Vec::new(),
+            pending_positions: BTreeMap::new(),
         })
     }
 
@@ -439,6 +445,7 @@ impl Store {
             pending_orders: BTreeMap::new(),
             pending_risk_memory: BTreeMap::new(),
             pending_guard_locks: Vec::new(),
+            pending_positions: BTreeMap::new(),
         })
     }
 
@@ -785,10 +792,13 @@ impl Store {
             DurableWrite::RiskMemory { user, memory, .. } => Ok(PendingChange {
                 changed: true,
                 order: None,
-                risk: Some(PendingRisk::Memory(user.clone(), memory.clone())),
+                risk: Some(PendingState::Memory(user.clone(), memory.clone())),
             }),
             DurableWrite::GuardLock(lock) => {
-                Ok(PendingChange { changed: true, order: None, risk: Some(PendingRisk::Lock(lock.clone())) })
+                Ok(PendingChange { changed: true, order: None, risk: Some(PendingState::Lock(lock.clone())) })
+            }
+            DurableWrite::Position(record) => {
+                Ok(PendingChange { changed: true, order: None, risk: Some(PendingState::Position(record.clone())) })
             }
             _ => Ok(PendingChange { changed: true, order: None, risk: None }),
         }
@@ -800,10 +810,13 @@ impl Store {
             self.pending_orders.insert(order.intent.client_order_id.clone(), order);
         }
         match change.risk {
-            Some(PendingRisk::Memory(user, memory)) => {
+            Some(PendingState::Memory(user, memory)) => {
                 self.pending_risk_memory.insert(user, memory);
             }
-            Some(PendingRisk::Lock(lock)) => self.pending_guard_locks.push(lock),
+            Some(PendingState::Lock(lock)) => self.pending_guard_locks.push(lock),
+            Some(PendingState::Position(record)) => {
+                self.pending_positions.insert((record.user.clone(), record.symbol.clone()), record);
+            }
             None => {}
         }
     }
@@ -829,6 +842,7 @@ impl Store {
         self.pending_orders.clear();
         self.pending_risk_memory.clear();
         self.pending_guard_locks.clear();
+        self.pending_positions.clear();
     }
 
     /// How many orders wait in the outbox (for tests and status).
@@ -918,6 +932,9 @@ impl Store {
 
     /// One stored position, if any.
     pub fn position(&mut self, user: &UserId, symbol: &Symbol) -> Result<Option<PositionRecord>, StoreError> {
+        if let Some(pending) = self.pending_positions.get(&(user.clone(), symbol.clone())) {
+            return Ok(Some(pending.clone()));
+        }
         let mut statement = self.connection.prepare_cached(
             "SELECT quantity, entry_price, position_start_time_ms, active_order_id, verified_at_ms
              FROM positions WHERE user_id = ?1 AND symbol = ?2",
@@ -1516,7 +1533,19 @@ impl Store {
              FROM positions WHERE user_id = ?1 ORDER BY symbol",
         )?;
         let rows = statement.query_map(params![user.as_str()], |row| Ok(position_from_row(row)))?;
-        rows.map(|row| row?).collect()
+        let stored: Vec<PositionRecord> = rows.map(|row| row?).collect::<Result<_, _>>()?;
+        if self.pending_positions.is_empty() {
+            return Ok(stored);
+        }
+        // What waits in the outbox replaces the stored row (by symbol, as the upsert will).
+        let mut positions: BTreeMap<Symbol, PositionRecord> =
+            stored.into_iter().map(|record| (record.symbol.clone(), record)).collect();
+        for ((owner, symbol), pending) in &self.pending_positions {
+            if owner == user {
+                positions.insert(symbol.clone(), pending.clone());
+            }
+        }
+        Ok(positions.into_values().collect())
     }
 }
 
@@ -1924,8 +1953,9 @@ mod tests {
 
     #[test]
     fn risk_records_waiting_in_the_outbox_are_what_a_restart_reads() {
-        // A database outage: the trader's newest streak and the probation it set wait in the
-        // outbox. A restart during the outage must reload them, not the older stored memory.
+        // A database outage: the trader's newest streak, the probation it set and the position it
+        // last knew wait in the outbox. A restart during the outage must reload them, not the
+        // older stored ones.
         use crate::trader::memory::{RiskMemory, SlotMemory};
         let mut store = store();
         let memory = |streak: u32| RiskMemory {
@@ -1951,9 +1981,20 @@ mod tests {
             set_at_venue_ms: 2_000,
             until_venue_ms: 60_000,
         };
+        let position = |quantity: i64| PositionRecord {
+            user: user(),
+            symbol: symbol(),
+            quantity: Decimal::from(quantity),
+            entry_price: Decimal::from(1),
+            position_start_time_ms: None,
+            active_order_id: None,
+            verified_at_ms: 2_000,
+        };
+        store.save_position(&position(100)).unwrap();
         let waiting = [
             DurableWrite::RiskMemory { user: user(), memory: memory(2), at_ms: 2_000 },
             DurableWrite::GuardLock(lock.clone()),
+            DurableWrite::Position(position(0)),
         ];
         for write in &waiting {
             let change = store.preview_pending(write).unwrap();
@@ -1961,6 +2002,8 @@ mod tests {
         }
         let state = store.load_trader_state(&user()).unwrap();
         assert_eq!(state.risk_memory.unwrap().slots[0].loss_streak, 2);
+        assert_eq!(state.positions, vec![position(0)], "the position the trader last knew");
+        assert_eq!(store.position(&user(), &symbol()).unwrap(), Some(position(0)));
         assert_eq!(store.uncleared_guard_locks(Some(&user())).unwrap(), vec![lock.clone()]);
         assert!(store.uncleared_guard_locks(Some(&UserId::new("u2").unwrap())).unwrap().is_empty());
         // Once the outbox is replayed the database holds them (here: stored, then cleared).
