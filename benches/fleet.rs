@@ -362,6 +362,9 @@ impl Exchange for CountingExchange {
     fn account_stream(&self, account: &bulwark::domain::UserId) -> Option<bulwark::exchange::AccountStream> {
         self.inner.account_stream(account)
     }
+    async fn probe_time_ms(&self) -> Result<bulwark::exchange::TimeProbe, ExchangeError> {
+        self.inner.probe_time_ms().await
+    }
     fn request_budget(&self) -> Option<RequestBudget> {
         self.inner.request_budget()
     }

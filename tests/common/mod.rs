@@ -394,6 +394,9 @@ impl Exchange for ScriptedExchange {
     fn account_stream(&self, account: &bulwark::domain::UserId) -> Option<bulwark::exchange::AccountStream> {
         self.inner.account_stream(account)
     }
+    async fn probe_time_ms(&self) -> Result<bulwark::exchange::TimeProbe, ExchangeError> {
+        self.inner.probe_time_ms().await
+    }
     async fn server_time_ms(&self) -> Result<i64, ExchangeError> {
         self.inner.server_time_ms().await
     }

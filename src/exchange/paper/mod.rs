@@ -267,6 +267,23 @@ impl Exchange for PaperExchange {
         self.call(|venue, wall_ms, _| Ok(venue.server_time_ms(wall_ms))).await
     }
 
+    /// The venue's clock and this handle's estimate of it, read at one instant on the venue thread.
+    /// Read apart (the default: the answer, then the estimate), the "offset" would only measure
+    /// how long the answer took, times the market's acceleration: 4 ms of queueing is 1.2 s of
+    /// market time at one candle per second, past the Monitor's tolerance.
+    async fn probe_time_ms(&self) -> Result<crate::exchange::TimeProbe, ExchangeError> {
+        let estimate = self.market_clock;
+        self.call(move |venue, wall_ms, _| {
+            let server_ms = venue.server_time_ms(wall_ms);
+            Ok(crate::exchange::TimeProbe {
+                server_ms,
+                estimate_off_ms: Some(server_ms - estimate.market_now_ms(wall_ms)),
+                estimate_error_ms: 0,
+            })
+        })
+        .await
+    }
+
     fn estimated_now_ms(&self) -> Option<i64> {
         Some(self.market_clock.market_now_ms(self.wall.now_ms()))
     }
