@@ -42,13 +42,27 @@ async fn place_orphan_on(paper: &PaperExchange, client_order_id: &ClientOrderId,
     paper.create_order(&u1(), &request).await.expect("the exchange accepts the orphan");
 }
 
+/// Waits for the Monitor's first run (5 s after start; with `[monitor] interval_secs = 3600` the
+/// next is an hour away): it lists the users' open orders for orphans, and the Healer would cancel
+/// an orphan the test wants the restart to find.
+async fn wait_first_monitor_run(tree: &Tree) {
+    let waited = std::time::Instant::now();
+    while tree.server.directory.latest_monitor_run().is_none() {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(60), "no monitor run within a minute");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+const MONITOR_HOURLY: &str = "[monitor]\ninterval_secs = 3600\n";
+
 #[actix_rt::test]
 async fn a_crashed_trader_reloads_its_state_and_cancels_orphans_before_trading_again() {
     let dir = tempfile::tempdir().unwrap();
     let chaos = "[chaos]\nenabled = true\npanic_users = [\"u1\"]\npanic_every_decisions = 4\n";
-    let config = config_in(dir.path(), &format!("{FAST_RESTARTS}\n{chaos}\n{ONE_USER}"));
+    let config = config_in(dir.path(), &format!("{FAST_RESTARTS}\n{MONITOR_HOURLY}\n{chaos}\n{ONE_USER}"));
     let mut tree = Tree::start(config, ManualClock::new(common::START_MS));
     tree.wait_ready(&["u1"]).await;
+    wait_first_monitor_run(&tree).await;
 
     // Three decisions: an entry (filled on the next candle), then holds.
     for _ in 0..3 {
@@ -109,7 +123,8 @@ async fn a_crashed_trader_reloads_its_state_and_cancels_orphans_before_trading_a
 async fn a_crash_storm_spends_request_weight_only_on_what_must_be_read_again() {
     // u1 panics on every decision: each incarnation starts, syncs, decides once and crashes.
     let chaos = "[chaos]\nenabled = true\npanic_users = [\"u1\"]\npanic_every_decisions = 1\n";
-    let storm = "[supervisor]\nbackoff_ms_initial = 2\nbackoff_ms_max = 20\nmax_restarts = 100\n[monitor]\ninterval_secs = 3600\n";
+    let storm =
+        format!("[supervisor]\nbackoff_ms_initial = 2\nbackoff_ms_max = 20\nmax_restarts = 100\n{MONITOR_HOURLY}");
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(common::START_MS);
     let config = config_in(dir.path(), &format!("{storm}\n{chaos}\n{ONE_USER}"));
@@ -118,13 +133,8 @@ async fn a_crash_storm_spends_request_weight_only_on_what_must_be_read_again() {
     let mut tree = Tree::start_with_exchange(config, clock, paper, exchange.clone());
     let first = tree.wait_ready(&["u1"]).await;
     assert!(!first[0].1.contains("not read again"), "the first start reads everything: {first:?}");
-    // The Monitor's first run (5 s after start; the next is an hour away) lists u1's open orders
-    // for orphans: wait for it, so that what the storm reads is counted alone.
-    let waited = std::time::Instant::now();
-    while tree.server.directory.latest_monitor_run().is_none() {
-        assert!(waited.elapsed() < std::time::Duration::from_secs(60), "no monitor run within a minute");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // What the storm reads is counted alone, after the Monitor's own listing.
+    wait_first_monitor_run(&tree).await;
     let swept = exchange.read_count("open orders (all)");
     let listed = exchange.read_count("open orders (one symbol)");
     let restarts = 10;
