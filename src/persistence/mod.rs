@@ -426,13 +426,18 @@ impl Store {
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         connection.busy_timeout(std::time::Duration::from_millis(5_000))?;
-        Ok(Self {
+        Ok(Self::nothing_pending(connection))
+    }
+
+    /// A store on `connection` with nothing laid over its reads yet.
+    fn nothing_pending(connection: Connection) -> Self {
+        Self {
             connection,
             pending_orders: BTreeMap::new(),
             pending_risk_memory: BTreeMap::new(),
             pending_guard_locks: Vec::new(),
             pending_positions: BTreeMap::new(),
-        })
+        }
     }
 
     fn with_connection(mut connection: Connection) -> Result<Self, StoreError> {
@@ -440,13 +445,7 @@ impl Store {
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut connection)
             .map_err(|error| StoreError::Migration(error.to_string()))?;
-        Ok(Self {
-            connection,
-            pending_orders: BTreeMap::new(),
-            pending_risk_memory: BTreeMap::new(),
-            pending_guard_locks: Vec::new(),
-            pending_positions: BTreeMap::new(),
-        })
+        Ok(Self::nothing_pending(connection))
     }
 
     /// Group commit: opens a transaction that the following writes join (every write method's
