@@ -381,6 +381,9 @@ impl Exchange for CountingExchange {
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
         self.inner.position(account, symbol).await
     }
+    async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
+        self.inner.positions(account).await
+    }
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
         self.inner.balance(account).await
     }

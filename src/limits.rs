@@ -73,6 +73,10 @@ pub const PAPER_VENUE_QUEUE_MAX: usize = 1024;
 /// behind is disconnected (its book is then unverified until it re-reads the account).
 pub const ACCOUNT_STREAM_QUEUE_MAX: usize = 1024;
 
+/// How often (wall ms) the paper exchange tells each listening account its stream is alive; well
+/// inside an account book's silence bound (`trader::account_book::BookSettings::silence_ms_max`).
+pub const PAPER_STREAM_HEARTBEAT_MS: i64 = 10_000;
+
 /// Orders the paper exchange keeps per account (open orders are never pruned; the oldest closed
 /// ones go first), like a real venue's limited order history.
 pub const PAPER_ORDERS_PER_ACCOUNT_MAX: usize = 2_000;

@@ -24,11 +24,17 @@ async fn tree_with(faults: Vec<Fault>) -> (tempfile::TempDir, Tree, Arc<Scripted
 }
 
 async fn tree_with_config(faults: Vec<Fault>, extra: &str) -> (tempfile::TempDir, Tree, Arc<ScriptedExchange>) {
+    tree_on(faults, extra, true).await
+}
+
+/// A tree whose exchange streams accounts or not (then every account sync reads by REST).
+async fn tree_on(faults: Vec<Fault>, extra: &str, streams: bool) -> (tempfile::TempDir, Tree, Arc<ScriptedExchange>) {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path(), &format!("{extra}\n{ONE_USER}"));
     let clock = ManualClock::new(common::START_MS);
     let paper = start_paper(&config, clock.clone());
-    let faulty = Arc::new(ScriptedExchange::new(paper.clone(), faults));
+    let scripted = ScriptedExchange::new(paper.clone(), faults);
+    let faulty = Arc::new(if streams { scripted } else { scripted.without_account_streams() });
     let mut tree = Tree::start_with_exchange(config, clock, paper, faulty.clone());
     tree.wait_ready(&["u1"]).await;
     (dir, tree, faulty)
@@ -149,7 +155,8 @@ async fn a_rejection_is_final_and_the_next_decision_is_a_new_intent() {
 
 #[actix_rt::test]
 async fn a_filled_order_is_not_marked_done_until_the_exchange_lists_its_fills() {
-    let (_dir, mut tree, faulty) = tree_with(Vec::new()).await;
+    // Without the stream (which carries each fill), the order is resolved by REST reads.
+    let (_dir, mut tree, faulty) = tree_on(Vec::new(), "", false).await;
     tree.step_and_settle(&["u1"]).await;
     assert_eq!(first_order_state(&mut tree).await, OrderState::Open);
     // The order fills on this candle, but the exchange's trade list lags behind.
@@ -214,7 +221,8 @@ async fn a_position_its_fills_cannot_explain_halts_entries_until_reconciliation_
     assert!(reason.contains("BTCUSDT: the exchange holds 0.01, the recorded fills net 0"), "{reason}");
     assert_eq!(tree.server.directory.position_hold(&u1()), Some(reason.clone()));
     // Every account sync of u1 carries the halt (on any symbol): the core refuses entries with it.
-    let snapshot = router.send(SyncAccount { user: u1(), symbol: xrp() }).await.unwrap().unwrap();
+    let snapshot =
+        router.send(SyncAccount { user: u1(), symbol: xrp(), marks: Default::default() }).await.unwrap().unwrap();
     let halt = snapshot.entries_halted.expect("halted");
     assert_eq!((halt.failure_point, halt.reason), (STATE_POSITION_SYNC, reason));
 
@@ -225,7 +233,8 @@ async fn a_position_its_fills_cannot_explain_halts_entries_until_reconciliation_
     assert_eq!(report.fills_imported, vec![(btc.clone(), 1)], "{report:?}");
     assert_eq!(report.entries_halted, None);
     assert_eq!(tree.server.directory.position_hold(&u1()), None);
-    let snapshot = router.send(SyncAccount { user: u1(), symbol: xrp() }).await.unwrap().unwrap();
+    let snapshot =
+        router.send(SyncAccount { user: u1(), symbol: xrp(), marks: Default::default() }).await.unwrap().unwrap();
     assert_eq!(snapshot.entries_halted, None);
     let actions: Vec<String> = tree.store().reconcile_actions(&u1()).unwrap().into_iter().map(|a| a.0).collect();
     assert_eq!(actions, ["position_resynced", "entries_halted", "fills_imported", "entries_resumed"]);

@@ -75,6 +75,11 @@ pub struct Directory {
     /// symbol's position), so that a trader restarting soon after spends request weight only on
     /// what must be read again. Written and read by the order router (across its incarnations).
     pub(crate) account_reads: RwLock<BTreeMap<UserId, AccountReads>>,
+    /// Each user's account as its exchange stream tells it (issue 14), for decisions without an
+    /// exchange request. Written by the order router's stream tasks and account syncs (across its
+    /// incarnations); read by its syncs.
+    pub(crate) account_books:
+        RwLock<BTreeMap<UserId, Arc<parking_lot::Mutex<crate::trader::account_book::AccountBook>>>>,
 }
 
 /// When the order router last read parts of one account (venue time, ms).
@@ -208,6 +213,7 @@ impl Directory {
             position_holds: RwLock::default(),
             position_suspects: RwLock::default(),
             account_reads: RwLock::default(),
+            account_books: RwLock::default(),
             latest_monitor_run: RwLock::default(),
             metrics,
         }

@@ -18,7 +18,7 @@
 //!
 //! Owns failure points SYS-EXCHANGE-API (order and account calls) and STATE-ORPHAN-ORDERS.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use rust_decimal::Decimal;
-use rust_decimal::prelude::ToPrimitive;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -41,6 +40,8 @@ use crate::persistence::outbox::{Durability, DurableWrite};
 use crate::persistence::{OrderTransition, StoredOrder};
 use crate::trader::core::{AccountError, AccountSnapshot, EntryHalt, PlacementOutcome, UnresolvedOrder};
 use crate::trader::risk::RiskApproved;
+
+mod account_feed;
 
 /// Order-path timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,9 @@ impl Default for RouterSettings {
 pub struct SyncAccount {
     pub user: UserId,
     pub symbol: Symbol,
+    /// The newest closing price of each symbol the trader follows: positions are valued at these
+    /// for the account's equity (a held symbol without one is valued as the exchange reports it).
+    pub marks: BTreeMap<Symbol, Decimal>,
 }
 
 /// Place a committed, risk-approved intent.
@@ -315,7 +319,7 @@ impl Handler<SyncAccount> for OrderRouter {
     fn handle(&mut self, message: SyncAccount, _: &mut Context<Self>) -> Self::Result {
         let context = self.context.clone();
         let placing = self.in_flight.clone();
-        Box::pin(async move { sync_account(&context, &message.user, &message.symbol, &placing).await })
+        Box::pin(async move { sync_account(&context, &message, &placing).await })
     }
 }
 
@@ -724,14 +728,20 @@ async fn resolve_order(
     .await
     .map_err(account_error)?;
     match found {
-        Some(exchange_order) => Ok(
-            match adopt(context, intent, (order.state, order.send_attempts), order.filled_quantity, exchange_order)
-                .await
-            {
-                PlacementOutcome::Recorded { state, .. } => state,
-                _ => order.state,
-            },
-        ),
+        Some(exchange_order) => {
+            let outcome =
+                adopt(context, intent, (order.state, order.send_attempts), order.filled_quantity, exchange_order).await;
+            let (state, detail) = match outcome {
+                PlacementOutcome::Recorded { state, detail } => (state, detail),
+                PlacementOutcome::Unconfirmed { reason } => (order.state, reason),
+                other => (order.state, format!("{other:?}")),
+            };
+            if !state.is_final() {
+                // Why it is not settled yet (reconcile passes again while any order is not).
+                tracing::info!(user = %intent.user, client_order_id = %intent.client_order_id, %state, %detail, "order router: order not final yet");
+            }
+            Ok(state)
+        }
         None => {
             let window_closed_at_ms = order.sent_at_ms.unwrap_or(intent.created_at_ms)
                 + context.settings.recv_window_ms
@@ -784,28 +794,33 @@ async fn resolve_order(
 
 async fn sync_account(
     context: &RouterContext,
-    user: &UserId,
-    symbol: &Symbol,
+    request: &SyncAccount,
     placing: &HashSet<ClientOrderId>,
 ) -> Result<AccountSnapshot, AccountError> {
+    let (user, symbol) = (&request.user, &request.symbol);
     let unresolved_orders = {
         let (user, symbol) = (user.clone(), symbol.clone());
         persistence::run(&context.directory, move |store| store.unresolved_orders(&user, Some(&symbol)))
             .await
             .map_err(|e| AccountError::other(format!("database: {e}")))?
     };
+    // With nothing of this symbol in flight, a verified book is the account: no exchange request.
+    // (An order in flight may have filled on the exchange before its event arrived: read by REST.)
+    if let Some(book) = account_feed::ensure_stream(context, user)
+        && unresolved_orders.is_empty()
+        && let Some(read) = account_feed::verified_read(context, user, &book).await?
+        && read.positions.iter().all(|position| request.marks.contains_key(&position.symbol))
+    {
+        let rules =
+            call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(account_error)?;
+        return Ok(account_snapshot(context, request, read.positions, Ok(read.wallet_usdt), rules, Vec::new()));
+    }
     for order in unresolved_orders.iter().take(ORDER_RESOLVE_QUERIES_PER_SYNC_MAX) {
         if let Err(error) = resolve_order(context, order, placing).await {
             tracing::warn!(%user, client_order_id = %order.intent.client_order_id, %error, "order router: could not resolve order");
         }
     }
-    let position = call(context, "position", context.exchange.position(user, symbol)).await.map_err(account_error)?;
-    let fetched_at_ms = context.clock.now_ms();
-    context.directory.note_position_verified(
-        user,
-        symbol,
-        PositionRead { at_ms: fetched_at_ms, quantity: position.quantity },
-    );
+    let positions = call(context, "positions", context.exchange.positions(user)).await.map_err(account_error)?;
     let rules = call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(account_error)?;
     let unresolved = if unresolved_orders.is_empty() {
         Vec::new()
@@ -820,20 +835,49 @@ async fn sync_account(
     };
     // Equity for the kill switch; a failure here does not fail the sync (exits must still work),
     // it makes the kill switch block entries.
-    let equity_usdt = match call(context, "balance", context.exchange.balance(user)).await {
-        Ok(balance) => (balance.wallet_balance + balance.unrealized_pnl)
-            .to_f64()
-            .ok_or_else(|| "balance is not a number".to_owned()),
+    let wallet_usdt = match call(context, "balance", context.exchange.balance(user)).await {
+        Ok(balance) => Ok(balance.wallet_balance),
         Err(error) => Err(format!("balance unavailable: {error}")),
     };
-    Ok(AccountSnapshot {
+    Ok(account_snapshot(context, request, positions, wallet_usdt, rules, unresolved))
+}
+
+/// What a sync answers, from every position the account holds and its wallet (read by REST or from
+/// the verified book): the symbol's position and the equity, both valued at the trader's marks, so
+/// that the two ways of reading give the same numbers.
+fn account_snapshot(
+    context: &RouterContext,
+    request: &SyncAccount,
+    positions: Vec<crate::domain::Position>,
+    wallet_usdt: Result<Decimal, String>,
+    rules: crate::domain::SymbolRules,
+    unresolved: Vec<UnresolvedOrder>,
+) -> AccountSnapshot {
+    let (user, symbol) = (&request.user, &request.symbol);
+    let fetched_at_ms = context.clock.now_ms();
+    let mut position = positions
+        .iter()
+        .find(|position| position.symbol == *symbol)
+        .cloned()
+        .unwrap_or_else(|| crate::domain::Position::flat(symbol.clone(), Decimal::ZERO));
+    if let Some(mark) = request.marks.get(symbol) {
+        position.mark_price = *mark;
+        position.unrealized_pnl = position.quantity * (*mark - position.entry_price);
+    }
+    context.directory.note_position_verified(
+        user,
+        symbol,
+        PositionRead { at_ms: fetched_at_ms, quantity: position.quantity },
+    );
+    let equity_usdt = wallet_usdt.and_then(|wallet| account_feed::equity_f64(wallet, &positions, &request.marks));
+    AccountSnapshot {
         position,
         rules,
         unresolved,
         fetched_at_ms,
         equity_usdt,
         entries_halted: entries_halted(context, user),
-    })
+    }
 }
 
 /// Why entries are refused for `user` now: the database is behind (records wait in the outbox, or

@@ -256,7 +256,7 @@ impl Trader {
             .core
             .intelligence_wanted(slot)
             .map(|(symbol, timeframe, newest_candle_open_ms)| GetIntel { symbol, timeframe, newest_candle_open_ms });
-        let request = SyncAccount { user: self.seed.user.clone(), symbol };
+        let request = SyncAccount { user: self.seed.user.clone(), symbol, marks: self.core.marks() };
         let (directory, timeout) = (self.seed.directory.clone(), self.seed.call_timeout);
         let intel_directory = directory.clone();
         let answer = async move {

@@ -21,12 +21,17 @@ pub enum AccountEvent {
     Order { order: ExchangeOrder, fill: Option<Fill>, times: EventTimes },
     /// Positions and balances that changed (only those).
     Account { positions: Vec<PositionUpdate>, balances: Vec<BalanceUpdate>, times: EventTimes },
+    /// The connection is alive and nothing changed (Binance: a ping answered, a keepalive
+    /// acknowledged): what keeps a quiet account's book verified.
+    Heartbeat { times: EventTimes },
 }
 
 impl AccountEvent {
     pub fn times(&self) -> EventTimes {
         match self {
-            AccountEvent::Order { times, .. } | AccountEvent::Account { times, .. } => *times,
+            AccountEvent::Order { times, .. }
+            | AccountEvent::Account { times, .. }
+            | AccountEvent::Heartbeat { times } => *times,
         }
     }
 }

@@ -288,6 +288,10 @@ impl Exchange for BreakerExchange {
         self.guarded(Scope::Account(account), "position", self.inner.position(account, symbol)).await
     }
 
+    async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
+        self.guarded(Scope::Account(account), "positions", self.inner.positions(account)).await
+    }
+
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
         self.guarded(Scope::Account(account), "balance", self.inner.balance(account)).await
     }

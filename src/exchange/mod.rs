@@ -226,6 +226,10 @@ pub trait Exchange: Send + Sync + fmt::Debug {
 
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError>;
 
+    /// Every position the account holds, on any symbol (a symbol not listed is flat): one read for
+    /// an account snapshot (Binance: `positionRisk` without a symbol, weight 5).
+    async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError>;
+
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError>;
 
     async fn create_order(&self, account: &UserId, request: &OrderRequest) -> Result<ExchangeOrder, ExchangeError>;

@@ -193,6 +193,13 @@ impl AccountBook {
         }
     }
 
+    /// Connection number `connection` ended at `now_ms`; a newer connection already up stays up.
+    pub fn stream_ended(&mut self, connection: u64, now_ms: i64) {
+        if matches!(self.link, Link::Up { connection: up, .. } if up == connection) {
+            self.link = Link::Down { since_ms: now_ms };
+        }
+    }
+
     /// The stream answered a keepalive (or delivered anything) at `now_ms`.
     pub fn heard(&mut self, now_ms: i64) {
         if let Link::Up { last_heard_ms, .. } = &mut self.link {
@@ -306,6 +313,7 @@ impl AccountBook {
                 }
                 applied
             }
+            AccountEvent::Heartbeat { .. } => Applied::default(),
         }
     }
 
@@ -354,19 +362,39 @@ impl AccountBook {
     /// `None` before any wallet balance is known.
     pub fn equity_usdt(&self, marks: &BTreeMap<Symbol, Decimal>) -> Option<Decimal> {
         let wallet = self.wallet_usdt.as_ref()?.value;
-        let unrealized: Decimal = self
-            .positions
-            .values()
-            .map(|known| {
-                let position = &known.value;
-                match marks.get(&position.symbol) {
-                    Some(mark) if !position.quantity.is_zero() => position.quantity * (*mark - position.entry_price),
-                    _ => position.unrealized_pnl,
-                }
-            })
-            .sum();
-        Some(wallet + unrealized)
+        Some(equity_at_marks(wallet, self.positions.values().map(|known| &known.value), marks))
     }
+
+    /// The symbols the book holds a position on.
+    pub fn held_symbols(&self) -> Vec<Symbol> {
+        self.positions
+            .values()
+            .filter(|known| !known.value.quantity.is_zero())
+            .map(|known| known.value.symbol.clone())
+            .collect()
+    }
+
+    /// The USDT wallet balance, once a snapshot or an event told it.
+    pub fn wallet_usdt(&self) -> Option<Decimal> {
+        self.wallet_usdt.as_ref().map(|known| known.value)
+    }
+}
+
+/// `wallet` plus each position's unrealized PnL at `marks` (a symbol without a mark counts at the
+/// PnL its read reported): one valuation whether the account came from REST or from the stream.
+pub fn equity_at_marks<'a>(
+    wallet: Decimal,
+    positions: impl IntoIterator<Item = &'a Position>,
+    marks: &BTreeMap<Symbol, Decimal>,
+) -> Decimal {
+    let unrealized: Decimal = positions
+        .into_iter()
+        .map(|position| match marks.get(&position.symbol) {
+            Some(mark) if !position.quantity.is_zero() => position.quantity * (*mark - position.entry_price),
+            _ => position.unrealized_pnl,
+        })
+        .sum();
+    wallet + unrealized
 }
 
 /// The mark price an `ACCOUNT_UPDATE` position implies (entry + PnL per unit), if it holds any.

@@ -347,6 +347,24 @@ impl TraderCore {
     /// The intelligence a slot's decision wants: (symbol, timeframe, open time of the newest
     /// candle). `None` without guards or candles, and while the slot holds a position (only
     /// entries read intelligence; an exit must never wait for it).
+    /// The newest closing price of each symbol the trader has candles for (of its newest candle
+    /// across timeframes): the marks an account's equity is valued at, whichever way the account
+    /// was read, so that the kill switch sees the same equity from a REST read and from the stream.
+    pub fn marks(&self) -> BTreeMap<Symbol, Decimal> {
+        let mut newest: BTreeMap<Symbol, (i64, f64)> = BTreeMap::new();
+        for ((symbol, _), candles) in &self.universe {
+            if let Some(candle) = candles.last()
+                && newest.get(symbol).is_none_or(|(open_ms, _)| *open_ms < candle.open_time_ms)
+            {
+                newest.insert(symbol.clone(), (candle.open_time_ms, candle.close));
+            }
+        }
+        newest
+            .into_iter()
+            .filter_map(|(symbol, (_, close))| decimal_from_f64(close).ok().map(|mark| (symbol, mark)))
+            .collect()
+    }
+
     pub fn intelligence_wanted(&self, slot_index: usize) -> Option<(Symbol, Timeframe, i64)> {
         self.guards.as_ref()?;
         let slot = self.slots.get(slot_index)?;

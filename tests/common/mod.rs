@@ -333,6 +333,9 @@ pub struct ScriptedExchange {
     /// Account reads that cost request weight, counted by kind: `open orders (all)` (40 on
     /// Binance), `open orders (one symbol)` (1), `position` (5).
     pub reads: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Whether accounts are streamed (the paper venue's stream); off, every account sync reads by
+    /// REST, as against a venue without streams.
+    pub streams_accounts: bool,
 }
 
 impl ScriptedExchange {
@@ -359,7 +362,14 @@ impl ScriptedExchange {
             empty_trade_lists: Mutex::new(false),
             equity_usdt: Mutex::new(None),
             reads: Mutex::new(std::collections::BTreeMap::new()),
+            streams_accounts: true,
         }
+    }
+
+    /// The same exchange without account streams: account syncs read by REST.
+    pub fn without_account_streams(mut self) -> Self {
+        self.streams_accounts = false;
+        self
     }
 
     /// From now on the exchange refuses `account`'s credentials (a revoked API key).
@@ -392,6 +402,9 @@ impl Exchange for ScriptedExchange {
         self.inner.venue_pace()
     }
     fn account_stream(&self, account: &bulwark::domain::UserId) -> Option<bulwark::exchange::AccountStream> {
+        if !self.streams_accounts {
+            return None;
+        }
         self.inner.account_stream(account)
     }
     async fn probe_time_ms(&self) -> Result<bulwark::exchange::TimeProbe, ExchangeError> {
@@ -413,6 +426,11 @@ impl Exchange for ScriptedExchange {
         self.check_credentials(account)?;
         self.count("position");
         self.inner.position(account, symbol).await
+    }
+    async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
+        self.check_credentials(account)?;
+        self.count("positions");
+        self.inner.positions(account).await
     }
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
         self.check_credentials(account)?;

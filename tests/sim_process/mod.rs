@@ -219,10 +219,15 @@ pub fn run_bulwark(config: &Path, users: usize, seconds: u64) -> Child {
 /// `bulwark reconcile`, at once after the server stopped (orders it placed last may still be open:
 /// reconcile waits for them to settle), which must succeed.
 pub async fn reconcile(config: &Path, users: usize) {
-    let mut command = bulwark_command(&["reconcile"], config, users);
-    command.stderr(Stdio::null());
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
-    assert!(output.status.success(), "reconcile: {}", String::from_utf8_lossy(&output.stdout));
+    let command = bulwark_command(&["reconcile"], config, users);
+    let output = tokio::task::spawn_blocking(move || { command }.output().unwrap()).await.unwrap();
+    // Its log (stderr) says why an order stayed unresolved: shown only when it failed.
+    assert!(
+        output.status.success(),
+        "reconcile: {}\nits log:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     eprint!("{}", String::from_utf8_lossy(&output.stdout));
 }
 

@@ -548,6 +548,17 @@ impl Exchange for BinanceClient {
         Ok(models::position(symbol, &rows))
     }
 
+    async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
+        let account = account.clone();
+        let body = self
+            .read(move || {
+                Call::new(Method::GET, "/fapi/v3/positionRisk", "GET /fapi/v3/positionRisk", 5).signed(&account)
+            })
+            .await?;
+        let rows: Vec<models::PositionRow> = models::parse("GET /fapi/v3/positionRisk", &body)?;
+        models::positions(&rows)
+    }
+
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
         let account = account.clone();
         let body = self

@@ -148,6 +148,19 @@ pub fn position(symbol: &Symbol, rows: &[PositionRow]) -> Position {
     }
 }
 
+/// Every one-way (`BOTH`) position the rows list with a non-zero amount.
+pub fn positions(rows: &[PositionRow]) -> Result<Vec<Position>, ExchangeError> {
+    rows.iter()
+        .filter(|row| row.position_side.as_deref().is_none_or(|s| s == "BOTH") && !row.position_amt.is_zero())
+        .map(|row| {
+            let symbol = Symbol::new(&row.symbol).map_err(|e| ExchangeError::Malformed {
+                detail: format!("GET /fapi/v3/positionRisk: symbol {:?}: {e}", row.symbol),
+            })?;
+            Ok(position(&symbol, std::slice::from_ref(row)))
+        })
+        .collect()
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BalanceRow {

@@ -35,7 +35,7 @@ use crate::exchange::AccountStream;
 use crate::exchange::paper::market::{MarketClock, PaperMarket, SeriesSource};
 use crate::exchange::paper::venue::{PaperVenue, VenueChange, VenueSettings};
 use crate::exchange::{Exchange, ExchangeError};
-use crate::limits::{ACCOUNT_STREAM_QUEUE_MAX, PAPER_VENUE_QUEUE_MAX};
+use crate::limits::{ACCOUNT_STREAM_QUEUE_MAX, PAPER_STREAM_HEARTBEAT_MS, PAPER_VENUE_QUEUE_MAX};
 use crate::persistence::StoreError;
 use crate::persistence::paper_journal::PaperJournal;
 
@@ -77,6 +77,8 @@ struct VenueHost {
     journal: PaperJournal,
     clock: Arc<dyn Clock>,
     listeners: Listeners,
+    /// When the ticker last told every listener the stream is alive (wall ms; venue thread only).
+    heartbeat_sent_ms: i64,
 }
 
 impl VenueHost {
@@ -93,7 +95,25 @@ impl VenueHost {
             tracing::error!(%error, changes = changes.len(), "paper exchange: journal write failed");
         }
         self.tell_listeners(&changes, wall_ms);
+        self.heartbeat();
         result
+    }
+
+    /// Tells every listener the stream is alive, at most every `PAPER_STREAM_HEARTBEAT_MS` (as
+    /// Binance's server pings each connection): a quiet account's book stays verified. Part of every
+    /// operation (the ticker's included), so a request after the clock moved finds the heartbeat
+    /// already sent. A listener whose queue is full gets none (it has events to read).
+    fn heartbeat(&mut self) {
+        let wall_ms = self.clock.now_ms();
+        if wall_ms.saturating_sub(self.heartbeat_sent_ms) < PAPER_STREAM_HEARTBEAT_MS {
+            return;
+        }
+        self.heartbeat_sent_ms = wall_ms;
+        let venue_ms = self.venue.server_time_ms(wall_ms);
+        let times = crate::domain::EventTimes { transaction_ms: venue_ms, event_ms: venue_ms };
+        self.listeners.lock().retain(|_, listener| {
+            !matches!(listener.try_send(AccountEvent::Heartbeat { times }), Err(mpsc::error::TrySendError::Closed(_)))
+        });
     }
 
     /// Pushes what `changes` did to the accounts listening (before the request is answered, as an
@@ -162,7 +182,7 @@ impl PaperExchange {
         let venue = PaperVenue::restore(settings.venue, rules, market, snapshot);
         let wall = clock.clone();
         let listeners = Listeners::default();
-        let mut host = VenueHost { venue, journal, clock, listeners: listeners.clone() };
+        let mut host = VenueHost { venue, journal, clock, listeners: listeners.clone(), heartbeat_sent_ms: i64::MIN };
         let (jobs, mut receiver) = mpsc::channel::<VenueJob>(PAPER_VENUE_QUEUE_MAX);
         std::thread::Builder::new()
             .name("paper-venue".to_owned())
@@ -308,6 +328,11 @@ impl Exchange for PaperExchange {
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
         let (account, symbol) = (account.clone(), symbol.clone());
         self.call(move |venue, wall_ms, changes| venue.position(&account, &symbol, wall_ms, changes)).await
+    }
+
+    async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
+        let account = account.clone();
+        self.call(move |venue, wall_ms, changes| venue.positions(&account, wall_ms, changes)).await
     }
 
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {

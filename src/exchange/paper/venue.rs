@@ -359,6 +359,24 @@ impl PaperVenue {
         })
     }
 
+    /// Every non-flat position of `user`, at the mark price now.
+    pub fn positions(
+        &mut self,
+        user: &UserId,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Vec<Position>, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        let held: Vec<Symbol> = self
+            .accounts
+            .get(user)
+            .map(|account| {
+                account.positions.iter().filter(|(_, p)| !p.quantity.is_zero()).map(|(s, _)| s.clone()).collect()
+            })
+            .unwrap_or_default();
+        held.iter().map(|symbol| self.position(user, symbol, wall_ms, changes)).collect()
+    }
+
     pub fn balance(
         &mut self,
         user: &UserId,

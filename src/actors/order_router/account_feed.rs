@@ -1,0 +1,254 @@
+//! The order router's account streams (issue 14): one [`AccountBook`] per user, kept current by the
+//! exchange's account stream, so that an account sync reads the book instead of asking the
+//! exchange. A book is used only while it is verified (`AccountBook::verification`: a snapshot read
+//! on the connection that is still up, heard from lately); otherwise the sync reads the exchange by
+//! REST as before.
+//!
+//! What the stream tells about bulwark's own open orders (a fill, the final state) is recorded
+//! through the same durable writes as a REST read's, and only when it adds up with what the
+//! database holds: an event after a dropped one (its fill quantity does not follow on) is left to
+//! the REST resolution, which lists every fill of the order. Fills of orders bulwark did not place
+//! are left to reconciliation, which reports them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rust_decimal::Decimal;
+
+use super::{RouterContext, account_error, call, load_order, record_transition};
+use crate::domain::{ExchangeOrder, Fill, OrderState, Symbol, UserId};
+use crate::exchange::AccountStream;
+use crate::persistence::OrderTransition;
+use crate::trader::account_book::{AccountBook, Applied, BookSettings, RestSnapshot, Unverified};
+use crate::trader::core::AccountError;
+
+/// One user's book, shared by its stream task and the syncs.
+pub(super) type SharedBook = Arc<Mutex<AccountBook>>;
+
+/// A verified read of one account from its book.
+pub(super) struct BookRead {
+    pub wallet_usdt: Decimal,
+    pub positions: Vec<crate::domain::Position>,
+}
+
+/// `user`'s book with its stream up: subscribes when the venue streams accounts and no connection
+/// is up (a new connection needs a snapshot before the book is verified again). `None`: the venue
+/// has no account stream; every sync reads by REST.
+pub(super) fn ensure_stream(context: &RouterContext, user: &UserId) -> Option<SharedBook> {
+    let known = context.directory.account_books.read().get(user).cloned();
+    let book = match known {
+        Some(book) => book,
+        None => context
+            .directory
+            .account_books
+            .write()
+            .entry(user.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(AccountBook::new(BookSettings::default()))))
+            .clone(),
+    };
+    let mut locked = book.lock();
+    if locked.connection().is_none() {
+        let stream = context.exchange.account_stream(user)?;
+        let connection = locked.stream_connected(context.clock.now_ms());
+        tracing::debug!(%user, connection, "order router: account stream connected");
+        actix::spawn(follow(context.clone(), user.clone(), stream, book.clone(), connection));
+    }
+    drop(locked);
+    Some(book)
+}
+
+/// The account as the book holds it, if the book is verified now (after reading a snapshot on
+/// this connection when it has none yet). `None`: read the exchange instead; why is logged.
+pub(super) async fn verified_read(
+    context: &RouterContext,
+    user: &UserId,
+    book: &SharedBook,
+) -> Result<Option<BookRead>, AccountError> {
+    let verification = book.lock().verification(context.clock.now_ms());
+    if let Err(Unverified::NoSnapshotOnThisConnection { .. }) = verification {
+        take_snapshot(context, user, book).await?;
+    }
+    let book = book.lock();
+    if let Err(why) = book.verification(context.clock.now_ms()) {
+        tracing::debug!(%user, %why, "order router: account book unverified; reading the account by REST");
+        return Ok(None);
+    }
+    let Some(wallet_usdt) = book.wallet_usdt() else { return Ok(None) };
+    let positions = book.held_symbols().iter().map(|symbol| book.position(symbol)).collect();
+    Ok(Some(BookRead { wallet_usdt, positions }))
+}
+
+/// Reads every position, the wallet and the open orders by REST on the stream's current
+/// connection, and sets the book from them (verified if that connection is still up after).
+async fn take_snapshot(context: &RouterContext, user: &UserId, book: &SharedBook) -> Result<(), AccountError> {
+    let requested_on = book.lock().connection();
+    // Venue time before the reads: an event stamped later is newer than the snapshot and wins.
+    let as_of_ms = context.exchange.estimated_now_ms().unwrap_or_else(|| context.clock.now_ms());
+    let positions = call(context, "positions", context.exchange.positions(user)).await.map_err(account_error)?;
+    let balance = call(context, "balance", context.exchange.balance(user)).await.map_err(account_error)?;
+    let open_orders =
+        call(context, "open orders", context.exchange.open_orders(user, None)).await.map_err(account_error)?;
+    let snapshot = RestSnapshot { positions, wallet_usdt: balance.wallet_balance, open_orders, as_of_ms };
+    book.lock().apply_snapshot(snapshot, requested_on);
+    tracing::debug!(%user, ?requested_on, "order router: account snapshot read on the stream's connection");
+    Ok(())
+}
+
+/// Applies `user`'s stream to its book until the stream ends, recording what it tells of bulwark's
+/// open orders.
+async fn follow(context: RouterContext, user: UserId, mut stream: AccountStream, book: SharedBook, connection: u64) {
+    while let Some(event) = stream.recv().await {
+        let applied = book.lock().apply(event, context.clock.now_ms());
+        record_order_update(&context, applied).await;
+    }
+    book.lock().stream_ended(connection, context.clock.now_ms());
+    tracing::info!(%user, connection, "order router: the account stream ended; syncs read the account by REST until it is back");
+}
+
+/// Records an order update of one of bulwark's open orders with the fill it carries, when the fill
+/// follows on from what the database holds.
+async fn record_order_update(context: &RouterContext, applied: Applied) {
+    let Some(order) = applied.order.filter(|order| order.client_order_id.is_bulwark()) else { return };
+    let stored = match load_order(context, &order.client_order_id).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(client_order_id = %order.client_order_id, %error, "order router: stream update not recorded (database); the next sync resolves the order");
+            return;
+        }
+    };
+    // Only an order whose placement is recorded (`open`, with this exchange id): one still being
+    // placed is recorded by its placement, one already final by whoever finished it.
+    if stored.state != OrderState::Open || stored.exchange_order_id.as_deref() != Some(order.exchange_order_id.as_str())
+    {
+        return;
+    }
+    let Some(change) = transition_from_update(&stored.filled_quantity, order, applied.new_fill, context.clock.now_ms())
+    else {
+        return;
+    };
+    let client_order_id = change.client_order_id.clone();
+    if let Err(error) = record_transition(context, change).await {
+        tracing::warn!(%client_order_id, %error, "order router: stream update not recorded; the next sync resolves the order");
+    }
+}
+
+/// The transition an order update makes of an `open` order whose fills so far add up to
+/// `recorded_filled`, or `None` when it changes nothing or does not follow on (a fill is missing:
+/// the REST resolution lists them all).
+fn transition_from_update(
+    recorded_filled: &Decimal,
+    order: ExchangeOrder,
+    new_fill: Option<Fill>,
+    now_ms: i64,
+) -> Option<OrderTransition> {
+    let new_quantity = new_fill.as_ref().map_or(Decimal::ZERO, |fill| fill.quantity);
+    if *recorded_filled + new_quantity != order.filled_quantity {
+        tracing::debug!(client_order_id = %order.client_order_id, %recorded_filled, %new_quantity, filled = %order.filled_quantity, "order router: stream update does not follow on; left to the REST resolution");
+        return None;
+    }
+    let to = order.status.order_state();
+    if to == OrderState::Open && new_fill.is_none() {
+        return None;
+    }
+    let mut change = OrderTransition::new(order.client_order_id.clone(), OrderState::Open, to, now_ms);
+    change.exchange_order_id = Some(order.exchange_order_id);
+    change.filled_quantity = Some(order.filled_quantity);
+    change.average_price = order.average_price;
+    change.fills = new_fill.into_iter().collect();
+    Some(change)
+}
+
+/// Equity (wallet plus every position at `marks`), as a number for the kill switch.
+pub(super) fn equity_f64(
+    wallet_usdt: Decimal,
+    positions: &[crate::domain::Position],
+    marks: &BTreeMap<Symbol, Decimal>,
+) -> Result<f64, String> {
+    use rust_decimal::prelude::ToPrimitive;
+    crate::trader::account_book::equity_at_marks(wallet_usdt, positions, marks)
+        .to_f64()
+        .ok_or_else(|| "equity is not a number".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ClientOrderId, ExchangeOrderStatus, OrderType, Quantity, Side};
+
+    fn order(status: ExchangeOrderStatus, filled: &str) -> ExchangeOrder {
+        ExchangeOrder {
+            exchange_order_id: "7".into(),
+            client_order_id: ClientOrderId::parse("bw-u1-1").unwrap(),
+            symbol: Symbol::new("XRPUSDT").unwrap(),
+            side: Side::Buy,
+            order_type: OrderType::Market,
+            quantity: Quantity::new(Decimal::from(10)).unwrap(),
+            filled_quantity: filled.parse().unwrap(),
+            average_price: Some(Decimal::from(2)),
+            status,
+            reduce_only: false,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn fill(quantity: &str, trade_id: &str) -> Fill {
+        Fill {
+            trade_id: trade_id.into(),
+            exchange_order_id: "7".into(),
+            symbol: Symbol::new("XRPUSDT").unwrap(),
+            side: Side::Buy,
+            price: Decimal::from(2),
+            quantity: quantity.parse().unwrap(),
+            fee: Decimal::ZERO,
+            fee_asset: "USDT".into(),
+            realized_pnl: Decimal::ZERO,
+            time_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_fill_that_completes_the_order_marks_it_filled_with_that_fill() {
+        let change =
+            transition_from_update(&Decimal::ZERO, order(ExchangeOrderStatus::Filled, "10"), Some(fill("10", "1")), 5)
+                .expect("a transition");
+        assert_eq!((change.from, change.to), (OrderState::Open, OrderState::Filled));
+        assert_eq!(change.fills.len(), 1);
+        assert_eq!(change.filled_quantity, Some(Decimal::from(10)));
+    }
+
+    #[test]
+    fn an_update_after_a_dropped_fill_is_left_to_the_rest_resolution() {
+        // 4 recorded, this fill 3, the order says 10 filled: a fill of 3 was dropped.
+        let missing = transition_from_update(
+            &Decimal::from(4),
+            order(ExchangeOrderStatus::Filled, "10"),
+            Some(fill("3", "2")),
+            5,
+        );
+        assert!(missing.is_none());
+        // The same update when the earlier fills are recorded: it completes the order.
+        let complete = transition_from_update(
+            &Decimal::from(7),
+            order(ExchangeOrderStatus::Filled, "10"),
+            Some(fill("3", "2")),
+            5,
+        );
+        assert_eq!(complete.map(|c| c.to), Some(OrderState::Filled));
+    }
+
+    #[test]
+    fn a_cancel_without_fills_is_recorded_and_an_open_update_without_a_fill_is_not() {
+        let cancelled = transition_from_update(&Decimal::ZERO, order(ExchangeOrderStatus::Canceled, "0"), None, 5);
+        assert_eq!(cancelled.map(|c| c.to), Some(OrderState::Cancelled));
+        assert!(transition_from_update(&Decimal::ZERO, order(ExchangeOrderStatus::New, "0"), None, 5).is_none());
+        let partial = transition_from_update(
+            &Decimal::ZERO,
+            order(ExchangeOrderStatus::PartiallyFilled, "4"),
+            Some(fill("4", "3")),
+            5,
+        );
+        assert_eq!(partial.map(|c| (c.to, c.fills.len())), Some((OrderState::Open, 1)));
+    }
+}
