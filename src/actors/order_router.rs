@@ -808,7 +808,7 @@ async fn sync_account(
     // (An order in flight may have filled on the exchange before its event arrived: read by REST.)
     if let Some(book) = account_feed::ensure_stream(context, user)
         && unresolved_orders.is_empty()
-        && let Some(read) = account_feed::verified_read(context, user, &book).await?
+        && let Some(read) = account_feed::verified_read(context, user, symbol, &book).await?
         && read.positions.iter().all(|position| request.marks.contains_key(&position.symbol))
     {
         let rules =

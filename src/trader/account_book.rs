@@ -160,6 +160,9 @@ pub struct AccountBook {
     /// Exchange order ids of orders known final.
     final_orders: Recent,
     trades: Recent,
+    /// The venue time of the newest fill seen on each symbol: a position known as of earlier has
+    /// not caught up with it yet (Binance may send the order update before the account update).
+    newest_fill_ms: BTreeMap<Symbol, i64>,
 }
 
 impl AccountBook {
@@ -174,6 +177,7 @@ impl AccountBook {
             open_orders: BTreeMap::new(),
             final_orders: Recent::with_capacity(settings.final_orders_remembered),
             trades: Recent::with_capacity(settings.trades_remembered),
+            newest_fill_ms: BTreeMap::new(),
         }
     }
 
@@ -322,6 +326,8 @@ impl AccountBook {
         if let Some(fill) = fill
             && self.trades.insert(&fill.trade_id)
         {
+            let newest = self.newest_fill_ms.entry(fill.symbol.clone()).or_insert(as_of_ms);
+            *newest = (*newest).max(as_of_ms);
             applied.new_fill = Some(fill);
         }
         let id = order.exchange_order_id.clone();
@@ -363,6 +369,14 @@ impl AccountBook {
     pub fn equity_usdt(&self, marks: &BTreeMap<Symbol, Decimal>) -> Option<Decimal> {
         let wallet = self.wallet_usdt.as_ref()?.value;
         Some(equity_at_marks(wallet, self.positions.values().map(|known| &known.value), marks))
+    }
+
+    /// Whether the position on `symbol` is known as of the newest fill seen on it (an order update
+    /// can arrive before the account update that moves the position: until it does, the book's
+    /// position is behind its own fills and must not be decided on).
+    pub fn position_caught_up(&self, symbol: &Symbol) -> bool {
+        let Some(fill_ms) = self.newest_fill_ms.get(symbol) else { return true };
+        self.positions.get(symbol).is_some_and(|known| known.as_of_ms >= *fill_ms)
     }
 
     /// The symbols the book holds a position on.

@@ -216,3 +216,21 @@ fn a_read_drops_orders_it_no_longer_lists_unless_an_event_since_says_otherwise()
     assert!(book.apply(order_event(ExchangeOrderStatus::New, "0", None, 10), 0).stale);
     assert!(book.open_orders(&btc()).is_empty());
 }
+
+#[test]
+fn a_position_is_behind_until_the_account_update_after_its_newest_fill_arrives() {
+    let mut book = book();
+    let connection = book.stream_connected(0);
+    book.apply_snapshot(snapshot("0", "1000", 100), Some(connection));
+    assert!(book.position_caught_up(&btc()), "no fill seen: the read is the position");
+    // Binance may send the order update (with its fill) before the account update.
+    book.apply(order_event(ExchangeOrderStatus::Filled, "1", Some(("t1", "1")), 110), 1);
+    assert!(!book.position_caught_up(&btc()), "the fill at 110 is not in the position known as of 100");
+    book.apply(position_event("1", 110), 2);
+    assert!(book.position_caught_up(&btc()));
+    // A read taken after the fill catches it up too.
+    book.apply(order_event(ExchangeOrderStatus::Filled, "1", Some(("t2", "1")), 130), 3);
+    assert!(!book.position_caught_up(&btc()));
+    book.apply_snapshot(snapshot("2", "1000", 131), Some(connection));
+    assert!(book.position_caught_up(&btc()));
+}

@@ -59,10 +59,12 @@ pub(super) fn ensure_stream(context: &RouterContext, user: &UserId) -> Option<Sh
 }
 
 /// The account as the book holds it, if the book is verified now (after reading a snapshot on
-/// this connection when it has none yet). `None`: read the exchange instead; why is logged.
+/// this connection when it has none yet) and every position it holds, `symbol`'s included, has
+/// caught up with the newest fill seen on it. `None`: read the exchange instead; why is logged.
 pub(super) async fn verified_read(
     context: &RouterContext,
     user: &UserId,
+    symbol: &Symbol,
     book: &SharedBook,
 ) -> Result<Option<BookRead>, AccountError> {
     let verification = book.lock().verification(context.clock.now_ms());
@@ -75,7 +77,12 @@ pub(super) async fn verified_read(
         return Ok(None);
     }
     let Some(wallet_usdt) = book.wallet_usdt() else { return Ok(None) };
-    let positions = book.held_symbols().iter().map(|symbol| book.position(symbol)).collect();
+    let held = book.held_symbols();
+    if let Some(behind) = held.iter().chain([symbol]).find(|symbol| !book.position_caught_up(symbol)) {
+        tracing::debug!(%user, symbol = %behind, "order router: the book's position is behind its newest fill; reading by REST");
+        return Ok(None);
+    }
+    let positions = held.iter().map(|symbol| book.position(symbol)).collect();
     Ok(Some(BookRead { wallet_usdt, positions }))
 }
 
