@@ -20,6 +20,8 @@ pub struct Metrics {
     exchange_seconds: HistogramVec,
     orders: IntCounterVec,
     guard_blocks: IntCounterVec,
+    account_syncs: IntCounterVec,
+    stream_order_updates: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -56,11 +58,41 @@ impl Metrics {
             &["guard"],
         )
         .expect("Invariant: valid metric");
-        for metric in [exchange_requests.clone(), orders.clone(), guard_blocks.clone()] {
+        let account_syncs = IntCounterVec::new(
+            Opts::new(
+                "bulwark_account_syncs_total",
+                "Account syncs before a decision, by where the account was read: `book` (the verified account stream, no request) or `rest`.",
+            ),
+            &["source"],
+        )
+        .expect("Invariant: valid metric");
+        let stream_order_updates = IntCounterVec::new(
+            Opts::new(
+                "bulwark_stream_order_updates_total",
+                "Updates of bulwark's open orders from the account stream: `recorded`, `already_recorded` (a REST read was first), or `left_to_rest` (a fill did not follow on from the recorded ones).",
+            ),
+            &["result"],
+        )
+        .expect("Invariant: valid metric");
+        for metric in [
+            exchange_requests.clone(),
+            orders.clone(),
+            guard_blocks.clone(),
+            account_syncs.clone(),
+            stream_order_updates.clone(),
+        ] {
             registry.register(Box::new(metric)).expect("Invariant: registered once");
         }
         registry.register(Box::new(exchange_seconds.clone())).expect("Invariant: registered once");
-        Self { registry, exchange_requests, exchange_seconds, orders, guard_blocks }
+        Self {
+            registry,
+            exchange_requests,
+            exchange_seconds,
+            orders,
+            guard_blocks,
+            account_syncs,
+            stream_order_updates,
+        }
     }
 
     /// One exchange request: `endpoint` (`klines`, `create_order`, ...), `outcome` (`ok` or an
@@ -78,6 +110,26 @@ impl Metrics {
     /// A placement ended: `filled`, `open`, `rejected`, `not_placed`, `unknown`, `not_committed`, ...
     pub fn order(&self, result: &str) {
         self.orders.with_label_values(&[result]).inc();
+    }
+
+    /// An account sync answered from `source` (`book` or `rest`).
+    pub fn account_sync(&self, source: &str) {
+        self.account_syncs.with_label_values(&[source]).inc();
+    }
+
+    /// Account syncs answered from `source` so far.
+    pub fn account_syncs(&self, source: &str) -> u64 {
+        self.account_syncs.with_label_values(&[source]).get()
+    }
+
+    /// An update of one of bulwark's open orders from the stream: `recorded` or `left_to_rest`.
+    pub fn stream_order_update(&self, result: &str) {
+        self.stream_order_updates.with_label_values(&[result]).inc();
+    }
+
+    /// Stream order updates with `result` so far.
+    pub fn stream_order_updates(&self, result: &str) -> u64 {
+        self.stream_order_updates.with_label_values(&[result]).get()
     }
 
     /// A guard blocked an entry signal.

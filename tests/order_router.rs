@@ -252,3 +252,31 @@ async fn a_position_its_fills_cannot_explain_halts_entries_until_reconciliation_
     assert!(tree.server.directory.position_hold(&u1()).is_some());
     tree.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn with_the_account_stream_syncs_read_the_book_and_fills_are_recorded_from_it() {
+    let (_dir, mut tree, faulty) = tree_with(Vec::new()).await;
+    let mut placed = 0;
+    for _ in 0..16 {
+        let outcome = tree.step_and_settle(&["u1"]).await;
+        placed += outcome.iterations.iter().filter(|i| i.decision.client_order_id.is_some()).count();
+    }
+    let metrics = &tree.server.directory.metrics;
+    let (from_book, from_rest) = (metrics.account_syncs("book"), metrics.account_syncs("rest"));
+    let recorded = metrics.stream_order_updates("recorded") + metrics.stream_order_updates("already_recorded");
+    eprintln!(
+        "{placed} orders placed; syncs: {from_book} from the book, {from_rest} by REST; {recorded} order updates from the stream"
+    );
+    assert!(placed >= 2, "the strategy trades in 16 candles ({placed})");
+    assert_eq!(from_book + from_rest, 16, "one sync per decision");
+    // A sync reads by REST only while an order of its symbol is unresolved in the database (the
+    // candle after each placement, before the fill's event is recorded) or before the first
+    // snapshot: the rest read the book.
+    assert!(from_book >= 16 - 2 * placed as u64 - 1, "{from_book} syncs from the book for {placed} orders");
+    // One account snapshot (every position) at the first sync; REST syncs read every position too.
+    assert_eq!(faulty.read_count("positions"), 1 + from_rest);
+    // Whichever way each order was resolved, every fill on the exchange is in the database once.
+    let fills_on_exchange = tree.paper.fills(&u1(), &xrp(), 0).await.unwrap().len();
+    assert_eq!(tree.store().fill_count(&u1()).unwrap() as usize, fills_on_exchange);
+    tree.shutdown().await;
+}

@@ -813,8 +813,10 @@ async fn sync_account(
     {
         let rules =
             call(context, "symbol rules", context.exchange.symbol_rules(symbol)).await.map_err(account_error)?;
+        context.directory.metrics.account_sync("book");
         return Ok(account_snapshot(context, request, read.positions, Ok(read.wallet_usdt), rules, Vec::new()));
     }
+    context.directory.metrics.account_sync("rest");
     for order in unresolved_orders.iter().take(ORDER_RESOLVE_QUERIES_PER_SYNC_MAX) {
         if let Err(error) = resolve_order(context, order, placing).await {
             tracing::warn!(%user, client_order_id = %order.intent.client_order_id, %error, "order router: could not resolve order");

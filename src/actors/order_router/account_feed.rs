@@ -131,13 +131,22 @@ async fn record_order_update(context: &RouterContext, applied: Applied) {
     {
         return;
     }
+    let changes_something = applied.new_fill.is_some() || !order.status.is_open();
     let Some(change) = transition_from_update(&stored.filled_quantity, order, applied.new_fill, context.clock.now_ms())
     else {
+        if changes_something {
+            context.directory.metrics.stream_order_update("left_to_rest");
+        }
         return;
     };
     let client_order_id = change.client_order_id.clone();
-    if let Err(error) = record_transition(context, change).await {
-        tracing::warn!(%client_order_id, %error, "order router: stream update not recorded; the next sync resolves the order");
+    match record_transition(context, change).await {
+        Ok(super::Recorded::Overtaken) => context.directory.metrics.stream_order_update("already_recorded"),
+        Ok(_) => context.directory.metrics.stream_order_update("recorded"),
+        Err(error) => {
+            context.directory.metrics.stream_order_update("left_to_rest");
+            tracing::warn!(%client_order_id, %error, "order router: stream update not recorded; the next sync resolves the order");
+        }
     }
 }
 
