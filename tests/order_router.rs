@@ -280,3 +280,69 @@ async fn with_the_account_stream_syncs_read_the_book_and_fills_are_recorded_from
     assert_eq!(tree.store().fill_count(&u1()).unwrap() as usize, fills_on_exchange);
     tree.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_dropped_account_stream_turns_sys_user_stream_critical_until_the_healer_reconnects_it() {
+    use bulwark::actors::healer::RunHealing;
+    use bulwark::actors::monitor::RunChecks;
+    use bulwark::failure_points::catalog::SYS_USER_STREAM;
+    use bulwark::failure_points::monitor::CheckStatus;
+    let (dir, mut tree, _faulty) = tree_with(Vec::new()).await;
+    tree.step_and_settle(&["u1"]).await;
+    let (monitor, healer) = (tree.server.directory.monitor().unwrap(), tree.server.directory.healer().unwrap());
+    let stream_check = || async {
+        let run = monitor.send(RunChecks).await.unwrap().unwrap();
+        run.check(SYS_USER_STREAM).unwrap().clone()
+    };
+    let verified = stream_check().await;
+    assert_eq!(verified.status, CheckStatus::Ok, "{}", verified.detail);
+    assert!(verified.detail.starts_with("1 account stream(s) verified"), "{}", verified.detail);
+
+    // The connection drops: within one monitor run the user is named, critical.
+    assert!(tree.paper.end_account_stream(&u1()));
+    let down = wait_for(|| async {
+        let check = stream_check().await;
+        (check.status == CheckStatus::Critical).then_some(check)
+    })
+    .await;
+    assert_eq!(down.users, vec![u1()]);
+    assert!(down.detail.contains("u1: the account stream is down since"), "{}", down.detail);
+    // A critical run wakes the Healer, which reconnects the stream and reads a snapshot on it
+    // (a pass of its own, or this one if it has not started yet).
+    let _ = healer.send(RunHealing).await.unwrap();
+    wait_for(|| async { (stream_check().await.status == CheckStatus::Ok).then_some(()) }).await;
+    // Healed is for the re-check after the action to say, and it did.
+    let healing_log = dir.path().join("logs/failure_point_healing.jsonl");
+    let healed = wait_for(|| async {
+        let text = std::fs::read_to_string(&healing_log).unwrap_or_default();
+        text.lines()
+            .find(|line| line.contains("SYS-USER-STREAM") && line.contains("\"result\":\"healed\""))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(healed.contains("reconnect_account_streams") && healed.contains("u1: reconnected"), "{healed}");
+    // The book answers u1's syncs again (those with no order of its own in flight).
+    let from_book_before = tree.server.directory.metrics.account_syncs("book");
+    for _ in 0..3 {
+        tree.step_and_settle(&["u1"]).await;
+    }
+    assert!(tree.server.directory.metrics.account_syncs("book") > from_book_before, "the book answers again");
+    tree.shutdown().await;
+}
+
+/// Polls `probe` until it answers, for at most 10 s (the condition comes from other actors).
+async fn wait_for<T, Probe, Answer>(probe: Probe) -> T
+where
+    Probe: Fn() -> Answer,
+    Answer: std::future::Future<Output = Option<T>>,
+{
+    let polling = async {
+        loop {
+            if let Some(answer) = probe().await {
+                return answer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), polling).await.expect("the condition within 10 s")
+}

@@ -29,9 +29,10 @@ use crate::actors::Directory;
 use crate::actors::intelligence::RefreshAll;
 use crate::actors::market_data::Poll;
 use crate::actors::monitor::LatestChecks;
-use crate::actors::order_router::ReconcileUser;
+use crate::actors::order_router::{OrderRouter, ReconcileUser, ReconnectAccountStream};
 use crate::actors::persistence;
 use crate::clock::{Clock, rfc3339_ms};
+use crate::domain::UserId;
 use crate::failure_points::catalog::FailurePointId;
 pub use crate::failure_points::healing::{
     Action, ActionOutcome, HealerSettings, HealingBudget, HealingPlanner, HealingRecord, HealingResult, PendingVerdict,
@@ -237,6 +238,7 @@ impl Action {
             Action::RestoreConfig => restore_config(&context.settings),
             Action::ReadmitQuarantined => readmit(check, context).await,
             Action::ReconcileUsers => reconcile(check, context).await,
+            Action::ReconnectAccountStreams => reconnect_account_streams(check, context).await,
             // `not_ready` always holds for it: the breaker heals itself.
             Action::AwaitBreakerProbe => {
                 ActionOutcome::Skipped(format!("the breaker probes by itself: {}", check.detail))
@@ -416,6 +418,38 @@ async fn readmit(check: &CheckResult, context: &ActionContext) -> ActionOutcome 
 }
 
 async fn reconcile(check: &CheckResult, context: &ActionContext) -> ActionOutcome {
+    each_named_user(check, context, |router, user| async move {
+        // The user's trader is running: it owns its positions (no re-sync here), and one pass that
+        // cannot explain a position is not enough to halt it.
+        let request = ReconcileUser { user: user.clone(), symbols: Vec::new(), settled: false };
+        match router.send(request).timeout(ACTION_TIMEOUT).await {
+            Ok(Ok(report)) => Ok(format!("{user}: {report:?}")),
+            Ok(Err(error)) => Err(format!("{user}: {error}")),
+            Err(error) => Err(format!("{user}: the order router did not answer ({error})")),
+        }
+    })
+    .await
+}
+
+async fn reconnect_account_streams(check: &CheckResult, context: &ActionContext) -> ActionOutcome {
+    each_named_user(check, context, |router, user| async move {
+        match router.send(ReconnectAccountStream { user: user.clone() }).timeout(ACTION_TIMEOUT).await {
+            Ok(Ok(true)) => Ok(format!("{user}: reconnected, snapshot read on the new connection")),
+            Ok(Ok(false)) => Err(format!("{user}: the venue streams no account")),
+            Ok(Err(error)) => Err(format!("{user}: {error}")),
+            Err(error) => Err(format!("{user}: the order router did not answer ({error})")),
+        }
+    })
+    .await
+}
+
+/// Runs `act` with the order router for each user `check` names, one after another; the action
+/// failed if any of them did.
+async fn each_named_user<Act, Done>(check: &CheckResult, context: &ActionContext, act: Act) -> ActionOutcome
+where
+    Act: Fn(Addr<OrderRouter>, UserId) -> Done,
+    Done: Future<Output = Result<String, String>>,
+{
     if check.users.is_empty() {
         return ActionOutcome::Skipped(format!("no user named: {}", check.detail));
     }
@@ -425,13 +459,9 @@ async fn reconcile(check: &CheckResult, context: &ActionContext) -> ActionOutcom
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for user in &check.users {
-        // The user's trader is running: it owns its positions (no re-sync here), and one pass that
-        // cannot explain a position is not enough to halt it.
-        let request = ReconcileUser { user: user.clone(), symbols: Vec::new(), settled: false };
-        match router.send(request).timeout(ACTION_TIMEOUT).await {
-            Ok(Ok(report)) => done.push(format!("{user}: {report:?}")),
-            Ok(Err(error)) => failed.push(format!("{user}: {error}")),
-            Err(error) => failed.push(format!("{user}: the order router did not answer ({error})")),
+        match act(router.clone(), user.clone()).await {
+            Ok(report) => done.push(report),
+            Err(error) => failed.push(error),
         }
     }
     if failed.is_empty() {

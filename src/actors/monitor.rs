@@ -37,7 +37,7 @@ use crate::failure_points::monitor::{CheckResult, CheckStatus};
 use crate::failure_points::monitor::{
     ConfigFileObservation, DatabaseObservation, DirectoryObservation, ExchangeObservation, ExchangeProbe,
     IntelObservation, IntelSeriesObservation, Observations, OrphanObservation, PositionsObservation, ProbeOutcome,
-    RunRecord, UnresolvedOrdersObservation, evaluate,
+    RunRecord, UnresolvedOrdersObservation, UserStreamObservation, evaluate,
 };
 use crate::failure_points::why::{self, WhyInputs};
 use crate::limits::FAILURE_POINT_LOG_BYTES_MAX;
@@ -528,6 +528,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         // Filled in by `conclude` from every user's newest check.
         orphans: None,
         breakers: exchange.breaker_statuses(),
+        user_streams: Some(user_streams(&directory, now_ms)),
         intelligence,
     };
     Gathered {
@@ -537,6 +538,24 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         stats,
         locks: from_database.map(|db| db.locks).unwrap_or_default(),
     }
+}
+
+/// Every streamed account's book as it stands at `now_ms` (SYS-USER-STREAM).
+fn user_streams(directory: &Directory, now_ms: i64) -> Vec<UserStreamObservation> {
+    directory
+        .account_books
+        .read()
+        .iter()
+        .map(|(user, book)| {
+            let book = book.lock();
+            UserStreamObservation {
+                user: user.clone(),
+                verification: book.verification(now_ms),
+                connections: book.connections(),
+                last_heard_ms: book.last_heard_ms(),
+            }
+        })
+        .collect()
 }
 
 /// One user's open orders on the exchange against the database: the `bw-` ones it does not know,

@@ -93,6 +93,14 @@ pub struct SyncAccount {
     pub marks: BTreeMap<Symbol, Decimal>,
 }
 
+/// Reconnect one user's account stream and read a snapshot on the new connection (the Healer's
+/// action for SYS-USER-STREAM). `Ok(false)`: the venue streams no account.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<bool, AccountError>")]
+pub struct ReconnectAccountStream {
+    pub user: UserId,
+}
+
 /// Place a committed, risk-approved intent.
 #[derive(Debug, Message)]
 #[rtype(result = "PlacementOutcome")]
@@ -320,6 +328,15 @@ impl Handler<SyncAccount> for OrderRouter {
         let context = self.context.clone();
         let placing = self.in_flight.clone();
         Box::pin(async move { sync_account(&context, &message, &placing).await })
+    }
+}
+
+impl Handler<ReconnectAccountStream> for OrderRouter {
+    type Result = ResponseFuture<Result<bool, AccountError>>;
+
+    fn handle(&mut self, message: ReconnectAccountStream, _: &mut Context<Self>) -> Self::Result {
+        let context = self.context.clone();
+        Box::pin(async move { account_feed::reconnect(&context, &message.user).await })
     }
 }
 

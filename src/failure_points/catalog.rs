@@ -150,6 +150,7 @@ pub const SYS_PROCESS: FailurePointId = FailurePointId("SYS-PROCESS");
 pub const SYS_DATABASE: FailurePointId = FailurePointId("SYS-DATABASE");
 pub const SYS_CIRCUIT_BREAKER: FailurePointId = FailurePointId("SYS-CIRCUIT-BREAKER");
 pub const SYS_CREDENTIALS: FailurePointId = FailurePointId("SYS-CREDENTIALS");
+pub const SYS_USER_STREAM: FailurePointId = FailurePointId("SYS-USER-STREAM");
 pub const RES_POSITION_LIMIT: FailurePointId = FailurePointId("RES-POSITION-LIMIT");
 pub const RES_RATE_LIMIT: FailurePointId = FailurePointId("RES-RATE-LIMIT");
 pub const RES_CAPITAL: FailurePointId = FailurePointId("RES-CAPITAL");
@@ -298,6 +299,14 @@ mod rows {
             "the exchange refuses a user's API key (or it is not configured): that user is halted",
             "users halted for refused or missing credentials (-2014, -2015, -1022, 401)",
             Manual("fix the key and restart; the user stays halted, with the reason, until then"),
+        ),
+        point(
+            SYS_USER_STREAM,
+            System,
+            High,
+            "a user's account stream is down, silent or not re-read since it reconnected: that user's decisions read the account by REST, spending request weight",
+            "each streamed account's book: verified (a snapshot read on the connection still up, heard from within 90 s) is ok; reconnected and not re-read yet is warn; down, silent or never connected is critical, naming the user and since when; venues without account streams read every account by REST (ok, said so)",
+            Action("reconnect the user's stream and read a snapshot on the new connection"),
         ),
         point(
             SYS_NETWORK,

@@ -315,6 +315,7 @@ pub enum Action {
     RestoreConfig,
     ReadmitQuarantined,
     ReconcileUsers,
+    ReconnectAccountStreams,
     VerifyDatabase,
     RefreshIntelligence,
     /// Nothing to do but wait: an open breaker probes by itself after its cool-down.
@@ -329,6 +330,7 @@ impl Action {
             Action::RestoreConfig => "restore_config",
             Action::ReadmitQuarantined => "readmit_quarantined",
             Action::ReconcileUsers => "reconcile_orders_and_positions",
+            Action::ReconnectAccountStreams => "reconnect_account_streams",
             Action::VerifyDatabase => "verify_database",
             Action::RefreshIntelligence => "refresh_intelligence",
             Action::AwaitBreakerProbe => "await_breaker_probe",
@@ -361,7 +363,9 @@ impl Action {
                     )
                 })
             }
-            Action::ReconcileUsers if check.users.is_empty() => Some(format!("no user named: {}", check.detail)),
+            Action::ReconcileUsers | Action::ReconnectAccountStreams if check.users.is_empty() => {
+                Some(format!("no user named: {}", check.detail))
+            }
             Action::AwaitBreakerProbe => Some(format!(
                 "the breaker lets one probe through by itself{}: {}",
                 check.until_ms.map(|until| format!(" at {}", rfc3339_ms(until))).unwrap_or_default(),
@@ -383,6 +387,7 @@ pub fn action_for(result: &CheckResult) -> Option<Action> {
         STATE_ORPHAN_ORDERS | STATE_POSITION_SYNC | STATE_UNRESOLVED_ORDERS => Action::ReconcileUsers,
         SYS_DATABASE => Action::VerifyDatabase,
         SYS_INTEL_API => Action::RefreshIntelligence,
+        SYS_USER_STREAM => Action::ReconnectAccountStreams,
         SYS_CIRCUIT_BREAKER => Action::AwaitBreakerProbe,
         _ => return None,
     })

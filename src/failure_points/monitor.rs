@@ -247,6 +247,18 @@ pub struct PositionsObservation {
     pub max_open_positions: u32,
 }
 
+/// One streamed account as its book stands (SYS-USER-STREAM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserStreamObservation {
+    pub user: UserId,
+    /// `Ok`: verified; else why its decisions read by REST now.
+    pub verification: Result<(), crate::trader::account_book::Unverified>,
+    /// Connections made so far (the first one included).
+    pub connections: u64,
+    /// When the connection up now was last heard from.
+    pub last_heard_ms: Option<i64>,
+}
+
 /// Everything one run looks at. `None`: that input could not be gathered this time (its checks
 /// are `unknown`).
 #[derive(Debug, Clone, Default)]
@@ -287,6 +299,8 @@ pub struct Observations {
     pub orphans: Option<OrphanObservation>,
     /// The exchange's circuit breakers (`None`: it has none).
     pub breakers: Option<Vec<crate::exchange::guarded::BreakerStatus>>,
+    /// Every streamed account (empty: the venue streams no account, or no user synced yet).
+    pub user_streams: Option<Vec<UserStreamObservation>>,
     /// Iterations skipped for bad candles, per user, since the previous run.
     pub bad_candles: Option<BTreeMap<UserId, u64>>,
     /// Orders refused for insufficient margin, per user, since the previous run.
@@ -459,6 +473,7 @@ fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
         STATE_STRATEGY_ERROR => strategy_errors(observations),
         SYS_INTEL_API => intelligence(observations),
         SYS_CIRCUIT_BREAKER => breakers(observations),
+        SYS_USER_STREAM => user_streams(observations),
         RES_CAPITAL => capital(observations),
         DATA_CORRUPT => bad_candles(observations),
         STATE_POSITION_SYNC => position_sync(observations),
@@ -549,6 +564,55 @@ fn credentials(observations: &Observations) -> Outcome {
     let mut outcome =
         Outcome::new(CheckStatus::Critical, detail).users(halted.iter().filter_map(|a| a.user.clone()).collect());
     outcome.since_ms = halted.iter().map(|a| a.since_ms).min();
+    outcome
+}
+
+/// SYS-USER-STREAM: every streamed account's book. Down, silent or never connected is critical
+/// (the user's decisions read by REST, and a stream that stays down is not coming back by itself);
+/// reconnected without a snapshot yet is warn (the next sync reads one).
+fn user_streams(observations: &Observations) -> Outcome {
+    use crate::trader::account_book::Unverified;
+    let Some(streams) = &observations.user_streams else {
+        return Outcome::unknown("the account books could not be read");
+    };
+    if streams.is_empty() {
+        return Outcome::ok(
+            "no account is streamed (a venue without account streams, or no user synced yet): every account sync reads by REST",
+        );
+    }
+    let reconnects: u64 = streams.iter().map(|s| s.connections.saturating_sub(1)).sum();
+    let value = json!({ "streams": streams.len(), "reconnects": reconnects });
+    let failing: Vec<(&UserStreamObservation, Unverified)> =
+        streams.iter().filter_map(|s| s.verification.err().map(|why| (s, why))).collect();
+    if failing.is_empty() {
+        let quietest_ms =
+            streams.iter().filter_map(|s| s.last_heard_ms).map(|heard| observations.now_ms - heard).max().unwrap_or(0);
+        return Outcome::ok(format!(
+            "{} account stream(s) verified; the quietest heard from {} s ago; {reconnects} reconnect(s) since start",
+            streams.len(),
+            quietest_ms / 1_000
+        ))
+        .value(value);
+    }
+    let critical = failing.iter().any(|(_, why)| !matches!(why, Unverified::NoSnapshotOnThisConnection { .. }));
+    let detail = failing
+        .iter()
+        .map(|(stream, why)| format!("{}: {why} (its decisions read the account by REST)", stream.user))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let since_ms = failing
+        .iter()
+        .filter_map(|(_, why)| match why {
+            Unverified::Disconnected { since_ms } => Some(*since_ms),
+            Unverified::NoSnapshotOnThisConnection { connected_since_ms } => Some(*connected_since_ms),
+            Unverified::Silent { last_heard_ms, .. } => Some(*last_heard_ms),
+            Unverified::NeverConnected => None,
+        })
+        .min();
+    let status = if critical { CheckStatus::Critical } else { CheckStatus::Warn };
+    let mut outcome =
+        Outcome::new(status, detail).users(failing.iter().map(|(s, _)| s.user.clone()).collect()).value(value);
+    outcome.since_ms = since_ms;
     outcome
 }
 
@@ -1271,6 +1335,41 @@ mod tests {
             since_ms: 1_000,
             reason: reason.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn a_stream_down_or_silent_is_critical_a_reconnect_not_reread_warns_and_verified_is_ok() {
+        use crate::failure_points::catalog::SYS_USER_STREAM;
+        use crate::trader::account_book::Unverified;
+        let stream = |name: &str, verification: Result<(), Unverified>| UserStreamObservation {
+            user: user(name),
+            verification,
+            connections: 2,
+            last_heard_ms: Some(50_000),
+        };
+        let run = |streams: Vec<UserStreamObservation>| {
+            let observations = Observations { now_ms: 60_000, user_streams: Some(streams), ..Observations::default() };
+            result(&evaluate(&observations), SYS_USER_STREAM).clone()
+        };
+        let ok = run(vec![stream("u1", Ok(())), stream("u2", Ok(()))]);
+        assert_eq!(ok.status, CheckStatus::Ok, "{}", ok.detail);
+        assert!(ok.detail.contains("2 account stream(s) verified; the quietest heard from 10 s ago; 2 reconnect(s)"));
+        let reconnected = run(vec![
+            stream("u1", Ok(())),
+            stream("u2", Err(Unverified::NoSnapshotOnThisConnection { connected_since_ms: 55_000 })),
+        ]);
+        assert_eq!((reconnected.status, reconnected.users.clone()), (CheckStatus::Warn, vec![user("u2")]));
+        let down = run(vec![
+            stream("u1", Err(Unverified::Disconnected { since_ms: 40_000 })),
+            stream("u2", Err(Unverified::NoSnapshotOnThisConnection { connected_since_ms: 55_000 })),
+        ]);
+        assert_eq!(down.status, CheckStatus::Critical);
+        assert_eq!(down.users, vec![user("u1"), user("u2")]);
+        assert_eq!(down.since_ms, Some(40_000));
+        assert!(down.detail.starts_with("u1: the account stream is down since"), "{}", down.detail);
+        // Nothing streamed: every sync reads by REST, and that is what it says.
+        assert_eq!(run(Vec::new()).status, CheckStatus::Ok);
+        assert_eq!(result(&evaluate(&Observations::default()), SYS_USER_STREAM).status, CheckStatus::Unknown);
     }
 
     #[test]

@@ -220,6 +220,19 @@ impl AccountBook {
         }
     }
 
+    /// Connections made so far (one more with each reconnect).
+    pub fn connections(&self) -> u64 {
+        self.connections
+    }
+
+    /// When the connection up now was last heard from (`None` while it is down).
+    pub fn last_heard_ms(&self) -> Option<i64> {
+        match self.link {
+            Link::Up { last_heard_ms, .. } => Some(last_heard_ms),
+            _ => None,
+        }
+    }
+
     /// Whether a decision may trust the book at `now_ms`, or why not.
     pub fn verification(&self, now_ms: i64) -> Result<(), Unverified> {
         match self.link {

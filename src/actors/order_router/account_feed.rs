@@ -37,25 +37,43 @@ pub(super) struct BookRead {
 /// has no account stream; every sync reads by REST.
 pub(super) fn ensure_stream(context: &RouterContext, user: &UserId) -> Option<SharedBook> {
     let known = context.directory.account_books.read().get(user).cloned();
-    let book = match known {
-        Some(book) => book,
-        None => context
-            .directory
-            .account_books
-            .write()
-            .entry(user.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(AccountBook::new(BookSettings::default()))))
-            .clone(),
-    };
-    let mut locked = book.lock();
-    if locked.connection().is_none() {
+    let Some(book) = known else {
+        // A book exists only for an account the venue streams.
         let stream = context.exchange.account_stream(user)?;
-        let connection = locked.stream_connected(context.clock.now_ms());
-        tracing::debug!(%user, connection, "order router: account stream connected");
-        actix::spawn(follow(context.clone(), user.clone(), stream, book.clone(), connection));
+        let book = Arc::new(Mutex::new(AccountBook::new(BookSettings::default())));
+        connect(context, user, &book, stream);
+        context.directory.account_books.write().insert(user.clone(), book.clone());
+        return Some(book);
+    };
+    if book.lock().connection().is_none() {
+        let stream = context.exchange.account_stream(user)?;
+        connect(context, user, &book, stream);
     }
-    drop(locked);
     Some(book)
+}
+
+/// Reconnects `user`'s stream whatever its state (the Healer's action for SYS-USER-STREAM: a
+/// silent connection may still look up), and reads a snapshot on the new connection. `Ok(false)`:
+/// the venue streams no account.
+pub(super) async fn reconnect(context: &RouterContext, user: &UserId) -> Result<bool, AccountError> {
+    let Some(stream) = context.exchange.account_stream(user) else { return Ok(false) };
+    let book = context
+        .directory
+        .account_books
+        .write()
+        .entry(user.clone())
+        .or_insert_with(|| Arc::new(Mutex::new(AccountBook::new(BookSettings::default()))))
+        .clone();
+    connect(context, user, &book, stream);
+    take_snapshot(context, user, &book).await?;
+    Ok(true)
+}
+
+/// Makes `stream` the book's connection and starts applying it.
+fn connect(context: &RouterContext, user: &UserId, book: &SharedBook, stream: AccountStream) {
+    let connection = book.lock().stream_connected(context.clock.now_ms());
+    tracing::info!(%user, connection, "order router: account stream connected; a snapshot is read on it before the book is trusted");
+    actix::spawn(follow(context.clone(), user.clone(), stream, book.clone(), connection));
 }
 
 /// The account as the book holds it, if the book is verified now (after reading a snapshot on

@@ -226,6 +226,13 @@ impl PaperExchange {
         }
     }
 
+    /// Ends `account`'s stream as a dropped connection does (a stream fault): its listener is
+    /// removed, and its receiver sees the end once it has read what was sent. `false`: nobody was
+    /// listening.
+    pub fn end_account_stream(&self, account: &UserId) -> bool {
+        self.listeners.lock().remove(account).is_some()
+    }
+
     /// The market clock (how wall time maps to the venue's accelerated market time).
     pub async fn market_clock(&self) -> Result<MarketClock, ExchangeError> {
         self.call(|venue, _, _| Ok(venue.market_clock())).await
