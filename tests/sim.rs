@@ -777,3 +777,102 @@ async fn fills_that_arrive_while_the_database_refuses_writes_wait_in_the_outbox_
     eprintln!("SEED={seed}: {intents} intents, {fills} fills; the outbox lost nothing and doubled nothing");
     assert!(!std::path::Path::new(&format!("{}.rejected", outbox.display())).exists(), "nothing was refused for good");
 }
+
+/// The next JSON event on a user data connection (answering nothing else; pings are the
+/// library's to answer), within the wait guard.
+async fn next_event<S>(socket: &mut S) -> Value
+where
+    S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    use futures::StreamExt;
+    let reading = async {
+        loop {
+            match socket.next().await.expect("the connection stays open").expect("a frame") {
+                tokio_tungstenite::tungstenite::Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), reading).await.expect("an event within 20 s")
+}
+
+#[tokio::test]
+async fn the_user_data_stream_pushes_orders_fills_and_positions_as_binance_does() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 200, ""), 11);
+    let listen_key_call = |method: reqwest::Method, api_key: Option<String>| {
+        let mut request = sim.http.request(method, format!("{}/fapi/v1/listenKey", sim.url));
+        if let Some(api_key) = api_key {
+            request = request.header("X-MBX-APIKEY", api_key);
+        }
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+        }
+    };
+    // API key only (no signature); the same key while it lives.
+    let (status, created) = listen_key_call(reqwest::Method::POST, Some(key("u1"))).await;
+    assert_eq!(status, 200, "{created}");
+    let listen_key = created["listenKey"].as_str().unwrap().to_owned();
+    assert_eq!(listen_key.len(), 64);
+    assert_eq!(listen_key_call(reqwest::Method::POST, Some(key("u1"))).await.1["listenKey"], listen_key.as_str());
+    assert_eq!(listen_key_call(reqwest::Method::POST, None).await.1["code"], -2014);
+    // An unknown key is refused before the upgrade.
+    let ws = sim.url.replace("http://", "ws://");
+    assert!(tokio_tungstenite::connect_async(format!("{ws}/private/ws/{}", "0".repeat(64))).await.is_err());
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{ws}/private/ws/{listen_key}")).await.unwrap();
+
+    // A market order: NEW when accepted, then its fill (TRADE / FILLED) and the position it opened.
+    let client = sim.client("u1", &secret("u1"));
+    let (user, xrp) = (UserId::new("u1").unwrap(), Symbol::new("XRPUSDT").unwrap());
+    let request = OrderRequest {
+        client_order_id: ClientOrderId::parse("bw-u1-1").unwrap(),
+        symbol: xrp.clone(),
+        side: Side::Buy,
+        order_type: OrderType::Market,
+        quantity: Quantity::new(Decimal::from(20)).unwrap(),
+        reduce_only: false,
+        timestamp_ms: bulwark::clock::Clock::now_ms(&SystemClock),
+    };
+    client.create_order(&user, &request).await.unwrap();
+    // (The account's first request opened it with its starting wallet: an ACCOUNT_UPDATE may come
+    // first, as a deposit would.)
+    let mut accepted = next_event(&mut socket).await;
+    while accepted["e"] == "ACCOUNT_UPDATE" {
+        assert_eq!(accepted["a"]["P"], json!([]), "{accepted}");
+        accepted = next_event(&mut socket).await;
+    }
+    assert_eq!(accepted["e"], "ORDER_TRADE_UPDATE", "{accepted}");
+    assert_eq!(
+        (&accepted["o"]["c"], &accepted["o"]["x"], &accepted["o"]["X"]),
+        (&json!("bw-u1-1"), &json!("NEW"), &json!("NEW"))
+    );
+    let mut events = Vec::new();
+    while !events.iter().any(|e: &Value| e["e"] == "ORDER_TRADE_UPDATE") {
+        events.push(next_event(&mut socket).await);
+    }
+    let account = events.iter().find(|e| e["e"] == "ACCOUNT_UPDATE").expect("the position's change first");
+    assert_eq!(account["a"]["P"][0]["s"], "XRPUSDT", "{account}");
+    assert_eq!(account["a"]["P"][0]["pa"], "20", "{account}");
+    assert_eq!(account["a"]["B"][0]["a"], "USDT", "{account}");
+    let filled = events.last().unwrap();
+    assert_eq!((&filled["o"]["x"], &filled["o"]["X"]), (&json!("TRADE"), &json!("FILLED")), "{filled}");
+    assert_eq!((&filled["o"]["l"], &filled["o"]["z"]), (&json!("20"), &json!("20")), "{filled}");
+    assert!(filled["o"]["t"].as_i64().unwrap() > 0 && filled["T"].as_i64().unwrap() >= accepted["T"].as_i64().unwrap());
+    // The fill the stream told is the one the REST trade list holds.
+    let listed = client.fills(&user, &xrp, 0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].trade_id, filled["o"]["t"].as_i64().unwrap().to_string());
+
+    // The key lapses: the connection is told, and a keepalive answers -1125 until a new POST.
+    let expired = sim.http.post(format!("{}/sim/listen-keys/expire", sim.url)).json(&json!({ "user": "u1" }));
+    assert!(expired.send().await.unwrap().status().is_success());
+    let told = next_event(&mut socket).await;
+    assert_eq!((&told["e"], &told["listenKey"]), (&json!("listenKeyExpired"), &json!(listen_key)), "{told}");
+    assert_eq!(listen_key_call(reqwest::Method::PUT, Some(key("u1"))).await.1["code"], -1125);
+    let renewed = listen_key_call(reqwest::Method::POST, Some(key("u1"))).await.1;
+    assert_ne!(renewed["listenKey"], listen_key.as_str(), "a new key after expiry");
+    assert_eq!(sim.get("/sim/stats").await["user_stream_connections"], 1);
+}

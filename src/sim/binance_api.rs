@@ -62,6 +62,20 @@ pub fn weight(endpoint: &str, params: &Params) -> u32 {
     }
 }
 
+/// The account whose API key the request carries (security type `USER_STREAM`: no signature).
+fn api_key_account(state: &SimState, request: &HttpRequest) -> Result<UserId, (StatusCode, i64, String)> {
+    let Some(key) = request.headers().get("X-MBX-APIKEY").and_then(|v| v.to_str().ok()) else {
+        return Err((StatusCode::UNAUTHORIZED, -2014, "API-key format invalid.".to_owned()));
+    };
+    state.accounts.get(key).map(|(user, _)| user.clone()).ok_or_else(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            -2015,
+            "Invalid API-key, IP, or permissions for action, request ip: 127.0.0.1".to_owned(),
+        )
+    })
+}
+
 /// Checks the API key, the signature (last parameter) and the receive window; returns the account.
 fn authenticate(
     state: &SimState,
@@ -204,6 +218,23 @@ pub async fn answer(
     let signed = |state: &SimState| authenticate(state, request, query, body, params, skew_ms);
     match endpoint {
         "GET /fapi/v1/ping" => Ok(json!({})),
+        "POST /fapi/v1/listenKey" => {
+            let user = api_key_account(state, request)?;
+            let key = state.listen_keys.lock().create(&user, state.now_ms(), state.seed);
+            Ok(json!({ "listenKey": key }))
+        }
+        "PUT /fapi/v1/listenKey" => {
+            let user = api_key_account(state, request)?;
+            match state.listen_keys.lock().keepalive(&user, state.now_ms()) {
+                Some(key) => Ok(json!({ "listenKey": key })),
+                None => Err(bad(-1125, "This listenKey does not exist.")),
+            }
+        }
+        "DELETE /fapi/v1/listenKey" => {
+            let user = api_key_account(state, request)?;
+            state.listen_keys.lock().delete(&user);
+            Ok(json!({}))
+        }
         "GET /fapi/v1/time" => Ok(json!({ "serverTime": state.exchange_now_ms(skew_ms) })),
         "GET /fapi/v1/exchangeInfo" => {
             let limit = state.limiter.lock().limit;

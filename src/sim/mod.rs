@@ -20,6 +20,7 @@
 mod binance_api;
 mod coinglass;
 pub mod faults;
+mod user_stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -103,6 +104,8 @@ struct SimStats {
     requests_while_banned: u64,
     /// Requests held past the client's patience (`hang_ms`), per endpoint.
     hung: BTreeMap<String, u64>,
+    /// User data stream connections opened (WebSocket upgrades with a live listenKey).
+    user_stream_connections: u64,
 }
 
 /// Everything a request handler needs.
@@ -117,6 +120,10 @@ pub struct SimState {
     faults: Mutex<Faults>,
     limiter: Mutex<RateLimiter>,
     stats: Mutex<SimStats>,
+    /// The live listenKeys (written by the listenKey endpoints, read by user data connections).
+    listen_keys: Mutex<user_stream::ListenKeys>,
+    /// The seed the listenKeys are derived from.
+    seed: u64,
 }
 
 impl std::fmt::Debug for SimState {
@@ -184,12 +191,18 @@ pub async fn start(config: SimConfig, clock: Arc<dyn Clock>) -> anyhow::Result<(
         faults: Mutex::new(faults),
         limiter: Mutex::new(limiter),
         stats: Mutex::new(SimStats::default()),
+        listen_keys: Mutex::new(user_stream::ListenKeys::default()),
+        seed,
     });
     let data = web::Data::from(state.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(BODY_BYTES_MAX))
+            // The user data stream, on Binance's paths (the 2026 `/private` form and the older one).
+            .route("/private/ws/{key}", web::get().to(user_stream::connect))
+            .route("/private/ws", web::get().to(user_stream::connect))
+            .route("/ws/{key}", web::get().to(user_stream::connect))
             .default_service(web::route().to(dispatch))
     })
     .workers(2)
@@ -320,6 +333,20 @@ fn lost_response() -> HttpResponse {
 async fn control(endpoint: &str, body: &[u8], state: &SimState) -> HttpResponse {
     match endpoint {
         "GET /sim/faults" => HttpResponse::Ok().json(state.faults.lock().plan()),
+        "POST /sim/listen-keys/expire" => {
+            // {"user": "u1"}: the account's listenKey lapses now (its connections get
+            // `listenKeyExpired` and nothing more; `PUT` answers -1125 until a new `POST`).
+            let user = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v["user"].as_str().map(str::to_owned))
+                .and_then(|name| UserId::new(&name).ok());
+            let Some(user) = user else {
+                return HttpResponse::BadRequest().json(json!({ "error": "expected {\"user\": \"<account>\"}" }));
+            };
+            state.listen_keys.lock().expire(&user, state.now_ms());
+            tracing::warn!(account = %user, "sim: listenKey expired on request");
+            HttpResponse::Ok().json(json!({}))
+        }
         "POST /sim/faults" => {
             let plan: FaultPlan = match serde_json::from_slice(body) {
                 Ok(plan) => plan,
@@ -340,9 +367,9 @@ async fn control(endpoint: &str, body: &[u8], state: &SimState) -> HttpResponse 
             let now_ms = state.now_ms();
             // One lock at a time: requests take `stats` then `limiter`, so holding `limiter` while
             // waiting for `stats` here could deadlock the simulator with a request.
-            let (requests, requests_while_banned, hung) = {
+            let (requests, requests_while_banned, hung, user_stream_connections) = {
                 let stats = state.stats.lock();
-                (stats.requests.clone(), stats.requests_while_banned, stats.hung.clone())
+                (stats.requests.clone(), stats.requests_while_banned, stats.hung.clone(), stats.user_stream_connections)
             };
             let (weight_used, weight_limit, banned_until_ms) = {
                 let limiter = state.limiter.lock();
@@ -352,6 +379,7 @@ async fn control(endpoint: &str, body: &[u8], state: &SimState) -> HttpResponse 
                 "requests": requests,
                 "requests_while_banned": requests_while_banned,
                 "hung": hung,
+                "user_stream_connections": user_stream_connections,
                 "weight_used": weight_used,
                 "weight_limit": weight_limit,
                 "banned_until_ms": banned_until_ms,
