@@ -172,11 +172,7 @@ async fn serve(
 async fn drain_silently(incoming: &mut actix_ws::MessageStream, session: &mut actix_ws::Session) {
     while let Some(Ok(message)) = incoming.recv().await {
         match message {
-            Message::Ping(bytes) => {
-                if session.pong(&bytes).await.is_err() {
-                    return;
-                }
-            }
+            Message::Ping(bytes) if session.pong(&bytes).await.is_err() => return,
             Message::Close(_) => return,
             _ => {}
         }
