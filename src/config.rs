@@ -141,6 +141,27 @@ pub struct BinanceVenueConfig {
     /// How often market data checks the exchange clock for closed candles (no request is made
     /// unless one has closed).
     pub poll_interval: Duration,
+    /// Whether each account's user data stream is followed (its decisions then read the account
+    /// book it keeps, without a request).
+    pub user_data_stream: bool,
+    /// The WebSocket base: `<stream_url>/private/ws/<listenKey>` (`wss://fstream.binance.com` for
+    /// production; by default the base URL's host with a `ws(s)` scheme).
+    pub stream_url: Url,
+    /// How often a listenKey is kept alive (Binance lets one lapse after 60 minutes).
+    pub listen_key_keepalive: Duration,
+}
+
+/// Binance's production streams for its production REST host; otherwise the REST host itself with a
+/// `ws(s)` scheme (what `bulwark sim` serves).
+fn default_stream_url(base_url: &Url) -> Option<Url> {
+    if base_url.host_str() == Some("fapi.binance.com") {
+        return Url::parse("wss://fstream.binance.com").ok();
+    }
+    let scheme = if base_url.scheme() == "https" { "wss" } else { "ws" };
+    let mut url = base_url.clone();
+    url.set_scheme(scheme).ok()?;
+    url.set_path("");
+    Some(url)
 }
 
 /// `[notify]`: where operators are told (Telegram Bot API and/or a JSON webhook). Read by the
@@ -653,6 +674,9 @@ struct RawExchange {
     base_url: Option<String>,
     weight_limit_per_minute: i64,
     poll_interval_ms: i64,
+    user_data_stream: bool,
+    stream_url: Option<String>,
+    listen_key_keepalive_secs: i64,
     paper: Option<RawPaper>,
 }
 
@@ -665,6 +689,9 @@ impl Default for RawExchange {
             base_url: None,
             weight_limit_per_minute: 2_400,
             poll_interval_ms: 1_000,
+            user_data_stream: true,
+            stream_url: None,
+            listen_key_keepalive_secs: 1_800,
             paper: None,
         }
     }
@@ -1244,8 +1271,21 @@ impl Validator {
                     self.int_in("exchange.weight_limit_per_minute", raw.weight_limit_per_minute, 1, 1_000_000) as u32;
                 let poll_interval_ms = self.int_in("exchange.poll_interval_ms", raw.poll_interval_ms, 10, 60_000);
                 let poll_interval = Duration::from_millis(poll_interval_ms as u64);
-                base_url.map(|base_url| {
-                    VenueConfig::Binance(BinanceVenueConfig { base_url, weight_limit_per_minute, poll_interval })
+                let keepalive_secs =
+                    self.int_in("exchange.listen_key_keepalive_secs", raw.listen_key_keepalive_secs, 1, 3_300);
+                let stream_url = match raw.stream_url.as_deref() {
+                    Some(url) => self.stream_url("exchange.stream_url", url),
+                    None => base_url.as_ref().and_then(default_stream_url),
+                };
+                base_url.zip(stream_url).map(|(base_url, stream_url)| {
+                    VenueConfig::Binance(BinanceVenueConfig {
+                        base_url,
+                        weight_limit_per_minute,
+                        poll_interval,
+                        user_data_stream: raw.user_data_stream,
+                        stream_url,
+                        listen_key_keepalive: Duration::from_secs(keepalive_secs as u64),
+                    })
                 })
             }
             kind => {
@@ -1261,6 +1301,20 @@ impl Validator {
         let venue = venue
             .unwrap_or_else(|| VenueConfig::Paper(self.paper(RawPaper::default(), recv_window_ms, BTreeMap::new())));
         ExchangeConfig { recv_window_ms, timeout: Duration::from_millis(timeout_ms as u64), venue }
+    }
+
+    fn stream_url(&mut self, path: &str, value: &str) -> Option<Url> {
+        match Url::parse(value) {
+            Ok(url) if matches!(url.scheme(), "ws" | "wss") && url.host().is_some() => Some(url),
+            Ok(_) => {
+                self.problem(path, format!("{:?} is not a ws(s) URL", excerpt(value)));
+                None
+            }
+            Err(error) => {
+                self.problem(path, format!("{:?} is not a URL: {error}", excerpt(value)));
+                None
+            }
+        }
     }
 
     fn url(&mut self, path: &str, value: &str) -> Option<Url> {

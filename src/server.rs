@@ -575,6 +575,9 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
                 credentials,
                 credentials_missing,
                 retry: config.retry,
+                user_data_stream: binance.user_data_stream,
+                stream_url: binance.stream_url.clone(),
+                listen_key_keepalive: binance.listen_key_keepalive,
             };
             let client = BinanceClient::new(settings, clock).map_err(anyhow::Error::msg)?;
             Ok(Arc::new(client))

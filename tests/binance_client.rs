@@ -36,6 +36,9 @@ fn client(server: &MockServer, timeout_ms: u64) -> BinanceClient {
         credentials,
         credentials_missing: BTreeMap::new(),
         retry: RetryPolicy { attempts_max: 3, backoff_ms_initial: 150, backoff_ms_max: 1_000 },
+        user_data_stream: false,
+        stream_url: "ws://127.0.0.1:9".parse().unwrap(),
+        listen_key_keepalive: Duration::from_secs(1_800),
     };
     BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
 }
@@ -180,6 +183,9 @@ async fn a_refused_connection_executed_nothing() {
         credentials: BTreeMap::new(),
         credentials_missing: BTreeMap::new(),
         retry: RetryPolicy { attempts_max: 3, backoff_ms_initial: 150, backoff_ms_max: 1_000 },
+        user_data_stream: false,
+        stream_url: "ws://127.0.0.1:9".parse().unwrap(),
+        listen_key_keepalive: Duration::from_secs(1_800),
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let result = client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await;
@@ -337,6 +343,9 @@ async fn a_user_without_credentials_is_refused_before_anything_is_sent() {
         credentials: BTreeMap::new(),
         credentials_missing: BTreeMap::from([(user(), "environment variable U1_SECRET is not set".to_owned())]),
         retry: RetryPolicy::default(),
+        user_data_stream: false,
+        stream_url: "ws://127.0.0.1:9".parse().unwrap(),
+        listen_key_keepalive: Duration::from_secs(1_800),
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let refused = client.balance(&user()).await;

@@ -876,3 +876,55 @@ async fn the_user_data_stream_pushes_orders_fills_and_positions_as_binance_does(
     assert_ne!(renewed["listenKey"], listen_key.as_str(), "a new key after expiry");
     assert_eq!(sim.get("/sim/stats").await["user_stream_connections"], 1);
 }
+
+#[tokio::test]
+async fn the_binance_client_follows_an_accounts_user_data_stream() {
+    use bulwark::domain::AccountEvent;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 200, ""), 12);
+    let client = sim.client("u1", &secret("u1"));
+    let (user, xrp) = (UserId::new("u1").unwrap(), Symbol::new("XRPUSDT").unwrap());
+    let mut stream = client.account_stream(&user).expect("the client streams accounts");
+    sim.wait_requests("POST /fapi/v1/listenKey", 1).await;
+    // The connection is up once the simulator counted it (the order's events must not be missed).
+    let connected = async {
+        while sim.get("/sim/stats").await["user_stream_connections"].as_u64() != Some(1) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), connected).await.expect("connected within 20 s");
+    let request = OrderRequest {
+        client_order_id: ClientOrderId::parse("bw-u1-1").unwrap(),
+        symbol: xrp.clone(),
+        side: Side::Buy,
+        order_type: OrderType::Market,
+        quantity: Quantity::new(Decimal::from(20)).unwrap(),
+        reduce_only: false,
+        timestamp_ms: bulwark::clock::Clock::now_ms(&SystemClock),
+    };
+    client.create_order(&user, &request).await.unwrap();
+    let mut fill = None;
+    let mut position = None;
+    while fill.is_none() || position.is_none() {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.recv()).await.expect("events").expect("open");
+        match event {
+            AccountEvent::Order { order, fill: Some(f), .. } => {
+                assert_eq!(order.client_order_id.as_str(), "bw-u1-1");
+                assert_eq!(order.status.as_str(), "FILLED");
+                fill = Some(f);
+            }
+            AccountEvent::Account { positions, .. } if !positions.is_empty() => position = Some(positions[0].clone()),
+            _ => {}
+        }
+    }
+    let (fill, position) = (fill.unwrap(), position.unwrap());
+    assert_eq!((position.symbol.as_str(), position.quantity), ("XRPUSDT", Decimal::from(20)));
+    // Exactly the fill the REST trade list holds.
+    assert_eq!(client.fills(&user, &xrp, 0).await.unwrap(), vec![fill]);
+    // The key lapses: the stream ends (the book's owner reconnects with a new key).
+    let expire = sim.http.post(format!("{}/sim/listen-keys/expire", sim.url)).json(&json!({ "user": "u1" }));
+    assert!(expire.send().await.unwrap().status().is_success());
+    let ended = async { while stream.recv().await.is_some() {} };
+    tokio::time::timeout(Duration::from_secs(20), ended).await.expect("the stream ends after listenKeyExpired");
+}

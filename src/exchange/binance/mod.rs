@@ -16,6 +16,7 @@ pub mod clock;
 pub mod error;
 pub mod models;
 pub mod sign;
+pub mod user_stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -70,6 +71,12 @@ pub struct BinanceSettings {
     pub credentials_missing: BTreeMap<UserId, String>,
     /// Retries of reads and cancels (`[retry]`).
     pub retry: RetryPolicy,
+    /// Follow each account's user data stream ([`user_stream`]); off, `account_stream` answers
+    /// `None` and every account sync reads by REST.
+    pub user_data_stream: bool,
+    /// The WebSocket base (`wss://fstream.binance.com`, or a simulator's `ws://host:port`).
+    pub stream_url: Url,
+    pub listen_key_keepalive: Duration,
 }
 
 /// Requests sent and weight used, for logs and tests.
@@ -142,6 +149,8 @@ struct Call {
     params: Vec<(&'static str, String)>,
     /// Signed with this account's credentials, if any.
     account: Option<UserId>,
+    /// Security type `USER_STREAM`: the account's API key in its header, no signature.
+    api_key_only: bool,
     /// For an order: the local time the caller committed it as sent. It is signed with the
     /// exchange's time at that moment (not at signing, which may come later after a wait for
     /// budget), so the exchange refuses it once `recvWindow` has passed since then: the caller's
@@ -154,7 +163,17 @@ struct Call {
 impl Call {
     fn new(method: Method, path: &'static str, endpoint: &'static str, weight: u32) -> Self {
         let effect = if method == Method::GET { Effect::Read } else { Effect::Write };
-        Self { method, path, endpoint, params: Vec::new(), account: None, issued_at_local_ms: None, weight, effect }
+        Self {
+            method,
+            path,
+            endpoint,
+            params: Vec::new(),
+            account: None,
+            api_key_only: false,
+            issued_at_local_ms: None,
+            weight,
+            effect,
+        }
     }
 
     fn param(mut self, key: &'static str, value: impl ToString) -> Self {
@@ -169,6 +188,13 @@ impl Call {
 
     fn signed(mut self, account: &UserId) -> Self {
         self.account = Some(account.clone());
+        self
+    }
+
+    /// With the account's API key only (listenKey calls).
+    fn with_api_key(mut self, account: &UserId) -> Self {
+        self.account = Some(account.clone());
+        self.api_key_only = true;
         self
     }
 }
@@ -327,7 +353,12 @@ impl Inner {
             None => None,
         };
         self.admit(call.weight).await?;
+        let mut request_headers = Vec::new();
         let signing = match credentials {
+            Some(credentials) if call.api_key_only => {
+                request_headers.push(("X-MBX-APIKEY", credentials.api_key.clone()));
+                None
+            }
             Some(credentials) => {
                 // Syncs the clock first when a sample is due.
                 let now_exchange_ms = Box::pin(self.exchange_now_ms()).await?;
@@ -350,7 +381,6 @@ impl Inner {
             }
             None => None,
         };
-        let mut request_headers = Vec::new();
         let query = {
             // The serializer is not `Send`; it must be gone before the next await.
             let mut query = url::form_urlencoded::Serializer::new(String::new());
@@ -475,8 +505,14 @@ impl Exchange for BinanceClient {
 
     /// No user data stream yet (listenKey and the WebSocket are issue 14's next part): accounts are
     /// read by REST.
-    fn account_stream(&self, _account: &UserId) -> Option<crate::exchange::AccountStream> {
-        None
+    fn account_stream(&self, account: &UserId) -> Option<crate::exchange::AccountStream> {
+        if !self.inner.settings.user_data_stream || !self.inner.settings.credentials.contains_key(account) {
+            return None;
+        }
+        let runtime = self.io.0.as_ref()?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(crate::limits::ACCOUNT_STREAM_QUEUE_MAX);
+        runtime.spawn(user_stream::run(self.inner.clone(), account.clone(), sender));
+        Some(receiver)
     }
 
     fn clock_error_ms(&self) -> i64 {

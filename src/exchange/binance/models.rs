@@ -328,3 +328,167 @@ mod tests {
         assert!(error.to_string().contains("GET /fapi/v1/time"), "{error}");
     }
 }
+
+/// One message of a user data stream, as bulwark uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserStreamMessage {
+    Event(crate::domain::AccountEvent),
+    /// `listenKeyExpired`: nothing more arrives on this connection.
+    ListenKeyExpired,
+    /// An event bulwark does not use (`MARGIN_CALL`, `TRADE_LITE`, ...).
+    Ignored(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamHead {
+    e: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderTradeUpdate {
+    #[serde(rename = "E")]
+    event_ms: i64,
+    #[serde(rename = "T")]
+    transaction_ms: i64,
+    o: OrderUpdate,
+}
+
+/// `ORDER_TRADE_UPDATE.o` (`binance-shapes.md` §2.3).
+#[derive(Debug, Deserialize)]
+struct OrderUpdate {
+    s: String,
+    c: String,
+    #[serde(rename = "S")]
+    side: String,
+    o: String,
+    q: Decimal,
+    p: Decimal,
+    ap: Decimal,
+    x: String,
+    #[serde(rename = "X")]
+    status: String,
+    i: i64,
+    l: Decimal,
+    z: Decimal,
+    #[serde(rename = "L")]
+    last_price: Decimal,
+    #[serde(default)]
+    n: Option<Decimal>,
+    #[serde(rename = "N", default)]
+    fee_asset: Option<String>,
+    #[serde(rename = "T")]
+    trade_time_ms: i64,
+    t: i64,
+    #[serde(rename = "R", default)]
+    reduce_only: bool,
+    #[serde(default)]
+    rp: Option<Decimal>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AccountUpdate {
+    #[serde(rename = "E")]
+    event_ms: i64,
+    #[serde(rename = "T")]
+    transaction_ms: i64,
+    a: AccountUpdateBody,
+}
+
+#[derive(Debug, Deserialize)]
+struct AccountUpdateBody {
+    #[serde(rename = "B", default)]
+    balances: Vec<BalanceChange>,
+    #[serde(rename = "P", default)]
+    positions: Vec<PositionChange>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BalanceChange {
+    a: String,
+    wb: Decimal,
+}
+
+#[derive(Debug, Deserialize)]
+struct PositionChange {
+    s: String,
+    pa: Decimal,
+    ep: Decimal,
+    up: Decimal,
+    #[serde(default)]
+    ps: Option<String>,
+}
+
+/// Reads one user data stream message (`binance-shapes.md` §2); anything that does not parse is an
+/// error naming the field.
+pub fn user_stream_message(text: &str) -> Result<UserStreamMessage, ExchangeError> {
+    use crate::domain::{AccountEvent, BalanceUpdate, EventTimes, PositionUpdate};
+    let head: StreamHead = parse("user data stream", text)?;
+    match head.e.as_str() {
+        "ORDER_TRADE_UPDATE" => {
+            let update: OrderTradeUpdate = parse("ORDER_TRADE_UPDATE", text)?;
+            let times = EventTimes { transaction_ms: update.transaction_ms, event_ms: update.event_ms };
+            let o = update.o;
+            let fill = if o.x == "TRADE" {
+                Some(Fill {
+                    trade_id: o.t.to_string(),
+                    exchange_order_id: o.i.to_string(),
+                    symbol: Symbol::new(&o.s).map_err(malformed)?,
+                    side: Side::from_str(&o.side).map_err(malformed)?,
+                    price: o.last_price,
+                    quantity: o.l,
+                    fee: o.n.unwrap_or_default(),
+                    fee_asset: o.fee_asset.clone().unwrap_or_else(|| "USDT".to_owned()),
+                    realized_pnl: o.rp.unwrap_or_default(),
+                    time_ms: o.trade_time_ms,
+                })
+            } else {
+                None
+            };
+            let order = OrderBody {
+                order_id: o.i,
+                client_order_id: o.c,
+                symbol: o.s,
+                side: o.side,
+                order_type: o.o,
+                orig_qty: o.q,
+                executed_qty: o.z,
+                avg_price: Some(o.ap),
+                price: Some(o.p),
+                status: o.status,
+                reduce_only: o.reduce_only,
+                update_time: o.trade_time_ms,
+            }
+            .into_order()?;
+            Ok(UserStreamMessage::Event(AccountEvent::Order { order, fill, times }))
+        }
+        "ACCOUNT_UPDATE" => {
+            let update: AccountUpdate = parse("ACCOUNT_UPDATE", text)?;
+            let times = EventTimes { transaction_ms: update.transaction_ms, event_ms: update.event_ms };
+            let positions = update
+                .a
+                .positions
+                .into_iter()
+                .filter(|p| p.ps.as_deref().is_none_or(|side| side == "BOTH"))
+                .map(|p| {
+                    Ok(PositionUpdate {
+                        symbol: Symbol::new(&p.s).map_err(malformed)?,
+                        quantity: p.pa,
+                        entry_price: p.ep,
+                        unrealized_pnl: p.up,
+                    })
+                })
+                .collect::<Result<Vec<_>, ExchangeError>>()?;
+            let balances =
+                update.a.balances.into_iter().map(|b| BalanceUpdate { asset: b.a, wallet_balance: b.wb }).collect();
+            Ok(UserStreamMessage::Event(AccountEvent::Account { positions, balances, times }))
+        }
+        "listenKeyExpired" => Ok(UserStreamMessage::ListenKeyExpired),
+        other => Ok(UserStreamMessage::Ignored(other.to_owned())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenKey {
+    pub listen_key: String,
+}
