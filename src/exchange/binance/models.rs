@@ -332,7 +332,7 @@ mod tests {
 /// One message of a user data stream, as bulwark uses it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserStreamMessage {
-    Event(crate::domain::AccountEvent),
+    Event(Box<crate::domain::AccountEvent>),
     /// `listenKeyExpired`: nothing more arrives on this connection.
     ListenKeyExpired,
     /// An event bulwark does not use (`MARGIN_CALL`, `TRADE_LITE`, ...).
@@ -459,7 +459,7 @@ pub fn user_stream_message(text: &str) -> Result<UserStreamMessage, ExchangeErro
                 update_time: o.trade_time_ms,
             }
             .into_order()?;
-            Ok(UserStreamMessage::Event(AccountEvent::Order { order, fill, times }))
+            Ok(UserStreamMessage::Event(Box::new(AccountEvent::Order { order, fill, times })))
         }
         "ACCOUNT_UPDATE" => {
             let update: AccountUpdate = parse("ACCOUNT_UPDATE", text)?;
@@ -480,7 +480,7 @@ pub fn user_stream_message(text: &str) -> Result<UserStreamMessage, ExchangeErro
                 .collect::<Result<Vec<_>, ExchangeError>>()?;
             let balances =
                 update.a.balances.into_iter().map(|b| BalanceUpdate { asset: b.a, wallet_balance: b.wb }).collect();
-            Ok(UserStreamMessage::Event(AccountEvent::Account { positions, balances, times }))
+            Ok(UserStreamMessage::Event(Box::new(AccountEvent::Account { positions, balances, times })))
         }
         "listenKeyExpired" => Ok(UserStreamMessage::ListenKeyExpired),
         other => Ok(UserStreamMessage::Ignored(other.to_owned())),

@@ -90,7 +90,7 @@ async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEv
                 last_heard_ms = inner.local.now_ms();
                 let event = match message {
                     Message::Text(text) => match models::user_stream_message(&text) {
-                        Ok(UserStreamMessage::Event(event)) => event,
+                        Ok(UserStreamMessage::Event(event)) => *event,
                         Ok(UserStreamMessage::ListenKeyExpired) => return Ok(Ended::KeyExpired),
                         Ok(UserStreamMessage::Ignored(_)) => continue,
                         Err(error) => {
