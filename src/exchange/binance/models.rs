@@ -276,6 +276,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_user_data_events_parse_and_an_unknown_one_is_ignored() {
+        use crate::domain::AccountEvent;
+        // A real fill (binance-shapes.md §2.3, a 2025-03 capture).
+        let fill = r#"{"e":"ORDER_TRADE_UPDATE","T":1742585119595,"E":1742585119596,"o":{"s":"BTCUSDT","c":"KWsJ1UBaWM1C0IhvgdXxZb","S":"BUY","o":"MARKET","f":"GTC","q":"0.100","p":"0","ap":"84146.50000","sp":"0","x":"TRADE","X":"FILLED","i":4129479931,"l":"0.100","z":"0.100","L":"84146.50","n":"3.36586000","N":"USDT","T":1742585119595,"t":310194316,"b":"0","a":"0","m":false,"R":false,"wt":"CONTRACT_PRICE","ot":"MARKET","ps":"BOTH","cp":false,"rp":"0","pP":false,"si":0,"ss":0,"V":"EXPIRE_MAKER","pm":"NONE","gtd":0}}"#;
+        let UserStreamMessage::Event(event) = user_stream_message(fill).unwrap() else { panic!("an event") };
+        let AccountEvent::Order { order, fill: Some(fill), times } = *event else {
+            panic!("an order update with its fill")
+        };
+        assert_eq!((times.transaction_ms, times.event_ms), (1_742_585_119_595, 1_742_585_119_596));
+        assert_eq!((order.exchange_order_id.as_str(), order.status), ("4129479931", ExchangeOrderStatus::Filled));
+        assert_eq!(order.filled_quantity, "0.100".parse::<Decimal>().unwrap());
+        assert_eq!((fill.trade_id.as_str(), fill.price), ("310194316", "84146.50".parse::<Decimal>().unwrap()));
+        assert_eq!(fill.fee, "3.36586000".parse::<Decimal>().unwrap());
+        // The documented account update: a position and a balance, each absolute.
+        let account = r#"{"e":"ACCOUNT_UPDATE","E":1564745798939,"T":1564745798938,"a":{"m":"ORDER","B":[{"a":"USDT","wb":"122624.12345678","cw":"100.12345678","bc":"50.12345678"}],"P":[{"s":"BTCUSDT","pa":"20","ep":"6563.66500","bep":"0","cr":"0","up":"2850.21200","mt":"isolated","iw":"13200.70726908","ps":"BOTH"}]}}"#;
+        let UserStreamMessage::Event(event) = user_stream_message(account).unwrap() else { panic!("an event") };
+        let AccountEvent::Account { positions, balances, .. } = *event else { panic!("an account update") };
+        assert_eq!((positions[0].symbol.as_str(), positions[0].quantity), ("BTCUSDT", Decimal::from(20)));
+        assert_eq!(balances[0].wallet_balance, "122624.12345678".parse::<Decimal>().unwrap());
+        // The key's end, with `E` as the string the docs show; an event bulwark does not use.
+        let expired = r#"{"e":"listenKeyExpired","E":"1736996475556","listenKey":"WsCM"}"#;
+        assert_eq!(user_stream_message(expired).unwrap(), UserStreamMessage::ListenKeyExpired);
+        let margin_call = r#"{"e":"MARGIN_CALL","E":1587727187525,"cw":"3.16812045","p":[]}"#;
+        assert_eq!(user_stream_message(margin_call).unwrap(), UserStreamMessage::Ignored("MARGIN_CALL".into()));
+        // A field that does not parse is named.
+        let broken = fill_with_quantity("x");
+        assert!(
+            matches!(user_stream_message(&broken), Err(ExchangeError::Malformed { detail }) if detail.contains("ORDER_TRADE_UPDATE"))
+        );
+    }
+
+    fn fill_with_quantity(quantity: &str) -> String {
+        format!(
+            r#"{{"e":"ORDER_TRADE_UPDATE","T":1,"E":2,"o":{{"s":"BTCUSDT","c":"bw-u1-1","S":"BUY","o":"MARKET","q":"{quantity}","p":"0","ap":"0","x":"NEW","X":"NEW","i":1,"l":"0","z":"0","L":"0","T":1,"t":0,"R":false}}}}"#
+        )
+    }
+
+    #[test]
     fn the_documented_kline_row_parses() {
         let row: Vec<Value> = serde_json::from_str(
             r#"[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","17928899.62484339"]"#,
