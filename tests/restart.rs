@@ -146,13 +146,14 @@ async fn a_crash_storm_spends_request_weight_only_on_what_must_be_read_again() {
     }
     // The first start swept every open order of the account (40 weight on Binance) and read the
     // position; the restarts, moments later, list open orders on u1's symbol only (1 each) and
-    // leave the position to the syncs. The first sync reads the account once on its stream's
-    // connection (every position, the wallet, every open order); every later sync, in whichever
-    // incarnation, reads the account's book: no request.
+    // leave the position to the syncs. The first sync reads by REST (its account stream is still
+    // connecting) and the stream, once up, reads the account once (every position, the wallet,
+    // every open order); every later sync, in whichever incarnation, reads the account's book: no
+    // request.
     assert_eq!((swept, exchange.read_count("open orders (all)")), (1, 2));
     assert_eq!(exchange.read_count("open orders (one symbol)") - listed, restarts);
     assert_eq!(exchange.read_count("position"), 1, "one read at the first start");
-    assert_eq!(exchange.read_count("positions"), 1, "one account snapshot, at the first sync");
+    assert_eq!(exchange.read_count("positions"), 2, "the first sync's, and one account snapshot");
     assert!(details.iter().all(|(_, detail)| detail.contains("not read again")), "{details:?}");
     tree.shutdown().await;
 }

@@ -594,7 +594,11 @@ fn user_streams(observations: &Observations) -> Outcome {
         ))
         .value(value);
     }
-    let critical = failing.iter().any(|(_, why)| !matches!(why, Unverified::NoSnapshotOnThisConnection { .. }));
+    // A connection under way, or up and not re-read yet, is on its way back (warn); anything else
+    // is down (critical).
+    let critical = failing
+        .iter()
+        .any(|(_, why)| !matches!(why, Unverified::NoSnapshotOnThisConnection { .. } | Unverified::Connecting { .. }));
     let detail = failing
         .iter()
         .map(|(stream, why)| format!("{}: {why} (its decisions read the account by REST)", stream.user))
@@ -605,6 +609,7 @@ fn user_streams(observations: &Observations) -> Outcome {
         .filter_map(|(_, why)| match why {
             Unverified::Disconnected { since_ms } => Some(*since_ms),
             Unverified::NoSnapshotOnThisConnection { connected_since_ms } => Some(*connected_since_ms),
+            Unverified::Connecting { since_ms } => Some(*since_ms),
             Unverified::Silent { last_heard_ms, .. } => Some(*last_heard_ms),
             Unverified::NeverConnected => None,
         })

@@ -42,6 +42,9 @@ impl Default for BookSettings {
 pub enum Unverified {
     /// The stream was never connected.
     NeverConnected,
+    /// A connection was asked for then (local ms) and has not said anything yet (a handshake under
+    /// way): a snapshot read now could miss what happens before it is up.
+    Connecting { since_ms: i64 },
     /// The stream is down since then (local ms).
     Disconnected { since_ms: i64 },
     /// Connected (since then), but no snapshot was requested on this connection yet.
@@ -55,6 +58,9 @@ impl std::fmt::Display for Unverified {
         let at = crate::clock::rfc3339_ms;
         match self {
             Unverified::NeverConnected => f.write_str("the account stream was never connected"),
+            Unverified::Connecting { since_ms } => {
+                write!(f, "the account stream is connecting since {} (nothing heard on it yet)", at(*since_ms))
+            }
             Unverified::Disconnected { since_ms } => write!(f, "the account stream is down since {}", at(*since_ms)),
             Unverified::NoSnapshotOnThisConnection { connected_since_ms } => write!(
                 f,
@@ -106,6 +112,7 @@ struct Known<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
     Never,
+    Connecting { since_ms: i64 },
     Up { connection: u64, since_ms: i64, last_heard_ms: i64 },
     Down { since_ms: i64 },
 }
@@ -181,6 +188,24 @@ impl AccountBook {
         }
     }
 
+    /// A connection was asked for at `now_ms`; it counts as up once it says something
+    /// ([`AccountBook::stream_connected`]).
+    pub fn stream_connecting(&mut self, now_ms: i64) {
+        self.link = Link::Connecting { since_ms: now_ms };
+    }
+
+    /// Whether a connection was asked for and has not said anything yet.
+    pub fn is_connecting(&self) -> bool {
+        matches!(self.link, Link::Connecting { .. })
+    }
+
+    /// A connection asked for ended before it said anything (the handshake failed).
+    pub fn stream_failed(&mut self, now_ms: i64) {
+        if self.is_connecting() {
+            self.link = Link::Down { since_ms: now_ms };
+        }
+    }
+
     /// The stream connected at `now_ms`: a new connection, on which a snapshot must be read again
     /// before the book is verified. Returns the connection's number (pass it to
     /// [`AccountBook::apply_snapshot`] with a snapshot requested after this).
@@ -237,6 +262,7 @@ impl AccountBook {
     pub fn verification(&self, now_ms: i64) -> Result<(), Unverified> {
         match self.link {
             Link::Never => Err(Unverified::NeverConnected),
+            Link::Connecting { since_ms } => Err(Unverified::Connecting { since_ms }),
             Link::Down { since_ms } => Err(Unverified::Disconnected { since_ms }),
             Link::Up { connection, since_ms, last_heard_ms } => {
                 if self.snapshot_connection != Some(connection) {

@@ -234,3 +234,22 @@ fn a_position_is_behind_until_the_account_update_after_its_newest_fill_arrives()
     book.apply_snapshot(snapshot("2", "1000", 131), Some(connection));
     assert!(book.position_caught_up(&btc()));
 }
+
+#[test]
+fn a_connection_under_way_is_not_up_until_it_says_something_and_one_that_fails_is_down() {
+    let mut book = book();
+    book.stream_connecting(10);
+    assert!(book.is_connecting());
+    assert_eq!(book.connection(), None, "a snapshot read now would not verify the book");
+    assert_eq!(book.verification(11), Err(Unverified::Connecting { since_ms: 10 }));
+    book.stream_failed(20);
+    assert_eq!(book.verification(21), Err(Unverified::Disconnected { since_ms: 20 }));
+    book.stream_connecting(30);
+    let connection = book.stream_connected(40);
+    assert_eq!(book.verification(41), Err(Unverified::NoSnapshotOnThisConnection { connected_since_ms: 40 }));
+    book.apply_snapshot(snapshot("0", "1000", 100), Some(connection));
+    assert_eq!(book.verification(42), Ok(()));
+    // A failure reported for a connection attempt that is no longer under way changes nothing.
+    book.stream_failed(50);
+    assert_eq!(book.verification(51), Ok(()));
+}

@@ -45,7 +45,11 @@ pub(super) fn ensure_stream(context: &RouterContext, user: &UserId) -> Option<Sh
         context.directory.account_books.write().insert(user.clone(), book.clone());
         return Some(book);
     };
-    if book.lock().connection().is_none() {
+    let idle = {
+        let book = book.lock();
+        book.connection().is_none() && !book.is_connecting()
+    };
+    if idle {
         let stream = context.exchange.account_stream(user)?;
         connect(context, user, &book, stream);
     }
@@ -53,8 +57,8 @@ pub(super) fn ensure_stream(context: &RouterContext, user: &UserId) -> Option<Sh
 }
 
 /// Reconnects `user`'s stream whatever its state (the Healer's action for SYS-USER-STREAM: a
-/// silent connection may still look up), and reads a snapshot on the new connection. `Ok(false)`:
-/// the venue streams no account.
+/// silent connection may still look up) and waits until a snapshot read on the new connection
+/// verified the book. `Ok(false)`: the venue streams no account.
 pub(super) async fn reconnect(context: &RouterContext, user: &UserId) -> Result<bool, AccountError> {
     let Some(stream) = context.exchange.account_stream(user) else { return Ok(false) };
     let book = context
@@ -65,15 +69,28 @@ pub(super) async fn reconnect(context: &RouterContext, user: &UserId) -> Result<
         .or_insert_with(|| Arc::new(Mutex::new(AccountBook::new(BookSettings::default()))))
         .clone();
     connect(context, user, &book, stream);
-    take_snapshot(context, user, &book).await?;
+    // The stream's task reads the snapshot once the new connection is up (it says hello).
+    let verified = async {
+        while book.lock().verification(context.clock.now_ms()).is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(context.settings.exchange_timeout, verified).await.is_err() {
+        let why = book.lock().verification(context.clock.now_ms()).err();
+        return Err(AccountError::other(format!(
+            "the account stream is not verified after reconnecting: {}",
+            why.map(|w| w.to_string()).unwrap_or_default()
+        )));
+    }
     Ok(true)
 }
 
-/// Makes `stream` the book's connection and starts applying it.
+/// Starts applying `stream` to the book. It counts as connected once it says something (every
+/// venue's stream says hello when it is up): a snapshot read before that could miss what happens
+/// while the handshake runs.
 fn connect(context: &RouterContext, user: &UserId, book: &SharedBook, stream: AccountStream) {
-    let connection = book.lock().stream_connected(context.clock.now_ms());
-    tracing::info!(%user, connection, "order router: account stream connected; a snapshot is read on it before the book is trusted");
-    actix::spawn(follow(context.clone(), user.clone(), stream, book.clone(), connection));
+    book.lock().stream_connecting(context.clock.now_ms());
+    actix::spawn(follow(context.clone(), user.clone(), stream, book.clone()));
 }
 
 /// The account as the book holds it, if the book is verified now (after reading a snapshot on
@@ -122,10 +139,24 @@ async fn take_snapshot(context: &RouterContext, user: &UserId, book: &SharedBook
 
 /// Applies `user`'s stream to its book until the stream ends, recording what it tells of bulwark's
 /// open orders.
-async fn follow(context: RouterContext, user: UserId, mut stream: AccountStream, book: SharedBook, connection: u64) {
-    while let Some(event) = stream.recv().await {
+async fn follow(context: RouterContext, user: UserId, mut stream: AccountStream, book: SharedBook) {
+    let Some(first) = stream.recv().await else {
+        book.lock().stream_failed(context.clock.now_ms());
+        tracing::info!(%user, "order router: the account stream could not connect; syncs read the account by REST");
+        return;
+    };
+    let connection = book.lock().stream_connected(context.clock.now_ms());
+    tracing::info!(%user, connection, "order router: account stream connected; reading a snapshot on it");
+    // Up: the snapshot that verifies the book, read now (events meanwhile wait in the stream and
+    // are applied after it, by venue time). If it fails, the next sync reads it.
+    if let Err(error) = take_snapshot(&context, &user, &book).await {
+        tracing::warn!(%user, %error, "order router: the account snapshot could not be read; the next sync tries again");
+    }
+    let mut next = Some(first);
+    while let Some(event) = next {
         let applied = book.lock().apply(event, context.clock.now_ms());
         record_order_update(&context, applied).await;
+        next = stream.recv().await;
     }
     book.lock().stream_ended(connection, context.clock.now_ms());
     tracing::info!(%user, connection, "order router: the account stream ended; syncs read the account by REST until it is back");

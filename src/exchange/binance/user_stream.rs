@@ -74,6 +74,10 @@ async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEv
         Err(_) => return Err(ExchangeError::Retryable { detail: "user data stream: no handshake within 10 s".into() }),
     };
     tracing::info!(%account, "binance: user data stream connected");
+    // Up: the listener counts the connection from here (a snapshot it reads now misses nothing).
+    if events.try_send(heartbeat(inner)).is_err() {
+        return Ok(Ended::NobodyListens);
+    }
     let (mut write, mut read) = socket.split();
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut keepalive = tokio::time::interval(inner.settings.listen_key_keepalive);
@@ -128,6 +132,8 @@ async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEv
                 match listen_key(inner, account, Method::PUT).await {
                     Ok(_) => {}
                     Err(ExchangeError::Rejected { code: -1125, .. }) => return Ok(Ended::KeyExpired),
+                    // A refused key ends the stream: the next sync reads by REST and halts the user.
+                    Err(ExchangeError::Auth { detail }) => return Ok(Ended::Closed(format!("the API key was refused: {detail}"))),
                     Err(error) => tracing::warn!(%account, %error, "binance: listenKey keepalive failed; retried at the next interval"),
                 }
             }

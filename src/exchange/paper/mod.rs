@@ -317,6 +317,10 @@ impl Exchange for PaperExchange {
 
     fn account_stream(&self, account: &UserId) -> Option<AccountStream> {
         let (sender, receiver) = mpsc::channel(ACCOUNT_STREAM_QUEUE_MAX);
+        // Up at once (in process): it says so, as every venue's stream does once connected.
+        let venue_ms = self.market_clock.market_now_ms(self.wall.now_ms());
+        let times = crate::domain::EventTimes { transaction_ms: venue_ms, event_ms: venue_ms };
+        let _ = sender.try_send(AccountEvent::Heartbeat { times });
         self.listeners.lock().insert(account.clone(), sender);
         self.start_ticker();
         Some(receiver)
