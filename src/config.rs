@@ -1304,24 +1304,20 @@ impl Validator {
     }
 
     fn stream_url(&mut self, path: &str, value: &str) -> Option<Url> {
-        match Url::parse(value) {
-            Ok(url) if matches!(url.scheme(), "ws" | "wss") && url.host().is_some() => Some(url),
-            Ok(_) => {
-                self.problem(path, format!("{:?} is not a ws(s) URL", excerpt(value)));
-                None
-            }
-            Err(error) => {
-                self.problem(path, format!("{:?} is not a URL: {error}", excerpt(value)));
-                None
-            }
-        }
+        self.url_with_scheme(path, value, ["ws", "wss"], "ws(s)")
     }
 
     fn url(&mut self, path: &str, value: &str) -> Option<Url> {
+        self.url_with_scheme(path, value, ["http", "https"], "http(s)")
+    }
+
+    /// `value` as a URL with a host and one of `schemes` (named `kind` in the problem otherwise).
+    fn url_with_scheme(&mut self, path: &str, value: &str, schemes: [&str; 2], kind: &str) -> Option<Url> {
         match Url::parse(value) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+            Ok(url) if schemes.contains(&url.scheme()) && url.host().is_some() => Some(url),
             Ok(_) => {
-                self.problem(path, format!("{:?} is not an http(s) URL", excerpt(value)));
+                let article = if kind.starts_with('h') { "an" } else { "a" };
+                self.problem(path, format!("{:?} is not {article} {kind} URL", excerpt(value)));
                 None
             }
             Err(error) => {

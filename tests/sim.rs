@@ -781,6 +781,19 @@ async fn fills_that_arrive_while_the_database_refuses_writes_wait_in_the_outbox_
     assert!(!std::path::Path::new(&format!("{}.rejected", outbox.display())).exists(), "nothing was refused for good");
 }
 
+/// A market order buying 20 XRPUSDT with this client order id, stamped now.
+fn market_buy_20_xrp(client_order_id: &str) -> OrderRequest {
+    OrderRequest {
+        client_order_id: ClientOrderId::parse(client_order_id).unwrap(),
+        symbol: Symbol::new("XRPUSDT").unwrap(),
+        side: Side::Buy,
+        order_type: OrderType::Market,
+        quantity: Quantity::new(Decimal::from(20)).unwrap(),
+        reduce_only: false,
+        timestamp_ms: bulwark::clock::Clock::now_ms(&SystemClock),
+    }
+}
+
 /// The next JSON event on a user data connection (answering nothing else; pings are the
 /// library's to answer), within the wait guard.
 async fn next_event<S>(socket: &mut S) -> Value
@@ -830,16 +843,7 @@ async fn the_user_data_stream_pushes_orders_fills_and_positions_as_binance_does(
     // A market order: NEW when accepted, then its fill (TRADE / FILLED) and the position it opened.
     let client = sim.client("u1", &secret("u1"));
     let (user, xrp) = (UserId::new("u1").unwrap(), Symbol::new("XRPUSDT").unwrap());
-    let request = OrderRequest {
-        client_order_id: ClientOrderId::parse("bw-u1-1").unwrap(),
-        symbol: xrp.clone(),
-        side: Side::Buy,
-        order_type: OrderType::Market,
-        quantity: Quantity::new(Decimal::from(20)).unwrap(),
-        reduce_only: false,
-        timestamp_ms: bulwark::clock::Clock::now_ms(&SystemClock),
-    };
-    client.create_order(&user, &request).await.unwrap();
+    client.create_order(&user, &market_buy_20_xrp("bw-u1-1")).await.unwrap();
     // (The account's first request opened it with its starting wallet: an ACCOUNT_UPDATE may come
     // first, as a deposit would.)
     let mut accepted = next_event(&mut socket).await;
@@ -897,16 +901,7 @@ async fn the_binance_client_follows_an_accounts_user_data_stream() {
         }
     };
     tokio::time::timeout(Duration::from_secs(20), connected).await.expect("connected within 20 s");
-    let request = OrderRequest {
-        client_order_id: ClientOrderId::parse("bw-u1-1").unwrap(),
-        symbol: xrp.clone(),
-        side: Side::Buy,
-        order_type: OrderType::Market,
-        quantity: Quantity::new(Decimal::from(20)).unwrap(),
-        reduce_only: false,
-        timestamp_ms: bulwark::clock::Clock::now_ms(&SystemClock),
-    };
-    client.create_order(&user, &request).await.unwrap();
+    client.create_order(&user, &market_buy_20_xrp("bw-u1-1")).await.unwrap();
     let mut fill = None;
     let mut position = None;
     while fill.is_none() || position.is_none() {
