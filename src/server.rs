@@ -673,6 +673,10 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
         let mut reports: Vec<(UserId, Result<ReconcileReport, String>)> = Vec::new();
         let mut pending_users = user_ids;
         loop {
+            // A pass can take long (a request waiting for weight budget): the bound ends the
+            // passes only after one that began past it, so the last word on every order is a look
+            // taken after the orders had the whole bound to settle.
+            let pass_started_ms = started.elapsed().as_millis() as i64;
             let mut waiting = Vec::new();
             for user in pending_users {
                 let symbols = config
@@ -705,7 +709,7 @@ pub fn reconcile(config: Config) -> anyhow::Result<Vec<(UserId, Result<Reconcile
                 }
             }
             let waited_ms = started.elapsed().as_millis() as i64;
-            if waiting.is_empty() || waited_ms >= wait_ms_max {
+            if waiting.is_empty() || pass_started_ms >= wait_ms_max {
                 break;
             }
             tracing::info!(users = ?waiting.iter().map(UserId::as_str).collect::<Vec<_>>(), waited_ms, wait_ms_max, "reconcile: orders not final yet (open, or inside their receive window); passing again in 1 s");
