@@ -149,6 +149,11 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
     if let Some(http) = http.as_mut() {
         http.instance = instance.clone();
     }
+    // The URL last: whoever finds it finds the identity that vouches for it already written.
+    if let Some(url) = &http_url {
+        let url_file = config.server.data_dir.join("bulwark.http");
+        std::fs::write(&url_file, format!("{url}\n")).with_context(|| format!("writing {}", url_file.display()))?;
+    }
 
     let directory = Arc::new(
         Directory::with_metrics(deps.metrics.clone())
@@ -327,8 +332,8 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
     })
 }
 
-/// Binds the HTTP API's socket (a port already taken is a start-up error naming it), reads its
-/// token, and writes the URL to `<data_dir>/bulwark.http` for the command line.
+/// Binds the HTTP API's socket (a port already taken is a start-up error naming it) and reads its
+/// token; `start` writes the URL to `<data_dir>/bulwark.http` once the identity file is written.
 fn http_settings(
     config: &Config,
     settings: &crate::config::HttpConfig,
@@ -339,8 +344,6 @@ fn http_settings(
     let address = listener.local_addr().context("the HTTP API's socket has no address")?;
     let url = format!("http://{address}");
     let token = http_token(settings)?;
-    let url_file = config.server.data_dir.join("bulwark.http");
-    std::fs::write(&url_file, format!("{url}\n")).with_context(|| format!("writing {}", url_file.display()))?;
     tracing::info!(%url, "http: the status API and dashboard listen on {url}");
     let http = HttpSettings {
         listener: Arc::new(listener),
