@@ -118,9 +118,71 @@ pub struct OutboxGauge {
     /// Why the newest record could be kept nowhere (`None` once one is kept again): while set, the
     /// order router places no order, since what it would record could be lost.
     records_unkept: RwLock<Option<String>>,
+    /// Whose order rows changed when, so that an account sync need not read the database to know
+    /// a symbol still has nothing unresolved. Stamped by the persistence actor as it applies (or
+    /// queues) each order record; read and marked by the order router's syncs.
+    pub(crate) order_rows: OrderRowStamps,
+}
+
+/// Which (user, symbol) had no unresolved order when last read, still true unless the user's order
+/// rows changed since: a sync that finds its mark current skips the database read (issue 14: a
+/// decision on a verified account reads neither the exchange nor the database).
+///
+/// Every change takes a new stamp, greater than any before, after it is applied and before its
+/// writer is answered (the persistence actor does both in one handler). A sync takes the user's
+/// stamp *before* its read and marks the symbol settled under it only if the read found nothing;
+/// the mark counts only while the user's stamp is still that one, so a change anywhere in between
+/// voids it.
+#[derive(Debug, Default)]
+pub struct OrderRowStamps {
+    /// The last stamp handed out.
+    last_stamp: AtomicU64,
+    /// Stamped when a change's user could not be told (everyone's rows may have changed).
+    everyone_changed_at: AtomicU64,
+    /// Each user's newest change.
+    user_changed_at: RwLock<std::collections::HashMap<UserId, u64>>,
+    /// (user, symbol) found with nothing unresolved, under the user's stamp of before that read.
+    settled_at: RwLock<std::collections::HashMap<(UserId, Symbol), u64>>,
+}
+
+impl OrderRowStamps {
+    /// The user's current stamp (the newest change that may have touched its rows).
+    pub fn stamp(&self, user: &UserId) -> u64 {
+        let own = self.user_changed_at.read().get(user).copied().unwrap_or(0);
+        own.max(self.everyone_changed_at.load(Ordering::SeqCst))
+    }
+
+    /// `user`'s order rows changed (`None`: anyone's may have).
+    pub fn note_changed(&self, user: Option<&UserId>) {
+        let stamp = self.last_stamp.fetch_add(1, Ordering::SeqCst) + 1;
+        match user {
+            Some(user) => {
+                self.user_changed_at.write().insert(user.clone(), stamp);
+            }
+            None => self.everyone_changed_at.store(stamp, Ordering::SeqCst),
+        }
+    }
+
+    /// A read begun under `stamp_before_read` found nothing of `symbol` unresolved.
+    pub fn note_settled(&self, user: &UserId, symbol: &Symbol, stamp_before_read: u64) {
+        if self.stamp(user) == stamp_before_read {
+            self.settled_at.write().insert((user.clone(), symbol.clone()), stamp_before_read);
+        }
+    }
+
+    /// Nothing of `symbol` is unresolved for `user`: read so, and nothing of the user's changed since.
+    pub fn is_settled(&self, user: &UserId, symbol: &Symbol) -> bool {
+        let marked = self.settled_at.read().get(&(user.clone(), symbol.clone())).copied();
+        marked.is_some_and(|marked| marked == self.stamp(user))
+    }
 }
 
 impl OutboxGauge {
+    /// Whose order rows changed when (see [`OrderRowStamps`]).
+    pub fn order_rows(&self) -> &OrderRowStamps {
+        &self.order_rows
+    }
+
     pub fn status(&self) -> OutboxStatus {
         OutboxStatus {
             depth: self.depth.load(Ordering::Relaxed),
@@ -372,3 +434,48 @@ stop_handler!(Healer);
 stop_handler!(Intelligence);
 stop_handler!(Notifier);
 stop_handler!(crate::http::HttpApi);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    fn symbol(id: &str) -> Symbol {
+        Symbol::new(id).unwrap()
+    }
+
+    #[test]
+    fn a_settled_mark_holds_until_the_users_orders_change() {
+        let stamps = OrderRowStamps::default();
+        let (u1, u2, xrp) = (user("u1"), user("u2"), symbol("XRPUSDT"));
+        assert!(!stamps.is_settled(&u1, &xrp), "nothing is known before a read");
+        stamps.note_settled(&u1, &xrp, stamps.stamp(&u1));
+        assert!(stamps.is_settled(&u1, &xrp));
+        stamps.note_changed(Some(&u2));
+        assert!(stamps.is_settled(&u1, &xrp), "another user's order changes nothing of u1's");
+        stamps.note_changed(Some(&u1));
+        assert!(!stamps.is_settled(&u1, &xrp), "u1's own change voids the mark");
+        stamps.note_settled(&u1, &xrp, stamps.stamp(&u1));
+        stamps.note_changed(None);
+        assert!(!stamps.is_settled(&u1, &xrp), "a change of unknown user voids every mark");
+    }
+
+    #[test]
+    fn a_read_overtaken_by_a_change_marks_nothing() {
+        let stamps = OrderRowStamps::default();
+        let (u1, xrp) = (user("u1"), symbol("XRPUSDT"));
+        // The read begins, an intent is committed, the read (which missed it) answers "none".
+        let before_read = stamps.stamp(&u1);
+        stamps.note_changed(Some(&u1));
+        stamps.note_settled(&u1, &xrp, before_read);
+        assert!(!stamps.is_settled(&u1, &xrp));
+        // Marked first, changed after: the change still voids it.
+        let before_read = stamps.stamp(&u1);
+        stamps.note_settled(&u1, &xrp, before_read);
+        stamps.note_changed(Some(&u1));
+        assert!(!stamps.is_settled(&u1, &xrp));
+    }
+}

@@ -815,12 +815,7 @@ async fn sync_account(
     placing: &HashSet<ClientOrderId>,
 ) -> Result<AccountSnapshot, AccountError> {
     let (user, symbol) = (&request.user, &request.symbol);
-    let unresolved_orders = {
-        let (user, symbol) = (user.clone(), symbol.clone());
-        persistence::run(&context.directory, move |store| store.unresolved_orders(&user, Some(&symbol)))
-            .await
-            .map_err(|e| AccountError::other(format!("database: {e}")))?
-    };
+    let unresolved_orders = unresolved_orders_of(context, user, symbol).await?;
     // With nothing of this symbol in flight, a verified book is the account: no exchange request.
     // (An order in flight may have filled on the exchange before its event arrived: read by REST.)
     if let Some(book) = account_feed::ensure_stream(context, user)
@@ -859,6 +854,28 @@ async fn sync_account(
         Err(error) => Err(format!("balance unavailable: {error}")),
     };
     Ok(account_snapshot(context, request, positions, wallet_usdt, rules, unresolved))
+}
+
+/// `symbol`'s unresolved orders of `user`: none without a database read when a read found none and
+/// none of the user's order rows changed since (`OrderRowStamps`).
+async fn unresolved_orders_of(
+    context: &RouterContext,
+    user: &UserId,
+    symbol: &Symbol,
+) -> Result<Vec<StoredOrder>, AccountError> {
+    let stamps = context.directory.outbox.order_rows();
+    if stamps.is_settled(user, symbol) {
+        return Ok(Vec::new());
+    }
+    let stamp_before_read = stamps.stamp(user);
+    let (key_user, key_symbol) = (user.clone(), symbol.clone());
+    let orders = persistence::run(&context.directory, move |store| store.unresolved_orders(&key_user, Some(&key_symbol)))
+        .await
+        .map_err(|e| AccountError::other(format!("database: {e}")))?;
+    if orders.is_empty() {
+        stamps.note_settled(user, symbol, stamp_before_read);
+    }
+    Ok(orders)
 }
 
 /// What a sync answers, from every position the account holds and its wallet (read by REST or from

@@ -592,6 +592,9 @@ impl Actor for PersistenceActor {
     }
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // What an incarnation that died mid-write left is not known: every user's orders are read
+        // again (and the outbox replayed below may hold anyone's).
+        self.gauge.order_rows().note_changed(None);
         // A panic ends this incarnation; the root supervisor restarts it with backoff and
         // escalates (the process exits non-zero) if the database or the outbox stays unusable.
         match Outbox::open(&self.settings.outbox_path, self.settings.outbox_capacity) {
@@ -684,8 +687,13 @@ impl Handler<Write> for PersistenceActor {
 
     fn handle(&mut self, message: Write, ctx: &mut Context<Self>) -> Self::Result {
         let what = message.write.what();
+        let order_rows_of = message.write.order_rows_of();
         let result =
             if message.unanswered { self.write_batched(message.write, ctx) } else { self.write(message.write, ctx) };
+        // Applied, queued or failed half-way: whoever reads the user's orders next reads them again.
+        if let Some(user) = order_rows_of {
+            self.gauge.order_rows().note_changed(user.as_ref());
+        }
         if message.unanswered
             && let Err(error) = &result
         {
@@ -753,6 +761,8 @@ impl<R: 'static> Handler<Run<R>> for PersistenceActor {
             _ => {}
         }
         if wrote {
+            // Which rows it wrote is not known here: every user's orders are read again.
+            self.gauge.order_rows().note_changed(None);
             self.commit_batch(ctx)?;
         }
         result

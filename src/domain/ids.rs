@@ -87,6 +87,13 @@ impl ClientOrderId {
         self.0.starts_with(Self::PREFIX)
     }
 
+    /// The user a bulwark id was made for (`bw-<user>-<intent seq>`); `None` for any other id.
+    pub fn bulwark_user(&self) -> Option<UserId> {
+        let (user, intent_seq) = self.0.strip_prefix(Self::PREFIX)?.rsplit_once('-')?;
+        let is_seq = !intent_seq.is_empty() && intent_seq.bytes().all(|b| b.is_ascii_digit());
+        if is_seq { UserId::new(user).ok() } else { None }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -131,6 +138,15 @@ mod tests {
         assert!(UserId::new("a b").is_err());
         let refused = UserId::new(&"x".repeat(20_480)).unwrap_err().to_string();
         assert!(refused.len() < 200 && refused.contains("…\" (20480 bytes) must be"), "{refused}");
+    }
+
+    #[test]
+    fn a_bulwark_client_order_id_names_its_user() {
+        let user = UserId::new("alice_2-b").unwrap();
+        assert_eq!(ClientOrderId::for_intent(&user, 17).bulwark_user(), Some(user));
+        for other in ["web_123", "bw-u1", "bw-u1-x7", "bw--3", "x-bw-u1-3"] {
+            assert_eq!(ClientOrderId::parse(other).unwrap().bulwark_user(), None, "{other}");
+        }
     }
 
     #[test]

@@ -96,6 +96,23 @@ impl DurableWrite {
         }
     }
 
+    /// Whose order rows this record may change (an intent, a move, fills, a reconciliation
+    /// action): `Some(None)` when the user cannot be told, so everyone's may have changed.
+    pub fn order_rows_of(&self) -> Option<Option<UserId>> {
+        match self {
+            DurableWrite::CommitIntent(intent) => Some(Some(intent.user.clone())),
+            DurableWrite::OrderTransition(transition) => Some(transition.client_order_id.bulwark_user()),
+            DurableWrite::Fills { user, .. } | DurableWrite::ReconcileAction { user, .. } => Some(Some(user.clone())),
+            DurableWrite::Position(_)
+            | DurableWrite::RiskMemory { .. }
+            | DurableWrite::Decision(_)
+            | DurableWrite::GuardDecision(_)
+            | DurableWrite::GuardLock(_)
+            | DurableWrite::SupervisorEvent(_)
+            | DurableWrite::UserSupervision(_) => None,
+        }
+    }
+
     /// A record whose effect decides whether an order is sent: a committed intent, or a move to
     /// `sending`. Whether it applies must be judged against what the database holds, so it is
     /// never kept blind (while the database cannot even be read).

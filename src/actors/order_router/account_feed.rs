@@ -166,6 +166,11 @@ async fn follow(context: RouterContext, user: UserId, mut stream: AccountStream,
 /// follows on from what the database holds.
 async fn record_order_update(context: &RouterContext, applied: Applied) {
     let Some(order) = applied.order.filter(|order| order.client_order_id.is_bulwark()) else { return };
+    // An update without a fill that leaves the order open (NEW) records nothing: no database read.
+    let changes_something = applied.new_fill.is_some() || !order.status.is_open();
+    if !changes_something {
+        return;
+    }
     let stored = match load_order(context, &order.client_order_id).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return,
@@ -180,12 +185,9 @@ async fn record_order_update(context: &RouterContext, applied: Applied) {
     {
         return;
     }
-    let changes_something = applied.new_fill.is_some() || !order.status.is_open();
     let Some(change) = transition_from_update(&stored.filled_quantity, order, applied.new_fill, context.clock.now_ms())
     else {
-        if changes_something {
-            context.directory.metrics.stream_order_update("left_to_rest");
-        }
+        context.directory.metrics.stream_order_update("left_to_rest");
         return;
     };
     let client_order_id = change.client_order_id.clone();
