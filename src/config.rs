@@ -149,6 +149,10 @@ pub struct BinanceVenueConfig {
     pub stream_url: Url,
     /// How often a listenKey is kept alive (Binance lets one lapse after 60 minutes).
     pub listen_key_keepalive: Duration,
+    /// At most this many new stream connections a second over every account (one IP).
+    pub stream_connects_per_second: u32,
+    /// A stream connection is replaced after this long, the new one up first (Binance cuts at 24 h).
+    pub stream_rotation: Duration,
 }
 
 /// Binance's production streams for its production REST host; otherwise the REST host itself with a
@@ -677,6 +681,8 @@ struct RawExchange {
     user_data_stream: bool,
     stream_url: Option<String>,
     listen_key_keepalive_secs: i64,
+    stream_connects_per_second: i64,
+    stream_rotation_secs: i64,
     paper: Option<RawPaper>,
 }
 
@@ -692,6 +698,8 @@ impl Default for RawExchange {
             user_data_stream: true,
             stream_url: None,
             listen_key_keepalive_secs: 1_800,
+            stream_connects_per_second: 5,
+            stream_rotation_secs: 84_600,
             paper: None,
         }
     }
@@ -1273,6 +1281,10 @@ impl Validator {
                 let poll_interval = Duration::from_millis(poll_interval_ms as u64);
                 let keepalive_secs =
                     self.int_in("exchange.listen_key_keepalive_secs", raw.listen_key_keepalive_secs, 1, 3_300);
+                let stream_connects_per_second =
+                    self.int_in("exchange.stream_connects_per_second", raw.stream_connects_per_second, 1, 1_000) as u32;
+                let stream_rotation_secs =
+                    self.int_in("exchange.stream_rotation_secs", raw.stream_rotation_secs, 1, 86_000);
                 let stream_url = match raw.stream_url.as_deref() {
                     Some(url) => self.stream_url("exchange.stream_url", url),
                     None => base_url.as_ref().and_then(default_stream_url),
@@ -1285,6 +1297,8 @@ impl Validator {
                         user_data_stream: raw.user_data_stream,
                         stream_url,
                         listen_key_keepalive: Duration::from_secs(keepalive_secs as u64),
+                        stream_connects_per_second,
+                        stream_rotation: Duration::from_secs(stream_rotation_secs as u64),
                     })
                 })
             }

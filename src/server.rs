@@ -581,6 +581,8 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
                 user_data_stream: binance.user_data_stream,
                 stream_url: binance.stream_url.clone(),
                 listen_key_keepalive: binance.listen_key_keepalive,
+                stream_connects_per_second: binance.stream_connects_per_second,
+                stream_rotation: binance.stream_rotation,
             };
             let client = BinanceClient::new(settings, clock).map_err(anyhow::Error::msg)?;
             Ok(Arc::new(client))

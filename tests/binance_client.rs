@@ -39,6 +39,8 @@ fn client(server: &MockServer, timeout_ms: u64) -> BinanceClient {
         user_data_stream: false,
         stream_url: "ws://127.0.0.1:9".parse().unwrap(),
         listen_key_keepalive: Duration::from_secs(1_800),
+        stream_connects_per_second: 1_000,
+        stream_rotation: Duration::from_secs(84_600),
     };
     BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
 }
@@ -186,6 +188,8 @@ async fn a_refused_connection_executed_nothing() {
         user_data_stream: false,
         stream_url: "ws://127.0.0.1:9".parse().unwrap(),
         listen_key_keepalive: Duration::from_secs(1_800),
+        stream_connects_per_second: 1_000,
+        stream_rotation: Duration::from_secs(84_600),
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let result = client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await;
@@ -346,6 +350,8 @@ async fn a_user_without_credentials_is_refused_before_anything_is_sent() {
         user_data_stream: false,
         stream_url: "ws://127.0.0.1:9".parse().unwrap(),
         listen_key_keepalive: Duration::from_secs(1_800),
+        stream_connects_per_second: 1_000,
+        stream_rotation: Duration::from_secs(84_600),
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let refused = client.balance(&user()).await;

@@ -839,6 +839,14 @@ async fn the_user_data_stream_pushes_orders_fills_and_positions_as_binance_does(
     let ws = sim.url.replace("http://", "ws://");
     assert!(tokio_tungstenite::connect_async(format!("{ws}/private/ws/{}", "0".repeat(64))).await.is_err());
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("{ws}/private/ws/{listen_key}")).await.unwrap();
+    // A second connection on the same key (the pre-2026 path): each connection gets every event.
+    let (mut second, _) = tokio_tungstenite::connect_async(format!("{ws}/ws/{listen_key}")).await.unwrap();
+    let opened = async {
+        while sim.get("/sim/stats").await["user_stream_connections"].as_u64() != Some(2) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), opened).await.expect("both connections opened within 20 s");
 
     // A market order: NEW when accepted, then its fill (TRADE / FILLED) and the position it opened.
     let client = sim.client("u1", &secret("u1"));
@@ -866,6 +874,11 @@ async fn the_user_data_stream_pushes_orders_fills_and_positions_as_binance_does(
     assert_eq!(account["a"]["B"][0]["a"], "USDT", "{account}");
     let filled = events.last().unwrap();
     assert_eq!((&filled["o"]["x"], &filled["o"]["X"]), (&json!("TRADE"), &json!("FILLED")), "{filled}");
+    let mut on_second = Vec::new();
+    while on_second.last() != Some(filled) {
+        on_second.push(next_event(&mut second).await);
+    }
+    assert!(on_second.contains(&accepted), "the second connection got the NEW too: {on_second:?}");
     assert_eq!((&filled["o"]["l"], &filled["o"]["z"]), (&json!("20"), &json!("20")), "{filled}");
     assert!(filled["o"]["t"].as_i64().unwrap() > 0 && filled["T"].as_i64().unwrap() >= accepted["T"].as_i64().unwrap());
     // The fill the stream told is the one the REST trade list holds.
@@ -881,7 +894,7 @@ async fn the_user_data_stream_pushes_orders_fills_and_positions_as_binance_does(
     assert_eq!(listen_key_call(reqwest::Method::PUT, Some(key("u1"))).await.1["code"], -1125);
     let renewed = listen_key_call(reqwest::Method::POST, Some(key("u1"))).await.1;
     assert_ne!(renewed["listenKey"], listen_key.as_str(), "a new key after expiry");
-    assert_eq!(sim.get("/sim/stats").await["user_stream_connections"], 1);
+    assert_eq!(sim.get("/sim/stats").await["user_stream_connections"], 2);
 }
 
 #[tokio::test]
@@ -925,4 +938,48 @@ async fn the_binance_client_follows_an_accounts_user_data_stream() {
     assert!(expire.send().await.unwrap().status().is_success());
     let ended = async { while stream.recv().await.is_some() {} };
     tokio::time::timeout(Duration::from_secs(20), ended).await.expect("the stream ends after listenKeyExpired");
+}
+
+#[tokio::test]
+async fn the_binance_client_rotates_its_user_data_connection_without_a_gap() {
+    use bulwark::domain::AccountEvent;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 200, ""), 12);
+    let settings = bulwark::exchange::binance::BinanceSettings {
+        stream_rotation: Duration::from_secs(1),
+        ..sim.client_settings("u1", &secret("u1"))
+    };
+    let client = bulwark::exchange::binance::BinanceClient::new(settings, std::sync::Arc::new(SystemClock)).unwrap();
+    let user = UserId::new("u1").unwrap();
+    let mut stream = client.account_stream(&user).expect("the client streams accounts");
+    let opened = |at_least: u64| {
+        let sim = &sim;
+        async move {
+            let waited = async {
+                while sim.get("/sim/stats").await["user_stream_connections"].as_u64().unwrap_or(0) < at_least {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), waited).await.expect("connections opened within 30 s");
+        }
+    };
+    // Every second a new connection; the listener's stream goes on through each.
+    for (round, client_order_id) in [(2, "bw-u1-1"), (4, "bw-u1-2")] {
+        opened(round).await;
+        client.create_order(&user, &market_buy_20_xrp(client_order_id)).await.unwrap();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(20), stream.recv())
+                .await
+                .expect("events within 20 s")
+                .expect("the stream does not end at a rotation");
+            if let AccountEvent::Order { order, fill: Some(_), .. } = event
+                && order.client_order_id.as_str() == client_order_id
+            {
+                break;
+            }
+        }
+    }
+    // One listenKey served every connection.
+    assert_eq!(sim.requests("POST /fapi/v1/listenKey").await, 1);
 }

@@ -553,6 +553,8 @@ fn user_streams(directory: &Directory, now_ms: i64) -> Vec<UserStreamObservation
                 verification: book.verification(now_ms),
                 connections: book.connections(),
                 last_heard_ms: book.last_heard_ms(),
+                failures_in_a_row: book.failures_in_a_row(),
+                reconnect_not_before_ms: book.reconnect_due(now_ms).err(),
             }
         })
         .collect()

@@ -869,9 +869,10 @@ async fn unresolved_orders_of(
     }
     let stamp_before_read = stamps.stamp(user);
     let (key_user, key_symbol) = (user.clone(), symbol.clone());
-    let orders = persistence::run(&context.directory, move |store| store.unresolved_orders(&key_user, Some(&key_symbol)))
-        .await
-        .map_err(|e| AccountError::other(format!("database: {e}")))?;
+    let orders =
+        persistence::run(&context.directory, move |store| store.unresolved_orders(&key_user, Some(&key_symbol)))
+            .await
+            .map_err(|e| AccountError::other(format!("database: {e}")))?;
     if orders.is_empty() {
         stamps.note_settled(user, symbol, stamp_before_read);
     }

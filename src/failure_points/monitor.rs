@@ -257,6 +257,10 @@ pub struct UserStreamObservation {
     pub connections: u64,
     /// When the connection up now was last heard from.
     pub last_heard_ms: Option<i64>,
+    /// Connections that failed or ended early in a row.
+    pub failures_in_a_row: u32,
+    /// While down: no reconnect is asked for before this (the backoff), unless the Healer asks.
+    pub reconnect_not_before_ms: Option<i64>,
 }
 
 /// Everything one run looks at. `None`: that input could not be gathered this time (its checks
@@ -601,7 +605,17 @@ fn user_streams(observations: &Observations) -> Outcome {
         .any(|(_, why)| !matches!(why, Unverified::NoSnapshotOnThisConnection { .. } | Unverified::Connecting { .. }));
     let detail = failing
         .iter()
-        .map(|(stream, why)| format!("{}: {why} (its decisions read the account by REST)", stream.user))
+        .map(|(stream, why)| {
+            let backoff = match stream.reconnect_not_before_ms {
+                Some(not_before_ms) if stream.failures_in_a_row > 0 => format!(
+                    "; {} connection(s) failed or dropped early in a row, the next attempt at {}",
+                    stream.failures_in_a_row,
+                    crate::clock::rfc3339_ms(not_before_ms)
+                ),
+                _ => String::new(),
+            };
+            format!("{}: {why} (its decisions read the account by REST){backoff}", stream.user)
+        })
         .collect::<Vec<_>>()
         .join("; ");
     let since_ms = failing
@@ -1351,6 +1365,8 @@ mod tests {
             verification,
             connections: 2,
             last_heard_ms: Some(50_000),
+            failures_in_a_row: 0,
+            reconnect_not_before_ms: None,
         };
         let run = |streams: Vec<UserStreamObservation>| {
             let observations = Observations { now_ms: 60_000, user_streams: Some(streams), ..Observations::default() };
@@ -1372,6 +1388,18 @@ mod tests {
         assert_eq!(down.users, vec![user("u1"), user("u2")]);
         assert_eq!(down.since_ms, Some(40_000));
         assert!(down.detail.starts_with("u1: the account stream is down since"), "{}", down.detail);
+        // Backing off: how many attempts failed and when the next one is, in the detail.
+        let mut backing_off = stream("u1", Err(Unverified::Disconnected { since_ms: 40_000 }));
+        (backing_off.failures_in_a_row, backing_off.reconnect_not_before_ms) = (3, Some(64_000));
+        let backing_off = run(vec![backing_off]);
+        assert_eq!(backing_off.status, CheckStatus::Critical);
+        assert!(
+            backing_off.detail.ends_with(
+                "; 3 connection(s) failed or dropped early in a row, the next attempt at 1970-01-01T00:01:04.000Z"
+            ),
+            "{}",
+            backing_off.detail
+        );
         // Nothing streamed: every sync reads by REST, and that is what it says.
         assert_eq!(run(Vec::new()).status, CheckStatus::Ok);
         assert_eq!(result(&evaluate(&Observations::default()), SYS_USER_STREAM).status, CheckStatus::Unknown);

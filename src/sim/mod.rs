@@ -124,6 +124,8 @@ pub struct SimState {
     listen_keys: Mutex<user_stream::ListenKeys>,
     /// The seed the listenKeys are derived from.
     seed: u64,
+    /// Each account's open user data connections.
+    connections: user_stream::Connections,
 }
 
 impl std::fmt::Debug for SimState {
@@ -192,6 +194,7 @@ pub async fn start(config: SimConfig, clock: Arc<dyn Clock>) -> anyhow::Result<(
         limiter: Mutex::new(limiter),
         stats: Mutex::new(SimStats::default()),
         listen_keys: Mutex::new(user_stream::ListenKeys::default()),
+        connections: user_stream::Connections::default(),
         seed,
     });
     let data = web::Data::from(state.clone());

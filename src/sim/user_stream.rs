@@ -5,8 +5,10 @@
 //! the account's `ORDER_TRADE_UPDATE` and `ACCOUNT_UPDATE` events from the paper matching engine,
 //! pings the client while the account is quiet, and sends `listenKeyExpired` when its key lapses.
 //!
-//! One connection per account: a new one takes the account's stream over and the older one is
-//! closed (bulwark connects one per account).
+//! An account may have several connections open at once (a client rotating its connection opens
+//! the new one before closing the old): as on Binance, each receives every event of the account.
+//! The simulator follows the account's one paper stream ([`Connections`]) and hands each event to
+//! every connection; one that falls `ACCOUNT_STREAM_QUEUE_MAX` events behind is closed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +27,46 @@ pub const LISTEN_KEY_LIFETIME_MS: i64 = 60 * 60_000;
 
 /// How often a connection checks that its key still lives.
 const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Each account's open connections, fed from the account's one paper stream by a task of its own
+/// (started with the account's first connection, ended with its last). Written by the WebSocket
+/// upgrades (a new connection) and the feeding tasks (a connection gone or behind); read by those.
+#[derive(Debug, Default)]
+pub struct Connections {
+    accounts: parking_lot::Mutex<BTreeMap<UserId, Vec<tokio::sync::mpsc::Sender<AccountEvent>>>>,
+}
+
+impl Connections {
+    /// A new connection's share of `user`'s events (`None`: the venue streams no account).
+    fn open(state: &std::sync::Arc<SimState>, user: &UserId) -> Option<crate::exchange::AccountStream> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(crate::limits::ACCOUNT_STREAM_QUEUE_MAX);
+        let mut accounts = state.connections.accounts.lock();
+        match accounts.get_mut(user) {
+            Some(connections) => connections.push(sender),
+            None => {
+                let paper = state.exchange.account_stream(user)?;
+                accounts.insert(user.clone(), vec![sender]);
+                actix_web::rt::spawn(feed(state.clone(), user.clone(), paper));
+            }
+        }
+        Some(receiver)
+    }
+}
+
+/// Hands each of `user`'s paper events to every open connection until none is left (or the paper
+/// stream ends, which ends them all).
+async fn feed(state: std::sync::Arc<SimState>, user: UserId, mut paper: crate::exchange::AccountStream) {
+    while let Some(event) = paper.recv().await {
+        let mut accounts = state.connections.accounts.lock();
+        let Some(connections) = accounts.get_mut(&user) else { return };
+        connections.retain(|connection| connection.try_send(event.clone()).is_ok());
+        if connections.is_empty() {
+            accounts.remove(&user);
+            return;
+        }
+    }
+    state.connections.accounts.lock().remove(&user);
+}
 
 /// The live listenKeys. Written by the listenKey endpoints; read by the WebSocket connections.
 #[derive(Debug, Default)]
@@ -108,7 +150,7 @@ pub async fn connect(request: HttpRequest, body: web::Payload, state: web::Data<
             "This listenKey does not exist.",
         );
     };
-    let Some(events) = state.exchange.account_stream(&user) else {
+    let Some(events) = Connections::open(&state, &user) else {
         return crate::sim::binance_error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, -1000, "no account stream");
     };
     let (response, session, incoming) = match actix_ws::handle(&request, body) {

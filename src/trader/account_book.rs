@@ -29,11 +29,25 @@ pub struct BookSettings {
     pub trades_remembered: usize,
     /// Final orders remembered to recognise a late event about them.
     pub final_orders_remembered: usize,
+    /// The wait before reconnecting after the first failure in a row; it doubles with each further
+    /// one up to `reconnect_backoff_ms_max`, and each wait is drawn between half of it and all of
+    /// it (jitter: a venue-wide outage does not bring every account back in the same second).
+    pub reconnect_backoff_ms_initial: i64,
+    pub reconnect_backoff_ms_max: i64,
+    /// A connection that stayed up this long before it ended resets the failures in a row.
+    pub connection_stable_ms: i64,
 }
 
 impl Default for BookSettings {
     fn default() -> Self {
-        Self { silence_ms_max: 90_000, trades_remembered: 4_096, final_orders_remembered: 1_024 }
+        Self {
+            silence_ms_max: 90_000,
+            trades_remembered: 4_096,
+            final_orders_remembered: 1_024,
+            reconnect_backoff_ms_initial: 1_000,
+            reconnect_backoff_ms_max: 60_000,
+            connection_stable_ms: 60_000,
+        }
     }
 }
 
@@ -170,6 +184,13 @@ pub struct AccountBook {
     /// The venue time of the newest fill seen on each symbol: a position known as of earlier has
     /// not caught up with it yet (Binance may send the order update before the account update).
     newest_fill_ms: BTreeMap<Symbol, i64>,
+    /// Connections that failed or ended early in a row (reset by one that stayed up
+    /// `connection_stable_ms`).
+    failures_in_a_row: u32,
+    /// No reconnect before this (local ms) unless asked for explicitly; `None`: any time.
+    reconnect_not_before_ms: Option<i64>,
+    /// The jitter's generator state (seeded per account, so accounts spread apart).
+    jitter_state: u64,
 }
 
 impl AccountBook {
@@ -185,13 +206,63 @@ impl AccountBook {
             final_orders: Recent::with_capacity(settings.final_orders_remembered),
             trades: Recent::with_capacity(settings.trades_remembered),
             newest_fill_ms: BTreeMap::new(),
+            failures_in_a_row: 0,
+            reconnect_not_before_ms: None,
+            jitter_state: 0x9E37_79B9_7F4A_7C15,
         }
+    }
+
+    /// The same book with its reconnect jitter seeded by `seed` (the account's: accounts that drop
+    /// together come back spread apart; the same seed waits the same).
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_state = seed;
+        self
+    }
+
+    /// Whether a connection may be asked for at `now_ms` (`Err`: not before that local ms; a
+    /// reconnect asked for by an operator or the Healer does not wait).
+    pub fn reconnect_due(&self, now_ms: i64) -> Result<(), i64> {
+        match self.reconnect_not_before_ms {
+            Some(not_before_ms) if now_ms < not_before_ms => Err(not_before_ms),
+            _ => Ok(()),
+        }
+    }
+
+    /// Connections that failed or ended early in a row.
+    pub fn failures_in_a_row(&self) -> u32 {
+        self.failures_in_a_row
+    }
+
+    /// The connection asked for failed or ended at `now_ms`; `stable` when it had stayed up long
+    /// enough to count as healthy. Sets when the next may be asked for.
+    fn schedule_reconnect(&mut self, now_ms: i64, stable: bool) {
+        self.failures_in_a_row = if stable { 1 } else { self.failures_in_a_row.saturating_add(1) };
+        let doublings = (self.failures_in_a_row - 1).min(30);
+        let backoff_ms = self
+            .settings
+            .reconnect_backoff_ms_initial
+            .max(1)
+            .saturating_mul(1_i64 << doublings)
+            .min(self.settings.reconnect_backoff_ms_max.max(1));
+        let half_ms = backoff_ms / 2;
+        let jitter_ms = (self.next_jitter() % (backoff_ms - half_ms + 1) as u64) as i64;
+        self.reconnect_not_before_ms = Some(now_ms + half_ms + jitter_ms);
+    }
+
+    /// splitmix64: enough to spread accounts apart, and deterministic for a seed.
+    fn next_jitter(&mut self) -> u64 {
+        self.jitter_state = self.jitter_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.jitter_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 
     /// A connection was asked for at `now_ms`; it counts as up once it says something
     /// ([`AccountBook::stream_connected`]).
     pub fn stream_connecting(&mut self, now_ms: i64) {
         self.link = Link::Connecting { since_ms: now_ms };
+        self.reconnect_not_before_ms = None;
     }
 
     /// Whether a connection was asked for and has not said anything yet.
@@ -203,6 +274,7 @@ impl AccountBook {
     pub fn stream_failed(&mut self, now_ms: i64) {
         if self.is_connecting() {
             self.link = Link::Down { since_ms: now_ms };
+            self.schedule_reconnect(now_ms, false);
         }
     }
 
@@ -217,16 +289,24 @@ impl AccountBook {
 
     /// The stream dropped (or was found silent) at `now_ms`.
     pub fn stream_disconnected(&mut self, now_ms: i64) {
-        if !matches!(self.link, Link::Down { .. }) {
-            self.link = Link::Down { since_ms: now_ms };
-        }
+        self.end_link(now_ms);
     }
 
     /// Connection number `connection` ended at `now_ms`; a newer connection already up stays up.
     pub fn stream_ended(&mut self, connection: u64, now_ms: i64) {
         if matches!(self.link, Link::Up { connection: up, .. } if up == connection) {
-            self.link = Link::Down { since_ms: now_ms };
+            self.end_link(now_ms);
         }
+    }
+
+    fn end_link(&mut self, now_ms: i64) {
+        let stable = match self.link {
+            Link::Down { .. } => return,
+            Link::Up { since_ms, .. } => now_ms - since_ms >= self.settings.connection_stable_ms,
+            Link::Never | Link::Connecting { .. } => false,
+        };
+        self.link = Link::Down { since_ms: now_ms };
+        self.schedule_reconnect(now_ms, stable);
     }
 
     /// The stream answered a keepalive (or delivered anything) at `now_ms`.

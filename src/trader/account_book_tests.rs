@@ -19,7 +19,12 @@ fn btc() -> Symbol {
 }
 
 fn book() -> AccountBook {
-    AccountBook::new(BookSettings { silence_ms_max: SILENCE_MS, trades_remembered: 3, final_orders_remembered: 3 })
+    AccountBook::new(BookSettings {
+        silence_ms_max: SILENCE_MS,
+        trades_remembered: 3,
+        final_orders_remembered: 3,
+        ..BookSettings::default()
+    })
 }
 
 fn snapshot(quantity: &str, wallet: &str, as_of_ms: i64) -> RestSnapshot {
@@ -252,4 +257,57 @@ fn a_connection_under_way_is_not_up_until_it_says_something_and_one_that_fails_i
     // A failure reported for a connection attempt that is no longer under way changes nothing.
     book.stream_failed(50);
     assert_eq!(book.verification(51), Ok(()));
+}
+
+#[test]
+fn reconnects_back_off_with_jitter_and_a_stable_connection_resets_the_backoff() {
+    // initial 1 s, max 60 s, stable after 60 s (the defaults).
+    let mut book = book().with_jitter_seed(7);
+    assert_eq!(book.reconnect_due(0), Ok(()), "the first connection does not wait");
+    let mut at_ms = 0;
+    let mut waits_ms = Vec::new();
+    for _ in 0..9 {
+        book.stream_connecting(at_ms);
+        book.stream_failed(at_ms + 5);
+        let not_before_ms = book.reconnect_due(at_ms + 5).expect_err("a failed connection waits");
+        waits_ms.push(not_before_ms - (at_ms + 5));
+        assert_eq!(book.reconnect_due(not_before_ms - 1), Err(not_before_ms));
+        assert_eq!(book.reconnect_due(not_before_ms), Ok(()));
+        at_ms = not_before_ms;
+    }
+    assert_eq!(book.failures_in_a_row(), 9);
+    // Each wait lies in [backoff / 2, backoff], the backoff doubling from 1 s up to 60 s.
+    let backoffs_ms = [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000];
+    for (wait_ms, backoff_ms) in waits_ms.iter().zip(backoffs_ms) {
+        assert!((backoff_ms / 2..=backoff_ms).contains(wait_ms), "waits {waits_ms:?}");
+    }
+    // Jitter: the capped waits are not all equal, and another account's seed waits differently.
+    assert!(waits_ms[6..].windows(2).any(|pair| pair[0] != pair[1]), "waits {waits_ms:?}");
+    assert_ne!(book_failed_once(8).reconnect_due(5), book_failed_once(7).reconnect_due(5));
+    assert_eq!(
+        book_failed_once(7).reconnect_due(5),
+        book_failed_once(7).reconnect_due(5),
+        "the same seed waits the same"
+    );
+
+    // A connection that drops soon after it came up counts as a failure in a row; one that stayed
+    // up a minute starts again from the initial wait.
+    book.stream_connecting(at_ms);
+    book.stream_connected(at_ms + 10);
+    book.stream_disconnected(at_ms + 1_000);
+    assert_eq!(book.failures_in_a_row(), 10);
+    let after_flap_ms = book.reconnect_due(at_ms + 1_000).unwrap_err();
+    book.stream_connecting(after_flap_ms);
+    let connection = book.stream_connected(after_flap_ms + 10);
+    book.stream_ended(connection, after_flap_ms + 10 + 60_000);
+    assert_eq!(book.failures_in_a_row(), 1);
+    let wait_ms = book.reconnect_due(after_flap_ms + 10 + 60_000).unwrap_err() - (after_flap_ms + 10 + 60_000);
+    assert!((500..=1_000).contains(&wait_ms), "{wait_ms}");
+}
+
+fn book_failed_once(seed: u64) -> AccountBook {
+    let mut book = book().with_jitter_seed(seed);
+    book.stream_connecting(0);
+    book.stream_failed(5);
+    book
 }

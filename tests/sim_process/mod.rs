@@ -132,11 +132,16 @@ impl Sim {
 
     /// A Binance client for `user` on this simulator, signing with `secret_text`.
     pub fn client(&self, user: &str, secret_text: &str) -> BinanceClient {
+        BinanceClient::new(self.client_settings(user, secret_text), Arc::new(SystemClock)).unwrap()
+    }
+
+    /// What [`Sim::client`] builds its client with.
+    pub fn client_settings(&self, user: &str, secret_text: &str) -> BinanceSettings {
         let credentials = BTreeMap::from([(
             UserId::new(user).unwrap(),
             Credentials { api_key: Secret::new(key(user)), api_secret: Secret::new(secret_text.to_owned()) },
         )]);
-        let settings = BinanceSettings {
+        BinanceSettings {
             base_url: self.url.parse().unwrap(),
             recv_window_ms: 5_000,
             timeout: Duration::from_secs(5),
@@ -147,8 +152,9 @@ impl Sim {
             user_data_stream: true,
             stream_url: self.url.replace("http://", "ws://").parse().unwrap(),
             listen_key_keepalive: Duration::from_secs(1_800),
-        };
-        BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
+            stream_connects_per_second: 1_000,
+            stream_rotation: Duration::from_secs(84_600),
+        }
     }
 
     pub async fn get(&self, path: &str) -> Value {

@@ -40,34 +40,38 @@ pub(super) fn ensure_stream(context: &RouterContext, user: &UserId) -> Option<Sh
     let Some(book) = known else {
         // A book exists only for an account the venue streams.
         let stream = context.exchange.account_stream(user)?;
-        let book = Arc::new(Mutex::new(AccountBook::new(BookSettings::default())));
+        let book = new_book(user);
         connect(context, user, &book, stream);
         context.directory.account_books.write().insert(user.clone(), book.clone());
         return Some(book);
     };
-    let idle = {
+    // Down: connect again once the backoff since the last failure has passed (until then the
+    // syncs read by REST).
+    let reconnect = {
         let book = book.lock();
-        book.connection().is_none() && !book.is_connecting()
+        book.connection().is_none() && !book.is_connecting() && book.reconnect_due(context.clock.now_ms()).is_ok()
     };
-    if idle {
+    if reconnect {
         let stream = context.exchange.account_stream(user)?;
         connect(context, user, &book, stream);
     }
     Some(book)
 }
 
-/// Reconnects `user`'s stream whatever its state (the Healer's action for SYS-USER-STREAM: a
-/// silent connection may still look up) and waits until a snapshot read on the new connection
+/// A book for `user`, its reconnect jitter seeded by the user's id (accounts spread apart).
+fn new_book(user: &UserId) -> SharedBook {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    user.hash(&mut hasher);
+    Arc::new(Mutex::new(AccountBook::new(BookSettings::default()).with_jitter_seed(hasher.finish())))
+}
+
+/// Reconnects `user`'s stream whatever its state and backoff (the Healer's action for
+/// SYS-USER-STREAM: a silent connection may still look up) and waits until a snapshot read on the new connection
 /// verified the book. `Ok(false)`: the venue streams no account.
 pub(super) async fn reconnect(context: &RouterContext, user: &UserId) -> Result<bool, AccountError> {
     let Some(stream) = context.exchange.account_stream(user) else { return Ok(false) };
-    let book = context
-        .directory
-        .account_books
-        .write()
-        .entry(user.clone())
-        .or_insert_with(|| Arc::new(Mutex::new(AccountBook::new(BookSettings::default()))))
-        .clone();
+    let book = context.directory.account_books.write().entry(user.clone()).or_insert_with(|| new_book(user)).clone();
     connect(context, user, &book, stream);
     // The stream's task reads the snapshot once the new connection is up (it says hello).
     let verified = async {

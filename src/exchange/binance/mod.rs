@@ -77,6 +77,12 @@ pub struct BinanceSettings {
     /// The WebSocket base (`wss://fstream.binance.com`, or a simulator's `ws://host:port`).
     pub stream_url: Url,
     pub listen_key_keepalive: Duration,
+    /// New stream connections (first ones, reconnects and rotations) are spread at most this many a
+    /// second over the whole client (one IP): a 10,000-account start does not storm the exchange.
+    pub stream_connects_per_second: u32,
+    /// A connection is replaced after this long, the new one up before the old one is closed
+    /// (Binance cuts a connection at 24 h).
+    pub stream_rotation: Duration,
 }
 
 /// Requests sent and weight used, for logs and tests.
@@ -107,6 +113,9 @@ struct Inner {
     budget: Mutex<WeightBudget>,
     rules: Mutex<Option<(i64, HashMap<Symbol, SymbolRules>)>>,
     stats: Mutex<(BTreeMap<&'static str, u64>, i64)>,
+    /// The next free slot (local ms) for a stream connection (`stream_connects_per_second`):
+    /// taken by each connecting stream task.
+    stream_connect_slot_ms: Mutex<i64>,
 }
 
 /// The client. Cheap to clone; one serves every account on one host.
@@ -223,6 +232,7 @@ impl BinanceClient {
                 budget: Mutex::new(budget),
                 rules: Mutex::new(None),
                 stats: Mutex::new((BTreeMap::new(), 0)),
+                stream_connect_slot_ms: Mutex::new(i64::MIN),
             }),
             io: Arc::new(IoRuntime(Some(runtime))),
         })
@@ -503,8 +513,8 @@ impl Exchange for BinanceClient {
         crate::clock::VenuePace::WALL
     }
 
-    /// No user data stream yet (listenKey and the WebSocket are issue 14's next part): accounts are
-    /// read by REST.
+    /// The account's user data stream ([`user_stream`]), when it is on and the account has
+    /// credentials; otherwise `None` and the account is read by REST.
     fn account_stream(&self, account: &UserId) -> Option<crate::exchange::AccountStream> {
         if !self.inner.settings.user_data_stream || !self.inner.settings.credentials.contains_key(account) {
             return None;

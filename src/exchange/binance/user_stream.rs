@@ -11,6 +11,12 @@
 //! silent-stream watchdog: a connection on a wrong path is accepted and then says nothing; our own
 //! pings every `PING_INTERVAL` must be answered). Every ping or pong heard is passed on as a
 //! heartbeat, so a quiet account's book stays verified.
+//!
+//! Every connection (the first, and each rotation) waits for its slot in the client's connect pace
+//! (`stream_connects_per_second`, one IP for every account). After `stream_rotation` a new
+//! connection on the same listenKey is opened and only then the old one closed: Binance delivers an
+//! event to every connection of the key, so nothing falls in between, and what both delivered is
+//! applied once by the account book (events carry absolute values and trade ids).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +35,10 @@ use crate::exchange::binance::{Call, Inner};
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// A connection that delivered nothing (no event, ping or pong) for this long is treated as down.
 pub const SILENCE_MS_MAX: i64 = 60_000;
+/// A rotation that could not connect is tried again this much later (the old connection stays).
+const ROTATION_RETRY: Duration = Duration::from_secs(60);
+/// A rotated-out connection is read until it closes, for at most this long.
+const ROTATION_DRAIN: Duration = Duration::from_secs(5);
 /// Longest wait for the WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,15 +74,37 @@ pub(super) async fn run(inner: Arc<Inner>, account: UserId, events: mpsc::Sender
     }
 }
 
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Waits for this connection's slot in the client's connect pace.
+async fn wait_for_connect_slot(inner: &Inner) {
+    let spacing_ms = (1_000 / i64::from(inner.settings.stream_connects_per_second.max(1))).max(1);
+    let wait_ms = {
+        let now_ms = inner.local.now_ms();
+        let mut next_slot_ms = inner.stream_connect_slot_ms.lock();
+        let slot_ms = (*next_slot_ms).max(now_ms);
+        *next_slot_ms = slot_ms + spacing_ms;
+        slot_ms - now_ms
+    };
+    if wait_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+    }
+}
+
+/// A WebSocket on `key`, in its turn of the connect pace.
+async fn connect(inner: &Inner, key: &str) -> Result<Socket, ExchangeError> {
+    wait_for_connect_slot(inner).await;
+    let url = format!("{}/private/ws/{key}", inner.settings.stream_url.as_str().trim_end_matches('/'));
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(error)) => Err(ExchangeError::Retryable { detail: format!("user data stream: {error}") }),
+        Err(_) => Err(ExchangeError::Retryable { detail: "user data stream: no handshake within 10 s".into() }),
+    }
+}
+
 async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEvent>) -> Result<Ended, ExchangeError> {
     let key = listen_key(inner, account, Method::POST).await?;
-    let url = format!("{}/private/ws/{key}", inner.settings.stream_url.as_str().trim_end_matches('/'));
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())).await;
-    let (socket, _) = match connected {
-        Ok(Ok(connected)) => connected,
-        Ok(Err(error)) => return Err(ExchangeError::Retryable { detail: format!("user data stream: {error}") }),
-        Err(_) => return Err(ExchangeError::Retryable { detail: "user data stream: no handshake within 10 s".into() }),
-    };
+    let socket = connect(inner, &key).await?;
     tracing::info!(%account, "binance: user data stream connected");
     // Up: the listener counts the connection from here (a snapshot it reads now misses nothing).
     if events.try_send(heartbeat(inner)).is_err() {
@@ -82,42 +114,15 @@ async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEv
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut keepalive = tokio::time::interval(inner.settings.listen_key_keepalive);
     keepalive.tick().await;
+    let rotate = tokio::time::sleep(inner.settings.stream_rotation);
+    tokio::pin!(rotate);
     let mut last_heard_ms = inner.local.now_ms();
     loop {
         tokio::select! {
             frame = read.next() => {
-                let message = match frame {
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => return Ok(Ended::Closed(error.to_string())),
-                    None => return Ok(Ended::Closed("the exchange closed the connection".into())),
-                };
                 last_heard_ms = inner.local.now_ms();
-                let event = match message {
-                    Message::Text(text) => match models::user_stream_message(&text) {
-                        Ok(UserStreamMessage::Event(event)) => *event,
-                        Ok(UserStreamMessage::ListenKeyExpired) => return Ok(Ended::KeyExpired),
-                        Ok(UserStreamMessage::Ignored(_)) => continue,
-                        Err(error) => {
-                            // A message that does not parse is not applied (reconciliation finds
-                            // what it said); the stream goes on.
-                            tracing::warn!(%account, %error, "binance: user data message not understood");
-                            continue;
-                        }
-                    },
-                    Message::Ping(payload) => {
-                        if write.send(Message::Pong(payload)).await.is_err() {
-                            return Ok(Ended::Closed("the pong could not be sent".into()));
-                        }
-                        heartbeat(inner)
-                    }
-                    Message::Pong(_) => heartbeat(inner),
-                    Message::Close(frame) => return Ok(Ended::Closed(format!("closed by the exchange: {frame:?}"))),
-                    _ => continue,
-                };
-                match events.try_send(event) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => return Ok(Ended::FellBehind),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Ended::NobodyListens),
+                if let Some(ended) = pass_on(inner, account, frame, &mut write, events).await {
+                    return Ok(ended);
                 }
             }
             _ = ping.tick() => {
@@ -137,9 +142,94 @@ async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEv
                     Err(error) => tracing::warn!(%account, %error, "binance: listenKey keepalive failed; retried at the next interval"),
                 }
             }
+            _ = &mut rotate => {
+                // The new connection first; the old one is closed only once it is up.
+                let next = match connect(inner, &key).await {
+                    Ok(socket) => {
+                        let (old_write, old_read) = (write, read);
+                        (write, read) = socket.split();
+                        if let Some(ended) = close_and_drain(inner, account, old_write, old_read, events).await {
+                            return Ok(ended);
+                        }
+                        last_heard_ms = inner.local.now_ms();
+                        tracing::info!(%account, "binance: user data stream rotated to a new connection");
+                        inner.settings.stream_rotation
+                    }
+                    Err(error) => {
+                        tracing::warn!(%account, %error, "binance: user data stream rotation failed; the connection stays, tried again in a minute");
+                        ROTATION_RETRY
+                    }
+                };
+                rotate.as_mut().reset(tokio::time::Instant::now() + next);
+            }
             _ = events.closed() => return Ok(Ended::NobodyListens),
         }
     }
+}
+
+/// Hands one frame's event to the listener (answering a ping); `Some` when the stream ends with it.
+async fn pass_on(
+    inner: &Inner,
+    account: &UserId,
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    write: &mut futures::stream::SplitSink<Socket, Message>,
+    events: &mpsc::Sender<AccountEvent>,
+) -> Option<Ended> {
+    let message = match frame {
+        Some(Ok(message)) => message,
+        Some(Err(error)) => return Some(Ended::Closed(error.to_string())),
+        None => return Some(Ended::Closed("the exchange closed the connection".into())),
+    };
+    let event = match message {
+        Message::Text(text) => match models::user_stream_message(&text) {
+            Ok(UserStreamMessage::Event(event)) => *event,
+            Ok(UserStreamMessage::ListenKeyExpired) => return Some(Ended::KeyExpired),
+            Ok(UserStreamMessage::Ignored(_)) => return None,
+            Err(error) => {
+                // A message that does not parse is not applied (reconciliation finds what it
+                // said); the stream goes on.
+                tracing::warn!(%account, %error, "binance: user data message not understood");
+                return None;
+            }
+        },
+        Message::Ping(payload) => {
+            if write.send(Message::Pong(payload)).await.is_err() {
+                return Some(Ended::Closed("the pong could not be sent".into()));
+            }
+            heartbeat(inner)
+        }
+        Message::Pong(_) => heartbeat(inner),
+        Message::Close(frame) => return Some(Ended::Closed(format!("closed by the exchange: {frame:?}"))),
+        _ => return None,
+    };
+    match events.try_send(event) {
+        Ok(()) => None,
+        Err(mpsc::error::TrySendError::Full(_)) => Some(Ended::FellBehind),
+        Err(mpsc::error::TrySendError::Closed(_)) => Some(Ended::NobodyListens),
+    }
+}
+
+/// Closes a rotated-out connection and passes on what it still delivers until it is closed (sent
+/// before the new connection was up, read by nobody else), for at most `ROTATION_DRAIN`. `Some`
+/// when the stream as a whole ends (the key expired, the listener is gone or behind).
+async fn close_and_drain(
+    inner: &Inner,
+    account: &UserId,
+    mut write: futures::stream::SplitSink<Socket, Message>,
+    mut read: futures::stream::SplitStream<Socket>,
+    events: &mpsc::Sender<AccountEvent>,
+) -> Option<Ended> {
+    let _ = write.send(Message::Close(None)).await;
+    let drain = async {
+        loop {
+            match pass_on(inner, account, read.next().await, &mut write, events).await {
+                None => continue,
+                Some(Ended::Closed(_)) => return None,
+                Some(ended) => return Some(ended),
+            }
+        }
+    };
+    tokio::time::timeout(ROTATION_DRAIN, drain).await.unwrap_or(None)
 }
 
 /// A heartbeat at the exchange's time now (as far as the client knows it).

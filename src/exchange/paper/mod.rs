@@ -149,6 +149,9 @@ pub struct PaperExchange {
     listeners: Listeners,
     /// Set once the ticker thread runs (started by the first listener).
     ticking: Arc<std::sync::atomic::AtomicBool>,
+    /// The venue's symbol rules, fixed at start (the venue thread holds the same): answered
+    /// without a trip to the venue thread, as a client answers from its cached exchangeInfo.
+    rules: Arc<BTreeMap<Symbol, SymbolRules>>,
 }
 
 impl fmt::Debug for PaperExchange {
@@ -179,6 +182,7 @@ impl PaperExchange {
         let market = PaperMarket::new(market_clock, settings.seed, &series);
         let rules: BTreeMap<Symbol, SymbolRules> =
             settings.symbols.iter().map(|s| (s.symbol.clone(), s.rules)).collect();
+        let shared_rules = Arc::new(rules.clone());
         let venue = PaperVenue::restore(settings.venue, rules, market, snapshot);
         let wall = clock.clone();
         let listeners = Listeners::default();
@@ -193,7 +197,7 @@ impl PaperExchange {
                 tracing::debug!("paper exchange: venue thread stopped");
             })
             .map_err(|error| StoreError::Io(format!("cannot start the paper venue thread: {error}")))?;
-        Ok(Self { jobs, market_clock, wall, listeners, ticking: Arc::default() })
+        Ok(Self { jobs, market_clock, wall, listeners, ticking: Arc::default(), rules: shared_rules })
     }
 
     /// Settles working orders as candles close while anyone listens, so that fills are pushed
@@ -327,8 +331,10 @@ impl Exchange for PaperExchange {
     }
 
     async fn symbol_rules(&self, symbol: &Symbol) -> Result<SymbolRules, ExchangeError> {
-        let symbol = symbol.clone();
-        self.call(move |venue, _, _| venue.symbol_rules(&symbol)).await
+        if self.jobs.is_closed() {
+            return Err(ExchangeError::Retryable { detail: "paper exchange is stopped".to_owned() });
+        }
+        self.rules.get(symbol).copied().ok_or_else(|| venue::rejected(-1121, "Invalid symbol."))
     }
 
     async fn klines(&self, symbol: &Symbol, timeframe: Timeframe, limit: u16) -> Result<Vec<Candle>, ExchangeError> {

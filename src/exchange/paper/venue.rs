@@ -189,7 +189,7 @@ pub struct PaperVenue {
     settled_at_forming: Option<u64>,
 }
 
-fn rejected(code: i64, msg: impl Into<String>) -> ExchangeError {
+pub(crate) fn rejected(code: i64, msg: impl Into<String>) -> ExchangeError {
     ExchangeError::Rejected { code, msg: msg.into() }
 }
 
