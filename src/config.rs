@@ -153,6 +153,8 @@ pub struct BinanceVenueConfig {
     pub stream_connects_per_second: u32,
     /// A stream connection is replaced after this long, the new one up first (Binance cuts at 24 h).
     pub stream_rotation: Duration,
+    /// A stream connection that delivered nothing for this long is treated as down.
+    pub stream_silence: Duration,
 }
 
 /// Binance's production streams for its production REST host; otherwise the REST host itself with a
@@ -683,6 +685,7 @@ struct RawExchange {
     listen_key_keepalive_secs: i64,
     stream_connects_per_second: i64,
     stream_rotation_secs: i64,
+    stream_silence_secs: i64,
     paper: Option<RawPaper>,
 }
 
@@ -700,6 +703,7 @@ impl Default for RawExchange {
             listen_key_keepalive_secs: 1_800,
             stream_connects_per_second: 5,
             stream_rotation_secs: 84_600,
+            stream_silence_secs: 60,
             paper: None,
         }
     }
@@ -1285,6 +1289,7 @@ impl Validator {
                     self.int_in("exchange.stream_connects_per_second", raw.stream_connects_per_second, 1, 1_000) as u32;
                 let stream_rotation_secs =
                     self.int_in("exchange.stream_rotation_secs", raw.stream_rotation_secs, 1, 86_000);
+                let stream_silence_secs = self.int_in("exchange.stream_silence_secs", raw.stream_silence_secs, 1, 600);
                 let stream_url = match raw.stream_url.as_deref() {
                     Some(url) => self.stream_url("exchange.stream_url", url),
                     None => base_url.as_ref().and_then(default_stream_url),
@@ -1299,6 +1304,7 @@ impl Validator {
                         listen_key_keepalive: Duration::from_secs(keepalive_secs as u64),
                         stream_connects_per_second,
                         stream_rotation: Duration::from_secs(stream_rotation_secs as u64),
+                        stream_silence: Duration::from_secs(stream_silence_secs as u64),
                     })
                 })
             }

@@ -583,6 +583,7 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
                 listen_key_keepalive: binance.listen_key_keepalive,
                 stream_connects_per_second: binance.stream_connects_per_second,
                 stream_rotation: binance.stream_rotation,
+                stream_silence_max: binance.stream_silence,
             };
             let client = BinanceClient::new(settings, clock).map_err(anyhow::Error::msg)?;
             Ok(Arc::new(client))

@@ -41,6 +41,7 @@ fn client(server: &MockServer, timeout_ms: u64) -> BinanceClient {
         listen_key_keepalive: Duration::from_secs(1_800),
         stream_connects_per_second: 1_000,
         stream_rotation: Duration::from_secs(84_600),
+        stream_silence_max: Duration::from_secs(60),
     };
     BinanceClient::new(settings, Arc::new(SystemClock)).unwrap()
 }
@@ -190,6 +191,7 @@ async fn a_refused_connection_executed_nothing() {
         listen_key_keepalive: Duration::from_secs(1_800),
         stream_connects_per_second: 1_000,
         stream_rotation: Duration::from_secs(84_600),
+        stream_silence_max: Duration::from_secs(60),
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let result = client.klines(&Symbol::new("BTCUSDT").unwrap(), Timeframe::M5, 10).await;
@@ -352,6 +354,7 @@ async fn a_user_without_credentials_is_refused_before_anything_is_sent() {
         listen_key_keepalive: Duration::from_secs(1_800),
         stream_connects_per_second: 1_000,
         stream_rotation: Duration::from_secs(84_600),
+        stream_silence_max: Duration::from_secs(60),
     };
     let client = BinanceClient::new(settings, Arc::new(SystemClock)).unwrap();
     let refused = client.balance(&user()).await;

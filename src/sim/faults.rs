@@ -2,6 +2,10 @@
 //! optional per-endpoint ones (an endpoint's spec replaces the global one for that endpoint; keys
 //! look like `"POST /fapi/v1/order"`). Every request draws its faults from one seeded generator,
 //! so a run with the same seed and the same request sequence meets the same faults.
+//!
+//! The plan's `user_stream` part ([`StreamFaultSpec`]) does the same for user data stream events:
+//! each event a connection is about to send draws what happens to it (delivered, dropped,
+//! duplicated, delayed, or the connection dropped, stalled or its key expired).
 
 use std::collections::BTreeMap;
 
@@ -38,11 +42,91 @@ pub struct FaultSpec {
     pub clock_skew_ms: i64,
 }
 
+/// Faults of the user data stream, drawn per event a connection is about to send (heartbeat
+/// pings included: a quiet account's connection can drop or stall too). The rates are exclusive
+/// shares of one draw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamFaultSpec {
+    /// The connection is closed instead of sending the event (the client reconnects; REST has it).
+    pub disconnect_rate: f64,
+    /// The connection stays open and sends nothing more (no event, no ping, no pong): Binance's
+    /// answer on a wrong path. Only the client's silence watchdog finds it.
+    pub stall_rate: f64,
+    /// The account's listenKey expires now: `listenKeyExpired` instead of the event.
+    pub expire_rate: f64,
+    /// The event is sent twice.
+    pub duplicate_rate: f64,
+    /// The event is sent `delay_ms` later, after the ones behind it (out of order).
+    pub delay_rate: f64,
+    pub delay_ms: u64,
+    /// The event is not sent at all (the REST state still has it).
+    pub drop_rate: f64,
+}
+
+impl StreamFaultSpec {
+    fn problems(&self, path: &str) -> Vec<String> {
+        let rates = [
+            ("disconnect_rate", self.disconnect_rate),
+            ("stall_rate", self.stall_rate),
+            ("expire_rate", self.expire_rate),
+            ("duplicate_rate", self.duplicate_rate),
+            ("delay_rate", self.delay_rate),
+            ("drop_rate", self.drop_rate),
+        ];
+        let mut problems: Vec<String> = rates
+            .iter()
+            .filter(|(_, rate)| !(0.0..=1.0).contains(rate))
+            .map(|(name, rate)| format!("{path}.{name}: must be from 0 to 1, got {rate}"))
+            .collect();
+        let total: f64 = rates.iter().map(|(_, rate)| rate).sum();
+        if total > 1.0 + 1e-9 {
+            problems.push(format!("{path}: the fault rates add up to {total}, more than 1"));
+        }
+        if self.delay_ms > DELAY_MS_MAX {
+            problems.push(format!("{path}.delay_ms: at most {DELAY_MS_MAX}, got {}", self.delay_ms));
+        }
+        if self.delay_rate > 0.0 && self.delay_ms == 0 {
+            problems.push(format!("{path}.delay_ms: must be set when delay_rate is"));
+        }
+        problems
+    }
+}
+
+/// What happens to one user data stream event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamDraw {
+    Deliver,
+    Disconnect,
+    Stall,
+    Expire,
+    Duplicate,
+    Delay { ms: u64 },
+    Drop,
+}
+
+impl StreamDraw {
+    /// The name counted in `/sim/stats` (`None` for a delivery).
+    pub fn fault_name(self) -> Option<&'static str> {
+        match self {
+            StreamDraw::Deliver => None,
+            StreamDraw::Disconnect => Some("disconnect"),
+            StreamDraw::Stall => Some("stall"),
+            StreamDraw::Expire => Some("expire"),
+            StreamDraw::Duplicate => Some("duplicate"),
+            StreamDraw::Delay { .. } => Some("delay"),
+            StreamDraw::Drop => Some("drop"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultPlan {
     pub global: FaultSpec,
     pub endpoints: BTreeMap<String, FaultSpec>,
+    /// Faults of every user data stream connection.
+    pub user_stream: StreamFaultSpec,
 }
 
 /// Longest hang or latency a plan may ask for.
@@ -91,6 +175,7 @@ impl FaultPlan {
     /// Every problem, each naming its field.
     pub fn problems(&self, prefix: &str) -> Vec<String> {
         let mut problems = self.global.problems(&format!("{prefix}.global"));
+        problems.extend(self.user_stream.problems(&format!("{prefix}.user_stream")));
         for (endpoint, spec) in &self.endpoints {
             if !endpoint.contains(' ') || !endpoint.contains('/') {
                 problems.push(format!("{prefix}.endpoints.{:?}: expected \"METHOD /path\"", excerpt(endpoint)));
@@ -219,6 +304,33 @@ impl Faults {
     }
 }
 
+impl Faults {
+    /// What happens to the next user data stream event (from the same seeded generator).
+    pub fn draw_stream(&mut self) -> StreamDraw {
+        let spec = &self.plan.user_stream;
+        let outcomes = [
+            (spec.disconnect_rate, StreamDraw::Disconnect),
+            (spec.stall_rate, StreamDraw::Stall),
+            (spec.expire_rate, StreamDraw::Expire),
+            (spec.duplicate_rate, StreamDraw::Duplicate),
+            (spec.delay_rate, StreamDraw::Delay { ms: spec.delay_ms }),
+            (spec.drop_rate, StreamDraw::Drop),
+        ];
+        if outcomes.iter().all(|(rate, _)| *rate <= 0.0) {
+            return StreamDraw::Deliver;
+        }
+        let roll: f64 = self.random.random();
+        let mut edge = 0.0;
+        for (rate, outcome) in outcomes {
+            edge += rate;
+            if roll < edge {
+                return outcome;
+            }
+        }
+        StreamDraw::Deliver
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +339,7 @@ mod tests {
         FaultPlan {
             global: FaultSpec::default(),
             endpoints: BTreeMap::from([("POST /fapi/v1/order".to_owned(), spec)]),
+            ..FaultPlan::default()
         }
     }
 
@@ -244,6 +357,34 @@ mod tests {
         assert!((1_800..2_200).contains(&lost), "{lost}");
         assert!((850..1_150).contains(&hung), "{hung}");
         assert!(draws.iter().all(|d| !(d.hang_ms.is_some() && d.aftermath != Aftermath::Answer)), "exclusive");
+    }
+
+    #[test]
+    fn stream_faults_are_drawn_at_their_rates_reproducibly_and_checked() {
+        let user_stream = StreamFaultSpec {
+            drop_rate: 0.2,
+            duplicate_rate: 0.1,
+            delay_rate: 0.1,
+            delay_ms: 500,
+            ..StreamFaultSpec::default()
+        };
+        let run = |seed| {
+            let mut faults = Faults::new(FaultPlan { user_stream: user_stream.clone(), ..FaultPlan::default() }, seed);
+            (0..10_000).map(|_| faults.draw_stream()).collect::<Vec<_>>()
+        };
+        let draws = run(5);
+        assert_eq!(draws, run(5), "the same seed, the same faults");
+        let count = |draw: StreamDraw| draws.iter().filter(|d| **d == draw).count();
+        assert!((1_800..2_200).contains(&count(StreamDraw::Drop)), "{}", count(StreamDraw::Drop));
+        assert!((850..1_150).contains(&count(StreamDraw::Duplicate)));
+        assert!((850..1_150).contains(&count(StreamDraw::Delay { ms: 500 })));
+        assert_eq!(count(StreamDraw::Stall) + count(StreamDraw::Disconnect) + count(StreamDraw::Expire), 0);
+        // No stream fault planned: nothing drawn (the request faults' sequence is not disturbed).
+        assert_eq!(Faults::new(FaultPlan::default(), 5).draw_stream(), StreamDraw::Deliver);
+        let wrong = StreamFaultSpec { drop_rate: 0.8, stall_rate: 0.5, delay_rate: 0.1, ..StreamFaultSpec::default() };
+        let problems = FaultPlan { user_stream: wrong, ..FaultPlan::default() }.problems("faults");
+        assert!(problems.iter().any(|p| p.contains("faults.user_stream: the fault rates add up to")), "{problems:?}");
+        assert!(problems.iter().any(|p| p == "faults.user_stream.delay_ms: must be set when delay_rate is"));
     }
 
     #[test]
@@ -268,6 +409,7 @@ mod tests {
         let bad = FaultPlan {
             global: FaultSpec { error_5xx_rate: 1.5, hang_rate: 0.1, ..FaultSpec::default() },
             endpoints: BTreeMap::from([("klines".to_owned(), FaultSpec::default())]),
+            ..FaultPlan::default()
         };
         let problems = bad.problems("sim.faults");
         assert!(problems.iter().any(|p| p.starts_with("sim.faults.global.error_5xx_rate")), "{problems:?}");

@@ -106,6 +106,11 @@ struct SimStats {
     hung: BTreeMap<String, u64>,
     /// User data stream connections opened (WebSocket upgrades with a live listenKey).
     user_stream_connections: u64,
+    /// Stream faults met, by kind (`disconnect`, `stall`, `expire`, `duplicate`, `delay`, `drop`).
+    stream_faults: BTreeMap<String, u64>,
+    /// Request weight charged since start (every request the ban let through), for comparing
+    /// designs over a whole run.
+    weight_charged_total: u64,
 }
 
 /// Everything a request handler needs.
@@ -256,6 +261,7 @@ async fn dispatch(request: HttpRequest, body: web::Bytes, state: web::Data<SimSt
     let params = binance_api::Params::parse(&query, &body);
     let weight = binance_api::weight(&endpoint, &params);
     let charge = state.limiter.lock().charge(weight, now_ms);
+    state.stats.lock().weight_charged_total += u64::from(weight);
     let used = state.limiter.lock().used;
     match charge {
         Charge::Admitted => {}
@@ -370,24 +376,29 @@ async fn control(endpoint: &str, body: &[u8], state: &SimState) -> HttpResponse 
             let now_ms = state.now_ms();
             // One lock at a time: requests take `stats` then `limiter`, so holding `limiter` while
             // waiting for `stats` here could deadlock the simulator with a request.
-            let (requests, requests_while_banned, hung, user_stream_connections) = {
+            let stats = {
                 let stats = state.stats.lock();
-                (stats.requests.clone(), stats.requests_while_banned, stats.hung.clone(), stats.user_stream_connections)
+                json!({
+                    "requests": stats.requests,
+                    "requests_while_banned": stats.requests_while_banned,
+                    "hung": stats.hung,
+                    "user_stream_connections": stats.user_stream_connections,
+                    "stream_faults": stats.stream_faults,
+                    "weight_charged_total": stats.weight_charged_total,
+                })
             };
             let (weight_used, weight_limit, banned_until_ms) = {
                 let limiter = state.limiter.lock();
                 (limiter.used, limiter.limit, limiter.banned_until(now_ms))
             };
-            HttpResponse::Ok().json(json!({
-                "requests": requests,
-                "requests_while_banned": requests_while_banned,
-                "hung": hung,
-                "user_stream_connections": user_stream_connections,
-                "weight_used": weight_used,
-                "weight_limit": weight_limit,
-                "banned_until_ms": banned_until_ms,
-                "market_time_ms": state.exchange_now_ms(0),
-            }))
+            let mut answer = stats;
+            answer.as_object_mut().expect("an object").extend([
+                ("weight_used".to_owned(), json!(weight_used)),
+                ("weight_limit".to_owned(), json!(weight_limit)),
+                ("banned_until_ms".to_owned(), json!(banned_until_ms)),
+                ("market_time_ms".to_owned(), json!(state.exchange_now_ms(0))),
+            ]);
+            HttpResponse::Ok().json(answer)
         }
         "GET /sim/ledger" => match state.exchange.full_ledger().await {
             Ok(ledger) => HttpResponse::Ok().json(ledger),

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::domain::{AccountEvent, ExchangeOrder, ExchangeOrderStatus, Fill, UserId};
 use crate::exchange::Exchange;
 use crate::sim::SimState;
+use crate::sim::faults::StreamDraw;
 
 /// How long a listenKey lives without a keepalive (Binance: 60 minutes).
 pub const LISTEN_KEY_LIFETIME_MS: i64 = 60 * 60_000;
@@ -176,13 +177,36 @@ async fn serve(
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
-                let sent = match event_json(&event) {
-                    Some(json) => session.text(json.to_string()).await,
-                    // The account is quiet: a ping, as Binance's server pings each connection.
-                    None => session.ping(b"").await,
-                };
-                if sent.is_err() {
-                    break;
+                let draw = state.faults.lock().draw_stream();
+                if let Some(fault) = draw.fault_name() {
+                    tracing::info!(account = %user, fault, "sim: user data stream fault");
+                    *state.stats.lock().stream_faults.entry(fault.to_owned()).or_default() += 1;
+                }
+                match draw {
+                    StreamDraw::Deliver => if send(&mut session, &event).await.is_err() { break },
+                    StreamDraw::Duplicate => {
+                        if send(&mut session, &event).await.is_err() || send(&mut session, &event).await.is_err() {
+                            break;
+                        }
+                    }
+                    StreamDraw::Delay { ms } => {
+                        let mut late = session.clone();
+                        actix_web::rt::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            let _ = send(&mut late, &event).await;
+                        });
+                    }
+                    StreamDraw::Drop => {}
+                    StreamDraw::Disconnect => break,
+                    StreamDraw::Stall => {
+                        stall(&mut incoming).await;
+                        break;
+                    }
+                    StreamDraw::Expire => {
+                        state.listen_keys.lock().expire(&user, state.now_ms());
+                        tell_expired(&state, &key, &mut session, &mut incoming).await;
+                        break;
+                    }
                 }
             }
             message = incoming.recv() => match message {
@@ -197,10 +221,7 @@ async fn serve(
             _ = key_check.tick() => {
                 let now_ms = state.now_ms();
                 if state.listen_keys.lock().account_of(&key, now_ms).is_none() {
-                    let expired = json!({ "e": "listenKeyExpired", "E": state.exchange_now_ms(0), "listenKey": key });
-                    let _ = session.text(expired.to_string()).await;
-                    // No more user events on this connection (Binance keeps it open; nothing comes).
-                    drain_silently(&mut incoming, &mut session).await;
+                    tell_expired(&state, &key, &mut session, &mut incoming).await;
                     break;
                 }
             }
@@ -208,6 +229,38 @@ async fn serve(
     }
     tracing::debug!(account = %user, "sim: user data connection closed");
     let _ = session.close(None).await;
+}
+
+/// One event as Binance sends it: its JSON, or a ping for a heartbeat (the account is quiet, and
+/// Binance's server pings each connection).
+async fn send(session: &mut actix_ws::Session, event: &AccountEvent) -> Result<(), actix_ws::Closed> {
+    match event_json(event) {
+        Some(json) => session.text(json.to_string()).await,
+        None => session.ping(b"").await,
+    }
+}
+
+/// Tells the connection its key expired; it then only answers pings until the client closes
+/// (Binance keeps it open; no user event comes any more).
+async fn tell_expired(
+    state: &SimState,
+    key: &str,
+    session: &mut actix_ws::Session,
+    incoming: &mut actix_ws::MessageStream,
+) {
+    let expired = json!({ "e": "listenKeyExpired", "E": state.exchange_now_ms(0), "listenKey": key });
+    let _ = session.text(expired.to_string()).await;
+    drain_silently(incoming, session).await;
+}
+
+/// A stalled connection: open, sending nothing and answering nothing (not even a ping), until the
+/// client gives up and closes it.
+async fn stall(incoming: &mut actix_ws::MessageStream) {
+    while let Some(Ok(message)) = incoming.recv().await {
+        if matches!(message, Message::Close(_)) {
+            return;
+        }
+    }
 }
 
 /// Answers pings until the client closes, sending nothing else (a connection whose key expired).

@@ -154,6 +154,7 @@ impl Sim {
             listen_key_keepalive: Duration::from_secs(1_800),
             stream_connects_per_second: 1_000,
             stream_rotation: Duration::from_secs(84_600),
+            stream_silence_max: Duration::from_secs(60),
         }
     }
 

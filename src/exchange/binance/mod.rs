@@ -83,6 +83,8 @@ pub struct BinanceSettings {
     /// A connection is replaced after this long, the new one up before the old one is closed
     /// (Binance cuts a connection at 24 h).
     pub stream_rotation: Duration,
+    /// A connection that delivered nothing (no event, ping or pong) for this long is treated as down.
+    pub stream_silence_max: Duration,
 }
 
 /// Requests sent and weight used, for logs and tests.

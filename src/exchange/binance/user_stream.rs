@@ -7,9 +7,9 @@
 //! The stream ends — its receiver sees the end, and the account book that follows it turns
 //! unverified until a new connection and a new snapshot — when the connection closes or fails, the
 //! key expires (`listenKeyExpired`, or a keepalive answered -1125), the listener falls
-//! `ACCOUNT_STREAM_QUEUE_MAX` events behind, or nothing at all was heard for `SILENCE_MS_MAX` (the
-//! silent-stream watchdog: a connection on a wrong path is accepted and then says nothing; our own
-//! pings every `PING_INTERVAL` must be answered). Every ping or pong heard is passed on as a
+//! `ACCOUNT_STREAM_QUEUE_MAX` events behind, or nothing at all was heard for `stream_silence_max`
+//! (the silent-stream watchdog: a connection on a wrong path is accepted and then says nothing; our
+//! own pings, every `PING_INTERVAL` or a third of that bound if shorter, must be answered). Every ping or pong heard is passed on as a
 //! heartbeat, so a quiet account's book stays verified.
 //!
 //! Every connection (the first, and each rotation) waits for its slot in the client's connect pace
@@ -31,10 +31,11 @@ use crate::exchange::ExchangeError;
 use crate::exchange::binance::models::{self, UserStreamMessage};
 use crate::exchange::binance::{Call, Inner};
 
-/// How often the client pings the connection (each pong is proof it is alive).
+/// How often the client pings the connection (each pong is proof it is alive), at most.
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-/// A connection that delivered nothing (no event, ping or pong) for this long is treated as down.
-pub const SILENCE_MS_MAX: i64 = 60_000;
+/// A connection that delivered nothing (no event, ping or pong) for this long is treated as down
+/// (the default of `[exchange] stream_silence_secs`).
+pub const SILENCE_MAX_DEFAULT: Duration = Duration::from_secs(60);
 /// A rotation that could not connect is tried again this much later (the old connection stays).
 const ROTATION_RETRY: Duration = Duration::from_secs(60);
 /// A rotated-out connection is read until it closes, for at most this long.
@@ -46,7 +47,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 enum Ended {
     Closed(String),
     KeyExpired,
-    Silent,
+    Silent(Duration),
     FellBehind,
     NobodyListens,
 }
@@ -56,7 +57,7 @@ impl std::fmt::Display for Ended {
         match self {
             Ended::Closed(why) => write!(f, "the connection ended: {why}"),
             Ended::KeyExpired => f.write_str("the listenKey expired"),
-            Ended::Silent => write!(f, "nothing heard for {} s (treated as down)", SILENCE_MS_MAX / 1_000),
+            Ended::Silent(bound) => write!(f, "nothing heard for {} ms (treated as down)", bound.as_millis()),
             Ended::FellBehind => f.write_str("the listener fell behind"),
             Ended::NobodyListens => f.write_str("nobody listens any more"),
         }
@@ -111,7 +112,8 @@ async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEv
         return Ok(Ended::NobodyListens);
     }
     let (mut write, mut read) = socket.split();
-    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let silence_max = inner.settings.stream_silence_max;
+    let mut ping = tokio::time::interval(PING_INTERVAL.min(silence_max / 3).max(Duration::from_millis(10)));
     let mut keepalive = tokio::time::interval(inner.settings.listen_key_keepalive);
     keepalive.tick().await;
     let rotate = tokio::time::sleep(inner.settings.stream_rotation);
@@ -126,8 +128,8 @@ async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEv
                 }
             }
             _ = ping.tick() => {
-                if inner.local.now_ms() - last_heard_ms > SILENCE_MS_MAX {
-                    return Ok(Ended::Silent);
+                if inner.local.now_ms() - last_heard_ms > silence_max.as_millis() as i64 {
+                    return Ok(Ended::Silent(silence_max));
                 }
                 if write.send(Message::Ping(Vec::new())).await.is_err() {
                     return Ok(Ended::Closed("the ping could not be sent".into()));
