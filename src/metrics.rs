@@ -69,7 +69,7 @@ impl Metrics {
         let stream_order_updates = IntCounterVec::new(
             Opts::new(
                 "bulwark_stream_order_updates_total",
-                "Updates of bulwark's open orders from the account stream: `recorded`, `already_recorded` (a REST read was first), or `left_to_rest` (a fill did not follow on from the recorded ones).",
+                "Updates of bulwark's open orders from the account stream: `recorded`, `already_recorded` (a REST read was first), `waiting_for_placement` (it arrived before the order's placement was recorded; recorded once it is), or `left_to_rest` (a fill did not follow on from the recorded ones, or too many updates wait).",
             ),
             &["result"],
         )
@@ -122,7 +122,8 @@ impl Metrics {
         self.account_syncs.with_label_values(&[source]).get()
     }
 
-    /// An update of one of bulwark's open orders from the stream: `recorded` or `left_to_rest`.
+    /// An update of one of bulwark's open orders from the stream: `recorded`, `already_recorded`,
+    /// `waiting_for_placement` or `left_to_rest`.
     pub fn stream_order_update(&self, result: &str) {
         self.stream_order_updates.with_label_values(&[result]).inc();
     }

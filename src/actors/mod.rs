@@ -80,6 +80,13 @@ pub struct Directory {
     /// incarnations); read by its syncs.
     pub(crate) account_books:
         RwLock<BTreeMap<UserId, Arc<parking_lot::Mutex<crate::trader::account_book::AccountBook>>>>,
+    /// What a stream told of bulwark orders whose placement was not recorded yet (the exchange's
+    /// stream runs ahead of its answer), replayed once the placement records the order open.
+    /// Written by the order router's stream tasks and placements; read by its placements.
+    pub(crate) stream_updates_waiting: parking_lot::Mutex<order_router::account_feed::WaitingUpdates>,
+    /// Woken each time a stream task applied an event to a book (an account sync waiting for its
+    /// orders' final events listens). Notified by the stream tasks; awaited by account syncs.
+    pub(crate) account_events_applied: tokio::sync::Notify,
 }
 
 /// When the order router last read parts of one account (venue time, ms).
@@ -276,6 +283,8 @@ impl Directory {
             position_suspects: RwLock::default(),
             account_reads: RwLock::default(),
             account_books: RwLock::default(),
+            stream_updates_waiting: parking_lot::Mutex::default(),
+            account_events_applied: tokio::sync::Notify::new(),
             latest_monitor_run: RwLock::default(),
             metrics,
         }

@@ -41,7 +41,7 @@ use crate::persistence::{OrderTransition, StoredOrder};
 use crate::trader::core::{AccountError, AccountSnapshot, EntryHalt, PlacementOutcome, UnresolvedOrder};
 use crate::trader::risk::RiskApproved;
 
-mod account_feed;
+pub(crate) mod account_feed;
 
 /// Order-path timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -690,7 +690,12 @@ async fn adopt(
         return PlacementOutcome::Recorded { state: to, detail };
     }
     match record_transition(context, change).await {
-        Ok(Recorded::Moved) => PlacementOutcome::Recorded { state: to, detail },
+        Ok(Recorded::Moved) => {
+            // What the stream told of it before this answer came is recorded now (an order this
+            // answer already finished needs none of it: its fills were read with the answer).
+            account_feed::record_waiting_updates(context, &intent.client_order_id, to == OrderState::Open).await;
+            PlacementOutcome::Recorded { state: to, detail }
+        }
         Ok(Recorded::Queued { depth }) => {
             PlacementOutcome::Recorded { state: to, detail: format!("{detail}{}", queued_note(depth)) }
         }
@@ -817,9 +822,12 @@ async fn sync_account(
     let (user, symbol) = (&request.user, &request.symbol);
     let unresolved_orders = unresolved_orders_of(context, user, symbol).await?;
     // With nothing of this symbol in flight, a verified book is the account: no exchange request.
-    // (An order in flight may have filled on the exchange before its event arrived: read by REST.)
+    // Orders placed and not yet recorded final count once the stream told their end (their fills
+    // are recorded from it); anything else in flight (being placed, unknown), or a stream that
+    // does not tell in time, is read by REST.
     if let Some(book) = account_feed::ensure_stream(context, user)
-        && unresolved_orders.is_empty()
+        && (unresolved_orders.is_empty()
+            || account_feed::placed_orders_done(context, user, symbol, &book, &unresolved_orders).await)
         && let Some(read) = account_feed::verified_read(context, user, symbol, &book).await?
         && read.positions.iter().all(|position| request.marks.contains_key(&position.symbol))
     {

@@ -477,6 +477,12 @@ impl AccountBook {
             .unwrap_or_else(|| Position::flat(symbol.clone(), Decimal::ZERO))
     }
 
+    /// Whether the stream told that this exchange order is final (filled, cancelled, expired),
+    /// as far as the book remembers (`final_orders_remembered`).
+    pub fn order_is_final(&self, exchange_order_id: &str) -> bool {
+        self.final_orders.contains(exchange_order_id)
+    }
+
     /// Orders not final on `symbol`.
     pub fn open_orders(&self, symbol: &Symbol) -> Vec<&ExchangeOrder> {
         self.open_orders.values().map(|known| &known.value).filter(|order| &order.symbol == symbol).collect()

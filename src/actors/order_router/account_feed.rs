@@ -8,7 +8,10 @@
 //! through the same durable writes as a REST read's, and only when it adds up with what the
 //! database holds: an event after a dropped one (its fill quantity does not follow on) is left to
 //! the REST resolution, which lists every fill of the order. Fills of orders bulwark did not place
-//! are left to reconciliation, which reports them.
+//! are left to reconciliation, which reports them. An update about an order whose placement is
+//! not recorded yet (the stream runs ahead of the exchange's answer: a market order's fill usually
+//! arrives first) waits in [`WaitingUpdates`] and is recorded once the placement records the order
+//! open; without that, every order would cost its next decision a REST read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,14 +20,46 @@ use parking_lot::Mutex;
 use rust_decimal::Decimal;
 
 use super::{RouterContext, account_error, call, load_order, record_transition};
-use crate::domain::{ExchangeOrder, Fill, OrderState, Symbol, UserId};
+use crate::domain::{ClientOrderId, ExchangeOrder, Fill, OrderState, Symbol, UserId};
 use crate::exchange::AccountStream;
-use crate::persistence::OrderTransition;
+use crate::persistence::{OrderTransition, StoredOrder};
 use crate::trader::account_book::{AccountBook, Applied, BookSettings, RestSnapshot, Unverified};
 use crate::trader::core::AccountError;
 
 /// One user's book, shared by its stream task and the syncs.
 pub(super) type SharedBook = Arc<Mutex<AccountBook>>;
+
+/// Stream updates kept this long at most while their order's placement is recorded.
+const WAITING_UPDATE_KEEP_MS: i64 = 10 * 60_000;
+/// Orders with updates waiting, at most (beyond it an update is left to the REST resolution).
+const WAITING_ORDERS_MAX: usize = 4_096;
+
+/// One order update from the stream, with the fill it carried.
+type StreamUpdate = (ExchangeOrder, Option<Fill>);
+
+/// Order updates (with the fill each carried) that arrived before their order's placement was
+/// recorded, by client order id, in arrival order, with when the first arrived (local ms).
+#[derive(Debug, Default)]
+pub struct WaitingUpdates {
+    orders: BTreeMap<ClientOrderId, (i64, Vec<StreamUpdate>)>,
+}
+
+impl WaitingUpdates {
+    /// Keeps `update` for its order; `false` when it cannot be kept (too many orders waiting).
+    fn keep(&mut self, order: ExchangeOrder, fill: Option<Fill>, now_ms: i64) -> bool {
+        self.orders.retain(|_, (since_ms, _)| now_ms - *since_ms < WAITING_UPDATE_KEEP_MS);
+        let id = order.client_order_id.clone();
+        if !self.orders.contains_key(&id) && self.orders.len() >= WAITING_ORDERS_MAX {
+            return false;
+        }
+        self.orders.entry(id).or_insert_with(|| (now_ms, Vec::new())).1.push((order, fill));
+        true
+    }
+
+    fn take(&mut self, client_order_id: &ClientOrderId) -> Vec<StreamUpdate> {
+        self.orders.remove(client_order_id).map(|(_, updates)| updates).unwrap_or_default()
+    }
+}
 
 /// A verified read of one account from its book.
 pub(super) struct BookRead {
@@ -97,6 +132,56 @@ fn connect(context: &RouterContext, user: &UserId, book: &SharedBook, stream: Ac
     actix::spawn(follow(context.clone(), user.clone(), stream, book.clone()));
 }
 
+/// How long a sync waits for the stream to tell that its symbol's placed orders are done, before
+/// it reads by REST instead. On Binance a market order has long filled by the next close; the
+/// paper venue fills it at the next candle's open, so its fill and that close arrive together.
+const PLACED_ORDERS_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether every one of `orders` (each placed: `open` with its exchange id) is done and recorded:
+/// the book tells its end, and the stream task recorded it so the user's `symbol` has nothing
+/// unresolved in the database. Waits for it at most [`PLACED_ORDERS_WAIT`]. `true`: the book is
+/// the account and the fills are in the database; `false` (an order still working, an update left
+/// to the REST resolution, a write queued): read by REST, which resolves them.
+pub(super) async fn placed_orders_done(
+    context: &RouterContext,
+    user: &UserId,
+    symbol: &Symbol,
+    book: &SharedBook,
+    orders: &[StoredOrder],
+) -> bool {
+    let placed: Vec<&str> = orders
+        .iter()
+        .filter(|order| order.state == OrderState::Open)
+        .filter_map(|order| order.exchange_order_id.as_deref())
+        .collect();
+    if placed.len() != orders.len() {
+        return false;
+    }
+    let stamps = context.directory.outbox.order_rows();
+    // The database is read again only once the book tells every end and the user's rows changed.
+    let mut stamp_of_last_read = stamps.stamp(user);
+    let done = async {
+        loop {
+            // Registered before the look, so an event recorded in between still wakes it.
+            let recorded = context.directory.account_events_applied.notified();
+            let all_final = {
+                let book = book.lock();
+                placed.iter().all(|id| book.order_is_final(id))
+            };
+            if all_final && stamps.stamp(user) != stamp_of_last_read {
+                stamp_of_last_read = stamps.stamp(user);
+                match super::unresolved_orders_of(context, user, symbol).await {
+                    Ok(unresolved) if unresolved.is_empty() => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+            recorded.await;
+        }
+    };
+    tokio::time::timeout(PLACED_ORDERS_WAIT, done).await.unwrap_or(false)
+}
+
 /// The account as the book holds it, if the book is verified now (after reading a snapshot on
 /// this connection when it has none yet) and every position it holds, `symbol`'s included, has
 /// caught up with the newest fill seen on it. `None`: read the exchange instead; why is logged.
@@ -160,6 +245,7 @@ async fn follow(context: RouterContext, user: UserId, mut stream: AccountStream,
     while let Some(event) = next {
         let applied = book.lock().apply(event, context.clock.now_ms());
         record_order_update(&context, applied).await;
+        context.directory.account_events_applied.notify_waiters();
         next = stream.recv().await;
     }
     book.lock().stream_ended(connection, context.clock.now_ms());
@@ -175,6 +261,22 @@ async fn record_order_update(context: &RouterContext, applied: Applied) {
     if !changes_something {
         return;
     }
+    record_update(context, order, applied.new_fill).await;
+}
+
+/// Records the updates that waited for `client_order_id`'s placement (call once it is recorded;
+/// `record: false` only lets them go).
+pub(super) async fn record_waiting_updates(context: &RouterContext, client_order_id: &ClientOrderId, record: bool) {
+    let waiting = context.directory.stream_updates_waiting.lock().take(client_order_id);
+    if !record {
+        return;
+    }
+    for (order, fill) in waiting {
+        record_update(context, order, fill).await;
+    }
+}
+
+async fn record_update(context: &RouterContext, order: ExchangeOrder, new_fill: Option<Fill>) {
     let stored = match load_order(context, &order.client_order_id).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return,
@@ -184,13 +286,17 @@ async fn record_order_update(context: &RouterContext, applied: Applied) {
         }
     };
     // Only an order whose placement is recorded (`open`, with this exchange id): one still being
-    // placed is recorded by its placement, one already final by whoever finished it.
+    // placed waits for its placement; one already final was recorded by whoever finished it.
+    if matches!(stored.state, OrderState::Pending | OrderState::Sending) {
+        let kept = context.directory.stream_updates_waiting.lock().keep(order, new_fill, context.clock.now_ms());
+        context.directory.metrics.stream_order_update(if kept { "waiting_for_placement" } else { "left_to_rest" });
+        return;
+    }
     if stored.state != OrderState::Open || stored.exchange_order_id.as_deref() != Some(order.exchange_order_id.as_str())
     {
         return;
     }
-    let Some(change) = transition_from_update(&stored.filled_quantity, order, applied.new_fill, context.clock.now_ms())
-    else {
+    let Some(change) = transition_from_update(&stored.filled_quantity, order, new_fill, context.clock.now_ms()) else {
         context.directory.metrics.stream_order_update("left_to_rest");
         return;
     };
@@ -321,5 +427,39 @@ mod tests {
             5,
         );
         assert_eq!(partial.map(|c| (c.to, c.fills.len())), Some((OrderState::Open, 1)));
+    }
+
+    fn order_with_id(client_order_id: &str) -> ExchangeOrder {
+        ExchangeOrder {
+            client_order_id: ClientOrderId::parse(client_order_id).unwrap(),
+            ..order(ExchangeOrderStatus::Filled, "10")
+        }
+    }
+
+    #[test]
+    fn waiting_updates_come_back_in_arrival_order_once() {
+        let mut waiting = WaitingUpdates::default();
+        let id = ClientOrderId::parse("bw-u1-1").unwrap();
+        assert!(waiting.keep(order(ExchangeOrderStatus::PartiallyFilled, "4"), Some(fill("4", "1")), 0));
+        assert!(waiting.keep(order(ExchangeOrderStatus::Filled, "10"), Some(fill("6", "2")), 10));
+        let updates = waiting.take(&id);
+        let trade_ids: Vec<_> = updates.iter().map(|(_, fill)| fill.as_ref().unwrap().trade_id.clone()).collect();
+        assert_eq!(trade_ids, ["1", "2"]);
+        assert!(waiting.take(&id).is_empty(), "taken once");
+    }
+
+    #[test]
+    fn waiting_updates_are_bounded_in_orders_and_in_time() {
+        let mut waiting = WaitingUpdates::default();
+        for n in 0..WAITING_ORDERS_MAX {
+            assert!(waiting.keep(order_with_id(&format!("bw-u1-{n}")), None, 0));
+        }
+        // Full: a new order's update is refused, another update of a waiting order is kept.
+        assert!(!waiting.keep(order_with_id("bw-u1-new"), None, 1));
+        assert!(waiting.keep(order_with_id("bw-u1-0"), None, 1));
+        // Past the keep time the old ones are let go, so a new order fits again.
+        assert!(waiting.keep(order_with_id("bw-u1-new"), None, WAITING_UPDATE_KEEP_MS));
+        assert_eq!(waiting.orders.len(), 1);
+        assert!(waiting.take(&ClientOrderId::parse("bw-u1-0").unwrap()).is_empty());
     }
 }
