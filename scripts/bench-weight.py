@@ -200,6 +200,16 @@ def decisions_by_candle(run, first_index, last_index):
     return out
 
 
+def first_decided_candle(run):
+    """user -> the index of the first candle the user decided on (its trading history starts there)."""
+    connection = sqlite3.connect(f"file:{run['database']}?mode=ro", uri=True)
+    rows = connection.execute(
+        "SELECT user_id, MIN(candle_close_ms) FROM decisions WHERE candle_close_ms IS NOT NULL GROUP BY user_id"
+    ).fetchall()
+    connection.close()
+    return {user: (close_ms + 1 - run["origin_market_ms"]) // BASE_MS for user, close_ms in rows}
+
+
 def candle_range(run):
     begin, end = run["window_market_ms"]
     return ((begin - run["origin_market_ms"]) // BASE_MS, (end - run["origin_market_ms"]) // BASE_MS - 1)
@@ -234,6 +244,15 @@ def main():
     both = set(on_streams) & set(on_rest)
     same = sum(1 for k in both if on_streams[k] == on_rest[k])
     differing = sorted(k for k in both if on_streams[k] != on_rest[k])[:10]
+    # A user's decisions depend on its history (positions, losing streaks), which starts with the
+    # first candle it decided on: when its start-up finished differs between the runs (the REST
+    # design's start-up is slower), so may everything after. Users that started on the same candle
+    # in both runs show whether the two ways of reading the account decide alike.
+    starts_streams, starts_rest = first_decided_candle(streams), first_decided_candle(rest)
+    same_start = {u for u in starts_streams if starts_rest.get(u) == starts_streams[u]}
+    both_same_start = {k for k in both if k[0] in same_start}
+    same_same_start = sum(1 for k in both_same_start if on_streams[k] == on_rest[k])
+    differing_same_start = sorted(k for k in both_same_start if on_streams[k] != on_rest[k])[:10]
     share = 100.0 * streams["weight_per_close"] / max(rest["weight_per_close"], 1e-9)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
@@ -281,6 +300,12 @@ def main():
         f"({100.0 * same / max(len(both), 1):.2f} %). Decided in only one run: "
         f"{len(set(on_streams) ^ set(on_rest)):,}. "
         + (f"First differing: {differing}." if differing else ""),
+        "",
+        f"Of the {len(starts_streams):,} users, {len(same_start):,} made their first decision on the same candle "
+        f"in both runs (the others finished their start-up a candle apart, so their positions and losing streaks "
+        f"differ from then on). Their {len(both_same_start):,} (user, candle) decisions in the window: "
+        f"{same_same_start:,} the same ({100.0 * same_same_start / max(len(both_same_start), 1):.2f} %)"
+        + (f"; differing: {differing_same_start}." if differing_same_start else "."),
         "",
     ]
     pathlib.Path(args.out).write_text("\n".join(lines))
