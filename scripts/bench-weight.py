@@ -45,13 +45,13 @@ def secret(user):
     return f"bench-{user}-api-secret"
 
 
-def write_sim_config(path, data_dir, users, symbols, candle_interval_ms):
+def write_sim_config(path, data_dir, users, symbols, candle_interval_ms, weight_limit=1_000_000):
     lines = [
         "[sim]",
         'listen = "127.0.0.1:0"',
         f'data_dir = "{data_dir}"',
         'coinglass_api_key = "bench-cg-key"',
-        "weight_limit_per_minute = 1000000",
+        f"weight_limit_per_minute = {weight_limit}",
     ]
     for i in range(users):
         user = f"u{i:04}"
@@ -70,7 +70,7 @@ def write_sim_config(path, data_dir, users, symbols, candle_interval_ms):
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_bulwark_config(path, data_dir, url, users, symbols, streams):
+def write_bulwark_config(path, data_dir, url, users, symbols, streams, weight_limit=1_000_000, connects_per_second=1000):
     lines = [
         "[server]",
         f'data_dir = "{data_dir}/data"',
@@ -84,9 +84,9 @@ def write_bulwark_config(path, data_dir, url, users, symbols, streams):
         "recv_window_ms = 5000",
         "timeout_ms = 10000",
         "poll_interval_ms = 50",
-        "weight_limit_per_minute = 1000000",
+        f"weight_limit_per_minute = {weight_limit}",
         f"user_data_stream = {'true' if streams else 'false'}",
-        "stream_connects_per_second = 1000",
+        f"stream_connects_per_second = {connects_per_second}",
         "[risk]",
         "max_open_positions = 3",
         "max_position_notional_usdt = 5000",
@@ -185,6 +185,102 @@ def one_run(binary, work, name, users, symbols, candle_interval_ms, seconds, war
     }
 
 
+def start_sim(binary, run_dir, users, symbols, candle_interval_ms, seed, weight_limit):
+    sim_config = run_dir / "sim.toml"
+    write_sim_config(sim_config, run_dir / "sim-data", users, symbols, candle_interval_ms, weight_limit)
+    sim = subprocess.Popen(
+        [binary, "sim", "--listen", "127.0.0.1:0", "--seed", str(seed), "--config", sim_config],
+        stdout=subprocess.PIPE, stderr=open(run_dir / "sim.log", "w"), text=True,
+    )
+    first = sim.stdout.readline().strip()
+    if not first.startswith("listening on "):
+        sim.terminate()
+        raise SystemExit(f"bench-weight: bulwark sim said {first!r}")
+    return sim, first.removeprefix("listening on ")
+
+
+def ready_times(log_path):
+    """user -> wall time (s since the epoch) of its first `trader ready` line."""
+    ready = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "trader ready" not in line or " user=" not in line:
+            continue
+        stamp = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+        user = line.split(" user=")[1].split()[0]
+        ready.setdefault(user, stamp)
+    return ready
+
+
+def cold_start_run(binary, work, users, symbols, candle_interval_ms, seed, limit_s):
+    """500 users (by default) start at once against Binance's real weight limit: when is each
+    ready, and does each decide on the first candle that closes after it is?"""
+    run_dir = work / "cold-start"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    sim, url = start_sim(binary, run_dir, users, symbols, candle_interval_ms, seed, BINANCE_WEIGHT_LIMIT_PER_MINUTE)
+    try:
+        config = run_dir / "bulwark.toml"
+        write_bulwark_config(config, run_dir, url, users, symbols, streams=True,
+                             weight_limit=BINANCE_WEIGHT_LIMIT_PER_MINUTE, connects_per_second=5)
+        env = dict(os.environ)
+        for i in range(users):
+            env[f"BENCH_KEY_{i}"] = key(f"u{i:04}")
+            env[f"BENCH_SECRET_{i}"] = secret(f"u{i:04}")
+        log_path = run_dir / "bulwark.log"
+        started_wall = time.time()
+        bulwark = subprocess.Popen(
+            [binary, "run", "--duration", str(limit_s), "--config", config],
+            stdout=subprocess.DEVNULL, stderr=open(log_path, "w"), env=env,
+        )
+        samples, all_ready_at = [], None
+        while bulwark.poll() is None:
+            stats = get(url + "/sim/stats")
+            samples.append((time.time(), stats["market_time_ms"], stats["weight_charged_total"]))
+            if all_ready_at is None and len(ready_times(log_path)) >= users:
+                all_ready_at = time.time()
+            # Every user ready, then three more closes: enough to see each decide.
+            if all_ready_at is not None and time.time() - all_ready_at > 3.5 * candle_interval_ms / 1000:
+                bulwark.terminate()
+                bulwark.wait()
+                break
+            time.sleep(0.5)
+    finally:
+        sim.terminate()
+        sim.wait()
+    ready = ready_times(log_path)
+    connection = sqlite3.connect(f"file:{run_dir / 'data' / 'bulwark.db'}?mode=ro", uri=True)
+    first_decided = dict(connection.execute(
+        "SELECT user_id, MIN(candle_close_ms) FROM decisions WHERE candle_close_ms IS NOT NULL GROUP BY user_id"
+    ).fetchall())
+    connection.close()
+
+    def market_at(wall):
+        earlier = [sample for sample in samples if sample[0] <= wall]
+        return (earlier[-1] if earlier else samples[0])[1]
+
+    on_first_close, late = 0, []
+    for user, ready_wall in ready.items():
+        # The first candle that closes after the user is ready ends at the next 5-minute boundary.
+        first_close_after_ms = (market_at(ready_wall) // BASE_MS + 1) * BASE_MS - 1
+        decided = first_decided.get(user)
+        if decided is not None and decided <= first_close_after_ms:
+            on_first_close += 1
+        else:
+            late.append((user, decided, first_close_after_ms))
+    ready_walls = sorted(ready.values())
+    weight_at_ready = [weight for wall, _, weight in samples if all_ready_at and wall <= all_ready_at]
+    return {
+        "users": users,
+        "ready": len(ready),
+        "all_ready_s": (ready_walls[-1] - started_wall) if len(ready) >= users else None,
+        "half_ready_s": ready_walls[len(ready_walls) // 2] - started_wall if ready_walls else None,
+        "weight_to_ready": weight_at_ready[-1] if weight_at_ready else None,
+        "on_first_close": on_first_close,
+        "late": late[:10],
+        "late_count": len(late),
+    }
+
+
 def decisions_by_candle(run, first_index, last_index):
     """(user, candle index) -> outcome, for the candles in [first_index, last_index]."""
     connection = sqlite3.connect(f"file:{run['database']}?mode=ro", uri=True)
@@ -224,6 +320,9 @@ def main():
     parser.add_argument("--warm-up-closes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS-streams.md"))
+    parser.add_argument("--cold-start-users", type=int, default=500,
+                        help="users of the cold start at Binance's weight limit (0: skip it)")
+    parser.add_argument("--cold-start-limit-s", type=int, default=1200)
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "bulwark"], cwd=ROOT, check=True)
@@ -237,6 +336,12 @@ def main():
         runs.append(one_run(binary, work, name, args.users, args.symbols, args.candle_interval_ms, args.seconds,
                             args.warm_up_closes, args.seed))
     streams, rest = runs
+    cold = None
+    if args.cold_start_users:
+        print(f"bench-weight: cold start of {args.cold_start_users} users at {BINANCE_WEIGHT_LIMIT_PER_MINUTE:,} "
+              "weight a minute", file=sys.stderr)
+        cold = cold_start_run(binary, work, args.cold_start_users, args.symbols, args.candle_interval_ms, args.seed,
+                              args.cold_start_limit_s)
     first = max(candle_range(streams)[0], candle_range(rest)[0])
     last = min(candle_range(streams)[1], candle_range(rest)[1])
     on_streams = decisions_by_candle(streams, first, last)
@@ -308,6 +413,25 @@ def main():
         + (f"; differing: {differing_same_start}." if differing_same_start else "."),
         "",
     ]
+    if cold:
+        ready_text = (f"every user was ready {cold['all_ready_s']:.0f} s after the start (half of them after "
+                      f"{cold['half_ready_s']:.0f} s), having spent {cold['weight_to_ready']:,} weight"
+                      if cold["all_ready_s"] is not None else
+                      f"only {cold['ready']:,} of {cold['users']:,} users were ready within {args.cold_start_limit_s} s")
+        per_thousand = (f" — about {cold['all_ready_s'] * 1000 / cold['users'] / 60:.1f} minutes per 1,000 users "
+                        "per IP" if cold["all_ready_s"] is not None else "")
+        lines += [
+            "## Cold start at Binance's weight limit",
+            "",
+            f"{cold['users']:,} users start at once against `bulwark sim` with Binance's {BINANCE_WEIGHT_LIMIT_PER_MINUTE:,} "
+            "weight a minute (the client's own budget the same), account streams on, 5 stream connects a second, "
+            f"{args.symbols} symbols, fresh accounts and database: {ready_text}{per_thousand}. "
+            f"{cold['on_first_close']:,} of the {cold['ready']:,} ready users decided on the first candle that closed "
+            "after they were ready"
+            + (f"; the others ({cold['late_count']:,}; user, first decided close, first close after ready): "
+               f"{cold['late']}." if cold["late_count"] else "."),
+            "",
+        ]
     pathlib.Path(args.out).write_text("\n".join(lines))
     print(f"bench-weight: wrote {args.out}", file=sys.stderr)
 

@@ -318,6 +318,65 @@ async fn an_unknown_order_id_is_none_and_rules_come_from_exchange_info() {
 }
 
 #[tokio::test]
+async fn an_account_snapshot_lists_open_orders_only_on_the_symbols_the_position_list_names() {
+    use wiremock::matchers::query_param_is_missing;
+    let server = MockServer::start().await;
+    mount_time(&server).await;
+    // v3 names every symbol with a position or an open order: BTCUSDT held, ETHUSDT flat with an
+    // order (amount 0); a hedge-mode row of ETHUSDT is not one-way and names nothing new.
+    let row = |symbol: &str, side: &str, amount: &str| {
+        format!(
+            r#"{{"symbol":"{symbol}","positionSide":"{side}","positionAmt":"{amount}","entryPrice":"60000","markPrice":"60010","unRealizedProfit":"0.15"}}"#
+        )
+    };
+    let rows = format!(
+        "[{},{},{}]",
+        row("BTCUSDT", "BOTH", "0.015"),
+        row("ETHUSDT", "BOTH", "0"),
+        row("ETHUSDT", "LONG", "0")
+    );
+    Mock::given(method("GET"))
+        .and(path("/fapi/v3/positionRisk"))
+        .and(query_param_is_missing("symbol"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(rows))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fapi/v1/openOrders"))
+        .and(query_param("symbol", "BTCUSDT"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let eth_order =
+        ORDER_FILLED.replace("BTCUSDT", "ETHUSDT").replace("FILLED", "NEW").replace("\"0.015\",\"type", "\"0\",\"type");
+    Mock::given(method("GET"))
+        .and(path("/fapi/v1/openOrders"))
+        .and(query_param("symbol", "ETHUSDT"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(format!("[{eth_order}]")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // The listing of every symbol (weight 40) is never asked for.
+    Mock::given(method("GET"))
+        .and(path("/fapi/v1/openOrders"))
+        .and(query_param_is_missing("symbol"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let client = client(&server, 2_000);
+    let (positions, open_orders) = client.positions_and_open_orders(&user()).await.unwrap();
+    let held: Vec<_> = positions.iter().map(|p| (p.symbol.as_str().to_owned(), p.quantity.to_string())).collect();
+    assert_eq!(held, [("BTCUSDT".to_owned(), "0.015".to_owned())], "a flat listed symbol holds no position");
+    assert_eq!(open_orders.len(), 1);
+    assert_eq!(open_orders[0].symbol.as_str(), "ETHUSDT");
+    // The position list (5), two symbols' orders (1 each) and the clock's first sync (1).
+    assert_eq!(client.stats().weight_used, 5 + 1 + 1 + 1, "{:?}", client.stats());
+}
+
+#[tokio::test]
 async fn secrets_never_appear_in_errors_or_debug_output() {
     let answer = order_answer(
         401,

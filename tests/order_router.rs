@@ -273,8 +273,9 @@ async fn with_the_account_stream_syncs_read_the_book_and_fills_are_recorded_from
     // event is not recorded within its short wait (the paper venue fills a market order at the
     // next candle's open, so fill and next close arrive together): the rest read the book.
     assert!(from_book >= 16 - placed as u64 - 1, "{from_book} syncs from the book for {placed} orders");
-    // One account snapshot (every position) at the first sync; REST syncs read every position too.
-    assert_eq!(faulty.read_count("positions"), 1 + from_rest);
+    // Every position is read by the start-up's sweep (with the open orders), by the snapshot and
+    // by each REST sync.
+    assert_eq!(faulty.read_count("positions"), 2 + from_rest);
     // Whichever way each order was resolved, every fill on the exchange is in the database once.
     let fills_on_exchange = tree.paper.fills(&u1(), &xrp(), 0).await.unwrap().len();
     assert_eq!(tree.store().fill_count(&u1()).unwrap() as usize, fills_on_exchange);

@@ -962,12 +962,16 @@ async fn resync_position(
     context: &RouterContext,
     user: &UserId,
     symbol: &Symbol,
+    listed: Option<crate::domain::Position>,
     report: &mut ReconcileReport,
 ) -> Result<(), AccountError> {
     let database = |e: crate::persistence::StoreError| AccountError::other(format!("database: {e}"));
-    let exchange = call(context, "position", context.exchange.position(user, symbol))
-        .await
-        .map_err(|e| account_error(e).context(format_args!("reading the {symbol} position")))?;
+    let exchange = match listed {
+        Some(listed) => listed,
+        None => call(context, "position", context.exchange.position(user, symbol))
+            .await
+            .map_err(|e| account_error(e).context(format_args!("reading the {symbol} position")))?,
+    };
     let read = PositionRead { at_ms: context.clock.now_ms(), quantity: exchange.quantity };
     context.directory.note_position_verified(user, symbol, read);
     let (key_user, key_symbol) = (user.clone(), symbol.clone());
@@ -1062,7 +1066,7 @@ async fn reconcile_user(
             }
         }
     }
-    let open_orders = list_open_orders(context, user, symbols, &mut report).await?;
+    let (open_orders, positions_listed) = list_open_orders(context, user, symbols, &mut report).await?;
     for open in open_orders {
         if !open.client_order_id.is_bulwark() {
             report.external_orders += 1;
@@ -1128,7 +1132,14 @@ async fn reconcile_user(
             report.reads_reused.push(format!("{symbol} position"));
             continue;
         }
-        resync_position(context, user, symbol, &mut report).await?;
+        let listed = positions_listed.as_deref().map(|positions| {
+            positions
+                .iter()
+                .find(|position| position.symbol == *symbol)
+                .cloned()
+                .unwrap_or_else(|| crate::domain::Position::flat(symbol.clone(), Decimal::ZERO))
+        });
+        resync_position(context, user, symbol, listed, &mut report).await?;
     }
     explain_positions(context, user, settled, &mut report).await?;
     Ok(report)
@@ -1147,14 +1158,16 @@ async fn stored_position_quantity(
     Ok(stored.map_or(Decimal::ZERO, |position| position.quantity))
 }
 
-/// The account's open orders: every one (weight 40 on Binance), or, for a trader (re)starting soon
-/// after such a sweep found the account clean, those on its own symbols (weight 1 each).
+/// The account's open orders: every one (with every position, read in the same sweep: on Binance
+/// the position list and the symbols it names, weight 5 + 1 a symbol), or, for a trader
+/// (re)starting soon after such a sweep found the account clean, those on its own symbols (weight
+/// 1 each, no positions).
 async fn list_open_orders(
     context: &RouterContext,
     user: &UserId,
     symbols: &[Symbol],
     report: &mut ReconcileReport,
-) -> Result<Vec<ExchangeOrder>, AccountError> {
+) -> Result<(Vec<ExchangeOrder>, Option<Vec<crate::domain::Position>>), AccountError> {
     let now_ms = context.clock.now_ms();
     let swept_recently = context
         .directory
@@ -1170,15 +1183,16 @@ async fn list_open_orders(
             open_orders.extend(listing);
         }
         report.reads_reused.push("open orders beyond its symbols (swept moments ago)".to_owned());
-        return Ok(open_orders);
+        return Ok((open_orders, None));
     }
-    let open_orders = call(context, "open orders", context.exchange.open_orders(user, None))
-        .await
-        .map_err(|e| account_error(e).context("listing open orders"))?;
+    let (positions, open_orders) =
+        call(context, "positions and open orders", context.exchange.positions_and_open_orders(user))
+            .await
+            .map_err(|e| account_error(e).context("listing open orders"))?;
     // Counted as a sweep once every orphan in it is cancelled (`reconcile_user`): a cancel that
     // failed fails the start-up, and the next one sweeps again.
     report.swept_at_ms = Some(now_ms);
-    Ok(open_orders)
+    Ok((open_orders, Some(positions)))
 }
 
 /// How far back reconciliation looks for fills the database lacks (Binance's trade-list window).

@@ -312,7 +312,10 @@ pub async fn answer(
             let mut rows = Vec::new();
             for symbol in symbols {
                 let position = exchange.position(&user, &symbol).await.map_err(exchange_error)?;
-                if position.quantity.is_zero() {
+                // As v3 on Binance: every symbol with a position or an open order (flat: amount 0).
+                if position.quantity.is_zero()
+                    && exchange.open_orders(&user, Some(&symbol)).await.map_err(exchange_error)?.is_empty()
+                {
                     continue;
                 }
                 rows.push(json!({

@@ -135,7 +135,7 @@ fn connect(context: &RouterContext, user: &UserId, book: &SharedBook, stream: Ac
 /// How long a sync waits for the stream to tell that its symbol's placed orders are done, before
 /// it reads by REST instead. On Binance a market order has long filled by the next close; the
 /// paper venue fills it at the next candle's open, so its fill and that close arrive together.
-const PLACED_ORDERS_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+const PLACED_ORDERS_WAIT: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 /// Whether every one of `orders` (each placed: `open` with its exchange id) is done and recorded:
 /// the book tells its end, and the stream task recorded it so the user's `symbol` has nothing
@@ -164,9 +164,10 @@ pub(super) async fn placed_orders_done(
         loop {
             // Registered before the look, so an event recorded in between still wakes it.
             let recorded = context.directory.account_events_applied.notified();
+            // Their ends, and the position after their fills (the account update may come after).
             let all_final = {
                 let book = book.lock();
-                placed.iter().all(|id| book.order_is_final(id))
+                placed.iter().all(|id| book.order_is_final(id)) && book.position_caught_up(symbol)
             };
             if all_final && stamps.stamp(user) != stamp_of_last_read {
                 stamp_of_last_read = stamps.stamp(user);
@@ -216,10 +217,11 @@ async fn take_snapshot(context: &RouterContext, user: &UserId, book: &SharedBook
     let requested_on = book.lock().connection();
     // Venue time before the reads: an event stamped later is newer than the snapshot and wins.
     let as_of_ms = context.exchange.estimated_now_ms().unwrap_or_else(|| context.clock.now_ms());
-    let positions = call(context, "positions", context.exchange.positions(user)).await.map_err(account_error)?;
+    let (positions, open_orders) =
+        call(context, "positions and open orders", context.exchange.positions_and_open_orders(user))
+            .await
+            .map_err(account_error)?;
     let balance = call(context, "balance", context.exchange.balance(user)).await.map_err(account_error)?;
-    let open_orders =
-        call(context, "open orders", context.exchange.open_orders(user, None)).await.map_err(account_error)?;
     let snapshot = RestSnapshot { positions, wallet_usdt: balance.wallet_balance, open_orders, as_of_ms };
     book.lock().apply_snapshot(snapshot, requested_on);
     tracing::debug!(%user, ?requested_on, "order router: account snapshot read on the stream's connection");

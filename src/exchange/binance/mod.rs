@@ -48,6 +48,8 @@ const RULES_TTL_MS: i64 = 3_600_000;
 const BUDGET_WAIT_MS_MAX: u64 = 65_000;
 /// How often the request counters go to the log.
 const STATS_LOG_INTERVAL_MS: i64 = 60_000;
+/// Binance's weight for `GET /fapi/v1/openOrders` without a symbol (with one: 1).
+const OPEN_ORDERS_EVERY_SYMBOL_WEIGHT: u32 = 40;
 
 /// One account's credentials.
 #[derive(Debug, Clone)]
@@ -687,7 +689,7 @@ impl Exchange for BinanceClient {
         let (account, symbol) = (account.clone(), symbol.cloned());
         let body = self
             .read(move || {
-                let weight = if symbol.is_some() { 1 } else { 40 };
+                let weight = if symbol.is_some() { 1 } else { OPEN_ORDERS_EVERY_SYMBOL_WEIGHT };
                 let call = Call::new(Method::GET, "/fapi/v1/openOrders", "GET /fapi/v1/openOrders", weight);
                 let call = match &symbol {
                     Some(symbol) => call.param("symbol", symbol),
@@ -698,6 +700,28 @@ impl Exchange for BinanceClient {
             .await?;
         let rows: Vec<models::OrderBody> = models::parse("GET /fapi/v1/openOrders", &body)?;
         rows.into_iter().map(models::OrderBody::into_order).collect()
+    }
+
+    async fn positions_and_open_orders(
+        &self,
+        account: &UserId,
+    ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError> {
+        let key = account.clone();
+        let body = self
+            .read(move || Call::new(Method::GET, "/fapi/v3/positionRisk", "GET /fapi/v3/positionRisk", 5).signed(&key))
+            .await?;
+        let rows: Vec<models::PositionRow> = models::parse("GET /fapi/v3/positionRisk", &body)?;
+        let positions = models::positions(&rows)?;
+        // v3 lists every symbol with a position or an open order: a symbol not listed has none.
+        let listed = models::listed_symbols(&rows)?;
+        if listed.len() >= OPEN_ORDERS_EVERY_SYMBOL_WEIGHT as usize {
+            return Ok((positions, self.open_orders(account, None).await?));
+        }
+        let mut open_orders = Vec::new();
+        for symbol in &listed {
+            open_orders.extend(self.open_orders(account, Some(symbol)).await?);
+        }
+        Ok((positions, open_orders))
     }
 
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError> {

@@ -149,6 +149,21 @@ pub fn position(symbol: &Symbol, rows: &[PositionRow]) -> Position {
 }
 
 /// Every one-way (`BOTH`) position the rows list with a non-zero amount.
+/// The symbols `positionRisk` (v3, no symbol) lists in one-way mode: every symbol with a position
+/// or an open order, in the order listed.
+pub fn listed_symbols(rows: &[PositionRow]) -> Result<Vec<Symbol>, ExchangeError> {
+    let mut symbols: Vec<Symbol> = Vec::new();
+    for row in rows.iter().filter(|row| row.position_side.as_deref().is_none_or(|s| s == "BOTH")) {
+        let symbol = Symbol::new(&row.symbol).map_err(|e| ExchangeError::Malformed {
+            detail: format!("GET /fapi/v3/positionRisk: symbol {:?}: {e}", row.symbol),
+        })?;
+        if !symbols.contains(&symbol) {
+            symbols.push(symbol);
+        }
+    }
+    Ok(symbols)
+}
+
 pub fn positions(rows: &[PositionRow]) -> Result<Vec<Position>, ExchangeError> {
     rows.iter()
         .filter(|row| row.position_side.as_deref().is_none_or(|s| s == "BOTH") && !row.position_amt.is_zero())
