@@ -35,6 +35,8 @@ BASE_MS = 300_000
 # candle indices is this many 5-minute candles before the candle forming at start.
 START_INDEX = 12_000
 BINANCE_WEIGHT_LIMIT_PER_MINUTE = 2_400
+# `[exchange] start_up_weight_per_minute`'s default: half of the limit for starting traders.
+COLD_START_WEIGHT_PER_MINUTE = 1_200
 
 
 def key(user):
@@ -70,7 +72,8 @@ def write_sim_config(path, data_dir, users, symbols, candle_interval_ms, weight_
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_bulwark_config(path, data_dir, url, users, symbols, streams, weight_limit=1_000_000, connects_per_second=1000):
+def write_bulwark_config(path, data_dir, url, users, symbols, streams, weight_limit=1_000_000, connects_per_second=1000,
+                         start_up_weight_per_minute=1_000_000):
     lines = [
         "[server]",
         f'data_dir = "{data_dir}/data"',
@@ -87,6 +90,7 @@ def write_bulwark_config(path, data_dir, url, users, symbols, streams, weight_li
         f"weight_limit_per_minute = {weight_limit}",
         f"user_data_stream = {'true' if streams else 'false'}",
         f"stream_connects_per_second = {connects_per_second}",
+        f"start_up_weight_per_minute = {start_up_weight_per_minute}",
         "[risk]",
         "max_open_positions = 3",
         "max_position_notional_usdt = 5000",
@@ -221,7 +225,8 @@ def cold_start_run(binary, work, users, symbols, candle_interval_ms, seed, limit
     try:
         config = run_dir / "bulwark.toml"
         write_bulwark_config(config, run_dir, url, users, symbols, streams=True,
-                             weight_limit=BINANCE_WEIGHT_LIMIT_PER_MINUTE, connects_per_second=5)
+                             weight_limit=BINANCE_WEIGHT_LIMIT_PER_MINUTE, connects_per_second=5,
+                             start_up_weight_per_minute=COLD_START_WEIGHT_PER_MINUTE)
         env = dict(os.environ)
         for i in range(users):
             env[f"BENCH_KEY_{i}"] = key(f"u{i:04}")
@@ -252,6 +257,13 @@ def cold_start_run(binary, work, users, symbols, candle_interval_ms, seed, limit
     first_decided = dict(connection.execute(
         "SELECT user_id, MIN(candle_close_ms) FROM decisions WHERE candle_close_ms IS NOT NULL GROUP BY user_id"
     ).fetchall())
+    # What each user's first decision was (a REST read refused for weight shows as blocked).
+    first_outcomes = {}
+    for (outcome,) in connection.execute(
+        "SELECT d.outcome FROM decisions d JOIN (SELECT user_id, MIN(id) AS id FROM decisions "
+        "WHERE candle_close_ms IS NOT NULL GROUP BY user_id) f ON d.id = f.id"
+    ).fetchall():
+        first_outcomes[outcome] = first_outcomes.get(outcome, 0) + 1
     connection.close()
 
     def market_at(wall):
@@ -278,6 +290,7 @@ def cold_start_run(binary, work, users, symbols, candle_interval_ms, seed, limit
         "on_first_close": on_first_close,
         "late": late[:10],
         "late_count": len(late),
+        "first_outcomes": dict(sorted(first_outcomes.items())),
     }
 
 
@@ -323,6 +336,8 @@ def main():
     parser.add_argument("--cold-start-users", type=int, default=500,
                         help="users of the cold start at Binance's weight limit (0: skip it)")
     parser.add_argument("--cold-start-limit-s", type=int, default=1200)
+    parser.add_argument("--cold-start-only", action="store_true",
+                        help="measure only the cold start; replace its section of --out and keep the rest")
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "bulwark"], cwd=ROOT, check=True)
@@ -330,6 +345,14 @@ def main():
     work = ROOT / "target" / "bench-weight"
     work.mkdir(parents=True, exist_ok=True)
     load_before = pathlib.Path("/proc/loadavg").read_text().strip()
+    if args.cold_start_only:
+        print(f"bench-weight: cold start of {args.cold_start_users} users at {BINANCE_WEIGHT_LIMIT_PER_MINUTE:,} "
+              "weight a minute", file=sys.stderr)
+        cold = cold_start_run(binary, work, args.cold_start_users, args.symbols, args.candle_interval_ms, args.seed,
+                              args.cold_start_limit_s)
+        kept = pathlib.Path(args.out).read_text().split("## Cold start")[0].rstrip("\n").split("\n")
+        write_report(args, kept + [""] + cold_start_lines(args, cold))
+        return
     runs = []
     for name in ["streams", "rest-sync"]:
         print(f"bench-weight: {name}: {args.users} users on {args.symbols} symbols for {args.seconds} s", file=sys.stderr)
@@ -414,26 +437,36 @@ def main():
         "",
     ]
     if cold:
-        ready_text = (f"every user was ready {cold['all_ready_s']:.0f} s after the start (half of them after "
-                      f"{cold['half_ready_s']:.0f} s), having spent {cold['weight_to_ready']:,} weight"
-                      if cold["all_ready_s"] is not None else
-                      f"only {cold['ready']:,} of {cold['users']:,} users were ready within {args.cold_start_limit_s} s")
-        per_thousand = (f" — about {cold['all_ready_s'] * 1000 / cold['users'] / 60:.1f} minutes per 1,000 users "
-                        "per IP" if cold["all_ready_s"] is not None else "")
-        lines += [
-            "## Cold start at Binance's weight limit",
-            "",
-            f"{cold['users']:,} users start at once against `bulwark sim` with Binance's {BINANCE_WEIGHT_LIMIT_PER_MINUTE:,} "
-            "weight a minute (the client's own budget the same), account streams on, 5 stream connects a second, "
-            f"{args.symbols} symbols, fresh accounts and database: {ready_text}{per_thousand}. "
-            f"{cold['on_first_close']:,} of the {cold['ready']:,} ready users decided on the first candle that closed "
-            "after they were ready"
-            + (f"; the others ({cold['late_count']:,}; user, first decided close, first close after ready): "
-               f"{cold['late']}." if cold["late_count"] else "."),
-            "",
-        ]
+        lines += cold_start_lines(args, cold)
+    write_report(args, lines)
+
+
+def write_report(args, lines):
     pathlib.Path(args.out).write_text("\n".join(lines))
     print(f"bench-weight: wrote {args.out}", file=sys.stderr)
+
+
+def cold_start_lines(args, cold):
+    ready_text = (f"every user was ready {cold['all_ready_s']:.0f} s after the start (half of them after "
+                  f"{cold['half_ready_s']:.0f} s), having spent {cold['weight_to_ready']:,} weight"
+                  if cold["all_ready_s"] is not None else
+                  f"only {cold['ready']:,} of {cold['users']:,} users were ready within {args.cold_start_limit_s} s")
+    per_thousand = (f" — about {cold['all_ready_s'] * 1000 / cold['users'] / 60:.1f} minutes per 1,000 users "
+                    "per IP" if cold["all_ready_s"] is not None else "")
+    return [
+        "## Cold start at Binance's weight limit",
+        "",
+        f"{cold['users']:,} users start at once against `bulwark sim` with Binance's {BINANCE_WEIGHT_LIMIT_PER_MINUTE:,} "
+        "weight a minute (the client's own budget the same; start-ups within the default "
+        f"`start_up_weight_per_minute = {COLD_START_WEIGHT_PER_MINUTE:,}`), account streams on, 5 stream connects a "
+        "second, "
+        f"{args.symbols} symbols, fresh accounts and database: {ready_text}{per_thousand}. "
+        f"{cold['on_first_close']:,} of the {cold['ready']:,} ready users decided on the first candle that closed "
+        f"after they were ready (first decisions by outcome: {cold['first_outcomes']})"
+        + (f"; the others ({cold['late_count']:,}; user, first decided close, first close after ready): "
+           f"{cold['late']}." if cold["late_count"] else "."),
+        "",
+    ]
 
 
 if __name__ == "__main__":

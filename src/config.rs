@@ -155,6 +155,9 @@ pub struct BinanceVenueConfig {
     pub stream_rotation: Duration,
     /// A stream connection that delivered nothing for this long is treated as down.
     pub stream_silence: Duration,
+    /// The request weight a minute trader start-ups may take together (the rest is for the
+    /// running traders): starts beyond it wait their turn.
+    pub start_up_weight_per_minute: u32,
 }
 
 /// Binance's production streams for its production REST host; otherwise the REST host itself with a
@@ -266,8 +269,11 @@ pub struct Config {
     pub breaker: crate::exchange::breaker::BreakerPolicy,
     /// `[retry]`: retries of idempotent exchange calls.
     pub retry: crate::exchange::retry::RetryPolicy,
-    /// `[reconcile] interval_secs`: every user reconciled this often (`None`: only at start-up).
+    /// `[reconcile] interval_secs`: a periodic pass this often (`None`: only at start-up).
     pub reconcile_interval: Option<Duration>,
+    /// `[reconcile] weight_per_minute`: the request weight periodic passes may spend, users taken
+    /// in turn as far as each pass's share pays for.
+    pub reconcile_weight_per_minute: u32,
     /// `None`: `[http] enabled = false`.
     pub http: Option<HttpConfig>,
 }
@@ -448,11 +454,12 @@ impl Default for RawHttp {
 #[serde(default)]
 struct RawReconcile {
     interval_secs: i64,
+    weight_per_minute: i64,
 }
 
 impl Default for RawReconcile {
     fn default() -> Self {
-        Self { interval_secs: 300 }
+        Self { interval_secs: 300, weight_per_minute: 240 }
     }
 }
 
@@ -686,6 +693,7 @@ struct RawExchange {
     stream_connects_per_second: i64,
     stream_rotation_secs: i64,
     stream_silence_secs: i64,
+    start_up_weight_per_minute: i64,
     paper: Option<RawPaper>,
 }
 
@@ -704,6 +712,7 @@ impl Default for RawExchange {
             stream_connects_per_second: 5,
             stream_rotation_secs: 84_600,
             stream_silence_secs: 60,
+            start_up_weight_per_minute: 1_200,
             paper: None,
         }
     }
@@ -1020,6 +1029,8 @@ impl Validator {
         };
         let reconcile_secs = self.int_in("reconcile.interval_secs", raw.reconcile.interval_secs, 0, 86_400);
         let reconcile_interval = (reconcile_secs > 0).then(|| Duration::from_secs(reconcile_secs as u64));
+        let reconcile_weight_per_minute =
+            self.int_in("reconcile.weight_per_minute", raw.reconcile.weight_per_minute, 1, 100_000) as u32;
         let retry = crate::exchange::retry::RetryPolicy {
             attempts_max: self.int_in("retry.attempts_max", raw.retry.attempts_max, 1, 20) as u32,
             backoff_ms_initial: self.int_in("retry.backoff_ms_initial", raw.retry.backoff_ms_initial, 0, 600_000)
@@ -1052,6 +1063,7 @@ impl Validator {
             breaker,
             retry,
             reconcile_interval,
+            reconcile_weight_per_minute,
             http,
         })
     }
@@ -1290,6 +1302,9 @@ impl Validator {
                 let stream_rotation_secs =
                     self.int_in("exchange.stream_rotation_secs", raw.stream_rotation_secs, 1, 86_000);
                 let stream_silence_secs = self.int_in("exchange.stream_silence_secs", raw.stream_silence_secs, 1, 600);
+                let start_up_weight_per_minute =
+                    self.int_in("exchange.start_up_weight_per_minute", raw.start_up_weight_per_minute, 1, 1_000_000)
+                        as u32;
                 let stream_url = match raw.stream_url.as_deref() {
                     Some(url) => self.stream_url("exchange.stream_url", url),
                     None => base_url.as_ref().and_then(default_stream_url),
@@ -1305,6 +1320,7 @@ impl Validator {
                         stream_connects_per_second,
                         stream_rotation: Duration::from_secs(stream_rotation_secs as u64),
                         stream_silence: Duration::from_secs(stream_silence_secs as u64),
+                        start_up_weight_per_minute,
                     })
                 })
             }

@@ -88,7 +88,11 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
         ("[notify]", differs(&running.notify, &new.notify)),
         ("[breaker]", differs(&running.breaker, &new.breaker)),
         ("[retry]", differs(&running.retry, &new.retry)),
-        ("[reconcile]", running.reconcile_interval != new.reconcile_interval),
+        (
+            "[reconcile]",
+            running.reconcile_interval != new.reconcile_interval
+                || running.reconcile_weight_per_minute != new.reconcile_weight_per_minute,
+        ),
         ("[chaos]", differs(&running.chaos, &new.chaos)),
     ];
     plan.needs_restart.extend(sections.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_owned()));

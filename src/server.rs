@@ -155,10 +155,12 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
         std::fs::write(&url_file, format!("{url}\n")).with_context(|| format!("writing {}", url_file.display()))?;
     }
 
-    let directory = Arc::new(
-        Directory::with_metrics(deps.metrics.clone())
-            .with_persistence_permits(crate::limits::persistence_in_flight_max(config.users.len())),
-    );
+    let mut directory = Directory::with_metrics(deps.metrics.clone())
+        .with_persistence_permits(crate::limits::persistence_in_flight_max(config.users.len()));
+    if let VenueConfig::Binance(binance) = &config.exchange.venue {
+        directory = directory.with_start_up_pacer(binance.start_up_weight_per_minute, deps.clock.now_ms());
+    }
+    let directory = Arc::new(directory);
     let (supervision, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let (decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
     let (guard_decisions, _) = broadcast::channel(EVENT_TAP_CAPACITY);
@@ -298,7 +300,11 @@ pub fn start(config: &Config, deps: ServerDeps) -> anyhow::Result<RunningServer>
                 .iter()
                 .map(|u| (u.id.clone(), u.strategies.iter().map(|s| s.symbol.clone()).collect()))
                 .collect();
-            (interval, users)
+            crate::actors::order_router::PeriodicReconcile {
+                interval,
+                weight_per_minute: config.reconcile_weight_per_minute,
+                users,
+            }
         }),
     };
     let (escalate, escalation) = oneshot::channel();

@@ -87,6 +87,9 @@ pub struct Directory {
     /// Woken each time a stream task applied an event to a book (an account sync waiting for its
     /// orders' final events listens). Notified by the stream tasks; awaited by account syncs.
     pub(crate) account_events_applied: tokio::sync::Notify,
+    /// Paces trader start-ups within their share of the request weight (`None`: a venue without a
+    /// weight limit). Set by the server at start; reserved from by trader start-ups.
+    start_up_pacer: parking_lot::Mutex<Option<crate::exchange::start_pacer::StartUpPacer>>,
 }
 
 /// When the order router last read parts of one account (venue time, ms).
@@ -260,6 +263,17 @@ impl Default for Directory {
 impl Directory {
     /// The same directory with `permits` persistence permits instead of the floor
     /// ([`crate::limits::persistence_in_flight_max`] sizes them for a fleet).
+    /// Trader start-ups take at most `weight_per_minute` of request weight together.
+    pub fn with_start_up_pacer(self, weight_per_minute: u32, now_ms: i64) -> Self {
+        *self.start_up_pacer.lock() = Some(crate::exchange::start_pacer::StartUpPacer::new(weight_per_minute, now_ms));
+        self
+    }
+
+    /// How long a trader start-up costing `weight` waits for its turn (ms; 0 without a pacer).
+    pub fn start_up_wait_ms(&self, weight: u32, now_ms: i64) -> u64 {
+        self.start_up_pacer.lock().as_mut().map_or(0, |pacer| pacer.reserve(weight, now_ms))
+    }
+
     pub fn with_persistence_permits(mut self, permits: usize) -> Self {
         self.persistence_permits = Arc::new(Semaphore::new(permits.max(1)));
         self
@@ -285,6 +299,7 @@ impl Directory {
             account_books: RwLock::default(),
             stream_updates_waiting: parking_lot::Mutex::default(),
             account_events_applied: tokio::sync::Notify::new(),
+            start_up_pacer: parking_lot::Mutex::default(),
             latest_monitor_run: RwLock::default(),
             metrics,
         }

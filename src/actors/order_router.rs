@@ -270,31 +270,73 @@ impl Actor for OrderRouter {
     type Context = Context<Self>;
 }
 
-/// Reconcile every listed user every `interval` (`[reconcile] interval_secs`): unresolved orders
-/// looked up and orphans cancelled, each action recorded. Positions are not re-synced here: a
-/// running trader keeps them current on every sync, and the database copy lags a fill by design
-/// until then (a periodic write would race the trader's); STATE-POSITION-SYNC watches them. The
-/// root sends it to every incarnation; a pass still running when the next is due is not doubled.
-#[derive(Debug, Message)]
+/// A reconciliation pass every `interval` (`[reconcile] interval_secs`), over the next users in
+/// turn as far as the pass's share of `weight_per_minute` pays for (a user's estimated cost: the
+/// position list, 5, and one open-orders listing per symbol): unresolved orders looked up and
+/// orphans cancelled, each action recorded, so every user is reconciled within
+/// [`PeriodicReconcile::coverage_ms`]. Positions are not re-synced here: a running trader keeps them
+/// current on every sync, and the database copy lags a fill by design until then (a periodic write
+/// would race the trader's); STATE-POSITION-SYNC watches them. The root sends it to every
+/// incarnation; a pass still running when the next is due is not doubled.
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct PeriodicReconcile {
     pub interval: Duration,
+    pub weight_per_minute: u32,
     pub users: Vec<(UserId, Vec<Symbol>)>,
+}
+
+/// Binance's weight for the position list a reconciliation's sweep reads.
+const RECONCILE_POSITION_LIST_WEIGHT: usize = 5;
+
+impl PeriodicReconcile {
+    /// Each user's estimated weight for one reconciliation.
+    fn costs(&self) -> Vec<(UserId, usize)> {
+        self.users
+            .iter()
+            .map(|(user, symbols)| (user.clone(), RECONCILE_POSITION_LIST_WEIGHT + symbols.len()))
+            .collect()
+    }
+
+    fn weight_per_pass(&self) -> u64 {
+        crate::failure_points::monitor::orphan_weight_per_run(self.weight_per_minute, self.interval.as_millis() as i64)
+    }
+
+    /// How long until every user was reconciled once: the passes one turn takes, times the interval.
+    pub fn coverage_ms(&self) -> i64 {
+        crate::failure_points::monitor::orphan_coverage_ms(
+            &self.costs(),
+            self.weight_per_pass(),
+            self.interval.as_millis() as i64,
+        )
+    }
 }
 
 impl Handler<PeriodicReconcile> for OrderRouter {
     type Result = ();
 
     fn handle(&mut self, message: PeriodicReconcile, ctx: &mut Context<Self>) {
-        let users = Arc::new(message.users);
+        tracing::info!(
+            interval_secs = message.interval.as_secs(),
+            weight_per_minute = message.weight_per_minute,
+            users = message.users.len(),
+            every_user_within_secs = message.coverage_ms() / 1_000,
+            "order router: periodic reconciliation planned"
+        );
+        let (costs, weight_per_pass) = (message.costs(), message.weight_per_pass());
+        let mut cursor = 0;
         ctx.run_interval(message.interval, move |router, ctx| {
             if router.draining || router.reconciling {
                 return;
             }
             router.reconciling = true;
-            let (context, placing, users) = (router.context.clone(), router.in_flight.clone(), users.clone());
+            // The rota (shared with the Monitor's orphan check): from the cursor on, in turn.
+            let (chosen, next) = crate::failure_points::monitor::orphan_batch(&costs, cursor, weight_per_pass);
+            cursor = next;
+            let users: Vec<UserId> = chosen.into_iter().map(|index| costs[index].0.clone()).collect();
+            let (context, placing) = (router.context.clone(), router.in_flight.clone());
             let pass = async move {
-                for (user, _symbols) in users.iter() {
+                for user in &users {
                     match reconcile_user(&context, user, &[], false, &placing).await {
                         Ok(report) => {
                             let changed = report.orphans_cancelled.len()
@@ -1356,5 +1398,26 @@ mod tests {
         assert!(merged.cancel_failures.is_empty(), "the later pass cancelled it");
         assert!(merged.unresolvable.is_empty(), "the later pass resolved it");
         assert_eq!(merged.waiting_orders(), 1, "an open order is not settled: its fills are still to come");
+    }
+
+    #[test]
+    fn periodic_reconciliation_takes_users_in_turn_within_its_weight() {
+        let plan = |users: usize, symbols_each: usize| PeriodicReconcile {
+            interval: Duration::from_secs(300),
+            weight_per_minute: 240,
+            users: (0..users)
+                .map(|n| {
+                    let symbols = (0..symbols_each).map(|_| Symbol::new("XRPUSDT").unwrap()).collect();
+                    (UserId::new(&format!("u{n}")).unwrap(), symbols)
+                })
+                .collect(),
+        };
+        // 240 a minute over 300 s pays 1,200 a pass: four users (6 each) every pass.
+        assert_eq!(plan(4, 1).weight_per_pass(), 1_200);
+        assert_eq!(plan(4, 1).coverage_ms(), 300_000);
+        // 1,000 users on one symbol each: 200 a pass, every user within five passes (25 minutes).
+        assert_eq!(plan(1_000, 1).coverage_ms(), 5 * 300_000);
+        // Three symbols each (8): 150 a pass, seven passes.
+        assert_eq!(plan(1_000, 3).coverage_ms(), 7 * 300_000);
     }
 }

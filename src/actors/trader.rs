@@ -365,6 +365,13 @@ async fn start_up(
     feeds: Vec<(Symbol, Timeframe)>,
     recipient: Recipient<CandleClosed>,
 ) -> Result<((TraderState, Vec<GuardLock>), ReconcileReport), AccountError> {
+    let symbols = feeds.iter().map(|(symbol, _)| symbol).collect::<std::collections::BTreeSet<_>>().len();
+    let weight = crate::exchange::start_pacer::start_up_weight(symbols);
+    let wait_ms = seed.directory.start_up_wait_ms(weight, seed.clock.now_ms());
+    if wait_ms > 0 {
+        tracing::info!(user = %seed.user, wait_ms, weight, "trader start-up: waiting for its turn within [exchange] start_up_weight_per_minute");
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

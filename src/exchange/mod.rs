@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod guarded;
 pub mod paper;
 pub mod retry;
+pub mod start_pacer;
 
 use std::fmt;
 

@@ -57,12 +57,9 @@ pub struct TreeSettings {
     pub http: Option<HttpSettings>,
     /// The circuit breakers of the other external APIs (intelligence, notification destinations).
     pub external_breaker: crate::exchange::breaker::BreakerPolicy,
-    /// Periodic reconciliation: how often, and every user with their symbols.
-    pub reconcile: Option<(Duration, UserSymbols)>,
+    /// Periodic reconciliation: how often, within what weight, every user with their symbols.
+    pub reconcile: Option<PeriodicReconcile>,
 }
-
-/// Every user with the symbols it trades.
-pub type UserSymbols = Vec<(UserId, Vec<crate::domain::Symbol>)>;
 
 /// The arbiters (threads) of the shared actors.
 #[derive(Debug, Clone)]
@@ -261,10 +258,9 @@ impl RootSupervisor {
                     move || OrderRouter::new(exchange, directory, clock, settings),
                     on_exit,
                 );
-                if let Some((interval, users)) = &self.settings.reconcile {
+                if let Some(plan) = &self.settings.reconcile {
                     // A fresh mailbox: the one message fits.
-                    let plan = PeriodicReconcile { interval: *interval, users: users.clone() };
-                    if addr.try_send(plan).is_err() {
+                    if addr.try_send(plan.clone()).is_err() {
                         tracing::error!("order router: periodic reconciliation could not be started");
                     }
                 }
