@@ -381,6 +381,12 @@ impl Exchange for CountingExchange {
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
         self.inner.position(account, symbol).await
     }
+    async fn positions_and_open_orders(
+        &self,
+        account: &UserId,
+    ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError> {
+        Ok((self.positions(account).await?, self.open_orders(account, None).await?))
+    }
     async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
         self.inner.positions(account).await
     }

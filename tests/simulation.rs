@@ -457,6 +457,12 @@ impl Exchange for SimExchange {
     async fn position(&self, account: &UserId, symbol: &Symbol) -> Result<Position, ExchangeError> {
         self.read(account.as_str(), "position", POSITION_FAULTS, self.inner.position(account, symbol)).await
     }
+    async fn positions_and_open_orders(
+        &self,
+        account: &UserId,
+    ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError> {
+        Ok((self.positions(account).await?, self.open_orders(account, None).await?))
+    }
     async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
         self.read(account.as_str(), "positions", POSITION_FAULTS, self.inner.positions(account)).await
     }

@@ -292,6 +292,14 @@ impl Exchange for BreakerExchange {
         self.guarded(Scope::Account(account), "positions", self.inner.positions(account)).await
     }
 
+    async fn positions_and_open_orders(
+        &self,
+        account: &UserId,
+    ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError> {
+        let read = self.inner.positions_and_open_orders(account);
+        self.guarded(Scope::Account(account), "positions_and_open_orders", read).await
+    }
+
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
         self.guarded(Scope::Account(account), "balance", self.inner.balance(account)).await
     }

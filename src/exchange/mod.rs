@@ -255,18 +255,14 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     -> Result<Vec<ExchangeOrder>, ExchangeError>;
 
     /// Every position and every open order of the account, read the cheapest way the venue offers
-    /// (an account snapshot; a start-up's sweep for orphans). By default [`Exchange::positions`]
-    /// and one listing of every open order. Binance overrides it: its position list names every
-    /// symbol with a position or an open order, so only those are listed (weight 5 + 1 a symbol
-    /// instead of 5 + 40).
+    /// (an account snapshot; a start-up's sweep for orphans). Binance: its position list names
+    /// every symbol with a position or an open order, so only those are listed (weight 5 + 1 a
+    /// symbol instead of 5 + 40). No default: a wrapper that forgot to forward it would silently
+    /// pay the dearest listing on every start-up.
     async fn positions_and_open_orders(
         &self,
         account: &UserId,
-    ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError> {
-        let positions = self.positions(account).await?;
-        let open_orders = self.open_orders(account, None).await?;
-        Ok((positions, open_orders))
-    }
+    ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError>;
 
     /// The account's fills on a symbol at or after `since_ms` (exchange time), oldest first.
     async fn fills(&self, account: &UserId, symbol: &Symbol, since_ms: i64) -> Result<Vec<Fill>, ExchangeError>;

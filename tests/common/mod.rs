@@ -427,6 +427,12 @@ impl Exchange for ScriptedExchange {
         self.count("position");
         self.inner.position(account, symbol).await
     }
+    async fn positions_and_open_orders(
+        &self,
+        account: &UserId,
+    ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError> {
+        Ok((self.positions(account).await?, self.open_orders(account, None).await?))
+    }
     async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
         self.check_credentials(account)?;
         self.count("positions");

@@ -352,6 +352,13 @@ impl Exchange for PaperExchange {
         self.call(move |venue, wall_ms, changes| venue.positions(&account, wall_ms, changes)).await
     }
 
+    async fn positions_and_open_orders(
+        &self,
+        account: &UserId,
+    ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError> {
+        Ok((self.positions(account).await?, self.open_orders(account, None).await?))
+    }
+
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
         let account = account.clone();
         self.call(move |venue, wall_ms, changes| venue.balance(&account, wall_ms, changes)).await
