@@ -120,7 +120,14 @@ struct Inner {
     /// The next free slot (local ms) for a stream connection (`stream_connects_per_second`):
     /// taken by each connecting stream task.
     stream_connect_slot_ms: Mutex<i64>,
+    /// Requests that waited for weight budget since the last log line about it, and when that
+    /// line was written (local ms): a fleet waiting together logs one line every
+    /// `BUDGET_WAIT_LOG_INTERVAL_MS`, not one per request. Written by `admit`.
+    budget_waits: Mutex<(u64, i64)>,
 }
+
+/// At most one "waiting for weight budget" line this often.
+const BUDGET_WAIT_LOG_INTERVAL_MS: i64 = 10_000;
 
 /// The client. Cheap to clone; one serves every account on one host.
 #[derive(Clone)]
@@ -237,6 +244,7 @@ impl BinanceClient {
                 rules: Mutex::new(None),
                 stats: Mutex::new((BTreeMap::new(), 0)),
                 stream_connect_slot_ms: Mutex::new(i64::MIN),
+                budget_waits: Mutex::new((0, i64::MIN)),
             }),
             io: Arc::new(IoRuntime(Some(runtime))),
         })
@@ -346,12 +354,26 @@ impl Inner {
                 Admission::Go => return Ok(()),
                 Admission::Refuse(error) => return Err(error),
                 Admission::Wait { ms } if waited_ms + ms <= BUDGET_WAIT_MS_MAX => {
-                    tracing::warn!(wait_ms = ms, weight, "binance: request weight budget nearly spent; waiting");
+                    self.note_budget_wait(ms, weight);
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     waited_ms += ms;
                 }
                 Admission::Wait { ms } => return Err(ExchangeError::RateLimited { retry_after_ms: ms }),
             }
+        }
+    }
+
+    /// Logs that requests wait for weight budget, at most once per `BUDGET_WAIT_LOG_INTERVAL_MS`
+    /// with how many waited since the last line.
+    fn note_budget_wait(&self, wait_ms: u64, weight: u32) {
+        let now_ms = self.local.now_ms();
+        let mut waits = self.budget_waits.lock();
+        waits.0 += 1;
+        if now_ms.saturating_sub(waits.1) >= BUDGET_WAIT_LOG_INTERVAL_MS {
+            let requests_waiting = waits.0;
+            *waits = (0, now_ms);
+            drop(waits);
+            tracing::warn!(wait_ms, weight, requests_waiting, "binance: request weight budget nearly spent; waiting");
         }
     }
 
