@@ -266,16 +266,22 @@ def cold_start_run(binary, work, users, symbols, candle_interval_ms, seed, limit
         first_outcomes[outcome] = first_outcomes.get(outcome, 0) + 1
     connection.close()
 
-    def market_at(wall):
-        earlier = [sample for sample in samples if sample[0] <= wall]
-        return (earlier[-1] if earlier else samples[0])[1]
+    # When each candle close was first decided on by anyone (wall ms): the close came before it.
+    connection = sqlite3.connect(f"file:{run_dir / 'data' / 'bulwark.db'}?mode=ro", uri=True)
+    first_decided_wall_ms = dict(connection.execute(
+        "SELECT candle_close_ms, MIN(decided_at_ms) FROM decisions WHERE candle_close_ms IS NOT NULL "
+        "GROUP BY candle_close_ms"
+    ).fetchall())
+    connection.close()
 
     on_first_close, late = 0, []
     for user, ready_wall in ready.items():
-        # The first candle that closes after the user is ready ends at the next 5-minute boundary.
-        first_close_after_ms = (market_at(ready_wall) // BASE_MS + 1) * BASE_MS - 1
+        # The first close after the user was ready: the first one nobody had decided on before
+        # (counted against bulwark when a close came just before ready and was decided just after).
+        after = [close for close, wall_ms in first_decided_wall_ms.items() if wall_ms > ready_wall * 1000]
+        first_close_after_ms = min(after) if after else None
         decided = first_decided.get(user)
-        if decided is not None and decided <= first_close_after_ms:
+        if decided is not None and (first_close_after_ms is None or decided <= first_close_after_ms):
             on_first_close += 1
         else:
             late.append((user, decided, first_close_after_ms))
@@ -336,6 +342,9 @@ def main():
     parser.add_argument("--cold-start-users", type=int, default=500,
                         help="users of the cold start at Binance's weight limit (0: skip it)")
     parser.add_argument("--cold-start-limit-s", type=int, default=1200)
+    parser.add_argument("--cold-start-candle-interval-ms", type=int, default=30_000,
+                        help="slower than the steady-state runs: 20 feeds' klines every 6 s would take half the "
+                             "budget, where real 5-minute candles take almost none")
     parser.add_argument("--cold-start-only", action="store_true",
                         help="measure only the cold start; replace its section of --out and keep the rest")
     args = parser.parse_args()
@@ -348,8 +357,8 @@ def main():
     if args.cold_start_only:
         print(f"bench-weight: cold start of {args.cold_start_users} users at {BINANCE_WEIGHT_LIMIT_PER_MINUTE:,} "
               "weight a minute", file=sys.stderr)
-        cold = cold_start_run(binary, work, args.cold_start_users, args.symbols, args.candle_interval_ms, args.seed,
-                              args.cold_start_limit_s)
+        cold = cold_start_run(binary, work, args.cold_start_users, args.symbols, args.cold_start_candle_interval_ms,
+                              args.seed, args.cold_start_limit_s)
         kept = pathlib.Path(args.out).read_text().split("## Cold start")[0].rstrip("\n").split("\n")
         write_report(args, kept + [""] + cold_start_lines(args, cold))
         return
@@ -363,8 +372,8 @@ def main():
     if args.cold_start_users:
         print(f"bench-weight: cold start of {args.cold_start_users} users at {BINANCE_WEIGHT_LIMIT_PER_MINUTE:,} "
               "weight a minute", file=sys.stderr)
-        cold = cold_start_run(binary, work, args.cold_start_users, args.symbols, args.candle_interval_ms, args.seed,
-                              args.cold_start_limit_s)
+        cold = cold_start_run(binary, work, args.cold_start_users, args.symbols, args.cold_start_candle_interval_ms,
+                              args.seed, args.cold_start_limit_s)
     first = max(candle_range(streams)[0], candle_range(rest)[0])
     last = min(candle_range(streams)[1], candle_range(rest)[1])
     on_streams = decisions_by_candle(streams, first, last)
@@ -460,7 +469,9 @@ def cold_start_lines(args, cold):
         "weight a minute (the client's own budget the same; start-ups within the default "
         f"`start_up_weight_per_minute = {COLD_START_WEIGHT_PER_MINUTE:,}`), account streams on, 5 stream connects a "
         "second, "
-        f"{args.symbols} symbols, fresh accounts and database: {ready_text}{per_thousand}. "
+        f"{args.symbols} symbols, one 5-minute candle per {args.cold_start_candle_interval_ms:,} ms, fresh accounts and "
+        f"database: {ready_text}{per_thousand} (raising `start_up_weight_per_minute` shortens it, taking weight from "
+        "the running traders). "
         f"{cold['on_first_close']:,} of the {cold['ready']:,} ready users decided on the first candle that closed "
         f"after they were ready (first decisions by outcome: {cold['first_outcomes']})"
         + (f"; the others ({cold['late_count']:,}; user, first decided close, first close after ready): "
