@@ -220,7 +220,8 @@ async fn every_endpoint_answers_and_refuses_what_it_should() {
         "bulwark_outbox_depth 0",
         "bulwark_actor_restarts_total{actor=\"trader\",user=\"u2\"}",
         "bulwark_exchange_requests_total{endpoint=\"klines\",outcome=\"ok\"}",
-        "bulwark_exchange_request_seconds_bucket{endpoint=\"position\",le=",
+        // Every trader start reads the account's positions and open orders.
+        "bulwark_exchange_request_seconds_bucket{endpoint=\"positions_and_open_orders\",le=",
     ] {
         assert!(text.contains(needle), "{needle} missing from /metrics:\n{text}");
     }
