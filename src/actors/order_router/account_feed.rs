@@ -33,6 +33,8 @@ pub(super) type SharedBook = Arc<Mutex<AccountBook>>;
 const WAITING_UPDATE_KEEP_MS: i64 = 10 * 60_000;
 /// Orders with updates waiting, at most (beyond it an update is left to the REST resolution).
 const WAITING_ORDERS_MAX: usize = 4_096;
+/// Updates kept for one order, at most (beyond it the order is left to the REST resolution).
+const WAITING_UPDATES_PER_ORDER_MAX: usize = 64;
 
 /// One order update from the stream, with the fill it carried.
 type StreamUpdate = (ExchangeOrder, Option<Fill>);
@@ -45,14 +47,19 @@ pub struct WaitingUpdates {
 }
 
 impl WaitingUpdates {
-    /// Keeps `update` for its order; `false` when it cannot be kept (too many orders waiting).
+    /// Keeps `update` for its order; `false` when it cannot be kept (too many orders waiting, or
+    /// too many updates of this one).
     fn keep(&mut self, order: ExchangeOrder, fill: Option<Fill>, now_ms: i64) -> bool {
         self.orders.retain(|_, (since_ms, _)| now_ms - *since_ms < WAITING_UPDATE_KEEP_MS);
         let id = order.client_order_id.clone();
         if !self.orders.contains_key(&id) && self.orders.len() >= WAITING_ORDERS_MAX {
             return false;
         }
-        self.orders.entry(id).or_insert_with(|| (now_ms, Vec::new())).1.push((order, fill));
+        let updates = &mut self.orders.entry(id).or_insert_with(|| (now_ms, Vec::new())).1;
+        if updates.len() >= WAITING_UPDATES_PER_ORDER_MAX {
+            return false;
+        }
+        updates.push((order, fill));
         true
     }
 
@@ -462,6 +469,12 @@ mod tests {
         // Past the keep time the old ones are let go, so a new order fits again.
         assert!(waiting.keep(order_with_id("bw-u1-new"), None, WAITING_UPDATE_KEEP_MS));
         assert_eq!(waiting.orders.len(), 1);
+        // One order's updates are bounded too.
+        let mut one = WaitingUpdates::default();
+        for _ in 0..WAITING_UPDATES_PER_ORDER_MAX {
+            assert!(one.keep(order_with_id("bw-u1-7"), None, 0));
+        }
+        assert!(!one.keep(order_with_id("bw-u1-7"), None, 0));
         assert!(waiting.take(&ClientOrderId::parse("bw-u1-0").unwrap()).is_empty());
     }
 }
