@@ -284,6 +284,17 @@ impl BinanceClient {
         }
     }
 
+    /// Every row of the account's v3 position list (no symbol: weight 5).
+    async fn position_rows(&self, account: &UserId) -> Result<Vec<models::PositionRow>, ExchangeError> {
+        let account = account.clone();
+        let body = self
+            .read(move || {
+                Call::new(Method::GET, "/fapi/v3/positionRisk", "GET /fapi/v3/positionRisk", 5).signed(&account)
+            })
+            .await?;
+        models::parse("GET /fapi/v3/positionRisk", &body)
+    }
+
     async fn read(&self, call: impl Fn() -> Call + Send + Sync + 'static) -> Result<String, ExchangeError> {
         self.on_io(Effect::Read, |inner| Box::pin(async move { inner.send_with_retries(&call).await })).await
     }
@@ -621,14 +632,7 @@ impl Exchange for BinanceClient {
     }
 
     async fn positions(&self, account: &UserId) -> Result<Vec<Position>, ExchangeError> {
-        let account = account.clone();
-        let body = self
-            .read(move || {
-                Call::new(Method::GET, "/fapi/v3/positionRisk", "GET /fapi/v3/positionRisk", 5).signed(&account)
-            })
-            .await?;
-        let rows: Vec<models::PositionRow> = models::parse("GET /fapi/v3/positionRisk", &body)?;
-        models::positions(&rows)
+        models::positions(&self.position_rows(account).await?)
     }
 
     async fn balance(&self, account: &UserId) -> Result<Balance, ExchangeError> {
@@ -728,11 +732,7 @@ impl Exchange for BinanceClient {
         &self,
         account: &UserId,
     ) -> Result<(Vec<Position>, Vec<ExchangeOrder>), ExchangeError> {
-        let key = account.clone();
-        let body = self
-            .read(move || Call::new(Method::GET, "/fapi/v3/positionRisk", "GET /fapi/v3/positionRisk", 5).signed(&key))
-            .await?;
-        let rows: Vec<models::PositionRow> = models::parse("GET /fapi/v3/positionRisk", &body)?;
+        let rows = self.position_rows(account).await?;
         let positions = models::positions(&rows)?;
         // v3 lists every symbol with a position or an open order: a symbol not listed has none.
         let listed = models::listed_symbols(&rows)?;
