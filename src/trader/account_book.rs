@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use rust_decimal::Decimal;
 
 use crate::domain::{AccountEvent, ExchangeOrder, Fill, Position, Symbol};
+use crate::trader::stream_link::{LinkSettings, LinkState, StreamLink};
 
 /// How much the book trusts and remembers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,17 @@ impl Default for BookSettings {
             reconnect_backoff_ms_initial: 1_000,
             reconnect_backoff_ms_max: 60_000,
             connection_stable_ms: 60_000,
+        }
+    }
+}
+
+impl BookSettings {
+    fn link_settings(&self) -> LinkSettings {
+        LinkSettings {
+            silence_ms_max: self.silence_ms_max,
+            reconnect_backoff_ms_initial: self.reconnect_backoff_ms_initial,
+            reconnect_backoff_ms_max: self.reconnect_backoff_ms_max,
+            connection_stable_ms: self.connection_stable_ms,
         }
     }
 }
@@ -122,15 +134,6 @@ struct Known<T> {
     as_of_ms: i64,
 }
 
-/// The stream connection as the book last heard of it (local wall ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
-    Never,
-    Connecting { since_ms: i64 },
-    Up { connection: u64, since_ms: i64, last_heard_ms: i64 },
-    Down { since_ms: i64 },
-}
-
 /// A bounded set that forgets its oldest member first.
 #[derive(Debug, Default)]
 struct Recent {
@@ -169,9 +172,8 @@ impl Recent {
 #[derive(Debug)]
 pub struct AccountBook {
     settings: BookSettings,
-    link: Link,
-    /// Connections seen so far (the next one gets this number).
-    connections: u64,
+    /// The account stream's connection (up, heard from when; backoff after failures).
+    link: StreamLink,
     /// The connection a snapshot was requested on, once one was applied.
     snapshot_connection: Option<u64>,
     positions: BTreeMap<Symbol, Known<Position>>,
@@ -184,21 +186,13 @@ pub struct AccountBook {
     /// The venue time of the newest fill seen on each symbol: a position known as of earlier has
     /// not caught up with it yet (Binance may send the order update before the account update).
     newest_fill_ms: BTreeMap<Symbol, i64>,
-    /// Connections that failed or ended early in a row (reset by one that stayed up
-    /// `connection_stable_ms`).
-    failures_in_a_row: u32,
-    /// No reconnect before this (local ms) unless asked for explicitly; `None`: any time.
-    reconnect_not_before_ms: Option<i64>,
-    /// The jitter's generator state (seeded per account, so accounts spread apart).
-    jitter_state: u64,
 }
 
 impl AccountBook {
     pub fn new(settings: BookSettings) -> Self {
         Self {
             settings,
-            link: Link::Never,
-            connections: 0,
+            link: StreamLink::new(settings.link_settings()),
             snapshot_connection: None,
             positions: BTreeMap::new(),
             wallet_usdt: None,
@@ -206,145 +200,88 @@ impl AccountBook {
             final_orders: Recent::with_capacity(settings.final_orders_remembered),
             trades: Recent::with_capacity(settings.trades_remembered),
             newest_fill_ms: BTreeMap::new(),
-            failures_in_a_row: 0,
-            reconnect_not_before_ms: None,
-            jitter_state: 0x9E37_79B9_7F4A_7C15,
         }
     }
 
     /// The same book with its reconnect jitter seeded by `seed` (the account's: accounts that drop
     /// together come back spread apart; the same seed waits the same).
     pub fn with_jitter_seed(mut self, seed: u64) -> Self {
-        self.jitter_state = seed;
+        self.link = self.link.with_jitter_seed(seed);
         self
     }
 
     /// Whether a connection may be asked for at `now_ms` (`Err`: not before that local ms; a
     /// reconnect asked for by an operator or the Healer does not wait).
     pub fn reconnect_due(&self, now_ms: i64) -> Result<(), i64> {
-        match self.reconnect_not_before_ms {
-            Some(not_before_ms) if now_ms < not_before_ms => Err(not_before_ms),
-            _ => Ok(()),
-        }
+        self.link.reconnect_due(now_ms)
     }
 
     /// Connections that failed or ended early in a row.
     pub fn failures_in_a_row(&self) -> u32 {
-        self.failures_in_a_row
-    }
-
-    /// The connection asked for failed or ended at `now_ms`; `stable` when it had stayed up long
-    /// enough to count as healthy. Sets when the next may be asked for.
-    fn schedule_reconnect(&mut self, now_ms: i64, stable: bool) {
-        self.failures_in_a_row = if stable { 1 } else { self.failures_in_a_row.saturating_add(1) };
-        let doublings = (self.failures_in_a_row - 1).min(30);
-        let backoff_ms = self
-            .settings
-            .reconnect_backoff_ms_initial
-            .max(1)
-            .saturating_mul(1_i64 << doublings)
-            .min(self.settings.reconnect_backoff_ms_max.max(1));
-        let half_ms = backoff_ms / 2;
-        let jitter_ms = (self.next_jitter() % (backoff_ms - half_ms + 1) as u64) as i64;
-        self.reconnect_not_before_ms = Some(now_ms + half_ms + jitter_ms);
-    }
-
-    /// splitmix64: enough to spread accounts apart, and deterministic for a seed.
-    fn next_jitter(&mut self) -> u64 {
-        self.jitter_state = self.jitter_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.jitter_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.link.failures_in_a_row()
     }
 
     /// A connection was asked for at `now_ms`; it counts as up once it says something
     /// ([`AccountBook::stream_connected`]).
     pub fn stream_connecting(&mut self, now_ms: i64) {
-        self.link = Link::Connecting { since_ms: now_ms };
-        self.reconnect_not_before_ms = None;
+        self.link.connecting(now_ms);
     }
 
     /// Whether a connection was asked for and has not said anything yet.
     pub fn is_connecting(&self) -> bool {
-        matches!(self.link, Link::Connecting { .. })
+        self.link.is_connecting()
     }
 
     /// A connection asked for ended before it said anything (the handshake failed).
     pub fn stream_failed(&mut self, now_ms: i64) {
-        if self.is_connecting() {
-            self.link = Link::Down { since_ms: now_ms };
-            self.schedule_reconnect(now_ms, false);
-        }
+        self.link.failed(now_ms);
     }
 
     /// The stream connected at `now_ms`: a new connection, on which a snapshot must be read again
     /// before the book is verified. Returns the connection's number (pass it to
     /// [`AccountBook::apply_snapshot`] with a snapshot requested after this).
     pub fn stream_connected(&mut self, now_ms: i64) -> u64 {
-        self.connections += 1;
-        self.link = Link::Up { connection: self.connections, since_ms: now_ms, last_heard_ms: now_ms };
-        self.connections
+        self.link.connected(now_ms)
     }
 
     /// The stream dropped (or was found silent) at `now_ms`.
     pub fn stream_disconnected(&mut self, now_ms: i64) {
-        self.end_link(now_ms);
+        self.link.disconnected(now_ms);
     }
 
     /// Connection number `connection` ended at `now_ms`; a newer connection already up stays up.
     pub fn stream_ended(&mut self, connection: u64, now_ms: i64) {
-        if matches!(self.link, Link::Up { connection: up, .. } if up == connection) {
-            self.end_link(now_ms);
-        }
-    }
-
-    fn end_link(&mut self, now_ms: i64) {
-        let stable = match self.link {
-            Link::Down { .. } => return,
-            Link::Up { since_ms, .. } => now_ms - since_ms >= self.settings.connection_stable_ms,
-            Link::Never | Link::Connecting { .. } => false,
-        };
-        self.link = Link::Down { since_ms: now_ms };
-        self.schedule_reconnect(now_ms, stable);
+        self.link.ended(connection, now_ms);
     }
 
     /// The stream answered a keepalive (or delivered anything) at `now_ms`.
     pub fn heard(&mut self, now_ms: i64) {
-        if let Link::Up { last_heard_ms, .. } = &mut self.link {
-            *last_heard_ms = (*last_heard_ms).max(now_ms);
-        }
+        self.link.heard(now_ms);
     }
 
     /// The connection a snapshot requested now would be read on (`None` while the stream is down:
     /// such a snapshot sets the book but cannot verify it).
     pub fn connection(&self) -> Option<u64> {
-        match self.link {
-            Link::Up { connection, .. } => Some(connection),
-            _ => None,
-        }
+        self.link.connection()
     }
 
     /// Connections made so far (one more with each reconnect).
     pub fn connections(&self) -> u64 {
-        self.connections
+        self.link.connections()
     }
 
     /// When the connection up now was last heard from (`None` while it is down).
     pub fn last_heard_ms(&self) -> Option<i64> {
-        match self.link {
-            Link::Up { last_heard_ms, .. } => Some(last_heard_ms),
-            _ => None,
-        }
+        self.link.last_heard_ms()
     }
 
     /// Whether a decision may trust the book at `now_ms`, or why not.
     pub fn verification(&self, now_ms: i64) -> Result<(), Unverified> {
-        match self.link {
-            Link::Never => Err(Unverified::NeverConnected),
-            Link::Connecting { since_ms } => Err(Unverified::Connecting { since_ms }),
-            Link::Down { since_ms } => Err(Unverified::Disconnected { since_ms }),
-            Link::Up { connection, since_ms, last_heard_ms } => {
+        match self.link.state() {
+            LinkState::Never => Err(Unverified::NeverConnected),
+            LinkState::Connecting { since_ms } => Err(Unverified::Connecting { since_ms }),
+            LinkState::Down { since_ms } => Err(Unverified::Disconnected { since_ms }),
+            LinkState::Up { connection, since_ms, last_heard_ms } => {
                 if self.snapshot_connection != Some(connection) {
                     Err(Unverified::NoSnapshotOnThisConnection { connected_since_ms: since_ms })
                 } else if now_ms - last_heard_ms > self.settings.silence_ms_max {

@@ -6,3 +6,4 @@ pub mod account_book;
 pub mod core;
 pub mod memory;
 pub mod risk;
+pub mod stream_link;
