@@ -362,6 +362,12 @@ impl Exchange for CountingExchange {
     fn account_stream(&self, account: &bulwark::domain::UserId) -> Option<bulwark::exchange::AccountStream> {
         self.inner.account_stream(account)
     }
+    fn candle_stream(
+        &self,
+        feeds: &[(bulwark::domain::Symbol, bulwark::domain::Timeframe)],
+    ) -> Option<bulwark::exchange::CandleStream> {
+        self.inner.candle_stream(feeds)
+    }
     async fn probe_time_ms(&self) -> Result<bulwark::exchange::TimeProbe, ExchangeError> {
         self.inner.probe_time_ms().await
     }

@@ -144,6 +144,9 @@ pub struct BinanceVenueConfig {
     /// Whether each account's user data stream is followed (its decisions then read the account
     /// book it keeps, without a request).
     pub user_data_stream: bool,
+    /// Whether closed candles come from the market kline streams (REST klines then only backfill
+    /// what a connection missed) instead of a REST request after each close.
+    pub market_stream: bool,
     /// The WebSocket base: `<stream_url>/private/ws/<listenKey>` (`wss://fstream.binance.com` for
     /// production; by default the base URL's host with a `ws(s)` scheme).
     pub stream_url: Url,
@@ -688,6 +691,7 @@ struct RawExchange {
     weight_limit_per_minute: i64,
     poll_interval_ms: i64,
     user_data_stream: bool,
+    market_stream: bool,
     stream_url: Option<String>,
     listen_key_keepalive_secs: i64,
     stream_connects_per_second: i64,
@@ -707,6 +711,7 @@ impl Default for RawExchange {
             weight_limit_per_minute: 2_400,
             poll_interval_ms: 1_000,
             user_data_stream: true,
+            market_stream: true,
             stream_url: None,
             listen_key_keepalive_secs: 1_800,
             stream_connects_per_second: 5,
@@ -1315,6 +1320,7 @@ impl Validator {
                         weight_limit_per_minute,
                         poll_interval,
                         user_data_stream: raw.user_data_stream,
+                        market_stream: raw.market_stream,
                         stream_url,
                         listen_key_keepalive: Duration::from_secs(keepalive_secs as u64),
                         stream_connects_per_second,

@@ -73,6 +73,14 @@ pub const PAPER_VENUE_QUEUE_MAX: usize = 1024;
 /// behind is disconnected (its book is then unverified until it re-reads the account).
 pub const ACCOUNT_STREAM_QUEUE_MAX: usize = 1024;
 
+/// Streams one market connection carries at most (Binance: 1,024 since 2025-07-02); more feeds
+/// take more connections.
+pub const MARKET_STREAMS_PER_CONNECTION_MAX: usize = 1_024;
+
+/// Market events a connection holds for a listener that has not read them; one that falls this far
+/// behind is disconnected (its feeds are then fetched by REST until it is back).
+pub const MARKET_STREAM_QUEUE_MAX: usize = 4_096;
+
 /// How often (wall ms) the paper exchange tells each listening account its stream is alive; well
 /// inside an account book's silence bound (`trader::account_book::BookSettings::silence_ms_max`).
 pub const PAPER_STREAM_HEARTBEAT_MS: i64 = 10_000;

@@ -442,6 +442,13 @@ impl Exchange for SimExchange {
     fn account_stream(&self, _account: &bulwark::domain::UserId) -> Option<bulwark::exchange::AccountStream> {
         None
     }
+    /// Candles by REST, for the same reason (a stream's arrival races the replay's requests).
+    fn candle_stream(
+        &self,
+        _feeds: &[(bulwark::domain::Symbol, bulwark::domain::Timeframe)],
+    ) -> Option<bulwark::exchange::CandleStream> {
+        None
+    }
     async fn probe_time_ms(&self) -> Result<bulwark::exchange::TimeProbe, ExchangeError> {
         self.inner.probe_time_ms().await
     }

@@ -9,7 +9,17 @@
 
 use rust_decimal::Decimal;
 
-use crate::domain::{ExchangeOrder, Fill, Symbol};
+use crate::domain::{Candle, ExchangeOrder, Fill, Symbol, Timeframe};
+
+/// What a venue's market stream pushes (`Exchange::candle_stream`): a candle the moment it
+/// closed (Binance: a kline event with `k.x = true`), or a sign of life (a ping, an update of a
+/// candle still forming) that keeps a quiet connection from being taken for a silent one. The
+/// first message of every connection is a `Heartbeat`: the connection is up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarketEvent {
+    Heartbeat,
+    CandleClosed { symbol: Symbol, timeframe: Timeframe, candle: Candle, event_ms: i64 },
+}
 
 /// One event of one account's stream. (Most events are order updates, the larger variant: boxing
 /// it would cost an allocation per event to save space on the rarer one.)

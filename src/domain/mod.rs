@@ -9,7 +9,7 @@ mod money;
 mod order;
 mod position;
 
-pub use events::{AccountEvent, BalanceUpdate, EventTimes, PositionUpdate};
+pub use events::{AccountEvent, BalanceUpdate, EventTimes, MarketEvent, PositionUpdate};
 pub use ids::{ClientOrderId, IdError, Symbol, UserId};
 pub use market::{Candle, DataProblem, Timeframe, validate_candles};
 pub(crate) use money::decimal_to_f64;

@@ -236,6 +236,10 @@ impl Exchange for BreakerExchange {
         self.inner.account_stream(account)
     }
 
+    fn candle_stream(&self, feeds: &[(Symbol, Timeframe)]) -> Option<crate::exchange::CandleStream> {
+        self.inner.candle_stream(feeds)
+    }
+
     async fn probe_time_ms(&self) -> Result<crate::exchange::TimeProbe, ExchangeError> {
         self.guarded(Scope::Host("time"), "time", self.inner.probe_time_ms()).await
     }

@@ -24,6 +24,9 @@ use crate::domain::{
 /// One account's user data stream (see [`Exchange::account_stream`]).
 pub type AccountStream = tokio::sync::mpsc::Receiver<crate::domain::AccountEvent>;
 
+/// One market connection's events (see [`Exchange::candle_stream`]).
+pub type CandleStream = tokio::sync::mpsc::Receiver<crate::domain::MarketEvent>;
+
 /// What a caller may do after an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -174,6 +177,14 @@ pub trait Exchange: Send + Sync + fmt::Debug {
     /// venue has no stream for it (the Binance client does not open user data streams yet), and
     /// its account is read by REST only. A new call replaces the previous stream of the account.
     fn account_stream(&self, account: &UserId) -> Option<AccountStream>;
+
+    /// One new connection pushing the closed candles of `feeds` (at most
+    /// [`crate::limits::MARKET_STREAMS_PER_CONNECTION_MAX`]), each the moment the venue closes it;
+    /// its first message says it is up, and it ends when the connection does (the caller reconnects
+    /// and fetches by REST what it missed). `None`: this venue has no market stream, and candles
+    /// are fetched by REST after each close. No default: a wrapper that forgot to forward it would
+    /// silently poll a venue that streams.
+    fn candle_stream(&self, feeds: &[(Symbol, Timeframe)]) -> Option<CandleStream>;
 
     /// The exchange's current time in the time base of its candles.
     async fn server_time_ms(&self) -> Result<i64, ExchangeError>;

@@ -37,9 +37,17 @@ impl Default for LinkSettings {
 pub enum LinkState {
     Never,
     /// Asked for then; nothing heard on it yet.
-    Connecting { since_ms: i64 },
-    Up { connection: u64, since_ms: i64, last_heard_ms: i64 },
-    Down { since_ms: i64 },
+    Connecting {
+        since_ms: i64,
+    },
+    Up {
+        connection: u64,
+        since_ms: i64,
+        last_heard_ms: i64,
+    },
+    Down {
+        since_ms: i64,
+    },
 }
 
 /// One stream's connection history. Written by whoever follows the stream; read by its checks.

@@ -401,6 +401,12 @@ impl Exchange for ScriptedExchange {
     fn venue_pace(&self) -> bulwark::clock::VenuePace {
         self.inner.venue_pace()
     }
+    fn candle_stream(
+        &self,
+        feeds: &[(bulwark::domain::Symbol, bulwark::domain::Timeframe)],
+    ) -> Option<bulwark::exchange::CandleStream> {
+        self.inner.candle_stream(feeds)
+    }
     fn account_stream(&self, account: &bulwark::domain::UserId) -> Option<bulwark::exchange::AccountStream> {
         if !self.streams_accounts {
             return None;

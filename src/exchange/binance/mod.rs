@@ -14,9 +14,11 @@
 pub mod budget;
 pub mod clock;
 pub mod error;
+pub mod market_stream;
 pub mod models;
 pub mod sign;
 pub mod user_stream;
+mod ws;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -76,6 +78,9 @@ pub struct BinanceSettings {
     /// Follow each account's user data stream ([`user_stream`]); off, `account_stream` answers
     /// `None` and every account sync reads by REST.
     pub user_data_stream: bool,
+    /// Follow the kline streams of the feeds in use ([`market_stream`]); off, `candle_stream`
+    /// answers `None` and candles are fetched by REST after each close.
+    pub market_stream: bool,
     /// The WebSocket base (`wss://fstream.binance.com`, or a simulator's `ws://host:port`).
     pub stream_url: Url,
     pub listen_key_keepalive: Duration,
@@ -559,6 +564,17 @@ impl Exchange for BinanceClient {
         let runtime = self.io.0.as_ref()?;
         let (sender, receiver) = tokio::sync::mpsc::channel(crate::limits::ACCOUNT_STREAM_QUEUE_MAX);
         runtime.spawn(user_stream::run(self.inner.clone(), account.clone(), sender));
+        Some(receiver)
+    }
+
+    /// One market connection ([`market_stream`]) for `feeds`, when market streams are on.
+    fn candle_stream(&self, feeds: &[(Symbol, Timeframe)]) -> Option<crate::exchange::CandleStream> {
+        if !self.inner.settings.market_stream || feeds.is_empty() {
+            return None;
+        }
+        let runtime = self.io.0.as_ref()?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(crate::limits::MARKET_STREAM_QUEUE_MAX);
+        runtime.spawn(market_stream::run(self.inner.clone(), feeds.to_vec(), sender));
         Some(receiver)
     }
 

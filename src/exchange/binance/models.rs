@@ -376,6 +376,37 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_kline_is_a_candle_and_everything_else_on_a_market_stream_is_a_sign_of_life() {
+        let kline = |closed: bool| {
+            format!(
+                r#"{{"stream":"btcusdt@kline_5m","data":{{"e":"kline","E":1638747960123,"s":"BTCUSDT","k":{{"t":1638747660000,"T":1638747959999,"s":"BTCUSDT","i":"5m","f":100,"L":200,"o":"0.0010","c":"0.0020","h":"0.0025","l":"0.0015","v":"1000","n":100,"x":{closed},"q":"1.0000","V":"500","Q":"0.500","B":"123456"}}}}}}"#
+            )
+        };
+        let MarketStreamMessage::ClosedCandle { symbol, timeframe, candle, event_ms } =
+            market_stream_message(&kline(true)).unwrap()
+        else {
+            panic!("a closed candle")
+        };
+        assert_eq!((symbol.as_str(), timeframe, event_ms), ("BTCUSDT", crate::domain::Timeframe::M5, 1638747960123));
+        assert_eq!((candle.open_time_ms, candle.close_time_ms), (1638747660000, 1638747959999));
+        assert_eq!(
+            (candle.open, candle.high, candle.low, candle.close, candle.volume),
+            (0.001, 0.0025, 0.0015, 0.002, 1000.0)
+        );
+        assert_eq!(market_stream_message(&kline(false)).unwrap(), MarketStreamMessage::Alive, "still forming");
+        let raw = kline(true);
+        let bare = &raw[raw.find("\"data\":").unwrap() + 7..raw.len() - 1];
+        assert!(matches!(market_stream_message(bare).unwrap(), MarketStreamMessage::ClosedCandle { .. }), "raw mode");
+        assert_eq!(market_stream_message(r#"{"result":null,"id":1}"#).unwrap(), MarketStreamMessage::Alive);
+        assert_eq!(
+            market_stream_message(r#"{"code":2,"msg":"Invalid request: too many parameters"}"#).unwrap(),
+            MarketStreamMessage::Refused { code: 2, msg: "Invalid request: too many parameters".into() }
+        );
+        let broken = kline(true).replace(r#""o":"0.0010""#, r#""o":"abc""#);
+        assert!(market_stream_message(&broken).unwrap_err().to_string().contains("kline event"));
+    }
+
+    #[test]
     fn malformed_bodies_name_the_endpoint() {
         let error = parse::<ServerTime>("GET /fapi/v1/time", "{not json").unwrap_err();
         assert!(error.to_string().contains("GET /fapi/v1/time"), "{error}");
@@ -538,6 +569,89 @@ pub fn user_stream_message(text: &str) -> Result<UserStreamMessage, ExchangeErro
         "listenKeyExpired" => Ok(UserStreamMessage::ListenKeyExpired),
         other => Ok(UserStreamMessage::Ignored(other.to_owned())),
     }
+}
+
+/// One message of a market stream connection, as bulwark uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarketStreamMessage {
+    /// A kline whose candle has closed (`k.x`), with the event time `E`.
+    ClosedCandle { symbol: Symbol, timeframe: crate::domain::Timeframe, candle: Candle, event_ms: i64 },
+    /// A control request refused (`{"code":2,"msg":...}`): a subscription that did not happen.
+    Refused { code: i64, msg: String },
+    /// Anything else that shows the connection is alive: a candle still forming, a control answer
+    /// (`{"result":null,"id":1}`), another stream's event.
+    Alive,
+}
+
+#[derive(Debug, Deserialize)]
+struct KlineEvent {
+    #[serde(rename = "E")]
+    event_ms: i64,
+    k: KlineBody,
+}
+
+#[derive(Debug, Deserialize)]
+struct KlineBody {
+    t: i64,
+    #[serde(rename = "T")]
+    close_time_ms: i64,
+    s: String,
+    i: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    o: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    h: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    l: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    c: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    v: Decimal,
+    x: bool,
+}
+
+/// Reads one market stream message (`binance-shapes.md` §1.2, §1.4), raw or wrapped
+/// (`{"stream":...,"data":...}`); a kline that does not parse is an error naming the field.
+pub fn market_stream_message(text: &str) -> Result<MarketStreamMessage, ExchangeError> {
+    use rust_decimal::prelude::ToPrimitive;
+    let value: Value = parse("market stream", text)?;
+    let payload = match value.get("data") {
+        Some(data) if value.get("stream").is_some() => data,
+        _ => &value,
+    };
+    if let (Some(code), None) = (payload.get("code").and_then(Value::as_i64), payload.get("e")) {
+        let msg = payload.get("msg").and_then(Value::as_str).unwrap_or_default().to_owned();
+        return Ok(MarketStreamMessage::Refused { code, msg });
+    }
+    if payload.get("e").and_then(Value::as_str) != Some("kline") {
+        return Ok(MarketStreamMessage::Alive);
+    }
+    let event: KlineEvent =
+        serde_json::from_value(payload.clone()).map_err(|e| malformed(format!("kline event: {e}")))?;
+    if !event.k.x {
+        return Ok(MarketStreamMessage::Alive);
+    }
+    let number = |field: &str, value: Decimal| {
+        value
+            .to_f64()
+            .filter(|n| n.is_finite())
+            .ok_or_else(|| malformed(format!("kline field {field} is out of range")))
+    };
+    let k = event.k;
+    Ok(MarketStreamMessage::ClosedCandle {
+        symbol: Symbol::new(&k.s).map_err(malformed)?,
+        timeframe: k.i.parse().map_err(|e| malformed(format!("kline interval {}: {e}", k.i)))?,
+        candle: Candle {
+            open_time_ms: k.t,
+            close_time_ms: k.close_time_ms,
+            open: number("o", k.o)?,
+            high: number("h", k.h)?,
+            low: number("l", k.l)?,
+            close: number("c", k.c)?,
+            volume: number("v", k.v)?,
+        },
+        event_ms: event.event_ms,
+    })
 }
 
 #[derive(Debug, Deserialize)]

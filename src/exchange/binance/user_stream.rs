@@ -29,19 +29,16 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::domain::{AccountEvent, EventTimes, UserId};
 use crate::exchange::ExchangeError;
 use crate::exchange::binance::models::{self, UserStreamMessage};
+use crate::exchange::binance::ws::{self, Socket};
 use crate::exchange::binance::{Call, Inner};
 
-/// How often the client pings the connection (each pong is proof it is alive), at most.
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// A connection that delivered nothing (no event, ping or pong) for this long is treated as down
 /// (the default of `[exchange] stream_silence_secs`).
 pub const SILENCE_MAX_DEFAULT: Duration = Duration::from_secs(60);
 /// A rotation that could not connect is tried again this much later (the old connection stays).
-const ROTATION_RETRY: Duration = Duration::from_secs(60);
+pub(super) const ROTATION_RETRY: Duration = Duration::from_secs(60);
 /// A rotated-out connection is read until it closes, for at most this long.
-const ROTATION_DRAIN: Duration = Duration::from_secs(5);
-/// Longest wait for the WebSocket handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const ROTATION_DRAIN: Duration = Duration::from_secs(5);
 
 /// Why a stream ended (logged; the listener sees the end either way).
 enum Ended {
@@ -75,32 +72,10 @@ pub(super) async fn run(inner: Arc<Inner>, account: UserId, events: mpsc::Sender
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Waits for this connection's slot in the client's connect pace.
-async fn wait_for_connect_slot(inner: &Inner) {
-    let spacing_ms = (1_000 / i64::from(inner.settings.stream_connects_per_second.max(1))).max(1);
-    let wait_ms = {
-        let now_ms = inner.local.now_ms();
-        let mut next_slot_ms = inner.stream_connect_slot_ms.lock();
-        let slot_ms = (*next_slot_ms).max(now_ms);
-        *next_slot_ms = slot_ms + spacing_ms;
-        slot_ms - now_ms
-    };
-    if wait_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
-    }
-}
-
 /// A WebSocket on `key`, in its turn of the connect pace.
 async fn connect(inner: &Inner, key: &str) -> Result<Socket, ExchangeError> {
-    wait_for_connect_slot(inner).await;
     let url = format!("{}/private/ws/{key}", inner.settings.stream_url.as_str().trim_end_matches('/'));
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())).await {
-        Ok(Ok((socket, _))) => Ok(socket),
-        Ok(Err(error)) => Err(ExchangeError::Retryable { detail: format!("user data stream: {error}") }),
-        Err(_) => Err(ExchangeError::Retryable { detail: "user data stream: no handshake within 10 s".into() }),
-    }
+    ws::connect(inner, &url, "user data stream").await
 }
 
 async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEvent>) -> Result<Ended, ExchangeError> {
@@ -113,7 +88,7 @@ async fn follow(inner: &Inner, account: &UserId, events: &mpsc::Sender<AccountEv
     }
     let (mut write, mut read) = socket.split();
     let silence_max = inner.settings.stream_silence_max;
-    let mut ping = tokio::time::interval(PING_INTERVAL.min(silence_max / 3).max(Duration::from_millis(10)));
+    let mut ping = tokio::time::interval(ws::ping_interval(silence_max));
     let mut keepalive = tokio::time::interval(inner.settings.listen_key_keepalive);
     keepalive.tick().await;
     let rotate = tokio::time::sleep(inner.settings.stream_rotation);

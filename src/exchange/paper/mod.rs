@@ -319,6 +319,12 @@ impl Exchange for PaperExchange {
         Some(self.market_clock.market_now_ms(self.wall.now_ms()))
     }
 
+    /// The paper venue's candles are read in process at no cost, so market data fetches them
+    /// after each close instead of following a connection.
+    fn candle_stream(&self, _feeds: &[(Symbol, Timeframe)]) -> Option<crate::exchange::CandleStream> {
+        None
+    }
+
     fn account_stream(&self, account: &UserId) -> Option<AccountStream> {
         let (sender, receiver) = mpsc::channel(ACCOUNT_STREAM_QUEUE_MAX);
         // Up at once (in process): it says so, as every venue's stream does once connected.
