@@ -27,7 +27,7 @@ use actix::prelude::*;
 
 use crate::actors::Directory;
 use crate::actors::intelligence::RefreshAll;
-use crate::actors::market_data::Poll;
+use crate::actors::market_data::{Poll, ReconnectMarketStreams};
 use crate::actors::monitor::LatestChecks;
 use crate::actors::order_router::{OrderRouter, ReconcileUser, ReconnectAccountStream};
 use crate::actors::persistence;
@@ -239,6 +239,7 @@ impl Action {
             Action::ReadmitQuarantined => readmit(check, context).await,
             Action::ReconcileUsers => reconcile(check, context).await,
             Action::ReconnectAccountStreams => reconnect_account_streams(check, context).await,
+            Action::ReconnectMarketStreams => reconnect_market_streams(context).await,
             // `not_ready` always holds for it: the breaker heals itself.
             Action::AwaitBreakerProbe => {
                 ActionOutcome::Skipped(format!("the breaker probes by itself: {}", check.detail))
@@ -267,6 +268,22 @@ async fn refresh_market_data(context: &ActionContext) -> ActionOutcome {
             "polled now: {} feed(s) fetched, {} candle window(s) delivered",
             report.fetched, report.delivered
         )),
+        Err(error) => ActionOutcome::Failed(format!("market data did not answer: {error}")),
+    }
+}
+
+/// Reconnects the market connections that are down now; whether they came back is the next
+/// check's to say.
+async fn reconnect_market_streams(context: &ActionContext) -> ActionOutcome {
+    let market_data = match context.directory.market_data() {
+        Ok(market_data) => market_data,
+        Err(error) => return ActionOutcome::Skipped(format!("{error}; its supervisor restarts it")),
+    };
+    match market_data.send(ReconnectMarketStreams).timeout(ACTION_TIMEOUT).await {
+        Ok(0) => {
+            ActionOutcome::Skipped("no market connection is down now (one under way reports by itself)".to_owned())
+        }
+        Ok(asked) => ActionOutcome::Ran(format!("{asked} market connection(s) asked to reconnect now")),
         Err(error) => ActionOutcome::Failed(format!("market data did not answer: {error}")),
     }
 }

@@ -9,21 +9,32 @@
 //! A failed or stale fetch is delivered once per candle as an error, so every affected trader
 //! records why it did not decide (seed §1), and the fetch is retried on the next poll.
 //!
-//! Owns failure points DATA-MISSING (stale or missing candles) and, with the order router,
-//! SYS-EXCHANGE-API.
+//! Where the venue streams candles (`Exchange::candle_stream`: Binance's kline streams), the feeds
+//! in use are carried by market connections (up to 1,024 feeds each) and a closed candle is
+//! delivered the moment it arrives, with no request. REST klines then only backfill: a feed whose
+//! connection was not up when its candle closed, a candle that did not come within a grace after
+//! the close (`stream_grace_ms`), or a candle that does not follow the window (a gap). A connection
+//! that ends or goes silent is reconnected with backoff and jitter ([`StreamLink`]); meanwhile its
+//! feeds are fetched by REST after each close, as on a venue without streams.
+//!
+//! Owns failure points DATA-MISSING (stale or missing candles), SYS-MARKET-STREAM (market
+//! connections down or silent) and, with the order router, SYS-EXCHANGE-API.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::StreamExt as _;
 use futures::future::join_all;
 use parking_lot::Mutex;
 
-use crate::domain::{Candle, Symbol, Timeframe, UserId};
+use crate::clock::Clock;
+use crate::domain::{Candle, MarketEvent, Symbol, Timeframe, UserId};
 use crate::exchange::Exchange;
-use crate::failure_points::monitor::FeedObservation;
-use crate::limits::CANDLE_WINDOW_LEN;
+use crate::failure_points::monitor::{FeedObservation, MarketStreamObservation, MarketStreams};
+use crate::limits::{CANDLE_WINDOW_LEN, MARKET_STREAMS_PER_CONNECTION_MAX};
+use crate::trader::stream_link::{LinkSettings, LinkState, StreamLink};
 
 /// Polls after a due candle before a still-missing candle is reported as stale.
 const STALE_POLLS_MAX: u32 = 3;
@@ -39,6 +50,14 @@ fn close_margin_ms(timeframe: Timeframe, clock_is_exact: bool, clock_error_ms: i
     }
     let floor_ms = (timeframe.duration_ms() / 100).max(1_000);
     floor_ms.max(clock_error_ms.saturating_mul(2)).min(timeframe.duration_ms() / 4)
+}
+
+/// How long after a candle's close (exchange ms) a feed carried by a live connection waits for
+/// the streamed candle before fetching it by REST: the close margin, or a thirtieth of the
+/// timeframe if more (10 s for 5m candles; Binance's closed kline comes about 2 s after the
+/// close), but never more than a quarter of it.
+fn stream_grace_ms(timeframe: Timeframe, close_margin_ms: i64) -> i64 {
+    close_margin_ms.max(timeframe.duration_ms() / 30).min(timeframe.duration_ms() / 4)
 }
 
 /// The newest closed candles of a feed (or why they could not be had), sent to each subscriber.
@@ -108,10 +127,25 @@ pub struct PollReport {
     pub skipped_busy: bool,
 }
 
+/// The market connections as they stand (SYS-MARKET-STREAM).
+#[derive(Debug, Message)]
+#[rtype(result = "MarketStreams")]
+pub struct MarketStreamStatuses;
+
+/// Reconnects every market connection that is down now, without waiting for its backoff (the
+/// Healer's action for SYS-MARKET-STREAM). Answers how many were asked for.
+#[derive(Debug, Message)]
+#[rtype(result = "u32")]
+pub struct ReconnectMarketStreams;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MarketDataStats {
     pub feeds: usize,
     pub subscribers: usize,
+    /// Closed candles that came by stream, and those of them already delivered (a rotation's
+    /// overlap, or a REST backfill that came first).
+    pub streamed_candles: u64,
+    pub streamed_duplicates: u64,
     pub klines_requests: u64,
     pub klines_failures: u64,
     pub deliveries: u64,
@@ -137,10 +171,37 @@ struct Feed {
     /// The newest window delivered (the Intelligence actor derives its series from it on paper
     /// and without CoinGlass, so that intelligence costs no exchange request).
     latest_window: Option<Arc<[Candle]>>,
+    /// The market connection carrying this feed (`None`: none yet, or the venue streams nothing).
+    connection: Option<u64>,
+}
+
+/// One market connection: the feeds it carries and how it stands. Written by the stream
+/// maintenance on each poll and by the stream handler; read by [`MarketStreamStatuses`].
+#[derive(Debug)]
+struct MarketConnection {
+    feeds: Vec<(Symbol, Timeframe)>,
+    link: StreamLink,
+    /// The venue's time when the connection came up: a candle that closed before may not come on it.
+    up_since_venue_ms: Option<i64>,
+    /// The current attempt (events of an earlier one are ignored).
+    attempt: u64,
+    /// The attached event stream, cancelled when the connection is given up.
+    handle: Option<SpawnHandle>,
+}
+
+/// One event of one market connection's attempt; `event: None` when the connection ended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct StreamEnvelope {
+    connection: u64,
+    attempt: u64,
+    event: Option<MarketEvent>,
 }
 
 pub struct MarketData {
     exchange: Arc<dyn Exchange>,
+    /// Local time, for the market connections' liveness and backoff.
+    clock: Arc<dyn Clock>,
     book: SubscriptionBook,
     /// `None`: poll only when sent [`Poll`].
     poll_interval: Option<Duration>,
@@ -153,6 +214,12 @@ pub struct MarketData {
     stats: MarketDataStats,
     /// The exchange time the newest poll saw (written by polls, read by [`FeedStatuses`]).
     last_server_time_ms: Option<i64>,
+    /// Market connections by id (written by the stream maintenance and the stream handler).
+    connections: BTreeMap<u64, MarketConnection>,
+    /// The id the next connection gets.
+    next_connection_id: u64,
+    /// The venue answered that it streams no candles: every feed is fetched by REST.
+    streams_unsupported: bool,
 }
 
 impl std::fmt::Debug for MarketData {
@@ -162,9 +229,15 @@ impl std::fmt::Debug for MarketData {
 }
 
 impl MarketData {
-    pub fn new(exchange: Arc<dyn Exchange>, book: SubscriptionBook, poll_interval: Option<Duration>) -> Self {
+    pub fn new(
+        exchange: Arc<dyn Exchange>,
+        clock: Arc<dyn Clock>,
+        book: SubscriptionBook,
+        poll_interval: Option<Duration>,
+    ) -> Self {
         Self {
             exchange,
+            clock,
             book,
             poll_interval,
             feeds: BTreeMap::new(),
@@ -172,6 +245,9 @@ impl MarketData {
             stopped: false,
             stats: MarketDataStats::default(),
             last_server_time_ms: None,
+            connections: BTreeMap::new(),
+            next_connection_id: 0,
+            streams_unsupported: false,
         }
     }
 
@@ -232,6 +308,7 @@ impl MarketData {
     /// Feeds with a closed candle not yet delivered (or reported), with that candle's open time.
     fn due_feeds(&mut self, now_ms: i64) -> Vec<(Symbol, Timeframe, i64)> {
         self.forget_idle_feeds(now_ms);
+        let local_now_ms = self.clock.now_ms();
         self.feeds
             .iter()
             .filter(|(_, feed)| !feed.subscribers.is_empty())
@@ -242,7 +319,11 @@ impl MarketData {
                     close_margin_ms(*timeframe, self.exchange.clock_is_exact(), self.exchange.clock_error_ms());
                 let expected_open_ms = timeframe.last_closed_open_ms(now_ms - margin_ms);
                 let due = feed.delivered_open_ms.is_none_or(|delivered| delivered < expected_open_ms);
-                due.then(|| (symbol.clone(), *timeframe, expected_open_ms))
+                // A candle a live connection should bring is given its grace before a request.
+                let close_ms = expected_open_ms + timeframe.duration_ms();
+                let streamed = self.stream_brings(feed, close_ms, local_now_ms);
+                let in_grace = streamed && now_ms - margin_ms < close_ms + stream_grace_ms(*timeframe, margin_ms);
+                (due && !in_grace).then(|| (symbol.clone(), *timeframe, expected_open_ms))
             })
             .collect()
     }
@@ -271,6 +352,10 @@ impl MarketData {
                 let excess = candles.len().saturating_sub(CANDLE_WINDOW_LEN);
                 candles.drain(..excess);
                 let newest_open_ms = candles.last().map(|c| c.open_time_ms);
+                if feed.delivered_open_ms.is_some_and(|delivered| newest_open_ms.is_some_and(|n| n <= delivered)) {
+                    // The stream brought it while the request was under way: delivered already.
+                    return;
+                }
                 if newest_open_ms.is_some_and(|open| open >= expected_open_ms) {
                     feed.delivered_open_ms = newest_open_ms;
                     feed.stale_polls = 0;
@@ -299,6 +384,16 @@ impl MarketData {
             feed.reported_failure_open_ms = Some(expected_open_ms);
             tracing::warn!(%symbol, %timeframe, error = candles.as_ref().err().map(String::as_str), "market data: candles unavailable");
         }
+        let (delivered, dropped_full) = self.fan_out(symbol, timeframe, candles);
+        report.delivered += delivered;
+        report.dropped_full += dropped_full;
+    }
+
+    /// Hands a feed's window (or why there is none) to every subscriber; answers how many took it
+    /// and how many mailboxes were full. A closed mailbox (a crashed trader) drops its
+    /// subscription.
+    fn fan_out(&mut self, symbol: &Symbol, timeframe: Timeframe, candles: Result<Arc<[Candle]>, String>) -> (u32, u32) {
+        let Some(feed) = self.feeds.get_mut(&(symbol.clone(), timeframe)) else { return (0, 0) };
         let message = CandleClosed { symbol: symbol.clone(), timeframe, candles };
         let (mut delivered, mut dropped_full) = (0_u32, 0_u32);
         let mut closed = Vec::new();
@@ -322,10 +417,210 @@ impl MarketData {
                 }
             }
         }
-        report.delivered += delivered;
-        report.dropped_full += dropped_full;
         self.stats.deliveries += u64::from(delivered);
         self.stats.dropped_full += u64::from(dropped_full);
+        (delivered, dropped_full)
+    }
+
+    /// Whether `feed`'s connection is live and was up before `close_ms` (venue time): the candle
+    /// closing then comes on it.
+    fn stream_brings(&self, feed: &Feed, close_ms: i64, local_now_ms: i64) -> bool {
+        feed.connection.and_then(|id| self.connections.get(&id)).is_some_and(|connection| {
+            connection.link.is_live(local_now_ms) && connection.up_since_venue_ms.is_some_and(|up_ms| up_ms <= close_ms)
+        })
+    }
+
+    /// Keeps every feed in use on a market connection (run before each poll): gives up connections
+    /// found silent or no longer needed, opens connections for feeds without one, and reconnects
+    /// those down whose backoff has passed.
+    fn maintain_streams(&mut self, ctx: &mut Context<Self>) {
+        if self.streams_unsupported || self.stopped {
+            return;
+        }
+        let now_ms = self.clock.now_ms();
+        self.give_up_silent_and_unused(ctx, now_ms);
+        let uncovered: Vec<(Symbol, Timeframe)> = self
+            .feeds
+            .iter()
+            .filter(|(_, feed)| feed.connection.is_none() && !feed.subscribers.is_empty())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for chunk in uncovered.chunks(MARKET_STREAMS_PER_CONNECTION_MAX) {
+            let id = self.next_connection_id;
+            self.next_connection_id += 1;
+            let link = StreamLink::new(LinkSettings::default()).with_jitter_seed(id);
+            let connection =
+                MarketConnection { feeds: chunk.to_vec(), link, up_since_venue_ms: None, attempt: 0, handle: None };
+            self.connections.insert(id, connection);
+            for key in chunk {
+                if let Some(feed) = self.feeds.get_mut(key) {
+                    feed.connection = Some(id);
+                }
+            }
+            if !self.connect(id, ctx) {
+                return;
+            }
+        }
+        let due: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| matches!(c.link.state(), LinkState::Down { .. }) && c.link.reconnect_due(now_ms).is_ok())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.connect(id, ctx);
+        }
+    }
+
+    /// A connection heard from too long ago is down (the venue's own watchdog should have said
+    /// so); one whose feeds nobody uses any more is closed.
+    fn give_up_silent_and_unused(&mut self, ctx: &mut Context<Self>, now_ms: i64) {
+        let feeds = &self.feeds;
+        let mut unused = Vec::new();
+        for (id, connection) in &mut self.connections {
+            connection.feeds.retain(|key| feeds.get(key).is_some_and(|f| f.connection == Some(*id)));
+            let in_use = connection.feeds.iter().any(|key| feeds.get(key).is_some_and(|f| !f.subscribers.is_empty()));
+            if !in_use {
+                unused.push(*id);
+                continue;
+            }
+            if matches!(connection.link.state(), LinkState::Up { .. }) && !connection.link.is_live(now_ms) {
+                tracing::warn!(
+                    connection = id,
+                    feeds = connection.feeds.len(),
+                    "market data: market stream silent; reconnecting, its feeds are fetched by REST meanwhile"
+                );
+                connection.link.disconnected(now_ms);
+                connection.up_since_venue_ms = None;
+                if let Some(handle) = connection.handle.take() {
+                    ctx.cancel_future(handle);
+                }
+            }
+        }
+        for id in unused {
+            if let Some(mut connection) = self.connections.remove(&id) {
+                if let Some(handle) = connection.handle.take() {
+                    ctx.cancel_future(handle);
+                }
+                for key in &connection.feeds {
+                    if let Some(feed) = self.feeds.get_mut(key) {
+                        feed.connection = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the venue for connection `id`'s stream; `false` when the venue streams no candles
+    /// (every feed is then fetched by REST, and no connection is asked for again).
+    fn connect(&mut self, id: u64, ctx: &mut Context<Self>) -> bool {
+        let now_ms = self.clock.now_ms();
+        let Some(connection) = self.connections.get_mut(&id) else { return true };
+        if let Some(handle) = connection.handle.take() {
+            ctx.cancel_future(handle);
+        }
+        let Some(mut receiver) = self.exchange.candle_stream(&connection.feeds) else {
+            tracing::info!(
+                venue = self.exchange.venue(),
+                "market data: the venue streams no candles; each feed is fetched after its close"
+            );
+            self.streams_unsupported = true;
+            self.connections.clear();
+            for feed in self.feeds.values_mut() {
+                feed.connection = None;
+            }
+            return false;
+        };
+        connection.attempt += 1;
+        connection.link.connecting(now_ms);
+        connection.up_since_venue_ms = None;
+        let attempt = connection.attempt;
+        let events = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+            .map(move |event| StreamEnvelope { connection: id, attempt, event: Some(event) })
+            .chain(futures::stream::once(async move { StreamEnvelope { connection: id, attempt, event: None } }));
+        connection.handle = Some(ctx.add_stream(events));
+        true
+    }
+
+    /// One market connection's event.
+    fn on_stream_event(&mut self, envelope: StreamEnvelope, ctx: &mut Context<Self>) {
+        let now_ms = self.clock.now_ms();
+        let venue_now_ms = self.exchange.estimated_now_ms();
+        let Some(connection) = self.connections.get_mut(&envelope.connection) else { return };
+        if envelope.attempt != connection.attempt {
+            return;
+        }
+        let Some(event) = envelope.event else {
+            let feeds = connection.feeds.len();
+            if connection.link.is_connecting() {
+                connection.link.failed(now_ms);
+            } else {
+                connection.link.disconnected(now_ms);
+            }
+            connection.up_since_venue_ms = None;
+            connection.handle = None;
+            let retry_at = connection.link.reconnect_due(now_ms).err().map(crate::clock::rfc3339_ms);
+            tracing::warn!(
+                connection = envelope.connection,
+                feeds,
+                retry_at,
+                "market data: market stream down; its feeds are fetched by REST until it is back"
+            );
+            return;
+        };
+        if connection.link.is_connecting() {
+            connection.link.connected(now_ms);
+            connection.up_since_venue_ms = venue_now_ms;
+            tracing::info!(
+                connection = envelope.connection,
+                feeds = connection.feeds.len(),
+                "market data: market stream up"
+            );
+        } else {
+            connection.link.heard(now_ms);
+        }
+        if let MarketEvent::CandleClosed { symbol, timeframe, candle, .. } = event {
+            self.apply_streamed_candle(&symbol, timeframe, candle, ctx);
+        }
+    }
+
+    /// Delivers a streamed closed candle: appended to the feed's window when it follows it; a
+    /// candle already delivered is dropped; one after a gap (or with no window yet) makes the feed
+    /// fetch its window by REST now.
+    fn apply_streamed_candle(
+        &mut self,
+        symbol: &Symbol,
+        timeframe: Timeframe,
+        candle: Candle,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.stopped {
+            return;
+        }
+        let Some(feed) = self.feeds.get_mut(&(symbol.clone(), timeframe)) else { return };
+        self.stats.streamed_candles += 1;
+        if feed.delivered_open_ms.is_some_and(|delivered| delivered >= candle.open_time_ms) {
+            self.stats.streamed_duplicates += 1;
+            return;
+        }
+        let follows = |window: &Arc<[Candle]>| {
+            window.last().is_some_and(|last| last.open_time_ms + timeframe.duration_ms() == candle.open_time_ms)
+        };
+        let Some(window) = feed.latest_window.as_ref().filter(|window| follows(window)) else {
+            tracing::debug!(%symbol, %timeframe, open_ms = candle.open_time_ms, "market data: streamed candle after a gap; the window is fetched by REST");
+            let poll = self.poll().map(|_, _, _| ());
+            ctx.spawn(poll);
+            return;
+        };
+        let mut candles: Vec<Candle> = window.iter().cloned().collect();
+        candles.push(candle);
+        let excess = candles.len().saturating_sub(CANDLE_WINDOW_LEN);
+        candles.drain(..excess);
+        feed.delivered_open_ms = candles.last().map(|c| c.open_time_ms);
+        feed.stale_polls = 0;
+        let window = Arc::<[Candle]>::from(candles);
+        feed.latest_window = Some(window.clone());
+        self.fan_out(symbol, timeframe, Ok(window));
     }
 
     /// Removes `user` from every feed. A feed left without subscribers keeps its newest candle for
@@ -363,6 +658,7 @@ impl Actor for MarketData {
         }
         if let Some(interval) = self.poll_interval {
             ctx.run_interval(interval, |actor, ctx| {
+                actor.maintain_streams(ctx);
                 let poll = actor.poll().map(|_, _, _| ());
                 ctx.spawn(poll);
             });
@@ -392,8 +688,69 @@ impl Handler<Unsubscribe> for MarketData {
 impl Handler<Poll> for MarketData {
     type Result = ResponseActFuture<Self, PollReport>;
 
-    fn handle(&mut self, _: Poll, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Poll, ctx: &mut Context<Self>) -> Self::Result {
+        self.maintain_streams(ctx);
         self.poll()
+    }
+}
+
+impl StreamHandler<StreamEnvelope> for MarketData {
+    fn handle(&mut self, envelope: StreamEnvelope, ctx: &mut Context<Self>) {
+        self.on_stream_event(envelope, ctx);
+    }
+
+    /// One connection's end is an event of its own (`event: None`); the actor goes on.
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<ReconnectMarketStreams> for MarketData {
+    type Result = u32;
+
+    fn handle(&mut self, _: ReconnectMarketStreams, ctx: &mut Context<Self>) -> u32 {
+        let down: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| matches!(c.link.state(), LinkState::Down { .. } | LinkState::Never))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &down {
+            self.connect(*id, ctx);
+        }
+        down.len() as u32
+    }
+}
+
+impl Handler<MarketStreamStatuses> for MarketData {
+    type Result = MessageResult<MarketStreamStatuses>;
+
+    fn handle(&mut self, _: MarketStreamStatuses, _: &mut Context<Self>) -> Self::Result {
+        let now_ms = self.clock.now_ms();
+        let connections = self
+            .connections
+            .iter()
+            .map(|(id, connection)| {
+                let mut users: Vec<UserId> = connection
+                    .feeds
+                    .iter()
+                    .filter_map(|key| self.feeds.get(key))
+                    .flat_map(|feed| feed.subscribers.keys().cloned())
+                    .collect();
+                users.sort();
+                users.dedup();
+                MarketStreamObservation {
+                    connection: *id,
+                    feeds: connection.feeds.iter().map(|(symbol, timeframe)| format!("{symbol} {timeframe}")).collect(),
+                    users,
+                    state: connection.link.state(),
+                    live: connection.link.is_live(now_ms),
+                    silence_ms_max: connection.link.settings().silence_ms_max,
+                    connections: connection.link.connections(),
+                    failures_in_a_row: connection.link.failures_in_a_row(),
+                    reconnect_not_before_ms: connection.link.reconnect_due(now_ms).err(),
+                }
+            })
+            .collect();
+        MessageResult(MarketStreams { streamed: !self.streams_unsupported, connections })
     }
 }
 

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::actors::Directory;
 use crate::actors::healer::{HealNow, MonitorRan};
 use crate::actors::intelligence::{IntelStatus, Intelligence, ProbeIntel};
-use crate::actors::market_data::{FeedStatuses, GetStats, MarketDataStats};
+use crate::actors::market_data::{FeedStatuses, GetStats, MarketDataStats, MarketStreamStatuses};
 use crate::actors::notifier::notify;
 use crate::actors::persistence;
 use crate::clock::{Clock, rfc3339_ms};
@@ -379,13 +379,14 @@ async fn gather(inputs: GatherInputs) -> Gathered {
     let exchange_probe = probe_exchange(exchange.as_ref(), now_ms).await;
 
     // Market data: counters since the previous run (a restarted market data starts from zero).
-    let (stats, feeds) = match directory.market_data() {
+    let (stats, feeds, market_streams) = match directory.market_data() {
         Ok(market_data) => {
             let stats = market_data.send(GetStats).timeout(GATHER_TIMEOUT).await.ok();
             let feeds = market_data.send(FeedStatuses).timeout(GATHER_TIMEOUT).await.ok().flatten();
-            (stats, feeds)
+            let streams = market_data.send(MarketStreamStatuses).timeout(GATHER_TIMEOUT).await.ok();
+            (stats, feeds, streams)
         }
-        Err(_) => (None, None),
+        Err(_) => (None, None, None),
     };
     let exchange_observation = stats.as_ref().map(|now| {
         let base = previous_stats
@@ -529,6 +530,7 @@ async fn gather(inputs: GatherInputs) -> Gathered {
         orphans: None,
         breakers: exchange.breaker_statuses(),
         user_streams: Some(user_streams(&directory, now_ms)),
+        market_streams,
         intelligence,
     };
     Gathered {

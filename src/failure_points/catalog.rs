@@ -151,6 +151,7 @@ pub const SYS_DATABASE: FailurePointId = FailurePointId("SYS-DATABASE");
 pub const SYS_CIRCUIT_BREAKER: FailurePointId = FailurePointId("SYS-CIRCUIT-BREAKER");
 pub const SYS_CREDENTIALS: FailurePointId = FailurePointId("SYS-CREDENTIALS");
 pub const SYS_USER_STREAM: FailurePointId = FailurePointId("SYS-USER-STREAM");
+pub const SYS_MARKET_STREAM: FailurePointId = FailurePointId("SYS-MARKET-STREAM");
 pub const RES_POSITION_LIMIT: FailurePointId = FailurePointId("RES-POSITION-LIMIT");
 pub const RES_RATE_LIMIT: FailurePointId = FailurePointId("RES-RATE-LIMIT");
 pub const RES_CAPITAL: FailurePointId = FailurePointId("RES-CAPITAL");
@@ -307,6 +308,16 @@ mod rows {
             "a user's account stream is down, silent or not re-read since it reconnected: that user's decisions read the account by REST, spending request weight",
             "each streamed account's book: verified (a snapshot read on the connection still up, heard from within 90 s) is ok; reconnected and not re-read yet is warn; down, silent or never connected is critical, naming the user and since when; venues without account streams read every account by REST (ok, said so)",
             Action("reconnect the user's stream and read a snapshot on the new connection"),
+        ),
+        point(
+            SYS_MARKET_STREAM,
+            System,
+            High,
+            "a market connection (the kline streams of up to 1,024 feeds) is down or silent: its feeds' candles are fetched by REST after each close, spending request weight, and reach the traders a moment later",
+            "each market connection: up and heard from within 90 s is ok; a first connection under way is warn; down, reconnecting or silent is critical, naming its feeds, their users and since when; venues without market streams fetch every feed by REST (ok, said so)",
+            Action(
+                "reconnect the connections that are down without waiting for their backoff; a candle they missed is fetched by REST",
+            ),
         ),
         point(
             SYS_NETWORK,

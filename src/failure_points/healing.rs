@@ -316,6 +316,7 @@ pub enum Action {
     ReadmitQuarantined,
     ReconcileUsers,
     ReconnectAccountStreams,
+    ReconnectMarketStreams,
     VerifyDatabase,
     RefreshIntelligence,
     /// Nothing to do but wait: an open breaker probes by itself after its cool-down.
@@ -331,6 +332,7 @@ impl Action {
             Action::ReadmitQuarantined => "readmit_quarantined",
             Action::ReconcileUsers => "reconcile_orders_and_positions",
             Action::ReconnectAccountStreams => "reconnect_account_streams",
+            Action::ReconnectMarketStreams => "reconnect_market_streams",
             Action::VerifyDatabase => "verify_database",
             Action::RefreshIntelligence => "refresh_intelligence",
             Action::AwaitBreakerProbe => "await_breaker_probe",
@@ -388,6 +390,7 @@ pub fn action_for(result: &CheckResult) -> Option<Action> {
         SYS_DATABASE => Action::VerifyDatabase,
         SYS_INTEL_API => Action::RefreshIntelligence,
         SYS_USER_STREAM => Action::ReconnectAccountStreams,
+        SYS_MARKET_STREAM => Action::ReconnectMarketStreams,
         SYS_CIRCUIT_BREAKER => Action::AwaitBreakerProbe,
         _ => return None,
     })

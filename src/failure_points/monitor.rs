@@ -263,6 +263,33 @@ pub struct UserStreamObservation {
     pub reconnect_not_before_ms: Option<i64>,
 }
 
+/// One market connection as market data sees it (SYS-MARKET-STREAM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketStreamObservation {
+    pub connection: u64,
+    /// The feeds it carries (`BTCUSDT 5m`).
+    pub feeds: Vec<String>,
+    /// The users of those feeds.
+    pub users: Vec<UserId>,
+    pub state: crate::trader::stream_link::LinkState,
+    /// Up and heard from within `silence_ms_max`.
+    pub live: bool,
+    pub silence_ms_max: i64,
+    /// Connections made so far (the first one included).
+    pub connections: u64,
+    pub failures_in_a_row: u32,
+    /// While down: no reconnect is asked for before this (the backoff), unless the Healer asks.
+    pub reconnect_not_before_ms: Option<i64>,
+}
+
+/// Market data's connections; `streamed: false` when the venue streams no candles (every feed is
+/// fetched by REST after its close).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MarketStreams {
+    pub streamed: bool,
+    pub connections: Vec<MarketStreamObservation>,
+}
+
 /// Everything one run looks at. `None`: that input could not be gathered this time (its checks
 /// are `unknown`).
 #[derive(Debug, Clone, Default)]
@@ -305,6 +332,8 @@ pub struct Observations {
     pub breakers: Option<Vec<crate::exchange::guarded::BreakerStatus>>,
     /// Every streamed account (empty: the venue streams no account, or no user synced yet).
     pub user_streams: Option<Vec<UserStreamObservation>>,
+    /// Market data's connections (`None`: market data could not be asked).
+    pub market_streams: Option<MarketStreams>,
     /// Iterations skipped for bad candles, per user, since the previous run.
     pub bad_candles: Option<BTreeMap<UserId, u64>>,
     /// Orders refused for insufficient margin, per user, since the previous run.
@@ -478,6 +507,7 @@ fn check(id: FailurePointId, observations: &Observations) -> CheckResult {
         SYS_INTEL_API => intelligence(observations),
         SYS_CIRCUIT_BREAKER => breakers(observations),
         SYS_USER_STREAM => user_streams(observations),
+        SYS_MARKET_STREAM => market_streams(observations),
         RES_CAPITAL => capital(observations),
         DATA_CORRUPT => bad_candles(observations),
         STATE_POSITION_SYNC => position_sync(observations),
@@ -633,6 +663,109 @@ fn user_streams(observations: &Observations) -> Outcome {
         Outcome::new(status, detail).users(failing.iter().map(|(s, _)| s.user.clone()).collect()).value(value);
     outcome.since_ms = since_ms;
     outcome
+}
+
+/// SYS-MARKET-STREAM: every market connection. Down or silent is critical (its feeds' candles are
+/// fetched by REST after each close meanwhile, spending request weight, and come a moment later);
+/// a first connection under way is warn.
+fn market_streams(observations: &Observations) -> Outcome {
+    use crate::trader::stream_link::LinkState;
+    let Some(streams) = &observations.market_streams else {
+        return Outcome::unknown("market data could not be asked");
+    };
+    if !streams.streamed {
+        return Outcome::ok("the venue streams no candles: each feed is fetched by REST after its close");
+    }
+    if streams.connections.is_empty() {
+        return Outcome::ok("no feed in use, so no market connection");
+    }
+    let feeds: usize = streams.connections.iter().map(|c| c.feeds.len()).sum();
+    let reconnects: u64 = streams.connections.iter().map(|c| c.connections.saturating_sub(1)).sum();
+    let value = json!({ "connections": streams.connections.len(), "feeds": feeds, "reconnects": reconnects });
+    let failing: Vec<&MarketStreamObservation> = streams.connections.iter().filter(|c| !c.live).collect();
+    if failing.is_empty() {
+        let quietest_ms = streams
+            .connections
+            .iter()
+            .filter_map(|c| match c.state {
+                LinkState::Up { last_heard_ms, .. } => Some(observations.now_ms - last_heard_ms),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        return Outcome::ok(format!(
+            "{} market connection(s) carry {feeds} feed(s); the quietest heard from {} s ago; {reconnects} reconnect(s) since start",
+            streams.connections.len(),
+            quietest_ms / 1_000
+        ))
+        .value(value);
+    }
+    let at = crate::clock::rfc3339_ms;
+    let mut critical = false;
+    let mut since_ms: Option<i64> = None;
+    let mut details = Vec::new();
+    for connection in &failing {
+        let (why, since) = match connection.state {
+            LinkState::Never => ("never connected".to_owned(), None),
+            LinkState::Connecting { since_ms } if connection.connections == 0 => {
+                (format!("connecting since {} (nothing heard yet)", at(since_ms)), Some(since_ms))
+            }
+            LinkState::Connecting { since_ms } => {
+                critical = true;
+                (format!("reconnecting since {}", at(since_ms)), Some(since_ms))
+            }
+            LinkState::Down { since_ms } => {
+                critical = true;
+                (format!("down since {}", at(since_ms)), Some(since_ms))
+            }
+            LinkState::Up { last_heard_ms, .. } => {
+                critical = true;
+                (
+                    format!(
+                        "last heard from at {} (silent for longer than {} ms: treated as down)",
+                        at(last_heard_ms),
+                        connection.silence_ms_max
+                    ),
+                    Some(last_heard_ms),
+                )
+            }
+        };
+        since_ms = match (since_ms, since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let backoff = match connection.reconnect_not_before_ms {
+            Some(not_before_ms) if connection.failures_in_a_row > 0 => format!(
+                "; {} connection(s) failed or dropped early in a row, the next attempt at {}",
+                connection.failures_in_a_row,
+                at(not_before_ms)
+            ),
+            _ => String::new(),
+        };
+        details.push(format!(
+            "market connection {} ({} feed(s): {}) {why}: its candles are fetched by REST after each close meanwhile{backoff}",
+            connection.connection,
+            connection.feeds.len(),
+            excerpt_list(&connection.feeds)
+        ));
+    }
+    let mut users: Vec<UserId> = failing.iter().flat_map(|c| c.users.iter().cloned()).collect();
+    users.sort();
+    users.dedup();
+    let status = if critical { CheckStatus::Critical } else { CheckStatus::Warn };
+    let mut outcome = Outcome::new(status, details.join("; ")).users(users).value(value);
+    outcome.since_ms = since_ms;
+    outcome
+}
+
+/// The first few names of a list, and how many more there are.
+fn excerpt_list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let shown = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 fn feed_users(observations: &Observations) -> Vec<UserId> {

@@ -239,12 +239,16 @@ impl RootSupervisor {
                 self.directory.set_persistence(Some(addr));
             }
             ActorKind::MarketData => {
-                let (exchange, book, interval) =
-                    (self.exchange.clone(), self.subscriptions.clone(), self.settings.market_poll_interval);
+                let (exchange, clock, book, interval) = (
+                    self.exchange.clone(),
+                    self.clock.clone(),
+                    self.subscriptions.clone(),
+                    self.settings.market_poll_interval,
+                );
                 let addr = spawn_watched(
                     &self.arbiters.market_data,
                     SHARED_MAILBOX_CAPACITY,
-                    move || MarketData::new(exchange, book, interval),
+                    move || MarketData::new(exchange, clock, book, interval),
                     on_exit,
                 );
                 self.directory.set_market_data(Some(addr));
