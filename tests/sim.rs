@@ -266,12 +266,52 @@ fn decision_summary(database: &Path, users: usize) -> String {
     out
 }
 
+/// Decisions each of `users` recorded (any outcome), from the database.
+fn decisions_per_user(database: &Path, users: usize) -> Vec<usize> {
+    let mut store = Store::open_read_only(database).unwrap();
+    (1..=users).map(|i| store.recent_decisions(&UserId::new(&format!("u{i}")).unwrap(), 2_000).unwrap().len()).collect()
+}
+
 #[tokio::test]
-async fn fifty_users_on_five_symbols_cost_five_klines_requests_per_candle() {
+async fn fifty_users_on_five_symbols_get_every_close_by_stream_and_fetch_only_the_first_windows() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&sim_config(dir.path(), 50, 500, ""), 3);
     let config = client_config(dir.path(), &sim.url, 50, 5_000, 5_000);
+    // Every user starts at once (the start-up pace is measured elsewhere).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[exchange]\n", "[exchange]\nstart_up_weight_per_minute = 1000000\n");
+    std::fs::write(&config, text).unwrap();
+    let candle_ms = 300_000;
+    let market_before = sim.get("/sim/stats").await["market_time_ms"].as_i64().unwrap();
+    finish(run_bulwark(&config, 50, 8)).await;
+    let stats = sim.get("/sim/stats").await;
+    let market_after = stats["market_time_ms"].as_i64().unwrap();
+    let closes = (market_after / candle_ms - market_before / candle_ms) as usize;
+    let klines = stats["requests"]["GET /fapi/v1/klines"].as_u64().unwrap();
+    let decisions = decisions_per_user(&dir.path().join("data/bulwark.db"), 50);
+    eprintln!(
+        "klines requests: {klines} for {closes} candle closes (5 feeds, 50 users); market connections: {}; decisions per user: {decisions:?}",
+        stats["market_stream_connections"]
+    );
+    // One connection carries the five feeds; REST fetched each feed's first window (and at most
+    // one backfill each), whatever the number of users and closes.
+    assert_eq!(stats["market_stream_connections"], 1);
+    assert!((5..=10).contains(&klines), "{klines} klines requests for {closes} closes");
+    // And every user decided on (nearly) every close: the candles came by stream.
+    let fewest = *decisions.iter().min().unwrap();
+    assert!(fewest + 4 >= closes, "the fewest decisions of a user: {fewest} for {closes} closes");
+}
+
+#[tokio::test]
+async fn without_market_streams_each_feed_costs_one_klines_request_per_close() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 50, 500, ""), 3);
+    let config = client_config(dir.path(), &sim.url, 50, 5_000, 5_000);
+    let text = std::fs::read_to_string(&config).unwrap().replace("[exchange]\n", "[exchange]\nmarket_stream = false\n");
+    std::fs::write(&config, text).unwrap();
     let candle_ms = 300_000;
     let market_before = sim.get("/sim/stats").await["market_time_ms"].as_i64().unwrap();
     finish(run_bulwark(&config, 50, 8)).await;
@@ -279,10 +319,8 @@ async fn fifty_users_on_five_symbols_cost_five_klines_requests_per_candle() {
     let market_after = stats["market_time_ms"].as_i64().unwrap();
     let closes = (market_after / candle_ms - market_before / candle_ms) as u64;
     let klines = stats["requests"]["GET /fapi/v1/klines"].as_u64().unwrap();
-    eprintln!(
-        "klines requests: {klines} for {closes} candle closes (5 feeds, 50 users); positionRisk: {}",
-        stats["requests"]["GET /fapi/v3/positionRisk"]
-    );
+    eprintln!("klines requests: {klines} for {closes} candle closes (5 feeds, 50 users)");
+    assert_eq!(stats["market_stream_connections"], 0);
     // One request per feed per close (plus each feed's first fetch), whatever the number of users.
     assert!(klines <= 5 * (closes + 1), "{klines} requests for {closes} closes");
     assert!(
@@ -938,6 +976,91 @@ async fn the_binance_client_follows_an_accounts_user_data_stream() {
     assert!(expire.send().await.unwrap().status().is_success());
     let ended = async { while stream.recv().await.is_some() {} };
     tokio::time::timeout(Duration::from_secs(20), ended).await.expect("the stream ends after listenKeyExpired");
+}
+
+#[tokio::test]
+async fn the_binance_client_follows_kline_streams_on_the_market_path() {
+    use bulwark::domain::{MarketEvent, Timeframe};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 200, ""), 13);
+    let client = sim.client("u1", &secret("u1"));
+    let xrp = Symbol::new("XRPUSDT").unwrap();
+    let mut stream = client.candle_stream(&[(xrp.clone(), Timeframe::M5)]).expect("the client streams candles");
+    let next = async |stream: &mut bulwark::exchange::CandleStream| {
+        tokio::time::timeout(Duration::from_secs(20), stream.recv()).await.expect("an event within 20 s").expect("open")
+    };
+    assert_eq!(next(&mut stream).await, MarketEvent::Heartbeat, "the first message says the connection is up");
+    let mut closed = Vec::new();
+    while closed.len() < 4 {
+        if let MarketEvent::CandleClosed { symbol, timeframe, candle, event_ms } = next(&mut stream).await {
+            assert_eq!((&symbol, timeframe), (&xrp, Timeframe::M5));
+            assert!(event_ms > candle.close_time_ms, "sent after it closed");
+            closed.push(candle);
+        }
+    }
+    for pair in closed.windows(2) {
+        assert_eq!(pair[1].open_time_ms, pair[0].open_time_ms + 300_000, "one candle after another, none missed");
+    }
+    // Exactly the candles the REST klines hold, and no klines request was needed to get them.
+    assert_eq!(sim.requests("GET /fapi/v1/klines").await, 0);
+    let rest = client.klines(&xrp, Timeframe::M5, 100).await.unwrap();
+    for candle in &closed {
+        assert!(rest.contains(candle), "{candle:?} is in the REST klines");
+    }
+    assert_eq!(sim.get("/sim/stats").await["market_stream_connections"], 1);
+}
+
+#[tokio::test]
+async fn market_streams_flow_only_on_the_market_path_and_answer_control_requests() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 100, ""), 14);
+    let ws = sim.url.replace("http://", "ws://");
+    let (mut raw, _) = tokio_tungstenite::connect_async(format!("{ws}/market/ws/xrpusdt@kline_5m")).await.unwrap();
+    let (mut legacy, _) =
+        tokio_tungstenite::connect_async(format!("{ws}/stream?streams=xrpusdt@kline_5m")).await.unwrap();
+    let (mut combined, _) = tokio_tungstenite::connect_async(format!("{ws}/market/stream")).await.unwrap();
+    let subscribe = json!({ "method": "SUBSCRIBE", "params": ["xrpusdt@kline_5m"], "id": 7 }).to_string();
+    for socket in [&mut legacy, &mut combined] {
+        socket.send(Message::Text(subscribe.clone())).await.unwrap();
+        assert_eq!(next_event(socket).await, json!({ "result": null, "id": 7 }), "acknowledged on every path");
+    }
+    // Raw mode: bare kline payloads; combined: wrapped with the stream's name.
+    let closed_kline = async |socket: &mut _| loop {
+        let event: Value = next_event(socket).await;
+        let kline = if event.get("stream").is_some() { event["data"].clone() } else { event.clone() };
+        if kline["k"]["x"] == true {
+            return event;
+        }
+    };
+    let bare = closed_kline(&mut raw).await;
+    assert_eq!(
+        (bare["e"].as_str(), bare["s"].as_str(), bare["k"]["i"].as_str()),
+        (Some("kline"), Some("XRPUSDT"), Some("5m"))
+    );
+    let wrapped = closed_kline(&mut combined).await;
+    assert_eq!(wrapped["stream"], "xrpusdt@kline_5m");
+    assert_eq!(wrapped["data"]["k"]["T"].as_i64().unwrap() - wrapped["data"]["k"]["t"].as_i64().unwrap(), 299_999);
+    // The retired path: acknowledged above, and silent for as long as the others delivered.
+    let listed = json!({ "method": "LIST_SUBSCRIPTIONS", "id": 8 }).to_string();
+    legacy.send(Message::Text(listed)).await.unwrap();
+    assert_eq!(
+        next_event(&mut legacy).await,
+        json!({ "result": ["xrpusdt@kline_5m"], "id": 8 }),
+        "no kline came before it"
+    );
+    let unknown = json!({ "method": "PUBLISH", "id": 9 }).to_string();
+    raw.send(Message::Text(unknown)).await.unwrap();
+    loop {
+        let answer = next_event(&mut raw).await;
+        if answer.get("e").is_none() {
+            assert_eq!(answer["code"], 2, "{answer}");
+            break;
+        }
+    }
 }
 
 #[tokio::test]

@@ -175,6 +175,9 @@ struct Feed {
     connection: Option<u64>,
 }
 
+/// A feed: one symbol's candles of one timeframe.
+type FeedKey = (Symbol, Timeframe);
+
 /// One market connection: the feeds it carries and how it stands. Written by the stream
 /// maintenance on each poll and by the stream handler; read by [`MarketStreamStatuses`].
 #[derive(Debug)]
@@ -187,6 +190,11 @@ struct MarketConnection {
     attempt: u64,
     /// The attached event stream, cancelled when the connection is given up.
     handle: Option<SpawnHandle>,
+    /// The connection this one takes over once it is up (it carries that one's feeds and new
+    /// ones): feeds added later join an existing connection's set without a gap.
+    replaces: Option<u64>,
+    /// The connection taking this one over (set on the replaced one), so it is not picked twice.
+    replaced_by: Option<u64>,
 }
 
 /// One event of one market connection's attempt; `event: None` when the connection ended.
@@ -445,21 +453,8 @@ impl MarketData {
             .filter(|(_, feed)| feed.connection.is_none() && !feed.subscribers.is_empty())
             .map(|(key, _)| key.clone())
             .collect();
-        for chunk in uncovered.chunks(MARKET_STREAMS_PER_CONNECTION_MAX) {
-            let id = self.next_connection_id;
-            self.next_connection_id += 1;
-            let link = StreamLink::new(LinkSettings::default()).with_jitter_seed(id);
-            let connection =
-                MarketConnection { feeds: chunk.to_vec(), link, up_since_venue_ms: None, attempt: 0, handle: None };
-            self.connections.insert(id, connection);
-            for key in chunk {
-                if let Some(feed) = self.feeds.get_mut(key) {
-                    feed.connection = Some(id);
-                }
-            }
-            if !self.connect(id, ctx) {
-                return;
-            }
+        if !uncovered.is_empty() && !self.open_for(uncovered, ctx) {
+            return;
         }
         let due: Vec<u64> = self
             .connections
@@ -472,13 +467,84 @@ impl MarketData {
         }
     }
 
+    /// Opens connections for feeds no connection carries: with the feeds of the smallest
+    /// connection that has room (the new one takes it over once up, so starting users' feeds join
+    /// one connection instead of each wave opening its own), else in new ones of at most
+    /// `MARKET_STREAMS_PER_CONNECTION_MAX`. `false` when the venue streams no candles.
+    fn open_for(&mut self, uncovered: Vec<(Symbol, Timeframe)>, ctx: &mut Context<Self>) -> bool {
+        let joinable = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.replaces.is_none() && c.replaced_by.is_none())
+            .filter(|(_, c)| c.feeds.len() + uncovered.len() <= MARKET_STREAMS_PER_CONNECTION_MAX)
+            .min_by_key(|(_, c)| c.feeds.len())
+            .map(|(id, c)| (*id, c.feeds.clone()));
+        let batches: Vec<(Vec<FeedKey>, Option<u64>)> = match joinable {
+            Some((old_id, mut feeds)) => {
+                feeds.extend(uncovered.iter().cloned());
+                vec![(feeds, Some(old_id))]
+            }
+            None => uncovered.chunks(MARKET_STREAMS_PER_CONNECTION_MAX).map(|chunk| (chunk.to_vec(), None)).collect(),
+        };
+        for (feeds, replaces) in batches {
+            let id = self.next_connection_id;
+            self.next_connection_id += 1;
+            if let Some(old) = replaces.and_then(|old_id| self.connections.get_mut(&old_id)) {
+                old.replaced_by = Some(id);
+            }
+            for key in &uncovered {
+                if let Some(feed) = self.feeds.get_mut(key).filter(|_| feeds.contains(key)) {
+                    feed.connection = Some(id);
+                }
+            }
+            let link = StreamLink::new(LinkSettings::default()).with_jitter_seed(id);
+            let connection = MarketConnection {
+                feeds,
+                link,
+                up_since_venue_ms: None,
+                attempt: 0,
+                handle: None,
+                replaces,
+                replaced_by: None,
+            };
+            self.connections.insert(id, connection);
+            if !self.connect(id, ctx) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Connection `id` is up and takes over the one it replaces: every feed it carries is its
+    /// own from now on, and the old one is closed.
+    fn take_over(&mut self, id: u64, ctx: &mut Context<Self>) {
+        let Some(old_id) = self.connections.get_mut(&id).and_then(|c| c.replaces.take()) else { return };
+        if let Some(mut old) = self.connections.remove(&old_id)
+            && let Some(handle) = old.handle.take()
+        {
+            ctx.cancel_future(handle);
+        }
+        let feeds = self.connections.get(&id).map(|c| c.feeds.clone()).unwrap_or_default();
+        for key in feeds {
+            if let Some(feed) = self.feeds.get_mut(&key) {
+                feed.connection = Some(id);
+            }
+        }
+        tracing::info!(connection = id, replaced = old_id, "market data: market connection took over another's feeds");
+    }
+
     /// A connection heard from too long ago is down (the venue's own watchdog should have said
     /// so); one whose feeds nobody uses any more is closed.
     fn give_up_silent_and_unused(&mut self, ctx: &mut Context<Self>, now_ms: i64) {
         let feeds = &self.feeds;
         let mut unused = Vec::new();
         for (id, connection) in &mut self.connections {
-            connection.feeds.retain(|key| feeds.get(key).is_some_and(|f| f.connection == Some(*id)));
+            let (own, predecessor) = (Some(*id), connection.replaces);
+            connection.feeds.retain(|key| {
+                feeds
+                    .get(key)
+                    .is_some_and(|f| f.connection == own || (predecessor.is_some() && f.connection == predecessor))
+            });
             let in_use = connection.feeds.iter().any(|key| feeds.get(key).is_some_and(|f| !f.subscribers.is_empty()));
             if !in_use {
                 unused.push(*id);
@@ -576,6 +642,7 @@ impl MarketData {
                 feeds = connection.feeds.len(),
                 "market data: market stream up"
             );
+            self.take_over(envelope.connection, ctx);
         } else {
             connection.link.heard(now_ms);
         }

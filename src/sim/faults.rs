@@ -5,7 +5,8 @@
 //!
 //! The plan's `user_stream` part ([`StreamFaultSpec`]) does the same for user data stream events:
 //! each event a connection is about to send draws what happens to it (delivered, dropped,
-//! duplicated, delayed, or the connection dropped, stalled or its key expired).
+//! duplicated, delayed, or the connection dropped, stalled or its key expired); its `market_stream`
+//! part does it for the closed candles of market connections (no key to expire there).
 
 use std::collections::BTreeMap;
 
@@ -127,6 +128,8 @@ pub struct FaultPlan {
     pub endpoints: BTreeMap<String, FaultSpec>,
     /// Faults of every user data stream connection.
     pub user_stream: StreamFaultSpec,
+    /// Faults of every market connection, drawn per closed candle (and per ping) it sends.
+    pub market_stream: StreamFaultSpec,
 }
 
 /// Longest hang or latency a plan may ask for.
@@ -176,6 +179,11 @@ impl FaultPlan {
     pub fn problems(&self, prefix: &str) -> Vec<String> {
         let mut problems = self.global.problems(&format!("{prefix}.global"));
         problems.extend(self.user_stream.problems(&format!("{prefix}.user_stream")));
+        problems.extend(self.market_stream.problems(&format!("{prefix}.market_stream")));
+        if self.market_stream.expire_rate > 0.0 {
+            problems
+                .push(format!("{prefix}.market_stream.expire_rate: a market connection has no listenKey to expire"));
+        }
         for (endpoint, spec) in &self.endpoints {
             if !endpoint.contains(' ') || !endpoint.contains('/') {
                 problems.push(format!("{prefix}.endpoints.{:?}: expected \"METHOD /path\"", excerpt(endpoint)));
@@ -307,28 +315,37 @@ impl Faults {
 impl Faults {
     /// What happens to the next user data stream event (from the same seeded generator).
     pub fn draw_stream(&mut self) -> StreamDraw {
-        let spec = &self.plan.user_stream;
-        let outcomes = [
-            (spec.disconnect_rate, StreamDraw::Disconnect),
-            (spec.stall_rate, StreamDraw::Stall),
-            (spec.expire_rate, StreamDraw::Expire),
-            (spec.duplicate_rate, StreamDraw::Duplicate),
-            (spec.delay_rate, StreamDraw::Delay { ms: spec.delay_ms }),
-            (spec.drop_rate, StreamDraw::Drop),
-        ];
-        if outcomes.iter().all(|(rate, _)| *rate <= 0.0) {
-            return StreamDraw::Deliver;
-        }
-        let roll: f64 = self.random.random();
-        let mut edge = 0.0;
-        for (rate, outcome) in outcomes {
-            edge += rate;
-            if roll < edge {
-                return outcome;
-            }
-        }
-        StreamDraw::Deliver
+        draw_stream_event(&self.plan.user_stream, &mut self.random)
     }
+
+    /// What happens to the next closed candle (or ping) a market connection sends.
+    pub fn draw_market_stream(&mut self) -> StreamDraw {
+        draw_stream_event(&self.plan.market_stream, &mut self.random)
+    }
+}
+
+/// One draw of a stream fault plan: the rates are exclusive shares of one roll.
+fn draw_stream_event(spec: &StreamFaultSpec, random: &mut ChaCha8Rng) -> StreamDraw {
+    let outcomes = [
+        (spec.disconnect_rate, StreamDraw::Disconnect),
+        (spec.stall_rate, StreamDraw::Stall),
+        (spec.expire_rate, StreamDraw::Expire),
+        (spec.duplicate_rate, StreamDraw::Duplicate),
+        (spec.delay_rate, StreamDraw::Delay { ms: spec.delay_ms }),
+        (spec.drop_rate, StreamDraw::Drop),
+    ];
+    if outcomes.iter().all(|(rate, _)| *rate <= 0.0) {
+        return StreamDraw::Deliver;
+    }
+    let roll: f64 = random.random();
+    let mut edge = 0.0;
+    for (rate, outcome) in outcomes {
+        edge += rate;
+        if roll < edge {
+            return outcome;
+        }
+    }
+    StreamDraw::Deliver
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 mod binance_api;
 mod coinglass;
 pub mod faults;
+mod market_stream;
 mod user_stream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -106,6 +107,8 @@ struct SimStats {
     hung: BTreeMap<String, u64>,
     /// User data stream connections opened (WebSocket upgrades with a live listenKey).
     user_stream_connections: u64,
+    /// Market stream connections opened (on any path).
+    market_stream_connections: u64,
     /// Stream faults met, by kind (`disconnect`, `stall`, `expire`, `duplicate`, `delay`, `drop`).
     stream_faults: BTreeMap<String, u64>,
     /// Request weight charged since start (every request the ban let through), for comparing
@@ -210,7 +213,17 @@ pub async fn start(config: SimConfig, clock: Arc<dyn Clock>) -> anyhow::Result<(
             // The user data stream, on Binance's paths (the 2026 `/private` form and the older one).
             .route("/private/ws/{key}", web::get().to(user_stream::connect))
             .route("/private/ws", web::get().to(user_stream::connect))
-            .route("/ws/{key}", web::get().to(user_stream::connect))
+            // Market streams on the 2026 `/market` path; on the other paths they are accepted and
+            // deliver nothing, as Binance's do.
+            .route("/market/ws/{streams:.*}", web::get().to(market_stream::connect))
+            .route("/market/ws", web::get().to(market_stream::connect))
+            .route("/market/stream", web::get().to(market_stream::connect))
+            .route("/public/ws/{streams:.*}", web::get().to(market_stream::connect))
+            .route("/public/ws", web::get().to(market_stream::connect))
+            .route("/public/stream", web::get().to(market_stream::connect))
+            .route("/stream", web::get().to(market_stream::connect))
+            .route("/ws/{key}", web::get().to(legacy_ws))
+            .route("/ws", web::get().to(market_stream::connect))
             .default_service(web::route().to(dispatch))
     })
     .workers(2)
@@ -219,6 +232,16 @@ pub async fn start(config: SimConfig, clock: Arc<dyn Clock>) -> anyhow::Result<(
     .with_context(|| format!("binding {}", config.listen))?;
     let local_addr = *server.addrs().first().context("the listener has no address")?;
     Ok((RunningSim { local_addr, state, _lock: lock }, server.run()))
+}
+
+/// The retired `/ws/<name>` path: a listenKey opens its user data stream (as before 2026); a
+/// stream name (`<symbol>@<stream>`) is a market stream on the wrong path (accepted, silent).
+async fn legacy_ws(request: HttpRequest, body: web::Payload, state: web::Data<SimState>) -> HttpResponse {
+    if request.match_info().get("key").is_some_and(|name| name.contains('@')) {
+        market_stream::connect(request, body, state).await
+    } else {
+        user_stream::connect(request, body, state).await
+    }
 }
 
 fn apply_plan(faults: &mut Faults, limiter: &mut RateLimiter, plan: FaultPlan, now_ms: i64) {
@@ -383,6 +406,7 @@ async fn control(endpoint: &str, body: &[u8], state: &SimState) -> HttpResponse 
                     "requests_while_banned": stats.requests_while_banned,
                     "hung": stats.hung,
                     "user_stream_connections": stats.user_stream_connections,
+                    "market_stream_connections": stats.market_stream_connections,
                     "stream_faults": stats.stream_faults,
                     "weight_charged_total": stats.weight_charged_total,
                 })
