@@ -1108,6 +1108,72 @@ async fn the_binance_client_rotates_its_user_data_connection_without_a_gap() {
 }
 
 #[tokio::test]
+async fn every_market_stream_fault_in_turn_leaves_the_invariants_intact() {
+    let _serial = SERIAL.lock().await;
+    let seed = 79;
+    eprintln!("SEED={seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 4, 200, ""), seed);
+    let config = client_config(dir.path(), &sim.url, 4, 1_000, 1_000);
+    // A stalled connection is given up after 2 s of silence here (60 s by default).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("poll_interval_ms = 40\n", "poll_interval_ms = 40\nstream_silence_secs = 2\n");
+    std::fs::write(&config, text).unwrap();
+    let bulwark = run_bulwark(&config, 4, 40);
+    let market = |spec: Value| json!({ "market_stream": spec });
+    // Each plan stays on until the simulator met its fault twice; the last one mixes market
+    // stream faults with account stream faults and lost order responses.
+    let plans = [
+        ("market_disconnect", market(json!({ "disconnect_rate": 0.3 }))),
+        ("market_stall", market(json!({ "stall_rate": 0.3 }))),
+        ("market_duplicate", market(json!({ "duplicate_rate": 0.5 }))),
+        ("market_delay", market(json!({ "delay_rate": 0.5, "delay_ms": 300 }))),
+        ("market_drop", market(json!({ "drop_rate": 0.5 }))),
+        (
+            "market_drop",
+            json!({
+                "market_stream": { "drop_rate": 0.3, "duplicate_rate": 0.2, "disconnect_rate": 0.1 },
+                "user_stream": { "drop_rate": 0.2, "disconnect_rate": 0.1 },
+                "endpoints": { "POST /fapi/v1/order": { "lost_response_rate": 0.3 } },
+            }),
+        ),
+    ];
+    sim.wait_requests("POST /fapi/v1/order", 1).await;
+    for (fault, plan) in plans {
+        let met_before = sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0);
+        eprintln!("stream fault: {fault} ({plan})");
+        sim.faults(plan).await;
+        let met = async {
+            while sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0) < met_before + 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), met)
+            .await
+            .unwrap_or_else(|_| panic!("SEED={seed}: no {fault} met"));
+    }
+    sim.faults(json!({})).await;
+    let stats = sim.get("/sim/stats").await;
+    eprintln!(
+        "stream faults met: {}; market connections opened: {}; klines requests: {}",
+        stats["stream_faults"], stats["market_stream_connections"], stats["requests"]["GET /fapi/v1/klines"]
+    );
+    assert!(
+        stats["market_stream_connections"].as_u64().unwrap() > 1,
+        "SEED={seed}: the faults made market data reconnect"
+    );
+    finish(bulwark).await;
+    reconcile(&config, 4).await;
+    let (intents, _) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
+    assert!(
+        intents >= 10,
+        "SEED={seed}: {intents} intents; {}",
+        decision_summary(&dir.path().join("data/bulwark.db"), 4)
+    );
+}
+
+#[tokio::test]
 async fn every_user_stream_fault_in_turn_leaves_the_invariants_intact() {
     let _serial = SERIAL.lock().await;
     let seed = 78;
