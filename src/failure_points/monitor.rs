@@ -1490,6 +1490,50 @@ mod tests {
     }
 
     #[test]
+    fn a_market_connection_down_or_silent_is_critical_naming_its_feeds_and_users() {
+        use crate::trader::stream_link::LinkState;
+        let connection = |state: LinkState, live: bool, connections: u64| MarketStreamObservation {
+            connection: 0,
+            feeds: vec!["XRPUSDT 5m".into(), "BTCUSDT 5m".into()],
+            users: vec![user("u1"), user("u2")],
+            state,
+            live,
+            silence_ms_max: 90_000,
+            connections,
+            failures_in_a_row: 0,
+            reconnect_not_before_ms: None,
+        };
+        let run = |connections: Vec<MarketStreamObservation>, streamed: bool| {
+            let observations = Observations {
+                now_ms: 100_000,
+                market_streams: Some(MarketStreams { streamed, connections }),
+                ..Observations::default()
+            };
+            result(&evaluate(&observations), catalog::SYS_MARKET_STREAM).clone()
+        };
+        let up = LinkState::Up { connection: 1, since_ms: 10_000, last_heard_ms: 95_000 };
+        let ok = run(vec![connection(up, true, 1)], true);
+        assert_eq!(ok.status, CheckStatus::Ok, "{}", ok.detail);
+        assert!(ok.detail.starts_with("1 market connection(s) carry 2 feed(s)"), "{}", ok.detail);
+        let first = run(vec![connection(LinkState::Connecting { since_ms: 99_000 }, false, 0)], true);
+        assert_eq!(first.status, CheckStatus::Warn, "a first connection under way");
+        let down = run(vec![connection(LinkState::Down { since_ms: 40_000 }, false, 1)], true);
+        assert_eq!(down.status, CheckStatus::Critical);
+        assert_eq!((down.users.clone(), down.since_ms), (vec![user("u1"), user("u2")], Some(40_000)));
+        assert!(down.detail.contains("(2 feed(s): XRPUSDT 5m, BTCUSDT 5m) down since"), "{}", down.detail);
+        assert!(down.detail.contains("fetched by REST after each close meanwhile"), "{}", down.detail);
+        let silent = run(vec![connection(up, false, 1)], true);
+        assert_eq!(silent.status, CheckStatus::Critical, "up but silent is down");
+        let paper = run(Vec::new(), false);
+        assert_eq!(paper.status, CheckStatus::Ok);
+        assert!(paper.detail.contains("streams no candles"), "{}", paper.detail);
+        assert_eq!(
+            result(&evaluate(&Observations::default()), catalog::SYS_MARKET_STREAM).status,
+            CheckStatus::Unknown
+        );
+    }
+
+    #[test]
     fn a_stream_down_or_silent_is_critical_a_reconnect_not_reread_warns_and_verified_is_ok() {
         use crate::failure_points::catalog::SYS_USER_STREAM;
         use crate::trader::account_book::Unverified;
