@@ -30,6 +30,41 @@ fn is_halt_of(event: &bulwark::supervision::journal::SupervisionEvent, name: &st
 }
 
 #[actix_rt::test]
+async fn a_key_revoked_while_decisions_read_the_book_is_found_by_the_periodic_reconciliation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path(), &format!("{}\n[reconcile]\ninterval_secs = 1\n", three_users()));
+    let clock = ManualClock::new(common::START_MS);
+    let paper = start_paper(&config, clock.clone());
+    let scripted = Arc::new(ScriptedExchange::new(paper.clone(), Vec::new()));
+    let mut tree = Tree::start_with_exchange(config, clock, paper, scripted.clone());
+    tree.wait_ready(&["u1", "u2", "u3"]).await;
+    tree.step_and_settle(&["u1", "u2", "u3"]).await;
+    // Revoked while u2's decisions need no request: the reconciliation pass (every second here)
+    // meets the refusal and records it.
+    scripted.revoke(&user("u2"));
+    let directory = tree.server.directory.clone();
+    let recorded = async {
+        loop {
+            if let Some(refusal) = directory.credentials_refusal(&user("u2")) {
+                return refusal;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let refusal = tokio::time::timeout(std::time::Duration::from_secs(30), recorded)
+        .await
+        .expect("the periodic reconciliation reaches u2 within 30 s");
+    assert!(refusal.contains("-2015"), "{refusal}");
+    // u2's next decision halts it, whatever its book says; the others trade on.
+    let step = tree.step_and_settle(&["u1", "u2", "u3"]).await;
+    assert!(step.crashes.is_empty(), "{:?}", step.crashes);
+    let halted = tree.wait_supervision("u2 to be halted", |e| is_halt_of(e, "u2")).await;
+    assert!(halted.reason.unwrap_or_default().contains("-2015"));
+    assert_eq!(directory.credentials_refusal(&user("u1")), None);
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn a_key_revoked_while_trading_halts_that_user_only() {
     let dir = tempfile::tempdir().unwrap();
     let (mut tree, scripted) = start(&dir, &[]);

@@ -62,6 +62,13 @@ pub struct Directory {
     /// imported what it could, with why (written by the order router's reconciliation; read by its
     /// account syncs, which halt those users' entries, and by status surfaces).
     pub(crate) position_holds: RwLock<BTreeMap<UserId, String>>,
+    /// Users whose credentials the exchange refused on a request no decision made (the periodic
+    /// reconciliation), with the refusal: a decision on a verified account book asks the exchange
+    /// nothing, so without this a revoked key would go unnoticed until the next request of the
+    /// user's own. Written by the order router; read by its account syncs, which answer
+    /// "credentials refused" so the trader halts. Kept for this process's life (a fixed key needs a
+    /// restart, as every halt does).
+    pub(crate) credentials_refused: RwLock<BTreeMap<UserId, String>>,
     /// The Monitor's newest run, written by the Monitor after each run and read by the HTTP API
     /// (status, health, metrics, history) without a database read.
     latest_monitor_run: RwLock<Option<Arc<RunRecord>>>,
@@ -294,6 +301,7 @@ impl Directory {
             persistence_writes_refused: AtomicU64::new(0),
             outbox: Arc::new(OutboxGauge::default()),
             position_holds: RwLock::default(),
+            credentials_refused: RwLock::default(),
             position_suspects: RwLock::default(),
             account_reads: RwLock::default(),
             account_books: RwLock::default(),
@@ -361,6 +369,11 @@ impl Directory {
 
     pub(crate) fn note_position_verified(&self, user: &UserId, symbol: &Symbol, read: PositionRead) {
         self.account_reads.write().entry(user.clone()).or_default().positions_verified.insert(symbol.clone(), read);
+    }
+
+    /// The exchange's refusal of `user`'s credentials, if a request no decision made met one.
+    pub fn credentials_refusal(&self, user: &UserId) -> Option<String> {
+        self.credentials_refused.read().get(user).cloned()
     }
 
     /// Why `user`'s entries are halted for an unexplained position, if they are.

@@ -354,6 +354,10 @@ impl Handler<PeriodicReconcile> for OrderRouter {
                                 );
                             }
                         }
+                        Err(error) if error.credentials_refused => {
+                            tracing::error!(%user, error = %error.detail, "periodic reconciliation: the exchange refused the user's credentials; its trader halts at its next decision");
+                            context.directory.credentials_refused.write().insert(user.clone(), error.detail);
+                        }
                         Err(error) => tracing::warn!(%user, error = %error.detail, "periodic reconciliation failed"),
                     }
                 }
@@ -862,6 +866,9 @@ async fn sync_account(
     placing: &HashSet<ClientOrderId>,
 ) -> Result<AccountSnapshot, AccountError> {
     let (user, symbol) = (&request.user, &request.symbol);
+    if let Some(refusal) = context.directory.credentials_refused.read().get(user) {
+        return Err(AccountError { credentials_refused: true, detail: refusal.clone() });
+    }
     let unresolved_orders = unresolved_orders_of(context, user, symbol).await?;
     // With nothing of this symbol in flight, a verified book is the account: no exchange request.
     // Orders placed and not yet recorded final count once the stream told their end (their fills
