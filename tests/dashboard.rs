@@ -190,8 +190,8 @@ async fn the_dashboard_shows_the_tree_the_grid_a_countdown_and_a_quarantine_live
         .await;
     browser
         .wait_for(
-            "all 34 failure points in the grid",
-            "document.querySelectorAll('#grid .fp[data-status]').length === 34",
+            "all 35 failure points in the grid",
+            "document.querySelectorAll('#grid .fp[data-status]').length === 35",
         )
         .await;
     browser

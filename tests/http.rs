@@ -130,7 +130,7 @@ async fn every_endpoint_answers_and_refuses_what_it_should() {
     for actor in ["persistence", "market_data", "order_router", "monitor", "healer", "http"] {
         assert!(tree.iter().any(|a| a["actor"] == actor && a["state"] == "running"), "{actor} in {tree:?}");
     }
-    assert!(status["failure_points"].as_array().is_some_and(|c| c.len() == 34), "{}", status["failure_points"]);
+    assert!(status["failure_points"].as_array().is_some_and(|c| c.len() == 35), "{}", status["failure_points"]);
     assert_eq!(status["outbox"]["depth"], 0);
 
     // Why: the same answer as the command line.
@@ -163,7 +163,7 @@ async fn every_endpoint_answers_and_refuses_what_it_should() {
             status == 200 && body["runs"].as_array().is_some_and(|runs| !runs.is_empty())
         })
         .await;
-    assert_eq!(history["runs"][0]["statuses"].as_object().unwrap().len(), 34);
+    assert_eq!(history["runs"][0]["statuses"].as_object().unwrap().len(), 35);
     let (code, one) = server.get("/api/failure-points/history?since=1h&id=SYS-DATABASE").await;
     assert_eq!(code, 200);
     assert!(one["runs"][0]["status"].is_string() && one["runs"][0]["detail"].is_string(), "{one}");
