@@ -295,9 +295,14 @@ async fn fifty_users_on_five_symbols_get_every_close_by_stream_and_fetch_only_th
         "klines requests: {klines} for {closes} candle closes (5 feeds, 50 users); market connections: {}; decisions per user: {decisions:?}",
         stats["market_stream_connections"]
     );
-    // One connection carries the five feeds; REST fetched each feed's first window (and at most
-    // one backfill each), whatever the number of users and closes.
-    assert_eq!(stats["market_stream_connections"], 1);
+    // One connection carries the five feeds (a second when users' feeds came in two waves: it
+    // takes the first one over); REST fetched each feed's first window (and at most one backfill
+    // each), whatever the number of users and closes.
+    assert!(
+        (1..=2).contains(&stats["market_stream_connections"].as_u64().unwrap()),
+        "{}",
+        stats["market_stream_connections"]
+    );
     assert!((5..=10).contains(&klines), "{klines} klines requests for {closes} closes");
     // And every user decided on (nearly) every close: the candles came by stream.
     let fewest = *decisions.iter().min().unwrap();
@@ -335,6 +340,9 @@ async fn a_418_ban_stops_every_request_until_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&sim_config(dir.path(), 4, 200, ""), 5);
     let config = client_config(dir.path(), &sim.url, 4, 5_000, 5_000);
+    // Candles by REST after each close: the klines requests show when requests resume.
+    let text = std::fs::read_to_string(&config).unwrap().replace("[exchange]\n", "[exchange]\nmarket_stream = false\n");
+    std::fs::write(&config, text).unwrap();
     let bulwark = run_bulwark(&config, 4, 10);
     sim.wait_requests("GET /fapi/v1/klines", 1).await;
     sim.faults(json!({ "global": { "ban_418_secs": 3 } })).await;
@@ -482,7 +490,9 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&sim_config(dir.path(), 2, 200, ""), 11);
     let config = client_config(dir.path(), &sim.url, 2, 5_000, 2_000);
-    let mut text = std::fs::read_to_string(&config).unwrap();
+    // Candles by REST after each close, so that failing klines requests stop the decisions.
+    let mut text =
+        std::fs::read_to_string(&config).unwrap().replace("[exchange]\n", "[exchange]\nmarket_stream = false\n");
     text += "[monitor]\ninterval_secs = 1\nsummary_interval_secs = 1\n[healer]\ninterval_secs = 2\n";
     text += "[breaker]\nfailures_max = 5\nwithin_secs = 60\nopen_secs = 3\n";
     text += &format!("[intelligence]\nbase_url = \"{}\"\napi_key_env = \"SIM_CG_KEY\"\n", sim.url);
