@@ -1117,6 +1117,25 @@ async fn the_binance_client_rotates_its_user_data_connection_without_a_gap() {
     assert_eq!(sim.requests("POST /fapi/v1/listenKey").await, 1);
 }
 
+/// Sets each plan in turn, each until the simulator met its named stream fault twice (the
+/// traders trading through it), then clears the plan.
+async fn meet_each_stream_fault(sim: &Sim, plans: impl IntoIterator<Item = (&str, Value)>, seed: u64) {
+    for (fault, plan) in plans {
+        let met_before = sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0);
+        eprintln!("stream fault: {fault} ({plan})");
+        sim.faults(plan).await;
+        let met = async {
+            while sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0) < met_before + 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), met)
+            .await
+            .unwrap_or_else(|_| panic!("SEED={seed}: no {fault} met"));
+    }
+    sim.faults(json!({})).await;
+}
+
 #[tokio::test]
 async fn every_market_stream_fault_in_turn_leaves_the_invariants_intact() {
     let _serial = SERIAL.lock().await;
@@ -1150,20 +1169,7 @@ async fn every_market_stream_fault_in_turn_leaves_the_invariants_intact() {
         ),
     ];
     sim.wait_requests("POST /fapi/v1/order", 1).await;
-    for (fault, plan) in plans {
-        let met_before = sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0);
-        eprintln!("stream fault: {fault} ({plan})");
-        sim.faults(plan).await;
-        let met = async {
-            while sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0) < met_before + 2 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), met)
-            .await
-            .unwrap_or_else(|_| panic!("SEED={seed}: no {fault} met"));
-    }
-    sim.faults(json!({})).await;
+    meet_each_stream_fault(&sim, plans, seed).await;
     let stats = sim.get("/sim/stats").await;
     eprintln!(
         "stream faults met: {}; market connections opened: {}; klines requests: {}",
@@ -1217,20 +1223,7 @@ async fn every_user_stream_fault_in_turn_leaves_the_invariants_intact() {
         ),
     ];
     sim.wait_requests("POST /fapi/v1/order", 1).await;
-    for (fault, plan) in plans {
-        let met_before = sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0);
-        eprintln!("stream fault: {fault} ({plan})");
-        sim.faults(plan).await;
-        let met = async {
-            while sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0) < met_before + 2 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), met)
-            .await
-            .unwrap_or_else(|_| panic!("SEED={seed}: no {fault} met"));
-    }
-    sim.faults(json!({})).await;
+    meet_each_stream_fault(&sim, plans, seed).await;
     let stats = sim.get("/sim/stats").await;
     eprintln!(
         "stream faults met: {}; connections opened: {}",
