@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
+use bulwark::actors::market_data::STREAM_GRACE_WALL_MS_MIN;
 use bulwark::actors::market_data::{CandleClosed, MarketData, MarketStreamStatuses, Poll, Subscribe};
 use bulwark::clock::ManualClock;
 use bulwark::config::VenueConfig;
@@ -271,7 +272,13 @@ async fn streamed_candles_need_no_request_and_rest_fills_only_what_the_stream_co
     harness.poll().await;
     assert_eq!(harness.exchange.klines_requests(), 1, "within the grace the stream may still bring it");
     assert!(deliveries.try_recv().is_err(), "the duplicate was not delivered");
+    // Past the venue's grace (a thirtieth of the timeframe) but not yet a wall-time grace after
+    // the poll that found it due: an accelerated venue's seconds are not the network's.
+    assert!(harness.candle_interval_ms / 10 < STREAM_GRACE_WALL_MS_MIN, "the venue runs faster than the wall");
     harness.clock.advance_ms(harness.candle_interval_ms / 10);
+    harness.poll().await;
+    assert_eq!(harness.exchange.klines_requests(), 1, "within the wall-time grace");
+    harness.clock.advance_ms(STREAM_GRACE_WALL_MS_MIN);
     harness.poll().await;
     let late = next_window(&mut deliveries).await;
     assert_eq!(harness.exchange.klines_requests(), 2, "past the grace the candle is fetched");

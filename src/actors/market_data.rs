@@ -13,7 +13,7 @@
 //! in use are carried by market connections (up to 1,024 feeds each) and a closed candle is
 //! delivered the moment it arrives, with no request. REST klines then only backfill: a feed whose
 //! connection was not up when its candle closed, a candle that did not come within a grace after
-//! the close (`stream_grace_ms`), or a candle that does not follow the window (a gap). A connection
+//! the close (`stream_grace_ms`, and at least [`STREAM_GRACE_WALL_MS_MIN`] of wall time), or a candle that does not follow the window (a gap). A connection
 //! that ends or goes silent is reconnected with backoff and jitter ([`StreamLink`]); meanwhile its
 //! feeds are fetched by REST after each close, as on a venue without streams.
 //!
@@ -59,6 +59,12 @@ fn close_margin_ms(timeframe: Timeframe, clock_is_exact: bool, clock_error_ms: i
 fn stream_grace_ms(timeframe: Timeframe, close_margin_ms: i64) -> i64 {
     close_margin_ms.max(timeframe.duration_ms() / 30).min(timeframe.duration_ms() / 4)
 }
+
+/// The grace also lasts at least this much wall time from the poll that first found the candle
+/// due: the streamed candle's delay is wall time (the network, the venue's push), which an
+/// accelerated venue's clock cannot measure (its 10 s of grace can be 17 ms of wall time). Against
+/// Binance the venue grace is the longer of the two.
+pub const STREAM_GRACE_WALL_MS_MIN: i64 = 250;
 
 /// The newest closed candles of a feed (or why they could not be had), sent to each subscriber.
 #[derive(Debug, Clone, Message)]
@@ -173,6 +179,12 @@ struct Feed {
     latest_window: Option<Arc<[Candle]>>,
     /// The market connection carrying this feed (`None`: none yet, or the venue streams nothing).
     connection: Option<u64>,
+    /// (close ms, local wall ms) of the candle a poll first found due while a live connection
+    /// should bring it: the start of its wall-time grace. Written and read by `due_feeds`.
+    stream_grace_started: Option<(i64, i64)>,
+    /// Close (exchange ms) of the newest candle a connection brought: a close it has already
+    /// passed gets no grace (it came after a gap). Written by `apply_streamed_candle`.
+    newest_streamed_close_ms: Option<i64>,
 }
 
 /// A feed: one symbol's candles of one timeframe.
@@ -317,23 +329,41 @@ impl MarketData {
     fn due_feeds(&mut self, now_ms: i64) -> Vec<(Symbol, Timeframe, i64)> {
         self.forget_idle_feeds(now_ms);
         let local_now_ms = self.clock.now_ms();
-        self.feeds
+        let (clock_is_exact, clock_error_ms) = (self.exchange.clock_is_exact(), self.exchange.clock_error_ms());
+        let streamed_closes: BTreeMap<FeedKey, i64> = self
+            .feeds
             .iter()
-            .filter(|(_, feed)| !feed.subscribers.is_empty())
-            .filter_map(|((symbol, timeframe), feed)| {
-                // A candle counts as closed a moment after its end, so that a clock estimate that
-                // runs slightly early does not fetch before the exchange has closed it.
-                let margin_ms =
-                    close_margin_ms(*timeframe, self.exchange.clock_is_exact(), self.exchange.clock_error_ms());
-                let expected_open_ms = timeframe.last_closed_open_ms(now_ms - margin_ms);
-                let due = feed.delivered_open_ms.is_none_or(|delivered| delivered < expected_open_ms);
-                // A candle a live connection should bring is given its grace before a request.
-                let close_ms = expected_open_ms + timeframe.duration_ms();
-                let streamed = self.stream_brings(feed, close_ms, local_now_ms);
-                let in_grace = streamed && now_ms - margin_ms < close_ms + stream_grace_ms(*timeframe, margin_ms);
-                (due && !in_grace).then(|| (symbol.clone(), *timeframe, expected_open_ms))
+            .filter_map(|(key, feed)| {
+                let margin_ms = close_margin_ms(key.1, clock_is_exact, clock_error_ms);
+                let close_ms = key.1.last_closed_open_ms(now_ms - margin_ms) + key.1.duration_ms();
+                self.stream_brings(feed, close_ms, local_now_ms).then(|| (key.clone(), close_ms))
             })
-            .collect()
+            .collect();
+        let mut due_feeds = Vec::new();
+        for ((symbol, timeframe), feed) in self.feeds.iter_mut().filter(|(_, feed)| !feed.subscribers.is_empty()) {
+            // A candle counts as closed a moment after its end, so that a clock estimate that
+            // runs slightly early does not fetch before the exchange has closed it.
+            let margin_ms = close_margin_ms(*timeframe, clock_is_exact, clock_error_ms);
+            let expected_open_ms = timeframe.last_closed_open_ms(now_ms - margin_ms);
+            if feed.delivered_open_ms.is_some_and(|delivered| delivered >= expected_open_ms) {
+                continue;
+            }
+            // A candle a live connection should bring is given its grace before a request.
+            let close_ms = expected_open_ms + timeframe.duration_ms();
+            let stream_passed_it = feed.newest_streamed_close_ms.is_some_and(|streamed_ms| streamed_ms >= close_ms);
+            let streamed = !stream_passed_it && streamed_closes.get(&(symbol.clone(), *timeframe)) == Some(&close_ms);
+            if streamed && feed.stream_grace_started.is_none_or(|(started_close_ms, _)| started_close_ms != close_ms) {
+                feed.stream_grace_started = Some((close_ms, local_now_ms));
+            }
+            let venue_grace = now_ms - margin_ms < close_ms + stream_grace_ms(*timeframe, margin_ms);
+            let wall_grace = feed
+                .stream_grace_started
+                .is_some_and(|(_, started_ms)| local_now_ms - started_ms < STREAM_GRACE_WALL_MS_MIN);
+            if !(streamed && (venue_grace || wall_grace)) {
+                due_feeds.push((symbol.clone(), *timeframe, expected_open_ms));
+            }
+        }
+        due_feeds
     }
 
     fn deliver(
@@ -666,6 +696,8 @@ impl MarketData {
         }
         let Some(feed) = self.feeds.get_mut(&(symbol.clone(), timeframe)) else { return };
         self.stats.streamed_candles += 1;
+        let close_ms = candle.open_time_ms + timeframe.duration_ms();
+        feed.newest_streamed_close_ms = feed.newest_streamed_close_ms.max(Some(close_ms));
         if feed.delivered_open_ms.is_some_and(|delivered| delivered >= candle.open_time_ms) {
             self.stats.streamed_duplicates += 1;
             return;
