@@ -147,6 +147,10 @@ pub struct BinanceVenueConfig {
     /// Whether closed candles come from the market kline streams (REST klines then only backfill
     /// what a connection missed) instead of a REST request after each close.
     pub market_stream: bool,
+    /// Whether the market connections also follow each traded symbol's aggregate trades
+    /// (`<symbol>@aggTrade`), from which each streamed candle gets its large-trade flow (the
+    /// whale-CVD guard). Only with `market_stream`.
+    pub trade_stream: bool,
     /// The WebSocket base: `<stream_url>/private/ws/<listenKey>` (`wss://fstream.binance.com` for
     /// production; by default the base URL's host with a `ws(s)` scheme).
     pub stream_url: Url,
@@ -692,6 +696,7 @@ struct RawExchange {
     poll_interval_ms: i64,
     user_data_stream: bool,
     market_stream: bool,
+    trade_stream: bool,
     stream_url: Option<String>,
     listen_key_keepalive_secs: i64,
     stream_connects_per_second: i64,
@@ -712,6 +717,7 @@ impl Default for RawExchange {
             poll_interval_ms: 1_000,
             user_data_stream: true,
             market_stream: true,
+            trade_stream: true,
             stream_url: None,
             listen_key_keepalive_secs: 1_800,
             stream_connects_per_second: 5,
@@ -1321,6 +1327,7 @@ impl Validator {
                         poll_interval,
                         user_data_stream: raw.user_data_stream,
                         market_stream: raw.market_stream,
+                        trade_stream: raw.trade_stream,
                         stream_url,
                         listen_key_keepalive: Duration::from_secs(keepalive_secs as u64),
                         stream_connects_per_second,

@@ -586,6 +586,7 @@ pub fn start_exchange(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<
                 retry: config.retry,
                 user_data_stream: binance.user_data_stream,
                 market_stream: binance.market_stream,
+                trade_stream: binance.trade_stream,
                 stream_url: binance.stream_url.clone(),
                 listen_key_keepalive: binance.listen_key_keepalive,
                 stream_connects_per_second: binance.stream_connects_per_second,

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use bulwark::clock::SystemClock;
 use bulwark::domain::{
-    ClientOrderId, OrderRequest, OrderState, OrderType, Price, Quantity, Side, Symbol, Timeframe, UserId,
+    Candle, ClientOrderId, OrderRequest, OrderState, OrderType, Price, Quantity, Side, Symbol, Timeframe, UserId,
 };
 use bulwark::exchange::{Exchange, ExchangeError};
+use bulwark::intelligence::tape;
 use bulwark::persistence::Store;
 use bulwark::secret::Secret;
 use rust_decimal::Decimal;
@@ -1015,11 +1016,22 @@ async fn the_binance_client_follows_kline_streams_on_the_market_path() {
     for pair in closed.windows(2) {
         assert_eq!(pair[1].open_time_ms, pair[0].open_time_ms + 300_000, "one candle after another, none missed");
     }
-    // Exactly the candles the REST klines hold, and no klines request was needed to get them.
+    // Exactly the candles the REST klines hold (with the tape's taker-buy volume), and no klines
+    // request was needed to get them.
     assert_eq!(sim.requests("GET /fapi/v1/klines").await, 0);
     let rest = client.klines(&xrp, Timeframe::M5, 100).await.unwrap();
     for candle in &closed {
-        assert!(rest.contains(candle), "{candle:?} is in the REST klines");
+        assert!(candle.taker_buy_volume.is_some_and(|bought| bought > 0.0 && bought < candle.volume), "{candle:?}");
+        assert!(rest.contains(&Candle { large_trades: None, ..*candle }), "{candle:?} is in the REST klines");
+    }
+    // The aggTrade stream came with them: the first candle's trades were not followed from its
+    // start; every later one carries its large trades, measured as the tape measures them.
+    assert_eq!(closed[0].large_trades, None, "followed from the middle of its trades");
+    for pair in closed.windows(2) {
+        let trades = |candle: &Candle| tape::candle_trades(&Candle { large_trades: None, ..*candle });
+        let expected = tape::large_trades(&trades(&pair[0]), &trades(&pair[1]), 300_000);
+        assert!(expected.is_some());
+        assert_eq!(pair[1].large_trades, expected, "{:?}", pair[1]);
     }
     assert_eq!(sim.get("/sim/stats").await["market_stream_connections"], 1);
 }
@@ -1032,7 +1044,8 @@ async fn market_streams_flow_only_on_the_market_path_and_answer_control_requests
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&sim_config(dir.path(), 1, 100, ""), 14);
     let ws = sim.url.replace("http://", "ws://");
-    let (mut raw, _) = tokio_tungstenite::connect_async(format!("{ws}/market/ws/xrpusdt@kline_5m")).await.unwrap();
+    let (mut raw, _) =
+        tokio_tungstenite::connect_async(format!("{ws}/market/ws/xrpusdt@kline_5m/xrpusdt@aggTrade")).await.unwrap();
     let (mut legacy, _) =
         tokio_tungstenite::connect_async(format!("{ws}/stream?streams=xrpusdt@kline_5m")).await.unwrap();
     let (mut combined, _) = tokio_tungstenite::connect_async(format!("{ws}/market/stream")).await.unwrap();
@@ -1054,6 +1067,32 @@ async fn market_streams_flow_only_on_the_market_path_and_answer_control_requests
         (bare["e"].as_str(), bare["s"].as_str(), bare["k"]["i"].as_str()),
         (Some("kline"), Some("XRPUSDT"), Some("5m"))
     );
+    // The candle's trades come before its closed kline, inside it, and add up to its volume.
+    let (open_ms, close_ms) = (bare["k"]["t"].as_i64().unwrap(), bare["k"]["T"].as_i64().unwrap());
+    let mut traded = 0.0;
+    let mut bought = 0.0;
+    for _ in 0..tape::TRADES_PER_CANDLE {
+        let trade = loop {
+            let event = next_event(&mut raw).await;
+            if event["e"] == "aggTrade" {
+                break event;
+            }
+        };
+        assert_eq!(trade["s"], "XRPUSDT");
+        assert!(trade["T"].as_i64().unwrap() > close_ms, "the next candle's trades: {trade}");
+        let quantity: f64 = trade["q"].as_str().unwrap().parse().unwrap();
+        traded += quantity;
+        if trade["m"] == false {
+            bought += quantity;
+        }
+    }
+    let next = closed_kline(&mut raw).await;
+    assert_eq!(next["k"]["t"].as_i64().unwrap(), open_ms + 300_000);
+    let volume: f64 = next["k"]["v"].as_str().unwrap().parse().unwrap();
+    let taker_bought: f64 = next["k"]["V"].as_str().unwrap().parse().unwrap();
+    assert!((traded - volume).abs() <= 1e-9 * volume.max(1.0), "{traded} traded, {volume} in the kline");
+    assert!((bought - taker_bought).abs() <= 1e-9 * volume.max(1.0), "{bought} bought, V {taker_bought}");
+    assert_eq!(next["k"]["n"], tape::TRADES_PER_CANDLE);
     let wrapped = closed_kline(&mut combined).await;
     assert_eq!(wrapped["stream"], "xrpusdt@kline_5m");
     assert_eq!(wrapped["data"]["k"]["T"].as_i64().unwrap() - wrapped["data"]["k"]["t"].as_i64().unwrap(), 299_999);

@@ -66,6 +66,19 @@ fn stream_grace_ms(timeframe: Timeframe, close_margin_ms: i64) -> i64 {
 /// Binance the venue grace is the longer of the two.
 pub const STREAM_GRACE_WALL_MS_MIN: i64 = 250;
 
+/// A REST kline carries no large-trade flow: the candles of `fetched` that the previous window
+/// had (streamed with their trades followed) keep theirs, so a backfill does not blank the window
+/// the whale-CVD guard reads.
+fn keep_large_trades(previous: Option<&[Candle]>, fetched: &mut [Candle]) {
+    let Some(previous) = previous else { return };
+    for candle in fetched.iter_mut().filter(|candle| candle.large_trades.is_none()) {
+        let known = previous.binary_search_by_key(&candle.open_time_ms, |known| known.open_time_ms);
+        if let Ok(index) = known {
+            candle.large_trades = previous[index].large_trades;
+        }
+    }
+}
+
 /// The newest closed candles of a feed (or why they could not be had), sent to each subscriber.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -397,6 +410,7 @@ impl MarketData {
                 if newest_open_ms.is_some_and(|open| open >= expected_open_ms) {
                     feed.delivered_open_ms = newest_open_ms;
                     feed.stale_polls = 0;
+                    keep_large_trades(feed.latest_window.as_deref(), &mut candles);
                     let window = Arc::<[Candle]>::from(candles);
                     feed.latest_window = Some(window.clone());
                     Ok(window)

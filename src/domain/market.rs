@@ -123,6 +123,33 @@ pub struct Candle {
     pub low: f64,
     pub close: f64,
     pub volume: f64,
+    /// Base-asset volume bought by takers, where the venue reports it (Binance's kline field 9,
+    /// the kline stream's `V`; the paper market's recorded tape); `None` for recorded candles
+    /// without it.
+    #[serde(default)]
+    pub taker_buy_volume: Option<f64>,
+    /// The interval's large trades by aggressor side, where the venue's trades were followed
+    /// through the whole interval (Binance's aggTrade stream; the paper market's recorded tape);
+    /// `None` otherwise (a REST kline never carries them).
+    #[serde(default)]
+    pub large_trades: Option<LargeTrades>,
+}
+
+/// Notional (quote asset, USD for USDⓈ-M) of an interval's large trades by aggressor side: a trade
+/// is large when its notional is at least [`crate::intelligence::large_trades::LARGE_TRADE_MEAN_MULTIPLE`]
+/// times the mean trade of the interval before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LargeTrades {
+    pub buy_usd: f64,
+    pub sell_usd: f64,
+}
+
+/// The two intervals' large trades together (a longer candle made of shorter ones).
+impl std::ops::Add for LargeTrades {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self { buy_usd: self.buy_usd + other.buy_usd, sell_usd: self.sell_usd + other.sell_usd }
+    }
 }
 
 /// What is wrong with a candle window.
@@ -201,6 +228,8 @@ mod tests {
             low: close * 0.99,
             close,
             volume: 10.0,
+            taker_buy_volume: None,
+            large_trades: None,
         }
     }
 

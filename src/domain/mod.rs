@@ -11,7 +11,7 @@ mod position;
 
 pub use events::{AccountEvent, BalanceUpdate, EventTimes, MarketEvent, PositionUpdate};
 pub use ids::{ClientOrderId, IdError, Symbol, UserId};
-pub use market::{Candle, DataProblem, Timeframe, validate_candles};
+pub use market::{Candle, DataProblem, LargeTrades, Timeframe, validate_candles};
 pub(crate) use money::decimal_to_f64;
 pub use money::{MoneyError, Price, Quantity, SymbolRules, decimal_from_f64};
 pub use order::{

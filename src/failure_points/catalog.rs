@@ -218,7 +218,7 @@ mod rows {
             Signal,
             Medium,
             "the net taker flow of large intervals runs against the signal",
-            "over intel_window (12) intervals of intelligence, the net taker flow (buy - sell) of the intervals whose notional is at least whale_volume_multiple (2) x the median, against the signal's side, as a share of their volume (whale_cvd_share_max 0.3); missing intelligence, or intelligence whose newest interval closed more than intel_age_ms_max (15 min) of venue time before the decided candle, allows and says so",
+            "over intel_window (12) intervals of intelligence, the net flow (buy - sell) of the large trades (each at least 5 x the mean trade of the interval before; from Binance's aggTrade stream, or the recorded trade tape on paper and in bulwark sim) against the signal's side, as a share of their volume (whale_cvd_share_max 0.3); where some interval's trades were not followed (CoinGlass, a candle fetched by REST) the net taker flow of the intervals whose notional is at least whale_volume_multiple (2) x the median instead; the verdict says which (measured_on); missing intelligence, or intelligence whose newest interval closed more than intel_age_ms_max (15 min) of venue time before the decided candle, allows and says so",
             Manual("the signal is blocked; the next candle is judged afresh"),
         ),
         point(
@@ -226,7 +226,7 @@ mod rows {
             Signal,
             Medium,
             "taker buy/sell ratio runs against the signal",
-            "taker buy volume / taker sell volume over taker_window (6) intervals of intelligence: below taker_ratio_long_min (0.8) blocks a long, above taker_ratio_short_max (1.25) a short; missing intelligence, or intelligence whose newest interval closed more than intel_age_ms_max (15 min) of venue time before the decided candle, allows and says so",
+            "taker buy volume / taker sell volume over taker_window (6) intervals of intelligence (the klines' own taker-buy volume: Binance's kline field 9 and stream V, the recorded trade tape on paper and in bulwark sim; CoinGlass's taker series when configured): below taker_ratio_long_min (0.8) blocks a long, above taker_ratio_short_max (1.25) a short; missing intelligence, or intelligence whose newest interval closed more than intel_age_ms_max (15 min) of venue time before the decided candle, allows and says so",
             Manual("the signal is blocked; the next candle is judged afresh"),
         ),
         point(

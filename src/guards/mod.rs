@@ -41,7 +41,7 @@ use crate::failure_points::catalog::{
     SIG_WHALE_CVD,
 };
 use crate::failure_points::locks::GuardLock;
-use crate::intelligence::IntelSnapshot;
+use crate::intelligence::{IntelSnapshot, WhaleSource};
 
 pub mod equity;
 
@@ -715,12 +715,17 @@ fn whale_cvd(signal: &EntrySignal, context: &SignalContext<'_>, settings: &Guard
         "net_share": round(share, 4),
         "max_against": settings.whale_cvd_share_max,
         "source": intel.source,
+        "measured_on": flow.source.as_str(),
     });
     if against > settings.whale_cvd_share_max {
         return block(
             SIG_WHALE_CVD,
             format!(
-                "large-interval CVD runs against the {}: net {:.0} USD ({:.1} % of their volume)",
+                "{} CVD runs against the {}: net {:.0} USD ({:.1} % of their volume)",
+                match flow.source {
+                    WhaleSource::LargeTrades => "large-trade",
+                    WhaleSource::LargeIntervals => "large-interval",
+                },
                 if signal.side == Side::Buy { "long" } else { "short" },
                 flow.net_usd,
                 share * 100.0

@@ -30,6 +30,8 @@ fn calm(n: usize, swing: f64) -> Vec<Candle> {
                 low: close.min(100.0) * 0.999,
                 close,
                 volume: 10.0,
+                taker_buy_volume: None,
+                large_trades: None,
             }
         })
         .collect()
@@ -302,6 +304,7 @@ fn intel(flows: &[(f64, f64)], newest_close_ms: i64) -> IntelSnapshot {
                 open_interest_usd: None,
                 funding_rate_pct: None,
                 long_short_ratio: None,
+                large_trades: None,
             })
             .collect(),
     }

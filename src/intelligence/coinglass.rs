@@ -214,6 +214,7 @@ pub fn merge(
                 .get(&time_ms)
                 .map(|r| number(r, "global_account_long_short_ratio", LONG_SHORT))
                 .transpose()?,
+            large_trades: None,
         });
     }
     intervals.sort_by_key(|i| i.time_ms);

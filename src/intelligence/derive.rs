@@ -7,7 +7,8 @@
 //! | funding rate | the close's distance from its 24-candle mean, in percent / 8, clamped to ±0.75 |
 //! | liquidations | traded notional × the candle's fall (longs) or rise (shorts) × 5 |
 //! | long/short account ratio | 50 % ± 15 % by the 12-candle return |
-//! | taker buy/sell | traded notional split by where the close sits in the range |
+//! | taker buy/sell | the candle's taker-buy volume × close, and the rest of its notional; without it (recorded candles), the notional split by where the close sits in the range |
+//! | large trades | the candle's own (streamed candles whose trades were followed), else none |
 
 use crate::domain::{Candle, Symbol, Timeframe};
 use crate::intelligence::{IntelInterval, IntelSnapshot};
@@ -49,8 +50,13 @@ pub fn long_percent(candles: &[Candle]) -> Vec<f64> {
         .collect()
 }
 
-/// (taker buy, taker sell) notional of a candle, split by where the close sits in the range.
+/// (taker buy, taker sell) notional of a candle: from its taker-buy volume where the venue gave
+/// it, else split by where the close sits in the range.
 pub fn taker_split(candle: &Candle) -> (f64, f64) {
+    if let Some(bought) = candle.taker_buy_volume {
+        let bought = bought.clamp(0.0, candle.volume.max(0.0));
+        return (bought * candle.close, (candle.volume - bought).max(0.0) * candle.close);
+    }
     let share = if candle.high > candle.low { (candle.close - candle.low) / (candle.high - candle.low) } else { 0.5 };
     let total = notional(candle);
     (total * share, total * (1.0 - share))
@@ -74,6 +80,7 @@ pub fn from_candles(symbol: Symbol, timeframe: Timeframe, candles: &[Candle], fe
                 open_interest_usd: Some(oi[i]),
                 funding_rate_pct: Some(funding[i]),
                 long_short_ratio: Some(long[i] / (100.0 - long[i])),
+                large_trades: candle.large_trades,
             }
         })
         .collect();
@@ -169,6 +176,8 @@ mod tests {
                 low: minute.iter().map(|t| t.price).fold(f64::MAX, f64::min),
                 close: minute[minute.len() - 1].price,
                 volume: minute.iter().map(|t| t.amount).sum(),
+                taker_buy_volume: None,
+                large_trades: None,
             };
             let (estimated_buy, estimated_sell) = taker_split(&candle);
             assert!(estimated_buy >= 0.0 && estimated_sell >= 0.0);

@@ -284,7 +284,8 @@ pub async fn answer(
             let rows: Vec<Value> = candles
                 .iter()
                 .map(|c| {
-                    let buy_share = if c.high > c.low { (c.close - c.low) / (c.high - c.low) } else { 0.5 };
+                    // The market's candles carry their tape's taker-buy volume (`crate::intelligence::tape`).
+                    let taker_buy_volume = c.taker_buy_volume.unwrap_or(0.0);
                     json!([
                         c.open_time_ms,
                         float(c.open),
@@ -294,9 +295,9 @@ pub async fn answer(
                         float(c.volume),
                         c.close_time_ms,
                         float(c.volume * c.close),
-                        100,
-                        float(c.volume * buy_share),
-                        float(c.volume * buy_share * c.close),
+                        crate::sim::market_stream::trade_count(c, timeframe),
+                        float(taker_buy_volume),
+                        float(taker_buy_volume * c.close),
                         "0"
                     ])
                 })

@@ -8,7 +8,7 @@
 //! | funding-rate/history | the close's distance from its 24-candle mean, in percent, clamped to ±0.75 |
 //! | liquidation/history | traded notional × the candle's fall (longs) or rise (shorts) × 5 |
 //! | global-long-short-account-ratio/history | 50 % ± 15 % by the 12-candle return |
-//! | v2/taker-buy-sell-volume/history | traded notional split by where the close sits in the range |
+//! | v2/taker-buy-sell-volume/history | the candle's taker-buy volume (its recorded tape, [`crate::intelligence::tape`]) × close, and the rest of its notional |
 
 use std::str::FromStr;
 

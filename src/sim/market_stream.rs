@@ -15,6 +15,13 @@
 //! server sends every 3 minutes) draws the plan's `market_stream` faults: dropped, duplicated,
 //! delayed, or the connection dropped or stalled. A connection sending more than 10 messages a
 //! second is closed, as Binance does.
+//!
+//! Aggregate trade streams (`<symbol>@aggTrade`) carry the market's recorded tape
+//! ([`crate::intelligence::tape`]): each candle's trades go out when it closes, before its closed
+//! kline, with their own trade times inside the candle (Binance sends each as it happens; the
+//! simulator's market does not know a candle's trades before it closes). They draw no faults of
+//! their own: a dropped or stalled connection loses them with everything else. The kline's `n`,
+//! `V` and `Q` come from the same tape.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +32,8 @@ use serde_json::{Value, json};
 
 use crate::domain::{Candle, Symbol, Timeframe};
 use crate::exchange::Exchange;
+use crate::exchange::paper::market::BASE_TIMEFRAME;
+use crate::intelligence::tape;
 use crate::sim::SimState;
 use crate::sim::faults::StreamDraw;
 
@@ -57,6 +66,15 @@ struct Kline {
     sent_open_ms: Option<i64>,
 }
 
+/// An aggregate trade stream a connection follows, and the newest base candle whose trades it
+/// has sent (open ms).
+#[derive(Debug)]
+struct TradeFollow {
+    name: String,
+    symbol: Symbol,
+    sent_open_ms: Option<i64>,
+}
+
 /// One connection's subscriptions and settings. Written by its own serving task only.
 #[derive(Debug)]
 struct Subscriptions {
@@ -64,6 +82,7 @@ struct Subscriptions {
     /// In subscription order (what `LIST_SUBSCRIPTIONS` answers).
     names: Vec<String>,
     klines: BTreeMap<String, Kline>,
+    trades: BTreeMap<String, TradeFollow>,
     combined: bool,
 }
 
@@ -77,6 +96,8 @@ impl Subscriptions {
             self.names.push(name.clone());
             if let Some((symbol, timeframe)) = kline_stream(name) {
                 self.klines.insert(name.clone(), Kline { name: name.clone(), symbol, timeframe, sent_open_ms: None });
+            } else if let Some(symbol) = trade_stream(name) {
+                self.trades.insert(name.clone(), TradeFollow { name: name.clone(), symbol, sent_open_ms: None });
             }
         }
         Ok(())
@@ -85,6 +106,7 @@ impl Subscriptions {
     fn unsubscribe(&mut self, names: &[String]) {
         self.names.retain(|name| !names.contains(name));
         self.klines.retain(|name, _| !names.contains(name));
+        self.trades.retain(|name, _| !names.contains(name));
     }
 }
 
@@ -95,6 +117,15 @@ fn kline_stream(name: &str) -> Option<(Symbol, Timeframe)> {
         return None;
     }
     Some((Symbol::new(&symbol.to_ascii_uppercase()).ok()?, interval.parse().ok()?))
+}
+
+/// `<symbol>@aggTrade` read as its symbol; `None` for any other stream.
+fn trade_stream(name: &str) -> Option<Symbol> {
+    let symbol = name.strip_suffix("@aggTrade")?;
+    if symbol.is_empty() || symbol.chars().any(|c| c.is_ascii_uppercase()) {
+        return None;
+    }
+    Symbol::new(&symbol.to_ascii_uppercase()).ok()
 }
 
 /// `GET /market/ws/<streams>`, `/market/ws`, `/market/stream?streams=...`, and the same shapes on
@@ -118,7 +149,8 @@ pub async fn connect(request: HttpRequest, body: web::Payload, state: web::Data<
             .map(str::to_owned)
             .collect()
     };
-    let mut subscriptions = Subscriptions { route, names: Vec::new(), klines: BTreeMap::new(), combined };
+    let mut subscriptions =
+        Subscriptions { route, names: Vec::new(), klines: BTreeMap::new(), trades: BTreeMap::new(), combined };
     if let Err(msg) = subscriptions.subscribe(&names) {
         return crate::sim::binance_error(actix_web::http::StatusCode::BAD_REQUEST, -1121, &msg);
     }
@@ -182,6 +214,9 @@ async fn serve(
                 if forming_due {
                     last_forming_ms = wall_ms;
                 }
+                if push_trades(&state, &mut subscriptions, &mut session).await.is_err() {
+                    break Ended::Closed;
+                }
                 match push_klines(&state, &mut subscriptions, &mut session, forming_due).await {
                     Ok(()) => {}
                     Err(ended) => break ended,
@@ -214,12 +249,15 @@ async fn serve(
 fn next_push_in(state: &SimState, subscriptions: &Subscriptions, last_forming_ms: i64) -> Duration {
     let wall_ms = state.now_ms();
     let venue_now_ms = state.exchange_now_ms(0);
-    let next_close_wall_ms = subscriptions
+    let timeframes = subscriptions
         .klines
         .values()
-        .map(|kline| {
-            let duration_ms = kline.timeframe.duration_ms();
-            state.market_clock.wall_at_ms(kline.timeframe.last_closed_open_ms(venue_now_ms) + 2 * duration_ms)
+        .map(|kline| kline.timeframe)
+        .chain(subscriptions.trades.values().map(|_| BASE_TIMEFRAME));
+    let next_close_wall_ms = timeframes
+        .map(|timeframe| {
+            let duration_ms = timeframe.duration_ms();
+            state.market_clock.wall_at_ms(timeframe.last_closed_open_ms(venue_now_ms) + 2 * duration_ms)
         })
         .min();
     let forming_wall_ms = last_forming_ms + FORMING_INTERVAL.as_millis() as i64;
@@ -235,6 +273,55 @@ fn draw(state: &SimState) -> StreamDraw {
         *state.stats.lock().stream_faults.entry(format!("market_{fault}")).or_default() += 1;
     }
     draw
+}
+
+/// Sends the trades of every base candle closed since an aggregate trade stream's last push (a new
+/// subscription starts with the candle forming now).
+async fn push_trades(
+    state: &SimState,
+    subscriptions: &mut Subscriptions,
+    session: &mut actix_ws::Session,
+) -> Result<(), Ended> {
+    let venue_now_ms = state.exchange_now_ms(0);
+    let combined = subscriptions.combined;
+    for follow in subscriptions.trades.values_mut() {
+        let last_closed_open_ms = BASE_TIMEFRAME.last_closed_open_ms(venue_now_ms);
+        if follow.sent_open_ms.is_some_and(|sent| sent >= last_closed_open_ms) {
+            continue;
+        }
+        let Ok(candles) = state.exchange.klines(&follow.symbol, BASE_TIMEFRAME, 3).await else { continue };
+        let Some(last) = candles.last() else { continue };
+        let Some(sent_open_ms) = follow.sent_open_ms else {
+            follow.sent_open_ms = Some(last.open_time_ms);
+            continue;
+        };
+        for candle in candles.iter().filter(|c| c.open_time_ms > sent_open_ms) {
+            follow.sent_open_ms = Some(candle.open_time_ms);
+            for trade in tape::candle_trades(candle) {
+                let payload = agg_trade_json(&follow.symbol, &trade, venue_now_ms);
+                send(session, &wrap(combined, &follow.name, payload)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Binance's aggregate trade event (`binance-shapes.md` §1.5): one recorded trade is one
+/// aggregate of one fill.
+pub fn agg_trade_json(symbol: &Symbol, trade: &crate::intelligence::large_trades::MarketTrade, event_ms: i64) -> Value {
+    json!({
+        "e": "aggTrade",
+        "E": event_ms,
+        "s": symbol.as_str(),
+        "a": trade.id,
+        "p": format!("{}", trade.price),
+        "q": format!("{}", trade.quantity),
+        "nq": format!("{}", trade.quantity),
+        "f": trade.id,
+        "l": trade.id,
+        "T": trade.time_ms,
+        "m": !trade.taker_buys,
+    })
 }
 
 /// Sends every kline stream's newly closed candles (each drawing the fault plan), and the forming
@@ -308,7 +395,19 @@ fn forming_candle(last_closed: &Candle, timeframe: Timeframe) -> Candle {
         low: last_closed.close,
         close: last_closed.close,
         volume: 0.0,
+        taker_buy_volume: Some(0.0),
+        large_trades: None,
     }
+}
+
+/// Trades in a candle of the simulator's market: the tape's per base candle (none yet in a forming
+/// candle, which shows no trade).
+pub fn trade_count(candle: &Candle, timeframe: Timeframe) -> u64 {
+    if candle.volume == 0.0 {
+        return 0;
+    }
+    let base_candles = (timeframe.duration_ms() / BASE_TIMEFRAME.duration_ms()).max(1) as u64;
+    base_candles * tape::TRADES_PER_CANDLE as u64
 }
 
 /// A payload as the connection's mode sends it: bare, or wrapped with its stream's name.
@@ -319,6 +418,7 @@ fn wrap(combined: bool, stream: &str, payload: Value) -> String {
 /// Binance's kline event (`binance-shapes.md` §1.4).
 pub fn kline_json(symbol: &Symbol, timeframe: Timeframe, candle: &Candle, closed: bool, event_ms: i64) -> Value {
     let number = |value: f64| format!("{value}");
+    let taker_buy_volume = candle.taker_buy_volume.unwrap_or(0.0);
     json!({
         "e": "kline",
         "E": event_ms,
@@ -335,11 +435,11 @@ pub fn kline_json(symbol: &Symbol, timeframe: Timeframe, candle: &Candle, closed
             "h": number(candle.high),
             "l": number(candle.low),
             "v": number(candle.volume),
-            "n": 0,
+            "n": trade_count(candle, timeframe),
             "x": closed,
             "q": number(candle.volume * candle.close),
-            "V": "0",
-            "Q": "0",
+            "V": number(taker_buy_volume),
+            "Q": number(taker_buy_volume * candle.close),
             "B": "0",
         }
     })
@@ -398,7 +498,13 @@ mod tests {
     use super::*;
 
     fn subscriptions() -> Subscriptions {
-        Subscriptions { route: Route::Market, names: Vec::new(), klines: BTreeMap::new(), combined: false }
+        Subscriptions {
+            route: Route::Market,
+            names: Vec::new(),
+            klines: BTreeMap::new(),
+            trades: BTreeMap::new(),
+            combined: false,
+        }
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub(crate) mod test_support {
                     low: close * 0.999,
                     close,
                     volume: 100.0,
+                    taker_buy_volume: None,
+                    large_trades: None,
                 }
             })
             .collect()

@@ -103,6 +103,8 @@ fn window(last_open_ms: i64, n: usize) -> Arc<[Candle]> {
                 low: 1.19,
                 close: 1.2,
                 volume: 10.0,
+                taker_buy_volume: None,
+                large_trades: None,
             }
         })
         .collect()

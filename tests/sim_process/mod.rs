@@ -151,6 +151,7 @@ impl Sim {
             retry: RetryPolicy { attempts_max: 3, backoff_ms_initial: 150, backoff_ms_max: 1_000 },
             user_data_stream: true,
             market_stream: true,
+            trade_stream: true,
             stream_url: self.url.replace("http://", "ws://").parse().unwrap(),
             listen_key_keepalive: Duration::from_secs(1_800),
             stream_connects_per_second: 1_000,

@@ -15,6 +15,12 @@
 //! nothing), and what proves it alive (a pong, a forming candle's update) is passed on as a
 //! heartbeat at most once a second. After `stream_rotation` a new connection is opened and only
 //! then the old one closed; a candle both deliver is recognised by its open time downstream.
+//!
+//! With `trade_stream` the connection also follows each feed symbol's aggregate trades
+//! (`<symbol>@aggTrade`) into a [`LargeTradeMeter`] per feed, and a closed candle leaves with the
+//! large-trade flow of its interval when the connection followed the whole of it (the meter knows;
+//! a trade both connections deliver during a rotation is counted once by its id). Trades are not
+//! passed on one by one: the listener gets the flow with the candle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +29,15 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::domain::{MarketEvent, Symbol, Timeframe};
+use std::collections::BTreeMap;
+
+use crate::domain::{Candle, MarketEvent, Symbol, Timeframe};
 use crate::exchange::ExchangeError;
 use crate::exchange::binance::Inner;
 use crate::exchange::binance::models::{self, MarketStreamMessage};
 use crate::exchange::binance::user_stream::{ROTATION_DRAIN, ROTATION_RETRY};
 use crate::exchange::binance::ws::{self, Socket};
+use crate::intelligence::large_trades::{LargeTradeMeter, MarketTrade};
 
 /// Longest query string of stream names in the connection URL.
 const QUERY_CHARS_MAX: usize = 2_000;
@@ -65,6 +74,42 @@ pub fn stream_name(symbol: &Symbol, timeframe: Timeframe) -> String {
     format!("{}@kline_{}", symbol.as_str().to_ascii_lowercase(), timeframe.as_str())
 }
 
+/// Binance's name of a symbol's aggregate trade stream: `btcusdt@aggTrade`.
+pub fn trade_stream_name(symbol: &Symbol) -> String {
+    format!("{}@aggTrade", symbol.as_str().to_ascii_lowercase())
+}
+
+/// The large-trade meters of a connection's feeds (empty without `trade_stream`). Written by the
+/// connection's task only.
+struct TradeFlows {
+    meters: BTreeMap<(Symbol, Timeframe), LargeTradeMeter>,
+}
+
+impl TradeFlows {
+    fn new(feeds: &[(Symbol, Timeframe)], follow_trades: bool) -> Self {
+        let meters = feeds
+            .iter()
+            .filter(|_| follow_trades)
+            .map(|(symbol, timeframe)| ((symbol.clone(), *timeframe), LargeTradeMeter::new(timeframe.duration_ms())))
+            .collect();
+        Self { meters }
+    }
+
+    fn record(&mut self, symbol: &Symbol, trade: &MarketTrade) {
+        for ((_, _), meter) in self.meters.iter_mut().filter(|((feed_symbol, _), _)| feed_symbol == symbol) {
+            meter.record(trade);
+        }
+    }
+
+    /// The closed candle with its interval's large-trade flow, where the interval was followed whole.
+    fn attach(&mut self, symbol: &Symbol, timeframe: Timeframe, mut candle: Candle) -> Candle {
+        if let Some(meter) = self.meters.get_mut(&(symbol.clone(), timeframe)) {
+            candle.large_trades = meter.take(candle.open_time_ms);
+        }
+        candle
+    }
+}
+
 /// The connection URL for `names`, and the names left for `SUBSCRIBE` requests.
 fn url_and_rest<'a>(base: &str, names: &'a [String]) -> (String, &'a [String]) {
     let mut query_chars = 0;
@@ -83,11 +128,17 @@ fn url_and_rest<'a>(base: &str, names: &'a [String]) -> (String, &'a [String]) {
 
 /// Follows the closed candles of `feeds` into `events` until the connection ends; logs why.
 pub(super) async fn run(inner: Arc<Inner>, feeds: Vec<(Symbol, Timeframe)>, events: mpsc::Sender<MarketEvent>) {
-    let names: Vec<String> = feeds.iter().map(|(symbol, timeframe)| stream_name(symbol, *timeframe)).collect();
+    let mut names: Vec<String> = feeds.iter().map(|(symbol, timeframe)| stream_name(symbol, *timeframe)).collect();
     if names.is_empty() {
         return;
     }
-    match follow(&inner, &names, &events).await {
+    let follow_trades = inner.settings.trade_stream;
+    if follow_trades {
+        let symbols: std::collections::BTreeSet<&Symbol> = feeds.iter().map(|(symbol, _)| symbol).collect();
+        names.extend(symbols.into_iter().map(trade_stream_name));
+    }
+    let mut flows = TradeFlows::new(&feeds, follow_trades);
+    match follow(&inner, &names, &events, &mut flows).await {
         Ok(Ended::NobodyListens) => {
             tracing::debug!(streams = names.len(), "binance: market stream no longer listened to")
         }
@@ -127,7 +178,12 @@ impl Heartbeats {
     }
 }
 
-async fn follow(inner: &Inner, names: &[String], events: &mpsc::Sender<MarketEvent>) -> Result<Ended, ExchangeError> {
+async fn follow(
+    inner: &Inner,
+    names: &[String],
+    events: &mpsc::Sender<MarketEvent>,
+    flows: &mut TradeFlows,
+) -> Result<Ended, ExchangeError> {
     let socket = open(inner, names).await?;
     tracing::info!(streams = names.len(), "binance: market stream connected");
     // Up: candles closing from here on arrive on it (the listener fetches by REST what came before).
@@ -145,7 +201,7 @@ async fn follow(inner: &Inner, names: &[String], events: &mpsc::Sender<MarketEve
         tokio::select! {
             frame = read.next() => {
                 last_heard_ms = inner.local.now_ms();
-                if let Some(ended) = pass_on(inner, frame, &mut write, events, &mut heartbeats).await {
+                if let Some(ended) = pass_on(inner, frame, &mut write, events, &mut heartbeats, flows).await {
                     return Ok(ended);
                 }
             }
@@ -163,7 +219,8 @@ async fn follow(inner: &Inner, names: &[String], events: &mpsc::Sender<MarketEve
                     Ok(socket) => {
                         let (old_write, old_read) = (write, read);
                         (write, read) = socket.split();
-                        if let Some(ended) = close_and_drain(inner, old_write, old_read, events, &mut heartbeats).await {
+                        let drained = close_and_drain(inner, old_write, old_read, events, &mut heartbeats, flows).await;
+                        if let Some(ended) = drained {
                             return Ok(ended);
                         }
                         last_heard_ms = inner.local.now_ms();
@@ -182,14 +239,15 @@ async fn follow(inner: &Inner, names: &[String], events: &mpsc::Sender<MarketEve
     }
 }
 
-/// Hands one frame's closed candle (or a heartbeat, at most one a second) to the listener,
-/// answering a ping; `Some` when the connection ends with it.
+/// Hands one frame's closed candle (with its large-trade flow) or a heartbeat (at most one a
+/// second) to the listener, counts a trade, answers a ping; `Some` when the connection ends with it.
 async fn pass_on(
     inner: &Inner,
     frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     write: &mut futures::stream::SplitSink<Socket, Message>,
     events: &mpsc::Sender<MarketEvent>,
     heartbeats: &mut Heartbeats,
+    flows: &mut TradeFlows,
 ) -> Option<Ended> {
     let message = match frame {
         Some(Ok(message)) => message,
@@ -199,7 +257,12 @@ async fn pass_on(
     let event = match message {
         Message::Text(text) => match models::market_stream_message(&text) {
             Ok(MarketStreamMessage::ClosedCandle { symbol, timeframe, candle, event_ms }) => {
+                let candle = flows.attach(&symbol, timeframe, candle);
                 MarketEvent::CandleClosed { symbol, timeframe, candle, event_ms }
+            }
+            Ok(MarketStreamMessage::Trade { symbol, trade }) => {
+                flows.record(&symbol, &trade);
+                MarketEvent::Heartbeat
             }
             Ok(MarketStreamMessage::Refused { code, msg }) => {
                 return Some(Ended::Refused(format!("code {code}: {msg}")));
@@ -240,11 +303,12 @@ async fn close_and_drain(
     mut read: futures::stream::SplitStream<Socket>,
     events: &mpsc::Sender<MarketEvent>,
     heartbeats: &mut Heartbeats,
+    flows: &mut TradeFlows,
 ) -> Option<Ended> {
     let _ = write.send(Message::Close(None)).await;
     let drain = async {
         loop {
-            match pass_on(inner, read.next().await, &mut write, events, heartbeats).await {
+            match pass_on(inner, read.next().await, &mut write, events, heartbeats, flows).await {
                 None => continue,
                 Some(Ended::Closed(_)) => return None,
                 Some(ended) => return Some(ended),

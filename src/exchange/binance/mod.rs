@@ -81,6 +81,9 @@ pub struct BinanceSettings {
     /// Follow the kline streams of the feeds in use ([`market_stream`]); off, `candle_stream`
     /// answers `None` and candles are fetched by REST after each close.
     pub market_stream: bool,
+    /// With `market_stream`, also follow each feed symbol's aggregate trades: a streamed closed
+    /// candle then carries its large-trade flow ([`market_stream`]).
+    pub trade_stream: bool,
     /// The WebSocket base (`wss://fstream.binance.com`, or a simulator's `ws://host:port`).
     pub stream_url: Url,
     pub listen_key_keepalive: Duration,

@@ -14,6 +14,7 @@ use crate::domain::{
     Side, Symbol, SymbolRules,
 };
 use crate::exchange::ExchangeError;
+use crate::intelligence::large_trades::MarketTrade;
 
 fn malformed(what: impl std::fmt::Display) -> ExchangeError {
     ExchangeError::Malformed { detail: what.to_string() }
@@ -117,6 +118,9 @@ pub fn candle(row: &[Value]) -> Result<Candle, ExchangeError> {
         close: number(4)?,
         volume: number(5)?,
         close_time_ms: integer(6)?,
+        // Field 9, the taker-buy base volume, is in every Binance row; a shorter row has none.
+        taker_buy_volume: if row.len() > 9 { Some(number(9)?) } else { None },
+        large_trades: None,
     })
 }
 
@@ -337,6 +341,9 @@ mod tests {
         let candle = candle(&row).unwrap();
         assert_eq!((candle.open_time_ms, candle.close_time_ms), (1_499_040_000_000, 1_499_644_799_999));
         assert_eq!(candle.high, 0.8);
+        assert_eq!(candle.taker_buy_volume, Some(1756.87402397), "field 9");
+        let short: Vec<Value> = serde_json::from_str(r#"[1,"1","1","1","1","1",2]"#).unwrap();
+        assert_eq!(super::candle(&short).unwrap().taker_buy_volume, None, "a row without field 9");
         let bad: Vec<Value> = serde_json::from_str(r#"[1,"x","1","1","1","1",2]"#).unwrap();
         assert!(matches!(super::candle(&bad), Err(ExchangeError::Malformed { .. })));
     }
@@ -393,6 +400,7 @@ mod tests {
             (candle.open, candle.high, candle.low, candle.close, candle.volume),
             (0.001, 0.0025, 0.0015, 0.002, 1000.0)
         );
+        assert_eq!((candle.taker_buy_volume, candle.large_trades), (Some(500.0), None), "V; the stream's own");
         assert_eq!(market_stream_message(&kline(false)).unwrap(), MarketStreamMessage::Alive, "still forming");
         let raw = kline(true);
         let bare = &raw[raw.find("\"data\":").unwrap() + 7..raw.len() - 1];
@@ -404,6 +412,27 @@ mod tests {
         );
         let broken = kline(true).replace(r#""o":"0.0010""#, r#""o":"abc""#);
         assert!(market_stream_message(&broken).unwrap_err().to_string().contains("kline event"));
+    }
+
+    #[test]
+    fn an_aggregate_trade_is_a_trade_with_the_takers_side() {
+        // binance-shapes.md §1.5, with the newer `nq`.
+        let sold = r#"{"e":"aggTrade","E":123456789,"s":"BTCUSDT","a":5933014,"p":"0.001","q":"100","nq":"100","f":100,"l":105,"T":123456785,"m":true}"#;
+        let MarketStreamMessage::Trade { symbol, trade } = market_stream_message(sold).unwrap() else {
+            panic!("a trade")
+        };
+        assert_eq!(symbol.as_str(), "BTCUSDT");
+        assert_eq!(
+            trade,
+            MarketTrade { id: 5933014, time_ms: 123456785, price: 0.001, quantity: 100.0, taker_buys: false }
+        );
+        let bought =
+            format!(r#"{{"stream":"btcusdt@aggTrade","data":{}}}"#, sold.replace(r#""m":true"#, r#""m":false"#));
+        assert!(
+            matches!(market_stream_message(&bought).unwrap(), MarketStreamMessage::Trade { trade, .. } if trade.taker_buys)
+        );
+        let broken = sold.replace(r#""q":"100""#, r#""q":"lots""#);
+        assert!(market_stream_message(&broken).unwrap_err().to_string().contains("aggTrade event"));
     }
 
     #[test]
@@ -576,6 +605,8 @@ pub fn user_stream_message(text: &str) -> Result<UserStreamMessage, ExchangeErro
 pub enum MarketStreamMessage {
     /// A kline whose candle has closed (`k.x`), with the event time `E`.
     ClosedCandle { symbol: Symbol, timeframe: crate::domain::Timeframe, candle: Candle, event_ms: i64 },
+    /// One aggregate trade (`<symbol>@aggTrade`).
+    Trade { symbol: Symbol, trade: MarketTrade },
     /// A control request refused (`{"code":2,"msg":...}`): a subscription that did not happen.
     Refused { code: i64, msg: String },
     /// Anything else that shows the connection is alive: a candle still forming, a control answer
@@ -607,7 +638,25 @@ struct KlineBody {
     c: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     v: Decimal,
+    /// Taker-buy base volume.
+    #[serde(rename = "V", default, with = "rust_decimal::serde::str_option")]
+    taker_buy_volume: Option<Decimal>,
     x: bool,
+}
+
+/// Binance's aggregate trade event (`binance-shapes.md` §1.5).
+#[derive(Debug, Deserialize)]
+struct AggTradeEvent {
+    s: String,
+    a: u64,
+    #[serde(with = "rust_decimal::serde::str")]
+    p: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    q: Decimal,
+    #[serde(rename = "T")]
+    trade_ms: i64,
+    /// The buyer was the maker: the taker sold.
+    m: bool,
 }
 
 /// Reads one market stream message (`binance-shapes.md` §1.2, §1.4), raw or wrapped
@@ -623,8 +672,10 @@ pub fn market_stream_message(text: &str) -> Result<MarketStreamMessage, Exchange
         let msg = payload.get("msg").and_then(Value::as_str).unwrap_or_default().to_owned();
         return Ok(MarketStreamMessage::Refused { code, msg });
     }
-    if payload.get("e").and_then(Value::as_str) != Some("kline") {
-        return Ok(MarketStreamMessage::Alive);
+    match payload.get("e").and_then(Value::as_str) {
+        Some("kline") => {}
+        Some("aggTrade") => return agg_trade_message(payload),
+        _ => return Ok(MarketStreamMessage::Alive),
     }
     let event: KlineEvent =
         serde_json::from_value(payload.clone()).map_err(|e| malformed(format!("kline event: {e}")))?;
@@ -649,8 +700,32 @@ pub fn market_stream_message(text: &str) -> Result<MarketStreamMessage, Exchange
             low: number("l", k.l)?,
             close: number("c", k.c)?,
             volume: number("v", k.v)?,
+            taker_buy_volume: k.taker_buy_volume.map(|volume| number("V", volume)).transpose()?,
+            large_trades: None,
         },
         event_ms: event.event_ms,
+    })
+}
+
+fn agg_trade_message(payload: &Value) -> Result<MarketStreamMessage, ExchangeError> {
+    use rust_decimal::prelude::ToPrimitive;
+    let event: AggTradeEvent =
+        serde_json::from_value(payload.clone()).map_err(|e| malformed(format!("aggTrade event: {e}")))?;
+    let number = |field: &str, value: Decimal| {
+        value
+            .to_f64()
+            .filter(|n| n.is_finite())
+            .ok_or_else(|| malformed(format!("aggTrade field {field} is out of range")))
+    };
+    Ok(MarketStreamMessage::Trade {
+        symbol: Symbol::new(&event.s).map_err(malformed)?,
+        trade: MarketTrade {
+            id: event.a,
+            time_ms: event.trade_ms,
+            price: number("p", event.p)?,
+            quantity: number("q", event.q)?,
+            taker_buys: !event.m,
+        },
     })
 }
 

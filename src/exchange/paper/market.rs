@@ -19,6 +19,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Candle, Symbol, Timeframe};
+use crate::intelligence::tape;
 use crate::limits::PAPER_RANDOM_WALK_HISTORY_MAX;
 
 /// The granularity of every paper price series.
@@ -333,16 +334,31 @@ impl PaperMarket {
         let series = self.series.get_mut(symbol).ok_or_else(|| MarketError::UnknownSymbol(symbol.clone()))?;
         let ohlcv =
             series.candle(index).ok_or_else(|| MarketError::HistoryExhausted { symbol: symbol.clone(), index })?;
-        let open_time_ms = clock.open_time_ms(index);
-        Ok(Candle {
-            open_time_ms,
-            close_time_ms: open_time_ms + BASE_TIMEFRAME.duration_ms() - 1,
-            open: ohlcv.open,
-            high: ohlcv.high,
-            low: ohlcv.low,
-            close: ohlcv.close,
-            volume: ohlcv.volume,
-        })
+        let previous = index.checked_sub(1).and_then(|previous| series.candle(previous));
+        let bare = |index: u64, ohlcv: Ohlcv| {
+            let open_time_ms = clock.open_time_ms(index);
+            Candle {
+                open_time_ms,
+                close_time_ms: open_time_ms + BASE_TIMEFRAME.duration_ms() - 1,
+                open: ohlcv.open,
+                high: ohlcv.high,
+                low: ohlcv.low,
+                close: ohlcv.close,
+                volume: ohlcv.volume,
+                taker_buy_volume: None,
+                large_trades: None,
+            }
+        };
+        let mut candle = bare(index, ohlcv);
+        // The trades of the recorded tape: its taker-buy volume, and its large trades against the
+        // candle before's (the first candle has none before it: not measured).
+        let trades = tape::candle_trades(&candle);
+        candle.taker_buy_volume = Some(tape::taker_buy_volume(&trades));
+        candle.large_trades = previous.and_then(|previous| {
+            let previous_trades = tape::candle_trades(&bare(index - 1, previous));
+            tape::large_trades(&previous_trades, &trades, BASE_TIMEFRAME.duration_ms())
+        });
+        Ok(candle)
     }
 
     /// The last `limit` closed candles of `timeframe` at `wall_ms`, oldest first.
@@ -381,6 +397,8 @@ impl PaperMarket {
                         low: sum.low.min(base.low),
                         close: base.close,
                         volume: sum.volume + base.volume,
+                        taker_buy_volume: sum.taker_buy_volume.zip(base.taker_buy_volume).map(|(a, b)| a + b),
+                        large_trades: sum.large_trades.zip(base.large_trades).map(|(a, b)| a + b),
                         ..sum
                     },
                 });
