@@ -1160,8 +1160,11 @@ async fn the_binance_client_rotates_its_user_data_connection_without_a_gap() {
 }
 
 /// Sets each plan in turn, each until the simulator met its named stream fault twice (the
-/// traders trading through it), then clears the plan.
+/// traders trading through it), then clears the plan. Faults in a row grow a connection's
+/// reconnect backoff up to its 60 s cap, so a plan may wait that long for a connection to draw
+/// its fault on: the guard allows it.
 async fn meet_each_stream_fault(sim: &Sim, plans: impl IntoIterator<Item = (&str, Value)>, seed: u64) {
+    const MEET_GUARD: Duration = Duration::from_secs(90);
     for (fault, plan) in plans {
         let met_before = sim.get("/sim/stats").await["stream_faults"][fault].as_u64().unwrap_or(0);
         eprintln!("stream fault: {fault} ({plan})");
@@ -1171,9 +1174,7 @@ async fn meet_each_stream_fault(sim: &Sim, plans: impl IntoIterator<Item = (&str
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(20), met)
-            .await
-            .unwrap_or_else(|_| panic!("SEED={seed}: no {fault} met"));
+        tokio::time::timeout(MEET_GUARD, met).await.unwrap_or_else(|_| panic!("SEED={seed}: no {fault} met"));
     }
     sim.faults(json!({})).await;
 }

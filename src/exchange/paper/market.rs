@@ -328,36 +328,37 @@ impl PaperMarket {
         self.series.contains_key(symbol)
     }
 
-    /// Base candle `index` of `symbol` with its market times.
+    /// Base candle `index` of `symbol` with its market times (prices and volume only).
     pub fn base_candle(&mut self, symbol: &Symbol, index: u64) -> Result<Candle, MarketError> {
         let clock = self.clock;
         let series = self.series.get_mut(symbol).ok_or_else(|| MarketError::UnknownSymbol(symbol.clone()))?;
         let ohlcv =
             series.candle(index).ok_or_else(|| MarketError::HistoryExhausted { symbol: symbol.clone(), index })?;
-        let previous = index.checked_sub(1).and_then(|previous| series.candle(previous));
-        let bare = |index: u64, ohlcv: Ohlcv| {
-            let open_time_ms = clock.open_time_ms(index);
-            Candle {
-                open_time_ms,
-                close_time_ms: open_time_ms + BASE_TIMEFRAME.duration_ms() - 1,
-                open: ohlcv.open,
-                high: ohlcv.high,
-                low: ohlcv.low,
-                close: ohlcv.close,
-                volume: ohlcv.volume,
-                taker_buy_volume: None,
-                large_trades: None,
-            }
-        };
-        let mut candle = bare(index, ohlcv);
-        // The trades of the recorded tape: its taker-buy volume, and its large trades against the
-        // candle before's (the first candle has none before it: not measured).
+        let open_time_ms = clock.open_time_ms(index);
+        Ok(Candle {
+            open_time_ms,
+            close_time_ms: open_time_ms + BASE_TIMEFRAME.duration_ms() - 1,
+            open: ohlcv.open,
+            high: ohlcv.high,
+            low: ohlcv.low,
+            close: ohlcv.close,
+            volume: ohlcv.volume,
+            taker_buy_volume: None,
+            large_trades: None,
+        })
+    }
+
+    /// Base candle `index` with what its trades on the recorded tape show: its taker-buy volume,
+    /// and its large trades against the candle before's (a candle with none before it in the series
+    /// is not measured).
+    fn traded_base_candle(&mut self, symbol: &Symbol, index: u64) -> Result<Candle, MarketError> {
+        let mut candle = self.base_candle(symbol, index)?;
         let trades = tape::candle_trades(&candle);
         candle.taker_buy_volume = Some(tape::taker_buy_volume(&trades));
-        candle.large_trades = previous.and_then(|previous| {
-            let previous_trades = tape::candle_trades(&bare(index - 1, previous));
-            tape::large_trades(&previous_trades, &trades, BASE_TIMEFRAME.duration_ms())
-        });
+        if let Some(previous) = index.checked_sub(1).and_then(|previous| self.base_candle(symbol, previous).ok()) {
+            let previous_trades = tape::candle_trades(&previous);
+            candle.large_trades = tape::large_trades(&previous_trades, &trades, BASE_TIMEFRAME.duration_ms());
+        }
         Ok(candle)
     }
 
@@ -389,7 +390,7 @@ impl PaperMarket {
             let first_index = ((open_time_ms - self.clock.origin_market_ms) / base_ms) as u64;
             let mut aggregate: Option<Candle> = None;
             for index in first_index..first_index + per_candle {
-                let base = self.base_candle(symbol, index)?;
+                let base = self.traded_base_candle(symbol, index)?;
                 aggregate = Some(match aggregate {
                     None => base,
                     Some(sum) => Candle {
