@@ -408,7 +408,9 @@ def main():
         f"user *i* on symbol *i* mod {args.symbols} (EMA crossover 3/8, $50 positions), {args.seconds} s per run. "
         "The two runs differ only in `[exchange] user_data_stream`: `true` (each account's user data stream; "
         "decisions read the account book) and `false` (the REST-sync design: every decision reads position, "
-        "symbol rules and balance by REST). The simulator's weight limit is far above Binance's, so neither run is "
+        "symbol rules and balance by REST); both take candles from the market streams (`market_stream` and "
+        "`trade_stream` on, their defaults), so that the whale guard reads the same large-trade flow in both. "
+        "The simulator's weight limit is far above Binance's, so neither run is "
         "throttled and each spends what its design asks for; weight is Binance's per endpoint as the simulator "
         f"charges it (`/sim/stats.weight_charged_total`), over the closes after the first {args.warm_up_closes} "
         "(start-up reconciliation and stream connects excluded).",

@@ -602,6 +602,49 @@ async fn failing_klines_make_the_exchange_check_critical_why_names_it_and_it_rec
 }
 
 #[tokio::test]
+async fn a_stalled_market_stream_turns_its_check_critical_names_its_users_and_recovers() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 2, 200, ""), 17);
+    let config = client_config(dir.path(), &sim.url, 2, 5_000, 2_000);
+    // A silent connection is given up after 2 s here (60 s by default).
+    let mut text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("poll_interval_ms = 40\n", "poll_interval_ms = 40\nstream_silence_secs = 2\n");
+    text += "[monitor]\ninterval_secs = 1\nsummary_interval_secs = 1\n[healer]\ninterval_secs = 2\n";
+    std::fs::write(&config, text).unwrap();
+    let bulwark = run_bulwark(&config, 2, 30);
+    let log = dir.path().join("logs/failure_point_monitor.jsonl");
+    let id = "SYS-MARKET-STREAM";
+    let healthy = wait_for_monitor_line(&log, 0, "a market connection up", |line| {
+        check(line, id)["status"] == "ok" && check(line, id)["value"]["connections"].as_u64() >= Some(1)
+    })
+    .await;
+    // Every connection falls silent at its next closed candle (open, sending nothing).
+    sim.faults(json!({ "market_stream": { "stall_rate": 1.0 } })).await;
+    let critical = wait_for_monitor_line(&log, line_ms(&healthy), "SYS-MARKET-STREAM critical", |l| {
+        check(l, id)["status"] == "critical"
+    })
+    .await;
+    let detail = check(&critical, id)["detail"].as_str().unwrap();
+    assert!(detail.contains("fetched by REST after each close meanwhile"), "{critical}");
+    let users: Vec<&str> =
+        check(&critical, id)["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    assert_eq!(users, ["u1", "u2"], "{critical}");
+    // The traders go on deciding meanwhile: their candles come by REST.
+    let klines_at_critical = sim.requests("GET /fapi/v1/klines").await;
+    sim.wait_requests("GET /fapi/v1/klines", klines_at_critical + 2).await;
+    // Cleared: the connection comes back (at once when the Healer reconnects it) and the check
+    // is ok again, on a run that saw it.
+    sim.faults(json!({})).await;
+    let cleared_ms = bulwark::clock::Clock::now_ms(&SystemClock);
+    let recovered =
+        wait_for_monitor_line(&log, cleared_ms, "SYS-MARKET-STREAM ok again", |l| check(l, id)["status"] == "ok").await;
+    assert!(check(&recovered, id)["value"]["reconnects"].as_u64() >= Some(1), "{recovered}");
+    finish(bulwark).await;
+}
+
+#[tokio::test]
 async fn the_coinglass_client_reads_the_simulators_series_and_a_wrong_key_is_refused() {
     use bulwark::intelligence::coinglass::{CoinGlassClient, IntelError};
     let _serial = SERIAL.lock().await;

@@ -296,7 +296,17 @@ pub enum MarketError {
 pub struct PaperMarket {
     clock: MarketClock,
     series: std::collections::BTreeMap<Symbol, Series>,
+    /// What each base candle's tape showed (taker-buy volume, large trades), by symbol and index:
+    /// a window slides one candle per close, so each candle's tape is drawn once. Written and read
+    /// by `traded_base_candle`; emptied when it holds `TAPE_FLOWS_MAX` candles.
+    tape_flows: std::collections::HashMap<Symbol, std::collections::HashMap<u64, TapeFlow>>,
 }
+
+/// A base candle's taker-buy volume and large trades, from its tape.
+type TapeFlow = (f64, Option<crate::domain::LargeTrades>);
+
+/// Candles whose tape flow is kept, over every symbol (a few MB at most).
+const TAPE_FLOWS_MAX: usize = 200_000;
 
 impl PaperMarket {
     /// `symbols`: each symbol with its source and tick size (random walks round to it).
@@ -313,7 +323,7 @@ impl PaperMarket {
                 (symbol.clone(), series)
             })
             .collect();
-        Self { clock, series }
+        Self { clock, series, tape_flows: std::collections::HashMap::new() }
     }
 
     pub fn clock(&self) -> MarketClock {
@@ -353,12 +363,25 @@ impl PaperMarket {
     /// is not measured).
     fn traded_base_candle(&mut self, symbol: &Symbol, index: u64) -> Result<Candle, MarketError> {
         let mut candle = self.base_candle(symbol, index)?;
-        let trades = tape::candle_trades(&candle);
-        candle.taker_buy_volume = Some(tape::taker_buy_volume(&trades));
-        if let Some(previous) = index.checked_sub(1).and_then(|previous| self.base_candle(symbol, previous).ok()) {
-            let previous_trades = tape::candle_trades(&previous);
-            candle.large_trades = tape::large_trades(&previous_trades, &trades, BASE_TIMEFRAME.duration_ms());
-        }
+        let known = self.tape_flows.get(symbol).and_then(|flows| flows.get(&index)).copied();
+        let (taker_buy_volume, large_trades) = match known {
+            Some(flow) => flow,
+            None => {
+                let trades = tape::candle_trades(&candle);
+                let previous = index.checked_sub(1).and_then(|previous| self.base_candle(symbol, previous).ok());
+                let large_trades = previous.and_then(|previous| {
+                    tape::large_trades(&tape::candle_trades(&previous), &trades, BASE_TIMEFRAME.duration_ms())
+                });
+                let flow = (tape::taker_buy_volume(&trades), large_trades);
+                if self.tape_flows.values().map(std::collections::HashMap::len).sum::<usize>() >= TAPE_FLOWS_MAX {
+                    self.tape_flows.clear();
+                }
+                self.tape_flows.entry(symbol.clone()).or_default().insert(index, flow);
+                flow
+            }
+        };
+        candle.taker_buy_volume = Some(taker_buy_volume);
+        candle.large_trades = large_trades;
         Ok(candle)
     }
 
