@@ -1245,6 +1245,7 @@ fn render(results: &Value) -> String {
                 .unwrap();
         }
     }
+    write_binance_cold_start(w);
 
     writeln!(w, "## bulwark, by fleet size\n").unwrap();
     let header: Vec<String> = runs.iter().map(|r| format!("N = {}", fmt(num(&r["users"])))).collect();
@@ -1465,3 +1466,24 @@ fn per_user(run: &Value, users: &Value) -> String {
 /// The part of the report that does not change from run to run: how each figure is measured, and
 /// what limits the ones that miss their targets.
 const METHOD_AND_ANALYSIS: &str = include_str!("fleet-method.md");
+
+/// The cold start at Binance's weight limit is measured against `bulwark sim` by
+/// `scripts/bench-weight.py` (a paper fleet has no weight limit); its paragraph is quoted here from
+/// `docs/BENCHMARKS-streams.md`, as that run wrote it, so the two documents cannot disagree.
+fn write_binance_cold_start(w: &mut String) {
+    let streams = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/BENCHMARKS-streams.md");
+    let text = std::fs::read_to_string(&streams).unwrap_or_default();
+    let written = text.lines().find(|line| line.starts_with("Written by")).unwrap_or("");
+    let section = text.split("## Cold start at Binance's weight limit").nth(1).map(str::trim);
+    writeln!(w, "## Cold start at Binance's weight limit\n").unwrap();
+    match section {
+        Some(section) => {
+            writeln!(w, "Not measured by this run: quoted from [`docs/BENCHMARKS-streams.md`](BENCHMARKS-streams.md) ({written})\n").unwrap();
+            writeln!(w, "> {}\n", section.replace('\n', "\n> ")).unwrap();
+        }
+        None => {
+            writeln!(w, "Not measured yet: run `scripts/bench-weight.py` (it writes `docs/BENCHMARKS-streams.md`).\n")
+                .unwrap()
+        }
+    }
+}

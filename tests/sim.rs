@@ -644,6 +644,94 @@ async fn a_stalled_market_stream_turns_its_check_critical_names_its_users_and_re
     finish(bulwark).await;
 }
 
+/// The log lines of `path` that contain every one of `parts`, with their time.
+fn log_lines_with(path: &Path, parts: &[&str]) -> Vec<(i64, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| parts.iter().all(|part| line.contains(part)))
+        .filter_map(|line| {
+            let stamp = line.split_whitespace().next()?;
+            Some((chrono::DateTime::parse_from_rfc3339(stamp).ok()?.timestamp_millis(), line.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restarted_user_with_a_recent_position_exits_while_its_reconciliation_waits_its_turn() {
+    let _serial = SERIAL.lock().await;
+    let seed = 21;
+    eprintln!("SEED={seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 200, ""), seed);
+    let config = client_config(dir.path(), &sim.url, 1, 5_000, 2_000);
+    let database = dir.path().join("data/bulwark.db");
+    let user = UserId::new("u1").unwrap();
+    // First run: until the user holds a position, then an orderly stop (no order left in flight).
+    let holding = |database: &Path| {
+        let mut store = Store::open_read_only(database).ok()?;
+        let state = store.load_trader_state(&user).ok()?;
+        (state.positions.iter().any(|p| !p.quantity.is_zero()) && state.unresolved_orders.is_empty()).then_some(())
+    };
+    let mut held = false;
+    for _ in 0..5 {
+        let first = run_bulwark(&config, 1, 60);
+        let waiting = async {
+            while holding(&database).is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(WAIT_GUARD, waiting).await.expect("SEED={seed}: the user took a position");
+        assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
+        finish(first).await;
+        // Stopped while still holding it (a close can flatten it in the moment of the stop).
+        if holding(&database).is_some() {
+            held = true;
+            break;
+        }
+    }
+    assert!(held, "SEED={seed}: stopped while holding a position");
+    let restarted_ms = bulwark::clock::Clock::now_ms(&SystemClock);
+    // Second run: a start-up budget so small that its reconciliation waits about 20 s for its turn
+    // (27 weight at 20 a minute, from a bucket of 20).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("poll_interval_ms = 40\n", "poll_interval_ms = 40\nstart_up_weight_per_minute = 20\n");
+    std::fs::write(&config, text).unwrap();
+    let second = run_bulwark(&config, 1, 40);
+    let log = dir.path().join("logs/bulwark.log");
+    let ready = async {
+        loop {
+            if let Some(line) =
+                log_lines_with(&log, &["trader ready", "user=u1"]).into_iter().find(|(ms, _)| *ms >= restarted_ms)
+            {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (ready_ms, _) = tokio::time::timeout(Duration::from_secs(60), ready).await.expect("u1 ready after its turn");
+    let early = log_lines_with(&log, &["deciding exits on the state stored moments ago", "user=u1"]);
+    let (early_ms, _) = early.iter().find(|(ms, _)| *ms >= restarted_ms).cloned().expect("u1 started with exits");
+    assert!(ready_ms - early_ms >= 10_000, "its turn came {} ms after it started deciding", ready_ms - early_ms);
+    // Meanwhile it decided on every candle (each after reading its account) and entered nothing.
+    let decisions = Store::open_read_only(&database).unwrap().recent_decisions(&user, 2_000).unwrap();
+    let before_ready: Vec<&bulwark::records::DecisionRecord> =
+        decisions.iter().filter(|d| d.decided_at_ms > early_ms && d.decided_at_ms < ready_ms).collect();
+    let outcomes: BTreeMap<&str, usize> = before_ready.iter().fold(BTreeMap::new(), |mut counts, d| {
+        *counts.entry(d.outcome.as_str()).or_default() += 1;
+        counts
+    });
+    eprintln!("while its reconciliation waited {} ms: {outcomes:?}", ready_ms - early_ms);
+    assert!(before_ready.len() >= 10, "{} decisions while its reconciliation waited", before_ready.len());
+    assert!(before_ready.iter().all(|d| d.outcome != "enter"), "no entry before the reconciliation");
+    let exits_or_holds = before_ready.iter().filter(|d| matches!(d.outcome.as_str(), "exit" | "hold")).count();
+    assert!(exits_or_holds >= 1, "{before_ready:?}");
+    finish(second).await;
+    reconcile(&config, 1).await;
+    check_ledger_against_database(&sim, &database, 1, seed).await;
+}
+
 #[tokio::test]
 async fn the_coinglass_client_reads_the_simulators_series_and_a_wrong_key_is_refused() {
     use bulwark::intelligence::coinglass::{CoinGlassClient, IntelError};

@@ -6,6 +6,14 @@
 //! into the core, the core's commands come out as I/O (account syncs and order placement through
 //! the order router, records through persistence), and the answers go back into the core.
 //!
+//! A start may have to wait for its turn within the start-up weight budget (minutes, when a whole
+//! fleet starts at once). A user whose stored picture is recent and complete
+//! ([`exits_before_reconciliation`]: open positions verified within 15 minutes, no order
+//! unresolved) does not sit out that wait with its positions unmanaged: it subscribes at once and
+//! decides exits (each reading its account first, as always) while entries wait. When its turn
+//! comes it reconciles as soon as none of its syncs or placements is in flight, holding the
+//! candles that arrive meanwhile, and then decides on them with the reconciled state.
+//!
 //! Every incarnation is new: a panic anywhere in it ends the incarnation, the user's supervisor
 //! restarts it with backoff, and the new one rebuilds itself from the database.
 //!
@@ -32,7 +40,8 @@ use crate::limits::{TRADER_START_UP_ATTEMPTS_MAX, TRADER_START_UP_BACKOFF_MS_INI
 use crate::persistence::outbox::DurableWrite;
 use crate::persistence::{DecisionRecord, GuardDecisionRecord, TraderState};
 use crate::trader::core::{
-    AccountError, PlacementOutcome, SlotSpec, TraderCommand, TraderCore, TraderEvent, halt_reason,
+    AccountError, PlacementOutcome, SlotSpec, TraderCommand, TraderCore, TraderEvent, exits_before_reconciliation,
+    halt_reason,
 };
 use crate::trader::risk::RiskLimits;
 
@@ -115,6 +124,19 @@ pub struct ChaosCrash {
     pub reason: String,
 }
 
+/// Where an incarnation's start stands. Written by the trader only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartUp {
+    /// Waiting for its turn or reconciling, its mailbox held: nothing is decided.
+    Holding,
+    /// Waiting for its turn, deciding exits on the recent state it stored; entries wait.
+    ExitsOnly,
+    /// Its turn came: it reconciles once no sync or placement of its own is in flight, holding
+    /// the candles that arrive meanwhile.
+    ReconcileDue,
+    Done,
+}
+
 pub struct Trader {
     seed: TraderSeed,
     incarnation: u32,
@@ -122,6 +144,13 @@ pub struct Trader {
     core: TraderCore,
     /// Decisions made by this incarnation (the chaos plan counts these).
     decisions_this_incarnation: u64,
+    start_up: StartUp,
+    /// Account syncs and placements sent and not yet answered (the reconciliation of an early
+    /// start waits until there are none).
+    in_flight: u32,
+    /// The newest candles of each feed that arrived while the reconciliation was due (at most one
+    /// per feed), decided on once it is done.
+    held_candles: Vec<CandleClosed>,
 }
 
 impl std::fmt::Debug for Trader {
@@ -137,7 +166,16 @@ impl Trader {
         if let Some(guards) = &seed.guards {
             core = core.with_guards(guards.clone());
         }
-        Self { seed, incarnation, supervisor, core, decisions_this_incarnation: 0 }
+        Self {
+            seed,
+            incarnation,
+            supervisor,
+            core,
+            decisions_this_incarnation: 0,
+            start_up: StartUp::Holding,
+            in_flight: 0,
+            held_candles: Vec::new(),
+        }
     }
 
     fn fail(&mut self, ctx: &mut Context<Self>, reason: String) {
@@ -273,14 +311,17 @@ impl Trader {
             let (request, intelligence) = (intel_request?, intel_directory.intelligence().ok()?);
             intelligence.send(request).timeout(INTEL_WAIT_MAX).await.ok().flatten()
         };
+        self.in_flight += 1;
         ctx.spawn(futures::future::join(answer, intelligence).into_actor(self).map(
             move |(result, intelligence), trader, ctx| {
+                trader.in_flight -= 1;
                 let now_ms = trader.seed.clock.now_ms();
                 if let Some(snapshot) = intelligence {
                     trader.core.process(TraderEvent::IntelligenceUpdated { snapshot }, now_ms);
                 }
                 let commands = trader.core.process(TraderEvent::AccountSynced { slot, iteration, result }, now_ms);
                 trader.execute(commands, ctx);
+                trader.reconcile_when_idle(ctx);
             },
         ));
     }
@@ -310,11 +351,14 @@ impl Trader {
                 Err(error) => PlacementOutcome::Unconfirmed { reason: format!("order router did not answer: {error}") },
             }
         };
+        self.in_flight += 1;
         ctx.spawn(placement.into_actor(self).map(move |outcome, trader, ctx| {
+            trader.in_flight -= 1;
             let now_ms = trader.seed.clock.now_ms();
             let commands =
                 trader.core.process(TraderEvent::PlacementFinished { slot, client_order_id, outcome }, now_ms);
             trader.execute(commands, ctx);
+            trader.reconcile_when_idle(ctx);
         }));
     }
 }
@@ -326,34 +370,153 @@ impl Actor for Trader {
         let seed = self.seed.clone();
         let feeds = self.core.feeds();
         let recipient = ctx.address().recipient();
-        // Until start-up is done the trader handles nothing else (candles wait in the mailbox).
-        ctx.wait(start_up(seed, feeds, recipient).into_actor(self).map(|result, trader, ctx| {
-            let (state, report) = match result {
-                Ok(done) => done,
-                Err(error) if error.credentials_refused => return trader.halt(ctx, halt_reason(&error.detail)),
-                Err(error) => return trader.fail(ctx, error.detail),
-            };
-            let (state, locks) = state;
-            trader.core.restore(&state);
-            trader.core.restore_locks(locks);
-            let reused = if report.reads_reused.is_empty() {
-                String::new()
-            } else {
-                format!("; not read again (read moments ago): {}", report.reads_reused.join(", "))
-            };
-            let detail = format!(
-                "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s), {} not resolvable yet{reused}",
-                state.positions.len(),
-                state.last_intent_seq,
-                state.unresolved_orders.len(),
-                report.resolved.len(),
-                report.orphans_cancelled.len(),
-                report.external_orders,
-                report.unresolvable.len()
-            );
-            tracing::info!(user = %trader.seed.user, incarnation = trader.incarnation, positions = ?trader.core.describe_positions(), "trader ready: {detail}");
-            let _ = trader.supervisor.try_send(TraderReport::Ready { incarnation: trader.incarnation, detail });
+        // Until it knows how it starts the trader handles nothing else (candles wait in the mailbox).
+        ctx.wait(plan_start(seed, feeds, recipient).into_actor(self).map(|plan, trader, ctx| match plan {
+            StartPlan::Hold { wait_ms } => trader.hold_until_started(wait_ms, ctx),
+            StartPlan::ExitsFirst { state, open_positions, wait_ms } => {
+                trader.exit_until_turn(state, open_positions, wait_ms, ctx)
+            }
         }));
+    }
+}
+
+/// How an incarnation starts.
+enum StartPlan {
+    /// Wait for the turn (`wait_ms`), reconcile, then trade: the mailbox held all along.
+    Hold { wait_ms: u64 },
+    /// Subscribed already; decide exits on `state` until the turn comes in `wait_ms`.
+    ExitsFirst { state: (TraderState, Vec<GuardLock>), open_positions: usize, wait_ms: u64 },
+}
+
+/// Takes the start's turn within the start-up weight budget and, when it is not now, whether the
+/// stored state lets the trader exit meanwhile (it is then subscribed already).
+async fn plan_start(
+    seed: TraderSeed,
+    feeds: Vec<(Symbol, Timeframe)>,
+    recipient: Recipient<CandleClosed>,
+) -> StartPlan {
+    let symbols = feeds.iter().map(|(symbol, _)| symbol).collect::<std::collections::BTreeSet<_>>().len();
+    let weight = crate::exchange::start_pacer::start_up_weight(symbols);
+    let wait_ms = seed.directory.start_up_wait_ms(weight, seed.clock.now_ms());
+    if wait_ms == 0 {
+        return StartPlan::Hold { wait_ms };
+    }
+    tracing::info!(user = %seed.user, wait_ms, weight, "trader start-up: waiting for its turn within [exchange] start_up_weight_per_minute");
+    let state = match load_state(&seed).await {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::debug!(user = %seed.user, %error, "trader start-up: no exits before reconciliation (state not loaded)");
+            return StartPlan::Hold { wait_ms };
+        }
+    };
+    let open_positions = match exits_before_reconciliation(&state.0, seed.clock.now_ms()) {
+        Ok(open_positions) => open_positions,
+        Err(why) => {
+            tracing::debug!(user = %seed.user, %why, "trader start-up: no exits before reconciliation");
+            return StartPlan::Hold { wait_ms };
+        }
+    };
+    match subscribe(&seed, &feeds, &recipient).await {
+        Ok(()) => StartPlan::ExitsFirst { state, open_positions, wait_ms },
+        Err(error) => {
+            tracing::debug!(user = %seed.user, %error, "trader start-up: no exits before reconciliation");
+            StartPlan::Hold { wait_ms }
+        }
+    }
+}
+
+impl Trader {
+    /// The ordinary start: wait for the turn, reconcile, subscribe, with the mailbox held.
+    fn hold_until_started(&mut self, wait_ms: u64, ctx: &mut Context<Self>) {
+        self.start_up = StartUp::Holding;
+        let (seed, feeds, recipient) = (self.seed.clone(), self.core.feeds(), ctx.address().recipient());
+        let started = async move {
+            if wait_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            }
+            start_up(seed, feeds, recipient).await
+        };
+        ctx.wait(started.into_actor(self).map(|result, trader, ctx| trader.started_up(result, ctx)));
+    }
+
+    /// The early start: decide exits on the stored state now, and reconcile when the turn comes.
+    fn exit_until_turn(
+        &mut self,
+        (state, locks): (TraderState, Vec<GuardLock>),
+        open_positions: usize,
+        wait_ms: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        self.core.restore(&state);
+        self.core.restore_locks(locks);
+        let until = crate::clock::rfc3339_ms(self.seed.clock.now_ms() + wait_ms as i64);
+        self.core.hold_entries(format!(
+            "entries wait for the start-up reconciliation (its turn within [exchange] start_up_weight_per_minute comes at {until}); exits go ahead"
+        ));
+        self.start_up = StartUp::ExitsOnly;
+        tracing::info!(user = %self.seed.user, incarnation = self.incarnation, open_positions, wait_ms, "trader start-up: deciding exits on the state stored moments ago until its reconciliation; entries wait");
+        ctx.spawn(tokio::time::sleep(Duration::from_millis(wait_ms)).into_actor(self).map(|(), trader, ctx| {
+            trader.start_up = StartUp::ReconcileDue;
+            trader.reconcile_when_idle(ctx);
+        }));
+    }
+
+    /// An early start whose turn came reconciles once nothing of its own is in flight (as the
+    /// ordinary start does: no sync or placement of this user runs beside it), the mailbox held.
+    fn reconcile_when_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.start_up != StartUp::ReconcileDue || self.in_flight > 0 {
+            return;
+        }
+        self.hold_until_started(0, ctx);
+    }
+
+    /// The start-up's end: trading with the reconciled state, or failed, or halted.
+    fn started_up(
+        &mut self,
+        result: Result<((TraderState, Vec<GuardLock>), ReconcileReport), AccountError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let (state, report) = match result {
+            Ok(done) => done,
+            Err(error) if error.credentials_refused => return self.halt(ctx, halt_reason(&error.detail)),
+            Err(error) => return self.fail(ctx, error.detail),
+        };
+        let (state, locks) = state;
+        self.core.restore(&state);
+        self.core.restore_locks(locks);
+        self.core.release_entries();
+        self.start_up = StartUp::Done;
+        let reused = if report.reads_reused.is_empty() {
+            String::new()
+        } else {
+            format!("; not read again (read moments ago): {}", report.reads_reused.join(", "))
+        };
+        let detail = format!(
+            "reloaded {} position(s), intent sequence {}, {} unresolved order(s); reconciled: {} resolved, {} orphan(s) cancelled, {} external order(s), {} not resolvable yet{reused}",
+            state.positions.len(),
+            state.last_intent_seq,
+            state.unresolved_orders.len(),
+            report.resolved.len(),
+            report.orphans_cancelled.len(),
+            report.external_orders,
+            report.unresolvable.len()
+        );
+        tracing::info!(user = %self.seed.user, incarnation = self.incarnation, positions = ?self.core.describe_positions(), "trader ready: {detail}");
+        let _ = self.supervisor.try_send(TraderReport::Ready { incarnation: self.incarnation, detail });
+        for candles in std::mem::take(&mut self.held_candles) {
+            self.decide_on(candles, ctx);
+        }
+    }
+
+    fn decide_on(&mut self, message: CandleClosed, ctx: &mut Context<Self>) {
+        let now_ms = self.seed.clock.now_ms();
+        let event = TraderEvent::CandleClosed {
+            symbol: message.symbol,
+            timeframe: message.timeframe,
+            candles: message.candles,
+        };
+        let commands = self.core.process(event, now_ms);
+        self.execute(commands, ctx);
     }
 }
 
@@ -365,13 +528,6 @@ async fn start_up(
     feeds: Vec<(Symbol, Timeframe)>,
     recipient: Recipient<CandleClosed>,
 ) -> Result<((TraderState, Vec<GuardLock>), ReconcileReport), AccountError> {
-    let symbols = feeds.iter().map(|(symbol, _)| symbol).collect::<std::collections::BTreeSet<_>>().len();
-    let weight = crate::exchange::start_pacer::start_up_weight(symbols);
-    let wait_ms = seed.directory.start_up_wait_ms(weight, seed.clock.now_ms());
-    if wait_ms > 0 {
-        tracing::info!(user = %seed.user, wait_ms, weight, "trader start-up: waiting for its turn within [exchange] start_up_weight_per_minute");
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-    }
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -412,12 +568,27 @@ async fn start_up_once(
             "reconciliation: orphan order {client_order_id} could not be cancelled: {error}"
         )));
     }
+    let state = load_state(seed).await?;
+    subscribe(seed, feeds, recipient).await?;
+    Ok((state, report))
+}
+
+/// The user's stored state and uncleared guard locks.
+async fn load_state(seed: &TraderSeed) -> Result<(TraderState, Vec<GuardLock>), AccountError> {
     let user = seed.user.clone();
-    let state = persistence::run(&seed.directory, move |store| {
+    persistence::run(&seed.directory, move |store| {
         Ok((store.load_trader_state(&user)?, store.uncleared_guard_locks(Some(&user))?))
     })
     .await
-    .map_err(|e| AccountError::other(format!("loading state: {e}")))?;
+    .map_err(|e| AccountError::other(format!("loading state: {e}")))
+}
+
+/// Subscribes the trader to its feeds (again, harmlessly, after an early start).
+async fn subscribe(
+    seed: &TraderSeed,
+    feeds: &[(Symbol, Timeframe)],
+    recipient: &Recipient<CandleClosed>,
+) -> Result<(), AccountError> {
     let market_data =
         seed.directory.market_data().map_err(|e| AccountError::other(format!("subscribing to candles: {e}")))?;
     let subscribe = Subscribe { user: seed.user.clone(), feeds: feeds.to_vec(), recipient: recipient.clone() };
@@ -425,22 +596,20 @@ async fn start_up_once(
         .send(subscribe)
         .timeout(seed.call_timeout)
         .await
-        .map_err(|e| AccountError::other(format!("subscribing to candles: market data did not answer: {e}")))?;
-    Ok((state, report))
+        .map_err(|e| AccountError::other(format!("subscribing to candles: market data did not answer: {e}")))
 }
 
 impl Handler<CandleClosed> for Trader {
     type Result = ();
 
     fn handle(&mut self, message: CandleClosed, ctx: &mut Context<Self>) {
-        let now_ms = self.seed.clock.now_ms();
-        let event = TraderEvent::CandleClosed {
-            symbol: message.symbol,
-            timeframe: message.timeframe,
-            candles: message.candles,
-        };
-        let commands = self.core.process(event, now_ms);
-        self.execute(commands, ctx);
+        if self.start_up == StartUp::ReconcileDue {
+            // Decided on once the reconciliation is done (the newest window of each feed).
+            self.held_candles.retain(|held| (&held.symbol, held.timeframe) != (&message.symbol, message.timeframe));
+            self.held_candles.push(message);
+            return;
+        }
+        self.decide_on(message, ctx);
     }
 }
 

@@ -49,6 +49,34 @@ pub const ERROR_PAUSE_CANDLES_MAX: u32 = 16;
 /// How old a verified position may be when a decision is made on it.
 pub const POSITION_VERIFIED_AGE_MS_MAX: i64 = 30_000;
 
+/// How recently (wall time) every open position a previous incarnation stored must have been
+/// verified for the next one to exit before its start-up reconciliation is done.
+pub const START_UP_EXITS_STATE_AGE_MS_MAX: i64 = 15 * 60_000;
+
+/// Whether a trader starting from `state` may decide exits while it waits for its start-up
+/// reconciliation (entries wait for it; every decision still reads the account first): it holds
+/// a position to protect, no order of its is unresolved (its picture of the account is complete),
+/// and every open position was verified within [`START_UP_EXITS_STATE_AGE_MS_MAX`] of `now_ms`.
+/// `Err` says why not (the trader then waits for reconciliation before deciding anything).
+pub fn exits_before_reconciliation(state: &TraderState, now_ms: i64) -> Result<usize, String> {
+    let open: Vec<&PositionRecord> = state.positions.iter().filter(|p| !p.quantity.is_zero()).collect();
+    if open.is_empty() {
+        return Err("no open position to protect".to_owned());
+    }
+    if let Some(order) = state.unresolved_orders.first() {
+        return Err(format!("order {} is unresolved", order.intent.client_order_id));
+    }
+    if let Some(stale) = open.iter().find(|p| now_ms - p.verified_at_ms > START_UP_EXITS_STATE_AGE_MS_MAX) {
+        return Err(format!(
+            "the {} position was verified {} s ago, longer than {} s",
+            stale.symbol,
+            (now_ms - stale.verified_at_ms) / 1_000,
+            START_UP_EXITS_STATE_AGE_MS_MAX / 1_000
+        ));
+    }
+    Ok(open.len())
+}
+
 /// One configured strategy of a user.
 #[derive(Debug, Clone)]
 pub struct SlotSpec {
@@ -278,6 +306,9 @@ pub struct TraderCore {
     /// The risk memory as last handed out to be stored (or restored): a new one is handed out
     /// only when it differs.
     saved_memory: Option<RiskMemory>,
+    /// Why entries wait (the trader actor sets it while its start-up reconciliation is pending and
+    /// exits go ahead; cleared when it is done). Read by the entry decision.
+    entries_wait: Option<String>,
 }
 
 impl TraderCore {
@@ -316,7 +347,18 @@ impl TraderCore {
             universe: BTreeMap::new(),
             intelligence: BTreeMap::new(),
             saved_memory: None,
+            entries_wait: None,
         }
+    }
+
+    /// Entries are blocked (recorded with `reason`) until [`TraderCore::release_entries`]; exits
+    /// are decided as always.
+    pub fn hold_entries(&mut self, reason: impl Into<String>) {
+        self.entries_wait = Some(reason.into());
+    }
+
+    pub fn release_entries(&mut self) {
+        self.entries_wait = None;
     }
 
     /// Turns the signal guards on (the server always does unless `[guards] enabled = false`).
@@ -567,6 +609,13 @@ impl TraderCore {
             return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
         }
         self.universe.insert((slot.spec.symbol.clone(), slot.spec.timeframe), candles.clone());
+        let holds_position = slot.known_position.as_ref().is_some_and(|p| !p.quantity.is_zero());
+        if let (Some(why), false) = (&self.entries_wait, holds_position) {
+            // Nothing to exit and entries wait: no account read is spent on it.
+            let reason = format!("flat: {why}");
+            self.slots[slot_index].last_candle_close_ms = Some(candle_close_ms);
+            return vec![self.skipped(slot_index, Some(candle_close_ms), now_ms, reason)];
+        }
         self.iteration += 1;
         let iteration = self.iteration;
         let slot = &mut self.slots[slot_index];
@@ -762,6 +811,10 @@ impl TraderCore {
             Some(IntentPurpose::Entry) if snapshot.entries_halted.is_some() => {
                 let halt = snapshot.entries_halted.as_ref().expect("Invariant: matched as set");
                 commands.push(decision("blocked", format!("{}: {}", halt.failure_point, halt.reason), None));
+            }
+            Some(IntentPurpose::Entry) if self.entries_wait.is_some() => {
+                let why = self.entries_wait.clone().expect("Invariant: matched as set");
+                commands.push(decision("blocked", why, None));
             }
             Some(IntentPurpose::Entry) => {
                 let side = if signal.action == SignalAction::Long { Side::Buy } else { Side::Sell };

@@ -979,3 +979,92 @@ fn failing_iterations_alert_once_then_back_off_and_a_good_one_ends_the_streak() 
     h.synced(iteration, Err("position: timeout".into()));
     h.candle_expecting_sync();
 }
+
+fn stored_position(quantity: &str, verified_at_ms: i64) -> PositionRecord {
+    PositionRecord {
+        user: user(),
+        symbol: xrp(),
+        quantity: dec(quantity),
+        entry_price: dec("1.1"),
+        position_start_time_ms: Some(1),
+        active_order_id: None,
+        verified_at_ms,
+    }
+}
+
+#[test]
+fn only_a_recent_complete_picture_with_a_position_exits_before_reconciliation() {
+    let state = |positions: Vec<PositionRecord>| TraderState {
+        positions,
+        last_intent_seq: 3,
+        unresolved_orders: vec![],
+        decision_count: 0,
+        risk_memory: None,
+    };
+    let recent = NOW_MS - START_UP_EXITS_STATE_AGE_MS_MAX;
+    assert_eq!(exits_before_reconciliation(&state(vec![stored_position("10", recent)]), NOW_MS), Ok(1));
+    let flat = exits_before_reconciliation(&state(vec![stored_position("0", recent)]), NOW_MS).unwrap_err();
+    assert!(flat.contains("no open position"), "{flat}");
+    let stale = exits_before_reconciliation(&state(vec![stored_position("-5", recent - 1)]), NOW_MS).unwrap_err();
+    assert!(stale.contains("XRPUSDT position was verified 900 s ago"), "{stale}");
+    // An order the previous incarnation left unresolved: its fill may have moved the position.
+    let mut h = harness();
+    let intent = placed(&h.decide(SignalAction::Long, snapshot("0", vec![])))[0].clone();
+    let mut unresolved = state(vec![stored_position("10", recent)]);
+    unresolved.unresolved_orders.push(crate::records::StoredOrder {
+        intent,
+        state: OrderState::Unknown,
+        exchange_order_id: None,
+        filled_quantity: Decimal::ZERO,
+        average_price: None,
+        sent_at_ms: Some(NOW_MS - 1_000),
+        updated_at_ms: NOW_MS - 1_000,
+        last_error: None,
+        send_attempts: 1,
+    });
+    let why = exits_before_reconciliation(&unresolved, NOW_MS).unwrap_err();
+    assert!(why.contains("bw-u1-1 is unresolved"), "{why}");
+}
+
+#[test]
+fn held_entries_are_blocked_with_their_reason_while_exits_go_out() {
+    let waiting = "entries wait for the start-up reconciliation";
+    // Flat, entries waiting: nothing to decide, and no account read spent on it.
+    let mut h = harness();
+    h.core.hold_entries(waiting);
+    let commands = h.candle();
+    assert_eq!(only_record(&commands).outcome, "skipped");
+    assert_eq!(only_record(&commands).reason, format!("flat: {waiting}"));
+    // Holding a position (as stored): the exit goes out after the account read.
+    let mut h = harness();
+    h.core.restore(&TraderState {
+        positions: vec![stored_position("10", NOW_MS)],
+        last_intent_seq: 0,
+        unresolved_orders: vec![],
+        decision_count: 0,
+        risk_memory: None,
+    });
+    h.core.hold_entries(waiting);
+    let exit = h.decide(SignalAction::Exit, snapshot("10", vec![]));
+    assert_eq!(placed(&exit).len(), 1, "{exit:?}");
+    assert_eq!(placed(&exit)[0].purpose, IntentPurpose::Exit);
+    // The read finds it flat after all (closed meanwhile): an entry signal is blocked.
+    let mut h = harness();
+    h.core.restore(&TraderState {
+        positions: vec![stored_position("10", NOW_MS)],
+        last_intent_seq: 0,
+        unresolved_orders: vec![],
+        decision_count: 0,
+        risk_memory: None,
+    });
+    h.core.hold_entries(waiting);
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    assert!(placed(&commands).is_empty(), "{commands:?}");
+    let record = records(&commands).into_iter().find(|r| r.outcome == "blocked").unwrap();
+    assert_eq!(record.reason, waiting);
+    // Released (the reconciliation is done): entries go out again.
+    h.core.release_entries();
+    let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    assert_eq!(placed(&commands).len(), 1, "{commands:?}");
+    assert_eq!(placed(&commands)[0].purpose, IntentPurpose::Entry);
+}
