@@ -1,5 +1,6 @@
 //! The crash test: `bulwark run` trades many users against `bulwark sim` with faults on (5xx,
-//! executed-but-503-unknown, hangs, lost responses, 429 bursts) and is killed with SIGKILL at
+//! executed-but-503-unknown, hangs, lost responses, 429 bursts, and every account and market
+//! stream fault) and is killed with SIGKILL at
 //! seeded random moments — at a random time, during start-up, or the instant an order request
 //! reaches the exchange (so its answer is in flight) — and restarted each time, as systemd would.
 //! Then the faults stop, bulwark runs once more and stops cleanly, `bulwark reconcile` settles
@@ -51,10 +52,29 @@ impl Moment {
     }
 }
 
-/// The faults while bulwark is being killed: every kind at once, a new 429 burst each restart.
+/// The faults while bulwark is being killed: every kind at once (the account and market streams'
+/// too: dropped, duplicated, delayed and expired events, disconnects and stalls), a new 429 burst
+/// each restart.
 fn fault_plan(rng: &mut ChaCha8Rng) -> Value {
     json!({
         "global": { "error_5xx_rate": 0.03, "burst_429": rng.random_range(0..6) },
+        "user_stream": {
+            "drop_rate": 0.25,
+            "duplicate_rate": 0.2,
+            "delay_rate": 0.2,
+            "delay_ms": 500,
+            "expire_rate": 0.05,
+            "disconnect_rate": 0.05,
+            "stall_rate": 0.03
+        },
+        "market_stream": {
+            "drop_rate": 0.25,
+            "duplicate_rate": 0.2,
+            "delay_rate": 0.2,
+            "delay_ms": 300,
+            "disconnect_rate": 0.05,
+            "stall_rate": 0.03
+        },
         "endpoints": {
             "POST /fapi/v1/order": {
                 "error_5xx_rate": 0.05,
@@ -172,6 +192,11 @@ async fn bulwark_killed_at_seeded_moments_keeps_every_invariant() {
         stats["requests"]["POST /fapi/v1/order"],
         stats["hung"]["POST /fapi/v1/order"].as_u64().unwrap_or(0),
         stats["requests"].as_object().unwrap().values().filter_map(Value::as_u64).sum::<u64>()
+    );
+    let _ = writeln!(
+        summary,
+        "- stream faults met: {}; account stream connections {}, market stream connections {}",
+        stats["stream_faults"], stats["user_stream_connections"], stats["market_stream_connections"]
     );
     let _ = writeln!(summary, "- the database: {intents} intents, {fills} fills");
     let _ = writeln!(summary, "\n```text\n{}```", verdict);
