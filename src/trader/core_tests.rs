@@ -992,25 +992,31 @@ fn stored_position(quantity: &str, verified_at_ms: i64) -> PositionRecord {
     }
 }
 
+fn stored_state(positions: Vec<PositionRecord>) -> TraderState {
+    TraderState { positions, last_intent_seq: 3, unresolved_orders: vec![], decision_count: 0, risk_memory: None }
+}
+
+/// A core restored with a stored long of 10, its entries held for `waiting`.
+fn holding_with_entries_held(waiting: &str) -> Harness {
+    let mut h = harness();
+    h.core.restore(&stored_state(vec![stored_position("10", NOW_MS)]));
+    h.core.hold_entries(waiting);
+    h
+}
+
 #[test]
 fn only_a_recent_complete_picture_with_a_position_exits_before_reconciliation() {
-    let state = |positions: Vec<PositionRecord>| TraderState {
-        positions,
-        last_intent_seq: 3,
-        unresolved_orders: vec![],
-        decision_count: 0,
-        risk_memory: None,
-    };
     let recent = NOW_MS - START_UP_EXITS_STATE_AGE_MS_MAX;
-    assert_eq!(exits_before_reconciliation(&state(vec![stored_position("10", recent)]), NOW_MS), Ok(1));
-    let flat = exits_before_reconciliation(&state(vec![stored_position("0", recent)]), NOW_MS).unwrap_err();
+    assert_eq!(exits_before_reconciliation(&stored_state(vec![stored_position("10", recent)]), NOW_MS), Ok(1));
+    let flat = exits_before_reconciliation(&stored_state(vec![stored_position("0", recent)]), NOW_MS).unwrap_err();
     assert!(flat.contains("no open position"), "{flat}");
-    let stale = exits_before_reconciliation(&state(vec![stored_position("-5", recent - 1)]), NOW_MS).unwrap_err();
+    let stale =
+        exits_before_reconciliation(&stored_state(vec![stored_position("-5", recent - 1)]), NOW_MS).unwrap_err();
     assert!(stale.contains("XRPUSDT position was verified 900 s ago"), "{stale}");
     // An order the previous incarnation left unresolved: its fill may have moved the position.
     let mut h = harness();
     let intent = placed(&h.decide(SignalAction::Long, snapshot("0", vec![])))[0].clone();
-    let mut unresolved = state(vec![stored_position("10", recent)]);
+    let mut unresolved = stored_state(vec![stored_position("10", recent)]);
     unresolved.unresolved_orders.push(crate::records::StoredOrder {
         intent,
         state: OrderState::Unknown,
@@ -1036,28 +1042,12 @@ fn held_entries_are_blocked_with_their_reason_while_exits_go_out() {
     assert_eq!(only_record(&commands).outcome, "skipped");
     assert_eq!(only_record(&commands).reason, format!("flat: {waiting}"));
     // Holding a position (as stored): the exit goes out after the account read.
-    let mut h = harness();
-    h.core.restore(&TraderState {
-        positions: vec![stored_position("10", NOW_MS)],
-        last_intent_seq: 0,
-        unresolved_orders: vec![],
-        decision_count: 0,
-        risk_memory: None,
-    });
-    h.core.hold_entries(waiting);
+    let mut h = holding_with_entries_held(waiting);
     let exit = h.decide(SignalAction::Exit, snapshot("10", vec![]));
     assert_eq!(placed(&exit).len(), 1, "{exit:?}");
     assert_eq!(placed(&exit)[0].purpose, IntentPurpose::Exit);
     // The read finds it flat after all (closed meanwhile): an entry signal is blocked.
-    let mut h = harness();
-    h.core.restore(&TraderState {
-        positions: vec![stored_position("10", NOW_MS)],
-        last_intent_seq: 0,
-        unresolved_orders: vec![],
-        decision_count: 0,
-        risk_memory: None,
-    });
-    h.core.hold_entries(waiting);
+    let mut h = holding_with_entries_held(waiting);
     let commands = h.decide(SignalAction::Long, snapshot("0", vec![]));
     assert!(placed(&commands).is_empty(), "{commands:?}");
     let record = records(&commands).into_iter().find(|r| r.outcome == "blocked").unwrap();
