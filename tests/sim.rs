@@ -1310,24 +1310,46 @@ async fn meet_each_stream_fault(sim: &Sim, plans: impl IntoIterator<Item = (&str
     sim.faults(json!({})).await;
 }
 
-#[tokio::test]
-async fn every_market_stream_fault_in_turn_leaves_the_invariants_intact() {
-    let _serial = SERIAL.lock().await;
-    let seed = 79;
+/// Four users trade through `bulwark sim` while `plans` are met in turn (stalled connections given
+/// up after 2 s of silence here, 60 s by default); then an orderly end, `bulwark reconcile` and
+/// the ledger checked against the database. Answers the simulator's stats as the faults ended.
+async fn trade_through_stream_faults(seed: u64, seconds: u64, plans: Vec<(&str, Value)>) -> Value {
     eprintln!("SEED={seed}");
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&sim_config(dir.path(), 4, 200, ""), seed);
     let config = client_config(dir.path(), &sim.url, 4, 1_000, 1_000);
-    // A stalled connection is given up after 2 s of silence here (60 s by default).
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("poll_interval_ms = 40\n", "poll_interval_ms = 40\nstream_silence_secs = 2\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "poll_interval_ms = 40\n",
+        "poll_interval_ms = 40\nuser_data_stream = true\nstream_silence_secs = 2\n",
+    );
     std::fs::write(&config, text).unwrap();
-    let bulwark = run_bulwark(&config, 4, 40);
+    let bulwark = run_bulwark(&config, 4, seconds);
+    sim.wait_requests("POST /fapi/v1/order", 1).await;
+    meet_each_stream_fault(&sim, plans, seed).await;
+    let stats = sim.get("/sim/stats").await;
+    eprintln!(
+        "stream faults met: {}; connections opened: {} account, {} market; klines requests: {}",
+        stats["stream_faults"],
+        stats["user_stream_connections"],
+        stats["market_stream_connections"],
+        stats["requests"]["GET /fapi/v1/klines"]
+    );
+    finish(bulwark).await;
+    reconcile(&config, 4).await;
+    let database = dir.path().join("data/bulwark.db");
+    let (intents, _) = check_ledger_against_database(&sim, &database, 4, seed).await;
+    assert!(intents >= 10, "SEED={seed}: {intents} intents; {}", decision_summary(&database, 4));
+    stats
+}
+
+#[tokio::test]
+async fn every_market_stream_fault_in_turn_leaves_the_invariants_intact() {
+    let _serial = SERIAL.lock().await;
+    let seed = 79;
     let market = |spec: Value| json!({ "market_stream": spec });
     // Each plan stays on until the simulator met its fault twice; the last one mixes market
     // stream faults with account stream faults and lost order responses.
-    let plans = [
+    let plans = vec![
         ("market_disconnect", market(json!({ "disconnect_rate": 0.3 }))),
         ("market_stall", market(json!({ "stall_rate": 0.3 }))),
         ("market_duplicate", market(json!({ "duplicate_rate": 0.5 }))),
@@ -1342,24 +1364,10 @@ async fn every_market_stream_fault_in_turn_leaves_the_invariants_intact() {
             }),
         ),
     ];
-    sim.wait_requests("POST /fapi/v1/order", 1).await;
-    meet_each_stream_fault(&sim, plans, seed).await;
-    let stats = sim.get("/sim/stats").await;
-    eprintln!(
-        "stream faults met: {}; market connections opened: {}; klines requests: {}",
-        stats["stream_faults"], stats["market_stream_connections"], stats["requests"]["GET /fapi/v1/klines"]
-    );
+    let stats = trade_through_stream_faults(seed, 40, plans).await;
     assert!(
         stats["market_stream_connections"].as_u64().unwrap() > 1,
         "SEED={seed}: the faults made market data reconnect"
-    );
-    finish(bulwark).await;
-    reconcile(&config, 4).await;
-    let (intents, _) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
-    assert!(
-        intents >= 10,
-        "SEED={seed}: {intents} intents; {}",
-        decision_summary(&dir.path().join("data/bulwark.db"), 4)
     );
 }
 
@@ -1367,21 +1375,10 @@ async fn every_market_stream_fault_in_turn_leaves_the_invariants_intact() {
 async fn every_user_stream_fault_in_turn_leaves_the_invariants_intact() {
     let _serial = SERIAL.lock().await;
     let seed = 78;
-    eprintln!("SEED={seed}");
-    let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(&sim_config(dir.path(), 4, 200, ""), seed);
-    let config = client_config(dir.path(), &sim.url, 4, 1_000, 1_000);
-    // A stalled connection is given up after 2 s of silence here (60 s by default).
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "poll_interval_ms = 40\n",
-        "poll_interval_ms = 40\nuser_data_stream = true\nstream_silence_secs = 2\n",
-    );
-    std::fs::write(&config, text).unwrap();
-    let bulwark = run_bulwark(&config, 4, 45);
     let stream = |spec: Value| json!({ "user_stream": spec });
     // Each plan stays on until the simulator met its fault twice (the traders trading through
     // it); the last one mixes stream faults with lost order responses.
-    let plans = [
+    let plans = vec![
         ("disconnect", stream(json!({ "disconnect_rate": 0.3 }))),
         ("stall", stream(json!({ "stall_rate": 0.3 }))),
         ("expire", stream(json!({ "expire_rate": 0.3 }))),
@@ -1396,23 +1393,9 @@ async fn every_user_stream_fault_in_turn_leaves_the_invariants_intact() {
             }),
         ),
     ];
-    sim.wait_requests("POST /fapi/v1/order", 1).await;
-    meet_each_stream_fault(&sim, plans, seed).await;
-    let stats = sim.get("/sim/stats").await;
-    eprintln!(
-        "stream faults met: {}; connections opened: {}",
-        stats["stream_faults"], stats["user_stream_connections"]
-    );
+    let stats = trade_through_stream_faults(seed, 45, plans).await;
     assert!(
         stats["user_stream_connections"].as_u64().unwrap() > 4,
         "SEED={seed}: the faults made the accounts reconnect"
-    );
-    finish(bulwark).await;
-    reconcile(&config, 4).await;
-    let (intents, _) = check_ledger_against_database(&sim, &dir.path().join("data/bulwark.db"), 4, seed).await;
-    assert!(
-        intents >= 10,
-        "SEED={seed}: {intents} intents; {}",
-        decision_summary(&dir.path().join("data/bulwark.db"), 4)
     );
 }
