@@ -17,9 +17,9 @@
 //!   position from the exchange and running its strategy on them.
 //!
 //! The market runs on a manual clock: a candle "closes" when the bench advances the clock by the
-//! paper exchange's `candle_interval_ms`, and the close is handed to market data at once (a `Poll`,
-//! instead of waiting up to a quarter of a candle for the poll timer), so the figures measure the
-//! fan-out and the decisions, not the poll interval. Klines requests are counted by a decorator
+//! paper exchange's `candle_interval_ms`; the paper venue streams it to market data at once (its
+//! ticker wakes on the move), and market data is also polled at once (the poll timer's turn,
+//! which backfills by REST what no connection brought). Klines requests are counted by a decorator
 //! around the paper exchange. Completion is observed by a sampling thread reading every user's
 //! iteration counters every ~100 µs, so latencies have that resolution.
 //!
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use bulwark::actors::market_data::Poll;
+use bulwark::actors::market_data::{GetStats, Poll};
 use bulwark::actors::persistence;
 use bulwark::actors::trader::UserCounters;
 use bulwark::clock::{Clock, ManualClock};
@@ -692,11 +692,19 @@ async fn bulwark_close(
         let counters = counters.clone();
         Arc::new(move || iterations_of(&counters))
     };
+    let market_data = server.directory.market_data().expect("market data runs");
+    let handed_before = handed_out(&market_data).await;
     let t0 = Instant::now();
     let progress = sample_progress(count, before, before + n, t0);
     clock.advance_ms(CANDLE_INTERVAL_MS);
-    let market_data = server.directory.market_data().expect("market data runs");
-    let report = market_data.send(Poll).await.expect("market data answers a poll");
+    // The poll timer's turn, at once: it opens the market connection on the first close and
+    // fetches by REST what no connection brings; the streamed candles need no request.
+    market_data.send(Poll).await.expect("market data answers a poll");
+    let mut handed = handed_before;
+    while handed.0 < handed_before.0 + n && t0.elapsed() < STEP_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        handed = handed_out(&market_data).await;
+    }
     let delivered = t0.elapsed();
     let times = progress.await.expect("the sampler answers");
     // The persistence actor's mailbox is first in, first out: this no-op is done once everything
@@ -717,8 +725,15 @@ async fn bulwark_close(
         delivered: Some(delivered),
         persisted,
         refused: server.directory.persistence_writes_refused() - refused_before,
-        dropped_full: report.dropped_full,
+        dropped_full: u32::try_from(handed.1 - handed_before.1).unwrap_or(u32::MAX),
     }
+}
+
+/// Windows market data has handed out so far: (taken by a trader's mailbox or dropped at a full
+/// one, of which dropped).
+async fn handed_out(market_data: &Addr<bulwark::actors::market_data::MarketData>) -> (u64, u64) {
+    let stats = market_data.send(GetStats).await.expect("market data answers");
+    (stats.deliveries + stats.dropped_full, stats.dropped_full)
 }
 
 fn child_bulwark(n: usize, dir: &Path, plan: &Plan) -> Value {

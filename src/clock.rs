@@ -8,6 +8,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// A source of wall-clock time in milliseconds since the Unix epoch (UTC).
 pub trait Clock: Send + Sync + fmt::Debug {
     fn now_ms(&self) -> i64;
+
+    /// Blocks the calling OS thread (a thread of its own, never an async task) until this clock
+    /// reads other than `seen_ms` or `timeout` of real time has passed. The system clock moves on
+    /// its own, so it sleeps `timeout`; a [`ManualClock`] wakes the sleeper the moment it is moved,
+    /// so a thread that acts when the clock reaches a moment (the paper venue's ticker) acts on
+    /// the test's step, not up to `timeout` later.
+    fn sleep_until_moved(&self, seen_ms: i64, timeout: std::time::Duration) {
+        let _ = seen_ms;
+        std::thread::sleep(timeout);
+    }
 }
 
 /// The operating system's clock.
@@ -25,25 +35,47 @@ impl Clock for SystemClock {
 pub struct ManualClock {
     /// Written by the test (`set_ms`, `advance_ms`), read by everything holding the clock.
     now_ms: AtomicI64,
+    /// Taken by a move (after the new time is stored) and by `sleep_until_moved` (around its check
+    /// of the time), so a sleeper cannot miss a move between its check and its wait.
+    moves: parking_lot::Mutex<()>,
+    /// Signalled on every move; waited on by `sleep_until_moved`.
+    moved: parking_lot::Condvar,
 }
 
 impl ManualClock {
     pub fn new(now_ms: i64) -> Arc<Self> {
-        Arc::new(Self { now_ms: AtomicI64::new(now_ms) })
+        Arc::new(Self { now_ms: AtomicI64::new(now_ms), ..Self::default() })
     }
 
     pub fn set_ms(&self, now_ms: i64) {
         self.now_ms.store(now_ms, Ordering::SeqCst);
+        self.wake_sleepers();
     }
 
     pub fn advance_ms(&self, delta_ms: i64) {
         self.now_ms.fetch_add(delta_ms, Ordering::SeqCst);
+        self.wake_sleepers();
+    }
+
+    fn wake_sleepers(&self) {
+        let _moves = self.moves.lock();
+        self.moved.notify_all();
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.now_ms.load(Ordering::SeqCst)
+    }
+
+    fn sleep_until_moved(&self, seen_ms: i64, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut moves = self.moves.lock();
+        while self.now_ms() == seen_ms {
+            if self.moved.wait_until(&mut moves, deadline).timed_out() {
+                return;
+            }
+        }
     }
 }
 
@@ -115,6 +147,25 @@ pub fn rfc3339_ms(timestamp_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sleeper_on_a_manual_clock_wakes_when_it_moves_and_not_before_its_timeout_otherwise() {
+        let clock = ManualClock::new(1_000);
+        let started = std::time::Instant::now();
+        clock.sleep_until_moved(1_000, std::time::Duration::from_millis(5));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(5), "unmoved: the whole timeout");
+        // Woken by the move, not by the timeout (a minute, far beyond any scheduling delay).
+        let timeout = std::time::Duration::from_secs(60);
+        let started = std::time::Instant::now();
+        clock.sleep_until_moved(999, timeout);
+        let sleeper = {
+            let clock = clock.clone();
+            std::thread::spawn(move || clock.sleep_until_moved(1_000, timeout))
+        };
+        clock.advance_ms(1);
+        sleeper.join().expect("the sleeper returns");
+        assert!(started.elapsed() < timeout, "woken by the move");
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

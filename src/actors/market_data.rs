@@ -475,10 +475,11 @@ impl MarketData {
     }
 
     /// Whether `feed`'s connection is live and was up before `close_ms` (venue time): the candle
-    /// closing then comes on it.
+    /// closing then comes on it. Strictly before: a connection made at the very moment of a close
+    /// is not sent that candle (it had closed when the subscription began).
     fn stream_brings(&self, feed: &Feed, close_ms: i64, local_now_ms: i64) -> bool {
         feed.connection.and_then(|id| self.connections.get(&id)).is_some_and(|connection| {
-            connection.link.is_live(local_now_ms) && connection.up_since_venue_ms.is_some_and(|up_ms| up_ms <= close_ms)
+            connection.link.is_live(local_now_ms) && connection.up_since_venue_ms.is_some_and(|up_ms| up_ms < close_ms)
         })
     }
 

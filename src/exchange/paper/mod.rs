@@ -8,8 +8,9 @@
 //!
 //! Each account can also listen to the venue (`Exchange::account_stream`): what the matching engine
 //! changed for it is pushed the moment it happens, as Binance's user data stream pushes it
-//! ([`events`]); while anyone listens, a ticker thread settles working orders as candles close,
-//! so fills are pushed without anyone asking.
+//! ([`events`]); market connections (`Exchange::candle_stream`) are pushed each closed candle as
+//! Binance's kline streams push it. While anyone listens, a ticker thread settles working orders
+//! and streams the candles as they close, so fills and candles are pushed without anyone asking.
 //!
 //! It replays real recorded candles (see `data/replay/PROVENANCE.md`) and, for any other
 //! configured symbol, a seeded random walk ([`market`]). Given the same seed and the same requests
@@ -27,7 +28,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::domain::AccountEvent;
+use crate::domain::{AccountEvent, MarketEvent};
 use crate::domain::{
     Balance, Candle, ClientOrderId, ExchangeOrder, Fill, OrderRequest, Position, Symbol, SymbolRules, Timeframe, UserId,
 };
@@ -35,7 +36,9 @@ use crate::exchange::AccountStream;
 use crate::exchange::paper::market::{MarketClock, PaperMarket, SeriesSource};
 use crate::exchange::paper::venue::{PaperVenue, VenueChange, VenueSettings};
 use crate::exchange::{Exchange, ExchangeError};
-use crate::limits::{ACCOUNT_STREAM_QUEUE_MAX, PAPER_STREAM_HEARTBEAT_MS, PAPER_VENUE_QUEUE_MAX};
+use crate::limits::{
+    ACCOUNT_STREAM_QUEUE_MAX, MARKET_STREAM_QUEUE_MAX, PAPER_STREAM_HEARTBEAT_MS, PAPER_VENUE_QUEUE_MAX,
+};
 use crate::persistence::StoreError;
 use crate::persistence::paper_journal::PaperJournal;
 
@@ -71,14 +74,43 @@ pub struct PaperSettings {
 /// closes a connection that does not keep up); read by the venue thread.
 type Listeners = Arc<parking_lot::Mutex<BTreeMap<UserId, mpsc::Sender<AccountEvent>>>>;
 
+/// The market connections (`Exchange::candle_stream`). Written by `candle_stream` (adds one) and by
+/// the venue thread (advances what each feed was told; drops a connection that is gone or has
+/// fallen `MARKET_STREAM_QUEUE_MAX` events behind, as Binance closes a slow connection); read by the
+/// venue thread.
+type MarketListeners = Arc<parking_lot::Mutex<Vec<MarketListener>>>;
+
+/// One market connection to the paper venue.
+struct MarketListener {
+    feeds: Vec<StreamedFeed>,
+    sender: mpsc::Sender<MarketEvent>,
+}
+
+/// One feed of a market connection.
+struct StreamedFeed {
+    symbol: Symbol,
+    timeframe: Timeframe,
+    /// Open time (market ms) of the newest closed candle the connection was told, or that had
+    /// closed already when it connected (Binance streams no candle closed before a subscription).
+    told_open_ms: i64,
+}
+
+/// Closed candles of one feed pushed at once when the clock jumped past several: the newest ones
+/// (a consumer that misses older ones sees a gap and fetches its window by REST).
+const STREAMED_CANDLES_PER_FEED_MAX: i64 = 3;
+
 /// What the venue thread owns.
 struct VenueHost {
     venue: PaperVenue,
     journal: PaperJournal,
     clock: Arc<dyn Clock>,
     listeners: Listeners,
+    market_listeners: MarketListeners,
     /// When the ticker last told every listener the stream is alive (wall ms; venue thread only).
     heartbeat_sent_ms: i64,
+    /// The base candle forming when the market connections were last told their closes (venue
+    /// thread only): while it is the same, no candle of any feed has closed since.
+    market_told_forming_index: u64,
 }
 
 impl VenueHost {
@@ -95,8 +127,51 @@ impl VenueHost {
             tracing::error!(%error, changes = changes.len(), "paper exchange: journal write failed");
         }
         self.tell_listeners(&changes, wall_ms);
+        self.tell_market_listeners(wall_ms);
         self.heartbeat();
         result
+    }
+
+    /// Pushes every candle that closed since the market connections were last told (before the
+    /// request is answered: a request after a close finds its candle streamed already). Part of
+    /// every operation, the ticker's included.
+    fn tell_market_listeners(&mut self, wall_ms: i64) {
+        let forming_index = self.venue.market_clock().forming_index(wall_ms);
+        if forming_index == self.market_told_forming_index {
+            return;
+        }
+        self.market_told_forming_index = forming_index;
+        let market_now_ms = self.venue.market_clock().market_now_ms(wall_ms);
+        let venue = &mut self.venue;
+        self.market_listeners.lock().retain_mut(|listener| {
+            for feed in &mut listener.feeds {
+                let duration_ms = feed.timeframe.duration_ms();
+                let newest_open_ms = feed.timeframe.last_closed_open_ms(market_now_ms);
+                let closed = ((newest_open_ms - feed.told_open_ms) / duration_ms).min(STREAMED_CANDLES_PER_FEED_MAX);
+                if closed <= 0 {
+                    continue;
+                }
+                feed.told_open_ms = newest_open_ms;
+                // A feed the venue cannot serve (an unknown symbol) streams nothing, as Binance's
+                // stream of an unknown symbol; its REST fetch names the problem.
+                let Ok(candles) = venue.klines(&feed.symbol, feed.timeframe, closed as u16, wall_ms) else { continue };
+                for candle in candles {
+                    let event = MarketEvent::CandleClosed {
+                        symbol: feed.symbol.clone(),
+                        timeframe: feed.timeframe,
+                        candle,
+                        event_ms: market_now_ms,
+                    };
+                    if let Err(error) = listener.sender.try_send(event) {
+                        if matches!(error, mpsc::error::TrySendError::Full(_)) {
+                            tracing::warn!("paper exchange: a market stream's listener fell behind; the stream ends");
+                        }
+                        return false;
+                    }
+                }
+            }
+            true
+        });
     }
 
     /// Tells every listener the stream is alive, at most every `PAPER_STREAM_HEARTBEAT_MS` (as
@@ -113,6 +188,9 @@ impl VenueHost {
         let times = crate::domain::EventTimes { transaction_ms: venue_ms, event_ms: venue_ms };
         self.listeners.lock().retain(|_, listener| {
             !matches!(listener.try_send(AccountEvent::Heartbeat { times }), Err(mpsc::error::TrySendError::Closed(_)))
+        });
+        self.market_listeners.lock().retain(|listener| {
+            !matches!(listener.sender.try_send(MarketEvent::Heartbeat), Err(mpsc::error::TrySendError::Closed(_)))
         });
     }
 
@@ -147,6 +225,7 @@ pub struct PaperExchange {
     market_clock: MarketClock,
     wall: Arc<dyn Clock>,
     listeners: Listeners,
+    market_listeners: MarketListeners,
     /// Set once the ticker thread runs (started by the first listener).
     ticking: Arc<std::sync::atomic::AtomicBool>,
     /// The venue's symbol rules, fixed at start (the venue thread holds the same): answered
@@ -186,7 +265,16 @@ impl PaperExchange {
         let venue = PaperVenue::restore(settings.venue, rules, market, snapshot);
         let wall = clock.clone();
         let listeners = Listeners::default();
-        let mut host = VenueHost { venue, journal, clock, listeners: listeners.clone(), heartbeat_sent_ms: i64::MIN };
+        let market_listeners = MarketListeners::default();
+        let mut host = VenueHost {
+            venue,
+            journal,
+            clock,
+            listeners: listeners.clone(),
+            market_listeners: market_listeners.clone(),
+            heartbeat_sent_ms: i64::MIN,
+            market_told_forming_index: market_clock.forming_index(wall_ms),
+        };
         let (jobs, mut receiver) = mpsc::channel::<VenueJob>(PAPER_VENUE_QUEUE_MAX);
         std::thread::Builder::new()
             .name("paper-venue".to_owned())
@@ -197,25 +285,30 @@ impl PaperExchange {
                 tracing::debug!("paper exchange: venue thread stopped");
             })
             .map_err(|error| StoreError::Io(format!("cannot start the paper venue thread: {error}")))?;
-        Ok(Self { jobs, market_clock, wall, listeners, ticking: Arc::default(), rules: shared_rules })
+        Ok(Self { jobs, market_clock, wall, listeners, market_listeners, ticking: Arc::default(), rules: shared_rules })
     }
 
-    /// Settles working orders as candles close while anyone listens, so that fills are pushed
-    /// without a request: a thread that asks the venue a quarter of a candle apart and stops with
-    /// the venue.
+    /// While anyone listens, settles working orders and streams closed candles as candles close,
+    /// so that fills and candles are pushed without a request: a thread that wakes at each base
+    /// candle's close (and at least a quarter of a candle apart, for the heartbeats), or the moment
+    /// a manual clock is moved, and stops with the venue.
     fn start_ticker(&self) {
         if self.ticking.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let jobs = self.jobs.downgrade();
-        let spacing =
-            std::time::Duration::from_millis((self.market_clock.candle_interval_ms / 4).clamp(10, 1_000) as u64);
+        let (wall, market_clock) = (self.wall.clone(), self.market_clock);
+        let spacing_ms = (market_clock.candle_interval_ms / 4).clamp(10, 1_000);
         let started = std::thread::Builder::new().name("paper-ticker".to_owned()).spawn(move || {
             loop {
-                std::thread::sleep(spacing);
+                let now_ms = wall.now_ms();
+                let next_close_ms =
+                    market_clock.wall_at_ms(market_clock.open_time_ms(market_clock.forming_index(now_ms) + 1));
+                let wait_ms = (next_close_ms - now_ms + 1).clamp(1, spacing_ms);
+                wall.sleep_until_moved(now_ms, std::time::Duration::from_millis(wait_ms as u64));
                 let Some(jobs) = jobs.upgrade() else { return };
                 let job: VenueJob = Box::new(|host: &mut VenueHost| {
-                    if !host.listeners.lock().is_empty() {
+                    if !host.listeners.lock().is_empty() || !host.market_listeners.lock().is_empty() {
                         let _ = host.run(|venue, wall_ms, changes| venue.settle_pending(wall_ms, changes));
                     }
                 });
@@ -319,10 +412,24 @@ impl Exchange for PaperExchange {
         Some(self.market_clock.market_now_ms(self.wall.now_ms()))
     }
 
-    /// The paper venue's candles are read in process at no cost, so market data fetches them
-    /// after each close instead of following a connection.
-    fn candle_stream(&self, _feeds: &[(Symbol, Timeframe)]) -> Option<crate::exchange::CandleStream> {
-        None
+    /// Each candle of `feeds` that closes from now on is pushed the moment the venue passes its
+    /// close (by the ticker, or by the first request after it), as Binance's kline streams push
+    /// `k.x = true`; a heartbeat first (the connection is up) and every `PAPER_STREAM_HEARTBEAT_MS`.
+    fn candle_stream(&self, feeds: &[(Symbol, Timeframe)]) -> Option<crate::exchange::CandleStream> {
+        let (sender, receiver) = mpsc::channel(MARKET_STREAM_QUEUE_MAX);
+        let _ = sender.try_send(MarketEvent::Heartbeat);
+        let market_now_ms = self.market_clock.market_now_ms(self.wall.now_ms());
+        let feeds = feeds
+            .iter()
+            .map(|(symbol, timeframe)| StreamedFeed {
+                symbol: symbol.clone(),
+                timeframe: *timeframe,
+                told_open_ms: timeframe.last_closed_open_ms(market_now_ms),
+            })
+            .collect();
+        self.market_listeners.lock().push(MarketListener { feeds, sender });
+        self.start_ticker();
+        Some(receiver)
     }
 
     fn account_stream(&self, account: &UserId) -> Option<AccountStream> {
