@@ -869,14 +869,14 @@ async fn sync_account(
     if let Some(refusal) = context.directory.credentials_refused.read().get(user) {
         return Err(AccountError { credentials_refused: true, detail: refusal.clone() });
     }
-    let unresolved_orders = unresolved_orders_of(context, user, symbol).await?;
+    let (unresolved_orders, rows_read_at) = unresolved_orders_of(context, user, symbol).await?;
     // With nothing of this symbol in flight, a verified book is the account: no exchange request.
     // Orders placed and not yet recorded final count once the stream told their end (their fills
     // are recorded from it); anything else in flight (being placed, unknown), or a stream that
     // does not tell in time, is read by REST.
     if let Some(book) = account_feed::ensure_stream(context, user)
         && (unresolved_orders.is_empty()
-            || account_feed::placed_orders_done(context, user, symbol, &book, &unresolved_orders).await)
+            || account_feed::placed_orders_done(context, user, symbol, &book, &unresolved_orders, rows_read_at).await)
         && let Some(read) = account_feed::verified_read(context, user, symbol, &book).await?
         && read.positions.iter().all(|position| request.marks.contains_key(&position.symbol))
     {
@@ -914,17 +914,18 @@ async fn sync_account(
 }
 
 /// `symbol`'s unresolved orders of `user`: none without a database read when a read found none and
-/// none of the user's order rows changed since (`OrderRowStamps`).
+/// none of the user's order rows changed since (`OrderRowStamps`). With the user's row stamp as it
+/// was before the read: a row written after it changes the stamp.
 async fn unresolved_orders_of(
     context: &RouterContext,
     user: &UserId,
     symbol: &Symbol,
-) -> Result<Vec<StoredOrder>, AccountError> {
+) -> Result<(Vec<StoredOrder>, u64), AccountError> {
     let stamps = context.directory.outbox.order_rows();
-    if stamps.is_settled(user, symbol) {
-        return Ok(Vec::new());
-    }
     let stamp_before_read = stamps.stamp(user);
+    if stamps.is_settled(user, symbol) {
+        return Ok((Vec::new(), stamp_before_read));
+    }
     let (key_user, key_symbol) = (user.clone(), symbol.clone());
     let orders =
         persistence::run(&context.directory, move |store| store.unresolved_orders(&key_user, Some(&key_symbol)))
@@ -933,7 +934,7 @@ async fn unresolved_orders_of(
     if orders.is_empty() {
         stamps.note_settled(user, symbol, stamp_before_read);
     }
-    Ok(orders)
+    Ok((orders, stamp_before_read))
 }
 
 /// What a sync answers, from every position the account holds and its wallet (read by REST or from

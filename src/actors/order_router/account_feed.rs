@@ -148,13 +148,16 @@ const PLACED_ORDERS_WAIT: std::time::Duration = std::time::Duration::from_millis
 /// the book tells its end, and the stream task recorded it so the user's `symbol` has nothing
 /// unresolved in the database. Waits for it at most [`PLACED_ORDERS_WAIT`]. `true`: the book is
 /// the account and the fills are in the database; `false` (an order still working, an update left
-/// to the REST resolution, a write queued): read by REST, which resolves them.
+/// to the REST resolution, a write queued): read by REST, which resolves them. `rows_read_at`: the
+/// user's order-row stamp before `orders` were read (a row the stream wrote since, even before
+/// this call, is read again).
 pub(super) async fn placed_orders_done(
     context: &RouterContext,
     user: &UserId,
     symbol: &Symbol,
     book: &SharedBook,
     orders: &[StoredOrder],
+    rows_read_at: u64,
 ) -> bool {
     let placed: Vec<&str> = orders
         .iter()
@@ -166,7 +169,7 @@ pub(super) async fn placed_orders_done(
     }
     let stamps = context.directory.outbox.order_rows();
     // The database is read again only once the book tells every end and the user's rows changed.
-    let mut stamp_of_last_read = stamps.stamp(user);
+    let mut stamp_of_last_read = rows_read_at;
     let done = async {
         loop {
             // Registered before the look, so an event recorded in between still wakes it.
@@ -179,7 +182,7 @@ pub(super) async fn placed_orders_done(
             if all_final && stamps.stamp(user) != stamp_of_last_read {
                 stamp_of_last_read = stamps.stamp(user);
                 match super::unresolved_orders_of(context, user, symbol).await {
-                    Ok(unresolved) if unresolved.is_empty() => return true,
+                    Ok((unresolved, _)) if unresolved.is_empty() => return true,
                     Ok(_) => {}
                     Err(_) => return false,
                 }

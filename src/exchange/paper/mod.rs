@@ -122,13 +122,16 @@ impl VenueHost {
         let wall_ms = self.clock.now_ms();
         let mut changes = Vec::new();
         let result = operation(&mut self.venue, wall_ms, &mut changes);
+        // Pushed before the journal write (a disk write, milliseconds for a close's fills): the
+        // streams are not held up by the venue's own bookkeeping, and the request is answered
+        // after both.
+        self.tell_listeners(&changes, wall_ms);
+        self.tell_market_listeners(wall_ms);
+        self.heartbeat();
         if let Err(error) = self.journal.apply(&changes) {
             // The venue's books live on in memory; a later upsert of the same rows heals the file.
             tracing::error!(%error, changes = changes.len(), "paper exchange: journal write failed");
         }
-        self.tell_listeners(&changes, wall_ms);
-        self.tell_market_listeners(wall_ms);
-        self.heartbeat();
         result
     }
 
