@@ -178,6 +178,44 @@ async fn a_signed_round_trip_works_and_a_wrong_secret_is_refused() {
     assert_eq!(refused.status(), 401);
 }
 
+/// An order request's parameters the simulator refuses as Binance does, and a cancel by `orderId`.
+#[tokio::test]
+async fn order_parameters_are_refused_with_binances_codes_and_an_order_is_cancelled_by_its_order_id() {
+    use reqwest::Method;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(&sim_config(dir.path(), 1, 1_000, ""), 1);
+    let order = "/fapi/v1/order";
+    let refused = [
+        ("symbol=XRPUSDT&side=BUY&type=LIMIT&quantity=20&price=0.5", -1102, "'timeInForce'"),
+        ("symbol=XRPUSDT&side=BUY&type=LIMIT&quantity=20&price=0.5&timeInForce=SOON", -1115, "Invalid timeInForce"),
+        ("symbol=XRPUSDT&side=BUY&type=MARKET&quantity=20&positionSide=LONG", -4061, "position side"),
+        ("symbol=XRPUSDT&side=BUY&type=MARKET&quantity=1000000000", -4005, "greater than max quantity"),
+        ("symbol=XRPUSDT&side=BUY&type=MARKET&quantity=20&price=0.5", -1106, "'price' sent when not required"),
+        ("symbol=NOPEUSDT&side=BUY&type=MARKET&quantity=20", -1121, "Invalid symbol"),
+    ];
+    for (query, code, words) in refused {
+        let (status, answer) = sim.signed(Method::POST, order, "u1", query).await;
+        assert_eq!((status, answer["code"].as_i64()), (400, Some(code)), "{query}: {answer}");
+        assert!(answer["msg"].as_str().unwrap().contains(words), "{query}: {answer}");
+    }
+    let placed = "symbol=XRPUSDT&side=BUY&type=LIMIT&quantity=20&price=0.5&timeInForce=GTC&positionSide=BOTH";
+    let (status, placed) = sim.signed(Method::POST, order, "u1", placed).await;
+    assert_eq!(status, 200, "{placed}");
+    let order_id = placed["orderId"].as_i64().unwrap();
+    let (_, neither) = sim.signed(Method::DELETE, order, "u1", "symbol=XRPUSDT").await;
+    assert_eq!(neither["code"], -1102, "{neither}");
+    let (_, unknown) =
+        sim.signed(Method::DELETE, order, "u1", &format!("symbol=XRPUSDT&orderId={}", order_id + 1)).await;
+    assert_eq!(unknown["code"], -2011, "{unknown}");
+    let (status, cancelled) =
+        sim.signed(Method::DELETE, order, "u1", &format!("symbol=XRPUSDT&orderId={order_id}")).await;
+    assert_eq!((status, cancelled["status"].as_str()), (200, Some("CANCELED")), "{cancelled}");
+    assert_eq!(cancelled["orderId"], order_id);
+    let (_, open) = sim.signed(Method::GET, "/fapi/v1/openOrders", "u1", "symbol=XRPUSDT").await;
+    assert_eq!(open, json!([]));
+}
+
 #[tokio::test]
 async fn lost_responses_and_hangs_never_duplicate_an_order_and_every_intent_resolves() {
     let _serial = SERIAL.lock().await;

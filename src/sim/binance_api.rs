@@ -151,6 +151,28 @@ fn decimal(params: &Params, key: &str) -> Result<Decimal, (StatusCode, i64, Stri
         .map_err(|_| bad(-1102, &format!("Mandatory parameter '{key}' was not sent, was empty/null, or malformed.")))
 }
 
+/// The largest order quantity the simulator's symbols take (`LOT_SIZE.maxQty` in its
+/// exchangeInfo); a larger one is refused with `-4005` before any margin check, as on Binance.
+const SIM_QUANTITY_MAX: u64 = 100_000_000;
+
+/// A LIMIT order's `timeInForce`: mandatory at Binance (`-1102` without it). GTC is what the
+/// matching engine keeps; IOC, FOK, GTX and GTD need execution rules it does not have yet, so they
+/// are refused by name rather than silently kept as GTC (README, "Against the simulator").
+fn limit_time_in_force(params: &Params) -> Result<(), (StatusCode, i64, String)> {
+    match params.get("timeInForce") {
+        None | Some("") => {
+            Err(bad(-1102, "Mandatory parameter 'timeInForce' was not sent, was empty/null, or malformed."))
+        }
+        Some("GTC") => Ok(()),
+        Some(kept_elsewhere @ ("IOC" | "FOK" | "GTX" | "GTD")) => Err((
+            StatusCode::BAD_REQUEST,
+            -1000,
+            format!("timeInForce {kept_elsewhere} is not simulated by bulwark sim (GTC only)"),
+        )),
+        Some(_) => Err(bad(-1115, "Invalid timeInForce.")),
+    }
+}
+
 fn order_json(order: &ExchangeOrder) -> Value {
     let price = order.order_type.limit_price().map_or("0".to_owned(), |p| p.to_string());
     let average = order.average_price.map_or("0.00".to_owned(), |p| p.to_string());
@@ -247,8 +269,8 @@ pub async fn answer(
                         "quoteAsset": "USDT", "marginAsset": "USDT",
                         "filters": [
                             { "filterType": "PRICE_FILTER", "minPrice": rules.tick_size.to_string(), "maxPrice": "10000000", "tickSize": rules.tick_size.to_string() },
-                            { "filterType": "LOT_SIZE", "minQty": rules.min_quantity.to_string(), "maxQty": "100000000", "stepSize": rules.step_size.to_string() },
-                            { "filterType": "MARKET_LOT_SIZE", "minQty": rules.min_quantity.to_string(), "maxQty": "100000000", "stepSize": rules.step_size.to_string() },
+                            { "filterType": "LOT_SIZE", "minQty": rules.min_quantity.to_string(), "maxQty": SIM_QUANTITY_MAX.to_string(), "stepSize": rules.step_size.to_string() },
+                            { "filterType": "MARKET_LOT_SIZE", "minQty": rules.min_quantity.to_string(), "maxQty": SIM_QUANTITY_MAX.to_string(), "stepSize": rules.step_size.to_string() },
                             { "filterType": "MIN_NOTIONAL", "notional": rules.min_notional.to_string() },
                         ],
                         "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC"],
@@ -349,11 +371,26 @@ pub async fn answer(
             let side = Side::from_str(params.required("side")?).map_err(|_| bad(-1117, "Invalid side."))?;
             let quantity = Quantity::new(decimal(params, "quantity")?)
                 .map_err(|_| bad(-4003, "Quantity less than or equal to zero."))?;
+            if quantity.get() > Decimal::from(SIM_QUANTITY_MAX) {
+                return Err(bad(-4005, "Quantity greater than max quantity."));
+            }
+            // One-way mode (the only one the simulator keeps, as a fresh Binance account): a
+            // position side other than BOTH does not match the account's setting.
+            if params.get("positionSide").is_some_and(|side| side != "BOTH") {
+                return Err(bad(-4061, "Order's position side does not match user's setting."));
+            }
             let order_type = match params.required("type")? {
-                "MARKET" => OrderType::Market,
-                "LIMIT" => OrderType::Limit {
-                    price: Price::new(decimal(params, "price")?).map_err(|_| bad(-4001, "Price less than 0."))?,
-                },
+                "MARKET" => {
+                    if params.get("price").is_some() {
+                        return Err(bad(-1106, "Parameter 'price' sent when not required."));
+                    }
+                    OrderType::Market
+                }
+                "LIMIT" => {
+                    limit_time_in_force(params)?;
+                    let price = Price::new(decimal(params, "price")?).map_err(|_| bad(-4001, "Price less than 0."))?;
+                    OrderType::Limit { price }
+                }
                 _ => return Err(bad(-1116, "Invalid orderType.")),
             };
             let client_order_id = match params.get("newClientOrderId") {
@@ -392,7 +429,12 @@ pub async fn answer(
                     .into_iter()
                     .find(|entry| entry.account == user && entry.order.exchange_order_id == order_id)
                     .map(|entry| entry.order),
-                (None, None) => return Err(bad(-1102, "Either orderId or origClientOrderId must be sent.")),
+                (None, None) => {
+                    return Err(bad(
+                        -1102,
+                        "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!",
+                    ));
+                }
             };
             match found {
                 Some(order) if order.symbol == symbol => Ok(order_json(&order)),
@@ -402,8 +444,28 @@ pub async fn answer(
         "DELETE /fapi/v1/order" => {
             let user = signed(state)?;
             let symbol = symbol(params)?;
-            let id = ClientOrderId::parse(params.required("origClientOrderId")?)
-                .map_err(|_| bad(-2011, "Unknown order sent."))?;
+            let id = match (params.get("origClientOrderId"), params.get("orderId")) {
+                (Some(id), _) => ClientOrderId::parse(id).map_err(|_| bad(-2011, "Unknown order sent."))?,
+                (None, Some(order_id)) => state
+                    .exchange
+                    .ledger()
+                    .await
+                    .map_err(exchange_error)?
+                    .into_iter()
+                    .find(|entry| {
+                        entry.account == user
+                            && entry.order.symbol == symbol
+                            && entry.order.exchange_order_id == order_id
+                    })
+                    .map(|entry| entry.order.client_order_id)
+                    .ok_or_else(|| bad(-2011, "Unknown order sent."))?,
+                (None, None) => {
+                    return Err(bad(
+                        -1102,
+                        "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!",
+                    ));
+                }
+            };
             let cancelled = exchange.cancel_order(&user, &symbol, &id).await.map_err(exchange_error)?;
             Ok(order_json(&cancelled))
         }

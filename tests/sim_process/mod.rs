@@ -164,6 +164,24 @@ impl Sim {
         self.http.get(format!("{}{path}", self.url)).send().await.unwrap().json().await.unwrap()
     }
 
+    /// A signed request as any Binance client sends it (parameters in the query string, `timestamp`
+    /// from the simulator's own clock, `signature` last, the key in `X-MBX-APIKEY`): its HTTP status
+    /// and JSON answer.
+    pub async fn signed(&self, method: reqwest::Method, path: &str, user: &str, query: &str) -> (u16, Value) {
+        let server_ms = self.get("/fapi/v1/time").await["serverTime"].as_i64().expect("serverTime");
+        let query = format!("{query}{}timestamp={server_ms}", if query.is_empty() { "" } else { "&" });
+        let signed = bulwark::exchange::binance::sign::signed_query(&Secret::new(secret(user)), &query);
+        let answer = self
+            .http
+            .request(method, format!("{}{path}?{signed}", self.url))
+            .header("X-MBX-APIKEY", key(user))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap())
+    }
+
     pub async fn faults(&self, plan: Value) {
         let answer = self.http.post(format!("{}/sim/faults", self.url)).json(&plan).send().await.unwrap();
         assert!(answer.status().is_success(), "{:?}", answer.text().await);
