@@ -528,7 +528,15 @@ async fn current_state(context: &RouterContext, client_order_id: &ClientOrderId)
 }
 
 async fn place(context: &RouterContext, intent: OrderIntent) -> PlacementOutcome {
-    send(context, intent, OrderState::Pending, 0).await
+    let (user, symbol) = (intent.user.clone(), intent.symbol.clone());
+    let outcome = send(context, intent, OrderState::Pending, 0).await;
+    if matches!(&outcome, PlacementOutcome::Recorded { state, .. } if state.is_final()) {
+        // An order that ended with its placement (a market order executes at once) leaves the
+        // symbol settled: read so now, while the placement is still the trader's, and the next
+        // close's sync answers without a database read behind that close's records.
+        let _ = unresolved_orders_of(context, &user, &symbol).await;
+    }
+    outcome
 }
 
 /// Sends an intent's order request with its one client order id: first from `pending`, or again

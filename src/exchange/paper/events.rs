@@ -60,7 +60,12 @@ pub fn account_events(changes: &[VenueChange], transaction_ms: i64) -> Vec<(User
             if rechecked {
                 continue;
             }
-            let fill = fills.get(&(user, order.order.exchange_order_id.as_str())).map(|fill| (*fill).clone());
+            // The trade goes with the update it produced (the order's executed quantity includes
+            // it), not with the NEW update of an order that executed in the same operation.
+            let fill = fills
+                .get(&(user, order.order.exchange_order_id.as_str()))
+                .filter(|_| !order.order.filled_quantity.is_zero())
+                .map(|fill| (*fill).clone());
             events.push((user.clone(), AccountEvent::Order { order: order.order.clone(), fill, times }));
         }
     }
