@@ -68,25 +68,26 @@ async fn a_book_kept_from_the_stream_holds_what_the_exchange_answers() {
     assert_eq!(book.verification(clock_now(&clock)), Ok(()));
     drain(&mut stream);
 
-    // A market buy: NEW now, filled at the next candle's open (pushed when the venue settles it).
+    // A market buy executes at once: NEW, then FILLED with its trade, and the account's change,
+    // all pushed before the answer.
     let placed =
         paper.create_order(&u1(), &request(1, Side::Buy, OrderType::Market, "100", clock_now(&clock))).await.unwrap();
+    assert_eq!(placed.status, ExchangeOrderStatus::Filled);
     let mut fills = Vec::new();
     let events = drain(&mut stream);
-    assert!(
-        events.iter().any(|e| matches!(e, AccountEvent::Order { order, fill: None, .. } if order.status == ExchangeOrderStatus::New && order.exchange_order_id == placed.exchange_order_id)),
-        "{events:?}"
-    );
+    let of_placed = |e: &AccountEvent, status, with_fill: bool| matches!(e, AccountEvent::Order { order, fill, .. } if order.status == status && order.exchange_order_id == placed.exchange_order_id && fill.is_some() == with_fill);
+    assert!(events.iter().any(|e| of_placed(e, ExchangeOrderStatus::New, false)), "{events:?}");
+    assert!(events.iter().any(|e| of_placed(e, ExchangeOrderStatus::Filled, true)), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, AccountEvent::Account { .. })), "{events:?}");
     apply(&mut book, &mut fills, events, clock_now(&clock));
-    assert_eq!(book.open_orders(&xrp()).len(), 1);
+    assert_eq!(book.open_orders(&xrp()).len(), 0);
 
     clock.advance_ms(candle_ms);
-    // Any request settles the venue (the ticker does it while nobody asks); here, a limit sell far
-    // above the market, which rests.
+    // A limit sell far above the market rests: NEW, and nothing else.
     let limit = OrderType::Limit { price: Price::new(Decimal::from(100)).unwrap() };
     paper.create_order(&u1(), &request(2, Side::Sell, limit, "50", clock_now(&clock))).await.unwrap();
     let events = drain(&mut stream);
-    assert!(events.iter().any(|e| matches!(e, AccountEvent::Account { .. })), "{events:?}");
+    assert!(events.iter().all(|e| matches!(e, AccountEvent::Order { fill: None, .. })), "{events:?}");
     apply(&mut book, &mut fills, events, clock_now(&clock));
 
     // The book holds what REST answers: position, wallet, open orders, the fill.

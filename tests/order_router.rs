@@ -73,9 +73,9 @@ async fn refusals_that_executed_nothing_are_retried_with_the_same_id() {
     assert_eq!(first.iterations[0].follow_ups[0].outcome, "order_placed", "{:?}", first.iterations[0].follow_ups);
     let attempts = faulty.attempts.lock().unwrap().clone();
     assert_eq!(attempts, vec![ClientOrderId::for_intent(&u1(), 1); 3], "three attempts, one id");
-    assert_eq!(first_order_state(&mut tree).await, OrderState::Open);
-    tree.step_and_settle(&["u1"]).await;
+    // The market order executed on the third attempt, and its fill is recorded.
     assert_eq!(first_order_state(&mut tree).await, OrderState::Filled);
+    assert_eq!(tree.store().fill_count(&u1()).unwrap(), 1);
     tree.shutdown().await;
 }
 
@@ -107,9 +107,7 @@ async fn an_order_that_never_arrived_is_sent_again_with_the_same_id_after_the_re
     let steps = steps_while_unknown(&mut tree).await;
     assert_eq!(steps, 7, "resent on the first sync after sent_at + 5 s + 1 s");
     let order = tree.store().order(&ClientOrderId::for_intent(&u1(), 1)).unwrap().unwrap();
-    assert_eq!((order.state, order.send_attempts), (OrderState::Open, 2));
-    tree.step_and_settle(&["u1"]).await;
-    assert_eq!(first_order_state(&mut tree).await, OrderState::Filled);
+    assert_eq!((order.state, order.send_attempts), (OrderState::Filled, 2), "executed on its second send");
     let attempts = faulty.attempts.lock().unwrap().clone();
     assert_eq!(attempts, vec![ClientOrderId::for_intent(&u1(), 1); 2], "the same id, twice; never a second id");
     tree.shutdown().await;
@@ -157,18 +155,18 @@ async fn a_rejection_is_final_and_the_next_decision_is_a_new_intent() {
 async fn a_filled_order_is_not_marked_done_until_the_exchange_lists_its_fills() {
     // Without the stream (which carries each fill), the order is resolved by REST reads.
     let (_dir, mut tree, faulty) = tree_on(Vec::new(), "", false).await;
-    tree.step_and_settle(&["u1"]).await;
-    assert_eq!(first_order_state(&mut tree).await, OrderState::Open);
-    // The order fills on this candle, but the exchange's trade list lags behind.
+    // The market order executes at once, but the exchange's trade list lags behind its answer.
     *faulty.lagging_fill_reads.lock().unwrap() = 1;
-    let lagging = tree.step_and_settle(&["u1"]).await;
-    assert_eq!(lagging.iterations[0].decision.reason, "order bw-u1-1 is open; no new order until it resolves");
+    let entered = tree.step_and_settle(&["u1"]).await;
+    assert_eq!(entered.iterations[0].decision.outcome, "enter", "{:?}", entered.iterations[0].decision);
     let order = tree.store().order(&ClientOrderId::for_intent(&u1(), 1)).unwrap().unwrap();
     assert_eq!(order.state, OrderState::Open, "filled on the exchange, but no fill recorded yet: {order:?}");
     assert!(order.last_error.as_deref().unwrap().starts_with("fills listed for 0 of"), "{order:?}");
     assert_eq!(tree.store().fill_count(&u1()).unwrap(), 0);
-    // Once the fills are listed, the order is done and its fill is recorded.
-    tree.step_and_settle(&["u1"]).await;
+    // The next sync reads the fills, now listed: the order is done and its fill is recorded before
+    // anything is decided on the symbol.
+    let next = tree.step_and_settle(&["u1"]).await;
+    assert_ne!(next.iterations[0].decision.outcome, "skipped", "{:?}", next.iterations[0].decision);
     assert_eq!(first_order_state(&mut tree).await, OrderState::Filled);
     assert_eq!(tree.store().fill_count(&u1()).unwrap(), 1);
     tree.shutdown().await;
@@ -180,10 +178,10 @@ async fn fills_are_found_whatever_the_market_speed() {
     // exchange's) falls behind the bot's wall clock.
     let (_dir, mut tree, _) = tree_with_config(Vec::new(), "[exchange.paper]\ncandle_interval_ms = 1200000").await;
     tree.step_and_settle(&["u1"]).await;
-    assert_eq!(first_order_state(&mut tree).await, OrderState::Open);
-    tree.step_and_settle(&["u1"]).await;
     assert_eq!(first_order_state(&mut tree).await, OrderState::Filled);
     assert_eq!(tree.store().fill_count(&u1()).unwrap(), 1);
+    let held = tree.paper.position(&u1(), &xrp()).await.unwrap().quantity;
+    assert!(held > rust_decimal::Decimal::ZERO, "the fill is the exchange's position: {held}");
     tree.shutdown().await;
 }
 
@@ -195,7 +193,7 @@ async fn a_position_its_fills_cannot_explain_halts_entries_until_reconciliation_
 
     let (_dir, mut tree, faulty) = tree_with(Vec::new()).await;
     // A trade behind bulwark's back, on a symbol u1's strategy does not trade (so no order of its
-    // own is in flight there), filled on the next candle.
+    // own is in flight there), executed at once.
     let btc = Symbol::new("BTCUSDT").unwrap();
     let manual = OrderRequest {
         client_order_id: ClientOrderId::parse("manual-1").unwrap(),
@@ -270,8 +268,8 @@ async fn with_the_account_stream_syncs_read_the_book_and_fills_are_recorded_from
     assert!(placed >= 2, "the strategy trades in 16 candles ({placed})");
     assert_eq!(from_book + from_rest, 16, "one sync per decision");
     // A sync reads by REST before the first snapshot, and after a placement only if the fill's
-    // event is not recorded within its short wait (the paper venue fills a market order at the
-    // next candle's open, so fill and next close arrive together): the rest read the book.
+    // event is not recorded within its short wait (a market order executes at once, so its fill is
+    // recorded long before the next close): the rest read the book.
     assert!(from_book >= 16 - placed as u64 - 1, "{from_book} syncs from the book for {placed} orders");
     // Every position is read by the start-up's sweep (with the open orders), by the snapshot and
     // by each REST sync.

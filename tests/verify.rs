@@ -122,9 +122,10 @@ async fn stop_reconcile_verify_passes_after_a_shutdown_with_orders_just_placed()
     use bulwark::persistence::Store;
 
     let dir = tempfile::tempdir().unwrap();
-    // Slow candles: the simulator fills a market order at its next candle, so the order placed
-    // last before the stop below is still open when the server stops.
-    let sim = Sim::start(&sim_config(dir.path(), USERS, 2_000, ""), 107);
+    // Every order's answer is lost (the order executes; the client hears nothing): the order
+    // placed last before the stop below is still unresolved (`unknown`) when the server stops.
+    let lost = "[sim.faults.endpoints.\"POST /fapi/v1/order\"]\nlost_response_rate = 1.0\n";
+    let sim = Sim::start(&sim_config(dir.path(), USERS, 2_000, lost), 107);
     let config = client_config(dir.path(), &sim.url, USERS, 5_000, 5_000);
     let bulwark = run_bulwark(&config, USERS, 120);
     sim.wait_requests("POST /fapi/v1/order", 1).await;
@@ -137,7 +138,7 @@ async fn stop_reconcile_verify_passes_after_a_shutdown_with_orders_just_placed()
     for user in store.user_ids().unwrap() {
         open += store.unresolved_orders(&user, None).unwrap().len();
     }
-    assert!(open > 0, "the stop left an order not final (its fills still to come)");
+    assert!(open > 0, "the stop left an order not final (its outcome still to be looked up)");
     drop(store);
 
     // The documented procedure, at once: reconcile waits for what is still open to settle, and

@@ -416,6 +416,7 @@ impl Handler<SubmitIntent> for OrderRouter {
                 PlacementOutcome::Unconfirmed { .. } => "unconfirmed",
                 PlacementOutcome::CredentialsRefused { .. } => "credentials_refused",
                 PlacementOutcome::Refused { .. } => "rejected",
+                PlacementOutcome::Executed { .. } => "filled",
             };
             router.context.directory.metrics.order(result);
             outcome
@@ -528,13 +529,25 @@ async fn current_state(context: &RouterContext, client_order_id: &ClientOrderId)
 }
 
 async fn place(context: &RouterContext, intent: OrderIntent) -> PlacementOutcome {
-    let (user, symbol) = (intent.user.clone(), intent.symbol.clone());
+    let (user, symbol, side) = (intent.user.clone(), intent.symbol.clone(), intent.side);
+    let client_order_id = intent.client_order_id.clone();
     let outcome = send(context, intent, OrderState::Pending, 0).await;
-    if matches!(&outcome, PlacementOutcome::Recorded { state, .. } if state.is_final()) {
-        // An order that ended with its placement (a market order executes at once) leaves the
-        // symbol settled: read so now, while the placement is still the trader's, and the next
-        // close's sync answers without a database read behind that close's records.
-        let _ = unresolved_orders_of(context, &user, &symbol).await;
+    let PlacementOutcome::Recorded { state, detail } = &outcome else { return outcome };
+    if !state.is_final() {
+        return outcome;
+    }
+    // An order that ended with its placement (a market order executes at once) leaves the symbol
+    // settled: read so now, while the placement is still the trader's, and the next close's sync
+    // answers without a database read behind that close's records.
+    let _ = unresolved_orders_of(context, &user, &symbol).await;
+    if *state == OrderState::Filled
+        && let Ok(Some(order)) = load_order(context, &client_order_id).await
+        && let Some(average_price) = order.average_price
+        && !order.filled_quantity.is_zero()
+    {
+        // What it executed, as recorded with its fills: the trader books it on its stored position.
+        let signed_quantity = side.sign() * order.filled_quantity;
+        return PlacementOutcome::Executed { detail: detail.clone(), signed_quantity, average_price };
     }
     outcome
 }

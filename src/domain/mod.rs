@@ -17,4 +17,4 @@ pub use money::{MoneyError, Price, Quantity, SymbolRules, decimal_from_f64};
 pub use order::{
     ExchangeOrder, ExchangeOrderStatus, Fill, IntentPurpose, OrderIntent, OrderRequest, OrderState, OrderType, Side,
 };
-pub use position::{Balance, Position, PositionSide};
+pub use position::{Balance, Position, PositionSide, net_position_after_fill};

@@ -24,6 +24,38 @@ impl PositionSide {
     }
 }
 
+/// A net position (signed quantity, average entry price) after a fill of `signed_quantity` at
+/// `price`, and the PnL the fill realized: adding averages the entry price, reducing keeps it and
+/// realizes the difference, flipping opens the rest at the fill's price. (How a one-way-mode
+/// exchange books a fill; the paper venue books with it, and a trader predicts its position row
+/// from an order's execution with it.)
+pub fn net_position_after_fill(
+    quantity: Decimal,
+    entry_price: Decimal,
+    signed_quantity: Decimal,
+    price: Decimal,
+) -> (Decimal, Decimal, Decimal) {
+    if quantity.is_zero() || quantity.is_sign_positive() == signed_quantity.is_sign_positive() {
+        let after = quantity + signed_quantity;
+        if after.is_zero() {
+            return (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
+        }
+        let entry = (quantity.abs() * entry_price + signed_quantity.abs() * price) / after.abs();
+        return (after, entry.round_dp(8), Decimal::ZERO);
+    }
+    let closing = signed_quantity.abs().min(quantity.abs());
+    let direction = if quantity.is_sign_positive() { Decimal::ONE } else { Decimal::NEGATIVE_ONE };
+    let realized_pnl = (closing * (price - entry_price) * direction).round_dp(8);
+    let after = quantity + signed_quantity;
+    if after.is_zero() {
+        (Decimal::ZERO, Decimal::ZERO, realized_pnl)
+    } else if after.is_sign_positive() == quantity.is_sign_positive() {
+        (after, entry_price, realized_pnl)
+    } else {
+        (after, price, realized_pnl)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub symbol: Symbol,

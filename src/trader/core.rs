@@ -162,6 +162,9 @@ pub enum PlacementOutcome {
     CredentialsRefused { detail: String },
     /// The exchange refused the order with this code; it was recorded as rejected.
     Refused { code: i64, detail: String },
+    /// The order executed with its placement (a market order: Binance executes it at once) and was
+    /// recorded filled with its fills: `signed_quantity` (positive bought) at `average_price`.
+    Executed { detail: String, signed_quantity: Decimal, average_price: Decimal },
 }
 
 /// Binance's "Margin is insufficient": an order refused for it counts as RES-CAPITAL.
@@ -978,6 +981,7 @@ impl TraderCore {
             slot.phase = Phase::Idle;
         }
         let mut cause = None;
+        let mut executed = None;
         let (outcome_name, reason) = match &outcome {
             PlacementOutcome::Recorded { state, detail } => {
                 slot.active_order = (!state.is_final()).then(|| client_order_id.clone());
@@ -1009,6 +1013,11 @@ impl TraderCore {
                 cause = (*code == MARGIN_REFUSED_CODE).then_some(DecisionCause::MarginRefused);
                 ("order_rejected", format!("order {client_order_id} rejected: {detail}"))
             }
+            PlacementOutcome::Executed { detail, signed_quantity, average_price } => {
+                slot.active_order = None;
+                executed = Some((*signed_quantity, *average_price));
+                ("order_placed", format!("order {client_order_id} filled: {detail}"))
+            }
         };
         let record = DecisionRecord {
             user: self.user.clone(),
@@ -1025,7 +1034,11 @@ impl TraderCore {
             counts_as_decision: false,
             cause,
         };
-        vec![TraderCommand::Record(record), TraderCommand::SavePosition(self.position_record(slot_index))]
+        let position = match executed {
+            Some((signed_quantity, price)) => self.position_record_after(slot_index, signed_quantity, price, now_ms),
+            None => self.position_record(slot_index),
+        };
+        vec![TraderCommand::Record(record), TraderCommand::SavePosition(position)]
     }
 
     /// Stops all trading of this account: the exchange refuses its credentials.
@@ -1095,6 +1108,32 @@ impl TraderCore {
             active_order_id: slot.active_order.clone(),
             verified_at_ms: known.as_ref().map_or(0, |k| k.verified_at_ms),
         }
+    }
+
+    /// The stored position once an execution of `signed_quantity` at `price` is booked on the last
+    /// verified one: the row follows the fill at once (a market order executes with its placement,
+    /// and the database must not hold the old position until the next sync), while the slot's own
+    /// view, and the trade's judgement, wait for that sync as before. `verified_at_ms` stays the
+    /// last sync's: the row is that verified position plus this trader's own fill.
+    fn position_record_after(
+        &self,
+        slot_index: usize,
+        signed_quantity: Decimal,
+        price: Decimal,
+        now_ms: i64,
+    ) -> PositionRecord {
+        let before = self.position_record(slot_index);
+        let (quantity, entry_price, _) =
+            crate::domain::net_position_after_fill(before.quantity, before.entry_price, signed_quantity, price);
+        let opened = before.quantity.is_zero() || before.quantity.is_sign_positive() != quantity.is_sign_positive();
+        let position_start_time_ms = if quantity.is_zero() {
+            None
+        } else if opened {
+            Some(now_ms)
+        } else {
+            before.position_start_time_ms
+        };
+        PositionRecord { quantity, entry_price, position_start_time_ms, ..before }
     }
 
     /// An iteration that failed (candles, position, strategy): recorded as skipped, and counted.

@@ -350,6 +350,54 @@ fn an_opposite_signal_exits_with_a_reduce_only_order_for_the_whole_position() {
     assert_eq!((intent.side, intent.reduce_only), (Side::Buy, true));
 }
 
+/// The position row a command saves (the only one in `commands`).
+fn saved_position(commands: &[TraderCommand]) -> &PositionRecord {
+    let saved: Vec<&PositionRecord> = commands
+        .iter()
+        .filter_map(|c| match c {
+            TraderCommand::SavePosition(position) => Some(position),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 1, "{commands:?}");
+    saved[0]
+}
+
+#[test]
+fn an_order_executed_with_its_placement_is_booked_on_the_stored_position_at_once() {
+    let mut h = harness();
+    let entry = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    let intent = placed(&entry)[0].clone();
+    let executed = PlacementOutcome::Executed {
+        detail: "exchange order 7 FILLED".into(),
+        signed_quantity: dec("166.6"),
+        average_price: dec("1.2002"),
+    };
+    let finished = h.core.process(
+        TraderEvent::PlacementFinished { slot: 0, client_order_id: intent.client_order_id.clone(), outcome: executed },
+        NOW_MS,
+    );
+    assert!(records(&finished).iter().any(|r| r.outcome == "order_placed" && r.reason.contains("filled")));
+    let row = saved_position(&finished);
+    assert_eq!((row.quantity, row.entry_price), (dec("166.6"), dec("1.2002")), "the row follows the fill");
+    assert_eq!(row.position_start_time_ms, Some(NOW_MS));
+    assert_eq!(row.active_order_id, None);
+    // The exit that closes it books back to flat; a plain `Recorded` saves the synced position.
+    let exit = h.decide(SignalAction::Exit, snapshot("166.6", vec![]));
+    let intent = placed(&exit)[0].clone();
+    let closed = PlacementOutcome::Executed {
+        detail: "exchange order 8 FILLED".into(),
+        signed_quantity: dec("-166.6"),
+        average_price: dec("1.25"),
+    };
+    let finished = h.core.process(
+        TraderEvent::PlacementFinished { slot: 0, client_order_id: intent.client_order_id, outcome: closed },
+        NOW_MS,
+    );
+    let row = saved_position(&finished);
+    assert_eq!((row.quantity, row.position_start_time_ms), (Decimal::ZERO, None));
+}
+
 // Seed §4: order creation failure. No automatic retry, no duplicate.
 
 #[test]

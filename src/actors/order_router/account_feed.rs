@@ -140,8 +140,9 @@ fn connect(context: &RouterContext, user: &UserId, book: &SharedBook, stream: Ac
 }
 
 /// How long a sync waits for the stream to tell that its symbol's placed orders are done, before
-/// it reads by REST instead. On Binance a market order has long filled by the next close; the
-/// paper venue fills it at the next candle's open, so its fill and that close arrive together.
+/// it reads by REST instead. A market order has long filled by the next close (on Binance and on
+/// the paper venue it executes at once); a limit order may fill at the close itself, its update
+/// arriving with the candle.
 const PLACED_ORDERS_WAIT: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 /// Whether every one of `orders` (each placed: `open` with its exchange id) is done and recorded:

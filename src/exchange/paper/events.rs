@@ -1,7 +1,7 @@
 //! The paper venue's user data stream: what its matching engine changed, told to each account the
-//! way Binance's user data stream tells it (`domain::AccountEvent`): the positions and wallet that
-//! changed (`ACCOUNT_UPDATE`), then each order's new state with the fill it carries
-//! (`ORDER_TRADE_UPDATE`). Built from the same changes the venue journals, so a stream can never
+//! way Binance's user data stream tells it (`domain::AccountEvent`): orders accepted or ended
+//! without a trade, then the positions and wallet that changed (`ACCOUNT_UPDATE`), then each
+//! order's update that carries a trade (`ORDER_TRADE_UPDATE`). Built from the same changes the venue journals, so a stream can never
 //! say something the books do not hold.
 
 use std::collections::BTreeMap;
@@ -49,10 +49,25 @@ pub fn account_events(changes: &[VenueChange], transaction_ms: i64) -> Vec<(User
             _ => {}
         }
     }
-    let mut events: Vec<(UserId, AccountEvent)> = accounts
+    // In Binance's order: an order's acceptance (NEW) before the account changes its fill made,
+    // and those before the update that carries the trade.
+    let account_events: Vec<(UserId, AccountEvent)> = accounts
         .into_iter()
         .map(|(user, (positions, balances))| (user.clone(), AccountEvent::Account { positions, balances, times }))
         .collect();
+    let (with_trade, without_trade): (Vec<_>, Vec<_>) = order_events(changes, &fills, times)
+        .into_iter()
+        .partition(|(_, event)| matches!(event, AccountEvent::Order { fill: Some(_), .. }));
+    without_trade.into_iter().chain(account_events).chain(with_trade).collect()
+}
+
+/// The order updates of `changes` a client hears, each with the trade it carries.
+fn order_events(
+    changes: &[VenueChange],
+    fills: &BTreeMap<(&UserId, &str), &Fill>,
+    times: EventTimes,
+) -> Vec<(UserId, AccountEvent)> {
+    let mut events = Vec::new();
     for change in changes {
         if let VenueChange::Order { user, order } = change {
             // A resting limit order checked against newer candles changed nothing a client hears.

@@ -4,9 +4,10 @@
 //! venue thread can journal them (the engine itself never touches a disk).
 //!
 //! Rules, chosen to behave like Binance USDⓈ-M in one-way mode:
-//! - A market order placed while base candle `i` is forming fills at the open of candle `i + 1`,
-//!   moved against the taker by the slippage rate; a limit order fills on the first closed candle
-//!   after it that trades through its price (at the open if the candle gaps through it).
+//! - A market order executes at once, at the current price (the last closed candle's close)
+//!   moved against the taker by the slippage rate, and is answered executed; a limit order fills
+//!   on the first closed candle after it that trades through its price (at the open if the candle
+//!   gaps through it).
 //! - Fees are the taker fee on the fill's notional. Realized PnL and fees move the wallet.
 //! - Orders are refused with Binance's error codes: unknown symbol (-1121), quantity or price off
 //!   the step or tick (-4023, -4014), a client order id already used by an *open* order (-4116: as
@@ -521,6 +522,19 @@ impl PaperVenue {
         self.working.insert(sequence, user.clone());
         changes.push(VenueChange::Order { user: user.clone(), order: order.clone() });
         changes.push(VenueChange::Counters { next_sequence: self.next_sequence, next_trade_id: self.next_trade_id });
+        if request.order_type == OrderType::Market {
+            // As Binance: a MARKET order executes at once against the current price (the last
+            // close), moved against the taker by the slippage; its answer is the executed order.
+            let slipped = match request.side {
+                Side::Buy => mark_price * (Decimal::ONE + self.settings.slippage_rate),
+                Side::Sell => mark_price * (Decimal::ONE - self.settings.slippage_rate),
+            };
+            let time_ms = order.order.updated_at_ms;
+            self.execute(user, order, slipped, time_ms, changes)?;
+            let account = self.accounts.get(user).expect("Invariant: account created above");
+            let executed = account.orders.get(&sequence).expect("Invariant: an executed order is kept");
+            return Ok(executed.order.clone());
+        }
         Ok(order.order)
     }
 
@@ -608,6 +622,8 @@ impl PaperVenue {
                 continue;
             }
             match order.order.order_type {
+                // Only an order kept from before MARKET orders executed at once (a journal of an
+                // older version) is still working: filled at the open after the candle it came in.
                 OrderType::Market => {
                     let candle =
                         self.market.base_candle(&order.order.symbol, order.placed_index + 1).map_err(market_error)?;
@@ -741,23 +757,9 @@ impl PaperVenue {
 
 /// The position after a signed fill, and the PnL the fill realized.
 fn apply_fill(held: PaperPosition, signed_quantity: Decimal, price: Decimal) -> (PaperPosition, Decimal) {
-    if held.quantity.is_zero() || held.quantity.is_sign_positive() == signed_quantity.is_sign_positive() {
-        let quantity = held.quantity + signed_quantity;
-        let entry_price = (held.quantity.abs() * held.entry_price + signed_quantity.abs() * price) / quantity.abs();
-        return (PaperPosition { quantity, entry_price: entry_price.round_dp(8) }, Decimal::ZERO);
-    }
-    let closing = signed_quantity.abs().min(held.quantity.abs());
-    let direction = if held.quantity.is_sign_positive() { Decimal::ONE } else { Decimal::NEGATIVE_ONE };
-    let realized_pnl = (closing * (price - held.entry_price) * direction).round_dp(8);
-    let quantity = held.quantity + signed_quantity;
-    let position = if quantity.is_zero() {
-        PaperPosition::default()
-    } else if quantity.is_sign_positive() == held.quantity.is_sign_positive() {
-        PaperPosition { quantity, entry_price: held.entry_price }
-    } else {
-        PaperPosition { quantity, entry_price: price }
-    };
-    (position, realized_pnl)
+    let (quantity, entry_price, realized_pnl) =
+        crate::domain::net_position_after_fill(held.quantity, held.entry_price, signed_quantity, price);
+    (PaperPosition { quantity, entry_price }, realized_pnl)
 }
 
 #[cfg(test)]
@@ -821,27 +823,26 @@ mod tests {
     }
 
     #[test]
-    fn a_market_order_fills_at_the_next_candle_open_with_slippage_and_fee() {
+    fn a_market_order_fills_at_once_at_the_last_close_with_slippage_and_fee() {
         let mut venue = venue();
         let mut changes = Vec::new();
-        let order = venue
-            .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
-            .unwrap();
-        assert_eq!(order.status, ExchangeOrderStatus::New);
-        // Still within the candle it arrived in: not filled yet.
-        let same =
-            venue.order_by_client_id(&user(), &order.client_order_id, START_MS + 999, &mut changes).unwrap().unwrap();
-        assert_eq!(same.status, ExchangeOrderStatus::New);
-        // The next candle opens: filled at its open, moved up by the slippage.
-        let next_open = price_from_market(
-            venue.market.base_candle(&xrp(), venue.market_clock().forming_index(START_MS) + 1).unwrap().open,
+        let last_close = price_from_market(
+            venue.market.base_candle(&xrp(), venue.market_clock().forming_index(START_MS) - 1).unwrap().close,
         )
         .unwrap();
-        let filled =
-            venue.order_by_client_id(&user(), &order.client_order_id, START_MS + 1_000, &mut changes).unwrap().unwrap();
+        let filled = venue
+            .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
+            .unwrap();
+        // The answer is the executed order (Binance's RESULT response), at the last close moved up
+        // by the slippage, and a query says the same.
         assert_eq!(filled.status, ExchangeOrderStatus::Filled);
-        let expected_price = (next_open * dec("1.0002") / dec("0.0001")).round() * dec("0.0001");
+        assert_eq!(filled.filled_quantity, dec("100"));
+        let expected_price = (last_close * dec("1.0002") / dec("0.0001")).round() * dec("0.0001");
         assert_eq!(filled.average_price, Some(expected_price));
+        let queried =
+            venue.order_by_client_id(&user(), &filled.client_order_id, START_MS, &mut changes).unwrap().unwrap();
+        assert_eq!(queried, filled);
+        assert!(venue.open_orders(&user(), None, START_MS, &mut changes).unwrap().is_empty());
         let fills = venue.fills(&user(), &xrp(), 0, START_MS + 1_000, &mut changes).unwrap();
         assert_eq!(fills.len(), 1);
         assert_eq!(fills[0].fee, (dec("100") * expected_price * dec("0.0004")).round_dp(8));
@@ -893,9 +894,10 @@ mod tests {
         let mut unknown = market_order("bw-u1-5", Side::Buy, "10", false, START_MS);
         unknown.symbol = Symbol::new("DOGEUSDT").unwrap();
         assert_eq!(code(venue.create_order(&user(), &unknown, START_MS, &mut changes)), -1121);
-        let ok = market_order("bw-u1-6", Side::Buy, "10", false, START_MS);
-        venue.create_order(&user(), &ok, START_MS, &mut changes).unwrap();
-        assert_eq!(code(venue.create_order(&user(), &ok, START_MS, &mut changes)), -4116);
+        let mut working = market_order("bw-u1-6", Side::Buy, "10", false, START_MS);
+        working.order_type = OrderType::Limit { price: Price::new(dec("0.5")).unwrap() };
+        venue.create_order(&user(), &working, START_MS, &mut changes).unwrap();
+        assert_eq!(code(venue.create_order(&user(), &working, START_MS, &mut changes)), -4116, "still open");
     }
 
     #[test]
@@ -904,7 +906,7 @@ mod tests {
         let mut changes = Vec::new();
         let first = market_order("bw-u1-1", Side::Buy, "10", false, START_MS);
         let placed = venue.create_order(&user(), &first, START_MS, &mut changes).unwrap();
-        // Filled on the next candle; from then on the id is free again, as on Binance.
+        // Filled at once; from then on the id is free again, as on Binance.
         let t1 = START_MS + 1_000;
         let again = market_order("bw-u1-1", Side::Buy, "10", false, t1);
         let second = venue.create_order(&user(), &again, t1, &mut changes).unwrap();
@@ -962,9 +964,18 @@ mod tests {
         venue
             .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
             .unwrap();
-        let t1 = START_MS + 1_000;
+        // A reduce-only limit sell below the market waits for the next candle; a market sell
+        // closes the position at once, so when the limit executes it has nothing left to reduce.
+        let mut waiting = market_order("bw-u1-3", Side::Sell, "100", true, START_MS);
+        waiting.order_type = OrderType::Limit { price: Price::new(dec("0.5")).unwrap() };
+        venue.create_order(&user(), &waiting, START_MS, &mut changes).unwrap();
+        let t1 = START_MS + 1;
         venue.create_order(&user(), &market_order("bw-u1-2", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
-        venue.create_order(&user(), &market_order("bw-u1-3", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
+        let nothing_to_reduce = market_order("bw-u1-4", Side::Sell, "100", true, t1);
+        assert!(matches!(
+            venue.create_order(&user(), &nothing_to_reduce, t1, &mut changes),
+            Err(ExchangeError::Rejected { code: -2022, .. })
+        ));
         let t2 = START_MS + 2_000;
         let second = venue
             .order_by_client_id(&user(), &ClientOrderId::parse("bw-u1-3").unwrap(), t2, &mut changes)
