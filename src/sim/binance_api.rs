@@ -173,6 +173,22 @@ fn limit_time_in_force(params: &Params) -> Result<(), (StatusCode, i64, String)>
     }
 }
 
+/// `user`'s order with this exchange `orderId`, if the venue keeps it.
+async fn order_by_exchange_id(
+    state: &SimState,
+    user: &UserId,
+    order_id: &str,
+) -> Result<Option<ExchangeOrder>, (StatusCode, i64, String)> {
+    let ledger = state.exchange.ledger().await.map_err(exchange_error)?;
+    let found = ledger.into_iter().find(|entry| entry.account == *user && entry.order.exchange_order_id == order_id);
+    Ok(found.map(|entry| entry.order))
+}
+
+/// A query or cancel that names no order.
+fn neither_order_id() -> (StatusCode, i64, String) {
+    bad(-1102, "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!")
+}
+
 fn order_json(order: &ExchangeOrder) -> Value {
     let price = order.order_type.limit_price().map_or("0".to_owned(), |p| p.to_string());
     let average = order.average_price.map_or("0.00".to_owned(), |p| p.to_string());
@@ -421,20 +437,8 @@ pub async fn answer(
                     let id = ClientOrderId::parse(id).map_err(|_| bad(-2013, "Order does not exist."))?;
                     exchange.order_by_client_id(&user, &symbol, &id).await.map_err(exchange_error)?
                 }
-                (None, Some(order_id)) => state
-                    .exchange
-                    .ledger()
-                    .await
-                    .map_err(exchange_error)?
-                    .into_iter()
-                    .find(|entry| entry.account == user && entry.order.exchange_order_id == order_id)
-                    .map(|entry| entry.order),
-                (None, None) => {
-                    return Err(bad(
-                        -1102,
-                        "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!",
-                    ));
-                }
+                (None, Some(order_id)) => order_by_exchange_id(state, &user, order_id).await?,
+                (None, None) => return Err(neither_order_id()),
             };
             match found {
                 Some(order) if order.symbol == symbol => Ok(order_json(&order)),
@@ -446,25 +450,12 @@ pub async fn answer(
             let symbol = symbol(params)?;
             let id = match (params.get("origClientOrderId"), params.get("orderId")) {
                 (Some(id), _) => ClientOrderId::parse(id).map_err(|_| bad(-2011, "Unknown order sent."))?,
-                (None, Some(order_id)) => state
-                    .exchange
-                    .ledger()
-                    .await
-                    .map_err(exchange_error)?
-                    .into_iter()
-                    .find(|entry| {
-                        entry.account == user
-                            && entry.order.symbol == symbol
-                            && entry.order.exchange_order_id == order_id
-                    })
-                    .map(|entry| entry.order.client_order_id)
+                (None, Some(order_id)) => order_by_exchange_id(state, &user, order_id)
+                    .await?
+                    .filter(|order| order.symbol == symbol)
+                    .map(|order| order.client_order_id)
                     .ok_or_else(|| bad(-2011, "Unknown order sent."))?,
-                (None, None) => {
-                    return Err(bad(
-                        -1102,
-                        "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!",
-                    ));
-                }
+                (None, None) => return Err(neither_order_id()),
             };
             let cancelled = exchange.cancel_order(&user, &symbol, &id).await.map_err(exchange_error)?;
             Ok(order_json(&cancelled))

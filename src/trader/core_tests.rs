@@ -366,34 +366,24 @@ fn saved_position(commands: &[TraderCommand]) -> &PositionRecord {
 #[test]
 fn an_order_executed_with_its_placement_is_booked_on_the_stored_position_at_once() {
     let mut h = harness();
-    let entry = h.decide(SignalAction::Long, snapshot("0", vec![]));
-    let intent = placed(&entry)[0].clone();
-    let executed = PlacementOutcome::Executed {
-        detail: "exchange order 7 FILLED".into(),
-        signed_quantity: dec("166.6"),
-        average_price: dec("1.2002"),
+    // The one intent `decided` places, executed with its placement: `signed_quantity` at `price`.
+    let execute = |h: &mut Harness, decided: Vec<TraderCommand>, signed_quantity: &str, price: &str| {
+        let client_order_id = placed(&decided)[0].client_order_id.clone();
+        let detail = format!("exchange order of {client_order_id} FILLED");
+        let outcome =
+            PlacementOutcome::Executed { detail, signed_quantity: dec(signed_quantity), average_price: dec(price) };
+        h.core.process(TraderEvent::PlacementFinished { slot: 0, client_order_id, outcome }, NOW_MS)
     };
-    let finished = h.core.process(
-        TraderEvent::PlacementFinished { slot: 0, client_order_id: intent.client_order_id.clone(), outcome: executed },
-        NOW_MS,
-    );
+    let entry = h.decide(SignalAction::Long, snapshot("0", vec![]));
+    let finished = execute(&mut h, entry, "166.6", "1.2002");
     assert!(records(&finished).iter().any(|r| r.outcome == "order_placed" && r.reason.contains("filled")));
     let row = saved_position(&finished);
     assert_eq!((row.quantity, row.entry_price), (dec("166.6"), dec("1.2002")), "the row follows the fill");
     assert_eq!(row.position_start_time_ms, Some(NOW_MS));
     assert_eq!(row.active_order_id, None);
-    // The exit that closes it books back to flat; a plain `Recorded` saves the synced position.
+    // The exit that closes it books the row back to flat.
     let exit = h.decide(SignalAction::Exit, snapshot("166.6", vec![]));
-    let intent = placed(&exit)[0].clone();
-    let closed = PlacementOutcome::Executed {
-        detail: "exchange order 8 FILLED".into(),
-        signed_quantity: dec("-166.6"),
-        average_price: dec("1.25"),
-    };
-    let finished = h.core.process(
-        TraderEvent::PlacementFinished { slot: 0, client_order_id: intent.client_order_id, outcome: closed },
-        NOW_MS,
-    );
+    let finished = execute(&mut h, exit, "-166.6", "1.25");
     let row = saved_position(&finished);
     assert_eq!((row.quantity, row.position_start_time_ms), (Decimal::ZERO, None));
 }
