@@ -48,6 +48,7 @@ pub const EVERY_FILL_RECORDED: &str = "every-fill-recorded";
 pub const NO_UNKNOWN_OPEN_ORDER: &str = "no-unknown-open-order";
 pub const NO_ENTRY_UNDER_LOCK: &str = "no-entry-under-lock";
 pub const POSITIONS_AGREE: &str = "positions-agree";
+pub const NO_ENTRY_ON_A_HELD_POSITION: &str = "no-entry-on-a-held-position";
 
 impl VerifyReport {
     pub fn passed(&self) -> bool {
@@ -318,7 +319,62 @@ pub fn check(store: &mut Store, ledger: &Ledger) -> Result<VerifyReport, StoreEr
         }
     }
 
-    Ok(VerifyReport { invariants: vec![one_order, every_fill, unknown_open, no_entry_under_lock, positions] })
+    let entry_on_held = entries_on_held_positions(ledger, &intents);
+    Ok(VerifyReport {
+        invariants: vec![one_order, every_fill, unknown_open, no_entry_under_lock, positions, entry_on_held],
+    })
+}
+
+/// An entry decided on an account state nobody had confirmed (a fill the bot did not know of, a
+/// stream that dropped or delayed its event) shows on the exchange as an entry order that executes
+/// while the account already holds a position on its symbol: bulwark enters only when flat. The
+/// position before each fill is found by replaying the ledger's fills backwards from the positions
+/// it holds now, newest trade first, so a history the venue has pruned at its old end does not
+/// matter.
+fn entries_on_held_positions(
+    ledger: &Ledger,
+    intents: &BTreeMap<OrderKey, crate::records::StoredOrder>,
+) -> InvariantVerdict {
+    let mut verdict = verdict(
+        NO_ENTRY_ON_A_HELD_POSITION,
+        "no entry order executed while the account already held a position on its symbol",
+        "entry order(s) with a fill",
+    );
+    let is_entry = |key: &OrderKey| {
+        intents.get(key).is_some_and(|order| order.intent.purpose == IntentPurpose::Entry && !order.intent.reduce_only)
+    };
+    let trade_order = |trade_id: &str| trade_id.parse::<u64>().ok();
+    let mut fills: Vec<(&UserId, &ClientOrderId, &crate::domain::Fill, bool)> = Vec::new();
+    for entry in &ledger.orders {
+        let key = (entry.account.clone(), entry.order.client_order_id.clone());
+        let first_trade = entry.fills.iter().filter_map(|fill| trade_order(&fill.trade_id)).min();
+        for fill in &entry.fills {
+            let first_of_entry = is_entry(&key) && trade_order(&fill.trade_id) == first_trade;
+            fills.push((&entry.account, &entry.order.client_order_id, fill, first_of_entry));
+        }
+    }
+    fills.sort_by_key(|(_, _, fill, _)| (trade_order(&fill.trade_id), fill.time_ms));
+    let mut held: BTreeMap<(UserId, Symbol), Decimal> = BTreeMap::new();
+    for position in &ledger.positions {
+        *held.entry((position.account.clone(), position.symbol.clone())).or_default() += position.quantity;
+    }
+    for (account, id, fill, first_of_entry) in fills.into_iter().rev() {
+        let position = held.entry((account.clone(), fill.symbol.clone())).or_default();
+        *position -= fill.side.sign() * fill.quantity;
+        if first_of_entry {
+            verdict.checked += 1;
+            if !position.is_zero() {
+                verdict.violations.push(format!(
+                    "{account} {id} ({} {} {}) executed while the account held {position} {}",
+                    fill.symbol,
+                    fill.side.as_str(),
+                    fill.quantity,
+                    fill.symbol
+                ));
+            }
+        }
+    }
+    verdict
 }
 
 fn verdict(name: &'static str, promise: &'static str, unit: &'static str) -> InvariantVerdict {
@@ -431,10 +487,85 @@ mod tests {
         let report = check(&mut store, &Ledger::default()).unwrap();
         assert!(report.passed());
         let text = report.render();
-        for name in
-            [ONE_ORDER_PER_INTENT, EVERY_FILL_RECORDED, NO_UNKNOWN_OPEN_ORDER, NO_ENTRY_UNDER_LOCK, POSITIONS_AGREE]
-        {
+        for name in [
+            ONE_ORDER_PER_INTENT,
+            EVERY_FILL_RECORDED,
+            NO_UNKNOWN_OPEN_ORDER,
+            NO_ENTRY_UNDER_LOCK,
+            POSITIONS_AGREE,
+            NO_ENTRY_ON_A_HELD_POSITION,
+        ] {
             assert!(text.contains(name), "{text}");
         }
+    }
+
+    /// A filled market order on the ledger: `client_order_id`, one fill numbered `trade`.
+    fn filled(
+        client_order_id: &str,
+        trade: u64,
+        side: Side,
+        quantity: i64,
+    ) -> crate::exchange::paper::venue::LedgerOrder {
+        use crate::domain::{ExchangeOrder, ExchangeOrderStatus, Fill};
+        let quantity = Decimal::from(quantity);
+        let order = ExchangeOrder {
+            exchange_order_id: trade.to_string(),
+            client_order_id: ClientOrderId::parse(client_order_id).unwrap(),
+            symbol: xrp(),
+            side,
+            order_type: OrderType::Market,
+            quantity: Quantity::new(quantity).unwrap(),
+            filled_quantity: quantity,
+            average_price: Some(Decimal::ONE),
+            status: ExchangeOrderStatus::Filled,
+            reduce_only: false,
+            updated_at_ms: trade as i64,
+        };
+        let fill = Fill {
+            trade_id: trade.to_string(),
+            exchange_order_id: trade.to_string(),
+            symbol: xrp(),
+            side,
+            price: Decimal::ONE,
+            quantity,
+            fee: Decimal::ZERO,
+            fee_asset: "USDT".into(),
+            realized_pnl: Decimal::ZERO,
+            time_ms: trade as i64,
+        };
+        crate::exchange::paper::venue::LedgerOrder { account: user(), order, fills: vec![fill] }
+    }
+
+    fn held_entry_violations(
+        store: &mut Store,
+        orders: Vec<crate::exchange::paper::venue::LedgerOrder>,
+        now_held: i64,
+    ) -> (u64, Vec<String>) {
+        let positions = vec![crate::exchange::paper::venue::LedgerPosition {
+            account: user(),
+            symbol: xrp(),
+            quantity: Decimal::from(now_held),
+        }];
+        let report = check(store, &Ledger { orders, positions }).unwrap();
+        let verdict = report.verdict(NO_ENTRY_ON_A_HELD_POSITION).unwrap();
+        (verdict.checked, verdict.violations.clone())
+    }
+
+    #[test]
+    fn an_entry_that_executes_on_a_held_position_is_a_violation_whatever_history_was_pruned() {
+        // bulwark's entry bw-u1-1 (buy 100) executed on a flat account: fine, with or without the
+        // account's older trades (an exit and an entry before it) still listed.
+        let mut store = store_with_entry();
+        let entry = || filled("bw-u1-1", 7, Side::Buy, 100);
+        let history = || vec![filled("manual-1", 3, Side::Buy, 40), filled("manual-2", 5, Side::Sell, 40)];
+        assert_eq!(held_entry_violations(&mut store, vec![entry()], 100), (1, Vec::new()));
+        let all: Vec<_> = history().into_iter().chain([entry()]).collect();
+        assert_eq!(held_entry_violations(&mut store, all, 100), (1, Vec::new()));
+        // A trade behind its back left 40 held when the entry executed: a violation, named.
+        let held_before = vec![filled("manual-1", 3, Side::Buy, 40), entry()];
+        let (checked, violations) = held_entry_violations(&mut store, held_before, 140);
+        assert_eq!(checked, 1);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("bw-u1-1") && violations[0].contains("held 40"), "{violations:?}");
     }
 }
