@@ -753,6 +753,9 @@ async fn adopt(
         }
     }
     let detail = format!("exchange order {} {}", order.exchange_order_id, order.status.as_str());
+    // The fills read here may be ones the stream never delivers (dropped): the book must not take
+    // its position on that symbol for confirmed until the stream's update for them comes.
+    account_feed::note_read_fills(context, &intent.user, &order, &change.fills);
     if from == to && order.filled_quantity == known_filled {
         return PlacementOutcome::Recorded { state: to, detail };
     }

@@ -377,6 +377,17 @@ impl AccountBook {
         }
     }
 
+    /// Books the trades of `order` that were read by REST (an order's answer or its trade list),
+    /// not heard on the stream: each trade counts as seen (the stream's copy is then a duplicate),
+    /// and the position of its symbol is no longer caught up until an account update as new as the
+    /// trade arrives. So a fill whose events the stream dropped cannot leave the book saying
+    /// "verified" about a position that fill changed: the next sync reads by REST instead.
+    pub fn apply_read_fills(&mut self, order: &ExchangeOrder, fills: &[Fill]) {
+        for fill in fills {
+            self.apply_order(order.clone(), Some(fill.clone()), fill.time_ms);
+        }
+    }
+
     fn apply_order(&mut self, order: ExchangeOrder, fill: Option<Fill>, as_of_ms: i64) -> Applied {
         let mut applied = Applied::default();
         if let Some(fill) = fill

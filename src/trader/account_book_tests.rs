@@ -241,6 +241,25 @@ fn a_position_is_behind_until_the_account_update_after_its_newest_fill_arrives()
 }
 
 #[test]
+fn a_fill_read_by_rest_whose_events_the_stream_dropped_leaves_the_position_behind() {
+    let mut book = book();
+    let connection = book.stream_connected(0);
+    book.apply_snapshot(snapshot("0", "1000", 100), Some(connection));
+    let heard_before = book.last_heard_ms();
+    // The order's answer (read by REST) lists a fill at 120; the stream dropped both its events.
+    let filled = Fill { time_ms: 120, ..fill("t1", "1") };
+    book.apply_read_fills(&order("9", ExchangeOrderStatus::Filled, "1"), &[filled]);
+    assert!(!book.position_caught_up(&btc()), "the book's flat position is older than the fill");
+    assert!(book.order_is_final("9"));
+    assert_eq!(book.last_heard_ms(), heard_before, "a REST read is not the stream speaking");
+    // The stream's copy of the trade later is a duplicate; its account update catches it up.
+    let duplicate = book.apply(order_event(ExchangeOrderStatus::Filled, "1", Some(("t1", "1")), 120), 5);
+    assert!(duplicate.new_fill.is_none());
+    book.apply(position_event("1", 120), 6);
+    assert!(book.position_caught_up(&btc()));
+}
+
+#[test]
 fn a_connection_under_way_is_not_up_until_it_says_something_and_one_that_fails_is_down() {
     let mut book = book();
     book.stream_connecting(10);

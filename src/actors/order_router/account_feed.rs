@@ -145,6 +145,18 @@ fn connect(context: &RouterContext, user: &UserId, book: &SharedBook, stream: Ac
 /// arriving with the candle.
 const PLACED_ORDERS_WAIT: std::time::Duration = std::time::Duration::from_millis(1_000);
 
+/// Tells `user`'s account book (if it has one) the fills of `order` that were read by REST, so that
+/// a position they changed is not read from the book until the stream's account update for it
+/// came ([`crate::trader::account_book::AccountBook::apply_read_fills`]).
+pub(super) fn note_read_fills(context: &RouterContext, user: &UserId, order: &ExchangeOrder, fills: &[Fill]) {
+    if fills.is_empty() {
+        return;
+    }
+    if let Some(book) = context.directory.account_books.read().get(user) {
+        book.lock().apply_read_fills(order, fills);
+    }
+}
+
 /// Whether every one of `orders` (each placed: `open` with its exchange id) is done and recorded:
 /// the book tells its end, and the stream task recorded it so the user's `symbol` has nothing
 /// unresolved in the database. Waits for it at most [`PLACED_ORDERS_WAIT`]. `true`: the book is
@@ -207,19 +219,32 @@ pub(super) async fn verified_read(
     if let Err(Unverified::NoSnapshotOnThisConnection { .. }) = verification {
         take_snapshot(context, user, book).await?;
     }
+    let behind = behind_its_fills(&book.lock(), symbol);
+    if let Some(behind) = behind {
+        // A fill known (read by REST, or heard) without the account update that goes with it: the
+        // update may have been dropped. A snapshot on this connection catches the book up, so the
+        // syncs after this one read it again instead of REST each time.
+        tracing::debug!(%user, symbol = %behind, "order router: the book's position is behind its newest fill; reading a snapshot");
+        take_snapshot(context, user, book).await?;
+    }
     let book = book.lock();
     if let Err(why) = book.verification(context.clock.now_ms()) {
         tracing::debug!(%user, %why, "order router: account book unverified; reading the account by REST");
         return Ok(None);
     }
     let Some(wallet_usdt) = book.wallet_usdt() else { return Ok(None) };
-    let held = book.held_symbols();
-    if let Some(behind) = held.iter().chain([symbol]).find(|symbol| !book.position_caught_up(symbol)) {
-        tracing::debug!(%user, symbol = %behind, "order router: the book's position is behind its newest fill; reading by REST");
+    if let Some(behind) = behind_its_fills(&book, symbol) {
+        tracing::debug!(%user, symbol = %behind, "order router: the book's position is still behind its newest fill; reading by REST");
         return Ok(None);
     }
-    let positions = held.iter().map(|symbol| book.position(symbol)).collect();
+    let positions = book.held_symbols().iter().map(|symbol| book.position(symbol)).collect();
     Ok(Some(BookRead { wallet_usdt, positions }))
+}
+
+/// A symbol (among those held, and `symbol`) whose position the book holds older than its newest
+/// fill, if any.
+fn behind_its_fills(book: &AccountBook, symbol: &Symbol) -> Option<Symbol> {
+    book.held_symbols().into_iter().chain([symbol.clone()]).find(|symbol| !book.position_caught_up(symbol))
 }
 
 /// Reads every position, the wallet and the open orders by REST on the stream's current
