@@ -411,7 +411,32 @@ mod tests {
             MarketStreamMessage::Refused { code: 2, msg: "Invalid request: too many parameters".into() }
         );
         let broken = kline(true).replace(r#""o":"0.0010""#, r#""o":"abc""#);
-        assert!(market_stream_message(&broken).unwrap_err().to_string().contains("kline event"));
+        assert!(market_stream_message(&broken).unwrap_err().to_string().contains("kline field o is not a number"));
+    }
+
+    #[test]
+    fn a_candle_read_from_the_stream_equals_the_same_candle_read_by_rest_to_the_last_bit() {
+        // The simulator writes both with `{}`; a detour through `Decimal` read 2084624.903340849
+        // one bit off, and the trader would have decided on two versions of one candle.
+        let mut values = vec![2_084_624.903_340_849, 1.2079, 0.1, 4_608_466.2];
+        values.extend((1..2_000).map(|i| f64::from(i) * 1_042.312_345_678_9 + 1.0 / f64::from(i)));
+        for value in values {
+            let text = format!("{value}");
+            let row: Vec<Value> = serde_json::from_str(&format!(
+                r#"[1,"{text}","{text}","{text}","{text}","{text}",2,"0",0,"{text}","0","0"]"#
+            ))
+            .unwrap();
+            let rest = candle(&row).unwrap();
+            let event = format!(
+                r#"{{"e":"kline","E":3,"s":"XRPUSDT","k":{{"t":1,"T":2,"s":"XRPUSDT","i":"5m","o":"{text}","c":"{text}","h":"{text}","l":"{text}","v":"{text}","x":true,"V":"{text}"}}}}"#
+            );
+            let MarketStreamMessage::ClosedCandle { candle: streamed, .. } = market_stream_message(&event).unwrap()
+            else {
+                panic!("a closed candle")
+            };
+            assert_eq!(streamed, rest, "{text}");
+            assert_eq!(streamed.taker_buy_volume, Some(value), "{text}");
+        }
     }
 
     #[test]
@@ -432,7 +457,7 @@ mod tests {
             matches!(market_stream_message(&bought).unwrap(), MarketStreamMessage::Trade { trade, .. } if trade.taker_buys)
         );
         let broken = sold.replace(r#""q":"100""#, r#""q":"lots""#);
-        assert!(market_stream_message(&broken).unwrap_err().to_string().contains("aggTrade event"));
+        assert!(market_stream_message(&broken).unwrap_err().to_string().contains("aggTrade field q is not a number"));
     }
 
     #[test]
@@ -628,19 +653,14 @@ struct KlineBody {
     close_time_ms: i64,
     s: String,
     i: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    o: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    h: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    l: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    c: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    v: Decimal,
+    o: String,
+    h: String,
+    l: String,
+    c: String,
+    v: String,
     /// Taker-buy base volume.
-    #[serde(rename = "V", default, with = "rust_decimal::serde::str_option")]
-    taker_buy_volume: Option<Decimal>,
+    #[serde(rename = "V", default)]
+    taker_buy_volume: Option<String>,
     x: bool,
 }
 
@@ -649,10 +669,8 @@ struct KlineBody {
 struct AggTradeEvent {
     s: String,
     a: u64,
-    #[serde(with = "rust_decimal::serde::str")]
-    p: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
-    q: Decimal,
+    p: String,
+    q: String,
     #[serde(rename = "T")]
     trade_ms: i64,
     /// The buyer was the maker: the taker sold.
@@ -662,7 +680,6 @@ struct AggTradeEvent {
 /// Reads one market stream message (`binance-shapes.md` §1.2, §1.4), raw or wrapped
 /// (`{"stream":...,"data":...}`); a kline that does not parse is an error naming the field.
 pub fn market_stream_message(text: &str) -> Result<MarketStreamMessage, ExchangeError> {
-    use rust_decimal::prelude::ToPrimitive;
     let value: Value = parse("market stream", text)?;
     let payload = match value.get("data") {
         Some(data) if value.get("stream").is_some() => data,
@@ -682,12 +699,7 @@ pub fn market_stream_message(text: &str) -> Result<MarketStreamMessage, Exchange
     if !event.k.x {
         return Ok(MarketStreamMessage::Alive);
     }
-    let number = |field: &str, value: Decimal| {
-        value
-            .to_f64()
-            .filter(|n| n.is_finite())
-            .ok_or_else(|| malformed(format!("kline field {field} is out of range")))
-    };
+    let number = |field: &str, text: &str| stream_number("kline", field, text);
     let k = event.k;
     Ok(MarketStreamMessage::ClosedCandle {
         symbol: Symbol::new(&k.s).map_err(malformed)?,
@@ -695,12 +707,12 @@ pub fn market_stream_message(text: &str) -> Result<MarketStreamMessage, Exchange
         candle: Candle {
             open_time_ms: k.t,
             close_time_ms: k.close_time_ms,
-            open: number("o", k.o)?,
-            high: number("h", k.h)?,
-            low: number("l", k.l)?,
-            close: number("c", k.c)?,
-            volume: number("v", k.v)?,
-            taker_buy_volume: k.taker_buy_volume.map(|volume| number("V", volume)).transpose()?,
+            open: number("o", &k.o)?,
+            high: number("h", &k.h)?,
+            low: number("l", &k.l)?,
+            close: number("c", &k.c)?,
+            volume: number("v", &k.v)?,
+            taker_buy_volume: k.taker_buy_volume.as_deref().map(|volume| number("V", volume)).transpose()?,
             large_trades: None,
         },
         event_ms: event.event_ms,
@@ -708,25 +720,30 @@ pub fn market_stream_message(text: &str) -> Result<MarketStreamMessage, Exchange
 }
 
 fn agg_trade_message(payload: &Value) -> Result<MarketStreamMessage, ExchangeError> {
-    use rust_decimal::prelude::ToPrimitive;
     let event: AggTradeEvent =
         serde_json::from_value(payload.clone()).map_err(|e| malformed(format!("aggTrade event: {e}")))?;
-    let number = |field: &str, value: Decimal| {
-        value
-            .to_f64()
-            .filter(|n| n.is_finite())
-            .ok_or_else(|| malformed(format!("aggTrade field {field} is out of range")))
-    };
+    let number = |field: &str, text: &str| stream_number("aggTrade", field, text);
     Ok(MarketStreamMessage::Trade {
         symbol: Symbol::new(&event.s).map_err(malformed)?,
         trade: MarketTrade {
             id: event.a,
             time_ms: event.trade_ms,
-            price: number("p", event.p)?,
-            quantity: number("q", event.q)?,
+            price: number("p", &event.p)?,
+            quantity: number("q", &event.q)?,
             taker_buys: !event.m,
         },
     })
+}
+
+/// A stream event's number text read as the REST klines row reads it (`candle`): straight to
+/// `f64`, so a candle that came by stream equals the same candle read by REST to the last bit (a
+/// detour through `Decimal` rounds some values differently, and the trader would decide on two
+/// versions of one candle).
+fn stream_number(event: &str, field: &str, text: &str) -> Result<f64, ExchangeError> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
+        .ok_or_else(|| malformed(format!("{event} field {field} is not a number: {text:?}")))
 }
 
 #[derive(Debug, Deserialize)]
