@@ -17,7 +17,7 @@ for n in 1 2 3 4; do
 done
 export BULWARK_SIM_COINGLASS_KEY=sim-coinglass-key
 
-target/release/bulwark sim --config config/sim-server.toml > logs/sim-client/sim.out 2> logs/sim-client/sim.log &
+target/release/bulwark sim --config config/sim-server.toml --speed 300 > logs/sim-client/sim.out 2> logs/sim-client/sim.log &
 sim_pid=$!
 trap 'kill "$sim_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -88,6 +88,11 @@ pub enum Command {
         /// Seed for the market and the faults (overrides the config).
         #[arg(long, value_name = "N")]
         seed: Option<u64>,
+        /// Market time per wall time (overrides the config): 1 = real time, the default (server
+        /// time is the wall clock); 300 = a 5-minute candle a second (clients must then take their
+        /// timestamps from `GET /fapi/v1/time`).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=config::SIM_SPEED_MAX))]
+        speed: Option<u32>,
     },
     /// Reports. `--catalog`: every failure point (id, category, priority, check, healing).
     /// `--since 24h`: failure-point trends (time in each status per point, top blockers,
@@ -360,7 +365,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Sim { config, listen, seed } => {
+        Command::Sim { config, listen, seed, speed } => {
             let mut config = match config::load_sim(config.as_deref()) {
                 Ok(config) => config,
                 Err(errors) => {
@@ -373,6 +378,9 @@ pub fn main() -> ExitCode {
             }
             if let Some(seed) = seed {
                 config.paper.seed = seed;
+            }
+            if let Some(speed) = speed {
+                config.paper.candle_interval_ms = config::sim_candle_interval_ms_at(speed);
             }
             let _log = crate::logging::init(None);
             match run_sim(config) {
@@ -420,6 +428,18 @@ fn load_or_report(path: Option<PathBuf>) -> Option<Config> {
     }
 }
 
+/// What a client must know of the simulator's clock, said on its second line.
+fn sim_clock_line(candle_interval_ms: i64) -> String {
+    if candle_interval_ms == config::SIM_REAL_TIME_CANDLE_INTERVAL_MS {
+        return "clock: real time (server time is the wall clock; a 5-minute candle closes every 5 minutes)".to_owned();
+    }
+    let speed = config::SIM_REAL_TIME_CANDLE_INTERVAL_MS as f64 / candle_interval_ms as f64;
+    format!(
+        "clock: accelerated, {speed:.0}x real time (a 5-minute candle every {candle_interval_ms} ms): server time \
+         runs ahead of the wall clock, so a third-party client must take its timestamps from GET /fapi/v1/time"
+    )
+}
+
 /// Runs the simulator until SIGINT/SIGTERM.
 fn run_sim(config: config::SimConfig) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -427,9 +447,11 @@ fn run_sim(config: config::SimConfig) -> anyhow::Result<()> {
     system.block_on(async move {
         let seed = config.paper.seed;
         let accounts = config.accounts.len();
+        let clock_line = sim_clock_line(config.paper.candle_interval_ms);
         let (running, server) = crate::sim::start(config, std::sync::Arc::new(crate::clock::SystemClock)).await?;
+        // One write: a reader that stops after the first line has both in its pipe already.
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{}", running.local_addr)?;
+        stdout.write_all(format!("listening on http://{}\n{clock_line}\n", running.local_addr).as_bytes())?;
         stdout.flush()?;
         drop(stdout);
         tracing::info!(address = %running.local_addr, seed, accounts, "bulwark sim: serving");

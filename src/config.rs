@@ -732,7 +732,8 @@ impl Default for RawExchange {
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 struct RawPaper {
-    candle_interval_ms: i64,
+    /// `None`: not given (bulwark's paper default, or the simulator's `[sim] speed`).
+    candle_interval_ms: Option<i64>,
     starting_balance_usdt: f64,
     taker_fee_bps: f64,
     slippage_bps: f64,
@@ -745,7 +746,7 @@ struct RawPaper {
 impl Default for RawPaper {
     fn default() -> Self {
         Self {
-            candle_interval_ms: 1_000,
+            candle_interval_ms: None,
             starting_balance_usdt: 10_000.0,
             taker_fee_bps: 4.0,
             slippage_bps: 1.0,
@@ -1451,8 +1452,12 @@ impl Validator {
         account_balances: BTreeMap<UserId, Decimal>,
     ) -> PaperSettings {
         let prefix = "exchange.paper";
-        let candle_interval_ms =
-            self.int_in(&format!("{prefix}.candle_interval_ms"), raw.candle_interval_ms, 10, 3_600_000);
+        let candle_interval_ms = self.int_in(
+            &format!("{prefix}.candle_interval_ms"),
+            raw.candle_interval_ms.unwrap_or(PAPER_CANDLE_INTERVAL_MS_DEFAULT),
+            10,
+            3_600_000,
+        );
         let default_balance = self
             .decimal_in(&format!("{prefix}.starting_balance_usdt"), raw.starting_balance_usdt, USDT_AMOUNT_RANGE)
             .unwrap_or(REFUSED_PLACEHOLDER);
@@ -1824,6 +1829,18 @@ pub struct SimAccount {
     pub api_secret: Secret,
 }
 
+/// Wall time per 5-minute candle of bulwark's own paper exchange (300 times real time).
+const PAPER_CANDLE_INTERVAL_MS_DEFAULT: i64 = 1_000;
+/// The simulator's default: one 5-minute candle per 5 minutes of wall time.
+pub const SIM_REAL_TIME_CANDLE_INTERVAL_MS: i64 = 300_000;
+/// The fastest simulator market: 10 ms of wall time per 5-minute candle.
+pub const SIM_SPEED_MAX: i64 = 30_000;
+
+/// Wall time per candle of a simulator running `speed` times faster than real time.
+pub fn sim_candle_interval_ms_at(speed: u32) -> i64 {
+    SIM_REAL_TIME_CANDLE_INTERVAL_MS / i64::from(speed.max(1))
+}
+
 /// A validated `bulwark sim` configuration.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -1896,6 +1913,8 @@ struct RawSimExchange {
 #[serde(default)]
 struct RawSim {
     listen: String,
+    /// Market time per wall time; `None`: real time (unless `[exchange.paper] candle_interval_ms`).
+    speed: Option<i64>,
     data_dir: String,
     weight_limit_per_minute: i64,
     ban_after_violations: i64,
@@ -1909,6 +1928,7 @@ impl Default for RawSim {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8378".to_owned(),
+            speed: None,
             data_dir: "data/sim".to_owned(),
             weight_limit_per_minute: 2_400,
             ban_after_violations: 3,
@@ -1930,6 +1950,25 @@ struct RawSimAccount {
 }
 
 impl Validator {
+    /// The simulator's wall time per 5-minute candle: real time unless `[sim] speed` (or, as
+    /// before it, `[exchange.paper] candle_interval_ms`) says otherwise; not both.
+    fn sim_candle_interval_ms(&mut self, speed: Option<i64>, candle_interval_ms: Option<i64>) -> Option<i64> {
+        match (speed, candle_interval_ms) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "sim.speed",
+                    "give either [sim] speed or [exchange.paper] candle_interval_ms, not both (they set the same clock)",
+                );
+                candle_interval_ms
+            }
+            (Some(speed), None) => {
+                let speed = self.int_in("sim.speed", speed, 1, SIM_SPEED_MAX);
+                Some(sim_candle_interval_ms_at(speed as u32))
+            }
+            (None, given) => Some(given.unwrap_or(SIM_REAL_TIME_CANDLE_INTERVAL_MS)),
+        }
+    }
+
     fn sim(&mut self, raw: RawSimFile, source_name: &str) -> SimConfig {
         let sim = raw.sim;
         let listen = sim.listen.parse().unwrap_or_else(|error| {
@@ -1989,8 +2028,10 @@ impl Validator {
             let (path, message) = problem.split_once(": ").unwrap_or(("sim.faults", problem.as_str()));
             self.problem(path, message);
         }
+        let mut raw_paper = raw.exchange.paper.unwrap_or_default();
+        raw_paper.candle_interval_ms = self.sim_candle_interval_ms(sim.speed, raw_paper.candle_interval_ms);
         // The simulator checks each request's own recvWindow; the engine accepts anything it passes.
-        let paper = self.paper(raw.exchange.paper.unwrap_or_default(), 60_000, balances);
+        let paper = self.paper(raw_paper, 60_000, balances);
         SimConfig {
             source_name: source_name.to_owned(),
             listen,
@@ -2062,6 +2103,10 @@ mod tests {
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sim-server.toml")).unwrap();
         let sim = parse_sim(&sim, "config/sim-server.toml").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sim.listen.port(), 8378);
+        assert_eq!(
+            sim.paper.candle_interval_ms, SIM_REAL_TIME_CANDLE_INTERVAL_MS,
+            "the shipped simulator runs in real time"
+        );
         for file in ["config/bulwark.toml", "config/chaos.toml", "config/sim.toml", "config/fast-monitor.toml"] {
             let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
             parse(&text, file).unwrap_or_else(|e| panic!("{e}"));
@@ -2205,6 +2250,27 @@ mod tests {
             let errors = parse(&user(timeframe), "x").unwrap_err();
             assert!(errors.problems[0].message.contains("use 8h or shorter"), "{errors}");
         }
+    }
+
+    #[test]
+    fn the_simulator_runs_in_real_time_unless_a_speed_is_given() {
+        let account = "[[sim.accounts]]\nuser = \"u1\"\napi_key = \"k\"\napi_secret = \"s\"\n";
+        let interval =
+            |text: &str| parse_sim(&format!("{text}\n{account}"), "sim.toml").map(|c| c.paper.candle_interval_ms);
+        assert_eq!(interval("[sim]"), Ok(300_000));
+        assert_eq!(interval("[sim]\nspeed = 300"), Ok(1_000));
+        assert_eq!(interval("[sim]\nspeed = 1"), Ok(300_000));
+        let mut older = String::from("[sim]\n");
+        older += account;
+        older += "[exchange.paper]\ncandle_interval_ms = 200\n";
+        assert_eq!(parse_sim(&older, "sim.toml").unwrap().paper.candle_interval_ms, 200);
+        let both = format!("[sim]\nspeed = 2\n{account}[exchange.paper]\ncandle_interval_ms = 200\n");
+        let errors = parse_sim(&both, "sim.toml").unwrap_err().to_string();
+        assert!(errors.contains("sim.speed") && errors.contains("not both"), "{errors}");
+        let errors = parse_sim(&format!("[sim]\nspeed = 0\n{account}"), "sim.toml").unwrap_err().to_string();
+        assert!(errors.contains("sim.speed"), "{errors}");
+        // bulwark's own paper exchange keeps its 300x default.
+        assert_eq!(sim_candle_interval_ms_at(300), 1_000);
     }
 
     #[test]

@@ -10,9 +10,10 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::domain::{
-    ClientOrderId, ExchangeOrder, Fill, OrderRequest, OrderType, Price, Quantity, Side, Symbol, Timeframe, UserId,
+    ClientOrderId, ExchangeOrder, Fill, OrderRequest, OrderType, Price, Quantity, Side, Symbol, UserId,
 };
 use crate::exchange::binance::sign;
+use crate::exchange::paper::market::{KlineInterval, KlineWindow};
 use crate::exchange::{Exchange, ExchangeError};
 use crate::sim::{Answer, SimState};
 
@@ -184,6 +185,18 @@ async fn order_by_exchange_id(
     Ok(found.map(|entry| entry.order))
 }
 
+/// An optional time parameter in epoch ms (`startTime`, `endTime`).
+fn time_param(params: &Params, key: &str) -> Result<Option<i64>, (StatusCode, i64, String)> {
+    params
+        .get(key)
+        .map(|text| {
+            text.parse::<i64>().map_err(|_| {
+                bad(-1100, &format!("Illegal characters found in parameter '{key}'; legal range is '^[0-9]{{1,20}}$'."))
+            })
+        })
+        .transpose()
+}
+
 /// A query or cancel that names no order.
 fn neither_order_id() -> (StatusCode, i64, String) {
     bad(-1102, "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!")
@@ -308,8 +321,8 @@ pub async fn answer(
         }
         "GET /fapi/v1/klines" => {
             let symbol = symbol(params)?;
-            let timeframe =
-                Timeframe::from_str(params.required("interval")?).map_err(|_| bad(-1120, "Invalid interval."))?;
+            let interval =
+                KlineInterval::parse(params.required("interval")?).ok_or_else(|| bad(-1120, "Invalid interval."))?;
             let limit: u16 = match params.get("limit") {
                 Some(limit) => limit
                     .parse()
@@ -318,7 +331,12 @@ pub async fn answer(
                     .ok_or_else(|| bad(-1130, "Invalid data sent for a parameter."))?,
                 None => 500,
             };
-            let candles = exchange.klines(&symbol, timeframe, limit).await.map_err(exchange_error)?;
+            let (start_ms, end_ms) = (time_param(params, "startTime")?, time_param(params, "endTime")?);
+            if start_ms.zip(end_ms).is_some_and(|(start, end)| start > end) {
+                return Err(bad(-1023, "Start time is greater than end time."));
+            }
+            let window = KlineWindow { start_ms, end_ms, limit };
+            let candles = state.exchange.klines_window(&symbol, interval, window).await.map_err(exchange_error)?;
             let rows: Vec<Value> = candles
                 .iter()
                 .map(|c| {
@@ -333,7 +351,7 @@ pub async fn answer(
                         float(c.volume),
                         c.close_time_ms,
                         float(c.volume * c.close),
-                        crate::sim::market_stream::trade_count(c, timeframe),
+                        crate::sim::market_stream::trade_count(c),
                         float(taker_buy_volume),
                         float(taker_buy_volume * c.close),
                         "0"

@@ -400,14 +400,15 @@ fn forming_candle(last_closed: &Candle, timeframe: Timeframe) -> Candle {
     }
 }
 
-/// Trades in a candle of the simulator's market: the tape's per base candle (none yet in a forming
-/// candle, which shows no trade).
-pub fn trade_count(candle: &Candle, timeframe: Timeframe) -> u64 {
+/// Trades in a candle of the simulator's market: the tape's per base candle it spans (none in a
+/// candle with no volume yet).
+pub fn trade_count(candle: &Candle) -> u64 {
     if candle.volume == 0.0 {
         return 0;
     }
-    let base_candles = (timeframe.duration_ms() / BASE_TIMEFRAME.duration_ms()).max(1) as u64;
-    base_candles * tape::TRADES_PER_CANDLE as u64
+    let span_ms = candle.close_time_ms + 1 - candle.open_time_ms;
+    let base_candles = (span_ms as f64 / BASE_TIMEFRAME.duration_ms() as f64).max(1.0);
+    (base_candles * tape::TRADES_PER_CANDLE as f64).round() as u64
 }
 
 /// A payload as the connection's mode sends it: bare, or wrapped with its stream's name.
@@ -435,7 +436,7 @@ pub fn kline_json(symbol: &Symbol, timeframe: Timeframe, candle: &Candle, closed
             "h": number(candle.high),
             "l": number(candle.low),
             "v": number(candle.volume),
-            "n": trade_count(candle, timeframe),
+            "n": trade_count(candle),
             "x": closed,
             "q": number(candle.volume * candle.close),
             "V": number(taker_buy_volume),

@@ -232,16 +232,44 @@ pub struct MarketClock {
 }
 
 impl MarketClock {
-    /// A new market whose candle [`START_INDEX`] starts forming at `wall_ms`.
+    /// A new market whose candle [`START_INDEX`] is forming at `wall_ms`. A real-time market is
+    /// at wall time, its forming candle part-way through as Binance's is; an accelerated one
+    /// starts that candle at `wall_ms`.
     pub fn fresh(wall_ms: i64, candle_interval_ms: i64) -> Self {
         let base_ms = BASE_TIMEFRAME.duration_ms();
         let forming_open_ms = wall_ms.div_euclid(base_ms) * base_ms;
+        let anchor_market_ms = if candle_interval_ms == base_ms { wall_ms } else { forming_open_ms };
         Self {
             anchor_wall_ms: wall_ms,
-            anchor_market_ms: forming_open_ms,
+            anchor_market_ms,
             origin_market_ms: forming_open_ms - START_INDEX as i64 * base_ms,
             candle_interval_ms: candle_interval_ms.max(1),
         }
+    }
+
+    /// Runs one market candle per candle of wall time.
+    pub fn is_real_time(&self) -> bool {
+        self.candle_interval_ms == BASE_TIMEFRAME.duration_ms()
+    }
+
+    /// The stored market, continuing from `wall_ms` at `candle_interval_ms`. In real time the
+    /// market is at wall time again (it went on trading while its venue was down); a market stored
+    /// ahead of the wall (it ran accelerated) cannot run in real time, since market time never
+    /// goes back: the answer is how far ahead it is, in ms.
+    pub fn resumed(self, wall_ms: i64, candle_interval_ms: i64) -> Result<Self, i64> {
+        if candle_interval_ms != BASE_TIMEFRAME.duration_ms() {
+            return Ok(self.with_candle_interval(wall_ms, candle_interval_ms));
+        }
+        let ahead_ms = self.market_now_ms(wall_ms) - wall_ms;
+        if ahead_ms > 0 {
+            return Err(ahead_ms);
+        }
+        Ok(Self {
+            anchor_wall_ms: wall_ms,
+            anchor_market_ms: wall_ms,
+            origin_market_ms: self.origin_market_ms,
+            candle_interval_ms,
+        })
     }
 
     /// The same market, continuing from `wall_ms` at a new speed.
@@ -285,8 +313,8 @@ impl MarketClock {
 pub enum MarketError {
     #[error("unknown symbol {0}")]
     UnknownSymbol(Symbol),
-    #[error("timeframe {0} is not a multiple of the paper exchange's 5m candles")]
-    UnsupportedTimeframe(Timeframe),
+    #[error("interval {0} is not a multiple of the 5m candles this market is built of")]
+    UnsupportedInterval(&'static str),
     #[error("candle {index} of {symbol} is older than the history the paper exchange keeps")]
     HistoryExhausted { symbol: Symbol, index: u64 },
 }
@@ -393,53 +421,267 @@ impl PaperMarket {
         limit: u16,
         wall_ms: i64,
     ) -> Result<Vec<Candle>, MarketError> {
-        let base_ms = BASE_TIMEFRAME.duration_ms();
-        let timeframe_ms = timeframe.duration_ms();
-        if timeframe_ms % base_ms != 0 {
-            return Err(MarketError::UnsupportedTimeframe(timeframe));
+        let interval = KlineInterval::of(timeframe);
+        let forming_open_ms = interval.open_of(self.clock.market_now_ms(wall_ms));
+        let window = KlineWindow { start_ms: None, end_ms: Some(forming_open_ms - 1), limit };
+        self.klines(symbol, interval, window, wall_ms)
+    }
+
+    /// Binance's klines at `wall_ms` (`binance-shapes.md` §3.2): rows identified by their open
+    /// time, ascending, the newest possibly the candle still forming (traded up to now along
+    /// [`path_price`]). Only `start_ms`: `limit` rows from the first opening at or after it; only
+    /// `end_ms` (or neither): the `limit` rows up to the one open at `end_ms` (or now); both: the
+    /// first `limit` rows between them. Rows opening before the market's first candle are not
+    /// served.
+    pub fn klines(
+        &mut self,
+        symbol: &Symbol,
+        interval: KlineInterval,
+        window: KlineWindow,
+        wall_ms: i64,
+    ) -> Result<Vec<Candle>, MarketError> {
+        if !interval.is_built_of_base_candles() {
+            return Err(MarketError::UnsupportedInterval(interval.as_str()));
         }
         if !self.knows(symbol) {
             return Err(MarketError::UnknownSymbol(symbol.clone()));
         }
-        let per_candle = (timeframe_ms / base_ms) as u64;
         let market_now_ms = self.clock.market_now_ms(wall_ms);
-        let newest_end_ms = market_now_ms.div_euclid(timeframe_ms) * timeframe_ms;
-        let mut candles = Vec::with_capacity(usize::from(limit));
-        for back in (1..=i64::from(limit)).rev() {
-            let open_time_ms = newest_end_ms - back * timeframe_ms;
-            if open_time_ms < self.clock.origin_market_ms {
-                continue;
+        let newest_open_ms = match window.end_ms {
+            Some(end_ms) => interval.open_of(end_ms).min(interval.open_of(market_now_ms)),
+            None => interval.open_of(market_now_ms),
+        };
+        let oldest_open_ms = {
+            let origin_ms = self.clock.origin_market_ms;
+            let open_ms = interval.open_of(origin_ms);
+            if open_ms < origin_ms { interval.next_open(open_ms) } else { open_ms }
+        };
+        let limit = usize::from(window.limit);
+        let mut opens = Vec::with_capacity(limit.min(1_500));
+        match window.start_ms {
+            Some(start_ms) => {
+                let first_ms = interval.open_of(start_ms);
+                let mut open_ms = if first_ms < start_ms { interval.next_open(first_ms) } else { first_ms };
+                open_ms = open_ms.max(oldest_open_ms);
+                while open_ms <= newest_open_ms && opens.len() < limit {
+                    opens.push(open_ms);
+                    open_ms = interval.next_open(open_ms);
+                }
             }
-            let first_index = ((open_time_ms - self.clock.origin_market_ms) / base_ms) as u64;
-            let mut aggregate: Option<Candle> = None;
-            for index in first_index..first_index + per_candle {
-                let base = self.traded_base_candle(symbol, index)?;
-                aggregate = Some(match aggregate {
-                    None => base,
-                    Some(sum) => Candle {
-                        high: sum.high.max(base.high),
-                        low: sum.low.min(base.low),
-                        close: base.close,
-                        volume: sum.volume + base.volume,
-                        taker_buy_volume: sum.taker_buy_volume.zip(base.taker_buy_volume).map(|(a, b)| a + b),
-                        large_trades: sum.large_trades.zip(base.large_trades).map(|(a, b)| a + b),
-                        ..sum
-                    },
-                });
+            None => {
+                let mut open_ms = newest_open_ms;
+                while open_ms >= oldest_open_ms && opens.len() < limit {
+                    opens.push(open_ms);
+                    open_ms = interval.previous_open(open_ms);
+                }
+                opens.reverse();
             }
-            if let Some(mut candle) = aggregate {
-                candle.close_time_ms = open_time_ms + timeframe_ms - 1;
-                candles.push(candle);
+        }
+        let mut candles = Vec::with_capacity(opens.len());
+        for open_ms in opens {
+            match self.interval_candle(symbol, open_ms, interval.next_open(open_ms), wall_ms) {
+                Ok(candle) => candles.push(candle),
+                // Older than a random walk keeps: not served, as a listing's first days are not.
+                Err(MarketError::HistoryExhausted { .. }) => {}
+                Err(error) => return Err(error),
             }
         }
         Ok(candles)
     }
 
-    /// The last traded price at `wall_ms`: the close of the newest closed base candle.
-    pub fn last_price(&mut self, symbol: &Symbol, wall_ms: i64) -> Result<f64, MarketError> {
-        let forming = self.clock.forming_index(wall_ms);
-        Ok(self.base_candle(symbol, forming.saturating_sub(1))?.close)
+    /// The candle of the interval `[open_ms, next_open_ms)`: its closed base candles with their
+    /// tape, and the forming one as far as it has traded.
+    fn interval_candle(
+        &mut self,
+        symbol: &Symbol,
+        open_ms: i64,
+        next_open_ms: i64,
+        wall_ms: i64,
+    ) -> Result<Candle, MarketError> {
+        let base_ms = BASE_TIMEFRAME.duration_ms();
+        let forming_index = self.clock.forming_index(wall_ms);
+        let first_index = ((open_ms - self.clock.origin_market_ms) / base_ms) as u64;
+        let end_index = (((next_open_ms - self.clock.origin_market_ms) / base_ms) as u64).min(forming_index + 1);
+        let mut aggregate: Option<Candle> = None;
+        for index in first_index..end_index {
+            let base = if index == forming_index {
+                self.forming_base_candle(symbol, wall_ms)?
+            } else {
+                self.traded_base_candle(symbol, index)?
+            };
+            aggregate = Some(match aggregate {
+                None => base,
+                Some(sum) => Candle {
+                    high: sum.high.max(base.high),
+                    low: sum.low.min(base.low),
+                    close: base.close,
+                    volume: sum.volume + base.volume,
+                    taker_buy_volume: sum.taker_buy_volume.zip(base.taker_buy_volume).map(|(a, b)| a + b),
+                    large_trades: sum.large_trades.zip(base.large_trades).map(|(a, b)| a + b),
+                    ..sum
+                },
+            });
+        }
+        let mut candle =
+            aggregate.ok_or(MarketError::HistoryExhausted { symbol: symbol.clone(), index: first_index })?;
+        candle.open_time_ms = open_ms;
+        candle.close_time_ms = next_open_ms - 1;
+        Ok(candle)
     }
+
+    /// The base candle forming at `wall_ms`, traded so far: the part of its path already walked
+    /// ([`path_price`]), with that share of its volume. Its high and low never pass the whole
+    /// candle's.
+    pub fn forming_base_candle(&mut self, symbol: &Symbol, wall_ms: i64) -> Result<Candle, MarketError> {
+        let index = self.clock.forming_index(wall_ms);
+        let whole = self.traded_base_candle(symbol, index)?;
+        let base_ms = BASE_TIMEFRAME.duration_ms();
+        let fraction =
+            ((self.clock.market_now_ms(wall_ms) - whole.open_time_ms) as f64 / base_ms as f64).clamp(0.0, 1.0);
+        let ohlcv =
+            Ohlcv { open: whole.open, high: whole.high, low: whole.low, close: whole.close, volume: whole.volume };
+        let (high, low, close) = walked_range(&ohlcv, fraction);
+        Ok(Candle {
+            high,
+            low,
+            close,
+            volume: whole.volume * fraction,
+            taker_buy_volume: whole.taker_buy_volume.map(|bought| bought * fraction),
+            large_trades: None,
+            ..whole
+        })
+    }
+
+    /// The price the market trades at `wall_ms`: where the forming base candle's path is now.
+    pub fn last_price(&mut self, symbol: &Symbol, wall_ms: i64) -> Result<f64, MarketError> {
+        Ok(self.forming_base_candle(symbol, wall_ms)?.close)
+    }
+}
+
+/// A Binance kline interval as the simulator serves it: a fixed span aligned as Binance aligns it
+/// (weeks open on Monday 00:00 UTC), or the calendar month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KlineInterval {
+    Span { name: &'static str, duration_ms: i64, offset_ms: i64 },
+    CalendarMonth,
+}
+
+/// 1970-01-05, the first Monday after the epoch.
+const FIRST_MONDAY_MS: i64 = 4 * 86_400_000;
+
+impl KlineInterval {
+    /// Every interval Binance's klines take (`1m` … `1M`); anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text == "1M" {
+            return Some(Self::CalendarMonth);
+        }
+        let span = |name: &'static str, duration_ms: i64| Self::Span { name, duration_ms, offset_ms: 0 };
+        match text {
+            "3d" => Some(span("3d", 3 * 86_400_000)),
+            "1w" => Some(Self::Span { name: "1w", duration_ms: 7 * 86_400_000, offset_ms: FIRST_MONDAY_MS }),
+            _ => text.parse::<Timeframe>().ok().map(Self::of),
+        }
+    }
+
+    pub fn of(timeframe: Timeframe) -> Self {
+        Self::Span { name: timeframe.as_str(), duration_ms: timeframe.duration_ms(), offset_ms: 0 }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Span { name, .. } => name,
+            Self::CalendarMonth => "1M",
+        }
+    }
+
+    fn is_built_of_base_candles(self) -> bool {
+        let base_ms = BASE_TIMEFRAME.duration_ms();
+        match self {
+            Self::Span { duration_ms, offset_ms, .. } => duration_ms % base_ms == 0 && offset_ms % base_ms == 0,
+            Self::CalendarMonth => true,
+        }
+    }
+
+    /// Open time of the interval holding `market_ms`.
+    pub fn open_of(self, market_ms: i64) -> i64 {
+        match self {
+            Self::Span { duration_ms, offset_ms, .. } => {
+                (market_ms - offset_ms).div_euclid(duration_ms) * duration_ms + offset_ms
+            }
+            Self::CalendarMonth => {
+                let (year, month) = year_month(market_ms);
+                month_start_ms(year, month)
+            }
+        }
+    }
+
+    pub fn next_open(self, open_ms: i64) -> i64 {
+        match self {
+            Self::Span { duration_ms, .. } => open_ms + duration_ms,
+            Self::CalendarMonth => {
+                let (year, month) = year_month(open_ms);
+                if month == 12 { month_start_ms(year + 1, 1) } else { month_start_ms(year, month + 1) }
+            }
+        }
+    }
+
+    fn previous_open(self, open_ms: i64) -> i64 {
+        self.open_of(open_ms - 1)
+    }
+}
+
+fn year_month(market_ms: i64) -> (i32, u32) {
+    use chrono::Datelike;
+    let time = chrono::DateTime::from_timestamp_millis(market_ms).unwrap_or_default();
+    (time.year(), time.month())
+}
+
+fn month_start_ms(year: i32, month: u32) -> i64 {
+    chrono::NaiveDate::from_ymd_opt(year, month, 1)
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map_or(0, |time| time.and_utc().timestamp_millis())
+}
+
+/// Which rows a klines request asks for (`startTime`, `endTime`, `limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KlineWindow {
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub limit: u16,
+}
+
+/// Where a candle's price is `fraction` (0 to 1) of the way through it. The path runs open → low
+/// → high → close for a candle that closes up, open → high → low → close for one that closes
+/// down, at a steady speed along the distance travelled: it touches the high and the low once
+/// each and never passes them.
+pub fn path_price(candle: &Ohlcv, fraction: f64) -> f64 {
+    walked_range(candle, fraction).2
+}
+
+/// The high, low and price of the part of `candle`'s path walked by `fraction` ([`path_price`]).
+fn walked_range(candle: &Ohlcv, fraction: f64) -> (f64, f64, f64) {
+    let stops = if candle.close >= candle.open {
+        [candle.open, candle.low, candle.high, candle.close]
+    } else {
+        [candle.open, candle.high, candle.low, candle.close]
+    };
+    let total: f64 = stops.windows(2).map(|leg| (leg[1] - leg[0]).abs()).sum();
+    let (mut high, mut low) = (candle.open, candle.open);
+    if total <= 0.0 {
+        return (high, low, candle.open);
+    }
+    let mut left = total * fraction.clamp(0.0, 1.0);
+    for leg in stops.windows(2) {
+        let length = (leg[1] - leg[0]).abs();
+        if left <= length {
+            let price = if length > 0.0 { leg[0] + (leg[1] - leg[0]) * left / length } else { leg[1] };
+            return (high.max(price), low.min(price), price);
+        }
+        left -= length;
+        high = high.max(leg[1]);
+        low = low.min(leg[1]);
+    }
+    (candle.high, candle.low, candle.close)
 }
 
 #[cfg(test)]
@@ -497,6 +739,27 @@ mod tests {
         let last_backward = ping_pong(&candles, 2 * len - 1);
         let next_forward = ping_pong(&candles, 2 * len);
         assert_eq!(last_backward.close, next_forward.open);
+    }
+
+    #[test]
+    fn a_real_time_market_is_at_wall_time_and_resumes_there() {
+        let start_ms = 1_700_000_123_456;
+        let clock = MarketClock::fresh(start_ms, 300_000);
+        assert!(clock.is_real_time());
+        assert_eq!(clock.market_now_ms(start_ms), start_ms);
+        assert_eq!(clock.market_now_ms(start_ms + 61_000), start_ms + 61_000);
+        assert_eq!(clock.open_time_ms(clock.forming_index(start_ms)), start_ms.div_euclid(300_000) * 300_000);
+        // Down for an hour: it resumes at wall time with its history in place.
+        let later_ms = start_ms + 3_600_000;
+        let resumed = clock.resumed(later_ms, 300_000).unwrap();
+        assert_eq!((resumed.market_now_ms(later_ms), resumed.origin_market_ms), (later_ms, clock.origin_market_ms));
+        // A market that ran accelerated is ahead of the wall and cannot run in real time.
+        let fast = MarketClock::fresh(start_ms, 1_000);
+        let ahead_ms = fast.resumed(start_ms + 10_000, 300_000).unwrap_err();
+        assert_eq!(ahead_ms, fast.market_now_ms(start_ms + 10_000) - (start_ms + 10_000));
+        assert!(ahead_ms > 2_000_000);
+        // Accelerated, it resumes where it was.
+        assert_eq!(fast.resumed(start_ms + 10_000, 1_000), Ok(fast));
     }
 
     #[test]
@@ -580,12 +843,101 @@ mod tests {
         let mut market = market(1, 1_700_000_000_000);
         assert_eq!(
             market.closed_candles(&symbol("XRPUSDT"), Timeframe::M1, 10, 0),
-            Err(MarketError::UnsupportedTimeframe(Timeframe::M1))
+            Err(MarketError::UnsupportedInterval("1m"))
         );
         assert!(matches!(
             market.closed_candles(&symbol("DOGEUSDT"), Timeframe::M5, 10, 0),
             Err(MarketError::UnknownSymbol(_))
         ));
+    }
+
+    #[test]
+    fn the_forming_candle_walks_inside_its_range_and_ends_at_its_close() {
+        let up = Ohlcv { open: 10.0, high: 13.0, low: 9.0, close: 12.0, volume: 100.0 };
+        let down = Ohlcv { open: 12.0, high: 13.0, low: 9.0, close: 10.0, volume: 100.0 };
+        for candle in [up, down] {
+            assert_eq!(path_price(&candle, 0.0), candle.open);
+            assert_eq!(path_price(&candle, 1.0), candle.close);
+            let mut seen_high = candle.open;
+            for step in 0..=100 {
+                let (high, low, price) = walked_range(&candle, f64::from(step) / 100.0);
+                assert!(candle.low <= low && low <= price && price <= high && high <= candle.high, "{step}");
+                assert!(high >= seen_high, "the walked high only grows");
+                seen_high = high;
+            }
+            assert_eq!(walked_range(&candle, 1.0), (candle.high, candle.low, candle.close));
+        }
+        // Up candles dip first; down candles rise first.
+        assert!(path_price(&up, 0.1) < up.open);
+        assert!(path_price(&down, 0.1) > down.open);
+        let flat = Ohlcv { open: 5.0, high: 5.0, low: 5.0, close: 5.0, volume: 0.0 };
+        assert_eq!(walked_range(&flat, 0.5), (5.0, 5.0, 5.0));
+    }
+
+    #[test]
+    fn klines_end_with_the_forming_candle_and_honour_start_and_end_times() {
+        let start_ms = 1_700_000_123_456;
+        let mut market = market(3, start_ms);
+        let xrp = symbol("XRPUSDT");
+        let now_ms = start_ms + 450; // 45 % through the forming candle at 1 s a candle
+        let m5 = KlineInterval::of(Timeframe::M5);
+        let latest = market.klines(&xrp, m5, KlineWindow { start_ms: None, end_ms: None, limit: 10 }, now_ms).unwrap();
+        assert_eq!(latest.len(), 10);
+        let forming = latest.last().unwrap();
+        let market_now = market.clock().market_now_ms(now_ms);
+        assert!(forming.open_time_ms <= market_now && market_now <= forming.close_time_ms, "the forming one last");
+        let whole = market.base_candle(&xrp, market.clock().forming_index(now_ms)).unwrap();
+        assert!(forming.volume < whole.volume && forming.high <= whole.high && forming.low >= whole.low);
+        let closed = market.closed_candles(&xrp, Timeframe::M5, 9, now_ms).unwrap();
+        assert_eq!(&latest[..9], &closed[..], "the rows before it are the closed candles");
+        // startTime: rows opening at or after it, ascending, `limit` of them.
+        let from = latest[2].open_time_ms;
+        let rows = market.klines(&xrp, m5, KlineWindow { start_ms: Some(from - 1), end_ms: None, limit: 3 }, now_ms);
+        assert_eq!(rows.unwrap(), latest[2..5].to_vec());
+        let rows = market.klines(&xrp, m5, KlineWindow { start_ms: Some(from + 1), end_ms: None, limit: 3 }, now_ms);
+        assert_eq!(rows.unwrap(), latest[3..6].to_vec(), "a start inside a candle begins with the next");
+        // endTime alone: the rows up to the one open at it; both: the first rows between them.
+        let until = latest[6].open_time_ms + 1;
+        let rows = market.klines(&xrp, m5, KlineWindow { start_ms: None, end_ms: Some(until), limit: 2 }, now_ms);
+        assert_eq!(rows.unwrap(), latest[5..7].to_vec());
+        let rows =
+            market.klines(&xrp, m5, KlineWindow { start_ms: Some(from), end_ms: Some(until), limit: 100 }, now_ms);
+        assert_eq!(rows.unwrap(), latest[2..7].to_vec());
+        // Nothing is served from the future or from before the market began.
+        let future = KlineWindow { start_ms: Some(market_now + 3_600_000), end_ms: None, limit: 5 };
+        assert!(market.klines(&xrp, m5, future, now_ms).unwrap().is_empty());
+        let ancient = KlineWindow { start_ms: Some(0), end_ms: None, limit: 2 };
+        let first = market.klines(&xrp, m5, ancient, now_ms).unwrap();
+        assert_eq!(first[0].open_time_ms, market.clock().origin_market_ms);
+    }
+
+    #[test]
+    fn every_binance_interval_is_served_or_refused_by_name() {
+        let start_ms = 1_700_000_123_456;
+        let mut market = market(3, start_ms);
+        let xrp = symbol("XRPUSDT");
+        let window = KlineWindow { start_ms: None, end_ms: None, limit: 3 };
+        for name in ["1m", "3m"] {
+            let interval = KlineInterval::parse(name).unwrap();
+            assert_eq!(market.klines(&xrp, interval, window, start_ms), Err(MarketError::UnsupportedInterval(name)));
+        }
+        assert_eq!(KlineInterval::parse("2m"), None);
+        for name in ["5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"] {
+            let interval = KlineInterval::parse(name).unwrap();
+            let rows = market.klines(&xrp, interval, window, start_ms).unwrap();
+            assert!(!rows.is_empty(), "{name}");
+            for row in &rows {
+                assert_eq!(interval.open_of(row.open_time_ms), row.open_time_ms, "{name} aligned");
+                assert_eq!(interval.next_open(row.open_time_ms) - 1, row.close_time_ms, "{name}");
+            }
+        }
+        // Weeks open on Monday 00:00 UTC (2023-11-13 was a Monday); months on the 1st.
+        let week = KlineInterval::parse("1w").unwrap();
+        assert_eq!(week.open_of(1_700_000_123_456), 1_699_833_600_000);
+        let month = KlineInterval::parse("1M").unwrap();
+        assert_eq!(month.open_of(1_700_000_123_456), 1_698_796_800_000); // 2023-11-01
+        assert_eq!(month.next_open(1_698_796_800_000), 1_701_388_800_000); // 2023-12-01
+        assert_eq!(month.next_open(1_701_388_800_000), 1_704_067_200_000); // 2024-01-01
     }
 
     #[test]

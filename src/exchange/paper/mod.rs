@@ -243,6 +243,24 @@ impl fmt::Debug for PaperExchange {
 }
 
 impl PaperExchange {
+    /// Binance's klines rows (`startTime`, `endTime`, `limit`; the forming candle last): what the
+    /// simulator's REST klines serve, for any interval Binance has.
+    pub async fn klines_window(
+        &self,
+        symbol: &Symbol,
+        interval: market::KlineInterval,
+        window: market::KlineWindow,
+    ) -> Result<Vec<Candle>, ExchangeError> {
+        let symbol = symbol.clone();
+        self.call(move |venue, wall_ms, _| venue.klines_window(&symbol, interval, window, wall_ms)).await
+    }
+
+    /// The price `symbol` trades at now: where its forming candle is.
+    pub async fn current_price(&self, symbol: &Symbol) -> Result<rust_decimal::Decimal, ExchangeError> {
+        let symbol = symbol.clone();
+        self.call(move |venue, wall_ms, _| venue.current_price(&symbol, wall_ms)).await
+    }
+
     /// Restores the venue from its journal (or starts a fresh market) and starts the venue thread.
     pub fn start(
         settings: PaperSettings,
@@ -252,7 +270,13 @@ impl PaperExchange {
         let snapshot = journal.load()?;
         let wall_ms = clock.now_ms();
         let market_clock = match snapshot.clock {
-            Some(stored) => stored.with_candle_interval(wall_ms, settings.candle_interval_ms),
+            Some(stored) => stored.resumed(wall_ms, settings.candle_interval_ms).map_err(|ahead_ms| {
+                StoreError::Conflict(format!(
+                    "the stored market is {} minutes ahead of the wall clock (it ran accelerated); a real-time \
+                     market cannot go back in time: use a fresh data directory, or an accelerated speed",
+                    ahead_ms / 60_000
+                ))
+            })?,
             None => MarketClock::fresh(wall_ms, settings.candle_interval_ms),
         };
         journal.apply(&[VenueChange::Clock(market_clock)])?;

@@ -4,8 +4,8 @@
 //! venue thread can journal them (the engine itself never touches a disk).
 //!
 //! Rules, chosen to behave like Binance USDⓈ-M in one-way mode:
-//! - A market order executes at once, at the current price (the last closed candle's close)
-//!   moved against the taker by the slippage rate, and is answered executed; a limit order fills
+//! - A market order executes at once, at the current price (where the forming candle's path is
+//!   now, [`crate::exchange::paper::market::path_price`]) moved against the taker by the slippage rate, and is answered executed; a limit order fills
 //!   on the first closed candle after it that trades through its price (at the open if the candle
 //!   gaps through it).
 //! - Fees are the taker fee on the fill's notional. Realized PnL and fees move the wallet.
@@ -26,7 +26,7 @@ use crate::domain::{
     Position, Price, Side, Symbol, SymbolRules, Timeframe, UserId, decimal_from_f64,
 };
 use crate::exchange::ExchangeError;
-use crate::exchange::paper::market::{MarketClock, MarketError, PaperMarket};
+use crate::exchange::paper::market::{KlineInterval, KlineWindow, MarketClock, MarketError, PaperMarket};
 use crate::limits::{PAPER_FILLS_PER_ACCOUNT_MAX, PAPER_ORDERS_PER_ACCOUNT_MAX};
 
 /// Fees, slippage, leverage and balances of the paper venue.
@@ -197,7 +197,7 @@ pub(crate) fn rejected(code: i64, msg: impl Into<String>) -> ExchangeError {
 fn market_error(error: MarketError) -> ExchangeError {
     match error {
         MarketError::UnknownSymbol(_) => rejected(-1121, "Invalid symbol."),
-        MarketError::UnsupportedTimeframe(_) => rejected(-1120, format!("Invalid interval: {error}")),
+        MarketError::UnsupportedInterval(_) => rejected(-1120, format!("Invalid interval: {error}")),
         MarketError::HistoryExhausted { .. } => rejected(-1130, format!("Invalid data sent for a parameter: {error}")),
     }
 }
@@ -321,6 +321,22 @@ impl PaperVenue {
         wall_ms: i64,
     ) -> Result<Vec<Candle>, ExchangeError> {
         self.market.closed_candles(symbol, timeframe, limit, wall_ms).map_err(market_error)
+    }
+
+    /// Binance's klines rows at `wall_ms`, the forming candle last (the simulator's REST klines).
+    pub fn klines_window(
+        &mut self,
+        symbol: &Symbol,
+        interval: KlineInterval,
+        window: KlineWindow,
+        wall_ms: i64,
+    ) -> Result<Vec<Candle>, ExchangeError> {
+        self.market.klines(symbol, interval, window, wall_ms).map_err(market_error)
+    }
+
+    /// The price `symbol` trades at now (the forming candle's), for tickers and the mark price.
+    pub fn current_price(&mut self, symbol: &Symbol, wall_ms: i64) -> Result<Decimal, ExchangeError> {
+        self.mark_price(symbol, wall_ms)
     }
 
     fn account<'a>(
@@ -823,18 +839,19 @@ mod tests {
     }
 
     #[test]
-    fn a_market_order_fills_at_once_at_the_last_close_with_slippage_and_fee() {
+    fn a_market_order_fills_at_once_at_the_current_price_with_slippage_and_fee() {
         let mut venue = venue();
         let mut changes = Vec::new();
-        let last_close = price_from_market(
-            venue.market.base_candle(&xrp(), venue.market_clock().forming_index(START_MS) - 1).unwrap().close,
-        )
-        .unwrap();
+        // The current price: where the forming candle's path is now, inside its range.
+        let forming = venue.market.forming_base_candle(&xrp(), START_MS).unwrap();
+        let whole = venue.market.base_candle(&xrp(), venue.market_clock().forming_index(START_MS)).unwrap();
+        assert!(whole.low <= forming.close && forming.close <= whole.high);
+        let last_close = price_from_market(forming.close).unwrap();
         let filled = venue
             .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
             .unwrap();
-        // The answer is the executed order (Binance's RESULT response), at the last close moved up
-        // by the slippage, and a query says the same.
+        // The answer is the executed order (Binance's RESULT response), at the current price moved
+        // up by the slippage, and a query says the same.
         assert_eq!(filled.status, ExchangeOrderStatus::Filled);
         assert_eq!(filled.filled_quantity, dec("100"));
         let expected_price = (last_close * dec("1.0002") / dec("0.0001")).round() * dec("0.0001");
