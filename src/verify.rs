@@ -520,6 +520,7 @@ mod tests {
             status: ExchangeOrderStatus::Filled,
             reduce_only: false,
             updated_at_ms: trade as i64,
+            created_at_ms: trade as i64,
         };
         let fill = Fill {
             trade_id: trade.to_string(),

@@ -227,6 +227,10 @@ pub struct ExchangeOrder {
     pub status: ExchangeOrderStatus,
     pub reduce_only: bool,
     pub updated_at_ms: i64,
+    /// When the exchange accepted it (Binance's `time`); 0 where an answer does not carry it (an
+    /// ACK, a stream event, an older journal).
+    #[serde(default)]
+    pub created_at_ms: i64,
 }
 
 /// One execution of an order, as the exchange reports it.

@@ -37,6 +37,11 @@ const MIGRATIONS: &[M<'static>] = &[
          DROP TABLE paper_orders;
          ALTER TABLE paper_orders_by_sequence RENAME TO paper_orders;",
     ),
+    // An account's leverage and margin type per symbol (the simulator's POST leverage / marginType).
+    M::up(
+        "CREATE TABLE paper_symbol_settings (
+             user_id TEXT NOT NULL, symbol TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (user_id, symbol));",
+    ),
 ];
 
 /// Reads and writes the paper venue's state.
@@ -121,6 +126,18 @@ impl PaperJournal {
                 serde_json::from_str(&body).map_err(|e| corrupt("paper_fills", e))?,
             ));
         }
+
+        let mut statement = self.connection.prepare("SELECT user_id, symbol, body FROM paper_symbol_settings")?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)))?;
+        for row in rows {
+            let (user, symbol, body) = row?;
+            snapshot.symbol_settings.push((
+                parse_user(&user, "paper_symbol_settings")?,
+                Symbol::new(&symbol).map_err(|e| corrupt("paper_symbol_settings", e))?,
+                serde_json::from_str(&body).map_err(|e| corrupt("paper_symbol_settings", e))?,
+            ));
+        }
         Ok(snapshot)
     }
 
@@ -171,6 +188,17 @@ impl PaperJournal {
                     transaction.execute(
                         "DELETE FROM paper_fills WHERE user_id = ?1 AND trade_id = ?2",
                         params![user.as_str(), trade_id],
+                    )?;
+                }
+                VenueChange::SymbolSettings { user, symbol, settings } => {
+                    transaction.execute(
+                        "INSERT INTO paper_symbol_settings (user_id, symbol, body) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (user_id, symbol) DO UPDATE SET body = excluded.body",
+                        params![
+                            user.as_str(),
+                            symbol.as_str(),
+                            serde_json::to_string(settings).map_err(|e| corrupt("paper_symbol_settings", e))?
+                        ],
                     )?;
                 }
                 VenueChange::Counters { next_sequence, next_trade_id } => {

@@ -14,6 +14,7 @@ use crate::domain::{
 };
 use crate::exchange::binance::sign;
 use crate::exchange::paper::market::{KlineInterval, KlineWindow};
+use crate::exchange::paper::venue::TimeInForce;
 use crate::exchange::{Exchange, ExchangeError};
 use crate::sim::{Answer, SimState};
 
@@ -156,21 +157,32 @@ fn decimal(params: &Params, key: &str) -> Result<Decimal, (StatusCode, i64, Stri
 /// exchangeInfo); a larger one is refused with `-4005` before any margin check, as on Binance.
 const SIM_QUANTITY_MAX: u64 = 100_000_000;
 
-/// A LIMIT order's `timeInForce`: mandatory at Binance (`-1102` without it). GTC is what the
-/// matching engine keeps; IOC, FOK, GTX and GTD need execution rules it does not have yet, so they
-/// are refused by name rather than silently kept as GTC (README, "Against the simulator").
-fn limit_time_in_force(params: &Params) -> Result<(), (StatusCode, i64, String)> {
+/// A LIMIT order's `timeInForce`: mandatory at Binance (`-1102` without it). GTC, IOC, FOK and
+/// GTX are matched as Binance matches them ([`TimeInForce`]); GTD needs an expiry the matching
+/// engine does not keep, so it is refused by name rather than silently kept as GTC (README,
+/// "Against the simulator").
+fn limit_time_in_force(params: &Params) -> Result<TimeInForce, (StatusCode, i64, String)> {
     match params.get("timeInForce") {
         None | Some("") => {
             Err(bad(-1102, "Mandatory parameter 'timeInForce' was not sent, was empty/null, or malformed."))
         }
-        Some("GTC") => Ok(()),
-        Some(kept_elsewhere @ ("IOC" | "FOK" | "GTX" | "GTD")) => Err((
-            StatusCode::BAD_REQUEST,
-            -1000,
-            format!("timeInForce {kept_elsewhere} is not simulated by bulwark sim (GTC only)"),
-        )),
+        Some("GTC") => Ok(TimeInForce::GoodTillCancel),
+        Some("IOC") => Ok(TimeInForce::ImmediateOrCancel),
+        Some("FOK") => Ok(TimeInForce::FillOrKill),
+        Some("GTX") => Ok(TimeInForce::PostOnly),
+        Some("GTD") => {
+            Err((StatusCode::BAD_REQUEST, -1000, "timeInForce GTD is not simulated by bulwark sim".to_owned()))
+        }
         Some(_) => Err(bad(-1115, "Invalid timeInForce.")),
+    }
+}
+
+/// Whether a new order's answer is the executed order (`RESULT`) or Binance's default `ACK`.
+fn wants_result(params: &Params) -> Result<bool, (StatusCode, i64, String)> {
+    match params.get("newOrderRespType") {
+        None | Some("ACK") => Ok(false),
+        Some("RESULT") => Ok(true),
+        Some(_) => Err(bad(-1130, "Data sent for parameter 'newOrderRespType' is not valid.")),
     }
 }
 
@@ -183,6 +195,21 @@ async fn order_by_exchange_id(
     let ledger = state.exchange.ledger().await.map_err(exchange_error)?;
     let found = ledger.into_iter().find(|entry| entry.account == *user && entry.order.exchange_order_id == order_id);
     Ok(found.map(|entry| entry.order))
+}
+
+/// Every simulated symbol is a USDT-margined perpetual.
+const QUOTE_ASSET: &str = "USDT";
+/// The delivery date Binance gives a perpetual (2100-12-25).
+const PERPETUAL_DELIVERY_DATE_MS: i64 = 4_133_404_800_000;
+
+/// The base asset of a USDT perpetual (`XRPUSDT` → `XRP`).
+fn base_asset(symbol: &Symbol) -> &str {
+    symbol.as_str().strip_suffix(QUOTE_ASSET).filter(|base| !base.is_empty()).unwrap_or(symbol.as_str())
+}
+
+/// Decimal places of a tick or step size (`0.0001` → 4), as exchangeInfo's precisions count them.
+fn decimals(size: Decimal) -> u32 {
+    size.normalize().scale()
 }
 
 /// An optional time parameter in epoch ms (`startTime`, `endTime`).
@@ -229,8 +256,25 @@ fn order_json(order: &ExchangeOrder) -> Value {
         "priceMatch": "NONE",
         "selfTradePreventionMode": "EXPIRE_MAKER",
         "goodTillDate": 0,
+        "time": order.created_at_ms,
         "updateTime": order.updated_at_ms,
     })
+}
+
+/// The answer to a new order without `newOrderRespType=RESULT`: Binance's ACK, which in practice
+/// is the whole order as accepted, `NEW` with nothing executed, even for a MARKET order that has
+/// already filled (`binance-shapes.md` §3.7), and without `time`.
+fn ack_json(order: &ExchangeOrder) -> Value {
+    let mut answer = order_json(order);
+    if let Value::Object(fields) = &mut answer {
+        fields.remove("time");
+        for (field, value) in
+            [("status", "NEW"), ("avgPrice", "0.00"), ("executedQty", "0"), ("cumQty", "0"), ("cumQuote", "0")]
+        {
+            fields.insert(field.to_owned(), json!(value));
+        }
+    }
+    answer
 }
 
 fn trade_json(fill: &Fill) -> Value {
@@ -294,8 +338,14 @@ pub async fn answer(
                 .iter()
                 .map(|(symbol, rules)| {
                     json!({
-                        "symbol": symbol.as_str(), "pair": symbol.as_str(), "contractType": "PERPETUAL", "status": "TRADING",
-                        "quoteAsset": "USDT", "marginAsset": "USDT",
+                        "symbol": symbol.as_str(), "pair": symbol.as_str(), "contractType": "PERPETUAL",
+                        "deliveryDate": PERPETUAL_DELIVERY_DATE_MS, "onboardDate": state.market_clock.origin_market_ms,
+                        "status": "TRADING", "maintMarginPercent": "2.5000", "requiredMarginPercent": "5.0000",
+                        "baseAsset": base_asset(symbol), "quoteAsset": QUOTE_ASSET, "marginAsset": QUOTE_ASSET,
+                        "pricePrecision": decimals(rules.tick_size), "quantityPrecision": decimals(rules.step_size),
+                        "baseAssetPrecision": 8, "quotePrecision": 8, "underlyingType": "COIN", "underlyingSubType": [],
+                        "settlePlan": 0, "triggerProtect": "0.0500", "liquidationFee": "0.012500", "marketTakeBound": "0.05",
+                        "maxMoveOrderLimit": 10000,
                         "filters": [
                             { "filterType": "PRICE_FILTER", "minPrice": rules.tick_size.to_string(), "maxPrice": "10000000", "tickSize": rules.tick_size.to_string() },
                             { "filterType": "LOT_SIZE", "minQty": rules.min_quantity.to_string(), "maxQty": SIM_QUANTITY_MAX.to_string(), "stepSize": rules.step_size.to_string() },
@@ -413,20 +463,21 @@ pub async fn answer(
             if params.get("positionSide").is_some_and(|side| side != "BOTH") {
                 return Err(bad(-4061, "Order's position side does not match user's setting."));
             }
-            let order_type = match params.required("type")? {
+            let (order_type, time_in_force) = match params.required("type")? {
                 "MARKET" => {
                     if params.get("price").is_some() {
                         return Err(bad(-1106, "Parameter 'price' sent when not required."));
                     }
-                    OrderType::Market
+                    (OrderType::Market, TimeInForce::GoodTillCancel)
                 }
                 "LIMIT" => {
-                    limit_time_in_force(params)?;
+                    let time_in_force = limit_time_in_force(params)?;
                     let price = Price::new(decimal(params, "price")?).map_err(|_| bad(-4001, "Price less than 0."))?;
-                    OrderType::Limit { price }
+                    (OrderType::Limit { price }, time_in_force)
                 }
                 _ => return Err(bad(-1116, "Invalid orderType.")),
             };
+            let result = wants_result(params)?;
             let client_order_id = match params.get("newClientOrderId") {
                 Some(id) => ClientOrderId::parse(id).map_err(|_| bad(-4015, "Client order id is not valid."))?,
                 None => {
@@ -443,9 +494,10 @@ pub async fn answer(
                 reduce_only,
                 timestamp_ms: state.now_ms(),
             };
-            let accepted = exchange.create_order(&user, &order).await.map_err(exchange_error)?;
+            let accepted =
+                state.exchange.create_order_in_force(&user, &order, time_in_force).await.map_err(exchange_error)?;
             tracing::info!(account = %user, client_order_id = %accepted.client_order_id, side = accepted.side.as_str(), quantity = %accepted.quantity, "sim: order accepted");
-            Ok(order_json(&accepted))
+            Ok(if result { order_json(&accepted) } else { ack_json(&accepted) })
         }
         "GET /fapi/v1/order" => {
             let user = signed(state)?;

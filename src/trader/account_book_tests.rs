@@ -55,6 +55,7 @@ fn order(id: &str, status: ExchangeOrderStatus, filled: &str) -> ExchangeOrder {
         status,
         reduce_only: false,
         updated_at_ms: 0,
+        created_at_ms: 0,
     }
 }
 

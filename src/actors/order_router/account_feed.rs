@@ -405,6 +405,7 @@ mod tests {
             status,
             reduce_only: false,
             updated_at_ms: 0,
+            created_at_ms: 0,
         }
     }
 

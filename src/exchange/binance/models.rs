@@ -226,6 +226,9 @@ pub struct OrderBody {
     pub reduce_only: bool,
     #[serde(default)]
     pub update_time: i64,
+    /// When the order was accepted (RESULT answers and queries carry it; ACK answers do not).
+    #[serde(default)]
+    pub time: i64,
 }
 
 impl OrderBody {
@@ -254,6 +257,7 @@ impl OrderBody {
             status: ExchangeOrderStatus::from_str(&self.status).map_err(malformed)?,
             reduce_only: self.reduce_only,
             updated_at_ms: self.update_time,
+            created_at_ms: self.time,
         })
     }
 }
@@ -595,6 +599,8 @@ pub fn user_stream_message(text: &str) -> Result<UserStreamMessage, ExchangeErro
                 status: o.status,
                 reduce_only: o.reduce_only,
                 update_time: o.trade_time_ms,
+                // The event does not say when the order was accepted.
+                time: 0,
             }
             .into_order()?;
             Ok(UserStreamMessage::Event(Box::new(AccountEvent::Order { order, fill, times })))

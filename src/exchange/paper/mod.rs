@@ -255,6 +255,21 @@ impl PaperExchange {
         self.call(move |venue, wall_ms, _| venue.klines_window(&symbol, interval, window, wall_ms)).await
     }
 
+    /// Places an order with its time in force ([`venue::TimeInForce`]): what the simulator's
+    /// `POST /fapi/v1/order` does for any client (bulwark's own orders are GTC).
+    pub async fn create_order_in_force(
+        &self,
+        account: &UserId,
+        request: &OrderRequest,
+        time_in_force: venue::TimeInForce,
+    ) -> Result<ExchangeOrder, ExchangeError> {
+        let (account, request) = (account.clone(), request.clone());
+        self.call(move |venue, wall_ms, changes| {
+            venue.create_order_in_force(&account, &request, time_in_force, wall_ms, changes)
+        })
+        .await
+    }
+
     /// The price `symbol` trades at now: where its forming candle is.
     pub async fn current_price(&self, symbol: &Symbol) -> Result<rust_decimal::Decimal, ExchangeError> {
         let symbol = symbol.clone();
@@ -377,7 +392,9 @@ impl PaperExchange {
         .await
     }
 
-    async fn call<R: Send + 'static>(
+    /// Runs `operation` on the venue thread with the wall time and a change list to journal (the
+    /// simulator's endpoints reach the venue through it).
+    pub(crate) async fn call<R: Send + 'static>(
         &self,
         operation: impl FnOnce(&mut PaperVenue, i64, &mut Vec<VenueChange>) -> Result<R, ExchangeError> + Send + 'static,
     ) -> Result<R, ExchangeError> {

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
@@ -87,6 +88,11 @@ pub enum VenueChange {
         user: UserId,
         fill: Fill,
     },
+    SymbolSettings {
+        user: UserId,
+        symbol: Symbol,
+        settings: SymbolSettings,
+    },
     FillPruned {
         user: UserId,
         trade_id: String,
@@ -136,6 +142,7 @@ pub struct VenueSnapshot {
     pub orders: Vec<(UserId, PaperOrder)>,
     /// Oldest first.
     pub fills: Vec<(UserId, Fill)>,
+    pub symbol_settings: Vec<(UserId, Symbol, SymbolSettings)>,
 }
 
 #[derive(Debug, Default)]
@@ -150,7 +157,22 @@ struct Account {
     /// Finished orders, oldest first: pruned beyond [`PAPER_ORDERS_PER_ACCOUNT_MAX`].
     finished: VecDeque<u64>,
     fills: VecDeque<Fill>,
+    /// Leverage and margin type per symbol, where the account changed them (Binance's
+    /// `POST /fapi/v1/leverage` and `marginType`); the venue's defaults elsewhere.
+    symbol_settings: BTreeMap<Symbol, SymbolSettings>,
 }
+
+/// One account's settings on one symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolSettings {
+    /// Margin = notional / leverage, for this symbol's positions and orders.
+    pub leverage: u32,
+    /// Recorded as Binance records it; margin is computed as cross margin either way.
+    pub isolated: bool,
+}
+
+/// The leverage Binance takes (`-4028` outside it).
+pub const LEVERAGE_RANGE: std::ops::RangeInclusive<u32> = 1..=125;
 
 impl Account {
     /// The newest order with this client order id.
@@ -188,6 +210,24 @@ pub struct PaperVenue {
     /// The forming candle at the last settlement: nothing can fill until the next one forms, so
     /// requests within one candle settle once (settlement is then O(1) per request, not O(orders)).
     settled_at_forming: Option<u64>,
+}
+
+/// How a LIMIT order meets the market when it is placed (Binance's `timeInForce`; GTD is not kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeInForce {
+    GoodTillCancel,
+    ImmediateOrCancel,
+    FillOrKill,
+    /// GTX: a maker order only.
+    PostOnly,
+}
+
+/// What a new order does at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Placement {
+    ExecutesAt(Decimal),
+    Rests,
+    Expires,
 }
 
 pub(crate) fn rejected(code: i64, msg: impl Into<String>) -> ExchangeError {
@@ -249,7 +289,104 @@ impl PaperVenue {
         for (user, fill) in snapshot.fills {
             venue.accounts.entry(user).or_default().fills.push_back(fill);
         }
+        for (user, symbol, settings) in snapshot.symbol_settings {
+            venue.accounts.entry(user).or_default().symbol_settings.insert(symbol, settings);
+        }
         venue
+    }
+
+    /// `user`'s leverage and margin type on `symbol` (the venue's defaults until changed).
+    pub fn symbol_settings(&self, user: &UserId, symbol: &Symbol) -> SymbolSettings {
+        self.accounts.get(user).and_then(|account| account.symbol_settings.get(symbol)).copied().unwrap_or(
+            SymbolSettings {
+                leverage: self.settings.leverage.trunc().to_u32().unwrap_or(1).clamp(1, *LEVERAGE_RANGE.end()),
+                isolated: false,
+            },
+        )
+    }
+
+    fn leverage_on(&self, user: &UserId, symbol: &Symbol) -> Decimal {
+        Decimal::from(self.symbol_settings(user, symbol).leverage)
+    }
+
+    /// Binance's `POST /fapi/v1/leverage`: `-4028` outside [`LEVERAGE_RANGE`], `-1121` for an
+    /// unknown symbol.
+    pub fn set_leverage(
+        &mut self,
+        user: &UserId,
+        symbol: &Symbol,
+        leverage: u32,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<SymbolSettings, ExchangeError> {
+        self.symbol_rules(symbol)?;
+        if !LEVERAGE_RANGE.contains(&leverage) {
+            return Err(rejected(-4028, format!("Leverage {leverage} is not valid")));
+        }
+        let settings = SymbolSettings { leverage, ..self.symbol_settings(user, symbol) };
+        self.keep_symbol_settings(user, symbol, settings, changes);
+        Ok(settings)
+    }
+
+    /// Binance's `POST /fapi/v1/marginType`: `-4046` when nothing changes, `-4047` with open
+    /// orders on the symbol, `-4048` with a position.
+    pub fn set_margin_type(
+        &mut self,
+        user: &UserId,
+        symbol: &Symbol,
+        isolated: bool,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<SymbolSettings, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        self.symbol_rules(symbol)?;
+        let current = self.symbol_settings(user, symbol);
+        if current.isolated == isolated {
+            return Err(rejected(-4046, "No need to change margin type."));
+        }
+        let account = Self::account(&mut self.accounts, &self.settings, user, changes);
+        if account.orders.values().any(|o| o.order.status.is_open() && o.order.symbol == *symbol) {
+            return Err(rejected(-4047, "Margin type cannot be changed if there exists open orders."));
+        }
+        if account.positions.get(symbol).is_some_and(|held| !held.quantity.is_zero()) {
+            return Err(rejected(-4048, "Margin type cannot be changed if there exists position."));
+        }
+        let settings = SymbolSettings { isolated, ..current };
+        self.keep_symbol_settings(user, symbol, settings, changes);
+        Ok(settings)
+    }
+
+    fn keep_symbol_settings(
+        &mut self,
+        user: &UserId,
+        symbol: &Symbol,
+        settings: SymbolSettings,
+        changes: &mut Vec<VenueChange>,
+    ) {
+        let account = Self::account(&mut self.accounts, &self.settings, user, changes);
+        account.symbol_settings.insert(symbol.clone(), settings);
+        changes.push(VenueChange::SymbolSettings { user: user.clone(), symbol: symbol.clone(), settings });
+    }
+
+    /// Every order `user` has on the venue (open and kept finished ones), oldest first.
+    pub fn account_orders(
+        &mut self,
+        user: &UserId,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        Ok(self.accounts.get(user).map(|a| a.orders.values().map(|o| o.order.clone()).collect()).unwrap_or_default())
+    }
+
+    /// Every fill the venue keeps for `user`, oldest first.
+    pub fn account_fills(
+        &mut self,
+        user: &UserId,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<Vec<Fill>, ExchangeError> {
+        self.settle(wall_ms, changes)?;
+        Ok(self.accounts.get(user).map(|a| a.fills.iter().cloned().collect()).unwrap_or_default())
     }
 
     pub fn market_clock(&self) -> MarketClock {
@@ -433,7 +570,6 @@ impl PaperVenue {
                 )
             })
             .collect();
-        let leverage = self.settings.leverage;
         let (mut unrealized_pnl, mut margin_used) = (Decimal::ZERO, Decimal::ZERO);
         for (symbol, position) in positions {
             if position.quantity.is_zero() {
@@ -441,7 +577,7 @@ impl PaperVenue {
             }
             let mark = self.mark_price(&symbol, wall_ms)?;
             unrealized_pnl += position.quantity * (mark - position.entry_price);
-            margin_used += (position.quantity * mark).abs() / leverage;
+            margin_used += (position.quantity * mark).abs() / self.leverage_on(user, &symbol);
         }
         for (symbol, remaining, limit_price, reduce_only) in working {
             if reduce_only {
@@ -451,15 +587,31 @@ impl PaperVenue {
                 Some(price) => price.get(),
                 None => self.mark_price(&symbol, wall_ms)?,
             };
-            margin_used += remaining * price / leverage;
+            margin_used += remaining * price / self.leverage_on(user, &symbol);
         }
         Ok((unrealized_pnl, margin_used))
     }
 
+    /// Places a GTC order (what bulwark sends).
     pub fn create_order(
         &mut self,
         user: &UserId,
         request: &OrderRequest,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<ExchangeOrder, ExchangeError> {
+        self.create_order_in_force(user, request, TimeInForce::GoodTillCancel, wall_ms, changes)
+    }
+
+    /// Places an order with its time in force: a MARKET order, or a LIMIT order that crosses the
+    /// current price, executes at once (a LIMIT one at its price or better); a LIMIT order that
+    /// does not rests (GTC, GTX), expires unfilled (IOC) or is refused unrecorded (FOK `-5021`);
+    /// a GTX order that would cross is refused unrecorded (`-5022`), as Binance does since 2023.
+    pub fn create_order_in_force(
+        &mut self,
+        user: &UserId,
+        request: &OrderRequest,
+        time_in_force: TimeInForce,
         wall_ms: i64,
         changes: &mut Vec<VenueChange>,
     ) -> Result<ExchangeOrder, ExchangeError> {
@@ -506,12 +658,13 @@ impl PaperVenue {
             let (unrealized_pnl, margin_used) = self.exposure(user, wall_ms, changes)?;
             let wallet_balance = self.accounts.get(user).map(|a| a.wallet_balance).unwrap_or_default();
             let available = wallet_balance + unrealized_pnl - margin_used;
-            let required = request.quantity.get() * reference_price.get() / self.settings.leverage
+            let required = request.quantity.get() * reference_price.get() / self.leverage_on(user, &request.symbol)
                 + request.quantity.get() * reference_price.get() * self.settings.taker_fee_rate;
             if required > available {
                 return Err(rejected(-2019, "Margin is insufficient."));
             }
         }
+        let placement = self.placement(request, time_in_force, mark_price)?;
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let placed_index = self.market.clock().forming_index(wall_ms);
@@ -528,6 +681,7 @@ impl PaperVenue {
                 status: ExchangeOrderStatus::New,
                 reduce_only: request.reduce_only,
                 updated_at_ms: self.market.clock().market_now_ms(wall_ms),
+                created_at_ms: self.market.clock().market_now_ms(wall_ms),
             },
             placed_index,
             checked_index: placed_index,
@@ -538,20 +692,63 @@ impl PaperVenue {
         self.working.insert(sequence, user.clone());
         changes.push(VenueChange::Order { user: user.clone(), order: order.clone() });
         changes.push(VenueChange::Counters { next_sequence: self.next_sequence, next_trade_id: self.next_trade_id });
-        if request.order_type == OrderType::Market {
-            // As Binance: a MARKET order executes at once against the current price (the last
-            // close), moved against the taker by the slippage; its answer is the executed order.
-            let slipped = match request.side {
-                Side::Buy => mark_price * (Decimal::ONE + self.settings.slippage_rate),
-                Side::Sell => mark_price * (Decimal::ONE - self.settings.slippage_rate),
-            };
-            let time_ms = order.order.updated_at_ms;
-            self.execute(user, order, slipped, time_ms, changes)?;
-            let account = self.accounts.get(user).expect("Invariant: account created above");
-            let executed = account.orders.get(&sequence).expect("Invariant: an executed order is kept");
-            return Ok(executed.order.clone());
+        let time_ms = order.order.updated_at_ms;
+        match placement {
+            Placement::Rests => return Ok(order.order),
+            Placement::ExecutesAt(price) => self.execute(user, order, price, time_ms, changes)?,
+            Placement::Expires => {
+                let mut expired = order;
+                expired.order.status = ExchangeOrderStatus::Expired;
+                self.finish(user, expired, changes);
+            }
         }
-        Ok(order.order)
+        let account = self.accounts.get(user).expect("Invariant: account created above");
+        let placed = account.orders.get(&sequence).expect("Invariant: a finished order is kept");
+        Ok(placed.order.clone())
+    }
+
+    /// What an order does the moment it is placed, against the current price `mark_price`: a
+    /// taker executes at that price moved against it by the slippage (a LIMIT one no worse than
+    /// its price).
+    fn placement(
+        &self,
+        request: &OrderRequest,
+        time_in_force: TimeInForce,
+        mark_price: Decimal,
+    ) -> Result<Placement, ExchangeError> {
+        let slipped = match request.side {
+            Side::Buy => mark_price * (Decimal::ONE + self.settings.slippage_rate),
+            Side::Sell => mark_price * (Decimal::ONE - self.settings.slippage_rate),
+        };
+        let OrderType::Limit { price } = request.order_type else {
+            return Ok(Placement::ExecutesAt(slipped));
+        };
+        let limit = price.get();
+        let crosses = match request.side {
+            Side::Buy => limit >= mark_price,
+            Side::Sell => limit <= mark_price,
+        };
+        let no_worse_than_limit = match request.side {
+            Side::Buy => slipped.min(limit),
+            Side::Sell => slipped.max(limit),
+        };
+        Ok(match (time_in_force, crosses) {
+            (TimeInForce::PostOnly, true) => {
+                return Err(rejected(
+                    -5022,
+                    "Due to the order could not be executed as maker, the Post Only order will be rejected. The order will not be recorded in the order history",
+                ));
+            }
+            (TimeInForce::FillOrKill, false) => {
+                return Err(rejected(
+                    -5021,
+                    "Due to the order could not be filled immediately, the FOK order has been rejected. The order will not be recorded in the order history",
+                ));
+            }
+            (TimeInForce::ImmediateOrCancel, false) => Placement::Expires,
+            (TimeInForce::GoodTillCancel | TimeInForce::PostOnly, false) => Placement::Rests,
+            (_, true) => Placement::ExecutesAt(no_worse_than_limit),
+        })
     }
 
     pub fn order_by_client_id(
@@ -981,11 +1178,21 @@ mod tests {
         venue
             .create_order(&user(), &market_order("bw-u1-1", Side::Buy, "100", false, START_MS), START_MS, &mut changes)
             .unwrap();
-        // A reduce-only limit sell below the market waits for the next candle; a market sell
-        // closes the position at once, so when the limit executes it has nothing left to reduce.
+        // A reduce-only limit sell above the market (at the high of the first later candle that
+        // trades above it) rests until that candle; a market sell closes the position at once, so
+        // when the limit executes it has nothing left to reduce.
+        let forming = venue.market_clock().forming_index(START_MS);
+        let now = venue.current_price(&xrp(), START_MS).unwrap();
+        let (candles_later, resting_price) = (1..100)
+            .map(|later| {
+                (later, price_from_market(venue.market.base_candle(&xrp(), forming + later).unwrap().high).unwrap())
+            })
+            .find(|(_, high)| *high > now)
+            .expect("the market rises above the start within 100 candles");
         let mut waiting = market_order("bw-u1-3", Side::Sell, "100", true, START_MS);
-        waiting.order_type = OrderType::Limit { price: Price::new(dec("0.5")).unwrap() };
-        venue.create_order(&user(), &waiting, START_MS, &mut changes).unwrap();
+        waiting.order_type = OrderType::Limit { price: Price::new(resting_price).unwrap() };
+        let rests = venue.create_order(&user(), &waiting, START_MS, &mut changes).unwrap();
+        assert_eq!(rests.status, ExchangeOrderStatus::New);
         let t1 = START_MS + 1;
         venue.create_order(&user(), &market_order("bw-u1-2", Side::Sell, "100", true, t1), t1, &mut changes).unwrap();
         let nothing_to_reduce = market_order("bw-u1-4", Side::Sell, "100", true, t1);
@@ -993,13 +1200,61 @@ mod tests {
             venue.create_order(&user(), &nothing_to_reduce, t1, &mut changes),
             Err(ExchangeError::Rejected { code: -2022, .. })
         ));
-        let t2 = START_MS + 2_000;
+        let t2 = START_MS + (candles_later as i64 + 1) * 1_000;
         let second = venue
             .order_by_client_id(&user(), &ClientOrderId::parse("bw-u1-3").unwrap(), t2, &mut changes)
             .unwrap()
             .unwrap();
         assert_eq!(second.status, ExchangeOrderStatus::Expired);
         assert!(venue.position(&user(), &xrp(), t2, &mut changes).unwrap().quantity.is_zero());
+    }
+
+    #[test]
+    fn limit_orders_meet_the_market_by_their_time_in_force() {
+        let mut venue = venue();
+        let mut changes = Vec::new();
+        let now = venue.current_price(&xrp(), START_MS).unwrap();
+        let limit = |id: &str, side: Side, price: Decimal| {
+            let mut order = market_order(id, side, "10", false, START_MS);
+            order.order_type = OrderType::Limit { price: Price::new(price.round_dp(4)).unwrap() };
+            order
+        };
+        let (above, below) = (now * dec("1.05"), now * dec("0.95"));
+        let mut place = |order: &OrderRequest, time_in_force| {
+            venue.create_order_in_force(&user(), order, time_in_force, START_MS, &mut changes)
+        };
+        // Crossing: executes at once as a taker, no worse than its price (any time in force but GTX).
+        for (id, time_in_force) in [
+            ("c-gtc", TimeInForce::GoodTillCancel),
+            ("c-ioc", TimeInForce::ImmediateOrCancel),
+            ("c-fok", TimeInForce::FillOrKill),
+        ] {
+            let executed = place(&limit(id, Side::Buy, above), time_in_force).unwrap();
+            assert_eq!(executed.status, ExchangeOrderStatus::Filled, "{id}");
+            let price = executed.average_price.unwrap();
+            assert!(
+                price > now && price <= above.round_dp(4),
+                "{id}: slipped {price} against {now}, capped by the limit"
+            );
+        }
+        let post_only = place(&limit("c-gtx", Side::Buy, above), TimeInForce::PostOnly);
+        assert!(matches!(post_only, Err(ExchangeError::Rejected { code: -5022, .. })), "{post_only:?}");
+        // Not crossing: GTC and GTX rest, IOC expires unfilled, FOK is refused.
+        for (id, time_in_force) in [("r-gtc", TimeInForce::GoodTillCancel), ("r-gtx", TimeInForce::PostOnly)] {
+            assert_eq!(place(&limit(id, Side::Buy, below), time_in_force).unwrap().status, ExchangeOrderStatus::New);
+        }
+        let expired = place(&limit("r-ioc", Side::Buy, below), TimeInForce::ImmediateOrCancel).unwrap();
+        assert_eq!((expired.status, expired.filled_quantity), (ExchangeOrderStatus::Expired, Decimal::ZERO));
+        let killed = place(&limit("r-fok", Side::Buy, below), TimeInForce::FillOrKill);
+        assert!(matches!(killed, Err(ExchangeError::Rejected { code: -5021, .. })), "{killed:?}");
+        // Refused orders are not recorded; the expired IOC is.
+        let ids = |venue: &mut PaperVenue, id: &str| {
+            venue.order_by_client_id(&user(), &ClientOrderId::parse(id).unwrap(), START_MS, &mut Vec::new()).unwrap()
+        };
+        assert!(ids(&mut venue, "c-gtx").is_none() && ids(&mut venue, "r-fok").is_none());
+        assert_eq!(ids(&mut venue, "r-ioc").unwrap().status, ExchangeOrderStatus::Expired);
+        let open: Vec<_> = venue.open_orders(&user(), None, START_MS, &mut changes).unwrap();
+        assert_eq!(open.len(), 2, "the two resting orders");
     }
 
     #[test]
@@ -1081,6 +1336,10 @@ mod tests {
                     orders.remove(sequence);
                 }
                 VenueChange::Fill { user, fill } => snapshot.fills.push((user.clone(), fill.clone())),
+                VenueChange::SymbolSettings { user, symbol, settings } => {
+                    snapshot.symbol_settings.retain(|(u, s, _)| !(u == user && s == symbol));
+                    snapshot.symbol_settings.push((user.clone(), symbol.clone(), *settings));
+                }
                 VenueChange::FillPruned { trade_id, .. } => snapshot.fills.retain(|(_, f)| &f.trade_id != trade_id),
                 VenueChange::Counters { next_sequence, next_trade_id } => {
                     snapshot.next_sequence = *next_sequence;
