@@ -183,13 +183,15 @@ async fn a_signed_round_trip_works_and_a_wrong_secret_is_refused() {
         .unwrap();
     assert_eq!(data["code"], "0");
     assert_eq!(data["data"].as_array().unwrap().len(), 10);
+    // Without the key: refused in the envelope, over HTTP 200, as CoinGlass refuses.
     let refused = sim
         .http
-        .get(format!("{}/api/futures/funding-rate/history?symbol=XRPUSDT&interval=5m", sim.url))
+        .get(format!("{}/api/futures/funding-rate/history?exchange=Binance&symbol=XRPUSDT&interval=5m", sim.url))
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.status(), 200);
+    assert_eq!(refused.json::<Value>().await.unwrap(), json!({"code": "401", "msg": "API key missing."}));
 }
 
 /// An order request's parameters the simulator refuses as Binance does, and a cancel by `orderId`.
@@ -811,6 +813,79 @@ async fn the_coinglass_client_reads_the_simulators_series_and_a_wrong_key_is_ref
     let refused = client("wrong-key").snapshot(&btc, Timeframe::M5, 30, 1).await.unwrap_err();
     assert!(matches!(refused, IntelError::Auth { .. }), "{refused}");
     assert!(!refused.to_string().contains("wrong-key"), "the key never appears in an error");
+
+    // The endpoints as a script sees them (exchange-apis.md §5, src/sim/coinglass.rs).
+    async fn get(sim: &Sim, path_and_query: &str) -> (u16, Value) {
+        let response =
+            sim.http.get(format!("{}{path_and_query}", sim.url)).header("CG-API-KEY", "cg-key").send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+    }
+    let rows = |answer: &Value| answer["data"].as_array().cloned().unwrap_or_default();
+    let number = |row: &Value, field: &str| row[field].as_str().and_then(|t| t.parse::<f64>().ok()).unwrap();
+    let history =
+        |series: &str, query: &str| format!("/api/futures/{series}/history?exchange=Binance&symbol=XRPUSDT&{query}");
+    let server_ms = |answer: Value| answer["serverTime"].as_i64().unwrap();
+    let server_now_ms =
+        server_ms(sim.http.get(format!("{}/fapi/v1/time", sim.url)).send().await.unwrap().json().await.unwrap());
+    // Four hours that closed well before now: every interval sees the same market up to their end.
+    let hour_ms = 3_600_000;
+    let end_ms = (server_now_ms - 8 * hour_ms).div_euclid(4 * hour_ms) * 4 * hour_ms - 1;
+    let (status, four_hours) =
+        get(&sim, &history("open-interest", &format!("interval=4h&limit=1&end_time={end_ms}"))).await;
+    let (_, hours) = get(&sim, &history("open-interest", &format!("interval=1h&limit=2&end_time={end_ms}"))).await;
+    let (_, minutes) = get(&sim, &history("open-interest", &format!("interval=5m&limit=48&end_time={end_ms}"))).await;
+    let (four_hours, hours, minutes) = (rows(&four_hours), rows(&hours), rows(&minutes));
+    assert_eq!((status, four_hours.len(), hours.len(), minutes.len()), (200, 1, 2, 48));
+    assert_eq!(hours[1]["time"], json!(end_ms + 1 - hour_ms), "rows are stamped with their open time");
+    // Open interest is a level: a row closes where its last five minutes close, whatever its
+    // interval (not 4 or 48 times higher).
+    assert_eq!(four_hours[0]["close"], hours[1]["close"]);
+    assert_eq!(hours[1]["close"], minutes[47]["close"]);
+    assert_eq!(four_hours[0]["open"], minutes[0]["open"]);
+    // Taker volume is a flow: an hour is the sum of its five-minute rows.
+    let (_, hour_flow) =
+        get(&sim, &history("v2/taker-buy-sell-volume", &format!("interval=1h&limit=1&end_time={end_ms}"))).await;
+    let (_, minute_flow) =
+        get(&sim, &history("taker-buy-sell-volume", &format!("interval=5m&limit=12&end_time={end_ms}"))).await;
+    let summed: f64 = rows(&minute_flow).iter().map(|row| number(row, "taker_buy_volume_usd")).sum();
+    let hourly = number(&rows(&hour_flow)[0], "taker_buy_volume_usd");
+    assert!((hourly - summed).abs() <= 1e-6 * hourly.max(1.0), "{hourly} vs {summed}");
+    // start_time: rows from the first interval opening at or after it.
+    let (_, from) =
+        get(&sim, &history("liquidation", &format!("interval=4h&limit=2&start_time={}", end_ms - 8 * hour_ms))).await;
+    let from = rows(&from);
+    assert_eq!(from.len(), 2);
+    assert!(
+        from[0]["time"].as_i64().unwrap() >= end_ms - 8 * hour_ms
+            && from[0]["time"].as_i64().unwrap() % (4 * hour_ms) == 0
+    );
+    // No limit: the documented 1000 rows, each closed (none still forming).
+    let (_, latest) = get(&sim, &history("global-long-short-account-ratio", "interval=5m")).await;
+    let latest = rows(&latest);
+    let after_ms =
+        server_ms(sim.http.get(format!("{}/fapi/v1/time", sim.url)).send().await.unwrap().json().await.unwrap());
+    assert_eq!(latest.len(), 1_000);
+    assert!(latest[999]["time"].as_i64().unwrap() + 300_000 <= after_ms);
+    let (_, weeks) = get(&sim, &history("funding-rate", "interval=1w&limit=2")).await;
+    assert_eq!(weeks["code"], "0", "{weeks}");
+    // Refusals: in the envelope with a string code, over HTTP 200.
+    for (query, code) in [
+        (history("funding-rate", "interval=1m"), "422"),
+        (history("funding-rate", "interval=3m"), "422"),
+        (history("funding-rate", "interval=2h"), "400"),
+        ("/api/futures/funding-rate/history?exchange=OKX&symbol=XRPUSDT&interval=1h".to_owned(), "400"),
+        ("/api/futures/funding-rate/history?symbol=XRPUSDT&interval=1h".to_owned(), "400"),
+        ("/api/futures/funding-rate/history?exchange=Binance&symbol=DOGEUSDT&interval=1h".to_owned(), "400"),
+    ] {
+        let (status, answer) = get(&sim, &query).await;
+        assert_eq!((status, answer["code"].as_str()), (200, Some(code)), "{query}: {answer}");
+        assert!(answer["msg"].as_str().is_some_and(|msg| !msg.is_empty()), "{answer}");
+    }
+    let posted =
+        sim.http.post(format!("{}{}", sim.url, history("funding-rate", "interval=1h"))).header("CG-API-KEY", "cg-key");
+    assert_eq!(posted.send().await.unwrap().json::<Value>().await.unwrap()["code"], "405");
+    let (status, _) = get(&sim, "/api/futures/open-interest/no-such-history?exchange=Binance").await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //! series for one (symbol, interval) on Binance, merged by time into an [`IntelSnapshot`].
 //!
 //! Every request carries the `CG-API-KEY` header (marked sensitive; the key never appears in an
-//! error). Success is HTTP 200 **and** `code == "0"`; numbers come as strings or floats. A series
+//! error). Success is HTTP 200 **and** `code == "0"`; numbers come as strings or floats. CoinGlass
+//! sends its refusals over HTTP 200 with the code in the body (`{"code":"401","msg":"API key
+//! missing."}`); an HTTP 401 or 429, as its docs word them, is read the same way. A series
 //! that fails makes the whole snapshot fail with the reason (the guards then run without
 //! intelligence and SYS-INTEL-API reports it).
 
@@ -237,6 +239,14 @@ mod tests {
             parse_envelope(TAKER, 401, r#"{"code":"401","msg":"Invalid API key"}"#),
             Err(IntelError::Auth { .. })
         ));
+        // As the live API refuses: HTTP 200, the code in the body.
+        assert!(matches!(
+            parse_envelope(TAKER, 200, r#"{"code":"401","msg":"API key missing."}"#),
+            Err(IntelError::Auth { .. })
+        ));
+        assert!(
+            matches!(parse_envelope(TAKER, 200, r#"{"code":"422","msg":"interval 1m"}"#), Err(IntelError::Api { code, .. }) if code == "422")
+        );
         assert!(matches!(parse_envelope(TAKER, 429, "Too Many Requests"), Err(IntelError::RateLimited { .. })));
         assert!(
             matches!(parse_envelope(TAKER, 502, "<html>"), Err(IntelError::Api { code, .. }) if code == "HTTP 502")
