@@ -16,7 +16,7 @@ use crate::exchange::binance::sign;
 use crate::exchange::paper::market::{KlineInterval, KlineWindow};
 use crate::exchange::paper::venue::TimeInForce;
 use crate::exchange::{Exchange, ExchangeError};
-use crate::sim::{Answer, SimState};
+use crate::sim::{Answer, SimState, binance_account, binance_market_data};
 
 /// Request parameters from the query string and the form body (the query wins, as on Binance).
 #[derive(Debug, Default)]
@@ -37,14 +37,14 @@ impl Params {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
 
-    fn required(&self, key: &str) -> Result<&str, (StatusCode, i64, String)> {
+    pub(crate) fn required(&self, key: &str) -> Result<&str, (StatusCode, i64, String)> {
         self.get(key).ok_or_else(|| {
             bad(-1102, &format!("Mandatory parameter '{key}' was not sent, was empty/null, or malformed."))
         })
     }
 }
 
-fn bad(code: i64, msg: &str) -> (StatusCode, i64, String) {
+pub(crate) fn bad(code: i64, msg: &str) -> (StatusCode, i64, String) {
     (StatusCode::BAD_REQUEST, code, msg.to_owned())
 }
 
@@ -57,9 +57,11 @@ pub fn weight(endpoint: &str, params: &Params) -> u32 {
             500..=1000 => 5,
             _ => 10,
         },
-        "GET /fapi/v3/positionRisk" | "GET /fapi/v3/balance" | "GET /fapi/v1/userTrades" => 5,
+        "GET /fapi/v1/userTrades" => 5,
         "GET /fapi/v1/openOrders" if params.get("symbol").is_none() => 40,
         "POST /fapi/v1/order" => 0,
+        _ if binance_account::serves(endpoint) => binance_account::weight(endpoint),
+        _ if binance_market_data::serves(endpoint) => binance_market_data::weight(endpoint, params),
         _ => 1,
     }
 }
@@ -131,7 +133,7 @@ fn authenticate(
     Ok(user.clone())
 }
 
-fn exchange_error(error: ExchangeError) -> (StatusCode, i64, String) {
+pub(crate) fn exchange_error(error: ExchangeError) -> (StatusCode, i64, String) {
     match error {
         ExchangeError::Rejected { code, msg } | ExchangeError::Duplicate { code, msg } => {
             (StatusCode::BAD_REQUEST, code, msg)
@@ -146,6 +148,24 @@ fn exchange_error(error: ExchangeError) -> (StatusCode, i64, String) {
 
 fn symbol(params: &Params) -> Result<Symbol, (StatusCode, i64, String)> {
     Symbol::new(params.required("symbol")?).map_err(|_| bad(-1121, "Invalid symbol."))
+}
+
+/// The `symbol` parameter, one the simulator lists (`-1121` otherwise, as Binance answers).
+pub(crate) fn known_symbol(state: &SimState, params: &Params) -> Result<Symbol, (StatusCode, i64, String)> {
+    let symbol = symbol(params)?;
+    if state.symbols.iter().any(|(listed, _)| *listed == symbol) {
+        Ok(symbol)
+    } else {
+        Err(bad(-1121, "Invalid symbol."))
+    }
+}
+
+/// An optional `symbol` parameter; when given, one the simulator lists.
+pub(crate) fn optional_symbol(state: &SimState, params: &Params) -> Result<Option<Symbol>, (StatusCode, i64, String)> {
+    match params.get("symbol") {
+        Some(_) => known_symbol(state, params).map(Some),
+        None => Ok(None),
+    }
 }
 
 fn decimal(params: &Params, key: &str) -> Result<Decimal, (StatusCode, i64, String)> {
@@ -213,7 +233,7 @@ fn decimals(size: Decimal) -> u32 {
 }
 
 /// An optional time parameter in epoch ms (`startTime`, `endTime`).
-fn time_param(params: &Params, key: &str) -> Result<Option<i64>, (StatusCode, i64, String)> {
+pub(crate) fn time_param(params: &Params, key: &str) -> Result<Option<i64>, (StatusCode, i64, String)> {
     params
         .get(key)
         .map(|text| {
@@ -225,11 +245,11 @@ fn time_param(params: &Params, key: &str) -> Result<Option<i64>, (StatusCode, i6
 }
 
 /// A query or cancel that names no order.
-fn neither_order_id() -> (StatusCode, i64, String) {
+pub(crate) fn neither_order_id() -> (StatusCode, i64, String) {
     bad(-1102, "Param 'orderId' or 'origClientOrderId' must be sent, but both were empty/null!")
 }
 
-fn order_json(order: &ExchangeOrder) -> Value {
+pub(crate) fn order_json(order: &ExchangeOrder) -> Value {
     let price = order.order_type.limit_price().map_or("0".to_owned(), |p| p.to_string());
     let average = order.average_price.map_or("0.00".to_owned(), |p| p.to_string());
     json!({
@@ -410,45 +430,6 @@ pub async fn answer(
                 .collect();
             Ok(Value::Array(rows))
         }
-        "GET /fapi/v3/positionRisk" => {
-            let user = signed(state)?;
-            let symbols: Vec<Symbol> = match params.get("symbol") {
-                Some(_) => vec![symbol(params)?],
-                None => state.symbols.iter().map(|(s, _)| s.clone()).collect(),
-            };
-            let mut rows = Vec::new();
-            for symbol in symbols {
-                let position = exchange.position(&user, &symbol).await.map_err(exchange_error)?;
-                // As v3 on Binance: every symbol with a position or an open order (flat: amount 0).
-                if position.quantity.is_zero()
-                    && exchange.open_orders(&user, Some(&symbol)).await.map_err(exchange_error)?.is_empty()
-                {
-                    continue;
-                }
-                rows.push(json!({
-                    "symbol": symbol.as_str(), "positionSide": "BOTH",
-                    "positionAmt": position.quantity.to_string(), "entryPrice": position.entry_price.to_string(),
-                    "breakEvenPrice": position.entry_price.to_string(), "markPrice": position.mark_price.to_string(),
-                    "unRealizedProfit": position.unrealized_pnl.to_string(), "liquidationPrice": "0",
-                    "isolatedMargin": "0", "notional": (position.quantity * position.mark_price).to_string(),
-                    "marginAsset": "USDT", "isolatedWallet": "0", "initialMargin": "0", "maintMargin": "0",
-                    "positionInitialMargin": "0", "openOrderInitialMargin": "0", "adl": 0,
-                    "bidNotional": "0", "askNotional": "0", "updateTime": state.exchange_now_ms(skew_ms),
-                }));
-            }
-            Ok(Value::Array(rows))
-        }
-        "GET /fapi/v3/balance" => {
-            let user = signed(state)?;
-            let balance = exchange.balance(&user).await.map_err(exchange_error)?;
-            Ok(json!([{
-                "accountAlias": "sim", "asset": balance.asset,
-                "balance": balance.wallet_balance.to_string(), "crossWalletBalance": balance.wallet_balance.to_string(),
-                "crossUnPnl": balance.unrealized_pnl.to_string(), "availableBalance": balance.available_balance.to_string(),
-                "maxWithdrawAmount": balance.available_balance.to_string(), "marginAvailable": true,
-                "updateTime": state.exchange_now_ms(skew_ms),
-            }]))
-        }
         "POST /fapi/v1/order" => {
             let user = signed(state)?;
             let symbol = symbol(params)?;
@@ -532,10 +513,7 @@ pub async fn answer(
         }
         "GET /fapi/v1/openOrders" => {
             let user = signed(state)?;
-            let symbol = match params.get("symbol") {
-                Some(_) => Some(symbol(params)?),
-                None => None,
-            };
+            let symbol = optional_symbol(state, params)?;
             let orders = exchange.open_orders(&user, symbol.as_ref()).await.map_err(exchange_error)?;
             Ok(Value::Array(orders.iter().map(order_json).collect()))
         }
@@ -554,6 +532,10 @@ pub async fn answer(
             .map_err(exchange_error)?;
             Ok(Value::Array(fills.iter().map(trade_json).collect()))
         }
+        _ if binance_account::serves(endpoint) => {
+            binance_account::answer(state, endpoint, params, signed(state)?).await
+        }
+        _ if binance_market_data::serves(endpoint) => binance_market_data::answer(state, endpoint, params).await,
         _ => Err((StatusCode::NOT_FOUND, -1000, format!("{endpoint} is not served by bulwark sim"))),
     }
 }

@@ -17,7 +17,9 @@
 //! than wall time. Signed timestamps are in that clock; their receive window is measured in wall
 //! time (it stands for network delay).
 
+mod binance_account;
 mod binance_api;
+mod binance_market_data;
 mod coinglass;
 pub mod faults;
 mod market_stream;

@@ -171,6 +171,29 @@ pub struct SymbolSettings {
     pub isolated: bool,
 }
 
+/// One account on every symbol, read at one moment ([`PaperVenue::account_view`]).
+#[derive(Debug, Clone)]
+pub struct AccountView {
+    pub balance: Balance,
+    pub symbols: Vec<SymbolView>,
+    /// Market time of the reading.
+    pub time_ms: i64,
+}
+
+/// One account's standing on one symbol.
+#[derive(Debug, Clone)]
+pub struct SymbolView {
+    pub position: Position,
+    /// Signed: the position's quantity at the mark price.
+    pub notional: Decimal,
+    pub settings: SymbolSettings,
+    /// The position's margin at the symbol's leverage.
+    pub position_margin: Decimal,
+    /// Margin held by the symbol's open orders that add exposure.
+    pub open_order_margin: Decimal,
+    pub has_open_orders: bool,
+}
+
 /// The leverage Binance takes (`-4028` outside it).
 pub const LEVERAGE_RANGE: std::ops::RangeInclusive<u32> = 1..=125;
 
@@ -376,6 +399,42 @@ impl PaperVenue {
     ) -> Result<Vec<ExchangeOrder>, ExchangeError> {
         self.settle(wall_ms, changes)?;
         Ok(self.accounts.get(user).map(|a| a.orders.values().map(|o| o.order.clone()).collect()).unwrap_or_default())
+    }
+
+    /// `user`'s account on every symbol at once, as Binance's account and position endpoints show
+    /// it: margins by each symbol's leverage.
+    pub fn account_view(
+        &mut self,
+        user: &UserId,
+        wall_ms: i64,
+        changes: &mut Vec<VenueChange>,
+    ) -> Result<AccountView, ExchangeError> {
+        let balance = self.balance(user, wall_ms, changes)?;
+        let symbols: Vec<Symbol> = self.rules.keys().cloned().collect();
+        let mut views = Vec::with_capacity(symbols.len());
+        for symbol in symbols {
+            let position = self.position(user, &symbol, wall_ms, changes)?;
+            let settings = self.symbol_settings(user, &symbol);
+            let leverage = Decimal::from(settings.leverage);
+            let account = self.accounts.get(user);
+            let open_orders: Vec<&PaperOrder> = account
+                .map(|a| a.orders.values().filter(|o| o.order.status.is_open() && o.order.symbol == symbol).collect())
+                .unwrap_or_default();
+            let mut open_order_margin = Decimal::ZERO;
+            for order in open_orders.iter().filter(|o| !o.order.reduce_only) {
+                let price = order.order.order_type.limit_price().map_or(position.mark_price, |p| p.get());
+                open_order_margin += (order.order.quantity.get() - order.order.filled_quantity) * price / leverage;
+            }
+            views.push(SymbolView {
+                notional: position.quantity * position.mark_price,
+                position_margin: (position.quantity * position.mark_price).abs() / leverage,
+                has_open_orders: !open_orders.is_empty(),
+                open_order_margin,
+                settings,
+                position,
+            });
+        }
+        Ok(AccountView { balance, symbols: views, time_ms: self.market.clock().market_now_ms(wall_ms) })
     }
 
     /// Every fill the venue keeps for `user`, oldest first.
