@@ -313,7 +313,7 @@ impl MarketClock {
 pub enum MarketError {
     #[error("unknown symbol {0}")]
     UnknownSymbol(Symbol),
-    #[error("interval {0} is not a multiple of the 5m candles this market is built of")]
+    #[error("interval {0} is finer than this market's recorded 5m candles")]
     UnsupportedInterval(&'static str),
     #[error("candle {index} of {symbol} is older than the history the paper exchange keeps")]
     HistoryExhausted { symbol: Symbol, index: u64 },
@@ -440,11 +440,13 @@ impl PaperMarket {
         window: KlineWindow,
         wall_ms: i64,
     ) -> Result<Vec<Candle>, MarketError> {
-        if !interval.is_built_of_base_candles() {
+        let finest_ms = match self.series.get(symbol) {
+            None => return Err(MarketError::UnknownSymbol(symbol.clone())),
+            Some(Series::Replay(_)) => BASE_TIMEFRAME.duration_ms(),
+            Some(Series::Walk(_)) => GENERATED_FINEST_MS,
+        };
+        if !interval.is_built_of(finest_ms) {
             return Err(MarketError::UnsupportedInterval(interval.as_str()));
-        }
-        if !self.knows(symbol) {
-            return Err(MarketError::UnknownSymbol(symbol.clone()));
         }
         let market_now_ms = self.clock.market_now_ms(wall_ms);
         let newest_open_ms = match window.end_ms {
@@ -490,7 +492,8 @@ impl PaperMarket {
     }
 
     /// The candle of the interval `[open_ms, next_open_ms)`: its closed base candles with their
-    /// tape, and the forming one as far as it has traded.
+    /// tape, the parts of base candles it cuts (a generated market's 1-minute candles) along their
+    /// paths, and the forming base candle as far as it has traded.
     fn interval_candle(
         &mut self,
         symbol: &Symbol,
@@ -499,25 +502,32 @@ impl PaperMarket {
         wall_ms: i64,
     ) -> Result<Candle, MarketError> {
         let base_ms = BASE_TIMEFRAME.duration_ms();
+        let origin_ms = self.clock.origin_market_ms;
         let forming_index = self.clock.forming_index(wall_ms);
-        let first_index = ((open_ms - self.clock.origin_market_ms) / base_ms) as u64;
-        let end_index = (((next_open_ms - self.clock.origin_market_ms) / base_ms) as u64).min(forming_index + 1);
+        let forming_fraction = self.forming_fraction(wall_ms);
+        let first_index = ((open_ms - origin_ms) / base_ms) as u64;
+        let last_index = (((next_open_ms - 1 - origin_ms) / base_ms) as u64).min(forming_index);
         let mut aggregate: Option<Candle> = None;
-        for index in first_index..end_index {
-            let base = if index == forming_index {
-                self.forming_base_candle(symbol, wall_ms)?
-            } else {
-                self.traded_base_candle(symbol, index)?
-            };
+        for index in first_index..=last_index {
+            let base_open_ms = origin_ms + index as i64 * base_ms;
+            let from = (open_ms - base_open_ms).max(0) as f64 / base_ms as f64;
+            let mut to = (next_open_ms - base_open_ms).min(base_ms) as f64 / base_ms as f64;
+            if index == forming_index {
+                to = to.min(forming_fraction);
+            }
+            if to <= from && !(index == forming_index && aggregate.is_none()) {
+                continue;
+            }
+            let piece = self.base_candle_part(symbol, index, from, to.max(from))?;
             aggregate = Some(match aggregate {
-                None => base,
+                None => piece,
                 Some(sum) => Candle {
-                    high: sum.high.max(base.high),
-                    low: sum.low.min(base.low),
-                    close: base.close,
-                    volume: sum.volume + base.volume,
-                    taker_buy_volume: sum.taker_buy_volume.zip(base.taker_buy_volume).map(|(a, b)| a + b),
-                    large_trades: sum.large_trades.zip(base.large_trades).map(|(a, b)| a + b),
+                    high: sum.high.max(piece.high),
+                    low: sum.low.min(piece.low),
+                    close: piece.close,
+                    volume: sum.volume + piece.volume,
+                    taker_buy_volume: sum.taker_buy_volume.zip(piece.taker_buy_volume).map(|(a, b)| a + b),
+                    large_trades: sum.large_trades.zip(piece.large_trades).map(|(a, b)| a + b),
                     ..sum
                 },
             });
@@ -529,27 +539,44 @@ impl PaperMarket {
         Ok(candle)
     }
 
+    /// How far through its time the forming base candle is at `wall_ms` (0 to 1).
+    fn forming_fraction(&self, wall_ms: i64) -> f64 {
+        let base_ms = BASE_TIMEFRAME.duration_ms();
+        let forming_open_ms = self.clock.open_time_ms(self.clock.forming_index(wall_ms));
+        ((self.clock.market_now_ms(wall_ms) - forming_open_ms) as f64 / base_ms as f64).clamp(0.0, 1.0)
+    }
+
+    /// Base candle `index` between `from` and `to` (fractions of its time): the whole traded
+    /// candle, or the part of its path walked then with that share of its volume (no large
+    /// trades: they are measured on whole candles).
+    fn base_candle_part(&mut self, symbol: &Symbol, index: u64, from: f64, to: f64) -> Result<Candle, MarketError> {
+        let whole = self.traded_base_candle(symbol, index)?;
+        if from <= 0.0 && to >= 1.0 {
+            return Ok(whole);
+        }
+        let ohlcv =
+            Ohlcv { open: whole.open, high: whole.high, low: whole.low, close: whole.close, volume: whole.volume };
+        let (open, high, low, close) = path_segment(&ohlcv, from, to);
+        let share = (to - from).max(0.0);
+        Ok(Candle {
+            open,
+            high,
+            low,
+            close,
+            volume: whole.volume * share,
+            taker_buy_volume: whole.taker_buy_volume.map(|bought| bought * share),
+            large_trades: None,
+            ..whole
+        })
+    }
+
     /// The base candle forming at `wall_ms`, traded so far: the part of its path already walked
     /// ([`path_price`]), with that share of its volume. Its high and low never pass the whole
     /// candle's.
     pub fn forming_base_candle(&mut self, symbol: &Symbol, wall_ms: i64) -> Result<Candle, MarketError> {
         let index = self.clock.forming_index(wall_ms);
-        let whole = self.traded_base_candle(symbol, index)?;
-        let base_ms = BASE_TIMEFRAME.duration_ms();
-        let fraction =
-            ((self.clock.market_now_ms(wall_ms) - whole.open_time_ms) as f64 / base_ms as f64).clamp(0.0, 1.0);
-        let ohlcv =
-            Ohlcv { open: whole.open, high: whole.high, low: whole.low, close: whole.close, volume: whole.volume };
-        let (high, low, close) = walked_range(&ohlcv, fraction);
-        Ok(Candle {
-            high,
-            low,
-            close,
-            volume: whole.volume * fraction,
-            taker_buy_volume: whole.taker_buy_volume.map(|bought| bought * fraction),
-            large_trades: None,
-            ..whole
-        })
+        let fraction = self.forming_fraction(wall_ms);
+        self.base_candle_part(symbol, index, 0.0, fraction)
     }
 
     /// The price the market trades at `wall_ms`: where the forming base candle's path is now.
@@ -565,6 +592,9 @@ pub enum KlineInterval {
     Span { name: &'static str, duration_ms: i64, offset_ms: i64 },
     CalendarMonth,
 }
+
+/// The finest candle a generated market serves: its 5-minute candles cut along their paths.
+const GENERATED_FINEST_MS: i64 = 60_000;
 
 /// 1970-01-05, the first Monday after the epoch.
 const FIRST_MONDAY_MS: i64 = 4 * 86_400_000;
@@ -594,10 +624,10 @@ impl KlineInterval {
         }
     }
 
-    fn is_built_of_base_candles(self) -> bool {
-        let base_ms = BASE_TIMEFRAME.duration_ms();
+    /// Whether candles `finest_ms` long tile this interval.
+    fn is_built_of(self, finest_ms: i64) -> bool {
         match self {
-            Self::Span { duration_ms, offset_ms, .. } => duration_ms % base_ms == 0 && offset_ms % base_ms == 0,
+            Self::Span { duration_ms, offset_ms, .. } => duration_ms % finest_ms == 0 && offset_ms % finest_ms == 0,
             Self::CalendarMonth => true,
         }
     }
@@ -660,28 +690,52 @@ pub fn path_price(candle: &Ohlcv, fraction: f64) -> f64 {
 
 /// The high, low and price of the part of `candle`'s path walked by `fraction` ([`path_price`]).
 fn walked_range(candle: &Ohlcv, fraction: f64) -> (f64, f64, f64) {
-    let stops = if candle.close >= candle.open {
+    let (_, high, low, close) = path_segment(candle, 0.0, fraction);
+    (high, low, close)
+}
+
+/// Open, high, low and close of `candle`'s path between `from` and `to` ([`path_price`]).
+fn path_segment(candle: &Ohlcv, from: f64, to: f64) -> (f64, f64, f64, f64) {
+    let (from, to) = (from.clamp(0.0, 1.0), to.clamp(0.0, 1.0).max(from.clamp(0.0, 1.0)));
+    let stops = path_stops(candle);
+    let total: f64 = stops.windows(2).map(|leg| (leg[1] - leg[0]).abs()).sum();
+    if total <= 0.0 {
+        return (candle.open, candle.open, candle.open, candle.open);
+    }
+    let (open, close) = (price_at(&stops, total * from), price_at(&stops, total * to));
+    let (mut high, mut low) = (open.max(close), open.min(close));
+    let mut travelled = 0.0;
+    for leg in stops.windows(2) {
+        travelled += (leg[1] - leg[0]).abs();
+        // A turning point walked past inside the segment.
+        if travelled > total * from && travelled < total * to {
+            high = high.max(leg[1]);
+            low = low.min(leg[1]);
+        }
+    }
+    (open, high, low, close)
+}
+
+/// The path's turning points: open, the nearer extreme, the other, close.
+fn path_stops(candle: &Ohlcv) -> [f64; 4] {
+    if candle.close >= candle.open {
         [candle.open, candle.low, candle.high, candle.close]
     } else {
         [candle.open, candle.high, candle.low, candle.close]
-    };
-    let total: f64 = stops.windows(2).map(|leg| (leg[1] - leg[0]).abs()).sum();
-    let (mut high, mut low) = (candle.open, candle.open);
-    if total <= 0.0 {
-        return (high, low, candle.open);
     }
-    let mut left = total * fraction.clamp(0.0, 1.0);
+}
+
+/// The price `distance` along the path.
+fn price_at(stops: &[f64; 4], distance: f64) -> f64 {
+    let mut left = distance;
     for leg in stops.windows(2) {
         let length = (leg[1] - leg[0]).abs();
         if left <= length {
-            let price = if length > 0.0 { leg[0] + (leg[1] - leg[0]) * left / length } else { leg[1] };
-            return (high.max(price), low.min(price), price);
+            return if length > 0.0 { leg[0] + (leg[1] - leg[0]) * left / length } else { leg[1] };
         }
         left -= length;
-        high = high.max(leg[1]);
-        low = low.min(leg[1]);
     }
-    (candle.high, candle.low, candle.close)
+    stops[3]
 }
 
 #[cfg(test)]
@@ -919,7 +973,11 @@ mod tests {
         let window = KlineWindow { start_ms: None, end_ms: None, limit: 3 };
         for name in ["1m", "3m"] {
             let interval = KlineInterval::parse(name).unwrap();
-            assert_eq!(market.klines(&xrp, interval, window, start_ms), Err(MarketError::UnsupportedInterval(name)));
+            let refused = market.klines(&xrp, interval, window, start_ms);
+            assert_eq!(refused, Err(MarketError::UnsupportedInterval(name)), "the recording has 5m candles only");
+            assert!(refused.unwrap_err().to_string().contains("recorded 5m candles"));
+            let generated = market.klines(&symbol("BTCUSDT"), interval, window, start_ms).unwrap();
+            assert_eq!(generated.len(), 3, "a generated market serves {name}");
         }
         assert_eq!(KlineInterval::parse("2m"), None);
         for name in ["5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"] {
@@ -938,6 +996,34 @@ mod tests {
         assert_eq!(month.open_of(1_700_000_123_456), 1_698_796_800_000); // 2023-11-01
         assert_eq!(month.next_open(1_698_796_800_000), 1_701_388_800_000); // 2023-12-01
         assert_eq!(month.next_open(1_701_388_800_000), 1_704_067_200_000); // 2024-01-01
+    }
+
+    #[test]
+    fn a_generated_markets_minutes_add_up_to_its_five_minute_candles() {
+        let start_ms = 1_700_000_123_456;
+        let mut market = market(5, start_ms);
+        let btc = symbol("BTCUSDT");
+        let now_ms = start_ms + 20_500; // 20 candles on, half through the forming one
+        let m1 = KlineInterval::parse("1m").unwrap();
+        let five = market.closed_candles(&btc, Timeframe::M5, 4, now_ms).unwrap();
+        for candle in &five {
+            let window =
+                KlineWindow { start_ms: Some(candle.open_time_ms), end_ms: Some(candle.close_time_ms), limit: 10 };
+            let minutes = market.klines(&btc, m1, window, now_ms).unwrap();
+            assert_eq!(minutes.len(), 5);
+            assert_eq!((minutes[0].open, minutes[4].close), (candle.open, candle.close));
+            assert_eq!(minutes.iter().map(|m| m.high).fold(f64::MIN, f64::max), candle.high);
+            assert_eq!(minutes.iter().map(|m| m.low).fold(f64::MAX, f64::min), candle.low);
+            let volume: f64 = minutes.iter().map(|m| m.volume).sum();
+            assert!((volume - candle.volume).abs() < 1e-9 * candle.volume.max(1.0));
+            for pair in minutes.windows(2) {
+                assert_eq!(pair[0].close, pair[1].open, "each minute opens where the one before closed");
+                assert_eq!(pair[0].close_time_ms + 1, pair[1].open_time_ms);
+            }
+        }
+        // The newest 1m row is the forming minute, ending at the current price.
+        let latest = market.klines(&btc, m1, KlineWindow { start_ms: None, end_ms: None, limit: 2 }, now_ms).unwrap();
+        assert_eq!(latest[1].close, market.last_price(&btc, now_ms).unwrap());
     }
 
     #[test]
