@@ -1378,6 +1378,16 @@ async fn market_streams_flow_only_on_the_market_path_and_answer_control_requests
             break;
         }
     }
+    // A WebSocket upgrade on a REST path is refused at once (it used to hang).
+    for path in ["/fapi/v1/time", "/", "/fapi/v1/ticker/price"] {
+        let refused = tokio::time::timeout(WAIT_GUARD, tokio_tungstenite::connect_async(format!("{ws}{path}")))
+            .await
+            .expect("answered, not hung");
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 404, "{path}"),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@
 //! delivers nothing: a client on the wrong path meets the silence its watchdog must catch.
 //!
 //! Each connection pushes the candle still forming at most every 250 ms (wall) and the closed
-//! candle (`"x": true`) once the market clock passes its end; the forming candle shows only what
-//! the market knows (the last close), never its recorded future. A closed candle (and each ping the
+//! candle (`"x": true`) once the market clock passes its end; the forming candle is the REST
+//! klines' last row, traded so far along its path inside its range. A closed candle (and each ping the
 //! server sends every 3 minutes) draws the plan's `market_stream` faults: dropped, duplicated,
 //! delayed, or the connection dropped or stalled. A connection sending more than 10 messages a
 //! second is closed, as Binance does.
@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 use crate::domain::{Candle, Symbol, Timeframe};
 use crate::exchange::Exchange;
 use crate::exchange::paper::market::BASE_TIMEFRAME;
+use crate::exchange::paper::market::{KlineInterval, KlineWindow};
 use crate::intelligence::tape;
 use crate::sim::SimState;
 use crate::sim::faults::StreamDraw;
@@ -370,9 +371,13 @@ async fn push_klines(
             }
         }
         if forming_due {
-            let forming = forming_candle(last, kline.timeframe);
+            // The candle forming now, traded so far along its path (as the REST klines' last row).
+            let newest = KlineWindow { start_ms: None, end_ms: None, limit: 1 };
+            let interval = KlineInterval::of(kline.timeframe);
+            let Ok(rows) = state.exchange.klines_window(&kline.symbol, interval, newest).await else { continue };
+            let Some(forming) = rows.last().filter(|c| c.open_time_ms > last.open_time_ms) else { continue };
             let text =
-                wrap(combined, &kline.name, kline_json(&kline.symbol, kline.timeframe, &forming, false, venue_now_ms));
+                wrap(combined, &kline.name, kline_json(&kline.symbol, kline.timeframe, forming, false, venue_now_ms));
             send(session, &text).await?;
         }
     }
@@ -381,23 +386,6 @@ async fn push_klines(
 
 async fn send(session: &mut actix_ws::Session, text: &str) -> Result<(), Ended> {
     session.text(text.to_owned()).await.map_err(|_| Ended::Closed)
-}
-
-/// The candle after `last_closed` as far as the market knows it: opened at the last close, with no
-/// trade yet.
-fn forming_candle(last_closed: &Candle, timeframe: Timeframe) -> Candle {
-    let open_time_ms = last_closed.open_time_ms + timeframe.duration_ms();
-    Candle {
-        open_time_ms,
-        close_time_ms: open_time_ms + timeframe.duration_ms() - 1,
-        open: last_closed.close,
-        high: last_closed.close,
-        low: last_closed.close,
-        close: last_closed.close,
-        volume: 0.0,
-        taker_buy_volume: Some(0.0),
-        large_trades: None,
-    }
 }
 
 /// Trades in a candle of the simulator's market: the tape's per base candle it spans (none in a

@@ -226,6 +226,8 @@ pub async fn start(config: SimConfig, clock: Arc<dyn Clock>) -> anyhow::Result<(
             .route("/stream", web::get().to(market_stream::connect))
             .route("/ws/{key}", web::get().to(legacy_ws))
             .route("/ws", web::get().to(market_stream::connect))
+            // Anywhere else a WebSocket upgrade is refused at once, before any body is read.
+            .route("/{path:.*}", web::route().guard(actix_web::guard::fn_guard(asks_for_websocket)).to(refuse_upgrade))
             .default_service(web::route().to(dispatch))
     })
     .workers(2)
@@ -234,6 +236,26 @@ pub async fn start(config: SimConfig, clock: Arc<dyn Clock>) -> anyhow::Result<(
     .with_context(|| format!("binding {}", config.listen))?;
     let local_addr = *server.addrs().first().context("the listener has no address")?;
     Ok((RunningSim { local_addr, state, _lock: lock }, server.run()))
+}
+
+/// Whether a request asks to become a WebSocket (`Upgrade: websocket`, in any case).
+fn asks_for_websocket(context: &actix_web::guard::GuardContext<'_>) -> bool {
+    context
+        .head()
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// A WebSocket upgrade on a REST path: 404 with a Binance-shaped body naming the stream paths,
+/// where the REST handler would wait for a body that never comes.
+async fn refuse_upgrade(request: HttpRequest) -> HttpResponse {
+    let msg = format!(
+        "{} is not a stream: WebSocket streams are served on /market/ws, /market/stream and /private/ws",
+        request.path()
+    );
+    binance_error(StatusCode::NOT_FOUND, -1000, &msg)
 }
 
 /// The retired `/ws/<name>` path: a listenKey opens its user data stream (as before 2026); a
