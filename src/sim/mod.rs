@@ -1,8 +1,9 @@
 //! `bulwark sim`: a Binance USDⓈ-M-compatible exchange simulator, run as its own process so that it
 //! outlives a crashed bulwark, with seeded fault injection.
 //!
-//! It speaks the same endpoints, parameters, JSON shapes and error codes as Binance for
-//! everything bulwark's client uses ([`binance_api`]), backed by the paper matching engine and its
+//! It speaks the same endpoints, parameters, JSON shapes and error codes as Binance for what a
+//! Binance client calls: orders, klines and listen keys ([`binance_api`]), the account endpoints
+//! ([`binance_account`]) and market data ([`binance_market_data`]), backed by the paper matching engine and its
 //! replayed real candles, and serves CoinGlass-v4-shaped data derived from its own market
 //! ([`coinglass`]). Every request passes, in order: the ban check (418), the per-minute weight
 //! limit (429, then a ban after `ban_after_violations`), signature and receive-window checks, and
@@ -13,9 +14,9 @@
 //! - `GET /sim/stats`: requests per endpoint, weight used, requests seen while banning.
 //! - `GET|POST /sim/faults`: the fault plan (JSON, the shape of `[sim.faults]`).
 //!
-//! The simulator's clock is its market clock: it runs `300_000 / candle_interval_ms` times faster
-//! than wall time. Signed timestamps are in that clock; their receive window is measured in wall
-//! time (it stands for network delay).
+//! The simulator's clock is its market clock: real time by default (`[sim] speed = 1`, server time
+//! is the wall clock), or `speed` times faster for tests. Signed timestamps are in that clock;
+//! their receive window is measured in wall time (it stands for network delay).
 
 mod binance_account;
 mod binance_api;
