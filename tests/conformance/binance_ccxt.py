@@ -599,6 +599,89 @@ def main():
 
     check('create_order market sell reduceOnly closes the position', close_position)
 
+    # ---- time in force, answer types, position side ---------------------------------------------
+
+    def limit_in_force(tif, factor, client_id):
+        price = float(ex.price_to_precision(xrp(), reference_price() * factor))
+        amount = order_amount(price)
+        params = {'timeInForce': tif, 'newClientOrderId': f'{client_id}-{run_id}'}
+        return ex.create_order(xrp(), 'limit', 'buy', amount, price, params), price, amount
+
+    def ioc_far_below_expires():
+        order, _, _ = limit_in_force('IOC', 0.7, 'ccxt-ioc')
+        assert order['status'] == 'expired', f"status {order['status']} ({order['info'].get('status')})"
+        assert order['filled'] == 0, f"filled {order['filled']}"
+
+    check('limit IOC far below the market expires unfilled', ioc_far_below_expires)
+
+    def fok_far_below_is_refused():
+        suite.expect_error(lambda: limit_in_force('FOK', 0.7, 'ccxt-fok'), ccxt.ExchangeError, -5021)
+
+    check('limit FOK far below the market -> -5021', fok_far_below_is_refused)
+
+    def gtx_crossing_is_refused():
+        suite.expect_error(lambda: limit_in_force('GTX', 1.3, 'ccxt-gtx-x'), ccxt.ExchangeError, -5022)
+
+    check('limit GTX (post-only) crossing the market -> -5022', gtx_crossing_is_refused)
+
+    def gtx_far_below_rests():
+        order, _, _ = limit_in_force('GTX', 0.7, 'ccxt-gtx')
+        assert order['status'] == 'open', f"status {order['status']}"
+        ex.cancel_order(order['id'], xrp())
+
+    check('limit GTX far below the market rests', gtx_far_below_rests)
+
+    def crossing_limit_fills_at_once():
+        order, price, amount = limit_in_force('GTC', 1.3, 'ccxt-cross')
+        assert order['status'] == 'closed', f"status {order['status']}: a crossing limit order takes at once"
+        assert close_to(order['filled'], amount), f"filled {order['filled']} of {amount}"
+        assert order['average'] <= price, f"avgPrice {order['average']} above the limit {price}"
+        ex.create_order(xrp(), 'market', 'sell', amount, None, {'reduceOnly': True})
+
+    check('limit GTC crossing the market fills at once, no worse than its price', crossing_limit_fills_at_once)
+
+    def ack_is_the_default_answer():
+        amount = order_amount(reference_price())
+        client_id = f'ccxt-ack-{run_id}'
+        answer = ex.fapiPrivatePostOrder({
+            'symbol': 'XRPUSDT', 'side': 'BUY', 'type': 'MARKET',
+            'quantity': ex.amount_to_precision(xrp(), amount), 'newClientOrderId': client_id,
+        })
+        assert answer['status'] == 'NEW' and answer['executedQty'] == '0', f'ACK answer {answer}'
+        queried = ex.fetch_order(str(answer['orderId']), xrp())
+        assert queried['status'] == 'closed', f"queried status {queried['status']}: it filled at once"
+        ex.create_order(xrp(), 'market', 'sell', amount, None, {'reduceOnly': True})
+
+    check('new order without newOrderRespType answers ACK (NEW), the fill shows on query', ack_is_the_default_answer)
+
+    def hedge_side_is_refused():
+        amount = order_amount(reference_price())
+        suite.expect_error(
+            lambda: ex.create_order(xrp(), 'market', 'buy', amount, None, {'positionSide': 'LONG'}),
+            ccxt.ExchangeError,
+            -4061,
+        )
+
+    check('positionSide LONG in one-way mode -> -4061', hedge_side_is_refused)
+
+    def weeks_and_months():
+        weeks = ex.fetch_ohlcv(xrp(), '1w', limit=3)
+        assert weeks, 'no 1w rows'
+        for row in weeks:
+            assert time.gmtime(row[0] / 1000).tm_wday == 0, f'1w row opens on {iso(row[0])}, not a Monday'
+        months = ex.fetch_ohlcv(xrp(), '1M', limit=2)
+        assert months and all(time.gmtime(r[0] / 1000).tm_mday == 1 for r in months), f'1M rows {months}'
+
+    check('fetch_ohlcv 1w opens on Mondays, 1M on the 1st', weeks_and_months)
+
+    def klines_until():
+        newest = ex.fetch_ohlcv(xrp(), '5m', limit=5)
+        until = newest[2][0]
+        rows = ex.fetch_ohlcv(xrp(), '5m', limit=2, params={'until': until})
+        assert [r[0] for r in rows] == [newest[1][0], newest[2][0]], f'until {iso(until)}: {[iso(r[0]) for r in rows]}'
+
+    check("fetch_ohlcv params={'until'} ends at that candle", klines_until)
+
     # ---- listen key (implicit API) ------------------------------------------------------------
 
     def listen_key_post():
