@@ -264,36 +264,47 @@ fn balance_json(view: &AccountView) -> Value {
     })
 }
 
-/// One row of `GET /fapi/v3/positionRisk` (margins at the symbol's leverage; no liquidation price:
-/// the engine does not liquidate).
-fn position_risk_v3_json(view: &SymbolView, time_ms: i64) -> Value {
+/// What every position-risk row carries (v2 and v3): no liquidation price, since the engine does
+/// not liquidate.
+fn position_risk_common_json(view: &SymbolView, time_ms: i64) -> Value {
     let position = &view.position;
     json!({
         "symbol": position.symbol.as_str(), "positionSide": "BOTH",
         "positionAmt": text(position.quantity), "entryPrice": text(position.entry_price),
         "breakEvenPrice": text(position.entry_price), "markPrice": text(position.mark_price),
         "unRealizedProfit": text(position.unrealized_pnl), "liquidationPrice": "0",
-        "isolatedMargin": "0", "notional": text(view.notional), "marginAsset": "USDT", "isolatedWallet": "0",
-        "initialMargin": text(view.position_margin + view.open_order_margin), "maintMargin": text(maint_margin(view)),
-        "positionInitialMargin": text(view.position_margin), "openOrderInitialMargin": text(view.open_order_margin),
-        "adl": 0, "bidNotional": "0", "askNotional": "0", "updateTime": time_ms,
+        "isolatedMargin": "0", "isolatedWallet": "0", "notional": text(view.notional), "updateTime": time_ms,
     })
 }
 
-/// One row of `GET /fapi/v2/positionRisk`: every symbol, flat ones too (one-way mode).
+/// One row of `GET /fapi/v3/positionRisk`: margins at the symbol's leverage.
+fn position_risk_v3_json(view: &SymbolView, time_ms: i64) -> Value {
+    let mut row = position_risk_common_json(view, time_ms);
+    extend(
+        &mut row,
+        json!({
+            "marginAsset": "USDT",
+            "initialMargin": text(view.position_margin + view.open_order_margin), "maintMargin": text(maint_margin(view)),
+            "positionInitialMargin": text(view.position_margin), "openOrderInitialMargin": text(view.open_order_margin),
+            "adl": 0, "bidNotional": "0", "askNotional": "0",
+        }),
+    );
+    row
+}
+
+/// One row of `GET /fapi/v2/positionRisk`: every symbol, flat ones too (one-way mode), with its
+/// leverage and margin type.
 fn position_risk_v2_json(view: &SymbolView, time_ms: i64) -> Value {
-    let position = &view.position;
-    json!({
-        "symbol": position.symbol.as_str(), "positionSide": "BOTH",
-        "positionAmt": text(position.quantity), "entryPrice": text(position.entry_price),
-        "breakEvenPrice": text(position.entry_price), "markPrice": text(position.mark_price),
-        "unRealizedProfit": text(position.unrealized_pnl), "liquidationPrice": "0",
-        "leverage": view.settings.leverage.to_string(),
-        "marginType": if view.settings.isolated { "isolated" } else { "cross" },
-        "isAutoAddMargin": "false", "isolatedMargin": "0", "isolatedWallet": "0",
-        "maxNotionalValue": NOTIONAL_CAP.to_string(), "notional": text(view.notional),
-        "updateTime": time_ms,
-    })
+    let mut row = position_risk_common_json(view, time_ms);
+    extend(
+        &mut row,
+        json!({
+            "leverage": view.settings.leverage.to_string(),
+            "marginType": if view.settings.isolated { "isolated" } else { "cross" },
+            "isAutoAddMargin": "false", "maxNotionalValue": NOTIONAL_CAP.to_string(),
+        }),
+    );
+    row
 }
 
 /// The one leverage bracket of a simulated symbol (numbers, as Binance sends them).

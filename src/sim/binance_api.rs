@@ -372,7 +372,7 @@ pub async fn answer(
                             { "filterType": "MARKET_LOT_SIZE", "minQty": rules.min_quantity.to_string(), "maxQty": SIM_QUANTITY_MAX.to_string(), "stepSize": rules.step_size.to_string() },
                             { "filterType": "MIN_NOTIONAL", "notional": rules.min_notional.to_string() },
                         ],
-                        "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC"],
+                        "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
                     })
                 })
                 .collect();
