@@ -328,6 +328,8 @@ pub struct PaperMarket {
     /// a window slides one candle per close, so each candle's tape is drawn once. Written and read
     /// by `traded_base_candle`; emptied when it holds `TAPE_FLOWS_MAX` candles.
     tape_flows: std::collections::HashMap<Symbol, std::collections::HashMap<u64, TapeFlow>>,
+    /// Each symbol's tick size: a price read part-way along a candle's path is rounded to it.
+    tick_sizes: std::collections::BTreeMap<Symbol, f64>,
 }
 
 /// A base candle's taker-buy volume and large trades, from its tape.
@@ -351,7 +353,8 @@ impl PaperMarket {
                 (symbol.clone(), series)
             })
             .collect();
-        Self { clock, series, tape_flows: std::collections::HashMap::new() }
+        let tick_sizes = symbols.iter().map(|(symbol, _, tick_size)| (symbol.clone(), *tick_size)).collect();
+        Self { clock, series, tape_flows: std::collections::HashMap::new(), tick_sizes }
     }
 
     pub fn clock(&self) -> MarketClock {
@@ -556,7 +559,11 @@ impl PaperMarket {
         }
         let ohlcv =
             Ohlcv { open: whole.open, high: whole.high, low: whole.low, close: whole.close, volume: whole.volume };
+        // On the tick, as every traded price is (the candle's own high and low are ticks, so a
+        // rounded price stays between them).
+        let tick_size = self.tick_sizes.get(symbol).copied().unwrap_or(0.0);
         let (open, high, low, close) = path_segment(&ohlcv, from, to);
+        let [open, high, low, close] = [open, high, low, close].map(|price| round_to_tick(price, tick_size));
         let share = (to - from).max(0.0);
         Ok(Candle {
             open,
@@ -1016,6 +1023,11 @@ mod tests {
             assert_eq!(minutes.iter().map(|m| m.low).fold(f64::MAX, f64::min), candle.low);
             let volume: f64 = minutes.iter().map(|m| m.volume).sum();
             assert!((volume - candle.volume).abs() < 1e-9 * candle.volume.max(1.0));
+            for minute in &minutes {
+                for price in [minute.open, minute.high, minute.low, minute.close] {
+                    assert_eq!(round_to_tick(price, 0.1), price, "{price} is on BTC's 0.1 tick");
+                }
+            }
             for pair in minutes.windows(2) {
                 assert_eq!(pair[0].close, pair[1].open, "each minute opens where the one before closed");
                 assert_eq!(pair[0].close_time_ms + 1, pair[1].open_time_ms);
