@@ -212,9 +212,15 @@ async fn order_by_exchange_id(
     user: &UserId,
     order_id: &str,
 ) -> Result<Option<ExchangeOrder>, (StatusCode, i64, String)> {
-    let ledger = state.exchange.ledger().await.map_err(exchange_error)?;
-    let found = ledger.into_iter().find(|entry| entry.account == *user && entry.order.exchange_order_id == order_id);
-    Ok(found.map(|entry| entry.order))
+    let (user, order_id) = (user.clone(), order_id.to_owned());
+    state
+        .exchange
+        .call(move |venue, wall_ms, changes| {
+            let orders = venue.account_orders(&user, wall_ms, changes)?;
+            Ok(orders.into_iter().find(|order| order.exchange_order_id == order_id))
+        })
+        .await
+        .map_err(exchange_error)
 }
 
 /// Every simulated symbol is a USDT-margined perpetual.
