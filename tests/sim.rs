@@ -1455,9 +1455,14 @@ async fn meet_each_stream_fault(sim: &Sim, plans: impl IntoIterator<Item = (&str
 }
 
 /// Four users trade through `bulwark sim` while `plans` are met in turn (stalled connections given
-/// up after 2 s of silence here, 60 s by default); then an orderly end, `bulwark reconcile` and
+/// up after 2 s of silence here, 60 s by default); then, once the simulator has had
+/// `STREAM_FAULT_RUN_ORDERS_MIN` order requests, an orderly stop (SIGTERM), `bulwark reconcile` and
 /// the ledger checked against the database. Answers the simulator's stats as the faults ended.
-async fn trade_through_stream_faults(seed: u64, seconds: u64, plans: Vec<(&str, Value)>) -> Value {
+/// The run's `--duration` is only a guard: plans that take long to meet (reconnect backoffs grow
+/// to a minute) must not outlast the traders, as a fixed 40 s run once did under CI load.
+async fn trade_through_stream_faults(seed: u64, plans: Vec<(&str, Value)>) -> Value {
+    const RUN_GUARD_SECS: u64 = 600;
+    const STREAM_FAULT_RUN_ORDERS_MIN: u64 = 24;
     eprintln!("SEED={seed}");
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(&sim_config(dir.path(), 4, 200, ""), seed);
@@ -1467,7 +1472,7 @@ async fn trade_through_stream_faults(seed: u64, seconds: u64, plans: Vec<(&str, 
         "poll_interval_ms = 40\nuser_data_stream = true\nstream_silence_secs = 2\n",
     );
     std::fs::write(&config, text).unwrap();
-    let bulwark = run_bulwark(&config, 4, seconds);
+    let bulwark = run_bulwark(&config, 4, RUN_GUARD_SECS);
     sim.wait_requests("POST /fapi/v1/order", 1).await;
     meet_each_stream_fault(&sim, plans, seed).await;
     let stats = sim.get("/sim/stats").await;
@@ -1478,6 +1483,8 @@ async fn trade_through_stream_faults(seed: u64, seconds: u64, plans: Vec<(&str, 
         stats["market_stream_connections"],
         stats["requests"]["GET /fapi/v1/klines"]
     );
+    sim.wait_requests("POST /fapi/v1/order", STREAM_FAULT_RUN_ORDERS_MIN).await;
+    assert!(Command::new("kill").args(["-TERM", &bulwark.id().to_string()]).status().unwrap().success());
     finish(bulwark).await;
     reconcile(&config, 4).await;
     let database = dir.path().join("data/bulwark.db");
@@ -1508,7 +1515,7 @@ async fn every_market_stream_fault_in_turn_leaves_the_invariants_intact() {
             }),
         ),
     ];
-    let stats = trade_through_stream_faults(seed, 40, plans).await;
+    let stats = trade_through_stream_faults(seed, plans).await;
     assert!(
         stats["market_stream_connections"].as_u64().unwrap() > 1,
         "SEED={seed}: the faults made market data reconnect"
@@ -1537,7 +1544,7 @@ async fn every_user_stream_fault_in_turn_leaves_the_invariants_intact() {
             }),
         ),
     ];
-    let stats = trade_through_stream_faults(seed, 45, plans).await;
+    let stats = trade_through_stream_faults(seed, plans).await;
     assert!(
         stats["user_stream_connections"].as_u64().unwrap() > 4,
         "SEED={seed}: the faults made the accounts reconnect"
